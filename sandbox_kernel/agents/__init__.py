@@ -1,0 +1,1 @@
+"""The in-sandbox agents (one per language) and their protocol, PROTOCOL.md."""

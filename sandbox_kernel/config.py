@@ -1,0 +1,174 @@
+"""Settings shared by every backend, and their validation.
+
+Every setting is a traitlets trait with help text, set in ``sandbox_kernel_config.py`` (any
+Jupyter config directory) as ``c.Sandbox.memory_limit = "512Mi"``, or through the environment
+variable named in its help. The names are the same for the local sandbox and Kubernetes
+wherever they mean the same thing. :meth:`Sandbox.limits` validates them all at once and turns
+the first bad value into a :class:`~sandbox_kernel.errors.ConfigError` that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from traitlets import Float, Int, Unicode, default
+from traitlets.config import Configurable
+
+from .errors import ConfigError
+from .quantity import QuantityError, format_bytes, parse_bytes, parse_cpu
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Validated limits in force for one sandbox."""
+
+    memory: str
+    memory_bytes: int
+    cpu: str
+    cpu_cores: float
+    memory_request: str
+    cpu_request: str
+    pids: int
+    timeout: float
+    output_bytes: int
+    scratch: str
+    scratch_bytes: int
+    interrupt_grace: float
+
+    def summary(self) -> str:
+        """One line for banners and ``%sandbox status``."""
+        return (
+            f"memory {self.memory}, cpu {self.cpu}, processes {self.pids}, "
+            f"{self.timeout:g} s per cell, output {format_bytes(self.output_bytes)} per cell, "
+            f"scratch {self.scratch}"
+        )
+
+
+def _env(name: str, fallback: str) -> str:
+    return os.environ.get(name, fallback)
+
+
+class Sandbox(Configurable):
+    """Limits that apply to every sandbox, whatever the backend."""
+
+    memory_limit = Unicode(
+        help="Memory a sandbox may use, as a Kubernetes quantity (e.g. 256Mi, 1Gi). Going over "
+        "it kills the sandbox with an 'out of memory' error. Env: SANDBOX_MEMORY_LIMIT.",
+    ).tag(config=True)
+
+    @default("memory_limit")
+    def _memory_limit_default(self) -> str:
+        return _env("SANDBOX_MEMORY_LIMIT", "256Mi")
+
+    cpu_limit = Unicode(
+        help="CPU a sandbox may use, in cores or millicores (e.g. 500m, 1). Env: SANDBOX_CPU_LIMIT.",
+    ).tag(config=True)
+
+    @default("cpu_limit")
+    def _cpu_limit_default(self) -> str:
+        return _env("SANDBOX_CPU_LIMIT", "500m")
+
+    memory_request = Unicode(
+        "64Mi", help="Memory reserved for the sandbox (Kubernetes requests.memory; the local "
+        "sandbox ignores it).",
+    ).tag(config=True)
+
+    cpu_request = Unicode(
+        "100m", help="CPU reserved for the sandbox (Kubernetes requests.cpu; the local sandbox ignores it).",
+    ).tag(config=True)
+
+    pids_limit = Int(
+        128,
+        help="Most processes and threads the sandbox may run at once, so a fork bomb is contained "
+        "(local sandbox: pids cgroup; Kubernetes: the node's podPidsLimit applies).",
+    ).tag(config=True)
+
+    timeout = Float(
+        help="Seconds a cell may run before it is stopped and reported as a timeout "
+        "(0 = no limit). The %timeout magic changes it for the running kernel. Env: SANDBOX_TIMEOUT.",
+    ).tag(config=True)
+
+    @default("timeout")
+    def _timeout_default(self) -> float:
+        raw = _env("SANDBOX_TIMEOUT", "30")
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError("SANDBOX_TIMEOUT", f"{raw!r} is not a number of seconds") from None
+
+    output_limit = Unicode(
+        "4Mi",
+        help="Most output (stdout plus stderr) one cell may send to the notebook; the rest is "
+        "dropped with a notice. A byte quantity, e.g. 4Mi.",
+    ).tag(config=True)
+
+    scratch_size = Unicode(
+        "64Mi",
+        help="Size of the sandbox's writable scratch directory (its HOME and working directory): "
+        "a tmpfs locally, an emptyDir sizeLimit on Kubernetes.",
+    ).tag(config=True)
+
+    interrupt_grace = Float(
+        2.0,
+        help="Seconds to wait for a cell to stop after an interrupt before the sandbox is replaced.",
+    ).tag(config=True)
+
+    def limits(self) -> Limits:
+        """Validate every setting; raise :class:`ConfigError` naming the first bad one."""
+        memory_bytes = _bytes("Sandbox.memory_limit", self.memory_limit)
+        if memory_bytes < 16 * 2**20:
+            raise ConfigError("Sandbox.memory_limit", f"{self.memory_limit!r} is too small; use at least 16Mi")
+        cpu_cores = _cpu("Sandbox.cpu_limit", self.cpu_limit)
+        if cpu_cores <= 0:
+            raise ConfigError("Sandbox.cpu_limit", "must be more than 0")
+        request_bytes = _bytes("Sandbox.memory_request", self.memory_request)
+        if request_bytes > memory_bytes:
+            raise ConfigError("Sandbox.memory_request", f"{self.memory_request} is above memory_limit {self.memory_limit}")
+        if _cpu("Sandbox.cpu_request", self.cpu_request) > cpu_cores:
+            raise ConfigError("Sandbox.cpu_request", f"{self.cpu_request} is above cpu_limit {self.cpu_limit}")
+        if self.pids_limit < 8:
+            raise ConfigError("Sandbox.pids_limit", f"{self.pids_limit} is too small; use at least 8")
+        if self.timeout < 0:
+            raise ConfigError("Sandbox.timeout", f"{self.timeout:g} is negative; use seconds, or 0 for no limit")
+        if self.interrupt_grace <= 0:
+            raise ConfigError("Sandbox.interrupt_grace", "must be more than 0 seconds")
+        return Limits(
+            memory=self.memory_limit,
+            memory_bytes=memory_bytes,
+            cpu=self.cpu_limit,
+            cpu_cores=cpu_cores,
+            memory_request=self.memory_request,
+            cpu_request=self.cpu_request,
+            pids=self.pids_limit,
+            timeout=self.timeout,
+            output_bytes=_bytes("Sandbox.output_limit", self.output_limit),
+            scratch=self.scratch_size,
+            scratch_bytes=_bytes("Sandbox.scratch_size", self.scratch_size),
+            interrupt_grace=self.interrupt_grace,
+        )
+
+
+def _bytes(setting: str, value: str) -> int:
+    try:
+        return parse_bytes(value)
+    except QuantityError as exc:
+        raise ConfigError(setting, str(exc)) from None
+
+
+def _cpu(setting: str, value: str) -> float:
+    try:
+        return parse_cpu(value)
+    except QuantityError as exc:
+        raise ConfigError(setting, str(exc)) from None
+
+
+def check_timeout(text: str) -> float:
+    """Parse the argument of ``%timeout``; raise ConfigError for nonsense."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError("%timeout", f"{text!r} is not a number of seconds") from None
+    if seconds < 0:
+        raise ConfigError("%timeout", "seconds must be 0 (no limit) or more")
+    return seconds

@@ -1,0 +1,274 @@
+"""The Jupyter side: one ipykernel ``Kernel`` that relays every request to a sandbox session.
+
+The kernel knows Jupyter messages and nothing about bubblewrap or Kubernetes; the session
+(``session.py``) knows sandboxes and nothing about Jupyter. ipykernel runs interrupt and
+shutdown requests on its control thread, while the session lives on the shell event loop,
+so those two hand their work over with ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from typing import Any
+
+from ipykernel.kernelbase import Kernel
+from traitlets import Enum, Instance, Unicode, default
+
+from . import __version__
+from .config import Sandbox, check_timeout
+from .errors import ConfigError, SandboxError
+from .languages import LANGUAGES, get_language
+from .session import DisplayData, ErrorOutput, ExecuteResult, SandboxSession, Stream
+
+log = logging.getLogger("sandbox_kernel")
+
+BACKENDS = ("local", "kubernetes")
+_MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
+SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests")
+
+
+def make_session(backend: str, language: str, config: Any = None, parent: Any = None) -> SandboxSession:
+    """Build (but do not start) a session; raise ConfigError for bad settings."""
+    if backend not in BACKENDS:
+        raise ConfigError("SandboxKernel.backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    lang = get_language(language)
+    limits = Sandbox(config=config, parent=parent).limits()
+    if backend == "local":
+        from .local.backend import LocalSandbox, LocalSandboxSession
+
+        return LocalSandboxSession(lang, limits, LocalSandbox(config=config, parent=parent))
+    from .kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
+
+    return KubernetesSandboxSession(lang, limits, KubernetesSandbox(config=config, parent=parent))
+
+
+class SandboxKernel(Kernel):
+    """A Jupyter kernel whose cells run in a sandbox."""
+
+    implementation = "sandbox_kernel"
+    implementation_version = __version__
+    help_links = [{"text": "Sandbox Kernel", "url": "https://pypi.org/project/sandbox-kernel/"}]
+
+    backend = Unicode(
+        help="Where cells run: 'local' (bubblewrap on this machine, the default) or 'kubernetes' "
+        "(a locked-down namespace per kernel). Env: SANDBOX_KERNEL_BACKEND (wins over config).",
+    ).tag(config=True)
+
+    @default("backend")
+    def _backend_default(self) -> str:
+        return "local"
+
+    language_name = Enum(
+        list(LANGUAGES),
+        default_value="python",
+        help="Language of the sandbox: python, node or bash (set by the kernelspec).",
+    ).tag(config=True)
+
+    session_obj = Instance(SandboxSession, allow_none=True)
+
+    @property
+    def language_info(self) -> dict[str, Any]:  # type: ignore[override]
+        if self.session_obj is not None:
+            return self.session_obj.language_info
+        return {"name": self.language_name}
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        if self.session_obj is not None:
+            return self.session_obj.banner()
+        return "Sandbox kernel"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        env_backend = os.environ.get("SANDBOX_KERNEL_BACKEND")
+        if env_backend:
+            self.backend = env_backend
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._start_error: SandboxError | None = None
+        # Validate the configuration now: a bad setting must stop the kernel with a clear
+        # message before any sandbox exists.
+        self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
+
+    # -- starting -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:
+            return
+        self._loop = loop
+        self._starting = loop.create_task(self._start_session())
+
+    async def _start_session(self) -> None:
+        assert self.session_obj is not None
+        try:
+            await self.session_obj.start()
+            self._start_error = None
+        except SandboxError as exc:
+            log.error("%s", exc)
+            self._start_error = exc
+
+    async def _ready(self) -> SandboxSession:
+        running = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = running
+        elif self._loop is not running:
+            # Called from the control thread (kernel_info may come on either channel).
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._ready(), self._loop))
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_session())
+        await asyncio.shield(self._starting)
+        if self._start_error is not None:
+            # Try once more on the next request: the cause (e.g. the cluster) may be fixed now.
+            error, self._start_error = self._start_error, None
+            self._starting = None
+            raise error
+        assert self.session_obj is not None
+        return self.session_obj
+
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        try:
+            await self._ready()
+        except SandboxError:
+            pass  # kernel_info must still answer; the first cell reports the error
+        await super().kernel_info_request(stream, ident, parent)
+
+    # -- cells ----------------------------------------------------------------------------------
+
+    def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.send_response(self.iopub_socket, msg_type, content)
+
+    def _publish_error(self, error: ErrorOutput) -> None:
+        self._publish("error", {"ename": error.ename, "evalue": error.evalue, "traceback": error.traceback})
+
+    async def do_execute(  # type: ignore[override]
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: Any = None,
+        cell_id: Any = None,
+    ) -> dict[str, Any]:
+        failure: ErrorOutput | None = None
+        try:
+            session = await self._ready()
+            code = await self._run_magics(code, session, silent)
+            if code.strip():
+                async for event in session.execute(code):
+                    if isinstance(event, ErrorOutput):
+                        failure = event
+                        if not silent:
+                            self._publish_error(event)
+                    elif silent:
+                        continue
+                    elif isinstance(event, Stream):
+                        self._publish("stream", {"name": event.name, "text": event.text})
+                    elif isinstance(event, ExecuteResult):
+                        self._publish(
+                            "execute_result",
+                            {"execution_count": self.execution_count, "data": event.data, "metadata": event.metadata},
+                        )
+                    elif isinstance(event, DisplayData):
+                        self._publish("display_data", {"data": event.data, "metadata": event.metadata, "transient": {}})
+        except SandboxError as exc:
+            failure = ErrorOutput.from_exception(exc)
+            if not silent:
+                self._publish_error(failure)
+        if failure is not None:
+            return {
+                "status": "error",
+                "execution_count": self.execution_count,
+                "ename": failure.ename,
+                "evalue": failure.evalue,
+                "traceback": failure.traceback,
+            }
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
+
+    async def _run_magics(self, code: str, session: SandboxSession, silent: bool) -> str:
+        """Handle ``%timeout`` and ``%sandbox`` lines at the top of a cell; return the rest."""
+        lines = code.split("\n")
+        while lines:
+            match = _MAGIC.match(lines[0])
+            if not match:
+                break
+            lines.pop(0)
+            name, arg = match.group(1), match.group(2).strip()
+            if name == "timeout":
+                if arg:
+                    session.timeout = check_timeout(arg)
+                text = f"cell time limit: {session.timeout:g} s" + (" (no limit)" if not session.timeout else "")
+            else:
+                topic = arg or "status"
+                if topic not in SANDBOX_TOPICS:
+                    raise ConfigError("%sandbox", f"unknown topic {topic!r}; use one of {', '.join(SANDBOX_TOPICS)}")
+                loop = asyncio.get_running_loop()
+                # Reports may call the Kubernetes API (blocking): keep the event loop free.
+                text = await loop.run_in_executor(None, session.report, topic)
+            if not silent:
+                self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
+        return "\n".join(lines)
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            session = await self._ready()
+            result = await session.complete(code, cursor_pos)
+            matches, start, end = result.matches, result.cursor_start, result.cursor_end
+        except SandboxError:
+            matches, start, end = [], cursor_pos, cursor_pos
+        return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": end, "metadata": {}}
+
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            session = await self._ready()
+            result = await session.inspect(code, cursor_pos, detail_level)
+            found, data = result.found, result.data
+        except SandboxError:
+            found, data = False, {}
+        return {"status": "ok", "found": found, "data": data, "metadata": {}}
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+        if _MAGIC.match(code.split("\n", 1)[0]) and "\n" not in code.strip():
+            return {"status": "complete"}
+        try:
+            session = await self._ready()
+            status, indent = await session.is_complete(code)
+        except SandboxError:
+            status, indent = "unknown", ""
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = indent
+        return reply
+
+    # -- control thread -------------------------------------------------------------------------
+
+    def _on_shell_loop(self, coro: Any, timeout: float) -> None:
+        """Run ``coro`` on the shell event loop from ipykernel's control thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            return
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            future.result(timeout)
+        except Exception:  # noqa: BLE001 - report, but never take the control thread down
+            log.warning("sandbox request failed", exc_info=True)
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        if self.session_obj is not None:
+            session = self.session_obj
+            await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.interrupt(), 5)
+        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        if self.session_obj is not None:
+            session = self.session_obj
+            await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.close(), 120)
+        return {"status": "ok", "restart": restart}

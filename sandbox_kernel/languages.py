@@ -1,0 +1,69 @@
+"""The three sandbox languages: their kernelspecs, agents and how each runtime is started."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Language:
+    """One language a sandbox can run."""
+
+    name: str
+    """The setting value and the language label: ``python``, ``node`` or ``bash``."""
+    kernelspec: str
+    display_name: str
+    agent_file: str
+    interpreter: str
+    """Program that runs the agent file inside the sandbox (looked up on the sandbox PATH)."""
+    default_image: str
+    """Official image used by the Kubernetes backend unless configured otherwise."""
+
+    def agent_path(self) -> Path:
+        """Where the agent source lives in this installation."""
+        return Path(str(resources.files("sandbox_kernel.agents").joinpath(self.agent_file)))
+
+    def agent_source(self) -> str:
+        return self.agent_path().read_text(encoding="utf-8")
+
+
+LANGUAGES: dict[str, Language] = {
+    "python": Language(
+        name="python",
+        kernelspec="sandbox-python",
+        display_name="Sandbox (Python)",
+        agent_file="python_agent.py",
+        interpreter="python3",
+        default_image="python:3.12-slim-bookworm",
+    ),
+    "node": Language(
+        name="node",
+        kernelspec="sandbox-node",
+        display_name="Sandbox (Node.js)",
+        agent_file="node_agent.js",
+        interpreter="node",
+        default_image="node:22-bookworm-slim",
+    ),
+    "bash": Language(
+        name="bash",
+        kernelspec="sandbox-bash",
+        display_name="Sandbox (Bash)",
+        agent_file="bash_agent.sh",
+        interpreter="bash",
+        default_image="bash:5.2",
+    ),
+}
+
+
+def get_language(name: str, setting: str = "SandboxKernel.language") -> Language:
+    """Return the language called ``name`` or raise a :class:`ConfigError` naming ``setting``."""
+    aliases = {"javascript": "node", "js": "node", "nodejs": "node", "sh": "bash", "python3": "python"}
+    key = aliases.get(name, name)
+    try:
+        return LANGUAGES[key]
+    except KeyError:
+        raise ConfigError(setting, f"unknown language {name!r}; choose one of {', '.join(LANGUAGES)}") from None

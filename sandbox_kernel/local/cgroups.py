@@ -1,0 +1,173 @@
+"""Memory, CPU and process limits for local sandboxes, through the host's cgroups.
+
+Both cgroup v1 (one hierarchy per controller, as on our CI machines) and the unified v2
+hierarchy are handled. Each sandbox gets its own group ``sandbox-kernel/k<kernel pid>-<n>``;
+because a SIGKILLed kernel cannot clean up after itself, every new kernel first removes the
+empty groups of kernels that no longer exist (:func:`sweep_stale`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Limits
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "sandbox-kernel"
+V1_CONTROLLERS = ("memory", "cpu", "pids")
+
+
+def version(root: Path = ROOT) -> int | None:
+    """2 for the unified hierarchy, 1 for per-controller v1 mounts, None when unusable."""
+    if (root / "cgroup.controllers").exists():
+        return 2
+    if all((root / c).is_dir() for c in V1_CONTROLLERS):
+        return 1
+    return None
+
+
+def unavailable_reason(root: Path = ROOT) -> str | None:
+    """Why limits cannot be enforced here, or None when they can."""
+    v = version(root)
+    if v is None:
+        return f"no memory, cpu and pids cgroup controllers are mounted under {root}"
+    parents = [root / PARENT] if v == 2 else [root / c / PARENT for c in V1_CONTROLLERS]
+    for parent in parents:
+        try:
+            parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            return f"cannot create {parent} ({exc.strerror}); run the kernel as root or give it a delegated cgroup"
+    if v == 2:
+        try:
+            (root / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+            (root / PARENT / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+        except OSError as exc:
+            return f"cannot enable the memory, cpu and pids controllers ({exc.strerror})"
+    return None
+
+
+@dataclass
+class SandboxCgroup:
+    """The cgroup(s) of one sandbox."""
+
+    name: str
+    root: Path = ROOT
+
+    @property
+    def paths(self) -> list[Path]:
+        if version(self.root) == 2:
+            return [self.root / PARENT / self.name]
+        return [self.root / c / PARENT / self.name for c in V1_CONTROLLERS]
+
+    def _file(self, controller: str, v1: str, v2: str) -> Path:
+        if version(self.root) == 2:
+            return self.root / PARENT / self.name / v2
+        return self.root / controller / PARENT / self.name / v1
+
+    def create(self, limits: Limits) -> None:
+        for path in self.paths:
+            path.mkdir(parents=True, exist_ok=True)
+        period = 100_000
+        quota = max(1000, int(limits.cpu_cores * period))
+        if version(self.root) == 2:
+            self._write("memory", "", "memory.max", limits.memory_bytes)
+            self._write("memory", "", "memory.swap.max", 0, optional=True)
+            self._write("cpu", "", "cpu.max", f"{quota} {period}")
+            self._write("pids", "", "pids.max", limits.pids)
+        else:
+            self._write("memory", "memory.limit_in_bytes", "", limits.memory_bytes)
+            # Without this the sandbox could swap past its limit where swap accounting is on.
+            self._write("memory", "memory.memsw.limit_in_bytes", "", limits.memory_bytes, optional=True)
+            self._write("cpu", "cpu.cfs_period_us", "", period)
+            self._write("cpu", "cpu.cfs_quota_us", "", quota)
+            self._write("pids", "pids.max", "", limits.pids)
+
+    def _write(self, controller: str, v1: str, v2: str, value: object, optional: bool = False) -> None:
+        try:
+            self._file(controller, v1, v2).write_text(str(value))
+        except OSError:
+            if not optional:
+                raise
+
+    def procs_files(self) -> list[str]:
+        return [str(p / "cgroup.procs") for p in self.paths]
+
+    def oom_kills(self) -> int:
+        """How many times the kernel's OOM killer acted in this group."""
+        path = self._file("memory", "memory.oom_control", "memory.events")
+        try:
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except OSError:
+            pass
+        # Old v1 kernels have no oom_kill counter; hitting the limit is the best evidence left.
+        try:
+            return int(self._file("memory", "memory.failcnt", "memory.events").read_text().split()[0] or 0) and 1
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def usage(self) -> dict[str, int]:
+        """Current memory bytes and process count."""
+        out: dict[str, int] = {}
+        for key, controller, v1, v2 in (
+            ("memory", "memory", "memory.usage_in_bytes", "memory.current"),
+            ("pids", "pids", "pids.current", "pids.current"),
+        ):
+            try:
+                out[key] = int(self._file(controller, v1, v2).read_text().strip())
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def destroy(self) -> None:
+        """Kill whatever is left in the group and remove it."""
+        for _ in range(50):
+            pids = set()
+            for procs in self.procs_files():
+                try:
+                    pids.update(int(p) for p in Path(procs).read_text().split())
+                except OSError:
+                    pass
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            removed = True
+            for path in self.paths:
+                try:
+                    path.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                        removed = False
+            if removed:
+                return
+            time.sleep(0.02)
+
+
+def sweep_stale(root: Path = ROOT) -> list[str]:
+    """Remove the groups of kernels that are gone (SIGKILLed ones cannot clean up themselves)."""
+    removed: list[str] = []
+    v = version(root)
+    if v is None:
+        return removed
+    parent = root / PARENT if v == 2 else root / "memory" / PARENT
+    try:
+        names = [p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("k")]
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[1:].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            SandboxCgroup(name, root).destroy()
+            removed.append(name)
+    return removed

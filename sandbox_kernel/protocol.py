@@ -1,0 +1,138 @@
+"""The framed byte protocol spoken between the kernel and an in-sandbox agent.
+
+The format is specified in ``agents/PROTOCOL.md``. In short, a frame is an ASCII header
+``<kind> <length>\\n`` followed by ``length`` payload bytes, where ``kind`` is ``msg`` (a JSON
+object), ``out`` or ``err`` (raw bytes the user's code wrote to stdout or stderr).
+
+This module is pure: :func:`encode` builds frames and :class:`FrameDecoder` turns an arbitrary
+chunking of bytes back into frames, so both are tested without processes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Union
+
+from .errors import ProtocolError
+
+MAX_PAYLOAD = 1 << 20
+"""Largest payload a frame may carry (1 MiB)."""
+
+MAX_HEADER = 32
+"""Longest header line accepted, newline included."""
+
+PROTOCOL_VERSION = 1
+
+Kind = Literal["msg", "out", "err"]
+KINDS: tuple[str, ...] = ("msg", "out", "err")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded ``msg`` frame: one JSON object with a ``type``."""
+
+    body: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.body.get("type", ""))
+
+
+@dataclass(frozen=True)
+class Output:
+    """A decoded ``out``/``err`` frame: raw bytes from the user's code."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+Frame = Union[Message, Output]
+
+
+def encode(kind: Kind, payload: bytes) -> bytes:
+    """Return one frame carrying ``payload``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown frame kind {kind!r}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return b"%s %d\n" % (kind.encode("ascii"), len(payload)) + payload
+
+
+def encode_message(body: dict[str, Any]) -> bytes:
+    """Return a ``msg`` frame carrying ``body`` as JSON."""
+    if not isinstance(body.get("type"), str):
+        raise ValueError("a message needs a string 'type'")
+    return encode("msg", json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+class FrameDecoder:
+    """Incrementally decode frames from chunks of bytes.
+
+    Feed it whatever the stream delivers; it yields complete frames and keeps the rest.
+    Any violation of the format raises :class:`~sandbox_kernel.errors.ProtocolError`, after
+    which the decoder is unusable (the stream cannot be trusted to resynchronise).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._need: tuple[str, int] | None = None  # (kind, length) of the frame being read
+        self._broken: ProtocolError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        if self._broken:
+            raise self._broken
+        self._buf += data
+        try:
+            yield from self._frames()
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def _frames(self) -> Iterator[Frame]:
+        while True:
+            if self._need is None:
+                newline = self._buf.find(b"\n", 0, MAX_HEADER)
+                if newline < 0:
+                    if len(self._buf) >= MAX_HEADER:
+                        raise ProtocolError(f"frame header too long: {bytes(self._buf[:MAX_HEADER])!r}")
+                    return
+                header = bytes(self._buf[:newline])
+                del self._buf[: newline + 1]
+                self._need = _parse_header(header)
+            kind, length = self._need
+            if len(self._buf) < length:
+                return
+            payload = bytes(self._buf[:length])
+            del self._buf[:length]
+            self._need = None
+            yield _frame(kind, payload)
+
+
+def _parse_header(header: bytes) -> tuple[str, int]:
+    parts = header.split(b" ")
+    if len(parts) != 2 or parts[0].decode("ascii", "replace") not in KINDS or not parts[1].isdigit():
+        raise ProtocolError(f"malformed frame header {header!r}")
+    length = int(parts[1])
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte maximum")
+    return parts[0].decode("ascii"), length
+
+
+def _frame(kind: str, payload: bytes) -> Frame:
+    if kind == "out":
+        return Output("stdout", payload)
+    if kind == "err":
+        return Output("stderr", payload)
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"message frame is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError("message frame is not a JSON object with a string 'type'")
+    return Message(body)
