@@ -1,0 +1,1172 @@
+#!/usr/bin/env node
+// Sandbox Kernel agent for JavaScript (Node.js >= 18, standard library only).
+//
+// Speaks the framed protocol of PROTOCOL.md on stdin/stdout. Run as `node node_agent.js`;
+// on Kubernetes it is PID 1 of its container.
+//
+// WHY TWO PROCESSES. Node cannot dup2(), so it cannot move the protocol off fd 0/1 inside one
+// process. Instead this file runs twice:
+//
+//   * the SUPERVISOR (no arguments) keeps the real stdin/stdout as the protocol stream. It never
+//     runs user code. It spawns
+//   * the WORKER (`--worker`), which runs the cells. Its fd 0 is /dev/null, its fd 1 and fd 2 are
+//     pipes the supervisor reads and wraps into `out`/`err` frames, and fd 3 is a Node IPC
+//     channel (JSON messages both ways) for execute/result/display/... messages.
+//
+//   Whatever user code does to fd 1/2 (console.log, fs.writeSync(1, '\0...'), subprocesses with
+//   stdio 'inherit', background jobs, closing fd 1) only reaches those pipes; only the supervisor
+//   writes the protocol stream, one whole frame per write.
+//
+// ORDERING ("done" after all output). Before the worker sends a message whose position matters
+// (display, and the final result/error/done) it writes a MARKER -- a random per-worker prefix plus
+// a sequence number, one small atomic write -- through its own process.stdout and
+// process.stderr streams (so it queues behind anything console.log has buffered), then sends the
+// message over IPC with that sequence number. The supervisor strips markers out of the pipes and
+// holds the message back until it has seen the marker on both pipes (or a pipe closed, or the
+// pipes stayed quiet for a while -- a fallback for user code that broke process.stdout).
+// A background process that keeps fd 1 open cannot delay `done`: the marker still gets through.
+//
+// INTERRUPT. The supervisor keeps reading stdin while a cell runs, whatever the worker does.
+//   * Synchronous code runs under vm.Script#runInThisContext({breakOnSigint: true}); SIGINT to the
+//     worker makes V8 terminate the running script (even `while (true) {}`) and state is KEPT.
+//   * An async cell that waits (top-level await of a long promise) is ended by the worker's SIGINT
+//     listener: it reports the interrupt and abandons the pending promise. Every top-level
+//     `await` of a cell is rewritten to check, when it resumes, that its cell is still the
+//     current one, so an abandoned cell never runs any further statements.
+//   * 0.5 s after the SIGINT the supervisor sends SIGINT to the worker's whole process group
+//     (the worker is a session leader), which stops child processes the cell waits for, e.g.
+//     execSync('sleep 100').
+//   * If the worker has not finished the cell 1.5 s after the interrupt (e.g. a tight loop after
+//     an `await`, where V8 cannot be asked to stop), the supervisor SIGKILLs the worker's process
+//     group, starts a fresh worker and reports that variables are gone. The kernel always gets
+//     `done` well within its 2 s grace.
+//
+// STATE ACROSS CELLS (design choice). Node's `repl` module was considered and rejected: it feeds
+// input line by line, mixes the printed result into its output stream, and does not allow a
+// `let`/`const` to be declared again in a later input. Instead each cell is parsed with the acorn
+// parser that ships inside Node (loaded via --expose-internals, the same parser Node's REPL uses
+// for top-level await) and lightly rewritten, preserving line numbers:
+//   * top-level `let`/`const` become `var`, and `class C {}` becomes `var C = class C {}`, so
+//     they land on the global object and can be redeclared by later cells (`const` is therefore
+//     not read-only across cells, as in browser consoles);
+//   * a cell with top-level `await` is wrapped in an async arrow function; its declarations are
+//     hoisted as global `var`s and turned into assignments, function declarations are copied to
+//     the global object, and the last expression statement is returned as the cell's value.
+// Cells run in the worker's main context (like the `node` CLI REPL, which uses useGlobal), so
+// there are no cross-realm surprises (instanceof Array, Buffer) with require()d modules.
+//
+// PID 1. Node cannot waitpid(-1), so orphaned grandchildren re-parented to PID 1 cannot be reaped
+// by this process; run the pod with shareProcessNamespace (the pause container reaps) or an init
+// if cells start many short-lived background processes. SIGTERM/SIGHUP/SIGINT get explicit
+// handlers because PID 1 has no default signal actions.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const vm = require('vm');
+const util = require('util');
+const childProcess = require('child_process');
+const crypto = require('crypto');
+
+const MAX_PAYLOAD = 1 << 20; // PROTOCOL.md: frames carry at most 1 MiB
+const INTERNAL = '__sandboxKernel'; // prefix of the helper globals the rewritten cells call
+
+const LANGUAGE_INFO = {
+  name: 'javascript',
+  version: process.versions.node,
+  mimetype: 'application/javascript',
+  file_extension: '.js',
+  pygments_lexer: 'javascript',
+  codemirror_mode: 'javascript',
+};
+
+const RESTARTED_MESSAGE = 'the JavaScript sandbox had to be restarted; variables from earlier cells are gone';
+
+if (process.argv[2] === '--worker') {
+  worker();
+} else {
+  supervisor();
+}
+
+// ===========================================================================================
+// Supervisor: owns the protocol stream, never runs user code.
+// ===========================================================================================
+
+function supervisor() {
+  const protocolOut = process.stdout;
+  const log = (...args) => {
+    try {
+      process.stderr.write(`[node_agent ${new Date().toISOString()}] ${util.format(...args)}\n`);
+    } catch (_) {
+      /* nothing sensible to do */
+    }
+  };
+
+  let worker = null; // the current worker record (see startWorker)
+  let readySent = false;
+  let cell = null; // the running execute: {id, interrupting, timers, lost}
+  // Output accounting of the current (or last) cell; output between cells counts against the
+  // last cell's budget, so a background flood cannot bypass the limit.
+  let budget = { limit: 0, sent: 0, truncated: 0 };
+  let notice = null; // text to show at the start of the next cell (worker died between cells)
+  const waiting = []; // kernel messages that arrived while no worker was up
+  const requests = new Map(); // id -> timer, for complete/inspect forwarded to the worker
+  let quickDeaths = 0;
+  let exiting = false;
+
+  // ---- writing frames ---------------------------------------------------------------------
+  let paused = false; // worker pipes paused because the kernel reads slowly
+
+  function writeFrame(kind, payload) {
+    let off = 0;
+    do {
+      const part = payload.subarray(off, off + MAX_PAYLOAD);
+      const ok = protocolOut.write(Buffer.concat([Buffer.from(`${kind} ${part.length}\n`, 'latin1'), part]));
+      if (!ok && !paused) pauseWorkerPipes();
+      off += MAX_PAYLOAD;
+    } while (off < payload.length);
+  }
+
+  function pauseWorkerPipes() {
+    paused = true;
+    if (worker) {
+      worker.proc.stdout.pause();
+      worker.proc.stderr.pause();
+    }
+  }
+
+  protocolOut.on('drain', () => {
+    paused = false;
+    if (worker) {
+      worker.proc.stdout.resume();
+      worker.proc.stderr.resume();
+    }
+    for (const w of allWorkers) w.kick();
+  });
+  protocolOut.on('error', (e) => {
+    log('protocol stream failed:', e.message);
+    shutdown(0);
+  });
+
+  function send(body) {
+    let payload = Buffer.from(JSON.stringify(body), 'utf8');
+    if (payload.length > MAX_PAYLOAD) payload = Buffer.from(JSON.stringify(shrink(body)), 'utf8');
+    if (payload.length > MAX_PAYLOAD) {
+      payload = Buffer.from(JSON.stringify({ type: body.type, id: body.id, data: {}, metadata: {} }), 'utf8');
+    }
+    writeFrame('msg', payload);
+  }
+
+  // Keep a message under the frame limit: only a cut text/plain survives.
+  function shrink(body) {
+    const cut = (s, n) => (typeof s === 'string' && s.length > n ? `${s.slice(0, n)}\n... [truncated]` : s);
+    const copy = { ...body };
+    if (copy.data && typeof copy.data === 'object') {
+      const plain = copy.data['text/plain'];
+      copy.data = { 'text/plain': cut(typeof plain === 'string' ? plain : '[output too large]', 100000) };
+    }
+    if (copy.evalue) copy.evalue = cut(copy.evalue, 10000);
+    if (Array.isArray(copy.traceback)) copy.traceback = copy.traceback.slice(0, 200).map((l) => cut(l, 2000));
+    if (Array.isArray(copy.matches)) copy.matches = copy.matches.slice(0, 1000);
+    return copy;
+  }
+
+  function forward(kind, buf) {
+    if (!buf.length) return;
+    let keep = buf.length;
+    if (budget.limit > 0) keep = Math.max(0, Math.min(buf.length, budget.limit - budget.sent));
+    budget.truncated += buf.length - keep;
+    budget.sent += keep;
+    // Over the limit we drop the bytes but keep reading, so the user's program never blocks.
+    if (keep) writeFrame(kind, keep === buf.length ? buf : buf.subarray(0, keep));
+  }
+
+  // ---- the worker ---------------------------------------------------------------------------
+  const allWorkers = new Set();
+
+  function startWorker() {
+    if (exiting) return;
+    const prefix = Buffer.concat([Buffer.from('\x01\x02SKM', 'latin1'), Buffer.from(crypto.randomBytes(12).toString('hex'), 'latin1')]);
+    const markerLength = prefix.length + 9; // prefix + 8 hex digits + '\x03'
+    const args = ['--expose-internals', ...process.execArgv, __filename, '--worker'];
+    let proc;
+    try {
+      proc = childProcess.spawn(process.execPath, args, {
+        // fd 0 /dev/null, fd 1/2 pipes we read, fd 3 the IPC control channel.
+        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+        // New session: the worker leads a process group holding everything user code starts, so
+        // an interrupt can reach `execSync('sleep 100')` and a restart kills it all.
+        detached: true,
+        cwd: process.cwd(),
+        env: process.env,
+      });
+    } catch (e) {
+      log('cannot start the worker:', e.message);
+      shutdown(1);
+      return;
+    }
+    const w = {
+      proc,
+      pid: proc.pid,
+      prefix,
+      markerLength,
+      seen: { out: -1, err: -1 },
+      ended: { out: false, err: false },
+      lastData: Date.now(),
+      hello: false,
+      dead: false,
+      started: Date.now(),
+      queue: [], // worker messages waiting for their markers
+      delivered: 0, // seq of the last message delivered (every marker belongs to one message)
+      held: [], // output that came after a marker whose message is not delivered yet
+      heldBytes: 0,
+      timer: null,
+      kick: () => drainQueue(w),
+    };
+    allWorkers.add(w);
+    worker = w;
+    if (paused) {
+      proc.stdout.pause();
+      proc.stderr.pause();
+    }
+    proc.stdout.on('data', scanner(w, 'out'));
+    proc.stderr.on('data', scanner(w, 'err'));
+    for (const [stream, kind] of [[proc.stdout, 'out'], [proc.stderr, 'err']]) {
+      stream.on('end', () => {
+        w.ended[kind] = true;
+        drainQueue(w);
+      });
+      stream.on('close', () => {
+        w.ended[kind] = true;
+        drainQueue(w);
+      });
+      stream.on('error', () => {});
+    }
+    proc.on('message', (m) => onWorkerMessage(w, m));
+    proc.on('error', (e) => log('worker error:', e.message));
+    proc.on('exit', (code, signal) => {
+      w.dead = true;
+      allWorkers.delete(w);
+      if (w === worker) {
+        // It died on its own: user code called process.exit(), ran out of memory, ...
+        const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+        if (!w.hello && Date.now() - w.started < 5000 && ++quickDeaths >= 3) {
+          log('the worker keeps dying at start-up; giving up');
+          shutdown(1);
+          return;
+        }
+        lose(w, `the JavaScript process ${how}`, 'error');
+      }
+    });
+    proc.send({ type: 'init', prefix: prefix.toString('latin1') }, () => {});
+    return w;
+  }
+
+  // Split the worker's pipe output into user bytes (forwarded) and our markers (recorded).
+  function scanner(w, kind) {
+    let carry = Buffer.alloc(0);
+    const P = w.prefix;
+    return (chunk) => {
+      w.lastData = Date.now();
+      let buf = carry.length ? Buffer.concat([carry, chunk]) : chunk;
+      carry = Buffer.alloc(0);
+      for (;;) {
+        const at = buf.indexOf(P);
+        if (at < 0) {
+          // Hold back a tail that could be the start of a marker split across reads.
+          let k = Math.min(P.length - 1, buf.length);
+          while (k > 0 && !buf.subarray(buf.length - k).equals(P.subarray(0, k))) k--;
+          emit(w, kind, buf.subarray(0, buf.length - k));
+          carry = Buffer.from(buf.subarray(buf.length - k));
+          break;
+        }
+        if (buf.length < at + w.markerLength) {
+          emit(w, kind, buf.subarray(0, at));
+          carry = Buffer.from(buf.subarray(at));
+          break;
+        }
+        emit(w, kind, buf.subarray(0, at));
+        const seq = parseInt(buf.subarray(at + P.length, at + P.length + 8).toString('latin1'), 16);
+        if (seq > w.seen[kind]) w.seen[kind] = seq;
+        buf = buf.subarray(at + w.markerLength);
+      }
+      drainQueue(w);
+    };
+  }
+
+  // Output written after marker N must not overtake message N: hold it until N is delivered.
+  function emit(w, kind, buf) {
+    if (!buf.length) return;
+    if (w.held.length || w.seen[kind] > w.delivered) {
+      w.held.push({ kind, buf: Buffer.from(buf), after: w.seen[kind] });
+      w.heldBytes += buf.length;
+    } else {
+      forward(kind, buf);
+    }
+  }
+
+  function releaseHeld(w, all) {
+    while (w.held.length && (all || w.held[0].after <= w.delivered)) {
+      const h = w.held.shift();
+      w.heldBytes -= h.buf.length;
+      forward(h.kind, h.buf);
+    }
+  }
+
+  function onWorkerMessage(w, m) {
+    if (!m || typeof m !== 'object') return;
+    if (m.type === 'hello') {
+      if (w !== worker) return;
+      w.hello = true;
+      quickDeaths = 0;
+      if (!readySent) {
+        readySent = true;
+        send({ type: 'ready', language_info: LANGUAGE_INFO, agent: 'node', protocol: 1 });
+      }
+      while (waiting.length && worker === w && w.hello) dispatch(waiting.shift());
+      return;
+    }
+    if (m.type === 'complete_reply' || m.type === 'inspect_reply') {
+      if (!requests.has(m.id)) return;
+      clearTimeout(requests.get(m.id));
+      requests.delete(m.id);
+      send(m);
+      return;
+    }
+    if (m.type === 'finish' && cell && m.id === cell.id) {
+      // The worker is done with the cell: no more escalation; wait for the markers.
+      cell.finished = true;
+      for (const t of cell.timers) clearTimeout(t);
+    }
+    if (m.type === 'display' || m.type === 'finish') {
+      m.arrived = Date.now();
+      w.queue.push(m);
+      drainQueue(w);
+    }
+  }
+
+  // Deliver queued worker messages in order once the output written before them has been sent.
+  function drainQueue(w) {
+    clearTimeout(w.timer);
+    w.timer = null;
+    while (w.queue.length) {
+      const m = w.queue[0];
+      const flushed = ['out', 'err'].every((k) => w.ended[k] || w.seen[k] >= m.seq);
+      const now = Date.now();
+      // Fallback when a marker never comes (user code ended or broke process.stdout): the pipes
+      // were quiet for 500 ms, or 5 s passed. Never while we hold the pipes back ourselves.
+      const giveUp =
+        (!paused && (now - Math.max(m.arrived, w.lastData) > 500 || now - m.arrived > 5000)) || w.heldBytes > 1 << 22;
+      if (!flushed && !giveUp) {
+        if (!paused) w.timer = setTimeout(() => drainQueue(w), 100);
+        return;
+      }
+      w.queue.shift();
+      deliver(w, m);
+      w.delivered = Math.max(w.delivered, m.seq);
+      releaseHeld(w, false);
+    }
+  }
+
+  function deliver(w, m) {
+    if (m.type === 'display') {
+      send({ type: 'display', id: m.id, data: m.data, metadata: m.metadata || {} });
+      return;
+    }
+    // finish: result / error, then done
+    if (!cell || cell.id !== m.id || cell.lost) return;
+    if (m.result) send({ type: 'result', id: m.id, data: m.result, metadata: {} });
+    if (m.error) send({ type: 'error', id: m.id, ename: m.error.ename, evalue: m.error.evalue, traceback: m.error.traceback });
+    finishCell(m.status);
+  }
+
+  function finishCell(status) {
+    const c = cell;
+    if (!c) return;
+    for (const t of c.timers) clearTimeout(t);
+    cell = null;
+    send({ type: 'done', id: c.id, status, truncated: budget.truncated });
+  }
+
+  // The worker is gone (or we killed it): report it to the running cell and start a new one.
+  function lose(w, why, status) {
+    if (worker === w) worker = null;
+    killGroup(w, 'SIGKILL');
+    w.queue = w.queue.filter((m) => m.type === 'display');
+    const c = cell;
+    if (!c) flushDead(w);
+    if (c) {
+      c.lost = true;
+      for (const t of c.timers) clearTimeout(t);
+      // Give the dead worker's pipes a moment to deliver what it printed before it died.
+      const started = Date.now();
+      const wait = () => {
+        if (cell !== c) return;
+        if (!(w.ended.out && w.ended.err) && Date.now() - started < 200) {
+          setTimeout(wait, 20);
+          return;
+        }
+        flushDead(w);
+        const evalue = `${why}; ${RESTARTED_MESSAGE}`;
+        send({ type: 'error', id: c.id, ename: 'SandboxRestarted', evalue, traceback: [`SandboxRestarted: ${evalue}`] });
+        finishCell(status);
+      };
+      wait();
+    } else {
+      notice = `[sandbox] ${why} after the last cell; ${RESTARTED_MESSAGE}.\n`;
+      log(why, 'between cells; restarting the worker');
+    }
+    startWorker();
+  }
+
+  // A dead worker's leftovers: its displays and output, in order as far as we know it.
+  function flushDead(w) {
+    for (const m of w.queue.splice(0)) {
+      releaseHeld(w, false);
+      deliver(w, m);
+      w.delivered = Math.max(w.delivered, m.seq);
+    }
+    releaseHeld(w, true);
+  }
+
+  function killGroup(w, signal) {
+    try {
+      process.kill(-w.pid, signal); // the worker's process group (it is a session leader)
+    } catch (_) {
+      try {
+        process.kill(w.pid, signal);
+      } catch (__) {
+        /* already gone */
+      }
+    }
+  }
+
+  // ---- kernel messages ----------------------------------------------------------------------
+  function onKernelMessage(m) {
+    switch (m.type) {
+      case 'interrupt':
+        interrupt();
+        return;
+      case 'shutdown':
+        shutdown(0);
+        return;
+      case 'is_complete':
+        send({ type: 'is_complete_reply', id: m.id, ...isComplete(String(m.code || '')) });
+        return;
+      case 'execute':
+      case 'complete':
+      case 'inspect':
+        if (!worker || !worker.hello) waiting.push(m);
+        else dispatch(m);
+        return;
+      default:
+        log('ignoring unknown message type', JSON.stringify(m.type));
+    }
+  }
+
+  function dispatch(m) {
+    const w = worker;
+    if (m.type === 'execute') {
+      cell = { id: m.id, interrupting: false, timers: [], lost: false };
+      budget = { limit: Math.max(0, Number(m.output_limit) || 0), sent: 0, truncated: 0 };
+      if (notice) {
+        forward('err', Buffer.from(notice, 'utf8'));
+        notice = null;
+      }
+      w.proc.send({ type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code) }, () => {});
+      return;
+    }
+    // complete / inspect: the worker answers unless it is stuck; never leave the kernel waiting.
+    const empty =
+      m.type === 'complete'
+        ? { type: 'complete_reply', id: m.id, matches: [], cursor_start: m.cursor_pos || 0, cursor_end: m.cursor_pos || 0 }
+        : { type: 'inspect_reply', id: m.id, found: false, data: {} };
+    requests.set(
+      m.id,
+      setTimeout(() => {
+        requests.delete(m.id);
+        send(empty);
+      }, 3000),
+    );
+    w.proc.send(
+      { type: m.type, id: m.id, code: String(m.code || ''), cursor_pos: Number(m.cursor_pos) || 0, detail_level: m.detail_level || 0 },
+      () => {},
+    );
+  }
+
+  function interrupt() {
+    const c = cell;
+    if (!c || c.interrupting || c.lost || c.finished) return; // nothing runs: ignored
+    c.interrupting = true;
+    const w = worker;
+    if (!w) return; // the cell is already being reported as lost
+    try {
+      process.kill(w.pid, 'SIGINT');
+    } catch (_) {
+      /* it is dying anyway; the exit handler reports */
+    }
+    c.timers.push(
+      setTimeout(() => {
+        if (cell === c && worker === w) killGroup(w, 'SIGINT'); // reach child processes the cell waits for
+      }, 500),
+    );
+    c.timers.push(
+      setTimeout(() => {
+        if (cell === c && worker === w) lose(w, 'the cell did not stop when interrupted', 'interrupted');
+      }, 1500),
+    );
+  }
+
+  function shutdown(code) {
+    if (exiting) return;
+    exiting = true;
+    for (const w of allWorkers) killGroup(w, 'SIGKILL');
+    // Let what we already wrote reach the kernel, but do not hang on a reader that went away.
+    protocolOut.write('', () => process.exit(code));
+    setTimeout(() => process.exit(code), 200).unref();
+  }
+
+  process.on('exit', () => {
+    for (const w of allWorkers) killGroup(w, 'SIGKILL');
+  });
+  // PID 1 has no default signal actions: install the ones we want.
+  process.on('SIGTERM', () => shutdown(0));
+  process.on('SIGHUP', () => shutdown(0));
+  process.on('SIGINT', () => interrupt()); // a Ctrl-C aimed at the agent means "interrupt the cell"
+  process.on('uncaughtException', (e) => log('internal error (continuing):', e && e.stack));
+
+  // ---- reading stdin ------------------------------------------------------------------------
+  let inbuf = Buffer.alloc(0);
+  let need = null; // [kind, length]
+  process.stdin.on('data', (chunk) => {
+    inbuf = inbuf.length ? Buffer.concat([inbuf, chunk]) : chunk;
+    for (;;) {
+      if (!need) {
+        const nl = inbuf.indexOf(10);
+        if (nl < 0 || nl > 32) {
+          if (nl > 32 || (nl < 0 && inbuf.length > 32)) {
+            log('protocol error: bad frame header from the kernel');
+            shutdown(2);
+          }
+          return;
+        }
+        const header = inbuf.subarray(0, nl).toString('latin1');
+        inbuf = inbuf.subarray(nl + 1);
+        const match = /^(msg|out|err) (\d+)$/.exec(header);
+        if (!match || Number(match[2]) > MAX_PAYLOAD) {
+          log('protocol error: bad frame header from the kernel:', JSON.stringify(header));
+          shutdown(2);
+          return;
+        }
+        need = [match[1], Number(match[2])];
+      }
+      if (inbuf.length < need[1]) return;
+      const payload = inbuf.subarray(0, need[1]);
+      const kind = need[0];
+      inbuf = Buffer.from(inbuf.subarray(need[1]));
+      need = null;
+      if (kind !== 'msg') continue;
+      let m;
+      try {
+        m = JSON.parse(payload.toString('utf8'));
+      } catch (e) {
+        log('protocol error: message is not JSON:', e.message);
+        continue;
+      }
+      if (m && typeof m === 'object' && typeof m.type === 'string') onKernelMessage(m);
+    }
+  });
+  process.stdin.on('end', () => shutdown(0));
+  process.stdin.on('error', () => shutdown(0));
+
+  if (process.pid === 1) log('running as PID 1; orphaned processes cannot be reaped by Node');
+  startWorker();
+}
+
+// `incomplete` when the code ends inside an unclosed bracket, string template or block,
+// `invalid` for other syntax errors. Also accepts top-level await.
+function isComplete(code) {
+  if (!code.trim()) return { status: 'complete', indent: '' };
+  const verdict = (src) => {
+    for (let closers = 0; closers <= 10; closers++) {
+      try {
+        new vm.Script(src + '\n)'.repeat(closers), { filename: 'is_complete' }); // compiles only, runs nothing
+        return closers ? 'incomplete' : 'complete';
+      } catch (e) {
+        const msg = String(e && e.message);
+        if (/Unexpected end of input|Unterminated template/.test(msg)) return 'incomplete';
+        // V8 says this both for `f(1, 2` (unclosed) and `f(1 2)` (wrong): add `)`s and see.
+        if (!/missing \) after argument list/.test(msg)) return 'invalid';
+      }
+    }
+    return 'invalid';
+  };
+  let status = verdict(code);
+  // Top-level await is fine in a cell: judge the code with the `await` keywords blanked out.
+  if (status === 'invalid' && /\bawait\b/.test(code)) status = verdict(code.replace(/\bawait\b/g, '     '));
+  // An unclosed block comment also means "keep typing".
+  if (status === 'invalid' && /\/\*(?![\s\S]*\*\/)[\s\S]*$/.test(code)) status = 'incomplete';
+  return { status, indent: status === 'incomplete' ? '  ' : '' };
+}
+
+// ===========================================================================================
+// Worker: runs the cells. fd 1/2 are pipes read by the supervisor; fd 3 is IPC.
+// ===========================================================================================
+
+function worker() {
+  // Capture everything we rely on before user code can replace it.
+  const ipcSend = process.send.bind(process);
+  const stdout = process.stdout;
+  const stderr = process.stderr;
+  const writeOut = stdout.write;
+  const writeErr = stderr.write;
+  const inspect = util.inspect;
+  const isNativeError = util.types.isNativeError;
+  const PromiseThen = Promise.prototype.then;
+  const getOwnPropertyNames = Object.getOwnPropertyNames;
+  const getPrototypeOf = Object.getPrototypeOf;
+  const CANCEL = Object.freeze({ toString: () => 'cell interrupted' }); // thrown into abandoned cells
+
+  // A write to a closed or ended pipe must not crash the worker.
+  stdout.on('error', () => {});
+  stderr.on('error', () => {});
+
+  let acorn = null;
+  try {
+    acorn = require('internal/deps/acorn/acorn/dist/acorn');
+  } catch (_) {
+    acorn = null; // no --expose-internals: cells run unrewritten (see prepareFallback)
+  }
+
+  let markerPrefix = null;
+  let seq = 0;
+  let gen = 0; // cell generation, used by the await-resume check
+  let cellNo = 0;
+  let current = null; // the running cell: {id, gen, async, done}
+  const cellLines = new Map(); // cell number -> its number of lines (for cleanStack)
+
+  function send(m) {
+    try {
+      ipcSend(m);
+    } catch (_) {
+      /* the supervisor is gone; the disconnect handler exits */
+    }
+  }
+
+  // Write a marker through both pipes (behind anything already queued) and return its number.
+  function sync() {
+    seq += 1;
+    if (!markerPrefix) return seq;
+    const marker = `${markerPrefix}${seq.toString(16).padStart(8, '0')}\x03`;
+    for (const [stream, write] of [[stdout, writeOut], [stderr, writeErr]]) {
+      try {
+        if (!stream.destroyed && !stream.writableEnded) write.call(stream, marker, 'latin1');
+      } catch (_) {
+        /* the supervisor falls back to a timeout */
+      }
+    }
+    return seq;
+  }
+
+  // ---- value rendering ----------------------------------------------------------------------
+  function show(value, depth) {
+    try {
+      return inspect(value, { depth: depth == null ? 2 : depth, maxArrayLength: 200, maxStringLength: 100000, breakLength: 100 });
+    } catch (e) {
+      return `[value that cannot be shown: ${safeString(e)}]`;
+    }
+  }
+
+  function safeString(x) {
+    try {
+      return String(x);
+    } catch (_) {
+      return '[object]';
+    }
+  }
+
+  function isMimeBundle(v) {
+    if (!v || typeof v !== 'object' || Array.isArray(v)) return false;
+    const keys = Object.keys(v);
+    return keys.length > 0 && keys.every((k) => /^[\w.+-]+\/[\w.+-]+$/.test(k));
+  }
+
+  function bundle(value, isResult) {
+    if (!isResult && isMimeBundle(value)) {
+      const data = {};
+      for (const k of Object.keys(value)) {
+        const v = value[k];
+        data[k] = typeof v === 'string' || /json$/.test(k) ? v : safeString(v);
+      }
+      return data;
+    }
+    const data = {};
+    if (value && (typeof value === 'object' || typeof value === 'function')) {
+      try {
+        if (typeof value._toHtml === 'function') data['text/html'] = String(value._toHtml());
+      } catch (_) {
+        /* fall back to plain text */
+      }
+    }
+    data['text/plain'] = !isResult && typeof value === 'string' ? value : show(value);
+    return data;
+  }
+
+  function display(...values) {
+    for (const value of values) {
+      const data = bundle(value, false);
+      const id = current ? current.id : null;
+      send({ type: 'display', id, data, metadata: {}, seq: sync() });
+    }
+  }
+
+  // ---- errors -------------------------------------------------------------------------------
+  function isInterrupt(e) {
+    return e === CANCEL || (isNativeError(e) && e.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED');
+  }
+
+  function cleanStack(stack) {
+    const lines = String(stack).split('\n');
+    // Everything from the first frame in this file or in node:vm downwards is agent plumbing.
+    let end = lines.findIndex((l) => /^\s+at /.test(l) && (l.includes(__filename) || l.includes('node:vm:')));
+    if (end < 0) end = lines.length;
+    while (end > 1 && /^\s+at .*node:internal\//.test(lines[end - 1])) end--;
+    // Drop frames that point past the end of their cell: the `})()` closing an async wrapper.
+    const kept = lines.slice(0, end).filter((l) => {
+      const m = /^\s+at .*<cell (\d+)>:(\d+):\d+\)?$/.exec(l);
+      return !m || !cellLines.has(Number(m[1])) || Number(m[2]) <= cellLines.get(Number(m[1]));
+    });
+    while (kept.length > 1 && !kept[kept.length - 1].trim()) kept.pop();
+    return kept;
+  }
+
+  function formatError(e) {
+    let ename;
+    let evalue;
+    let stack;
+    if (isNativeError(e) || (e && typeof e === 'object' && typeof e.stack === 'string' && 'message' in e)) {
+      try {
+        ename = typeof e.name === 'string' && e.name ? e.name : 'Error';
+        evalue = safeString(e.message);
+        stack = typeof e.stack === 'string' && e.stack ? e.stack : `${ename}: ${evalue}`;
+      } catch (_) {
+        ename = 'Error';
+        evalue = '[error that cannot be shown]';
+        stack = `${ename}: ${evalue}`;
+      }
+    } else {
+      ename = 'Uncaught';
+      evalue = show(e);
+      stack = `Uncaught ${evalue}`;
+    }
+    return { ename, evalue, traceback: cleanStack(stack) };
+  }
+
+  // ---- cell rewriting -----------------------------------------------------------------------
+  const IDENT = /^[\p{ID_Start}$_][\p{ID_Continue}$\u200c\u200d]*$/u;
+  const PARSE_OPTIONS = { ecmaVersion: 'latest', sourceType: 'script', allowAwaitOutsideFunction: true, allowHashBang: false };
+
+  // Names bound by a declaration pattern.
+  function patternNames(p, out) {
+    if (!p) return out;
+    switch (p.type) {
+      case 'Identifier':
+        out.push(p.name);
+        break;
+      case 'ObjectPattern':
+        for (const prop of p.properties) patternNames(prop.type === 'RestElement' ? prop.argument : prop.value, out);
+        break;
+      case 'ArrayPattern':
+        for (const el of p.elements) patternNames(el, out);
+        break;
+      case 'AssignmentPattern':
+        patternNames(p.left, out);
+        break;
+      case 'RestElement':
+        patternNames(p.argument, out);
+        break;
+      default:
+        break;
+    }
+    return out;
+  }
+
+  // Top-level awaits: AwaitExpressions and `for await` not inside a nested function.
+  function findAwaits(node, found) {
+    if (!node || typeof node.type !== 'string') return found;
+    if (/Function/.test(node.type)) return found;
+    if (node.type === 'AwaitExpression') found.awaits.push(node);
+    if (node.type === 'ForOfStatement' && node.await) found.forAwait = true;
+    for (const key of Object.keys(node)) {
+      const v = node[key];
+      if (Array.isArray(v)) for (const c of v) findAwaits(c, found);
+      else if (v && typeof v === 'object' && typeof v.type === 'string') findAwaits(v, found);
+    }
+    return found;
+  }
+
+  // Returns {source, isAsync, hasValue, lineOffset}. Throws if acorn cannot parse the code (the
+  // caller then compiles the original code so V8 reports the syntax error).
+  function prepare(code, g) {
+    let src = code;
+    let lineOffset = 0;
+    // Like the REPL: a cell that is just `{a: 1}` is an object literal, not a block.
+    if (/^\s*\{/.test(code) && !/;\s*$/.test(code)) {
+      try {
+        acorn.parse(`(\n${code}\n)`, PARSE_OPTIONS);
+        src = `(\n${code}\n)`;
+        lineOffset = -1;
+      } catch (_) {
+        /* a block after all */
+      }
+    }
+    const ast = acorn.parse(src, PARSE_OPTIONS);
+    const { awaits, forAwait } = findAwaits(ast, { awaits: [], forAwait: false });
+    const isAsync = awaits.length > 0 || forAwait;
+    const body = ast.body;
+    let last = body.length - 1;
+    while (last >= 0 && body[last].type === 'EmptyStatement') last--;
+    const lastExpr = last >= 0 && body[last].type === 'ExpressionStatement' ? body[last].expression : null;
+
+    // Edits are insertions (start === end) or replacements, applied in one pass. At one position,
+    // closing text of an inner node goes before closing text of an outer one, and opening text of
+    // an outer node before that of an inner one; edits are generated outer-first.
+    const edits = [];
+    let order = 0;
+    const open = (at, text) => edits.push({ start: at, end: at, text, close: false, order: order++ });
+    const close = (at, text) => edits.push({ start: at, end: at, text, close: true, order: order++ });
+    const replace = (start, end, text) => edits.push({ start, end, text, close: false, order: order++ });
+    const hoisted = [];
+
+    if (isAsync && lastExpr) {
+      open(lastExpr.start, 'return { value: (');
+      close(lastExpr.end, ') }');
+    }
+    for (const node of body) {
+      if (node.type === 'VariableDeclaration' && (node.kind === 'let' || node.kind === 'const' || node.kind === 'var')) {
+        if (!isAsync) {
+          if (node.kind !== 'var') replace(node.start, node.start + node.kind.length, 'var');
+          for (const d of node.declarations) if (!d.init && node.kind === 'let') close(d.end, ' = undefined');
+        } else {
+          for (const d of node.declarations) patternNames(d.id, hoisted);
+          replace(node.start, node.declarations[0].start, 'void (');
+          close(node.declarations[node.declarations.length - 1].end, ');'); // outer before inner
+          for (const d of node.declarations) {
+            open(d.start, '(');
+            close(d.end, !d.init && node.kind !== 'var' ? ' = undefined)' : ')');
+          }
+        }
+      } else if (node.type === 'ClassDeclaration' && node.id) {
+        if (isAsync) hoisted.push(node.id.name);
+        open(node.start, isAsync ? `${node.id.name} = ` : `var ${node.id.name} = `);
+        close(node.end, ';');
+      } else if (node.type === 'FunctionDeclaration' && isAsync && node.id) {
+        hoisted.push(node.id.name);
+        open(node.start, `this.${node.id.name} = ${node.id.name}; `);
+      }
+    }
+    if (isAsync) {
+      for (const a of awaits) {
+        open(a.start, `${INTERNAL}Resume(${g}, `);
+        close(a.end, ')');
+      }
+    }
+    edits.sort((a, b) => {
+      if (a.start !== b.start) return a.start - b.start;
+      if (a.close !== b.close) return a.close ? -1 : 1;
+      return a.close ? b.order - a.order : a.order - b.order;
+    });
+    let outText = '';
+    let pos = 0;
+    for (const e of edits) {
+      outText += src.slice(pos, e.start) + e.text;
+      pos = Math.max(pos, e.end);
+    }
+    outText += src.slice(pos);
+    if (!isAsync) return { source: outText, isAsync: false, hasValue: !!lastExpr, lineOffset };
+    const names = [...new Set(hoisted)];
+    // The prefix sits on its own line; lineOffset keeps stack line numbers = cell line numbers.
+    const prefix = `${names.length ? `var ${names.join(', ')}; ` : ''}(async () => {\n`;
+    return { source: `${prefix}${outText}\n})()`, isAsync: true, hasValue: true, lineOffset: lineOffset - 1 };
+  }
+
+  // Without acorn: run the code as is (let/const still persist, but cannot be redeclared).
+  function prepareFallback(code) {
+    if (/\bawait\b/.test(code)) {
+      try {
+        new vm.Script(code);
+      } catch (e) {
+        if (/await is only valid/.test(String(e && e.message))) {
+          return { source: `(async () => {\n${code}\n})()`, isAsync: true, hasValue: false, lineOffset: -1 };
+        }
+      }
+    }
+    return { source: code, isAsync: false, hasValue: true, lineOffset: 0 };
+  }
+
+  const scriptOptions = {};
+  if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
+    scriptOptions.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER; // import()
+  }
+
+  // ---- running a cell -----------------------------------------------------------------------
+  function finish(c, status, value, err) {
+    if (c.done) return;
+    c.done = true;
+    if (current === c) current = null;
+    const m = { type: 'finish', id: c.id, status };
+    if (status === 'ok' && value !== undefined) m.result = bundle(value, true);
+    if (status === 'error') m.error = formatError(err);
+    if (status === 'interrupted') {
+      m.error = { ename: 'KeyboardInterrupt', evalue: 'Interrupted', traceback: ['KeyboardInterrupt: the cell was interrupted'] };
+    }
+    m.seq = sync(); // after the cell's output, before the message
+    send(m);
+  }
+
+  function runCell(m) {
+    gen += 1;
+    cellNo += 1;
+    const c = { id: m.id, gen, async: false, done: false };
+    current = c;
+    const code = m.code;
+    const filename = `<cell ${cellNo}>`;
+    cellLines.set(cellNo, code.split('\n').length);
+    cellLines.delete(cellNo - 1000);
+    let prepared;
+    try {
+      prepared = acorn ? prepare(code, gen) : prepareFallback(code);
+    } catch (_) {
+      prepared = { source: code, isAsync: false, hasValue: true, lineOffset: 0 }; // V8 reports the error
+    }
+    let script;
+    try {
+      script = new vm.Script(prepared.source, { filename, lineOffset: prepared.lineOffset, ...scriptOptions });
+    } catch (e) {
+      finish(c, 'error', undefined, e);
+      return;
+    }
+    let value;
+    try {
+      value = script.runInThisContext({ breakOnSigint: true, displayErrors: false });
+    } catch (e) {
+      finish(c, isInterrupt(e) ? 'interrupted' : 'error', undefined, e);
+      return;
+    }
+    if (!prepared.isAsync) {
+      finish(c, 'ok', prepared.hasValue ? value : undefined);
+      return;
+    }
+    c.async = true;
+    PromiseThen.call(
+      value,
+      (r) => finish(c, 'ok', prepared.hasValue && r && typeof r === 'object' ? r.value : undefined),
+      (e) => {
+        if (e === CANCEL) return; // abandoned after an interrupt, already reported
+        finish(c, isInterrupt(e) ? 'interrupted' : 'error', undefined, e);
+      },
+    );
+  }
+
+  // Called by every rewritten top-level `await` when it resumes: an abandoned cell stops here.
+  function resume(g, v) {
+    if (!current || current.gen !== g) throw CANCEL;
+    return v;
+  }
+
+  // SIGINT outside runInThisContext (breakOnSigint handles the synchronous part itself): end a
+  // cell that is waiting for a promise. Also keeps SIGINT from killing the worker.
+  process.on('SIGINT', () => {
+    const c = current;
+    if (c && c.async && !c.done) finish(c, 'interrupted');
+  });
+
+  // Errors from timers, callbacks and promises between (or during) cells: report, never die.
+  process.on('uncaughtException', (e) => {
+    if (e === CANCEL) return;
+    try {
+      writeErr.call(stderr, `Uncaught ${formatError(e).traceback.join('\n')}\n`);
+    } catch (_) {
+      /* ignore */
+    }
+  });
+  process.on('unhandledRejection', (e) => {
+    if (e === CANCEL) return;
+    try {
+      writeErr.call(stderr, `Unhandled promise rejection: ${formatError(e).traceback.join('\n')}\n`);
+    } catch (_) {
+      /* ignore */
+    }
+  });
+  process.on('disconnect', () => process.exit(0)); // the supervisor is gone
+
+  // ---- completion and inspection ------------------------------------------------------------
+  const ID_TAIL = /[\p{ID_Start}$_][\p{ID_Continue}$\u200c\u200d]*$/u;
+  const CHAIN = '[\\p{ID_Start}$_][\\p{ID_Continue}$\\u200c\\u200d]*(?:\\s*\\??\\.\\s*[\\p{ID_Start}$_][\\p{ID_Continue}$\\u200c\\u200d]*)*';
+  const KEYWORDS = (
+    'await break case catch class const continue debugger default delete do else export extends false finally for ' +
+    'function if import in instanceof let new null return static super switch this throw true try typeof undefined ' +
+    'var void while with yield async of'
+  ).split(' ');
+
+  // Code point offset -> UTF-16 index.
+  function cpIndex(s, cp) {
+    let i = 0;
+    for (let n = 0; n < cp && i < s.length; n++) i += s.codePointAt(i) > 0xffff ? 2 : 1;
+    return i;
+  }
+  const cpLength = (s) => [...s].length;
+
+  // Follow a.b.c from the global object without calling anything but getters.
+  function resolve(names) {
+    let obj = globalThis;
+    for (const name of names) {
+      if (obj === null || obj === undefined) return { ok: false };
+      try {
+        if (!(name in Object(obj))) return { ok: false };
+        obj = obj[name];
+      } catch (_) {
+        return { ok: false };
+      }
+    }
+    return { ok: true, value: obj };
+  }
+
+  function propertyNames(value) {
+    const names = new Set();
+    let o = value === null || value === undefined ? null : Object(value);
+    for (let depth = 0; o && depth < 20; depth++) {
+      try {
+        for (const n of getOwnPropertyNames(o)) names.add(n);
+        o = getPrototypeOf(o);
+      } catch (_) {
+        break;
+      }
+    }
+    return names;
+  }
+
+  function complete(code, cursor) {
+    const before = code.slice(0, cpIndex(code, cursor));
+    const partialMatch = ID_TAIL.exec(before);
+    const partial = partialMatch ? partialMatch[0] : '';
+    const rest = before.slice(0, before.length - partial.length);
+    let candidates;
+    const dot = /\??\.\s*$/.exec(rest);
+    if (dot) {
+      const chainMatch = new RegExp(`(${CHAIN})\\s*$`, 'u').exec(rest.slice(0, dot.index));
+      const charBefore = chainMatch ? rest.slice(0, dot.index - chainMatch[0].length).slice(-1) : '';
+      if (!chainMatch || /[.\])'"`\p{ID_Continue}]/u.test(charBefore)) {
+        candidates = new Set();
+      } else {
+        const r = resolve(chainMatch[1].split(/\s*\??\.\s*/));
+        candidates = r.ok ? propertyNames(r.value) : new Set();
+      }
+    } else {
+      if (/\d$/.test(rest) && !partial) candidates = new Set();
+      else candidates = new Set([...propertyNames(globalThis), ...KEYWORDS]);
+    }
+    const matches = [...candidates]
+      .filter((n) => n.startsWith(partial) && IDENT.test(n) && !n.startsWith(INTERNAL))
+      .sort((a, b) => (a.startsWith('_') - b.startsWith('_')) || (a < b ? -1 : a > b ? 1 : 0));
+    return { matches: matches.slice(0, 1000), cursor_start: cursor - cpLength(partial), cursor_end: cursor };
+  }
+
+  function signature(fn) {
+    let text = '';
+    try {
+      text = Function.prototype.toString.call(fn);
+    } catch (_) {
+      /* proxies */
+    }
+    if (/^class\b/.test(text)) return text.slice(0, text.indexOf('{')).trim();
+    if (/\{\s*\[native code\]\s*\}$/.test(text)) return `${fn.name || 'anonymous'}(${fn.length} argument${fn.length === 1 ? '' : 's'}) [native]`;
+    const arrow = text.indexOf('=>');
+    const brace = text.indexOf('{');
+    const cut = arrow >= 0 && (brace < 0 || arrow < brace) ? arrow + 2 : brace;
+    return (cut >= 0 ? text.slice(0, cut) : text).replace(/\s+/g, ' ').trim();
+  }
+
+  function inspectAt(code, cursor, detail) {
+    const at = cpIndex(code, cursor);
+    const tail = /^[\p{ID_Continue}$\u200c\u200d]*/u.exec(code.slice(at))[0];
+    const text = code.slice(0, at) + tail;
+    let match = new RegExp(`(${CHAIN})$`, 'u').exec(text);
+    if (!match) match = new RegExp(`(${CHAIN})\\s*\\([^()]*$`, 'u').exec(code.slice(0, at)); // inside a call
+    if (!match) return { found: false, data: {} };
+    const name = match[1].replace(/\s+/g, '');
+    const r = resolve(name.split(/\??\./));
+    if (!r.ok) return { found: false, data: {} };
+    const v = r.value;
+    const lines = [`${name}: ${v === null ? 'null' : typeof v}`];
+    if (typeof v === 'function') {
+      lines.push(`signature: ${signature(v)}`);
+      if (detail) {
+        try {
+          const src = Function.prototype.toString.call(v);
+          lines.push('source:', src.length > 4000 ? `${src.slice(0, 4000)}\n...` : src);
+        } catch (_) {
+          /* no source */
+        }
+      }
+    } else {
+      try {
+        const ctor = v !== null && v !== undefined && getPrototypeOf(Object(v)) && getPrototypeOf(Object(v)).constructor;
+        if (ctor && ctor.name) lines.push(`class: ${ctor.name}`);
+      } catch (_) {
+        /* exotic object */
+      }
+      const shown = show(v, detail ? 2 : 0);
+      lines.push(`value: ${shown.length > 4000 ? `${shown.slice(0, 4000)}...` : shown}`);
+    }
+    return { found: true, data: { 'text/plain': lines.join('\n') } };
+  }
+
+  // ---- globals for user code ----------------------------------------------------------------
+  const cwd = process.cwd();
+  const define = (name, value) => Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+  const userRequire = require('module').createRequire(path.join(cwd, '<cell>'));
+  define('require', userRequire);
+  define('module', { exports: {}, require: userRequire, id: '<cell>', filename: path.join(cwd, '<cell>'), paths: userRequire.resolve.paths('x') });
+  define('exports', globalThis.module.exports);
+  define('__filename', path.join(cwd, '<cell>'));
+  define('__dirname', cwd);
+  define('display', display);
+  Object.defineProperty(globalThis, `${INTERNAL}Resume`, { value: resume, writable: false, configurable: false, enumerable: false });
+
+  // ---- control channel ----------------------------------------------------------------------
+  process.on('message', (m) => {
+    if (!m || typeof m !== 'object') return;
+    switch (m.type) {
+      case 'init':
+        markerPrefix = m.prefix;
+        send({ type: 'hello' });
+        break;
+      case 'execute':
+        runCell(m);
+        break;
+      case 'complete': {
+        let r;
+        try {
+          r = complete(m.code, m.cursor_pos);
+        } catch (_) {
+          r = { matches: [], cursor_start: m.cursor_pos, cursor_end: m.cursor_pos };
+        }
+        send({ type: 'complete_reply', id: m.id, ...r });
+        break;
+      }
+      case 'inspect': {
+        let r;
+        try {
+          r = inspectAt(m.code, m.cursor_pos, m.detail_level);
+        } catch (_) {
+          r = { found: false, data: {} };
+        }
+        send({ type: 'inspect_reply', id: m.id, ...r });
+        break;
+      }
+      default:
+        break;
+    }
+  });
+}
