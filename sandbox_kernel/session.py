@@ -190,6 +190,7 @@ class _Ended(Exception):
 
 
 _ids = itertools.count(1)
+_WAKE = object()  # put on the frame queue to make a waiting execute() re-check its deadlines
 
 
 class AgentSession(SandboxSession):
@@ -413,6 +414,8 @@ class AgentSession(SandboxSession):
                     frame = await asyncio.wait_for(self._frames.get(), wait) if wait else await self._frames.get()
                 except asyncio.TimeoutError:
                     continue
+                if frame is _WAKE:
+                    continue
                 if isinstance(frame, _Ended):
                     yield ErrorOutput.from_exception(frame.error)
                     await self._replace(f"A new sandbox was started after the last one was lost ({frame.error.ename}).")
@@ -478,6 +481,7 @@ class AgentSession(SandboxSession):
     async def _request_interrupt(self) -> None:
         if self._interrupt_requested_at is None:
             self._interrupt_requested_at = time.monotonic()
+            self._frames.put_nowait(_WAKE)  # type: ignore[arg-type]
         try:
             await self._send({"type": "interrupt"})
         except Exception:  # noqa: BLE001 - the grace timer replaces the sandbox anyway
