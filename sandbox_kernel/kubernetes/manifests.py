@@ -1,0 +1,407 @@
+"""Pure builders for every object a Kubernetes sandbox is made of.
+
+Each function takes small frozen dataclasses and returns the plain dict the API server is sent,
+so ``sandbox-kernel render``, ``k8s/sandbox/*.yaml`` and the running kernel all apply exactly
+the same objects, and the tests compare whole dicts without a cluster. Nothing here talks to
+the network or reads settings; :mod:`.backend` turns settings into these dataclasses and
+:mod:`.api` sends the dicts.
+
+One sandbox is, in the order it is created::
+
+    Namespace        sandbox-<8 hex>, Pod Security "restricted", labels naming kernel/owner
+    RoleBinding      gives the kernel's own identity the sandbox role in this namespace only
+    ResourceQuota    caps what all pods of the namespace may request and use
+    LimitRange       per-container bounds and defaults
+    NetworkPolicy    deny-all: no ingress, no egress (not even DNS)
+    ConfigMap        the agent's source, mounted read-only into the pod
+    Lease            the kernel's heartbeat; ``sandbox-kernel gc`` reclaims it once expired
+    Pod              one long-lived agent per kernel, attached to through the API server
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+MANAGED_BY = "sandbox-kernel"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_KERNEL_ID = "sandbox-kernel/kernel-id"
+LABEL_LANGUAGE = "sandbox-kernel/language"
+LABEL_OWNER = "sandbox-kernel/owner"
+ANNOTATION_CREATED = "sandbox-kernel/created"
+ANNOTATION_USER = "sandbox-kernel/user"
+
+SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+"""Label selector matching every namespace (and object) this project created."""
+
+AGENT_DIR = "/opt/sandbox-agent"
+SANDBOX_HOME = "/home/sandbox"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+SANDBOX_UID = 1000
+CONTAINER_NAME = "agent"
+CONFIG_MAP_NAME = "sandbox-agent"
+LEASE_NAME = "sandbox-heartbeat"
+NETWORK_POLICY_NAME = "deny-all"
+QUOTA_NAME = "sandbox-quota"
+LIMIT_RANGE_NAME = "sandbox-limits"
+ROLE_BINDING_NAME = "sandbox-kernel"
+GATE_LINE = b"go\n"
+"""What the kernel writes to the pod's stdin once attached: it lets the agent start (see :func:`agent_command`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs.
+
+
+@dataclass(frozen=True)
+class SandboxIdentity:
+    """Which kernel a sandbox belongs to and who started it."""
+
+    namespace: str
+    kernel_id: str
+    language: str
+    owner: str
+    """Label-safe owner: the service account's name, or the sanitised user name."""
+    user: str
+    """The full Kubernetes user name of the kernel's identity (e.g. ``system:serviceaccount:ns:sa``)."""
+    created: str
+    """RFC 3339 creation time, e.g. ``2025-01-01T00:00:00Z``."""
+
+
+@dataclass(frozen=True)
+class QuotaSpec:
+    """``spec.hard`` of the namespace's ResourceQuota."""
+
+    requests_cpu: str = "500m"
+    requests_memory: str = "256Mi"
+    limits_cpu: str = "1"
+    limits_memory: str = "512Mi"
+    pods: int = 3
+    persistentvolumeclaims: int = 0
+    services: int = 0
+
+
+@dataclass(frozen=True)
+class LimitRangeSpec:
+    """Per-container bounds and defaults of the namespace's LimitRange."""
+
+    max_cpu: str = "500m"
+    max_memory: str = "256Mi"
+    min_cpu: str = "10m"
+    min_memory: str = "10Mi"
+    default_cpu: str = "250m"
+    default_memory: str = "128Mi"
+    default_request_cpu: str = "100m"
+    default_request_memory: str = "64Mi"
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """Everything that varies in the sandbox pod."""
+
+    name: str
+    image: str
+    interpreter: str
+    agent_file: str
+    cpu_request: str = "100m"
+    memory_request: str = "64Mi"
+    cpu_limit: str = "500m"
+    memory_limit: str = "256Mi"
+    scratch_size: str = "64Mi"
+    tmp_size: str = "16Mi"
+    active_deadline_seconds: int = 43200
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict[str, Any], ...] = field(default=())
+    runtime_class_name: str = ""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The identity the kernel talks to the API server as (an RBAC subject)."""
+
+    kind: str
+    """``ServiceAccount`` or ``User``."""
+    name: str
+    namespace: str = ""
+
+    @classmethod
+    def from_username(cls, username: str) -> "Subject":
+        """``system:serviceaccount:NS:NAME`` → a ServiceAccount subject; anything else → a User."""
+        parts = username.split(":")
+        if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+            return cls("ServiceAccount", parts[3], parts[2])
+        return cls("User", username)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def label_value(text: str) -> str:
+    """Make ``text`` a valid label value (≤ 63 chars of ``[A-Za-z0-9._-]``, alphanumeric ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("-._")
+    return value or "unknown"
+
+
+def owner_label(username: str) -> str:
+    """The owner label for a user name: a service account's name, else the sanitised user name."""
+    subject = Subject.from_username(username)
+    return label_value(subject.name)
+
+
+def agent_command(interpreter: str, agent_file: str) -> list[str]:
+    """The container command: wait for the kernel's gate line, then run the agent in a clean environment.
+
+    An attach stream only carries what is written after it is opened, so the agent must not
+    start (and send its ``ready`` frame) before the kernel is attached. ``read`` in ``/bin/sh``
+    consumes stdin one byte at a time, so nothing after the gate line is swallowed. ``env -i``
+    drops every variable the image and the kubelet set (``KUBERNETES_SERVICE_HOST`` and the
+    like), leaving the user's code only HOME, PATH and LANG.
+    """
+    run = shlex.join(
+        [
+            "env", "-i", f"HOME={SANDBOX_HOME}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8",
+            interpreter, f"{AGENT_DIR}/{agent_file}",
+        ]
+    )
+    return ["/bin/sh", "-c", f"read -r _ && exec {run}"]
+
+
+def _labels(ident: SandboxIdentity) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_KERNEL_ID: label_value(ident.kernel_id),
+        LABEL_LANGUAGE: ident.language,
+        LABEL_OWNER: ident.owner,
+    }
+
+
+def _meta(ident: SandboxIdentity, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": ident.namespace, "labels": _labels(ident)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders.
+
+
+def namespace(ident: SandboxIdentity) -> dict[str, Any]:
+    """The sandbox namespace; Pod Security "restricted" is enforced, warned and audited."""
+    labels = _labels(ident)
+    for mode in ("enforce", "warn", "audit"):
+        labels[f"pod-security.kubernetes.io/{mode}"] = "restricted"
+    labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": ident.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_CREATED: ident.created, ANNOTATION_USER: ident.user},
+        },
+    }
+
+
+def role_binding(ident: SandboxIdentity, subject: Subject, cluster_role: str) -> dict[str, Any]:
+    """Bind ``cluster_role`` to the kernel's own identity in this namespace only (see k8s/rbac/)."""
+    entry: dict[str, Any] = {"kind": subject.kind, "name": subject.name}
+    if subject.kind == "ServiceAccount":
+        entry["namespace"] = subject.namespace
+    else:
+        entry["apiGroup"] = "rbac.authorization.k8s.io"
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(ident, ROLE_BINDING_NAME),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [entry],
+    }
+
+
+def resource_quota(ident: SandboxIdentity, quota: QuotaSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": _meta(ident, QUOTA_NAME),
+        "spec": {
+            "hard": {
+                "requests.cpu": quota.requests_cpu,
+                "requests.memory": quota.requests_memory,
+                "limits.cpu": quota.limits_cpu,
+                "limits.memory": quota.limits_memory,
+                "pods": str(quota.pods),
+                "persistentvolumeclaims": str(quota.persistentvolumeclaims),
+                "services": str(quota.services),
+            }
+        },
+    }
+
+
+def limit_range(ident: SandboxIdentity, limits: LimitRangeSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": _meta(ident, LIMIT_RANGE_NAME),
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "max": {"cpu": limits.max_cpu, "memory": limits.max_memory},
+                    "min": {"cpu": limits.min_cpu, "memory": limits.min_memory},
+                    "default": {"cpu": limits.default_cpu, "memory": limits.default_memory},
+                    "defaultRequest": {"cpu": limits.default_request_cpu, "memory": limits.default_request_memory},
+                }
+            ]
+        },
+    }
+
+
+def network_policy(ident: SandboxIdentity) -> dict[str, Any]:
+    """Deny all ingress and egress for every pod of the namespace (no rules = nothing allowed)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(ident, NETWORK_POLICY_NAME),
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    }
+
+
+def agent_config_map(ident: SandboxIdentity, agent_file: str, source: str) -> dict[str, Any]:
+    """The agent's source, exactly as shipped with this package."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ident, CONFIG_MAP_NAME),
+        "immutable": True,
+        "data": {agent_file: source},
+    }
+
+
+def heartbeat_lease(ident: SandboxIdentity, duration_seconds: int, renew_time: str) -> dict[str, Any]:
+    """The heartbeat: the kernel bumps ``renewTime``; it is expired after ``leaseDurationSeconds``.
+
+    ``renew_time`` is a MicroTime, e.g. ``2025-01-01T00:00:00.000000Z``.
+    """
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": _meta(ident, LEASE_NAME),
+        "spec": {
+            "holderIdentity": ident.kernel_id,
+            "leaseDurationSeconds": duration_seconds,
+            "acquireTime": renew_time,
+            "renewTime": renew_time,
+        },
+    }
+
+
+def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
+    """The sandbox pod: passes Pod Security "restricted" as created; stdin open for attach."""
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 1,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SANDBOX_UID,
+            "runAsGroup": SANDBOX_UID,
+            "fsGroup": SANDBOX_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": spec.image,
+                "imagePullPolicy": spec.image_pull_policy,
+                "command": agent_command(spec.interpreter, spec.agent_file),
+                "stdin": True,
+                "stdinOnce": False,
+                "tty": False,
+                "workingDir": SANDBOX_HOME,
+                "env": [
+                    {"name": "HOME", "value": SANDBOX_HOME},
+                    {"name": "PATH", "value": SANDBOX_PATH},
+                    {"name": "LANG", "value": "C.UTF-8"},
+                ],
+                "resources": {
+                    "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
+                    "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "readOnlyRootFilesystem": True,
+                    "privileged": False,
+                },
+                "volumeMounts": [
+                    {"name": "home", "mountPath": SANDBOX_HOME},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "agent", "mountPath": AGENT_DIR, "readOnly": True},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "home", "emptyDir": {"sizeLimit": spec.scratch_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": spec.tmp_size}},
+            {"name": "agent", "configMap": {"name": CONFIG_MAP_NAME, "defaultMode": 0o444}},
+        ],
+    }
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.runtime_class_name:
+        pod_spec["runtimeClassName"] = spec.runtime_class_name
+    meta = _meta(ident, spec.name)
+    meta["labels"]["app.kubernetes.io/name"] = "sandbox"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+@dataclass(frozen=True)
+class SandboxObjects:
+    """Everything one sandbox is made of, in creation order (the pod last)."""
+
+    namespace: dict[str, Any]
+    role_binding: dict[str, Any] | None
+    resource_quota: dict[str, Any]
+    limit_range: dict[str, Any]
+    network_policy: dict[str, Any]
+    config_map: dict[str, Any]
+    lease: dict[str, Any]
+    pod: dict[str, Any]
+
+    def in_order(self) -> list[dict[str, Any]]:
+        objects = [self.namespace, self.role_binding, self.resource_quota, self.limit_range,
+                   self.network_policy, self.config_map, self.lease, self.pod]
+        return [o for o in objects if o is not None]
+
+
+def sandbox_objects(
+    ident: SandboxIdentity,
+    quota: QuotaSpec,
+    limits: LimitRangeSpec,
+    pod_spec: PodSpec,
+    agent_source: str,
+    lease_seconds: int,
+    renew_time: str,
+    subject: Subject | None,
+    cluster_role: str,
+) -> SandboxObjects:
+    """All objects of one sandbox; no RoleBinding when ``subject`` or ``cluster_role`` is empty."""
+    return SandboxObjects(
+        namespace=namespace(ident),
+        role_binding=role_binding(ident, subject, cluster_role) if subject and cluster_role else None,
+        resource_quota=resource_quota(ident, quota),
+        limit_range=limit_range(ident, limits),
+        network_policy=network_policy(ident),
+        config_map=agent_config_map(ident, pod_spec.agent_file, agent_source),
+        lease=heartbeat_lease(ident, lease_seconds, renew_time),
+        pod=pod(ident, pod_spec),
+    )
