@@ -1,0 +1,1320 @@
+#!/usr/bin/env python3
+"""Sandbox Kernel agent for Python: runs notebook cells inside the sandbox.
+
+The kernel starts this file as ``python3 python_agent.py`` with stdin/stdout carrying the
+framed protocol of ``PROTOCOL.md`` and stderr as a log. Only the standard library is used
+(Python 3.9+), and everything lives in this one file.
+
+How it works, in short:
+
+* **fds.** The very first thing the agent does is to move the protocol streams to private,
+  close-on-exec descriptors and to give the user's code fd 0 = /dev/null and fd 1 / fd 2 =
+  pipes that the agent reads. Whatever user code, its threads or its subprocesses write
+  (``print``, ``os.write(1, ...)``, ``os.system``) goes into those pipes, and two *pump*
+  threads wrap it into ``out`` / ``err`` frames, so nothing can corrupt the protocol.
+* **Ordering.** ``sys.stdout``/``sys.stderr`` are unbuffered (write-through) text wrappers on
+  fd 1/2, so Python prints and subprocess output share one ordered pipe. Before the agent
+  sends ``result``/``error``/``display``/``done`` it writes a random marker into both pipes
+  and waits until each pump has seen it: every byte written before that moment has then been
+  forwarded (a "drain handshake"); a background process that keeps fd 1 open cannot block it.
+* **Threads.** The main thread runs cells. A reader thread reads the protocol so that an
+  ``interrupt`` is seen while a cell runs. Protocol writes come from several threads and are
+  serialised by a lock.
+* **Interrupts.** The agent makes itself a process-group leader; an ``interrupt`` sends
+  SIGINT to the whole group, which stops ``time.sleep``, busy loops (the SIGINT handler
+  raises KeyboardInterrupt in the main thread) and children such as ``os.system('sleep 100')``.
+  The handler raises only while user code runs, never inside agent bookkeeping (it checks a
+  flag and the interrupted frame); a watchdog re-sends SIGINT until it lands.
+"""
+
+# --------------------------------------------------------------------------------------
+# Step 1, before anything can print: move the protocol off fds 0/1.
+# Only os/sys are used here so that no import can write to the protocol stream first.
+# --------------------------------------------------------------------------------------
+import os
+import sys
+
+
+def _private_fd(fd):
+    """Duplicate ``fd`` to a high, close-on-exec descriptor (subprocesses never see it)."""
+    try:
+        import fcntl
+
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+    except (ImportError, OSError):
+        return os.dup(fd)  # os.dup() also returns a non-inheritable (close-on-exec) fd
+
+
+def _private_pipe():
+    r, w = os.pipe()
+    pr, pw = _private_fd(r), _private_fd(w)
+    os.close(r)
+    os.close(w)
+    return pr, pw
+
+
+_PROTO_IN = _private_fd(0)  # kernel -> agent frames
+_PROTO_OUT = _private_fd(1)  # agent -> kernel frames
+try:
+    _LOG_FD = _private_fd(2)  # the agent's own diagnostics (the kernel logs them)
+except OSError:
+    _LOG_FD = -1
+_fd = os.open(os.devnull, os.O_RDWR)
+_DEVNULL = _private_fd(_fd)
+os.close(_fd)
+# The write ends are kept (privately) so fd 1/2 can be repaired before every cell and the
+# drain markers never depend on what the user did to fd 1/2.
+_OUT_R, _OUT_W = _private_pipe()
+_ERR_R, _ERR_W = _private_pipe()
+os.dup2(_DEVNULL, 0)
+os.dup2(_OUT_W, 1)
+os.dup2(_ERR_W, 2)
+
+# --------------------------------------------------------------------------------------
+# Step 2: everything else.
+# --------------------------------------------------------------------------------------
+import __future__  # noqa: E402
+import ast  # noqa: E402
+import builtins  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import linecache  # noqa: E402
+import queue  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import types  # noqa: E402
+
+MAX_PAYLOAD = 1 << 20  # largest frame payload the protocol allows
+MAX_HEADER = 32
+READ_CHUNK = 65536  # also the largest out/err frame we send
+PROTOCOL_VERSION = 1
+
+_AGENT_PID = os.getpid()
+_MAIN_TID = threading.get_ident()
+_CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect at start-up
+_TOP_LEVEL_AWAIT = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+_FUTURE_MASK = 0
+for _name in __future__.all_feature_names:
+    _FUTURE_MASK |= getattr(__future__, _name).compiler_flag
+
+# Become a process-group leader so an interrupt can signal the agent *and* every process the
+# user's code started (and only those). Fails harmlessly when we already lead a session
+# (bwrap --new-session, PID 1 in a container): then we lead our group anyway.
+try:
+    os.setpgid(0, 0)
+except OSError:
+    pass
+
+
+def _is_group_leader():
+    return os.getpgrp() == os.getpid()
+
+
+def _log(text):
+    if _LOG_FD >= 0:
+        try:
+            _write_all(_LOG_FD, ("python-agent: %s\n" % text).encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)  # EINTR is retried by Python itself (PEP 475)
+        view = view[n:]
+
+
+# --------------------------------------------------------------------------------------
+# Protocol output
+# --------------------------------------------------------------------------------------
+_proto_lock = threading.Lock()
+
+
+def _send_frame(kind, payload):
+    if os.getpid() != _AGENT_PID:  # a fork()ed child must never talk to the kernel
+        return
+    frame = b"%s %d\n" % (kind, len(payload)) + payload
+    try:
+        with _proto_lock:
+            _write_all(_PROTO_OUT, frame)
+    except OSError as exc:  # the kernel went away
+        _log("cannot write to the kernel (%s); exiting" % exc)
+        _terminate(1)
+
+
+def _json_default(obj):
+    return "<unserializable %s>" % type(obj).__name__
+
+
+def _dump(body):
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    # 'replace' turns lone surrogates (possible in Python str) into '?' so the frame is UTF-8.
+    return text.encode("utf-8", "replace")
+
+
+def _clip(obj, max_str, max_items):
+    if isinstance(obj, str):
+        return obj if len(obj) <= max_str else obj[:max_str] + "\n... [truncated]"
+    if isinstance(obj, (list, tuple)):
+        return [_clip(x, max_str, max_items) for x in obj[:max_items]]
+    if isinstance(obj, dict):
+        return {k: _clip(v, max_str, max_items) for k, v in list(obj.items())[:max_items]}
+    return obj
+
+
+def _fit(body):
+    """Encode ``body``, shrinking it if needed so the frame stays within MAX_PAYLOAD."""
+    try:
+        payload = _dump(body)
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. circular metadata
+        body = {k: v for k, v in body.items() if k in ("type", "id")}
+        body.update(_fit_fallback(body["type"], exc))
+        payload = _dump(body)
+    if len(payload) <= MAX_PAYLOAD:
+        return payload
+    body = dict(body)
+    data = body.get("data")
+    if isinstance(data, dict) and data:
+        data = dict(data)
+        sizes = sorted(((len(_dump(v)), k) for k, v in data.items() if k != "text/plain"), reverse=True)
+        for size, key in sizes:
+            del data[key]
+            body["data"], body["metadata"] = data, {}
+            _warn("output %s dropped: %d bytes is over the %d-byte message limit\n" % (key, size, MAX_PAYLOAD))
+            payload = _dump(body)
+            if len(payload) <= MAX_PAYLOAD:
+                return payload
+    max_str, max_items = 200000, 10000
+    while True:
+        payload = _dump(_clip(body, max_str, max_items))
+        if len(payload) <= MAX_PAYLOAD or max_str < 64:
+            return payload
+        max_str, max_items = max_str // 2, max(max_items // 2, 16)
+
+
+def _fit_fallback(kind, exc):
+    if kind in ("display", "result"):
+        return {"data": {"text/plain": "<output could not be encoded: %s>" % exc}, "metadata": {}}
+    return {}
+
+
+def _send_msg(body):
+    _send_frame(b"msg", _fit(body))
+
+
+# --------------------------------------------------------------------------------------
+# Output capture: pumps, output budget, drain handshake
+# --------------------------------------------------------------------------------------
+_budget_lock = threading.Lock()
+_budget = {"limit": 0, "sent": 0, "truncated": 0}
+
+
+def _forward(kind, data):
+    """Send user output, honouring the current cell's output_limit."""
+    n = len(data)
+    with _budget_lock:
+        limit = _budget["limit"]
+        if limit:
+            room = limit - _budget["sent"]
+            if room <= 0:
+                _budget["truncated"] += n
+                return
+            if n > room:
+                _budget["truncated"] += n - room
+                data, n = data[:room], room
+        _budget["sent"] += n
+    for start in range(0, n, READ_CHUNK):
+        _send_frame(kind, data[start : start + READ_CHUNK])
+
+
+def _partial_suffix(data, marker):
+    """Length of the longest tail of ``data`` that is a proper prefix of ``marker``."""
+    first = marker[:1]
+    start = max(0, len(data) - len(marker) + 1)
+    if data.find(first, start) < 0:
+        return 0
+    for k in range(min(len(marker) - 1, len(data)), 0, -1):
+        if data.endswith(marker[:k]):
+            return k
+    return 0
+
+
+class _Pump:
+    """Reads one of the user's output pipes and forwards it as out/err frames."""
+
+    def __init__(self, rfd, wfd, kind):
+        self.rfd, self.wfd, self.kind = rfd, wfd, kind
+        self.expect = None  # drain marker we are waiting for, or None
+        self.seen = threading.Event()
+
+    def arm(self, marker):
+        self.seen.clear()
+        self.expect = marker
+
+    def run(self):
+        held = b""  # bytes that might be the start of a marker split over two reads
+        while True:
+            try:
+                data = os.read(self.rfd, READ_CHUNK)
+            except OSError as exc:
+                _log("output pipe failed: %s" % exc)
+                return
+            if not data:
+                return
+            if held:
+                data, held = held + data, b""
+            marker = self.expect
+            if marker is not None:
+                i = data.find(marker)
+                if i >= 0:
+                    if i:
+                        _forward(self.kind, data[:i])
+                    self.expect = None
+                    self.seen.set()
+                    data = data[i + len(marker) :]
+                else:
+                    k = _partial_suffix(data, marker)
+                    if k:
+                        data, held = data[:-k], data[-k:]
+            if data:
+                _forward(self.kind, data)
+
+
+_pumps = []
+_sync_lock = threading.Lock()
+
+
+def _sync_output(timeout=10.0):
+    """Return once every byte written to fd 1/2 so far has been sent to the kernel."""
+    if os.getpid() != _AGENT_PID:
+        return
+    with _sync_lock:
+        marker = b"\0\x1b[sandbox-sync:" + os.urandom(12).hex().encode() + b"]\0"
+        for pump in _pumps:
+            pump.arm(marker)
+        for pump in _pumps:
+            try:
+                _write_all(pump.wfd, marker)  # < PIPE_BUF: atomic, never interleaved
+            except OSError as exc:
+                _log("cannot write drain marker: %s" % exc)
+                pump.seen.set()
+        for pump in _pumps:
+            if not pump.seen.wait(timeout):
+                _log("output drain timed out")
+
+
+# --------------------------------------------------------------------------------------
+# The user's sys.stdout / sys.stderr / sys.stdin
+# --------------------------------------------------------------------------------------
+class _FdWriter(io.RawIOBase):
+    """Unbuffered binary writer on a file descriptor; never closes it."""
+
+    def __init__(self, fd):
+        super().__init__()
+        self._fd = fd
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def write(self, b):
+        # Its own loop rather than _write_all(): the SIGINT handler may raise here (user
+        # output blocked on a full pipe must stay interruptible), never in _write_all().
+        view = memoryview(b).cast("B")
+        size = len(view)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return size
+
+
+def _text_stream(fd):
+    # write_through: every write goes straight to the fd, so prints interleave correctly
+    # with subprocess output and nothing is left in a buffer when a cell ends.
+    return io.TextIOWrapper(
+        _FdWriter(fd), encoding="utf-8", errors="backslashreplace", newline="\n", write_through=True
+    )
+
+
+def _stdin_stream():
+    return io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+
+
+_original_streams = (sys.stdin, sys.stdout, sys.stderr)  # keep alive; never used again
+_streams = {"stdin": _stdin_stream(), "stdout": _text_stream(1), "stderr": _text_stream(2)}
+sys.stdin = sys.__stdin__ = _streams["stdin"]
+sys.stdout = sys.__stdout__ = _streams["stdout"]
+sys.stderr = sys.__stderr__ = _streams["stderr"]
+
+
+def _repair_streams():
+    """Undo a user's os.close(1), dup2 over fd 1/2 or sys.stdout.close() before a cell."""
+    for fd, src in ((0, _DEVNULL), (1, _OUT_W), (2, _ERR_W)):
+        try:
+            os.dup2(src, fd)
+        except OSError:
+            pass
+    for name, make in (("stdin", _stdin_stream), ("stdout", lambda: _text_stream(1)), ("stderr", lambda: _text_stream(2))):
+        if _streams[name].closed:
+            _streams[name] = make()
+            setattr(sys, "__%s__" % name, _streams[name])
+        current = getattr(sys, name)
+        try:
+            broken = current is None or current.closed
+        except Exception:
+            broken = True
+        if broken:
+            setattr(sys, name, _streams[name])
+
+
+def _warn(text):
+    """A note for the user on the cell's stderr (e.g. a failing _repr_html_)."""
+    try:
+        _write_all(_ERR_W, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _flush_user_streams():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    _flush_c_stdio()
+
+
+_libc = []
+
+
+def _flush_c_stdio():
+    """fflush(NULL): C extensions' printf output would otherwise sit in libc's buffer."""
+    if not _libc:
+        try:
+            import ctypes
+
+            _libc.append(ctypes.CDLL(None).fflush)
+        except Exception:
+            _libc.append(None)
+    if _libc[0] is not None:
+        try:
+            _libc[0](None)
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------------------
+# Process handling: interrupt, shutdown, zombies
+# --------------------------------------------------------------------------------------
+def _proc_table():
+    """{pid: (state, ppid, pgrp)} from /proc, or None when /proc is not available."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table = {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            fd = os.open("/proc/%s/stat" % name, os.O_RDONLY)
+            try:
+                stat = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+            rest = stat[stat.rindex(b")") + 2 :].split()
+            table[int(name)] = (rest[0], int(rest[1]), int(rest[2]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def _descendants(table, root):
+    children = {}
+    for pid, (_, ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _signal_others(sig, group=True):
+    """Signal every descendant (and, if we lead it, every member of our group) but us."""
+    me = os.getpid()
+    table = _proc_table()
+    if table is None:
+        return False
+    targets = set(_descendants(table, me))
+    if group and _is_group_leader():
+        targets.update(pid for pid, (_, _, pgrp) in table.items() if pgrp == me)
+    targets.discard(me)
+    for pid in targets:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    return True
+
+
+def _signal_main_thread():
+    # A process-directed signal may be taken by any thread that does not block it; a
+    # signal taken by another thread would not wake the main thread from time.sleep() etc.
+    try:
+        signal.pthread_kill(_MAIN_TID, signal.SIGINT)
+    except (OSError, AttributeError):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _signal_cell(sig):
+    """Deliver an interrupt: to the main thread, and to every process the user's code
+    started: our whole process group when we lead one, else our descendants (never a group
+    we do not own, e.g. the kernel's)."""
+    _signal_main_thread()
+    if _is_group_leader():
+        try:
+            os.killpg(os.getpid(), sig)
+            return
+        except OSError:
+            pass
+    _signal_others(sig, group=False)
+
+
+def _start_thread(target, name, *args):
+    """Start an agent thread that blocks SIGINT, so SIGINT lands in the main thread."""
+
+    def run():
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        except (AttributeError, OSError, ValueError):
+            pass
+        target(*args)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+_exit_lock = threading.Lock()
+
+
+def _terminate(code=0):
+    """Exit now, taking the processes the user's code started with us."""
+    if not _exit_lock.acquire(False):
+        time.sleep(5)  # another thread is already exiting
+        os._exit(code)
+    try:
+        if not _signal_others(signal.SIGKILL) and _is_group_leader():
+            os.killpg(os.getpid(), signal.SIGTERM)  # we have a handler, so we survive it
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def _reap_zombies():
+    """As PID 1 of a container we inherit orphans; reap those that stay zombies (a zombie
+    seen twice, seconds apart, is nobody's to wait for: subprocess/os.system reap at once)."""
+    previous = set()
+    while True:
+        time.sleep(2.0)
+        table = _proc_table() or {}
+        me = os.getpid()
+        zombies = {pid for pid, (state, ppid, _) in table.items() if state == b"Z" and ppid == me}
+        for pid in zombies & previous:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                pass
+        previous = zombies
+
+
+class _State:
+    in_user = False  # True while user code runs in the main thread
+
+
+class _Cell:
+    __slots__ = ("id", "running", "interrupt_requested", "kbi_delivered", "watchdog")
+
+    def __init__(self, cell_id):
+        self.id = cell_id
+        self.running = False
+        self.interrupt_requested = False
+        self.kbi_delivered = False
+        self.watchdog = False
+
+
+_cell_lock = threading.Lock()
+_current_cell = None
+_last_cell_id = None
+_queued_executes = 0
+_pending_interrupt = False
+
+
+def _sigint_handler(signum, frame):
+    # Raise only in user code: not between cells, and not in an agent frame (that would
+    # break bookkeeping such as a half-written protocol frame). A skipped interrupt is
+    # re-sent by the watchdog until user code is running again.
+    if not _State.in_user:
+        return
+    if frame is not None and frame.f_code.co_filename == _AGENT_FILE and frame.f_code not in _INTERRUPTIBLE:
+        return
+    cell = _current_cell
+    if cell is not None:
+        if cell.interrupt_requested and cell.kbi_delivered:
+            return  # a duplicate SIGINT of an interrupt that already raised
+        cell.kbi_delivered = True
+    raise KeyboardInterrupt
+
+
+_AGENT_FILE = _sigint_handler.__code__.co_filename
+_INTERRUPTIBLE = {_FdWriter.write.__code__}  # agent code that is really user I/O
+
+
+def _on_interrupt():
+    """Called by the reader thread for an ``interrupt`` message."""
+    global _pending_interrupt
+    with _cell_lock:
+        cell = _current_cell
+        if cell is None or not cell.running:
+            if _queued_executes:
+                _pending_interrupt = True  # the cell was sent but has not started yet
+            return
+        cell.interrupt_requested = True
+        cell.kbi_delivered = False  # a new interrupt may raise again
+        start_watchdog = not cell.watchdog
+        cell.watchdog = True
+    _signal_cell(signal.SIGINT)
+    if start_watchdog:
+        _start_thread(_interrupt_watchdog, "interrupt", cell)
+
+
+def _interrupt_watchdog(cell):
+    """SIGINT can be lost: ignored by the C library during os.system(), or arriving while
+    agent code runs. Re-send it until a KeyboardInterrupt was raised; after 1 s also kill
+    the cell's child processes (a child that ignores SIGINT keeps os.system() waiting)."""
+    started = time.monotonic()
+    killed_children = False
+    while True:
+        time.sleep(0.2)
+        with _cell_lock:
+            if not cell.running or cell.kbi_delivered:
+                return
+            _signal_main_thread()
+        if not killed_children and time.monotonic() - started > 1.0:
+            killed_children = True
+            _signal_others(signal.SIGKILL, group=False)
+
+
+def _on_sigterm(signum, frame):
+    _terminate(0)
+
+
+# --------------------------------------------------------------------------------------
+# The user's namespace
+# --------------------------------------------------------------------------------------
+class StdinNotImplementedError(RuntimeError, EOFError):
+    """input() was called, but a notebook sandbox has no way to answer it."""
+
+
+def _no_input(prompt=""):
+    if prompt:
+        try:
+            sys.stdout.write(str(prompt))
+        except Exception:
+            pass
+    raise StdinNotImplementedError("input() is not supported in the sandbox: there is no interactive stdin")
+
+
+builtins.input = _no_input
+
+_agent_module = sys.modules.get("__main__")  # keep the agent's own module alive
+_user_module = types.ModuleType("__main__", None)
+_user_ns = _user_module.__dict__
+_user_ns["__builtins__"] = builtins
+# pickle and friends look user classes up in sys.modules['__main__']
+sys.modules["__main__"] = _user_module
+sys.argv = [""]
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = ""  # like IPython: modules in the working directory are importable
+
+
+# --------------------------------------------------------------------------------------
+# Rich output
+# --------------------------------------------------------------------------------------
+_REPR_METHODS = (
+    ("_repr_html_", "text/html"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"),
+    ("_repr_latex_", "text/latex"),
+    ("_repr_json_", "application/json"),
+    ("_repr_javascript_", "application/javascript"),
+    ("_repr_pdf_", "application/pdf"),
+)
+_PRETTY_TYPES = (list, tuple, dict, set, frozenset)
+
+
+def _get_method(obj, name):
+    try:
+        method = getattr(obj, name, None)
+    except Exception:
+        return None
+    return method if callable(method) else None
+
+
+def _normalize(mime, value):
+    """Make ``value`` JSON-ready for ``mime``, or return None when it cannot be."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value)
+        if mime == "application/pdf" or (mime.startswith("image/") and not mime.startswith("image/svg")):
+            import base64
+
+            return base64.b64encode(value).decode("ascii")
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        if mime == "application/json" or mime.endswith("+json"):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return None
+        return value
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return value
+
+
+def _call_repr(obj, name, *args, **kwargs):
+    method = _get_method(obj, name)
+    if method is None:
+        return None
+    try:
+        return method(*args, **kwargs)
+    except Exception as exc:
+        _warn("%s.%s() failed: %s: %s\n" % (type(obj).__name__, name, type(exc).__name__, _safe_str(exc)))
+        return None
+
+
+def _safe_str(obj):
+    try:
+        return str(obj)
+    except Exception:
+        return "<unprintable %s>" % type(obj).__name__
+
+
+def _plain(obj):
+    try:
+        text = repr(obj)
+    except Exception as exc:
+        _warn("repr() of %s failed: %s: %s\n" % (type(obj).__name__, type(exc).__name__, _safe_str(exc)))
+        return object.__repr__(obj)
+    if not isinstance(text, str):
+        return object.__repr__(obj)
+    if 80 < len(text) < 200000 and type(obj) in _PRETTY_TYPES:
+        try:
+            import pprint
+
+            text = pprint.pformat(obj, width=80, sort_dicts=False)
+        except Exception:
+            pass
+    return text
+
+
+def _format_bundle(obj, include=None, exclude=None):
+    """A Jupyter mime bundle for ``obj``, as IPython's display formatter builds it."""
+    data, metadata = {}, {}
+    # Classes have _repr_*_ as plain functions; objects that answer every getattr (mocks)
+    # are recognised by IPython's canary attribute.
+    rich = not isinstance(obj, type)
+    if rich:
+        try:
+            rich = not hasattr(obj, "_ipython_canary_method_should_not_exist_")
+        except Exception:
+            rich = False
+    if rich:
+        bundle = _call_repr(obj, "_repr_mimebundle_", include=include, exclude=exclude)
+        if isinstance(bundle, tuple) and len(bundle) == 2:
+            bundle, md = bundle
+            if isinstance(md, dict):
+                metadata.update(md)
+        if isinstance(bundle, dict):
+            for mime, value in bundle.items():
+                value = _normalize(str(mime), value)
+                if value is not None:
+                    data[str(mime)] = value
+        for name, mime in _REPR_METHODS:
+            if mime in data:
+                continue
+            value = _call_repr(obj, name)
+            if value is None:
+                continue
+            if isinstance(value, tuple) and len(value) == 2:
+                value, md = value
+                if isinstance(md, dict):
+                    metadata[mime] = md
+            value = _normalize(mime, value)
+            if value is not None:
+                data[mime] = value
+    if not isinstance(data.get("text/plain"), str):
+        data["text/plain"] = _plain(obj)
+    if include:
+        data = {k: v for k, v in data.items() if k in include or k == "text/plain"}
+    if exclude:
+        data = {k: v for k, v in data.items() if k not in exclude or k == "text/plain"}
+    return data, metadata
+
+
+def _emit(kind, data, metadata):
+    """Send a display frame after everything printed before it (ordering is kept)."""
+    _flush_user_streams()
+    if os.getpid() != _AGENT_PID:  # in a fork()ed child: plain text on stdout
+        try:
+            sys.stdout.write(str(data.get("text/plain", "")) + "\n")
+        except Exception:
+            pass
+        return
+    on_main = threading.get_ident() == _MAIN_TID
+    previous = _State.in_user
+    if on_main:
+        _State.in_user = False  # an interrupt now is postponed (the watchdog re-sends it)
+    try:
+        _sync_output()
+        _send_msg({"type": kind, "id": _last_cell_id, "data": data, "metadata": metadata})
+    finally:
+        if on_main:
+            _State.in_user = previous
+
+
+def display(*objs, include=None, exclude=None, metadata=None, raw=False, **kwargs):
+    """Show objects as rich output, like IPython's ``display()``.
+
+    Each object is rendered with ``_repr_mimebundle_`` / ``_repr_html_`` / ``_repr_png_`` /
+    ... and ``repr()``. With ``raw=True`` each object is already a mime bundle (a dict such
+    as ``{'text/html': '<b>hi</b>'}``).
+    """
+    for obj in objs:
+        if raw:
+            if not isinstance(obj, dict):
+                raise TypeError("display(raw=True) takes mime bundles (dicts), not %s" % type(obj).__name__)
+            data = {}
+            for mime, value in obj.items():
+                value = _normalize(str(mime), value)
+                if value is not None:
+                    data[str(mime)] = value
+            md = {}
+        else:
+            data, md = _format_bundle(obj, include, exclude)
+        if metadata:
+            md = dict(md)
+            md.update(metadata)
+        _emit("display", data, md)
+
+
+# --------------------------------------------------------------------------------------
+# Running cells
+# --------------------------------------------------------------------------------------
+_cell_count = 0
+_future_flags = 0
+_loop = None
+
+
+def _compile_cell(code, filename):
+    """Compile a cell: (body code or None, last-expression code or None, silent)."""
+    global _future_flags
+    flags = _future_flags | _TOP_LEVEL_AWAIT
+    tree = compile(code, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body.pop()
+    body = None
+    if tree.body:
+        body = compile(tree, filename, "exec", flags, dont_inherit=True)
+        _future_flags |= body.co_flags & _FUTURE_MASK  # `from __future__` lasts, as in IPython
+        flags = _future_flags | _TOP_LEVEL_AWAIT
+    expr = silent = None
+    if last is not None:
+        expr = compile(ast.Expression(body=last.value), filename, "eval", flags, dont_inherit=True)
+        silent = _ends_with_semicolon(code, last)
+    return body, expr, silent
+
+
+def _ends_with_semicolon(code, node):
+    """`x;` as the last line hides the result, as in IPython."""
+    try:
+        line = code.splitlines()[node.end_lineno - 1].encode("utf-8")
+        return line[node.end_col_offset :].decode("utf-8", "replace").lstrip().startswith(";")
+    except (AttributeError, IndexError, TypeError):
+        return False
+
+
+def _run_code(code):
+    if code.co_flags & _CO_COROUTINE:  # top-level await
+        return _run_async(eval(code, _user_ns))
+    return eval(code, _user_ns)
+
+
+def _run_async(coro):
+    """Run a top-level-await cell in one event loop that lives as long as the agent."""
+    global _loop
+    if _loop is None or _loop.is_closed():
+        import asyncio
+
+        _loop = asyncio.new_event_loop()
+    task = _loop.create_task(coro)
+    try:
+        return _loop.run_until_complete(task)
+    except BaseException as exc:
+        task.cancel()
+        if isinstance(exc, KeyboardInterrupt) and _user_traceback(exc.__traceback__) is not None:
+            if not _user_traceback(exc.__traceback__).tb_frame.f_code.co_filename.startswith("<cell "):
+                raise KeyboardInterrupt from None  # its traceback is only event-loop internals
+        raise
+
+
+def _user_traceback(tb):
+    """Drop the agent's (and asyncio's) frames in front of the first frame of a cell."""
+    t = tb
+    while t is not None:
+        if t.tb_frame.f_code.co_filename.startswith("<cell "):
+            return t
+        t = t.tb_next
+    while tb is not None and tb.tb_frame.f_code.co_filename == _AGENT_FILE:
+        tb = tb.tb_next
+    return tb
+
+
+def _drop_agent_frames(report, seen):
+    """Hide the agent's own frames (e.g. of input() or display()) in a traceback."""
+    if report is None or id(report) in seen:
+        return
+    seen.add(id(report))
+    report.stack[:] = [frame for frame in report.stack if frame.filename != _AGENT_FILE]
+    _drop_agent_frames(report.__cause__, seen)
+    _drop_agent_frames(report.__context__, seen)
+
+
+def _error_content(exc):
+    ename = type(exc).__name__
+    evalue = _safe_str(exc)
+    try:
+        report = traceback.TracebackException(type(exc), exc, _user_traceback(exc.__traceback__))
+        _drop_agent_frames(report, set())
+        lines = "".join(report.format()).rstrip("\n").split("\n")
+    except BaseException:  # e.g. MemoryError while formatting
+        lines = ["%s: %s" % (ename, evalue) if evalue else ename]
+    return {"ename": ename, "evalue": evalue, "traceback": lines}
+
+
+def _prepare_cell(limit):
+    _repair_streams()
+    try:
+        if signal.getsignal(signal.SIGINT) is not _sigint_handler:
+            signal.signal(signal.SIGINT, _sigint_handler)  # the user may have replaced it
+    except (ValueError, OSError, TypeError):
+        pass
+    _user_ns.setdefault("display", display)
+    with _budget_lock:
+        _budget.update(limit=limit, sent=0, truncated=0)
+
+
+def _execute(msg):
+    global _cell_count, _current_cell, _last_cell_id, _queued_executes, _pending_interrupt
+    code = msg.get("code")
+    if not isinstance(code, str):
+        code = ""
+    try:
+        limit = max(0, int(msg.get("output_limit") or 0))
+    except (TypeError, ValueError):
+        limit = 0
+    _prepare_cell(limit)
+    _cell_count += 1
+    filename = "<cell %d>" % _cell_count
+    # Registered so tracebacks and inspect.getsource() can quote the cell's lines.
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    cell = _Cell(msg.get("id"))
+    with _cell_lock:
+        _queued_executes = max(0, _queued_executes - 1)
+        _current_cell = cell
+        _last_cell_id = cell.id
+        cell.running = True
+        if _pending_interrupt:  # interrupted before it even started
+            _pending_interrupt = False
+            cell.interrupt_requested = True
+    status, reply = "ok", None
+    try:
+        if cell.interrupt_requested:
+            raise KeyboardInterrupt
+        body, expr, silent = _compile_cell(code, filename)
+        value = None
+        _State.in_user = True
+        try:
+            if body is not None:
+                _run_code(body)
+            if expr is not None:
+                value = _run_code(expr)
+            if cell.interrupt_requested and not cell.kbi_delivered:
+                raise KeyboardInterrupt  # the SIGINT was swallowed (os.system ignores it)
+            if value is not None and not silent and os.getpid() == _AGENT_PID:
+                _user_ns["_"] = value
+                data, md = _format_bundle(value)
+                reply = {"type": "result", "id": cell.id, "data": data, "metadata": md}
+        finally:
+            _State.in_user = False
+    except KeyboardInterrupt as exc:
+        status, reply = "interrupted", _error_content(exc)
+    except BaseException as exc:  # SystemExit and MemoryError too: the agent survives
+        status, reply = "error", _error_content(exc)
+    if os.getpid() != _AGENT_PID:
+        # The cell fork()ed and this is the child arriving at the end of the cell: it must
+        # not run the agent's loop too (that would speak the protocol twice).
+        if status != "ok":
+            _warn("\n".join(reply["traceback"]) + "\n")
+        _flush_user_streams()
+        os._exit(0 if status == "ok" else 1)
+    if status != "ok":
+        reply.update(type="error", id=cell.id)
+    _flush_user_streams()
+    with _cell_lock:
+        cell.running = False
+    _sync_output()
+    if reply is not None:
+        _send_msg(reply)
+    with _budget_lock:
+        truncated = _budget["truncated"]
+    _send_msg({"type": "done", "id": cell.id, "status": status, "truncated": truncated})
+
+
+# --------------------------------------------------------------------------------------
+# complete / inspect / is_complete
+# --------------------------------------------------------------------------------------
+_IMPORT_RE = re.compile(r"^\s*(?:from|import)\s+(\w*)$")
+_TOKEN_RE = re.compile(r"[\w.]*$")
+
+
+def _complete(code, cursor):
+    before = code[:cursor]
+    line = before[before.rfind("\n") + 1 :]
+    m = _IMPORT_RE.match(line)
+    if m:
+        prefix = m.group(1)
+        import pkgutil
+
+        names = set(sys.builtin_module_names)
+        try:
+            names.update(info.name for info in pkgutil.iter_modules())
+        except Exception:
+            pass
+        matches = sorted(n for n in names if n.startswith(prefix) and (prefix.startswith("_") or not n.startswith("_")))
+        return matches, cursor - len(prefix)
+    text = _TOKEN_RE.search(before).group()
+    if text[:1].isdigit() or text.startswith("."):
+        return [], cursor
+    import rlcompleter
+
+    completer = rlcompleter.Completer(_user_ns)
+    try:
+        raw = completer.attr_matches(text) if "." in text else completer.global_matches(text)
+    except Exception:
+        raw = []
+    seen, matches = set(), []
+    for match in raw:
+        # rlcompleter adds "(" or "()" to callables, " " or ":" to keywords
+        match = match[:-2] if match.endswith("()") else match.rstrip("(: ")
+        if match not in seen:
+            seen.add(match)
+            matches.append(match)
+    matches.sort(key=lambda s: (s.rsplit(".", 1)[-1].startswith("_"), s.lower(), s))
+    return matches, cursor - len(text)
+
+
+_NAME_RE = re.compile(r"(?:(?!\d)\w+\.)*(?!\d)\w+$")
+
+
+def _name_at(code, cursor):
+    """The dotted name to inspect: the callable whose call contains the cursor, else the
+    name under/just before the cursor (IPython does the same)."""
+    before = code[:cursor]
+    depth = 0
+    for i in range(len(before) - 1, max(-1, len(before) - 20000), -1):
+        c = before[i]
+        if c in ")]}":
+            depth += 1
+        elif c in "([{":
+            if depth:
+                depth -= 1
+                continue
+            if c == "(":
+                m = _NAME_RE.search(before[:i].rstrip())
+                if m:
+                    return m.group()
+            break
+    left = re.search(r"[\w.]*$", before).group()
+    right = re.match(r"\w*", code[cursor:]).group()
+    name = (left + right).strip(".")
+    return name if _NAME_RE.match(name) else ""
+
+
+def _resolve(name):
+    parts = name.split(".")
+    if parts[0] in _user_ns:
+        obj = _user_ns[parts[0]]
+    elif hasattr(builtins, parts[0]):
+        obj = getattr(builtins, parts[0])
+    else:
+        raise LookupError(name)
+    for part in parts[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _describe(name, obj, detail):
+    import inspect
+
+    lines = []
+    if callable(obj):
+        try:
+            sig = str(inspect.signature(obj))
+        except (TypeError, ValueError):
+            sig = None
+        if sig is not None:
+            label = "Init signature:" if inspect.isclass(obj) else "Signature:"
+            lines.append("%s %s%s" % (label, name, sig))
+    lines.append("Type:      %s" % type(obj).__name__)
+    if not (callable(obj) or inspect.ismodule(obj)):
+        text = _plain(obj)
+        if len(text) > 1000:
+            text = text[:1000] + "..."
+        lines.append("String form: %s" % text)
+    if detail:
+        try:
+            lines.append("File:      %s" % inspect.getfile(obj))
+        except (TypeError, OSError):
+            pass
+    doc = inspect.getdoc(obj)
+    lines.append("Docstring: %s" % (doc if doc else "<no docstring>"))
+    if detail:
+        try:
+            lines.append("Source:\n%s" % inspect.getsource(obj).rstrip("\n"))
+        except (TypeError, OSError, IndentationError):
+            pass
+    return "\n".join(lines)
+
+
+def _inspect(code, cursor, detail):
+    name = _name_at(code, cursor)
+    if not name:
+        return False, {}
+    try:
+        obj = _resolve(name)
+    except Exception:
+        return False, {}
+    return True, {"text/plain": _describe(name, obj, detail)}
+
+
+def _is_complete(code):
+    """complete / incomplete (with the indent of the next line) / invalid, as a console needs."""
+    import codeop
+    import warnings
+
+    if not code.strip():
+        return "complete", ""
+    compiler = codeop.CommandCompiler()
+    compiler.compiler.flags |= _TOP_LEVEL_AWAIT
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = compiler(code, "<input>", "exec")
+    except (SyntaxError, OverflowError, ValueError, TypeError):
+        return "invalid", ""
+    lines = code.split("\n")
+    last = lines[-1]
+    if compiled is None:
+        stripped = [l for l in lines if l.strip()]
+        ref = stripped[-1] if stripped else ""
+        indent = ref[: len(ref) - len(ref.lstrip())]
+        if ref.rstrip().endswith(":"):
+            indent += "    "
+        return "incomplete", indent
+    # Inside an indented block the console keeps reading until an empty line, like the REPL.
+    if code.endswith("\n"):
+        last = lines[-2] if len(lines) > 1 else ""
+        if not last.strip():
+            return "complete", ""
+    if last[:1] in (" ", "\t") and last.strip():
+        return "incomplete", last[: len(last) - len(last.lstrip())]
+    return "complete", ""
+
+
+def _cursor(msg, code):
+    try:
+        pos = int(msg.get("cursor_pos", len(code)))
+    except (TypeError, ValueError):
+        pos = len(code)
+    return max(0, min(pos, len(code)))
+
+
+def _handle(msg):
+    kind = msg.get("type")
+    if kind == "execute":
+        _execute(msg)
+        return
+    code = msg.get("code")
+    if not isinstance(code, str):
+        code = ""
+    if kind == "complete":
+        cursor = _cursor(msg, code)
+        try:
+            matches, start = _complete(code, cursor)
+        except Exception as exc:
+            _log("complete failed: %r" % exc)
+            matches, start = [], cursor
+        _send_msg({"type": "complete_reply", "id": msg.get("id"), "matches": matches, "cursor_start": start, "cursor_end": cursor})
+    elif kind == "inspect":
+        try:
+            found, data = _inspect(code, _cursor(msg, code), int(msg.get("detail_level") or 0))
+        except Exception as exc:
+            _log("inspect failed: %r" % exc)
+            found, data = False, {}
+        _send_msg({"type": "inspect_reply", "id": msg.get("id"), "found": found, "data": data})
+    elif kind == "is_complete":
+        try:
+            status, indent = _is_complete(code)
+        except Exception as exc:
+            _log("is_complete failed: %r" % exc)
+            status, indent = "unknown", ""
+        _send_msg({"type": "is_complete_reply", "id": msg.get("id"), "status": status, "indent": indent})
+
+
+# --------------------------------------------------------------------------------------
+# Protocol input
+# --------------------------------------------------------------------------------------
+_requests = queue.SimpleQueue()
+
+
+def _reader():
+    """Read kernel frames; interrupt/shutdown act at once, the rest go to the main thread."""
+    global _queued_executes
+    buf = bytearray()
+    while True:
+        try:
+            chunk = os.read(_PROTO_IN, READ_CHUNK)
+        except OSError as exc:
+            _log("cannot read from the kernel: %s" % exc)
+            chunk = b""
+        if not chunk:  # the kernel is gone
+            _terminate(0)
+        buf += chunk
+        while True:
+            newline = buf.find(b"\n", 0, MAX_HEADER)
+            if newline < 0:
+                if len(buf) >= MAX_HEADER:
+                    _log("protocol error: header too long: %r" % bytes(buf[:MAX_HEADER]))
+                    _terminate(2)
+                break
+            parts = bytes(buf[:newline]).split(b" ")
+            if len(parts) != 2 or parts[0] not in (b"msg", b"out", b"err") or not parts[1].isdigit() or int(parts[1]) > MAX_PAYLOAD:
+                _log("protocol error: bad header %r" % bytes(buf[:newline]))
+                _terminate(2)
+            length = int(parts[1])
+            end = newline + 1 + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[newline + 1 : end])
+            del buf[:end]
+            if parts[0] != b"msg":
+                continue
+            try:
+                msg = json.loads(payload.decode("utf-8"))
+                kind = msg["type"]
+            except (ValueError, KeyError, TypeError) as exc:
+                _log("ignoring a malformed message: %s" % exc)
+                continue
+            if kind == "interrupt":
+                _on_interrupt()
+            elif kind == "shutdown":
+                _terminate(0)
+            elif kind in ("execute", "complete", "inspect", "is_complete"):
+                if kind == "execute":
+                    with _cell_lock:
+                        _queued_executes += 1
+                _requests.put(msg)
+            else:
+                _log("ignoring unknown message type %r" % (kind,))
+
+
+def _language_version():
+    try:
+        import platform
+
+        return platform.python_version()
+    except Exception:
+        return "%d.%d.%d" % sys.version_info[:3]
+
+
+def main():
+    signal.signal(signal.SIGINT, _sigint_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)
+    try:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    except AttributeError:
+        pass
+    for rfd, wfd, kind in ((_OUT_R, _OUT_W, b"out"), (_ERR_R, _ERR_W, b"err")):
+        pump = _Pump(rfd, wfd, kind)
+        _pumps.append(pump)
+        _start_thread(pump.run, "pump-" + kind.decode())
+    if os.getpid() == 1:
+        _start_thread(_reap_zombies, "reaper")
+    _send_msg(
+        {
+            "type": "ready",
+            "language_info": {
+                "name": "python",
+                "version": _language_version(),
+                "mimetype": "text/x-python",
+                "file_extension": ".py",
+                "pygments_lexer": "ipython3",
+                "codemirror_mode": {"name": "ipython", "version": 3},
+            },
+            "agent": "python",
+            "protocol": PROTOCOL_VERSION,
+        }
+    )
+    _start_thread(_reader, "reader")
+    while True:
+        msg = _requests.get()
+        try:
+            _handle(msg)
+        except BaseException as exc:  # a bug in the agent: report it, keep serving
+            _log("internal error: %s" % "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            if msg.get("type") == "execute":
+                with _cell_lock:
+                    if _current_cell is not None:
+                        _current_cell.running = False
+                _send_msg({"type": "error", "id": msg.get("id"), "ename": "AgentError", "evalue": str(exc), "traceback": []})
+                _send_msg({"type": "done", "id": msg.get("id"), "status": "error", "truncated": 0})
+
+
+def _after_fork_in_child():
+    # A child made by os.fork()/multiprocessing must not hold the protocol streams.
+    for fd in (_PROTO_IN, _PROTO_OUT):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
