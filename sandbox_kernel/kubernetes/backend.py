@@ -206,7 +206,7 @@ class KubernetesSandbox(Configurable):
         )
 
     def image(self, language: Language) -> str:
-        return self.images.get(language.name) or os.environ.get(_IMAGE_ENV.get(language.name, "")) or language.default_image
+        return self.images.get(language.name) or language.default_image
 
     def pod_spec(self, language: Language, limits: Limits, name: str) -> manifests.PodSpec:
         return manifests.PodSpec(
