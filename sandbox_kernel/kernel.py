@@ -89,14 +89,21 @@ class SandboxKernel(Kernel):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: asyncio.Task[None] | None = None
         self._start_error: SandboxError | None = None
-        # Validate the configuration now: a bad setting must stop the kernel with a clear
-        # message before any sandbox exists.
-        self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
+        # Validate the configuration before any sandbox exists. A bad setting does not kill the
+        # kernel (a frontend would only say "kernel died"): every cell reports it instead.
+        self._config_error: SandboxError | None = None
+        try:
+            self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
+        except SandboxError as exc:
+            log.error("%s", exc)
+            self._config_error = exc
 
     # -- starting -------------------------------------------------------------------------------
 
     def start(self) -> None:
         super().start()
+        if self.session_obj is None:
+            return
         try:
             loop = asyncio.get_event_loop()
         except RuntimeError:
@@ -114,6 +121,8 @@ class SandboxKernel(Kernel):
             self._start_error = exc
 
     async def _ready(self) -> SandboxSession:
+        if self._config_error is not None:
+            raise self._config_error
         running = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = running

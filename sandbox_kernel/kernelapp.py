@@ -7,6 +7,7 @@ from typing import Any
 from ipykernel.kernelapp import IPKernelApp
 from jupyter_core.paths import jupyter_config_path
 from traitlets import Type
+from traitlets.config.application import Application
 
 from .kernel import SandboxKernel
 
@@ -22,7 +23,7 @@ class SandboxKernelApp(IPKernelApp):
         # Settings live with the rest of Jupyter's configuration, e.g.
         # ~/.jupyter/sandbox_kernel_config.py, not in an IPython profile.
         for path in reversed(jupyter_config_path()):
-            super().load_config_file("sandbox_kernel_config.py", path=path)
+            Application.load_config_file(self, "sandbox_kernel_config.py", path=path)
 
 
 def main() -> None:

@@ -1,0 +1,27 @@
+"""Make ``tests`` helpers importable and keep the user's real kernelspecs out of the way."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import write_kernelspecs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_kernelspecs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sandbox kernelspecs on the local backend, found first through JUPYTER_PATH."""
+    import os
+
+    root = write_kernelspecs(tmp_path_factory.mktemp("jupyter"), backend="local")
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + old if old else "")
+    yield root
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
