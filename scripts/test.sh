@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run every test: unit, integration (real kernels on the local sandbox) and e2e (the real
+# Kubernetes cluster that tests/cluster/up builds and starts). Installs everything it needs.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh test,lab
+
+started=0
+cleanup() { if ((started)); then tests/cluster/down >/dev/null 2>&1 || true; fi; }
+trap cleanup EXIT
+echo "== starting the test cluster (tests/cluster/up)"
+t0=$(date +%s)
+up_log=$(mktemp)
+if ! tests/cluster/up >"$up_log" 2>&1; then
+  tail -n 60 "$up_log"
+  echo "test cluster failed to start" >&2
+  exit 1
+fi
+started=1
+SANDBOX_KUBECONFIG=$(tail -n 1 "$up_log")
+export SANDBOX_KUBECONFIG
+echo "== cluster up in $(( $(date +%s) - t0 )) s; admin kubeconfig: $SANDBOX_KUBECONFIG"
+
+python3 -m pytest tests -ra "$@"
