@@ -127,8 +127,11 @@ function supervisor() {
     } while (off < payload.length);
   }
 
+  let pausedAt = 0;
+
   function pauseWorkerPipes() {
     paused = true;
+    pausedAt = Date.now();
     if (worker) {
       worker.proc.stdout.pause();
       worker.proc.stderr.pause();
@@ -136,7 +139,14 @@ function supervisor() {
   }
 
   protocolOut.on('drain', () => {
+    if (!paused) return;
     paused = false;
+    // Time spent waiting for the kernel does not count towards the marker fallback timeouts.
+    const now = Date.now();
+    for (const w of allWorkers) {
+      w.lastData = now;
+      for (const m of w.queue) m.arrived += now - pausedAt;
+    }
     if (worker) {
       worker.proc.stdout.resume();
       worker.proc.stderr.resume();
@@ -163,7 +173,9 @@ function supervisor() {
     const copy = { ...body };
     if (copy.data && typeof copy.data === 'object') {
       const plain = copy.data['text/plain'];
-      copy.data = { 'text/plain': cut(typeof plain === 'string' ? plain : '[output too large]', 100000) };
+      const dropped = Object.keys(copy.data).filter((k) => k !== 'text/plain');
+      const note = dropped.length ? `\n[${dropped.join(', ')} not shown: larger than the 1 MiB message limit]` : '';
+      copy.data = { 'text/plain': cut(typeof plain === 'string' ? plain : '', 100000) + note };
     }
     if (copy.evalue) copy.evalue = cut(copy.evalue, 10000);
     if (Array.isArray(copy.traceback)) copy.traceback = copy.traceback.slice(0, 200).map((l) => cut(l, 2000));
@@ -229,20 +241,28 @@ function supervisor() {
       proc.stdout.pause();
       proc.stderr.pause();
     }
-    proc.stdout.on('data', scanner(w, 'out'));
-    proc.stderr.on('data', scanner(w, 'err'));
     for (const [stream, kind] of [[proc.stdout, 'out'], [proc.stderr, 'err']]) {
-      stream.on('end', () => {
+      const scan = scanner(w, kind);
+      stream.on('data', scan);
+      const ended = () => {
+        if (w.ended[kind]) return;
+        scan.flush();
         w.ended[kind] = true;
         drainQueue(w);
-      });
-      stream.on('close', () => {
-        w.ended[kind] = true;
-        drainQueue(w);
-      });
+      };
+      stream.on('end', ended);
+      stream.on('close', ended);
       stream.on('error', () => {});
     }
     proc.on('message', (m) => onWorkerMessage(w, m));
+    // A worker that never says hello is replaced (the exit handler counts it as a failed start).
+    const helloTimer = setTimeout(() => {
+      if (!w.hello && !w.dead) {
+        log('the worker did not start within 20 s; killing it');
+        killGroup(w, 'SIGKILL');
+      }
+    }, 20000);
+    helloTimer.unref();
     proc.on('error', (e) => log('worker error:', e.message));
     proc.on('exit', (code, signal) => {
       w.dead = true;
@@ -250,7 +270,7 @@ function supervisor() {
       if (w === worker) {
         // It died on its own: user code called process.exit(), ran out of memory, ...
         const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-        if (!w.hello && Date.now() - w.started < 5000 && ++quickDeaths >= 3) {
+        if (!w.hello && ++quickDeaths >= 3) {
           log('the worker keeps dying at start-up; giving up');
           shutdown(1);
           return;
@@ -266,7 +286,7 @@ function supervisor() {
   function scanner(w, kind) {
     let carry = Buffer.alloc(0);
     const P = w.prefix;
-    return (chunk) => {
+    const scan = (chunk) => {
       w.lastData = Date.now();
       let buf = carry.length ? Buffer.concat([carry, chunk]) : chunk;
       carry = Buffer.alloc(0);
@@ -292,6 +312,11 @@ function supervisor() {
       }
       drainQueue(w);
     };
+    scan.flush = () => {
+      emit(w, kind, carry); // the pipe closed: a held-back tail was not a marker after all
+      carry = Buffer.alloc(0);
+    };
+    return scan;
   }
 
   // Output written after marker N must not overtake message N: hold it until N is delivered.
@@ -615,6 +640,9 @@ function isComplete(code) {
 
 function worker() {
   // Capture everything we rely on before user code can replace it.
+  // (Cells run in this realm and may even declare `let process` or `let globalThis`.)
+  const proc = process;
+  const G = globalThis;
   const ipcSend = process.send.bind(process);
   const stdout = process.stdout;
   const stderr = process.stderr;
@@ -807,7 +835,41 @@ function worker() {
 
   // Returns {source, isAsync, hasValue, lineOffset}. Throws if acorn cannot parse the code (the
   // caller then compiles the original code so V8 reports the syntax error).
-  function prepare(code, g) {
+  // `import x from 'm'` is not allowed in a script: turn static imports into `await import()`
+  // (line numbers kept). Only tried when the cell does not parse as a script.
+  function rewriteImports(code) {
+    try {
+      acorn.parse(code, PARSE_OPTIONS);
+      return code;
+    } catch (_) {
+      /* maybe module syntax */
+    }
+    let ast;
+    try {
+      ast = acorn.parse(code, { ...PARSE_OPTIONS, sourceType: 'module' });
+    } catch (_) {
+      return code;
+    }
+    const imports = ast.body.filter((n) => n.type === 'ImportDeclaration');
+    let out = '';
+    let pos = 0;
+    for (const n of imports) {
+      const ns = `(await import(${JSON.stringify(n.source.value)}))`;
+      const parts = n.specifiers.map((sp) => {
+        if (sp.type === 'ImportDefaultSpecifier') return `${sp.local.name} = ${ns}.default`;
+        if (sp.type === 'ImportNamespaceSpecifier') return `${sp.local.name} = ${ns}`;
+        const name = sp.imported.type === 'Identifier' ? sp.imported.name : sp.imported.value;
+        return `${sp.local.name} = ${ns}[${JSON.stringify(name)}]`;
+      });
+      const text = parts.length ? `const ${parts.join(', ')};` : `${ns};`;
+      out += code.slice(pos, n.start) + text + '\n'.repeat(code.slice(n.start, n.end).split('\n').length - 1);
+      pos = n.end;
+    }
+    return out + code.slice(pos);
+  }
+
+  function prepare(cellCode, g) {
+    const code = rewriteImports(cellCode);
     let src = code;
     let lineOffset = 0;
     // Like the REPL: a cell that is just `{a: 1}` is an object literal, not a block.
@@ -907,6 +969,12 @@ function worker() {
   const scriptOptions = {};
   if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
     scriptOptions.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER; // import()
+    // Node flags this as experimental on first use; that warning is about us, not the user's code.
+    const emitWarning = process.emitWarning;
+    process.emitWarning = function (warning, ...rest) {
+      if (String(warning && warning.message ? warning.message : warning).includes('USE_MAIN_CONTEXT_DEFAULT_LOADER')) return;
+      return emitWarning.call(this, warning, ...rest);
+    };
   }
 
   // ---- running a cell -----------------------------------------------------------------------
@@ -998,7 +1066,7 @@ function worker() {
       /* ignore */
     }
   });
-  process.on('disconnect', () => process.exit(0)); // the supervisor is gone
+  proc.on('disconnect', () => proc.exit(0)); // the supervisor is gone
 
   // ---- completion and inspection ------------------------------------------------------------
   const ID_TAIL = /[\p{ID_Start}$_][\p{ID_Continue}$\u200c\u200d]*$/u;
@@ -1019,7 +1087,7 @@ function worker() {
 
   // Follow a.b.c from the global object without calling anything but getters.
   function resolve(names) {
-    let obj = globalThis;
+    let obj = G;
     for (const name of names) {
       if (obj === null || obj === undefined) return { ok: false };
       try {
@@ -1064,7 +1132,7 @@ function worker() {
       }
     } else {
       if (/\d$/.test(rest) && !partial) candidates = new Set();
-      else candidates = new Set([...propertyNames(globalThis), ...KEYWORDS]);
+      else candidates = new Set([...propertyNames(G), ...KEYWORDS]);
     }
     const matches = [...candidates]
       .filter((n) => n.startsWith(partial) && IDENT.test(n) && !n.startsWith(INTERNAL))
@@ -1124,15 +1192,15 @@ function worker() {
 
   // ---- globals for user code ----------------------------------------------------------------
   const cwd = process.cwd();
-  const define = (name, value) => Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+  const define = (name, value) => Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
   const userRequire = require('module').createRequire(path.join(cwd, '<cell>'));
   define('require', userRequire);
   define('module', { exports: {}, require: userRequire, id: '<cell>', filename: path.join(cwd, '<cell>'), paths: userRequire.resolve.paths('x') });
-  define('exports', globalThis.module.exports);
+  define('exports', G.module.exports);
   define('__filename', path.join(cwd, '<cell>'));
   define('__dirname', cwd);
   define('display', display);
-  Object.defineProperty(globalThis, `${INTERNAL}Resume`, { value: resume, writable: false, configurable: false, enumerable: false });
+  Object.defineProperty(G, `${INTERNAL}Resume`, { value: resume, writable: false, configurable: false, enumerable: false });
 
   // ---- control channel ----------------------------------------------------------------------
   process.on('message', (m) => {

@@ -72,6 +72,8 @@ class Agent:
         )
         self.frames: queue.Queue[tuple[float, Any]] = queue.Queue()
         self.eof = threading.Event()
+        self.gate = threading.Event()  # cleared: the reader stops reading, like a slow kernel
+        self.gate.set()
         self._counter = 0
         threading.Thread(target=self._read, daemon=True).start()
         first = self.next_frame(15)
@@ -82,6 +84,7 @@ class Agent:
         decoder = FrameDecoder()
         fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         while True:
+            self.gate.wait()
             data = os.read(fd, 1 << 16)
             if not data:
                 self.eof.set()
@@ -401,6 +404,56 @@ def test_unlimited_large_output_arrives_before_done(agent: Agent) -> None:
     assert kinds[-2:] == ["result", "done"]
 
 
+def test_slow_reader_gets_everything_in_order(agent: Agent) -> None:
+    agent.gate.clear()  # the "kernel" stops reading while the cell floods without a limit
+    request_id = agent.new_id()
+    code = "const line = 'z'.repeat(999) + '\\n'; for (let i = 0; i < 10000; i++) process.stdout.write(line); 'flood done'"
+    agent.send({"type": "execute", "id": request_id, "code": code, "output_limit": 0})
+    time.sleep(1.0)
+    agent.gate.set()
+    run = ok(agent.collect(request_id, "done", 30))
+    assert len(run.stdout) == 10000 * 1000
+    assert set(run.stdout) == {ord("z"), ord("\n")}
+    assert run.result == "'flood done'" and run.done["truncated"] == 0
+
+
+def test_held_back_marker_lookalike_tail_is_flushed(agent: Agent) -> None:
+    # A lone \x01 could start a marker, so the agent holds it until more bytes arrive.
+    run = ok(agent.execute("process.stdout.write('a\\x01'); process.stderr.write('\\x01\\x02'); 1"))
+    assert run.stdout == b"a\x01"
+    assert run.stderr == b"\x01\x02"
+
+
+def test_output_and_display_between_cells(agent: Agent) -> None:
+    ok(agent.execute("setTimeout(() => { console.log('later'); display('shown later') }, 200); 'scheduled'"))
+    frames = []
+    deadline = time.monotonic() + 5
+    while len(frames) < 2 and time.monotonic() < deadline:
+        frames.append(agent.next_frame(5))
+    assert isinstance(frames[0], Output) and frames[0].data == b"later\n"
+    assert isinstance(frames[1], Message) and frames[1].type == "display"
+    assert frames[1].body["id"] is None and frames[1].body["data"] == {"text/plain": "shown later"}
+
+
+def test_static_imports_become_dynamic_imports(agent: Agent) -> None:
+    code = "import fs, {readFileSync as rfs} from 'fs'\nimport * as p from 'node:path'\n[typeof fs.readFileSync, rfs === fs.readFileSync, p.sep]"
+    run = ok(agent.execute(code))
+    assert run.result == "[ 'function', true, '/' ]"
+    assert run.stderr == b""  # no ExperimentalWarning leaks into the user's stderr
+    assert ok(agent.execute("typeof rfs")).result == "'function'"
+
+
+def test_user_code_shadowing_globals_does_not_break_the_agent(agent: Agent) -> None:
+    ok(agent.execute("let process = 'mine'; const globalThis = 3; let JSON = null"))
+    assert ok(agent.execute("process + globalThis")).result == "'mine3'"
+    reply = agent.request("complete", code="Mat", cursor_pos=3)
+    assert "Math" in reply["matches"]
+    run = agent.execute("throw new Error('still reported')")
+    assert run.error["evalue"] == "still reported"
+    run = agent.execute("await new Promise(r => setTimeout(r, 100000))", interrupt_after=0.2)
+    assert run.status == "interrupted" and run.elapsed < 2.2
+
+
 def test_output_streams_live(agent: Agent) -> None:
     code = "for (let i = 0; i < 4; i++) { console.log('tick ' + i); await new Promise(r => setTimeout(r, 300)) }"
     run = ok(agent.execute(code))
@@ -556,8 +609,10 @@ def test_shutdown_exits_and_kills_the_worker(tmp_path: Path) -> None:
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         try:
-            os.kill(worker_pid, 0)
-        except ProcessLookupError:
+            state = Path(f"/proc/{worker_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":  # dead, waiting for whoever adopted it to reap it
             break
         time.sleep(0.05)
     else:
