@@ -69,6 +69,8 @@ _ERR_R, _ERR_W = _private_pipe()
 os.dup2(_DEVNULL, 0)
 os.dup2(_OUT_W, 1)
 os.dup2(_ERR_W, 2)
+# Python children should stream live into the pipes too, not buffer until they exit.
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 # --------------------------------------------------------------------------------------
 # Step 2: everything else.
@@ -449,6 +451,47 @@ def _descendants(table, root):
     return found
 
 
+def _read_children(pid):
+    """Direct children of ``pid`` from /proc/<pid>/task/*/children, or None if unsupported."""
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    found = []
+    for tid in tasks:
+        try:
+            fd = os.open("/proc/%d/task/%s/children" % (pid, tid), os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # the thread just ended
+        except OSError:
+            return None  # kernel without CONFIG_PROC_CHILDREN
+        try:
+            found.extend(int(c) for c in os.read(fd, 65536).split())
+        except (OSError, ValueError):
+            pass
+        finally:
+            os.close(fd)
+    return found
+
+
+def _descendant_pids():
+    """Our descendants' pids (cheap: one small read per process when nothing runs)."""
+    found, stack = set(), [os.getpid()]
+    while stack:
+        children = _read_children(stack.pop())
+        if children is None:
+            table = _proc_table()
+            return set(_descendants(table, os.getpid())) if table else set()
+        for child in children:
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+_background_pids = set()  # descendants still running when the last cell ended
+
+
 def _signal_others(sig, group=True):
     """Signal every descendant (and, if we lead it, every member of our group) but us."""
     me = os.getpid()
@@ -612,7 +655,12 @@ def _interrupt_watchdog(cell):
             _signal_main_thread()
         if not killed_children and time.monotonic() - started > 1.0:
             killed_children = True
-            _signal_others(signal.SIGKILL, group=False)
+            # only processes this cell started: background jobs of earlier cells survive
+            for pid in _descendant_pids() - _background_pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
 
 
 def _on_sigterm(signum, frame):
@@ -994,6 +1042,8 @@ def _execute(msg):
     with _budget_lock:
         truncated = _budget["truncated"]
     _send_msg({"type": "done", "id": cell.id, "status": status, "truncated": truncated})
+    _background_pids.clear()
+    _background_pids.update(_descendant_pids())
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
 
 AGENT = ROOT / "sandbox_kernel" / "agents" / "python_agent.py"
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# The sandbox runs the agent with the system python3; SANDBOX_AGENT_PYTHON tries another one.
+PYTHON = os.environ.get("SANDBOX_AGENT_PYTHON") or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
 
 
 @dataclass
@@ -284,6 +285,13 @@ def test_stdout_streams_live(agent: AgentProcess) -> None:
     assert done_at - ticks[0] > 0.9
 
 
+def test_python_subprocess_streams_live(agent: AgentProcess) -> None:
+    cell = ok(agent.execute("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'import time\\nfor i in range(3):\\n    print(i)\\n    time.sleep(0.4)'])"))
+    stamps = [stamp for stamp, f in cell.frames if isinstance(f, Output)]
+    assert cell.stdout == "0\n1\n2\n"
+    assert stamps[-1] - stamps[0] > 0.6  # not buffered until the child exits
+
+
 def test_thread_printing_after_the_cell(agent: AgentProcess) -> None:
     cell = ok(agent.execute("import threading, time\ndef late():\n    time.sleep(0.5)\n    print('from thread')\nthreading.Thread(target=late).start()"))
     assert cell.stdout == ""
@@ -475,6 +483,12 @@ def test_system_exit_and_memory_error_keep_the_agent(agent: AgentProcess) -> Non
     assert plain(ok(agent.execute("'alive'"))) == "'alive'"
 
 
+def test_huge_error_message_fits_in_a_frame(agent: AgentProcess) -> None:
+    cell = agent.execute("raise ValueError('v' * 5000000)")
+    assert cell.status == "error" and cell.error["ename"] == "ValueError"
+    assert 1000 < len(cell.error["evalue"]) < 1048576
+
+
 def test_fork_child_does_not_speak_protocol(agent: AgentProcess) -> None:
     cell = ok(agent.execute("import os\npid = os.fork()\nif pid == 0:\n    print('child')\nelse:\n    os.waitpid(pid, 0)\n    print('parent')"))
     assert sorted(cell.stdout.split()) == ["child", "parent"]
@@ -514,6 +528,21 @@ def test_interrupt_os_system_and_subprocess(agent: AgentProcess) -> None:
     # a child that ignores SIGINT is killed after a second
     interrupted(agent, "import os\nos.system('trap \"\" INT; sleep 100')")
     assert plain(ok(agent.execute("1"))) == "1"
+
+
+def test_stuck_interrupt_spares_earlier_background_jobs(agent: AgentProcess) -> None:
+    ok(agent.execute("import subprocess, os\njob = subprocess.Popen(['sh', '-c', 'trap \"\" INT; sleep 100'])"))
+    interrupted(agent, "os.system('trap \"\" INT; sleep 100')")
+    assert ok(agent.execute("job.poll()")).result is None  # still running
+    ok(agent.execute("job.kill(); job.wait()"))
+
+
+def test_interrupt_right_after_execute(agent: AgentProcess) -> None:
+    ok(agent.execute("kept = 1"))
+    for _ in range(5):
+        cell = agent.execute("import time\ntime.sleep(100)", interrupt_after=0.0)
+        assert cell.status == "interrupted" and cell.frames[-1][0] - cell.sent_at < 2.0
+    assert plain(ok(agent.execute("kept"))) == "1"
 
 
 def test_interrupt_with_background_thread_and_top_level_await(agent: AgentProcess) -> None:
