@@ -1,0 +1,297 @@
+"""Fixtures for the Kubernetes backend's end-to-end tests (imported by tests/e2e/conftest.py).
+
+Everything runs against the real test cluster (tests/cluster/up), and every kernel runs as the
+service account of k8s/rbac/, never as cluster-admin:
+
+  rbac_applied      session: k8s/rbac/*.yaml applied with the admin kubeconfig.
+  sa_kubeconfig     session: a kubeconfig for system:serviceaccount:sandbox-kernel-system:sandbox-kernel
+                    (minted by tests/cluster/kubeconfig-for, i.e. the TokenRequest API).
+  sa_api            session: a kubernetes ApiClient authenticated as that service account.
+  kernel_env        session: environment for kernels and CLI commands run as the service account
+                    (SANDBOX_KUBECONFIG, SANDBOX_IMAGE_*, SANDBOX_KERNEL_BACKEND=kubernetes).
+  k8s_kernel        per test: start Sandbox kernels through jupyter_client.KernelManager (kernelspecs
+                    written to a temporary JUPYTER_PATH, never the user's); shut down afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+SA_NAMESPACE = "sandbox-kernel-system"
+SA_NAME = "sandbox-kernel"
+SA_USER = f"system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}"
+KERNEL_ID_LABEL = "sandbox-kernel/kernel-id"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain helpers (also used by the unittest-style conformance suite).
+
+
+def apply_rbac(admin_kubeconfig: str) -> None:
+    """Create or replace every object of k8s/rbac/ (what `kubectl apply -f k8s/rbac/` does)."""
+    api = config.new_client_from_config(config_file=admin_kubeconfig)
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    docs = [d for f in sorted((REPO / "k8s" / "rbac").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    order = {"Namespace": 0, "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 3}
+    for doc in sorted(docs, key=lambda d: order[d["kind"]]):
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        create, replace = {
+            "Namespace": (lambda d: core.create_namespace(d), lambda d: core.replace_namespace(name, d)),
+            "ServiceAccount": (
+                lambda d: core.create_namespaced_service_account(d["metadata"]["namespace"], d),
+                lambda d: core.replace_namespaced_service_account(name, d["metadata"]["namespace"], d),
+            ),
+            "ClusterRole": (lambda d: rbac.create_cluster_role(d), lambda d: rbac.replace_cluster_role(name, d)),
+            "ClusterRoleBinding": (
+                lambda d: rbac.create_cluster_role_binding(d),
+                lambda d: rbac.replace_cluster_role_binding(name, d),
+            ),
+        }[kind]
+        try:
+            create(doc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            replace(doc)
+    api.close()
+
+
+def mint_sa_kubeconfig(admin_kubeconfig: str, out: Path) -> str:
+    """A kubeconfig for the service account, via tests/cluster/kubeconfig-for (TokenRequest)."""
+    result = subprocess.run(
+        [str(REPO / "tests" / "cluster" / "kubeconfig-for"), SA_NAMESPACE, SA_NAME, str(out), "4h"],
+        env={**os.environ, "SANDBOX_KUBECONFIG": admin_kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"could not mint a service-account kubeconfig: {result.stderr}", pytrace=False)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def write_kernelspecs(root: Path, extra_argv: list[str] | None = None) -> Path:
+    """The three Sandbox kernelspecs, Kubernetes backend, under ``root/kernels`` (a JUPYTER_PATH entry)."""
+    import json
+    import shutil
+
+    for source in sorted((REPO / "kernelspecs").iterdir()):
+        if not (source / "kernel.json").is_file():
+            continue
+        target = root / "kernels" / source.name
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        spec = json.loads((source / "kernel.json").read_text())
+        spec["argv"][0] = sys.executable
+        spec["argv"] += ["--SandboxKernel.backend=kubernetes", *(extra_argv or [])]
+        spec["metadata"]["sandbox_kernel"]["backend"] = "kubernetes"
+        (target / "kernel.json").write_text(json.dumps(spec))
+    return root
+
+
+def kernel_environment(admin_kubeconfig: str, images: dict[str, str], work: Path) -> dict[str, str]:
+    """Environment for kernels and `sandbox-kernel` commands running as the service account."""
+    apply_rbac(admin_kubeconfig)
+    sa = mint_sa_kubeconfig(admin_kubeconfig, work / "sa.kubeconfig")
+    specs = write_kernelspecs(work / "jupyter")
+    env = {
+        "SANDBOX_KUBECONFIG": sa,
+        "SANDBOX_KERNEL_BACKEND": "kubernetes",
+        "JUPYTER_PATH": str(specs),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    }
+    env.update({k: v for k, v in images.items() if k in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH")})
+    return env
+
+
+def images_from_cache() -> dict[str, str]:
+    """SANDBOX_IMAGE_* from the environment, else from the cluster cache's images.env."""
+    images: dict[str, str] = {}
+    cache = Path(os.environ.get("SANDBOX_CLUSTER_CACHE") or Path.home() / ".cache/sandbox-kernel/cluster")
+    env_file = cache / "images.env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.startswith("SANDBOX_IMAGE_"):
+                images[key.strip()] = value.strip()
+    images.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_IMAGE_")})
+    return images
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def namespace_exists(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_namespace(name)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Running kernels.
+
+
+@dataclass
+class Cell:
+    """What one execute request produced."""
+
+    reply: dict[str, Any]
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(o["text"] for o in self.outputs if o["msg_type"] == "stream" and o["name"] == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(o["text"] for o in self.outputs if o["msg_type"] == "stream" and o["name"] == "stderr")
+
+    @property
+    def result(self) -> str | None:
+        for o in self.outputs:
+            if o["msg_type"] == "execute_result":
+                return str(o["data"].get("text/plain"))
+        return None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        for o in self.outputs:
+            if o["msg_type"] == "error":
+                return o
+        return None
+
+
+@dataclass
+class K8sKernel:
+    """A running Sandbox kernel on the Kubernetes backend, and how to find its namespace."""
+
+    km: KernelManager
+    kc: Any
+    kernel_id: str
+    core: client.CoreV1Api
+
+    def run(self, code: str, timeout: float = 90) -> Cell:
+        outputs: list[dict[str, Any]] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] in ("stream", "execute_result", "display_data", "error"):
+                outputs.append({"msg_type": msg["msg_type"], **msg["content"]})
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return Cell(reply["content"], outputs)
+
+    def namespace(self) -> str:
+        """The kernel's sandbox namespace (found by its kernel-id label, as an admin)."""
+        items = self.core.list_namespace(label_selector=f"{KERNEL_ID_LABEL}={self.kernel_id}").items
+        live = [n.metadata.name for n in items if n.metadata.deletion_timestamp is None]
+        assert len(live) == 1, f"expected one namespace for kernel {self.kernel_id}, found {live}"
+        return live[0]
+
+    @property
+    def pid(self) -> int:
+        return int(self.km.provisioner.pid)  # type: ignore[union-attr]
+
+    def drain_iopub(self) -> None:
+        while True:
+            try:
+                self.kc.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                return
+
+
+@pytest.fixture(scope="session")
+def rbac_applied(kubeconfig: str) -> None:
+    apply_rbac(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def sa_kubeconfig(kubeconfig: str, rbac_applied: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return mint_sa_kubeconfig(kubeconfig, tmp_path_factory.mktemp("sa") / "sa.kubeconfig")
+
+
+@pytest.fixture(scope="session")
+def sa_api(sa_kubeconfig: str) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=sa_kubeconfig)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def kernel_env(kubeconfig: str, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return kernel_environment(kubeconfig, sandbox_images, tmp_path_factory.mktemp("k8s-kernels"))
+
+
+@pytest.fixture
+def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api) -> Iterator[Callable[..., K8sKernel]]:
+    """Start kernels: ``k8s_kernel("python", "--KubernetesSandbox.heartbeat_ttl=5", env={...})``."""
+    started: list[K8sKernel] = []
+
+    def start(language: str = "python", *argv: str, env: dict[str, str] | None = None, ready_timeout: float = 120) -> K8sKernel:
+        kernel_id = str(uuid.uuid4())
+        spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
+        km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
+        km.shutdown_wait_time = 60.0  # shutdown deletes a namespace and waits for it
+        km.start_kernel(
+            env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id, **(env or {})},
+            extra_arguments=list(argv),
+        )
+        kc = km.client()
+        kc.start_channels()
+        kernel = K8sKernel(km, kc, kernel_id, core_v1)
+        started.append(kernel)
+        kc.wait_for_ready(timeout=ready_timeout)
+        return kernel
+
+    yield start
+    for kernel in started:
+        try:
+            kernel.kc.stop_channels()
+            if kernel.km.is_alive():
+                kernel.km.shutdown_kernel(now=False)
+        except Exception:  # noqa: BLE001 - best effort; gc and namespace cleanup below
+            pass
+        for ns in core_v1.list_namespace(label_selector=f"{KERNEL_ID_LABEL}={kernel.kernel_id}").items:
+            try:
+                core_v1.delete_namespace(ns.metadata.name)
+            except ApiException:
+                pass
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``sandbox-kernel ARGS`` as a separate process with ``env`` (e.g. as the service account)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),
+    )
