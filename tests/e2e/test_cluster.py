@@ -500,3 +500,25 @@ def test_pid_limit_contains_fork_bomb(
     assert word == "BLOCKED" and int(count) < 256, logs
     node = core_v1.list_node().items[0]
     assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
+
+
+def test_cluster_dns_serves_cluster_local_only(
+    core_v1: client.CoreV1Api, stream_api, namespace: str, sandbox_images: dict[str, str]
+) -> None:
+    run_pod(
+        core_v1,
+        namespace,
+        make_pod("dns", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["sleep", "3600"]),
+    )
+    script = (
+        "import socket\n"
+        "print(socket.gethostbyname('kubernetes.default.svc.cluster.local'))\n"
+        "try:\n"
+        "    socket.getaddrinfo('example.invalid', 80)\n"
+        "    print('resolved')\n"
+        "except socket.gaierror:\n"
+        "    print('unresolved')\n"
+    )
+    code, out, err = exec_capture(stream_api, namespace, "dns", ["python3", "-c", script])
+    assert code == 0, err
+    assert out.split() == ["10.96.0.1", "unresolved"], (out, err)
