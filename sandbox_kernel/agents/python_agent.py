@@ -252,6 +252,7 @@ class _Pump:
         self.rfd, self.wfd, self.kind = rfd, wfd, kind
         self.expect = None  # drain marker we are waiting for, or None
         self.seen = threading.Event()
+        self.thread = None
 
     def arm(self, marker):
         self.seen.clear()
@@ -305,8 +306,12 @@ def _sync_output(timeout=10.0):
                 _log("cannot write drain marker: %s" % exc)
                 pump.seen.set()
         for pump in _pumps:
-            if not pump.seen.wait(timeout):
-                _log("output drain timed out")
+            # Waiting only takes long when the kernel does not read our frames; then the
+            # done frame could not be sent anyway.
+            while not pump.seen.wait(timeout):
+                _log("still draining %s (is the kernel reading?)" % pump.kind.decode())
+                if not pump.thread.is_alive():
+                    break
 
 
 # --------------------------------------------------------------------------------------
@@ -455,6 +460,8 @@ def _read_children(pid):
     """Direct children of ``pid`` from /proc/<pid>/task/*/children, or None if unsupported."""
     try:
         tasks = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:
+        return [] if pid != os.getpid() else None  # the process just ended
     except OSError:
         return None
     found = []
@@ -838,8 +845,9 @@ def _emit(kind, data, metadata):
     if on_main:
         _State.in_user = False  # an interrupt now is postponed (the watchdog re-sends it)
     try:
+        payload = _fit({"type": kind, "id": _last_cell_id, "data": data, "metadata": metadata})
         _sync_output()
-        _send_msg({"type": kind, "id": _last_cell_id, "data": data, "metadata": metadata})
+        _send_frame(b"msg", payload)
     finally:
         if on_main:
             _State.in_user = previous
@@ -898,10 +906,15 @@ def _compile_cell(code, filename):
     return body, expr, silent
 
 
+def _source_lines(code):
+    """Lines as the compiler numbers them (str.splitlines() would also split at \f etc.)."""
+    return code.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _ends_with_semicolon(code, node):
     """`x;` as the last line hides the result, as in IPython."""
     try:
-        line = code.splitlines()[node.end_lineno - 1].encode("utf-8")
+        line = _source_lines(code)[node.end_lineno - 1].encode("utf-8")
         return line[node.end_col_offset :].decode("utf-8", "replace").lstrip().startswith(";")
     except (AttributeError, IndexError, TypeError):
         return False
@@ -923,12 +936,22 @@ def _run_async(coro):
     task = _loop.create_task(coro)
     try:
         return _loop.run_until_complete(task)
-    except BaseException as exc:
+    except KeyboardInterrupt:
         task.cancel()
-        if isinstance(exc, KeyboardInterrupt) and _user_traceback(exc.__traceback__) is not None:
-            if not _user_traceback(exc.__traceback__).tb_frame.f_code.co_filename.startswith("<cell "):
-                raise KeyboardInterrupt from None  # its traceback is only event-loop internals
+        if not _in_cell(sys.exc_info()[2]):
+            raise KeyboardInterrupt from None  # its traceback is only event-loop internals
         raise
+    except BaseException:
+        task.cancel()
+        raise
+
+
+def _in_cell(tb):
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<cell "):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _user_traceback(tb):
@@ -990,7 +1013,7 @@ def _execute(msg):
     _cell_count += 1
     filename = "<cell %d>" % _cell_count
     # Registered so tracebacks and inspect.getsource() can quote the cell's lines.
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    linecache.cache[filename] = (len(code), None, [line + "\n" for line in _source_lines(code)], filename)
     cell = _Cell(msg.get("id"))
     with _cell_lock:
         _queued_executes = max(0, _queued_executes - 1)
@@ -1033,12 +1056,14 @@ def _execute(msg):
         os._exit(0 if status == "ok" else 1)
     if status != "ok":
         reply.update(type="error", id=cell.id)
+    # Encode first: shrinking an oversized reply warns on stderr, which belongs to the cell.
+    payload = _fit(reply) if reply is not None else None
     _flush_user_streams()
     with _cell_lock:
         cell.running = False
     _sync_output()
-    if reply is not None:
-        _send_msg(reply)
+    if payload is not None:
+        _send_frame(b"msg", payload)
     with _budget_lock:
         truncated = _budget["truncated"]
     _send_msg({"type": "done", "id": cell.id, "status": status, "truncated": truncated})
@@ -1324,7 +1349,7 @@ def main():
     for rfd, wfd, kind in ((_OUT_R, _OUT_W, b"out"), (_ERR_R, _ERR_W, b"err")):
         pump = _Pump(rfd, wfd, kind)
         _pumps.append(pump)
-        _start_thread(pump.run, "pump-" + kind.decode())
+        pump.thread = _start_thread(pump.run, "pump-" + kind.decode())
     if os.getpid() == 1:
         _start_thread(_reap_zombies, "reaper")
     _send_msg(

@@ -304,6 +304,24 @@ def test_thread_printing_after_the_cell(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # output capture
 # --------------------------------------------------------------------------------------
+def test_background_process_holding_stdout_does_not_block_done(agent: AgentProcess) -> None:
+    cell = ok(agent.execute("import subprocess\nbg = subprocess.Popen('sleep 0.6; echo later; echo later-err >&2', shell=True)\nprint('now')"))
+    assert cell.stdout == "now\n"
+    assert cell.frames[-1][0] - cell.sent_at < 0.5
+    later = agent.collect(2.0)
+    assert b"".join(f.data for f in later if isinstance(f, Output) and f.stream == "stdout") == b"later\n"
+    assert b"".join(f.data for f in later if isinstance(f, Output) and f.stream == "stderr") == b"later-err\n"
+    ok(agent.execute("bg.wait()"))
+
+
+def test_display_from_a_thread_between_cells(agent: AgentProcess) -> None:
+    cell = ok(agent.execute("import threading, time\ndef show():\n    time.sleep(0.3)\n    print('text first')\n    display({'text/plain': 'late', 'text/html': '<p>late</p>'}, raw=True)\nthreading.Thread(target=show).start()"))
+    later = agent.collect(1.5)
+    assert isinstance(later[0], Output) and later[0].data.startswith(b"text first")
+    shown = [f.body for f in later if isinstance(f, Message)]
+    assert shown == [{"type": "display", "id": cell.done["id"], "data": {"text/plain": "late", "text/html": "<p>late</p>"}, "metadata": {}}]
+
+
 def test_subprocess_output_on_the_right_streams(agent: AgentProcess) -> None:
     cell = ok(agent.execute(
         "import subprocess, os\n"
