@@ -183,12 +183,12 @@ function supervisor() {
     return copy;
   }
 
-  function forward(kind, buf) {
+  function forward(kind, buf, b = budget) {
     if (!buf.length) return;
     let keep = buf.length;
-    if (budget.limit > 0) keep = Math.max(0, Math.min(buf.length, budget.limit - budget.sent));
-    budget.truncated += buf.length - keep;
-    budget.sent += keep;
+    if (b.limit > 0) keep = Math.max(0, Math.min(buf.length, b.limit - b.sent));
+    b.truncated += buf.length - keep;
+    b.sent += keep;
     // Over the limit we drop the bytes but keep reading, so the user's program never blocks.
     if (keep) writeFrame(kind, keep === buf.length ? buf : buf.subarray(0, keep));
   }
@@ -322,7 +322,10 @@ function supervisor() {
   // Output written after marker N must not overtake message N: hold it until N is delivered.
   function emit(w, kind, buf) {
     if (!buf.length) return;
-    if (w.held.length || w.seen[kind] > w.delivered) {
+    if (w.seen[kind] < w.delivered && w.lastBudget) {
+      // Late output of a cell whose `done` went out on the fallback timeout: still its budget.
+      forward(kind, buf, w.lastBudget);
+    } else if (w.held.length || w.seen[kind] > w.delivered) {
       w.held.push({ kind, buf: Buffer.from(buf), after: w.seen[kind] });
       w.heldBytes += buf.length;
     } else {
@@ -358,12 +361,13 @@ function supervisor() {
       send(m);
       return;
     }
+    if (w !== worker && m.type === 'finish') return; // a killed worker's late word
     if (m.type === 'finish' && cell && m.id === cell.id) {
       // The worker is done with the cell: no more escalation; wait for the markers.
       cell.finished = true;
       for (const t of cell.timers) clearTimeout(t);
     }
-    if (m.type === 'display' || m.type === 'finish') {
+    if (m.type === 'display' || m.type === 'finish' || m.type === 'skip') {
       m.arrived = Date.now();
       w.queue.push(m);
       drainQueue(w);
@@ -394,11 +398,13 @@ function supervisor() {
   }
 
   function deliver(w, m) {
+    if (m.type === 'skip') return;
     if (m.type === 'display') {
       send({ type: 'display', id: m.id, data: m.data, metadata: m.metadata || {} });
       return;
     }
     // finish: result / error, then done
+    w.lastBudget = budget;
     if (!cell || cell.id !== m.id || cell.lost) return;
     if (m.result) send({ type: 'result', id: m.id, data: m.result, metadata: {} });
     if (m.error) send({ type: 'error', id: m.id, ename: m.error.ename, evalue: m.error.evalue, traceback: m.error.traceback });
@@ -417,30 +423,30 @@ function supervisor() {
   function lose(w, why, status) {
     if (worker === w) worker = null;
     killGroup(w, 'SIGKILL');
-    w.queue = w.queue.filter((m) => m.type === 'display');
     const c = cell;
-    if (!c) flushDead(w);
     if (c) {
-      c.lost = true;
       for (const t of c.timers) clearTimeout(t);
-      // Give the dead worker's pipes a moment to deliver what it printed before it died.
-      const started = Date.now();
-      const wait = () => {
-        if (cell !== c) return;
-        if (!(w.ended.out && w.ended.err) && Date.now() - started < 200) {
-          setTimeout(wait, 20);
-          return;
-        }
-        flushDead(w);
-        const evalue = `${why}; ${RESTARTED_MESSAGE}`;
-        send({ type: 'error', id: c.id, ename: 'SandboxRestarted', evalue, traceback: [`SandboxRestarted: ${evalue}`] });
-        finishCell(status);
-      };
-      wait();
-    } else {
+      if (!c.finished) c.lost = true; // else its `finish` is queued and will still be delivered
+    }
+    if (!c || c.finished) {
       notice = `[sandbox] ${why} after the last cell; ${RESTARTED_MESSAGE}.\n`;
       log(why, 'between cells; restarting the worker');
     }
+    // Give the dead worker's pipes a moment to deliver what it printed before it died.
+    const started = Date.now();
+    const wait = () => {
+      if (!(w.ended.out && w.ended.err) && Date.now() - started < 200) {
+        setTimeout(wait, 20);
+        return;
+      }
+      flushDead(w);
+      if (c && cell === c) {
+        const evalue = `${why}; ${RESTARTED_MESSAGE}`;
+        send({ type: 'error', id: c.id, ename: 'SandboxRestarted', evalue, traceback: [`SandboxRestarted: ${evalue}`] });
+        finishCell(status);
+      }
+    };
+    wait();
     startWorker();
   }
 
@@ -646,8 +652,6 @@ function worker() {
   const ipcSend = process.send.bind(process);
   const stdout = process.stdout;
   const stderr = process.stderr;
-  const writeOut = stdout.write;
-  const writeErr = stderr.write;
   const inspect = util.inspect;
   const isNativeError = util.types.isNativeError;
   const PromiseThen = Promise.prototype.then;
@@ -655,9 +659,55 @@ function worker() {
   const getPrototypeOf = Object.getPrototypeOf;
   const CANCEL = Object.freeze({ toString: () => 'cell interrupted' }); // thrown into abandoned cells
 
-  // A write to a closed or ended pipe must not crash the worker.
-  stdout.on('error', () => {});
-  stderr.on('error', () => {});
+  // process.stdout/stderr write SYNCHRONOUSLY, straight to fd 1/2 with fs.writeSync.
+  // Node's own pipe streams queue in memory and complete writes on the event loop; a cell stopped
+  // by breakOnSigint can be terminated in the middle of that stream machinery, leaving the
+  // stream "writing" forever (no output for the rest of the session). Synchronous writes keep no
+  // state, make `while (true) console.log(...)` wait for the supervisor instead of queueing
+  // gigabytes, and lose nothing when user code calls process.exit(). The fds are made blocking
+  // (they are shared with subprocesses, which then never see EAGAIN either).
+  const fsWriteSync = fs.writeSync;
+  const waitCell = new Int32Array(new SharedArrayBuffer(4));
+  function rawWrite(fd, buf) {
+    let off = 0;
+    while (off < buf.length) {
+      try {
+        off += fsWriteSync(fd, buf, off, buf.length - off);
+      } catch (e) {
+        if (e && e.code === 'EAGAIN') {
+          Atomics.wait(waitCell, 0, 0, 2); // still non-blocking: wait for the reader
+          continue;
+        }
+        return e; // EPIPE, EBADF (user code closed the fd): the bytes are dropped
+      }
+    }
+    return null;
+  }
+  function toBuffer(chunk, encoding) {
+    if (typeof chunk === 'string') return Buffer.from(chunk, Buffer.isEncoding(encoding) ? encoding : 'utf8');
+    if (ArrayBuffer.isView(chunk)) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    return Buffer.from(String(chunk));
+  }
+  function syncWrite(stream, fd) {
+    try {
+      if (stream._handle && typeof stream._handle.setBlocking === 'function') stream._handle.setBlocking(true);
+    } catch (_) {
+      /* rawWrite copes with EAGAIN */
+    }
+    stream.on('error', () => {}); // e.g. user code ending the stream: never crash the worker
+    stream.write = function write(chunk, encoding, callback) {
+      if (typeof encoding === 'function') {
+        callback = encoding;
+        encoding = undefined;
+      }
+      const err = rawWrite(fd, toBuffer(chunk, encoding));
+      if (typeof callback === 'function') proc.nextTick(callback, err);
+      return true;
+    };
+  }
+  syncWrite(stdout, 1);
+  syncWrite(stderr, 2);
+  const writeErr = (text) => rawWrite(2, Buffer.from(text, 'utf8'));
 
   let acorn = null;
   try {
@@ -676,23 +726,28 @@ function worker() {
   function send(m) {
     try {
       ipcSend(m);
-    } catch (_) {
-      /* the supervisor is gone; the disconnect handler exits */
+    } catch (e) {
+      // Not serialisable (a BigInt in an application/json display, say). Every marker must be
+      // followed by its message, or the supervisor would hold the output after it back.
+      try {
+        if (m.type === 'display') {
+          ipcSend({ ...m, data: { 'text/plain': `[display data could not be sent: ${safeString(e && e.message)}]` } });
+        } else if (m.seq !== undefined) {
+          ipcSend({ type: 'skip', seq: m.seq });
+        }
+      } catch (_) {
+        /* the supervisor is gone; the disconnect handler exits */
+      }
     }
   }
 
-  // Write a marker through both pipes (behind anything already queued) and return its number.
+  // Write a marker through both pipes (after everything written so far) and return its number.
   function sync() {
     seq += 1;
     if (!markerPrefix) return seq;
-    const marker = `${markerPrefix}${seq.toString(16).padStart(8, '0')}\x03`;
-    for (const [stream, write] of [[stdout, writeOut], [stderr, writeErr]]) {
-      try {
-        if (!stream.destroyed && !stream.writableEnded) write.call(stream, marker, 'latin1');
-      } catch (_) {
-        /* the supervisor falls back to a timeout */
-      }
-    }
+    const marker = Buffer.from(`${markerPrefix}${seq.toString(16).padStart(8, '0')}\x03`, 'latin1');
+    rawWrite(1, marker); // if fd 1/2 are gone, the supervisor falls back to a timeout
+    rawWrite(2, marker);
     return seq;
   }
 
@@ -1053,7 +1108,7 @@ function worker() {
   process.on('uncaughtException', (e) => {
     if (e === CANCEL) return;
     try {
-      writeErr.call(stderr, `Uncaught ${formatError(e).traceback.join('\n')}\n`);
+      writeErr(`Uncaught ${formatError(e).traceback.join('\n')}\n`);
     } catch (_) {
       /* ignore */
     }
@@ -1061,7 +1116,7 @@ function worker() {
   process.on('unhandledRejection', (e) => {
     if (e === CANCEL) return;
     try {
-      writeErr.call(stderr, `Unhandled promise rejection: ${formatError(e).traceback.join('\n')}\n`);
+      writeErr(`Unhandled promise rejection: ${formatError(e).traceback.join('\n')}\n`);
     } catch (_) {
       /* ignore */
     }

@@ -328,6 +328,13 @@ def test_process_exit_restarts_the_worker(agent: Agent) -> None:
     assert "variables from earlier cells are gone" in run.error["evalue"]
     assert ok(agent.execute("typeof before")).result == "'undefined'"
     assert ok(agent.execute("2 * 21")).result == "42"
+    # Dying between cells: the cell that caused it finished fine; the next one is told.
+    ok(agent.execute("var again = 1; setTimeout(() => process.exit(2), 100); 'scheduled'"))
+    time.sleep(0.6)
+    run = ok(agent.execute("typeof again"))
+    assert run.result == "'undefined'"
+    assert b"[sandbox] the JavaScript process exited with code 2 after the last cell" in run.stderr
+    assert b"variables from earlier cells are gone" in run.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,6 +488,21 @@ def test_interrupt_busy_loop_keeps_state(agent: Agent) -> None:
     assert run.elapsed < 0.3 + 2
     assert ok(agent.execute("survivor")).result == "'alive'"  # breakOnSigint: the worker survives
     assert int(ok(agent.execute("counter")).result) > 0
+
+
+def test_interrupt_output_flood_is_fast_and_output_keeps_working(agent: Agent) -> None:
+    for code in (
+        "let k = 0; while (true) { process.stdout.write('y'.repeat(10000)); k++ }",
+        "while (true) { console.log('x'.repeat(100)); console.error('e') }",
+    ):
+        run = agent.execute(code, output_limit=10000, interrupt_after=0.5)
+        assert run.status == "interrupted"
+        assert run.elapsed < 0.5 + 0.5  # stopped by breakOnSigint, no escalation needed
+        assert len(run.stdout) + len(run.stderr) == 10000 and run.done["truncated"] > 0
+        # The interrupt may land inside Node's stream code; stdout and stderr must still work.
+        run = ok(agent.execute("console.log('hello'); console.error('again'); typeof k"))
+        assert run.stdout == b"hello\n" and run.stderr == b"again\n"
+        assert run.result == "'number'"
 
 
 def test_interrupt_async_sleep_keeps_state_and_abandons_the_cell(agent: Agent) -> None:
