@@ -484,6 +484,7 @@ class KubernetesSandboxSession(AgentSession):
         self._pods_created = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._attach: AttachChannel | None = None
+        self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
         self._events: list[tuple[float, str]] = []
 
     @property
@@ -566,7 +567,13 @@ class KubernetesSandboxSession(AgentSession):
                 self._event(f"namespace {self._ident.namespace} is gone; creating a new one")
                 self._stop_heartbeat()
                 self._ident = None
+        if self._ident is not None:
+            # A pod we could not delete (say the API server was away) would hold quota: retry now.
+            for stale in sorted(self._stale_pods):
+                await self._run(api.delete_pod, self._ident.namespace, stale)
+                self._stale_pods.discard(stale)
         if self._ident is None:
+            self._stale_pods.clear()
             await self._run(self._create_namespace_objects)
             self._pods_created = 0
             self._start_heartbeat()
@@ -679,7 +686,11 @@ class KubernetesSandboxSession(AgentSession):
         self._attach = None
         if name is None or self._ident is None or self._api is None or self._closed:
             return  # on close the namespace (and the pod with it) is deleted instead
-        await self._run(self._api.delete_pod, self._ident.namespace, name)
+        try:
+            await self._run(self._api.delete_pod, self._ident.namespace, name)
+        except SandboxError:
+            self._stale_pods.add(name)
+            raise
         self._event(f"pod {name} deleted")
 
     async def _lost_reason(self) -> SandboxError:
