@@ -58,6 +58,38 @@ def uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_reference() -> str:
+    """Every setting of every backend as a Markdown table (the README's reference is this)."""
+    from .config import Sandbox
+    from .kernel import SandboxKernel
+    from .kubernetes.backend import KubernetesSandbox
+    from .local.backend import LocalSandbox
+
+    import os
+    from unittest import mock
+
+    lines = ["| setting | default | help |", "|---|---|---|"]
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
+    for cls in (SandboxKernel, Sandbox, LocalSandbox, KubernetesSandbox):
+        with mock.patch.dict(os.environ, clean_env, clear=True):
+            # Defaults computed from the environment are shown as a clean environment gives them.
+            instance = None if cls is SandboxKernel else cls()
+        for name, trait in sorted(cls.class_traits(config=True).items()):
+            if cls is SandboxKernel and name not in ("backend", "language_name"):
+                continue  # ipykernel's own settings are documented by ipykernel
+            default = repr(getattr(instance, name)) if instance is not None else trait.default_value_repr()
+            if cls is SandboxKernel and name == "backend":
+                default = "'local'"
+            help_text = " ".join(trait.help.split()).replace("|", "\\|")
+            lines.append(f"| `{cls.__name__}.{name}` | `{default}` | {help_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def settings(args: argparse.Namespace) -> int:
+    print(settings_reference(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandbox-kernel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("uninstall", help="remove the Sandbox kernelspecs")
     p.set_defaults(func=uninstall)
+
+    p = sub.add_parser("settings", help="print every setting with its default and help, as Markdown")
+    p.set_defaults(func=settings)
 
     p = sub.add_parser("render", help="print the Kubernetes manifests a kernel applies, as YAML")
     p.add_argument("--language", choices=list(LANGUAGES), default="python")
