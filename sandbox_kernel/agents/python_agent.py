@@ -1211,24 +1211,18 @@ def _is_complete(code):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compiled = compiler(code, "<input>", "exec")
-    except (SyntaxError, OverflowError, ValueError, TypeError):
+            tree = None if compiled is None else compile(code, "<input>", "exec", ast.PyCF_ONLY_AST | _TOP_LEVEL_AWAIT)
+    except (SyntaxError, OverflowError, ValueError, TypeError, MemoryError, RecursionError):
         return "invalid", ""
-    lines = code.split("\n")
-    last = lines[-1]
-    if compiled is None:
-        stripped = [l for l in lines if l.strip()]
-        ref = stripped[-1] if stripped else ""
-        indent = ref[: len(ref) - len(ref.lstrip())]
-        if ref.rstrip().endswith(":"):
-            indent += "    "
+    lines = [line for line in code.split("\n") if line.strip()]
+    last = lines[-1] if lines else ""
+    indent = last[: len(last) - len(last.lstrip())]
+    if compiled is None:  # an open bracket, string or block header
+        return "incomplete", indent + ("    " if last.rstrip().endswith(":") else "")
+    # Like the REPL, a block (for/def/if/...) at the end stays open until an empty line.
+    block = tree.body and isinstance(getattr(tree.body[-1], "body", getattr(tree.body[-1], "cases", None)), list)
+    if block and not re.search(r"\n[ \t]*\n[ \t]*$", code):
         return "incomplete", indent
-    # Inside an indented block the console keeps reading until an empty line, like the REPL.
-    if code.endswith("\n"):
-        last = lines[-2] if len(lines) > 1 else ""
-        if not last.strip():
-            return "complete", ""
-    if last[:1] in (" ", "\t") and last.strip():
-        return "incomplete", last[: len(last) - len(last.lstrip())]
     return "complete", ""
 
 

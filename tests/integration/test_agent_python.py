@@ -654,6 +654,9 @@ def test_is_complete(agent: AgentProcess) -> None:
     assert check("def f(:")[0] == "invalid"
     assert check("a b")[0] == "invalid"
     assert check("await something()") == ("complete", "")
+    assert check("x = [\n    1,\n    2]") == ("complete", "")  # indented, but no block
+    assert check("y = 2\nclass A:\n    a = 1\n    def f(self):\n        return 1") == ("incomplete", "        ")
+    assert check("if a:\n    pass\nelse:") == ("incomplete", "    ")
 
 
 # --------------------------------------------------------------------------------------
