@@ -1,0 +1,519 @@
+"""``%load_ext sandbox_kernel``: ``%%sandbox`` cells in an ordinary IPython kernel.
+
+::
+
+    %%sandbox [python|node|bash] [--timeout S] [--memory M] [--cpu C]
+    ...code that runs in the sandbox...
+
+    %sandbox status            # the sandboxes this kernel runs, with their usage
+    %sandbox stop [LANGUAGE]   # close one (or every) sandbox; its variables are gone
+
+Each language gets one sandbox session, built by :func:`~sandbox_kernel.kernel.make_session`
+with the same backends and settings as a Sandbox kernel (``c.Sandbox.*`` and
+``c.SandboxKernel.backend`` from ``sandbox_kernel_config.py`` or the IPython profile, env
+``SANDBOX_KERNEL_BACKEND``). It lives across ``%%sandbox`` cells, so variables persist, until
+``%sandbox stop`` or the host kernel exits. A cell may ask for *stricter* limits than the
+configured ones: a lower ``--timeout`` lowers the session's time limit for that cell only;
+``--memory`` and ``--cpu`` need cgroups or a pod of their own, so that cell runs in a one-off
+sandbox that is destroyed afterwards.
+
+Threads: sessions are asyncio objects, but the host's main thread is busy running the cell
+(ipykernel already has an event loop there, terminal IPython may not). So every session lives
+on one daemon thread with its own event loop; the cell's thread only submits coroutines to it
+and relays the events it gets back. Ctrl-C (SIGINT, delivered to the main thread) becomes
+``session.interrupt()``. The thread lasts as long as the process on purpose: bubblewrap's
+``--die-with-parent`` fires when the *thread* that started it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import queue
+import shlex
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Coroutine, TypeVar
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from traitlets.config import Config
+
+from .config import Sandbox, check_timeout
+from .errors import ConfigError, SandboxError
+from .languages import LANGUAGES, get_language
+from .quantity import QuantityError, parse_bytes, parse_cpu
+from .session import DisplayData, ErrorOutput, ExecuteResult, SandboxSession, Stream
+
+T = TypeVar("T")
+
+CLOSE_TIMEOUT = 60.0
+"""Seconds to wait for sandboxes to be destroyed at ``%sandbox stop`` and at exit."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What the host shows for a failed sandbox cell.
+
+
+class SandboxCellError(Exception):
+    """A ``%%sandbox`` cell failed. IPython shows :meth:`_render_traceback_` (the sandbox's own
+    traceback) instead of a host traceback through this module."""
+
+    def __init__(self, error: ErrorOutput) -> None:
+        super().__init__(error.evalue)
+        self.error = error
+
+    def _render_traceback_(self) -> list[str]:
+        return list(self.error.traceback) or [f"{self.error.ename}: {self.error.evalue}"]
+
+
+_error_classes: dict[str, type[SandboxCellError]] = {}
+
+
+def cell_error(error: ErrorOutput) -> SandboxCellError:
+    """The exception to raise for ``error``; its class is named after the sandbox's error
+    (``ZeroDivisionError``, ``CellTimeout``, …) so the execute reply carries that name too."""
+    cls = _error_classes.get(error.ename)
+    if cls is None:
+        cls = type(error.ename, (SandboxCellError,), {"__module__": "sandbox"})
+        _error_classes[error.ename] = cls
+    return cls(error)
+
+
+class SandboxResult:
+    """The value of the cell's last expression in the sandbox, shown as the host cell's result."""
+
+    def __init__(self, result: ExecuteResult) -> None:
+        self.data = result.data
+        self.metadata = result.metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return str(self.data.get("text/plain", ""))
+
+
+def _for_magic(error: ErrorOutput) -> ErrorOutput:
+    """Reword the Sandbox kernel's ``%timeout`` hint, which means nothing in a host kernel."""
+    hint = "Use %timeout SECONDS to allow longer cells."
+    if hint not in error.evalue:
+        return error
+    better = "Use a larger %%sandbox --timeout (at most Sandbox.timeout) to allow longer cells."
+    return ErrorOutput(error.ename, error.evalue.replace(hint, better), [line.replace(hint, better) for line in error.traceback])
+
+
+# ---------------------------------------------------------------------------------------------
+# The thread every session lives on.
+
+
+class SessionThread:
+    """A daemon thread running the event loop that owns every sandbox session."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="sandbox-sessions", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the session loop and wait for its result (Ctrl-C cancels the wait)."""
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell limits.
+
+
+@dataclass(frozen=True)
+class CellLimits:
+    """What a ``%%sandbox`` line asked for; ``None`` = as configured."""
+
+    timeout: float | None = None
+    memory: str | None = None
+    cpu: str | None = None
+
+
+def check_cell_limits(asked: CellLimits, configured: Sandbox) -> CellLimits:
+    """Keep only the limits stricter than ``configured``; raise ConfigError for looser ones.
+
+    Equal limits are dropped, so ``--memory 256Mi`` under a 256Mi configuration runs in the
+    ordinary session.
+    """
+    limits = configured.limits()
+    timeout = memory = cpu = None
+    if asked.timeout is not None:
+        stricter = limits.timeout == 0 or (asked.timeout != 0 and asked.timeout < limits.timeout)
+        if asked.timeout != limits.timeout and not stricter:
+            raise ConfigError(
+                "--timeout",
+                f"{asked.timeout:g} s is looser than the configured Sandbox.timeout "
+                f"({limits.timeout:g} s); a cell may only ask for stricter limits",
+            )
+        timeout = asked.timeout if stricter else None
+    if asked.memory is not None:
+        try:
+            wanted = parse_bytes(asked.memory)
+        except QuantityError as exc:
+            raise ConfigError("--memory", str(exc)) from None
+        if wanted < 16 * 2**20:
+            raise ConfigError("--memory", f"{asked.memory} is too small; use at least 16Mi")
+        if wanted > limits.memory_bytes:
+            raise ConfigError(
+                "--memory",
+                f"{asked.memory} is looser than the configured Sandbox.memory_limit ({limits.memory}); "
+                "a cell may only ask for stricter limits",
+            )
+        memory = asked.memory if wanted < limits.memory_bytes else None
+    if asked.cpu is not None:
+        try:
+            wanted_cpu = parse_cpu(asked.cpu)
+        except QuantityError as exc:
+            raise ConfigError("--cpu", str(exc)) from None
+        if wanted_cpu <= 0:
+            raise ConfigError("--cpu", "must be more than 0")
+        if wanted_cpu > limits.cpu_cores:
+            raise ConfigError(
+                "--cpu",
+                f"{asked.cpu} is looser than the configured Sandbox.cpu_limit ({limits.cpu}); "
+                "a cell may only ask for stricter limits",
+            )
+        cpu = asked.cpu if wanted_cpu < limits.cpu_cores else None
+    return CellLimits(timeout, memory, cpu)
+
+
+def one_off_config(base: Config, strict: CellLimits) -> Config:
+    """``base`` with the stricter memory/CPU/time limits of one cell (requests capped to them)."""
+    config = Config()
+    config.merge(base)
+    configured = Sandbox(config=base)
+    if strict.memory is not None:
+        config.Sandbox.memory_limit = strict.memory
+        if parse_bytes(configured.memory_request) > parse_bytes(strict.memory):
+            config.Sandbox.memory_request = strict.memory
+    if strict.cpu is not None:
+        config.Sandbox.cpu_limit = strict.cpu
+        if parse_cpu(configured.cpu_request) > parse_cpu(strict.cpu):
+            config.Sandbox.cpu_request = strict.cpu
+    if strict.timeout is not None:
+        config.Sandbox.timeout = strict.timeout
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# The magics.
+
+
+_BACKEND_ENV = "SANDBOX_KERNEL_BACKEND"
+
+
+def _cell_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%%sandbox", add_help=False)
+    parser.add_argument("language", nargs="?", default="python", help="python (default), node or bash")
+    parser.add_argument("--timeout", type=str, help="seconds this cell may run (stricter than Sandbox.timeout)")
+    parser.add_argument("--memory", help="memory for this cell, e.g. 64Mi (a one-off sandbox)")
+    parser.add_argument("--cpu", help="CPU for this cell, e.g. 250m (a one-off sandbox)")
+    return parser
+
+
+@magics_class
+class SandboxMagics(Magics):
+    """``%%sandbox`` cells and the ``%sandbox status|stop`` line magic."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.sessions: dict[str, SandboxSession] = {}
+        self._thread: SessionThread | None = None
+        self._parser = _cell_parser()
+        # ipykernel's shutdown_request sets exit_now: close the sandboxes while the kernel is
+        # still whole. Terminal IPython and other exits go through _at_exit instead.
+        shell.observe(self._on_exit_now, names="exit_now")
+        _at_exit(self.close_all)
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    def config_for_sandboxes(self) -> Config:
+        """``sandbox_kernel_config.py`` from the Jupyter config path, then the shell's own config
+        (``c.Sandbox.*`` in the IPython profile) on top: what a Sandbox kernel would read."""
+        from jupyter_core.paths import jupyter_config_path
+        from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
+
+        config = Config()
+        for path in reversed(jupyter_config_path()):
+            try:
+                config.merge(PyFileConfigLoader("sandbox_kernel_config.py", path=path).load_config())
+            except ConfigFileNotFound:
+                continue
+        config.merge(self.shell.config)
+        return config
+
+    def backend(self, config: Config) -> str:
+        import os
+
+        from_env = os.environ.get(_BACKEND_ENV)
+        if from_env:
+            return from_env
+        return str(config.SandboxKernel.get("backend", "local"))
+
+    # -- the session thread -----------------------------------------------------------------------
+
+    @property
+    def thread(self) -> SessionThread:
+        if self._thread is None:
+            self._thread = SessionThread()
+        return self._thread
+
+    async def _session(self, language: str, config: Config, backend: str) -> SandboxSession:
+        from .kernel import make_session
+
+        session = self.sessions.get(language)
+        if session is None:
+            session = make_session(backend, language, config=config)
+            await session.start()  # raises SandboxError; the session is then not kept
+            self.sessions[language] = session
+        return session
+
+    async def _one_off(self, language: str, config: Config, backend: str) -> SandboxSession:
+        from .kernel import make_session
+
+        session = make_session(backend, language, config=config)
+        try:
+            await session.start()
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    # -- %%sandbox ------------------------------------------------------------------------------
+
+    @line_cell_magic
+    def sandbox(self, line: str, cell: str | None = None) -> Any:
+        """Run a cell in a sandbox, or manage the sandboxes.
+
+        ::
+
+            %%sandbox [python|node|bash] [--timeout S] [--memory M] [--cpu C]
+            %sandbox status
+            %sandbox stop [python|node|bash]
+
+        A session per language keeps its variables across ``%%sandbox`` cells until
+        ``%sandbox stop`` or the end of this kernel. ``--timeout``, ``--memory`` and ``--cpu``
+        may only be stricter than the configured ``Sandbox.*`` limits; ``--memory``/``--cpu``
+        run the cell in a one-off sandbox without the session's variables.
+        """
+        if cell is None:
+            return self._line(line)
+        args = self._parser.parse_args(shlex.split(line))
+        try:
+            language = get_language(args.language, setting="%%sandbox").name
+            config = self.config_for_sandboxes()
+            asked = CellLimits(
+                timeout=check_timeout(args.timeout) if args.timeout is not None else None,
+                memory=args.memory,
+                cpu=args.cpu,
+            )
+            strict = check_cell_limits(asked, Sandbox(config=config))
+            backend = self.backend(config)
+        except ConfigError as exc:
+            raise cell_error(ErrorOutput.from_exception(exc)) from None
+        if not cell.strip():
+            return None
+        if strict.memory is not None or strict.cpu is not None:
+            return self._run_one_off(language, one_off_config(config, strict), backend, cell)
+        return self._run_in_session(language, config, backend, cell, strict.timeout)
+
+    def _run_in_session(self, language: str, config: Config, backend: str, code: str, timeout: float | None) -> Any:
+        session = self._call(self._session(language, config, backend))
+        if timeout is None:
+            return self._relay(session, code)
+        saved = session.timeout
+        session.timeout = timeout
+        try:
+            return self._relay(session, code)
+        finally:
+            session.timeout = saved
+
+    def _run_one_off(self, language: str, config: Config, backend: str, code: str) -> Any:
+        session = self._call(self._one_off(language, config, backend))
+        try:
+            return self._relay(session, code)
+        finally:
+            self.thread.call(session.close(), CLOSE_TIMEOUT)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the session thread; a SandboxError fails the cell with its message."""
+        try:
+            return self.thread.call(coro)
+        except SandboxError as exc:
+            raise cell_error(ErrorOutput.from_exception(exc)) from None
+
+    def _relay(self, session: SandboxSession, code: str) -> Any:
+        """Run ``code`` and relay its events to this thread's stdout, stderr and displays as they
+        come; return the sandbox's result (shown as the cell's value) or raise its error."""
+        from IPython.display import publish_display_data
+
+        events: queue.Queue[Any] = queue.Queue()
+        done = object()
+
+        async def pump() -> None:
+            try:
+                async for event in session.execute(code):
+                    events.put(event)
+            except SandboxError as exc:
+                events.put(ErrorOutput.from_exception(exc))
+            except BaseException as exc:  # noqa: BLE001 - hand any bug to the cell's thread
+                events.put(exc)
+            finally:
+                events.put(done)
+
+        self.thread.submit(pump())
+        result: SandboxResult | None = None
+        failure: ErrorOutput | None = None
+        while True:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:
+                # Ctrl-C or the stop button: stop the sandbox cell, then keep relaying until it
+                # has ended (within interrupt_grace, even if the sandbox must be replaced).
+                self.thread.submit(session.interrupt())
+                continue
+            if event is done:
+                break
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, Stream):
+                stream = sys.stderr if event.name == "stderr" else sys.stdout
+                stream.write(event.text)
+                stream.flush()
+            elif isinstance(event, DisplayData):
+                publish_display_data(data=event.data, metadata=event.metadata)
+            elif isinstance(event, ExecuteResult):
+                result = SandboxResult(event)
+            elif isinstance(event, ErrorOutput):
+                failure = event
+        if failure is not None:
+            raise cell_error(_for_magic(failure))
+        return result
+
+    # -- %sandbox status | stop -----------------------------------------------------------------
+
+    def _line(self, line: str) -> None:
+        words = line.split()
+        command = words[0] if words else "status"
+        rest = words[1:]
+        if command == "stop":
+            names = [get_language(rest[0], setting="%sandbox stop").name] if rest else list(self.sessions)
+            if len(rest) > 1:
+                raise UsageError("%sandbox stop takes at most one language")
+            for name in names:
+                if self.close(name):
+                    print(f"Stopped the {name} sandbox; its variables are gone.")
+                else:
+                    print(f"No {name} sandbox is running.")
+            if not names:
+                print("No sandbox is running.")
+            return
+        if command == "status":
+            if rest:
+                raise UsageError("%sandbox status takes no arguments")
+            print(self.status())
+            return
+        raise UsageError(
+            f"unknown %sandbox command {command!r}; use '%sandbox status', '%sandbox stop [LANGUAGE]' "
+            f"or a %%sandbox [{'|'.join(LANGUAGES)}] cell"
+        )
+
+    def status(self) -> str:
+        if not self.sessions:
+            return "No sandbox is running; a %%sandbox cell starts one."
+
+        async def report(session: SandboxSession) -> str:
+            # A Kubernetes report calls the API server (blocking): keep the loop free.
+            return await asyncio.get_running_loop().run_in_executor(None, session.report, "status")
+
+        parts = []
+        for name, session in self.sessions.items():
+            parts.append(f"[{name}] {session.backend} backend\n{self.thread.call(report(session), 30)}")
+        return "\n\n".join(parts)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, language: str) -> bool:
+        """Destroy the sandbox of ``language``; False when there was none."""
+        session = self.sessions.pop(language, None)
+        if session is None:
+            return False
+        self.thread.call(session.close(), CLOSE_TIMEOUT)
+        return True
+
+    def _on_exit_now(self, change: Any) -> None:
+        if change["new"]:
+            self.close_all()
+
+    def close_all(self) -> None:
+        """Destroy every sandbox. Called at exit (atexit) and when the extension is unloaded."""
+        if self._thread is None or not self.sessions:
+            return
+        sessions, self.sessions = list(self.sessions.values()), {}
+
+        async def close_them() -> None:
+            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+        try:
+            self._thread.call(close_them(), CLOSE_TIMEOUT)
+        except Exception:  # noqa: BLE001 - at exit nobody is left to tell
+            pass
+
+
+def _at_exit(func: Any) -> None:
+    """Call ``func`` when the interpreter exits, while it can still start threads for work.
+
+    Closing a sandbox runs blocking clean-up (removing cgroups) in the event loop's default
+    executor, and ``concurrent.futures`` refuses new work once its own exit hook has run, which
+    is before plain ``atexit`` handlers. ``threading._register_atexit`` hooks run earlier (last
+    registered first); it is private, so fall back to ``atexit`` where it is missing.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(func)
+            return
+    except RuntimeError:  # already shutting down
+        return
+    atexit.register(func)
+
+
+_magics: SandboxMagics | None = None
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register ``%%sandbox`` / ``%sandbox`` (``%load_ext sandbox_kernel``)."""
+    global _magics
+    if _magics is None or _magics.shell is not ipython:
+        _magics = SandboxMagics(ipython)
+    ipython.register_magics(_magics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext sandbox_kernel``: destroy every sandbox this kernel started."""
+    global _magics
+    if _magics is not None:
+        _magics.close_all()
+        _magics.shell.unobserve(_magics._on_exit_now, names="exit_now")
+        _magics = None
