@@ -35,12 +35,29 @@ import os
 import sys
 
 
+def _lowest_private_fd():
+    # High numbers keep the agent's fds out of the way of user code that closes or reuses
+    # low ones (os.closerange(3, 256) is a common idiom).
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(10, min(256, soft - 32))
+
+
+_FIRST_PRIVATE_FD = _lowest_private_fd()
+
+
 def _private_fd(fd):
     """Duplicate ``fd`` to a high, close-on-exec descriptor (subprocesses never see it)."""
     try:
         import fcntl
 
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FIRST_PRIVATE_FD)
     except (ImportError, OSError):
         return os.dup(fd)  # os.dup() also returns a non-inheritable (close-on-exec) fd
 
@@ -59,7 +76,11 @@ try:
     _LOG_FD = _private_fd(2)  # the agent's own diagnostics (the kernel logs them)
 except OSError:
     _LOG_FD = -1
-_fd = os.open(os.devnull, os.O_RDWR)
+try:
+    _fd = os.open(os.devnull, os.O_RDWR)
+except OSError:  # no /dev/null in this sandbox: a pipe without writer reads as EOF too
+    _fd, _w = os.pipe()
+    os.close(_w)
 _DEVNULL = _private_fd(_fd)
 os.close(_fd)
 # The write ends are kept (privately) so fd 1/2 can be repaired before every cell and the

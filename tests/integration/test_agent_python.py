@@ -396,7 +396,9 @@ def test_stdin_is_dev_null_and_input_is_refused(agent: AgentProcess) -> None:
 def test_protocol_fds_not_inherited(agent: AgentProcess) -> None:
     cell = ok(agent.execute("import subprocess\nprint(subprocess.run(['ls', '/proc/self/fd'], capture_output=True, text=True).stdout.split())"))
     fds = sorted(int(fd) for fd in eval(cell.stdout))
-    assert fds[:3] == [0, 1, 2] and max(fds) < 10, fds
+    assert fds[:3] == [0, 1, 2] and max(fds) < 10, fds  # the agent's fds (>= 64) stay private
+    cell = ok(agent.execute("import os\nos.closerange(3, 200)\nprint('still here')"))
+    assert cell.stdout == "still here\n"
 
 
 # --------------------------------------------------------------------------------------
