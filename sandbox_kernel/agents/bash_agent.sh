@@ -1,0 +1,767 @@
+#!/usr/bin/env bash
+# Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, cat, head, tail, wc, mkfifo,
+# mktemp, rm; busybox versions are fine). It speaks the framed protocol described in
+# PROTOCOL.md on its stdin/stdout and runs every cell in ONE persistent shell, so the working
+# directory, variables, functions, aliases and options carry over between cells.
+#
+# Processes (all started by this script, the "controller"; on Kubernetes it is PID 1):
+#
+#   controller  reads protocol frames from the kernel (fd SK_PIN), parses the JSON, writes each
+#               request to a file in the private directory and hands the worker a one-line
+#               command through the "cmd" FIFO. `interrupt` is handled right here: it sends
+#               SIGINT to the worker's process group. It also notices a dead worker (a cell ran
+#               `exec ...` or killed it) and starts a new one.
+#   worker      an *interactive* bash (`bash -i`, no tty, no job control, no line editing) that
+#               reads its commands from the cmd FIFO. Cells run in it as a top-level
+#               `eval "$code"`, so `declare`, `cd`, `alias`, functions all persist. It is
+#               interactive on purpose: on SIGINT an interactive bash abandons the command it is
+#               running (a `sleep`, a `while :; do :; done`, a pipeline, a function) and goes
+#               back to reading its input with all its state intact, exactly like Ctrl-C at a
+#               terminal. A non-interactive shell would either exit or carry on with the loop.
+#               It runs in its own process group (started under `set -m`) so one
+#               `kill -INT -- -PGID` reaches it and the cell's foreground children, and nothing
+#               else.
+#   two pumps   one per stream. The cell's fd 1 and fd 2 are FIFOs; a pump reads whatever is
+#               there with `dd bs=1M count=1` (one read(): it returns as soon as any bytes are
+#               available, which gives live streaming) and wraps the bytes into `out` / `err`
+#               frames. Payloads only ever go through files and cat, never through shell
+#               variables, so NUL bytes and invalid UTF-8 pass through untouched.
+#
+# Writing frames: the pumps, the worker and the controller all write to the protocol fd. A
+# frame is written under a lock so frames never interleave: the lock is a FIFO holding one
+# token byte; `read -N 1` takes the token (only one reader can get the byte), writing the
+# byte back releases it. No flock(1) needed.
+#
+# End of a cell ("done after all output"): after the eval the worker publishes a random marker
+# in $D/mark and writes the marker to both stream FIFOs. Each pump drops the marker from the
+# data, forwards everything before it, then acknowledges on the "ack" FIFO; the worker sends
+# `done` once both acknowledgements are in. Background jobs that keep the FIFOs open do not
+# matter: nobody waits for EOF. A marker is never split over two reads: one dd read drains the
+# whole pipe, and a pipe never holds more than 1 MiB (the unprivileged maximum), the dd block.
+#
+# Shell semantics worth knowing (also in the report of the test file):
+#   * `exit N` in a cell does not end the session: `exit` is a shell function in the worker
+#     that records N and aborts the cell like an interrupt; the cell reports an error
+#     "exit status N" (or ok for `exit 0`). In subshells (`( exit 3 )`, `$(exit 3)`) it is the
+#     real builtin. If the worker dies anyway (`exec ls`, `kill $$`), a fresh shell is started
+#     in the last known working directory; variables and functions are then lost and the cell
+#     reports BashError "the shell exited ...".
+#   * The cell is run as `eval "$code" || ...`: bash ignores `set -e` inside a command whose
+#     status is tested, so `set -e` cannot kill the session (it has no effect in cells).
+#   * A non-zero status of the cell's last command → `error` (ename BashError, evalue
+#     "exit status N") and `done` status `error`.
+#   * Interrupt → `error` ename Interrupted, `done` status `interrupted`. A SIGINT trap set by
+#     the user is replaced by the agent's handling between cells.
+#   * stdin of cells is /dev/null; redirections of fd 0/1/2 made with `exec` inside a cell last
+#     until the end of that cell only.
+#   * Background jobs keep writing to the cell streams; their output arrives as out/err frames
+#     whenever it is produced (counted against the limit of the cell that is running then).
+#   * Names beginning with __sk_ / __SK_ belong to the agent.
+
+# ------------------------------------------------------------------------------------------
+# JSON helpers (used by the controller and, copied with `declare -f`, by the worker).
+# All of them work on bytes (LC_ALL=C) and pass results in globals to avoid forks.
+# ------------------------------------------------------------------------------------------
+
+# __sk_json_strtok: take one JSON string token (with its quotes) off the front of __SK_S.
+# Sets __SK_T to the raw token and leaves the rest in __SK_S. Returns 1 if malformed.
+__sk_json_strtok() {
+    local pre bs rest
+    [[ ${__SK_S:0:1} == '"' ]] || return 1
+    __SK_T='"'
+    rest=${__SK_S:1}
+    while :; do
+        [[ $rest == *'"'* ]] || return 1
+        pre=${rest%%'"'*}
+        rest=${rest:${#pre}+1}
+        __SK_T+=$pre'"'
+        # The quote ends the string unless it is escaped by an odd number of backslashes.
+        bs=${pre##*[!\\]}
+        [[ $pre == *[!\\]* || -z $pre ]] || bs=$pre
+        (( ${#bs} % 2 == 0 )) && break
+    done
+    __SK_S=$rest
+}
+
+# __sk_json_skipws: drop leading JSON white space from __SK_S.
+__sk_json_skipws() {
+    :
+    __SK_S=${__SK_S#"${__SK_S%%[!$' \t\r\n']*}"}
+}
+
+# __sk_json_valtok: take one JSON value (any kind) off the front of __SK_S into __SK_T.
+__sk_json_valtok() {
+    local depth=0 tok='' pre c
+    case ${__SK_S:0:1} in
+        '"') __sk_json_strtok; return ;;
+        '{' | '[')
+            while :; do
+                pre=${__SK_S%%[\"\{\}\[\]]*}
+                [[ $pre == "$__SK_S" ]] && return 1
+                tok+=$pre
+                __SK_S=${__SK_S:${#pre}}
+                c=${__SK_S:0:1}
+                case $c in
+                    '"') __sk_json_strtok || return 1; tok+=$__SK_T; continue ;;
+                    '{' | '[') ((depth++)) ;;
+                    *) ((depth--)) ;;
+                esac
+                tok+=$c
+                __SK_S=${__SK_S:1}
+                ((depth == 0)) && break
+            done
+            __SK_T=$tok ;;
+        *)
+            __SK_T=${__SK_S%%[,\}\]$' \t\r\n']*}
+            [[ -n $__SK_T ]] || return 1
+            __SK_S=${__SK_S:${#__SK_T}} ;;
+    esac
+}
+
+# __sk_json_parse TEXT: parse a JSON object into the associative array __SK_J
+# (key → raw JSON token of the value). Returns 1 if TEXT is not an object.
+__sk_json_parse() {
+    local key
+    __SK_J=()
+    __SK_S=$1
+    __sk_json_skipws
+    [[ ${__SK_S:0:1} == '{' ]] || return 1
+    __SK_S=${__SK_S:1}
+    __sk_json_skipws
+    [[ ${__SK_S:0:1} == '}' ]] && return 0
+    while :; do
+        __sk_json_skipws
+        __sk_json_strtok || return 1
+        key=${__SK_T:1:${#__SK_T}-2}
+        __sk_json_skipws
+        [[ ${__SK_S:0:1} == ':' ]] || return 1
+        __SK_S=${__SK_S:1}
+        __sk_json_skipws
+        __sk_json_valtok || return 1
+        __SK_J[$key]=$__SK_T
+        __sk_json_skipws
+        case ${__SK_S:0:1} in
+            ',') __SK_S=${__SK_S:1} ;;
+            '}') return 0 ;;
+            *) return 1 ;;
+        esac
+    done
+}
+
+# __sk_utf8 CODEPOINT: append the UTF-8 encoding of CODEPOINT to __SK_R.
+__sk_utf8() {
+    local cp=$1 esc
+    if ((cp == 0)); then
+        return  # bash strings cannot hold NUL: \u0000 is dropped
+    elif ((cp < 0x80)); then
+        printf -v esc '\\x%02x' "$cp"
+    elif ((cp < 0x800)); then
+        printf -v esc '\\x%02x\\x%02x' $((0xC0 | cp >> 6)) $((0x80 | (cp & 0x3F)))
+    elif ((cp < 0x10000)); then
+        printf -v esc '\\x%02x\\x%02x\\x%02x' $((0xE0 | cp >> 12)) \
+            $((0x80 | (cp >> 6 & 0x3F))) $((0x80 | (cp & 0x3F)))
+    else
+        printf -v esc '\\x%02x\\x%02x\\x%02x\\x%02x' $((0xF0 | cp >> 18)) \
+            $((0x80 | (cp >> 12 & 0x3F))) $((0x80 | (cp >> 6 & 0x3F))) $((0x80 | (cp & 0x3F)))
+    fi
+    printf -v esc "$esc"
+    __SK_R+=$esc
+}
+
+# __sk_json_unescape TOKEN: decode a raw JSON string token (with quotes) into __SK_R.
+# Handles \" \\ \/ \b \f \n \r \t and \uXXXX including surrogate pairs (lone surrogates
+# become U+FFFD).
+__sk_json_unescape() {
+    local s=${1:1:${#1}-2} pre hex cp lo bs='\' ph=$'\x01'
+    __SK_R=''
+    if [[ $s != *"$bs"* ]]; then
+        __SK_R=$s
+        return
+    fi
+    # An escaped backslash becomes a placeholder first, so "\\n" is not read as "\n". Raw
+    # control characters cannot occur in a valid JSON string, so \x01 is free.
+    s=${s//"$bs$bs"/"$ph"}
+    s=${s//"$bs\""/\"}
+    s=${s//"$bs/"/\/}
+    s=${s//"${bs}n"/$'\n'}
+    s=${s//"${bs}t"/$'\t'}
+    s=${s//"${bs}r"/$'\r'}
+    s=${s//"${bs}b"/$'\b'}
+    s=${s//"${bs}f"/$'\f'}
+    while [[ $s == *"${bs}u"* ]]; do
+        pre=${s%%"${bs}u"*}
+        __SK_R+=${pre//"$ph"/"$bs"}
+        s=${s:${#pre}+2}
+        hex=${s:0:4}
+        if [[ $hex != [0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F] ]]; then
+            __SK_R+='\u'  # malformed escape: keep it literally
+            continue
+        fi
+        s=${s:4}
+        cp=$((16#$hex))
+        if ((cp >= 0xD800 && cp <= 0xDBFF)); then
+            hex=${s:2:4}
+            if [[ ${s:0:2} == "${bs}u" && $hex == [dD][c-fC-F][0-9a-fA-F][0-9a-fA-F] ]]; then
+                lo=$((16#$hex))
+                cp=$((0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)))
+                s=${s:6}
+            else
+                cp=0xFFFD
+            fi
+        elif ((cp >= 0xDC00 && cp <= 0xDFFF)); then
+            cp=0xFFFD
+        fi
+        __sk_utf8 "$cp"
+    done
+    __SK_R+=${s//"$ph"/"$bs"}
+}
+
+# A regular expression for one well-formed UTF-8 sequence (bytes, C locale).
+__SK_UTF8_RE=$'([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf][\x80-\xbf]|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf][\x80-\xbf]|[\xf1-\xf3][\x80-\xbf][\x80-\xbf][\x80-\xbf]|\xf4[\x80-\x8f][\x80-\xbf][\x80-\xbf])'
+__SK_CTRL=$'[\x01-\x1f]'
+__SK_HIGH=$'[\x80-\xff]'
+
+# __sk_json_quote STRING: set __SK_R to STRING as a JSON string literal (with quotes).
+# The caller must have LC_ALL=C in effect (bytes, not characters).
+# Control characters become escapes; bytes that are not valid UTF-8 become U+FFFD, so the
+# message is always valid UTF-8 JSON whatever the text came from (file names, help text).
+__sk_json_quote() {
+    local s=$1 c e bs='\' fixed
+    s=${s//"$bs"/"$bs$bs"}
+    s=${s//\"/"$bs\""}
+    if [[ $s == *$__SK_CTRL* ]]; then
+        s=${s//$'\n'/"${bs}n"}
+        s=${s//$'\t'/"${bs}t"}
+        s=${s//$'\r'/"${bs}r"}
+        while [[ $s =~ $__SK_CTRL ]]; do
+            c=${BASH_REMATCH[0]}
+            printf -v e '\\u%04x' "'$c"
+            s=${s//"$c"/"$e"}
+        done
+    fi
+    if [[ $s == *$__SK_HIGH* && ! $s =~ ^$__SK_UTF8_RE*$ ]]; then
+        fixed=''
+        while [[ -n $s ]]; do
+            if [[ $s =~ ^$__SK_UTF8_RE+ ]]; then
+                fixed+=${BASH_REMATCH[0]}
+                s=${s:${#BASH_REMATCH[0]}}
+            else
+                fixed+='\ufffd'
+                s=${s:1}
+            fi
+        done
+        s=$fixed
+    fi
+    __SK_R=\"$s\"
+}
+
+# __sk_json_list ITEMS...: set __SK_R to a JSON array of strings.
+__sk_json_list() {
+    local LC_ALL=C out='' item
+    for item in "$@"; do
+        __sk_json_quote "$item"
+        out+=${out:+,}$__SK_R
+    done
+    __SK_R="[$out]"
+}
+
+# __sk_send JSON: write one msg frame under the frame lock. Used by every process.
+# LC_ALL=C makes ${#1} a byte count.
+__sk_send() {
+    local LC_ALL=C tok
+    IFS= read -r -N 1 -u "$__SK_LOCK" tok
+    printf 'msg %d\n%s' "${#1}" "$1" >&"$__SK_POUT"
+    printf x >&"$__SK_LOCK"
+}
+
+# ------------------------------------------------------------------------------------------
+# Pumps: one per stream (out / err), each a background subshell of the controller.
+# ------------------------------------------------------------------------------------------
+
+# __sk_emit KIND FILE START LEN: forward LEN bytes of FILE from offset START as KIND frames,
+# honouring the cell's output limit. The limit and the count of bytes the cell produced so
+# far live in $D/limit and $D/used; both are read and updated under the frame lock, so the
+# two pumps share one count.
+__sk_emit() {
+    local kind=$1 file=$2 start=$3 len=$4 tok used=0 limit=0 allow
+    ((len > 0)) || return 0
+    IFS= read -r -N 1 -u "$__SK_LOCK" tok
+    { read -r used; } <"$__SK_D/used" 2>/dev/null
+    { read -r limit; } <"$__SK_D/limit" 2>/dev/null
+    [[ $used =~ ^[0-9]+$ ]] || used=0
+    [[ $limit =~ ^[0-9]+$ ]] || limit=0
+    allow=$len
+    if ((limit > 0)); then
+        allow=$((limit - used))
+        ((allow < 0)) && allow=0
+        ((allow > len)) && allow=$len
+    fi
+    printf '%d' $((used + len)) >|"$__SK_D/used"
+    if ((allow > 0)); then
+        printf '%s %d\n' "$kind" "$allow" >&"$__SK_POUT"
+        if ((start == 0 && allow == __SK_N)); then
+            cat "$file" >&"$__SK_POUT"
+        elif ((start == 0)); then
+            head -c "$allow" "$file" >&"$__SK_POUT"
+        else
+            tail -c +$((start + 1)) "$file" | head -c "$allow" >&"$__SK_POUT"
+        fi
+    fi
+    printf x >&"$__SK_LOCK"
+}
+
+# __sk_find_mark FILE MARK: set __SK_K to the byte offset of MARK in FILE (first __SK_N bytes)
+# or -1. Cheap checks first: a chunk that is just the marker, or ends with it, is the usual
+# case; otherwise scan the file NUL-separated segment by segment (the marker has no NUL).
+__sk_find_mark() {
+    local file=$1 mark=$2 m=${#2} x seg pre off=0
+    __SK_K=-1
+    ((__SK_N >= m)) || return 0
+    if ((__SK_N == m)); then
+        IFS= read -r -N "$m" x <"$file"
+        [[ $x == "$mark" ]] && __SK_K=0
+        return 0
+    fi
+    x=$(tail -c "$m" "$file")
+    if [[ $x == "$mark" ]]; then
+        __SK_K=$((__SK_N - m))
+        return 0
+    fi
+    while IFS= read -r -d '' seg || [[ -n $seg ]]; do
+        if [[ $seg == *"$mark"* ]]; then
+            pre=${seg%%"$mark"*}
+            __SK_K=$((off + ${#pre}))
+            return 0
+        fi
+        off=$((off + ${#seg} + 1))
+    done <"$file"
+}
+
+# __sk_pump KIND FD: forward everything that arrives on FD as KIND frames, forever.
+__sk_pump() {
+    local kind=$1 fd=$2 chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" n mark
+    export LC_ALL=C
+    trap '' INT
+    # No one in this process needs the kernel's input or the worker's command queue.
+    exec {__SK_PIN}<&- </dev/null
+    while :; do
+        # One read() of up to 1 MiB: returns as soon as anything is in the pipe.
+        dd bs=1048576 count=1 <&"$fd" >|"$chunk" 2>|"$st" || { sleep 0.1; continue; }
+        # dd's third status line starts with the byte count (GNU, most busybox builds).
+        n=''
+        { read -r _; read -r _; read -r n _; } <"$st"
+        [[ $n =~ ^[0-9]+$ ]] || { n=$(wc -c <"$chunk") && n=$((n)); }
+        ((n > 0)) || { sleep 0.05; continue; }
+        __SK_N=$n
+        mark=''
+        [[ -s $__SK_D/mark ]] && { read -r mark <"$__SK_D/mark"; } 2>/dev/null
+        if [[ -n $mark ]]; then
+            __sk_find_mark "$chunk" "$mark"
+            if ((__SK_K >= 0)); then
+                __sk_emit "$kind" "$chunk" 0 "$__SK_K"
+                __sk_emit "$kind" "$chunk" $((__SK_K + ${#mark})) $((n - __SK_K - ${#mark}))
+                printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
+                continue
+            fi
+        fi
+        __sk_emit "$kind" "$chunk" 0 "$n"
+    done
+}
+
+# ------------------------------------------------------------------------------------------
+# Worker side: these functions are copied into the interactive worker shell with declare -f.
+# They run inside the user's shell, so each one makes its options local (`local -`) and
+# switches off the ones that would break it (-e -u -f -C pipefail, nocasematch).
+# ------------------------------------------------------------------------------------------
+
+# exit [N]: end the cell, not the session (see the header). Real exit in subshells.
+exit() {
+    if [[ $BASHPID != "$__SK_WPID" ]]; then
+        builtin exit "$@"
+    fi
+    __SK_EXIT=${1:-$?}
+    [[ $__SK_EXIT =~ ^-?[0-9]+$ ]] || __SK_EXIT=2
+    __SK_EXIT=$((__SK_EXIT & 255))
+    if [[ -z $__SK_RUN ]]; then
+        return "$__SK_EXIT"
+    fi
+    # SIGINT to ourselves: the interactive shell abandons the cell (see the header).
+    builtin kill -INT "$BASHPID"
+}
+
+# __sk_utf8_locale: make the caller's locale UTF-8 (cursor positions are in code points).
+# The caller must have done `local LC_ALL`.
+__sk_utf8_locale() {
+    local cur=${LC_ALL:-${LC_CTYPE:-${LANG:-C}}}
+    [[ $cur == *[Uu][Tt][Ff]-8 || $cur == *[Uu][Tt][Ff]8 ]] || LC_ALL=C.UTF-8 2>/dev/null
+}
+
+# __sk_sane: options for agent code; caller must have done `local -`.
+__sk_sane() {
+    set +e +u +f +C +o pipefail +x +v +a
+    __SK_NCM=0
+    if shopt -q nocasematch; then
+        __SK_NCM=1
+        shopt -u nocasematch
+    fi
+}
+__sk_unsane() {
+    ((__SK_NCM)) && shopt -s nocasematch
+    __SK_NCM=0
+}
+
+# __sk_request SLOT: read the request header file into __SK_Q (type id a b) and the code
+# into __SK_CODE.
+__sk_request() {
+    local IFS=$'\n'
+    __SK_Q=()
+    { read -r __SK_Q[0]; read -r __SK_Q[1]; read -r __SK_Q[2]; read -r __SK_Q[3]; } <"$__SK_D/q.$1.h"
+    IFS= read -r -d '' __SK_CODE <"$__SK_D/q.$1.c"
+}
+
+# __sk_pre SLOT: set up a cell. Returns the previous cell's status so $? means that.
+__sk_pre() {
+    local -
+    __sk_sane
+    local tok
+    __sk_request "$1"
+    __SK_ID=${__SK_Q[1]}
+    __SK_RUN=$1
+    __SK_ST=0
+    __SK_EXIT=''
+    IFS= read -r -N 1 -u "$__SK_LOCK" tok
+    printf '0' >|"$__SK_D/used"
+    printf '%s' "${__SK_Q[2]}" >|"$__SK_D/limit"
+    printf x >&"$__SK_LOCK"
+    printf '%s' "$1" >|"$__SK_D/running"
+    __sk_unsane
+    trap - INT  # from here on SIGINT abandons the cell
+    return "${__SK_LAST:-0}"
+}
+
+# __sk_post SLOT HOW: finish the cell. HOW is 0 when the eval returned, 1 when called from the
+# line after it (only reached with the cell still marked running if the eval was abandoned by
+# SIGINT: an interrupt or `exit`), 2 after the shell itself had died.
+__sk_post() {
+    trap '' INT  # nothing may abandon the bookkeeping
+    local -
+    __sk_sane
+    [[ $__SK_RUN == "$1" ]] || { __sk_unsane; return 0; }
+    local st=$__SK_ST how=$2 mark used=0 limit=0 trunc=0 kind m got=0 status=ok
+    __SK_RUN=''
+    # Flush: publish the marker, write it through both streams, wait for both pumps.
+    mark="<<sk-end:$1:$RANDOM$RANDOM$RANDOM>>"
+    printf '%s\n' "$mark" >|"$__SK_D/mark"
+    printf '%s' "$mark" >&"$__SK_O"
+    printf '%s' "$mark" >&"$__SK_E"
+    while ((got < 2)) && IFS=' ' read -r -t 30 -u "$__SK_ACK" kind m; do
+        [[ $m == "$mark" ]] && ((got++))
+    done
+    : >|"$__SK_D/mark"
+    { read -r used; } <"$__SK_D/used" 2>/dev/null
+    { read -r limit; } <"$__SK_D/limit" 2>/dev/null
+    [[ $used =~ ^[0-9]+$ && $limit =~ ^[0-9]+$ ]] && ((limit > 0 && used > limit)) &&
+        trunc=$((used - limit))
+    if ((how == 2)); then
+        st=1
+        __sk_json_list "BashError: the shell exited during the cell (exec or a signal?)" \
+            "A new shell was started in the last working directory; variables, functions and aliases are lost."
+        __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"the shell exited; state was reset\",\"traceback\":$__SK_R}"
+        status=error
+    elif ((how == 1)) && [[ -z $__SK_EXIT ]]; then
+        st=130
+        __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"Interrupted\",\"evalue\":\"interrupted (SIGINT)\",\"traceback\":[\"Interrupted: the cell was interrupted\"]}"
+        status=interrupted
+    else
+        [[ -n $__SK_EXIT ]] && st=$__SK_EXIT
+        if ((st != 0)); then
+            __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"exit status $st\",\"traceback\":[\"BashError: exit status $st\"]}"
+            status=error
+        fi
+    fi
+    __SK_LAST=$st
+    __SK_EXIT=''
+    __sk_send "{\"type\":\"done\",\"id\":$__SK_ID,\"status\":\"$status\",\"truncated\":$trunc}"
+    printf '%s' "$PWD" >|"$__SK_D/cwd"
+    : >|"$__SK_D/running"
+    __sk_unsane
+}
+
+# __sk_recover SLOT: run by a fresh worker when the previous one died during cell SLOT.
+__sk_recover() {
+    __sk_request "$1"
+    __SK_ID=${__SK_Q[1]}
+    __SK_RUN=$1
+    __sk_post "$1" 2
+}
+
+# __sk_complete SLOT: answer a complete request from the shell's own state (compgen).
+__sk_complete() {
+    local -
+    __sk_sane
+    local LC_ALL=$LC_ALL
+    __sk_utf8_locale
+    local code cur pre word start matches=() line m sep=$' \t\n;|&()<>\'"=`'
+    __sk_request "$1"
+    code=$__SK_CODE
+    cur=${__SK_Q[2]}
+    [[ $cur =~ ^[0-9]+$ ]] || cur=${#code}
+    ((cur > ${#code})) && cur=${#code}
+    pre=${code:0:cur}
+    word=${pre##*[$sep]}
+    start=$((cur - ${#word}))
+    line=${pre:0:start}
+    line=${line%"${line##*[![:space:]]}"}
+    if [[ $word == '${'* ]]; then
+        mapfile -t matches < <(compgen -v -- "${word:2}" 2>/dev/null | LC_ALL=C sort -u)
+        matches=("${matches[@]/#/\$\{}")
+    elif [[ $word == '$'* ]]; then
+        mapfile -t matches < <(compgen -v -- "${word:1}" 2>/dev/null | LC_ALL=C sort -u)
+        matches=("${matches[@]/#/\$}")
+    elif [[ $word != */* && ( -z $line || $line == *[\;\|\&\(\{] || $line =~ (^|[[:space:];|&])(then|do|else|elif|if|while|until|time|\!|sudo|exec|command)$ ) ]]; then
+        mapfile -t matches < <(compgen -c -- "$word" 2>/dev/null | LC_ALL=C sort -u)
+    else
+        mapfile -t matches < <(compgen -f -- "$word" 2>/dev/null | LC_ALL=C sort -u)
+        for m in "${!matches[@]}"; do
+            [[ -d ${matches[m]} ]] && matches[m]+=/
+        done
+    fi
+    __sk_json_list "${matches[@]}"
+    __sk_send "{\"type\":\"complete_reply\",\"id\":${__SK_Q[1]},\"matches\":$__SK_R,\"cursor_start\":$start,\"cursor_end\":$cur}"
+    __sk_unsane
+}
+
+# __sk_inspect SLOT: `type` (and `help` for builtins and keywords) of the word at the cursor.
+__sk_inspect() {
+    local -
+    __sk_sane
+    local LC_ALL=$LC_ALL
+    __sk_utf8_locale
+    local code cur word text='' kind found=false
+    __sk_request "$1"
+    code=$__SK_CODE
+    cur=${__SK_Q[2]}
+    [[ $cur =~ ^[0-9]+$ ]] || cur=${#code}
+    ((cur > ${#code})) && cur=${#code}
+    word=${code:0:cur}
+    word=${word##*[!A-Za-z0-9_.:@+-]}
+    local after=${code:cur}
+    after=${after%%[!A-Za-z0-9_.:@+-]*}
+    word+=$after
+    if [[ -n $word ]]; then
+        kind=$(type -t -- "$word" 2>/dev/null)
+        if [[ -n $kind ]]; then
+            found=true
+            text=$(type -a -- "$word" 2>&1)
+            if [[ $kind == builtin || $kind == keyword ]]; then
+                text+=$'\n\n'$(help -- "$word" 2>&1)
+            fi
+        elif declare -p -- "$word" >/dev/null 2>&1; then
+            found=true
+            text=$(declare -p -- "$word" 2>&1)
+        fi
+    fi
+    if [[ $found == true ]]; then
+        local LC_ALL=C
+        __sk_json_quote "$text"
+        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[1]},\"found\":true,\"data\":{\"text/plain\":$__SK_R}}"
+    else
+        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[1]},\"found\":false,\"data\":{}}"
+    fi
+    __sk_unsane
+}
+
+# __sk_is_complete SLOT: `bash -n` decides; an unterminated construct is "incomplete".
+__sk_is_complete() {
+    local -
+    __sk_sane
+    local code out status=complete bs tail
+    __sk_request "$1"
+    code=$__SK_CODE
+    out=$(LC_ALL=C "$BASH" --norc --noprofile -n 2>&1 <<<"$code")
+    if [[ $out == *"unexpected end of file"* || $out == *"unexpected EOF"* ||
+        $out == *"here-document"*"delimited by end-of-file"* ]]; then
+        status=incomplete
+    elif [[ $out == *"syntax error"* ]]; then
+        status=invalid
+    else
+        # A trailing unescaped backslash continues the line.
+        tail=${code%$'\n'}
+        bs=${tail##*[!\\]}
+        [[ $tail == *[!\\]* ]] || bs=$tail
+        (( ${#bs} % 2 == 1 )) && status=incomplete
+    fi
+    __sk_send "{\"type\":\"is_complete_reply\",\"id\":${__SK_Q[1]},\"status\":\"$status\",\"indent\":\"\"}"
+    __sk_unsane
+}
+
+# ------------------------------------------------------------------------------------------
+# Controller
+# ------------------------------------------------------------------------------------------
+
+__sk_log() { printf 'bash_agent: %s\n' "$*" >&2; }
+
+__sk_cleanup() {
+    trap - EXIT TERM HUP INT
+    [[ -n $__SK_WPID ]] && kill -KILL -- -"$__SK_WPID" "$__SK_WPID" 2>/dev/null
+    [[ -n $__SK_PUMPS ]] && kill -KILL $__SK_PUMPS 2>/dev/null
+    [[ -n $__SK_D && -d $__SK_D ]] && rm -rf -- "$__SK_D"
+}
+
+# Start the worker shell in its own process group, with the cmd FIFO as its input.
+__sk_start_worker() {
+    local cwd=''
+    [[ -s $__SK_D/cwd ]] && { IFS= read -r -d '' cwd <"$__SK_D/cwd"; }
+    {
+        printf 'PS1= PS2= PS0= PS4="+ "\nunset PROMPT_COMMAND HISTFILE MAILCHECK MAILPATH\n'
+        printf 'set +o history +H +m\n'
+        declare -p __SK_D __SK_POUT __SK_LOCK __SK_ACK __SK_O __SK_E __SK_UTF8_RE __SK_CTRL __SK_HIGH
+        printf '__SK_WPID=$$ __SK_LAST=0 __SK_RUN= __SK_EXIT= __SK_NCM=0\n'
+        declare -f __sk_json_quote __sk_json_list __sk_send exit __sk_sane __sk_unsane __sk_utf8_locale \
+            __sk_request __sk_pre __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
+        [[ -n $cwd ]] && printf 'cd -- %q 2>/dev/null\n' "$cwd"
+        # The controller runs with LC_ALL=C; give the user's shell the original locale.
+        if [[ -n $__SK_LC_ALL_SET ]]; then
+            printf 'export LC_ALL=%q\n' "$__SK_LC_ALL_ORIG"
+        else
+            printf 'unset LC_ALL\n'
+        fi
+        printf "trap '' INT\n"
+    } >|"$__SK_D/init.sh"
+    # set -m gives the background job its own process group (its pgid is its pid), so an
+    # interrupt can target the cell without touching the controller or the pumps.
+    set -m
+    "$BASH" --rcfile "$__SK_D/init.sh" --noediting -i <&"$__SK_CMD" >&2 \
+        {__SK_PIN}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_CMD}<&- &
+    __SK_WPID=$!
+    set +m
+}
+
+__sk_main() {
+    __SK_LC_ALL_SET=${LC_ALL+set} __SK_LC_ALL_ORIG=${LC_ALL-}
+    export LC_ALL=C  # the controller works on bytes; the worker gets the user's locale back
+    umask 077
+    shopt -u patsub_replacement 2>/dev/null
+    # Take the protocol off fd 0/1: nothing started from here on can read or write it by
+    # accident. fd 1 of the controller becomes the log (our stderr).
+    exec {__SK_PIN}<&0 {__SK_POUT}>&1 </dev/null >&2
+
+    local base
+    __SK_D=''
+    for base in "${TMPDIR:-}" /tmp /dev/shm "${HOME:-}" "$PWD"; do
+        [[ -n $base && -d $base && -w $base ]] || continue
+        __SK_D=$(mktemp -d "$base/.skbash.XXXXXXXX" 2>/dev/null) && break
+    done
+    if [[ -z $__SK_D ]]; then
+        __sk_log "no writable directory for the private FIFOs"
+        builtin exit 1
+    fi
+    trap __sk_cleanup EXIT
+    # Caught (not ignored) signals: children get the default dispositions back, so cells see
+    # a normal SIGINT / SIGPIPE. As PID 1 on Kubernetes, TERM must be handled to be felt.
+    trap 'builtin exit 143' TERM HUP
+    trap 'builtin exit 141' PIPE
+    trap : INT
+    mkfifo "$__SK_D/out" "$__SK_D/err" "$__SK_D/lock" "$__SK_D/ack" "$__SK_D/cmd" || builtin exit 1
+    : >|"$__SK_D/mark"
+    : >|"$__SK_D/running"
+    printf 0 >|"$__SK_D/used"
+    printf 0 >|"$__SK_D/limit"
+    # Everything is opened read-write: opening a FIFO that way never blocks, and because the
+    # controller keeps every FIFO open, no reader ever sees EOF and no writer SIGPIPE.
+    exec {__SK_OUTR}<>"$__SK_D/out" {__SK_ERRR}<>"$__SK_D/err" {__SK_LOCK}<>"$__SK_D/lock" \
+        {__SK_ACK}<>"$__SK_D/ack" {__SK_CMD}<>"$__SK_D/cmd"
+    exec {__SK_O}>"$__SK_D/out" {__SK_E}>"$__SK_D/err"
+    printf x >&"$__SK_LOCK"  # the frame lock's single token
+
+    __sk_pump out "$__SK_OUTR" &
+    __SK_PUMPS=$!
+    __sk_pump err "$__SK_ERRR" &
+    __SK_PUMPS+=" $!"
+    __sk_start_worker
+
+    local v=${BASH_VERSION%%[!0-9.]*}
+    __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":1}"
+
+    local header='' line kind len payload type seq=0 slot busy rc
+    declare -gA __SK_J
+    while :; do
+        # Wait for a header line; every second check that the worker is still alive.
+        IFS= read -r -t 1 -u "$__SK_PIN" line
+        rc=$?
+        if ((rc > 128)); then
+            header+=$line
+            if ! kill -0 "$__SK_WPID" 2>/dev/null; then
+                __sk_log "the worker shell died; starting a new one"
+                __sk_start_worker
+                # A cell that was running is finished by the new shell (marker + done).
+                busy=''
+                [[ -s $__SK_D/running ]] && { read -r busy <"$__SK_D/running"; } 2>/dev/null
+                [[ $busy =~ ^[0-9]+$ ]] && printf '__sk_recover %s\n' "$busy" >&"$__SK_CMD"
+            fi
+            continue
+        fi
+        ((rc == 0)) || break  # EOF: the kernel is gone
+        header+=$line
+        line=$header
+        header=''
+        kind=${line%% *}
+        len=${line#* }
+        if [[ $kind != msg || ! $len =~ ^[0-9]+$ || ${#line} -gt 32 || len -gt 1048576 ]]; then
+            __sk_log "protocol error: bad frame header '$line'"
+            break
+        fi
+        payload=''
+        if ((len > 0)); then
+            IFS= read -r -N "$len" -u "$__SK_PIN" payload || break
+        fi
+        if ! __sk_json_parse "$payload" || [[ ${__SK_J[type]} != \"*\" ]]; then
+            __sk_log "protocol error: bad message '$payload'"
+            continue
+        fi
+        type=${__SK_J[type]}
+        type=${type:1:${#type}-2}
+        case $type in
+            interrupt)
+                # SIGINT to the worker's process group: the running command and the shell
+                # itself. Between cells the worker ignores SIGINT.
+                kill -INT -- -"$__SK_WPID" 2>/dev/null ;;
+            shutdown)
+                break ;;
+            execute | complete | inspect | is_complete)
+                seq=$((seq + 1))
+                slot=$((seq % 8))
+                local id=${__SK_J[id]:-null} a b code=''
+                [[ $id == \"*\" || $id =~ ^-?[0-9]+$ ]] || id=null
+                case $type in
+                    execute) a=${__SK_J[output_limit]} ;;
+                    *) a=${__SK_J[cursor_pos]} ;;
+                esac
+                b=${__SK_J[detail_level]}
+                [[ $a =~ ^[0-9]+$ ]] || a=''
+                [[ $b =~ ^[0-9]+$ ]] || b=0
+                [[ $type == execute && -z $a ]] && a=0
+                if [[ ${__SK_J[code]} == \"*\" ]]; then
+                    __sk_json_unescape "${__SK_J[code]}"
+                    code=$__SK_R
+                fi
+                printf '%s\n%s\n%s\n%s\n' "$type" "$id" "$a" "$b" >|"$__SK_D/q.$slot.h"
+                printf '%s' "$code" >|"$__SK_D/q.$slot.c"
+                if [[ $type == execute ]]; then
+                    # Line 1 runs the cell at top level; line 2 only matters when SIGINT made
+                    # the shell abandon line 1 (then the cell is still marked running).
+                    # The redirections give the cell stdin /dev/null and the stream FIFOs, and
+                    # close the agent's own fds for everything the cell starts.
+                    printf '__sk_pre %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n' \
+                        "$slot" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_POUT" "$__SK_LOCK" "$__SK_ACK" "$slot" "$slot" >&"$__SK_CMD"
+                else
+                    printf '__sk_%s %s\n' "$type" "$slot" >&"$__SK_CMD"
+                fi ;;
+            *)
+                __sk_log "ignoring message of type '$type'" ;;
+        esac
+    done
+    builtin exit 0
+}
+
+__sk_main "$@"
