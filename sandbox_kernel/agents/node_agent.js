@@ -67,6 +67,8 @@ const vm = require('vm');
 const util = require('util');
 const childProcess = require('child_process');
 const crypto = require('crypto');
+const url = require('url');
+const Module = require('module');
 
 const MAX_PAYLOAD = 1 << 20; // PROTOCOL.md: frames carry at most 1 MiB
 const INTERNAL = '__sandboxKernel'; // prefix of the helper globals the rewritten cells call
@@ -874,6 +876,16 @@ function worker() {
     return out;
   }
 
+  function walkAll(node, visit) {
+    if (!node || typeof node.type !== 'string') return;
+    visit(node);
+    for (const key of Object.keys(node)) {
+      const v = node[key];
+      if (Array.isArray(v)) for (const c of v) walkAll(c, visit);
+      else if (v && typeof v === 'object' && typeof v.type === 'string') walkAll(v, visit);
+    }
+  }
+
   // Top-level awaits: AwaitExpressions and `for await` not inside a nested function.
   function findAwaits(node, found) {
     if (!node || typeof node.type !== 'string') return found;
@@ -909,7 +921,7 @@ function worker() {
     let out = '';
     let pos = 0;
     for (const n of imports) {
-      const ns = `(await import(${JSON.stringify(n.source.value)}))`;
+      const ns = `(await ${INTERNAL}Import(${JSON.stringify(n.source.value)}))`;
       const parts = n.specifiers.map((sp) => {
         if (sp.type === 'ImportDefaultSpecifier') return `${sp.local.name} = ${ns}.default`;
         if (sp.type === 'ImportNamespaceSpecifier') return `${sp.local.name} = ${ns}`;
@@ -982,6 +994,9 @@ function worker() {
         open(node.start, `this.${node.id.name} = ${node.id.name}; `);
       }
     }
+    walkAll(ast, (n) => {
+      if (n.type === 'ImportExpression') replace(n.start, n.start + 'import'.length, `${INTERNAL}Import`);
+    });
     if (isAsync) {
       for (const a of awaits) {
         open(a.start, `${INTERNAL}Resume(${g}, `);
@@ -1021,16 +1036,22 @@ function worker() {
     return { source: code, isAsync: false, hasValue: true, lineOffset: 0 };
   }
 
-  const scriptOptions = {};
-  if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
-    scriptOptions.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER; // import()
-    // Node flags this as experimental on first use; that warning is about us, not the user's code.
-    const emitWarning = process.emitWarning;
-    process.emitWarning = function (warning, ...rest) {
-      if (String(warning && warning.message ? warning.message : warning).includes('USE_MAIN_CONTEXT_DEFAULT_LOADER')) return;
-      return emitWarning.call(this, warning, ...rest);
-    };
-  }
+  // import() from a vm.Script needs an experimental loader hook (and does not exist in older
+  // Nodes); cells call this instead. Relative paths and bare names resolve from the cwd.
+  const userImport = (specifier) => {
+    const spec = String(specifier);
+    let target = spec;
+    if (/^\.{0,2}\//.test(spec)) {
+      target = url.pathToFileURL(path.resolve(proc.cwd(), spec)).href;
+    } else if (!/^[a-z][a-z0-9+.-]*:/i.test(spec) && !(Module.isBuiltin ? Module.isBuiltin(spec) : Module.builtinModules.includes(spec))) {
+      try {
+        target = url.pathToFileURL(userRequire.resolve(spec)).href;
+      } catch (_) {
+        /* let import() report it */
+      }
+    }
+    return import(target);
+  };
 
   // ---- running a cell -----------------------------------------------------------------------
   function finish(c, status, value, err) {
@@ -1064,7 +1085,7 @@ function worker() {
     }
     let script;
     try {
-      script = new vm.Script(prepared.source, { filename, lineOffset: prepared.lineOffset, ...scriptOptions });
+      script = new vm.Script(prepared.source, { filename, lineOffset: prepared.lineOffset });
     } catch (e) {
       finish(c, 'error', undefined, e);
       return;
@@ -1248,7 +1269,7 @@ function worker() {
   // ---- globals for user code ----------------------------------------------------------------
   const cwd = process.cwd();
   const define = (name, value) => Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
-  const userRequire = require('module').createRequire(path.join(cwd, '<cell>'));
+  const userRequire = Module.createRequire(path.join(cwd, '<cell>'));
   define('require', userRequire);
   define('module', { exports: {}, require: userRequire, id: '<cell>', filename: path.join(cwd, '<cell>'), paths: userRequire.resolve.paths('x') });
   define('exports', G.module.exports);
@@ -1256,6 +1277,7 @@ function worker() {
   define('__dirname', cwd);
   define('display', display);
   Object.defineProperty(G, `${INTERNAL}Resume`, { value: resume, writable: false, configurable: false, enumerable: false });
+  Object.defineProperty(G, `${INTERNAL}Import`, { value: userImport, writable: false, configurable: false, enumerable: false });
 
   // ---- control channel ----------------------------------------------------------------------
   process.on('message', (m) => {

@@ -65,6 +65,7 @@ class Agent:
     """The agent as a subprocess; a reader thread decodes its stdout into frames."""
 
     def __init__(self, cwd: Path) -> None:
+        self.ready_cwd = cwd
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8"}
         self.log = open(cwd / "agent.log", "wb")
         self.proc = subprocess.Popen(
@@ -448,6 +449,14 @@ def test_static_imports_become_dynamic_imports(agent: Agent) -> None:
     assert run.result == "[ 'function', true, '/' ]"
     assert run.stderr == b""  # no ExperimentalWarning leaks into the user's stderr
     assert ok(agent.execute("typeof rfs")).result == "'function'"
+    # Local modules resolve from the working directory, for import, import() and require.
+    cwd = Path(agent.ready_cwd)
+    (cwd / "mod.mjs").write_text("export const v = 'esm'; export default 'dflt';\n")
+    (cwd / "cjs.js").write_text("module.exports = {w: 'cjs'};\n")
+    run = ok(agent.execute("import d, {v} from './mod.mjs'\nconst m = await import('./mod.mjs');\n[d, v, m.v, require('./cjs.js').w]"))
+    assert run.result == "[ 'dflt', 'esm', 'esm', 'cjs' ]"
+    run = ok(agent.execute("const later = () => import('node:os'); (await later()).EOL"))
+    assert run.result == "'\\n'"
 
 
 def test_user_code_shadowing_globals_does_not_break_the_agent(agent: Agent) -> None:
