@@ -390,7 +390,8 @@ def _repair_streams():
             os.dup2(src, fd)
         except OSError:
             pass
-    for name, make in (("stdin", _stdin_stream), ("stdout", lambda: _text_stream(1)), ("stderr", lambda: _text_stream(2))):
+    makers = (("stdin", _stdin_stream), ("stdout", lambda: _text_stream(1)), ("stderr", lambda: _text_stream(2)))
+    for name, make in makers:
         if _streams[name].closed:
             _streams[name] = make()
             setattr(sys, "__%s__" % name, _streams[name])
@@ -1270,7 +1271,9 @@ def _handle(msg):
         except Exception as exc:
             _log("complete failed: %r" % exc)
             matches, start = [], cursor
-        _send_msg({"type": "complete_reply", "id": msg.get("id"), "matches": matches, "cursor_start": start, "cursor_end": cursor})
+        _send_msg(
+            {"type": "complete_reply", "id": msg.get("id"), "matches": matches, "cursor_start": start, "cursor_end": cursor}
+        )
     elif kind == "inspect":
         try:
             found, data = _inspect(code, _cursor(msg, code), int(msg.get("detail_level") or 0))
@@ -1314,7 +1317,8 @@ def _reader():
                     _terminate(2)
                 break
             parts = bytes(buf[:newline]).split(b" ")
-            if len(parts) != 2 or parts[0] not in (b"msg", b"out", b"err") or not parts[1].isdigit() or int(parts[1]) > MAX_PAYLOAD:
+            valid = len(parts) == 2 and parts[0] in (b"msg", b"out", b"err") and parts[1].isdigit()
+            if not valid or int(parts[1]) > MAX_PAYLOAD:
                 _log("protocol error: bad header %r" % bytes(buf[:newline]))
                 _terminate(2)
             length = int(parts[1])
@@ -1393,7 +1397,8 @@ def main():
                 with _cell_lock:
                     if _current_cell is not None:
                         _current_cell.running = False
-                _send_msg({"type": "error", "id": msg.get("id"), "ename": "AgentError", "evalue": str(exc), "traceback": []})
+                error = {"ename": "AgentError", "evalue": _safe_str(exc), "traceback": []}
+                _send_msg(dict(error, type="error", id=msg.get("id")))
                 _send_msg({"type": "done", "id": msg.get("id"), "status": "error", "truncated": 0})
 
 

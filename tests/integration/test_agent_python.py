@@ -286,7 +286,8 @@ def test_stdout_streams_live(agent: AgentProcess) -> None:
 
 
 def test_python_subprocess_streams_live(agent: AgentProcess) -> None:
-    cell = ok(agent.execute("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'import time\\nfor i in range(3):\\n    print(i)\\n    time.sleep(0.4)'])"))
+    child = "import time\\nfor i in range(3):\\n    print(i)\\n    time.sleep(0.4)"
+    cell = ok(agent.execute(f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', '{child}'])"))
     stamps = [stamp for stamp, f in cell.frames if isinstance(f, Output)]
     assert cell.stdout == "0\n1\n2\n"
     assert stamps[-1] - stamps[0] > 0.6  # not buffered until the child exits
@@ -315,7 +316,14 @@ def test_background_process_holding_stdout_does_not_block_done(agent: AgentProce
 
 
 def test_display_from_a_thread_between_cells(agent: AgentProcess) -> None:
-    cell = ok(agent.execute("import threading, time\ndef show():\n    time.sleep(0.3)\n    print('text first')\n    display({'text/plain': 'late', 'text/html': '<p>late</p>'}, raw=True)\nthreading.Thread(target=show).start()"))
+    cell = ok(agent.execute(
+        "import threading, time\n"
+        "def show():\n"
+        "    time.sleep(0.3)\n"
+        "    print('text first')\n"
+        "    display({'text/plain': 'late', 'text/html': '<p>late</p>'}, raw=True)\n"
+        "threading.Thread(target=show).start()"
+    ))
     later = agent.collect(1.5)
     assert isinstance(later[0], Output) and later[0].data.startswith(b"text first")
     shown = [f.body for f in later if isinstance(f, Message)]
@@ -572,7 +580,8 @@ def test_interrupt_with_background_thread_and_top_level_await(agent: AgentProces
 
 
 def test_user_code_can_catch_keyboard_interrupt(agent: AgentProcess) -> None:
-    cell = agent.execute("import time\ntry:\n    time.sleep(100)\nexcept KeyboardInterrupt:\n    print('cleaning up')\n    time.sleep(0.3)\n    print('clean')", interrupt_after=0.5)
+    code = "import time\ntry:\n    time.sleep(100)\nexcept KeyboardInterrupt:\n    print('cleaning up')\n    time.sleep(0.3)\n    print('clean')"
+    cell = agent.execute(code, interrupt_after=0.5)
     assert cell.status == "ok" and cell.stdout == "cleaning up\nclean\n"
 
 
