@@ -17,14 +17,16 @@
 //   stdio 'inherit', background jobs, closing fd 1) only reaches those pipes; only the supervisor
 //   writes the protocol stream, one whole frame per write.
 //
-// ORDERING ("done" after all output). Before the worker sends a message whose position matters
-// (display, and the final result/error/done) it writes a MARKER -- a random per-worker prefix plus
-// a sequence number, one small atomic write -- through its own process.stdout and
-// process.stderr streams (so it queues behind anything console.log has buffered), then sends the
-// message over IPC with that sequence number. The supervisor strips markers out of the pipes and
-// holds the message back until it has seen the marker on both pipes (or a pipe closed, or the
-// pipes stayed quiet for a while -- a fallback for user code that broke process.stdout).
-// A background process that keeps fd 1 open cannot delay `done`: the marker still gets through.
+// ORDERING ("done" after all output). In the worker, process.stdout/stderr write synchronously
+// to fd 1/2 (see syncWrite: Node's own pipe streams queue in memory and can be left stuck by an
+// interrupt). Before the worker sends a message whose position matters (display, and the final
+// result/error/done) it writes a MARKER -- a random per-worker prefix plus a sequence number, one
+// small atomic write -- to fd 1 and fd 2, then sends the message over IPC with that number. The
+// supervisor strips markers out of the pipes, holds the message back until it has seen its
+// marker on both pipes, and holds output that came after a marker until that marker's message is
+// out. Fallbacks: a pipe that closed counts as seen; if the pipes stay quiet for 500 ms (user
+// code closed fd 1, say) the message goes anyway. A background process that keeps fd 1 open
+// cannot delay `done`: the marker still gets through.
 //
 // INTERRUPT. The supervisor keeps reading stdin while a cell runs, whatever the worker does.
 //   * Synchronous code runs under vm.Script#runInThisContext({breakOnSigint: true}); SIGINT to the
@@ -271,7 +273,9 @@ function supervisor() {
       allWorkers.delete(w);
       if (w === worker) {
         // It died on its own: user code called process.exit(), ran out of memory, ...
-        const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+        const how = signal
+          ? `was killed by ${signal}${signal === 'SIGKILL' || signal === 'SIGABRT' ? ' (out of memory?)' : ''}`
+          : `exited with code ${code}`;
         if (!w.hello && ++quickDeaths >= 3) {
           log('the worker keeps dying at start-up; giving up');
           shutdown(1);
