@@ -415,11 +415,12 @@ __sk_unsane() {
 __sk_request() {
     local IFS=$'\n'
     __SK_Q=()
-    { read -r __SK_Q[0]; read -r __SK_Q[1]; read -r __SK_Q[2]; read -r __SK_Q[3]; } <"$__SK_D/q.$1.h"
+    { read -r "__SK_Q[0]"; read -r "__SK_Q[1]"; read -r "__SK_Q[2]"; read -r "__SK_Q[3]"; } <"$__SK_D/q.$1.h"
     IFS= read -r -d '' __SK_CODE <"$__SK_D/q.$1.c"
 }
 
-# __sk_pre SLOT: set up a cell. Returns the previous cell's status so $? means that.
+# __sk_pre SLOT: set up a cell. Every agent function returns 0: with the user's `set -e` a
+# failing command at the worker's top level would end the shell.
 __sk_pre() {
     local -
     __sk_sane
@@ -436,7 +437,7 @@ __sk_pre() {
     printf '%s' "$1" >|"$__SK_D/running"
     __sk_unsane
     trap - INT  # from here on SIGINT abandons the cell
-    return "${__SK_LAST:-0}"
+    return 0
 }
 
 # __sk_post SLOT HOW: finish the cell. HOW is 0 when the eval returned, 1 when called from the
@@ -485,6 +486,7 @@ __sk_post() {
     printf '%s' "$PWD" >|"$__SK_D/cwd"
     : >|"$__SK_D/running"
     __sk_unsane
+    return 0
 }
 
 # __sk_recover SLOT: run by a fresh worker when the previous one died during cell SLOT.

@@ -1,0 +1,605 @@
+"""Drive the real Bash agent (sandbox_kernel/agents/bash_agent.sh) over the framed protocol.
+
+The agent runs as a plain subprocess (`bash bash_agent.sh`, no sandbox needed) with a scrubbed
+environment like the sandbox gives it (PATH, HOME, LANG=C.UTF-8). Every test talks to it only
+through ``sandbox_kernel.protocol`` frames on its stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
+
+AGENT = ROOT / "sandbox_kernel" / "agents" / "bash_agent.sh"
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+@dataclass
+class Cell:
+    """Everything one ``execute`` produced, in arrival order."""
+
+    frames: list[tuple[float, Any]] = field(default_factory=list)  # (arrival time, frame)
+    sent_at: float = 0.0
+
+    @property
+    def done(self) -> dict:
+        return self.messages("done")[-1]
+
+    @property
+    def status(self) -> str:
+        return self.done["status"]
+
+    def messages(self, kind: str | None = None) -> list[dict]:
+        return [f.body for _, f in self.frames if isinstance(f, Message) and (kind is None or f.type == kind)]
+
+    def output(self, stream: str = "stdout") -> bytes:
+        return b"".join(f.data for _, f in self.frames if isinstance(f, Output) and f.stream == stream)
+
+    @property
+    def stdout(self) -> str:
+        return self.output("stdout").decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.output("stderr").decode("utf-8", "replace")
+
+    @property
+    def error(self) -> dict | None:
+        errors = self.messages("error")
+        return errors[0] if errors else None
+
+    def kinds(self) -> list[str]:
+        return [f.type if isinstance(f, Message) else f.stream for _, f in self.frames]
+
+    @property
+    def elapsed(self) -> float:
+        return self.frames[-1][0] - self.sent_at
+
+
+class Agent:
+    """The agent as a subprocess, spoken to over its stdin/stdout."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.home = tmp
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "LANG": "C.UTF-8", "TMPDIR": str(tmp)}
+        self.log = open(tmp / "agent.log", "wb")
+        self.proc = subprocess.Popen(
+            [BASH, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=tmp, env=env
+        )
+        self.decoder = FrameDecoder()
+        self.pending: list[tuple[float, Any]] = []
+        self.seq = 0
+        first = self.next_frame(15)
+        assert isinstance(first, Message) and first.type == "ready", first
+        self.ready = first.body
+
+    # -- low level -------------------------------------------------------------------------
+    def send(self, body: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(encode_message(body))
+        self.proc.stdin.flush()
+
+    def next_timed(self, timeout: float) -> tuple[float, Any]:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while not self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no frame within {timeout}s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 1 << 20)
+            if not data:
+                raise EOFError("agent closed its stdout")
+            now = time.monotonic()
+            self.pending.extend((now, frame) for frame in self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    def next_frame(self, timeout: float = 10) -> Any:
+        return self.next_timed(timeout)[1]
+
+    def request(self, body: dict, timeout: float = 10) -> dict:
+        """Send a non-execute request and return its reply message."""
+        self.seq += 1
+        body = {"id": f"r{self.seq}", **body}
+        self.send(body)
+        while True:
+            frame = self.next_frame(timeout)
+            if isinstance(frame, Message) and frame.body.get("id") == body["id"]:
+                return frame.body
+
+    # -- cells -----------------------------------------------------------------------------
+    def start(self, code: str, output_limit: int = 0) -> tuple[str, Cell]:
+        self.seq += 1
+        cell_id = f"c{self.seq}"
+        cell = Cell(sent_at=time.monotonic())
+        self.send({"type": "execute", "id": cell_id, "code": code, "output_limit": output_limit})
+        return cell_id, cell
+
+    def collect(self, cell_id: str, cell: Cell, timeout: float = 15) -> Cell:
+        deadline = time.monotonic() + timeout
+        while True:
+            at, frame = self.next_timed(max(0.01, deadline - time.monotonic()))
+            cell.frames.append((at, frame))
+            if isinstance(frame, Message):
+                assert frame.body.get("id") == cell_id, frame
+                if frame.type == "done":
+                    return cell
+
+    def run(self, code: str, output_limit: int = 0, timeout: float = 15) -> Cell:
+        cell_id, cell = self.start(code, output_limit)
+        return self.collect(cell_id, cell, timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"type": "shutdown"})
+                self.proc.wait(5)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path):
+    a = Agent(tmp_path)
+    yield a
+    a.close()
+
+
+# -------------------------------------------------------------------------------------------
+# start-up
+# -------------------------------------------------------------------------------------------
+
+
+def test_ready_language_info(agent: Agent) -> None:
+    info = agent.ready["language_info"]
+    assert info["name"] == "bash"
+    expected = subprocess.run([BASH, "-c", "echo ${BASH_VERSION%%[!0-9.]*}"], capture_output=True, text=True).stdout.strip()
+    assert info["version"] == expected
+    assert info["mimetype"] == "text/x-sh"
+    assert info["file_extension"] == ".sh"
+    assert info["pygments_lexer"] == "bash"
+    assert info["codemirror_mode"] == "shell"
+    assert agent.ready["agent"] == "bash"
+    assert agent.ready["protocol"] == 1
+
+
+def test_hello_and_stdin_is_devnull(agent: Agent) -> None:
+    cell = agent.run("echo hello; cat; read -r x; echo read=$?")
+    assert cell.status == "ok"
+    assert cell.stdout == "hello\nread=1\n"
+    assert cell.kinds()[-1] == "done"
+
+
+# -------------------------------------------------------------------------------------------
+# state
+# -------------------------------------------------------------------------------------------
+
+
+def test_state_persists_across_cells(agent: Agent, tmp_path: Path) -> None:
+    (tmp_path / "sub dir").mkdir()
+    setup = agent.run(
+        "x=42; cd 'sub dir'; greet() { echo \"hi $1\"; }; alias ll='echo aliased'; declare -A m=([k]=v); "
+        "export EXPORTED=yes; shopt -s extglob"
+    )
+    assert setup.status == "ok", setup.frames
+    cell = agent.run('echo "$x"; pwd; greet you; ll; echo "${m[k]}"; bash -c \'echo $EXPORTED\'; shopt -q extglob && echo glob')
+    assert cell.status == "ok", cell.frames
+    assert cell.stdout == f"42\n{tmp_path / 'sub dir'}\nhi you\naliased\nv\nyes\nglob\n"
+
+
+def test_declare_inside_cell_is_global(agent: Agent) -> None:
+    agent.run("declare -i n=5; declare -a arr=(a b c); local_test() { local y=1; }; local_test")
+    cell = agent.run('n+=1; echo "$n ${arr[1]} ${#arr[@]}"')
+    assert cell.stdout == "6 b 3\n"
+
+
+def test_stdout_and_stderr_are_separate(agent: Agent) -> None:
+    cell = agent.run("echo out1; echo err1 >&2; echo out2; ls /nonexistent-path-xyz")
+    assert cell.status == "error"
+    assert cell.stdout == "out1\nout2\n"
+    assert "err1\n" in cell.stderr
+    assert "nonexistent-path-xyz" in cell.stderr
+    assert "out1" not in cell.stderr
+
+
+# -------------------------------------------------------------------------------------------
+# failures and exit
+# -------------------------------------------------------------------------------------------
+
+
+def test_false_reports_exit_status_and_session_survives(agent: Agent) -> None:
+    agent.run("keep=1")
+    cell = agent.run("echo before; false")
+    assert cell.kinds() == ["stdout", "error", "done"]
+    assert cell.status == "error"
+    err = cell.error
+    assert err is not None
+    assert err["ename"] == "BashError"
+    assert err["evalue"] == "exit status 1"
+    assert err["traceback"] and "exit status 1" in err["traceback"][0]
+    after = agent.run("echo $keep")
+    assert after.status == "ok"
+    assert after.stdout == "1\n"
+
+
+def test_status_of_last_command_decides(agent: Agent) -> None:
+    assert agent.run("false; true").status == "ok"
+    cell = agent.run("(exit 7)")
+    assert cell.status == "error" and cell.error["evalue"] == "exit status 7"
+    syntax = agent.run("if then fi")
+    assert syntax.status == "error"
+    assert "syntax error" in syntax.stderr
+
+
+def test_exit_does_not_kill_the_session(agent: Agent) -> None:
+    agent.run("v=kept; cd /")
+    cell = agent.run("echo a; exit 3; echo never")
+    assert cell.status == "error"
+    assert cell.stdout == "a\n"
+    assert cell.error["evalue"] == "exit status 3"
+    ok = agent.run("exit 0")
+    assert ok.status == "ok"
+    nested = agent.run("f() { exit 4; }; f; echo never")
+    assert nested.status == "error" and nested.error["evalue"] == "exit status 4"
+    assert "never" not in nested.stdout
+    sub = agent.run("( exit 5 ); echo sub=$?; x=$(exit 6; echo no); echo cs=$?")
+    assert sub.stdout == "sub=5\ncs=6\n"
+    after = agent.run("echo $v; pwd")
+    assert after.stdout == "kept\n/\n"
+
+
+def test_set_e_does_not_kill_the_session(agent: Agent) -> None:
+    agent.run("w=1")
+    cell = agent.run("set -e; false; echo still")
+    assert cell.status == "ok"
+    assert cell.stdout == "still\n"
+    after = agent.run("false")
+    assert after.status == "error"
+    again = agent.run("set -u; set -o pipefail; echo $w; set +u")
+    assert again.stdout == "1\n"
+    assert agent.run("echo alive").stdout == "alive\n"
+
+
+def test_shell_replaced_by_exec_is_restarted_in_same_directory(agent: Agent, tmp_path: Path) -> None:
+    agent.run(f"cd '{tmp_path}'; mkdir -p keepdir; cd keepdir; gone=1")
+    cell = agent.run("exec true", timeout=20)
+    assert cell.status == "error"
+    assert "exited" in cell.error["evalue"]
+    after = agent.run('echo "[$gone]"; pwd')
+    assert after.stdout == f"[]\n{tmp_path / 'keepdir'}\n"
+
+
+def test_user_options_do_not_break_the_agent(agent: Agent) -> None:
+    cell = agent.run("set -u -f -C -o pipefail; shopt -s nocasematch failglob; IFS=:; echo set")
+    assert cell.status == "ok", cell.frames
+    assert agent.run("echo still works; IFS=$' \\t\\n'").stdout == "still works\n"
+    assert agent.run("false").status == "error"
+
+
+# -------------------------------------------------------------------------------------------
+# bytes, fake frames, fd games
+# -------------------------------------------------------------------------------------------
+
+
+def test_nul_and_invalid_utf8_pass_through(agent: Agent) -> None:
+    cell = agent.run(r"printf '\0\377a\0\n'; printf '\xfe\x00' >&2")
+    assert cell.status == "ok"
+    assert cell.output("stdout") == b"\x00\xffa\x00\n"
+    assert cell.output("stderr") == b"\xfe\x00"
+
+
+def test_fake_frames_are_harmless(agent: Agent) -> None:
+    cell = agent.run("echo 'msg 20'; printf 'msg 5\\nhello'; printf 'out 3\\nabc' >&2; echo '{\"type\":\"done\"}'")
+    assert cell.status == "ok"
+    assert cell.output("stdout") == b'msg 20\nmsg 5\nhello{"type":"done"}\n'
+    assert cell.output("stderr") == b"out 3\nabc"
+    assert agent.run("echo next").stdout == "next\n"
+
+
+def test_closing_and_redirecting_fds_only_lasts_for_the_cell(agent: Agent, tmp_path: Path) -> None:
+    cell = agent.run("exec >&-; echo lost; echo to-err >&2")
+    assert "to-err" in cell.stderr
+    cell = agent.run(f"exec >'{tmp_path}/file.txt' 2>&1; echo in-file")
+    assert cell.output("stdout") == b""
+    assert (tmp_path / "file.txt").read_text() == "in-file\n"
+    assert agent.run("echo back").stdout == "back\n"
+    # Writing to every fd the cell can see must not reach the protocol stream.
+    cell = agent.run("for fd in $(ls /proc/self/fd); do echo 'msg 3' >&$fd; done 2>/dev/null; echo ok")
+    assert cell.status == "ok"
+    assert agent.run("echo fine").stdout == "fine\n"
+
+
+def test_unicode_and_escapes_in_code_round_trip(agent: Agent) -> None:
+    code = 'printf "%s|" "é ✓ 😀" "tab\there" "back\\\\slash" \'"quoted"\' "/slash/"; echo'
+    cell = agent.run(code)
+    assert cell.status == "ok", cell.frames
+    assert cell.stdout == 'é ✓ 😀|tab\there|back\\slash|"quoted"|/slash/|\n'
+    cell = agent.run("s='😀é'; echo ${#s}")
+    assert cell.stdout == "2\n"
+
+
+# -------------------------------------------------------------------------------------------
+# output limit, ordering, streaming
+# -------------------------------------------------------------------------------------------
+
+
+def test_flood_is_truncated_and_agent_stays_responsive(agent: Agent) -> None:
+    cell = agent.run("head -c 5000000 /dev/zero | tr '\\0' a; echo tail >&2", output_limit=100000, timeout=60)
+    assert cell.status == "ok"
+    forwarded = len(cell.output("stdout")) + len(cell.output("stderr"))
+    assert forwarded == 100000
+    assert cell.done["truncated"] == 5000000 + 5 - 100000
+    t = time.monotonic()
+    quick = agent.run("echo quick")
+    assert quick.stdout == "quick\n"
+    assert time.monotonic() - t < 2
+
+
+def test_limit_counts_both_streams_and_resets_per_cell(agent: Agent) -> None:
+    cell = agent.run("printf 12345; printf 67890 >&2; printf abc", output_limit=8)
+    assert len(cell.output("stdout")) + len(cell.output("stderr")) == 8
+    assert cell.done["truncated"] == 5
+    nxt = agent.run("printf 1234567", output_limit=8)
+    assert nxt.output("stdout") == b"1234567" and nxt.done["truncated"] == 0
+
+
+def test_all_output_arrives_before_done(agent: Agent) -> None:
+    cell = agent.run("for i in $(seq 1 2000); do echo line$i; echo e$i >&2; done; printf last")
+    lines = cell.stdout.split("\n")
+    assert lines[0] == "line1" and lines[-2] == "line2000" and lines[-1] == "last"
+    assert cell.stderr.count("\n") == 2000
+    assert cell.kinds()[-1] == "done"
+
+
+def test_output_streams_live(agent: Agent) -> None:
+    cell = agent.run("for i in 1 2 3 4; do echo tick$i; sleep 0.5; done")
+    ticks = [(at, f.data) for at, f in cell.frames if isinstance(f, Output)]
+    assert b"".join(d for _, d in ticks) == b"tick1\ntick2\ntick3\ntick4\n"
+    assert len(ticks) == 4
+    gaps = [b - a for (a, _), (b, _) in zip(ticks, ticks[1:])]
+    assert all(0.3 < g < 1.0 for g in gaps), gaps
+    assert ticks[0][0] - cell.sent_at < 0.4
+
+
+def test_background_job_does_not_block_done(agent: Agent) -> None:
+    t = time.monotonic()
+    cell = agent.run("(sleep 1.5; echo late) & echo now")
+    assert time.monotonic() - t < 1.2
+    assert cell.status == "ok"
+    assert "now\n" in cell.stdout
+    frame = agent.next_frame(5)  # the background job's output arrives between cells
+    assert isinstance(frame, Output) and frame.data == b"late\n"
+    assert agent.run("echo next").stdout == "next\n"
+
+
+def test_background_job_holding_streams_open(agent: Agent) -> None:
+    cell = agent.run("sleep 30 & echo started")
+    assert cell.status == "ok" and "started" in cell.stdout
+    assert agent.run("echo fine").stdout == "fine\n"
+
+
+# -------------------------------------------------------------------------------------------
+# interrupt
+# -------------------------------------------------------------------------------------------
+
+
+def _interrupt_after(agent: Agent, code: str, delay: float = 0.5) -> tuple[Cell, float]:
+    cell_id, cell = agent.start(code)
+    time.sleep(delay)
+    sent = time.monotonic()
+    agent.send({"type": "interrupt"})
+    agent.collect(cell_id, cell, timeout=5)
+    return cell, cell.frames[-1][0] - sent
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "sleep 100; echo never",
+        "while true; do :; done; echo never",
+        "yes | cat | tr y n > /dev/null; echo never",
+        "f() { while :; do sleep 0.01; done; }; f; echo never",
+        "read -t 100 x < <(sleep 100); echo never",
+    ],
+)
+def test_interrupt_stops_cell_and_keeps_state(agent: Agent, code: str) -> None:
+    agent.run("kept=yes; cd /tmp")
+    cell, took = _interrupt_after(agent, code)
+    assert took < 2, took
+    assert cell.status == "interrupted"
+    assert cell.error["ename"] == "Interrupted"
+    assert cell.kinds()[-2:] == ["error", "done"]
+    assert "never" not in cell.stdout
+    after = agent.run("echo $kept; pwd")
+    assert after.stdout == "yes\n/tmp\n"
+
+
+def test_interrupt_keeps_output_and_counters(agent: Agent) -> None:
+    cell, took = _interrupt_after(agent, "n=0; while :; do n=$((n+1)); [ $n = 3 ] && echo three; done")
+    assert took < 2
+    assert cell.stdout == "three\n"
+    after = agent.run("echo $((n > 3))")
+    assert after.stdout == "1\n"
+
+
+def test_interrupt_when_idle_is_ignored(agent: Agent) -> None:
+    agent.run("z=9")
+    agent.send({"type": "interrupt"})
+    time.sleep(0.3)
+    cell = agent.run("echo $z")
+    assert cell.status == "ok" and cell.stdout == "9\n"
+
+
+def test_background_job_survives_interrupt(agent: Agent, tmp_path: Path) -> None:
+    agent.run(f"(sleep 1; echo bg-done > '{tmp_path}/bg') >/dev/null 2>&1 &")
+    cell, took = _interrupt_after(agent, "sleep 100", delay=0.2)
+    assert cell.status == "interrupted"
+    time.sleep(1.5)
+    assert (tmp_path / "bg").read_text() == "bg-done\n"
+
+
+# -------------------------------------------------------------------------------------------
+# complete / inspect / is_complete
+# -------------------------------------------------------------------------------------------
+
+
+def test_complete_commands_functions_variables_files(agent: Agent, tmp_path: Path) -> None:
+    agent.run(f"cd '{tmp_path}'; my_unique_fn() {{ :; }}; MY_UNIQUE_VAR=1; mkdir -p zdir; touch zfile1 zfile2")
+    reply = agent.request({"type": "complete", "code": "ech", "cursor_pos": 3})
+    assert reply["type"] == "complete_reply"
+    assert "echo" in reply["matches"]
+    assert (reply["cursor_start"], reply["cursor_end"]) == (0, 3)
+    reply = agent.request({"type": "complete", "code": "x; my_uniq", "cursor_pos": 10})
+    assert reply["matches"] == ["my_unique_fn"] and reply["cursor_start"] == 3
+    reply = agent.request({"type": "complete", "code": "echo $MY_UNIQ", "cursor_pos": 13})
+    assert reply["matches"] == ["$MY_UNIQUE_VAR"] and reply["cursor_start"] == 5
+    reply = agent.request({"type": "complete", "code": "echo ${MY_UNIQ", "cursor_pos": 14})
+    assert reply["matches"] == ["${MY_UNIQUE_VAR"]
+    reply = agent.request({"type": "complete", "code": "cat zf", "cursor_pos": 6})
+    assert reply["matches"] == ["zfile1", "zfile2"] and reply["cursor_start"] == 4
+    reply = agent.request({"type": "complete", "code": "cd zd", "cursor_pos": 5})
+    assert reply["matches"] == ["zdir/"]
+    # cursor positions count code points, not bytes
+    reply = agent.request({"type": "complete", "code": "echo é; my_uniq", "cursor_pos": 15})
+    assert reply["matches"] == ["my_unique_fn"] and reply["cursor_start"] == 8
+
+
+def test_complete_odd_file_names_stay_valid_json(agent: Agent, tmp_path: Path) -> None:
+    agent.run(f"cd '{tmp_path}'; touch $'odd\\x01name' $'bad\\xffname' 'quo\"te'")
+    for prefix, expected in (("odd", "odd\x01name"), ("quo", 'quo"te'), ("bad", "bad\ufffdname")):
+        reply = agent.request({"type": "complete", "code": f"ls {prefix}", "cursor_pos": 3 + len(prefix)})
+        assert reply["matches"] == [expected]
+
+
+def test_inspect(agent: Agent) -> None:
+    agent.run("my_fn() { echo body-of-fn; }; MYV=3")
+    reply = agent.request({"type": "inspect", "code": "my_fn arg", "cursor_pos": 2, "detail_level": 0})
+    assert reply["type"] == "inspect_reply" and reply["found"] is True
+    assert "function" in reply["data"]["text/plain"] and "body-of-fn" in reply["data"]["text/plain"]
+    reply = agent.request({"type": "inspect", "code": "echo", "cursor_pos": 4, "detail_level": 0})
+    assert reply["found"] is True and "builtin" in reply["data"]["text/plain"]
+    assert "Write arguments" in reply["data"]["text/plain"]
+    reply = agent.request({"type": "inspect", "code": "MYV", "cursor_pos": 1, "detail_level": 1})
+    assert reply["found"] is True and "MYV" in reply["data"]["text/plain"]
+    reply = agent.request({"type": "inspect", "code": "no_such_thing_xyz", "cursor_pos": 3, "detail_level": 0})
+    assert reply["found"] is False and reply["data"] == {}
+
+
+@pytest.mark.parametrize(
+    "code,status",
+    [
+        ("echo hi", "complete"),
+        ("if true; then echo y; fi", "complete"),
+        ("for i in 1 2; do echo $i; done", "complete"),
+        ("echo \\\\", "complete"),
+        ("if true; then", "incomplete"),
+        ("for i in 1 2; do", "incomplete"),
+        ("echo 'abc", "incomplete"),
+        ('echo "abc', "incomplete"),
+        ("echo \\", "incomplete"),
+        ("ls |", "incomplete"),
+        ("true &&", "incomplete"),
+        ("f() {", "incomplete"),
+        ("cat <<EOF\nabc", "incomplete"),
+        ("fi", "invalid"),
+        ("echo )", "invalid"),
+    ],
+)
+def test_is_complete(agent: Agent, code: str, status: str) -> None:
+    reply = agent.request({"type": "is_complete", "code": code})
+    assert reply["type"] == "is_complete_reply"
+    assert reply["status"] == status, (code, reply)
+
+
+# -------------------------------------------------------------------------------------------
+# shutdown, EOF
+# -------------------------------------------------------------------------------------------
+
+
+def test_shutdown_exits_promptly_and_kills_jobs(tmp_path: Path) -> None:
+    a = Agent(tmp_path)
+    a.run(f"sleep 300 & echo $! > '{tmp_path}/pid'")
+    pid = int((tmp_path / "pid").read_text())
+    a.send({"type": "shutdown"})
+    assert a.proc.wait(3) == 0
+    time.sleep(0.2)
+    assert not _alive(pid)
+    a.log.close()
+
+
+def test_eof_on_stdin_exits(tmp_path: Path) -> None:
+    a = Agent(tmp_path)
+    a.run("echo hi")
+    assert a.proc.stdin is not None
+    a.proc.stdin.close()
+    a.proc.wait(3)
+    a.log.close()
+    assert not any(p.name.startswith(".skbash") for p in tmp_path.iterdir())  # private dir removed
+
+
+def test_shutdown_while_cell_runs(tmp_path: Path) -> None:
+    a = Agent(tmp_path)
+    a.start("sleep 100")
+    time.sleep(0.3)
+    a.send({"type": "shutdown"})
+    a.proc.wait(3)
+    a.log.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# -------------------------------------------------------------------------------------------
+# performance (printed; loose bounds so a loaded CI machine does not fail them)
+# -------------------------------------------------------------------------------------------
+
+
+def test_latency_of_trivial_cell(agent: Agent) -> None:
+    for _ in range(10):
+        agent.run("true")
+    times = []
+    for _ in range(200):
+        t = time.perf_counter()
+        cell = agent.run("true")
+        times.append(time.perf_counter() - t)
+        assert cell.status == "ok"
+    p50 = statistics.median(times) * 1000
+    p90 = sorted(times)[int(len(times) * 0.9)] * 1000
+    print(f"\nbash agent: trivial cell round trip p50 {p50:.1f} ms, p90 {p90:.1f} ms (200 cells)")
+    assert p50 < 150
+
+
+def test_throughput(agent: Agent) -> None:
+    t = time.perf_counter()
+    cell = agent.run("head -c 50000000 /dev/zero | tr '\\0' a", output_limit=0, timeout=300)
+    took = time.perf_counter() - t
+    data = cell.output("stdout")
+    assert len(data) == 50000000 and data.count(b"a") == 50000000
+    assert cell.done["truncated"] == 0
+    print(f"\nbash agent: 50 MB stdout in {took:.2f} s = {50 / took:.1f} MB/s ({len(cell.frames) - 1} frames)")
