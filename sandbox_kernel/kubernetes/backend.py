@@ -484,6 +484,7 @@ class KubernetesSandboxSession(AgentSession):
         self._pods_created = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._attach: AttachChannel | None = None
+        self._last_pod: str | None = None
         self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
         self._events: list[tuple[float, str]] = []
 
@@ -560,6 +561,14 @@ class KubernetesSandboxSession(AgentSession):
         self._event(f"namespace {ident.namespace} created for kernel {self.kernel_id} (owner {owner})")
 
     async def _spawn(self) -> AgentChannel:
+        try:
+            return await self._spawn_pod()
+        except ClusterUnreachable:
+            if self._ident is None:
+                self._api = None  # reload the kubeconfig next time: it may have been fixed or renewed
+            raise
+
+    async def _spawn_pod(self) -> AgentChannel:
         api = await self._run(self._connect)
         if self._ident is not None:
             ns = await self._run(api.read_namespace, self._ident.namespace)
@@ -684,8 +693,11 @@ class KubernetesSandboxSession(AgentSession):
     async def _kill(self) -> None:
         name, self._pod_name = self._pod_name, None
         self._attach = None
-        if name is None or self._ident is None or self._api is None or self._closed:
-            return  # on close the namespace (and the pod with it) is deleted instead
+        if name is None or self._ident is None or self._api is None:
+            return
+        if self._closed:
+            self._last_pod = name  # close() deletes it together with the namespace
+            return
         try:
             await self._run(self._api.delete_pod, self._ident.namespace, name)
         except SandboxError:
@@ -724,11 +736,16 @@ class KubernetesSandboxSession(AgentSession):
             return
         api = self._api
         try:
+            # Deleting the pod at once first (grace 0) spares the namespace controller waiting
+            # for its graceful termination; the namespace then goes in a few seconds.
+            for name in sorted(self._stale_pods | ({self._last_pod} if self._last_pod else set())):
+                await self._run(api.delete_pod, ident.namespace, name)
             await self._run(api.delete_namespace, ident.namespace)
             deadline = time.monotonic() + self.settings.shutdown_deadline
             while time.monotonic() < deadline:
                 if await self._run(api.read_namespace, ident.namespace) is None:
                     self._event(f"namespace {ident.namespace} deleted")
+                    self._last_pod = None
                     return
                 await asyncio.sleep(0.25)
             log.warning(

@@ -282,3 +282,55 @@ def test_bash_cells_keep_state(k8s_kernel: Start) -> None:
     kernel = k8s_kernel("bash")
     assert kernel.run("x=41").reply["status"] == "ok"
     assert kernel.run("echo $((x + 1)); id -u").stdout.split() == ["42", "1000"]
+
+
+def test_unreachable_api_server_is_reported_and_the_kernel_recovers(
+    k8s_kernel: Start, sa_kubeconfig: str, tmp_path: "os.PathLike[str]"
+) -> None:
+    good = open(sa_kubeconfig).read()
+    server = next(line.split("server:", 1)[1].strip() for line in good.splitlines() if "server:" in line)
+    dead = server.rsplit(":", 1)[0] + ":1"  # nothing listens on port 1
+    path = os.path.join(tmp_path, "flaky.kubeconfig")
+    with open(path, "w") as f:
+        f.write(good.replace(server, dead))
+    kernel = k8s_kernel("python", env={"SANDBOX_KUBECONFIG": path})
+    cell = kernel.run("1 + 1")
+    assert cell.error is not None and cell.error["ename"] == "ClusterUnreachable"
+    assert "could not be reached" in cell.error["evalue"] and dead in cell.error["evalue"]
+    assert kernel.km.is_alive()
+    with open(path, "w") as f:  # the cluster is back
+        f.write(good)
+    assert kernel.run("1 + 1").result == "2"
+
+
+def test_a_dropped_attach_stream_is_reattached_without_losing_state(sa_kubeconfig: str, sandbox_images: dict[str, str]) -> None:
+    import asyncio
+    import socket
+
+    from sandbox_kernel.config import Sandbox
+    from sandbox_kernel.kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
+    from sandbox_kernel.languages import LANGUAGES
+    from sandbox_kernel.session import ExecuteResult
+
+    async def scenario() -> tuple[str, int]:
+        settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]})
+        session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), settings, kernel_id="reattach-test")
+        try:
+            await session.start()
+            async for _ in session.execute("x = 41"):
+                pass
+            channel = session._attach
+            assert channel is not None
+            # Cut the websocket under the kernel's feet, as a network blip or an API server restart would.
+            channel._stream._ws.sock.sock.shutdown(socket.SHUT_RDWR)
+            await asyncio.sleep(2)
+            result = ""
+            async for event in session.execute("x + 1"):
+                if isinstance(event, ExecuteResult):
+                    result = event.data["text/plain"]
+            return result, channel.reattached
+        finally:
+            await session.close()
+
+    result, reattached = asyncio.run(scenario())
+    assert (result, reattached) == ("42", 1)
