@@ -91,6 +91,10 @@ async def start_to_first_result(kubeconfig: str, image: str) -> tuple[float, Kub
 
 
 async def bench_sessions(kubeconfig: str, image: str, starts: int, cells: int, concurrent: int) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Ten kernels are ten processes, each with its own executor: do not make them share six threads.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(8 * concurrent))
     out: dict[str, Any] = {}
     start_times = []
     for _ in range(starts):

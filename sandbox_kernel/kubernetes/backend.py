@@ -522,7 +522,7 @@ class KubernetesSandboxSession(AgentSession):
         owner = self.settings.owner or (manifests.owner_label(user) if user else "unknown")
         subject = manifests.Subject.from_username(user) if user else None
         now = datetime.now(timezone.utc)
-        for _attempt in range(3):
+        for attempt in range(3):
             ident = manifests.SandboxIdentity(
                 namespace=f"{self.settings.namespace_prefix}{secrets.token_hex(4)}",
                 kernel_id=self.kernel_id,
@@ -542,9 +542,13 @@ class KubernetesSandboxSession(AgentSession):
                 subject,
                 self.settings.sandbox_role,
             )
-            if api.read_namespace(ident.namespace) is None:
+            try:
+                api.create(objects.namespace)
                 break
-        api.create(objects.namespace)
+            except SandboxError as exc:
+                if "already exists" in str(exc) and attempt < 2:
+                    continue  # 8 random hex digits collided: draw again
+                raise
         applied = [objects.namespace]
         try:
             for obj in objects.in_order()[1:-1]:  # the pod comes later
