@@ -37,7 +37,8 @@
 //     current one, so an abandoned cell never runs any further statements.
 //   * 0.5 s after the SIGINT the supervisor sends SIGINT to the worker's whole process group
 //     (the worker is a session leader), which stops child processes the cell waits for, e.g.
-//     execSync('sleep 100').
+//     execSync('sleep 100') -- and also background processes started in the same group that
+//     do not handle SIGINT, as Ctrl-C in a terminal would.
 //   * If the worker has not finished the cell 1.5 s after the interrupt (e.g. a tight loop after
 //     an `await`, where V8 cannot be asked to stop), the supervisor SIGKILLs the worker's process
 //     group, starts a fresh worker and reports that variables are gone. The kernel always gets
@@ -50,10 +51,15 @@
 // for top-level await) and lightly rewritten, preserving line numbers:
 //   * top-level `let`/`const` become `var`, and `class C {}` becomes `var C = class C {}`, so
 //     they land on the global object and can be redeclared by later cells (`const` is therefore
-//     not read-only across cells, as in browser consoles);
+//     not read-only);
 //   * a cell with top-level `await` is wrapped in an async arrow function; its declarations are
 //     hoisted as global `var`s and turned into assignments, function declarations are copied to
-//     the global object, and the last expression statement is returned as the cell's value.
+//     the global object, and the last expression statement is returned as the cell's value;
+//   * `await`s at the top level check on resumption that the cell was not interrupted;
+//   * `import()` calls go to a helper (a vm.Script has no module loader without experimental
+//     flags) and static `import x from 'm'` lines become `const x = (await import('m')).default`.
+// A cell with no top-level expression statement at the end has no result; a cell that is just
+// `{a: 1}` is an object literal, as in the REPL.
 // Cells run in the worker's main context (like the `node` CLI REPL, which uses useGlobal), so
 // there are no cross-realm surprises (instanceof Array, Buffer) with require()d modules.
 //
@@ -709,6 +715,21 @@ function worker() {
       const err = rawWrite(fd, toBuffer(chunk, encoding));
       if (typeof callback === 'function') proc.nextTick(callback, err);
       return true;
+    };
+    // `process.stdout.end()` would shut the socket down for good: let it end the stream object
+    // but never the fd, so later cells (and markers) can still write.
+    const end = stream.end;
+    stream._final = (callback) => callback();
+    stream.end = function (chunk, encoding, callback) {
+      if (typeof chunk === 'function') {
+        callback = chunk;
+        chunk = undefined;
+      } else if (typeof encoding === 'function') {
+        callback = encoding;
+        encoding = undefined;
+      }
+      if (chunk !== undefined && chunk !== null) this.write(chunk, encoding);
+      return end.call(this, callback);
     };
   }
   syncWrite(stdout, 1);

@@ -379,6 +379,14 @@ def test_closing_fd1_does_not_break_the_agent(agent: Agent) -> None:
     assert ok(agent.execute("6")).result == "6"
 
 
+def test_ending_process_stdout_does_not_silence_later_cells(agent: Agent) -> None:
+    run = ok(agent.execute("process.stdout.end('bye\\n'); process.stderr.destroy(); 5"))
+    assert run.stdout == b"bye\n" and run.result == "5"
+    run = ok(agent.execute("console.log('still printed'); console.error('and this')"))
+    assert run.stdout == b"still printed\n" and run.stderr == b"and this\n"
+    assert run.elapsed < 0.4  # the markers still got through: no fallback timeout
+
+
 def test_background_process_holding_stdout_does_not_block_done(agent: Agent) -> None:
     run = ok(agent.execute("require('child_process').spawn('sh', ['-c', 'echo bg; sleep 30'], {stdio: 'inherit'}); 'started'"))
     assert run.elapsed < 2
