@@ -64,12 +64,12 @@ class Run:
 class Agent:
     """The agent as a subprocess; a reader thread decodes its stdout into frames."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, wrapper: tuple[str, ...] = ()) -> None:
         self.ready_cwd = cwd
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8"}
         self.log = open(cwd / "agent.log", "wb")
         self.proc = subprocess.Popen(
-            [NODE, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=cwd, env=env
+            [*wrapper, NODE, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=cwd, env=env
         )
         self.frames: queue.Queue[tuple[float, Any]] = queue.Queue()
         self.eof = threading.Event()
@@ -664,6 +664,23 @@ def test_stdin_eof_exits(tmp_path: Path) -> None:
     a.proc.stdin.close()  # type: ignore[union-attr]
     assert a.proc.wait(5) is not None
     a.log.close()
+
+
+def test_as_pid_1_of_a_pid_namespace(tmp_path: Path) -> None:
+    """As on Kubernetes: the agent is PID 1, which has no default signal actions."""
+    a = Agent(tmp_path, wrapper=("unshare", "--pid", "--fork", "--mount-proc"))
+    try:
+        assert ok(a.execute("process.ppid")).result == "1"  # the worker's parent: the agent, PID 1
+        ok(a.execute("var kept = 'k'"))
+        run = a.execute("while (true) {}", interrupt_after=0.3)
+        assert run.status == "interrupted" and run.elapsed < 2.3
+        assert ok(a.execute("kept")).result == "'k'"
+        # SIGTERM (what the kubelet sends) ends it: PID 1 ignores signals it has no handler for.
+        agent_pid = int(Path(f"/proc/{a.proc.pid}/task/{a.proc.pid}/children").read_text().split()[0])
+        os.kill(agent_pid, signal.SIGTERM)
+        assert a.proc.wait(5) == 0
+    finally:
+        a.close()
 
 
 def test_trivial_cell_round_trip_is_fast(agent: Agent) -> None:
