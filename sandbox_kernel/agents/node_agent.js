@@ -63,10 +63,11 @@
 // Cells run in the worker's main context (like the `node` CLI REPL, which uses useGlobal), so
 // there are no cross-realm surprises (instanceof Array, Buffer) with require()d modules.
 //
-// PID 1. Node cannot waitpid(-1), so orphaned grandchildren re-parented to PID 1 cannot be reaped
-// by this process; run the pod with shareProcessNamespace (the pause container reaps) or an init
-// if cells start many short-lived background processes. SIGTERM/SIGHUP/SIGINT get explicit
-// handlers because PID 1 has no default signal actions.
+// PID 1. SIGTERM/SIGHUP/SIGINT get explicit handlers because PID 1 has no default signal
+// actions. The worker is reaped by Node, but Node cannot waitpid(-1): orphaned grandchildren
+// (`cmd &` inside execSync) that re-parent to PID 1 stay zombies until the worker is replaced or
+// the pod ends. Where that matters, keep a shell as PID 1 (`sh -c 'node node_agent.js; exit $?'`
+// -- sh reaps any child while it waits) or use shareProcessNamespace (the pause container reaps).
 'use strict';
 
 const fs = require('fs');
