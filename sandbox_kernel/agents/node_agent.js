@@ -65,8 +65,8 @@
 //
 // PID 1. SIGTERM/SIGHUP/SIGINT get explicit handlers because PID 1 has no default signal
 // actions. The worker is reaped by Node, but Node cannot waitpid(-1): orphaned grandchildren
-// (`cmd &` inside execSync) that re-parent to PID 1 stay zombies until the worker is replaced or
-// the pod ends. Where that matters, keep a shell as PID 1 (`sh -c 'node node_agent.js; exit $?'`
+// (`cmd &` inside execSync) that re-parent to PID 1 stay zombies until the pod ends.
+// Where that matters, keep a shell as PID 1 (`sh -c 'node node_agent.js; exit $?'`
 // -- sh reaps any child while it waits) or use shareProcessNamespace (the pause container reaps).
 'use strict';
 
