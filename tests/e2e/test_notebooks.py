@@ -1,0 +1,219 @@
+"""The study notebooks (notebooks/*.ipynb), executed with nbclient on the real cluster.
+
+Each notebook runs top to bottom on the Sandbox (Python) kernel with the Kubernetes backend (the
+kernelspecs of a temporary JUPYTER_PATH), as the k8s/rbac service account. Cells tagged
+`raises-exception` may fail; every other cell must not. Then the OUTPUTS are checked against what
+the cluster really does: the OOM cell reports out of memory, the uid cell prints 1000, DNS and the
+API server are unreachable, and so on. The privileged pod that notebook 03 can only describe is
+really created here, and refused, in a namespace labelled exactly like a sandbox.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from nbclient import NotebookClient
+
+from fixtures_kubernetes import KERNEL_ID_LABEL, REPO, SA_USER, wait_until
+from sandbox_kernel.kubernetes import manifests
+
+pytestmark = pytest.mark.cluster
+
+NOTEBOOKS = REPO / "notebooks"
+
+
+class Ran:
+    """An executed notebook: its cells by id, and the kernel id its sandbox was labelled with."""
+
+    def __init__(self, nb: Any, kernel_id: str) -> None:
+        self.nb = nb
+        self.kernel_id = kernel_id
+        self.cells = {cell["id"]: cell for cell in nb.cells}
+
+    def outputs(self, cell_id: str) -> list[dict[str, Any]]:
+        return list(self.cells[cell_id].get("outputs", []))
+
+    def stdout(self, cell_id: str) -> str:
+        return "".join(o.get("text", "") for o in self.outputs(cell_id) if o["output_type"] == "stream" and o["name"] == "stdout")
+
+    def result(self, cell_id: str) -> str:
+        return "".join(o["data"]["text/plain"] for o in self.outputs(cell_id) if o["output_type"] == "execute_result")
+
+    def error(self, cell_id: str) -> dict[str, Any]:
+        errors = [o for o in self.outputs(cell_id) if o["output_type"] == "error"]
+        assert errors, f"cell {cell_id!r} was expected to fail but did not: {self.outputs(cell_id)}"
+        return errors[0]
+
+    def error_text(self, cell_id: str) -> str:
+        error = self.error(cell_id)
+        return f"{error['ename']}: {error['evalue']}"
+
+
+def run_notebook(name: str, kernel_env: dict[str, str], out_dir: Path) -> Ran:
+    """Execute ``notebooks/<name>`` as the service account; keep the executed copy in ``out_dir``."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "sandbox-python"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs"), f"{name}: commit notebooks with outputs cleared ({cell['id']})"
+    kernel_id = str(uuid.uuid4())
+    specs = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
+    km = KernelManager(kernel_name="sandbox-python", kernel_spec_manager=specs)
+    km.shutdown_wait_time = 60.0  # shutdown deletes the sandbox namespace and waits for it
+    executed = copy.deepcopy(nb)
+    nbclient = NotebookClient(executed, km=km, timeout=180, startup_timeout=180, allow_errors=False,
+                              kernel_name="sandbox-python", resources={"metadata": {"path": str(out_dir)}})
+    try:
+        nbclient.execute(env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id})
+    finally:
+        nbformat.write(executed, out_dir / name)
+    return Ran(executed, kernel_id)
+
+
+@pytest.fixture
+def notebook(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Path) -> Iterator[Any]:
+    """``notebook("01-….ipynb")`` executes it; afterwards the kernel's namespace must be gone."""
+    ran: list[Ran] = []
+
+    def execute(name: str) -> Ran:
+        result = run_notebook(name, kernel_env, tmp_path)
+        ran.append(result)
+        return result
+
+    yield execute
+    for result in ran:
+        selector = f"{KERNEL_ID_LABEL}={result.kernel_id}"
+        # nbclient shut the kernel down; shutdown deleted the sandbox namespace.
+        wait_until(lambda: not core_v1.list_namespace(label_selector=selector).items, 60,
+                   what=f"the sandbox namespace of kernel {result.kernel_id} to be gone")
+
+
+def test_notebooks_are_committed_clean_and_tagged() -> None:
+    names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == ["01-resourcequota-and-limitrange.ipynb", "02-networkpolicy.ipynb", "03-pod-security.ipynb",
+                     "04-sandbox-lifecycle.ipynb"]
+    expected_failures = {"01-resourcequota-and-limitrange.ipynb": {"oom"},
+                         "02-networkpolicy.ipynb": {"dns", "apiserver", "internet"},
+                         "03-pod-security.ipynb": {"rootfs"}, "04-sandbox-lifecycle.ipynb": {"crash"}}
+    for name in names:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        nbformat.validate(nb)
+        tagged = {c["id"] for c in nb.cells if "raises-exception" in c.get("metadata", {}).get("tags", [])}
+        assert tagged == expected_failures[name], name
+
+
+def test_01_resourcequota_and_limitrange(notebook: Any) -> None:
+    ran = notebook("01-resourcequota-and-limitrange.ipynb")
+    status = ran.stdout("status")
+    assert re.search(r"namespace\s+sandbox-[0-9a-f]{8}", status), status
+    assert "cpu 500m, memory 256Mi (requests 100m / 64Mi)" in status, status
+    assert SA_USER in status, "the notebook must run as the service account"
+    quota = dict((row.split()[0], row.split()[1:]) for row in ran.stdout("quota").splitlines()[1:])
+    assert quota["requests.memory"] == ["64Mi", "256Mi"], quota
+    assert quota["limits.memory"] == ["256Mi", "512Mi"], quota
+    assert quota["limits.cpu"] == ["500m", "1"], quota
+    assert quota["pods"] == ["1", "3"], quota
+    assert quota["services"] == ["0", "0"] and quota["persistentvolumeclaims"] == ["0", "0"], quota
+    # The limits as the container's cgroup has them.
+    cgroup = ran.stdout("cgroup")
+    assert "memory limit: 256 MiB" in cgroup, cgroup
+    assert "cpu limit: 0.5 cores" in cgroup, cgroup
+    # 400 MiB in a 256 MiB container: OOMKilled, reported as such, and the next cell works.
+    oom = ran.error_text("oom")
+    assert oom.startswith("OutOfMemory:") and "out of memory (limit 256Mi)" in oom, oom
+    assert "allocated" not in ran.stdout("oom")
+    assert "'hog' still defined: False" in ran.stdout("after")
+    quota_after = dict((row.split()[0], row.split()[1:]) for row in ran.stdout("quota-after").splitlines()[1:])
+    # The killed pod was replaced, not added to (the quota controller may lag one pod behind).
+    assert quota_after["pods"][1] == "3" and quota_after["pods"][0] in ("1", "2"), quota_after
+    events = ran.stdout("events-after")
+    assert "OOMKilled" in events or "out of memory" in events, events
+
+
+def test_02_networkpolicy(notebook: Any) -> None:
+    ran = notebook("02-networkpolicy.ipynb")
+    policy = ran.stdout("policy")
+    assert "NetworkPolicy deny-all selects every pod and allows no ingress and no egress" in policy, policy
+    assert "policyTypes:\n  - Ingress\n  - Egress" in policy, policy
+    assert "nameserver 10.96.0.10" in ran.stdout("resolv")
+    dns = ran.error("dns")
+    assert dns["ename"] == "gaierror" and "name resolution" in dns["evalue"], dns
+    for cell in ("apiserver", "internet"):
+        error = ran.error(cell)
+        assert error["ename"] in ("TimeoutError", "ConnectionRefusedError", "OSError"), error
+    assert ran.result("environ") == "['HOME', 'LANG', 'PATH']", ran.result("environ")
+
+
+def test_03_pod_security(notebook: Any) -> None:
+    ran = notebook("03-pod-security.ipynb")
+    assert ran.stdout("uid").startswith("uid 1000 gid 1000"), ran.stdout("uid")
+    rootfs = ran.error("rootfs")
+    assert rootfs["ename"] == "OSError" and "Read-only file system" in rootfs["evalue"], rootfs
+    assert "scratch space works" in ran.stdout("home") and "/home/sandbox" in ran.stdout("home")
+    caps = dict(line.split(":\t") for line in ran.stdout("caps").splitlines())
+    for cap in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
+        assert int(caps[cap], 16) == 0, caps
+    assert caps["NoNewPrivs"] == "1" and caps["Seccomp"] == "2", caps
+    assert ran.stdout("token") == "token directory exists: False\n"
+    manifests_text = ran.stdout("manifests")
+    assert "readOnlyRootFilesystem: true" in manifests_text and "allowPrivilegeEscalation: false" in manifests_text
+    assert "runAsNonRoot: true" in manifests_text and "- ALL" in manifests_text
+
+
+def test_03_a_privileged_pod_is_really_rejected_as_the_notebook_says(core_v1: client.CoreV1Api) -> None:
+    """The markdown of notebook 03 quotes the API server's refusal; make the request and compare."""
+    name = f"sandbox-{uuid.uuid4().hex[:8]}"
+    ident = manifests.SandboxIdentity(namespace=name, kernel_id="e2e-notebook-03", language="python",
+                                      owner="e2e", user="e2e", created="1970-01-01T00:00:00Z")
+    core_v1.create_namespace(manifests.namespace(ident))  # labelled exactly like a sandbox namespace
+    try:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"},
+               "spec": {"containers": [{"name": "intruder", "image": "localhost/sandbox-python:3.11",
+                                        "securityContext": {"privileged": True}}]}}
+        with pytest.raises(ApiException) as refused:
+            core_v1.create_namespaced_pod(name, pod)
+        assert refused.value.status == 403
+        message = json.loads(refused.value.body)["message"]
+        nb = nbformat.read(NOTEBOOKS / "03-pod-security.ipynb", as_version=4)
+        quoted = next(c for c in nb.cells if c["id"] == "privileged-md").source
+        quoted_flat = " ".join(quoted.split())
+        for part in [
+            'pods "intruder" is forbidden: violates PodSecurity "restricted:latest"',
+            'privileged (container "intruder" must not set securityContext.privileged=true)',
+            'allowPrivilegeEscalation != false (container "intruder" must set securityContext.allowPrivilegeEscalation=false)',
+            'unrestricted capabilities (container "intruder" must set securityContext.capabilities.drop=["ALL"])',
+            'runAsNonRoot != true (pod or container "intruder" must set securityContext.runAsNonRoot=true)',
+            'seccompProfile (pod or container "intruder" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")',
+        ]:
+            assert part in message, f"the API server no longer says {part!r}: {message}"
+            assert part in quoted_flat, f"notebook 03 does not quote {part!r}"
+    finally:
+        core_v1.delete_namespace(name)
+
+
+def test_04_sandbox_lifecycle(notebook: Any) -> None:
+    ran = notebook("04-sandbox-lifecycle.ipynb")
+    status = ran.stdout("status")
+    assert "Lease sandbox-heartbeat, renewed every" in status, status
+    events = ran.stdout("events")
+    for reason in ("Scheduled", "Started"):
+        assert reason in events, events
+    assert "Kernel:" in events
+    crash = ran.error_text("crash")
+    assert "exit code 3" in crash and "A new sandbox pod is started" in crash, crash
+    assert ran.stdout("after-crash").startswith("a new pod, pid")
+    first_pod = re.search(r"pod\s+(\S+)", status).group(1)
+    later_pod = re.search(r"pod\s+(\S+)", ran.stdout("heartbeat")).group(1)
+    assert first_pod != later_pod, "the crash must have replaced the pod"
