@@ -33,6 +33,8 @@ from jupyter_client.manager import KernelManager
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+__all__ = ["rbac_applied", "sa_kubeconfig", "sa_api", "kernel_env", "k8s_kernel"]  # what conftest imports
+
 REPO = Path(__file__).resolve().parents[2]
 SA_NAMESPACE = "sandbox-kernel-system"
 SA_NAME = "sandbox-kernel"
