@@ -338,28 +338,80 @@ __sk_find_mark() {
 }
 
 # __sk_pump KIND FD: forward everything that arrives on FD as KIND frames, forever.
+#
+# Waiting costs no process: the pump blocks in bash's own `read -n 1 -d ''` (exactly one
+# byte; a NUL shows up as an empty string with status 0). What else is already in the pipe is
+# then taken with one dd read. When the byte is the first byte of the end-of-cell marker the
+# rest of the marker is read the same way, so a cell without output costs the pumps no fork
+# at all (the marker is written with one write(), so if it is there it is there entirely).
 __sk_pump() {
-    local kind=$1 fd=$2 chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" n mark
+    local kind=$1 fd=$2 chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" c b x nul rc n p m mark
     export LC_ALL=C
     trap '' INT
-    # No one in this process needs the kernel's input or the worker's command queue.
+    # No one in this process needs the kernel's input.
     exec {__SK_PIN}<&- </dev/null
     while :; do
-        # One read() of up to 1 MiB: returns as soon as anything is in the pipe.
-        dd bs=1048576 count=1 <&"$fd" >|"$chunk" 2>|"$st" || { sleep 0.1; continue; }
-        # dd's third status line starts with the byte count (GNU, most busybox builds).
-        n=''
-        { read -r _; read -r _; read -r n _; } <"$st"
-        [[ $n =~ ^[0-9]+$ ]] || { n=$(wc -c <"$chunk") && n=$((n)); }
-        ((n > 0)) || { sleep 0.05; continue; }
-        __SK_N=$n
+        IFS= read -r -d '' -n 1 -u "$fd" c
+        rc=$?
+        ((rc == 0)) || { sleep 0.05; continue; }  # cannot happen: the controller holds a writer
         mark=''
         [[ -s $__SK_D/mark ]] && { read -r mark <"$__SK_D/mark"; } 2>/dev/null
-        if [[ -n $mark ]]; then
+        m=${#mark}
+        if ((m > 1)) && [[ $c == "${mark:0:1}" ]]; then
+            # Take the following bytes one at a time while they are there and still match.
+            # No timer involved: a marker is in the pipe whole or not at all.
+            x='' nul=0
+            while ((${#x} < m - 1)) && read -t 0 -u "$fd"; do
+                IFS= read -r -d '' -n 1 -u "$fd" b || break
+                if [[ -z $b ]]; then
+                    nul=1
+                    break
+                fi
+                x+=$b
+                [[ $c$x == "${mark:0:${#x}+1}" ]] || break
+            done
+            if [[ $c$x == "$mark" ]]; then
+                printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
+                continue
+            fi
+            # Not the marker: keep exactly the bytes consumed.
+            printf '%s' "$c$x" >|"$chunk"
+            p=$((1 + ${#x}))
+            if ((nul)); then
+                printf '\0' >>"$chunk"
+                ((p++))
+            fi
+        elif [[ -n $c ]]; then
+            printf '%s' "$c" >|"$chunk"
+            p=1
+        else
+            printf '\0' >|"$chunk"
+            p=1
+        fi
+        n=$p
+        if read -t 0 -u "$fd"; then
+            # One read() of up to 1 MiB: whatever is in the pipe right now.
+            dd bs=1048576 count=1 <&"$fd" >>"$chunk" 2>|"$st"
+            # dd's third status line starts with the byte count (GNU, most busybox builds).
+            x=''
+            { read -r _; read -r _; read -r x _; } <"$st"
+            if [[ $x =~ ^[0-9]+$ ]]; then
+                n=$((p + x))
+            else
+                x=$(wc -c <"$chunk") && n=$((x))
+            fi
+        fi
+        __SK_N=$n
+        # Read the marker again: it may have arrived with the dd read. The worker publishes it
+        # in the file before writing it to the pipe, so what dd read is covered.
+        mark=''
+        [[ -s $__SK_D/mark ]] && { read -r mark <"$__SK_D/mark"; } 2>/dev/null
+        m=${#mark}
+        if ((m > 0)); then
             __sk_find_mark "$chunk" "$mark"
             if ((__SK_K >= 0)); then
                 __sk_emit "$kind" "$chunk" 0 "$__SK_K"
-                __sk_emit "$kind" "$chunk" $((__SK_K + ${#mark})) $((n - __SK_K - ${#mark}))
+                __sk_emit "$kind" "$chunk" $((__SK_K + m)) $((n - __SK_K - m))
                 printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
                 continue
             fi
@@ -451,7 +503,8 @@ __sk_post() {
     local st=$__SK_ST how=$2 mark used=0 limit=0 trunc=0 kind m got=0 status=ok
     __SK_RUN=''
     # Flush: publish the marker, write it through both streams, wait for both pumps.
-    mark="<<sk-end:$1:$RANDOM$RANDOM$RANDOM>>"
+    # Starts with a byte user output rarely starts with (see __sk_pump); no NUL, no newline.
+    mark=$'\x1e'"sk$RANDOM$RANDOM"$'\x1f' 
     printf '%s\n' "$mark" >|"$__SK_D/mark"
     printf '%s' "$mark" >&"$__SK_O"
     printf '%s' "$mark" >&"$__SK_E"
