@@ -66,10 +66,16 @@
 # __sk_json_strtok: take one JSON string token (with its quotes) off the front of __SK_S.
 # Sets __SK_T to the raw token and leaves the rest in __SK_S. Returns 1 if malformed.
 __sk_json_strtok() {
-    local pre bs rest
-    [[ ${__SK_S:0:1} == '"' ]] || return 1
+    local pre bs rest=${__SK_S:1}
+    [[ $__SK_S == '"'* ]] || return 1
+    pre=${rest%%'"'*}
+    # Fast path: no backslash before the first quote, so that quote ends the string.
+    if [[ $pre != *\\* && $pre != "$rest" ]]; then
+        __SK_T="\"$pre\""
+        __SK_S=${rest:${#pre}+1}
+        return 0
+    fi
     __SK_T='"'
-    rest=${__SK_S:1}
     while :; do
         [[ $rest == *'"'* ]] || return 1
         pre=${rest%%'"'*}
@@ -119,30 +125,44 @@ __sk_json_valtok() {
 }
 
 # __sk_json_parse TEXT: parse a JSON object into the associative array __SK_J
-# (key → raw JSON token of the value). Returns 1 if TEXT is not an object.
+# (key → raw JSON token of the value). Returns 1 if TEXT is not an object. Written inline
+# (few function calls, white space only trimmed when present): it runs for every message.
 __sk_json_parse() {
-    local key
+    local s=$1 key tok ws=$' \t\r\n'
     __SK_J=()
-    __SK_S=$1
-    __sk_json_skipws
-    [[ ${__SK_S:0:1} == '{' ]] || return 1
-    __SK_S=${__SK_S:1}
-    __sk_json_skipws
-    [[ ${__SK_S:0:1} == '}' ]] && return 0
+    [[ $s == ["$ws"]* ]] && s=${s#"${s%%[!$ws]*}"}
+    [[ $s == '{'* ]] || return 1
+    s=${s:1}
+    [[ $s == ["$ws"]* ]] && s=${s#"${s%%[!$ws]*}"}
+    [[ $s == '}'* ]] && return 0
     while :; do
-        __sk_json_skipws
+        [[ $s == ["$ws"]* ]] && s=${s#"${s%%[!$ws]*}"}
+        [[ $s == '"'* ]] || return 1
+        # Keys are plain words in this protocol; a key with escapes is kept raw.
+        __SK_S=$s
         __sk_json_strtok || return 1
         key=${__SK_T:1:${#__SK_T}-2}
-        __sk_json_skipws
-        [[ ${__SK_S:0:1} == ':' ]] || return 1
-        __SK_S=${__SK_S:1}
-        __sk_json_skipws
-        __sk_json_valtok || return 1
-        __SK_J[$key]=$__SK_T
-        __sk_json_skipws
-        case ${__SK_S:0:1} in
-            ',') __SK_S=${__SK_S:1} ;;
-            '}') return 0 ;;
+        s=$__SK_S
+        [[ $s == ["$ws"]* ]] && s=${s#"${s%%[!$ws]*}"}
+        [[ $s == ':'* ]] || return 1
+        s=${s:1}
+        [[ $s == ["$ws"]* ]] && s=${s#"${s%%[!$ws]*}"}
+        case $s in
+            [\"\{\[]*)
+                __SK_S=$s
+                __sk_json_valtok || return 1
+                tok=$__SK_T
+                s=$__SK_S ;;
+            *)
+                tok=${s%%[,\}\]"$ws"]*}
+                [[ -n $tok ]] || return 1
+                s=${s:${#tok}} ;;
+        esac
+        __SK_J[$key]=$tok
+        [[ $s == ["$ws"]* ]] && s=${s#"${s%%[!$ws]*}"}
+        case $s in
+            ,*) s=${s:1} ;;
+            '}'*) return 0 ;;
             *) return 1 ;;
         esac
     done
