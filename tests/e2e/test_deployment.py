@@ -200,6 +200,23 @@ def test_platform_namespace_enforces_restricted_and_workloads_comply(admin: clie
     assert pod.spec.containers[0].readiness_probe.http_get.path == "/api"
 
 
+def test_admission_policies_type_check_without_warnings(admin: client.ApiClient, platform: dict[str, str]) -> None:
+    """The API server type-checks each policy's CEL against the matched resources' schemas."""
+    registration = client.AdmissionregistrationV1Api(admin)
+    for name in (NAMESPACE_POLICY, ROLEBINDING_POLICY):
+        def checked() -> Any:
+            policy = registration.read_validating_admission_policy(name)
+            status = policy.status
+            return policy if status and status.observed_generation == policy.metadata.generation else None
+
+        policy = wait_until(checked, 60, interval=1, what=f"type checking of {name}")
+        warnings = (policy.status.type_checking.expression_warnings or []) if policy.status.type_checking else []
+        assert warnings == [], [(w.field_ref, w.warning) for w in warnings]
+        assert policy.spec.failure_policy == "Fail"
+        binding = registration.read_validating_admission_policy_binding(name)
+        assert binding.spec.policy_name == name and binding.spec.validation_actions == ["Deny"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The admission policy: what the service account may do to namespaces.
 
