@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# Variables here are used by the scripts that source this file.
+# shellcheck disable=SC2034
 # Common settings for the test-cluster scripts (sourced by up, down, build-binaries, images,
 # kubeconfig-for). Everything version-dependent lives in the cache under a versioned key, so a
 # later run or another clone of the repo reuses binaries and images.

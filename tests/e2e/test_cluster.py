@@ -522,3 +522,58 @@ def test_cluster_dns_serves_cluster_local_only(
     code, out, err = exec_capture(stream_api, namespace, "dns", ["python3", "-c", script])
     assert code == 0, err
     assert out.split() == ["10.96.0.1", "unresolved"], (out, err)
+
+
+def test_kubeconfig_for_service_account(
+    k8s_api, core_v1: client.CoreV1Api, namespace: str, tmp_path
+) -> None:
+    import subprocess
+    from pathlib import Path
+
+    from kubernetes import config
+
+    core_v1.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="kernel"))
+    )
+    rbac = client.RbacAuthorizationV1Api(k8s_api)
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="pods-reader"),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="kernel-pods-reader"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="pods-reader"
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name="kernel", namespace=namespace)
+            ],
+        ),
+    )
+    script = Path(__file__).resolve().parents[1] / "cluster" / "kubeconfig-for"
+    out = tmp_path / "kernel.kubeconfig"
+    res = subprocess.run(
+        [str(script), namespace, "kernel", str(out), "10m"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == str(out)
+
+    sa_api = config.new_client_from_config(config_file=str(out))
+    try:
+        review = client.AuthenticationV1Api(sa_api).create_self_subject_review(
+            client.V1SelfSubjectReview()
+        )
+        assert review.status.user_info.username == f"system:serviceaccount:{namespace}:kernel"
+        sa_core = client.CoreV1Api(sa_api)
+        assert sa_core.list_namespaced_pod(namespace).items == []
+        with pytest.raises(ApiException) as info:
+            sa_core.list_node()
+        assert info.value.status == 403
+    finally:
+        sa_api.close()
