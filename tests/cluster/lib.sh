@@ -32,6 +32,18 @@ KUBELET_ROOT="$STATE/kubelet"
 
 export PATH="$BIN_DIR:/usr/local/go/bin:/usr/sbin:/sbin:$PATH"
 
+# Serialize up and down: one cluster per machine, shared by every engineer and CI. The lock fd is
+# inherited by children; up closes it for the daemons it starts (9>&-). down run by up reuses it.
+take_lock() {
+  [[ -n "${SANDBOX_CLUSTER_LOCK_HELD:-}" ]] && return 0
+  exec 9>/run/sandbox-kernel-cluster.lock
+  if ! flock -n 9; then
+    log "waiting for another tests/cluster/up or down to finish"
+    flock -w 3600 9 || die "timed out waiting for the cluster lock /run/sandbox-kernel-cluster.lock"
+  fi
+  export SANDBOX_CLUSTER_LOCK_HELD=1
+}
+
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
