@@ -285,6 +285,27 @@ __sk_json_list() {
     __SK_R="[$out]"
 }
 
+# ------------------------------------------------------------------------------------------
+# The frame lock, which also holds the shared per-cell state.
+#
+# The lock is a FIFO holding one token byte: `read -N 1` takes it (a one-byte read is atomic,
+# so exactly one process gets it, the others block), writing the byte back releases it. The
+# state FIFO holds one line, "USED LIMIT MARK FIN": bytes the current cell produced so far,
+# its output_limit, the pending end-of-cell marker ("-" if none) and the number of the last
+# finished cell; only the lock holder reads and rewrites it. No flock(1), and no small files
+# rewritten per cell (rewriting a small file on ext4 can cost milliseconds).
+# ------------------------------------------------------------------------------------------
+
+__sk_lock() {
+    local tok
+    IFS= read -r -N 1 -u "$__SK_LOCK" tok
+    IFS=" " read -r -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN
+}
+__sk_unlock() {
+    printf '%s %s %s %s\n' "${__SK_USED:-0}" "${__SK_LIMIT:-0}" "${__SK_MARK:--}" "${__SK_FIN:-0}" >&"$__SK_STATE"
+    printf x >&"$__SK_LOCK"
+}
+
 # __sk_send JSON: write one msg frame under the frame lock. Used by every process.
 # LC_ALL=C makes ${#1} a byte count.
 __sk_send() {
@@ -298,51 +319,49 @@ __sk_send() {
 # Pumps: one per stream (out / err), each a background subshell of the controller.
 # ------------------------------------------------------------------------------------------
 
-# __sk_emit KIND FILE START LEN: forward LEN bytes of FILE from offset START as KIND frames,
-# honouring the cell's output limit. The limit and the count of bytes the cell produced so
-# far live in $D/limit and $D/used; both are read and updated under the frame lock, so the
-# two pumps share one count.
+# __sk_emit KIND FILE START LEN: forward LEN bytes of FILE (the first __SK_N bytes are the
+# chunk) from offset START as one KIND frame, honouring the cell's output limit. Called with
+# the lock held; updates __SK_USED.
 __sk_emit() {
-    local kind=$1 file=$2 start=$3 len=$4 tok used=0 limit=0 allow
+    local kind=$1 file=$2 start=$3 len=$4 allow
     ((len > 0)) || return 0
-    IFS= read -r -N 1 -u "$__SK_LOCK" tok
-    { read -r used; } <"$__SK_D/used" 2>/dev/null
-    { read -r limit; } <"$__SK_D/limit" 2>/dev/null
-    [[ $used =~ ^[0-9]+$ ]] || used=0
-    [[ $limit =~ ^[0-9]+$ ]] || limit=0
+    [[ $__SK_USED =~ ^[0-9]+$ ]] || __SK_USED=0
+    [[ $__SK_LIMIT =~ ^[0-9]+$ ]] || __SK_LIMIT=0
     allow=$len
-    if ((limit > 0)); then
-        allow=$((limit - used))
+    if ((__SK_LIMIT > 0)); then
+        allow=$((__SK_LIMIT - __SK_USED))
         ((allow < 0)) && allow=0
         ((allow > len)) && allow=$len
     fi
-    printf '%d' $((used + len)) >|"$__SK_D/used"
-    if ((allow > 0)); then
-        printf '%s %d\n' "$kind" "$allow" >&"$__SK_POUT"
-        if ((start == 0 && allow == __SK_N)); then
-            cat "$file" >&"$__SK_POUT"
-        elif ((start == 0)); then
-            head -c "$allow" "$file" >&"$__SK_POUT"
-        else
-            tail -c +$((start + 1)) "$file" | head -c "$allow" >&"$__SK_POUT"
-        fi
+    __SK_USED=$((__SK_USED + len))
+    ((allow > 0)) || return 0
+    printf '%s %d\n' "$kind" "$allow" >&"$__SK_POUT"
+    if ((start == 0)); then
+        head -c "$allow" "$file" >&"$__SK_POUT"
+    else
+        tail -c +$((start + 1)) "$file" | head -c "$allow" >&"$__SK_POUT"
     fi
-    printf x >&"$__SK_LOCK"
 }
 
-# __sk_find_mark FILE MARK: set __SK_K to the byte offset of MARK in FILE (first __SK_N bytes)
-# or -1. Cheap checks first: a chunk that is just the marker, or ends with it, is the usual
-# case; otherwise scan the file NUL-separated segment by segment (the marker has no NUL).
+# __sk_find_mark FILE MARK: set __SK_K to the byte offset of MARK in the first __SK_N bytes of
+# FILE, or -1. A chunk without NUL bytes (the usual case) is searched in a shell variable;
+# otherwise the last bytes are checked with tail, then the chunk is scanned NUL-separated
+# segment by segment (the marker holds no NUL).
 __sk_find_mark() {
     local file=$1 mark=$2 m=${#2} x seg pre off=0
     __SK_K=-1
     ((__SK_N >= m)) || return 0
-    if ((__SK_N == m)); then
-        IFS= read -r -N "$m" x <"$file"
-        [[ $x == "$mark" ]] && __SK_K=0
-        return 0
+    if ((__SK_N <= 262144)); then
+        IFS= read -r -d '' -N "$__SK_N" x <"$file"
+        if ((${#x} == __SK_N)); then
+            if [[ $x == *"$mark"* ]]; then
+                pre=${x%%"$mark"*}
+                __SK_K=${#pre}
+            fi
+            return 0
+        fi
     fi
-    x=$(tail -c "$m" "$file")
+    x=$(head -c "$__SK_N" "$file" | tail -c "$m")
     if [[ $x == "$mark" ]]; then
         __SK_K=$((__SK_N - m))
         return 0
@@ -351,92 +370,104 @@ __sk_find_mark() {
         if [[ $seg == *"$mark"* ]]; then
             pre=${seg%%"$mark"*}
             __SK_K=$((off + ${#pre}))
+            ((__SK_K + m <= __SK_N)) || __SK_K=-1
             return 0
         fi
         off=$((off + ${#seg} + 1))
+        ((off < __SK_N)) || return 0
     done <"$file"
+}
+
+# __sk_fill: write the pump's current chunk to stdout and set n to its size (uses the
+# pump's locals c, x, nul, fd, st). A NUL byte read by `read` is an empty $c or ends a short $x.
+__sk_fill() {
+    if [[ -z $c ]]; then
+        printf '\0'
+        n=1
+    else
+        printf '%s' "$c$x"
+        n=$((${#c} + ${#x}))
+        ((nul)) && printf '\0' && ((n++))
+    fi
+    if read -t 0 -u "$fd"; then
+        dd bs=1048576 count=1 <&"$fd" 2>|"$st"
+        # dd's third status line starts with the byte count (GNU, most busybox builds).
+        local got=''
+        ((ddbytes)) && { read -r _; read -r _; read -r got _; } <"$st"
+        [[ $got =~ ^[0-9]+$ ]] && n=$((n + got))
+    fi
 }
 
 # __sk_pump KIND FD: forward everything that arrives on FD as KIND frames, forever.
 #
 # Waiting costs no process: the pump blocks in bash's own `read -n 1 -d ''` (exactly one
 # byte; a NUL shows up as an empty string with status 0). What else is already in the pipe is
-# then taken with one dd read. When the byte is the first byte of the end-of-cell marker the
-# rest of the marker is read the same way, so a cell without output costs the pumps no fork
-# at all (the marker is written with one write(), so if it is there it is there entirely).
+# then taken with one dd read (one read() of up to 1 MiB returns whatever is there: live
+# streaming). Every marker starts with byte 0x1e; when the first byte is that and a marker is
+# pending, the rest is compared byte by byte, so a cell without output costs the pumps no
+# fork at all (a marker is written with one write(): it is in the pipe whole or not at all).
 __sk_pump() {
-    local kind=$1 fd=$2 chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" c b x nul rc n p m mark
+    local kind=$1 fd=$2 chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" c b x nul rc n m mark k
+    local ddbytes=0
     export LC_ALL=C
     trap '' INT
-    # No one in this process needs the kernel's input.
-    exec {__SK_PIN}<&- </dev/null
+    exec {__SK_PIN}<&- {__SK_CMD}<&- {__SK_DATA}<&- </dev/null
+    : >"$chunk"
+    # Does this dd report the byte count? Then the chunk file is rewritten in place (1<>),
+    # never truncated; otherwise it is truncated and measured with wc.
+    dd bs=4 count=1 </dev/null >/dev/null 2>|"$st"
+    { read -r _; read -r _; read -r x _; } <"$st"
+    [[ $x == 0 ]] && ddbytes=1
     while :; do
         IFS= read -r -d '' -n 1 -u "$fd" c
         rc=$?
         ((rc == 0)) || { sleep 0.05; continue; }  # cannot happen: the controller holds a writer
-        mark=''
-        [[ -s $__SK_D/mark ]] && { read -r mark <"$__SK_D/mark"; } 2>/dev/null
-        m=${#mark}
-        if ((m > 1)) && [[ $c == "${mark:0:1}" ]]; then
-            # Take the following bytes one at a time while they are there and still match.
-            # No timer involved: a marker is in the pipe whole or not at all.
-            x='' nul=0
-            while ((${#x} < m - 1)) && read -t 0 -u "$fd"; do
-                IFS= read -r -d '' -n 1 -u "$fd" b || break
-                if [[ -z $b ]]; then
-                    nul=1
-                    break
+        x='' nul=0
+        if [[ $c == $'\x1e' ]]; then
+            __sk_lock
+            mark=$__SK_MARK
+            __sk_unlock
+            m=${#mark}
+            if ((m > 1)) && [[ $mark == $'\x1e'* ]]; then
+                # Take the following bytes one at a time while they are there and match.
+                while ((${#x} < m - 1)) && read -t 0 -u "$fd"; do
+                    IFS= read -r -d '' -n 1 -u "$fd" b || break
+                    if [[ -z $b ]]; then
+                        nul=1
+                        break
+                    fi
+                    x+=$b
+                    [[ $c$x == "${mark:0:${#x}+1}" ]] || break
+                done
+                if [[ $c$x == "$mark" ]]; then
+                    printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
+                    continue
                 fi
-                x+=$b
-                [[ $c$x == "${mark:0:${#x}+1}" ]] || break
-            done
-            if [[ $c$x == "$mark" ]]; then
-                printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
-                continue
             fi
-            # Not the marker: keep exactly the bytes consumed.
-            printf '%s' "$c$x" >|"$chunk"
-            p=$((1 + ${#x}))
-            if ((nul)); then
-                printf '\0' >>"$chunk"
-                ((p++))
-            fi
-        elif [[ -n $c ]]; then
-            printf '%s' "$c" >|"$chunk"
-            p=1
-        else
-            printf '\0' >|"$chunk"
-            p=1
         fi
-        n=$p
-        if read -t 0 -u "$fd"; then
-            # One read() of up to 1 MiB: whatever is in the pipe right now.
-            dd bs=1048576 count=1 <&"$fd" >>"$chunk" 2>|"$st"
-            # dd's third status line starts with the byte count (GNU, most busybox builds).
-            x=''
-            { read -r _; read -r _; read -r x _; } <"$st"
-            if [[ $x =~ ^[0-9]+$ ]]; then
-                n=$((p + x))
-            else
-                x=$(wc -c <"$chunk") && n=$((x))
-            fi
+        # The chunk: the bytes consumed so far, then whatever else is in the pipe.
+        if ((ddbytes)); then
+            __sk_fill 1<>"$chunk"
+        else
+            __sk_fill >|"$chunk"
+            x=$(wc -c <"$chunk") && n=$((x))
         fi
         __SK_N=$n
-        # Read the marker again: it may have arrived with the dd read. The worker publishes it
-        # in the file before writing it to the pipe, so what dd read is covered.
-        mark=''
-        [[ -s $__SK_D/mark ]] && { read -r mark <"$__SK_D/mark"; } 2>/dev/null
-        m=${#mark}
-        if ((m > 0)); then
+        __sk_lock
+        mark=$__SK_MARK
+        k=-1
+        if [[ $mark != - && -n $mark ]]; then
             __sk_find_mark "$chunk" "$mark"
-            if ((__SK_K >= 0)); then
-                __sk_emit "$kind" "$chunk" 0 "$__SK_K"
-                __sk_emit "$kind" "$chunk" $((__SK_K + m)) $((n - __SK_K - m))
-                printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
-                continue
-            fi
+            k=$__SK_K
         fi
-        __sk_emit "$kind" "$chunk" 0 "$n"
+        if ((k >= 0)); then
+            __sk_emit "$kind" "$chunk" 0 "$k"
+            __sk_emit "$kind" "$chunk" $((k + ${#mark})) $((n - k - ${#mark}))
+        else
+            __sk_emit "$kind" "$chunk" 0 "$n"
+        fi
+        __sk_unlock
+        ((k >= 0)) && printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
     done
 }
 
@@ -482,37 +513,40 @@ __sk_unsane() {
     __SK_NCM=0
 }
 
-# __sk_request SLOT: read the request header file into __SK_Q (type id a b) and the code
-# into __SK_CODE.
+# __sk_request LEN: read a request payload of LEN bytes from the data FIFO: three lines (the
+# raw JSON id token, two numbers) and the code. Sets __SK_Q=(id a b) and __SK_CODE.
 __sk_request() {
-    local IFS=$'\n'
-    __SK_Q=()
-    { read -r "__SK_Q[0]"; read -r "__SK_Q[1]"; read -r "__SK_Q[2]"; read -r "__SK_Q[3]"; } <"$__SK_D/q.$1.h"
-    IFS= read -r -d '' __SK_CODE <"$__SK_D/q.$1.c"
+    local LC_ALL=C p=''
+    if (($1 > 0)); then
+        IFS= read -r -N "$1" -u "$__SK_DATA" p
+    fi
+    __SK_Q=("${p%%$'\n'*}")
+    p=${p#*$'\n'}
+    __SK_Q+=("${p%%$'\n'*}")
+    p=${p#*$'\n'}
+    __SK_Q+=("${p%%$'\n'*}")
+    __SK_CODE=${p#*$'\n'}
 }
 
-# __sk_pre SLOT: set up a cell. Every agent function returns 0: with the user's `set -e` a
+# __sk_pre SEQ LEN: set up a cell. Every agent function returns 0: with the user's `set -e` a
 # failing command at the worker's top level would end the shell.
 __sk_pre() {
     local -
     __sk_sane
-    local tok
-    __sk_request "$1"
-    __SK_ID=${__SK_Q[1]}
+    __sk_request "$2"
+    __SK_ID=${__SK_Q[0]}
     __SK_RUN=$1
     __SK_ST=0
     __SK_EXIT=''
-    IFS= read -r -N 1 -u "$__SK_LOCK" tok
-    printf '0' >|"$__SK_D/used"
-    printf '%s' "${__SK_Q[2]}" >|"$__SK_D/limit"
-    printf x >&"$__SK_LOCK"
-    printf '%s' "$1" >|"$__SK_D/running"
+    __sk_lock
+    __SK_USED=0 __SK_LIMIT=${__SK_Q[1]} __SK_MARK=-
+    __sk_unlock
     __sk_unsane
     trap - INT  # from here on SIGINT abandons the cell
     return 0
 }
 
-# __sk_post SLOT HOW: finish the cell. HOW is 0 when the eval returned, 1 when called from the
+# __sk_post SEQ HOW: finish the cell. HOW is 0 when the eval returned, 1 when called from the
 # line after it (only reached with the cell still marked running if the eval was abandoned by
 # SIGINT: an interrupt or `exit`), 2 after the shell itself had died.
 __sk_post() {
@@ -520,30 +554,29 @@ __sk_post() {
     local -
     __sk_sane
     [[ $__SK_RUN == "$1" ]] || { __sk_unsane; return 0; }
-    local st=$__SK_ST how=$2 mark used=0 limit=0 trunc=0 kind m got=0 status=ok
+    local st=$__SK_ST how=$2 mark kind m got=0 status=ok trunc=0
     __SK_RUN=''
     # Flush: publish the marker, write it through both streams, wait for both pumps.
-    # Starts with a byte user output rarely starts with (see __sk_pump); no NUL, no newline.
-    mark=$'\x1e'"sk$RANDOM$RANDOM"$'\x1f' 
-    printf '%s\n' "$mark" >|"$__SK_D/mark"
+    # It starts with byte 0x1e (see __sk_pump) and holds no NUL, newline or space.
+    mark=$'\x1e'"sk$1.$RANDOM$RANDOM"$'\x1f'
+    __sk_lock
+    __SK_MARK=$mark
+    __sk_unlock
     printf '%s' "$mark" >&"$__SK_O"
     printf '%s' "$mark" >&"$__SK_E"
     while ((got < 2)) && IFS=' ' read -r -t 30 -u "$__SK_ACK" kind m; do
         [[ $m == "$mark" ]] && ((got++))
     done
-    : >|"$__SK_D/mark"
-    { read -r used; } <"$__SK_D/used" 2>/dev/null
-    { read -r limit; } <"$__SK_D/limit" 2>/dev/null
-    [[ $used =~ ^[0-9]+$ && $limit =~ ^[0-9]+$ ]] && ((limit > 0 && used > limit)) &&
-        trunc=$((used - limit))
+    __sk_lock
+    __SK_MARK=- __SK_FIN=$1
+    ((__SK_LIMIT > 0 && __SK_USED > __SK_LIMIT)) && trunc=$((__SK_USED - __SK_LIMIT))
+    __sk_unlock
     if ((how == 2)); then
-        st=1
         __sk_json_list "BashError: the shell exited during the cell (exec or a signal?)" \
             "A new shell was started in the last working directory; variables, functions and aliases are lost."
         __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"the shell exited; state was reset\",\"traceback\":$__SK_R}"
         status=error
     elif ((how == 1)) && [[ -z $__SK_EXIT ]]; then
-        st=130
         __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"Interrupted\",\"evalue\":\"interrupted (SIGINT)\",\"traceback\":[\"Interrupted: the cell was interrupted\"]}"
         status=interrupted
     else
@@ -553,33 +586,35 @@ __sk_post() {
             status=error
         fi
     fi
-    __SK_LAST=$st
     __SK_EXIT=''
     __sk_send "{\"type\":\"done\",\"id\":$__SK_ID,\"status\":\"$status\",\"truncated\":$trunc}"
-    printf '%s' "$PWD" >|"$__SK_D/cwd"
-    : >|"$__SK_D/running"
+    # Remember the directory for a replacement shell (only written when it changed).
+    if [[ $PWD != "$__SK_PWD" ]]; then
+        __SK_PWD=$PWD
+        printf '%s' "$PWD" >|"$__SK_D/cwd"
+    fi
     __sk_unsane
     return 0
 }
 
-# __sk_recover SLOT: run by a fresh worker when the previous one died during cell SLOT.
+# __sk_recover SEQ LEN: run by a fresh worker when the previous one died during cell SEQ.
 __sk_recover() {
-    __sk_request "$1"
-    __SK_ID=${__SK_Q[1]}
+    __sk_request "$2"
+    __SK_ID=${__SK_Q[0]}
     __SK_RUN=$1
     __sk_post "$1" 2
 }
 
-# __sk_complete SLOT: answer a complete request from the shell's own state (compgen).
+# __sk_complete SEQ LEN: answer a complete request from the shell's own state (compgen).
 __sk_complete() {
     local -
     __sk_sane
     local LC_ALL=$LC_ALL
     __sk_utf8_locale
     local code cur pre word start matches=() line m sep=$' \t\n;|&()<>\'"=`'
-    __sk_request "$1"
+    __sk_request "$2"
     code=$__SK_CODE
-    cur=${__SK_Q[2]}
+    cur=${__SK_Q[1]}
     [[ $cur =~ ^[0-9]+$ ]] || cur=${#code}
     ((cur > ${#code})) && cur=${#code}
     pre=${code:0:cur}
@@ -602,20 +637,20 @@ __sk_complete() {
         done
     fi
     __sk_json_list "${matches[@]}"
-    __sk_send "{\"type\":\"complete_reply\",\"id\":${__SK_Q[1]},\"matches\":$__SK_R,\"cursor_start\":$start,\"cursor_end\":$cur}"
+    __sk_send "{\"type\":\"complete_reply\",\"id\":${__SK_Q[0]},\"matches\":$__SK_R,\"cursor_start\":$start,\"cursor_end\":$cur}"
     __sk_unsane
 }
 
-# __sk_inspect SLOT: `type` (and `help` for builtins and keywords) of the word at the cursor.
+# __sk_inspect SEQ LEN: `type` (and `help` for builtins and keywords) of the word at the cursor.
 __sk_inspect() {
     local -
     __sk_sane
     local LC_ALL=$LC_ALL
     __sk_utf8_locale
     local code cur word text='' kind found=false
-    __sk_request "$1"
+    __sk_request "$2"
     code=$__SK_CODE
-    cur=${__SK_Q[2]}
+    cur=${__SK_Q[1]}
     [[ $cur =~ ^[0-9]+$ ]] || cur=${#code}
     ((cur > ${#code})) && cur=${#code}
     word=${code:0:cur}
@@ -639,19 +674,19 @@ __sk_inspect() {
     if [[ $found == true ]]; then
         local LC_ALL=C
         __sk_json_quote "$text"
-        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[1]},\"found\":true,\"data\":{\"text/plain\":$__SK_R}}"
+        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[0]},\"found\":true,\"data\":{\"text/plain\":$__SK_R}}"
     else
-        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[1]},\"found\":false,\"data\":{}}"
+        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[0]},\"found\":false,\"data\":{}}"
     fi
     __sk_unsane
 }
 
-# __sk_is_complete SLOT: `bash -n` decides; an unterminated construct is "incomplete".
+# __sk_is_complete SEQ LEN: `bash -n` decides; an unterminated construct is "incomplete".
 __sk_is_complete() {
     local -
     __sk_sane
     local code out status=complete bs tail
-    __sk_request "$1"
+    __sk_request "$2"
     code=$__SK_CODE
     out=$(LC_ALL=C "$BASH" --norc --noprofile -n 2>&1 <<<"$code")
     if [[ $out == *"unexpected end of file"* || $out == *"unexpected EOF"* ||
@@ -666,7 +701,7 @@ __sk_is_complete() {
         [[ $tail == *[!\\]* ]] || bs=$tail
         (( ${#bs} % 2 == 1 )) && status=incomplete
     fi
-    __sk_send "{\"type\":\"is_complete_reply\",\"id\":${__SK_Q[1]},\"status\":\"$status\",\"indent\":\"\"}"
+    __sk_send "{\"type\":\"is_complete_reply\",\"id\":${__SK_Q[0]},\"status\":\"$status\",\"indent\":\"\"}"
     __sk_unsane
 }
 
@@ -690,9 +725,10 @@ __sk_start_worker() {
     {
         printf 'PS1= PS2= PS0= PS4="+ "\nunset PROMPT_COMMAND HISTFILE MAILCHECK MAILPATH\n'
         printf 'set +o history +H +m\n'
-        declare -p __SK_D __SK_POUT __SK_LOCK __SK_ACK __SK_O __SK_E __SK_UTF8_RE __SK_CTRL __SK_HIGH
-        printf '__SK_WPID=$$ __SK_LAST=0 __SK_RUN= __SK_EXIT= __SK_NCM=0\n'
-        declare -f __sk_json_quote __sk_json_list __sk_send exit __sk_sane __sk_unsane __sk_utf8_locale \
+        declare -p __SK_D __SK_POUT __SK_LOCK __SK_STATE __SK_ACK __SK_DATA __SK_O __SK_E __SK_UTF8_RE __SK_CTRL __SK_HIGH
+        printf '__SK_WPID=$$ __SK_RUN= __SK_EXIT= __SK_NCM=0 __SK_PWD=%q\n' "$cwd"
+        declare -f __sk_json_quote __sk_json_list __sk_lock __sk_unlock __sk_send exit __sk_sane \
+            __sk_unsane __sk_utf8_locale \
             __sk_request __sk_pre __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
         [[ -n $cwd ]] && printf 'cd -- %q 2>/dev/null\n' "$cwd"
         # The controller runs with LC_ALL=C; give the user's shell the original locale.
@@ -723,7 +759,8 @@ __sk_main() {
 
     local base
     __SK_D=''
-    for base in "${TMPDIR:-}" /tmp /dev/shm "${HOME:-}" "$PWD"; do
+    # /dev/shm first: a tmpfs where there is one (on Kubernetes /tmp is a disk emptyDir).
+    for base in /dev/shm "${TMPDIR:-}" /tmp "${HOME:-}" "$PWD"; do
         [[ -n $base && -d $base && -w $base ]] || continue
         __SK_D=$(mktemp -d "$base/.skbash.XXXXXXXX" 2>/dev/null) && break
     done
@@ -737,17 +774,19 @@ __sk_main() {
     trap 'builtin exit 143' TERM HUP
     trap 'builtin exit 141' PIPE
     trap : INT
-    mkfifo "$__SK_D/out" "$__SK_D/err" "$__SK_D/lock" "$__SK_D/ack" "$__SK_D/cmd" || builtin exit 1
-    : >|"$__SK_D/mark"
-    : >|"$__SK_D/running"
-    printf 0 >|"$__SK_D/used"
-    printf 0 >|"$__SK_D/limit"
+    # FIFOs: out/err carry the cell's streams, lock and state hold the frame lock, ack
+    # carries the pumps' acknowledgements, cmd the worker's command lines, data the payloads
+    # (id, numbers, code) that go with them.
+    mkfifo "$__SK_D/out" "$__SK_D/err" "$__SK_D/lock" "$__SK_D/state" "$__SK_D/ack" "$__SK_D/cmd" "$__SK_D/data" ||
+        builtin exit 1
     # Everything is opened read-write: opening a FIFO that way never blocks, and because the
     # controller keeps every FIFO open, no reader ever sees EOF and no writer SIGPIPE.
     exec {__SK_OUTR}<>"$__SK_D/out" {__SK_ERRR}<>"$__SK_D/err" {__SK_LOCK}<>"$__SK_D/lock" \
-        {__SK_ACK}<>"$__SK_D/ack" {__SK_CMD}<>"$__SK_D/cmd"
+        {__SK_STATE}<>"$__SK_D/state" {__SK_ACK}<>"$__SK_D/ack" {__SK_CMD}<>"$__SK_D/cmd" \
+        {__SK_DATA}<>"$__SK_D/data"
     exec {__SK_O}>"$__SK_D/out" {__SK_E}>"$__SK_D/err"
-    printf x >&"$__SK_LOCK"  # the frame lock's single token
+    __SK_USED=0 __SK_LIMIT=0 __SK_MARK=- __SK_FIN=0
+    __sk_unlock  # the lock's token and the one state line
 
     __sk_pump out "$__SK_OUTR" &
     __SK_PUMPS=$!
@@ -758,7 +797,7 @@ __sk_main() {
     local v=${BASH_VERSION%%[!0-9.]*}
     __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":1}"
 
-    local header='' line kind len payload type seq=0 slot busy rc
+    local header='' line kind len payload type seq=0 rc last=0 lastid=null st
     declare -gA __SK_J
     while :; do
         # Wait for a header line; every second check that the worker is still alive.
@@ -769,10 +808,22 @@ __sk_main() {
             if ! kill -0 "$__SK_WPID" 2>/dev/null; then
                 __sk_log "the worker shell died; starting a new one"
                 __sk_start_worker
-                # A cell that was running is finished by the new shell (marker + done).
-                busy=''
-                [[ -s $__SK_D/running ]] && { read -r busy <"$__SK_D/running"; } 2>/dev/null
-                [[ $busy =~ ^[0-9]+$ ]] && printf '__sk_recover %s\n' "$busy" >&"$__SK_CMD"
+                # Was a cell running (the last execute is not the last finished one)? Then
+                # the new shell finishes it (marker + done). A state line that does not come
+                # back was lost with the dead shell: put a fresh one in.
+                if IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" st &&
+                    IFS=" " read -r -t 1 -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN; then
+                    st=$__SK_FIN
+                else
+                    __SK_USED=0 __SK_LIMIT=0 __SK_FIN=0 st=-1
+                fi
+                __SK_MARK=-
+                __sk_unlock
+                if ((last > 0 && st != last)); then
+                    payload=$lastid$'\n0\n0\n'
+                    printf '__sk_recover %s %s\n' "$last" "${#payload}" >&"$__SK_CMD"
+                    printf '%s' "$payload" >&"$__SK_DATA"
+                fi
             fi
             continue
         fi
@@ -805,7 +856,6 @@ __sk_main() {
                 break ;;
             execute | complete | inspect | is_complete)
                 seq=$((seq + 1))
-                slot=$((seq % 8))
                 local id=${__SK_J[id]:-null} a b code=''
                 [[ $id == \"*\" || $id =~ ^-?[0-9]+$ ]] || id=null
                 case $type in
@@ -820,18 +870,23 @@ __sk_main() {
                     __sk_json_unescape "${__SK_J[code]}"
                     code=$__SK_R
                 fi
-                printf '%s\n%s\n%s\n%s\n' "$type" "$id" "$a" "$b" >|"$__SK_D/q.$slot.h"
-                printf '%s' "$code" >|"$__SK_D/q.$slot.c"
+                # The payload goes through the data FIFO (read there with read -N), the command
+                # line through cmd. The command first: a payload bigger than the FIFO can only
+                # be written while the worker is reading it.
+                payload=$id$'\n'$a$'\n'$b$'\n'$code
                 if [[ $type == execute ]]; then
+                    last=$seq lastid=$id
                     # Line 1 runs the cell at top level; line 2 only matters when SIGINT made
                     # the shell abandon line 1 (then the cell is still marked running).
                     # The redirections give the cell stdin /dev/null and the stream FIFOs, and
                     # close the agent's own fds for everything the cell starts.
-                    printf '__sk_pre %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n' \
-                        "$slot" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_POUT" "$__SK_LOCK" "$__SK_ACK" "$slot" "$slot" >&"$__SK_CMD"
+                    printf '__sk_pre %s %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n' \
+                        "$seq" "${#payload}" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_POUT" \
+                        "$__SK_LOCK" "$__SK_STATE" "$__SK_ACK" "$__SK_DATA" "$seq" "$seq" >&"$__SK_CMD"
                 else
-                    printf '__sk_%s %s\n' "$type" "$slot" >&"$__SK_CMD"
-                fi ;;
+                    printf '__sk_%s %s %s\n' "$type" "$seq" "${#payload}" >&"$__SK_CMD"
+                fi
+                printf '%s' "$payload" >&"$__SK_DATA" ;;
             *)
                 __sk_log "ignoring message of type '$type'" ;;
         esac
