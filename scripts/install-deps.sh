@@ -10,6 +10,13 @@ need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v node >/dev/null || need+=(nodejs)
 command -v setpriv >/dev/null || need+=(util-linux)
+with_test=0
+[[ ",$extras," == *",test,"* ]] && with_test=1
+if ((with_test)); then
+  # The browser test drives Debian's Chromium through npm playwright-core (no browser download).
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v npm >/dev/null || need+=(npm)
+fi
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) == 0 ]] || sudo="sudo"
@@ -17,3 +24,11 @@ if ((${#need[@]})); then
   $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+if ((with_test)); then
+  # Keep in step with tests/integration/test_jupyterlab_browser.py (PLAYWRIGHT_DIR, version).
+  pw_dir=${SANDBOX_KERNEL_PLAYWRIGHT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sandbox-kernel/playwright}
+  pw_version=1.65.1
+  if ! grep -qs "\"version\": \"$pw_version\"" "$pw_dir/node_modules/playwright-core/package.json"; then
+    npm install --prefix "$pw_dir" --no-audit --no-fund --silent "playwright-core@$pw_version" >/dev/null
+  fi
+fi
