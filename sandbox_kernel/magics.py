@@ -34,6 +34,7 @@ import queue
 import shlex
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Coroutine, TypeVar
 
@@ -126,13 +127,30 @@ class SessionThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the session loop and wait for its result (Ctrl-C cancels the wait)."""
+        """Run ``coro`` on the session loop and wait for its result (Ctrl-C cancels it)."""
         future = self.submit(coro)
         try:
             return future.result(timeout)
         except KeyboardInterrupt:
             future.cancel()
             raise
+
+    def finish(self, coro: Coroutine[Any, Any, Any], timeout: float) -> None:
+        """Run clean-up ``coro`` to the end even through Ctrl-C, so no sandbox is left half-closed."""
+        future = self.submit(coro)
+        deadline = time.monotonic() + timeout
+        interrupted = False
+        while True:
+            try:
+                future.result(max(0.0, deadline - time.monotonic()))
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                break
+        if interrupted:
+            raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +301,11 @@ class SandboxMagics(Magics):
         session = self.sessions.get(language)
         if session is None:
             session = make_session(backend, language, config=config)
-            await session.start()  # raises SandboxError; the session is then not kept
+            try:
+                await session.start()
+            except BaseException:  # a SandboxError, or Ctrl-C while starting: leave nothing
+                await asyncio.shield(session.close())
+                raise
             self.sessions[language] = session
         return session
 
@@ -294,7 +316,7 @@ class SandboxMagics(Magics):
         try:
             await session.start()
         except BaseException:
-            await session.close()
+            await asyncio.shield(session.close())
             raise
         return session
 
@@ -352,7 +374,7 @@ class SandboxMagics(Magics):
         try:
             return self._relay(session, code)
         finally:
-            self.thread.call(session.close(), CLOSE_TIMEOUT)
+            self.thread.finish(session.close(), CLOSE_TIMEOUT)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the session thread; a SandboxError fails the cell with its message."""
@@ -459,7 +481,7 @@ class SandboxMagics(Magics):
         session = self.sessions.pop(language, None)
         if session is None:
             return False
-        self.thread.call(session.close(), CLOSE_TIMEOUT)
+        self.thread.finish(session.close(), CLOSE_TIMEOUT)
         return True
 
     def _on_exit_now(self, change: Any) -> None:
