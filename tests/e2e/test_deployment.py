@@ -39,7 +39,8 @@ from fixtures_kubernetes import REPO, SA_NAME, SA_NAMESPACE, SA_USER, mint_sa_ku
 from sandbox_kernel.kubernetes import manifests
 from sandbox_kernel.kubernetes.api import micro_time
 
-pytestmark = pytest.mark.cluster
+# The first test that needs the platform also builds the JupyterLab image (minutes when cold).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 PLATFORM_NS = "sandbox-kernel-system"
 NAMESPACE_POLICY = "sandbox-kernel-namespaces"
@@ -234,12 +235,18 @@ def test_service_account_cannot_delete_a_namespace_that_is_not_a_sandbox(
     refused_by(NAMESPACE_POLICY, lambda: core.delete_namespace(lookalike))
     unlabelled = namespace_factory(prefix="sandbox")
     refused_by(NAMESPACE_POLICY, lambda: core.delete_namespace(unlabelled))
-    # The cluster's own namespaces (dry run: admission runs, nothing is deleted even on failure).
-    for name in ("default", "kube-system", PLATFORM_NS):
+    # Namespaces of the cluster and of the platform itself (dry run: admission runs, nothing is
+    # deleted even if it were allowed). `default`, `kube-system` and `kube-public` are also
+    # protected by NamespaceLifecycle, which refuses their deletion before any policy runs.
+    for name in ("kube-node-lease", PLATFORM_NS):
         message = refused_by(NAMESPACE_POLICY, lambda: core.delete_namespace(name, dry_run="All"))
         assert f"{name} is not one" in message
+    for name in ("default", "kube-system"):
+        with pytest.raises(ApiException) as refused:
+            core.delete_namespace(name, dry_run="All")
+        assert refused.value.status == 403, refusal(refused.value)
     admin_core = client.CoreV1Api(admin)
-    for name in (victim, lookalike, unlabelled, "default", "kube-system", PLATFORM_NS):
+    for name in (victim, lookalike, unlabelled, "default", "kube-system", "kube-node-lease", PLATFORM_NS):
         ns = admin_core.read_namespace(name)
         assert ns.metadata.deletion_timestamp is None, f"{name} is being deleted"
 
@@ -438,6 +445,7 @@ class LabThroughApiServer:
         self.token = token
         self.base = f"{cfg.host}/api/v1/namespaces/{PLATFORM_NS}/services/http:jupyterlab:8888/proxy"
         self.http = requests.Session()
+        self.http.trust_env = False  # else $REQUESTS_CA_BUNDLE would replace the cluster's CA
         self.http.verify = cfg.ssl_ca_cert
         self.http.cert = (cfg.cert_file, cfg.key_file)
 

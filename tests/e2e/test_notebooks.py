@@ -29,7 +29,7 @@ from nbclient import NotebookClient
 from fixtures_kubernetes import KERNEL_ID_LABEL, REPO, SA_USER, wait_until
 from sandbox_kernel.kubernetes import manifests
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 NOTEBOOKS = REPO / "notebooks"
 
