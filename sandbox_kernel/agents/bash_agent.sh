@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, cat, head, tail, wc, mkfifo,
-# mktemp, rm; busybox versions are fine). It speaks the framed protocol described in
+# Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, head, tail, wc, mkfifo, mktemp,
+# rm, sleep; busybox versions are fine). It speaks the framed protocol described in
 # PROTOCOL.md on its stdin/stdout and runs every cell in ONE persistent shell, so the working
 # directory, variables, functions, aliases and options carry over between cells.
 #
 # Processes (all started by this script, the "controller"; on Kubernetes it is PID 1):
 #
-#   controller  reads protocol frames from the kernel (fd SK_PIN), parses the JSON, writes each
-#               request to a file in the private directory and hands the worker a one-line
-#               command through the "cmd" FIFO. `interrupt` is handled right here: it sends
-#               SIGINT to the worker's process group. It also notices a dead worker (a cell ran
-#               `exec ...` or killed it) and starts a new one.
+#   controller  reads protocol frames from the kernel (its own copy of the original fd 0),
+#               parses the JSON and hands the worker a one-line command through the "cmd"
+#               FIFO plus the request's payload (id, numbers, code) through the "data" FIFO.
+#               `interrupt` is handled right here: SIGINT to the worker's process group. It
+#               also notices a dead worker (a cell ran `exec ...` or killed it) and starts a
+#               new one.
 #   worker      an *interactive* bash (`bash -i`, no tty, no job control, no line editing) that
 #               reads its commands from the cmd FIFO. Cells run in it as a top-level
 #               `eval "$code"`, so `declare`, `cd`, `alias`, functions all persist. It is
@@ -20,42 +21,46 @@
 #               terminal. A non-interactive shell would either exit or carry on with the loop.
 #               It runs in its own process group (started under `set -m`) so one
 #               `kill -INT -- -PGID` reaches it and the cell's foreground children, and nothing
-#               else.
-#   two pumps   one per stream. The cell's fd 1 and fd 2 are FIFOs; a pump reads whatever is
-#               there with `dd bs=1M count=1` (one read(): it returns as soon as any bytes are
-#               available, which gives live streaming) and wraps the bytes into `out` / `err`
-#               frames. Payloads only ever go through files and cat, never through shell
-#               variables, so NUL bytes and invalid UTF-8 pass through untouched.
+#               else. Between cells it ignores SIGINT.
+#   two pumps   one per stream. The cell's fd 1 and fd 2 are FIFOs; a pump waits for a byte
+#               with bash's `read`, takes whatever else is there with `dd bs=1M count=1` (one
+#               read(): it returns as soon as bytes are available, which gives live
+#               streaming) and wraps the bytes into `out` / `err` frames. Cell output only ever
+#               goes through a file and head/tail, never through shell variables, so NUL bytes
+#               and invalid UTF-8 pass through untouched.
 #
-# Writing frames: the pumps, the worker and the controller all write to the protocol fd. A
-# frame is written under a lock so frames never interleave: the lock is a FIFO holding one
-# token byte; `read -N 1` takes the token (only one reader can get the byte), writing the
-# byte back releases it. No flock(1) needed.
+# Writing frames: the pumps, the worker and the controller all write to the protocol fd, each
+# frame under a lock so frames never interleave (see "The frame lock" below).
 #
 # End of a cell ("done after all output"): after the eval the worker publishes a random marker
-# in $D/mark and writes the marker to both stream FIFOs. Each pump drops the marker from the
-# data, forwards everything before it, then acknowledges on the "ack" FIFO; the worker sends
-# `done` once both acknowledgements are in. Background jobs that keep the FIFOs open do not
-# matter: nobody waits for EOF. A marker is never split over two reads: one dd read drains the
-# whole pipe, and a pipe never holds more than 1 MiB (the unprivileged maximum), the dd block.
+# in the lock's state line and writes the marker to both stream FIFOs. Each pump drops the
+# marker from the data, forwards everything before it, then acknowledges on the "ack" FIFO;
+# the worker sends `done` once both acknowledgements are in. Background jobs that keep the
+# FIFOs open do not matter: nobody waits for EOF. A marker is never split over two reads: it
+# is written with one write() (so it is in the pipe whole or not at all), one dd read drains
+# the whole pipe, and a pipe never holds more than 1 MiB (the unprivileged maximum), the dd
+# block.
 #
-# Shell semantics worth knowing (also in the report of the test file):
+# Shell semantics worth knowing:
 #   * `exit N` in a cell does not end the session: `exit` is a shell function in the worker
 #     that records N and aborts the cell like an interrupt; the cell reports an error
 #     "exit status N" (or ok for `exit 0`). In subshells (`( exit 3 )`, `$(exit 3)`) it is the
-#     real builtin. If the worker dies anyway (`exec ls`, `kill $$`), a fresh shell is started
-#     in the last known working directory; variables and functions are then lost and the cell
-#     reports BashError "the shell exited ...".
+#     real builtin. If the worker dies anyway (`exec ls`, `kill -9 $$`), a fresh shell is
+#     started in the last known working directory; variables and functions are then lost and
+#     the cell reports BashError "the shell exited ...".
 #   * The cell is run as `eval "$code" || ...`: bash ignores `set -e` inside a command whose
 #     status is tested, so `set -e` cannot kill the session (it has no effect in cells).
 #   * A non-zero status of the cell's last command → `error` (ename BashError, evalue
 #     "exit status N") and `done` status `error`.
 #   * Interrupt → `error` ename Interrupted, `done` status `interrupted`. A SIGINT trap set by
-#     the user is replaced by the agent's handling between cells.
+#     the user is replaced by the agent's handling between cells. A foreground program that
+#     ignores SIGINT is not stopped (the kernel then replaces the sandbox after 2 s).
 #   * stdin of cells is /dev/null; redirections of fd 0/1/2 made with `exec` inside a cell last
-#     until the end of that cell only.
+#     until the end of that cell only. The agent's own fds are closed for the cell.
 #   * Background jobs keep writing to the cell streams; their output arrives as out/err frames
 #     whenever it is produced (counted against the limit of the cell that is running then).
+#     As in any interactive bash, starting one prints "[1] PID" on stderr.
+#   * `\u0000` in the code cannot be represented in a bash string and is dropped.
 #   * Names beginning with __sk_ / __SK_ belong to the agent.
 
 # ------------------------------------------------------------------------------------------
@@ -66,7 +71,7 @@
 # __sk_json_strtok: take one JSON string token (with its quotes) off the front of __SK_S.
 # Sets __SK_T to the raw token and leaves the rest in __SK_S. Returns 1 if malformed.
 __sk_json_strtok() {
-    local pre bs rest=${__SK_S:1}
+    local pre t rest=${__SK_S:1}
     [[ $__SK_S == '"'* ]] || return 1
     pre=${rest%%'"'*}
     # Fast path: no backslash before the first quote, so that quote ends the string.
@@ -75,24 +80,15 @@ __sk_json_strtok() {
         __SK_S=${rest:${#pre}+1}
         return 0
     fi
-    __SK_T='"'
-    while :; do
-        [[ $rest == *'"'* ]] || return 1
-        pre=${rest%%'"'*}
-        rest=${rest:${#pre}+1}
-        __SK_T+=$pre'"'
-        # The quote ends the string unless it is escaped by an odd number of backslashes.
-        bs=${pre##*[!\\]}
-        [[ $pre == *[!\\]* || -z $pre ]] || bs=$pre
-        (( ${#bs} % 2 == 0 )) && break
-    done
-    __SK_S=$rest
-}
-
-# __sk_json_skipws: drop leading JSON white space from __SK_S.
-__sk_json_skipws() {
-    :
-    __SK_S=${__SK_S#"${__SK_S%%[!$' \t\r\n']*}"}
+    # Otherwise blank out escaped backslashes and quotes with same-length placeholders (raw
+    # control characters cannot occur in JSON text); the first quote left ends the string.
+    t=$rest
+    [[ $t == *'\\'* ]] && t=${t//'\\'/$'\x01\x01'}
+    [[ $t == *'\"'* ]] && t=${t//'\"'/$'\x01\x01'}
+    [[ $t == *'"'* ]] || return 1
+    pre=${t%%'"'*}
+    __SK_T="\"${rest:0:${#pre}}\""
+    __SK_S=${rest:${#pre}+1}
 }
 
 # __sk_json_valtok: take one JSON value (any kind) off the front of __SK_S into __SK_T.
@@ -200,9 +196,15 @@ __sk_json_unescape() {
     fi
     # An escaped backslash becomes a placeholder first, so "\\n" is not read as "\n". Raw
     # control characters cannot occur in a valid JSON string, so \x01 is free.
-    s=${s//"$bs$bs"/"$ph"}
-    s=${s//"$bs\""/\"}
-    s=${s//"$bs/"/\/}
+    [[ $s == *"$bs$bs"* ]] && s=${s//"$bs$bs"/"$ph"}
+    [[ $s == *"$bs\""* ]] && s=${s//"$bs\""/\"}
+    [[ $s == *"$bs/"* ]] && s=${s//"$bs/"/\/}
+    if [[ $s != *"${bs}u"* ]]; then
+        # Only \b \f \n \r \t are left, and printf %b decodes exactly those the JSON way.
+        printf -v s '%b' "$s"
+        __SK_R=${s//"$ph"/"$bs"}
+        return
+    fi
     s=${s//"${bs}n"/$'\n'}
     s=${s//"${bs}t"/$'\t'}
     s=${s//"${bs}r"/$'\r'}

@@ -603,3 +603,51 @@ def test_throughput(agent: Agent) -> None:
     assert len(data) == 50000000 and data.count(b"a") == 50000000
     assert cell.done["truncated"] == 0
     print(f"\nbash agent: 50 MB stdout in {took:.2f} s = {50 / took:.1f} MB/s ({len(cell.frames) - 1} frames)")
+
+
+# -------------------------------------------------------------------------------------------
+# payload handling
+# -------------------------------------------------------------------------------------------
+
+
+def test_large_code_cell(agent: Agent) -> None:
+    body = "".join(f'v{i}="value {i} \\"quoted\\" \\\\ end"\n' for i in range(8000))
+    code = body + 'echo "$v0|$v7999"'
+    assert len(code.encode()) > 250_000
+    cell = agent.run(code, timeout=60)
+    assert cell.status == "ok", cell.frames[-3:]
+    assert cell.stdout == 'value 0 "quoted" \\ end|value 7999 "quoted" \\ end\n'
+
+
+def test_ascii_escaped_json_is_decoded(agent: Agent) -> None:
+    # A kernel may send \\uXXXX escapes (json.dumps with ensure_ascii=True), surrogate pairs too.
+    import json
+
+    body = {"type": "execute", "id": "esc", "code": "printf '%s|' 'é' '😀' 'a\\tb' \"q\\\"\"", "output_limit": 0}
+    raw = json.dumps(body, ensure_ascii=True).encode()
+    assert b"\\ud83d\\ude00" in raw
+    agent.proc.stdin.write(b"msg %d\n" % len(raw) + raw)
+    agent.proc.stdin.flush()
+    cell = agent.collect("esc", Cell(sent_at=time.monotonic()))
+    assert cell.status == "ok"
+    assert cell.stdout == 'é|😀|a\\tb|q"|'
+
+
+def test_output_that_looks_like_the_end_marker(agent: Agent) -> None:
+    cell = agent.run("printf '\\036'; printf '\\036sk1.2\\037'; printf '\\036sk\\0x' >&2")
+    assert cell.status == "ok"
+    assert cell.output("stdout") == b"\x1e\x1esk1.2\x1f"
+    assert cell.output("stderr") == b"\x1esk\x00x"
+    cell = agent.run("printf 'a\\036'; sleep 0.2; printf '\\036'")
+    assert cell.output("stdout") == b"a\x1e\x1e"
+    assert agent.run("echo ok").stdout == "ok\n"
+
+
+def test_many_cells_in_a_row(agent: Agent) -> None:
+    for i in range(300):
+        cell = agent.run(f"echo {i}" if i % 3 else f"echo {i} >&2" if i % 2 else "true")
+        assert cell.status == "ok"
+        if i % 3:
+            assert cell.stdout == f"{i}\n"
+        elif i % 2:
+            assert cell.stderr == f"{i}\n"
