@@ -173,7 +173,7 @@ def test_memory_flag_runs_the_cell_in_a_smaller_one_off_sandbox(kc: Any) -> None
     assert reply["status"] == "error" and reply["ename"] == "OutOfMemory"
     assert "out of memory (limit 64Mi)" in reply["evalue"]
     # The same allocation fits the session's configured 256Mi, whose state the OOM did not touch.
-    reply, out = run_cell(kc, code.replace("--memory 64Mi", "") + "\nsurvivor, len(b) // 2**20")
+    reply, out = run_cell(kc, code.replace("--memory 64Mi", "") + "\nn = len(b) // 2**20\ndel b\nsurvivor, n")
     assert reply["status"] == "ok" and result(out) == "('still here', 200)"
 
 
@@ -223,6 +223,26 @@ def test_interrupting_the_host_cell_interrupts_the_sandbox_cell(host: tuple[Any,
     assert reply["status"] == "ok" and result(out) == "7"
     # The host kernel itself is fine.
     assert result(run_cell(kc, "6 * 7")[1]) == "42"
+
+
+def test_sandboxes_use_the_host_kernels_configuration(tmp_path: Path) -> None:
+    """``c.Sandbox.*`` reaches the sandboxes from the host's own config (here its command line,
+    as from an IPython profile) and from ``sandbox_kernel_config.py`` on the Jupyter config path;
+    the host config wins."""
+    (tmp_path / "sandbox_kernel_config.py").write_text("c.Sandbox.memory_limit = '192Mi'\nc.Sandbox.timeout = 20.0\n")
+    env = {"JUPYTER_CONFIG_DIR": str(tmp_path)}
+    with running_kernel("python3", env=env, argv=["--Sandbox.memory_limit=128Mi"]) as (_km, kc):
+        run_cell(kc, "%load_ext sandbox_kernel")
+        run_cell(kc, "%%sandbox\n1")
+        status = stdout_of(run_cell(kc, "%sandbox status")[1])
+        assert "used of 128Mi" in status and "cell timeout  20 s" in status
+        reply, out = run_cell(kc, "%%sandbox --memory 192Mi\n1")
+        assert reply["ename"] == "ConfigError" and "Sandbox.memory_limit (128Mi)" in reply["evalue"]
+    with running_kernel("python3", env={"SANDBOX_KERNEL_BACKEND": "nowhere"}) as (_km, kc):
+        run_cell(kc, "%load_ext sandbox_kernel")
+        reply, out = run_cell(kc, "%%sandbox\n1")
+        assert reply["status"] == "error" and "SandboxKernel.backend" in reply["evalue"]
+        assert "unknown backend 'nowhere'" in "\n".join(errors(out)[0]["traceback"])
 
 
 # -- status, stop, shutdown -----------------------------------------------------------------------
