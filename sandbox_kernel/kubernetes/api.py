@@ -21,17 +21,18 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import stream as k8s_stream
+from kubernetes.stream.ws_client import WSClient, get_websocket_url
+from websocket import WebSocketBadStatusException
 
 from ..errors import (
     AdmissionError,
@@ -78,16 +79,6 @@ def status_message(exc: ApiException) -> str:
     return str(exc.reason or f"HTTP {exc.status}")
 
 
-class _Sink:
-    """Discards what ``WSClient`` would otherwise keep forever in its ``read_all`` buffer."""
-
-    def write(self, _data: Any) -> None:
-        pass
-
-    def getvalue(self) -> bytes:
-        return b""
-
-
 class AttachStream:
     """A blocking attach stream to one container: stdin in, stdout and stderr out.
 
@@ -131,15 +122,17 @@ class AttachStream:
 
 
 class KubernetesApi:
-    """A connection to one cluster (kubeconfig context, or the pod's in-cluster identity)."""
+    """A connection to one cluster (kubeconfig context, or the pod's in-cluster identity).
+
+    Requests go through the client's own transport (authentication, TLS, token refresh) but
+    by URL path, with JSON dicts in and out: the generated typed API classes cost more than a
+    second to import, which a kernel would pay on every start.
+    """
 
     def __init__(self, kubeconfig: str = "", context: str = "") -> None:
         self.configuration = _load_configuration(kubeconfig, context)
         self.host = self.configuration.host
         self.api_client = client.ApiClient(self.configuration)
-        self.core = client.CoreV1Api(self.api_client)
-        self._typed: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     # -- error translation: the one boundary ---------------------------------------------------
 
@@ -152,9 +145,12 @@ class KubernetesApi:
             raise
         except ApiException as exc:
             raise self._translate(action, exc) from exc
+        except WebSocketBadStatusException as exc:  # the HTTP answer to a stream's upgrade request
+            body = exc.resp_body.decode("utf-8", "replace") if isinstance(exc.resp_body, bytes) else exc.resp_body
+            raise self._translate(action, ApiException(status=exc.status_code, reason=str(exc), body=body)) from exc
         except (urllib3.exceptions.HTTPError, OSError, ConnectionError) as exc:
             raise ClusterUnreachable(self._unreachable(action, exc)) from exc
-        except Exception as exc:  # websocket-client errors and the like
+        except Exception as exc:  # other websocket-client errors and the like
             if unreachable:
                 raise ClusterUnreachable(self._unreachable(action, exc)) from exc
             raise SandboxStartError(f"Could not {action}: {exc}") from exc
@@ -169,17 +165,7 @@ class KubernetesApi:
         status = exc.status or 0
         message = status_message(exc)
         if status == 0:
-            # The websocket transport reports HTTP errors of the upgrade as status 0.
-            match = re.search(r"Handshake status (\d+)", str(exc.reason))
-            if not match:
-                return ClusterUnreachable(self._unreachable(action, exc))
-            status = int(match.group(1))
-            body = re.search(r'(\{"kind":\s*"Status".*\})', str(exc.reason), re.S)
-            if body:
-                try:
-                    message = json.loads(body.group(1).replace("\\'", "'")).get("message", message)
-                except ValueError:
-                    pass
+            return ClusterUnreachable(self._unreachable(action, exc))
         if status == 401:
             return SandboxUnavailable(
                 f"The Kubernetes API server at {self.host} rejected the kernel's credentials while trying to "
@@ -196,26 +182,45 @@ class KubernetesApi:
             )
         return SandboxStartError(f"Could not {action}: {message} (HTTP {status})")
 
-    def _json(self, response: Any) -> dict[str, Any]:
-        return json.loads(response.data)
+    # -- transport -----------------------------------------------------------------------------
+
+    def _serialize(self, method: str, path: str, query: list[tuple[str, str]] | None, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        _method, url, headers, _body, _post = self.api_client.param_serialize(
+            method, path, query_params=query or [], header_params=headers, auth_settings=["BearerToken"]
+        )
+        return url, headers
+
+    def _request(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One API request; the decoded JSON answer, or a SandboxError."""
+        with self._calling(action):
+            url, headers = self._serialize(method, path, query, {"Accept": "application/json", "Content-Type": content_type})
+            if body is not None and content_type != "application/json":
+                body = json.dumps(body)
+            response = self.api_client.call_api(method, url, headers, body, _request_timeout=REQUEST_TIMEOUT)
+            data = response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException(http_resp=response)
+            return json.loads(data) if data else {}
 
     # -- generic create ------------------------------------------------------------------------
 
-    def _api(self, name: str) -> Any:
-        with self._lock:
-            if name not in self._typed:
-                self._typed[name] = getattr(client, name)(self.api_client)
-            return self._typed[name]
-
-    _CREATE = {
-        "Namespace": ("CoreV1Api", "create_namespace", False),
-        "RoleBinding": ("RbacAuthorizationV1Api", "create_namespaced_role_binding", True),
-        "ResourceQuota": ("CoreV1Api", "create_namespaced_resource_quota", True),
-        "LimitRange": ("CoreV1Api", "create_namespaced_limit_range", True),
-        "NetworkPolicy": ("NetworkingV1Api", "create_namespaced_network_policy", True),
-        "ConfigMap": ("CoreV1Api", "create_namespaced_config_map", True),
-        "Lease": ("CoordinationV1Api", "create_namespaced_lease", True),
-        "Pod": ("CoreV1Api", "create_namespaced_pod", True),
+    _PATHS = {
+        "Namespace": "/api/v1/namespaces",
+        "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+        "ResourceQuota": "/api/v1/namespaces/{namespace}/resourcequotas",
+        "LimitRange": "/api/v1/namespaces/{namespace}/limitranges",
+        "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+        "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+        "Lease": "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+        "Pod": "/api/v1/namespaces/{namespace}/pods",
     }
 
     def create(self, obj: dict[str, Any], rbac_settle: float = 0.0) -> dict[str, Any]:
@@ -226,16 +231,14 @@ class KubernetesApi:
         """
         kind = obj["kind"]
         meta = obj["metadata"]
-        api_name, method, namespaced = self._CREATE[kind]
-        where = f" in namespace {meta['namespace']}" if namespaced else ""
+        namespace = meta.get("namespace", "")
+        where = f" in namespace {namespace}" if namespace else ""
         action = f"create {kind} {meta['name']}{where}"
-        fn = getattr(self._api(api_name), method)
-        args = (meta["namespace"], obj) if namespaced else (obj,)
+        path = self._PATHS[kind].format(namespace=quote(namespace, safe=""))
         deadline = time.monotonic() + rbac_settle
         while True:
             try:
-                with self._calling(action):
-                    return self._json(fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+                return self._request(action, "POST", path, body=obj)
             except AdmissionError as exc:
                 cause = exc.__cause__
                 if (
@@ -252,12 +255,9 @@ class KubernetesApi:
         """The user name the API server knows this client as (SelfSubjectReview); '' if unknown."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         try:
-            with self._calling("ask who the kernel is (SelfSubjectReview)"):
-                review = self._json(
-                    self._api("AuthenticationV1Api").create_self_subject_review(
-                        body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                    )
-                )
+            review = self._request(
+                "ask who the kernel is (SelfSubjectReview)", "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body
+            )
         except (AdmissionError, SandboxStartError) as exc:
             log.info("identity unknown: %s", exc)
             return ""
@@ -266,120 +266,94 @@ class KubernetesApi:
     # -- namespaces ----------------------------------------------------------------------------
 
     def read_namespace(self, name: str) -> dict[str, Any] | None:
-        return self._read(f"read namespace {name}", self.core.read_namespace, name)
+        return self._read(f"read namespace {name}", f"/api/v1/namespaces/{quote(name, safe='')}")
 
     def list_namespaces(self, selector: str) -> list[dict[str, Any]]:
-        with self._calling(f"list namespaces ({selector})"):
-            body = self._json(
-                self.core.list_namespace(label_selector=selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            )
+        body = self._request(f"list namespaces ({selector})", "GET", "/api/v1/namespaces", [("labelSelector", selector)])
         return list(body.get("items") or [])
 
     def delete_namespace(self, name: str) -> bool:
         """Ask for the namespace and everything in it to be deleted; ``False`` if it was already gone."""
-        return self._delete(
-            f"delete namespace {name}",
-            self.core.delete_namespace,
-            name,
-            body={"propagationPolicy": "Background"},
-        )
+        return self._delete(f"delete namespace {name}", f"/api/v1/namespaces/{quote(name, safe='')}", {"propagationPolicy": "Background"})
 
     # -- pods ----------------------------------------------------------------------------------
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(f"read pod {name} in namespace {namespace}", self.core.read_namespaced_pod, name, namespace)
+        return self._read(f"read pod {name} in namespace {namespace}", _pod_path(namespace, name))
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete the pod at once (grace period 0); ``False`` if it was already gone."""
         return self._delete(
             f"delete pod {name} in namespace {namespace}",
-            self.core.delete_namespaced_pod,
-            name,
-            namespace,
-            body={"gracePeriodSeconds": 0, "propagationPolicy": "Background"},
+            _pod_path(namespace, name),
+            {"gracePeriodSeconds": 0, "propagationPolicy": "Background"},
         )
 
     def attach(self, namespace: str, pod: str, container: str) -> AttachStream:
         """Open an attach stream (stdin, stdout, stderr; no TTY) to a running container."""
-        # stream() briefly swaps the ApiClient's transport for a websocket one: give it a
-        # private ApiClient so requests on other threads (the heartbeat) are not affected.
-        core = client.CoreV1Api(client.ApiClient(self.configuration))
+        query = [("container", container), ("stdin", "true"), ("stdout", "true"), ("stderr", "true"), ("tty", "false")]
         with self._calling(f"attach to pod {pod} in namespace {namespace}", unreachable=True):
-            ws = k8s_stream(
-                core.connect_get_namespaced_pod_attach,
-                pod,
-                namespace,
-                container=container,
-                stdin=True,
-                stdout=True,
-                stderr=True,
-                tty=False,
-                binary=True,
-                _preload_content=False,
-            )
-        ws._all = _Sink()  # otherwise every byte the agent ever sends is kept in memory
+            url, headers = self._serialize("GET", _pod_path(namespace, pod) + "/attach", query, {})
+            ws = WSClient(self.configuration, get_websocket_url(url), headers, capture_all=False, binary=True)
         return AttachStream(self, ws)
 
     # -- leases (heartbeat) --------------------------------------------------------------------
 
     def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(
-            f"read lease {name} in namespace {namespace}",
-            self._api("CoordinationV1Api").read_namespaced_lease,
-            name,
-            namespace,
-        )
+        return self._read(f"read lease {name} in namespace {namespace}", _lease_path(namespace, name))
 
     def renew_lease(self, namespace: str, name: str, renew_time: str) -> None:
-        with self._calling(f"renew the heartbeat lease in namespace {namespace}"):
-            self._api("CoordinationV1Api").patch_namespaced_lease(
-                name,
-                namespace,
-                {"spec": {"renewTime": renew_time}},
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+        self._request(
+            f"renew the heartbeat lease in namespace {namespace}",
+            "PATCH",
+            _lease_path(namespace, name),
+            body={"spec": {"renewTime": renew_time}},
+            content_type="application/merge-patch+json",
+        )
 
     # -- what %sandbox shows -------------------------------------------------------------------
 
     def list_events(self, namespace: str) -> list[dict[str, Any]]:
-        with self._calling(f"list events in namespace {namespace}"):
-            body = self._json(
-                self.core.list_namespaced_event(namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            )
+        body = self._request(f"list events in namespace {namespace}", "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/events")
         return list(body.get("items") or [])
 
     def read_resource_quota(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(f"read resource quota {name}", self.core.read_namespaced_resource_quota, name, namespace)
+        return self._read(
+            f"read resource quota {name}", f"/api/v1/namespaces/{quote(namespace, safe='')}/resourcequotas/{quote(name, safe='')}"
+        )
 
     def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read(
             f"read network policy {name}",
-            self._api("NetworkingV1Api").read_namespaced_network_policy,
-            name,
-            namespace,
+            f"/apis/networking.k8s.io/v1/namespaces/{quote(namespace, safe='')}/networkpolicies/{quote(name, safe='')}",
         )
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _read(self, action: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+    def _read(self, action: str, path: str) -> dict[str, Any] | None:
         try:
-            with self._calling(action):
-                return self._json(fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+            return self._request(action, "GET", path)
         except SandboxError as exc:
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
                 return None
             raise
 
-    def _delete(self, action: str, fn: Callable[..., Any], *args: Any, body: dict[str, Any]) -> bool:
+    def _delete(self, action: str, path: str, options: dict[str, Any]) -> bool:
         try:
-            with self._calling(action):
-                fn(*args, body=body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-                return True
+            self._request(action, "DELETE", path, body={"apiVersion": "v1", "kind": "DeleteOptions", **options})
+            return True
         except SandboxError as exc:
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
                 return False
             raise
+
+
+def _pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+
+
+def _lease_path(namespace: str, name: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}/leases/{quote(name, safe='')}"
 
 
 def _load_configuration(kubeconfig: str, context: str) -> client.Configuration:

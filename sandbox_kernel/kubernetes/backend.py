@@ -137,6 +137,15 @@ class KubernetesSandbox(Configurable):
 
     tmp_size = Unicode("16Mi", help="sizeLimit of the emptyDir mounted at /tmp in the sandbox pod.").tag(config=True)
 
+    network_policy_wait = Int(
+        10,
+        help="Before the agent starts, the pod checks for up to this many seconds that the deny-all "
+        "NetworkPolicy is in force (the API server is unreachable from the pod): network plugins program "
+        "a new pod's rules a moment after it starts, and no cell may run in that gap. If the policy is "
+        "still not enforced the sandbox does not start. 0 skips the check (only for clusters without "
+        "NetworkPolicy support, where sandboxes then have network access).",
+    ).tag(config=True)
+
     pod_lifetime = Int(
         43200, help="Most seconds a sandbox pod may live (activeDeadlineSeconds); the next cell then gets a new pod.",
     ).tag(config=True)
@@ -226,6 +235,7 @@ class KubernetesSandbox(Configurable):
             node_selector=tuple(sorted(self.node_selector.items())),
             tolerations=tuple(dict(t) for t in self.tolerations),
             runtime_class_name=self.runtime_class_name,
+            network_policy_wait=self.network_policy_wait,
         )
 
     def validate(self, limits: Limits) -> None:
@@ -349,6 +359,12 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
     if terminated:
         if terminated.get("reason") == "OOMKilled":
             return OutOfMemory(limits.memory)
+        if terminated.get("exitCode") == manifests.POLICY_NOT_ENFORCED:
+            return SandboxStartError(
+                "The sandbox pod could still reach the Kubernetes API server after "
+                "KubernetesSandbox.network_policy_wait seconds: the deny-all NetworkPolicy is not enforced "
+                "in this cluster (does its network plugin support NetworkPolicy?). Cells are not run without it."
+            )
         why = terminated.get("reason") or "stopped"
         detail = f": {terminated['message'].strip()}" if terminated.get("message") else ""
         return SandboxLost(f"The sandbox stopped ({why}, exit code {terminated.get('exitCode')}){detail}. {gone}")

@@ -117,6 +117,8 @@ class PodSpec:
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[dict[str, Any], ...] = field(default=())
     runtime_class_name: str = ""
+    network_policy_wait: int = 10
+    """Most seconds the agent waits for the deny-all NetworkPolicy to be in force (0: do not check)."""
 
 
 @dataclass(frozen=True)
@@ -153,14 +155,54 @@ def owner_label(username: str) -> str:
     return label_value(subject.name)
 
 
-def agent_command(interpreter: str, agent_file: str) -> list[str]:
-    """The container command: wait for the kernel's gate line, then run the agent in a clean environment.
+POLICY_NOT_ENFORCED = 97
+"""Exit status of the container when the deny-all NetworkPolicy is not in force (see :data:`POLICY_GUARDS`)."""
+
+# Run before the agent, with the image's interpreter: wait until the API server (the one address
+# every pod can reach when no policy applies) is unreachable, i.e. the deny-all NetworkPolicy is
+# programmed for this pod. Network plugins program a new pod's rules a moment after it starts
+# (kube-router: ~0.4 s), and no cell may run in that gap. Gives up with exit status 97 after
+# WAIT seconds: a cluster that does not enforce NetworkPolicy never runs cells.
+POLICY_GUARDS: dict[str, list[str]] = {
+    "python3": ["python3", "-c", (
+        "import os,socket,sys,time\n"
+        "h=os.environ.get('KUBERNETES_SERVICE_HOST');p=int(os.environ.get('KUBERNETES_SERVICE_PORT') or 443)\n"
+        "end=time.time()+WAIT\n"
+        "while h and time.time()<end:\n"
+        " s=socket.socket();s.settimeout(1)\n"
+        " try:s.connect((h,p))\n"
+        " except OSError:sys.exit(0)\n"
+        " finally:s.close()\n"
+        " time.sleep(0.05)\n"
+        "sys.exit(97)"
+    )],
+    "node": ["node", "-e", (
+        "const net=require('net');const h=process.env.KUBERNETES_SERVICE_HOST,p=+(process.env.KUBERNETES_SERVICE_PORT||443);"
+        "const end=Date.now()+WAIT*1000;"
+        "(function t(){if(!h||Date.now()>end)process.exit(97);"
+        "const s=net.connect({host:h,port:p,timeout:1000});"
+        "s.on('connect',()=>{s.destroy();setTimeout(t,50)});"
+        "s.on('error',()=>process.exit(0));s.on('timeout',()=>process.exit(0))})()"
+    )],
+    "bash": ["bash", "-c", (
+        'h=$KUBERNETES_SERVICE_HOST p=${KUBERNETES_SERVICE_PORT:-443} end=$((SECONDS+WAIT)); '
+        '[ -n "$h" ] || exit 97; '
+        'while [ $SECONDS -lt $end ]; do '
+        'timeout 1 bash -c "exec 3<>/dev/tcp/$h/$p" 2>/dev/null || exit 0; sleep 0.05; done; exit 97'
+    )],
+}
+
+
+def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10) -> list[str]:
+    """The container command: wait for the kernel's gate line and the network policy, then run the agent.
 
     An attach stream only carries what is written after it is opened, so the agent must not
     start (and send its ``ready`` frame) before the kernel is attached. ``read`` in ``/bin/sh``
-    consumes stdin one byte at a time, so nothing after the gate line is swallowed. ``env -i``
-    drops every variable the image and the kubelet set (``KUBERNETES_SERVICE_HOST`` and the
-    like), leaving the user's code only HOME, PATH and LANG.
+    consumes stdin one byte at a time, so nothing after the gate line is swallowed. Then the
+    policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes sure the
+    deny-all NetworkPolicy is in force. ``env -i`` drops every variable the image and the
+    kubelet set (``KUBERNETES_SERVICE_HOST`` and the like), leaving the user's code only HOME,
+    PATH and LANG.
     """
     run = shlex.join(
         [
@@ -168,7 +210,11 @@ def agent_command(interpreter: str, agent_file: str) -> list[str]:
             interpreter, f"{AGENT_DIR}/{agent_file}",
         ]
     )
-    return ["/bin/sh", "-c", f"read -r _ && exec {run}"]
+    guard = ""
+    if policy_wait > 0 and interpreter in POLICY_GUARDS:
+        program, flag, code = POLICY_GUARDS[interpreter]
+        guard = shlex.join([program, flag, code.replace("WAIT", str(int(policy_wait)))]) + " && "
+    return ["/bin/sh", "-c", f"read -r _ && {guard}exec {run}"]
 
 
 def _labels(ident: SandboxIdentity) -> dict[str, str]:
@@ -318,7 +364,7 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
                 "name": CONTAINER_NAME,
                 "image": spec.image,
                 "imagePullPolicy": spec.image_pull_policy,
-                "command": agent_command(spec.interpreter, spec.agent_file),
+                "command": agent_command(spec.interpreter, spec.agent_file, spec.network_policy_wait),
                 "stdin": True,
                 "stdinOnce": False,
                 "tty": False,

@@ -6,6 +6,7 @@ settings validation of the Kubernetes backend.
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -171,7 +172,8 @@ def test_pod_passes_restricted_as_written() -> None:
                     "command": [
                         "/bin/sh",
                         "-c",
-                        "read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
+                        "read -r _ && python3 -c " + shlex.quote(manifests.POLICY_GUARDS["python3"][2].replace("WAIT", "10"))
+                        + " && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
                         "python3 /opt/sandbox-agent/python_agent.py",
                     ],
                     "stdin": True,
@@ -207,6 +209,17 @@ def test_pod_passes_restricted_as_written() -> None:
             ],
         },
     }
+
+
+def test_agent_command_gate_and_policy_guard() -> None:
+    assert manifests.agent_command("bash", "bash_agent.sh", policy_wait=0) == [
+        "/bin/sh", "-c",
+        "read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 bash /opt/sandbox-agent/bash_agent.sh",
+    ]
+    for interpreter in ("python3", "node", "bash"):
+        command = manifests.agent_command(interpreter, "agent", policy_wait=7)[2]
+        assert command.startswith(f"read -r _ && {interpreter} -")
+        assert "WAIT" not in command and "7" in command and command.endswith(f"exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 {interpreter} /opt/sandbox-agent/agent")
 
 
 def test_pod_scheduling_options_appear_only_when_set() -> None:
@@ -311,6 +324,12 @@ def test_deadline_and_exit_codes_and_deletion() -> None:
     assert isinstance(end_reason(None, LIMITS, 600), SandboxLost)
     running = pod_with({"phase": "Running", "containerStatuses": [{"name": "agent", "state": {"running": {}}}]})
     assert end_reason(running, LIMITS, 600) is None
+
+
+def test_policy_guard_exit_says_the_network_policy_is_not_enforced() -> None:
+    pod = pod_with({"phase": "Failed", "containerStatuses": [
+        {"name": "agent", "state": {"terminated": {"reason": "Error", "exitCode": 97}}}]})
+    assert "NetworkPolicy is not enforced" in str(end_reason(pod, LIMITS, 600))
 
 
 def test_image_pull_errors_name_the_image_and_reason() -> None:
