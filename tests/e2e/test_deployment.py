@@ -19,8 +19,8 @@ import base64
 import glob
 import json
 import os
+import re
 import secrets
-import ssl
 import subprocess
 import time
 import uuid
@@ -432,13 +432,18 @@ def _job_logs(core: client.CoreV1Api, job: str) -> str:
 
 
 class LabThroughApiServer:
-    """Jupyter Server's REST and websocket API via the API server's service proxy, as cluster-admin.
+    """Jupyter Server's API through the API server, as cluster-admin.
 
-    The Jupyter token goes in the query string: the API server drops the Authorization header
-    once it has authenticated the request (here by client certificate).
+    REST goes through the service proxy (``/api/v1/namespaces/…/services/http:jupyterlab:8888/proxy``)
+    with the Jupyter token in the query string: the API server drops the Authorization header
+    once it has authenticated the request (here by client certificate). The kernel's websocket
+    goes through ``kubectl port-forward`` (pods/portforward, also via the API server): on an
+    upgrade request the service proxy does not pass the query string on, so Jupyter would never
+    see the token (it answers "Couldn't authenticate WebSocket connection").
     """
 
-    def __init__(self, kubeconfig: str, token: str) -> None:
+    def __init__(self, kubeconfig: str, token: str, forwarded_port: int = 0) -> None:
+        self.forwarded_port = forwarded_port
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         self.cfg = cfg
@@ -456,12 +461,28 @@ class LabThroughApiServer:
         return self.http.request(method, self.url(path), timeout=150, **kwargs)
 
     def channels(self, kernel_id: str) -> websocket.WebSocket:
-        url = self.url(f"/api/kernels/{kernel_id}/channels").replace("https://", "wss://", 1)
-        return websocket.create_connection(
-            url, timeout=150, suppress_origin=True,
-            sslopt={"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": self.cfg.ssl_ca_cert,
-                    "certfile": self.cfg.cert_file, "keyfile": self.cfg.key_file},
-        )
+        """The kernel's channels websocket (Jupyter's JSON protocol), via the port-forward."""
+        assert self.forwarded_port, "no port-forward"
+        url = f"ws://127.0.0.1:{self.forwarded_port}/api/kernels/{kernel_id}/channels?token={self.token}"
+        # No Origin header: Jupyter refuses cross-origin websockets, and this is no browser.
+        return websocket.create_connection(url, timeout=150, suppress_origin=True)
+
+
+@pytest.fixture
+def port_forward(kubeconfig: str, platform: dict[str, str]) -> Iterator[int]:
+    """`kubectl port-forward svc/jupyterlab :8888`: the local port it chose."""
+    proc = subprocess.Popen(
+        [find_kubectl(), "--kubeconfig", kubeconfig, "-n", PLATFORM_NS, "port-forward", "svc/jupyterlab", ":8888"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+) -> 8888", line)
+        assert match, f"kubectl port-forward said {line!r} {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}"
+        yield int(match.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def execute(ws: websocket.WebSocket, code: str, timeout: float = 150) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -496,9 +517,9 @@ def execute(ws: websocket.WebSocket, code: str, timeout: float = 150) -> tuple[d
 
 
 def test_jupyterlab_in_cluster_runs_a_sandbox_kernel_reached_through_the_api_server(
-    kubeconfig: str, admin: client.ApiClient, platform: dict[str, str]
+    kubeconfig: str, admin: client.ApiClient, platform: dict[str, str], port_forward: int
 ) -> None:
-    lab = LabThroughApiServer(kubeconfig, platform["token"])
+    lab = LabThroughApiServer(kubeconfig, platform["token"], port_forward)
     core = client.CoreV1Api(admin)
     # /api is open (the probes use it); everything else needs the token.
     assert "version" in lab.http.get(f"{lab.base}/api", timeout=30).json()
