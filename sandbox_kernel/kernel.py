@@ -28,6 +28,11 @@ log = logging.getLogger("sandbox_kernel")
 BACKENDS = ("local", "kubernetes")
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
 SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests")
+_EXIT_WORDS = {
+    "python": ("exit", "quit", "exit()", "quit()"),
+    "node": ("exit", "quit", ".exit"),
+    "bash": ("exit", "logout"),
+}
 
 
 def make_session(backend: str, language: str, config: Any = None, parent: Any = None) -> SandboxSession:
@@ -171,6 +176,14 @@ class SandboxKernel(Kernel):
         cell_meta: Any = None,
         cell_id: Any = None,
     ) -> dict[str, Any]:
+        if code.strip() in _EXIT_WORDS.get(self.language_name, ()):
+            # What ipykernel does for exit/quit: ask the frontend (jupyter console) to close.
+            return {
+                "status": "ok",
+                "execution_count": self.execution_count,
+                "payload": [{"source": "ask_exit", "keepkernel": False}],
+                "user_expressions": {},
+            }
         failure: ErrorOutput | None = None
         try:
             session = await self._ready()

@@ -438,3 +438,10 @@ def is_complete(kc: Any, code: str) -> str:
         reply = kc.get_shell_msg(timeout=30)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply["content"]["status"]
+
+
+def test_exit_asks_the_frontend_to_close(py: Any) -> None:
+    reply, _out = run_cell(py, "exit")
+    assert reply["status"] == "ok"
+    assert {"source": "ask_exit", "keepkernel": False} in reply["payload"]
+    assert result(run_cell(py, "'still running'")[1]) == "'still running'"
