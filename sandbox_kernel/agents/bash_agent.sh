@@ -750,7 +750,45 @@ __sk_start_worker() {
     set +m
 }
 
+# __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is
+# busy right now.
+__sk_finished() {
+    local tok
+    IFS= read -r -N 1 -t 0.05 -u "$__SK_LOCK" tok || return 2
+    IFS=" " read -r -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN
+    __sk_unlock
+    ((__SK_FIN == $1))
+}
+
+# __sk_sigint_ignored: is SIGINT ignored in this process (bit 1 of SigIgn)?
+__sk_sigint_ignored() {
+    local line mask
+    while IFS= read -r line; do
+        if [[ $line == SigIgn:* ]]; then
+            mask=${line#SigIgn:}
+            mask=${mask//[[:space:]]/}
+            [[ $mask =~ ^[0-9a-fA-F]+$ ]] && (((16#$mask >> 1) & 1)) && return 0
+            return 1
+        fi
+    done </proc/self/status 2>/dev/null
+    return 1
+}
+
 __sk_main() {
+    # A parent may have started us with SIGINT ignored (ipykernel ignores it, and ignored
+    # signals survive exec). Bash cannot undo that for a signal ignored on entry, so every
+    # cell's commands would ignore the interrupt. Start again through GNU env, which resets
+    # it; nothing has been read from the protocol yet. (On Kubernetes the agent is PID 1 and
+    # starts with default dispositions.)
+    local envp
+    if [[ ${1-} != --sk-signals-reset ]] && __sk_sigint_ignored; then
+        for envp in env /usr/bin/env /bin/env; do
+            if "$envp" --default-signal=INT true 2>/dev/null; then
+                exec "$envp" --default-signal=INT "$BASH" "${BASH_SOURCE[0]}" --sk-signals-reset
+            fi
+        done
+        __sk_log "SIGINT is ignored and no env --default-signal: interrupts may not stop commands"
+    fi
     __SK_LC_ALL_SET=${LC_ALL+set} __SK_LC_ALL_ORIG=${LC_ALL-}
     export LC_ALL=C  # the controller works on bytes; the worker gets the user's locale back
     umask 077
@@ -799,14 +837,26 @@ __sk_main() {
     local v=${BASH_VERSION%%[!0-9.]*}
     __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":1}"
 
-    local header='' line kind len payload type seq=0 rc last=0 lastid=null st
+    local header='' line kind len payload type seq=0 rc last=0 lastid=null st intr=0 wait_s
     declare -gA __SK_J
     while :; do
         # Wait for a header line; every second check that the worker is still alive.
-        IFS= read -r -t 1 -u "$__SK_PIN" line
+        wait_s=1
+        ((intr)) && wait_s=0.25
+        IFS= read -r -t "$wait_s" -u "$__SK_PIN" line
         rc=$?
         if ((rc > 128)); then
             header+=$line
+            # An interrupt can be lost: bash ignores a SIGINT when the foreground child does
+            # not die of it (it caught it, or got it while starting up). Repeat it a few
+            # times while the cell is still running.
+            if ((intr > 0)); then
+                __sk_finished "$last"
+                case $? in
+                    0) intr=0 ;;
+                    1) kill -INT -- -"$__SK_WPID" 2>/dev/null; ((intr--)) ;;
+                esac
+            fi
             if ! kill -0 "$__SK_WPID" 2>/dev/null; then
                 __sk_log "the worker shell died; starting a new one"
                 __sk_start_worker
@@ -853,7 +903,8 @@ __sk_main() {
             interrupt)
                 # SIGINT to the worker's process group: the running command and the shell
                 # itself. Between cells the worker ignores SIGINT.
-                kill -INT -- -"$__SK_WPID" 2>/dev/null ;;
+                kill -INT -- -"$__SK_WPID" 2>/dev/null
+                ((last > 0)) && intr=6 ;;
             shutdown)
                 break ;;
             execute | complete | inspect | is_complete)
@@ -882,9 +933,11 @@ __sk_main() {
                     # the shell abandon line 1 (then the cell is still marked running).
                     # The redirections give the cell stdin /dev/null and the stream FIFOs, and
                     # close the agent's own fds for everything the cell starts.
-                    printf '__sk_pre %s %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n' \
+                    # It is repeated: a second SIGINT could abandon it before its first command
+                    # (`trap '' INT`) runs; once one copy has run the others do nothing.
+                    printf '__sk_pre %s %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n__sk_post %s 1\n__sk_post %s 1\n' \
                         "$seq" "${#payload}" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_POUT" \
-                        "$__SK_LOCK" "$__SK_STATE" "$__SK_ACK" "$__SK_DATA" "$seq" "$seq" >&"$__SK_CMD"
+                        "$__SK_LOCK" "$__SK_STATE" "$__SK_ACK" "$__SK_DATA" "$seq" "$seq" "$seq" "$seq" >&"$__SK_CMD"
                 else
                     printf '__sk_%s %s %s\n' "$type" "$seq" "${#payload}" >&"$__SK_CMD"
                 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,12 +76,15 @@ class Cell:
 class Agent:
     """The agent as a subprocess, spoken to over its stdin/stdout."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, ignore_sigint: bool = False) -> None:
         self.home = tmp
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "LANG": "C.UTF-8", "TMPDIR": str(tmp)}
         self.log = open(tmp / "agent.log", "wb")
+        # ipykernel runs with SIGINT ignored and its children inherit that; the agent must cope.
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
         self.proc = subprocess.Popen(
-            [BASH, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=tmp, env=env
+            [BASH, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=tmp, env=env,
+            preexec_fn=preexec,
         )
         self.decoder = FrameDecoder()
         self.pending: list[tuple[float, Any]] = []
@@ -433,6 +437,18 @@ def test_interrupt_stops_cell_and_keeps_state(agent: Agent, code: str) -> None:
     assert "never" not in cell.stdout
     after = agent.run("echo $kept; pwd")
     assert after.stdout == "yes\n/tmp\n"
+
+
+def test_interrupt_works_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    a = Agent(tmp_path, ignore_sigint=True)
+    try:
+        a.run("kept=1")
+        for code in ("sleep 100", "while :; do :; done"):
+            cell, took = _interrupt_after(a, code)
+            assert took < 2 and cell.status == "interrupted", (code, took)
+        assert a.run("echo $kept").stdout == "1\n"
+    finally:
+        a.close()
 
 
 def test_interrupt_keeps_output_and_counters(agent: Agent) -> None:
