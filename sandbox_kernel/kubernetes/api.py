@@ -202,8 +202,6 @@ class KubernetesApi:
         """One API request; the decoded JSON answer, or a SandboxError."""
         with self._calling(action):
             url, headers = self._serialize(method, path, query, {"Accept": "application/json", "Content-Type": content_type})
-            if body is not None and content_type != "application/json":
-                body = json.dumps(body)
             response = self.api_client.call_api(method, url, headers, body, _request_timeout=REQUEST_TIMEOUT)
             data = response.read()
             if not 200 <= response.status <= 299:

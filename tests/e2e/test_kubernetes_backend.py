@@ -219,7 +219,8 @@ def test_gc_reclaims_the_namespace_of_a_killed_kernel(
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith(ns))
     assert "sandbox-kernel" in row and "python" in row and kernel.kernel_id in row and "renewed" in row
-    # While the kernel lives, gc keeps the namespace.
+    # While the kernel lives it renews its heartbeat, so gc keeps the namespace even after the TTL.
+    time.sleep(6)
     alive = run_cli(kernel_env, "gc")
     assert alive.returncode == 0, alive.stderr
     assert f"kept {ns}" in alive.stdout
