@@ -10,6 +10,7 @@ really created here, and refused, in a namespace labelled exactly like a sandbox
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import os
@@ -79,6 +80,12 @@ def run_notebook(name: str, kernel_env: dict[str, str], out_dir: Path) -> Ran:
         nbclient.execute(env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id})
     finally:
         nbformat.write(executed, out_dir / name)
+        # nbclient shuts down only kernels of managers it created itself: a graceful shutdown
+        # here, which deletes the sandbox namespace (checked by the `notebook` fixture).
+        if nbclient.kc is not None:
+            nbclient.kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
     return Ran(executed, kernel_id)
 
 
@@ -87,8 +94,12 @@ def notebook(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pa
     """``notebook("01-….ipynb")`` executes it; afterwards the kernel's namespace must be gone."""
     ran: list[Ran] = []
 
+    # $NOTEBOOK_OUTPUT_DIR keeps the executed notebooks (e.g. as CI artifacts); else a temp dir.
+    out_dir = Path(os.environ.get("NOTEBOOK_OUTPUT_DIR") or tmp_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
     def execute(name: str) -> Ran:
-        result = run_notebook(name, kernel_env, tmp_path)
+        result = run_notebook(name, kernel_env, out_dir)
         ran.append(result)
         return result
 
@@ -153,7 +164,8 @@ def test_02_networkpolicy(notebook: Any) -> None:
     for cell in ("apiserver", "internet"):
         error = ran.error(cell)
         assert error["ename"] in ("TimeoutError", "ConnectionRefusedError", "OSError"), error
-    assert ran.result("environ") == "['HOME', 'LANG', 'PATH']", ran.result("environ")
+    environ = ast.literal_eval(ran.result("environ"))
+    assert {"HOME", "LANG", "PATH"} <= set(environ) <= {"HOME", "LANG", "PATH", "PYTHONUNBUFFERED"}, environ
 
 
 def test_03_pod_security(notebook: Any) -> None:
