@@ -48,7 +48,10 @@ log = logging.getLogger("sandbox_kernel")
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every ordinary request, so a dead API server is noticed quickly."""
 
-_RBAC_FORBIDDEN = re.compile(r"cannot \w+ resource")
+_TRANSIENT_FORBIDDEN = re.compile(r"cannot \w+ resource|error looking up service account|serviceaccount \"default\" not found")
+"""403s that clear up by themselves in a namespace created a moment ago: the kernel's RoleBinding
+not yet in the authorizer's cache, or the namespace's default ServiceAccount (which the
+ServiceAccount admission plugin looks up for every pod) not yet created by its controller."""
 
 
 def micro_time(when: datetime | None = None) -> str:
@@ -224,8 +227,8 @@ class KubernetesApi:
     def create(self, obj: dict[str, Any], rbac_settle: float = 0.0) -> dict[str, Any]:
         """Create ``obj`` (a dict from :mod:`.manifests`); return what the server stored.
 
-        ``rbac_settle``: seconds to keep retrying an RBAC "forbidden" — right after the kernel
-        binds its sandbox role in a new namespace, the authorizer's cache may not have it yet.
+        ``rbac_settle``: seconds to keep retrying a "forbidden" that only means the namespace is
+        brand new (see :data:`_TRANSIENT_FORBIDDEN`).
         """
         kind = obj["kind"]
         meta = obj["metadata"]
@@ -241,7 +244,7 @@ class KubernetesApi:
                 cause = exc.__cause__
                 if (
                     isinstance(cause, ApiException) and cause.status == 403
-                    and _RBAC_FORBIDDEN.search(status_message(cause)) and time.monotonic() < deadline
+                    and _TRANSIENT_FORBIDDEN.search(status_message(cause)) and time.monotonic() < deadline
                 ):
                     time.sleep(0.05)
                     continue
