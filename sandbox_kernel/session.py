@@ -199,6 +199,13 @@ class AgentSession(SandboxSession):
     start_timeout: float = 60.0
     """Seconds to wait for the agent's ``ready`` frame."""
 
+    output_interval: float = 0.02
+    """Least seconds between two stream messages of one cell: output that arrives sooner is
+    joined into the next message (the first output, and output after a pause, go out at once)."""
+
+    output_batch: int = 1 << 20
+    """Bytes of pending output that are published at once, whatever the interval."""
+
     def __init__(self, language: Language, limits: Limits) -> None:
         super().__init__(language, limits)
         self._channel: AgentChannel | None = None
@@ -379,13 +386,11 @@ class AgentSession(SandboxSession):
         self._idle_bytes = 0
         self._interrupt_requested_at = None
         started = time.monotonic()
-        sent = 0
-        dropped = 0
         timed_out = False
-        decoders = {
-            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
-            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
-        }
+        output = _CellOutput(limit)
+        pending: list[Output] = []  # output received but not yet published
+        pending_bytes = 0
+        last_flush = float("-inf")
         try:
             await self._send({"type": "execute", "id": request_id, "code": code, "output_limit": limit})
             while True:
@@ -402,6 +407,9 @@ class AgentSession(SandboxSession):
                         await self._request_interrupt()
                         continue
                     # The agent ignored the interrupt (a tight loop it cannot break): replace it.
+                    for event in output.events(pending):
+                        yield event
+                    pending = []
                     lost = "the cell did not stop when interrupted, so the sandbox was replaced; variables from earlier cells are gone."
                     if timed_out:
                         yield ErrorOutput.from_exception(CellTimeout(timeout))
@@ -410,38 +418,43 @@ class AgentSession(SandboxSession):
                     await self._replace(f"The previous sandbox was replaced: {lost}")
                     self._notice = None  # already told in this cell
                     return
+                if pending:
+                    # Publish pending output once the interval since the last message is over:
+                    # a flood costs one message per interval, a lone line goes out at once.
+                    due = last_flush + self.output_interval - now
+                    if due <= 0 or pending_bytes >= self.output_batch:
+                        for event in output.events(pending):
+                            yield event
+                        pending, pending_bytes = [], 0
+                        last_flush = time.monotonic()
+                        continue
+                    wait = due if wait is None else min(wait, due)
                 try:
                     frame = await asyncio.wait_for(self._frames.get(), wait) if wait else await self._frames.get()
                 except asyncio.TimeoutError:
                     continue
                 if frame is _WAKE:
                     continue
+                if isinstance(frame, Output):
+                    # Take everything already queued too.
+                    pending.append(frame)
+                    pending_bytes += len(frame.data)
+                    while not self._frames.empty() and pending_bytes < self.output_batch:
+                        peek = self._frames._queue[0]  # type: ignore[attr-defined]
+                        if not isinstance(peek, Output):
+                            break
+                        pending.append(self._frames.get_nowait())  # type: ignore[arg-type]
+                        pending_bytes += len(peek.data)
+                    continue
+                # Anything else comes after the output before it.
+                for event in output.events(pending):
+                    yield event
+                pending, pending_bytes = [], 0
                 if isinstance(frame, _Ended):
                     yield ErrorOutput.from_exception(frame.error)
                     await self._replace(f"A new sandbox was started after the last one was lost ({frame.error.ename}).")
                     self._notice = None
                     return
-                if isinstance(frame, Output):
-                    # Join everything already queued into one event: a flood costs one message per batch.
-                    data = [frame]
-                    while not self._frames.empty() and len(data) < 256:
-                        peek = self._frames._queue[0]  # type: ignore[attr-defined]
-                        if not isinstance(peek, Output):
-                            break
-                        data.append(self._frames.get_nowait())  # type: ignore[arg-type]
-                    for name in ("stdout", "stderr"):
-                        chunk = b"".join(f.data for f in data if f.stream == name)
-                        if not chunk:
-                            continue
-                        if limit and sent + len(chunk) > limit:
-                            keep = max(0, limit - sent)
-                            dropped += len(chunk) - keep
-                            chunk = chunk[:keep]
-                        sent += len(chunk)
-                        text = decoders[name].decode(chunk)
-                        if text:
-                            yield Stream(name, text)
-                    continue
                 body = frame.body
                 kind = frame.type
                 if body.get("id") not in (None, request_id):
@@ -460,11 +473,9 @@ class AgentSession(SandboxSession):
                             [str(line) for line in body.get("traceback") or []],
                         )
                 elif kind == "done":
-                    for name, decoder in decoders.items():
-                        tail = decoder.decode(b"", final=True)
-                        if tail:
-                            yield Stream(name, tail)
-                    dropped = max(dropped, int(body.get("truncated") or 0))
+                    for event in output.finish():
+                        yield event
+                    dropped = max(output.dropped, int(body.get("truncated") or 0))
                     if dropped:
                         yield Stream(
                             "stderr",
@@ -528,6 +539,49 @@ class AgentSession(SandboxSession):
         if not body:
             return ("unknown", "")
         return (str(body.get("status", "unknown")), str(body.get("indent", "")))
+
+
+class _CellOutput:
+    """One cell's stdout/stderr on its way to the frontend: the output limit and UTF-8 decoding."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent = 0
+        self.dropped = 0
+        self.decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+
+    def events(self, frames: list[Output]) -> list[Stream]:
+        """Streams for ``frames``: consecutive frames of one stream joined, order kept."""
+        runs: list[tuple[str, list[bytes]]] = []
+        for frame in frames:
+            if runs and runs[-1][0] == frame.stream:
+                runs[-1][1].append(frame.data)
+            else:
+                runs.append((frame.stream, [frame.data]))
+        events = []
+        for name, parts in runs:
+            chunk = b"".join(parts)
+            if self.limit and self.sent + len(chunk) > self.limit:
+                keep = max(0, self.limit - self.sent)
+                self.dropped += len(chunk) - keep
+                chunk = chunk[:keep]
+            self.sent += len(chunk)
+            text = self.decoders[name].decode(chunk)
+            if text:
+                events.append(Stream(name, text))
+        return events
+
+    def finish(self) -> list[Stream]:
+        """What the decoders still hold (an incomplete UTF-8 sequence at the very end)."""
+        events = []
+        for name, decoder in self.decoders.items():
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                events.append(Stream(name, tail))
+        return events
 
 
 def _dict(value: Any) -> dict[str, Any]:
