@@ -400,7 +400,7 @@ __sk_fill() {
     fi
 }
 
-# __sk_pump KIND FD: forward everything that arrives on FD as KIND frames, forever.
+# __sk_pump KIND: forward everything that arrives on the KIND FIFO as KIND frames.
 #
 # Waiting costs no process: the pump blocks in bash's own `read -n 1 -d ''` (exactly one
 # byte; a NUL shows up as an empty string with status 0). What else is already in the pipe is
@@ -409,11 +409,16 @@ __sk_fill() {
 # pending, the rest is compared byte by byte, so a cell without output costs the pumps no
 # fork at all (a marker is written with one write(): it is in the pipe whole or not at all).
 __sk_pump() {
-    local kind=$1 fd=$2 chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" c b x nul rc n m mark k
+    local kind=$1 fd chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" c b x nul rc n m mark k
     local ddbytes=0
     export LC_ALL=C
     trap '' INT
-    exec {__SK_PIN}<&- {__SK_CMD}<&- {__SK_DATA}<&- </dev/null
+    # Our own read-only end of the stream FIFO, and none of the other ends: once the
+    # controller, the worker and every background job are gone, the pump sees EOF and exits
+    # (even if the controller was killed without cleaning up).
+    exec {fd}<"$__SK_D/$kind"
+    exec {__SK_PIN}<&- {__SK_CMD}<&- {__SK_DATA}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_O}>&- \
+        {__SK_E}>&- </dev/null
     : >"$chunk"
     # Does this dd report the byte count? Then the chunk file is rewritten in place (1<>),
     # never truncated; otherwise it is truncated and measured with wc.
@@ -423,7 +428,7 @@ __sk_pump() {
     while :; do
         IFS= read -r -d '' -n 1 -u "$fd" c
         rc=$?
-        ((rc == 0)) || { sleep 0.05; continue; }  # cannot happen: the controller holds a writer
+        ((rc == 0)) || exit 0  # EOF: no writer left anywhere
         x='' nul=0
         if [[ $c == $'\x1e' ]]; then
             __sk_lock
@@ -744,7 +749,9 @@ __sk_start_worker() {
     # set -m gives the background job its own process group (its pgid is its pid), so an
     # interrupt can target the cell without touching the controller or the pumps.
     set -m
-    "$BASH" --rcfile "$__SK_D/init.sh" --noediting -i <&"$__SK_CMD" >&2 \
+    # Its input is a read-only end of the cmd FIFO: if the controller dies, it reads EOF and
+    # exits instead of lingering.
+    "$BASH" --rcfile "$__SK_D/init.sh" --noediting -i <"$__SK_D/cmd" >&2 \
         {__SK_PIN}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_CMD}<&- &
     __SK_WPID=$!
     set +m
@@ -828,9 +835,9 @@ __sk_main() {
     __SK_USED=0 __SK_LIMIT=0 __SK_MARK=- __SK_FIN=0
     __sk_unlock  # the lock's token and the one state line
 
-    __sk_pump out "$__SK_OUTR" &
+    __sk_pump out &
     __SK_PUMPS=$!
-    __sk_pump err "$__SK_ERRR" &
+    __sk_pump err &
     __SK_PUMPS+=" $!"
     __sk_start_worker
 

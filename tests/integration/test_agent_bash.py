@@ -583,6 +583,21 @@ def test_shutdown_while_cell_runs(tmp_path: Path) -> None:
     a.log.close()
 
 
+def test_killed_controller_leaves_no_processes(tmp_path: Path) -> None:
+    a = Agent(tmp_path)
+    worker = int(a.run("echo $$").stdout)
+    with open(f"/proc/{a.proc.pid}/task/{a.proc.pid}/children") as f:
+        helpers = [int(p) for p in f.read().split()]
+    assert worker in helpers and len(helpers) == 3  # worker + two pumps
+    a.proc.kill()
+    a.proc.wait(5)
+    a.log.close()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in helpers)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
