@@ -589,7 +589,12 @@ __sk_post() {
     else
         [[ -n $__SK_EXIT ]] && st=$__SK_EXIT
         if ((st != 0)); then
-            __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"exit status $st\",\"traceback\":[\"BashError: exit status $st\"]}"
+            # The traceback quotes the cell's last line: its status is the cell's status.
+            local last=${__SK_CODE%"${__SK_CODE##*[![:space:]]}"}
+            last=${last##*$'\n'}
+            last=${last#"${last%%[![:space:]]*}"}
+            __sk_json_list "BashError: exit status $st" ${last:+"  last command: $last"}
+            __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"exit status $st\",\"traceback\":$__SK_R}"
             status=error
         fi
     fi
