@@ -241,7 +241,7 @@ def test_false_reports_exit_status_and_session_survives(agent: Agent) -> None:
     assert err is not None
     assert err["ename"] == "BashError"
     assert err["evalue"] == "exit status 1"
-    assert err["traceback"] == ["BashError: exit status 1", "  last command: false"]
+    assert err["traceback"] == ["BashError: exit status 1", "  last command: echo before; false"]
     after = agent.run("echo $keep")
     assert after.status == "ok"
     assert after.stdout == "1\n"
