@@ -58,6 +58,8 @@ def find_kubectl() -> str:
         return os.environ["KUBECTL"]
     caches = [os.environ.get("SANDBOX_CLUSTER_CACHE", ""), str(Path.home() / ".cache/sandbox-kernel/cluster")]
     for cache in filter(None, caches):
+        if os.access(os.path.join(cache, "bin", "current", "kubectl"), os.X_OK):
+            return os.path.join(cache, "bin", "current", "kubectl")
         found = sorted(glob.glob(os.path.join(cache, "bin", "*", "kubectl")), key=os.path.getmtime)
         if found:
             return found[-1]
@@ -280,7 +282,7 @@ def namespace_patch_rights(admin: client.ApiClient, sa: client.ApiClient) -> Ite
     rbac = client.RbacAuthorizationV1Api(admin)
     name = f"e2e-namespace-patcher-{uuid.uuid4().hex[:6]}"
     rbac.create_cluster_role({"metadata": {"name": name},
-                              "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch", "update"]}]})
+                              "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch"]}]})
     rbac.create_cluster_role_binding({
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
