@@ -561,3 +561,20 @@ def test_jupyterlab_in_cluster_runs_a_sandbox_kernel_reached_through_the_api_ser
     # Shutdown deleted the sandbox namespace (the kernel waits for it; allow the controller a moment).
     wait_until(lambda: not core.list_namespace(label_selector=selector).items, 60,
                what=f"the sandbox namespace of kernel {kernel_id} to be gone")
+
+
+def test_plain_kubectl_apply_k_k8s_deploys_the_version_tag(kubeconfig: str, admin: client.ApiClient,
+                                                           platform: dict[str, str]) -> None:
+    """Exactly what k8s/README.md tells an operator: `kubectl apply -k k8s/`, no overlay. The
+    image build tagged the same image <version> too, so the Deployment rolls out on it."""
+    kubectl(kubeconfig, "apply", "-k", str(REPO / "k8s"))
+    kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "status", "deployment/jupyterlab", "--timeout=300s", timeout=330)
+    version = platform["image"].split(":", 1)[1].rsplit("-", 1)[0]
+    core = client.CoreV1Api(admin)
+    pods = [p for p in core.list_namespaced_pod(PLATFORM_NS, label_selector="app.kubernetes.io/name=jupyterlab").items
+            if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+    assert [p.spec.containers[0].image for p in pods] == [f"{LAB_IMAGE}:{version}"]
+    cronjob = client.BatchV1Api(admin).read_namespaced_cron_job("sandbox-kernel-gc", PLATFORM_NS)
+    assert cronjob.spec.job_template.spec.template.spec.containers[0].image == f"{LAB_IMAGE}:{version}"
+    lab = LabThroughApiServer(kubeconfig, platform["token"])
+    assert "version" in lab.http.get(f"{lab.base}/api", timeout=30).json()
