@@ -350,7 +350,8 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
         return SandboxLost(f"The sandbox pod was deleted. {gone}")
     status = pod.get("status", {})
     if status.get("reason") == "Evicted":
-        return Evicted(f"Kubernetes evicted the sandbox pod: {status.get('message', 'no reason given')} {gone}")
+        why = (status.get("message") or "no reason given").strip().rstrip(".")
+        return Evicted(f"Kubernetes evicted the sandbox pod: {why}. {gone}")
     if status.get("reason") == "DeadlineExceeded":
         return SandboxLost(
             f"The sandbox pod reached its maximum lifetime of {pod_lifetime} s (KubernetesSandbox.pod_lifetime). {gone}"

@@ -144,6 +144,19 @@ def test_out_of_memory_is_reported_and_the_next_cell_gets_a_fresh_pod(k8s_kernel
     assert "sandbox-1" not in pods or pods["sandbox-1"].metadata.deletion_timestamp is not None
 
 
+def test_filling_the_scratch_volume_is_reported_as_eviction(k8s_kernel: Start) -> None:
+    kernel = k8s_kernel("python")
+    started = time.monotonic()
+    cell = kernel.run(
+        "%timeout 120\nopen('big', 'wb').write(b'x' * (100 * 1024 * 1024))\nimport time\nfor _ in range(110):\n    time.sleep(1)",
+        timeout=150,
+    )
+    assert cell.error is not None and cell.error["ename"] == "Evicted", cell.outputs
+    assert 'Usage of EmptyDir volume "home" exceeds the limit "64Mi"' in cell.error["evalue"]
+    assert time.monotonic() - started < 105  # the kubelet's eviction manager, not the 110 s the cell would run
+    assert kernel.run("6 * 7").result == "42"  # a fresh pod
+
+
 def test_network_is_denied_from_a_cell(
     k8s_kernel: Start, core_v1: client.CoreV1Api, namespace: str, sandbox_images: dict[str, str]
 ) -> None:
