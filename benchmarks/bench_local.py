@@ -15,7 +15,8 @@ alike:
    after a warm-up, p50/p95 over ``--cells`` cells per kernel (one cell per kernel in turn);
    Python kernels also run ``pass`` (no output message at all);
 3. **throughput**: a cell that prints about 20 MB to stdout, as MB/s (10^6 bytes) of stream text
-   received by the client, with ``--Sandbox.output_limit=64Mi`` so nothing is truncated.
+   received by the client, with ``--Sandbox.output_limit=64Mi`` so nothing is truncated; and a
+   cell printing 100,000 short lines with one write each (time to idle, stream messages).
 
 It also splits the Sandbox kernels' start into its parts: the interpreter importing the kernel
 application (``python -c 'import …kernelapp'``, compared with ``ipykernel.kernelapp``) and the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,6 +56,7 @@ from kernels import write_kernelspecs  # noqa: E402
 
 MB = 1_000_000
 FLOOD_MIB = 20
+LINES = 100_000
 
 KERNELS: dict[str, dict[str, Any]] = {
     "python3": {
@@ -61,24 +64,28 @@ KERNELS: dict[str, dict[str, Any]] = {
         "first": "1",
         "cells": {"1": "1", "pass": "pass"},
         "flood": f"import sys\nfor _ in range({FLOOD_MIB}):\n    sys.stdout.write('x' * (1 << 20))\n",
+        "lines": f"for i in range({LINES}):\n    print(i)\n",
     },
     "sandbox-python": {
         "language": "python",
         "first": "1",
         "cells": {"1": "1", "pass": "pass"},
         "flood": f"import sys\nfor _ in range({FLOOD_MIB}):\n    sys.stdout.write('x' * (1 << 20))\n",
+        "lines": f"for i in range({LINES}):\n    print(i)\n",
     },
     "sandbox-node": {
         "language": "node",
         "first": "1",
         "cells": {"1": "1"},
         "flood": f"for (let i = 0; i < {FLOOD_MIB}; i++) process.stdout.write('x'.repeat(1 << 20));",
+        "lines": f"for (let i = 0; i < {LINES}; i++) console.log(i);",
     },
     "sandbox-bash": {
         "language": "bash",
         "first": "echo 1",
         "cells": {"true": "true"},
         "flood": f"head -c {FLOOD_MIB << 20} /dev/zero | tr '\\0' x",
+        "lines": f"for ((i = 0; i < {LINES}; i++)); do echo $i; done",
     },
 }
 KERNELS["ipykernel-null"] = {
@@ -87,6 +94,7 @@ KERNELS["ipykernel-null"] = {
     "first": "1",
     "cells": {"1": "1", "pass": "pass"},
     "flood": None,
+    "lines": None,
 }
 NULL_KERNEL = '''
 from ipykernel.kernelapp import IPKernelApp
@@ -132,7 +140,7 @@ def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -301,6 +309,30 @@ def bench_flood(kernels: list[Kernel], floods: int, results: dict[str, Any]) -> 
             log(f"  flood {k.name}: {got['bytes'] / MB:.1f} MB in {elapsed:.2f} s = {got['bytes'] / MB / elapsed:.1f} MB/s, {got['messages']} stream messages")
 
 
+def bench_lines(kernels: list[Kernel], rounds: int, results: dict[str, Any]) -> None:
+    """A cell printing LINES short lines, one write each: the per-message cost of streaming."""
+    kernels = [k for k in kernels if KERNELS[k.name].get("lines")]
+    expected = sum(len(str(i)) + 1 for i in range(LINES))
+    for r in range(rounds):
+        for k in kernels[r % len(kernels):] + kernels[: r % len(kernels)]:
+            got = {"chars": 0, "messages": 0}
+
+            def count(msg: dict[str, Any]) -> None:
+                if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+                    got["chars"] += len(msg["content"]["text"])
+                    got["messages"] += 1
+
+            t0 = time.perf_counter()
+            _, reply = k.run(KERNELS[k.name]["lines"], timeout=300, on_output=count)
+            elapsed = time.perf_counter() - t0
+            if reply.get("status") != "ok" or got["chars"] != expected:
+                log(f"  lines {k.name}: {got['chars']} of {expected} characters, reply {reply.get('status')} {reply.get('evalue', '')}")
+            entry = results[k.name]["raw"]
+            entry.setdefault("lines_seconds", []).append(elapsed)
+            entry.setdefault("lines_messages", []).append(got["messages"])
+            log(f"  lines {k.name}: {LINES} lines in {elapsed:.2f} s, {got['messages']} stream messages")
+
+
 def bench_parts(names: list[str], rounds: int, cells: int, results: dict[str, Any]) -> None:
     """The sandbox's own share: importing the kernel app, starting the sandbox alone, and a
     trivial cell through ``AgentSession.execute`` with no Jupyter in between."""
@@ -405,8 +437,9 @@ def table(results: dict[str, Any], names: list[str]) -> str:
     base = results.get("python3", {}).get("summary", {}).get("cell 1")
     rows = [
         "| kernel | start → first output, p50 / p95 (best) (ms) | trivial cell, p50 / p95 (ms) | p50 over python3 (ms) "
-        "| `pass`, p50 / p95 (ms) | stdout, median (min–max) MB/s | stream messages per 20 MiB | shutdown p50 (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| `pass`, p50 / p95 (ms) | stdout, median (min–max) MB/s | stream messages per 20 MiB "
+        f"| {LINES // 1000}k lines: median s (messages) | shutdown p50 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         s = results[name]["summary"]
@@ -419,11 +452,12 @@ def table(results: dict[str, Any], names: list[str]) -> str:
         throughput = f"{flood['p50']:.0f} ({flood['min']:.0f}–{flood['max']:.0f})" if flood else "–"
         messages = f"{s['flood_messages']['p50']:.0f}" if s.get("flood_messages") else "–"
         shutdown = f"{s['shutdown']['p50']:.0f}" if s.get("shutdown") else "–"
+        lines = f"{s['lines_seconds']['p50']:.2f} ({s['lines_messages']['p50']:.0f})" if s.get("lines_seconds") else "–"
         what = f" (`{label[5:]}`)" if label else ""
         start = f"{_fmt(s.get('start'), 0)} ({s['start']['min']:.0f})" if s.get("start") else "–"
         rows.append(
             f"| {name} | {start} | {_fmt(cell, 2)}{what} | {over} | {_fmt(s.get('cell pass'), 2)} "
-            f"| {throughput} | {messages} | {shutdown} |"
+            f"| {throughput} | {messages} | {lines} | {shutdown} |"
         )
     return "\n".join(rows)
 
@@ -499,8 +533,9 @@ def main() -> int:
                 k.run(KERNELS[k.name]["first"])
             log(f"[3/4] round trip: {args.warmup} warm-up + {args.cells} cells per kernel, interleaved")
             bench_cells(kernels, args.cells, args.warmup, results)
-            log(f"[4/4] throughput: {args.floods} x {FLOOD_MIB} MiB per kernel")
+            log(f"[4/4] throughput: {args.floods} x {FLOOD_MIB} MiB and {args.floods} x {LINES} lines per kernel")
             bench_flood(kernels, args.floods, results)
+            bench_lines(kernels, args.floods, results)
         finally:
             for k in kernels:
                 try:
@@ -511,7 +546,7 @@ def main() -> int:
     for name in names:
         raw = results[name]["raw"]
         results[name]["summary"] = {
-            key: summary(values, 1 if key.startswith("flood_") else 1000)
+            key: summary(values, 1 if key.startswith(("flood_", "lines_")) else 1000)
             for key, values in raw.items()
             if values and isinstance(values[0], (int, float))
         }
