@@ -285,6 +285,15 @@ def test_image_pull_error_is_reported_in_seconds(k8s_kernel: Start) -> None:
     assert time.monotonic() - started < 30
 
 
+def test_an_admission_refusal_is_told_in_the_api_servers_words(k8s_kernel: Start) -> None:
+    kernel = k8s_kernel("python", "--KubernetesSandbox.runtime_class_name=gvisor")  # no such RuntimeClass here
+    started = time.monotonic()
+    cell = kernel.run("1")
+    assert cell.error is not None and cell.error["ename"] == "AdmissionError"
+    assert 'pod rejected: RuntimeClass "gvisor" not found' in cell.error["evalue"]
+    assert time.monotonic() - started < 10
+
+
 def test_node_cells_keep_state(k8s_kernel: Start) -> None:
     kernel = k8s_kernel("node")
     assert kernel.run("let x = 41;").reply["status"] == "ok"
