@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
@@ -33,6 +34,10 @@ _EXIT_WORDS = {
     "node": ("exit", "quit", ".exit"),
     "bash": ("exit", "logout"),
 }
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """SIGINT handler of the kernel process (see SandboxKernel.start)."""
 
 
 def make_session(backend: str, language: str, config: Any = None, parent: Any = None) -> SandboxSession:
@@ -112,6 +117,10 @@ class SandboxKernel(Kernel):
 
     def start(self) -> None:
         super().start()
+        # IPKernelApp ignores SIGINT, and an ignored signal stays ignored across exec: every
+        # sandbox would inherit that, and bash could then never be interrupted. A handler that
+        # does nothing protects the kernel just as well, and exec resets it to the default.
+        signal.signal(signal.SIGINT, _ignore_signal)
         if self.session_obj is None:
             return
         try:

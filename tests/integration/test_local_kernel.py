@@ -328,13 +328,33 @@ def test_memory_limit_reports_out_of_memory_and_the_next_cell_works(local_kernel
 def test_fork_bomb_is_contained(local_kernelspecs: Path) -> None:
     with running_kernel("sandbox-bash") as (km, kc):
         run_cell(kc, "%timeout 5")
+        kernel_pid = km.provisioner.process.pid
+        seen = {"refused": 0, "most": 0}
+        stop = threading.Event()
+
+        def watch() -> None:
+            # The sandbox may be replaced when the bomb ignores the interrupt, so watch live.
+            while not stop.is_set():
+                for group in CGROUP_PARENT.glob(f"k{kernel_pid}-*"):
+                    try:
+                        seen["refused"] = max(seen["refused"], int((group / "pids.events").read_text().split()[1]))
+                        seen["most"] = max(seen["most"], int((group / "pids.current").read_text()))
+                    except (OSError, ValueError, IndexError):
+                        pass
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         began = time.monotonic()
-        reply, out = run_cell(kc, "bomb() { bomb | bomb & }; bomb; sleep 3; echo survived", timeout=60)
+        try:
+            run_cell(kc, "bomb() { bomb | bomb & }; bomb; sleep 3; echo survived", timeout=60)
+        finally:
+            stop.set()
+            watcher.join()
         assert time.monotonic() - began < 30
-        assert "fork" in text(out, "stderr").lower() or "resource temporarily unavailable" in text(out, "stderr").lower()
-        pids = sandbox_pids(km.provisioner.process.pid)
-        assert len(pids) <= 128 + 4  # the pids limit, plus bubblewrap's own processes
-        # The host is fine and the kernel answers.
+        assert seen["refused"] > 0, "the pids cgroup never refused a fork"
+        assert seen["most"] <= 128
+        # The kernel answers (in the same sandbox, or a fresh one if the bomb outlived the cell).
         reply, out = run_cell(kc, "echo alive", timeout=60)
         assert "alive" in text(out)
 
