@@ -16,6 +16,10 @@ class SandboxKernelApp(IPKernelApp):
     """IPKernelApp that runs :class:`SandboxKernel` and reads ``sandbox_kernel_config.py``."""
 
     name = "sandbox-kernel"
+    # Cells never run in this process, so there is no user output to capture here: skip
+    # ipykernel's stdout/stderr capture (it costs time on every cell).
+    # The kernel's own logging goes to the server's log, where it belongs.
+    outstream_class = None  # type: ignore[assignment]
     kernel_class = Type(SandboxKernel, klass="ipykernel.kernelbase.Kernel").tag(config=True)  # type: ignore[assignment]
 
     def load_config_file(self, *args: Any, **kwargs: Any) -> None:
