@@ -53,17 +53,17 @@ def apply_rbac(admin_kubeconfig: str) -> None:
     docs = [d for f in sorted((REPO / "k8s" / "rbac").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     order = {"Namespace": 0, "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 3}
     for doc in sorted(docs, key=lambda d: order[d["kind"]]):
-        kind, name = doc["kind"], doc["metadata"]["name"]
+        kind, name, ns = doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace", "")
         create, replace = {
-            "Namespace": (lambda d: core.create_namespace(d), lambda d: core.replace_namespace(name, d)),
+            "Namespace": (core.create_namespace, lambda d, name=name: core.replace_namespace(name, d)),
             "ServiceAccount": (
-                lambda d: core.create_namespaced_service_account(d["metadata"]["namespace"], d),
-                lambda d: core.replace_namespaced_service_account(name, d["metadata"]["namespace"], d),
+                lambda d, ns=ns: core.create_namespaced_service_account(ns, d),
+                lambda d, name=name, ns=ns: core.replace_namespaced_service_account(name, ns, d),
             ),
-            "ClusterRole": (lambda d: rbac.create_cluster_role(d), lambda d: rbac.replace_cluster_role(name, d)),
+            "ClusterRole": (rbac.create_cluster_role, lambda d, name=name: rbac.replace_cluster_role(name, d)),
             "ClusterRoleBinding": (
-                lambda d: rbac.create_cluster_role_binding(d),
-                lambda d: rbac.replace_cluster_role_binding(name, d),
+                rbac.create_cluster_role_binding,
+                lambda d, name=name: rbac.replace_cluster_role_binding(name, d),
             ),
         }[kind]
         try:

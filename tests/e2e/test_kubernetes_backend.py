@@ -27,7 +27,7 @@ def test_python_cells_keep_state_in_a_restricted_pod(k8s_kernel: Start, core_v1:
     assert kernel.run("x = 41").reply["status"] == "ok"
     assert kernel.run("x + 1").result == "42"
     who = kernel.run("import os, sys; print(os.getuid(), os.getgid(), os.getcwd(), sorted(os.environ), sys.version_info[0])")
-    uid, gid, cwd, *rest = who.stdout.split(" ", 3)
+    uid, gid, cwd, _names = who.stdout.split(" ", 3)
     assert (uid, gid, cwd) == ("1000", "1000", "/home/sandbox")
     assert "KUBERNETES_SERVICE_HOST" not in who.stdout and "HOME" in who.stdout
     # The root file system is read-only; HOME is the writable scratch volume.
@@ -170,7 +170,6 @@ def test_network_is_denied_from_a_cell(
     ip = wait_until(lambda: core_v1.read_namespaced_pod(target.metadata.name, namespace).status.pod_ip, 60, what="target pod IP")
     node_ip = next(a.address for a in core_v1.list_node().items[0].status.addresses if a.type == "InternalIP")
     # Control: the target answers (from the node, outside any policy).
-    import urllib.request
     wait_until(lambda: _http_ok(f"http://{ip}:8080/"), 60, what="target pod to serve HTTP")
     code = f"""
 import socket
