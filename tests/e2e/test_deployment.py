@@ -16,6 +16,7 @@ Every test here FAILS (never skips) without the cluster.
 from __future__ import annotations
 
 import base64
+import copy
 import glob
 import json
 import os
@@ -164,9 +165,11 @@ def sa(kubeconfig: str, platform: dict[str, str], tmp_path_factory: pytest.TempP
 # The kustomization.
 
 
-def test_kustomization_builds_and_applies_server_side_without_pod_security_warnings(kubeconfig: str) -> None:
-    built = kubectl(kubeconfig, "kustomize", str(REPO / "k8s")).stdout
-    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(built) if d)
+def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restricted(
+    kubeconfig: str, admin: client.ApiClient, platform: dict[str, str]
+) -> None:
+    built = [d for d in yaml.safe_load_all(kubectl(kubeconfig, "kustomize", str(REPO / "k8s")).stdout) if d]
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in built)
     for expected in [
         ("ClusterRole", "sandbox-kernel"), ("ClusterRole", "sandbox-kernel-sandbox"),
         ("ClusterRoleBinding", "sandbox-kernel"), ("CronJob", "sandbox-kernel-gc"),
@@ -177,9 +180,25 @@ def test_kustomization_builds_and_applies_server_side_without_pod_security_warni
     ]:
         assert expected in kinds, f"{expected} missing from `kubectl kustomize k8s/`: {kinds}"
     assert not any(kind == "RuntimeClass" for kind, _ in kinds), "the gVisor example must not be applied by default"
-    # Server-side dry run: schema validation, admission (Pod Security checks the pod templates).
+    # Server-side dry run of the whole kustomization: schemas, defaulting, admission.
     result = kubectl(kubeconfig, "apply", "-k", str(REPO / "k8s"), "--dry-run=server")
     assert "would violate PodSecurity" not in result.stderr, result.stderr
+    # The pod templates of the Deployment and the CronJob, created (dry run) as pods in the
+    # namespace: Pod Security "restricted" is *enforced* on pods, so a violation is a 403 here.
+    core = client.CoreV1Api(admin)
+    templates = {
+        "jupyterlab": next(d for d in built if d["kind"] == "Deployment")["spec"]["template"]["spec"],
+        "gc": next(d for d in built if d["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+    }
+    for name, spec in templates.items():
+        core.create_namespaced_pod(PLATFORM_NS, {"metadata": {"name": f"psa-check-{name}"}, "spec": spec}, dry_run="All")
+    # ... and enforcement is really on: the same pod without its securityContext is refused.
+    bare = copy.deepcopy(templates["gc"])
+    bare.pop("securityContext")
+    bare["containers"][0].pop("securityContext")
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(PLATFORM_NS, {"metadata": {"name": "psa-check-bare"}, "spec": bare}, dry_run="All")
+    assert refused.value.status == 403 and 'violates PodSecurity "restricted:latest"' in refusal(refused.value)
 
 
 def test_platform_namespace_enforces_restricted_and_workloads_comply(admin: client.ApiClient, platform: dict[str, str]) -> None:
