@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import yaml
 from traitlets import Dict, Enum, Float, Int, List, Unicode, default
@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..languages import LANGUAGES, Language
 from ..quantity import QuantityError, parse_bytes, parse_cpu
-from ..session import AgentChannel, AgentSession
+from ..session import AgentChannel, AgentSession, Event, Stream
 from . import manifests
 from .api import AttachStream, KubernetesApi, micro_time
 
@@ -686,6 +686,19 @@ class KubernetesSandboxSession(AgentSession):
             except SandboxError:
                 return None
         return None
+
+    async def execute(self, code: str) -> AsyncIterator[Event]:  # type: ignore[override]
+        """Run a cell; if the attach stream had to be re-opened meanwhile, say output may be missing."""
+        channel = self._attach
+        before = channel.reattached if channel else 0
+        async for event in super().execute(code):
+            yield event
+        if channel is not None and channel is self._attach and channel.reattached > before:
+            yield Stream(
+                "stderr",
+                "[sandbox] the stream to the sandbox pod broke during this cell and was re-attached; "
+                "output written in between may be missing (the cell's variables are kept).\n",
+            )
 
     # -- heartbeat ----------------------------------------------------------------------------------
 

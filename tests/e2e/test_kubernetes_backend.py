@@ -332,27 +332,44 @@ def test_a_dropped_attach_stream_is_reattached_without_losing_state(sa_kubeconfi
     from sandbox_kernel.config import Sandbox
     from sandbox_kernel.kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
     from sandbox_kernel.languages import LANGUAGES
-    from sandbox_kernel.session import ExecuteResult
+    from sandbox_kernel.session import ExecuteResult, Stream
 
-    async def scenario() -> tuple[str, int]:
+    async def collect(session: KubernetesSandboxSession, code: str) -> tuple[str, str, str]:
+        result, out, err = "", "", ""
+        async for event in session.execute(code):
+            if isinstance(event, ExecuteResult):
+                result = event.data["text/plain"]
+            elif isinstance(event, Stream) and event.name == "stdout":
+                out += event.text
+            elif isinstance(event, Stream):
+                err += event.text
+        return result, out, err
+
+    def cut(session: KubernetesSandboxSession) -> None:
+        # Break the websocket under the kernel's feet, as a network blip or an API server restart would.
+        assert session._attach is not None
+        session._attach._stream._ws.sock.sock.shutdown(socket.SHUT_RDWR)
+
+    async def scenario() -> tuple[tuple[str, str, str], tuple[str, str, str], int]:
         settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]})
         session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), settings, kernel_id="reattach-test")
         try:
             await session.start()
-            async for _ in session.execute("x = 41"):
-                pass
-            channel = session._attach
-            assert channel is not None
-            # Cut the websocket under the kernel's feet, as a network blip or an API server restart would.
-            channel._stream._ws.sock.sock.shutdown(socket.SHUT_RDWR)
+            await collect(session, "x = 41")
+            cut(session)  # between cells
             await asyncio.sleep(2)
-            result = ""
-            async for event in session.execute("x + 1"):
-                if isinstance(event, ExecuteResult):
-                    result = event.data["text/plain"]
-            return result, channel.reattached
+            between = await collect(session, "x + 1")
+            running = asyncio.ensure_future(collect(session, "import time\ntime.sleep(3)\nprint('after the cut')\nx + 2"))
+            await asyncio.sleep(1)
+            cut(session)  # while a cell runs
+            during = await running
+            assert session._attach is not None
+            return between, during, session._attach.reattached
         finally:
             await session.close()
 
-    result, reattached = asyncio.run(scenario())
-    assert (result, reattached) == ("42", 1)
+    between, during, reattached = asyncio.run(scenario())
+    assert between == ("42", "", "")  # nothing was lost: the stream was idle
+    assert during[0] == "43" and during[1] == "after the cut\n"
+    assert "re-attached; output written in between may be missing" in during[2]
+    assert reattached == 2
