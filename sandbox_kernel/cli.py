@@ -71,13 +71,16 @@ def settings_reference() -> str:
     lines = ["| setting | default | help |", "|---|---|---|"]
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
     for cls in (SandboxKernel, Sandbox, LocalSandbox, KubernetesSandbox):
+        traits = sorted(cls.class_traits(config=True).items())
         with mock.patch.dict(os.environ, clean_env, clear=True):
-            # Defaults computed from the environment are shown as a clean environment gives them.
+            # Defaults computed from the environment (read when first accessed) are shown as a
+            # clean environment gives them.
             instance = None if cls is SandboxKernel else cls()
-        for name, trait in sorted(cls.class_traits(config=True).items()):
+            defaults = {name: repr(getattr(instance, name)) for name, _ in traits} if instance else {}
+        for name, trait in traits:
             if cls is SandboxKernel and name not in ("backend", "language_name"):
                 continue  # ipykernel's own settings are documented by ipykernel
-            default = repr(getattr(instance, name)) if instance is not None else trait.default_value_repr()
+            default = defaults.get(name) or trait.default_value_repr()
             if cls is SandboxKernel and name == "backend":
                 default = "'local'"
             help_text = " ".join(trait.help.split()).replace("|", "\\|")
