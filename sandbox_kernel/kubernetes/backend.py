@@ -374,6 +374,18 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
     return None
 
 
+def eviction_event(events: list[dict[str, Any]], pod_name: str) -> Evicted | None:
+    """The kubelet's Evicted event for ``pod_name`` among a namespace's events, as an error."""
+    for event in events:
+        obj = event.get("involvedObject") or {}
+        if event.get("reason") == "Evicted" and obj.get("kind") == "Pod" and obj.get("name") == pod_name:
+            why = (event.get("message") or "no reason given").strip().rstrip(".")
+            return Evicted(
+                f"Kubernetes evicted the sandbox pod: {why}. A new sandbox pod is started; variables from earlier cells are gone."
+            )
+    return None
+
+
 def _container_running(pod: dict[str, Any] | None) -> bool:
     return bool(pod and pod.get("status", {}).get("phase") == "Running" and _container_status(pod).get("state", {}).get("running")
                 and not pod.get("metadata", {}).get("deletionTimestamp"))
@@ -745,12 +757,24 @@ class KubernetesSandboxSession(AgentSession):
             return SandboxLost("The sandbox stopped unexpectedly.")
         try:
             reason = None
-            for _ in range(50):  # the kubelet may need a moment to report how the container ended
+            seen: float | None = None
+            for _ in range(70):  # the kubelet may need a moment to report how the container ended
                 pod = await self._run(api.read_pod, ident.namespace, name)
                 reason = end_reason(pod, self.limits, self.settings.pod_lifetime)
                 if reason is not None:
-                    break
+                    # The container's end may be reported before the pod's (an eviction or the
+                    # deadline first stops the container): wait for the pod to settle, briefly.
+                    settled = pod is None or pod.get("status", {}).get("phase") in ("Failed", "Succeeded")
+                    seen = seen or time.monotonic()
+                    if settled or isinstance(reason, OutOfMemory) or time.monotonic() - seen > 3.0:
+                        break
                 await asyncio.sleep(POLL_INTERVAL)
+            if reason is not None and type(reason) is SandboxLost:
+                # A kubelet eviction whose container exited cleanly on SIGTERM can leave the pod
+                # "Succeeded" with no reason: its Evicted event still says what happened.
+                evicted = eviction_event(await self._run(api.list_events, ident.namespace), name)
+                if evicted is not None:
+                    reason = evicted
         except SandboxError as exc:
             self._event(f"pod {name}: {exc}")
             return exc

@@ -14,7 +14,7 @@ import pytest
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import ConfigError, Evicted, OutOfMemory, SandboxLost, SandboxStartError
 from sandbox_kernel.kubernetes import manifests
-from sandbox_kernel.kubernetes.backend import KubernetesSandbox, current_kernel_id, end_reason, start_problem
+from sandbox_kernel.kubernetes.backend import KubernetesSandbox, current_kernel_id, end_reason, eviction_event, start_problem
 from sandbox_kernel.kubernetes.commands import heartbeat_expiry, is_ours, rendered_objects, verdict
 from sandbox_kernel.languages import LANGUAGES
 
@@ -314,6 +314,18 @@ def test_eviction_carries_the_kubelets_message() -> None:
     message = 'Usage of EmptyDir volume "home" exceeds the limit "64Mi".'
     reason = end_reason(pod_with({"phase": "Failed", "reason": "Evicted", "message": message}), LIMITS, 43200)
     assert isinstance(reason, Evicted) and message in str(reason)
+
+
+def test_an_eviction_event_explains_a_cleanly_exited_pod() -> None:
+    events = [
+        {"reason": "Killing", "involvedObject": {"kind": "Pod", "name": "sandbox-1"}, "message": "Stopping container agent"},
+        {"reason": "Evicted", "involvedObject": {"kind": "Pod", "name": "sandbox-1"},
+         "message": 'Usage of EmptyDir volume "home" exceeds the limit "64Mi". '},
+    ]
+    reason = eviction_event(events, "sandbox-1")
+    assert isinstance(reason, Evicted)
+    assert str(reason).startswith('Kubernetes evicted the sandbox pod: Usage of EmptyDir volume "home" exceeds the limit "64Mi". A new')
+    assert eviction_event(events, "sandbox-2") is None
 
 
 def test_deadline_and_exit_codes_and_deletion() -> None:
