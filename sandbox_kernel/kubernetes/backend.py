@@ -12,7 +12,10 @@ What a cell sees:
 How the kernel reaches it: only through the API server, with an *attach* stream to the pod's
 stdin/stdout (never over pod networking, which the policy blocks). Attach does not replay what
 a container wrote before the stream opened, so the container waits for a gate line on stdin
-before it starts the agent (see :func:`.manifests.agent_command`).
+before it starts the agent, and then until the deny-all NetworkPolicy is in force (network
+plugins program a new pod's rules a moment after it starts; see :func:`.manifests.agent_command`).
+If the websocket drops while the pod runs, the kernel attaches again; output written in between
+is lost, and a cell that was running is told so.
 
 What outlives a crash: the kernel renews a Lease in its namespace every ``heartbeat_interval``;
 ``sandbox-kernel gc`` deletes namespaces whose lease expired (see :mod:`.commands`).
