@@ -383,7 +383,11 @@ def test_restart_gives_a_fresh_sandbox(local_kernelspecs: Path) -> None:
         kc.wait_for_ready(timeout=60)
         reply, out = run_cell(kc, "'secret' in globals()")
         assert result(out) == "False"
-        assert all(not Path(f"/proc/{pid}").exists() for pid in old)
+        # The old sandbox dies with its kernel (bubblewrap's --die-with-parent), asynchronously.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in old):
+            time.sleep(0.1)
+        assert not [pid for pid in old if Path(f"/proc/{pid}").exists()]
 
 
 def test_shutdown_and_sigkill_leave_no_sandbox_process(local_kernelspecs: Path) -> None:
