@@ -116,16 +116,16 @@ class Sandbox(Configurable):
 
     def limits(self) -> Limits:
         """Validate every setting; raise :class:`ConfigError` naming the first bad one."""
-        memory_bytes = _bytes("Sandbox.memory_limit", self.memory_limit)
+        memory_bytes = setting_bytes("Sandbox.memory_limit", self.memory_limit)
         if memory_bytes < 16 * 2**20:
             raise ConfigError("Sandbox.memory_limit", f"{self.memory_limit!r} is too small; use at least 16Mi")
-        cpu_cores = _cpu("Sandbox.cpu_limit", self.cpu_limit)
+        cpu_cores = setting_cpu("Sandbox.cpu_limit", self.cpu_limit)
         if cpu_cores <= 0:
             raise ConfigError("Sandbox.cpu_limit", "must be more than 0")
-        request_bytes = _bytes("Sandbox.memory_request", self.memory_request)
+        request_bytes = setting_bytes("Sandbox.memory_request", self.memory_request)
         if request_bytes > memory_bytes:
             raise ConfigError("Sandbox.memory_request", f"{self.memory_request} is above memory_limit {self.memory_limit}")
-        if _cpu("Sandbox.cpu_request", self.cpu_request) > cpu_cores:
+        if setting_cpu("Sandbox.cpu_request", self.cpu_request) > cpu_cores:
             raise ConfigError("Sandbox.cpu_request", f"{self.cpu_request} is above cpu_limit {self.cpu_limit}")
         if self.pids_limit < 8:
             raise ConfigError("Sandbox.pids_limit", f"{self.pids_limit} is too small; use at least 8")
@@ -142,21 +142,23 @@ class Sandbox(Configurable):
             cpu_request=self.cpu_request,
             pids=self.pids_limit,
             timeout=self.timeout,
-            output_bytes=_bytes("Sandbox.output_limit", self.output_limit),
+            output_bytes=setting_bytes("Sandbox.output_limit", self.output_limit),
             scratch=self.scratch_size,
-            scratch_bytes=_bytes("Sandbox.scratch_size", self.scratch_size),
+            scratch_bytes=setting_bytes("Sandbox.scratch_size", self.scratch_size),
             interrupt_grace=self.interrupt_grace,
         )
 
 
-def _bytes(setting: str, value: str) -> int:
+def setting_bytes(setting: str, value: str) -> int:
+    """Parse a byte quantity; a malformed one is a ConfigError naming ``setting``."""
     try:
         return parse_bytes(value)
     except QuantityError as exc:
         raise ConfigError(setting, str(exc)) from None
 
 
-def _cpu(setting: str, value: str) -> float:
+def setting_cpu(setting: str, value: str) -> float:
+    """Parse a CPU quantity; a malformed one is a ConfigError naming ``setting``."""
     try:
         return parse_cpu(value)
     except QuantityError as exc:

@@ -41,7 +41,7 @@ import yaml
 from traitlets import Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
-from ..config import Limits
+from ..config import Limits, setting_bytes, setting_cpu
 from ..errors import (
     ClusterUnreachable,
     ConfigError,
@@ -52,7 +52,7 @@ from ..errors import (
     SandboxStartError,
 )
 from ..languages import LANGUAGES, Language
-from ..quantity import QuantityError, parse_bytes, parse_cpu
+from ..quantity import parse_bytes, parse_cpu
 from ..session import AgentChannel, AgentSession, Event, Stream
 from . import manifests
 from .api import AttachStream, KubernetesApi, micro_time
@@ -243,10 +243,10 @@ class KubernetesSandbox(Configurable):
 
     def validate(self, limits: Limits) -> None:
         """Check every setting against the others; raise ConfigError naming the first bad one."""
-        cpu = {name: _cpu(f"KubernetesSandbox.{name}", getattr(self, name)) for name in (
+        cpu = {name: setting_cpu(f"KubernetesSandbox.{name}", getattr(self, name)) for name in (
             "quota_requests_cpu", "quota_limits_cpu", "limit_range_max_cpu", "limit_range_min_cpu",
             "limit_range_default_cpu", "limit_range_default_request_cpu")}
-        mem = {name: _bytes(f"KubernetesSandbox.{name}", getattr(self, name)) for name in (
+        mem = {name: setting_bytes(f"KubernetesSandbox.{name}", getattr(self, name)) for name in (
             "quota_requests_memory", "quota_limits_memory", "limit_range_max_memory", "limit_range_min_memory",
             "limit_range_default_memory", "limit_range_default_request_memory", "tmp_size")}
         if limits.cpu_cores > cpu["limit_range_max_cpu"]:
@@ -276,20 +276,6 @@ class KubernetesSandbox(Configurable):
             )
         if self.start_timeout <= 0 or self.shutdown_deadline <= 0:
             raise ConfigError("KubernetesSandbox.start_timeout" if self.start_timeout <= 0 else "KubernetesSandbox.shutdown_deadline", "must be more than 0 seconds")
-
-
-def _cpu(setting: str, value: str) -> float:
-    try:
-        return parse_cpu(value)
-    except QuantityError as exc:
-        raise ConfigError(setting, str(exc)) from None
-
-
-def _bytes(setting: str, value: str) -> int:
-    try:
-        return parse_bytes(value)
-    except QuantityError as exc:
-        raise ConfigError(setting, str(exc)) from None
 
 
 def current_kernel_id() -> str:
