@@ -25,6 +25,9 @@ How it works, in short:
   raises KeyboardInterrupt in the main thread) and children such as ``os.system('sleep 100')``.
   The handler raises only while user code runs, never inside agent bookkeeping (it checks a
   flag and the interrupted frame); a watchdog re-sends SIGINT until it lands.
+* **Resuming.** Every frame written is also kept, whole, in a replay buffer (at least the last
+  ``REPLAY_BYTES``), and frames are counted both ways, so that after the kernel re-opens a
+  dropped stream, ``resume`` repeats exactly what it missed (PROTOCOL.md, "Resuming").
 """
 
 # --------------------------------------------------------------------------------------
@@ -98,6 +101,7 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 # --------------------------------------------------------------------------------------
 import __future__  # noqa: E402
 import ast  # noqa: E402
+import collections  # noqa: E402
 import builtins  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -113,7 +117,16 @@ import types  # noqa: E402
 MAX_PAYLOAD = 1 << 20  # largest frame payload the protocol allows
 MAX_HEADER = 32
 READ_CHUNK = 65536  # also the largest out/err frame we send
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+
+def _replay_bytes():
+    value = os.environ.get("SANDBOX_AGENT_REPLAY_BYTES", "")
+    return int(value) if value.isdigit() else 8 << 20
+
+
+REPLAY_BYTES = _replay_bytes()  # the replay buffer keeps at least this much of our output
+_RESUME_TOKEN = re.compile(r"[0-9a-f]{32}\Z")
 
 _AGENT_PID = os.getpid()
 _MAIN_TID = threading.get_ident()
@@ -155,16 +168,54 @@ def _write_all(fd, data):
 # Protocol output
 # --------------------------------------------------------------------------------------
 _proto_lock = threading.Lock()
+# Under _proto_lock: the output offset (bytes of frames written so far), the most recent
+# frames (whole, oldest first) and how many bytes they hold.
+_written = 0
+_replay = collections.deque()
+_replay_kept = 0
+_received = 0  # frames read from the kernel (only the reader thread touches it)
 
 
 def _send_frame(kind, payload):
+    global _written, _replay_kept
     if os.getpid() != _AGENT_PID:  # a fork()ed child must never talk to the kernel
         return
     frame = b"%s %d\n" % (kind, len(payload)) + payload
     try:
         with _proto_lock:
             _write_all(_PROTO_OUT, frame)
+            _written += len(frame)
+            _replay.append(frame)
+            _replay_kept += len(frame)
+            while _replay_kept - len(_replay[0]) >= REPLAY_BYTES:
+                _replay_kept -= len(_replay.popleft())
     except OSError as exc:  # the kernel went away
+        _log("cannot write to the kernel (%s); exiting" % exc)
+        _terminate(1)
+
+
+def _resume(msg):
+    """The kernel re-opened the stream: mark the spot, then repeat what it missed."""
+    token, offset = msg.get("token"), msg.get("offset")
+    if not isinstance(token, str) or not _RESUME_TOKEN.match(token) or type(offset) is not int or offset < 0:
+        _log("ignoring a malformed resume: %r" % (msg,))
+        return
+    try:
+        with _proto_lock:
+            first = _written - _replay_kept
+            start = min(max(offset, first), _written)
+            if start > offset:
+                _log("resume: %d bytes of output were no longer kept" % (start - offset))
+            parts = [b"resume %s %d %d\n" % (token.encode("ascii"), start, _received)]
+            skip = start - first
+            for frame in _replay:
+                if skip >= len(frame):
+                    skip -= len(frame)
+                    continue
+                parts.append(frame[skip:] if skip else frame)
+                skip = 0
+            _write_all(_PROTO_OUT, b"".join(parts))
+    except OSError as exc:
         _log("cannot write to the kernel (%s); exiting" % exc)
         _terminate(1)
 
@@ -1298,7 +1349,7 @@ _requests = queue.SimpleQueue()
 
 def _reader():
     """Read kernel frames; interrupt/shutdown act at once, the rest go to the main thread."""
-    global _queued_executes
+    global _queued_executes, _received
     buf = bytearray()
     while True:
         try:
@@ -1327,6 +1378,7 @@ def _reader():
                 break
             payload = bytes(buf[newline + 1 : end])
             del buf[:end]
+            _received += 1
             if parts[0] != b"msg":
                 continue
             try:
@@ -1337,6 +1389,8 @@ def _reader():
                 continue
             if kind == "interrupt":
                 _on_interrupt()
+            elif kind == "resume":
+                _resume(msg)
             elif kind == "shutdown":
                 _terminate(0)
             elif kind in ("execute", "complete", "inspect", "is_complete"):

@@ -231,7 +231,7 @@ def plain(cell: Cell) -> str:
 def test_ready_language_info(agent: AgentProcess) -> None:
     ready = agent.ready
     assert ready["agent"] == "python"
-    assert ready["protocol"] == 1
+    assert ready["protocol"] == 2
     info = ready["language_info"]
     version = subprocess.run([PYTHON, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
     assert info == {
