@@ -17,6 +17,15 @@
 //   stdio 'inherit', background jobs, closing fd 1) only reaches those pipes; only the supervisor
 //   writes the protocol stream, one whole frame per write.
 //
+// RESUMING (PROTOCOL.md, "Resuming after a dropped stream"). Every frame the supervisor writes
+// goes through writeFrame(), which counts the output offset and also keeps the frame, whole, in a
+// replay buffer (a list of Buffers plus a running byte total, trimmed from the front while the
+// frames left still hold at least REPLAY_BYTES = 8 MiB, or $SANDBOX_AGENT_REPLAY_BYTES, read once
+// at start). The stdin reader counts every frame it reads. A `resume` is answered at once, even
+// while a cell runs: one write of the line `resume <token> <from> <received>\n` followed by the
+// kept bytes from offset `from` on. Being single-threaded, nothing can come in between; those
+// bytes are not counted in the output offset.
+//
 // ORDERING ("done" after all output). In the worker, process.stdout/stderr write synchronously
 // to fd 1/2 (see syncWrite: Node's own pipe streams queue in memory and can be left stuck by an
 // interrupt). Before the worker sends a message whose position matters (display, and the final
@@ -80,6 +89,8 @@ const url = require('url');
 const Module = require('module');
 
 const MAX_PAYLOAD = 1 << 20; // PROTOCOL.md: frames carry at most 1 MiB
+const DEFAULT_REPLAY_BYTES = 8 << 20; // PROTOCOL.md, "Resuming": keep at least 8 MiB of output
+const RESUME_TOKEN = /^[0-9a-f]{32}$/;
 const INTERNAL = '__sandboxKernel'; // prefix of the helper globals the rewritten cells call
 
 const LANGUAGE_INFO = {
@@ -128,14 +139,73 @@ function supervisor() {
   // ---- writing frames ---------------------------------------------------------------------
   let paused = false; // worker pipes paused because the kernel reads slowly
 
+  // Resuming: the output offset (bytes of frames written so far), the most recent frames (whole,
+  // oldest first, from replay[replayHead] on) and how many bytes they hold.
+  const REPLAY_BYTES = replayBytes();
+  let written = 0;
+  let replay = [];
+  let replayHead = 0;
+  let replayKept = 0;
+  let received = 0; // frames read from the kernel
+
+  function replayBytes() {
+    const value = process.env.SANDBOX_AGENT_REPLAY_BYTES;
+    if (value === undefined || value === '') return DEFAULT_REPLAY_BYTES;
+    const n = /^[0-9]+$/.test(value) ? Number(value) : NaN;
+    if (Number.isSafeInteger(n)) return n;
+    log('ignoring an invalid SANDBOX_AGENT_REPLAY_BYTES:', JSON.stringify(value));
+    return DEFAULT_REPLAY_BYTES;
+  }
+
+  function writeRaw(buf) {
+    const ok = protocolOut.write(buf);
+    if (!ok && !paused) pauseWorkerPipes();
+  }
+
   function writeFrame(kind, payload) {
     let off = 0;
     do {
       const part = payload.subarray(off, off + MAX_PAYLOAD);
-      const ok = protocolOut.write(Buffer.concat([Buffer.from(`${kind} ${part.length}\n`, 'latin1'), part]));
-      if (!ok && !paused) pauseWorkerPipes();
+      const frame = Buffer.concat([Buffer.from(`${kind} ${part.length}\n`, 'latin1'), part]);
+      writeRaw(frame);
+      written += frame.length;
+      replay.push(frame);
+      replayKept += frame.length;
+      // Drop the oldest frame only while the frames left still hold at least REPLAY_BYTES.
+      while (replayHead < replay.length && replayKept - replay[replayHead].length >= REPLAY_BYTES) {
+        replayKept -= replay[replayHead].length;
+        replay[replayHead++] = undefined;
+      }
+      if (replayHead > 1024 && replayHead * 2 > replay.length) {
+        replay = replay.slice(replayHead);
+        replayHead = 0;
+      }
       off += MAX_PAYLOAD;
     } while (off < payload.length);
+  }
+
+  // The kernel re-opened the stream: mark the spot, then repeat what it missed (not counted).
+  function resume(m) {
+    const { token, offset } = m;
+    if (typeof token !== 'string' || !RESUME_TOKEN.test(token) || !Number.isSafeInteger(offset) || offset < 0) {
+      log('ignoring a malformed resume:', JSON.stringify(m).slice(0, 300));
+      return;
+    }
+    const first = written - replayKept;
+    const start = Math.min(Math.max(offset, first), written);
+    if (start > offset) log(`resume: ${start - offset} bytes of output were no longer kept`);
+    const parts = [Buffer.from(`resume ${token} ${start} ${received}\n`, 'latin1')];
+    let skip = start - first;
+    for (let i = replayHead; i < replay.length; i++) {
+      const frame = replay[i];
+      if (skip >= frame.length) {
+        skip -= frame.length;
+        continue;
+      }
+      parts.push(skip ? frame.subarray(skip) : frame);
+      skip = 0;
+    }
+    writeRaw(parts.length === 1 ? parts[0] : Buffer.concat(parts));
   }
 
   let pausedAt = 0;
@@ -362,7 +432,7 @@ function supervisor() {
       quickDeaths = 0;
       if (!readySent) {
         readySent = true;
-        send({ type: 'ready', language_info: LANGUAGE_INFO, agent: 'node', protocol: 1 });
+        send({ type: 'ready', language_info: LANGUAGE_INFO, agent: 'node', protocol: 2 });
       }
       while (waiting.length && worker === w && w.hello) dispatch(waiting.shift());
       return;
@@ -494,6 +564,9 @@ function supervisor() {
       case 'shutdown':
         shutdown(0);
         return;
+      case 'resume':
+        resume(m);
+        return;
       case 'is_complete':
         send({ type: 'is_complete_reply', id: m.id, ...isComplete(String(m.code || '')) });
         return;
@@ -609,6 +682,7 @@ function supervisor() {
       const kind = need[0];
       inbuf = Buffer.from(inbuf.subarray(need[1]));
       need = null;
+      received += 1; // every frame counts (PROTOCOL.md, "Resuming"), the resume itself included
       if (kind !== 'msg') continue;
       let m;
       try {

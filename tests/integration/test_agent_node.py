@@ -181,7 +181,7 @@ def test_ready_language_info(agent: Agent) -> None:
         "codemirror_mode": "javascript",
     }
     assert agent.ready["agent"] == "node"
-    assert agent.ready["protocol"] == 1
+    assert agent.ready["protocol"] == 2
 
 
 def test_state_across_cells_and_last_expression_result(agent: Agent) -> None:
