@@ -10,6 +10,7 @@ chunking of bytes back into frames, so both are tested without processes.
 
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Union
@@ -22,7 +23,7 @@ MAX_PAYLOAD = 1 << 20
 MAX_HEADER = 32
 """Longest header line accepted, newline included."""
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 Kind = Literal["msg", "out", "err"]
 KINDS: tuple[str, ...] = ("msg", "out", "err")
@@ -136,3 +137,98 @@ def _frame(kind: str, payload: bytes) -> Frame:
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError("message frame is not a JSON object with a string 'type'")
     return Message(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming a re-opened stream (PROTOCOL.md, "Resuming after a dropped stream").
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the agent's ``resume`` line says."""
+
+    start: int
+    """Output offset the agent replays from (more than asked for: the bytes in between are lost)."""
+    received: int
+    """Frames the agent has read from the kernel, the ``resume`` included."""
+
+
+_RESUME_FIELDS = 48  # room for two decimal numbers and a space, with plenty to spare
+
+
+class ResumeScanner:
+    """Find the agent's ``resume <token> <start> <received>`` line in what a re-opened stream delivers.
+
+    Everything before the line is output the replay repeats and is dropped; :meth:`feed`
+    returns the line's content and the bytes after it once the whole line has arrived.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._prefix = b"resume %s " % token.encode("ascii")
+        self._buf = bytearray()
+        self.dropped = 0
+        """Bytes dropped so far (received before the line)."""
+
+    def feed(self, data: bytes) -> tuple[ResumePoint, bytes] | None:
+        self._buf += data
+        at = self._buf.find(self._prefix)
+        if at < 0:
+            keep = len(self._prefix) - 1  # a prefix split over two chunks
+            if len(self._buf) > keep:
+                self.dropped += len(self._buf) - keep
+                del self._buf[: len(self._buf) - keep]
+            return None
+        fields_at = at + len(self._prefix)
+        end = self._buf.find(b"\n", fields_at, fields_at + _RESUME_FIELDS)
+        if end < 0:
+            if len(self._buf) - fields_at >= _RESUME_FIELDS:
+                raise ProtocolError(f"malformed resume line {bytes(self._buf[at:at + 100])!r}")
+            return None
+        fields = bytes(self._buf[fields_at:end]).split(b" ")
+        if len(fields) != 2 or not all(f.isdigit() for f in fields):
+            raise ProtocolError(f"malformed resume line {bytes(self._buf[at:end])!r}")
+        self.dropped += at
+        rest = bytes(self._buf[end + 1 :])
+        self._buf.clear()
+        return ResumePoint(int(fields[0]), int(fields[1])), rest
+
+
+class SentFrames:
+    """The frames the kernel sent, numbered as the agent counts them (its input count).
+
+    After a re-attach the agent says how many frames it has read; :meth:`lost_before` names
+    those the kernel sent into the broken stream that never arrived, so they can be sent again.
+    The caller serialises all calls (they run under the channel's send lock).
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        self.count = 0
+        """Frames sent, as the agent will have counted them once it has read them all."""
+        self._keep = keep
+        self._log: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
+
+    def record(self, frame: bytes) -> None:
+        """A frame was written to the stream."""
+        self._log.append((self.count, frame))
+        self.count += 1
+
+    def record_resume(self) -> int:
+        """A ``resume`` was written (it is never sent again); return its number."""
+        self.count += 1
+        return self.count - 1
+
+    def lost_before(self, resume: int, received: int) -> tuple[list[bytes], int]:
+        """Frames sent before ``resume`` that the agent never read, oldest first, and how many of
+        those are no longer kept. They are forgotten, and later frames renumbered, so the caller
+        should :meth:`record` each one again as it resends it."""
+        missing = resume + 1 - received
+        if missing <= 0:
+            return [], 0
+        first = resume - missing
+        lost = [frame for i, frame in self._log if first <= i < resume]
+        self._log = collections.deque(
+            ((i - missing if i > resume else i, frame) for i, frame in self._log if not first <= i < resume),
+            maxlen=self._keep,
+        )
+        self.count -= missing
+        return lost, missing - len(lost)

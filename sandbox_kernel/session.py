@@ -166,11 +166,19 @@ class SandboxSession(abc.ABC):
 # The shared half: driving an agent over a byte stream.
 
 
+@dataclass(frozen=True)
+class StreamGap:
+    """Returned by :meth:`AgentChannel.read`: ``lost`` bytes of the agent's output are gone for
+    good, and the stream goes on at the start of a frame (see PROTOCOL.md, "Resuming")."""
+
+    lost: int
+
+
 class AgentChannel(abc.ABC):
     """A byte stream to a running agent, supplied by a backend."""
 
     @abc.abstractmethod
-    async def read(self) -> bytes:
+    async def read(self) -> bytes | StreamGap:
         """Next chunk from the agent's stdout; ``b""`` once the stream has ended."""
 
     @abc.abstractmethod
@@ -319,6 +327,14 @@ class AgentSession(SandboxSession):
         try:
             while True:
                 chunk = await channel.read()
+                if isinstance(chunk, StreamGap):
+                    decoder = FrameDecoder()  # a frame may have been cut: start afresh
+                    notice = (
+                        f"[sandbox] {chunk.lost:,} bytes of output were lost while the connection "
+                        "to the sandbox was down.\n"
+                    )
+                    queue.put_nowait(Output("stderr", notice.encode()))
+                    continue
                 if not chunk:
                     break
                 for frame in decoder.feed(chunk):

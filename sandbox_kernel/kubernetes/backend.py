@@ -14,8 +14,8 @@ stdin/stdout (never over pod networking, which the policy blocks). Attach does n
 a container wrote before the stream opened, so the container waits for a gate line on stdin
 before it starts the agent, and then until the deny-all NetworkPolicy is in force (network
 plugins program a new pod's rules a moment after it starts; see :func:`.manifests.agent_command`).
-If the websocket drops while the pod runs, the kernel attaches again; output written in between
-is lost, and a cell that was running is told so.
+If the websocket drops while the pod runs, the kernel attaches again and the agent repeats what
+the kernel missed (see :mod:`.attach`), so a running cell loses no output.
 
 What outlives a crash: the kernel renews a Lease in its namespace every ``heartbeat_interval``;
 ``sandbox-kernel gc`` deletes namespaces whose lease expired (see :mod:`.commands`).
@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 from traitlets import Dict, Enum, Float, Int, List, Unicode, default
@@ -51,7 +51,7 @@ from ..errors import (
 )
 from ..languages import LANGUAGES, Language
 from ..quantity import parse_bytes, parse_cpu
-from ..session import AgentChannel, AgentSession, Event, Stream
+from ..session import AgentChannel, AgentSession
 from . import manifests
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
@@ -540,7 +540,7 @@ class KubernetesSandboxSession(AgentSession):
         loop = asyncio.get_running_loop()
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
         self._attach = channel
-        await channel.write(manifests.GATE_LINE)
+        channel.open_gate(manifests.GATE_LINE)
         self._event(f"attached to pod {name}; agent starting")
         return channel
 
@@ -596,19 +596,6 @@ class KubernetesSandboxSession(AgentSession):
             except SandboxError:
                 return None
         return None
-
-    async def execute(self, code: str) -> AsyncIterator[Event]:  # type: ignore[override]
-        """Run a cell; if the attach stream had to be re-opened meanwhile, say output may be missing."""
-        channel = self._attach
-        before = channel.reattached if channel else 0
-        async for event in super().execute(code):
-            yield event
-        if channel is not None and channel is self._attach and channel.reattached > before:
-            yield Stream(
-                "stderr",
-                "[sandbox] the stream to the sandbox pod broke during this cell and was re-attached; "
-                "output written in between may be missing (the cell's variables are kept).\n",
-            )
 
     # -- heartbeat ----------------------------------------------------------------------------------
 
@@ -745,9 +732,21 @@ class KubernetesSandboxSession(AgentSession):
             ("heartbeat", f"Lease {manifests.LEASE_NAME}, renewed every {self.settings.heartbeat_interval:g} s, expires after {self.settings.heartbeat_ttl} s"),
             ("owner", f"{ident.owner} ({ident.user or 'unknown user'})"),
             ("kernel", ident.kernel_id),
+            ("stream", self._stream_health()),
             ("cluster", api.host),
         ]
         return _table(rows)
+
+    def _stream_health(self) -> str:
+        channel = self._attach
+        if channel is None:
+            return "not attached"
+        if not channel.reattached:
+            return "attach, never dropped"
+        return (
+            f"attach, re-attached {channel.reattached} times; {channel.lost_output:,} bytes of output lost, "
+            f"{channel.resent} requests sent again"
+        )
 
     def _report_quota(self, api: KubernetesApi, ident: manifests.SandboxIdentity) -> str:
         quota = api.read_resource_quota(ident.namespace, manifests.QUOTA_NAME) or {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,29 +20,8 @@ import pytest
 
 from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
 
-AGENTS = Path(__file__).resolve().parents[2] / "sandbox_kernel" / "agents"
-
-COMMANDS: dict[str, list[str]] = {
-    "python": [sys.executable, str(AGENTS / "python_agent.py")],
-    "node": [shutil.which("node") or "/usr/bin/node", str(AGENTS / "node_agent.js")],
-    "bash": [shutil.which("bash") or "/bin/bash", str(AGENTS / "bash_agent.sh")],
-}
-
-# Cells that print the numbers 0 .. n-1, one per line, optionally pausing ~2 ms after each.
-COUNT: dict[str, Callable[[int, bool], str]] = {
-    "python": lambda n, slow: (
-        "import time\nfor i in range(%d):\n    print(i, flush=True)\n    %s" % (n, "time.sleep(0.002)" if slow else "pass")
-    ),
-    "node": lambda n, slow: (
-        "for (let i = 0; i < %d; i++) { console.log(i); %s}"
-        % (n, "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2); " if slow else "")
-    ),
-    "bash": lambda n, slow: "for ((i = 0; i < %d; i++)); do echo $i; %sdone" % (n, "sleep 0.002; " if slow else ""),
-}
-
-
-def numbers(n: int) -> bytes:
-    return b"".join(b"%d\n" % i for i in range(n))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from agents import COMMANDS, COUNT, numbers  # noqa: E402
 
 
 class RawAgent:

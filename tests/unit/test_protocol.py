@@ -7,7 +7,17 @@ import json
 import pytest
 
 from sandbox_kernel.errors import ProtocolError
-from sandbox_kernel.protocol import MAX_PAYLOAD, FrameDecoder, Message, Output, encode, encode_message
+from sandbox_kernel.protocol import (
+    MAX_PAYLOAD,
+    FrameDecoder,
+    Message,
+    Output,
+    ResumePoint,
+    ResumeScanner,
+    SentFrames,
+    encode,
+    encode_message,
+)
 
 
 def test_encode_message_is_header_then_json() -> None:
@@ -74,3 +84,57 @@ def test_encoder_refuses_oversized_payloads_and_unknown_kinds() -> None:
         encode("bogus", b"")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         encode_message({"id": 1})
+
+
+# -- resuming a re-opened stream ----------------------------------------------------------------
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 40, 1000])
+def test_resume_scanner_drops_everything_before_its_line_under_any_chunking(chunk: int) -> None:
+    live = b"ut 3\nabcmsg 2\n{}" + b"resume 0000000000000000ffffffffffffffff 1 2\n"  # another token: not ours
+    stream = live + b"resume %s 1234 7\n" % TOKEN.encode() + b"out 1\nx"
+    scanner = ResumeScanner(TOKEN)
+    found = None
+    rest = b""
+    for i in range(0, len(stream), chunk):
+        if found is None:
+            found = scanner.feed(stream[i : i + chunk])
+            if found is not None:
+                rest = found[1]
+        else:
+            rest += stream[i : i + chunk]
+    assert found is not None and found[0] == ResumePoint(1234, 7)
+    assert rest == b"out 1\nx"
+    assert scanner.dropped == len(live)
+
+
+@pytest.mark.parametrize("line", [b"resume %s 12\n", b"resume %s a b\n", b"resume %s " + b"9" * 60])
+def test_a_malformed_resume_line_is_a_protocol_error(line: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ResumeScanner(TOKEN).feed(line.replace(b"%s", TOKEN.encode()))
+
+
+def test_sent_frames_names_the_requests_a_broken_stream_swallowed() -> None:
+    sent = SentFrames()
+    for name in (b"a", b"b", b"c", b"d"):
+        sent.record(name)
+    resume = sent.record_resume()
+    sent.record(b"e")  # written on the new stream before the agent answered
+    assert resume == 4
+    lost, forgotten = sent.lost_before(resume, received=3)  # the agent read a, b and the resume
+    assert (lost, forgotten) == ([b"c", b"d"], 0)
+    for frame in lost:
+        sent.record(frame)
+    # The agent now counts: a b resume e c d.
+    assert sent.count == 6
+    assert sent.lost_before(sent.record_resume(), received=7) == ([], 0)
+
+
+def test_sent_frames_reports_requests_too_old_to_send_again() -> None:
+    sent = SentFrames(keep=2)
+    for name in (b"a", b"b", b"c"):
+        sent.record(name)
+    assert sent.lost_before(sent.record_resume(), received=1) == ([b"b", b"c"], 1)
+    assert SentFrames().lost_before(0, received=1) == ([], 0)  # nothing lost
