@@ -187,7 +187,7 @@ def _send_frame(kind, payload):
             _written += len(frame)
             _replay.append(frame)
             _replay_kept += len(frame)
-            while _replay_kept - len(_replay[0]) >= REPLAY_BYTES:
+            while _replay and _replay_kept - len(_replay[0]) >= REPLAY_BYTES:
                 _replay_kept -= len(_replay.popleft())
     except OSError as exc:  # the kernel went away
         _log("cannot write to the kernel (%s); exiting" % exc)
