@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, head, tail, wc, mkfifo, mktemp,
-# rm, sleep; busybox versions are fine). It speaks the framed protocol described in
+# Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, head, tail, tee, wc, mkfifo,
+# mktemp, rm, sleep; busybox versions are fine). It speaks the framed protocol described in
 # PROTOCOL.md on its stdin/stdout and runs every cell in ONE persistent shell, so the working
 # directory, variables, functions, aliases and options carry over between cells.
 #
@@ -9,9 +9,10 @@
 #   controller  reads protocol frames from the kernel (its own copy of the original fd 0),
 #               parses the JSON and hands the worker a one-line command through the "cmd"
 #               FIFO plus the request's payload (id, numbers, code) through the "data" FIFO.
-#               `interrupt` is handled right here: SIGINT to the worker's process group. It
-#               also notices a dead worker (a cell ran `exec ...` or killed it) and starts a
-#               new one.
+#               `interrupt` is handled right here: SIGINT to the worker's process group, and
+#               so is `resume` (see "Resuming" below), also while a cell runs. It counts the
+#               frames it reads, and it also notices a dead worker (a cell ran `exec ...` or
+#               killed it) and starts a new one.
 #   worker      an *interactive* bash (`bash -i`, no tty, no job control, no line editing) that
 #               reads its commands from the cmd FIFO. Cells run in it as a top-level
 #               `eval "$code"`, so `declare`, `cd`, `alias`, functions all persist. It is
@@ -31,6 +32,18 @@
 #
 # Writing frames: the pumps, the worker and the controller all write to the protocol fd, each
 # frame under a lock so frames never interleave (see "The frame lock" below).
+#
+# Resuming (PROTOCOL.md, "Resuming after a dropped stream"): since several processes write
+# frames, the replay buffer is not in any one process's memory but in two "spool" files in the
+# agent's private directory. Whoever writes a frame also appends it, under the same lock, to
+# the current spool file and adds its size to the output offset kept in the lock's state line;
+# once that file holds REPLAY_BYTES (8 MiB, or $SANDBOX_AGENT_REPLAY_BYTES) the older file is
+# emptied and takes over, so together they always hold at least the last REPLAY_BYTES of output
+# in whole frames. A msg frame is built once (printf -v) and written twice, an out/err frame's
+# bytes go through tee (or, for a small chunk, through a shell variable): no extra process
+# per frame. On `resume` the controller takes the lock and writes the marker line
+# "resume TOKEN FROM RECEIVED" and the spooled bytes from FROM on (tail -c); none of that is
+# counted as output. RECEIVED is the controller's count of frames read, this one included.
 #
 # End of a cell ("done after all output"): after the eval the worker publishes a random marker
 # in the lock's state line and writes the marker to both stream FIFOs. Each pump drops the
@@ -288,33 +301,69 @@ __sk_json_list() {
 }
 
 # ------------------------------------------------------------------------------------------
-# The frame lock, which also holds the shared per-cell state.
+# The frame lock, which also holds the shared per-cell state and the replay bookkeeping.
 #
 # The lock is a FIFO holding one token byte: `read -N 1` takes it (a one-byte read is atomic,
 # so exactly one process gets it, the others block), writing the byte back releases it. The
-# state FIFO holds one line, "USED LIMIT MARK FIN": bytes the current cell produced so far,
-# its output_limit, the pending end-of-cell marker ("-" if none) and the number of the last
-# finished cell; only the lock holder reads and rewrites it. No flock(1), and no small files
-# rewritten per cell (rewriting a small file on ext4 can cost milliseconds).
+# state FIFO holds one line, "USED LIMIT MARK FIN TOTAL BASE OLD CUR": bytes the current cell
+# produced so far, its output_limit, the pending end-of-cell marker ("-" if none), the number
+# of the last finished cell, then the replay buffer's state (see "Replay" below): the output
+# offset (bytes written to the protocol stream so far), the offset where the current spool
+# file starts, the offset where the previous one starts (-1: none yet) and which of the two
+# spool files is the current one (0/1). Only the lock holder reads and rewrites it. No
+# flock(1), and no small files rewritten per cell (rewriting a small file on ext4 can cost
+# milliseconds).
+#
+# Replay (PROTOCOL.md, "Resuming"): every frame is written, under the lock, both to the
+# protocol fd and appended to the current spool file ($__SK_D/spool.CUR, opened by path for
+# each write, so no process holds it open), and TOTAL grows by its size (header included).
+# Once the current file holds __SK_REPLAY bytes (SANDBOX_AGENT_REPLAY_BYTES, default 8 MiB)
+# the other file is emptied and becomes the current one: the two files always hold whole
+# frames, at least the last __SK_REPLAY bytes of output (at most twice that plus one frame).
+# `resume` (handled by the controller, __sk_resume) writes its marker line and then the kept
+# bytes from the requested offset with tail, all under the lock; none of it is counted.
 # ------------------------------------------------------------------------------------------
 
+# __sk_rdstate [READ OPTIONS]: read the state line into the globals (the lock is held).
+__sk_rdstate() {
+    IFS=" " read -r "$@" -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN \
+        __SK_TOTAL __SK_BASE __SK_OLD __SK_CUR
+}
 __sk_lock() {
     local tok
     IFS= read -r -N 1 -u "$__SK_LOCK" tok
-    IFS=" " read -r -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN
+    __sk_rdstate
 }
 __sk_unlock() {
-    printf '%s %s %s %s\n' "${__SK_USED:-0}" "${__SK_LIMIT:-0}" "${__SK_MARK:--}" "${__SK_FIN:-0}" >&"$__SK_STATE"
+    printf '%s %s %s %s %s %s %s %s\n' "${__SK_USED:-0}" "${__SK_LIMIT:-0}" "${__SK_MARK:--}" \
+        "${__SK_FIN:-0}" "${__SK_TOTAL:-0}" "${__SK_BASE:-0}" "${__SK_OLD:--1}" "${__SK_CUR:-0}" >&"$__SK_STATE"
     printf x >&"$__SK_LOCK"
 }
 
-# __sk_send JSON: write one msg frame under the frame lock. Used by every process.
-# LC_ALL=C makes ${#1} a byte count.
+# __sk_sent N: N more bytes went to the protocol fd and the spool (lock held): count them, and
+# switch spool files once the current one holds __SK_REPLAY bytes. The switch (rare) also
+# records the offsets in spool.pos, so they survive a state line lost with a dead worker.
+__sk_sent() {
+    __SK_TOTAL=$((__SK_TOTAL + $1))
+    if ((__SK_TOTAL - __SK_BASE >= __SK_REPLAY)); then
+        __SK_OLD=$__SK_BASE __SK_BASE=$__SK_TOTAL __SK_CUR=$((1 - __SK_CUR))
+        : >|"$__SK_D/spool.$__SK_CUR"
+        printf '%s %s %s\n' "$__SK_BASE" "$__SK_OLD" "$__SK_CUR" >|"$__SK_D/spool.pos"
+    fi
+    return 0
+}
+
+# __sk_send JSON: write one msg frame under the frame lock. Used by every process. The frame
+# is built once and written twice, to the protocol fd and to the spool (no extra process).
+# LC_ALL=C makes ${#1} and ${#__sk_f} byte counts.
 __sk_send() {
-    local LC_ALL=C tok
-    IFS= read -r -N 1 -u "$__SK_LOCK" tok
-    printf 'msg %d\n%s' "${#1}" "$1" >&"$__SK_POUT"
-    printf x >&"$__SK_LOCK"
+    local LC_ALL=C __sk_f  # runs in the user's shell too: an agent-owned name
+    printf -v __sk_f 'msg %d\n%s' "${#1}" "$1"
+    __sk_lock
+    printf '%s' "$__sk_f" >&"$__SK_POUT"
+    printf '%s' "$__sk_f" >>"$__SK_D/spool.$__SK_CUR"
+    __sk_sent "${#__sk_f}"
+    __sk_unlock
 }
 
 # ------------------------------------------------------------------------------------------
@@ -322,10 +371,15 @@ __sk_send() {
 # ------------------------------------------------------------------------------------------
 
 # __sk_emit KIND FILE START LEN: forward LEN bytes of FILE (the first __SK_N bytes are the
-# chunk) from offset START as one KIND frame, honouring the cell's output limit. Called with
-# the lock held; updates __SK_USED.
+# chunk; the file is __SK_CS bytes long) from offset START as one KIND frame, honouring the
+# cell's output limit. Called with the lock held; updates __SK_USED. The frame goes to the
+# protocol fd and to the spool. A small chunk without NUL bytes is also in __SK_V (then
+# __SK_VN is __SK_N): the frame is built with printf -v and written twice, no process at all.
+# Otherwise the header is written with printf and the bytes with tee, which reads the chunk
+# file itself when the frame is all of it (one process, as many as a plain copy) and the
+# output of head/tail else.
 __sk_emit() {
-    local kind=$1 file=$2 start=$3 len=$4 allow
+    local kind=$1 file=$2 start=$3 len=$4 allow h spool="$__SK_D/spool.$__SK_CUR"
     ((len > 0)) || return 0
     [[ $__SK_USED =~ ^[0-9]+$ ]] || __SK_USED=0
     [[ $__SK_LIMIT =~ ^[0-9]+$ ]] || __SK_LIMIT=0
@@ -337,12 +391,24 @@ __sk_emit() {
     fi
     __SK_USED=$((__SK_USED + len))
     ((allow > 0)) || return 0
-    printf '%s %d\n' "$kind" "$allow" >&"$__SK_POUT"
-    if ((start == 0)); then
-        head -c "$allow" "$file" >&"$__SK_POUT"
-    else
-        tail -c +$((start + 1)) "$file" | head -c "$allow" >&"$__SK_POUT"
+    if ((__SK_VN == __SK_N)); then
+        printf -v h '%s %d\n%s' "$kind" "$allow" "${__SK_V:start:allow}"
+        printf '%s' "$h" >&"$__SK_POUT"
+        printf '%s' "$h" >>"$spool"
+        __sk_sent "${#h}"
+        return 0
     fi
+    printf -v h '%s %d\n' "$kind" "$allow"
+    printf '%s' "$h" >&"$__SK_POUT"
+    printf '%s' "$h" >>"$spool"
+    if ((start == 0 && allow == __SK_CS)); then
+        tee -a "$spool" <"$file" >&"$__SK_POUT"
+    elif ((start == 0)); then
+        head -c "$allow" "$file" | tee -a "$spool" >&"$__SK_POUT"
+    else
+        tail -c +$((start + 1)) "$file" | head -c "$allow" | tee -a "$spool" >&"$__SK_POUT"
+    fi
+    __sk_sent $((${#h} + allow))
 }
 
 # __sk_find_mark FILE MARK: set __SK_K to the byte offset of MARK in the first __SK_N bytes of
@@ -353,8 +419,12 @@ __sk_find_mark() {
     local file=$1 mark=$2 m=${#2} x seg pre off=0
     __SK_K=-1
     ((__SK_N >= m)) || return 0
-    if ((__SK_N <= 262144)); then
+    if ((__SK_VN == __SK_N)); then
+        x=$__SK_V
+    elif ((__SK_N <= 262144)); then
         IFS= read -r -d '' -N "$__SK_N" x <"$file"
+    fi
+    if ((__SK_N <= 262144)); then
         if ((${#x} == __SK_N)); then
             if [[ $x == *"$mark"* ]]; then
                 pre=${x%%"$mark"*}
@@ -421,10 +491,14 @@ __sk_pump() {
         {__SK_E}>&- </dev/null
     : >"$chunk"
     # Does this dd report the byte count? Then the chunk file is rewritten in place (1<>),
-    # never truncated; otherwise it is truncated and measured with wc.
+    # never truncated, unless it is on a tmpfs (/dev/shm) where truncating costs nothing;
+    # otherwise it is truncated and measured with wc. __SK_CS tracks the file's size: when it
+    # equals the chunk, __sk_emit can hand the file itself to tee.
     dd bs=4 count=1 </dev/null >/dev/null 2>|"$st"
     { read -r _; read -r _; read -r x _; } <"$st"
     [[ $x == 0 ]] && ddbytes=1
+    [[ $__SK_D == /dev/shm/* ]] && ((ddbytes)) && ddbytes=2
+    __SK_CS=0
     while :; do
         IFS= read -r -d '' -n 1 -u "$fd" c
         rc=$?
@@ -453,13 +527,26 @@ __sk_pump() {
             fi
         fi
         # The chunk: the bytes consumed so far, then whatever else is in the pipe.
-        if ((ddbytes)); then
+        if ((ddbytes == 2)); then
+            __sk_fill >|"$chunk"
+            __SK_CS=$n
+        elif ((ddbytes)); then
             __sk_fill 1<>"$chunk"
+            ((n > __SK_CS)) && __SK_CS=$n
         else
             __sk_fill >|"$chunk"
             x=$(wc -c <"$chunk") && n=$((x))
+            __SK_CS=$n
         fi
         __SK_N=$n
+        # A small chunk is also read into __SK_V, for __sk_emit and __sk_find_mark. Only when
+        # the file holds exactly the chunk: `read` drops NUL bytes, so a chunk with NULs then
+        # comes out short (EOF), and is left to the file-based paths.
+        __SK_VN=-1
+        if ((n <= 16384 && n == __SK_CS)); then
+            IFS= read -r -d '' -N "$n" __SK_V <"$chunk"
+            ((${#__SK_V} == n)) && __SK_VN=$n
+        fi
         __sk_lock
         mark=$__SK_MARK
         k=-1
@@ -737,9 +824,10 @@ __sk_start_worker() {
     {
         printf 'PS1= PS2= PS0= PS4="+ "\nunset PROMPT_COMMAND HISTFILE MAILCHECK MAILPATH\n'
         printf 'set +o history +H +m\n'
-        declare -p __SK_D __SK_POUT __SK_LOCK __SK_STATE __SK_ACK __SK_DATA __SK_O __SK_E __SK_UTF8_RE __SK_CTRL __SK_HIGH
+        declare -p __SK_D __SK_POUT __SK_LOCK __SK_STATE __SK_ACK __SK_DATA __SK_O __SK_E __SK_UTF8_RE __SK_CTRL __SK_HIGH \
+            __SK_REPLAY
         printf '__SK_WPID=$$ __SK_RUN= __SK_EXIT= __SK_NCM=0 __SK_PWD=%q\n' "$cwd"
-        declare -f __sk_json_quote __sk_json_list __sk_lock __sk_unlock __sk_send exit __sk_sane \
+        declare -f __sk_json_quote __sk_json_list __sk_rdstate __sk_lock __sk_unlock __sk_sent __sk_send exit __sk_sane \
             __sk_unsane __sk_utf8_locale \
             __sk_request __sk_pre __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
         [[ -n $cwd ]] && printf 'cd -- %q 2>/dev/null\n' "$cwd"
@@ -762,12 +850,69 @@ __sk_start_worker() {
     set +m
 }
 
+# __sk_revive: the worker shell died: start a new one. Uses __sk_main's `last` and `lastid`
+# (the last execute's number and id).
+__sk_revive() {
+    local st payload n
+    __sk_log "the worker shell died; starting a new one"
+    __sk_start_worker
+    # Was a cell running (the last execute is not the last finished one)? Then the new shell
+    # finishes it (marker + done). A state line that does not come back was lost with the dead
+    # shell: put a fresh one in, with the replay offsets rebuilt from spool.pos and the size of
+    # the current spool file.
+    if IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" st && __sk_rdstate -t 1; then
+        st=$__SK_FIN
+    else
+        __SK_USED=0 __SK_LIMIT=0 __SK_FIN=0 st=-1
+        __SK_BASE=0 __SK_OLD=-1 __SK_CUR=0
+        [[ -s $__SK_D/spool.pos ]] && read -r __SK_BASE __SK_OLD __SK_CUR _ <"$__SK_D/spool.pos"
+        n=$(wc -c <"$__SK_D/spool.$__SK_CUR")
+        __SK_TOTAL=$((__SK_BASE + n))
+    fi
+    __SK_MARK=-
+    __sk_unlock
+    if ((last > 0 && st != last)); then
+        payload=$lastid$'\n0\n0\n'
+        printf '__sk_recover %s %s\n' "$last" "${#payload}" >&"$__SK_CMD"
+        printf '%s' "$payload" >&"$__SK_DATA"
+    fi
+}
+
+# __sk_resume TOKEN OFFSET RECEIVED: answer a `resume` (PROTOCOL.md, "Resuming"). Under the
+# frame lock, so that no frame is written in between: the marker line, then every kept byte
+# from offset FROM on (OFFSET, or the oldest kept frame if OFFSET is no longer kept, at most
+# the end of the output), straight from the spool files. Nothing here counts as output.
+__sk_resume() {
+    local tok=$1 off=$2 from first t
+    ((${#off} > 18)) && off=999999999999999999  # past any end; bash arithmetic is 64-bit
+    off=$((10#$off))
+    # Wait for the lock (a pump may be writing a big frame). If it does not come because the
+    # worker died holding it, replace the worker, which also puts the token back.
+    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do
+        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
+    done
+    __sk_rdstate
+    first=$__SK_BASE
+    ((__SK_OLD >= 0)) && first=$__SK_OLD
+    from=$off
+    ((from < first)) && from=$first
+    ((from > __SK_TOTAL)) && from=$__SK_TOTAL
+    ((from > off)) && __sk_log "resume: $((from - off)) bytes of output were no longer kept"
+    printf 'resume %s %d %d\n' "$tok" "$from" "$3" >&"$__SK_POUT"
+    if ((from < __SK_BASE)); then
+        tail -c +$((from - __SK_OLD + 1)) "$__SK_D/spool.$((1 - __SK_CUR))" >&"$__SK_POUT"
+        from=$__SK_BASE
+    fi
+    ((from < __SK_TOTAL)) && tail -c +$((from - __SK_BASE + 1)) "$__SK_D/spool.$__SK_CUR" >&"$__SK_POUT"
+    __sk_unlock
+}
+
 # __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is
 # busy right now.
 __sk_finished() {
     local tok
     IFS= read -r -N 1 -t 0.05 -u "$__SK_LOCK" tok || return 2
-    IFS=" " read -r -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN
+    __sk_rdstate
     __sk_unlock
     ((__SK_FIN == $1))
 }
@@ -837,7 +982,16 @@ __sk_main() {
         {__SK_STATE}<>"$__SK_D/state" {__SK_ACK}<>"$__SK_D/ack" {__SK_CMD}<>"$__SK_D/cmd" \
         {__SK_DATA}<>"$__SK_D/data"
     exec {__SK_O}>"$__SK_D/out" {__SK_E}>"$__SK_D/err"
-    __SK_USED=0 __SK_LIMIT=0 __SK_MARK=- __SK_FIN=0
+    # The replay buffer's size: SANDBOX_AGENT_REPLAY_BYTES if it is a number, else 8 MiB.
+    __SK_REPLAY=${SANDBOX_AGENT_REPLAY_BYTES-}
+    if [[ $__SK_REPLAY =~ ^[0-9]+$ ]]; then
+        ((${#__SK_REPLAY} > 18)) && __SK_REPLAY=999999999999999999
+        __SK_REPLAY=$((10#$__SK_REPLAY))
+    else
+        __SK_REPLAY=8388608
+    fi
+    : >"$__SK_D/spool.0" || builtin exit 1
+    __SK_USED=0 __SK_LIMIT=0 __SK_MARK=- __SK_FIN=0 __SK_TOTAL=0 __SK_BASE=0 __SK_OLD=-1 __SK_CUR=0
     __sk_unlock  # the lock's token and the one state line
 
     __sk_pump out &
@@ -847,9 +1001,10 @@ __sk_main() {
     __sk_start_worker
 
     local v=${BASH_VERSION%%[!0-9.]*}
-    __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":1}"
+    __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":2}"
 
-    local header='' line kind len payload type seq=0 rc last=0 lastid=null st intr=0 wait_s
+    # recv: frames read from the kernel (every one, `resume` included), for `resume`.
+    local header='' line kind len payload type seq=0 rc last=0 lastid=null intr=0 wait_s recv=0
     declare -gA __SK_J
     while :; do
         # Wait for a header line; every second check that the worker is still alive.
@@ -869,26 +1024,7 @@ __sk_main() {
                     1) kill -INT -- -"$__SK_WPID" 2>/dev/null; ((intr--)) ;;
                 esac
             fi
-            if ! kill -0 "$__SK_WPID" 2>/dev/null; then
-                __sk_log "the worker shell died; starting a new one"
-                __sk_start_worker
-                # Was a cell running (the last execute is not the last finished one)? Then
-                # the new shell finishes it (marker + done). A state line that does not come
-                # back was lost with the dead shell: put a fresh one in.
-                if IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" st &&
-                    IFS=" " read -r -t 1 -u "$__SK_STATE" __SK_USED __SK_LIMIT __SK_MARK __SK_FIN; then
-                    st=$__SK_FIN
-                else
-                    __SK_USED=0 __SK_LIMIT=0 __SK_FIN=0 st=-1
-                fi
-                __SK_MARK=-
-                __sk_unlock
-                if ((last > 0 && st != last)); then
-                    payload=$lastid$'\n0\n0\n'
-                    printf '__sk_recover %s %s\n' "$last" "${#payload}" >&"$__SK_CMD"
-                    printf '%s' "$payload" >&"$__SK_DATA"
-                fi
-            fi
+            kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
             continue
         fi
         ((rc == 0)) || break  # EOF: the kernel is gone
@@ -905,6 +1041,7 @@ __sk_main() {
         if ((len > 0)); then
             IFS= read -r -N "$len" -u "$__SK_PIN" payload || break
         fi
+        recv=$((recv + 1))
         if ! __sk_json_parse "$payload" || [[ ${__SK_J[type]} != \"*\" ]]; then
             __sk_log "protocol error: bad message '$payload'"
             continue
@@ -919,6 +1056,18 @@ __sk_main() {
                 ((last > 0)) && intr=6 ;;
             shutdown)
                 break ;;
+            resume)
+                # Answered right here, also while a cell runs. A malformed one is ignored.
+                local rtok='' roff=${__SK_J[offset]}
+                if [[ ${__SK_J[token]} == \"*\" ]]; then
+                    __sk_json_unescape "${__SK_J[token]}"
+                    rtok=$__SK_R
+                fi
+                if [[ $rtok =~ ^[0-9a-f]{32}$ && $roff =~ ^[0-9]+$ ]]; then
+                    __sk_resume "$rtok" "$roff" "$recv"
+                else
+                    __sk_log "ignoring a malformed resume: '$payload'"
+                fi ;;
             execute | complete | inspect | is_complete)
                 seq=$((seq + 1))
                 local id=${__SK_J[id]:-null} a b code=''

@@ -185,7 +185,7 @@ def test_ready_language_info(agent: Agent) -> None:
     assert info["pygments_lexer"] == "bash"
     assert info["codemirror_mode"] == "shell"
     assert agent.ready["agent"] == "bash"
-    assert agent.ready["protocol"] == 1
+    assert agent.ready["protocol"] == 2
 
 
 def test_hello_and_stdin_is_devnull(agent: Agent) -> None:
