@@ -1,11 +1,15 @@
-"""The three agents as plain subprocess commands, and cells that count, for the resume tests."""
+"""The three agents as plain subprocesses, and cells that count, for the agent and resume tests."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
+
+from sandbox_kernel.protocol import encode_message
 
 AGENTS = Path(__file__).resolve().parents[1] / "sandbox_kernel" / "agents"
 
@@ -30,3 +34,29 @@ COUNT: dict[str, Callable[[int, bool], str]] = {
 
 def numbers(n: int) -> bytes:
     return b"".join(b"%d\n" % i for i in range(n))
+
+
+def spawn(language: str, workdir: Path, replay_bytes: int | None = None) -> subprocess.Popen[bytes]:
+    """Start an agent as a plain subprocess: stdin/stdout are the protocol pipes, stderr goes to
+    ``workdir/agent.log``, the environment is what a sandbox gives it."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
+    if replay_bytes is not None:
+        env["SANDBOX_AGENT_REPLAY_BYTES"] = str(replay_bytes)
+    with open(workdir / "agent.log", "wb") as log:
+        return subprocess.Popen(COMMANDS[language], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=workdir, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ask the agent to shut down; kill it if it has not within 5 s."""
+    if proc.poll() is None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(encode_message({"type": "shutdown"}))
+            proc.stdin.flush()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

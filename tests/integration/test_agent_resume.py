@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -21,20 +20,14 @@ import pytest
 from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agents import COMMANDS, COUNT, numbers  # noqa: E402
+from agents import COMMANDS, COUNT, numbers, spawn, stop  # noqa: E402
 
 
 class RawAgent:
     """An agent subprocess whose stdout is kept as raw bytes."""
 
     def __init__(self, language: str, workdir: Path, replay_bytes: int | None = None) -> None:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
-        if replay_bytes is not None:
-            env["SANDBOX_AGENT_REPLAY_BYTES"] = str(replay_bytes)
-        self.log = open(workdir / "agent.log", "wb")
-        self.proc = subprocess.Popen(
-            COMMANDS[language], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=workdir, env=env
-        )
+        self.proc = spawn(language, workdir, replay_bytes)
         self.raw = bytearray()
         self.sent = 0  # frames written to the agent
         self._cond = threading.Condition()
@@ -99,17 +92,7 @@ class RawAgent:
         return at, int(fields[0]), int(fields[1])
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send({"type": "shutdown"})
-            except OSError:
-                pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop(self.proc)
 
 
 def _done(frames: list[Any], cell_id: str) -> bool:

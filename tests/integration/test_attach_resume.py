@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -27,20 +26,14 @@ from sandbox_kernel.languages import LANGUAGES
 from sandbox_kernel.session import AgentChannel, AgentSession, ErrorOutput, ExecuteResult, Stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agents import COMMANDS, COUNT, numbers  # noqa: E402
+from agents import COMMANDS, COUNT, numbers, spawn, stop  # noqa: E402
 
 
 class Container:
     """An agent process and its attach streams, like the container runtime's copy of stdout."""
 
     def __init__(self, language: str, workdir: Path, replay_bytes: int | None = None) -> None:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
-        if replay_bytes is not None:
-            env["SANDBOX_AGENT_REPLAY_BYTES"] = str(replay_bytes)
-        self.log = open(workdir / "agent.log", "wb")
-        self.proc = subprocess.Popen(
-            COMMANDS[language], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=workdir, env=env
-        )
+        self.proc = spawn(language, workdir, replay_bytes)
         self.lock = threading.Lock()
         self.attached: FakeAttach | None = None
         self.dropped_bytes = 0  # output written while nothing was attached
@@ -76,10 +69,7 @@ class Container:
                 self.attached = None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
+        stop(self.proc)
 
 
 class FakeAttach:
