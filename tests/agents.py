@@ -46,8 +46,29 @@ def spawn(language: str, workdir: Path, replay_bytes: int | None = None) -> subp
         return subprocess.Popen(COMMANDS[language], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=workdir, env=env)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ask the agent to shut down; kill it if it has not within 5 s."""
+def private_dirs(pid: int) -> set[Path]:
+    """The Bash agent's private FIFO directory (``.skbash.*``), found through its open files.
+
+    In a sandbox it lives on the sandbox's own /dev/shm or /tmp and goes with it; a bare agent
+    that is killed leaves it on the host's, so tests remove it (see :func:`stop`)."""
+    found = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = Path(os.readlink(fd))
+            except OSError:
+                continue
+            if target.parent.name.startswith(".skbash."):
+                found.add(target.parent)
+    except OSError:
+        pass
+    return found
+
+
+def stop(proc: subprocess.Popen[bytes], leftovers: set[Path] | None = None) -> None:
+    """Ask the agent to shut down; kill it if it has not within 5 s; remove ``leftovers`` (by
+    default its :func:`private_dirs`, if it still runs)."""
+    leftovers = private_dirs(proc.pid) if leftovers is None else leftovers
     if proc.poll() is None:
         try:
             assert proc.stdin is not None
@@ -60,3 +81,5 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for directory in leftovers:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -27,6 +27,9 @@ if str(ROOT) not in sys.path:
 
 from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from agents import private_dirs, stop  # noqa: E402
+
 AGENT = ROOT / "sandbox_kernel" / "agents" / "bash_agent.sh"
 BASH = shutil.which("bash") or "/bin/bash"
 
@@ -92,6 +95,7 @@ class Agent:
         first = self.next_frame(15)
         assert isinstance(first, Message) and first.type == "ready", first
         self.ready = first.body
+        self.private = private_dirs(self.proc.pid)  # removed by close() even if a test kills the agent
 
     # -- low level -------------------------------------------------------------------------
     def send(self, body: dict) -> None:
@@ -153,13 +157,7 @@ class Agent:
         return self.collect(cell_id, cell, timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send({"type": "shutdown"})
-                self.proc.wait(5)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc, self.private)
         self.log.close()
 
 
@@ -571,7 +569,7 @@ def test_eof_on_stdin_exits(tmp_path: Path) -> None:
     a.proc.stdin.close()
     a.proc.wait(3)
     a.log.close()
-    assert not any(p.name.startswith(".skbash") for p in tmp_path.iterdir())  # private dir removed
+    assert a.private and not any(d.exists() for d in a.private)  # its private directory is removed
 
 
 def test_shutdown_while_cell_runs(tmp_path: Path) -> None:
@@ -596,6 +594,7 @@ def test_killed_controller_leaves_no_processes(tmp_path: Path) -> None:
     while any(_alive(p) for p in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in helpers)
+    a.close()  # a killed agent cannot remove its private directory: the test does
 
 
 def _alive(pid: int) -> bool:
