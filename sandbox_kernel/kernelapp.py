@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from ipykernel.kernelapp import IPKernelApp
-from jupyter_core.paths import jupyter_config_path
-from traitlets import Type
-from traitlets.config.application import Application
+if __name__ == "__main__":
+    # Before the imports below, which take the kernel process ~0.5-0.8 s: a Kubernetes sandbox
+    # is created meanwhile (its pod takes a second or more to run). See kubernetes/early.py.
+    from sandbox_kernel.kubernetes import early
 
-from .kernel import SandboxKernel
+    early.begin(sys.argv[1:])
+
+from ipykernel.kernelapp import IPKernelApp  # noqa: E402
+from jupyter_core.paths import jupyter_config_path  # noqa: E402
+from traitlets import Type  # noqa: E402
+from traitlets.config.application import Application  # noqa: E402
+
+from sandbox_kernel.kernel import SandboxKernel  # noqa: E402
 
 
 class SandboxKernelApp(IPKernelApp):

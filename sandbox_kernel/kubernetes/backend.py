@@ -11,9 +11,11 @@ What a cell sees:
 
 How the kernel reaches it: only through the API server, with an *attach* stream to the pod's
 stdin/stdout (never over pod networking, which the policy blocks). Attach does not replay what
-a container wrote before the stream opened, so the container waits for a gate line on stdin
-before it starts the agent, and then until the deny-all NetworkPolicy is in force (network
-plugins program a new pod's rules a moment after it starts; see :func:`.manifests.agent_command`).
+a container wrote before the stream opened, so the container starts the agent only once the
+deny-all NetworkPolicy is in force (network plugins program a new pod's rules a moment after it
+starts) and the kernel's gate line has arrived on stdin (see :func:`.manifests.agent_command`).
+The namespace and pod may be created before the kernel process has finished importing
+(:mod:`.early`); the session then takes them over.
 If the websocket drops while the pod runs, the kernel attaches again and the agent repeats what
 the kernel missed (see :mod:`.attach`), so a running cell loses no output.
 
@@ -30,8 +32,11 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
@@ -39,7 +44,7 @@ import yaml
 from traitlets import Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
-from ..config import Limits, setting_bytes, setting_cpu
+from ..config import Limits, Sandbox, setting_bytes, setting_cpu
 from ..errors import (
     ClusterUnreachable,
     ConfigError,
@@ -52,7 +57,7 @@ from ..errors import (
 from ..languages import LANGUAGES, Language
 from ..quantity import parse_bytes, parse_cpu
 from ..session import AgentChannel, AgentSession
-from . import manifests
+from . import early, manifests
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
 
@@ -61,7 +66,13 @@ log = logging.getLogger("sandbox_kernel")
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.1
-"""Seconds between pod status reads while a pod starts or after its stream ended."""
+"""Seconds between pod status reads after a pod's stream ended."""
+
+START_POLL_INTERVAL = 0.05
+"""Seconds between pod status reads while a pod starts. The pod shows as running on average half
+an interval after the kubelet reports it, which is on the start's critical path; a read costs the
+API server ~3 ms. (A watch would save the rest, but the sandbox role has no ``watch`` on pods,
+and the kubelet's own status lag, up to its 1 s PLEG relist, dominates anyway.)"""
 
 _IMAGE_ENV = {"python": "SANDBOX_IMAGE_PYTHON", "node": "SANDBOX_IMAGE_NODE", "bash": "SANDBOX_IMAGE_BASH"}
 
@@ -277,6 +288,11 @@ class KubernetesSandbox(Configurable):
             raise ConfigError("KubernetesSandbox.start_timeout" if self.start_timeout <= 0 else "KubernetesSandbox.shutdown_deadline", "must be more than 0 seconds")
 
 
+_RANDOM_KERNEL_ID = str(uuid.uuid4())
+"""The kernel id when nothing names it: random, but one per process, so the early start
+(:mod:`.early`) and the session agree on it."""
+
+
 def current_kernel_id() -> str:
     """The Jupyter kernel id: $SANDBOX_KERNEL_ID, else from the connection file name, else random."""
     explicit = os.environ.get("SANDBOX_KERNEL_ID")
@@ -288,7 +304,7 @@ def current_kernel_id() -> str:
         match = re.search(r"kernel-([0-9A-Za-z-]+)\.json$", path)
         if match:
             return match.group(1)
-    return str(uuid.uuid4())
+    return _RANDOM_KERNEL_ID
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +396,142 @@ def _container_running(pod: dict[str, Any] | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Creating a sandbox's objects (blocking; also used by the early start, see :mod:`.early`).
+
+
+@dataclass(frozen=True)
+class PreparedSandbox:
+    """A namespace with all its objects and a first pod, created before a session took it over."""
+
+    api: KubernetesApi
+    kubeconfig: str
+    context: str
+    ident: manifests.SandboxIdentity
+    renew_time: str
+    """The Lease's first ``renewTime`` (part of what was created)."""
+    pod_name: str
+    applied: list[dict[str, Any]]
+    """Every object created, in creation order, the pod last."""
+    created_at: float
+    """When the pod was created (``time.time()``)."""
+
+
+def expected_objects(
+    settings: KubernetesSandbox,
+    language: Language,
+    limits: Limits,
+    ident: manifests.SandboxIdentity,
+    renew_time: str,
+    pod_name: str = "sandbox-1",
+) -> manifests.SandboxObjects:
+    """Every object of the sandbox ``ident`` under these settings (pure)."""
+    return manifests.sandbox_objects(
+        ident,
+        settings.quota(),
+        settings.limit_range(),
+        settings.pod_spec(language, limits, pod_name),
+        language.agent_source(),
+        settings.heartbeat_ttl,
+        renew_time,
+        manifests.Subject.from_username(ident.user) if ident.user else None,
+        settings.sandbox_role,
+    )
+
+
+def create_namespace_objects(
+    api: KubernetesApi, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
+) -> tuple[manifests.SandboxIdentity, list[dict[str, Any]]]:
+    """Create the namespace and everything in it but the pod; return its identity and the objects.
+
+    The namespace comes first and the RoleBinding next (with the least-privilege identity, the
+    right to create the rest exists only once it is bound). Quota, limit range, policy, config
+    map and lease do not depend on each other and are created in parallel: five sequential
+    round trips were ~35 ms of every start. All of them exist before the pod is created, so
+    admission sees the quota and limit range, and the policy exists before any container does
+    (the pod still checks that it is *enforced* before the agent starts, see
+    :func:`.manifests.agent_command`). On failure the half-made namespace is deleted.
+    """
+    user = api.whoami()
+    owner = settings.owner or (manifests.owner_label(user) if user else "unknown")
+    now = datetime.now(timezone.utc)
+    renew_time = micro_time(now)
+    for attempt in range(3):
+        ident = manifests.SandboxIdentity(
+            namespace=f"{settings.namespace_prefix}{secrets.token_hex(4)}",
+            kernel_id=kernel_id,
+            language=language.name,
+            owner=owner,
+            user=user,
+            created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        objects = expected_objects(settings, language, limits, ident, renew_time)
+        try:
+            api.create(objects.namespace)
+            break
+        except SandboxError as exc:
+            if "already exists" in str(exc) and attempt < 2:
+                continue  # 8 random hex digits collided: draw again
+            raise
+    rest = objects.in_order()[1:-1]  # the pod comes later
+    first = [o for o in rest if o["kind"] == "RoleBinding"]
+    parallel = [o for o in rest if o["kind"] != "RoleBinding"]
+    try:
+        for obj in first:
+            api.create(obj, rbac_settle=5.0)
+        with ThreadPoolExecutor(len(parallel), thread_name_prefix="sandbox-create") as pool:
+            for future in [pool.submit(api.create, obj, rbac_settle=5.0) for obj in parallel]:
+                future.result()
+    except SandboxError:
+        try:
+            api.delete_namespace(ident.namespace)
+        except SandboxError:
+            log.warning("could not delete the half-made namespace %s", ident.namespace, exc_info=True)
+        raise
+    return ident, [objects.namespace, *first, *parallel]
+
+
+def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> PreparedSandbox:
+    """Create a whole sandbox up to its first pod (blocking): what :mod:`.early` runs in a thread."""
+    api = KubernetesApi(settings.kubeconfig, settings.context)
+    ident, applied = create_namespace_objects(api, settings, language, limits, kernel_id)
+    renew_time = applied[[o["kind"] for o in applied].index("Lease")]["spec"]["renewTime"]
+    pod_name = "sandbox-1"
+    body = manifests.pod(ident, settings.pod_spec(language, limits, pod_name))
+    try:
+        api.create(body, rbac_settle=5.0)
+    except SandboxError:
+        try:
+            api.delete_namespace(ident.namespace)
+        except SandboxError:
+            log.warning("could not delete the half-made namespace %s", ident.namespace, exc_info=True)
+        raise
+    return PreparedSandbox(api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body], time.time())
+
+
+def start_early(config: Any, language_name: str) -> Future[PreparedSandbox]:
+    """Begin :func:`prepare_sandbox` in a thread, with the settings ``config`` gives; see :mod:`.early`.
+
+    Settings are validated here, in the caller's thread: a bad one raises at once (and the
+    kernel reports it properly later, when it reads the same configuration).
+    """
+    language = LANGUAGES[language_name]
+    limits = Sandbox(config=config).limits()
+    settings = KubernetesSandbox(config=config)
+    settings.validate(limits)
+    kernel_id = current_kernel_id()
+    future: Future[PreparedSandbox] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(prepare_sandbox(settings, language, limits, kernel_id))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever claims it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="sandbox-early-start", daemon=True).start()
+    return future
+
+
+# ---------------------------------------------------------------------------------------------
 # The byte stream.
 
 
@@ -435,8 +587,8 @@ class KubernetesSandboxSession(AgentSession):
             self._api = KubernetesApi(self.settings.kubeconfig, self.settings.context)
         return self._api
 
-    def _event(self, text: str) -> None:
-        self._events.append((time.time(), text))
+    def _event(self, text: str, when: float | None = None) -> None:
+        self._events.append((time.time() if when is None else when, text))
         del self._events[:-50]
         log.info("%s", text)
 
@@ -444,52 +596,39 @@ class KubernetesSandboxSession(AgentSession):
 
     def _create_namespace_objects(self) -> None:
         """Namespace, RoleBinding, quota, limit range, policy, config map, lease (blocking)."""
-        api = self._connect()
-        user = api.whoami()
-        owner = self.settings.owner or (manifests.owner_label(user) if user else "unknown")
-        subject = manifests.Subject.from_username(user) if user else None
-        now = datetime.now(timezone.utc)
-        for attempt in range(3):
-            ident = manifests.SandboxIdentity(
-                namespace=f"{self.settings.namespace_prefix}{secrets.token_hex(4)}",
-                kernel_id=self.kernel_id,
-                language=self.language.name,
-                owner=owner,
-                user=user,
-                created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            )
-            objects = manifests.sandbox_objects(
-                ident,
-                self.settings.quota(),
-                self.settings.limit_range(),
-                self.settings.pod_spec(self.language, self.limits, "sandbox-1"),
-                self.language.agent_source(),
-                self.settings.heartbeat_ttl,
-                micro_time(now),
-                subject,
-                self.settings.sandbox_role,
-            )
-            try:
-                api.create(objects.namespace)
-                break
-            except SandboxError as exc:
-                if "already exists" in str(exc) and attempt < 2:
-                    continue  # 8 random hex digits collided: draw again
-                raise
-        applied = [objects.namespace]
-        try:
-            for obj in objects.in_order()[1:-1]:  # the pod comes later
-                api.create(obj, rbac_settle=5.0)
-                applied.append(obj)
-        except SandboxError:
-            try:
-                api.delete_namespace(ident.namespace)
-            except SandboxError:
-                log.warning("could not delete the half-made namespace %s", ident.namespace, exc_info=True)
-            raise
+        ident, applied = create_namespace_objects(self._connect(), self.settings, self.language, self.limits, self.kernel_id)
         self._ident = ident
         self._applied = applied
-        self._event(f"namespace {ident.namespace} created for kernel {self.kernel_id} (owner {owner})")
+        self._event(f"namespace {ident.namespace} created for kernel {self.kernel_id} (owner {ident.owner})")
+
+    async def _claim_early(self) -> PreparedSandbox | None:
+        """The sandbox :mod:`.early` began creating while the kernel process imported, if it fits.
+
+        It fits only if every object it created is exactly what this session would have
+        created (same cluster, kernel, language, limits and settings): the early start guessed
+        the configuration before ipykernel loaded it. Anything else is deleted and the session
+        starts its own sandbox, so a wrong guess costs time, never a weaker sandbox.
+        """
+        future = early.claim()
+        if future is None:
+            return None
+        try:
+            prepared = await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 - the normal start below reports the cause properly
+            log.info("early sandbox start failed (%s); starting the sandbox now", exc)
+            return None
+        settings = self.settings
+        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name)
+        if (prepared.kubeconfig, prepared.context) == (settings.kubeconfig, settings.context) and (
+            prepared.ident.kernel_id == self.kernel_id and expected.in_order() == prepared.applied
+        ):
+            return prepared
+        log.info("the early sandbox %s does not match the kernel's configuration; deleting it", prepared.ident.namespace)
+        try:
+            await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
+        except SandboxError:
+            log.warning("could not delete the early sandbox namespace %s", prepared.ident.namespace, exc_info=True)
+        return None
 
     async def _spawn(self) -> AgentChannel:
         try:
@@ -500,6 +639,9 @@ class KubernetesSandboxSession(AgentSession):
             raise
 
     async def _spawn_pod(self) -> AgentChannel:
+        prepared = await self._claim_early() if self._ident is None else None
+        if prepared is not None:
+            self._api = prepared.api
         api = await self._run(self._connect)
         if self._ident is not None:
             ns = await self._run(api.read_namespace, self._ident.namespace)
@@ -512,21 +654,35 @@ class KubernetesSandboxSession(AgentSession):
             for stale in sorted(self._stale_pods):
                 await self._run(api.delete_pod, self._ident.namespace, stale)
                 self._stale_pods.discard(stale)
-        if self._ident is None:
+        if prepared is not None:
             self._stale_pods.clear()
-            await self._run(self._create_namespace_objects)
-            self._pods_created = 0
+            self._ident = prepared.ident
+            self._applied = prepared.applied
+            self._pods_created = 1
+            name = prepared.pod_name
+            spec = self.settings.pod_spec(self.language, self.limits, name)
+            self._event(f"namespace {prepared.ident.namespace} created for kernel {self.kernel_id} "
+                        f"(owner {prepared.ident.owner}) while the kernel process started", prepared.created_at)
+            self._event(f"pod {name} created (image {spec.image})", prepared.created_at)
+            self._pod_name = name
             self._start_heartbeat()
-        assert self._ident is not None
+        else:
+            if self._ident is None:
+                self._stale_pods.clear()
+                await self._run(self._create_namespace_objects)
+                self._pods_created = 0
+                self._start_heartbeat()
+            assert self._ident is not None
+            self._pods_created += 1
+            name = f"sandbox-{self._pods_created}"
+            spec = self.settings.pod_spec(self.language, self.limits, name)
+            body = manifests.pod(self._ident, spec)
+            await self._run(api.create, body, rbac_settle=5.0)
+            self._pod_name = name
+            self._applied = [o for o in self._applied if o["kind"] != "Pod"] + [body]
+            self._event(f"pod {name} created (image {spec.image})")
         ident = self._ident
-        self._pods_created += 1
-        name = f"sandbox-{self._pods_created}"
-        spec = self.settings.pod_spec(self.language, self.limits, name)
-        body = manifests.pod(ident, spec)
-        await self._run(api.create, body, rbac_settle=5.0)
-        self._pod_name = name
-        self._applied = [o for o in self._applied if o["kind"] != "Pod"] + [body]
-        self._event(f"pod {name} created (image {spec.image})")
+        assert ident is not None
         try:
             await self._wait_running(api, ident.namespace, name, spec.image)
             stream = await self._run(api.attach, ident.namespace, name, manifests.CONTAINER_NAME)
@@ -578,7 +734,7 @@ class KubernetesSandboxSession(AgentSession):
                     f"The sandbox pod {name} was not running after {self.settings.start_timeout:g} s "
                     f"(phase {phase}). See %sandbox events, or raise KubernetesSandbox.start_timeout."
                 )
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(START_POLL_INTERVAL)
 
     def _reattach(self, namespace: str, name: str) -> AttachStream | None:
         """Called by the reader thread when the stream ended: attach again if the container still runs."""

@@ -194,15 +194,18 @@ POLICY_GUARDS: dict[str, list[str]] = {
 
 
 def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10) -> list[str]:
-    """The container command: wait for the kernel's gate line and the network policy, then run the agent.
+    """The container command: wait for the network policy and the kernel's gate line, then run the agent.
 
-    An attach stream only carries what is written after it is opened, so the agent must not
-    start (and send its ``ready`` frame) before the kernel is attached. ``read`` in ``/bin/sh``
-    consumes stdin one byte at a time, so nothing after the gate line is swallowed. Then the
-    policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes sure the
-    deny-all NetworkPolicy is in force. ``env -i`` drops every variable the image and the
-    kubelet set (``KUBERNETES_SERVICE_HOST`` and the like), leaving the user's code only HOME,
-    PATH and LANG.
+    First the policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes
+    sure the deny-all NetworkPolicy is in force. It runs before the gate, as soon as the
+    container starts, so that its ~50 ms (an interpreter start and a refused connection) overlap
+    the kernel noticing the pod runs and attaching, instead of following the gate; nothing of the
+    user's runs before both are done. An attach stream only carries what is written after it is
+    opened, so the agent must not start (and send its ``ready`` frame) before the kernel is
+    attached: it waits for the gate line. ``read`` in ``/bin/sh`` consumes stdin one byte at a
+    time, so nothing after the gate line is swallowed (the guard does not read stdin).
+    ``env -i`` drops every variable the image and the kubelet set (``KUBERNETES_SERVICE_HOST``
+    and the like), leaving the user's code only HOME, PATH and LANG.
     """
     run = shlex.join(
         [
@@ -214,7 +217,7 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10) -> l
     if policy_wait > 0 and interpreter in POLICY_GUARDS:
         program, flag, code = POLICY_GUARDS[interpreter]
         guard = shlex.join([program, flag, code.replace("WAIT", str(int(policy_wait)))]) + " && "
-    return ["/bin/sh", "-c", f"read -r _ && {guard}exec {run}"]
+    return ["/bin/sh", "-c", f"{guard}read -r _ && exec {run}"]
 
 
 def _labels(ident: SandboxIdentity) -> dict[str, str]:

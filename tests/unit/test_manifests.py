@@ -172,8 +172,8 @@ def test_pod_passes_restricted_as_written() -> None:
                     "command": [
                         "/bin/sh",
                         "-c",
-                        "read -r _ && python3 -c " + shlex.quote(manifests.POLICY_GUARDS["python3"][2].replace("WAIT", "10"))
-                        + " && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
+                        "python3 -c " + shlex.quote(manifests.POLICY_GUARDS["python3"][2].replace("WAIT", "10"))
+                        + " && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
                         "python3 /opt/sandbox-agent/python_agent.py",
                     ],
                     "stdin": True,
@@ -218,8 +218,11 @@ def test_agent_command_gate_and_policy_guard() -> None:
     ]
     for interpreter in ("python3", "node", "bash"):
         command = manifests.agent_command(interpreter, "agent", policy_wait=7)[2]
-        assert command.startswith(f"read -r _ && {interpreter} -")
-        assert "WAIT" not in command and "7" in command and command.endswith(f"exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 {interpreter} /opt/sandbox-agent/agent")
+        # The guard first (it overlaps the kernel attaching), then the gate, then the agent.
+        assert command.startswith(f"{interpreter} -")
+        assert "WAIT" not in command and "7" in command and command.endswith(
+            f" && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 {interpreter} /opt/sandbox-agent/agent"
+        )
 
 
 def test_pod_scheduling_options_appear_only_when_set() -> None:
