@@ -53,6 +53,11 @@ _TRANSIENT_FORBIDDEN = re.compile(r"cannot \w+ resource|error looking up service
 not yet in the authorizer's cache, or the namespace's default ServiceAccount (which the
 ServiceAccount admission plugin looks up for every pod) not yet created by its controller."""
 
+_ACCOUNT_PENDING = re.compile(r"error looking up service account|serviceaccount \"default\" not found")
+"""The 403 of a pod whose namespace has no default ServiceAccount yet. Usually that takes
+milliseconds; while the controller manager catches up (after an API server restart, say) it
+takes seconds, so pods may wait longer for it (``account_settle``)."""
+
 
 def micro_time(when: datetime | None = None) -> str:
     """A Kubernetes MicroTime (``2025-01-01T00:00:00.000000Z``)."""
@@ -224,11 +229,12 @@ class KubernetesApi:
         "Pod": "/api/v1/namespaces/{namespace}/pods",
     }
 
-    def create(self, obj: dict[str, Any], rbac_settle: float = 0.0) -> dict[str, Any]:
+    def create(self, obj: dict[str, Any], rbac_settle: float = 0.0, account_settle: float = 0.0) -> dict[str, Any]:
         """Create ``obj`` (a dict from :mod:`.manifests`); return what the server stored.
 
         ``rbac_settle``: seconds to keep retrying a "forbidden" that only means the namespace is
-        brand new (see :data:`_TRANSIENT_FORBIDDEN`).
+        brand new (see :data:`_TRANSIENT_FORBIDDEN`); ``account_settle``: seconds to wait for the
+        namespace's default ServiceAccount in particular (:data:`_ACCOUNT_PENDING`).
         """
         kind = obj["kind"]
         meta = obj["metadata"]
@@ -236,18 +242,19 @@ class KubernetesApi:
         where = f" in namespace {namespace}" if namespace else ""
         action = f"create {kind} {meta['name']}{where}"
         path = self._PATHS[kind].format(namespace=quote(namespace, safe=""))
-        deadline = time.monotonic() + rbac_settle
+        started = time.monotonic()
         while True:
             try:
                 return self._request(action, "POST", path, body=obj)
             except AdmissionError as exc:
                 cause = exc.__cause__
-                if (
-                    isinstance(cause, ApiException) and cause.status == 403
-                    and _TRANSIENT_FORBIDDEN.search(status_message(cause)) and time.monotonic() < deadline
-                ):
-                    time.sleep(0.05)
-                    continue
+                if isinstance(cause, ApiException) and cause.status == 403:
+                    message = status_message(cause)
+                    settle = max(rbac_settle, account_settle) if _ACCOUNT_PENDING.search(message) else rbac_settle
+                    waited = time.monotonic() - started
+                    if _TRANSIENT_FORBIDDEN.search(message) and waited < settle:
+                        time.sleep(0.05 if waited < 1 else 0.25)
+                        continue
                 raise
 
     # -- identity ------------------------------------------------------------------------------

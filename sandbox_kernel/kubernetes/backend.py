@@ -175,6 +175,13 @@ class KubernetesSandbox(Configurable):
         60.0, help="Seconds kernel shutdown waits for the sandbox namespace to be gone.",
     ).tag(config=True)
 
+    reconnect_timeout = Float(
+        60.0,
+        help="Seconds the kernel keeps trying to attach to the sandbox pod again after the stream "
+        "broke (an API server restart, a network blip). The pod and a running cell carry on meanwhile; "
+        "the agent repeats the output the kernel missed once it is back.",
+    ).tag(config=True)
+
     heartbeat_interval = Float(10.0, help="Seconds between renewals of the heartbeat Lease.").tag(config=True)
 
     heartbeat_ttl = Int(
@@ -284,6 +291,8 @@ class KubernetesSandbox(Configurable):
                 "KubernetesSandbox.heartbeat_ttl",
                 f"{self.heartbeat_ttl} s must be longer than heartbeat_interval ({self.heartbeat_interval:g} s)",
             )
+        if self.reconnect_timeout <= 0:
+            raise ConfigError("KubernetesSandbox.reconnect_timeout", "must be more than 0 seconds")
         if self.start_timeout <= 0 or self.shutdown_deadline <= 0:
             raise ConfigError("KubernetesSandbox.start_timeout" if self.start_timeout <= 0 else "KubernetesSandbox.shutdown_deadline", "must be more than 0 seconds")
 
@@ -498,7 +507,7 @@ def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Lim
     pod_name = "sandbox-1"
     body = manifests.pod(ident, settings.pod_spec(language, limits, pod_name))
     try:
-        api.create(body, rbac_settle=5.0)
+        api.create(body, rbac_settle=5.0, account_settle=settings.start_timeout)
     except SandboxError:
         try:
             api.delete_namespace(ident.namespace)
@@ -677,7 +686,7 @@ class KubernetesSandboxSession(AgentSession):
             name = f"sandbox-{self._pods_created}"
             spec = self.settings.pod_spec(self.language, self.limits, name)
             body = manifests.pod(self._ident, spec)
-            await self._run(api.create, body, rbac_settle=5.0)
+            await self._run(api.create, body, rbac_settle=5.0, account_settle=self.settings.start_timeout)
             self._pod_name = name
             self._applied = [o for o in self._applied if o["kind"] != "Pod"] + [body]
             self._event(f"pod {name} created (image {spec.image})")
@@ -737,20 +746,27 @@ class KubernetesSandboxSession(AgentSession):
             await asyncio.sleep(START_POLL_INTERVAL)
 
     def _reattach(self, namespace: str, name: str) -> AttachStream | None:
-        """Called by the reader thread when the stream ended: attach again if the container still runs."""
+        """Called by the reader thread when the stream ended: attach again if the container still runs.
+
+        Keeps trying for ``reconnect_timeout`` seconds while the API server is away or refuses
+        for a moment (a restart, a busy kubelet); gives up at once if the pod is gone or ended.
+        """
         api = self._connect()
-        deadline = time.monotonic() + 15.0
+        deadline = time.monotonic() + self.settings.reconnect_timeout
+        delay = 0.2  # also lets the kubelet report a container that has just ended
         while not self._closed and time.monotonic() < deadline:
+            time.sleep(delay)
             try:
-                time.sleep(0.2)  # let the kubelet report a container that just ended
                 pod = api.read_pod(namespace, name)
                 if not _container_running(pod):
+                    log.warning("not re-attaching: pod %s/%s is no longer running", namespace, name)
                     return None
                 return api.attach(namespace, name, manifests.CONTAINER_NAME)
-            except ClusterUnreachable:
-                time.sleep(1.0)
-            except SandboxError:
-                return None
+            except SandboxError as exc:
+                log.warning("re-attaching to pod %s/%s failed, retrying: %s", namespace, name, exc)
+                delay = min(delay * 2, 2.0)
+        if not self._closed:
+            log.error("gave up re-attaching to pod %s/%s after %g s", namespace, name, self.settings.reconnect_timeout)
         return None
 
     # -- heartbeat ----------------------------------------------------------------------------------
