@@ -21,6 +21,10 @@ class Language:
     interpreter: str
     """Program that runs the agent file inside the sandbox (looked up on the sandbox PATH)."""
     default_image: str
+    agent_reaps_orphans: bool = True
+    """Whether the agent, as PID 1 of a container, waits for the orphaned processes of user code
+    (the Python and Bash agents do; Node.js cannot wait for a process it did not start, so its pod
+    keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.manifests.agent_command`)."""
     """Official image used by the Kubernetes backend unless configured otherwise."""
 
     def agent_path(self) -> Path:
@@ -47,6 +51,7 @@ LANGUAGES: dict[str, Language] = {
         agent_file="node_agent.js",
         interpreter="node",
         default_image="node:22-bookworm-slim",
+        agent_reaps_orphans=False,
     ),
     "bash": Language(
         name="bash",

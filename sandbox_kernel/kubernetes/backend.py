@@ -243,6 +243,7 @@ class KubernetesSandbox(Configurable):
             image=self.image(language),
             interpreter=language.interpreter,
             agent_file=language.agent_file,
+            shell_as_init=not language.agent_reaps_orphans,
             cpu_request=limits.cpu_request,
             memory_request=limits.memory_request,
             cpu_limit=limits.cpu,

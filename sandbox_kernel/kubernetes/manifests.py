@@ -118,6 +118,8 @@ class PodSpec:
     tolerations: tuple[dict[str, Any], ...] = field(default=())
     runtime_class_name: str = ""
     network_policy_wait: int = 10
+    shell_as_init: bool = False
+    """Keep ``/bin/sh`` as PID 1 to reap orphans, for agents that cannot (see :func:`agent_command`)."""
     """Most seconds the agent waits for the deny-all NetworkPolicy to be in force (0: do not check)."""
 
 
@@ -193,7 +195,7 @@ POLICY_GUARDS: dict[str, list[str]] = {
 }
 
 
-def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10) -> list[str]:
+def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shell_as_init: bool = False) -> list[str]:
     """The container command: wait for the network policy and the kernel's gate line, then run the agent.
 
     First the policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes
@@ -206,6 +208,10 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10) -> l
     time, so nothing after the gate line is swallowed (the guard does not read stdin).
     ``env -i`` drops every variable the image and the kubelet set (``KUBERNETES_SERVICE_HOST``
     and the like), leaving the user's code only HOME, PATH and LANG.
+
+    The agent replaces the shell (``exec``) and is PID 1, which inherits every orphaned process
+    of the user's code. With ``shell_as_init`` the shell stays PID 1 instead and reaps them
+    while it waits for the agent (``; exit $?`` keeps ``sh`` from exec-ing its last command).
     """
     run = shlex.join(
         [
@@ -217,6 +223,8 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10) -> l
     if policy_wait > 0 and interpreter in POLICY_GUARDS:
         program, flag, code = POLICY_GUARDS[interpreter]
         guard = shlex.join([program, flag, code.replace("WAIT", str(int(policy_wait)))]) + " && "
+    if shell_as_init:
+        return ["/bin/sh", "-c", f"{guard}read -r _ && {run}; exit $?"]
     return ["/bin/sh", "-c", f"{guard}read -r _ && exec {run}"]
 
 
@@ -367,7 +375,7 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
                 "name": CONTAINER_NAME,
                 "image": spec.image,
                 "imagePullPolicy": spec.image_pull_policy,
-                "command": agent_command(spec.interpreter, spec.agent_file, spec.network_policy_wait),
+                "command": agent_command(spec.interpreter, spec.agent_file, spec.network_policy_wait, spec.shell_as_init),
                 "stdin": True,
                 "stdinOnce": False,
                 "tty": False,

@@ -302,6 +302,23 @@ def test_node_cells_keep_state(k8s_kernel: Start) -> None:
     assert "1000" in kernel.run("console.log(process.getuid())").stdout
 
 
+def test_node_pods_reap_orphaned_processes(k8s_kernel: Start) -> None:
+    # Node.js cannot wait for processes it did not start, so its pod keeps /bin/sh as PID 1,
+    # which reaps what user code leaves behind; zombies would otherwise fill the pids limit.
+    kernel = k8s_kernel("node")
+    orphans = "const cp = require('child_process');\nfor (let i = 0; i < 20; i++) cp.execSync('sleep 0.1 & exit 0');"
+    assert kernel.run(orphans).reply["status"] == "ok"
+    time.sleep(1.5)
+    zombies = (
+        "const fs = require('fs');\n"
+        "const states = fs.readdirSync('/proc').filter((p) => /^\\d+$/.test(p)).map((p) => {\n"
+        "  try { return fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ')[0]; } catch (e) { return '?'; }\n"
+        "});\n"
+        "console.log(states.filter((s) => s === 'Z').length, fs.readFileSync('/proc/1/comm', 'utf8').trim())"
+    )
+    assert kernel.run(zombies).stdout.split() == ["0", "sh"]
+
+
 def test_bash_cells_keep_state(k8s_kernel: Start) -> None:
     kernel = k8s_kernel("bash")
     assert kernel.run("x=41").reply["status"] == "ok"
