@@ -25,3 +25,15 @@ def local_kernelspecs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("JUPYTER_PATH", None)
     else:
         os.environ["JUPYTER_PATH"] = old
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "disruptive: restarts part of the test cluster (the API server); runs after every other test, "
+        "because the cluster's controllers take a while to catch up afterwards",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)  # stable: order kept otherwise

@@ -2,7 +2,8 @@
 
 The kernel's attach stream goes through the API server, so a restart (an upgrade, a crash) cuts
 it while the cell keeps printing inside the pod. The kernel must re-attach once the API server
-is back, and the agent must repeat what was printed meanwhile.
+is back, and the agent must repeat what was printed meanwhile. Marked ``disruptive``: it runs
+after every other test (tests/conftest.py), since the cluster's controllers lag for a while after.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import asyncio
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from traitlets.config import Config
 
@@ -24,6 +27,7 @@ RESTART = Path(__file__).resolve().parents[1] / "cluster" / "restart-apiserver"
 COUNT_FOREVER = "import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.01)"
 
 
+@pytest.mark.disruptive
 def test_a_cell_loses_no_output_across_an_api_server_crash_and_restart(sa_kubeconfig: str, sandbox_images: dict[str, str]) -> None:
     async def scenario() -> tuple[str, list[ErrorOutput], float, str, str]:
         settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]})
