@@ -36,9 +36,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 from traitlets import Dict, Enum, Float, Int, List, Unicode, default
@@ -485,19 +486,26 @@ def create_namespace_objects(
     rest = objects.in_order()[1:-1]  # the pod comes later
     first = [o for o in rest if o["kind"] == "RoleBinding"]
     parallel = [o for o in rest if o["kind"] != "RoleBinding"]
-    try:
+    with _deleted_on_failure(api, ident.namespace):
         for obj in first:
             api.create(obj, rbac_settle=5.0)
         with ThreadPoolExecutor(len(parallel), thread_name_prefix="sandbox-create") as pool:
             for future in [pool.submit(api.create, obj, rbac_settle=5.0) for obj in parallel]:
                 future.result()
+    return ident, [objects.namespace, *first, *parallel]
+
+
+@contextmanager
+def _deleted_on_failure(api: KubernetesApi, namespace: str) -> Iterator[None]:
+    """Delete the half-made sandbox ``namespace`` if the block raises a SandboxError."""
+    try:
+        yield
     except SandboxError:
         try:
-            api.delete_namespace(ident.namespace)
+            api.delete_namespace(namespace)
         except SandboxError:
-            log.warning("could not delete the half-made namespace %s", ident.namespace, exc_info=True)
+            log.warning("could not delete the half-made namespace %s", namespace, exc_info=True)
         raise
-    return ident, [objects.namespace, *first, *parallel]
 
 
 def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> PreparedSandbox:
@@ -507,14 +515,8 @@ def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Lim
     renew_time = applied[[o["kind"] for o in applied].index("Lease")]["spec"]["renewTime"]
     pod_name = "sandbox-1"
     body = manifests.pod(ident, settings.pod_spec(language, limits, pod_name))
-    try:
+    with _deleted_on_failure(api, ident.namespace):
         api.create(body, rbac_settle=5.0, account_settle=settings.start_timeout)
-    except SandboxError:
-        try:
-            api.delete_namespace(ident.namespace)
-        except SandboxError:
-            log.warning("could not delete the half-made namespace %s", ident.namespace, exc_info=True)
-        raise
     return PreparedSandbox(api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body], time.time())
 
 
