@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from traitlets import Float, Int, Unicode, default
+from traitlets import Enum, Float, Int, Unicode, default
 from traitlets.config import Configurable
 
 from .errors import ConfigError
@@ -112,6 +112,15 @@ class Sandbox(Configurable):
     interrupt_grace = Float(
         2.0,
         help="Seconds to wait for a cell to stop after an interrupt before the sandbox is replaced.",
+    ).tag(config=True)
+
+    active_content = Enum(
+        ["block", "allow"],
+        default_value="block",
+        help="What happens to output that could run code in the browser (scripts, event handlers, "
+        "application/javascript): 'block' (the default) sanitizes HTML, SVG and Markdown and drops "
+        "script and unknown MIME types with a notice; 'allow' publishes the sandbox's output as it "
+        "is, which gives its code the notebook user's session: only for code you trust.",
     ).tag(config=True)
 
     def limits(self) -> Limits:

@@ -16,13 +16,13 @@ import signal
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
-from traitlets import Enum, Float, Instance, Unicode, default
+from traitlets import Enum, Float, Instance, TraitError, Unicode, default
 
-from . import __version__
+from . import __version__, output_policy
 from .config import Sandbox, check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
-from .session import DisplayData, ErrorOutput, ExecuteResult, SandboxSession, Stream
+from .session import DisplayData, ErrorOutput, Event, ExecuteResult, SandboxSession, Stream
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -107,11 +107,21 @@ class SandboxKernel(Kernel):
         # Validate the configuration before any sandbox exists. A bad setting does not kill the
         # kernel (a frontend would only say "kernel died"): every cell reports it instead.
         self._config_error: SandboxError | None = None
+        self.active_content = "block"
+        try:
+            self.active_content = Sandbox(config=self.config, parent=self).active_content
+        except TraitError as exc:
+            self._config_error = ConfigError("Sandbox.active_content", f"{exc}; use 'block' or 'allow'")
+        if self.active_content == "allow":
+            log.warning(
+                "Sandbox.active_content = 'allow': the sandbox's output reaches the browser unfiltered, "
+                "scripts included; only for code you trust"
+            )
         try:
             self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
         except SandboxError as exc:
             log.error("%s", exc)
-            self._config_error = exc
+            self._config_error = self._config_error or exc
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -174,6 +184,25 @@ class SandboxKernel(Kernel):
     def _publish_error(self, error: ErrorOutput) -> None:
         self._publish("error", {"ename": error.ename, "evalue": error.evalue, "traceback": error.traceback})
 
+    def _relay(self, event: Event, silent: bool) -> ErrorOutput | None:
+        """Publish one (already filtered) event of a cell; return it if it is the cell's error."""
+        if isinstance(event, ErrorOutput):
+            if not silent:
+                self._publish_error(event)
+            return event
+        if silent:
+            return None
+        if isinstance(event, Stream):
+            self._publish("stream", {"name": event.name, "text": event.text})
+        elif isinstance(event, ExecuteResult):
+            self._publish(
+                "execute_result",
+                {"execution_count": self.execution_count, "data": event.data, "metadata": event.metadata},
+            )
+        elif isinstance(event, DisplayData):
+            self._publish("display_data", {"data": event.data, "metadata": event.metadata, "transient": {}})
+        return None
+
     async def do_execute(  # type: ignore[override]
         self,
         code: str,
@@ -198,24 +227,18 @@ class SandboxKernel(Kernel):
             session = await self._ready()
             code = await self._run_magics(code, session, silent)
             if code.strip():
-                async for event in session.execute(code):
-                    if isinstance(event, ErrorOutput):
-                        failure = event
-                        if not silent:
-                            self._publish_error(event)
-                    elif silent:
-                        continue
-                    elif isinstance(event, Stream):
-                        self._publish("stream", {"name": event.name, "text": event.text})
-                    elif isinstance(event, ExecuteResult):
-                        self._publish(
-                            "execute_result",
-                            {"execution_count": self.execution_count, "data": event.data, "metadata": event.metadata},
-                        )
-                    elif isinstance(event, DisplayData):
-                        self._publish("display_data", {"data": event.data, "metadata": event.metadata, "transient": {}})
+                async for produced in session.execute(code):
+                    # Everything a sandbox outputs is untrusted: the output policy first.
+                    for event in output_policy.guard(produced, self.active_content):
+                        failure = self._relay(event, silent) or failure
         except SandboxError as exc:
             failure = ErrorOutput.from_exception(exc)
+            if not silent:
+                self._publish_error(failure)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end the cell with a reply
+            log.exception("cell failed inside the kernel")
+            failure = ErrorOutput("SandboxKernelError", f"internal error in the sandbox kernel: {exc!r}", [
+                f"SandboxKernelError: internal error in the sandbox kernel: {exc!r} (see the kernel log)"])
             if not silent:
                 self._publish_error(failure)
         if failure is not None:
@@ -248,6 +271,8 @@ class SandboxKernel(Kernel):
                 loop = asyncio.get_running_loop()
                 # Reports may call the Kubernetes API (blocking): keep the event loop free.
                 text = await loop.run_in_executor(None, session.report, topic)
+                if topic == "policy":
+                    text = text.rstrip("\n") + "\n" + output_policy.describe(self.active_content)
             if not silent:
                 self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
         return "\n".join(lines)
@@ -266,6 +291,8 @@ class SandboxKernel(Kernel):
             session = await self._ready()
             result = await session.inspect(code, cursor_pos, detail_level)
             found, data = result.found, result.data
+            if self.active_content != "allow":
+                data = output_policy.filter_bundle(data).data  # the help pane renders it too
         except SandboxError:
             found, data = False, {}
         return {"status": "ok", "found": found, "data": data, "metadata": {}}

@@ -43,6 +43,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 from traitlets.config import Config
 
+from . import output_policy
 from .config import Sandbox, check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
@@ -391,10 +392,17 @@ class SandboxMagics(Magics):
         events: queue.Queue[Any] = queue.Queue()
         done = object()
 
+        try:
+            mode = Sandbox(config=self.config_for_sandboxes()).active_content
+        except Exception:  # noqa: BLE001 - a bad value never weakens the policy
+            mode = "block"
+
         async def pump() -> None:
             try:
-                async for event in session.execute(code):
-                    events.put(event)
+                async for produced in session.execute(code):
+                    # The sandbox's output is untrusted: the output policy before the browser.
+                    for event in output_policy.guard(produced, mode):
+                        events.put(event)
             except SandboxError as exc:
                 events.put(ErrorOutput.from_exception(exc))
             except BaseException as exc:  # noqa: BLE001 - hand any bug to the cell's thread
