@@ -1088,6 +1088,7 @@ def _execute(msg):
     # Registered so tracebacks and inspect.getsource() can quote the cell's lines.
     linecache.cache[filename] = (len(code), None, [line + "\n" for line in _source_lines(code)], filename)
     cell = _Cell(msg.get("id"))
+    key = msg.pop("key", None)  # the supervisor's key for this request (see _supervise)
     with _cell_lock:
         _queued_executes = max(0, _queued_executes - 1)
         _current_cell = cell
@@ -1113,7 +1114,7 @@ def _execute(msg):
             if value is not None and not silent and os.getpid() == _AGENT_PID:
                 _user_ns["_"] = value
                 data, md = _format_bundle(value)
-                reply = {"type": "result", "id": cell.id, "data": data, "metadata": md}
+                reply = {"type": "result", "id": cell.id, "data": data, "metadata": md, "key": key}
         finally:
             _State.in_user = False
     except KeyboardInterrupt as exc:
@@ -1128,7 +1129,7 @@ def _execute(msg):
         _flush_user_streams()
         os._exit(0 if status == "ok" else 1)
     if status != "ok":
-        reply.update(type="error", id=cell.id)
+        reply.update(type="error", id=cell.id, key=key)
     # Encode first: shrinking an oversized reply warns on stderr, which belongs to the cell.
     payload = _fit(reply) if reply is not None else None
     _flush_user_streams()
@@ -1139,7 +1140,7 @@ def _execute(msg):
         _send_frame(b"msg", payload)
     with _budget_lock:
         truncated = _budget["truncated"]
-    _send_msg({"type": "done", "id": cell.id, "status": status, "truncated": truncated})
+    _send_msg({"type": "done", "id": cell.id, "status": status, "truncated": truncated, "key": key})
     _background_pids.clear()
     _background_pids.update(_descendant_pids())
 
@@ -1323,7 +1324,8 @@ def _handle(msg):
             _log("complete failed: %r" % exc)
             matches, start = [], cursor
         _send_msg(
-            {"type": "complete_reply", "id": msg.get("id"), "matches": matches, "cursor_start": start, "cursor_end": cursor}
+            {"type": "complete_reply", "id": msg.get("id"), "matches": matches, "cursor_start": start, "cursor_end": cursor,
+             "key": msg.get("key")}
         )
     elif kind == "inspect":
         try:
@@ -1331,14 +1333,14 @@ def _handle(msg):
         except Exception as exc:
             _log("inspect failed: %r" % exc)
             found, data = False, {}
-        _send_msg({"type": "inspect_reply", "id": msg.get("id"), "found": found, "data": data})
+        _send_msg({"type": "inspect_reply", "id": msg.get("id"), "found": found, "data": data, "key": msg.get("key")})
     elif kind == "is_complete":
         try:
             status, indent = _is_complete(code)
         except Exception as exc:
             _log("is_complete failed: %r" % exc)
             status, indent = "unknown", ""
-        _send_msg({"type": "is_complete_reply", "id": msg.get("id"), "status": status, "indent": indent})
+        _send_msg({"type": "is_complete_reply", "id": msg.get("id"), "status": status, "indent": indent, "key": msg.get("key")})
 
 
 # --------------------------------------------------------------------------------------
@@ -1411,20 +1413,231 @@ def _language_version():
         return "%d.%d.%d" % sys.version_info[:3]
 
 
-def main():
-    signal.signal(signal.SIGINT, _sigint_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGHUP, _on_sigterm)
+# --------------------------------------------------------------------------------------
+# The supervisor: the only process that holds the protocol stream
+# --------------------------------------------------------------------------------------
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CELL_STATUSES = ("ok", "error", "interrupted")
+_IS_COMPLETE_STATUSES = ("complete", "incomplete", "invalid", "unknown")
+
+
+def _clean(value, depth=0):
+    """A JSON value with every lone surrogate replaced by U+FFFD (the frame must be UTF-8)."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if depth > 200:
+        raise ValueError("too deeply nested")
+    if isinstance(value, list):
+        return [_clean(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _set_dumpable(flag):
+    """prctl(PR_SET_DUMPABLE): a process that is not dumpable has /proc/<pid>/fd, /mem, ...
+    owned by root, so processes of the same uid cannot open its fds (and pidfd_getfd and
+    ptrace are refused too). Returns whether it worked."""
     try:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-    except AttributeError:
-        pass
-    for rfd, wfd, kind in ((_OUT_R, _OUT_W, b"out"), (_ERR_R, _ERR_W, b"err")):
-        pump = _Pump(rfd, wfd, kind)
-        _pumps.append(pump)
-        pump.thread = _start_thread(pump.run, "pump-" + kind.decode())
-    if os.getpid() == 1:
-        _start_thread(_reap_zombies, "reaper")
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(4, int(flag), 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except Exception:
+        return False
+
+
+def _supervise(worker, to_worker, from_worker):
+    """Run the protocol for the worker process (which runs the cells). Never returns.
+
+    Only this process holds the kernel's stream (fd _PROTO_IN/_PROTO_OUT), and it never runs
+    user code. Frames from the worker are parsed, checked against the requests this process
+    forwarded and written again from scratch (PROTOCOL.md, "What user code can reach")."""
+    for fd in (_OUT_R, _OUT_W, _ERR_R, _ERR_W):
+        os.close(fd)
+    os.dup2(_DEVNULL, 0)
+    os.dup2(_DEVNULL, 1)
+    if _LOG_FD >= 0:
+        os.dup2(_LOG_FD, 2)
+    if not _set_dumpable(False):
+        _log("warning: cannot make the supervisor non-dumpable; user code could open the protocol stream")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import select
+
+    def kill_all(code):
+        try:
+            os.killpg(worker, signal.SIGKILL)
+        except OSError:
+            pass
+        _signal_others(signal.SIGKILL, group=False)
+        os._exit(code)
+
+    signal.signal(signal.SIGTERM, lambda *_: kill_all(0))
+    signal.signal(signal.SIGHUP, lambda *_: kill_all(0))
+
+    def send(body):
+        try:
+            payload = json.dumps(_clean(body), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (ValueError, TypeError, RecursionError):
+            return False
+        if len(payload) > MAX_PAYLOAD:
+            return False
+        _send_frame(b"msg", payload)
+        return True
+
+    def output(kind, data):
+        budget = state["budget"]
+        limit = budget["limit"]
+        n = len(data)
+        if limit:
+            room = max(0, limit - budget["sent"])
+            if n > room:
+                budget["dropped"] += n - room
+                data, n = data[:room], room
+        budget["sent"] += n
+        if n:
+            _send_frame(kind, data)
+
+    def dropped(why):
+        _log("dropped a message from the worker: %s" % why)
+        if not state["noted"]:
+            state["noted"] = True
+            output(b"err", b"[sandbox] ignored a message written into the agent's private channel (%s)\n" % why.encode())
+
+    state = {"cell": None, "last_id": None, "budget": {"limit": 0, "sent": 0, "dropped": 0}, "noted": False}
+    pending = {}  # key -> (request type, id), for complete/inspect/is_complete
+
+    def from_kernel(msg, frame):
+        kind = msg.get("type")
+        if kind == "interrupt":
+            to_worker_buf.extend(frame)
+        elif kind == "resume":
+            _resume(msg)
+        elif kind == "shutdown":
+            kill_all(0)
+        elif kind in ("execute", "complete", "inspect", "is_complete"):
+            key = os.urandom(16).hex()
+            if kind == "execute":
+                try:
+                    limit = max(0, int(msg.get("output_limit") or 0))
+                except (TypeError, ValueError):
+                    limit = 0
+                state["cell"] = {"id": msg.get("id"), "key": key, "result": False, "error": False}
+                state["last_id"] = msg.get("id")
+                state["budget"] = {"limit": limit, "sent": 0, "dropped": 0}
+                state["noted"] = False
+            else:
+                pending[key] = (kind, msg.get("id"))
+            msg["key"] = key
+            payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+            to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
+        else:
+            _log("ignoring unknown message type %r" % (kind,))
+
+    def from_worker_msg(msg):
+        if not isinstance(msg, dict):
+            return dropped("not an object")
+        kind, cell = msg.get("type"), state["cell"]
+        if kind == "display":
+            data, md = msg.get("data"), msg.get("metadata", {})
+            if not isinstance(data, dict) or not isinstance(md, dict):
+                return dropped("malformed display")
+            cell_id = cell["id"] if cell else state["last_id"]
+            if not send({"type": "display", "id": cell_id, "data": data, "metadata": md}):
+                dropped("display cannot be encoded")
+            return
+        if kind in ("result", "error", "done"):
+            if cell is None or msg.get("key") != cell["key"]:
+                return dropped("%s without this cell's key" % kind)
+            if kind == "result":
+                data, md = msg.get("data"), msg.get("metadata", {})
+                if cell["result"] or not isinstance(data, dict) or not isinstance(md, dict):
+                    return dropped("malformed result")
+                cell["result"] = True
+                send({"type": "result", "id": cell["id"], "data": data, "metadata": md})
+            elif kind == "error":
+                tb = msg.get("traceback")
+                tb = [line if isinstance(line, str) else repr(line) for line in tb] if isinstance(tb, list) else []
+                ename, evalue = msg.get("ename"), msg.get("evalue")
+                if cell["error"] or not isinstance(ename, str) or not isinstance(evalue, str):
+                    return dropped("malformed error")
+                cell["error"] = True
+                if not send({"type": "error", "id": cell["id"], "ename": ename, "evalue": evalue, "traceback": tb}):
+                    send({"type": "error", "id": cell["id"], "ename": ename[:200], "evalue": evalue[:10000], "traceback": []})
+            else:
+                status, truncated = msg.get("status"), msg.get("truncated")
+                if status not in _CELL_STATUSES:
+                    status = "error"
+                if type(truncated) is not int or truncated < 0:
+                    truncated = 0
+                state["cell"] = None
+                send({"type": "done", "id": cell["id"], "status": status,
+                      "truncated": min(truncated + state["budget"]["dropped"], 1 << 53)})
+            return
+        if kind in ("complete_reply", "inspect_reply", "is_complete_reply"):
+            request = pending.get(msg.get("key"))
+            if request is None or request[0] + "_reply" != kind:
+                return dropped("%s that was not asked for" % kind)
+            del pending[msg.get("key")]
+            body = {"type": kind, "id": request[1]}
+            if kind == "complete_reply":
+                matches = msg.get("matches")
+                body["matches"] = [m for m in matches if isinstance(m, str)] if isinstance(matches, list) else []
+                for name in ("cursor_start", "cursor_end"):
+                    body[name] = msg.get(name) if type(msg.get(name)) is int else 0
+            elif kind == "inspect_reply":
+                data = msg.get("data")
+                body["found"] = msg.get("found") is True and isinstance(data, dict)
+                body["data"] = data if body["found"] else {}
+            else:
+                status, indent = msg.get("status"), msg.get("indent")
+                body["status"] = status if status in _IS_COMPLETE_STATUSES else "unknown"
+                body["indent"] = indent if isinstance(indent, str) else ""
+            send(body)
+            return
+        dropped("type %r is not the worker's to send" % (kind,))
+
+    def parse(buf, on_frame):
+        """Take whole frames off ``buf``; False on a framing error."""
+        while True:
+            newline = buf.find(b"\n", 0, MAX_HEADER)
+            if newline < 0:
+                return len(buf) < MAX_HEADER
+            parts = bytes(buf[:newline]).split(b" ")
+            if not (len(parts) == 2 and parts[0] in (b"msg", b"out", b"err") and parts[1].isdigit()):
+                return False
+            length = int(parts[1])
+            if length > MAX_PAYLOAD:
+                return False
+            end = newline + 1 + length
+            if len(buf) < end:
+                return True
+            frame = bytes(buf[:end])
+            del buf[:end]
+            on_frame(parts[0], frame[newline + 1 :], frame)
+
+    def on_kernel_frame(kind, payload, frame):
+        global _received
+        _received += 1
+        if kind != b"msg":
+            return
+        try:
+            msg = json.loads(payload.decode("utf-8"))
+            msg["type"]
+        except (ValueError, KeyError, TypeError) as exc:
+            _log("ignoring a malformed message: %s" % exc)
+            return
+        from_kernel(msg, frame)
+
+    def on_worker_frame(kind, payload, frame):
+        if kind != b"msg":
+            output(kind, payload)
+            return
+        try:
+            msg = json.loads(payload.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return dropped("not JSON")
+        from_worker_msg(msg)
+
     _send_msg(
         {
             "type": "ready",
@@ -1440,9 +1653,110 @@ def main():
             "protocol": PROTOCOL_VERSION,
         }
     )
+    kernel_buf, worker_buf, to_worker_buf = bytearray(), bytearray(), bytearray()
+    os.set_blocking(to_worker, False)
+    worker_alive = True
+    while True:
+        wlist = [to_worker] if to_worker_buf and worker_alive else []
+        rlist = [_PROTO_IN] + ([from_worker] if worker_alive else [])
+        try:
+            readable, writable, _ = select.select(rlist, wlist, [], 0.5)
+        except InterruptedError:
+            continue
+        if to_worker in writable:
+            try:
+                n = os.write(to_worker, to_worker_buf[:65536])
+                del to_worker_buf[:n]
+            except BlockingIOError:
+                pass
+            except OSError:
+                to_worker_buf.clear()
+        if from_worker in readable:
+            try:
+                chunk = os.read(from_worker, READ_CHUNK)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                worker_alive = False
+            else:
+                worker_buf += chunk
+                if not parse(worker_buf, on_worker_frame):
+                    # Only user code writing garbage into the channel can do that: the frames
+                    # cannot be told apart any more. End the cell and this sandbox.
+                    _log("the worker's channel is corrupt: %r" % bytes(worker_buf[:64]))
+                    cell = state["cell"]
+                    if cell is not None:
+                        why = "user code wrote into the agent's private channel; the sandbox stops"
+                        send({"type": "error", "id": cell["id"], "ename": "SandboxError", "evalue": why,
+                              "traceback": ["SandboxError: " + why]})
+                        send({"type": "done", "id": cell["id"], "status": "error", "truncated": 0})
+                    kill_all(3)
+        if _PROTO_IN in readable:
+            try:
+                chunk = os.read(_PROTO_IN, READ_CHUNK)
+            except OSError as exc:
+                _log("cannot read from the kernel: %s" % exc)
+                chunk = b""
+            if not chunk:
+                kill_all(0)
+            kernel_buf += chunk
+            if not parse(kernel_buf, on_kernel_frame):
+                _log("protocol error: bad header %r" % bytes(kernel_buf[:MAX_HEADER]))
+                kill_all(2)
+        # Reap: the worker, and orphans when we are PID 1 of a container.
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if not pid:
+                break
+            if pid == worker:
+                worker_alive = False
+        if not worker_alive:
+            # The worker died (out of memory, say): end like the one-process agent did, so
+            # the kernel reports why. Its last output is already forwarded.
+            _log("the worker exited; exiting")
+            kill_all(1)
+
+
+def main():
+    global _PROTO_IN, _PROTO_OUT, _AGENT_PID, _MAIN_TID, REPLAY_BYTES
+    to_worker_r, to_worker = _private_pipe()
+    from_worker, from_worker_w = _private_pipe()
+    pid = os.fork()
+    if pid:
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        _supervise(pid, to_worker, from_worker)
+    # The worker: user code runs here. It never holds the kernel's stream, and it leads its
+    # own process group (an interrupt signals that group, never the supervisor).
+    os.close(to_worker)
+    os.close(from_worker)
+    os.close(_PROTO_IN)
+    os.close(_PROTO_OUT)
+    _PROTO_IN, _PROTO_OUT = to_worker_r, from_worker_w
+    _AGENT_PID, _MAIN_TID = os.getpid(), threading.get_ident()
+    REPLAY_BYTES = 0  # the supervisor keeps the replay buffer
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, _sigint_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)
+    try:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    except AttributeError:
+        pass
+    for rfd, wfd, kind in ((_OUT_R, _OUT_W, b"out"), (_ERR_R, _ERR_W, b"err")):
+        pump = _Pump(rfd, wfd, kind)
+        _pumps.append(pump)
+        pump.thread = _start_thread(pump.run, "pump-" + kind.decode())
     _start_thread(_reader, "reader")
     while True:
         msg = _requests.get()
+        key = msg.get("key")
         try:
             _handle(msg)
         except BaseException as exc:  # a bug in the agent: report it, keep serving
@@ -1452,8 +1766,8 @@ def main():
                     if _current_cell is not None:
                         _current_cell.running = False
                 error = {"ename": "AgentError", "evalue": _safe_str(exc), "traceback": []}
-                _send_msg(dict(error, type="error", id=msg.get("id")))
-                _send_msg({"type": "done", "id": msg.get("id"), "status": "error", "truncated": 0})
+                _send_msg(dict(error, type="error", id=msg.get("id"), key=key))
+                _send_msg({"type": "done", "id": msg.get("id"), "status": "error", "truncated": 0, "key": key})
 
 
 def _after_fork_in_child():
