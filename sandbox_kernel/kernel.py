@@ -40,12 +40,21 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     """SIGINT handler of the kernel process (see SandboxKernel.start)."""
 
 
+def sandbox_settings(config: Any = None, parent: Any = None) -> Sandbox:
+    """The ``Sandbox`` settings; a value of the wrong kind is a ConfigError naming the setting."""
+    try:
+        return Sandbox(config=config, parent=parent)
+    except TraitError as exc:
+        match = re.search(r"The '(\w+)' trait", str(exc))
+        raise ConfigError(f"Sandbox.{match.group(1) if match else '?'}", str(exc)) from None
+
+
 def make_session(backend: str, language: str, config: Any = None, parent: Any = None) -> SandboxSession:
     """Build (but do not start) a session; raise ConfigError for bad settings."""
     if backend not in BACKENDS:
         raise ConfigError("SandboxKernel.backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     lang = get_language(language)
-    limits = Sandbox(config=config, parent=parent).limits()
+    limits = sandbox_settings(config, parent).limits()
     if backend == "local":
         from .local.backend import LocalSandbox, LocalSandboxSession
 
@@ -107,11 +116,11 @@ class SandboxKernel(Kernel):
         # Validate the configuration before any sandbox exists. A bad setting does not kill the
         # kernel (a frontend would only say "kernel died"): every cell reports it instead.
         self._config_error: SandboxError | None = None
-        self.active_content = "block"
+        self.active_content = "block"  # a bad setting never weakens the policy
         try:
-            self.active_content = Sandbox(config=self.config, parent=self).active_content
-        except TraitError as exc:
-            self._config_error = ConfigError("Sandbox.active_content", f"{exc}; use 'block' or 'allow'")
+            self.active_content = sandbox_settings(self.config, self).active_content
+        except ConfigError as exc:
+            self._config_error = exc
         if self.active_content == "allow":
             log.warning(
                 "Sandbox.active_content = 'allow': the sandbox's output reaches the browser unfiltered, "

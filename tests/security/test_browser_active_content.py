@@ -90,6 +90,7 @@ def attack(url: str, token: str, tmp_path: Path, notebook: str, mode: str) -> di
         "USER_DATA_DIR": str(tmp_path / f"chromium-{mode}"),
         "SCREENSHOT": str(ARTIFACTS / f"active-content-{mode}.png"),
         "NOTEBOOK": notebook,
+        "WORKSPACE": f"attack-{mode}",
         "KERNEL_DISPLAY_NAME": "Sandbox (Python)",
         "EXPECT": "ATTACK-DONE",
     }
@@ -119,7 +120,7 @@ def test_no_active_content_runs_in_jupyterlab(lab, tmp_path: Path) -> None:
     assert seen["globals"] == [], f"active content ran in the browser: {seen['globals']}"
     assert seen["requests"] == [], f"active content called the Jupyter API: {seen['requests']}"
     assert seen["dialogs"] == [] and seen["scripts"] == 0 and seen["iframes"] == 0
-    assert "/lab/tree/attack.ipynb" in seen["url"], "a link navigated the page away"
+    assert "/tree/attack.ipynb" in seen["url"], "a link navigated the page away"
     # Real work still renders: the table and the inline PNG, and the user is told what was removed.
     assert seen["tables"] == 1, seen
     assert seen["pngs"] >= 1, seen

@@ -3,7 +3,7 @@
 // dialogs. Links whose text is "click-me" are clicked. Prints one JSON line.
 //
 // Environment: PLAYWRIGHT_CORE, CHROMIUM, LAB_URL, LAB_TOKEN, USER_DATA_DIR, SCREENSHOT,
-// NOTEBOOK (path relative to the server root), KERNEL_DISPLAY_NAME, EXPECT (text that marks the
+// NOTEBOOK (path relative to the server root), WORKSPACE (a JupyterLab workspace name), KERNEL_DISPLAY_NAME, EXPECT (text that marks the
 // end of the cell's output).
 "use strict";
 
@@ -26,7 +26,8 @@ async function main() {
     context.on("request", (req) => { if (/pwned/i.test(req.url())) seen.requests.push(req.url()); });
     page.on("dialog", async (d) => { seen.dialogs.push(d.message()); await d.dismiss(); });
     page.on("console", (msg) => { if (msg.type() === "error") seen.console.push(msg.text().slice(0, 200)); });
-    await page.goto(`${env.LAB_URL}/lab/tree/${env.NOTEBOOK}?token=${env.LAB_TOKEN}`);
+    // A workspace of its own (reset): no tab of an earlier run is restored beside this one.
+    await page.goto(`${env.LAB_URL}/lab/workspaces/${env.WORKSPACE}/tree/${env.NOTEBOOK}?reset&token=${env.LAB_TOKEN}`);
     const panel = page.locator(".jp-NotebookPanel").first();
     await panel.waitFor({ state: "visible" });
     await page.locator(".jp-StatusBar-Widget", { hasText: `${env.KERNEL_DISPLAY_NAME} | Idle` }).first()
