@@ -35,6 +35,7 @@ class Limits:
     scratch: str
     scratch_bytes: int
     interrupt_grace: float
+    output_rate: int = 1000
 
     def summary(self) -> str:
         """One line for banners and ``%sandbox status``."""
@@ -99,8 +100,11 @@ class Sandbox(Configurable):
 
     output_limit = Unicode(
         "4Mi",
-        help="Most output (stdout plus stderr) one cell may send to the notebook; the rest is "
-        "dropped with a notice. A byte quantity, e.g. 4Mi.",
+        help="Most output one cell may send to the notebook (stdout, stderr and display data together; output between cells is kept up to the same amount); the rest is dropped with a notice. A byte quantity, e.g. 4Mi.",
+    ).tag(config=True)
+
+    output_rate = Int(
+        1000, help="Most display messages a sandbox may send per second (0 = no limit); the rest are dropped with a notice.",
     ).tag(config=True)
 
     scratch_size = Unicode(
@@ -155,6 +159,7 @@ class Sandbox(Configurable):
             scratch=self.scratch_size,
             scratch_bytes=setting_bytes("Sandbox.scratch_size", self.scratch_size),
             interrupt_grace=self.interrupt_grace,
+            output_rate=max(0, self.output_rate),
         )
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import collections
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Union
 
 from .errors import ProtocolError
@@ -34,6 +35,10 @@ class Message:
     """A decoded ``msg`` frame: one JSON object with a ``type``."""
 
     body: dict[str, Any]
+    size: int = field(default=0, compare=False)
+    """Bytes of the frame's payload (what the output limits count)."""
+    problem: str | None = field(default=None, compare=False)
+    """Set by :func:`sandbox_kernel.messages.check` when a field broke the rules: what was wrong."""
 
     @property
     def type(self) -> str:
@@ -64,7 +69,12 @@ def encode_message(body: dict[str, Any]) -> bytes:
     """Return a ``msg`` frame carrying ``body`` as JSON."""
     if not isinstance(body.get("type"), str):
         raise ValueError("a message needs a string 'type'")
-    return encode("msg", json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a frontend may send one in a cell's code)
+        payload = re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
+    return encode("msg", payload)
 
 
 class FrameDecoder:
@@ -134,9 +144,11 @@ def _frame(kind: str, payload: bytes) -> Frame:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"message frame is not UTF-8 JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("message frame is JSON nested too deeply") from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError("message frame is not a JSON object with a string 'type'")
-    return Message(body)
+    return Message(body, size=len(payload))
 
 
 # ---------------------------------------------------------------------------------------------

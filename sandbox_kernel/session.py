@@ -2,9 +2,9 @@
 
 :class:`SandboxSession` is the contract the kernel codes against; it knows nothing of Jupyter.
 :class:`AgentSession` implements it for any backend that can give it a byte stream to an
-in-sandbox agent (see ``agents/PROTOCOL.md``): it frames requests, decodes replies, enforces
-the per-cell time and output limits, escalates an interrupt that is not obeyed, and replaces a
-sandbox that died. A backend subclasses it and supplies only :meth:`AgentSession._spawn`,
+in-sandbox agent (see ``agents/PROTOCOL.md``): it frames requests, decodes and checks replies
+(``messages.py``), enforces the per-cell time and output limits, escalates an interrupt that is
+not obeyed, and replaces a sandbox that died. A backend subclasses it and supplies only :meth:`AgentSession._spawn`,
 :meth:`AgentSession._kill` and :meth:`AgentSession._lost_reason`.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import codecs
+import collections
 import itertools
 import logging
 import time
@@ -22,6 +23,7 @@ from typing import Any, AsyncIterator, Union
 from .config import Limits
 from .errors import CellTimeout, ProtocolError, SandboxError, SandboxLost, SandboxStartError
 from .languages import Language
+from .messages import OUTPUT, check, clean_text
 from .protocol import FrameDecoder, Message, Output, encode_message
 
 log = logging.getLogger("sandbox_kernel")
@@ -201,6 +203,149 @@ _ids = itertools.count(1)
 _WAKE = object()  # put on the frame queue to make a waiting execute() re-check its deadlines
 
 
+@dataclass
+class _Chunk:
+    """Bytes of one output stream waiting in the inbox; later bytes of the same stream join it."""
+
+    stream: str
+    data: bytearray
+
+
+class _Inbox:
+    """What the reader admitted, in order, until the session takes it (an asyncio.Queue, except
+    that consecutive output of one stream is joined while it waits, so a flood of tiny frames
+    costs its bytes rather than an object per frame, and the next item can be looked at)."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def put_output(self, stream: str, data: bytes, join_limit: int) -> None:
+        last = self._items[-1] if self._items else None
+        if isinstance(last, _Chunk) and last.stream == stream and len(last.data) < join_limit:
+            last.data += data
+        else:
+            self.put(_Chunk(stream, bytearray(data)))
+
+    def peek(self) -> Any:
+        return self._items[0] if self._items else None
+
+    def get_nowait(self) -> Any:
+        return self._items.popleft()
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """The next item; ``None`` if none came within ``timeout`` seconds."""
+        if not self._items:
+            self._ready.clear()
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._ready.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        return self._items.popleft() if self._items else None
+
+
+@dataclass
+class _Tally:
+    """What the output limits let through and dropped during one cell, or between two cells."""
+
+    kept_bytes: int = 0
+    kept_messages: int = 0
+    dropped_bytes: int = 0
+    dropped_messages: int = 0
+    malformed: int = 0
+    problem: str | None = None  # what was wrong with the first malformed message
+    error_seen: bool = False
+    result_seen: bool = False
+
+
+class OutputGate:
+    """The kernel's output limits, applied by the reader before anything is queued.
+
+    - **Bytes per cell** (``limit``, ``Sandbox.output_limit``): stream bytes and the payloads of
+      output messages (``display``, ``update_display``, ``result``) together. Stream output over
+      it is cut at the limit; a message that does not fit is dropped whole.
+    - **Messages per second** (``rate``, ``Sandbox.output_rate``): output messages over it are
+      dropped (a token bucket holding one second's worth). Streams are not counted: the session
+      joins them into at most one message per ``output_interval`` anyway.
+    - **Between cells** the same byte limit holds for everything kept for the next cell, and at
+      most ``rate`` messages are kept.
+
+    Nothing over a limit is kept, so what the kernel holds stays within one cell's limit for the
+    running cell plus one for the output kept from between cells. Pure: the clock is passed in.
+    """
+
+    def __init__(self, limit: int, rate: int, clock: Any = time.monotonic) -> None:
+        self.limit = limit
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(rate)
+        self._stamp = clock()
+        self.tally = _Tally()
+        self.idle = True
+
+    def start_cell(self) -> _Tally:
+        """A cell starts: return the tally of the time between cells that just ended."""
+        ended, self.tally, self.idle = self.tally, _Tally(), False
+        return ended
+
+    def end_cell(self) -> None:
+        self.tally, self.idle = _Tally(), True
+
+    def stream(self, size: int) -> int:
+        """How many of ``size`` bytes of stream output to keep (a prefix)."""
+        tally = self.tally
+        keep = size if not self.limit else max(0, min(size, self.limit - tally.kept_bytes))
+        tally.kept_bytes += keep
+        tally.dropped_bytes += size - keep
+        return keep
+
+    def message(self, size: int) -> bool:
+        """Whether to keep an output message whose payload is ``size`` bytes."""
+        tally = self.tally
+        keep = (
+            (not self.limit or tally.kept_bytes + size <= self.limit)
+            and not (self.idle and self.rate and tally.kept_messages >= self.rate)
+            and self._token()
+        )
+        if keep:
+            tally.kept_bytes += size
+            tally.kept_messages += 1
+        else:
+            self.drop(size)
+        return keep
+
+    def drop(self, size: int) -> None:
+        """An output message is dropped for another reason (it belongs to no running cell)."""
+        self.tally.dropped_bytes += size
+        self.tally.dropped_messages += 1
+
+    def malformed(self, problem: str) -> None:
+        self.tally.malformed += 1
+        if self.tally.problem is None:
+            self.tally.problem = problem
+
+    def _token(self) -> bool:
+        if not self.rate:
+            return True
+        now = self._clock()
+        self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
 class AgentSession(SandboxSession):
     """A session whose sandbox runs one of our agents behind an :class:`AgentChannel`."""
 
@@ -218,7 +363,10 @@ class AgentSession(SandboxSession):
         super().__init__(language, limits)
         self._channel: AgentChannel | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._frames: asyncio.Queue[Message | Output | _Ended] = asyncio.Queue()
+        self._frames = _Inbox()  # of Message, _Chunk, _Ended and _WAKE
+        self._gate = OutputGate(limits.output_bytes, limits.output_rate)
+        self._cell_id: str | None = None  # the running cell's request id
+        self._ask_id: str | None = None  # the complete/inspect/is_complete request awaiting its reply
         self._language_info: dict[str, Any] = {"name": language.name}
         self._running = False
         self._interrupt_requested_at: float | None = None
@@ -226,7 +374,6 @@ class AgentSession(SandboxSession):
         self._closed = False
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped every time a sandbox is replaced
-        self._idle_bytes = 0
 
     # -- what a backend provides -------------------------------------------------------------
 
@@ -260,7 +407,7 @@ class AgentSession(SandboxSession):
             await self._launch()
 
     async def _launch(self) -> None:
-        self._frames = asyncio.Queue()
+        self._frames = _Inbox()
         try:
             self._channel = await self._spawn()
         except SandboxError:
@@ -280,9 +427,11 @@ class AgentSession(SandboxSession):
         except _Ended as ended:
             await self._discard()
             raise SandboxStartError(f"The sandbox stopped while starting: {ended.error}") from None
+        if ready.problem:
+            log.warning("%s", ready.problem)
         info = ready.body.get("language_info")
-        if isinstance(info, dict):
-            self._language_info = info
+        if isinstance(info, dict) and info:
+            self._language_info = {"name": self.language.name, **info}
 
     async def _discard(self) -> None:
         """Forget the current sandbox and destroy it."""
@@ -322,8 +471,9 @@ class AgentSession(SandboxSession):
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def _read_frames(self, channel: AgentChannel, queue: asyncio.Queue[Any]) -> None:
+    async def _read_frames(self, channel: AgentChannel, queue: _Inbox) -> None:
         decoder = FrameDecoder()
+        state = {"ready": False}
         try:
             while True:
                 chunk = await channel.read()
@@ -333,26 +483,25 @@ class AgentSession(SandboxSession):
                         f"[sandbox] {chunk.lost:,} bytes of output were lost while the connection "
                         "to the sandbox was down.\n"
                     )
-                    queue.put_nowait(Output("stderr", notice.encode()))
+                    queue.put_output("stderr", notice.encode(), self.output_batch)
                     continue
                 if not chunk:
                     break
                 for frame in decoder.feed(chunk):
-                    if isinstance(frame, Output) and not self._running:
-                        # Output between cells (a background thread): keep at most one cell's worth.
-                        self._idle_bytes += len(frame.data)
-                        if self.limits.output_bytes and self._idle_bytes > self.limits.output_bytes:
-                            continue
-                    queue.put_nowait(frame)
+                    try:
+                        self._admit(frame, queue, state)
+                    except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the reader
+                        log.exception("handling a frame from the agent failed")
+                        self._gate.malformed(f"a message from the sandbox could not be handled ({type(exc).__name__})")
         except ProtocolError as exc:
             log.error("agent broke the protocol: %s", exc)
-            queue.put_nowait(_Ended(ProtocolError(f"The sandbox sent malformed data ({exc}) and was restarted.")))
+            queue.put(_Ended(ProtocolError(f"The sandbox sent malformed data ({exc}) and was restarted.")))
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a dropped stream is a lost sandbox
             log.warning("agent stream failed", exc_info=True)
-            queue.put_nowait(_Ended(SandboxLost(f"The connection to the sandbox failed: {exc}")))
+            queue.put(_Ended(SandboxLost(f"The connection to the sandbox failed: {exc}")))
             return
         if self._closed:
             return
@@ -360,13 +509,65 @@ class AgentSession(SandboxSession):
             reason = await self._lost_reason()
         except Exception as exc:  # noqa: BLE001
             reason = SandboxLost(f"The sandbox stopped unexpectedly ({exc}).")
-        queue.put_nowait(_Ended(reason))
+        queue.put(_Ended(reason))
+
+    def _admit(self, frame: Message | Output, queue: _Inbox, state: dict[str, bool]) -> None:
+        """Queue ``frame`` if it is needed and within the output limits; drop it otherwise.
+
+        Control messages (``ready``, ``done``, ``error``, the replies) always get through when
+        someone waits for them, and are dropped silently when no one does (a late reply, a
+        ``done`` between cells). Output goes through :class:`OutputGate`.
+        """
+        gate = self._gate
+        if isinstance(frame, Output):
+            keep = gate.stream(len(frame.data))
+            if keep:
+                queue.put_output(frame.stream, frame.data[:keep], self.output_batch)
+            return
+        message = check(frame)
+        kind, ident = message.type, message.body.get("id")
+        if kind == "ready":
+            if not state["ready"]:  # only the first one means anything
+                state["ready"] = True
+                queue.put(message)
+            return
+        if kind in ("complete_reply", "inspect_reply", "is_complete_reply"):
+            if ident is not None and ident == self._ask_id:
+                if message.problem:
+                    log.warning("%s", message.problem)
+                queue.put(message)
+            return
+        if kind not in OUTPUT and kind not in ("done", "error"):
+            return  # a type nothing reads
+        cell = self._cell_id
+        if cell is None or ident not in (None, cell):
+            # No cell is running, or a late frame of an earlier cell (a background thread).
+            if kind in OUTPUT:
+                gate.drop(message.size)
+            return
+        tally = gate.tally
+        if kind == "done":
+            queue.put(message)
+            return
+        if kind == "error" and not tally.error_seen:
+            tally.error_seen = True  # the cell's own error always gets through; more are output
+            queue.put(message)
+            return
+        if message.problem:
+            gate.malformed(message.problem)
+            return
+        if kind == "result" and not tally.result_seen:
+            tally.result_seen = True  # the cell's value always gets through (at most 1 MiB)
+            queue.put(message)
+            return
+        if gate.message(message.size):
+            queue.put(message)
 
     async def _next_message(self, types: set[str], request_id: str | None = None) -> Message:
         while True:
             frame = await self._frames.get()
             if isinstance(frame, _Ended):
-                self._frames.put_nowait(frame)  # stays visible to whoever asks next
+                self._frames.put(frame)  # stays visible to whoever asks next
                 raise frame
             if isinstance(frame, Message) and frame.type in types and (
                 request_id is None or frame.body.get("id") == request_id
@@ -387,6 +588,35 @@ class AgentSession(SandboxSession):
     # -- cells --------------------------------------------------------------------------------
 
     async def execute(self, code: str) -> AsyncIterator[Event]:  # type: ignore[override]
+        """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
+        while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
+        the kernel can always send the cell's ``execute_reply``."""
+        cell = self._execute(code)
+        try:
+            async for event in cell:
+                yield event
+        except Exception as exc:  # noqa: BLE001 - turned into the cell's error below
+            log.exception("running a cell failed")
+            if isinstance(exc, SandboxError):
+                error: SandboxError = exc
+            elif isinstance(exc, OSError):
+                error = SandboxLost(f"The connection to the sandbox failed ({exc}); a new sandbox was started.")
+            else:
+                error = ProtocolError(
+                    f"The kernel could not handle what the sandbox sent ({type(exc).__name__}: {exc}); "
+                    "a new sandbox was started."
+                )
+            try:
+                # The agent's state is unknown now (it may still run the cell): start afresh.
+                await self._replace(f"The previous sandbox was replaced after an error ({error.ename}).")
+                self._notice = None
+            except Exception:  # noqa: BLE001
+                log.exception("replacing the sandbox failed")
+            yield ErrorOutput(error.ename, clean_text(str(error)), [clean_text(f"{error.ename}: {error}")])
+        finally:
+            await cell.aclose()
+
+    async def _execute(self, code: str) -> AsyncIterator[Event]:
         if self._notice:
             yield Stream("stderr", f"[sandbox] {self._notice}\n")
             self._notice = None
@@ -399,15 +629,20 @@ class AgentSession(SandboxSession):
         limit = self.limits.output_bytes
         timeout = self.timeout
         self._running = True
-        self._idle_bytes = 0
+        self._cell_id = request_id
+        between = self._gate.start_cell()
+        tally = self._gate.tally
         self._interrupt_requested_at = None
         started = time.monotonic()
         timed_out = False
-        output = _CellOutput(limit)
-        pending: list[Output] = []  # output received but not yet published
+        output = _CellOutput()
+        pending: list[_Chunk] = []  # output received but not yet published
         pending_bytes = 0
         last_flush = float("-inf")
         try:
+            notice = _between_cells_notice(between, limit)
+            if notice:
+                yield Stream("stderr", notice)
             await self._send({"type": "execute", "id": request_id, "code": code, "output_limit": limit})
             while True:
                 now = time.monotonic()
@@ -426,6 +661,8 @@ class AgentSession(SandboxSession):
                     for event in output.events(pending):
                         yield event
                     pending = []
+                    for event in self._cell_summary(tally, 0, limit):
+                        yield event
                     lost = "the cell did not stop when interrupted, so the sandbox was replaced; variables from earlier cells are gone."
                     if timed_out:
                         yield ErrorOutput.from_exception(CellTimeout(timeout))
@@ -445,70 +682,84 @@ class AgentSession(SandboxSession):
                         last_flush = time.monotonic()
                         continue
                     wait = due if wait is None else min(wait, due)
-                try:
-                    frame = await asyncio.wait_for(self._frames.get(), wait) if wait else await self._frames.get()
-                except asyncio.TimeoutError:
+                frame = await self._frames.get(wait)
+                if frame is None or frame is _WAKE:
                     continue
-                if frame is _WAKE:
-                    continue
-                if isinstance(frame, Output):
+                if isinstance(frame, _Chunk):
                     # Take everything already queued too.
                     pending.append(frame)
                     pending_bytes += len(frame.data)
-                    while not self._frames.empty() and pending_bytes < self.output_batch:
-                        peek = self._frames._queue[0]  # type: ignore[attr-defined]
-                        if not isinstance(peek, Output):
-                            break
-                        pending.append(self._frames.get_nowait())  # type: ignore[arg-type]
-                        pending_bytes += len(peek.data)
+                    while pending_bytes < self.output_batch and isinstance(self._frames.peek(), _Chunk):
+                        more = self._frames.get_nowait()
+                        pending.append(more)
+                        pending_bytes += len(more.data)
                     continue
                 # Anything else comes after the output before it.
                 for event in output.events(pending):
                     yield event
                 pending, pending_bytes = [], 0
                 if isinstance(frame, _Ended):
+                    for event in self._cell_summary(tally, 0, limit):
+                        yield event
                     yield ErrorOutput.from_exception(frame.error)
                     await self._replace(f"A new sandbox was started after the last one was lost ({frame.error.ename}).")
                     self._notice = None
                     return
-                body = frame.body
+                if not isinstance(frame, Message):
+                    continue
+                body = frame.body  # checked by messages.check: every field has its type
                 kind = frame.type
                 if body.get("id") not in (None, request_id):
                     continue  # a late reply to an earlier request
                 if kind == "display":
-                    yield DisplayData(_bundle(body.get("data")), _dict(body.get("metadata")))
+                    yield DisplayData(body["data"], body["metadata"])
                 elif kind == "result":
-                    yield ExecuteResult(_bundle(body.get("data")), _dict(body.get("metadata")))
+                    yield ExecuteResult(body["data"], body["metadata"])
                 elif kind == "error":
                     if timed_out:
                         yield ErrorOutput.from_exception(CellTimeout(timeout))
+                    elif frame.problem:
+                        yield ErrorOutput.from_exception(ProtocolError(_sentence(frame.problem)))
                     else:
-                        yield ErrorOutput(
-                            str(body.get("ename", "Error")),
-                            str(body.get("evalue", "")),
-                            [str(line) for line in body.get("traceback") or []],
-                        )
+                        yield ErrorOutput(body["ename"], body["evalue"], body["traceback"])
                 elif kind == "done":
                     for event in output.finish():
                         yield event
-                    dropped = max(output.dropped, int(body.get("truncated") or 0))
-                    if dropped:
-                        yield Stream(
-                            "stderr",
-                            f"\n[sandbox] output truncated: {dropped} more bytes were dropped "
-                            f"(limit {limit} bytes per cell; see Sandbox.output_limit)\n",
-                        )
-                    if timed_out and body.get("status") == "ok":
+                    for event in self._cell_summary(tally, body["truncated"], limit):
+                        yield event
+                    if frame.problem:
+                        yield ErrorOutput.from_exception(ProtocolError(_sentence(frame.problem)))
+                    elif timed_out and body["status"] == "ok":
                         yield ErrorOutput.from_exception(CellTimeout(timeout))
                     return
+                # update_display: counted and checked, but there is no event for it yet.
         finally:
             self._running = False
+            self._cell_id = None
+            self._gate.end_cell()
             self._interrupt_requested_at = None
+
+    def _cell_summary(self, tally: _Tally, truncated: int, limit: int) -> list[Event]:
+        """The end of a cell: one notice for all output dropped, one error for malformed messages."""
+        events: list[Event] = []
+        dropped = tally.dropped_bytes + truncated  # the agent's count: bytes it never sent
+        if dropped or tally.dropped_messages:
+            what = f"{dropped} more bytes"
+            if tally.dropped_messages:
+                what += f" (in all, {tally.dropped_messages} output messages)"
+            if not tally.dropped_messages or not self._gate.rate:
+                why = f"limit {limit} bytes per cell; see Sandbox.output_limit"
+            else:
+                why = f"limits: {limit} bytes per cell, Sandbox.output_limit; {self._gate.rate} messages per second, Sandbox.output_rate"
+            events.append(Stream("stderr", f"\n[sandbox] output truncated: {what} were dropped ({why})\n"))
+        if tally.malformed:
+            events.append(ErrorOutput.from_exception(ProtocolError(_malformed_sentence(tally))))
+        return events
 
     async def _request_interrupt(self) -> None:
         if self._interrupt_requested_at is None:
             self._interrupt_requested_at = time.monotonic()
-            self._frames.put_nowait(_WAKE)  # type: ignore[arg-type]
+            self._frames.put(_WAKE)
         try:
             await self._send({"type": "interrupt"})
         except Exception:  # noqa: BLE001 - the grace timer replaces the sandbox anyway
@@ -525,20 +776,27 @@ class AgentSession(SandboxSession):
         try:
             await self._ensure_running()
             request_id = f"q{next(_ids)}"
+            self._ask_id = request_id
             await self._send({**body, "id": request_id})
             message = await asyncio.wait_for(self._next_message({reply}, request_id), timeout)
             return message.body
         except (asyncio.TimeoutError, SandboxError, _Ended):
             return None
+        except Exception:  # noqa: BLE001 - a broken pipe, say: no answer
+            log.warning("request to the sandbox failed", exc_info=True)
+            return None
+        finally:
+            self._ask_id = None
 
     async def complete(self, code: str, cursor_pos: int) -> Completion:
         body = await self._ask({"type": "complete", "code": code, "cursor_pos": cursor_pos}, "complete_reply")
         if not body:
             return Completion([], cursor_pos, cursor_pos)
+        start, end = body.get("cursor_start"), body.get("cursor_end")
         return Completion(
-            [str(m) for m in body.get("matches") or []],
-            int(body.get("cursor_start", cursor_pos)),
-            int(body.get("cursor_end", cursor_pos)),
+            list(body.get("matches") or []),
+            cursor_pos if start is None else start,
+            cursor_pos if end is None else end,
         )
 
     async def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> Inspection:
@@ -548,28 +806,53 @@ class AgentSession(SandboxSession):
         )
         if not body or not body.get("found"):
             return Inspection(False, {})
-        return Inspection(True, _bundle(body.get("data")))
+        return Inspection(True, body["data"])
 
     async def is_complete(self, code: str) -> tuple[str, str]:
         body = await self._ask({"type": "is_complete", "code": code}, "is_complete_reply")
         if not body:
             return ("unknown", "")
-        return (str(body.get("status", "unknown")), str(body.get("indent", "")))
+        return (body["status"], body["indent"])
+
+
+def _sentence(problem: str) -> str:
+    return f"The sandbox sent a {problem[0].lower()}{problem[1:]}" if problem.startswith("malformed") else problem
+
+
+def _malformed_sentence(tally: _Tally) -> str:
+    first = tally.problem or "malformed message"
+    if tally.malformed == 1:
+        return f"The sandbox sent a {first}; it was dropped."
+    return f"The sandbox sent {tally.malformed} malformed messages, which were dropped; the first: {first}."
+
+
+def _between_cells_notice(tally: _Tally, limit: int) -> str | None:
+    """One notice for what was dropped while no cell ran (told at the start of the next cell)."""
+    parts = []
+    if tally.dropped_bytes or tally.dropped_messages:
+        what = f"{tally.dropped_bytes} bytes of output"
+        if tally.dropped_messages:
+            what += f" ({tally.dropped_messages} display messages, which only a running cell can show)"
+        keep = f"at most {limit} bytes are kept for the next cell (Sandbox.output_limit)" if limit else ""
+        parts.append(f"{what} produced between cells were dropped" + (f"; {keep}" if keep else ""))
+    if tally.malformed:
+        parts.append(_malformed_sentence(tally).rstrip("."))
+    if not parts:
+        return None
+    return "[sandbox] " + ". ".join(parts) + ".\n"
 
 
 class _CellOutput:
-    """One cell's stdout/stderr on its way to the frontend: the output limit and UTF-8 decoding."""
+    """One cell's stdout/stderr on its way to the frontend: UTF-8 decoding (the reader has
+    already applied the output limit)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.sent = 0
-        self.dropped = 0
+    def __init__(self) -> None:
         self.decoders = {
             "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
             "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
         }
 
-    def events(self, frames: list[Output]) -> list[Stream]:
+    def events(self, frames: list[_Chunk]) -> list[Stream]:
         """Streams for ``frames``: consecutive frames of one stream joined, order kept."""
         runs: list[tuple[str, list[bytes]]] = []
         for frame in frames:
@@ -579,13 +862,7 @@ class _CellOutput:
                 runs.append((frame.stream, [frame.data]))
         events = []
         for name, parts in runs:
-            chunk = b"".join(parts)
-            if self.limit and self.sent + len(chunk) > self.limit:
-                keep = max(0, self.limit - self.sent)
-                self.dropped += len(chunk) - keep
-                chunk = chunk[:keep]
-            self.sent += len(chunk)
-            text = self.decoders[name].decode(chunk)
+            text = self.decoders[name].decode(b"".join(parts))
             if text:
                 events.append(Stream(name, text))
         return events
@@ -598,12 +875,3 @@ class _CellOutput:
             if tail:
                 events.append(Stream(name, tail))
         return events
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _bundle(value: Any) -> dict[str, Any]:
-    bundle = _dict(value)
-    return bundle or {"text/plain": ""}
