@@ -58,6 +58,11 @@ _ACCOUNT_PENDING = re.compile(r"error looking up service account|serviceaccount 
 milliseconds; while the controller manager catches up (after an API server restart, say) it
 takes seconds, so pods may wait longer for it (``account_settle``)."""
 
+_PARAMS_PENDING = re.compile(r"no params found for policy binding")
+"""The 422 of a pod created a moment after its namespace's deny-all NetworkPolicy, ResourceQuota
+or LimitRange: the admission policies of k8s/rbac/admission-policy.yaml read those objects from
+the API server's cache, which can trail the create that just returned by a few milliseconds."""
+
 
 def micro_time(when: datetime | None = None) -> str:
     """A Kubernetes MicroTime (``2025-01-01T00:00:00.000000Z``)."""
@@ -248,6 +253,10 @@ class KubernetesApi:
                 return self._request(action, "POST", path, body=obj)
             except AdmissionError as exc:
                 cause = exc.__cause__
+                if isinstance(cause, ApiException) and cause.status == 422 and _PARAMS_PENDING.search(status_message(cause)):
+                    if time.monotonic() - started < rbac_settle:
+                        time.sleep(0.05)
+                        continue
                 if isinstance(cause, ApiException) and cause.status == 403:
                     message = status_message(cause)
                     settle = max(rbac_settle, account_settle) if _ACCOUNT_PENDING.search(message) else rbac_settle

@@ -3,7 +3,7 @@
 Everything runs against the real test cluster (tests/cluster/up), and every kernel runs as the
 service account of k8s/rbac/, never as cluster-admin:
 
-  rbac_applied      session: k8s/rbac/*.yaml applied with the admin kubeconfig.
+  rbac_applied      session: `kubectl apply -k k8s/rbac/` (RBAC + admission policies) as admin.
   sa_kubeconfig     session: a kubeconfig for system:serviceaccount:sandbox-kernel-system:sandbox-kernel
                     (minted by tests/cluster/kubeconfig-for, i.e. the TokenRequest API).
   sa_api            session: a kubernetes ApiClient authenticated as that service account.
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from kubernetes import client, config
@@ -46,33 +45,37 @@ KERNEL_ID_LABEL = "sandbox-kernel/kernel-id"
 # Plain helpers (also used by the unittest-style conformance suite).
 
 
+def find_kubectl() -> str:
+    """The kubectl of the test cluster build ($KUBECTL, else the cluster cache's, else PATH's)."""
+    import glob
+    import shutil
+
+    if os.environ.get("KUBECTL"):
+        return os.environ["KUBECTL"]
+    for cache in filter(None, [os.environ.get("SANDBOX_CLUSTER_CACHE", ""), str(Path.home() / ".cache/sandbox-kernel/cluster")]):
+        if os.access(os.path.join(cache, "bin", "current", "kubectl"), os.X_OK):
+            return os.path.join(cache, "bin", "current", "kubectl")
+        found = sorted(glob.glob(os.path.join(cache, "bin", "*", "kubectl")), key=os.path.getmtime)
+        if found:
+            return found[-1]
+    found = shutil.which("kubectl")
+    if not found:
+        pytest.fail("no kubectl: set KUBECTL or build the test cluster (tests/cluster/up)", pytrace=False)
+    return found
+
+
 def apply_rbac(admin_kubeconfig: str) -> None:
-    """Create or replace every object of k8s/rbac/ (what `kubectl apply -f k8s/rbac/` does)."""
-    api = config.new_client_from_config(config_file=admin_kubeconfig)
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    docs = [d for f in sorted((REPO / "k8s" / "rbac").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
-    order = {"Namespace": 0, "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 3}
-    for doc in sorted(docs, key=lambda d: order[d["kind"]]):
-        kind, name, ns = doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace", "")
-        create, replace = {
-            "Namespace": (core.create_namespace, lambda d, name=name: core.replace_namespace(name, d)),
-            "ServiceAccount": (
-                lambda d, ns=ns: core.create_namespaced_service_account(ns, d),
-                lambda d, name=name, ns=ns: core.replace_namespaced_service_account(name, ns, d),
-            ),
-            "ClusterRole": (rbac.create_cluster_role, lambda d, name=name: rbac.replace_cluster_role(name, d)),
-            "ClusterRoleBinding": (
-                rbac.create_cluster_role_binding,
-                lambda d, name=name: rbac.replace_cluster_role_binding(name, d),
-            ),
-        }[kind]
-        try:
-            create(doc)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            replace(doc)
-    api.close()
+    """`kubectl apply -k k8s/rbac/`, the README's step: the RBAC together with its admission policies.
+
+    The policies are what make the RBAC safe (k8s/rbac/admission-policy.yaml), so every test
+    that runs as the service account runs under them, as a deployment would.
+    """
+    result = subprocess.run(
+        [find_kubectl(), "--kubeconfig", admin_kubeconfig, "apply", "-k", str(REPO / "k8s" / "rbac")],
+        capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"kubectl apply -k k8s/rbac/ failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
 
 
 def mint_sa_kubeconfig(admin_kubeconfig: str, out: Path) -> str:

@@ -46,6 +46,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 PLATFORM_NS = "sandbox-kernel-system"
 NAMESPACE_POLICY = "sandbox-kernel-namespaces"
 ROLEBINDING_POLICY = "sandbox-kernel-rolebindings"
+POLICIES = (NAMESPACE_POLICY, ROLEBINDING_POLICY, "sandbox-kernel-networkpolicies", "sandbox-kernel-pods-deny-all",
+            "sandbox-kernel-pods-quota", "sandbox-kernel-pods-limits")  # k8s/rbac/admission-policy.yaml
+SANDBOX_LABELS = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
+                  "pod-security.kubernetes.io/enforce-version": "latest"}
+"""What the namespace policy requires of a namespace the service account creates."""
 LAB_IMAGE = "localhost/sandbox-kernel-lab"
 
 
@@ -174,9 +179,8 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
         ("ClusterRole", "sandbox-kernel"), ("ClusterRole", "sandbox-kernel-sandbox"),
         ("ClusterRoleBinding", "sandbox-kernel"), ("CronJob", "sandbox-kernel-gc"),
         ("Deployment", "jupyterlab"), ("Namespace", PLATFORM_NS), ("Service", "jupyterlab"),
-        ("ServiceAccount", SA_NAME), ("ValidatingAdmissionPolicy", NAMESPACE_POLICY),
-        ("ValidatingAdmissionPolicyBinding", NAMESPACE_POLICY),
-        ("ValidatingAdmissionPolicy", ROLEBINDING_POLICY), ("ValidatingAdmissionPolicyBinding", ROLEBINDING_POLICY),
+        ("ServiceAccount", SA_NAME),
+        *[(kind, name) for name in POLICIES for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")],
     ]:
         assert expected in kinds, f"{expected} missing from `kubectl kustomize k8s/`: {kinds}"
     assert not any(kind == "RuntimeClass" for kind, _ in kinds), "the gVisor example must not be applied by default"
@@ -230,7 +234,7 @@ def test_platform_namespace_enforces_restricted_and_workloads_comply(admin: clie
 def test_admission_policies_type_check_without_warnings(admin: client.ApiClient, platform: dict[str, str]) -> None:
     """The API server type-checks each policy's CEL against the matched resources' schemas."""
     registration = client.AdmissionregistrationV1Api(admin)
-    for name in (NAMESPACE_POLICY, ROLEBINDING_POLICY):
+    for name in POLICIES:
         def checked() -> Any:
             policy = registration.read_validating_admission_policy(name)
             status = policy.status
@@ -286,10 +290,10 @@ def test_service_account_creates_and_deletes_only_sandbox_namespaces(sa: client.
     assert "may only create namespaces named sandbox-*" in message
     message = refused_by(NAMESPACE_POLICY, lambda: core.create_namespace({"metadata": {"name": f"sandbox-{suffix}"}}))
     assert "may only create namespaces labelled app.kubernetes.io/managed-by=sandbox-kernel" in message
-    # Its own kind of namespace: allowed, and it may delete it again.
+    # Its own kind of namespace (with Pod Security restricted:latest): allowed, and it may delete it again.
     name = f"sandbox-{suffix}"
     try:
-        core.create_namespace({"metadata": {"name": name, "labels": labels}})
+        core.create_namespace({"metadata": {"name": name, "labels": SANDBOX_LABELS}})
         core.delete_namespace(name)
         wait_until(lambda: not namespace_exists(client.CoreV1Api(admin), name), 60, what=f"{name} deleted")
     finally:
@@ -353,7 +357,7 @@ def test_policy_alone_refuses_relabelling_even_when_rbac_allows_it(
     assert "sandbox-kernel may only change its sandbox namespaces" in message and victim in message
     # A sandbox namespace may be changed, but it may not lose the label that makes it one.
     name = f"sandbox-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY}}})
+    core.create_namespace({"metadata": {"name": name, "labels": SANDBOX_LABELS}})
     try:
         core.patch_namespace(name, {"metadata": {"labels": {"e2e": "ok"}}})
         message = refused_by(NAMESPACE_POLICY, lambda: core.patch_namespace(
