@@ -18,7 +18,7 @@ from typing import Any
 from ipykernel.kernelbase import Kernel
 from traitlets import Enum, Float, Instance, TraitError, Unicode, default
 
-from . import __version__, output_policy
+from . import __version__, output_policy, selftest
 from .config import Sandbox, check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
@@ -28,7 +28,7 @@ log = logging.getLogger("sandbox_kernel")
 
 BACKENDS = ("local", "kubernetes")
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
-SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests")
+SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests", "selftest")
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -277,6 +277,11 @@ class SandboxKernel(Kernel):
                 topic = arg or "status"
                 if topic not in SANDBOX_TOPICS:
                     raise ConfigError("%sandbox", f"unknown topic {topic!r}; use one of {', '.join(SANDBOX_TOPICS)}")
+                if topic == "selftest":
+                    text = await self._selftest(session)
+                    if not silent:
+                        self._publish("stream", {"name": "stdout", "text": text})
+                    continue
                 loop = asyncio.get_running_loop()
                 # Reports may call the Kubernetes API (blocking): keep the event loop free.
                 text = await loop.run_in_executor(None, session.report, topic)
@@ -285,6 +290,21 @@ class SandboxKernel(Kernel):
             if not silent:
                 self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
         return "\n".join(lines)
+
+    async def _selftest(self, session: SandboxSession) -> str:
+        """Run the isolation probe in this kernel's own sandbox and judge what it saw (selftest.py)."""
+        language = self.language_name
+        output: list[str] = []
+        async for event in session.execute(selftest.program(language)):
+            if isinstance(event, Stream) and event.name == "stdout":
+                output.append(event.text)
+            elif isinstance(event, ErrorOutput):
+                raise SandboxError(f"the selftest probe failed in the sandbox: {event.ename}: {event.evalue}")
+        found = selftest.observations("".join(output))
+        if found is None:
+            raise SandboxError("the selftest probe printed no observations")
+        rows = selftest.evaluate(found, session.limits.memory_bytes, session.backend, language)
+        return f"selftest of this {session.backend} sandbox ({language}):\n" + selftest.format_table(rows)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
         try:

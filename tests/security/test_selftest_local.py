@@ -1,0 +1,36 @@
+"""``%sandbox selftest`` in real local sandboxes of all three languages: every check passes or
+does not apply, and the probe leaves nothing in the user's namespace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kernels import run_cell, running_kernel, text
+
+SETUP = {"sandbox-python": "x = 41", "sandbox-node": "let x = 41", "sandbox-bash": "x=41"}
+AFTER = {
+    "sandbox-python": "print(x + 1, sorted(n for n in dir() if n.startswith('_') and not n.startswith('__')))",
+    "sandbox-node": "console.log(x + 1)",
+    "sandbox-bash": "echo $((x + 1)) ${obs:-}",
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(SETUP))
+def test_selftest_passes_in_a_local_sandbox(local_kernelspecs: Path, kernel: str) -> None:
+    with running_kernel(kernel) as (_km, kc):
+        run_cell(kc, SETUP[kernel])
+        reply, outputs = run_cell(kc, "%sandbox selftest")
+        assert reply["status"] == "ok", outputs
+        table = text(outputs)
+        rows = {line.split()[0]: line for line in table.splitlines()[2:-1]}
+        assert len(rows) >= 15, table
+        failed = [line for line in table.splitlines() if "  FAIL  " in line]
+        assert not failed, table
+        assert "0 failed" in table
+        if kernel == "sandbox-python":
+            assert "n/a" not in table.split("memory limit")[0], table  # every system call was probed
+        _reply, outputs = run_cell(kc, AFTER[kernel])
+        assert text(outputs).split()[0] == "42"
+        if kernel == "sandbox-python":
+            assert text(outputs).strip() == "42 []", text(outputs)
