@@ -10,6 +10,8 @@ need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v node >/dev/null || need+=(nodejs)
 command -v setpriv >/dev/null || need+=(util-linux)
+# The local sandbox's seccomp filter is compiled with libseccomp's bindings for the system python3.
+/usr/bin/python3 -c "import seccomp" 2>/dev/null || need+=(python3-seccomp)
 with_test=0
 [[ ",$extras," == *",test,"* ]] && with_test=1
 if ((with_test)); then

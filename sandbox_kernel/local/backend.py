@@ -8,9 +8,16 @@ What a cell sees:
 - a read-only view of the system directories (``/usr``, ``/etc``, …) and nothing of the host's
   home directories; a private tmpfs of ``scratch_size`` as working directory, ``HOME`` and
   ``/tmp`` (it vanishes with the sandbox, so nothing is left on the host),
-- a non-root uid: when the kernel runs as root, bubblewrap is started as ``nobody`` and maps it
-  to uid 1000 inside, so even a sandbox escape lands as an unprivileged user,
-- a scrubbed environment (``PATH``, ``HOME``, ``LANG``: no host tokens),
+- a non-root uid: when the kernel runs as root, each sandbox gets a host uid of its own from
+  ``uid_range`` (:mod:`.uids`), mapped to uid 1000 (``sandbox`` in the sandbox's own
+  ``/etc/passwd`` and ``/etc/group``), so even an escape lands as an unprivileged user that
+  shares no per-uid state (key quotas, inotify instances, signals) with other sandboxes,
+- a read-only ``/`` (writes outside HOME and /tmp fail with "Read-only file system"),
+- a seccomp filter (:mod:`.seccomp_policy`: no namespaces, keyrings, io_uring, userfaultfd, bpf,
+  mounts, ptrace, TIOCSTI, …) and no further user namespaces (bubblewrap's ``--disable-userns``),
+- a scrubbed environment (``PATH``, ``HOME``, ``LANG``: no host tokens); no host path, pid or
+  cgroup name in the sandbox's ``/proc`` (bubblewrap's options come through ``--args FD``, the
+  agent is a copy, not a bind mount of the installation),
 - memory, CPU and process limits enforced by a cgroup of its own.
 """
 
@@ -18,17 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import os
 import shlex
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Int, List, Unicode
+from traitlets import Bool, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from ..config import Limits
@@ -36,7 +45,7 @@ from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, 
 from ..languages import Language
 from ..quantity import format_bytes
 from ..session import AgentChannel, AgentSession
-from . import cgroups
+from . import cgroups, seccomp_policy, uids
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -52,10 +61,33 @@ class LocalSandbox(Configurable):
     bwrap = Unicode("bwrap", help="The bubblewrap program (Debian package 'bubblewrap').").tag(config=True)
 
     run_as_uid = Int(
-        65534,
-        help="Host uid the sandbox runs as when the kernel runs as root (default: nobody). "
-        "Inside the sandbox it appears as uid 1000.",
+        None,
+        allow_none=True,
+        help="Host uid every sandbox runs as when the kernel runs as root. Unset (the default), "
+        "each sandbox gets a uid of its own from uid_range. Inside the sandbox it appears as uid 1000.",
     ).tag(config=True)
+
+    uid_range = Unicode(
+        "1879048192-1879113727",
+        help="Host uids ('FIRST-LAST') given out one per sandbox when the kernel runs as root "
+        "(0x70000000-0x7000FFFF: above systemd-nspawn's container range, below its foreign range). "
+        "uids with a passwd or group entry, in /etc/subuid or /etc/subgid, or used by any "
+        "process are skipped; leases are flocks under /run/sandbox-kernel/uids.",
+    ).tag(config=True)
+
+    seccomp_python = Unicode(
+        "/usr/bin/python3",
+        help="Python that compiles the seccomp filter with libseccomp's bindings (Debian package "
+        "'python3-seccomp') when the kernel's own interpreter cannot import seccomp.",
+    ).tag(config=True)
+
+    @validate("uid_range")
+    def _check_uid_range(self, proposal: Any) -> str:
+        try:
+            uids.parse_range(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal["value"]
 
     interpreters = List(
         Unicode(),
@@ -105,6 +137,39 @@ class PipeChannel(AgentChannel):
 
 _sandbox_numbers = itertools.count(1)
 
+# The sandbox's own accounts: uid 1000 is 'sandbox', whose home is the scratch tmpfs.
+PASSWD = (
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    f"sandbox:x:1000:1000:Sandbox:{SANDBOX_HOME}:/bin/bash\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+)
+GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
+
+
+@functools.lru_cache(maxsize=None)
+def _bwrap_disables_userns(bwrap: str) -> bool:
+    """Whether this bubblewrap has --disable-userns (0.8.0 and later)."""
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--disable-userns" in out.stdout + out.stderr
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding ``data``, positioned at its start (close-on-exec here;
+    ``pass_fds`` hands it to bubblewrap, which reads it and closes it before the agent runs)."""
+    fd = os.memfd_create(name)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
 
 class LocalSandboxSession(AgentSession):
     """A session whose sandbox is a bubblewrap process tree on this machine."""
@@ -122,6 +187,8 @@ class LocalSandboxSession(AgentSession):
         self._stderr_task: asyncio.Task[None] | None = None
         self._argv: list[str] = []
         self._events: list[tuple[float, str]] = []
+        self._lease: uids.UidLease | None = None
+        self._seccomp: bool | None = None  # whether the sandbox has the filter (None: not started yet)
         self._isolated, self._limited = self._check_host()
 
     # -- host checks ----------------------------------------------------------------------------
@@ -171,14 +238,20 @@ class LocalSandboxSession(AgentSession):
 
     # -- command line ---------------------------------------------------------------------------
 
-    def command(self, cgroup: cgroups.SandboxCgroup | None) -> list[str]:
-        """The exact command that starts the sandbox (shown by ``%sandbox manifests``)."""
-        interpreter = self._interpreter()
+    def _host_uid(self) -> int | None:
+        """The host uid the sandbox runs as, when the kernel is root (explicit run_as_uid wins)."""
+        if os.geteuid() != 0:
+            return None
+        if self.settings.run_as_uid is not None:
+            return self.settings.run_as_uid
+        return self._lease.uid if self._lease else None
+
+    def _bwrap_options(self, fds: dict[str, str], seccomp: bool) -> list[str]:
+        """bubblewrap's options; ``fds`` names the descriptors of the files it copies in."""
         agent = self.language.agent_path()
-        inner = [interpreter, f"{AGENT_DIR}/{agent.name}"] if self._isolated else [interpreter, str(agent)]
-        if not self._isolated:
-            return inner
-        argv = [shutil.which(self.settings.bwrap) or self.settings.bwrap]
+        argv: list[str] = []
+        if seccomp:
+            argv += ["--seccomp", fds["seccomp"]]
         for path in SYSTEM_DIRS:
             p = Path(path)
             if p.is_symlink():
@@ -188,13 +261,25 @@ class LocalSandboxSession(AgentSession):
         for extra in self.settings.read_only_paths:
             argv += ["--ro-bind", extra, extra]
         argv += [
-            "--ro-bind", str(agent), f"{AGENT_DIR}/{agent.name}",
+            # The sandbox's own accounts, and a copy of the agent (a bind mount would show the
+            # installation's path in /proc/self/mountinfo).
+            "--ro-bind-data", fds["passwd"], "/etc/passwd",
+            "--ro-bind-data", fds["group"], "/etc/group",
+            "--perms", "0444", "--file", fds["agent"], f"{AGENT_DIR}/{agent.name}",
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", str(self.limits.scratch_bytes), "--tmpfs", SANDBOX_HOME,
             "--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
+            # Last of the mounts: / itself (bubblewrap's tmpfs) read-only, like a pod's root
+            # file system; HOME and /tmp are mounts of their own and stay writable.
+            "--remount-ro", "/",
             "--chdir", SANDBOX_HOME,
             "--unshare-all",  # user, pid, net (loopback only), ipc, uts, cgroup
+            "--unshare-user",  # required, not just tried: --disable-userns needs it
+        ]
+        if _bwrap_disables_userns(self._bwrap_path()):
+            argv += ["--disable-userns"]  # no nested user namespaces, even without seccomp
+        argv += [
             "--uid", "1000", "--gid", "1000",
             "--hostname", "sandbox",
             "--die-with-parent",  # the kernel's death (even SIGKILL) ends the whole sandbox
@@ -206,57 +291,131 @@ class LocalSandboxSession(AgentSession):
             "--setenv", "USER", "sandbox",
             "--setenv", "LANG", "C.UTF-8",
             "--setenv", "TMPDIR", "/tmp",
-            "--",
         ]
-        argv += inner
-        if os.geteuid() == 0:
+        return argv
+
+    def _bwrap_path(self) -> str:
+        return shutil.which(self.settings.bwrap) or self.settings.bwrap
+
+    def _inner(self) -> list[str]:
+        interpreter = self._interpreter()
+        agent = self.language.agent_path()
+        return [interpreter, f"{AGENT_DIR}/{agent.name}"] if self._isolated else [interpreter, str(agent)]
+
+    def _wrap(self, argv: list[str], cgroup: cgroups.SandboxCgroup | None) -> list[str]:
+        """Prefix the bubblewrap command with the uid drop and the cgroup join."""
+        uid = self._host_uid()
+        if uid is not None:
             # Never run user code as root on the host: drop to an unprivileged uid, and let
             # bubblewrap's user namespace make that uid look like 1000 inside.
-            uid = str(self.settings.run_as_uid)
             argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"] + argv
         if cgroup is not None:
             # Join the cgroup before anything else runs, so no byte is ever allocated outside it.
-            join = 'for f in $SANDBOX_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"'
+            # The paths are in this script, not the environment: bubblewrap, the sandbox's PID 1,
+            # gets the environment this process was given, readable in /proc/1/environ.
+            procs = " ".join(shlex.quote(f) for f in cgroup.procs_files())
+            join = f'for f in {procs}; do echo $$ > "$f" || exit 125; done; exec "$@"'
             argv = ["/bin/sh", "-c", join, "sandbox-start"] + argv
         return argv
 
+    def command(self, cgroup: cgroups.SandboxCgroup | None, fds: dict[str, str] | None = None, seccomp: bool | None = None) -> list[str]:
+        """The exact command that starts the sandbox (shown by ``%sandbox manifests``).
+
+        The kernel passes bubblewrap's options through ``--args FD`` (see :meth:`_spawn`), so that
+        the sandbox's PID 1 has no host path in its /proc/1/cmdline; this is the same command
+        with them spelled out. ``fds`` are the descriptor numbers of the copied files."""
+        inner = self._inner()
+        if not self._isolated:
+            return inner
+        fds = fds or {name: f"<{name} fd>" for name in ("seccomp", "passwd", "group", "agent")}
+        argv = [self._bwrap_path(), *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp), "--", *inner]
+        return self._wrap(argv, cgroup)
+
     # -- AgentSession hooks ----------------------------------------------------------------------
 
-    async def _spawn(self) -> AgentChannel:
-        cgroup = None
-        env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}
-        if self._limited:
-            cgroups.sweep_stale()
-            cgroup = cgroups.SandboxCgroup(f"k{os.getpid()}-{next(_sandbox_numbers)}")
-            try:
-                cgroup.create(self.limits)
-            except OSError as exc:
-                cgroup.destroy()
-                raise SandboxStartError(f"Could not set up the sandbox's cgroup: {exc}") from exc
-            env["SANDBOX_CGROUP_PROCS"] = " ".join(cgroup.procs_files())
-            self._oom_baseline = cgroup.oom_kills()
-        self._cgroup = cgroup
-        self._argv = self.command(cgroup)
-        log.debug("starting sandbox: %s", shlex.join(self._argv))
+    def _seccomp_filter(self) -> bytes | None:
+        """The compiled filter; None (with a warning) only when the user opted out of isolation."""
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env if self._isolated else {**env, "HOME": os.environ.get("HOME", "/tmp")},
-                cwd="/",
-                start_new_session=True,
-                limit=1 << 20,
-            )
-        except OSError as exc:
-            if cgroup:
+            return seccomp_policy.compile_bpf(self.settings.seccomp_python)
+        except seccomp_policy.SeccompUnavailable as exc:
+            if self.settings.require_isolation:
+                raise SandboxStartError(
+                    f"The local sandbox cannot build its seccomp filter: {exc}. Install the package "
+                    "python3-seccomp, or set c.LocalSandbox.require_isolation = False to run without it."
+                ) from exc
+            log.warning("running the sandbox WITHOUT a seccomp filter: %s", exc)
+            return None
+
+    async def _spawn(self) -> AgentChannel:
+        loop = asyncio.get_running_loop()
+        fds: dict[str, int] = {}
+        cgroup = None
+        try:
+            if self._isolated:
+                blob = await loop.run_in_executor(None, self._seccomp_filter)
+                await loop.run_in_executor(None, _bwrap_disables_userns, self._bwrap_path())
+                self._seccomp = blob is not None
+                if blob is not None:
+                    fds["seccomp"] = _memfd("seccomp", blob)
+                fds["passwd"] = _memfd("passwd", PASSWD.encode())
+                fds["group"] = _memfd("group", GROUP.encode())
+                fds["agent"] = _memfd("agent", self.language.agent_path().read_bytes())
+                if os.geteuid() == 0 and self.settings.run_as_uid is None:
+                    first, last = uids.parse_range(self.settings.uid_range)
+                    try:
+                        self._lease = await loop.run_in_executor(None, uids.allocate, first, last)
+                    except OSError as exc:
+                        raise SandboxStartError(f"No host uid is free for the sandbox: {exc}") from exc
+            env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}
+            if self._limited:
+                cgroups.sweep_stale()
+                cgroup = cgroups.SandboxCgroup(f"k{os.getpid()}-{next(_sandbox_numbers)}")
+                try:
+                    cgroup.create(self.limits)
+                except OSError as exc:
+                    raise SandboxStartError(f"Could not set up the sandbox's cgroup: {exc}") from exc
+                self._oom_baseline = cgroup.oom_kills()
+            names = {name: str(fd) for name, fd in fds.items()}
+            self._argv = self.command(cgroup, names)
+            if self._isolated:
+                options = self._bwrap_options(names, self._seccomp)
+                fds["args"] = _memfd("args", b"".join(o.encode() + b"\0" for o in options))
+                argv = self._wrap([self._bwrap_path(), "--args", str(fds["args"]), "--", *self._inner()], cgroup)
+            else:
+                argv = self._argv
+            log.debug("starting sandbox: %s", shlex.join(self._argv))
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=env if self._isolated else {**env, "HOME": os.environ.get("HOME", "/tmp")},
+                    cwd="/",
+                    start_new_session=True,
+                    limit=1 << 20,
+                    pass_fds=tuple(fds.values()),
+                )
+            except OSError as exc:
+                raise SandboxStartError(f"Could not start the sandbox ({argv[0]}): {exc}") from exc
+        except BaseException:
+            if cgroup is not None:
                 cgroup.destroy()
-            raise SandboxStartError(f"Could not start the sandbox ({self._argv[0]}): {exc}") from exc
+            self._release_uid()
+            raise
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        self._cgroup = cgroup
         self._stderr_tail.clear()
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
-        self._event("sandbox started")
+        self._event("sandbox started" + (f" as host uid {self._host_uid()}" if self._host_uid() is not None else ""))
         return PipeChannel(self._proc)
+
+    def _release_uid(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -284,6 +443,8 @@ class LocalSandboxSession(AgentSession):
         cgroup, self._cgroup = self._cgroup, None
         if cgroup is not None:
             await asyncio.get_running_loop().run_in_executor(None, cgroup.destroy)
+        # Only now that no process of the sandbox is left may another sandbox get its uid.
+        self._release_uid()
 
     async def _lost_reason(self) -> SandboxError:
         proc = self._proc
@@ -319,7 +480,8 @@ class LocalSandboxSession(AgentSession):
                 ("backend", "local (bubblewrap)" if self._isolated else "local, NOT isolated"),
                 ("language", f"{self.language.name} {self.language_info.get('version', '')}".strip()),
                 ("process", str(self._proc.pid) if self._proc else "not running"),
-                ("user", f"uid 1000 in the sandbox (host uid {self.settings.run_as_uid})" if os.geteuid() == 0 else "uid 1000 in the sandbox"),
+                ("user", f"uid 1000 in the sandbox (host uid {self._host_uid()})" if self._host_uid() is not None else "uid 1000 in the sandbox"),
+                ("seccomp", {True: f"filter on ({len(seccomp_policy.syscalls())} system calls)", False: "OFF", None: "-"}[self._seccomp] if self._isolated else "OFF"),
                 ("memory", f"{format_bytes(usage['memory']) if 'memory' in usage else '?'} used of {limits.memory}"),
                 ("processes", f"{usage.get('pids', '?')} of {limits.pids}"),
                 ("cpu", limits.cpu),
@@ -339,14 +501,26 @@ class LocalSandboxSession(AgentSession):
             ]
             return _table(rows)
         if topic == "policy":
-            return (
+            if os.geteuid() != 0:
+                uid = "the kernel's own host uid"
+            elif self.settings.run_as_uid is not None:
+                uid = f"host uid {self.settings.run_as_uid} (LocalSandbox.run_as_uid)"
+            else:
+                uid = f"a host uid of its own from {self.settings.uid_range}" + (f", now {self._lease.uid}" if self._lease else "")
+            text = (
                 "network: own network namespace with loopback only (no route to the host or the internet)\n"
                 "processes: own PID namespace; host processes are invisible\n"
-                "files: system directories read-only; HOME and /tmp are a private tmpfs "
+                "files: / and the system directories read-only; HOME and /tmp are a private tmpfs "
                 f"of {limits.scratch}, deleted with the sandbox\n"
-                "user: uid 1000, no capabilities, no new privileges\n"
+                f"user: uid 1000 ('sandbox'; {uid}), no capabilities, no new privileges, "
+                "no new user namespaces\n"
                 "environment: PATH, HOME, USER, LANG, TMPDIR only"
             )
+            if not self._isolated:
+                return text + "\nseccomp: none (the sandbox is NOT isolated)"
+            if self._seccomp is False:
+                return text + "\nseccomp: OFF (libseccomp's Python bindings are missing: install python3-seccomp)"
+            return text + "\n" + seccomp_policy.summary()
         if topic == "events":
             return "\n".join(time.strftime("%H:%M:%S", time.localtime(t)) + "  " + text for t, text in self._events) or "no events"
         if topic == "manifests":
