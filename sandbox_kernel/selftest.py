@@ -67,21 +67,40 @@ def __sandbox_selftest():
 '''
 
 SHELL_PROBE = r'''
-status() { sed -n "s/^$1:[[:space:]]*//p" /proc/self/status 2>/dev/null | head -n1; }
-printf '{"uid": "%s", "capeff": "%s", "nnp": "%s", "seccomp": "%s"' "$(id -u 2>/dev/null)" "$(status CapEff)" "$(status NoNewPrivs)" "$(status Seccomp)"
-( : > /.sandbox-selftest ) 2>/dev/null && { rm -f /.sandbox-selftest; printf ', "write_root": "ok"'; } || printf ', "write_root": "refused"'
-( : > /usr/.sandbox-selftest ) 2>/dev/null && { rm -f /usr/.sandbox-selftest; printf ', "write_usr": "ok"'; } || printf ', "write_usr": "refused"'
-( : > "${HOME:-/nonexistent}/.sandbox-selftest" ) 2>/dev/null && { rm -f "$HOME/.sandbox-selftest"; printf ', "write_home": "ok"'; } || printf ', "write_home": "refused"'
-ls /root/ >/dev/null 2>&1 && [ -n "$(ls -A /root 2>/dev/null)" ] && printf ', "host_home": "visible"' || printf ', "host_home": "hidden"'
-[ -e /var/run/secrets/kubernetes.io/serviceaccount/token ] && printf ', "sa_token": "present"' || printf ', "sa_token": "absent"'
-printf ', "secret_env": "%s"' "$(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' | grep -iE 'token|secret|passw|kubeconfig|credential' | tr '\n' ' ')"
-printf ', "interfaces": "%s"' "$(ls /sys/class/net 2>/dev/null | tr '\n' ' ')"
-printf ', "ipv6": "%s"' "$(awk '$6 != "lo" {print $1}' /proc/net/if_inet6 2>/dev/null | tr '\n' ' ')"
-printf ', "gateway": "%s"' "$(awk 'NR > 1 && $2 == "00000000" {print $3; exit}' /proc/net/route 2>/dev/null)"
-printf ', "api_host": "%s"' "${KUBERNETES_SERVICE_HOST:-}"
-mem=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null)
-pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max 2>/dev/null)
-printf ', "memory_max": "%s", "pids_max": "%s", "version": "%s"}\n' "$mem" "$pids" "$(cat /proc/version 2>/dev/null | cut -c1-120)"
+# Shell builtins only: sandbox images may have /bin/sh and nothing else (no sed, awk, ls, cat).
+uid= capeff= nnp= seccomp=
+while read -r key value rest; do
+  case $key in
+    Uid:) uid=$value ;; CapEff:) capeff=$value ;; NoNewPrivs:) nnp=$value ;; Seccomp:) seccomp=$value ;;
+  esac
+done < /proc/self/status
+try_write() { if ( : > "$1" ) 2>/dev/null; then rm -f "$1" 2>/dev/null || : ; echo ok; else echo refused; fi; }
+first_line() { line=; [ -r "$1" ] && read -r line < "$1"; printf '%s' "$line"; }
+host_home=hidden
+for f in /root/* /root/.[!.]*; do [ -e "$f" ] && host_home=visible && break; done
+sa_token=absent
+[ -e /var/run/secrets/kubernetes.io/serviceaccount/token ] && sa_token=present
+secret_env=
+for name in $(export -p | while read -r _ assignment; do assignment=${assignment#-x }; printf '%s\n' "${assignment%%=*}"; done); do
+  case $name in *[Tt][Oo][Kk][Ee][Nn]*|*[Ss][Ee][Cc][Rr][Ee][Tt]*|*[Pp][Aa][Ss][Ss][Ww]*|*[Kk][Uu][Bb][Ee][Cc][Oo][Nn][Ff][Ii][Gg]*|*[Cc][Rr][Ee][Dd][Ee][Nn][Tt][Ii][Aa][Ll]*) secret_env="$secret_env$name " ;; esac
+done
+interfaces=
+for i in /sys/class/net/*; do [ -e "$i" ] && interfaces="$interfaces${i##*/} "; done
+ipv6=
+if [ -r /proc/net/if_inet6 ]; then
+  while read -r addr _ _ _ _ dev; do [ "$dev" = lo ] || ipv6="$ipv6$addr "; done < /proc/net/if_inet6
+fi
+gateway=
+if [ -r /proc/net/route ]; then
+  while read -r dev dest gw rest; do [ "$dest" = 00000000 ] && gateway=$gw && break; done < /proc/net/route
+fi
+mem=$(first_line /sys/fs/cgroup/memory.max); [ -n "$mem" ] || mem=$(first_line /sys/fs/cgroup/memory/memory.limit_in_bytes)
+pids=$(first_line /sys/fs/cgroup/pids.max); [ -n "$pids" ] || pids=$(first_line /sys/fs/cgroup/pids/pids.max)
+version=$(first_line /proc/version)
+printf '{"uid": "%s", "capeff": "%s", "nnp": "%s", "seccomp": "%s", "write_root": "%s", "write_usr": "%s", "write_home": "%s", "host_home": "%s", "sa_token": "%s", "secret_env": "%s", "interfaces": "%s", "ipv6": "%s", "gateway": "%s", "api_host": "%s", "memory_max": "%s", "pids_max": "%s", "version": "%s"}\n' \
+  "$uid" "$capeff" "$nnp" "$seccomp" "$(try_write /.sandbox-selftest)" "$(try_write /usr/.sandbox-selftest)" \
+  "$(try_write "${HOME:-/nonexistent}/.sandbox-selftest")" "$host_home" "$sa_token" "$secret_env" "$interfaces" \
+  "$ipv6" "$gateway" "${KUBERNETES_SERVICE_HOST:-}" "$mem" "$pids" "${version%%(*}"
 '''
 
 
