@@ -377,9 +377,10 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
             return OutOfMemory(limits.memory)
         if terminated.get("exitCode") == manifests.POLICY_NOT_ENFORCED:
             return SandboxStartError(
-                "The sandbox pod could still reach the Kubernetes API server after "
-                "KubernetesSandbox.network_policy_wait seconds: the deny-all NetworkPolicy is not enforced "
-                "in this cluster (does its network plugin support NetworkPolicy?). Cells are not run without it."
+                "The sandbox pod could still reach the Kubernetes API server (over IPv4, or the node over IPv6 "
+                "link-local) after KubernetesSandbox.network_policy_wait seconds: the deny-all NetworkPolicy is not "
+                "enforced in this cluster (does its network plugin support NetworkPolicy, for IPv6 too?). Cells are "
+                "not run without it."
             )
         why = terminated.get("reason") or "stopped"
         detail = f": {terminated['message'].strip()}" if terminated.get("message") else ""

@@ -172,7 +172,7 @@ def test_pod_passes_restricted_as_written() -> None:
                     "command": [
                         "/bin/sh",
                         "-c",
-                        "python3 -c " + shlex.quote(manifests.POLICY_GUARDS["python3"][2].replace("WAIT", "10"))
+                        "python3 -c " + shlex.quote(manifests.POLICY_GUARDS["python3"][2].replace("WAIT", "10").replace("PORTS", "6443,10250"))
                         + " && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
                         "python3 /opt/sandbox-agent/python_agent.py",
                     ],
@@ -223,6 +223,18 @@ def test_agent_command_gate_and_policy_guard() -> None:
         assert "WAIT" not in command and "7" in command and command.endswith(
             f" && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 {interpreter} /opt/sandbox-agent/agent"
         )
+
+
+def test_policy_guard_also_probes_ipv6_link_local() -> None:
+    # Every guard reads the pod's IPv6 addresses and, if it has any besides loopback, tries the
+    # node's link-local address (EUI-64 of the IPv4 gateway's MAC, IPv6 default routes) on the
+    # API server's and kubelet's ports; the placeholders are all filled in.
+    assert manifests.IPV6_PORTS == (6443, 10250)
+    for interpreter in ("python3", "node", "bash"):
+        command = manifests.agent_command(interpreter, "agent", policy_wait=7)[2]
+        for needle in ("/proc/net/if_inet6", "/proc/net/ipv6_route", "/proc/net/arp", "/proc/net/route", "fe80::", "6443", "10250"):
+            assert needle in command, (interpreter, needle)
+        assert "PORTS" not in command and "WAIT" not in command
 
 
 def test_pod_scheduling_options_appear_only_when_set() -> None:
