@@ -106,8 +106,155 @@ const RESTARTED_MESSAGE = 'the JavaScript sandbox had to be restarted; variables
 
 if (process.argv[2] === '--worker') {
   worker();
-} else {
+} else if (process.argv[2] === '--supervisor') {
   supervisor();
+} else {
+  launcher();
+}
+
+// ===========================================================================================
+// Launcher: starts the supervisor so that user code cannot open the protocol stream.
+// ===========================================================================================
+//
+// Processes of one uid can open each other's fds through /proc/<pid>/fd (and take them with
+// pidfd_getfd) unless the owner is not "dumpable". Node cannot call prctl(PR_SET_DUMPABLE), but
+// the kernel also clears the flag when a process execs a file it may not read. So the launcher
+// copies the ELF interpreter (ld.so) of the node binary into a private directory, makes the copy
+// execute-only and starts the supervisor through it (`ld.so node node_agent.js --supervisor`):
+// the supervisor then has the protocol fds and a /proc/<pid>/fd no other process can open. The
+// launcher itself replaces its fd 0/1 with /dev/null as soon as the supervisor runs, so it holds
+// nothing of the stream either. Without an interpreter to copy (a static node, an exec-denied
+// temporary directory, a uid with CAP_DAC_OVERRIDE) the supervisor runs as before and logs it.
+function launcher() {
+  const log = (...args) => {
+    try {
+      fs.writeSync(2, `[node_agent launcher] ${util.format(...args)}\n`);
+    } catch (_) {
+      /* nothing sensible to do */
+    }
+  };
+  const node = process.execPath;
+  const args = [...process.execArgv, __filename, '--supervisor'];
+  const env = { ...process.env, SANDBOX_AGENT_NODE: node };
+  let dir = null;
+  let loader = null;
+  try {
+    const interp = elfInterpreter(node);
+    if (interp) {
+      dir = privateDir();
+      loader = path.join(dir, 'ld.so');
+      fs.copyFileSync(interp, loader);
+      fs.chmodSync(loader, 0o100);
+    }
+  } catch (e) {
+    log('cannot prepare the execute-only loader:', e.message);
+    loader = null;
+  }
+  const removeDir = () => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    dir = null;
+  };
+  let child = null;
+  const start = (useLoader) => {
+    child = useLoader ? childProcess.spawn(loader, [node, ...args], { stdio: 'inherit', env }) : childProcess.spawn(node, args, { stdio: 'inherit', env });
+    child.on('spawn', () => {
+      removeDir();
+      // Hold nothing of the protocol stream: fd 0/1 become /dev/null (open() takes the lowest fd).
+      try {
+        fs.closeSync(0);
+        fs.openSync('/dev/null', 'r');
+        fs.closeSync(1);
+        fs.openSync('/dev/null', 'w');
+      } catch (e) {
+        log('cannot close the protocol fds:', e.message);
+      }
+    });
+    child.on('error', (e) => {
+      if (useLoader) {
+        log('cannot start the supervisor through the loader copy (%s); starting it directly', e.message);
+        removeDir();
+        start(false);
+      } else {
+        log('cannot start the supervisor:', e.message);
+        process.exit(1);
+      }
+    });
+    child.on('exit', (code, signal) => {
+      removeDir();
+      if (signal) process.kill(process.pid, signal);
+      process.exit(code == null ? 1 : code);
+    });
+  };
+  for (const sig of ['SIGTERM', 'SIGHUP', 'SIGINT']) {
+    process.on(sig, () => {
+      try {
+        child.kill(sig);
+      } catch (_) {
+        /* gone */
+      }
+      if (sig !== 'SIGINT') setTimeout(() => process.exit(0), 1000).unref();
+    });
+  }
+  start(loader !== null);
+}
+
+// The PT_INTERP of a 64-bit little-endian ELF file (e.g. /lib64/ld-linux-x86-64.so.2), or null.
+function elfInterpreter(file) {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const head = Buffer.alloc(64);
+    fs.readSync(fd, head, 0, 64, 0);
+    if (head.readUInt32BE(0) !== 0x7f454c46 || head[4] !== 2 || head[5] !== 1) return null;
+    const phoff = Number(head.readBigUInt64LE(0x20));
+    const size = head.readUInt16LE(0x36);
+    const count = head.readUInt16LE(0x38);
+    const table = Buffer.alloc(size * count);
+    fs.readSync(fd, table, 0, table.length, phoff);
+    for (let i = 0; i < count; i++) {
+      if (table.readUInt32LE(i * size) !== 3) continue; // PT_INTERP
+      const off = Number(table.readBigUInt64LE(i * size + 8));
+      const len = Number(table.readBigUInt64LE(i * size + 32));
+      const name = Buffer.alloc(Math.min(len, 4096));
+      fs.readSync(fd, name, 0, name.length, off);
+      const text = name.toString('latin1').replace(/\0[\s\S]*$/, '');
+      return text.startsWith('/') ? text : null;
+    }
+    return null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function privateDir() {
+  for (const base of ['/dev/shm', process.env.TMPDIR, '/tmp', process.env.HOME, process.cwd()]) {
+    if (!base) continue;
+    try {
+      return fs.mkdtempSync(path.join(base, '.sknode.'));
+    } catch (_) {
+      /* next */
+    }
+  }
+  throw new Error('no writable directory');
+}
+
+// Every string made well-formed (a lone UTF-16 surrogate becomes U+FFFD), so that the JSON is
+// valid UTF-8 for the kernel; keys too. Non-JSON values are left to JSON.stringify.
+function wellFormed(value, depth = 0) {
+  if (typeof value === 'string') {
+    return typeof value.toWellFormed === 'function'
+      ? value.toWellFormed()
+      : value.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+  }
+  if (!value || typeof value !== 'object' || depth > 200) return value;
+  if (Array.isArray(value)) return value.map((v) => wellFormed(v, depth + 1));
+  if (typeof value.toJSON === 'function') return value;
+  const out = {};
+  for (const k of Object.keys(value)) out[wellFormed(k)] = wellFormed(value[k], depth + 1);
+  return out;
+}
+
+function isPlainObject(v) {
+  return !!v && typeof v === 'object' && !Array.isArray(v);
 }
 
 // ===========================================================================================
@@ -124,7 +271,18 @@ function supervisor() {
     }
   };
 
+  // The real node binary (started through a loader copy, process.execPath is that copy).
+  const NODE = process.env.SANDBOX_AGENT_NODE || process.execPath;
+  delete process.env.SANDBOX_AGENT_NODE;
+  try {
+    if (fs.statSync('/proc/self/fd').uid === process.getuid()) {
+      log('warning: the supervisor is dumpable; user code could open the protocol stream through /proc');
+    }
+  } catch (_) {
+    /* no /proc */
+  }
   let worker = null; // the current worker record (see startWorker)
+  let lastCellId = null;
   let readySent = false;
   let cell = null; // the running execute: {id, interrupting, timers, lost}
   // Output accounting of the current (or last) cell; output between cells counts against the
@@ -240,6 +398,7 @@ function supervisor() {
   });
 
   function send(body) {
+    body = wellFormed(body);
     let payload = Buffer.from(JSON.stringify(body), 'utf8');
     if (payload.length > MAX_PAYLOAD) payload = Buffer.from(JSON.stringify(shrink(body)), 'utf8');
     if (payload.length > MAX_PAYLOAD) {
@@ -284,7 +443,7 @@ function supervisor() {
     const args = ['--expose-internals', ...process.execArgv, __filename, '--worker'];
     let proc;
     try {
-      proc = childProcess.spawn(process.execPath, args, {
+      proc = childProcess.spawn(NODE, args, {
         // fd 0 /dev/null, fd 1/2 pipes we read, fd 3 the IPC control channel.
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
         // New session: the worker leads a process group holding everything user code starts, so
@@ -424,8 +583,30 @@ function supervisor() {
     }
   }
 
+  // A message user code wrote into the worker's channel (process.send, fd 3) is dropped, with
+  // one note on the cell's stderr: control messages must carry the key of their request.
+  let noted = false;
+  function dropped(why) {
+    log('dropped a message from the worker:', why);
+    if (noted) return;
+    noted = true;
+    forward('err', Buffer.from(`[sandbox] ignored a message written into the agent's private channel (${why})\n`, 'utf8'));
+  }
+
   function onWorkerMessage(w, m) {
-    if (!m || typeof m !== 'object') return;
+    if (!isPlainObject(m)) return;
+    if (m.type === 'display' || m.type === 'finish' || m.type === 'skip') {
+      if (!Number.isSafeInteger(m.seq) || m.seq < 0) return dropped(`${m.type} without a sequence number`);
+    }
+    if (m.type === 'display') {
+      if (!isPlainObject(m.data) || (m.metadata !== undefined && !isPlainObject(m.metadata))) return dropped('malformed display');
+      m.id = cell ? cell.id : null; // between cells: no cell (as before)
+    }
+    if (m.type === 'finish' && (!cell || m.key !== cell.key)) return dropped("finish without this cell's key");
+    if (m.type === 'complete_reply' || m.type === 'inspect_reply') {
+      const r = requests.get(m.id);
+      if (!r || r.key !== m.key || `${r.type}_reply` !== m.type) return dropped(`${m.type} that was not asked for`);
+    }
     if (m.type === 'hello') {
       if (w !== worker) return;
       w.hello = true;
@@ -438,10 +619,16 @@ function supervisor() {
       return;
     }
     if (m.type === 'complete_reply' || m.type === 'inspect_reply') {
-      if (!requests.has(m.id)) return;
-      clearTimeout(requests.get(m.id));
+      clearTimeout(requests.get(m.id).timer);
       requests.delete(m.id);
-      send(m);
+      if (m.type === 'complete_reply') {
+        const matches = Array.isArray(m.matches) ? m.matches.filter((x) => typeof x === 'string') : [];
+        const num = (x) => (Number.isSafeInteger(x) ? x : 0);
+        send({ type: m.type, id: m.id, matches, cursor_start: num(m.cursor_start), cursor_end: num(m.cursor_end) });
+      } else {
+        const found = m.found === true && isPlainObject(m.data);
+        send({ type: m.type, id: m.id, found, data: found ? m.data : {} });
+      }
       return;
     }
     if (w !== worker && m.type === 'finish') return; // a killed worker's late word
@@ -489,9 +676,13 @@ function supervisor() {
     // finish: result / error, then done
     w.lastBudget = budget;
     if (!cell || cell.id !== m.id || cell.lost) return;
-    if (m.result) send({ type: 'result', id: m.id, data: m.result, metadata: {} });
-    if (m.error) send({ type: 'error', id: m.id, ename: m.error.ename, evalue: m.error.evalue, traceback: m.error.traceback });
-    finishCell(m.status);
+    if (isPlainObject(m.result)) send({ type: 'result', id: m.id, data: m.result, metadata: {} });
+    if (isPlainObject(m.error)) {
+      const e = m.error;
+      const tb = Array.isArray(e.traceback) ? e.traceback.map((l) => (typeof l === 'string' ? l : String(l))) : [];
+      send({ type: 'error', id: m.id, ename: String(e.ename), evalue: String(e.evalue), traceback: tb });
+    }
+    finishCell(['ok', 'error', 'interrupted'].includes(m.status) ? m.status : 'error');
   }
 
   function finishCell(status) {
@@ -584,13 +775,15 @@ function supervisor() {
   function dispatch(m) {
     const w = worker;
     if (m.type === 'execute') {
-      cell = { id: m.id, interrupting: false, timers: [], lost: false };
+      cell = { id: m.id, interrupting: false, timers: [], lost: false, key: crypto.randomBytes(16).toString('hex') };
+      lastCellId = m.id;
+      noted = false;
       budget = { limit: Math.max(0, Number(m.output_limit) || 0), sent: 0, truncated: 0 };
       if (notice) {
         forward('err', Buffer.from(notice, 'utf8'));
         notice = null;
       }
-      w.proc.send({ type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code) }, () => {});
+      w.proc.send({ type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code), key: cell.key }, () => {});
       return;
     }
     // complete / inspect: the worker answers unless it is stuck; never leave the kernel waiting.
@@ -598,15 +791,17 @@ function supervisor() {
       m.type === 'complete'
         ? { type: 'complete_reply', id: m.id, matches: [], cursor_start: m.cursor_pos || 0, cursor_end: m.cursor_pos || 0 }
         : { type: 'inspect_reply', id: m.id, found: false, data: {} };
-    requests.set(
-      m.id,
-      setTimeout(() => {
+    const key = crypto.randomBytes(16).toString('hex');
+    requests.set(m.id, {
+      type: m.type,
+      key,
+      timer: setTimeout(() => {
         requests.delete(m.id);
         send(empty);
       }, 3000),
-    );
+    });
     w.proc.send(
-      { type: m.type, id: m.id, code: String(m.code || ''), cursor_pos: Number(m.cursor_pos) || 0, detail_level: m.detail_level || 0 },
+      { type: m.type, id: m.id, code: String(m.code || ''), cursor_pos: Number(m.cursor_pos) || 0, detail_level: m.detail_level || 0, key },
       () => {},
     );
   }
@@ -809,6 +1004,43 @@ function worker() {
   }
   syncWrite(stdout, 1);
   syncWrite(stderr, 2);
+
+  // fd 0/1/2 as the supervisor gave them, kept under other numbers: a cell that closes fd 1
+  // (fs.closeSync(1)) or replaces it loses its stdout for that cell only. Node cannot dup2(),
+  // but open() returns the lowest free fd, so re-opening /proc/self/fd/<copy> refills the gap.
+  const stdio = [0, 1, 2].map((fd) => {
+    try {
+      const ino = fs.fstatSync(fd).ino;
+      return { fd, ino, copy: fs.openSync(`/proc/self/fd/${fd}`, fd === 0 ? 'r' : 'w') };
+    } catch (_) {
+      return null;
+    }
+  });
+  function repairStdio() {
+    for (const s of stdio) {
+      if (!s) continue;
+      let st = null;
+      try {
+        st = fs.fstatSync(s.fd);
+      } catch (_) {
+        st = null;
+      }
+      if (st && st.ino === s.ino) continue;
+      try {
+        if (st) fs.closeSync(s.fd);
+        const extra = [];
+        for (let i = 0; i < 4; i++) {
+          const n = fs.openSync(`/proc/self/fd/${s.copy}`, s.fd === 0 ? 'r' : 'w');
+          if (n === s.fd) break;
+          extra.push(n);
+          if (n > s.fd) break;
+        }
+        for (const n of extra) fs.closeSync(n);
+      } catch (_) {
+        /* best effort */
+      }
+    }
+  }
   const writeErr = (text) => rawWrite(2, Buffer.from(text, 'utf8'));
 
   let acorn = null;
@@ -1158,7 +1390,7 @@ function worker() {
     if (c.done) return;
     c.done = true;
     if (current === c) current = null;
-    const m = { type: 'finish', id: c.id, status };
+    const m = { type: 'finish', id: c.id, status, key: c.key };
     if (status === 'ok' && value !== undefined) m.result = bundle(value, true);
     if (status === 'error') m.error = formatError(err);
     if (status === 'interrupted') {
@@ -1171,8 +1403,9 @@ function worker() {
   function runCell(m) {
     gen += 1;
     cellNo += 1;
-    const c = { id: m.id, gen, async: false, done: false };
+    const c = { id: m.id, gen, async: false, done: false, key: m.key };
     current = c;
+    repairStdio();
     const code = m.code;
     const filename = `<cell ${cellNo}>`;
     cellLines.set(cellNo, code.split('\n').length);
@@ -1397,7 +1630,7 @@ function worker() {
         } catch (_) {
           r = { matches: [], cursor_start: m.cursor_pos, cursor_end: m.cursor_pos };
         }
-        send({ type: 'complete_reply', id: m.id, ...r });
+        send({ type: 'complete_reply', id: m.id, ...r, key: m.key });
         break;
       }
       case 'inspect': {
@@ -1407,7 +1640,7 @@ function worker() {
         } catch (_) {
           r = { found: false, data: {} };
         }
-        send({ type: 'inspect_reply', id: m.id, ...r });
+        send({ type: 'inspect_reply', id: m.id, ...r, key: m.key });
         break;
       }
       default:

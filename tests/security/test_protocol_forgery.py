@@ -1,0 +1,276 @@
+"""User code cannot write protocol frames (issue 11, "What to build" 3; PROTOCOL.md, "What user code
+can reach").
+
+Each test runs one bare agent as an unprivileged uid (as in the sandbox: root could open any
+process's fds) and a cell that writes a forged ``error`` and ``done`` for its own cell through one
+route, then sleeps and prints ``after``. The cell must still end by itself: one ``done``, after
+``after``, and no forged ``error`` anywhere. With the protocol stream reachable, the forged
+``done`` ends the cell before ``after`` and the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from agents import COMMANDS  # noqa: E402
+from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
+
+CELL = "cell-attack"
+ERROR = {"type": "error", "id": CELL, "ename": "Forged", "evalue": "forged", "traceback": ["Forged"]}
+DONE = {"type": "done", "id": CELL, "status": "ok", "truncated": 0}
+FORGED = encode_message(ERROR) + encode_message(DONE)
+NOBODY = 65534
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+# pidfd_getfd of every fd of every ancestor, then write the forged frames (x86-64/arm64 numbers).
+PIDFD = r"""
+import ctypes, os, sys
+forged = bytes.fromhex(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+def parent(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int([l for l in f if l.startswith("PPid:")][0].split()[1])
+pid = parent(os.getppid())  # the cell's own process is the "fds" route
+while pid > 1:
+    pidfd = libc.syscall(434, pid, 0)
+    if pidfd >= 0:
+        for fd in range(0, 300):
+            got = libc.syscall(438, pidfd, fd, 0)
+            if got >= 0:
+                try:
+                    os.write(got, forged)
+                    print("pidfd_getfd: wrote to fd %d of %d" % (fd, pid))
+                except OSError:
+                    pass
+                os.close(got)
+    pid = parent(pid)
+"""
+
+# Every fd of every ancestor, through /proc/<pid>/fd/N.
+PROC = r"""
+import os, sys
+forged = bytes.fromhex(sys.argv[1])
+def parent(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int([l for l in f if l.startswith("PPid:")][0].split()[1])
+pid = parent(os.getppid())  # the cell's own process is the "fds" route
+while pid > 1:
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError as e:
+        fds = []
+        print("cannot list /proc/%d/fd: %s" % (pid, e.strerror))
+    for fd in fds:
+        try:
+            w = os.open("/proc/%d/fd/%s" % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            os.write(w, forged)
+            print("proc: wrote to fd %s of %d" % (fd, pid))
+        except OSError:
+            pass
+        os.close(w)
+    pid = parent(pid)
+"""
+
+# An exec'ed program sees fd 0, 1, 2 only (3 is listdir's own).
+FDS = "import os; print('fds:', sorted(os.listdir('/proc/self/fd')))"
+
+
+# A shell started by the cell writes the forged frames to every fd it inherited.
+SHELL_EXEC = (
+    f"F=$(mktemp); printf %s {FORGED.hex()} | xxd -r -p >$F; "
+    "for fd in $(ls /proc/$$/fd); do cat $F >&$fd; done 2>/dev/null; rm -f $F; true"
+)
+
+
+def helper(script: str) -> list[str]:
+    return [PYTHON, "-c", script, FORGED.hex()]
+
+
+def _q(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
+ATTACKS: dict[str, dict[str, str]] = {
+    "python": {
+        # display's globals, sys.modules['__main__'] and every module dict gc knows: call the
+        # agent's own frame writers and write to every fd number they hold.
+        "display-globals": f"""
+import gc, os, sys, json
+forged = bytes.fromhex({FORGED.hex()!r})
+spaces = [display.__globals__, vars(sys.modules['__main__'])]
+spaces += [o for o in gc.get_objects() if isinstance(o, dict) and ('_send_frame' in o or '_PROTO_OUT' in o)]
+for g in spaces:
+    for v in list(g.values()):
+        if type(v) is int and 2 < v < 4096:
+            try:
+                os.write(v, forged)
+            except OSError:
+                pass
+    for body in ({json.dumps(ERROR)}, {json.dumps(DONE)}):
+        if callable(g.get('_send_frame')):
+            g['_send_frame'](b'msg', json.dumps(body).encode())
+        if callable(g.get('_send_msg')):
+            g['_send_msg'](body)
+""",
+        "fds": f"""
+import os
+forged = bytes.fromhex({FORGED.hex()!r})
+for fd in os.listdir('/proc/self/fd'):
+    for how in ('write', 'reopen'):
+        try:
+            if how == 'write':
+                os.write(int(fd), forged)
+            else:
+                w = os.open('/proc/self/fd/' + fd, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(w, forged)
+                os.close(w)
+        except OSError:
+            pass
+""",
+        "proc": f"import subprocess\nprint(subprocess.run({helper(PROC)!r}, capture_output=True, text=True).stdout)",
+        "pidfd_getfd": f"import subprocess\nprint(subprocess.run({helper(PIDFD)!r}, capture_output=True, text=True).stdout)",
+        "exec": f"import os, subprocess\nos.system({_q([PYTHON, '-c', FDS])!r})\nsubprocess.run(['sh', '-c', {SHELL_EXEC!r}])",
+    },
+    "node": {
+        # The worker's own control channel: process.send, as the agent's code uses it.
+        "ipc": f"""
+process.send({{ type: 'finish', id: {CELL!r}, status: 'ok', seq: 1, error: {json.dumps({k: ERROR[k] for k in ('ename', 'evalue', 'traceback')})} }});
+process.send({{ type: 'complete_reply', id: {CELL!r}, matches: [] }});
+""",
+        "fds": f"""
+const fs = require('fs');
+const forged = Buffer.from({FORGED.hex()!r}, 'hex');
+for (const fd of fs.readdirSync('/proc/self/fd')) {{
+  if (Number(fd) < 3) continue;
+  try {{ fs.writeSync(Number(fd), forged); }} catch (_) {{}}
+  try {{ const w = fs.openSync('/proc/self/fd/' + fd, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK); fs.writeSync(w, forged); fs.closeSync(w); }} catch (_) {{}}
+}}
+""",
+        "proc": f"console.log(require('child_process').execFileSync({PYTHON!r}, {helper(PROC)[1:]!r}).toString())",
+        "pidfd_getfd": f"console.log(require('child_process').execFileSync({PYTHON!r}, {helper(PIDFD)[1:]!r}).toString())",
+        "exec": f"const cp = require('child_process');\nconsole.log(cp.execFileSync({PYTHON!r}, ['-c', {FDS!r}]).toString());\ncp.spawnSync('sh', ['-c', {SHELL_EXEC!r}], {{ stdio: 'inherit' }});",
+    },
+    "bash": {
+        # The user's shell itself (builtins run in the agent's worker shell).
+        "fds": f"""F=$(mktemp); printf %s {FORGED.hex()} | xxd -r -p >"$F"
+for fd in $(ls /proc/$$/fd); do [[ $fd == [012] ]] || {{ cat "$F" >&$fd; cat "$F" >"/proc/$$/fd/$fd"; }} 2>/dev/null; done
+for v in $(compgen -v __SK_); do [[ ${{!v}} =~ ^[0-9]+$ ]] && {{ cat "$F" >&${{!v}}; }} 2>/dev/null; done; rm -f "$F"; true""",
+        "proc": _q(helper(PROC)),
+        "pidfd_getfd": _q(helper(PIDFD)),
+        "exec": _q([PYTHON, "-c", FDS]) + "; " + _q(["sh", "-c", SHELL_EXEC]),
+    },
+}
+AFTER = {"python": "import time\ntime.sleep(0.7)\nprint('after')", "node": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 700); console.log('after')", "bash": "sleep 0.7; echo after"}
+CASES = [(lang, route) for lang, routes in ATTACKS.items() for route in routes]
+
+
+class Agent:
+    def __init__(self, language: str, workdir: Path) -> None:
+        argv = list(COMMANDS[language])
+        if os.geteuid() == 0:
+            os.chown(workdir, NOBODY, NOBODY)
+            argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all", *argv]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8", "TMPDIR": str(workdir)}
+        self.log = open(workdir / "agent.log", "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=workdir, env=env)
+        self.frames: queue.Queue[Any] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_for("ready", 20)
+
+    def _read(self) -> None:
+        decoder = FrameDecoder()
+        assert self.proc.stdout is not None
+        while data := os.read(self.proc.stdout.fileno(), 1 << 20):
+            for frame in decoder.feed(data):
+                self.frames.put(frame)
+        self.frames.put(None)
+
+    def next(self, timeout: float) -> Any:
+        frame = self.frames.get(timeout=timeout)
+        assert frame is not None, "the agent closed its stdout"
+        return frame
+
+    def wait_for(self, kind: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.next(max(0.01, deadline - time.monotonic()))
+            if isinstance(frame, Message) and frame.type == kind:
+                return frame.body
+
+    def execute(self, code: str, cell_id: str, timeout: float = 20) -> list[Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(encode_message({"type": "execute", "id": cell_id, "code": code, "output_limit": 0}))
+        self.proc.stdin.flush()
+        frames, deadline = [], time.monotonic() + timeout
+        while True:
+            frame = self.next(max(0.01, deadline - time.monotonic()))
+            frames.append(frame)
+            if isinstance(frame, Message) and frame.type == "done":
+                return frames
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(encode_message({"type": "shutdown"}))
+                self.proc.stdin.flush()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("setpriv is needed to run the agent as an unprivileged uid")
+    # Not under pytest's tmp_path: its parents are private to root, the agent's uid must get in.
+    path = Path(tempfile.mkdtemp(prefix="forgery."))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("language,route", CASES)
+def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdir: Path) -> None:
+    if language == "node" and not shutil.which("node"):
+        pytest.skip("node is not installed")
+    agent = Agent(language, workdir)
+    try:
+        frames = agent.execute(ATTACKS[language][route] + "\n" + AFTER[language], CELL)
+        stdout = b"".join(f.data for f in frames if isinstance(f, Output) and f.stream == "stdout")
+        messages = [f.body for f in frames if isinstance(f, Message)]
+        # Writing junk into a process's own fds may crash it (Node's signal pipe holds pointers):
+        # that ends the cell with an error of the agent's, never with the forged `done`.
+        assert b"after" in stdout or messages[-1]["status"] != "ok", f"the forged done ended the cell early: {messages}"
+        assert [m for m in messages if m["type"] == "done"] == [messages[-1]]
+        assert not [m for m in messages if m.get("ename") == "Forged"], messages
+        if route == "exec":
+            assert b"fds: ['0', '1', '2', '3']" in stdout, stdout
+        # Nothing forged arrives later either, and the agent still works.
+        follow = agent.execute({"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], "cell-next")
+        assert [f.body["type"] for f in follow if isinstance(f, Message)] == ["done"], follow
+        assert not [f for f in follow if isinstance(f, Message) and f.body.get("id") == CELL]
+    finally:
+        agent.close()
