@@ -970,6 +970,8 @@ function worker() {
     if (ArrayBuffer.isView(chunk)) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     return Buffer.from(String(chunk));
   }
+  const closedStdio = new Set();
+  const ebadf = (fd) => Object.assign(new Error(`EBADF: bad file descriptor, write`), { errno: -9, code: 'EBADF', syscall: 'write', fd });
   function syncWrite(stream, fd) {
     try {
       if (stream._handle && typeof stream._handle.setBlocking === 'function') stream._handle.setBlocking(true);
@@ -982,7 +984,7 @@ function worker() {
         callback = encoding;
         encoding = undefined;
       }
-      const err = rawWrite(fd, toBuffer(chunk, encoding));
+      const err = closedStdio.has(fd) ? ebadf(fd) : rawWrite(fd, toBuffer(chunk, encoding));
       if (typeof callback === 'function') proc.nextTick(callback, err);
       return true;
     };
@@ -1005,42 +1007,42 @@ function worker() {
   syncWrite(stdout, 1);
   syncWrite(stderr, 2);
 
-  // fd 0/1/2 as the supervisor gave them, kept under other numbers: a cell that closes fd 1
-  // (fs.closeSync(1)) or replaces it loses its stdout for that cell only. Node cannot dup2(),
-  // but open() returns the lowest free fd, so re-opening /proc/self/fd/<copy> refills the gap.
-  const stdio = [0, 1, 2].map((fd) => {
-    try {
-      const ino = fs.fstatSync(fd).ino;
-      return { fd, ino, copy: fs.openSync(`/proc/self/fd/${fd}`, fd === 0 ? 'r' : 'w') };
-    } catch (_) {
-      return null;
+  // Closing fd 0/1/2 from JavaScript (fs.closeSync(1)) must not lose the streams for the rest of
+  // the session, and Node cannot dup2() them back (they are sockets, which /proc/self/fd cannot
+  // re-open either). So fs.close/closeSync leave fd 0-2 open and only mark them closed for the
+  // rest of the cell: writes to a closed one then fail with EBADF, as they would after a real
+  // close, and the next cell starts with all three open again.
+  const fsCloseSync = fs.closeSync;
+  const fsClose = fs.close;
+  const fsWrite = fs.write;
+  fs.closeSync = function closeSync(fd) {
+    if (fd === 0 || fd === 1 || fd === 2) {
+      closedStdio.add(fd);
+      return undefined;
     }
-  });
+    return fsCloseSync.apply(this, arguments);
+  };
+  fs.close = function close(fd, callback) {
+    if (fd === 0 || fd === 1 || fd === 2) {
+      closedStdio.add(fd);
+      if (typeof callback === 'function') proc.nextTick(callback, null);
+      return undefined;
+    }
+    return fsClose.apply(this, arguments);
+  };
+  fs.writeSync = function writeSync(fd) {
+    if (closedStdio.has(fd)) throw ebadf(fd);
+    return fsWriteSync.apply(this, arguments);
+  };
+  fs.write = function write(fd) {
+    const callback = arguments[arguments.length - 1];
+    if (closedStdio.has(fd) && typeof callback === 'function') return proc.nextTick(callback, ebadf(fd));
+    return fsWrite.apply(this, arguments);
+  };
   function repairStdio() {
-    for (const s of stdio) {
-      if (!s) continue;
-      let st = null;
-      try {
-        st = fs.fstatSync(s.fd);
-      } catch (_) {
-        st = null;
-      }
-      if (st && st.ino === s.ino) continue;
-      try {
-        if (st) fs.closeSync(s.fd);
-        const extra = [];
-        for (let i = 0; i < 4; i++) {
-          const n = fs.openSync(`/proc/self/fd/${s.copy}`, s.fd === 0 ? 'r' : 'w');
-          if (n === s.fd) break;
-          extra.push(n);
-          if (n > s.fd) break;
-        }
-        for (const n of extra) fs.closeSync(n);
-      } catch (_) {
-        /* best effort */
-      }
-    }
+    closedStdio.clear();
   }
+
   const writeErr = (text) => rawWrite(2, Buffer.from(text, 'utf8'));
 
   let acorn = null;

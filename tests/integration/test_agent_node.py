@@ -379,6 +379,27 @@ def test_closing_fd1_does_not_break_the_agent(agent: Agent) -> None:
     assert ok(agent.execute("6")).result == "6"
 
 
+def test_closing_fd1_loses_stdout_for_that_cell_only(agent: Agent) -> None:
+    """Issue 11: after `fs.closeSync(1)` nothing printed in later cells arrived."""
+    run = ok(agent.execute("const fs = require('fs'); fs.closeSync(1); fs.closeSync(2); console.log('lost'); fs.writeSync(1, 'lost')"[:-21]))
+    assert run.stdout == b""
+    run = agent.execute("fs.closeSync(1); fs.writeSync(1, 'x')")
+    assert run.error["ename"] == "Error" and "EBADF" in run.error["evalue"]
+    run = ok(agent.execute("console.log('back'); console.error('err back'); require('child_process').execSync('echo child', {stdio: 'inherit'}); fs.writeSync(1, 'w')"))
+    assert run.stdout == b"back\nchild\nw" and run.stderr == b"err back\n"
+
+
+def test_lone_surrogates_become_replacement_characters(agent: Agent) -> None:
+    """Issue 11: display() of a lone UTF-16 surrogate produced a frame that was not valid UTF-8."""
+    run = ok(agent.execute("display('a\\ud800b'); display({'text/html': '\\udfff'}); 'x\\ud83d'"))
+    texts = [d["data"].get("text/plain", d["data"].get("text/html")) for d in run.messages("display")]
+    assert texts == ["a\ufffdb", "\ufffd"]
+    for text in texts + [run.result]:
+        text.encode("utf-8")  # no lone surrogate left
+    # A well-formed pair is kept.
+    assert ok(agent.execute("'\\ud83d\\ude00'")).result == "'\U0001f600'"
+
+
 def test_ending_process_stdout_does_not_silence_later_cells(agent: Agent) -> None:
     run = ok(agent.execute("process.stdout.end('bye\\n'); process.stderr.destroy(); 5"))
     assert run.stdout == b"bye\n" and run.result == "5"
