@@ -640,6 +640,32 @@ __sk_pre() {
     return 0
 }
 
+# __sk_reap_runaway: a cell that leaves more than 64 processes running in the worker's process
+# group (a fork bomb, say) gets all of them killed, in rounds until none is left (a bomb forks
+# while being killed), with a note on its stderr. Builtins only: a bomb leaves no fork to spare.
+__sk_reap_runaway() {
+    local round f line rest st pg pid killed=0 pids
+    for ((round = 0; round < 100; round++)); do
+        pids=()
+        for f in /proc/[0-9]*/stat; do
+            IFS= read -r line <"$f" || continue
+            rest=${line##*) }
+            st=${rest%% *} rest=${rest#* }
+            rest=${rest#* }
+            pg=${rest%% *}
+            [[ $pg == "$__SK_WPID" && $st != Z ]] || continue
+            pid=${f#/proc/} pid=${pid%/stat}
+            [[ $pid == "$__SK_WPID" || $pid == "$BASHPID" ]] || pids+=("$pid")
+        done 2>/dev/null
+        ((round == 0 && ${#pids[@]} <= 64)) && return 0
+        ((${#pids[@]} == 0)) && break
+        builtin kill -KILL "${pids[@]}" 2>/dev/null
+        killed=$((killed + ${#pids[@]}))
+    done
+    printf '[sandbox] the cell left %d processes running (a fork bomb?); they were killed\n' "$killed" >&"$__SK_E"
+    return 0
+}
+
 # __sk_post SEQ HOW: finish the cell. HOW is 0 when the eval returned, 1 when called from the
 # line after it (only reached with the cell still marked running if the eval was abandoned by
 # SIGINT: an interrupt or `exit`), 2 after the shell itself had died.
@@ -650,6 +676,7 @@ __sk_post() {
     [[ $__SK_RUN == "$1" ]] || { __sk_unsane; return 0; }
     local st=$__SK_ST how=$2 mark kind m got=0 status=ok trunc=0
     __SK_RUN=''
+    __sk_reap_runaway
     # Flush: publish the marker, write it through both streams, wait for both pumps.
     # It starts with byte 0x1e (see __sk_pump) and holds no NUL, newline or space.
     mark=$'\x1e'"sk$1.$RANDOM$RANDOM"$'\x1f'
@@ -680,7 +707,9 @@ __sk_post() {
             local last=${__SK_CODE%"${__SK_CODE##*[![:space:]]}"}
             last=${last##*$'\n'}
             last=${last#"${last%%[![:space:]]*}"}
-            __sk_json_list "BashError: exit status $st" ${last:+"  last command: $last"}
+            local hint=()
+            ((st == 137)) && hint=("  (137: killed by SIGKILL, e.g. for running out of memory)")
+            __sk_json_list "BashError: exit status $st" ${last:+"  last command: $last"} "${hint[@]}"
             __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"exit status $st\",\"traceback\":$__SK_R}"
             status=error
         fi
@@ -829,7 +858,7 @@ __sk_start_worker() {
         printf '__SK_WPID=$$ __SK_RUN= __SK_EXIT= __SK_NCM=0 __SK_PWD=%q\n' "$cwd"
         declare -f __sk_json_quote __sk_json_list __sk_rdstate __sk_lock __sk_unlock __sk_sent __sk_send exit __sk_sane \
             __sk_unsane __sk_utf8_locale \
-            __sk_request __sk_pre __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
+            __sk_request __sk_pre __sk_reap_runaway __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
         [[ -n $cwd ]] && printf 'cd -- %q 2>/dev/null\n' "$cwd"
         # The controller runs with LC_ALL=C; give the user's shell the original locale.
         if [[ -n $__SK_LC_ALL_SET ]]; then
@@ -854,7 +883,16 @@ __sk_start_worker() {
 # (the last execute's number and id).
 __sk_revive() {
     local st payload n
-    __sk_log "the worker shell died; starting a new one"
+    wait "$__SK_WPID" 2>/dev/null
+    st=$?
+    if ((st == 137)); then
+        # SIGKILL: almost always the kernel's OOM killer (the cgroup's memory limit). Exit as a
+        # one-process agent would, so that the kernel sees the sandbox end and reports "out of
+        # memory" (it reads the cgroup's OOM count) instead of a shell that merely exited.
+        __sk_log "the worker shell was killed by SIGKILL (out of memory?); exiting"
+        builtin exit 137
+    fi
+    __sk_log "the worker shell died (status $st); starting a new one"
     __sk_start_worker
     # Was a cell running (the last execute is not the last finished one)? Then the new shell
     # finishes it (marker + done). A state line that does not come back was lost with the dead
@@ -1004,7 +1042,7 @@ __sk_main() {
     __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":2}"
 
     # recv: frames read from the kernel (every one, `resume` included), for `resume`.
-    local header='' line kind len payload type seq=0 rc last=0 lastid=null intr=0 wait_s recv=0
+    local header='' line kind len payload type seq=0 rc last=0 lastid=null intr=0 intr_seq=0 wait_s recv=0
     declare -gA __SK_J
     while :; do
         # Wait for a header line; every second check that the worker is still alive.
@@ -1018,7 +1056,7 @@ __sk_main() {
             # not die of it (it caught it, or got it while starting up). Repeat it a few
             # times while the cell is still running.
             if ((intr > 0)); then
-                __sk_finished "$last"
+                __sk_finished "$intr_seq"
                 case $? in
                     0) intr=0 ;;
                     1) kill -INT -- -"$__SK_WPID" 2>/dev/null; ((intr--)) ;;
@@ -1053,7 +1091,7 @@ __sk_main() {
                 # SIGINT to the worker's process group: the running command and the shell
                 # itself. Between cells the worker ignores SIGINT.
                 kill -INT -- -"$__SK_WPID" 2>/dev/null
-                ((last > 0)) && intr=6 ;;
+                ((last > 0)) && intr=6 intr_seq=$last ;;
             shutdown)
                 break ;;
             resume)
@@ -1089,7 +1127,8 @@ __sk_main() {
                 # be written while the worker is reading it.
                 payload=$id$'\n'$a$'\n'$b$'\n'$code
                 if [[ $type == execute ]]; then
-                    last=$seq lastid=$id
+                    # A new cell: repeating the last interrupt must not reach it.
+                    last=$seq lastid=$id intr=0
                     # Line 1 runs the cell at top level; line 2 only matters when SIGINT made
                     # the shell abandon line 1 (then the cell is still marked running).
                     # The redirections give the cell stdin /dev/null and the stream FIFOs, and

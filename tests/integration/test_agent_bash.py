@@ -681,3 +681,63 @@ def test_many_cells_in_a_row(agent: Agent) -> None:
             assert cell.stdout == f"{i}\n"
         elif i % 2:
             assert cell.stderr == f"{i}\n"
+
+
+# -------------------------------------------------------------------------------------------
+# issue 11 regressions
+# -------------------------------------------------------------------------------------------
+
+
+def test_an_interrupt_does_not_reach_the_next_cells(agent: Agent) -> None:
+    """The controller repeats SIGINT for ~1.5 s until the interrupted cell ends; it used to go
+    on repeating it into the next three cells, which were interrupted after 0.3 s."""
+    cell, _ = _interrupt_after(agent, "sleep 100", delay=0.3)
+    assert cell.status == "interrupted"
+    for i in range(3):
+        cell = agent.run(f"sleep 0.6; echo next{i}", timeout=10)
+        assert cell.status == "ok" and cell.stdout == f"next{i}\n", (i, cell.error)
+
+
+def test_shell_killed_by_sigkill_ends_the_agent(agent: Agent) -> None:
+    """The OOM killer SIGKILLs the shell; reviving it reported "the shell exited". The agent now
+    exits (137), so the kernel reports the sandbox's end with its cgroup's OOM count, as for
+    Python. A shell that merely exits (`exec true`) is still replaced in place."""
+    agent.run("pid=$$")
+    agent.start("kill -KILL $$")
+    with pytest.raises(EOFError):
+        while True:
+            agent.next_frame(10)
+    assert agent.proc.wait(10) == 137
+
+
+def test_child_killed_by_sigkill_hints_at_memory(agent: Agent) -> None:
+    cell = agent.run("bash -c 'kill -KILL $$'")
+    assert cell.status == "error" and cell.error["evalue"] == "exit status 137"
+    assert any("out of memory" in line for line in cell.error["traceback"])
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_many_processes_left_by_a_cell_are_killed(agent: Agent) -> None:
+    """A fork bomb kept running after its cell returned ok. A cell that leaves more than 64
+    processes behind has them killed (a bounded stand-in for a bomb: no pids limit here);
+    a few background jobs are still allowed to outlive their cell."""
+    shell = int(agent.run("echo $$").stdout)
+    cell = agent.run("for i in $(seq 100); do sleep 300 & done 2>/dev/null; echo started", timeout=20)
+    assert cell.status == "ok" and cell.stdout == "started\n"
+    assert "they were killed" in cell.stderr
+    assert [p for p in _group_members(shell) if p != shell] == []
+    cell = agent.run("for i in 1 2 3; do sleep 300 & done 2>/dev/null; echo few")
+    assert len([p for p in _group_members(shell) if p != shell]) == 3
+    assert "killed" not in cell.stderr
+    agent.run("kill %1 %2 %3 2>/dev/null; true")
