@@ -366,6 +366,67 @@ __sk_send() {
     __sk_unlock
 }
 
+# __sk_wsend JSON: the worker's way to send a message: one line "KEY JSON" on the msg FIFO, read
+# by the message pump (__sk_msgpump), which writes the frame. The worker never holds the
+# protocol fd; KEY is the one the controller gave the request (PROTOCOL.md, "What user code can
+# reach"). The message is built by agent code, so it is one line.
+__sk_wsend() {
+    printf '%s %s\n' "${__SK_CKEY:-$__SK_KEY}" "$1" >&"$__SK_MSGW"
+}
+
+# __sk_msgpump: frame the worker's messages. A background subshell of the controller, so it is
+# not dumpable either. It learns each request's key, type and id from the controller (the keys
+# FIFO, removed from the directory before any user code runs, so only the controller and this
+# pump hold it) and writes a message only if its key is a live one, its type answers that
+# request and it is for that request's id: `error` and `done` for an execute (`done` ends the
+# key), the matching *_reply for the others. Anything else is dropped and logged.
+__sk_msgpump() {
+    local line key json k t id want
+    local -A kinds ids
+    export LC_ALL=C
+    trap '' INT
+    # A read-only end of our own (the FIFO has no path any more: through /proc/self/fd), so that
+    # we see EOF and exit once the controller and the worker are gone.
+    local in
+    exec {in}</proc/self/fd/"$__SK_MSGR"
+    exec {__SK_PIN}<&- {__SK_CMD}<&- {__SK_DATA}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_O}>&- \
+        {__SK_E}>&- {__SK_MSGW}>&- {__SK_MSGR}<&- </dev/null
+    while IFS= read -r -u "$in" line; do
+        while read -t 0 -u "$__SK_KEYS"; do
+            IFS=" " read -r -u "$__SK_KEYS" k t id || break
+            kinds[$k]=$t ids[$k]=$id
+        done
+        key=${line%% *} json=${line#* }
+        t=${kinds[$key]-}
+        if [[ -z $key || -z $t ]]; then
+            __sk_log "dropped a message without a live key: ${line:0:120}"
+            continue
+        fi
+        want=''
+        case $t in
+            execute)
+                [[ $json == '{"type":"error","id":'* ]] && want=error
+                [[ $json == '{"type":"done","id":'* ]] && want=done ;;
+            *) [[ $json == "{\"type\":\"${t}_reply\",\"id\":"* ]] && want=${t}_reply ;;
+        esac
+        if [[ -z $want || $json != "{\"type\":\"$want\",\"id\":${ids[$key]},"* ]]; then
+            __sk_log "dropped a message that does not answer its request: ${json:0:120}"
+            continue
+        fi
+        __sk_send "$json"
+        [[ $want == error ]] || unset "kinds[$key]" "ids[$key]"
+    done
+}
+
+# __sk_key: a fresh random key in __SK_K (128 bits; bash < 5.1 has no SRANDOM).
+__sk_key() {
+    if [[ -n ${SRANDOM-} ]]; then
+        printf -v __SK_K '%08x%08x%08x%08x' "$SRANDOM" "$SRANDOM" "$SRANDOM" "$SRANDOM"
+    else
+        printf -v __SK_K '%04x%04x%04x%04x%04x%04x%04x%04x' $RANDOM $RANDOM $RANDOM $RANDOM $RANDOM $RANDOM $RANDOM $RANDOM
+    fi
+}
+
 # ------------------------------------------------------------------------------------------
 # Pumps: one per stream (out / err), each a background subshell of the controller.
 # ------------------------------------------------------------------------------------------
@@ -402,11 +463,11 @@ __sk_emit() {
     printf '%s' "$h" >&"$__SK_POUT"
     printf '%s' "$h" >>"$spool"
     if ((start == 0 && allow == __SK_CS)); then
-        tee -a "$spool" <"$file" >&"$__SK_POUT"
+        "${__SK_X[@]}" "$__SK_TEE" -a "$spool" <"$file" >&"$__SK_POUT"
     elif ((start == 0)); then
-        head -c "$allow" "$file" | tee -a "$spool" >&"$__SK_POUT"
+        head -c "$allow" "$file" | "${__SK_X[@]}" "$__SK_TEE" -a "$spool" >&"$__SK_POUT"
     else
-        tail -c +$((start + 1)) "$file" | head -c "$allow" | tee -a "$spool" >&"$__SK_POUT"
+        tail -c +$((start + 1)) "$file" | head -c "$allow" | "${__SK_X[@]}" "$__SK_TEE" -a "$spool" >&"$__SK_POUT"
     fi
     __sk_sent $((${#h} + allow))
 }
@@ -488,7 +549,7 @@ __sk_pump() {
     # (even if the controller was killed without cleaning up).
     exec {fd}<"$__SK_D/$kind"
     exec {__SK_PIN}<&- {__SK_CMD}<&- {__SK_DATA}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_O}>&- \
-        {__SK_E}>&- </dev/null
+        {__SK_E}>&- {__SK_MSGW}>&- {__SK_MSGR}<&- {__SK_KEYS}<&- </dev/null
     : >"$chunk"
     # Does this dd report the byte count? Then the chunk file is rewritten in place (1<>),
     # never truncated, unless it is on a tmpfs (/dev/shm) where truncating costs nothing;
@@ -607,14 +668,17 @@ __sk_unsane() {
     __SK_NCM=0
 }
 
-# __sk_request LEN: read a request payload of LEN bytes from the data FIFO: three lines (the
-# raw JSON id token, two numbers) and the code. Sets __SK_Q=(id a b) and __SK_CODE.
+# __sk_request LEN: read a request payload of LEN bytes from the data FIFO: four lines (the
+# raw JSON id token, the request's key, two numbers) and the code. Sets __SK_Q=(id a b),
+# __SK_KEY and __SK_CODE.
 __sk_request() {
     local LC_ALL=C p=''
     if (($1 > 0)); then
         IFS= read -r -N "$1" -u "$__SK_DATA" p
     fi
     __SK_Q=("${p%%$'\n'*}")
+    p=${p#*$'\n'}
+    __SK_KEY=${p%%$'\n'*}
     p=${p#*$'\n'}
     __SK_Q+=("${p%%$'\n'*}")
     p=${p#*$'\n'}
@@ -628,7 +692,7 @@ __sk_pre() {
     local -
     __sk_sane
     __sk_request "$2"
-    __SK_ID=${__SK_Q[0]}
+    __SK_ID=${__SK_Q[0]} __SK_CKEY=$__SK_KEY
     __SK_RUN=$1
     __SK_ST=0
     __SK_EXIT=''
@@ -695,10 +759,10 @@ __sk_post() {
     if ((how == 2)); then
         __sk_json_list "BashError: the shell exited during the cell (exec or a signal?)" \
             "A new shell was started in the last working directory; variables, functions and aliases are lost."
-        __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"the shell exited; state was reset\",\"traceback\":$__SK_R}"
+        __sk_wsend "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"the shell exited; state was reset\",\"traceback\":$__SK_R}"
         status=error
     elif ((how == 1)) && [[ -z $__SK_EXIT ]]; then
-        __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"Interrupted\",\"evalue\":\"interrupted (SIGINT)\",\"traceback\":[\"Interrupted: the cell was interrupted\"]}"
+        __sk_wsend "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"Interrupted\",\"evalue\":\"interrupted (SIGINT)\",\"traceback\":[\"Interrupted: the cell was interrupted\"]}"
         status=interrupted
     else
         [[ -n $__SK_EXIT ]] && st=$__SK_EXIT
@@ -710,17 +774,18 @@ __sk_post() {
             local hint=()
             ((st == 137)) && hint=("  (137: killed by SIGKILL, e.g. for running out of memory)")
             __sk_json_list "BashError: exit status $st" ${last:+"  last command: $last"} "${hint[@]}"
-            __sk_send "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"exit status $st\",\"traceback\":$__SK_R}"
+            __sk_wsend "{\"type\":\"error\",\"id\":$__SK_ID,\"ename\":\"BashError\",\"evalue\":\"exit status $st\",\"traceback\":$__SK_R}"
             status=error
         fi
     fi
     __SK_EXIT=''
-    __sk_send "{\"type\":\"done\",\"id\":$__SK_ID,\"status\":\"$status\",\"truncated\":$trunc}"
+    __sk_wsend "{\"type\":\"done\",\"id\":$__SK_ID,\"status\":\"$status\",\"truncated\":$trunc}"
     # Remember the directory for a replacement shell (only written when it changed).
     if [[ $PWD != "$__SK_PWD" ]]; then
         __SK_PWD=$PWD
         printf '%s' "$PWD" >|"$__SK_D/cwd"
     fi
+    __SK_CKEY=''
     __sk_unsane
     return 0
 }
@@ -728,7 +793,7 @@ __sk_post() {
 # __sk_recover SEQ LEN: run by a fresh worker when the previous one died during cell SEQ.
 __sk_recover() {
     __sk_request "$2"
-    __SK_ID=${__SK_Q[0]}
+    __SK_ID=${__SK_Q[0]} __SK_CKEY=$__SK_KEY
     __SK_RUN=$1
     __sk_post "$1" 2
 }
@@ -765,7 +830,7 @@ __sk_complete() {
         done
     fi
     __sk_json_list "${matches[@]}"
-    __sk_send "{\"type\":\"complete_reply\",\"id\":${__SK_Q[0]},\"matches\":$__SK_R,\"cursor_start\":$start,\"cursor_end\":$cur}"
+    __sk_wsend "{\"type\":\"complete_reply\",\"id\":${__SK_Q[0]},\"matches\":$__SK_R,\"cursor_start\":$start,\"cursor_end\":$cur}"
     __sk_unsane
 }
 
@@ -802,9 +867,9 @@ __sk_inspect() {
     if [[ $found == true ]]; then
         local LC_ALL=C
         __sk_json_quote "$text"
-        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[0]},\"found\":true,\"data\":{\"text/plain\":$__SK_R}}"
+        __sk_wsend "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[0]},\"found\":true,\"data\":{\"text/plain\":$__SK_R}}"
     else
-        __sk_send "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[0]},\"found\":false,\"data\":{}}"
+        __sk_wsend "{\"type\":\"inspect_reply\",\"id\":${__SK_Q[0]},\"found\":false,\"data\":{}}"
     fi
     __sk_unsane
 }
@@ -829,7 +894,7 @@ __sk_is_complete() {
         [[ $tail == *[!\\]* ]] || bs=$tail
         (( ${#bs} % 2 == 1 )) && status=incomplete
     fi
-    __sk_send "{\"type\":\"is_complete_reply\",\"id\":${__SK_Q[0]},\"status\":\"$status\",\"indent\":\"\"}"
+    __sk_wsend "{\"type\":\"is_complete_reply\",\"id\":${__SK_Q[0]},\"status\":\"$status\",\"indent\":\"\"}"
     __sk_unsane
 }
 
@@ -853,11 +918,11 @@ __sk_start_worker() {
     {
         printf 'PS1= PS2= PS0= PS4="+ "\nunset PROMPT_COMMAND HISTFILE MAILCHECK MAILPATH\n'
         printf 'set +o history +H +m\n'
-        declare -p __SK_D __SK_POUT __SK_LOCK __SK_STATE __SK_ACK __SK_DATA __SK_O __SK_E __SK_UTF8_RE __SK_CTRL __SK_HIGH \
-            __SK_REPLAY
-        printf '__SK_WPID=$$ __SK_RUN= __SK_EXIT= __SK_NCM=0 __SK_PWD=%q\n' "$cwd"
+        declare -p __SK_D __SK_LOCK __SK_STATE __SK_ACK __SK_DATA __SK_O __SK_E __SK_MSGW __SK_UTF8_RE __SK_CTRL \
+            __SK_HIGH __SK_REPLAY
+        printf '__SK_WPID=$$ __SK_RUN= __SK_EXIT= __SK_NCM=0 __SK_KEY= __SK_CKEY= __SK_PWD=%q\n' "$cwd"
         declare -f __sk_json_quote __sk_json_list __sk_rdstate __sk_lock __sk_unlock __sk_sent __sk_send exit __sk_sane \
-            __sk_unsane __sk_utf8_locale \
+            __sk_unsane __sk_utf8_locale __sk_wsend \
             __sk_request __sk_pre __sk_reap_runaway __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
         [[ -n $cwd ]] && printf 'cd -- %q 2>/dev/null\n' "$cwd"
         # The controller runs with LC_ALL=C; give the user's shell the original locale.
@@ -874,7 +939,8 @@ __sk_start_worker() {
     # Its input is a read-only end of the cmd FIFO: if the controller dies, it reads EOF and
     # exits instead of lingering.
     "$BASH" --rcfile "$__SK_D/init.sh" --noediting -i <"$__SK_D/cmd" >&2 \
-        {__SK_PIN}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_CMD}<&- &
+        {__SK_PIN}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_CMD}<&- {__SK_POUT}>&- {__SK_KEYS}<&- {__SK_MSGR}<&- \
+        {__SK_LDFD}<&- &
     __SK_WPID=$!
     set +m
 }
@@ -910,7 +976,7 @@ __sk_revive() {
     __SK_MARK=-
     __sk_unlock
     if ((last > 0 && st != last)); then
-        payload=$lastid$'\n0\n0\n'
+        payload=$lastid$'\n'$lastkey$'\n0\n0\n'
         printf '__sk_recover %s %s\n' "$last" "${#payload}" >&"$__SK_CMD"
         printf '%s' "$payload" >&"$__SK_DATA"
     fi
@@ -938,10 +1004,10 @@ __sk_resume() {
     ((from > off)) && __sk_log "resume: $((from - off)) bytes of output were no longer kept"
     printf 'resume %s %d %d\n' "$tok" "$from" "$3" >&"$__SK_POUT"
     if ((from < __SK_BASE)); then
-        tail -c +$((from - __SK_OLD + 1)) "$__SK_D/spool.$((1 - __SK_CUR))" >&"$__SK_POUT"
+        "${__SK_X[@]}" "$__SK_TAIL" -c +$((from - __SK_OLD + 1)) "$__SK_D/spool.$((1 - __SK_CUR))" >&"$__SK_POUT"
         from=$__SK_BASE
     fi
-    ((from < __SK_TOTAL)) && tail -c +$((from - __SK_BASE + 1)) "$__SK_D/spool.$__SK_CUR" >&"$__SK_POUT"
+    ((from < __SK_TOTAL)) && "${__SK_X[@]}" "$__SK_TAIL" -c +$((from - __SK_BASE + 1)) "$__SK_D/spool.$__SK_CUR" >&"$__SK_POUT"
     __sk_unlock
 }
 
@@ -975,15 +1041,56 @@ __sk_main() {
     # cell's commands would ignore the interrupt. Start again through GNU env, which resets
     # it; nothing has been read from the protocol yet. (On Kubernetes the agent is PID 1 and
     # starts with default dispositions.)
-    local envp
-    if [[ ${1-} != --sk-signals-reset ]] && __sk_sigint_ignored; then
+    local envp run=() reset=''
+    [[ ${1-} == --sk-signals-reset ]] && { reset=1; shift; }
+    if [[ -z $reset ]] && __sk_sigint_ignored; then
         for envp in env /usr/bin/env /bin/env; do
             if "$envp" --default-signal=INT true 2>/dev/null; then
-                exec "$envp" --default-signal=INT "$BASH" "${BASH_SOURCE[0]}" --sk-signals-reset
+                run=("$envp" --default-signal=INT)
+                break
             fi
         done
-        __sk_log "SIGINT is ignored and no env --default-signal: interrupts may not stop commands"
+        ((${#run[@]})) || __sk_log "SIGINT is ignored and no env --default-signal: interrupts may not stop commands"
     fi
+    # Not dumpable (PROTOCOL.md, "What user code can reach"): processes of our uid cannot open
+    # /proc/<pid>/fd of a process that is not dumpable, and the kernel makes a process so when
+    # it execs a file it may not read. Bash has no prctl(), so start again through an
+    # execute-only copy of the dynamic loader (`ld.so bash agent.sh`). The pumps are our
+    # subshells and inherit it; the worker shell (a fresh exec of bash) does not.
+    if [[ ${1-} != --sk-nodump=* ]]; then
+        local ld dir=''
+        for ld in /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1 /lib/ld-musl-x86_64.so.1 \
+            /lib/ld-musl-aarch64.so.1 /lib/ld-linux-armhf.so.3 /lib/ld-linux.so.2; do
+            [[ -f $ld ]] || continue
+            for base in /dev/shm "${TMPDIR:-}" /tmp "${HOME:-}"; do
+                [[ -n $base && -d $base && -w $base ]] || continue
+                dir=$(mktemp -d "$base/.skld.XXXXXXXX" 2>/dev/null) && break
+            done
+            [[ -n $dir ]] || break
+            # Opened before the chmod: the fd (inherited by the new process) stays readable.
+            if cp -- "$ld" "$dir/ld.so" && exec {__SK_LDFD}<"$dir/ld.so" && chmod 100 "$dir/ld.so" &&
+                "$dir/ld.so" "$BASH" -c : 2>/dev/null; then
+                exec "${run[@]}" "$dir/ld.so" "$BASH" "${BASH_SOURCE[0]}" ${reset:+--sk-signals-reset} \
+                    --sk-nodump="$dir:$__SK_LDFD"
+            fi
+            [[ -n ${__SK_LDFD-} ]] && exec {__SK_LDFD}<&-
+            rm -rf -- "$dir"
+            dir=''
+        done
+        __sk_log "cannot start through an execute-only loader: user code could open the protocol stream through /proc"
+        ((${#run[@]})) && exec "${run[@]}" "$BASH" "${BASH_SOURCE[0]}" --sk-signals-reset --sk-nodump=
+    elif [[ $1 =~ ^--sk-nodump=(.*/\.skld\.[^/:]*):([0-9]+)$ ]]; then
+        # Keep the loader copy (for tee/tail, which write the protocol fd) as an open fd only:
+        # its path goes, so nobody can replace it.
+        __SK_LDFD=${BASH_REMATCH[2]}
+        __SK_X=("/proc/self/fd/$__SK_LDFD")
+        rm -rf -- "${BASH_REMATCH[1]}"
+    fi
+    if [[ -z ${__SK_LDFD-} ]]; then
+        exec {__SK_LDFD}</dev/null  # a placeholder: the worker closes it like the real one
+    fi
+    __SK_TEE=$(type -P tee) __SK_TAIL=$(type -P tail)
+    ((${#__SK_X[@]})) && [[ $__SK_TEE == /* && $__SK_TAIL == /* ]] || __SK_X=() __SK_TEE=tee __SK_TAIL=tail
     __SK_LC_ALL_SET=${LC_ALL+set} __SK_LC_ALL_ORIG=${LC_ALL-}
     export LC_ALL=C  # the controller works on bytes; the worker gets the user's locale back
     umask 077
@@ -1012,14 +1119,19 @@ __sk_main() {
     # FIFOs: out/err carry the cell's streams, lock and state hold the frame lock, ack
     # carries the pumps' acknowledgements, cmd the worker's command lines, data the payloads
     # (id, numbers, code) that go with them.
-    mkfifo "$__SK_D/out" "$__SK_D/err" "$__SK_D/lock" "$__SK_D/state" "$__SK_D/ack" "$__SK_D/cmd" "$__SK_D/data" ||
-        builtin exit 1
+    mkfifo "$__SK_D/out" "$__SK_D/err" "$__SK_D/lock" "$__SK_D/state" "$__SK_D/ack" "$__SK_D/cmd" "$__SK_D/data" \
+        "$__SK_D/msg" "$__SK_D/keys" || builtin exit 1
     # Everything is opened read-write: opening a FIFO that way never blocks, and because the
     # controller keeps every FIFO open, no reader ever sees EOF and no writer SIGPIPE.
     exec {__SK_OUTR}<>"$__SK_D/out" {__SK_ERRR}<>"$__SK_D/err" {__SK_LOCK}<>"$__SK_D/lock" \
         {__SK_STATE}<>"$__SK_D/state" {__SK_ACK}<>"$__SK_D/ack" {__SK_CMD}<>"$__SK_D/cmd" \
         {__SK_DATA}<>"$__SK_D/data"
     exec {__SK_O}>"$__SK_D/out" {__SK_E}>"$__SK_D/err"
+    # msg carries the worker's messages to the message pump, keys the requests' keys from us to
+    # it. Both only by fd from now on; keys is in no process the worker or user code can open.
+    exec {__SK_MSGR}<>"$__SK_D/msg" {__SK_KEYS}<>"$__SK_D/keys"
+    exec {__SK_MSGW}>"$__SK_D/msg"
+    rm -f -- "$__SK_D/msg" "$__SK_D/keys"
     # The replay buffer's size: SANDBOX_AGENT_REPLAY_BYTES if it is a number, else 8 MiB.
     __SK_REPLAY=${SANDBOX_AGENT_REPLAY_BYTES-}
     if [[ $__SK_REPLAY =~ ^[0-9]+$ ]]; then
@@ -1036,13 +1148,15 @@ __sk_main() {
     __SK_PUMPS=$!
     __sk_pump err &
     __SK_PUMPS+=" $!"
+    __sk_msgpump &
+    __SK_PUMPS+=" $!"
     __sk_start_worker
 
     local v=${BASH_VERSION%%[!0-9.]*}
     __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":2}"
 
     # recv: frames read from the kernel (every one, `resume` included), for `resume`.
-    local header='' line kind len payload type seq=0 rc last=0 lastid=null intr=0 intr_seq=0 wait_s recv=0
+    local header='' line kind len payload type seq=0 rc last=0 lastid=null lastkey='' intr=0 intr_seq=0 wait_s recv=0
     declare -gA __SK_J
     while :; do
         # Wait for a header line; every second check that the worker is still alive.
@@ -1125,10 +1239,12 @@ __sk_main() {
                 # The payload goes through the data FIFO (read there with read -N), the command
                 # line through cmd. The command first: a payload bigger than the FIFO can only
                 # be written while the worker is reading it.
-                payload=$id$'\n'$a$'\n'$b$'\n'$code
+                __sk_key
+                printf '%s %s %s\n' "$__SK_K" "$type" "$id" >&"$__SK_KEYS"
+                payload=$id$'\n'$__SK_K$'\n'$a$'\n'$b$'\n'$code
                 if [[ $type == execute ]]; then
                     # A new cell: repeating the last interrupt must not reach it.
-                    last=$seq lastid=$id intr=0
+                    last=$seq lastid=$id lastkey=$__SK_K intr=0
                     # Line 1 runs the cell at top level; line 2 only matters when SIGINT made
                     # the shell abandon line 1 (then the cell is still marked running).
                     # The redirections give the cell stdin /dev/null and the stream FIFOs, and
@@ -1136,7 +1252,7 @@ __sk_main() {
                     # It is repeated: a second SIGINT could abandon it before its first command
                     # (`trap '' INT`) runs; once one copy has run the others do nothing.
                     printf '__sk_pre %s %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n__sk_post %s 1\n__sk_post %s 1\n' \
-                        "$seq" "${#payload}" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_POUT" \
+                        "$seq" "${#payload}" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_MSGW" \
                         "$__SK_LOCK" "$__SK_STATE" "$__SK_ACK" "$__SK_DATA" "$seq" "$seq" "$seq" "$seq" >&"$__SK_CMD"
                 else
                     printf '__sk_%s %s %s\n' "$type" "$seq" "${#payload}" >&"$__SK_CMD"

@@ -586,7 +586,7 @@ def test_killed_controller_leaves_no_processes(tmp_path: Path) -> None:
     worker = int(a.run("echo $$").stdout)
     with open(f"/proc/{a.proc.pid}/task/{a.proc.pid}/children") as f:
         helpers = [int(p) for p in f.read().split()]
-    assert worker in helpers and len(helpers) == 3  # worker + two pumps
+    assert worker in helpers and len(helpers) == 4  # worker + two pumps + the message pump
     a.proc.kill()
     a.proc.wait(5)
     a.log.close()

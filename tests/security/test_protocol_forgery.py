@@ -182,6 +182,10 @@ for v in $(compgen -v __SK_); do [[ ${{!v}} =~ ^[0-9]+$ ]] && {{ cat "$F" >&${{!
     },
 }
 AFTER = {"python": "import time\ntime.sleep(0.7)\nprint('after')", "node": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 700); console.log('after')", "bash": "sleep 0.7; echo after"}
+# Bash's worker shell shares the frame lock and the state line with the agent (PROTOCOL.md,
+# "What user code can reach"): junk written into them may leave the cell hanging, with nothing
+# forged sent.
+HANGS = {("bash", "fds")}
 CASES = [(lang, route) for lang, routes in ATTACKS.items() for route in routes]
 
 
@@ -218,16 +222,21 @@ class Agent:
             if isinstance(frame, Message) and frame.type == kind:
                 return frame.body
 
-    def execute(self, code: str, cell_id: str, timeout: float = 20) -> list[Any]:
+    def execute(self, code: str, cell_id: str, timeout: float = 20) -> tuple[list[Any], bool]:
+        """The cell's frames, and whether it ended (False: no `done` within ``timeout``)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(encode_message({"type": "execute", "id": cell_id, "code": code, "output_limit": 0}))
         self.proc.stdin.flush()
-        frames, deadline = [], time.monotonic() + timeout
+        frames: list[Any] = []
+        deadline = time.monotonic() + timeout
         while True:
-            frame = self.next(max(0.01, deadline - time.monotonic()))
+            try:
+                frame = self.next(max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                return frames, False
             frames.append(frame)
             if isinstance(frame, Message) and frame.type == "done":
-                return frames
+                return frames, True
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -258,9 +267,15 @@ def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdi
         pytest.skip("node is not installed")
     agent = Agent(language, workdir)
     try:
-        frames = agent.execute(ATTACKS[language][route] + "\n" + AFTER[language], CELL)
+        frames, ended = agent.execute(ATTACKS[language][route] + "\n" + AFTER[language], CELL)
         stdout = b"".join(f.data for f in frames if isinstance(f, Output) and f.stream == "stdout")
         messages = [f.body for f in frames if isinstance(f, Message)]
+        assert not [m for m in messages if m.get("ename") == "Forged"], messages
+        if not ended and (language, route) in HANGS:
+            # User code broke the agent's own locks: the kernel's cell timeout ends this.
+            assert not messages, messages
+            return
+        assert ended, f"no done: {messages} {stdout[-300:]!r}"
         # Writing junk into a process's own fds may crash it (Node's signal pipe holds pointers):
         # that ends the cell with an error of the agent's, never with the forged `done`.
         assert b"after" in stdout or messages[-1]["status"] != "ok", f"the forged done ended the cell early: {messages}"
@@ -269,7 +284,7 @@ def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdi
         if route == "exec":
             assert b"fds: ['0', '1', '2', '3']" in stdout, stdout
         # Nothing forged arrives later either, and the agent still works.
-        follow = agent.execute({"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], "cell-next")
+        follow, _ = agent.execute({"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], "cell-next")
         assert [f.body["type"] for f in follow if isinstance(f, Message)] == ["done"], follow
         assert not [f for f in follow if isinstance(f, Message) and f.body.get("id") == CELL]
     finally:
