@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from traitlets import Enum, Float, Int, Unicode, default
+from traitlets import Enum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
+from .egress.policy import PolicyError, parse_entry
 from .errors import ConfigError
 from .quantity import QuantityError, format_bytes, parse_bytes, parse_cpu
 
@@ -36,6 +37,7 @@ class Limits:
     scratch_bytes: int
     interrupt_grace: float
     output_rate: int = 1000
+    allow_hosts: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line for banners and ``%sandbox status``."""
@@ -127,6 +129,14 @@ class Sandbox(Configurable):
         "is, which gives its code the notebook user's session: only for code you trust.",
     ).tag(config=True)
 
+    allow_hosts = List(
+        Unicode(),
+        help="Hosts a sandbox may reach, through the egress proxy: names ('pypi.org'), wildcards "
+        "('*.pythonhosted.org': names below it) and optional ports ('example.org:8443'; default 443 "
+        "and 80). Empty (the default): no network at all. %sandbox allow/deny/network narrow and "
+        "show it for a running sandbox (local backend).",
+    ).tag(config=True)
+
     def limits(self) -> Limits:
         """Validate every setting; raise :class:`ConfigError` naming the first bad one."""
         memory_bytes = setting_bytes("Sandbox.memory_limit", self.memory_limit)
@@ -146,6 +156,11 @@ class Sandbox(Configurable):
             raise ConfigError("Sandbox.timeout", f"{self.timeout:g} is negative; use seconds, or 0 for no limit")
         if self.interrupt_grace <= 0:
             raise ConfigError("Sandbox.interrupt_grace", "must be more than 0 seconds")
+        for host in self.allow_hosts:
+            try:
+                parse_entry(host)
+            except PolicyError as exc:
+                raise ConfigError("Sandbox.allow_hosts", str(exc)) from None
         return Limits(
             memory=self.memory_limit,
             memory_bytes=memory_bytes,
@@ -160,6 +175,7 @@ class Sandbox(Configurable):
             scratch_bytes=setting_bytes("Sandbox.scratch_size", self.scratch_size),
             interrupt_grace=self.interrupt_grace,
             output_rate=max(0, self.output_rate),
+            allow_hosts=tuple(self.allow_hosts),
         )
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger("sandbox_kernel")
 
 BACKENDS = ("local", "kubernetes")
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
-SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests", "selftest")
+SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests", "selftest", "network", "allow", "deny")
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -274,13 +274,20 @@ class SandboxKernel(Kernel):
                     session.timeout = check_timeout(arg)
                 text = f"cell time limit: {session.timeout:g} s" + (" (no limit)" if not session.timeout else "")
             else:
-                topic = arg or "status"
+                topic, _, hosts = (arg or "status").partition(" ")
                 if topic not in SANDBOX_TOPICS:
                     raise ConfigError("%sandbox", f"unknown topic {topic!r}; use one of {', '.join(SANDBOX_TOPICS)}")
                 if topic == "selftest":
                     text = await self._selftest(session)
                     if not silent:
                         self._publish("stream", {"name": "stdout", "text": text})
+                    continue
+                if topic in ("network", "allow", "deny"):  # egress allow list (sandbox_kernel/egress)
+                    from .egress.host import magic
+
+                    text = magic(session, topic, hosts.split())
+                    if not silent:
+                        self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
                     continue
                 loop = asyncio.get_running_loop()
                 # Reports may call the Kubernetes API (blocking): keep the event loop free.

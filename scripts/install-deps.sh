@@ -18,6 +18,9 @@ if ((with_test)); then
   # The browser test drives Debian's Chromium through npm playwright-core (no browser download).
   command -v chromium >/dev/null || need+=(chromium)
   command -v npm >/dev/null || need+=(npm)
+  # The egress tests (tests/integration/test_egress_local.py): curl and pip inside the sandbox.
+  command -v curl >/dev/null || need+=(curl)
+  /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
 if ((${#need[@]})); then
   sudo=""

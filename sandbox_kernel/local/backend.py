@@ -41,6 +41,7 @@ from traitlets import Bool, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from ..config import Limits
+from ..egress import host as egress
 from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, SandboxUnavailable
 from ..languages import Language
 from ..quantity import format_bytes
@@ -190,6 +191,8 @@ class LocalSandboxSession(AgentSession):
         self._lease: uids.UidLease | None = None
         self._seccomp: bool | None = None  # whether the sandbox has the filter (None: not started yet)
         self._isolated, self._limited = self._check_host()
+        # Egress hook (sandbox_kernel/egress): None unless Sandbox.allow_hosts is set.
+        self.egress = egress.controller_for(limits.allow_hosts, self.settings) if self._isolated else None
 
     # -- host checks ----------------------------------------------------------------------------
 
@@ -260,6 +263,8 @@ class LocalSandboxSession(AgentSession):
                 argv += ["--ro-bind", path, path]
         for extra in self.settings.read_only_paths:
             argv += ["--ro-bind", extra, extra]
+        if self.egress is not None:  # egress hook: the proxy's socket directory and the relay
+            argv += self.egress.bwrap_mounts(fds.get("relay", "<relay fd>"))
         argv += [
             # The sandbox's own accounts, and a copy of the agent (a bind mount would show the
             # installation's path in /proc/self/mountinfo).
@@ -292,6 +297,8 @@ class LocalSandboxSession(AgentSession):
             "--setenv", "LANG", "C.UTF-8",
             "--setenv", "TMPDIR", "/tmp",
         ]
+        if self.egress is not None:  # egress hook: HTTP(S)_PROXY and friends (after --clearenv)
+            argv += self.egress.bwrap_env()
         return argv
 
     def _bwrap_path(self) -> str:
@@ -300,6 +307,8 @@ class LocalSandboxSession(AgentSession):
     def _inner(self) -> list[str]:
         interpreter = self._interpreter()
         agent = self.language.agent_path()
+        if self.egress is not None:  # egress hook: the relay listens, then execs the agent
+            return self.egress.inner(SANDBOX_PATH, [interpreter, f"{AGENT_DIR}/{agent.name}"])
         return [interpreter, f"{AGENT_DIR}/{agent.name}"] if self._isolated else [interpreter, str(agent)]
 
     def _wrap(self, argv: list[str], cgroup: cgroups.SandboxCgroup | None) -> list[str]:
@@ -366,6 +375,9 @@ class LocalSandboxSession(AgentSession):
                         self._lease = await loop.run_in_executor(None, uids.allocate, first, last)
                     except OSError as exc:
                         raise SandboxStartError(f"No host uid is free for the sandbox: {exc}") from exc
+                if self.egress is not None:  # egress hook: this sandbox's proxy
+                    fds["relay"] = _memfd("relay", self.egress.relay_source())
+                    await self.egress.start(self._host_uid())
             env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}
             if self._limited:
                 cgroups.sweep_stale()
@@ -401,6 +413,8 @@ class LocalSandboxSession(AgentSession):
         except BaseException:
             if cgroup is not None:
                 cgroup.destroy()
+            if self.egress is not None:  # egress hook
+                self.egress.stop()
             self._release_uid()
             raise
         finally:
@@ -443,6 +457,8 @@ class LocalSandboxSession(AgentSession):
         cgroup, self._cgroup = self._cgroup, None
         if cgroup is not None:
             await asyncio.get_running_loop().run_in_executor(None, cgroup.destroy)
+        if self.egress is not None:  # egress hook
+            await asyncio.get_running_loop().run_in_executor(None, self.egress.stop)
         # Only now that no process of the sandbox is left may another sandbox get its uid.
         self._release_uid()
 

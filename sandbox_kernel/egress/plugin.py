@@ -1,0 +1,226 @@
+"""proxy.py plugins that enforce one sandbox's allow list (loaded by :mod:`.runner`).
+
+- :class:`EgressPolicyPlugin` (an ``HttpProxyBasePlugin``) decides every CONNECT and plain HTTP
+  request by name (:func:`.policy.decide`), resolves the name itself, refuses it when any of its
+  addresses is private, loopback, link-local, metadata, … and hands proxy.py the one checked
+  address to connect to (``resolve_dns``), so a second lookup cannot rebind the name. A plain
+  HTTP request's Host header, and every later request on a kept-alive connection, must name the
+  same host.
+- :class:`SniCheckingProxy` (proxy.py's own ``HttpProxyPlugin`` with one method more) holds the
+  first bytes a client sends through a CONNECT tunnel until the TLS ClientHello is complete,
+  and tears the tunnel down unless its SNI is the CONNECT host: nothing reaches the upstream
+  before that.
+
+The policy is a JSON file the kernel rewrites on ``%sandbox allow``/``deny``; it is re-read
+when its mtime changes, so a change applies to the next request. Every decision is one JSON
+line in the log named by the policy, with the sandbox's id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any, Optional, Tuple
+
+from proxy.http.exception import HttpRequestRejected
+from proxy.http.parser import HttpParser
+from proxy.http.proxy import HttpProxyBasePlugin
+from proxy.http.proxy.server import HttpProxyPlugin
+
+from . import policy
+
+POLICY_ENV = "SANDBOX_EGRESS_POLICY"
+SNI_LIMIT = 32 * 1024  # most bytes held while waiting for a complete ClientHello
+
+
+class _Policy:
+    """The policy file, re-read when it changes (one per proxy process)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stamp: tuple[int, int] | None = None
+        self.data: dict[str, Any] = {}
+        self.allow: list[policy.Entry] = []
+        self.deny: list[policy.Entry] = []
+        self.hosts: dict[str, list[str]] | None = None
+
+    def current(self) -> "_Policy":
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self.stamp:
+            with open(self.path) as f:
+                data = json.load(f)
+            self.data = data
+            self.allow = policy.entries_from_json(data.get("allow", []))
+            self.deny = policy.entries_from_json(data.get("deny", []))
+            self.hosts = _read_hosts(data["hosts_file"]) if data.get("hosts_file") else None
+            self.stamp = stamp
+        return self
+
+    def log(self, **fields: Any) -> None:
+        line = json.dumps({"time": round(time.time(), 3), "sandbox": self.data.get("sandbox", "?"), **fields})
+        fd = os.open(self.data["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+        finally:
+            os.close(fd)
+
+
+def _read_hosts(path: str) -> dict[str, list[str]]:
+    """A hosts(5) file: the proxy's whole resolver when EgressProxy.hosts_file is set (tests)."""
+    hosts: dict[str, list[str]] = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split("#", 1)[0].split()
+            for name in fields[1:]:
+                hosts.setdefault(policy.normalize_host(name), []).append(fields[0])
+    return hosts
+
+
+_policy: _Policy | None = None
+
+
+def current_policy() -> _Policy:
+    global _policy
+    if _policy is None:
+        _policy = _Policy(os.environ[POLICY_ENV])
+    return _policy.current()
+
+
+def refusal(host: str, why: str, status: int = 403, listed: bool = True) -> HttpRequestRejected:
+    """A 403 whose reason phrase and body name the host and the setting. ``listed``: whether
+    allowing the host would help (not for IP literals and private addresses)."""
+    if listed:
+        hint = f"%sandbox allow {host}"
+        advice = f"The allow list is Sandbox.allow_hosts; in a notebook: %sandbox allow {host}"
+    else:
+        hint = "never allowed (Sandbox.allow_hosts takes host names with public addresses)"
+        advice = "IP addresses and names of private, loopback, link-local or metadata addresses are never allowed."
+    body = f"Sandbox egress refused {host}: {why}.\n{advice}\n".encode()
+    # The reason phrase is what clients show for a refused CONNECT ("Tunnel connection
+    # failed: 403 ..."), so it names the host and the way to allow it, too.
+    reason = f"Sandbox egress refused {host} ({why}); {hint}"
+    return HttpRequestRejected(
+        status_code=status,
+        reason=reason.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" "),
+        headers={b"Content-Type": b"text/plain; charset=utf-8", b"X-Sandbox-Egress": b"refused"},
+        body=body,
+    )
+
+
+def resolve(pol: _Policy, host: str, port: int) -> list[str]:
+    if pol.hosts is not None:
+        return list(pol.hosts.get(host, []))
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class EgressPolicyPlugin(HttpProxyBasePlugin):
+    """The allow list, the address checks and the log (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ip: str | None = None
+        self._host = ""
+        self._port = 0
+
+    def _decide(self, request: HttpParser) -> Tuple[str, int, str]:
+        pol = current_policy()
+        method = (request.method or b"").decode("latin-1")
+        host = policy.normalize_host((request.host or b"").decode("latin-1"))
+        port = int(request.port or (443 if request.is_https_tunnel else 80))
+        if not host:
+            pol.log(decision="refused", method=method, host="", port=port, reason="no host")
+            raise refusal("(no host)", "the request names no host", 400)
+        why = policy.decide(host, port, pol.allow, pol.deny)
+        if why is None and not request.is_https_tunnel:
+            why = self._host_header_mismatch(request, host, port)
+        ip = None
+        listed = not policy.is_ip_literal(host)
+        if why is None:
+            listed = False
+            addresses = resolve(pol, host, port)
+            exempt = pol.data.get("exempt_networks", [])
+            bad = [a for a in addresses if policy.forbidden_address(a, exempt)]
+            if not addresses:
+                why = f"{host} does not resolve"
+            elif bad:
+                why = f"{host} resolves to {bad[0]}, a private/loopback/link-local/metadata address"
+            else:
+                ip = addresses[0]
+        if why is not None:
+            pol.log(decision="refused", method=method, host=host, port=port, reason=why)
+            raise refusal(host, why, listed=listed)
+        assert ip is not None
+        pol.log(decision="allowed", method=method, host=host, port=port, ip=ip)
+        return host, port, ip
+
+    @staticmethod
+    def _host_header_mismatch(request: HttpParser, host: str, port: int) -> str | None:
+        if not request.has_header(b"host"):
+            return None
+        value = request.header(b"host").decode("latin-1").strip()
+        name, _, hport = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+        if policy.normalize_host(name) != host or (hport and int(hport) != port if hport.isdigit() else bool(hport)):
+            return f"the Host header {value!r} does not match the request's host {host}:{port}"
+        return None
+
+    def before_upstream_connection(self, request: HttpParser) -> Optional[HttpParser]:
+        self._host, self._port, self._ip = self._decide(request)
+        return request
+
+    def resolve_dns(self, host: str, port: int) -> Tuple[Optional[str], Optional[Tuple[str, int]]]:
+        # The address that was checked, never a second lookup.
+        if self._ip is None or policy.normalize_host(host) != self._host:
+            raise refusal(host, "internal error: no checked address")
+        return self._ip, None
+
+    def handle_client_request(self, request: HttpParser) -> Optional[HttpParser]:
+        # Every request on a kept-alive plain HTTP connection goes to the same upstream.
+        if self._host and not request.is_https_tunnel:
+            host = policy.normalize_host((request.host or self._host.encode()).decode("latin-1"))
+            why = None
+            if host != self._host or (request.port and int(request.port) != self._port):
+                why = f"a request for {host} on a connection to {self._host}"
+            why = why or self._host_header_mismatch(request, self._host, self._port)
+            if why:
+                current_policy().log(decision="refused", method=(request.method or b"").decode("latin-1"), host=host, port=self._port, reason=why)
+                raise refusal(host, why)
+        return request
+
+
+class SniCheckingProxy(HttpProxyPlugin):
+    """proxy.py's HTTP proxy, holding a tunnel's first bytes until its SNI is checked."""
+
+    _sni_buffer: bytes = b""
+    _sni_checked: bool = False
+
+    def on_client_data(self, raw: memoryview) -> None:
+        if self._sni_checked or not (self.request.is_https_tunnel and self.upstream):
+            return super().on_client_data(raw)
+        self._sni_buffer += bytes(raw)
+        host = policy.normalize_host((self.request.host or b"").decode("latin-1"))
+        why = None
+        try:
+            sni = policy.client_hello_sni(self._sni_buffer)
+        except policy.NotTLS as exc:
+            why = f"the tunnel to {host} does not start with a TLS ClientHello ({exc})"
+        else:
+            if sni is None:
+                if len(self._sni_buffer) > SNI_LIMIT:
+                    why = "ClientHello too large"
+                else:
+                    return None  # wait for the rest of the ClientHello
+            elif policy.normalize_host(sni) != host:
+                why = f"TLS server name {sni or '(none)'!r} is not the CONNECT host {host}"
+        if why:
+            current_policy().log(decision="refused", method="CONNECT", host=host, port=int(self.request.port or 0), reason=why)
+            raise HttpRequestRejected()  # drop the tunnel: not one byte went upstream
+        self._sni_checked = True
+        data, self._sni_buffer = self._sni_buffer, b""
+        return super().on_client_data(memoryview(data))

@@ -1,0 +1,50 @@
+"""``python -m sandbox_kernel.egress.runner SOCKET``: one sandbox's proxy.py, on a Unix socket.
+
+The kernel starts it (``start_new_session``) with ``SANDBOX_EGRESS_POLICY`` naming the policy
+file. It never outlives the kernel: a watchdog thread ends the whole process group (proxy.py's
+acceptor and worker processes too) as soon as its parent is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        time.sleep(0.5)
+
+
+def proxy_argv(socket_path: str) -> list[str]:
+    return [
+        "--unix-socket-path", socket_path,
+        "--disable-http-proxy",  # replaced by the SNI-checking one below
+        "--plugins", "sandbox_kernel.egress.plugin.SniCheckingProxy",
+        "sandbox_kernel.egress.plugin.EgressPolicyPlugin",
+        "--num-acceptors", "1",
+        "--num-workers", "1",
+        "--timeout", "30",
+        "--log-level", "ERROR",
+        "--disable-headers", "proxy-authorization",
+    ]
+
+
+def main() -> None:
+    socket_path = sys.argv[1]
+    parent = int(os.environ.get("SANDBOX_EGRESS_PARENT", os.getppid()))
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: os.killpg(os.getpgrp(), signal.SIGKILL))
+    import proxy
+
+    sys.argv = [sys.argv[0], *proxy_argv(socket_path)]
+    proxy.main()
+
+
+if __name__ == "__main__":
+    main()
