@@ -30,8 +30,14 @@
 #               goes through a file and head/tail, never through shell variables, so NUL bytes
 #               and invalid UTF-8 pass through untouched.
 #
-# Writing frames: the pumps, the worker and the controller all write to the protocol fd, each
-# frame under a lock so frames never interleave (see "The frame lock" below).
+#   message pump (__sk_msgpump) writes the worker's messages (error, done, replies), which
+#               reach it as lines on a FIFO, after checking each one's request key, type and id.
+#
+# Writing frames: the pumps, the message pump and the controller write to the protocol fd, each
+# frame under a lock so frames never interleave (see "The frame lock" below). The worker shell,
+# where user code runs, has no protocol fd, and the controller (and so its subshells, the pumps)
+# is not dumpable: it starts itself again through an execute-only copy of the dynamic loader
+# (PROTOCOL.md, "What user code can reach").
 #
 # Resuming (PROTOCOL.md, "Resuming after a dropped stream"): since several processes write
 # frames, the replay buffer is not in any one process's memory but in two "spool" files in the

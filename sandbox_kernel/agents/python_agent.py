@@ -25,6 +25,12 @@ How it works, in short:
   raises KeyboardInterrupt in the main thread) and children such as ``os.system('sleep 100')``.
   The handler raises only while user code runs, never inside agent bookkeeping (it checks a
   flag and the interrupted frame); a watchdog re-sends SIGINT until it lands.
+* **Two processes.** The process the kernel starts forks: the parent, the *supervisor*, keeps
+  the protocol stream, makes itself non-dumpable (so no process of the same uid can open its
+  fds through /proc or pidfd_getfd) and never runs user code; the child, the *worker*, runs
+  everything described here and speaks the same framing over two private pipes. The supervisor
+  answers ``resume`` itself, gives each request a random key, and re-frames only the worker's
+  messages that fit (PROTOCOL.md, "What user code can reach"; see ``_supervise``).
 * **Resuming.** Every frame written is also kept, whole, in a replay buffer (at least the last
   ``REPLAY_BYTES``), and frames are counted both ways, so that after the kernel re-opens a
   dropped stream, ``resume`` repeats exactly what it missed (PROTOCOL.md, "Resuming").
