@@ -288,6 +288,34 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shel
     return ["/bin/sh", "-c", f"{guard}read -r _ && exec {run}"]
 
 
+_RE2_SPECIAL = set("\\.+*?()|[]{}^$")
+
+
+def _re2_escape(text: str) -> str:
+    return "".join("\\n" if c == "\n" else "\\" + c if c in _RE2_SPECIAL else c for c in text)
+
+
+def agent_command_pattern() -> str:
+    """An RE2 expression matching exactly the commands :func:`agent_command` builds (policy guard on).
+
+    The admission policy ``sandbox-kernel-pods-command`` (k8s/rbac/admission-policy.yaml) admits
+    a pod of the service account only if its one container runs ``/bin/sh -c <this>``: the guard
+    first, then the gate, then an agent from the mounted ConfigMap, and nothing else (no ``;``
+    or ``||`` after the guard), so no code of the pod's creator runs before the guard has seen the
+    deny-all policy in force. Any policy wait of 1-9999 s and any agent file name match.
+    tests/unit/test_manifests.py checks that the policy carries this very expression.
+    """
+    wait, agent = "7654321", "AGENTFILE"
+    alternatives = []
+    for interpreter in POLICY_GUARDS:
+        for shell_as_init in (False, True):
+            command = agent_command(interpreter, agent, policy_wait=int(wait), shell_as_init=shell_as_init)[2]
+            assert command.count(wait) >= 1 and command.count(agent) == 1
+            escaped = _re2_escape(command).replace(wait, "[1-9][0-9]{0,3}").replace(agent, "[a-z_]+\\.(?:py|js|sh)")
+            alternatives.append(escaped)
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
 def _labels(ident: SandboxIdentity) -> dict[str, str]:
     return {
         LABEL_MANAGED_BY: MANAGED_BY,

@@ -46,7 +46,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 PLATFORM_NS = "sandbox-kernel-system"
 NAMESPACE_POLICY = "sandbox-kernel-namespaces"
 ROLEBINDING_POLICY = "sandbox-kernel-rolebindings"
-POLICIES = (NAMESPACE_POLICY, ROLEBINDING_POLICY, "sandbox-kernel-networkpolicies", "sandbox-kernel-pods-deny-all",
+POLICIES = (NAMESPACE_POLICY, ROLEBINDING_POLICY, "sandbox-kernel-networkpolicies", "sandbox-kernel-pods-command",
+            "sandbox-kernel-pods-deny-all",
             "sandbox-kernel-pods-quota", "sandbox-kernel-pods-limits")  # k8s/rbac/admission-policy.yaml
 SANDBOX_LABELS = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
                   "pod-security.kubernetes.io/enforce-version": "latest"}

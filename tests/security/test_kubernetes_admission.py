@@ -34,6 +34,8 @@ POD_POLICIES = ("sandbox-kernel-pods-deny-all", "sandbox-kernel-pods-quota", "sa
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 PSA_VERSION = "pod-security.kubernetes.io/enforce-version"
 PAUSE = "localhost/pause:3.10"
+PYTHON_IMAGE = "localhost/sandbox-python:3.11"
+CMD_POLICY = "sandbox-kernel-pods-command"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,19 +108,13 @@ def self_binding(role: str = "sandbox-kernel-sandbox") -> dict[str, Any]:
     }
 
 
-def restricted_pod(name: str = "attacker") -> dict[str, Any]:
-    """A pod Pod Security "restricted" admits: only the admission policies can stop it."""
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "c", "image": PAUSE,
-                "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}, "requests": {"cpu": "10m", "memory": "16Mi"}},
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    }
+def restricted_pod(namespace: str, name: str = "attacker") -> dict[str, Any]:
+    """The pod the backend itself would create (manifests.pod): Pod Security "restricted" and the
+    pod-command policy admit it, so only the policy under test can stop it."""
+    ident = manifests.SandboxIdentity(namespace=namespace, kernel_id="attack", language="python", owner=SA_NAME,
+                                      user=SA_USER, created="2026-01-01T00:00:00Z")
+    return manifests.pod(ident, manifests.PodSpec(name=name, image=PYTHON_IMAGE, interpreter="python3",
+                                                  agent_file="python_agent.py"))
 
 
 def root_on_the_node_pod(name: str = "rootme") -> dict[str, Any]:
@@ -365,7 +361,7 @@ def test_no_pod_before_the_deny_all_policy_quota_and_limit_range_exist(attacker:
     def refused_for_lack_of(*policies: str) -> None:
         # The API server evaluates the policies in no fixed order: the refusal names one of
         # those whose object is missing (and never one whose object exists).
-        message = refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod()), 422, NO_PARAMS)
+        message = refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod(ns)), 422, NO_PARAMS)
         assert any(by(p) in message for p in policies), message
 
     refused_for_lack_of(deny_all, quota, limits)
@@ -381,7 +377,7 @@ def test_no_pod_before_the_deny_all_policy_quota_and_limit_range_exist(attacker:
 
 def _created(attacker: Attacker, ns: str) -> bool:
     try:
-        attacker.core.create_namespaced_pod(ns, restricted_pod(), dry_run="All")
+        attacker.core.create_namespaced_pod(ns, restricted_pod(ns), dry_run="All")
         return True
     except ApiException as exc:
         if exc.status == 422 and "no params found" in message_of(exc):
@@ -444,4 +440,85 @@ def test_no_pod_under_a_quota_or_limit_range_that_does_not_cap_it(
     allowed(lambda: attacker.net.create_namespaced_network_policy(ns, DENY_ALL))
     attacker.core.create_namespaced_resource_quota(ns, {"metadata": {"name": "sandbox-quota"}, "spec": quota})
     attacker.core.create_namespaced_limit_range(ns, {"metadata": {"name": "sandbox-limits"}, "spec": limits})
-    refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod()), 403, by(policy), text)
+    refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod(ns)), 403, by(policy), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The moment before the network plugin programs a new pod: no code of the attacker's may run then.
+
+
+def _complete_sandbox(attacker: Attacker) -> str:
+    ns = attacker.namespace()
+    allowed(lambda: attacker.net.create_namespaced_network_policy(ns, DENY_ALL))
+    attacker.core.create_namespaced_resource_quota(ns, QUOTA)
+    attacker.core.create_namespaced_limit_range(ns, LIMITS)
+    wait_until(lambda: _created(attacker, ns), 10, what="the backend's own pod to be admitted")
+    return ns
+
+
+GUARD_REFUSAL = "sandbox-kernel may only create pods that run the sandbox agent behind its network policy guard"
+
+
+def _with_command(pod: dict[str, Any], command: list[str]) -> dict[str, Any]:
+    pod["spec"]["containers"][0]["command"] = command
+    return pod
+
+
+def test_a_pod_must_run_the_policy_guard_before_anything_else(attacker: Attacker) -> None:
+    """Measured on the test cluster: a pod of the attacker's own making, in a complete sandbox,
+    connected to the API server within 0.1 s of starting, and that connection still answered
+    after the deny-all policy was programmed. So its code may not run before the guard."""
+    ns = _complete_sandbox(attacker)
+    good = restricted_pod(ns)["spec"]["containers"][0]["command"]
+    guard, rest = good[2].split(" && read -r _", 1)
+    for command in (
+        ["python3", "-c", "import socket; socket.create_connection(('10.96.0.1', 443))"],  # its own program
+        ["/bin/sh", "-c", "python3 -c 'evil()'"],
+        ["/bin/sh", "-c", f"{guard} || python3 -c 'evil()'"],                            # runs if the guard fails
+        ["/bin/sh", "-c", f"python3 -c 'evil()' & {good[2]}"],                           # alongside it
+        ["/bin/sh", "-c", f"{good[2]}; python3 -c 'evil()'"],
+        ["/bin/sh", "-c", f"{guard} && read -r _{rest}\npython3 -c 'evil()'"],
+        ["/bin/sh", "-c", good[2].replace("python3 -c", "true || python3 -c", 1)],
+    ):
+        refused(lambda: attacker.core.create_namespaced_pod(ns, _with_command(restricted_pod(ns), command), dry_run="All"),
+                403, by(CMD_POLICY), GUARD_REFUSAL)
+
+
+def test_nothing_may_run_beside_or_before_the_guard_nor_fool_it(attacker: Attacker) -> None:
+    ns = _complete_sandbox(attacker)
+    evil = {"name": "evil", "image": PYTHON_IMAGE, "command": ["python3", "-c", "evil()"],
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}}
+
+    def variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        pod = restricted_pod(ns)
+        change(pod)
+        return pod
+
+    for change, text in [
+        (lambda p: p["spec"].update(initContainers=[evil]), "one container and no init or ephemeral containers"),
+        (lambda p: p["spec"]["containers"].append(evil), "one container and no init or ephemeral containers"),
+        (lambda p: p["spec"]["containers"][0].update(lifecycle={"postStart": {"exec": {"command": ["python3", "-c", "evil()"]}}}),
+         "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables"),
+        (lambda p: p["spec"]["containers"][0].update(startupProbe={"exec": {"command": ["python3", "-c", "evil()"]}}),
+         "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables"),
+        # The guard waits until the API server is unreachable: pointing it elsewhere would pass it at once.
+        (lambda p: p["spec"]["containers"][0]["env"].append({"name": "KUBERNETES_SERVICE_HOST", "value": "192.0.2.254"}),
+         "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables"),
+        # An image of its own could make /bin/sh or python3 anything.
+        (lambda p: p["spec"]["containers"][0].update(image="docker.io/attacker/evil:1"),
+         "may only create pods from the sandbox images, not docker.io/attacker/evil:1"),
+    ]:
+        refused(lambda: attacker.core.create_namespaced_pod(ns, variant(change), dry_run="All"), 403, by(CMD_POLICY), text)
+
+
+def test_other_users_pods_elsewhere_are_not_affected(core_v1: client.CoreV1Api, namespace: str, attacker: Attacker) -> None:
+    """The pod policies look their parameters up before their matchConditions are evaluated: they
+    must be bound to sandbox namespaces only, or an admin's pod in any other namespace (CoreDNS in
+    kube-system, JupyterLab) would be refused for a missing deny-all policy."""
+    pod = {"metadata": {"name": "ordinary"}, "spec": {"containers": [{"name": "c", "image": PAUSE}]}}
+    assert core_v1.create_namespaced_pod(namespace, pod, dry_run="All").metadata.name == "ordinary"
+    assert core_v1.create_namespaced_pod("kube-system", pod, dry_run="All").metadata.name == "ordinary"
+    # Still refused for the service account in its own (incomplete) sandbox.
+    ns = attacker.namespace()
+    refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod(ns), dry_run="All"), 422, NO_PARAMS)

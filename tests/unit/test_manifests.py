@@ -237,6 +237,36 @@ def test_policy_guard_also_probes_ipv6_link_local() -> None:
         assert "PORTS" not in command and "WAIT" not in command
 
 
+def test_admission_policy_admits_exactly_the_commands_agent_command_builds() -> None:
+    """k8s/rbac/admission-policy.yaml carries agent_command_pattern() verbatim (regenerate it there
+    when the guard or the gate changes); the pattern admits the backend's commands and nothing
+    that runs other code before, beside or instead of the guard."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    policy_file = Path(__file__).resolve().parents[2] / "k8s" / "rbac" / "admission-policy.yaml"
+    docs = [d for d in yaml.safe_load_all(policy_file.read_text()) if d]
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    pattern = manifests.agent_command_pattern()
+    assert variables["commandPattern"] == "r'''" + pattern + "'''", "regenerate commandPattern from agent_command_pattern()"
+    assert "'''" not in pattern  # it must fit in a CEL raw string
+    matches = re.compile(pattern).match  # RE2's syntax, as used here, is a subset of Python's
+    for language in LANGUAGES.values():
+        for shell_as_init in (False, True):
+            for wait in (1, 10, 9999):
+                command = manifests.agent_command(language.interpreter, language.agent_file, wait, shell_as_init)
+                assert command[:2] == ["/bin/sh", "-c"] and matches(command[2]), (language.name, shell_as_init, wait)
+    good = manifests.agent_command("python3", "python_agent.py", 10)[2]
+    guard = good.split(" && read -r _")[0]
+    for bad in [good + "; evil", good + " & evil", good + "\nevil", "evil; " + good, guard + " || evil",
+                good.replace(" && read -r _", " || read -r _"), manifests.agent_command("python3", "python_agent.py", 0)[2],
+                good.replace("exec env -i", "exec env -i KUBERNETES_SERVICE_HOST=x")]:
+        assert not matches(bad), bad
+
+
 def test_pod_scheduling_options_appear_only_when_set() -> None:
     toleration = {"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}
     spec = manifests.PodSpec(
