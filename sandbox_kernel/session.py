@@ -747,10 +747,13 @@ class AgentSession(SandboxSession):
             what = f"{dropped} more bytes"
             if tally.dropped_messages:
                 what += f" (in all, {tally.dropped_messages} output messages)"
-            if not tally.dropped_messages or not self._gate.rate:
+            rate = self._gate.rate if tally.dropped_messages else 0
+            if not rate:
                 why = f"limit {limit} bytes per cell; see Sandbox.output_limit"
+            elif not limit:
+                why = f"limit {rate} messages per second; see Sandbox.output_rate"
             else:
-                why = f"limits: {limit} bytes per cell, Sandbox.output_limit; {self._gate.rate} messages per second, Sandbox.output_rate"
+                why = f"limits: {limit} bytes per cell, Sandbox.output_limit; {rate} messages per second, Sandbox.output_rate"
             events.append(Stream("stderr", f"\n[sandbox] output truncated: {what} were dropped ({why})\n"))
         if tally.malformed:
             events.append(ErrorOutput.from_exception(ProtocolError(_malformed_sentence(tally))))

@@ -275,3 +275,37 @@ def test_output_between_cells_is_bounded_and_told_once() -> None:
     stdout = "".join(e.text for e in second if isinstance(e, Stream) and e.name == "stdout")
     assert stdout == "o" * (64 * 1024) + "cell 2\n"  # the forged done did not end cell 2 early
     assert not [e for e in second if isinstance(e, (DisplayData, ErrorOutput))]
+
+
+def test_replies_nobody_asked_for_are_dropped_and_the_real_one_gets_through() -> None:
+    def script(req: dict) -> bytes | None:
+        if req["type"] == "complete":
+            forged = b"".join(msg(type="complete_reply", id=f"old{i}", matches=["forged"]) for i in range(2000))
+            return forged + msg(type="complete_reply", id=req["id"], matches=["print"], cursor_start=0, cursor_end=2)
+        return None
+
+    async def main() -> tuple[Any, int]:
+        session = FakeSession(script)
+        await session.start()
+        completion = await session.complete("pr", 2)
+        await asyncio.sleep(0.05)
+        return completion, len(session._frames)
+
+    completion, left = asyncio.run(main())
+    assert completion.matches == ["print"] and (completion.cursor_start, completion.cursor_end) == (0, 2)
+    assert left == 0  # nothing forged was kept
+
+
+def test_a_malformed_reply_degrades_to_an_empty_answer() -> None:
+    def script(req: dict) -> bytes | None:
+        if req["type"] == "complete":
+            return msg(type="complete_reply", id=req["id"], matches="abc", cursor_start="x")
+        return None
+
+    async def main() -> Any:
+        session = FakeSession(script)
+        await session.start()
+        return await session.complete("pr", 2)
+
+    completion = asyncio.run(main())
+    assert completion.matches == [] and (completion.cursor_start, completion.cursor_end) == (2, 2)
