@@ -20,7 +20,9 @@ and a shutdown is *clean* when the kernel process exited by itself, with status 
 ``shutdown_request`` (``KernelManager`` did not have to send SIGTERM or SIGKILL). The benchmark
 gives the kernels ``--shutdown-wait`` 30 s (SIGTERM after 15 s) rather than jupyter_client's
 default 5 s (SIGTERM after 2.5 s): twenty interpreters exiting at once on two busy cores can take
-longer than 2.5 s, and the question here is whether each exits by itself.
+longer than 2.5 s, and the question here is whether each exits by itself. A kernel still
+running 6 s into its shutdown has its threads' stacks recorded (``py-spy dump``, when
+installed) in the JSON and the log.
 
 After every batch it checks that nothing is left behind:
 
@@ -46,6 +48,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,6 +69,7 @@ from kernels import write_kernelspecs  # noqa: E402
 
 FIRST = {"python3": "1", "sandbox-python": "1", "sandbox-node": "1", "sandbox-bash": "echo 1"}
 KERNEL_LOG: Any = subprocess.DEVNULL
+DUMP_AFTER = 6.0  # seconds into a shutdown after which a still-running kernel's stacks are dumped
 
 
 def log(*args: Any) -> None:
@@ -176,6 +180,7 @@ class Kernel:
         self.shutdown_seconds: float | None = None
         self.shutdown_status = ""
         self.returncode: int | None = None
+        self.hang_dump: str | None = None
 
     def start_and_answer(self, barrier: threading.Barrier, timeout: float) -> None:
         barrier.wait()
@@ -235,9 +240,15 @@ class Kernel:
         except Exception as exc:  # noqa: BLE001 - recorded, the batch goes on
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def shutdown(self, barrier: threading.Barrier) -> None:
+    def shutdown(self, barrier: threading.Barrier, kill: bool = False) -> None:
         barrier.wait()
         t0 = time.perf_counter()
+        if kill and self.pid:  # --kill-one: what a crashed kernel leaves behind (tests the checks)
+            os.kill(self.pid, signal.SIGKILL)
+        # A kernel still running DUMP_AFTER s after the shutdown_request: record its threads' stacks.
+        timer = threading.Timer(DUMP_AFTER, self._dump_if_running)
+        timer.daemon = True
+        timer.start()
         try:
             if self.kc is not None:
                 self.kc.stop_channels()
@@ -247,9 +258,23 @@ class Kernel:
             self.shutdown_status = getattr(status, "name", str(status))
         except Exception as exc:  # noqa: BLE001
             self.shutdown_status = f"failed: {type(exc).__name__}: {exc}"
+        timer.cancel()
         self.shutdown_seconds = time.perf_counter() - t0
         if self.popen is not None:
             self.returncode = self.popen.poll()
+
+    def _dump_if_running(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        spy = shutil.which("py-spy")
+        if spy is None:
+            self.hang_dump = f"still running {DUMP_AFTER:g} s after the shutdown_request (install py-spy for its stacks)"
+            return
+        try:
+            out = subprocess.run([spy, "dump", "--pid", str(self.pid)], capture_output=True, text=True, timeout=30, check=False)
+            self.hang_dump = out.stdout + out.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.hang_dump = f"py-spy failed: {exc}"
 
     @property
     def clean(self) -> bool:
@@ -261,7 +286,7 @@ class Kernel:
 # -- one batch -----------------------------------------------------------------------------------
 
 
-def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: float, shutdown_wait: float) -> dict[str, Any]:
+def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: float, shutdown_wait: float, kill_one: bool = False) -> dict[str, Any]:
     names = batch_names(batch, n)
     kernels = [Kernel(name, context, shutdown_wait) for name in names]
     me = os.getuid()
@@ -284,7 +309,7 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
     cgroups_seen = sum(len(kernel_cgroups(p)) for p in pids)
 
     barrier = threading.Barrier(n + 1)
-    threads = [threading.Thread(target=k.shutdown, args=(barrier,), daemon=True) for k in kernels]
+    threads = [threading.Thread(target=k.shutdown, args=(barrier, kill_one and i == 0), daemon=True) for i, k in enumerate(kernels)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -328,7 +353,7 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
         "batch": batch,
         "kernels": names,
         "loadavg_before": load,
-        "all_ready_s": all_ready if len(ready) == n else None,
+        "all_ready_s": max(firsts) if firsts else all_ready,  # to the last first result
         "answered": len(ready),
         "first_result_s": firsts,
         "first_result": {"p50": pct(firsts, 50), "p95": pct(firsts, 95), "max": max(firsts) if firsts else None},
@@ -342,6 +367,7 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
         "shutdown_wait_time": shutdown_wait,
         "clean_shutdowns": sum(k.clean for k in kernels),
         "unclean": [f"{k.name} pid {k.pid}: {k.shutdown_status}, exit status {k.returncode}" for k in kernels if not k.clean],
+        "hung": {f"{k.name} pid {k.pid}": k.hang_dump for k in kernels if k.hang_dump},
         "leaks": leaks,
         "new_tmp_entries_own_uid": unattributed,
     }
@@ -354,6 +380,8 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
     )
     for line in result["errors"] + result["unclean"] + leaks:
         log("    " + line)
+    for who, dump in result["hung"].items():
+        log(f"    {who} was still running {DUMP_AFTER:g} s into its shutdown:\n" + "\n".join("      " + x for x in dump.splitlines()))
     return result
 
 
@@ -372,23 +400,31 @@ def machine() -> dict[str, Any]:
 
 def table(batches: list[dict[str, Any]], n: int) -> str:
     rows = [
-        f"| {n} kernels at once | all ready, median (each run) (s) | first result p50 / p95 / max, median of runs (s) "
-        "| answered | shutdown: all down, median (s) | clean shutdowns | sandbox processes / cgroups while up | leaks |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            f"| {n} kernels at once | all ready, median (each run) (s) | first result p50 / p95 / max, median of runs (s) "
+            "| answered | all shut down, median (s) | one kernel's shutdown p50 / max (s) | clean shutdowns "
+            "| sandbox processes / cgroups while up | leaks |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def median_of(runs: list[dict[str, Any]], key: str) -> float:
+        values = [b["first_result"][key] for b in runs if b["first_result"][key] is not None]
+        return statistics.median(values) if values else float("nan")
+
     for name in dict.fromkeys(b["batch"] for b in batches):
         runs = [b for b in batches if b["batch"] == name]
-        ready = [b["all_ready_s"] for b in runs if b["all_ready_s"] is not None]
-        med = lambda key: statistics.median(b["first_result"][key] for b in runs if b["first_result"][key] is not None)  # noqa: E731
-        each = ", ".join(f"{x:.1f}" for x in ready)
+        # a run where not every kernel answered shows its time to the last answer, starred
+        each = ", ".join(f"{b['all_ready_s']:.1f}" + ("" if b["answered"] == n else "*") for b in runs)
+        shutdowns = [x for b in runs for x in b["shutdown_s"]]
         rows.append(
-            f"| {name} | {statistics.median(ready):.1f} ({each}) | {med('p50'):.1f} / {med('p95'):.1f} / {med('max'):.1f} "
+            f"| {name} | {statistics.median(b['all_ready_s'] for b in runs):.1f} ({each}) "
+            f"| {median_of(runs, 'p50'):.1f} / {median_of(runs, 'p95'):.1f} / {median_of(runs, 'max'):.1f} "
             f"| {sum(b['answered'] for b in runs)}/{n * len(runs)} | {statistics.median(b['all_down_s'] for b in runs):.1f} "
+            f"| {pct(shutdowns, 50):.1f} / {max(shutdowns):.1f} "
             f"| {sum(b['clean_shutdowns'] for b in runs)}/{n * len(runs)} "
             f"| {statistics.median(b['sandbox_processes_seen'] for b in runs):.0f} / {statistics.median(b['cgroups_seen'] for b in runs):.0f} "
             f"| {sum(len(b['leaks']) for b in runs)} |"
-            if ready
-            else f"| {name} | – | – | {sum(b['answered'] for b in runs)}/{n * len(runs)} | – | – | – | {sum(len(b['leaks']) for b in runs)} |"
         )
     return "\n".join(rows)
 
@@ -400,6 +436,7 @@ def main() -> int:
     parser.add_argument("--batches", default="python3,sandbox-python,sandbox-mix", help="comma-separated subset of python3, sandbox-python, sandbox-mix")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a kernel has to answer its cell (default 120)")
     parser.add_argument("--shutdown-wait", type=float, default=30, help="KernelManager.shutdown_wait_time: SIGTERM after half of it, SIGKILL after all (default 30; jupyter_client's default is 5)")
+    parser.add_argument("--kill-one", action="store_true", help="SIGKILL the first kernel of each batch instead of shutting it down: shows that the leak checks see what a crashed kernel leaves (its cgroups, until the next kernel sweeps them)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernel-log", type=Path, help="append the kernels' stdout/stderr here (default: discarded)")
     args = parser.parse_args()
@@ -429,7 +466,7 @@ def main() -> int:
             order = batch_list[r % len(batch_list):] + batch_list[: r % len(batch_list)]
             for batch in order:
                 log(f"[round {r + 1}/{args.rounds}] {args.kernels} x {batch}")
-                batches.append(run_batch(batch, args.kernels, context, private, args.timeout, args.shutdown_wait))
+                batches.append(run_batch(batch, args.kernels, context, private, args.timeout, args.shutdown_wait, args.kill_one))
     load_after = os.getloadavg()
 
     failed = [b for b in batches if b["leaks"] or b["answered"] < args.kernels or b["clean_shutdowns"] < args.kernels]

@@ -25,7 +25,9 @@ whose reply does not come within ``--timeout`` seconds is *lost*.
 Memory: VmRSS of the kernel process (the pid ``KernelManager`` started, from
 ``/proc/<pid>/status``) after the first cell, every ``--sample-every`` (1000) cells and at the
 end; for Sandbox kernels also the summed VmRSS of the sandbox's processes (the kernel process's
-descendants: ``sh``, ``setpriv``, ``bwrap``, the agent's supervisor and worker).
+descendants: ``sh``, ``setpriv``, ``bwrap``, the agent's supervisor and worker; shared pages
+count once per process) and the memory charged to its cgroup (``memory.usage_in_bytes``, page
+cache included), which is what the sandbox's memory limit is enforced against.
 
 The exit status is non-zero when a Sandbox kernel's RSS grew by more than ``--max-growth``
 (30 MB, 10^6 bytes) from the end of the warm-up (``--warmup`` cells, default 1000) to the
@@ -237,6 +239,20 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def cgroup_memory(kernel_pid: int) -> int | None:
+    """Memory charged to the kernel's sandbox cgroup(s) (v1 memory.usage_in_bytes, v2 memory.current)."""
+    root = Path("/sys/fs/cgroup")
+    total = None
+    for f in list(root.glob(f"memory/sandbox-kernel/k{kernel_pid}-*/memory.usage_in_bytes")) + list(
+        root.glob(f"sandbox-kernel/k{kernel_pid}-*/memory.current")
+    ):
+        try:
+            total = (total or 0) + int(f.read_text())
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 # -- one kernel ----------------------------------------------------------------------------------
 
 
@@ -260,7 +276,14 @@ class Kernel:
     def sample(self, cells_done: int) -> dict[str, Any]:
         rss = vm_rss(self.pid)
         sandbox = [vm_rss(p) for p in descendants(self.pid)]
-        entry = {"cells": cells_done, "t": time.time(), "rss": rss, "sandbox_rss": sum(x for x in sandbox if x), "sandbox_processes": len(sandbox)}
+        entry = {
+            "cells": cells_done,
+            "t": time.time(),
+            "rss": rss,
+            "sandbox_rss": sum(x for x in sandbox if x),
+            "sandbox_processes": len(sandbox),
+            "sandbox_cgroup_memory": cgroup_memory(self.pid),
+        }
         self.samples.append(entry)
         return entry
 
@@ -339,6 +362,9 @@ def summarize(k: Kernel, warmup: int, cells: int) -> dict[str, Any]:
         "sandbox_rss_start": sandbox[0] if sandbox else None,
         "sandbox_rss_end": sandbox[-1] if sandbox else None,
         "sandbox_rss_max": max(sandbox) if sandbox else None,
+        "sandbox_cgroup_start": k.samples[0].get("sandbox_cgroup_memory") if k.samples else None,
+        "sandbox_cgroup_end": k.samples[-1].get("sandbox_cgroup_memory") if k.samples else None,
+        "sandbox_cgroup_max": max((s["sandbox_cgroup_memory"] or 0 for s in k.samples), default=None),
         "cells_per_s": len(all_times) / sum(all_times) if all_times else None,
         "cells_per_s_without_interrupts": len(normal) / sum(normal) if normal else None,
         "cell_ms": {kind: {"n": len(ts), "p50": 1000 * pct(ts, 50), "p95": 1000 * pct(ts, 95), "max": 1000 * max(ts)} for kind, ts in k.times.items()},
@@ -359,9 +385,9 @@ def mb(x: float | None) -> str:
 def table(results: dict[str, Any]) -> str:
     rows = [
         "| kernel | cells (lost, wrong) | kernel RSS start / after warm-up / end / max (MB) | growth after warm-up (MB) "
-        "| sandbox processes' RSS start / end / max (MB) | cells/s (without the interrupted ones) "
+        "| sandbox processes' RSS start / end / max (MB) | sandbox cgroup memory start / end (MB) | cells/s (without the interrupted ones) "
         "| cell p50 / p95 (ms, all but interrupts) | interrupt → reply p50 / max (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in results.items():
         normal = [v for kind, v in s["cell_ms"].items() if kind != "interrupt"]
@@ -373,6 +399,7 @@ def table(results: dict[str, Any]) -> str:
             f"| {name} | {s['cells']} ({len(s['lost'])}, {len(s['wrong'])}) "
             f"| {mb(s['rss_start'])} / {mb(s['rss_warmup'])} / {mb(s['rss_end'])} / {mb(s['rss_max'])} "
             f"| {'–' if s['growth_after_warmup'] is None else format(s['growth_after_warmup'] / MB, '+.1f')} | {sandbox} "
+            f"| {mb(s.get('sandbox_cgroup_start'))} / {mb(s.get('sandbox_cgroup_end'))} "
             f"| {s['cells_per_s']:.0f} ({s['cells_per_s_without_interrupts']:.0f}) | {p50:.1f} / {p95:.1f} "
             f"| {il['p50']:.0f} / {il['max'] or float('nan'):.0f} |"
         )
@@ -381,14 +408,21 @@ def table(results: dict[str, Any]) -> str:
 
 def rss_table(results: dict[str, Any]) -> str:
     names = list(results)
-    header = "| cells | " + " | ".join(f"{n} kernel RSS (MB)" for n in names) + " |"
+    header = "| cells | " + " | ".join(f"{n} kernel RSS{' (sandbox cgroup)' if n.startswith('sandbox-') else ''} (MB)" for n in names) + " |"
     rows = [header, "|" + "---|" * (len(names) + 1)]
     by_cells: dict[int, dict[str, Any]] = {}
     for n in names:
         for s in results[n]["samples"]:
             by_cells.setdefault(s["cells"], {})[n] = s
     for cells in sorted(by_cells):
-        rows.append(f"| {cells} | " + " | ".join(mb(by_cells[cells].get(n, {}).get("rss")) for n in names) + " |")
+        cols = []
+        for n in names:
+            sample = by_cells[cells].get(n, {})
+            col = mb(sample.get("rss"))
+            if n.startswith("sandbox-"):
+                col += f" ({mb(sample.get('sandbox_cgroup_memory'))})"
+            cols.append(col)
+        rows.append(f"| {cells} | " + " | ".join(cols) + " |")
     return "\n".join(rows)
 
 
