@@ -250,7 +250,15 @@ class LocalSandboxSession(AgentSession):
         return self._lease.uid if self._lease else None
 
     def _bwrap_options(self, fds: dict[str, str], seccomp: bool) -> list[str]:
-        """bubblewrap's options; ``fds`` names the descriptors of the files it copies in."""
+        """bubblewrap's options; ``fds`` names the descriptors of the files it copies in.
+
+        What the sandbox can still learn of the host through /proc (best effort, none of it a
+        secret): its host uid (``/proc/self/uid_map``, and ``uid=`` in the options of bubblewrap's
+        tmpfs mounts in mountinfo), the device number and file system type of the system
+        directories and any ``read_only_paths`` (at their host paths, by design), the host
+        kernel's version and CPUs, and that PID 1 is ``bwrap --args N``. No install path, kernel
+        pid or cgroup name: the options are in a memfd, the agent is copied in, the cgroup is
+        joined before bubblewrap starts and hidden by the cgroup namespace."""
         agent = self.language.agent_path()
         argv: list[str] = []
         if seccomp:

@@ -278,13 +278,62 @@ def compile_bpf(system_python: str = "/usr/bin/python3") -> bytes:
     try:
         import seccomp  # type: ignore[import-not-found]
     except ImportError:
-        blob = _compile_in(system_python)
+        blob = _cached() or _compile_in(system_python)
     else:
         blob = _compile_with(seccomp)
     if not blob or len(blob) % 8:
         raise SeccompUnavailable(f"libseccomp produced no valid filter ({len(blob)} bytes)")
+    _store(blob)
     _cache["bpf"] = blob
     return blob
+
+
+def _cache_file() -> str | None:
+    """Where the compiled filter is kept between kernels (the system python3 takes ~0.2 s):
+    a directory only this user can write, the name keyed by this file's content."""
+    import hashlib
+
+    if os.geteuid() == 0:
+        base = "/run/sandbox-kernel"
+    else:
+        base = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or os.path.expanduser("~/.cache"), "sandbox-kernel")
+    try:
+        with open(os.path.abspath(__file__), "rb") as f:
+            key = hashlib.sha256(f.read()).hexdigest()[:24]
+        directory = os.path.join(base, "seccomp")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.stat(directory)
+    except OSError:
+        return None
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return None  # someone else could have written it: do not trust what is there
+    return os.path.join(directory, f"filter-{key}.bpf")
+
+
+def _cached() -> bytes | None:
+    path = _cache_file()
+    try:
+        with open(path or "", "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    return blob if blob and len(blob) % 8 == 0 else None
+
+
+def _store(blob: bytes) -> None:
+    path = _cache_file()
+    if path is None or os.path.exists(path):
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _compile_in(python: str) -> bytes:

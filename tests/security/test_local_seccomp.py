@@ -283,3 +283,29 @@ def test_without_libseccomp_s_bindings_the_sandbox_refuses_to_start(local_kernel
         assert reply["status"] == "error"
         shown = " ".join(f"{e['ename']}: {e['evalue']}" for e in errors(outputs)) + text(outputs, "stderr")
         assert "SandboxStartError" in shown and "python3-seccomp" in shown, outputs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-sandbox uids are for kernels running as root")
+def test_a_sigkilled_kernel_s_uid_is_reclaimed(local_kernelspecs: Path) -> None:
+    import fcntl
+    import signal
+
+    with running_kernel("sandbox-python") as (km, kc):
+        out(kc, "1")
+        kernel_pid = km.provisioner.process.pid
+        (uid,) = _agent_uids(kernel_pid)
+        lock = uids.LOCK_DIR / str(uid)
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by the live kernel
+            os.kill(kernel_pid, signal.SIGKILL)
+            km.provisioner.process.wait(10)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the host kernel released it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + 10
+        while uid in uids.uids_in_use() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert uid not in uids.uids_in_use()  # --die-with-parent ended the sandbox with it

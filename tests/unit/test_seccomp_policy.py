@@ -4,6 +4,7 @@ argument conditions evaluated the way the kernel evaluates a filter (no libsecco
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,3 +136,25 @@ def test_compiles_to_bpf_through_the_system_python() -> None:
 def test_a_missing_binding_names_the_package() -> None:
     with pytest.raises(sp.SeccompUnavailable, match="python3-seccomp"):
         sp._compile_in("/nonexistent/python3")
+
+
+def test_the_compiled_filter_is_cached_only_where_no_one_else_can_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "filter.bpf"
+    monkeypatch.setattr(sp, "_cache_file", lambda: str(path))
+    assert sp._cached() is None
+    sp._store(b"\0" * 16)
+    assert sp._cached() == b"\0" * 16
+    path.write_bytes(b"\0" * 7)  # not whole instructions: ignored, compiled afresh
+    assert sp._cached() is None
+    monkeypatch.undo()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
+    monkeypatch.setenv("HOME", str(shared))
+    if os.geteuid() != 0:  # root's cache is under /run/sandbox-kernel
+        (shared / "sandbox-kernel").mkdir(mode=0o777)
+        (shared / "sandbox-kernel").chmod(0o777)
+        (shared / "sandbox-kernel" / "seccomp").mkdir(mode=0o777)
+        (shared / "sandbox-kernel" / "seccomp").chmod(0o777)
+        assert sp._cache_file() is None
