@@ -200,6 +200,11 @@ class SniCheckingProxy(HttpProxyPlugin):
     _sni_buffer: bytes = b""
     _sni_checked: bool = False
 
+    def connect_upstream(self) -> None:
+        super().connect_upstream()
+        if self.upstream is not None:  # proxy.py leaves Nagle on: small TLS records would wait for ACKs
+            self.upstream.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def on_client_data(self, raw: memoryview) -> None:
         if self._sni_checked or not (self.request.is_https_tunnel and self.upstream):
             return super().on_client_data(raw)

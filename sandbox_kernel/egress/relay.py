@@ -16,7 +16,7 @@ import sys
 async def _pipe(reader, writer):
     try:
         while True:
-            data = await reader.read(65536)
+            data = await reader.read(1 << 18)
             if not data:
                 break
             writer.write(data)

@@ -29,6 +29,7 @@ def proxy_argv(socket_path: str) -> list[str]:
         "sandbox_kernel.egress.plugin.EgressPolicyPlugin",
         "--num-acceptors", "1",
         "--num-workers", "1",
+        "--threaded",  # a thread per connection: threadless mode hands new connections over with up to 25 ms delay
         "--timeout", "30",
         "--log-level", "ERROR",
         "--disable-headers", "proxy-authorization",
