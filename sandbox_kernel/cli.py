@@ -1,9 +1,12 @@
-"""``sandbox-kernel``: install the kernelspecs, and study or clean up Kubernetes sandboxes."""
+"""The ``sandbox-kernel`` command: install the kernelspecs, and study or clean up Kubernetes sandboxes."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -13,9 +16,28 @@ from typing import Sequence
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .errors import SandboxError
+from .errors import ClusterUnreachable, ConfigError, SandboxError, SandboxUnavailable
 from .kernel import BACKENDS
-from .languages import LANGUAGES
+from .languages import LANGUAGES, Language
+
+DESCRIPTION = "Install the Sandbox kernelspecs, and study or clean up Kubernetes sandboxes."
+EPILOG = """\
+examples:
+  sandbox-kernel install --user                  kernels that run cells on the local sandbox
+  sandbox-kernel install --user --backend kubernetes --name-suffix=-kubernetes
+                                                 Kubernetes kernels, next to the local ones
+  sandbox-kernel render --no-agent               the objects one kernel creates on Kubernetes
+  sandbox-kernel list                            live Kubernetes sandboxes
+  sandbox-kernel gc --dry-run                    what gc would delete, and why
+
+'sandbox-kernel COMMAND --help' tells more about each command."""
+
+BACKEND_LABELS = {"local": "", "kubernetes": " · Kubernetes"}
+"""What a kernelspec's display name says about where its cells run (the local sandbox is the default)."""
+
+NO_FROZEN_MODULES = "-Xfrozen_modules=off"
+"""Python flag in every kernelspec's argv: without it debugpy (imported by ipykernel) prints four
+"Debugger warning: It seems that frozen modules are being used" lines at every kernel start."""
 
 
 def kernelspec_source(name: str) -> Path:
@@ -26,35 +48,62 @@ def kernelspec_source(name: str) -> Path:
     return Path(__file__).resolve().parent.parent / "kernelspecs" / name  # a source checkout
 
 
+def display_name(language: Language, backend: str) -> str:
+    """``Sandbox (Python)`` on the local sandbox, ``Sandbox (Python) · Kubernetes`` on Kubernetes."""
+    return language.display_name + BACKEND_LABELS.get(backend, f" · {backend}")
+
+
+def kernelspec_json(source: dict, backend: str, python: str = "") -> dict:  # type: ignore[type-arg]
+    """A shipped ``kernel.json`` made ready to install: this Python, the backend, its display name."""
+    spec = json.loads(json.dumps(source))
+    argv = [a for a in spec["argv"] if not a.startswith("--SandboxKernel.backend=") and a != NO_FROZEN_MODULES]
+    argv[0] = python or sys.executable
+    spec["argv"] = [argv[0], NO_FROZEN_MODULES, *argv[1:], f"--SandboxKernel.backend={backend}"]
+    language = LANGUAGES[spec["metadata"]["sandbox_kernel"]["language"]]
+    spec["display_name"] = display_name(language, backend)
+    spec["metadata"]["sandbox_kernel"]["backend"] = backend
+    return spec
+
+
+_SUFFIX = re.compile(r"[A-Za-z0-9._-]*")
+
+
 def install(args: argparse.Namespace) -> int:
+    suffix = getattr(args, "name_suffix", "") or ""
+    if not _SUFFIX.fullmatch(suffix):
+        raise ConfigError("--name-suffix", f"{suffix!r} may only hold letters, digits, '.', '_' and '-'")
     manager = KernelSpecManager()
     for language in LANGUAGES.values():
         source = kernelspec_source(language.kernelspec)
+        name = language.kernelspec + suffix
         with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / language.kernelspec
+            target = Path(tmp) / name
             shutil.copytree(source, target)
-            spec = json.loads((target / "kernel.json").read_text())
-            spec["argv"][0] = sys.executable
-            spec["argv"] = [a for a in spec["argv"] if not a.startswith("--SandboxKernel.backend=")]
-            spec["argv"].append(f"--SandboxKernel.backend={args.backend}")
-            spec["metadata"]["sandbox_kernel"]["backend"] = args.backend
-            (target / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
+            spec = kernelspec_json(json.loads((target / "kernel.json").read_text()), args.backend)
+            (target / "kernel.json").write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             where = manager.install_kernel_spec(
-                str(target), language.kernelspec, user=args.user, prefix=args.prefix or (sys.prefix if args.sys_prefix else None)
+                str(target), name, user=args.user, prefix=args.prefix or (sys.prefix if args.sys_prefix else None)
             )
-        print(f"Installed {language.display_name} ({args.backend} backend) in {where}")
+        print(f"Installed {spec['display_name']} as {name} ({args.backend} backend) in {where}")
     return 0
 
 
 def uninstall(args: argparse.Namespace) -> int:
+    """Remove every Sandbox kernelspec Jupyter finds (any name suffix, any backend)."""
     manager = KernelSpecManager()
-    for language in LANGUAGES.values():
+    removed = 0
+    for name, path in sorted(manager.find_kernel_specs().items()):
         try:
-            path = manager.get_kernel_spec(language.kernelspec).resource_dir
-        except NoSuchKernel:
+            spec = json.loads((Path(path) / "kernel.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-        manager.remove_kernel_spec(language.kernelspec)
-        print(f"Removed {language.display_name} from {path}")
+        if "sandbox_kernel" not in (spec.get("metadata") or {}):
+            continue
+        manager.remove_kernel_spec(name)
+        removed += 1
+        print(f"Removed {spec.get('display_name', name)} ({name}) from {path}")
+    if not removed:
+        print("No Sandbox kernelspecs are installed.")
     return 0
 
 
@@ -93,36 +142,66 @@ def settings(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandbox-kernel", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def render(args: argparse.Namespace) -> int:
+    """``render``, with ``--no-agent`` replacing the agent's source by a one-line reference."""
+    from .kubernetes import commands
 
-    p = sub.add_parser("install", help="register the Sandbox (Python), (Node.js) and (Bash) kernelspecs")
+    objects = commands.rendered_objects(args.language, args.kernel_id)
+    if args.no_agent:
+        language = LANGUAGES[args.language]
+        for obj in objects:
+            if obj.get("kind") == "ConfigMap" and language.agent_file in (obj.get("data") or {}):
+                source = obj["data"][language.agent_file]
+                digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+                obj["data"][language.agent_file] = (
+                    f"<left out by --no-agent: sandbox_kernel/agents/{language.agent_file}, "
+                    f"{len(source.splitlines())} lines, sha256 {digest}>"
+                )
+    sys.stdout.write(commands.render_yaml(objects))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandbox-kernel", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("install", help="register the Sandbox (Python), (Node.js) and (Bash) kernelspecs",
+                       description="Register the Sandbox (Python), (Node.js) and (Bash) kernelspecs for Jupyter.")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
     where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
     p.add_argument("--backend", choices=BACKENDS, default="local", help="where cells run (default: local)")
+    p.add_argument("--name-suffix", metavar="SUFFIX", default="",
+                   help="append SUFFIX to the kernelspec names (e.g. -kubernetes: sandbox-python-kubernetes), "
+                   "so that kernels of both backends can be installed side by side")
     p.set_defaults(func=install)
 
-    p = sub.add_parser("uninstall", help="remove the Sandbox kernelspecs")
+    p = sub.add_parser("uninstall", help="remove the Sandbox kernelspecs",
+                       description="Remove every Sandbox kernelspec Jupyter finds (both backends, any name suffix).")
     p.set_defaults(func=uninstall)
 
     p = sub.add_parser("settings", help="print every setting with its default and help, as Markdown")
     p.set_defaults(func=settings)
 
-    p = sub.add_parser("render", help="print the Kubernetes manifests a kernel applies, as YAML")
+    p = sub.add_parser("render", help="print the Kubernetes manifests a kernel applies, as YAML",
+                       description="Print every object a kernel creates on Kubernetes, as YAML (kubectl apply -f takes it).")
     p.add_argument("--language", choices=list(LANGUAGES), default="python")
     p.add_argument("--kernel-id", default="00000000-0000-0000-0000-000000000000", help="kernel id to render for")
-    p.set_defaults(func=_k8s("render"))
+    p.add_argument("--no-agent", action="store_true",
+                   help="leave the agent's source out of the ConfigMap (a one-line reference to the file instead)")
+    p.set_defaults(func=render)
 
+    kubeconfig_help = "kubeconfig file (default: $SANDBOX_KUBECONFIG, $KUBECONFIG, ~/.kube/config or in-cluster)"
     p = sub.add_parser("list", help="show live Kubernetes sandboxes with age, owner and language")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
+    p.add_argument("--kubeconfig", help=kubeconfig_help)
     p.add_argument("--context", help="kubeconfig context")
     p.set_defaults(func=_k8s("list_sandboxes"))
 
     p = sub.add_parser("gc", help="delete sandbox namespaces whose kernel stopped renewing its heartbeat")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
+    p.add_argument("--kubeconfig", help=kubeconfig_help)
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p.set_defaults(func=_k8s("gc"))
@@ -138,12 +217,41 @@ def _k8s(name: str):  # type: ignore[no-untyped-def]
     return run
 
 
+def _kubeconfig_in_use(args: argparse.Namespace) -> str:
+    """The kubeconfig a cluster command used, in the words of the command line."""
+    if getattr(args, "kubeconfig", None):
+        return f"--kubeconfig {args.kubeconfig}"
+    for var in ("SANDBOX_KUBECONFIG", "KUBECONFIG"):
+        if os.environ.get(var):
+            return f"${var} ({os.environ[var]})"
+    return "~/.kube/config"
+
+
+def cli_message(exc: SandboxError, args: argparse.Namespace) -> str:
+    """An error the kernel would show in a cell, reworded for the command line."""
+    text = str(exc)
+    if isinstance(exc, ClusterUnreachable):
+        # The kernel's advice ("run the cell again") means nothing here; so does urllib3's detail.
+        text = re.split(r"\s*The kernel keeps running;", text)[0].rstrip(". ")
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+        text = re.sub(r" \((?:HTTPS?ConnectionPool|Max retries).*\)$", f" ({errno.group(1).strip()})" if errno else "", text)
+        return (f"{text}.\nIs the cluster running? This used {_kubeconfig_in_use(args)}; pick another with "
+                "--kubeconfig or --context, and check with `kubectl cluster-info`.")
+    if isinstance(exc, ConfigError) and exc.setting == "KubernetesSandbox.kubeconfig":
+        detail = text.replace("Invalid setting KubernetesSandbox.kubeconfig: ", "")
+        return f"kubeconfig {detail} (given by {_kubeconfig_in_use(args)})"
+    if isinstance(exc, SandboxUnavailable) and "No Kubernetes cluster is configured" in text:
+        return ("No Kubernetes cluster is configured: pass --kubeconfig FILE (or set $KUBECONFIG or "
+                "$SANDBOX_KUBECONFIG), or run this in a pod with a service account.")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except SandboxError as exc:
-        print(f"sandbox-kernel: {exc}", file=sys.stderr)
+        print(f"sandbox-kernel {args.command}: {cli_message(exc, args)}", file=sys.stderr)
         return 1
 
 
