@@ -132,3 +132,56 @@ def test_ipv6_from_a_cell_reaches_neither_another_sandbox_nor_the_node(k8s_kerne
     # /proc/net/if_inet6 lists no address but loopback, if any.
     for listing in (info["if_inet6"], b_info["if_inet6"]):
         assert all(line.split()[-1] == "lo" for line in listing.splitlines() if line.strip()), listing
+
+
+def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
+    core_v1: object, namespace: str, kubeconfig: str
+) -> None:
+    """The guard is the backstop for clusters that do give pods IPv6: run each language's guard
+    (manifests.agent_command, with the node's interpreters) inside a real deny-all pod's network
+    namespace, first as the CNI leaves it (no IPv6: the guard passes), then with IPv6 switched
+    back on in that namespace, which re-creates breach 3: the guard must refuse (exit 97)."""
+    import os
+    from pathlib import Path
+
+    from kubernetes import client
+
+    from fixtures_kubernetes import wait_until
+    from sandbox_kernel.kubernetes import manifests
+
+    core: client.CoreV1Api = core_v1  # type: ignore[assignment]
+    client.NetworkingV1Api(core.api_client).create_namespaced_network_policy(namespace, {
+        "metadata": {"name": "deny-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
+    images = {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_IMAGE_")}
+    core.create_namespaced_pod(namespace, {"metadata": {"name": "target"}, "spec": {"containers": [{
+        "name": "c", "image": images.get("SANDBOX_IMAGE_PYTHON", "localhost/sandbox-python:3.11"), "command": ["sleep", "600"]}]}})
+    ip = wait_until(lambda: core.read_namespaced_pod("target", namespace).status.pod_ip, 60, what="the pod's IP")
+    wait_until(lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the pod running")
+
+    def netns() -> str | None:
+        for path in Path("/run/netns").glob("cni-*"):
+            out = subprocess.run(["ip", "netns", "exec", path.name, "ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+            if f" {ip}/" in out:
+                return path.name
+        return None
+
+    ns = wait_until(netns, 30, what=f"the network namespace holding {ip} (this test runs on the node, as root)")
+    service = core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
+
+    def guards() -> dict[str, int]:
+        codes = {}
+        for interpreter in ("python3", "node", "bash"):
+            guard = manifests.agent_command(interpreter, "agent", policy_wait=3)[2].split(" && read -r _")[0]
+            codes[interpreter] = subprocess.run(
+                ["ip", "netns", "exec", ns, "/bin/sh", "-c", guard], capture_output=True, timeout=60,
+                env={"KUBERNETES_SERVICE_HOST": service, "KUBERNETES_SERVICE_PORT": "443", "PATH": os.environ["PATH"]},
+            ).returncode
+        return codes
+
+    time.sleep(1)  # kube-router programs the new pod's deny-all
+    assert guards() == {"python3": 0, "node": 0, "bash": 0}, "no IPv6, IPv4 denied: the guard lets the agent start"
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+                    "net.ipv6.conf.eth0.disable_ipv6=0", "net.ipv6.conf.lo.disable_ipv6=0"], check=True)
+    time.sleep(2)  # duplicate address detection for the new fe80:: address
+    assert guards() == {"python3": manifests.POLICY_NOT_ENFORCED, "node": manifests.POLICY_NOT_ENFORCED,
+                        "bash": manifests.POLICY_NOT_ENFORCED}, "IPv6 reaches the node: the guard must refuse"
