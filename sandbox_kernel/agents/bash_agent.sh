@@ -1068,20 +1068,20 @@ __sk_main() {
         for ld in /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1 /lib/ld-musl-x86_64.so.1 \
             /lib/ld-musl-aarch64.so.1 /lib/ld-linux-armhf.so.3 /lib/ld-linux.so.2; do
             [[ -f $ld ]] || continue
+            # The first directory where the copy can run (/dev/shm is often mounted noexec).
             for base in /dev/shm "${TMPDIR:-}" /tmp "${HOME:-}"; do
                 [[ -n $base && -d $base && -w $base ]] || continue
-                dir=$(mktemp -d "$base/.skld.XXXXXXXX" 2>/dev/null) && break
+                dir=$(mktemp -d "$base/.skld.XXXXXXXX" 2>/dev/null) || continue
+                # Opened before the chmod: the fd (inherited by the new process) stays readable.
+                if cp -- "$ld" "$dir/ld.so" && exec {__SK_LDFD}<"$dir/ld.so" && chmod 100 "$dir/ld.so" &&
+                    "$dir/ld.so" "$BASH" -c : 2>/dev/null; then
+                    exec "${run[@]}" "$dir/ld.so" "$BASH" "${BASH_SOURCE[0]}" ${reset:+--sk-signals-reset} \
+                        --sk-nodump="$dir:$__SK_LDFD"
+                fi
+                [[ -n ${__SK_LDFD-} ]] && exec {__SK_LDFD}<&-
+                unset __SK_LDFD
+                rm -rf -- "$dir"
             done
-            [[ -n $dir ]] || break
-            # Opened before the chmod: the fd (inherited by the new process) stays readable.
-            if cp -- "$ld" "$dir/ld.so" && exec {__SK_LDFD}<"$dir/ld.so" && chmod 100 "$dir/ld.so" &&
-                "$dir/ld.so" "$BASH" -c : 2>/dev/null; then
-                exec "${run[@]}" "$dir/ld.so" "$BASH" "${BASH_SOURCE[0]}" ${reset:+--sk-signals-reset} \
-                    --sk-nodump="$dir:$__SK_LDFD"
-            fi
-            [[ -n ${__SK_LDFD-} ]] && exec {__SK_LDFD}<&-
-            rm -rf -- "$dir"
-            dir=''
         done
         __sk_log "cannot start through an execute-only loader: user code could open the protocol stream through /proc"
         ((${#run[@]})) && exec "${run[@]}" "$BASH" "${BASH_SOURCE[0]}" --sk-signals-reset --sk-nodump=

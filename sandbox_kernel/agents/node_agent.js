@@ -140,12 +140,23 @@ function launcher() {
   let loader = null;
   try {
     const interp = elfInterpreter(node);
-    if (interp) {
-      dir = privateDir();
-      loader = path.join(dir, 'ld.so');
-      fs.copyFileSync(interp, loader);
-      fs.chmodSync(loader, 0o100);
+    // The first directory where the copy can be executed (/dev/shm is often mounted noexec).
+    for (const base of interp ? ['/dev/shm', process.env.TMPDIR, '/tmp', process.env.HOME, process.cwd()] : []) {
+      if (!base) continue;
+      try {
+        dir = fs.mkdtempSync(path.join(base, '.sknode.'));
+        loader = path.join(dir, 'ld.so');
+        fs.copyFileSync(interp, loader);
+        fs.chmodSync(loader, 0o100);
+        if (!childProcess.spawnSync(loader, ['--version'], { stdio: 'ignore' }).error) break;
+      } catch (_) {
+        /* next */
+      }
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+      dir = null;
+      loader = null;
     }
+    if (!loader) log('no directory where an execute-only loader copy can run');
   } catch (e) {
     log('cannot prepare the execute-only loader:', e.message);
     loader = null;
@@ -223,18 +234,6 @@ function elfInterpreter(file) {
   } finally {
     fs.closeSync(fd);
   }
-}
-
-function privateDir() {
-  for (const base of ['/dev/shm', process.env.TMPDIR, '/tmp', process.env.HOME, process.cwd()]) {
-    if (!base) continue;
-    try {
-      return fs.mkdtempSync(path.join(base, '.sknode.'));
-    } catch (_) {
-      /* next */
-    }
-  }
-  throw new Error('no writable directory');
 }
 
 // Every string made well-formed (a lone UTF-16 surrogate becomes U+FFFD), so that the JSON is
