@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,6 +101,26 @@ def _accepts(path: Path) -> bool:
         probe.close()
 
 
+def sweep_stale(base: Path) -> None:
+    """Remove what sandboxes of kernels that died without cleaning up left (their proxies ended
+    with them: the runner's watchdog)."""
+    for path in base.iterdir():
+        m = re.match(r"\.?local-(\d+)-\d+", path.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # that kernel still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def controller_for(allow_hosts: tuple[str, ...], local_settings: Configurable) -> "EgressController | None":
     """The local backend's hook: a controller when the sandbox has egress, else None."""
     settings = EgressProxy(config=local_settings.config)
@@ -154,6 +175,7 @@ class EgressController:
         base = self.settings.base_dir()
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(base, 0o711)
+        sweep_stale(base)
         self.sandbox_id = f"local-{os.getpid()}-{next(_numbers)}"
         self.dir = base / self.sandbox_id
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -211,3 +211,30 @@ def test_default_is_deny_all_without_any_proxy(local_kernelspecs: Path, hosts: d
     assert "No such file or directory" in shown and "no-relay" in shown and "unreachable" in shown
     assert "RELAY" not in shown and "REACHED" not in shown
     assert "network: none" in net
+
+
+def _runners_of(kernel_pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"sandbox_kernel.egress.runner" in cmdline and f"SANDBOX_EGRESS_PARENT={kernel_pid}\0".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_proxy_ends_with_a_killed_kernel(local_kernelspecs: Path, hosts: dict[str, Path]) -> None:
+    with running_kernel("sandbox-bash", argv=kernel_argv(hosts["hosts"], ALLOW)) as (km, kc):
+        run_cell(kc, "true")
+        pid = km.provisioner.process.pid
+        assert _runners_of(pid), "no proxy for the kernel"
+        km.provisioner.process.kill()  # SIGKILL: no cleanup in the kernel
+        deadline = time.monotonic() + 10
+        while _runners_of(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _runners_of(pid), "the proxy outlived its kernel"

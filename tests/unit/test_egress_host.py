@@ -1,0 +1,45 @@
+"""The local backend's egress hook (sandbox_kernel/egress/host.py), without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from traitlets.config import Config
+
+from sandbox_kernel.egress.host import EgressController, EgressProxy, controller_for, proxy_env, sweep_stale
+from sandbox_kernel.local.backend import LocalSandbox
+
+
+def test_no_allow_list_means_no_egress_at_all() -> None:
+    assert controller_for((), LocalSandbox()) is None
+    config = Config()
+    config.EgressProxy.allow_widening = True
+    assert controller_for((), LocalSandbox(config=config)) is not None
+
+
+def test_bwrap_options_mount_the_socket_dir_read_only_and_set_the_proxy_variables() -> None:
+    ctl = EgressController(["pypi.org"], EgressProxy())
+    mounts = ctl.bwrap_mounts("7")
+    assert mounts[:3] == ["--ro-bind", "<egress socket dir>", "/run/sandbox-egress"]
+    assert ["--file", "7", "/opt/sandbox-agent/egress-relay.py"] == mounts[-3:]
+    env = dict(proxy_env(3128))
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == env["PIP_PROXY"] == env["npm_config_https_proxy"] == "http://127.0.0.1:3128"
+    assert "127.0.0.1" in env["NO_PROXY"]
+    inner = ctl.inner("/usr/bin:/bin", ["/usr/bin/python3", "/opt/sandbox-agent/python_agent.py"])
+    assert inner[2:] == ["/opt/sandbox-agent/egress-relay.py", "/run/sandbox-egress/proxy.sock", "3128", "--",
+                         "/usr/bin/python3", "/opt/sandbox-agent/python_agent.py"]
+
+
+def test_network_report_and_magic_errors() -> None:
+    ctl = EgressController(["allowed.test"], EgressProxy())
+    assert "allowed: allowed.test" in ctl.report() and "can only narrow" in ctl.report()
+    assert ctl.deny(["allowed.test"]) == "allowed.test is denied"
+    assert "allowed: (nothing)" in ctl.report()
+
+
+def test_stale_state_of_dead_kernels_is_swept(tmp_path: Path) -> None:
+    (tmp_path / "local-999999999-1").mkdir()
+    (tmp_path / "local-999999999-1.log").write_text("")
+    (tmp_path / "local-1-1.log").write_text("")  # pid 1 lives
+    sweep_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local-1-1.log"]
