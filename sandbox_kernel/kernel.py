@@ -9,6 +9,7 @@ so those two hand their work over with ``run_coroutine_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -236,10 +237,12 @@ class SandboxKernel(Kernel):
             session = await self._ready()
             code = await self._run_magics(code, session, silent)
             if code.strip():
-                async for produced in session.execute(code):
-                    # Everything a sandbox outputs is untrusted: the output policy first.
-                    for event in output_policy.guard(produced, self.active_content):
-                        failure = self._relay(event, silent) or failure
+                # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
+                async with contextlib.aclosing(session.execute(code)) as produced_events:
+                    async for produced in produced_events:
+                        # Everything a sandbox outputs is untrusted: the output policy first.
+                        for event in output_policy.guard(produced, self.active_content):
+                            failure = self._relay(event, silent) or failure
         except SandboxError as exc:
             failure = ErrorOutput.from_exception(exc)
             if not silent:
