@@ -18,6 +18,8 @@ line in the log named by the policy, with the sandbox's id.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -32,6 +34,7 @@ from proxy.http.proxy.server import HttpProxyPlugin
 from . import policy
 
 POLICY_ENV = "SANDBOX_EGRESS_POLICY"
+POLICY_DIR_ENV = "SANDBOX_EGRESS_POLICY_DIR"
 SNI_LIMIT = 32 * 1024  # most bytes held while waiting for a complete ClientHello
 
 
@@ -79,14 +82,54 @@ def _read_hosts(path: str) -> dict[str, list[str]]:
     return hosts
 
 
-_policy: _Policy | None = None
+_policies: dict[str, _Policy] = {}
 
 
-def current_policy() -> _Policy:
-    global _policy
-    if _policy is None:
-        _policy = _Policy(os.environ[POLICY_ENV])
-    return _policy.current()
+class NoCredentials(Exception):
+    """Shared mode: the request carries no (or an unknown) sandbox credential."""
+
+
+def policy_for(request: HttpParser) -> _Policy:
+    """This proxy's policy (one sandbox: ``SANDBOX_EGRESS_POLICY``), or, in shared mode
+    (``SANDBOX_EGRESS_POLICY_DIR``, the Kubernetes proxy), the policy of the sandbox whose
+    credential the request carries: ``Proxy-Authorization: Basic`` of ``sandbox:TOKEN``, looked
+    up as ``DIR/sha256(TOKEN).json``. A request without a known credential gets no policy."""
+    shared = os.environ.get(POLICY_DIR_ENV)
+    if not shared:
+        path = os.environ[POLICY_ENV]
+    else:
+        token = proxy_token(request)
+        if token is None:
+            raise NoCredentials()
+        path = os.path.join(shared, hashlib.sha256(token.encode()).hexdigest() + ".json")
+        if not os.path.exists(path):
+            raise NoCredentials()
+    pol = _policies.get(path)
+    if pol is None:
+        pol = _policies[path] = _Policy(path)
+    return pol.current()
+
+
+def proxy_token(request: HttpParser) -> str | None:
+    if not request.has_header(b"proxy-authorization"):
+        return None
+    scheme, _, value = request.header(b"proxy-authorization").decode("latin-1").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, token = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return token if token and len(token) <= 256 else None
+
+
+def credentials_required() -> HttpRequestRejected:
+    return HttpRequestRejected(
+        status_code=407,
+        reason=b"Sandbox egress: no valid sandbox credential",
+        headers={b"Proxy-Authenticate": b'Basic realm="sandbox-egress"', b"Content-Type": b"text/plain; charset=utf-8"},
+        body=b"Sandbox egress refused the request: it carries no valid sandbox credential.\n",
+    )
 
 
 def refusal(host: str, why: str, status: int = 403, listed: bool = True) -> HttpRequestRejected:
@@ -128,9 +171,13 @@ class EgressPolicyPlugin(HttpProxyBasePlugin):
         self._ip: str | None = None
         self._host = ""
         self._port = 0
+        self._pol: _Policy | None = None
 
     def _decide(self, request: HttpParser) -> Tuple[str, int, str]:
-        pol = current_policy()
+        try:
+            pol = self._pol = policy_for(request)
+        except NoCredentials:
+            raise credentials_required() from None
         method = (request.method or b"").decode("latin-1")
         host = policy.normalize_host((request.host or b"").decode("latin-1"))
         port = int(request.port or (443 if request.is_https_tunnel else 80))
@@ -189,7 +236,8 @@ class EgressPolicyPlugin(HttpProxyBasePlugin):
                 why = f"a request for {host} on a connection to {self._host}"
             why = why or self._host_header_mismatch(request, self._host, self._port)
             if why:
-                current_policy().log(decision="refused", method=(request.method or b"").decode("latin-1"), host=host, port=self._port, reason=why)
+                assert self._pol is not None
+                self._pol.log(decision="refused", method=(request.method or b"").decode("latin-1"), host=host, port=self._port, reason=why)
                 raise refusal(host, why)
         return request
 
@@ -224,7 +272,7 @@ class SniCheckingProxy(HttpProxyPlugin):
             elif policy.normalize_host(sni) != host:
                 why = f"TLS server name {sni or '(none)'!r} is not the CONNECT host {host}"
         if why:
-            current_policy().log(decision="refused", method="CONNECT", host=host, port=int(self.request.port or 0), reason=why)
+            policy_for(self.request).log(decision="refused", method="CONNECT", host=host, port=int(self.request.port or 0), reason=why)
             raise HttpRequestRejected()  # drop the tunnel: not one byte went upstream
         self._sni_checked = True
         data, self._sni_buffer = self._sni_buffer, b""

@@ -1,4 +1,5 @@
-"""``python -m sandbox_kernel.egress.runner SOCKET``: one sandbox's proxy.py, on a Unix socket.
+"""``python -m sandbox_kernel.egress.runner SOCKET``: one sandbox's proxy.py, on a Unix socket
+(``--shared HOST:PORT POLICY_DIR``: the Kubernetes proxy, for every sandbox with a credential).
 
 The kernel starts it (``start_new_session``) with ``SANDBOX_EGRESS_POLICY`` naming the policy
 file. It never outlives the kernel: a watchdog thread ends the whole process group (proxy.py's
@@ -21,9 +22,10 @@ def _watch_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def proxy_argv(socket_path: str) -> list[str]:
+def proxy_argv(socket_path: str | None = None, listen: tuple[str, int] | None = None) -> list[str]:
+    where = ["--unix-socket-path", socket_path] if socket_path else ["--hostname", listen[0], "--port", str(listen[1])]  # type: ignore[index]
     return [
-        "--unix-socket-path", socket_path,
+        *where,
         "--disable-http-proxy",  # replaced by the SNI-checking one below
         "--plugins", "sandbox_kernel.egress.plugin.SniCheckingProxy",
         "sandbox_kernel.egress.plugin.EgressPolicyPlugin",
@@ -37,12 +39,20 @@ def proxy_argv(socket_path: str) -> list[str]:
 
 
 def main() -> None:
+    import proxy
+
+    if sys.argv[1] == "--shared":
+        # The Kubernetes proxy: ``runner --shared HOST:PORT POLICY_DIR``, one policy per sandbox
+        # credential (see plugin.policy_for and k8s_sync); PID 1 of its container, no watchdog.
+        host, _, port = sys.argv[2].rpartition(":")
+        os.environ["SANDBOX_EGRESS_POLICY_DIR"] = sys.argv[3]
+        sys.argv = [sys.argv[0], *proxy_argv(listen=(host, int(port)))]
+        proxy.main()
+        return
     socket_path = sys.argv[1]
     parent = int(os.environ.get("SANDBOX_EGRESS_PARENT", os.getppid()))
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: os.killpg(os.getpgrp(), signal.SIGKILL))
-    import proxy
-
     sys.argv = [sys.argv[0], *proxy_argv(socket_path)]
     proxy.main()
 

@@ -220,3 +220,66 @@ def test_one_sandbox_cannot_use_another_sandboxs_proxy(hosts: dict[str, Path]) -
         remaining = list(state.iterdir())
         shutil.rmtree(state)
     assert remaining == [], remaining
+
+
+# -- the shared (Kubernetes) proxy: one policy per sandbox credential ------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, str]]]:
+    import hashlib
+    import signal
+
+    from sandbox_kernel.egress import k8s_sync
+
+    directory = tmp_path_factory.mktemp("egress-policies")
+    tokens = {"sandbox-a": "token-of-a-" + os.urandom(8).hex(), "sandbox-b": "token-of-b-" + os.urandom(8).hex()}
+    lists = {"sandbox-a": ["allowed.test:443,80"], "sandbox-b": ["denied.test:443,80"]}
+    namespaces = [(ns, {k8s_sync.ANNOTATION_TOKEN: hashlib.sha256(tokens[ns].encode()).hexdigest(),
+                        k8s_sync.ANNOTATION_ALLOW: json.dumps({"allow": lists[ns], "deny": []})}) for ns in tokens]
+    namespaces.append(("sandbox-c", {k8s_sync.ANNOTATION_TOKEN: "not-a-digest"}))
+    k8s_sync.sync(directory, namespaces)
+    assert len(list(directory.glob("*.json"))) == 2
+    for path in directory.glob("*.json"):  # the test hosts' resolver (the cluster has DNS)
+        data = json.loads(path.read_text())
+        data.update(hosts_file=str(hosts["hosts"]), exempt_networks=[EXEMPT], log=str(directory / "log"))
+        path.write_text(json.dumps(data))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox_kernel.egress.runner", "--shared", f"127.0.0.1:{port}", str(directory)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port, tokens
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _shared_connect(port: int, target: str, token: str | None) -> int:
+    import base64
+
+    auth = f"Proxy-Authorization: Basic {base64.b64encode(f'sandbox:{token}'.encode()).decode()}\r\n" if token else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+        return _response(s)[0]
+
+
+def test_shared_proxy_needs_a_sandbox_credential(shared_proxy: tuple[int, dict[str, str]]) -> None:
+    port, _ = shared_proxy
+    assert _shared_connect(port, "allowed.test:443", None) == 407
+    assert _shared_connect(port, "allowed.test:443", "guessed-token") == 407
+
+
+def test_a_sandbox_cannot_use_another_sandboxs_list(shared_proxy: tuple[int, dict[str, str]]) -> None:
+    port, tokens = shared_proxy
+    assert _shared_connect(port, "allowed.test:443", tokens["sandbox-a"]) == 200
+    assert _shared_connect(port, "denied.test:443", tokens["sandbox-a"]) == 403  # only b's list has it
+    assert _shared_connect(port, "denied.test:443", tokens["sandbox-b"]) == 200
+    assert _shared_connect(port, "allowed.test:443", tokens["sandbox-b"]) == 403

@@ -43,3 +43,22 @@ def test_stale_state_of_dead_kernels_is_swept(tmp_path: Path) -> None:
     (tmp_path / "local-1-1.log").write_text("")  # pid 1 lives
     sweep_stale(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local-1-1.log"]
+
+
+def test_kubernetes_policies_come_from_namespace_annotations(tmp_path: Path) -> None:
+    import json
+
+    from sandbox_kernel.egress import k8s_sync
+
+    digest = "ab" * 32
+    good = {k8s_sync.ANNOTATION_TOKEN: digest, k8s_sync.ANNOTATION_ALLOW: json.dumps({"allow": ["pypi.org:443,80"], "deny": []})}
+    assert k8s_sync.policy_for_namespace("sandbox-1", good) == (
+        digest + ".json", {"sandbox": "sandbox-1", "allow": ["pypi.org:443,80"], "deny": [], "log": "/dev/stdout"})
+    assert k8s_sync.policy_for_namespace("sandbox-2", None) is None
+    assert k8s_sync.policy_for_namespace("sandbox-3", {**good, k8s_sync.ANNOTATION_TOKEN: "../../etc/passwd"}) is None
+    assert k8s_sync.policy_for_namespace("sandbox-4", {**good, k8s_sync.ANNOTATION_ALLOW: '{"allow": ["10.0.0.1:443"]}'}) is None
+    assert k8s_sync.policy_for_namespace("sandbox-5", {**good, k8s_sync.ANNOTATION_ALLOW: "not json"}) is None
+    k8s_sync.sync(tmp_path, [("sandbox-1", good)])
+    assert [p.name for p in tmp_path.iterdir()] == [digest + ".json"]
+    k8s_sync.sync(tmp_path, [])
+    assert list(tmp_path.iterdir()) == []
