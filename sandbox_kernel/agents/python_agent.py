@@ -232,8 +232,10 @@ def _json_default(obj):
 
 def _dump(body):
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-    # 'replace' turns lone surrogates (possible in Python str) into '?' so the frame is UTF-8.
-    return text.encode("utf-8", "replace")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (possible in Python str) become U+FFFD
+        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
 
 
 def _clip(obj, max_str, max_items):

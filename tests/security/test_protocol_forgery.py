@@ -289,3 +289,42 @@ def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdi
         assert not [f for f in follow if isinstance(f, Message) and f.body.get("id") == CELL]
     finally:
         agent.close()
+
+
+# Control messages the process that runs cells may never produce, through the agent's own senders.
+OTHER_TYPES = {
+    "python": """
+g = display.__globals__
+for body in ({'type': 'ready', 'agent': 'forged', 'language_info': {}, 'protocol': 2},
+             {'type': 'display', 'id': 'other-cell', 'data': ['not', 'a', 'bundle'], 'metadata': {}},
+             {'type': 'complete_reply', 'id': 'other', 'matches': [], 'cursor_start': 0, 'cursor_end': 0},
+             {'type': 'result', 'id': %(cell)r, 'data': {'text/plain': 'forged'}, 'metadata': {}}):
+    g['_send_msg'](body)
+g['_send_frame'](b'msg', b'{"type":"resume","token":"0123456789abcdef0123456789abcdef"}')
+display({'text/plain': 'real \\ud800'}, raw=True)
+""",
+    "node": """
+process.send({ type: 'hello' });
+process.send({ type: 'display', id: 'other-cell', data: ['not a bundle'], seq: 0 });
+process.send({ type: 'inspect_reply', id: 'other', found: true, data: {} });
+process.send({ type: 'resume', token: '0123456789abcdef0123456789abcdef' });
+display('real \\ud800');
+""",
+}
+
+
+@pytest.mark.parametrize("language", list(OTHER_TYPES))
+def test_worker_cannot_send_other_control_messages(language: str, workdir: Path) -> None:
+    if language == "node" and not shutil.which("node"):
+        pytest.skip("node is not installed")
+    agent = Agent(language, workdir)
+    try:
+        frames, ended = agent.execute(OTHER_TYPES[language] % {"cell": CELL} if language == "python" else OTHER_TYPES[language], CELL)
+        assert ended
+        messages = [f.body for f in frames if isinstance(f, Message)]
+        assert [m["type"] for m in messages] == ["display", "done"], messages
+        assert messages[0]["id"] == CELL and messages[0]["data"] == {"text/plain": "real \ufffd"}
+        stderr = b"".join(f.data for f in frames if isinstance(f, Output) and f.stream == "stderr")
+        assert b"ignored a message written into the agent's private channel" in stderr
+    finally:
+        agent.close()
