@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from egress_hosts import ALLOWED_IP, EXEMPT, serve_test_hosts  # noqa: E402
+from egress_hosts import ALLOWED_IP, EXEMPT, serve_test_hosts
 
-from sandbox_kernel.egress.host import EgressController, EgressProxy  # noqa: E402
+from sandbox_kernel.egress.host import EgressController, EgressProxy
 
 RELAY_PORT = 13128
 

@@ -21,9 +21,9 @@ import ipaddress
 import socketserver
 import ssl
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ALLOWED_IP = "127.0.0.62"
 DENIED_IP = "127.0.0.63"
@@ -80,7 +80,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     files: dict[str, bytes] = {}
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         name = self.server.name  # type: ignore[attr-defined]
         if self.path in self.files:
             body = self.files[self.path]

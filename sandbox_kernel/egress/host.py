@@ -11,6 +11,7 @@ and widening is off: the sandbox is then exactly as without this module.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import os
@@ -25,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Int, List, Unicode
+from traitlets import Bool, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from ..errors import SandboxStartError
+from ..errors import ConfigError, SandboxStartError
 from . import policy
 
 SANDBOX_DIR = "/run/sandbox-egress"
@@ -66,6 +67,15 @@ class EgressProxy(Configurable):
         help="Where the per-sandbox sockets, policies and logs live (default "
         "/run/sandbox-kernel/egress as root, else a directory under the temp dir).",
     ).tag(config=True)
+
+    @validate("exempt_networks")
+    def _check_networks(self, proposal: Any) -> list[str]:
+        for item in proposal["value"]:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise TraitError(f"EgressProxy.exempt_networks: {exc}") from None
+        return proposal["value"]
 
     def base_dir(self) -> Path:
         if self.state_dir:
@@ -121,9 +131,12 @@ def sweep_stale(base: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def controller_for(allow_hosts: tuple[str, ...], local_settings: Configurable) -> "EgressController | None":
+def controller_for(allow_hosts: tuple[str, ...], local_settings: Configurable) -> EgressController | None:
     """The local backend's hook: a controller when the sandbox has egress, else None."""
-    settings = EgressProxy(config=local_settings.config)
+    try:
+        settings = EgressProxy(config=local_settings.config)
+    except TraitError as exc:  # a ConfigError is shown in the cell; a TraitError would kill the kernel
+        raise ConfigError("EgressProxy", str(exc)) from None
     if not allow_hosts and not settings.allow_widening:
         return None
     return EgressController(allow_hosts, settings)
@@ -181,6 +194,8 @@ class EgressController:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(mode=0o700)
         self._log_path = base / f"{self.sandbox_id}.log"
+        if self.settings.hosts_file and not os.access(self.settings.hosts_file, os.R_OK):
+            raise SandboxStartError(f"EgressProxy.hosts_file {self.settings.hosts_file!r} cannot be read")
         self._write_policy()
         sock = self.dir / "proxy.sock"
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "PYTHONPATH", "HOME", "TMPDIR")}

@@ -24,8 +24,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import policy
 
@@ -63,8 +64,8 @@ def policy_for_namespace(name: str, annotations: dict[str, str] | None) -> tuple
 def sync(directory: Path, namespaces: Iterable[tuple[str, dict[str, str] | None]]) -> None:
     """Make ``directory`` hold exactly the policies of ``namespaces`` (atomic per file)."""
     wanted: dict[str, dict[str, Any]] = {}
-    for name, annotations in namespaces:
-        found = policy_for_namespace(name, annotations)
+    for name, notes in namespaces:
+        found = policy_for_namespace(name, notes)
         if found:
             wanted[found[0]] = found[1]
     for fname, data in wanted.items():
@@ -102,7 +103,7 @@ def main() -> None:  # pragma: no cover - needs a cluster
                 else:
                     current[ns.metadata.name] = ns.metadata.annotations
                 sync(directory, current.items())
-        except Exception:  # noqa: BLE001 - keep serving the last policies; relist
+        except Exception:  # keep serving the last policies; relist
             log.exception("namespace watch failed; relisting")
             time.sleep(2)
 

@@ -11,8 +11,8 @@
   and tears the tunnel down unless its SNI is the CONNECT host: nothing reaches the upstream
   before that.
 
-The policy is a JSON file the kernel rewrites on ``%sandbox allow``/``deny``; it is re-read
-when its mtime changes, so a change applies to the next request. Every decision is one JSON
+The policy is a JSON file the kernel rewrites on ``%sandbox allow``/``deny``; it is read
+for every request, so a change applies to the next request. Every decision is one JSON
 line in the log named by the policy, with the sandbox's id.
 """
 
@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from proxy.http.exception import HttpRequestRejected
 from proxy.http.parser import HttpParser
@@ -43,18 +43,20 @@ class _Policy:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.stamp: tuple[int, int] | None = None
+        self.stamp: bytes | None = None
         self.data: dict[str, Any] = {}
         self.allow: list[policy.Entry] = []
         self.deny: list[policy.Entry] = []
         self.hosts: dict[str, list[str]] | None = None
 
-    def current(self) -> "_Policy":
-        st = os.stat(self.path)
-        stamp = (st.st_mtime_ns, st.st_size)
+    def current(self) -> _Policy:
+        # Read every time (a few hundred bytes): an mtime can miss two writes within the file
+        # system's timestamp granularity, and a change must apply to the very next request.
+        with open(self.path, "rb") as f:
+            raw = f.read()
+        stamp = raw
         if stamp != self.stamp:
-            with open(self.path) as f:
-                data = json.load(f)
+            data = json.loads(raw)
             self.data = data
             self.allow = policy.entries_from_json(data.get("allow", []))
             self.deny = policy.entries_from_json(data.get("deny", []))
@@ -173,7 +175,7 @@ class EgressPolicyPlugin(HttpProxyBasePlugin):
         self._port = 0
         self._pol: _Policy | None = None
 
-    def _decide(self, request: HttpParser) -> Tuple[str, int, str]:
+    def _decide(self, request: HttpParser) -> tuple[str, int, str]:
         try:
             pol = self._pol = policy_for(request)
         except NoCredentials:
@@ -217,17 +219,17 @@ class EgressPolicyPlugin(HttpProxyBasePlugin):
             return f"the Host header {value!r} does not match the request's host {host}:{port}"
         return None
 
-    def before_upstream_connection(self, request: HttpParser) -> Optional[HttpParser]:
+    def before_upstream_connection(self, request: HttpParser) -> HttpParser | None:
         self._host, self._port, self._ip = self._decide(request)
         return request
 
-    def resolve_dns(self, host: str, port: int) -> Tuple[Optional[str], Optional[Tuple[str, int]]]:
+    def resolve_dns(self, host: str, port: int) -> tuple[str | None, tuple[str, int] | None]:
         # The address that was checked, never a second lookup.
         if self._ip is None or policy.normalize_host(host) != self._host:
             raise refusal(host, "internal error: no checked address")
         return self._ip, None
 
-    def handle_client_request(self, request: HttpParser) -> Optional[HttpParser]:
+    def handle_client_request(self, request: HttpParser) -> HttpParser | None:
         # Every request on a kept-alive plain HTTP connection goes to the same upstream.
         if self._host and not request.is_https_tunnel:
             host = policy.normalize_host((request.host or self._host.encode()).decode("latin-1"))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 DEFAULT_PORTS = (443, 80)
 
@@ -53,7 +53,7 @@ class Entry:
     def matches(self, host: str, port: int) -> bool:
         return port in self.ports and self.matches_name(host)
 
-    def covered_by(self, other: "Entry") -> bool:
+    def covered_by(self, other: Entry) -> bool:
         """Whether everything this entry allows, ``other`` allows too."""
         if not set(self.ports) <= set(other.ports):
             return False
@@ -150,7 +150,7 @@ class RunningList:
     widening: bool = False
 
     @classmethod
-    def from_operator(cls, items: Iterable[str], widening: bool = False) -> "RunningList":
+    def from_operator(cls, items: Iterable[str], widening: bool = False) -> RunningList:
         entries = parse_entries(items)
         return cls(list(entries), list(entries), [], widening)
 

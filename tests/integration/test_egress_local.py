@@ -13,15 +13,16 @@ import io
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress_hosts import ALLOWED_IP, kernel_argv, serve_test_hosts  # noqa: E402
-from kernels import errors, run_cell, running_kernel, text  # noqa: E402
+from egress_hosts import ALLOWED_IP, kernel_argv, serve_test_hosts
+from kernels import errors, run_cell, running_kernel, text
 
 pytestmark = pytest.mark.timeout(300)
 

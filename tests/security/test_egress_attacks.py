@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import ssl
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress_hosts import EXEMPT, serve_test_hosts  # noqa: E402
+from egress_hosts import EXEMPT, serve_test_hosts
 
-from sandbox_kernel.egress.host import EgressController, EgressProxy  # noqa: E402
+from sandbox_kernel.egress.host import EgressController, EgressProxy
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,13 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from sandbox_kernel.egress.host import EgressController, EgressProxy, controller_for, proxy_env, sweep_stale
+from sandbox_kernel.egress.host import (
+    EgressController,
+    EgressProxy,
+    controller_for,
+    proxy_env,
+    sweep_stale,
+)
 from sandbox_kernel.local.backend import LocalSandbox
 
 

@@ -8,7 +8,14 @@ import pytest
 
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.egress import policy
-from sandbox_kernel.egress.policy import Entry, PolicyError, RunningList, decide, forbidden_address, parse_entry
+from sandbox_kernel.egress.policy import (
+    Entry,
+    PolicyError,
+    RunningList,
+    decide,
+    forbidden_address,
+    parse_entry,
+)
 from sandbox_kernel.errors import ConfigError
 
 
