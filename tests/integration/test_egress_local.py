@@ -239,3 +239,8 @@ def test_proxy_ends_with_a_killed_kernel(local_kernelspecs: Path, hosts: dict[st
         while _runners_of(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _runners_of(pid), "the proxy outlived its kernel"
+    # What the killed kernel left in the state dir is swept by the next start; do it now.
+    from sandbox_kernel.egress.host import EgressProxy, sweep_stale
+
+    sweep_stale(EgressProxy().base_dir())
+    assert not list(EgressProxy().base_dir().glob(f"local-{pid}-*")), "state of the killed kernel left"
