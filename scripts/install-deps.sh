@@ -12,6 +12,25 @@ command -v node >/dev/null || need+=(nodejs)
 command -v setpriv >/dev/null || need+=(util-linux)
 # The local sandbox's seccomp filter is compiled with libseccomp's bindings for the system python3.
 /usr/bin/python3 -c "import seccomp" 2>/dev/null || need+=(python3-seccomp)
+# gVisor for LocalSandbox.runtime = 'gvisor': runsc of 2023 or later (systrap; bookworm's 20221219
+# fails statx, which breaks ls). On bookworm it comes from trixie, pinned to that one package.
+runsc_date() { runsc --version 2>/dev/null | grep -o '20[0-9]\{6\}' | head -n1; }
+if [[ $(runsc_date) < 20230101 ]]; then
+  sudo_=""
+  [[ $(id -u) == 0 ]] || sudo_="sudo"
+  if [[ $(. /etc/os-release && echo "${VERSION_CODENAME:-}") == bookworm ]]; then
+    if ! grep -rqsE '^(Suites:.*[[:space:]]trixie([[:space:]]|$)|deb .*[[:space:]]trixie[[:space:]])' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      uri=$(sed -n 's/^URIs: *\(.*\/debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+      printf '# Added by sandbox-kernel scripts/install-deps.sh for runsc only (see preferences.d/sandbox-kernel-runsc).\nTypes: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "${uri:-http://deb.debian.org/debian}" | $sudo_ tee /etc/apt/sources.list.d/sandbox-kernel-runsc-trixie.sources >/dev/null
+    fi
+    printf '# Added by sandbox-kernel scripts/install-deps.sh: nothing from trixie but runsc.\nPackage: *\nPin: release n=trixie\nPin-Priority: 1\n\nPackage: runsc\nPin: release n=trixie\nPin-Priority: 990\n' |
+      $sudo_ tee /etc/apt/preferences.d/sandbox-kernel-runsc >/dev/null
+  fi
+  echo "== apt-get install runsc (gVisor)"
+  { $sudo_ apt-get update -qq && $sudo_ apt-get -o DPkg::Lock::Timeout=600 install -y -qq runsc >/dev/null; } ||
+    echo "runsc could not be installed: LocalSandbox.runtime = 'gvisor' will not work here" >&2
+fi
 with_test=0
 [[ ",$extras," == *",test,"* ]] && with_test=1
 if ((with_test)); then

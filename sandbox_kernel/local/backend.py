@@ -19,6 +19,9 @@ What a cell sees:
   cgroup name in the sandbox's ``/proc`` (bubblewrap's options come through ``--args FD``, the
   agent is a copy, not a bind mount of the installation),
 - memory, CPU and process limits enforced by a cgroup of its own.
+
+With ``LocalSandbox.runtime = 'gvisor'`` the agent runs under gVisor's ``runsc`` instead, with
+the same view (:mod:`.gvisor`): cells' system calls then reach gVisor's own kernel, not the host's.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Int, List, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from ..config import Limits
@@ -46,7 +49,7 @@ from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, 
 from ..languages import Language
 from ..quantity import format_bytes
 from ..session import AgentChannel, AgentSession
-from . import cgroups, seccomp_policy, uids
+from . import cgroups, gvisor, seccomp_policy, uids
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -60,6 +63,25 @@ class LocalSandbox(Configurable):
     """Settings of the local (bubblewrap) backend."""
 
     bwrap = Unicode("bwrap", help="The bubblewrap program (Debian package 'bubblewrap').").tag(config=True)
+
+    runtime = Enum(
+        ["bubblewrap", "gvisor"],
+        "bubblewrap",
+        help="What runs the agent: 'bubblewrap' (namespaces and a seccomp filter; system calls reach "
+        "the host kernel) or 'gvisor' (gVisor's runsc: system calls reach gVisor's own user-space "
+        "kernel; slower to start and to make system calls). The same limits, files, network and uid apply.",
+    ).tag(config=True)
+
+    runsc = Unicode(
+        "runsc", help="gVisor's runsc program (Debian package 'runsc', 2023 or later), for runtime 'gvisor'."
+    ).tag(config=True)
+
+    gvisor_platform = Enum(
+        list(gvisor.PLATFORMS),
+        "systrap",
+        help="How gVisor intercepts system calls (runsc --platform): 'systrap' (fastest without "
+        "hardware virtualization), 'ptrace', or 'kvm' (needs a usable /dev/kvm).",
+    ).tag(config=True)
 
     run_as_uid = Int(
         None,
@@ -190,6 +212,8 @@ class LocalSandboxSession(AgentSession):
         self._events: list[tuple[float, str]] = []
         self._lease: uids.UidLease | None = None
         self._seccomp: bool | None = None  # whether the sandbox has the filter (None: not started yet)
+        self._gvisor = self.settings.runtime == "gvisor"  # gVisor hook (local/gvisor.py)
+        self._bundle: gvisor.GVisorBundle | None = None
         self._isolated, self._limited = self._check_host()
         # Egress hook (sandbox_kernel/egress): None unless Sandbox.allow_hosts is set.
         self.egress = egress.controller_for(limits.allow_hosts, self.settings) if self._isolated else None
@@ -200,7 +224,13 @@ class LocalSandboxSession(AgentSession):
         """Decide what isolation this host gives; raise when the user has not opted out of it."""
         isolated = True
         why = None
-        if shutil.which(self.settings.bwrap) is None:
+        if self._gvisor:
+            why = gvisor.unavailable_reason(self.settings.runsc)
+            if why:  # asked for by name: never fall back to less isolation
+                raise SandboxUnavailable(f"The local sandbox cannot use gVisor here: {why}, or set c.LocalSandbox.runtime = 'bubblewrap'.")
+            if self.limits.allow_hosts:
+                raise SandboxUnavailable("Sandbox.allow_hosts (egress) is not available with LocalSandbox.runtime = 'gvisor' yet: gVisor's sandbox has no network.")
+        elif shutil.which(self.settings.bwrap) is None:
             why = (
                 f"bubblewrap ('{self.settings.bwrap}') is not installed. Install it (Debian/Ubuntu: "
                 "apt-get install bubblewrap)"
@@ -344,6 +374,9 @@ class LocalSandboxSession(AgentSession):
         inner = self._inner()
         if not self._isolated:
             return inner
+        if self._gvisor:
+            bundle = self._bundle or gvisor.GVisorBundle("<sandbox>")
+            return self._wrap(bundle.command(self.settings.runsc, self.settings.gvisor_platform, rootless=True), cgroup)
         fds = fds or {name: f"<{name} fd>" for name in ("seccomp", "passwd", "group", "agent")}
         argv = [self._bwrap_path(), *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp), "--", *inner]
         return self._wrap(argv, cgroup)
@@ -368,7 +401,9 @@ class LocalSandboxSession(AgentSession):
         fds: dict[str, int] = {}
         cgroup = None
         try:
-            if self._isolated:
+            if self._isolated and self._gvisor:
+                self._seccomp = True  # the same table, applied inside gVisor (runsc --oci-seccomp)
+            elif self._isolated:
                 blob = await loop.run_in_executor(None, self._seccomp_filter)
                 await loop.run_in_executor(None, _bwrap_disables_userns, self._bwrap_path())
                 self._seccomp = blob is not None
@@ -377,6 +412,7 @@ class LocalSandboxSession(AgentSession):
                 fds["passwd"] = _memfd("passwd", PASSWD.encode())
                 fds["group"] = _memfd("group", GROUP.encode())
                 fds["agent"] = _memfd("agent", self.language.agent_path().read_bytes())
+            if self._isolated:
                 if os.geteuid() == 0 and self.settings.run_as_uid is None:
                     first, last = uids.parse_range(self.settings.uid_range)
                     try:
@@ -387,17 +423,24 @@ class LocalSandboxSession(AgentSession):
                     fds["relay"] = _memfd("relay", self.egress.relay_source())
                     await self.egress.start(self._host_uid())
             env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}
+            name = f"k{os.getpid()}-{next(_sandbox_numbers)}"
+            gvisor.sweep_stale()  # runsc state of SIGKILLed kernels (either runtime's kernels sweep)
             if self._limited:
                 cgroups.sweep_stale()
-                cgroup = cgroups.SandboxCgroup(f"k{os.getpid()}-{next(_sandbox_numbers)}")
+                cgroup = cgroups.SandboxCgroup(name)
                 try:
-                    cgroup.create(self.limits)
+                    cgroup.create(self.limits, **(gvisor.OVERHEAD if self._gvisor else {}))
                 except OSError as exc:
                     raise SandboxStartError(f"Could not set up the sandbox's cgroup: {exc}") from exc
                 self._oom_baseline = cgroup.oom_kills()
+            if self._isolated and self._gvisor:
+                self._bundle = gvisor.GVisorBundle(name)
+                await loop.run_in_executor(None, self._create_bundle)
             names = {name: str(fd) for name, fd in fds.items()}
             self._argv = self.command(cgroup, names)
-            if self._isolated:
+            if self._gvisor and self._isolated:
+                argv = self._argv
+            elif self._isolated:
                 options = self._bwrap_options(names, self._seccomp)
                 fds["args"] = _memfd("args", b"".join(o.encode() + b"\0" for o in options))
                 argv = self._wrap([self._bwrap_path(), "--args", str(fds["args"]), "--", *self._inner()], cgroup)
@@ -423,6 +466,7 @@ class LocalSandboxSession(AgentSession):
                 cgroup.destroy()
             if self.egress is not None:  # egress hook
                 self.egress.stop()
+            self._destroy_bundle()
             self._release_uid()
             raise
         finally:
@@ -433,6 +477,29 @@ class LocalSandboxSession(AgentSession):
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
         self._event("sandbox started" + (f" as host uid {self._host_uid()}" if self._host_uid() is not None else ""))
         return PipeChannel(self._proc)
+
+    def _create_bundle(self) -> None:
+        assert self._bundle is not None
+        agent = self.language.agent_path()
+        self._bundle.create(
+            agent_name=agent.name,
+            agent=agent.read_bytes(),
+            args=self._inner(),
+            env={"PATH": SANDBOX_PATH, "HOME": SANDBOX_HOME, "USER": "sandbox", "LANG": "C.UTF-8", "TMPDIR": "/tmp"},
+            home=SANDBOX_HOME,
+            agent_dir=AGENT_DIR,
+            system_dirs=SYSTEM_DIRS,
+            read_only_paths=list(self.settings.read_only_paths),
+            passwd=PASSWD,
+            group=GROUP,
+            limits=self.limits,
+            owner=self._host_uid(),
+        )
+
+    def _destroy_bundle(self) -> None:
+        bundle, self._bundle = self._bundle, None
+        if bundle is not None:
+            bundle.destroy()
 
     def _release_uid(self) -> None:
         lease, self._lease = self._lease, None
@@ -467,6 +534,8 @@ class LocalSandboxSession(AgentSession):
             await asyncio.get_running_loop().run_in_executor(None, cgroup.destroy)
         if self.egress is not None:  # egress hook
             await asyncio.get_running_loop().run_in_executor(None, self.egress.stop)
+        if self._bundle is not None:  # gVisor hook: runsc's state and the bundle
+            await asyncio.get_running_loop().run_in_executor(None, self._destroy_bundle)
         # Only now that no process of the sandbox is left may another sandbox get its uid.
         self._release_uid()
 
@@ -482,8 +551,10 @@ class LocalSandboxSession(AgentSession):
             self._event(f"out of memory (limit {self.limits.memory})")
             return OutOfMemory(self.limits.memory)
         detail = "; ".join(list(self._stderr_tail)[-3:])
+        if self._bundle is not None and not detail:
+            detail = self._bundle.log_tail()
         self._event(f"sandbox stopped (exit status {code})")
-        if code == 125 or (detail and "bwrap" in detail):
+        if code == 125 or (detail and ("bwrap" in detail or "runsc" in detail or "creating container" in detail)):
             return SandboxStartError(f"The sandbox could not start: {detail or f'exit status {code}'}")
         return SandboxLost(
             f"The sandbox stopped unexpectedly (exit status {code}){': ' + detail if detail else ''}. "
@@ -496,16 +567,25 @@ class LocalSandboxSession(AgentSession):
 
     # -- %sandbox -------------------------------------------------------------------------------
 
+    def _runtime_description(self) -> str:
+        if not self._isolated:
+            return "none (NOT isolated)"
+        if self._gvisor:
+            text, _ = gvisor.version(gvisor.runsc_path(self.settings.runsc))
+            return f"gVisor ({text}, platform {self.settings.gvisor_platform}, network none)"
+        return "bubblewrap (Linux namespaces, host kernel)"
+
     def report(self, topic: str) -> str:
         limits = self.limits
         if topic == "status":
             usage = self._cgroup.usage() if self._cgroup else {}
             rows = [
-                ("backend", "local (bubblewrap)" if self._isolated else "local, NOT isolated"),
+                ("backend", ("local (gVisor)" if self._gvisor else "local (bubblewrap)") if self._isolated else "local, NOT isolated"),
+                ("runtime", self._runtime_description()),
                 ("language", f"{self.language.name} {self.language_info.get('version', '')}".strip()),
                 ("process", str(self._proc.pid) if self._proc else "not running"),
                 ("user", f"uid 1000 in the sandbox (host uid {self._host_uid()})" if self._host_uid() is not None else "uid 1000 in the sandbox"),
-                ("seccomp", {True: f"filter on ({len(seccomp_policy.syscalls())} system calls)", False: "OFF", None: "-"}[self._seccomp] if self._isolated else "OFF"),
+                ("seccomp", ({True: f"filter on ({len(seccomp_policy.syscalls())} system calls)", False: "OFF", None: "-"}[self._seccomp] + (" inside gVisor" if self._gvisor and self._seccomp else "")) if self._isolated else "OFF"),
                 ("memory", f"{format_bytes(usage['memory']) if 'memory' in usage else '?'} used of {limits.memory}"),
                 ("processes", f"{usage.get('pids', '?')} of {limits.pids}"),
                 ("cpu", limits.cpu),
@@ -532,6 +612,7 @@ class LocalSandboxSession(AgentSession):
             else:
                 uid = f"a host uid of its own from {self.settings.uid_range}" + (f", now {self._lease.uid}" if self._lease else "")
             text = (
+                f"runtime: {self._runtime_description()}\n"
                 "network: own network namespace with loopback only (no route to the host or the internet)\n"
                 "processes: own PID namespace; host processes are invisible\n"
                 "files: / and the system directories read-only; HOME and /tmp are a private tmpfs "
@@ -544,6 +625,8 @@ class LocalSandboxSession(AgentSession):
                 return text + "\nseccomp: none (the sandbox is NOT isolated)"
             if self._seccomp is False:
                 return text + "\nseccomp: OFF (libseccomp's Python bindings are missing: install python3-seccomp)"
+            if self._gvisor:
+                text += "\n" + gvisor.POLICY
             return text + "\n" + seccomp_policy.summary()
         if topic == "events":
             return "\n".join(time.strftime("%H:%M:%S", time.localtime(t)) + "  " + text for t, text in self._events) or "no events"

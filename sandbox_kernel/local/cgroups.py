@@ -69,23 +69,25 @@ class SandboxCgroup:
             return self.root / PARENT / self.name / v2
         return self.root / controller / PARENT / self.name / v1
 
-    def create(self, limits: Limits) -> None:
+    def create(self, limits: Limits, extra_memory: int = 0, extra_pids: int = 0) -> None:
+        """Apply ``limits`` (plus an allowance for the runtime's own processes, e.g. gVisor's)."""
         for path in self.paths:
             path.mkdir(parents=True, exist_ok=True)
         period = 100_000
         quota = max(1000, int(limits.cpu_cores * period))
+        memory, pids = limits.memory_bytes + extra_memory, limits.pids + extra_pids
         if version(self.root) == 2:
-            self._write("memory", "", "memory.max", limits.memory_bytes)
+            self._write("memory", "", "memory.max", memory)
             self._write("memory", "", "memory.swap.max", 0, optional=True)
             self._write("cpu", "", "cpu.max", f"{quota} {period}")
-            self._write("pids", "", "pids.max", limits.pids)
+            self._write("pids", "", "pids.max", pids)
         else:
-            self._write("memory", "memory.limit_in_bytes", "", limits.memory_bytes)
+            self._write("memory", "memory.limit_in_bytes", "", memory)
             # Without this the sandbox could swap past its limit where swap accounting is on.
-            self._write("memory", "memory.memsw.limit_in_bytes", "", limits.memory_bytes, optional=True)
+            self._write("memory", "memory.memsw.limit_in_bytes", "", memory, optional=True)
             self._write("cpu", "cpu.cfs_period_us", "", period)
             self._write("cpu", "cpu.cfs_quota_us", "", quota)
-            self._write("pids", "pids.max", "", limits.pids)
+            self._write("pids", "pids.max", "", pids)
 
     def _write(self, controller: str, v1: str, v2: str, value: object, optional: bool = False) -> None:
         try:
