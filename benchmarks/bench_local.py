@@ -392,6 +392,41 @@ def bench_parts(names: list[str], rounds: int, cells: int, results: dict[str, An
             results[name]["raw"].setdefault("sandbox_start", []).append(elapsed)
 
 
+def bench_accounting(cells: int) -> dict[str, Any]:
+    """What per-cell accounting adds to a cell (issue 13: at most 0.2 ms p50): the kernel's own
+    calls around a trivial cell on a real local Python sandbox, timed alone — the backend's
+    readings before (reset the peak, CPU time) and after (CPU time, peak), the accounting, the
+    execute_reply metadata and the warning check."""
+    from sandbox_kernel.kernel import make_session
+    from sandbox_kernel.usage import Accounting
+
+    async def run() -> list[float]:
+        session = make_session("local", "python")
+        await session.start()
+        accounting = Accounting()
+        times = []
+        try:
+            for n in range(cells + 20):
+                t0 = time.perf_counter()
+                session.cell_usage_start()
+                t1 = time.perf_counter()
+                async for _event in session.execute("1"):
+                    pass
+                t2 = time.perf_counter()
+                cell = session.cell_usage_end(t2 - t1)
+                accounting.add(n, cell)
+                cell.metadata()
+                cell.warning()
+                t3 = time.perf_counter()
+                if n >= 20:
+                    times.append((t1 - t0) + (t3 - t2))
+            return times
+        finally:
+            await session.close()
+
+    return summary(asyncio.run(run()), 1000)
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -484,6 +519,9 @@ def share_table(results: dict[str, Any], names: list[str]) -> str:
     lines = ["\n".join(rows), "", "| interpreter start + import | p50 (ms) | p95 (ms) |", "|---|---|---|"]
     for label, v in parts.items():
         lines.append(f"| `python -c '{label}'` | {v['p50']:.0f} | {v['p95']:.0f} |")
+    acc = results.get("_accounting")
+    if acc:
+        lines += ["", f"Per-cell accounting (sandbox-python, {acc['n']} cells): {acc['p50']:.3f} ms p50, {acc['p95']:.3f} ms p95"]
     return "\n".join(lines)
 
 
@@ -496,7 +534,11 @@ def main() -> int:
     parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated subset of " + ", ".join(KERNELS))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernel-log", type=Path, help="append the kernels' stdout/stderr here (default: discarded)")
+    parser.add_argument("--accounting-only", action="store_true", help="only time per-cell accounting (ms per cell)")
     args = parser.parse_args()
+    if args.accounting_only:
+        print(json.dumps({"accounting_ms": bench_accounting(args.cells), "loadavg": os.getloadavg()}, indent=1))
+        return 0
     names = [n for n in args.kernels.split(",") if n]
     for n in names:
         if n not in KERNELS:
@@ -521,6 +563,8 @@ def main() -> int:
 
         log(f"[2/4] start breakdown: {args.starts} rounds")
         bench_parts(names, args.starts, args.cells, results)
+        if "sandbox-python" in names:
+            results["_accounting"] = bench_accounting(args.cells)
 
         working = [n for n in names if results[n]["raw"]["start"]]
         for name in sorted(set(names) - set(working)):

@@ -14,12 +14,14 @@ import logging
 import os
 import re
 import signal
+import socket
+import time
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
 from traitlets import Enum, Float, Instance, TraitError, Unicode, default
 
-from . import __version__, output_policy, selftest
+from . import __version__, output_policy, selftest, usage
 from .config import Sandbox, check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
@@ -29,7 +31,7 @@ log = logging.getLogger("sandbox_kernel")
 
 BACKENDS = ("local", "kubernetes")
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
-SANDBOX_TOPICS = ("status", "quota", "policy", "events", "manifests", "selftest", "network", "allow", "deny")
+SANDBOX_TOPICS = ("status", "quota", "usage", "policy", "events", "manifests", "selftest", "network", "allow", "deny")
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -112,6 +114,9 @@ class SandboxKernel(Kernel):
         if env_backend:
             self.backend = env_backend
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._accounting = usage.Accounting()  # per-cell usage (%sandbox usage, execute_reply metadata)
+        self._cell_usage: usage.CellUsage | None = None
+        self._cpu_meter = usage.CpuMeter()  # kernel_cpu between two usage_requests
         self._starting: asyncio.Task[None] | None = None
         self._start_error: SandboxError | None = None
         # Validate the configuration before any sandbox exists. A bad setting does not kill the
@@ -237,12 +242,17 @@ class SandboxKernel(Kernel):
             session = await self._ready()
             code = await self._run_magics(code, session, silent)
             if code.strip():
-                # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
-                async with contextlib.aclosing(session.execute(code)) as produced_events:
-                    async for produced in produced_events:
-                        # Everything a sandbox outputs is untrusted: the output policy first.
-                        for event in output_policy.guard(produced, self.active_content):
-                            failure = self._relay(event, silent) or failure
+                session.cell_usage_start()
+                started = time.perf_counter()
+                try:
+                    # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
+                    async with contextlib.aclosing(session.execute(code)) as produced_events:
+                        async for produced in produced_events:
+                            # Everything a sandbox outputs is untrusted: the output policy first.
+                            for event in output_policy.guard(produced, self.active_content):
+                                failure = self._relay(event, silent) or failure
+                finally:
+                    self._account(session, time.perf_counter() - started, silent)
         except SandboxError as exc:
             failure = ErrorOutput.from_exception(exc)
             if not silent:
@@ -262,6 +272,52 @@ class SandboxKernel(Kernel):
                 "traceback": failure.traceback,
             }
         return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
+
+    # -- usage (usage.py) -----------------------------------------------------------------------
+
+    def _account(self, session: SandboxSession, wall: float, silent: bool) -> None:
+        """Record the cell that just ended; warn when it came close to the memory limit."""
+        cell = session.cell_usage_end(wall)
+        self._cell_usage = cell
+        self._accounting.add(self.execution_count, cell)
+        warning = cell.warning()
+        if warning and not silent:
+            self._publish("stream", {"name": "stderr", "text": warning})
+
+    def finish_metadata(self, parent: Any, metadata: dict[str, Any], reply_content: Any) -> dict[str, Any]:
+        cell, self._cell_usage = self._cell_usage, None
+        if cell is not None:
+            metadata["sandbox_usage"] = cell.metadata()
+        return metadata
+
+    async def _sandbox_usage(self) -> usage.Usage | None:
+        """The session's usage, asked on the shell loop (from either thread), never raising."""
+        session = self.session_obj
+        if session is None or self._config_error is not None:
+            return None
+        loop = self._loop
+        try:
+            if loop is None or loop is asyncio.get_running_loop():
+                return await asyncio.wait_for(session.usage(), 5)
+            future = asyncio.run_coroutine_threadsafe(session.usage(), loop)
+            return await asyncio.wait_for(asyncio.wrap_future(future), 5)
+        except Exception:  # noqa: BLE001 - no figures rather than no reply
+            log.warning("reading the sandbox's usage failed", exc_info=True)
+            return None
+
+    async def usage_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """jupyter-resource-usage's question (control channel): the SANDBOX's memory and CPU,
+        against its limits (ipykernel's default would measure this kernel's process tree)."""
+        if not self.session:
+            return
+        now = await self._sandbox_usage()
+        content = usage.usage_reply(
+            now,
+            self._cpu_meter.percent(now.cpu_seconds, now.uptime) if now else None,
+            socket.gethostname(),
+            os.getpid(),
+        )
+        self.session.send(stream, "usage_reply", content, parent, ident)
 
     async def _run_magics(self, code: str, session: SandboxSession, silent: bool) -> str:
         """Handle ``%timeout`` and ``%sandbox`` lines at the top of a cell; return the rest."""
@@ -293,8 +349,11 @@ class SandboxKernel(Kernel):
                         self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
                     continue
                 loop = asyncio.get_running_loop()
-                # Reports may call the Kubernetes API (blocking): keep the event loop free.
-                text = await loop.run_in_executor(None, session.report, topic)
+                if topic == "usage":
+                    text = self._accounting.report(await self._sandbox_usage())
+                else:
+                    # Reports may call the Kubernetes API (blocking): keep the event loop free.
+                    text = await loop.run_in_executor(None, session.report, topic)
                 if topic == "policy":
                     text = text.rstrip("\n") + "\n" + output_policy.describe(self.active_content)
             if not silent:

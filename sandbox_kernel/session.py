@@ -18,13 +18,16 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Union
 
 from .config import Limits
 from .errors import CellTimeout, ProtocolError, SandboxError, SandboxLost, SandboxStartError
 from .languages import Language
 from .messages import OUTPUT, check, clean_text
 from .protocol import FrameDecoder, Message, Output, encode_message
+
+if TYPE_CHECKING:
+    from .usage import CellUsage, Usage
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -159,6 +162,28 @@ class SandboxSession(abc.ABC):
     @abc.abstractmethod
     def report(self, topic: str) -> str:
         """Plain text for ``%sandbox TOPIC`` (status, quota, policy, events, manifests)."""
+
+    async def usage(self) -> "Usage | None":
+        """The sandbox's memory and CPU now, with its limits (:class:`~sandbox_kernel.usage.Usage`).
+
+        Called for every ``usage_request`` (JupyterLab's resource-usage panel polls every 5 s
+        while it is open, also while a cell runs) and by ``%sandbox usage``; runs on the shell
+        event loop. Must be cheap, answer within a second and never raise; ``None`` when there
+        is no sandbox to ask (the default: the kernel then reports no figures).
+        """
+        return None
+
+    def cell_usage_start(self) -> None:
+        """A cell is about to run: take the readings :meth:`cell_usage_end` compares against
+        (and reset per-cell peaks). Called on the shell loop before every :meth:`execute` that
+        runs code; synchronous and cheap (the kernel's per-cell budget for accounting is 0.2 ms)."""
+
+    def cell_usage_end(self, wall: float) -> "CellUsage":
+        """The cell that just ended: ``wall`` seconds plus whatever the backend measured since
+        :meth:`cell_usage_start` (CPU seconds, peak memory); missing figures carry a reason."""
+        from .usage import CellUsage
+
+        return CellUsage(wall, reason=f"CPU and memory per cell are not measured on the {self.backend} backend")
 
     def banner(self) -> str:
         return f"Sandbox ({self.language.display_name.split('(')[1].rstrip(')')}) on the {self.backend} backend; limits: {self.limits.summary()}"

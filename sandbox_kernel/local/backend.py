@@ -49,6 +49,7 @@ from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, 
 from ..languages import Language
 from ..quantity import format_bytes
 from ..session import AgentChannel, AgentSession
+from ..usage import CellUsage, Usage
 from . import cgroups, gvisor, seccomp_policy, uids
 
 log = logging.getLogger("sandbox_kernel")
@@ -212,6 +213,9 @@ class LocalSandboxSession(AgentSession):
         self._events: list[tuple[float, str]] = []
         self._lease: uids.UidLease | None = None
         self._seccomp: bool | None = None  # whether the sandbox has the filter (None: not started yet)
+        self._meter: tuple[cgroups.SandboxCgroup, cgroups.CellMeter] | None = None  # usage
+        self._cell_start: tuple[cgroups.SandboxCgroup, float | None] | None = None
+        self._started_at = time.monotonic()
         self._gvisor = self.settings.runtime == "gvisor"  # gVisor hook (local/gvisor.py)
         self._bundle: gvisor.GVisorBundle | None = None
         self._isolated, self._limited = self._check_host()
@@ -473,6 +477,7 @@ class LocalSandboxSession(AgentSession):
             for fd in fds.values():
                 os.close(fd)
         self._cgroup = cgroup
+        self._started_at = time.monotonic()  # usage: CPU percent since the start
         self._stderr_tail.clear()
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
         self._event("sandbox started" + (f" as host uid {self._host_uid()}" if self._host_uid() is not None else ""))
@@ -564,6 +569,71 @@ class LocalSandboxSession(AgentSession):
     def _event(self, text: str) -> None:
         self._events.append((time.time(), text))
         del self._events[:-50]
+
+    # -- usage (sandbox_kernel/usage.py) ----------------------------------------------------------
+
+    async def usage(self) -> Usage | None:
+        cgroup = self._cgroup
+        if cgroup is None:
+            if self._proc is None:
+                return None
+            return Usage(memory_limit=None, source="none", reason="no cgroup: limits are not enforced, usage is not measured")
+        meter = self._meter_for(cgroup)
+        figures = cgroup.usage()
+        stat = cgroup.memory_stat()
+        active = inactive = None
+        if "active_anon" in stat:
+            active = stat["active_anon"] + stat.get("active_file", 0)
+            inactive = stat.get("inactive_anon", 0) + stat.get("inactive_file", 0)
+        return Usage(
+            memory=figures.get("memory"),
+            memory_limit=self.limits.memory_bytes,
+            memory_peak=meter.peak(),
+            cpu_seconds=meter.cpu_seconds(),
+            cpu_limit=self.limits.cpu_cores,
+            pids=figures.get("pids"),
+            uptime=time.monotonic() - self._started_at,
+            active=active,
+            inactive=inactive,
+            source=f"cgroup v{cgroups.version()}",
+        )
+
+    def _meter_for(self, cgroup: cgroups.SandboxCgroup) -> cgroups.CellMeter:
+        if self._meter is None or self._meter[0] is not cgroup:
+            self._meter = (cgroup, cgroup.meter())
+        return self._meter[1]
+
+    def cell_usage_start(self) -> None:
+        cgroup = self._cgroup
+        if cgroup is None:
+            self._cell_start = None
+            return
+        meter = self._meter_for(cgroup)
+        meter.reset_peak()
+        self._cell_start = (cgroup, meter.cpu_seconds())
+
+    def cell_usage_end(self, wall: float) -> CellUsage:
+        start, self._cell_start = self._cell_start, None
+        cgroup = self._cgroup
+        if start is None or cgroup is None:
+            return CellUsage(wall, reason="no cgroup: CPU and memory are not measured (limits are not enforced)")
+        if start[0] is not cgroup:
+            return CellUsage(wall, memory_limit=self.limits.memory_bytes, reason="the sandbox was replaced during the cell")
+        meter = self._meter_for(cgroup)
+        cpu = meter.cpu_seconds()
+        before = start[1]
+        reason = None
+        if meter.v2:
+            reason = "cgroup v2: the peak memory is the sandbox's since it started (memory.peak is not reset per cell)"
+        elif not meter.peak_resettable:
+            reason = "the peak memory is the sandbox's since it started (memory.max_usage_in_bytes could not be reset)"
+        return CellUsage(
+            wall,
+            cpu=None if cpu is None or before is None else max(0.0, cpu - before),
+            memory_peak=meter.peak(),
+            memory_limit=self.limits.memory_bytes,
+            reason=reason,
+        )
 
     # -- %sandbox -------------------------------------------------------------------------------
 

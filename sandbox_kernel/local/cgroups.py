@@ -62,7 +62,10 @@ class SandboxCgroup:
     def paths(self) -> list[Path]:
         if version(self.root) == 2:
             return [self.root / PARENT / self.name]
-        return [self.root / c / PARENT / self.name for c in V1_CONTROLLERS]
+        paths = [self.root / c / PARENT / self.name for c in V1_CONTROLLERS]
+        if _separate_cpuacct(self.root):
+            paths.append(self.root / "cpuacct" / PARENT / self.name)  # CPU time (accounting only)
+        return paths
 
     def _file(self, controller: str, v1: str, v2: str) -> Path:
         if version(self.root) == 2:
@@ -128,6 +131,33 @@ class SandboxCgroup:
                 pass
         return out
 
+    def meter(self) -> "CellMeter":
+        """Cheap per-cell readings of this group (CPU time, peak memory)."""
+        if version(self.root) == 2:
+            base = self.root / PARENT / self.name
+            return CellMeter(str(base / "cpu.stat"), str(base / "memory.peak"), v2=True)
+        cpu = "cpuacct" if _separate_cpuacct(self.root) else "cpu"
+        return CellMeter(
+            str(self.root / cpu / PARENT / self.name / "cpuacct.usage"),
+            str(self.root / "memory" / PARENT / self.name / "memory.max_usage_in_bytes"),
+            v2=False,
+        )
+
+    def memory_stat(self) -> dict[str, int]:
+        """memory.stat as numbers (v1: the group's own ``total_*`` lines win)."""
+        out: dict[str, int] = {}
+        try:
+            text = self._file("memory", "memory.stat", "memory.stat").read_text()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            try:
+                out[key] = int(value)
+            except ValueError:
+                pass
+        return out
+
     def destroy(self) -> None:
         """Kill whatever is left in the group and remove it."""
         for _ in range(50):
@@ -154,6 +184,70 @@ class SandboxCgroup:
             if removed:
                 return
             time.sleep(0.02)
+
+
+def _separate_cpuacct(root: Path) -> bool:
+    """Whether v1's cpuacct is mounted apart from cpu (as here), not co-mounted as cpu,cpuacct."""
+    cpuacct = root / "cpuacct"
+    try:
+        return cpuacct.is_dir() and os.path.realpath(cpuacct) != os.path.realpath(root / "cpu")
+    except OSError:
+        return False
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 64))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+class CellMeter:
+    """CPU seconds and peak memory of one group, read with a few system calls (per cell)."""
+
+    def __init__(self, cpu_file: str, peak_file: str, v2: bool) -> None:
+        self.cpu_file = cpu_file
+        self.peak_file = peak_file
+        self.v2 = v2
+        self.peak_resettable: bool | None = None  # known after the first reset_peak()
+
+    def cpu_seconds(self) -> float | None:
+        if not self.v2:
+            ns = _read_int(self.cpu_file)
+            return None if ns is None else ns / 1e9
+        try:
+            with open(self.cpu_file, "rb") as f:
+                for line in f:
+                    if line.startswith(b"usage_usec "):
+                        return int(line.split()[1]) / 1e6
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def peak(self) -> int | None:
+        return _read_int(self.peak_file)
+
+    def reset_peak(self) -> bool:
+        """Start a new peak (v1: write 0 to memory.max_usage_in_bytes). On v2 the peak is not
+        reset (writing memory.peak resets it for that open file only): it is the sandbox's."""
+        if self.v2 or self.peak_resettable is False:
+            return False
+        try:
+            fd = os.open(self.peak_file, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+            self.peak_resettable = True
+        except OSError:
+            self.peak_resettable = False
+        return self.peak_resettable
 
 
 def sweep_stale(root: Path = ROOT) -> list[str]:
