@@ -300,6 +300,16 @@ class EgressController:
                 continue
         return out
 
+    def policy_line(self) -> str:
+        """The line ``%sandbox policy`` adds for a sandbox with egress."""
+        allowed = ", ".join(map(str, self.running.allow)) or "nothing yet"
+        return (
+            f"egress: only HTTP(S) through the proxy at 127.0.0.1:{self.settings.port} (proxy.py on the host, "
+            f"via a Unix socket) to: {allowed}; IP addresses, private/loopback/link-local/metadata addresses "
+            "and TLS names other than the CONNECT host refused (%sandbox network); environment also "
+            "HTTP(S)_PROXY, NO_PROXY, PIP_PROXY, npm_config_(https_)proxy, NODE_USE_ENV_PROXY"
+        )
+
     def report(self) -> str:
         if not self.enabled:
             return "network: none (Sandbox.allow_hosts is empty: the sandbox has loopback only)"

@@ -691,6 +691,8 @@ class LocalSandboxSession(AgentSession):
                 "no new user namespaces\n"
                 "environment: PATH, HOME, USER, LANG, TMPDIR only"
             )
+            if self.egress is not None:  # egress hook
+                text += "\n" + self.egress.policy_line()
             if not self._isolated:
                 return text + "\nseccomp: none (the sandbox is NOT isolated)"
             if self._seccomp is False:

@@ -39,6 +39,7 @@ def test_bwrap_options_mount_the_socket_dir_read_only_and_set_the_proxy_variable
 def test_network_report_and_magic_errors() -> None:
     ctl = EgressController(["allowed.test"], EgressProxy())
     assert "allowed: allowed.test" in ctl.report() and "can only narrow" in ctl.report()
+    assert "to: allowed.test;" in ctl.policy_line() and "HTTP(S)_PROXY" in ctl.policy_line()
     assert ctl.deny(["allowed.test"]) == "allowed.test is denied"
     assert "allowed: (nothing)" in ctl.report()
 
