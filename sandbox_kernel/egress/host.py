@@ -338,7 +338,9 @@ def magic(session: Any, topic: str, hosts: list[str]) -> str:
     egress = getattr(session, "egress", None)
     if egress is None:
         if topic == "network":
-            return "network: none (this backend has no egress allow list yet)"
+            listed = getattr(getattr(session, "limits", None), "allow_hosts", ())
+            note = f"; Sandbox.allow_hosts ({', '.join(listed)}) is not used on this backend yet" if listed else ""
+            return f"network: none (the {getattr(session, 'backend', '?')} backend has no egress allow list yet{note})"
         raise ConfigError("%sandbox", f"'{topic}' is not available on the {getattr(session, 'backend', '?')} backend yet")
     if topic == "network":
         return egress.report()

@@ -69,3 +69,17 @@ def test_kubernetes_policies_come_from_namespace_annotations(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == [digest + ".json"]
     k8s_sync.sync(tmp_path, [])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_magic_on_a_backend_without_egress() -> None:
+    import types
+
+    import pytest
+
+    from sandbox_kernel.egress.host import magic
+    from sandbox_kernel.errors import ConfigError
+
+    session = types.SimpleNamespace(backend="kubernetes", limits=types.SimpleNamespace(allow_hosts=("pypi.org",)))
+    assert "Sandbox.allow_hosts (pypi.org) is not used on this backend yet" in magic(session, "network", [])
+    with pytest.raises(ConfigError, match="not available on the kubernetes backend"):
+        magic(session, "allow", ["pypi.org"])
