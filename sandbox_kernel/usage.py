@@ -111,9 +111,14 @@ class CpuMeter:
 def usage_reply(usage: Usage | None, cpu_percent: float | None, hostname: str, pid: int) -> dict[str, Any]:
     """The content of a ``usage_reply`` for ``usage`` (None: the sandbox could not tell)."""
     reply: dict[str, Any] = {"hostname": usage.hostname if usage and usage.hostname else hostname, "pid": pid}
+    # Always there: the panel reads host_virtual_memory.active unguarded (a reply without it
+    # breaks the panel until the page is reloaded); missing figures show as 0.
+    reply["host_virtual_memory"] = {}
     if usage is None:
         reply["sandbox"] = {"reason": "the sandbox is not running"}
         return reply
+    if usage.memory_limit:
+        reply["host_virtual_memory"] = {"total": usage.memory_limit}
     sandbox: dict[str, Any] = {}
     for key in ("memory", "memory_limit", "memory_peak", "cpu_seconds", "cpu_limit", "pids", "uptime", "source", "reason"):
         value = getattr(usage, key)

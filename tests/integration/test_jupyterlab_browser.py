@@ -22,6 +22,8 @@ from jupyterlab import jupyterlab, playwright_core
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_run_cell.js"
 SCREENSHOT = REPO / "artifacts" / "jupyterlab-sandbox-python.png"
+USAGE_SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_kernel_usage.js"
+USAGE_SCREENSHOT = REPO / "artifacts" / "jupyterlab-kernel-usage.png"
 CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids/sandbox-kernel")
 CGROUP_V2 = Path("/sys/fs/cgroup/sandbox-kernel")
 def children(pid: int) -> list[int]:
@@ -114,3 +116,42 @@ def test_sandbox_python_runs_a_cell_in_jupyterlab(lab: tuple[str, str, subproces
         time.sleep(0.2)
     assert not alive(kernel) and not [p for p in pids if alive(p)]
     assert not sandbox_groups(kernel)
+
+
+def test_kernel_usage_panel_shows_the_sandboxs_memory_against_its_limit(
+    lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """jupyter-resource-usage's Kernel Usage panel asks the kernel (usage_request): a cell holding
+    150 MiB in the sandbox shows as at least 150 MiB, and the host figures are the sandbox's
+    limit (256Mi by default). The status bar's "Mem:" item is the Jupyter server's process tree
+    (not asked of the kernel); locally that tree includes the sandbox, so it shows the 150 MiB too."""
+    pytest.importorskip("jupyter_resource_usage", reason="pip install jupyter-resource-usage (test extras)")
+    url, token, server = lab
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: run scripts/install-deps.sh test,lab"
+    USAGE_SCREENSHOT.parent.mkdir(exist_ok=True)
+    USAGE_SCREENSHOT.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PLAYWRIGHT_CORE": str(playwright_core()),
+        "CHROMIUM": chromium,
+        "LAB_URL": url,
+        "LAB_TOKEN": token,
+        "USER_DATA_DIR": str(tmp_path / "chromium-profile"),
+        "SCREENSHOT": str(USAGE_SCREENSHOT),
+        "KERNEL_DISPLAY_NAME": "Sandbox (Python)",
+        "ALLOC_MIB": "150",
+    }
+    run = subprocess.run(["node", str(USAGE_SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    lines = run.stdout.strip().splitlines()
+    assert lines, f"the browser script printed nothing; stderr:\n{run.stderr}"
+    seen = json.loads(lines[-1])
+    assert run.returncode == 0 and seen["ok"], f"{json.dumps(seen, indent=1)}\nstderr:\n{run.stderr}"
+    assert "holding 150 MiB" in seen["output"]
+    # The panel: the sandbox's memory (>= what the cell holds, below the limit) ...
+    assert 150 <= seen["memory_mib"] < 256, seen
+    # ... against the sandbox's limit, shown as the "host" total.
+    assert seen["total_mib"] == 256 and seen["available_mib"] == pytest.approx(256 - seen["memory_mib"], abs=1), seen
+    # The status bar's Mem: item (the server's process tree, which holds the sandbox here).
+    assert seen["statusbar_mem_mib"] is not None and seen["statusbar_mem_mib"] >= 150, seen
+    assert USAGE_SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,8 +24,9 @@ def test_usage_reply_fields() -> None:
     }
     assert reply["sandbox"]["memory_limit"] == 256 * MiB and reply["sandbox"]["source"] == "cgroup v1"
     pod = usage_reply(Usage(memory=5, hostname="pod ns/p"), None, "host", 1)
-    assert pod["hostname"] == "pod ns/p" and "kernel_cpu" not in pod and "host_virtual_memory" not in pod
-    assert usage_reply(None, None, "host", 1) == {"hostname": "host", "pid": 1, "sandbox": {"reason": "the sandbox is not running"}}
+    assert pod["hostname"] == "pod ns/p" and "kernel_cpu" not in pod and pod["host_virtual_memory"] == {}
+    assert usage_reply(None, None, "host", 1) == {
+        "hostname": "host", "pid": 1, "host_virtual_memory": {}, "sandbox": {"reason": "the sandbox is not running"}}
 
 
 def test_cpu_meter() -> None:
