@@ -112,6 +112,7 @@ def settings_reference() -> str:
     from .config import Sandbox
     from .kernel import SandboxKernel
     from .kubernetes.backend import KubernetesSandbox
+    from .egress.host import EgressProxy
     from .local.backend import LocalSandbox
 
     import os
@@ -119,7 +120,7 @@ def settings_reference() -> str:
 
     lines = ["| setting | default | help |", "|---|---|---|"]
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
-    for cls in (SandboxKernel, Sandbox, LocalSandbox, KubernetesSandbox):
+    for cls in (SandboxKernel, Sandbox, LocalSandbox, EgressProxy, KubernetesSandbox):
         traits = sorted(cls.class_traits(config=True).items())
         with mock.patch.dict(os.environ, clean_env, clear=True):
             # Defaults computed from the environment (read when first accessed) are shown as a
