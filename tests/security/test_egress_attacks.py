@@ -284,3 +284,24 @@ def test_a_sandbox_cannot_use_another_sandboxs_list(shared_proxy: tuple[int, dic
     assert _shared_connect(port, "denied.test:443", tokens["sandbox-a"]) == 403  # only b's list has it
     assert _shared_connect(port, "denied.test:443", tokens["sandbox-b"]) == 200
     assert _shared_connect(port, "allowed.test:443", tokens["sandbox-b"]) == 403
+
+
+def test_client_hello_sent_with_the_connect_request_is_not_forwarded(proxy: EgressController, hosts: dict[str, Path]) -> None:
+    """Early data after CONNECT (a ClientHello for another name in the same packet) never reaches
+    the upstream unchecked: proxy.py does not take it as a tunnel at all."""
+    ctx = ssl.create_default_context(cafile=str(hosts["ca"]))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ctx.wrap_bio(incoming, outgoing, server_hostname="denied.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        conn.do_handshake()
+    s = _connect(proxy)
+    s.settimeout(3)
+    s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n" + outgoing.read())
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    s.close()
+    assert b"\x16\x03" not in data  # no ServerHello from the upstream
