@@ -89,7 +89,7 @@ class SandboxKernel(Kernel):
         help="Language of the sandbox: python, node or bash (set by the kernelspec).",
     ).tag(config=True)
 
-    session_obj = Instance(SandboxSession, allow_none=True)
+    session_obj = Instance(SandboxSession, allow_none=True)  # type: ignore[call-overload]  # abstract class
 
     # ipykernel sleeps 0.5 ms after every cell (a workaround for its own stdout capture, which
     # this kernel does not use: outputs are published directly). On a busy machine the sleep
@@ -426,7 +426,8 @@ class SandboxKernel(Kernel):
         if self.session_obj is not None:
             session = self.session_obj
             await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.interrupt(), 5)
-        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+        if self.session is not None:
+            self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         if self.session_obj is not None:

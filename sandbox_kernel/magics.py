@@ -277,6 +277,7 @@ class SandboxMagics(Magics):
                 config.merge(PyFileConfigLoader("sandbox_kernel_config.py", path=path).load_config())
             except ConfigFileNotFound:
                 continue
+        assert self.shell is not None
         config.merge(self.shell.config)
         return config
 
@@ -545,5 +546,6 @@ def unload_ipython_extension(ipython: Any) -> None:
     global _magics
     if _magics is not None:
         _magics.close_all()
-        _magics.shell.unobserve(_magics._on_exit_now, names="exit_now")
+        if _magics.shell is not None:
+            _magics.shell.unobserve(_magics._on_exit_now, names="exit_now")
         _magics = None

@@ -204,7 +204,8 @@ def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str
     secret_env = str(obs.get("secret_env", "")).strip()
     rows.append(Row("no secrets in environment", "FAIL" if secret_env else "pass", secret_env or "none"))
     interfaces = [i for i in str(obs.get("interfaces", "")).split() if i != "lo"]
-    probes = obs.get("probes") if isinstance(obs.get("probes"), dict) else {}
+    found_probes = obs.get("probes")
+    probes: dict[str, Any] = found_probes if isinstance(found_probes, dict) else {}
     open_ = [target for target, state in probes.items() if state == "open"]
     ipv6 = str(obs.get("ipv6", "")).split()
     if open_:
