@@ -44,10 +44,14 @@ fi
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) == 0 ]] || sudo="sudo"
+  echo "== apt-get install ${need[*]}"
   $sudo apt-get update -qq
   $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+echo "== pip install -e .[${extras}] into $(python3 -c 'import sys; print(sys.prefix)') (the first time: about a minute)"
+# Progress: one line per package pip fetches, not its ~150 "already satisfied" lines.
+PYTHONUNBUFFERED=1 python3 -m pip install --disable-pip-version-check --progress-bar off -e ".[${extras}]" |
+  awk '/^(Collecting|Successfully installed)/ { print "  " substr($0, 1, 160); fflush() }'
 if ((with_test)); then
   # Keep in step with tests/integration/test_jupyterlab_browser.py (PLAYWRIGHT_DIR, version).
   pw_dir=${SANDBOX_KERNEL_PLAYWRIGHT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sandbox-kernel/playwright}
