@@ -22,7 +22,7 @@ from typing import Any
 
 from .protocol import Message
 
-CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply"})
+CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply", "usage_reply"})
 """Messages that steer the kernel; never dropped by the output limits (see session.py)."""
 
 OUTPUT = frozenset({"display", "update_display", "result"})
@@ -175,6 +175,15 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     elif kind == "is_complete_reply":
         out["status"] = _choice(body, "status", IS_COMPLETE_STATUS, "unknown")
         out["indent"] = _text(body, "indent", "")
+    elif kind == "usage_reply":  # absent or null: not known in the sandbox
+        for name in ("memory", "memory_limit", "memory_peak", "cgroup"):
+            if body.get(name) is not None:
+                out[name] = _integer(body, name, 0)
+        cpu = body.get("cpu_seconds")
+        if cpu is not None:
+            if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not cpu >= 0 or not math.isfinite(cpu):
+                raise _Bad(f"'cpu_seconds' must be a number of 0 or more, not {_what(cpu)}")
+            out["cpu_seconds"] = float(cpu)
     return out
 
 

@@ -399,6 +399,8 @@ class AgentSession(SandboxSession):
         self._closed = False
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped every time a sandbox is replaced
+        self._usage_waiters: dict[str, asyncio.Future[Message]] = {}  # usage request id -> its reply
+        self._launched_at = time.monotonic()
 
     # -- what a backend provides -------------------------------------------------------------
 
@@ -441,6 +443,7 @@ class AgentSession(SandboxSession):
             log.exception("sandbox start failed")
             raise SandboxStartError(f"The sandbox could not be started: {exc}") from exc
         self._generation += 1
+        self._launched_at = time.monotonic()
         self._reader = asyncio.create_task(self._read_frames(self._channel, self._frames))
         try:
             ready = await asyncio.wait_for(self._next_message({"ready"}), self.start_timeout)
@@ -555,6 +558,11 @@ class AgentSession(SandboxSession):
             if not state["ready"]:  # only the first one means anything
                 state["ready"] = True
                 queue.put(message)
+            return
+        if kind == "usage_reply":  # answered at once, also while a cell runs (see usage())
+            waiter = self._usage_waiters.pop(ident, None) if ident is not None else None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
             return
         if kind in ("complete_reply", "inspect_reply", "is_complete_reply"):
             if ident is not None and ident == self._ask_id:
@@ -815,6 +823,48 @@ class AgentSession(SandboxSession):
             return None
         finally:
             self._ask_id = None
+
+    async def usage(self) -> "Usage | None":
+        """The sandbox's cgroup as the agent reads it (``usage`` in PROTOCOL.md): the agent's
+        supervisor answers at once, also while a cell runs. ``None`` without a running agent;
+        a Usage with a reason when it did not answer within a second (an older agent)."""
+        from .usage import Usage
+
+        if self._channel is None or self._closed:
+            return None
+        request_id = f"u{next(_ids)}"
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._usage_waiters[request_id] = waiter
+        try:
+            await self._send({"type": "usage", "id": request_id})
+            body = (await asyncio.wait_for(waiter, 1.0)).body
+        except (asyncio.TimeoutError, SandboxError, OSError):
+            return Usage(memory_limit=self.limits.memory_bytes, cpu_limit=self.limits.cpu_cores,
+                         reason="the sandbox's agent did not report its usage")
+        finally:
+            self._usage_waiters.pop(request_id, None)
+        limit = body.get("memory_limit")
+        if not limit or limit > self.limits.memory_bytes:
+            limit = self.limits.memory_bytes  # the cgroup says "unlimited": the configured limit holds
+        cgroup = body.get("cgroup")
+        return Usage(
+            memory=body.get("memory"),
+            memory_limit=limit,
+            memory_peak=body.get("memory_peak"),
+            cpu_seconds=body.get("cpu_seconds"),
+            cpu_limit=self.limits.cpu_cores,
+            uptime=time.monotonic() - self._launched_at,
+            source=f"cgroup v{cgroup}, read by the agent" if cgroup else "agent",
+            reason=None if cgroup else "the agent found no cgroup to read",
+        )
+
+    def cell_usage_end(self, wall: float) -> "CellUsage":
+        from .usage import CellUsage
+
+        return CellUsage(wall, memory_limit=self.limits.memory_bytes, reason=(
+            f"CPU and peak memory per cell are not measured on the {self.backend} backend (the "
+            "sandbox's cgroup is read-only inside it, so its peak cannot be reset per cell); "
+            "%sandbox usage shows the sandbox's figures now"))
 
     async def complete(self, code: str, cursor_pos: int) -> Completion:
         body = await self._ask({"type": "complete", "code": code, "cursor_pos": cursor_pos}, "complete_reply")

@@ -1017,6 +1017,49 @@ __sk_resume() {
     __sk_unlock
 }
 
+# __sk_usage ID: the usage_reply (PROTOCOL.md): this sandbox's own cgroup (v2 or v1), read with
+# builtins only, sent by the controller at once (also while a cell runs) like a resume.
+__sk_usage() {
+    local LC_ALL=C c=/sys/fs/cgroup v json f t n cpu='' scale=0 mem='' lim='' peak='' cg=null
+    __sk_cgnum() {  # __sk_cgnum FILE: its number in v ('' when absent, "max" or not a number)
+        v=''
+        [[ -r $1 ]] && IFS=' ' read -r v n <"$1"
+        [[ $v == usage_usec ]] && v=$n  # cpu.stat's first line
+        [[ $v =~ ^[0-9]{1,18}$ ]] || v=''
+    }
+    if [[ -e $c/cgroup.controllers ]]; then
+        cg=2
+        __sk_cgnum "$c/memory.current"; mem=$v
+        __sk_cgnum "$c/memory.max"; lim=$v
+        __sk_cgnum "$c/memory.peak"; peak=$v
+        __sk_cgnum "$c/cpu.stat"; cpu=$v scale=6
+    elif [[ -d $c/memory ]]; then
+        cg=1
+        __sk_cgnum "$c/memory/memory.usage_in_bytes"; mem=$v
+        __sk_cgnum "$c/memory/memory.limit_in_bytes"; lim=$v
+        __sk_cgnum "$c/memory/memory.max_usage_in_bytes"; peak=$v
+        for f in cpuacct cpu,cpuacct cpu; do
+            [[ -r $c/$f/cpuacct.usage ]] && { __sk_cgnum "$c/$f/cpuacct.usage"; cpu=$v scale=9; break; }
+        done
+    fi
+    ((${#lim} >= 19 || ${lim:-0} >= 4611686018427387904)) && lim=''  # "unlimited"
+    if [[ -n $cpu ]]; then
+        printf -v n "%0$((scale + 1))d" "$((10#$cpu))"
+        cpu=${n:0:${#n}-scale}.${n:${#n}-scale}
+    fi
+    json="{\"type\":\"usage_reply\",\"id\":$1,\"cgroup\":$cg,\"memory\":${mem:-null},\"memory_limit\":${lim:-null},\"memory_peak\":${peak:-null},\"cpu_seconds\":${cpu:-null}}"
+    printf -v f 'msg %d\n%s' "${#json}" "$json"
+    # The frame lock as in __sk_resume: a worker that died holding it is replaced.
+    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do
+        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
+    done
+    __sk_rdstate
+    printf '%s' "$f" >&"$__SK_POUT"
+    printf '%s' "$f" >>"$__SK_D/spool.$__SK_CUR"
+    __sk_sent "${#f}"
+    __sk_unlock
+}
+
 # __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is
 # busy right now.
 __sk_finished() {
@@ -1226,6 +1269,10 @@ __sk_main() {
                 else
                     __sk_log "ignoring a malformed resume: '$payload'"
                 fi ;;
+            usage)
+                local uid=${__SK_J[id]:-null}
+                [[ $uid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || uid=null
+                __sk_usage "$uid" ;;
             execute | complete | inspect | is_complete)
                 seq=$((seq + 1))
                 local id=${__SK_J[id]:-null} a b code=''

@@ -745,6 +745,40 @@ function supervisor() {
     }
   }
 
+  // The `usage_reply` (PROTOCOL.md): this sandbox's own cgroup, read-only, v2 or v1.
+  function cgroupUsage(id) {
+    const number = (file, scale) => {
+      let text;
+      try {
+        text = fs.readFileSync(file, 'latin1').trim();
+      } catch (_) {
+        return null;
+      }
+      if (text.startsWith('usage_usec')) text = text.split(/\s+/)[1]; // cpu.stat's first line
+      if (!/^\d+$/.test(text)) return null;
+      const value = Number(text);
+      return value >= 2 ** 62 ? null : value / (scale || 1);
+    };
+    const root = '/sys/fs/cgroup';
+    const reply = { type: 'usage_reply', id: replyId(id) };
+    if (fs.existsSync(`${root}/cgroup.controllers`)) {
+      Object.assign(reply, {
+        cgroup: 2, memory: number(`${root}/memory.current`), memory_limit: number(`${root}/memory.max`),
+        memory_peak: number(`${root}/memory.peak`), cpu_seconds: number(`${root}/cpu.stat`, 1e6),
+      });
+    } else if (fs.existsSync(`${root}/memory`)) {
+      const cpu = ['cpuacct', 'cpu,cpuacct', 'cpu'].find((d) => fs.existsSync(`${root}/${d}/cpuacct.usage`)) || 'cpuacct';
+      Object.assign(reply, {
+        cgroup: 1, memory: number(`${root}/memory/memory.usage_in_bytes`),
+        memory_limit: number(`${root}/memory/memory.limit_in_bytes`),
+        memory_peak: number(`${root}/memory/memory.max_usage_in_bytes`),
+        cpu_seconds: number(`${root}/${cpu}/cpuacct.usage`, 1e9),
+      });
+    }
+    return reply;
+  }
+  const replyId = (id) => (typeof id === 'string' ? id : null);
+
   // ---- kernel messages ----------------------------------------------------------------------
   function onKernelMessage(m) {
     switch (m.type) {
@@ -756,6 +790,9 @@ function supervisor() {
         return;
       case 'resume':
         resume(m);
+        return;
+      case 'usage':
+        send(cgroupUsage(m.id));
         return;
       case 'is_complete':
         send({ type: 'is_complete_reply', id: m.id, ...isComplete(String(m.code || '')) });

@@ -1454,6 +1454,32 @@ def _set_dumpable(flag):
         return False
 
 
+def _cgroup_usage(request_id):
+    """The ``usage_reply`` (PROTOCOL.md): this sandbox's own cgroup, read-only, v2 or v1."""
+    def number(path, scale=1):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            if text.startswith("usage_usec"):  # cpu.stat's first line
+                text = text.split()[1]
+            value = int(text)
+        except (OSError, ValueError, IndexError):
+            return None
+        return None if value >= 1 << 62 else value / scale if scale != 1 else value
+
+    root = "/sys/fs/cgroup"
+    reply = {"type": "usage_reply", "id": request_id}
+    if os.path.exists(root + "/cgroup.controllers"):
+        reply.update(cgroup=2, memory=number(root + "/memory.current"), memory_limit=number(root + "/memory.max"),
+                     memory_peak=number(root + "/memory.peak"), cpu_seconds=number(root + "/cpu.stat", 1e6))
+    elif os.path.isdir(root + "/memory"):
+        m = root + "/memory/memory."
+        cpu = next((d for d in ("cpuacct", "cpu,cpuacct", "cpu") if os.path.exists("%s/%s/cpuacct.usage" % (root, d))), "cpuacct")
+        reply.update(cgroup=1, memory=number(m + "usage_in_bytes"), memory_limit=number(m + "limit_in_bytes"),
+                     memory_peak=number(m + "max_usage_in_bytes"), cpu_seconds=number("%s/%s/cpuacct.usage" % (root, cpu), 1e9))
+    return reply
+
+
 def _supervise(worker, to_worker, from_worker):
     """Run the protocol for the worker process (which runs the cells). Never returns.
 
@@ -1520,6 +1546,8 @@ def _supervise(worker, to_worker, from_worker):
             to_worker_buf.extend(frame)
         elif kind == "resume":
             _resume(msg)
+        elif kind == "usage":
+            send(_cgroup_usage(msg.get("id")))
         elif kind == "shutdown":
             kill_all(0)
         elif kind in ("execute", "complete", "inspect", "is_complete"):
