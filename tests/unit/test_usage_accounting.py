@@ -89,3 +89,62 @@ def test_cell_meter_v2(tmp_path: Path) -> None:
     meter = cgroups.SandboxCgroup("k1-1", tmp_path).meter()
     assert meter.cpu_seconds() == 2.5 and meter.peak() == 8192
     assert not meter.reset_peak()
+
+
+def test_agent_session_usage_round_trip_also_while_a_cell_runs() -> None:
+    import asyncio
+
+    from sandbox_kernel.protocol import encode_message
+    from test_session import FakeSession, done
+
+    cell: dict = {}
+
+    def script(req: dict) -> bytes | None:
+        if req["type"] == "usage":
+            return encode_message({"type": "usage_reply", "id": req["id"], "cgroup": 2, "memory": 5 * MiB,
+                                   "memory_limit": None, "memory_peak": 6 * MiB, "cpu_seconds": 1.25})
+        if req["type"] == "execute":
+            cell["req"] = req  # answered later: the cell keeps running
+        return None
+
+    async def main() -> tuple:
+        session = FakeSession(script)
+        await session.start()
+        idle = await session.usage()
+        running = asyncio.ensure_future(session.execute("x").__anext__())
+        await asyncio.sleep(0.05)
+        busy = await session.usage()  # while the cell runs
+        session.spawned[0].inbox.put_nowait(done(cell["req"]))
+        running.cancel()
+        return idle, busy, session.cell_usage_end(0.5)
+
+    idle, busy, cell_usage = asyncio.run(main())
+    assert idle.memory == 5 * MiB and idle.memory_peak == 6 * MiB and idle.cpu_seconds == 1.25
+    assert idle.memory_limit == 256 * MiB  # "unlimited" in the cgroup: the configured limit
+    assert idle.source == "cgroup v2, read by the agent" and busy.memory == 5 * MiB
+    assert cell_usage.cpu is None and "read-only" in (cell_usage.reason or "")
+
+
+def test_agent_session_usage_without_an_answer_says_so() -> None:
+    import asyncio
+
+    from test_session import FakeSession
+
+    async def main():
+        session = FakeSession(lambda req: None)
+        await session.start()
+        return await session.usage()
+
+    usage = asyncio.run(main())
+    assert usage.memory is None and usage.reason == "the sandbox's agent did not report its usage"
+
+
+def test_usage_reply_is_checked() -> None:
+    from sandbox_kernel.messages import check
+    from sandbox_kernel.protocol import Message
+
+    good = check(Message({"type": "usage_reply", "id": "u1", "cgroup": 1, "memory": 7, "memory_limit": None, "cpu_seconds": 2}))
+    assert good.problem is None and good.body == {"type": "usage_reply", "id": "u1", "cgroup": 1, "memory": 7, "cpu_seconds": 2.0}
+    bad = check(Message({"type": "usage_reply", "id": "u1", "memory": -1}))
+    assert bad.problem and "'memory'" in bad.problem and bad.body == {"type": "usage_reply", "id": "u1"}
+    assert check(Message({"type": "usage_reply", "id": "u1", "cpu_seconds": "1"})).problem
