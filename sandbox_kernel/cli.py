@@ -27,6 +27,8 @@ examples:
   sandbox-kernel install --user --backend kubernetes --name-suffix=-kubernetes
                                                  Kubernetes kernels, next to the local ones
   sandbox-kernel render --no-agent               the objects one kernel creates on Kubernetes
+  sandbox-kernel render --seccomp-profile profiles/sandbox-kernel.json
+                                                 ... with the project's Localhost seccomp profile
   sandbox-kernel list                            live Kubernetes sandboxes
   sandbox-kernel gc --dry-run                    what gc would delete, and why
 
@@ -147,7 +149,15 @@ def render(args: argparse.Namespace) -> int:
     """``render``, with ``--no-agent`` replacing the agent's source by a one-line reference."""
     from .kubernetes import commands
 
-    objects = commands.rendered_objects(args.language, args.kernel_id)
+    from .kubernetes.backend import KubernetesSandbox
+
+    profile = getattr(args, "seccomp_profile", None)
+    settings = KubernetesSandbox() if profile is None else KubernetesSandbox(seccomp_profile=profile)
+    try:
+        objects = commands.rendered_objects(args.language, args.kernel_id, settings=settings)
+    except ConfigError as exc:
+        print(f"sandbox-kernel render: {exc}", file=sys.stderr)
+        return 2
     if args.no_agent:
         language = LANGUAGES[args.language]
         for obj in objects:
@@ -158,6 +168,11 @@ def render(args: argparse.Namespace) -> int:
                     f"<left out by --no-agent: sandbox_kernel/agents/{language.agent_file}, "
                     f"{len(source.splitlines())} lines, sha256 {digest}>"
                 )
+    shown = settings.seccomp_profile
+    sys.stdout.write(
+        f"# KubernetesSandbox.seccomp_profile = {shown!r}: the pod's seccompProfile is "
+        + (f"Localhost {shown} (installed on each node, see k8s/README.md)\n" if shown else "RuntimeDefault\n")
+    )
     sys.stdout.write(commands.render_yaml(objects))
     return 0
 
@@ -191,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print every object a kernel creates on Kubernetes, as YAML (kubectl apply -f takes it).")
     p.add_argument("--language", choices=list(LANGUAGES), default="python")
     p.add_argument("--kernel-id", default="00000000-0000-0000-0000-000000000000", help="kernel id to render for")
+    p.add_argument("--seccomp-profile", metavar="PROFILE", default=None,
+                   help="KubernetesSandbox.seccomp_profile to render for: '' (the default) is RuntimeDefault, "
+                   "'profiles/sandbox-kernel.json' the project's Localhost profile")
     p.add_argument("--no-agent", action="store_true",
                    help="leave the agent's source out of the ConfigMap (a one-line reference to the file instead)")
     p.set_defaults(func=render)

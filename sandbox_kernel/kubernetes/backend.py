@@ -5,7 +5,8 @@ What a cell sees:
 - its own namespace ``sandbox-<8 hex>`` with Pod Security "restricted" enforced, a
   ResourceQuota, a LimitRange and a deny-all NetworkPolicy (no DNS, no API server, no other pod),
 - one pod running the language's agent as uid 1000 with no capabilities, a read-only root
-  file system, an emptyDir of ``scratch_size`` as HOME and working directory, no service
+  file system, a memory-backed emptyDir (tmpfs) of ``scratch_size`` as HOME and working directory
+  (a write past it fails with ENOSPC; its pages count against the memory limit), no service
   account token and only HOME, PATH and LANG in its environment,
 - the pod's memory and CPU limits (an over-limit allocation is OOMKilled and reported).
 
@@ -74,6 +75,10 @@ START_POLL_INTERVAL = 0.05
 an interval after the kubelet reports it, which is on the start's critical path; a read costs the
 API server ~3 ms. (A watch would save the rest, but the sandbox role has no ``watch`` on pods,
 and the kubelet's own status lag, up to its 1 s PLEG relist, dominates anyway.)"""
+
+MIN_WORKING_MEMORY = 32 * 2**20
+"""Memory a sandbox keeps beside its tmpfs volumes (HOME and /tmp count against its limit): the
+agent and an interpreter need ~20-30 MiB."""
 
 _IMAGE_ENV = {"python": "SANDBOX_IMAGE_PYTHON", "node": "SANDBOX_IMAGE_NODE", "bash": "SANDBOX_IMAGE_BASH"}
 
@@ -149,7 +154,21 @@ class KubernetesSandbox(Configurable):
         "", help="runtimeClassName of the sandbox pod, e.g. 'gvisor' or 'kata' (empty: the cluster default).",
     ).tag(config=True)
 
-    tmp_size = Unicode("16Mi", help="sizeLimit of the emptyDir mounted at /tmp in the sandbox pod.").tag(config=True)
+    tmp_size = Unicode(
+        "16Mi",
+        help="Size of /tmp in the sandbox pod: a memory-backed emptyDir (tmpfs), so writing past it fails "
+        "with 'No space left on device'; like the scratch volume (Sandbox.scratch_size) it counts against "
+        "Sandbox.memory_limit.",
+    ).tag(config=True)
+
+    seccomp_profile = Unicode(
+        "",
+        help="seccomp profile of the sandbox pod. Empty: RuntimeDefault, the container runtime's own profile "
+        "(works on any cluster; containerd 1.6's allows io_uring). Else a Localhost profile, as a path "
+        f"relative to the kubelet's seccomp root: '{manifests.SECCOMP_PROFILE}' is the local sandbox's table "
+        "(no io_uring, userfaultfd, keyrings, bpf, user namespaces, ...), which must be installed on every "
+        "node first (k8s/README.md; tests/cluster/up does it on the test node).",
+    ).tag(config=True)
 
     network_policy_wait = Int(
         10,
@@ -258,6 +277,7 @@ class KubernetesSandbox(Configurable):
             tolerations=tuple(dict(t) for t in self.tolerations),
             runtime_class_name=self.runtime_class_name,
             network_policy_wait=self.network_policy_wait,
+            seccomp_profile=self.seccomp_profile,
         )
 
     def validate(self, limits: Limits) -> None:
@@ -280,6 +300,24 @@ class KubernetesSandbox(Configurable):
             raise ConfigError("Sandbox.cpu_request", f"{limits.cpu_request} is above KubernetesSandbox.quota_requests_cpu {self.quota_requests_cpu}")
         if parse_bytes(limits.memory_request) > mem["quota_requests_memory"]:
             raise ConfigError("Sandbox.memory_request", f"{limits.memory_request} is above KubernetesSandbox.quota_requests_memory {self.quota_requests_memory}")
+        working = limits.memory_bytes - limits.scratch_bytes - mem["tmp_size"]
+        if working < MIN_WORKING_MEMORY:
+            raise ConfigError(
+                "Sandbox.memory_limit",
+                f"{limits.memory} leaves {max(working, 0) // 2**20}Mi beside the scratch volume "
+                f"(Sandbox.scratch_size {limits.scratch}) and /tmp (KubernetesSandbox.tmp_size {self.tmp_size}), "
+                f"which are held in memory on Kubernetes; keep at least {MIN_WORKING_MEMORY // 2**20}Mi for the "
+                "interpreter (raise memory_limit or shrink them)",
+            )
+        if self.seccomp_profile and (
+            not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", self.seccomp_profile)
+            or ".." in self.seccomp_profile.split("/")
+        ):
+            raise ConfigError(
+                "KubernetesSandbox.seccomp_profile",
+                f"{self.seccomp_profile!r} is not a path relative to the kubelet's seccomp root "
+                f"(e.g. '{manifests.SECCOMP_PROFILE}'; empty for RuntimeDefault)",
+            )
         if self.quota_pods < 1:
             raise ConfigError("KubernetesSandbox.quota_pods", "must be at least 1")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?-?", self.namespace_prefix) or len(self.namespace_prefix) > 40:
@@ -902,7 +940,8 @@ class KubernetesSandboxSession(AgentSession):
             ("image", image),
             ("language", f"{self.language.name} {self.language_info.get('version', '')}".strip()),
             ("limits", f"cpu {limits.cpu}, memory {limits.memory} (requests {limits.cpu_request} / {limits.memory_request})"),
-            ("scratch", f"{limits.scratch} emptyDir at {manifests.SANDBOX_HOME}"),
+            ("scratch", f"{limits.scratch} tmpfs at {manifests.SANDBOX_HOME}, {self.settings.tmp_size} at /tmp (in memory)"),
+            ("seccomp", f"Localhost {self.settings.seccomp_profile}" if self.settings.seccomp_profile else "RuntimeDefault"),
             ("cell timeout", f"{self.timeout:g} s"),
             ("pod lifetime", f"{self.settings.pod_lifetime} s"),
             ("heartbeat", f"Lease {manifests.LEASE_NAME}, renewed every {self.settings.heartbeat_interval:g} s, expires after {self.settings.heartbeat_ttl} s"),
@@ -940,10 +979,12 @@ class KubernetesSandboxSession(AgentSession):
             f"network: NetworkPolicy {manifests.NETWORK_POLICY_NAME} selects every pod and allows no ingress and no egress "
             "(no DNS, no API server, no other pod, no internet)" if policy else "network: NO NetworkPolicy found",
             "pod security: " + (", ".join(f"{k.rsplit('/', 1)[1]}={v}" for k, v in sorted(pss.items())) or "none")
-            + " (uid 1000, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault)",
+            + " (uid 1000, no privilege escalation, all capabilities dropped)",
+            _seccomp_line(self.settings.seccomp_profile),
             "service account token: not mounted; environment: HOME, PATH, LANG only",
-            f"files: read-only root file system; {self.limits.scratch} emptyDir at {manifests.SANDBOX_HOME}, "
-            f"{self.settings.tmp_size} at /tmp",
+            f"files: read-only root file system; {self.limits.scratch} at {manifests.SANDBOX_HOME} and "
+            f"{self.settings.tmp_size} at /tmp, memory-backed emptyDirs (a write past their size fails with "
+            f"'No space left on device'; what they hold counts against the memory limit {self.limits.memory})",
         ]
         shown = []
         if policy:
@@ -970,6 +1011,21 @@ class KubernetesSandboxSession(AgentSession):
 
     def _report_manifests(self, api: KubernetesApi, ident: manifests.SandboxIdentity) -> str:
         return yaml.safe_dump_all(self._applied, sort_keys=False)
+
+
+def _seccomp_line(profile: str) -> str:
+    """What ``%sandbox policy`` says about the pod's seccomp profile (KubernetesSandbox.seccomp_profile)."""
+    if not profile:
+        return (
+            "seccomp: RuntimeDefault, the container runtime's default profile (KubernetesSandbox.seccomp_profile = ''; "
+            f"containerd 1.6's allows io_uring: '{manifests.SECCOMP_PROFILE}' refuses it, see k8s/README.md)"
+        )
+    head = f"seccomp: Localhost {profile} (KubernetesSandbox.seccomp_profile), read by the kubelet from its node"
+    if profile != manifests.SECCOMP_PROFILE:
+        return head
+    from ..local import seccomp_policy
+
+    return head + ", generated from the local sandbox's table:\n  " + seccomp_policy.summary().replace("\n", "\n  ")
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:

@@ -47,6 +47,15 @@ NETWORK_POLICY_NAME = "deny-all"
 QUOTA_NAME = "sandbox-quota"
 LIMIT_RANGE_NAME = "sandbox-limits"
 ROLE_BINDING_NAME = "sandbox-kernel"
+SECCOMP_PROFILE = "profiles/sandbox-kernel.json"
+"""The Localhost seccomp profile the project ships: ``sandbox_kernel.local.seccomp_policy.to_oci_profile()``
+(the local sandbox's table) written to ``<kubelet root>/seccomp/profiles/sandbox-kernel.json`` on each
+node (tests/cluster/up does it on the test node). The admission policy ``sandbox-kernel-pods-command``
+admits exactly this Localhost profile or RuntimeDefault."""
+SCRATCH_MEDIUM = "Memory"
+"""HOME and /tmp are memory-backed emptyDirs: tmpfs of ``sizeLimit`` on the node, so a write past it
+fails at once with ENOSPC (a disk-backed emptyDir's sizeLimit is only enforced by eviction, after
+the fact, and the node's disk fills first). Their pages count against the container's memory limit."""
 GATE_LINE = b"go\n"
 """What the kernel writes to the pod's stdin once attached: it lets the agent start (see :func:`agent_command`)."""
 
@@ -118,9 +127,12 @@ class PodSpec:
     tolerations: tuple[dict[str, Any], ...] = field(default=())
     runtime_class_name: str = ""
     network_policy_wait: int = 10
+    """Most seconds the agent waits for the deny-all NetworkPolicy to be in force (0: do not check)."""
     shell_as_init: bool = False
     """Keep ``/bin/sh`` as PID 1 to reap orphans, for agents that cannot (see :func:`agent_command`)."""
-    """Most seconds the agent waits for the deny-all NetworkPolicy to be in force (0: do not check)."""
+    seccomp_profile: str = ""
+    """``""``: the runtime's default seccomp profile (RuntimeDefault); else a Localhost profile's path
+    relative to the kubelet's seccomp root, e.g. :data:`SECCOMP_PROFILE` (see :func:`seccomp_profile`)."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +328,13 @@ def agent_command_pattern() -> str:
     return "^(?:" + "|".join(alternatives) + ")$"
 
 
+def seccomp_profile(profile: str) -> dict[str, str]:
+    """The pod's ``securityContext.seccompProfile``: RuntimeDefault for ``""``, else that Localhost profile."""
+    if not profile:
+        return {"type": "RuntimeDefault"}
+    return {"type": "Localhost", "localhostProfile": profile}
+
+
 def _labels(ident: SandboxIdentity) -> dict[str, str]:
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -444,7 +463,12 @@ def heartbeat_lease(ident: SandboxIdentity, duration_seconds: int, renew_time: s
 
 
 def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
-    """The sandbox pod: passes Pod Security "restricted" as created; stdin open for attach."""
+    """The sandbox pod: passes Pod Security "restricted" as created; stdin open for attach.
+
+    HOME and /tmp are tmpfs (:data:`SCRATCH_MEDIUM`): what a cell writes there is memory of the
+    container, within ``memory_limit`` (:meth:`.backend.KubernetesSandbox.validate` keeps room for
+    the interpreter beside them).
+    """
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": spec.active_deadline_seconds,
@@ -456,7 +480,7 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
             "runAsUser": SANDBOX_UID,
             "runAsGroup": SANDBOX_UID,
             "fsGroup": SANDBOX_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
+            "seccompProfile": seccomp_profile(spec.seccomp_profile),
         },
         "containers": [
             {
@@ -491,8 +515,8 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
             }
         ],
         "volumes": [
-            {"name": "home", "emptyDir": {"sizeLimit": spec.scratch_size}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": spec.tmp_size}},
+            {"name": "home", "emptyDir": {"medium": SCRATCH_MEDIUM, "sizeLimit": spec.scratch_size}},
+            {"name": "tmp", "emptyDir": {"medium": SCRATCH_MEDIUM, "sizeLimit": spec.tmp_size}},
             {"name": "agent", "configMap": {"name": CONFIG_MAP_NAME, "defaultMode": 0o444}},
         ],
     }

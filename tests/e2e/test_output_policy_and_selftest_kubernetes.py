@@ -50,3 +50,19 @@ def test_selftest_in_a_pod(k8s_kernel: Start) -> None:
     failing = {c for c in MUST_PASS if verdicts.get(c) != "pass"}
     assert not failing, table
     assert "eth0" in table  # a pod has an interface: the probes, not its absence, prove isolation
+
+
+def test_selftest_under_the_localhost_seccomp_profile(k8s_kernel: Start) -> None:
+    """With the project's Localhost profile (tests/cluster/up installs it on the node) the pod
+    refuses what the local sandbox refuses: io_uring too, which containerd 1.6's RuntimeDefault allows."""
+    kernel = k8s_kernel("python", "--KubernetesSandbox.seccomp_profile=profiles/sandbox-kernel.json")
+    cell = kernel.run("%sandbox selftest", timeout=120)
+    assert cell.reply["status"] == "ok", cell.outputs
+    table = cell.stdout
+    verdicts = {}
+    for line in table.splitlines()[2:-1]:
+        check, verdict = re.split(r"\s{2,}", line.strip())[:2]
+        verdicts[check] = verdict
+    failing = {c for c in MUST_PASS | {"no io_uring", "no userfaultfd", "no bpf"} if verdicts.get(c) != "pass"}
+    assert not failing, table
+    assert verdicts["no io_uring"] == "pass", table

@@ -121,6 +121,20 @@ def test_render_no_agent_leaves_out_only_the_agent_source(language: str, capsys:
         assert shown == real
 
 
+def test_render_shows_and_takes_the_seccomp_profile_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["render", "--no-agent"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# KubernetesSandbox.seccomp_profile = '': the pod's seccompProfile is RuntimeDefault\n")
+    assert list(yaml.safe_load_all(out))[-1]["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert cli.main(["render", "--no-agent", "--seccomp-profile", "profiles/sandbox-kernel.json"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# KubernetesSandbox.seccomp_profile = 'profiles/sandbox-kernel.json'")
+    assert list(yaml.safe_load_all(out))[-1]["spec"]["securityContext"]["seccompProfile"] == {
+        "type": "Localhost", "localhostProfile": "profiles/sandbox-kernel.json"}
+    assert cli.main(["render", "--seccomp-profile", "/etc/passwd"]) == 2
+    assert "Invalid setting KubernetesSandbox.seccomp_profile" in capsys.readouterr().err
+
+
 def test_list_with_the_cluster_down_speaks_to_a_command_line_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kubeconfig = tmp_path / "down.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({

@@ -203,8 +203,8 @@ def test_pod_passes_restricted_as_written() -> None:
                 }
             ],
             "volumes": [
-                {"name": "home", "emptyDir": {"sizeLimit": "64Mi"}},
-                {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                {"name": "home", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                 {"name": "agent", "configMap": {"name": "sandbox-agent", "defaultMode": 0o444}},
             ],
         },
@@ -295,7 +295,7 @@ def test_settings_flow_into_the_pod_and_quota() -> None:
     assert pod["metadata"]["namespace"] == "sandbox-abcdef12"
     assert container["image"] == "registry.example/py:1"
     assert container["resources"]["limits"] == {"cpu": "250m", "memory": "512Mi"}
-    assert pod["spec"]["volumes"][0] == {"name": "home", "emptyDir": {"sizeLimit": "32Mi"}}
+    assert pod["spec"]["volumes"][0] == {"name": "home", "emptyDir": {"medium": "Memory", "sizeLimit": "32Mi"}}
     assert pod["spec"]["activeDeadlineSeconds"] == 600
     assert pod["spec"]["nodeSelector"] == {"pool": "sandbox"}
     assert objects[2]["spec"]["hard"]["pods"] == "5"
@@ -320,12 +320,53 @@ def test_image_environment_variables_are_the_fallback(monkeypatch: pytest.Monkey
         ({"heartbeat_ttl": 5, "heartbeat_interval": 10}, {}, "KubernetesSandbox.heartbeat_ttl"),
         ({"namespace_prefix": "Sandbox_"}, {}, "KubernetesSandbox.namespace_prefix"),
         ({}, {"memory_limit": "1Gi"}, "Sandbox.memory_limit"),
+        # HOME and /tmp are tmpfs within the memory limit: at least 32Mi must be left beside them.
+        ({}, {"memory_limit": "100Mi"}, "Sandbox.memory_limit"),
+        ({"tmp_size": "200Mi"}, {}, "Sandbox.memory_limit"),
+        ({"tmp_size": "16MB"}, {}, "KubernetesSandbox.tmp_size"),
+        ({"seccomp_profile": "/var/lib/kubelet/seccomp/x.json"}, {}, "KubernetesSandbox.seccomp_profile"),
+        ({"seccomp_profile": "profiles/../../x.json"}, {}, "KubernetesSandbox.seccomp_profile"),
+        ({"seccomp_profile": "profiles/x json"}, {}, "KubernetesSandbox.seccomp_profile"),
     ],
 )
 def test_bad_settings_name_the_setting(settings: dict, limits: dict, setting: str) -> None:
     with pytest.raises(ConfigError) as info:
         KubernetesSandbox(**settings).validate(Sandbox(**limits).limits())
     assert info.value.setting == setting
+
+
+def test_scratch_and_tmp_fit_beside_the_interpreter_in_the_memory_limit() -> None:
+    KubernetesSandbox().validate(Sandbox(memory_limit="112Mi").limits())  # 64Mi + 16Mi + 32Mi
+    KubernetesSandbox(tmp_size="8Mi").validate(Sandbox(memory_limit="64Mi", scratch_size="24Mi").limits())
+    with pytest.raises(ConfigError, match=r"leaves 31Mi beside the scratch volume .* held in memory"):
+        KubernetesSandbox().validate(Sandbox(memory_limit="111Mi").limits())
+
+
+def test_seccomp_profile_setting_selects_runtime_default_or_localhost() -> None:
+    limits = Sandbox().limits()
+    default = rendered_objects("python", settings=KubernetesSandbox(images={}), limits=limits)[-1]
+    assert default["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert KubernetesSandbox().seccomp_profile == ""
+    settings = KubernetesSandbox(images={}, seccomp_profile=manifests.SECCOMP_PROFILE)
+    pod = rendered_objects("python", settings=settings, limits=limits)[-1]
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "profiles/sandbox-kernel.json"}
+    assert "seccompProfile" not in pod["spec"]["containers"][0]["securityContext"]  # the pod's applies
+
+
+def test_admission_policy_admits_exactly_runtime_default_and_the_project_s_profile() -> None:
+    """sandbox-kernel-pods-command names manifests.SECCOMP_PROFILE (and nothing else) as the one
+    Localhost profile; the list is evaluated here the way its CEL does, on every profile the pod names."""
+    from pathlib import Path
+
+    import yaml
+
+    policy_file = Path(__file__).resolve().parents[2] / "k8s" / "rbac" / "admission-policy.yaml"
+    docs = [d for d in yaml.safe_load_all(policy_file.read_text()) if d]
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command")
+    [check] = [v["expression"] for v in policy["spec"]["validations"] if "seccompProfiles" in v["expression"]]
+    assert f"['RuntimeDefault', 'Localhost {manifests.SECCOMP_PROFILE}']" in check
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert "object.spec.containers.filter(c, has(c.securityContext) && has(c.securityContext.seccompProfile))" in variables["seccompProfiles"]
 
 
 def test_owner_label_and_kernel_id(monkeypatch: pytest.MonkeyPatch) -> None:
