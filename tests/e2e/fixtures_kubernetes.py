@@ -8,7 +8,9 @@ service account of k8s/rbac/, never as cluster-admin:
                     (minted by tests/cluster/kubeconfig-for, i.e. the TokenRequest API).
   sa_api            session: a kubernetes ApiClient authenticated as that service account.
   kernel_env        session: environment for kernels and CLI commands run as the service account
-                    (SANDBOX_KUBECONFIG, SANDBOX_IMAGE_*, SANDBOX_KERNEL_BACKEND=kubernetes).
+                    (SANDBOX_KUBECONFIG, SANDBOX_IMAGE_*, SANDBOX_KERNEL_BACKEND=kubernetes);
+                    $SANDBOX_E2E_SECCOMP_PROFILE, if set, becomes every kernel's
+                    KubernetesSandbox.seccomp_profile (default: RuntimeDefault).
   k8s_kernel        per test: start Sandbox kernels through jupyter_client.KernelManager (kernelspecs
                     written to a temporary JUPYTER_PATH, never the user's); shut down afterwards.
 """
@@ -114,7 +116,12 @@ def kernel_environment(admin_kubeconfig: str, images: dict[str, str], work: Path
     """Environment for kernels and `sandbox-kernel` commands running as the service account."""
     apply_rbac(admin_kubeconfig)
     sa = mint_sa_kubeconfig(admin_kubeconfig, work / "sa.kubeconfig")
-    specs = write_kernelspecs(work / "jupyter")
+    # The kernels run with the backend's default seccomp profile (RuntimeDefault, what every cluster
+    # gets); SANDBOX_E2E_SECCOMP_PROFILE=profiles/sandbox-kernel.json runs the whole suite under the
+    # project's Localhost profile (tests/cluster/up installs it; tests/security/test_kubernetes_seccomp.py
+    # and the selftest test use it either way).
+    profile = os.environ.get("SANDBOX_E2E_SECCOMP_PROFILE", "")
+    specs = write_kernelspecs(work / "jupyter", [f"--KubernetesSandbox.seccomp_profile={profile}"] if profile else None)
     env = {
         "SANDBOX_KUBECONFIG": sa,
         "SANDBOX_KERNEL_BACKEND": "kubernetes",
