@@ -101,6 +101,10 @@ def notebook(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pa
     def execute(name: str) -> Ran:
         result = run_notebook(name, kernel_env, out_dir)
         ran.append(result)
+        # The first code cell checks the backend (on the local one it stops the notebook:
+        # tests/integration/test_notebooks_local.py); here it names the sandbox namespace.
+        backend = result.stdout("backend")
+        assert re.fullmatch(r"Kubernetes backend: this cell ran in a pod of namespace sandbox-[0-9a-f]{8}\n", backend), backend
         return result
 
     yield execute
