@@ -242,7 +242,10 @@ class SandboxKernel(Kernel):
             session = await self._ready()
             code = await self._run_magics(code, session, silent)
             if code.strip():
-                session.cell_usage_start()
+                try:
+                    session.cell_usage_start()
+                except Exception:  # noqa: BLE001 - accounting must never fail a cell
+                    log.warning("per-cell accounting failed", exc_info=True)
                 started = time.perf_counter()
                 try:
                     # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
@@ -277,7 +280,11 @@ class SandboxKernel(Kernel):
 
     def _account(self, session: SandboxSession, wall: float, silent: bool) -> None:
         """Record the cell that just ended; warn when it came close to the memory limit."""
-        cell = session.cell_usage_end(wall)
+        try:
+            cell = session.cell_usage_end(wall)
+        except Exception:  # noqa: BLE001 - accounting must never fail a cell
+            log.warning("per-cell accounting failed", exc_info=True)
+            cell = usage.CellUsage(wall, reason="per-cell accounting failed (see the kernel log)")
         self._cell_usage = cell
         self._accounting.add(self.execution_count, cell)
         warning = cell.warning()
