@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,3 +95,29 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[byte
                 server.kill()
                 server.wait()
         log.close()
+
+
+def run_browser_script(script: Path, url: str, token: str, profile: Path, screenshot: Path,
+                       timeout: float = 300, **settings: str) -> dict:
+    """Run one of the ``browser/*.js`` Playwright scripts against the JupyterLab at ``url`` in
+    Debian's headless Chromium; return the JSON object it prints last (it must say ``ok``)."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: run scripts/install-deps.sh test,lab"
+    screenshot.parent.mkdir(exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PLAYWRIGHT_CORE": str(playwright_core()),
+        "CHROMIUM": chromium,
+        "LAB_URL": url,
+        "LAB_TOKEN": token,
+        "USER_DATA_DIR": str(profile),
+        "SCREENSHOT": str(screenshot),
+        **settings,
+    }
+    run = subprocess.run(["node", str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    lines = run.stdout.strip().splitlines()
+    assert lines, f"the browser script printed nothing; stderr:\n{run.stderr}"
+    seen = json.loads(lines[-1])
+    assert run.returncode == 0 and seen["ok"], f"{json.dumps(seen, indent=1)}\nstderr:\n{run.stderr}"
+    return seen

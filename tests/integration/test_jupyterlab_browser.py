@@ -8,16 +8,13 @@ A real ``jupyter lab`` server offers the Sandbox kernelspecs (JUPYTER_PATH from 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from jupyterlab import jupyterlab, playwright_core
+from jupyterlab import jupyterlab, run_browser_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_run_cell.js"
@@ -72,27 +69,10 @@ def lab(local_kernelspecs: Path, tmp_path: Path) -> Iterator[tuple[str, str, sub
 
 def test_sandbox_python_runs_a_cell_in_jupyterlab(lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
     url, token, server = lab
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: run scripts/install-deps.sh test,lab"
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    SCREENSHOT.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PLAYWRIGHT_CORE": str(playwright_core()),
-        "CHROMIUM": chromium,
-        "LAB_URL": url,
-        "LAB_TOKEN": token,
-        "USER_DATA_DIR": str(tmp_path / "chromium-profile"),
-        "SCREENSHOT": str(SCREENSHOT),
-        "KERNEL_DISPLAY_NAME": "Sandbox (Python)",
-        "CODE": "print(6*7)",
-        "EXPECT": "42",
-    }
-    run = subprocess.run(["node", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=240)
-    lines = run.stdout.strip().splitlines()
-    assert lines, f"the browser script printed nothing; stderr:\n{run.stderr}"
-    seen = json.loads(lines[-1])
-    assert run.returncode == 0 and seen["ok"], f"{json.dumps(seen, indent=1)}\nstderr:\n{run.stderr}"
+    seen = run_browser_script(
+        SCRIPT, url, token, tmp_path / "chromium-profile", SCREENSHOT, timeout=240,
+        KERNEL_DISPLAY_NAME="Sandbox (Python)", CODE="print(6*7)", EXPECT="42",
+    )
 
     assert "Sandbox (Python)" in seen["tiles"] and "Sandbox (Node.js)" in seen["tiles"]
     assert seen["typed"] == "print(6*7)"
@@ -125,28 +105,13 @@ def test_kernel_usage_panel_shows_the_sandboxs_memory_against_its_limit(
     150 MiB in the sandbox shows as at least 150 MiB, and the host figures are the sandbox's
     limit (256Mi by default). The status bar's "Mem:" item is the Jupyter server's process tree
     (not asked of the kernel); locally that tree includes the sandbox, so it shows the 150 MiB too."""
-    pytest.importorskip("jupyter_resource_usage", reason="pip install jupyter-resource-usage (test extras)")
+    import jupyter_resource_usage  # noqa: F401  - in the test extras; its absence is a failure, not a skip
+
     url, token, server = lab
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: run scripts/install-deps.sh test,lab"
-    USAGE_SCREENSHOT.parent.mkdir(exist_ok=True)
-    USAGE_SCREENSHOT.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PLAYWRIGHT_CORE": str(playwright_core()),
-        "CHROMIUM": chromium,
-        "LAB_URL": url,
-        "LAB_TOKEN": token,
-        "USER_DATA_DIR": str(tmp_path / "chromium-profile"),
-        "SCREENSHOT": str(USAGE_SCREENSHOT),
-        "KERNEL_DISPLAY_NAME": "Sandbox (Python)",
-        "ALLOC_MIB": "150",
-    }
-    run = subprocess.run(["node", str(USAGE_SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
-    lines = run.stdout.strip().splitlines()
-    assert lines, f"the browser script printed nothing; stderr:\n{run.stderr}"
-    seen = json.loads(lines[-1])
-    assert run.returncode == 0 and seen["ok"], f"{json.dumps(seen, indent=1)}\nstderr:\n{run.stderr}"
+    seen = run_browser_script(
+        USAGE_SCRIPT, url, token, tmp_path / "chromium-profile", USAGE_SCREENSHOT,
+        KERNEL_DISPLAY_NAME="Sandbox (Python)", ALLOC_MIB="150",
+    )
     assert "holding 150 MiB" in seen["output"]
     # The panel: the sandbox's memory (>= what the cell holds, below the limit) ...
     assert 150 <= seen["memory_mib"] < 256, seen

@@ -15,13 +15,10 @@ default ('block') none may run, no request may be made, and the table and PNG st
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from jupyterlab import jupyterlab, playwright_core
+from jupyterlab import jupyterlab, run_browser_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_attack.js"
@@ -75,30 +72,14 @@ def write_notebook(path: Path) -> None:
 
 
 def attack(url: str, token: str, tmp_path: Path, notebook: str, mode: str) -> dict:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: run scripts/install-deps.sh test,lab"
     ARTIFACTS.mkdir(exist_ok=True)
     # The kernel reads its config when it starts, so each notebook gets the mode written now.
     (tmp_path / "config" / "sandbox_kernel_config.py").write_text(f"c.Sandbox.active_content = {mode!r}\n")
     write_notebook(tmp_path / "notebooks" / notebook)
-    env = {
-        **os.environ,
-        "PLAYWRIGHT_CORE": str(playwright_core()),
-        "CHROMIUM": chromium,
-        "LAB_URL": url,
-        "LAB_TOKEN": token,
-        "USER_DATA_DIR": str(tmp_path / f"chromium-{mode}"),
-        "SCREENSHOT": str(ARTIFACTS / f"active-content-{mode}.png"),
-        "NOTEBOOK": notebook,
-        "WORKSPACE": f"attack-{mode}",
-        "KERNEL_DISPLAY_NAME": "Sandbox (Python)",
-        "EXPECT": "ATTACK-DONE",
-    }
-    run = subprocess.run(["node", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
-    lines = run.stdout.strip().splitlines()
-    assert lines, f"the browser script printed nothing; stderr:\n{run.stderr}"
-    seen = json.loads(lines[-1])
-    assert run.returncode == 0 and seen["ok"], f"{json.dumps(seen, indent=1)}\nstderr:\n{run.stderr}"
+    seen = run_browser_script(
+        SCRIPT, url, token, tmp_path / f"chromium-{mode}", ARTIFACTS / f"active-content-{mode}.png",
+        NOTEBOOK=notebook, WORKSPACE=f"attack-{mode}", KERNEL_DISPLAY_NAME="Sandbox (Python)", EXPECT="ATTACK-DONE",
+    )
     return seen
 
 
