@@ -1692,6 +1692,7 @@ def _supervise(worker, to_worker, from_worker):
     kernel_buf, worker_buf, to_worker_buf = bytearray(), bytearray(), bytearray()
     os.set_blocking(to_worker, False)
     worker_alive = True
+    worker_status = None  # the worker's wait status once reaped
     while True:
         wlist = [to_worker] if to_worker_buf and worker_alive else []
         rlist = [_PROTO_IN] + ([from_worker] if worker_alive else [])
@@ -1749,11 +1750,30 @@ def _supervise(worker, to_worker, from_worker):
                 break
             if pid == worker:
                 worker_alive = False
+                worker_status = status
         if not worker_alive:
-            # The worker died (out of memory, say): end like the one-process agent did, so
-            # the kernel reports why. Its last output is already forwarded.
-            _log("the worker exited; exiting")
-            kill_all(1)
+            # The worker died (out of memory, os._exit(3), …): end with its status, as the
+            # one-process agent did, so the kernel reports why (a signal N as 128 + N, like a
+            # shell). Its last output is already forwarded.
+            # Its channel may close a moment before it can be reaped; one that stays alive
+            # without its channel is broken (user code closed it) and is killed.
+            deadline = time.monotonic() + 1.0
+            while worker_status is None:
+                try:
+                    pid, status = os.waitpid(worker, os.WNOHANG)
+                except ChildProcessError:
+                    worker_status = 1 << 8
+                    break
+                if pid:
+                    worker_status = status
+                elif time.monotonic() > deadline:
+                    os.killpg(worker, signal.SIGKILL)
+                    deadline = float("inf")
+                else:
+                    time.sleep(0.01)
+            code = os.waitstatus_to_exitcode(worker_status)
+            _log("the worker exited (status %d); exiting" % code)
+            kill_all(128 - code if code < 0 else code)
 
 
 def main():
