@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import KernelSpecManager
 
 from .errors import ClusterUnreachable, ConfigError, SandboxError, SandboxUnavailable
 from .kernel import BACKENDS

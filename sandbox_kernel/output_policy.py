@@ -20,7 +20,6 @@ the whole policy; ``%sandbox policy`` prints :func:`describe`.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import re

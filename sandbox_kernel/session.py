@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Union
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Union
 
 from .config import Limits
 from .errors import CellTimeout, ProtocolError, SandboxError, SandboxLost, SandboxStartError
@@ -124,7 +124,7 @@ class SandboxSession(abc.ABC):
         """The runtime's real language_info (name, version, mimetype, …), known after :meth:`start`."""
 
     @abc.abstractmethod
-    def execute(self, code: str) -> AsyncIterator[Event]:
+    def execute(self, code: str) -> AsyncGenerator[Event, None]:
         """Run one cell; yield its outputs as they are produced.
 
         Called for every execute request. The iterator ends when the cell has finished; a failed,
@@ -620,7 +620,7 @@ class AgentSession(SandboxSession):
 
     # -- cells --------------------------------------------------------------------------------
 
-    async def execute(self, code: str) -> AsyncIterator[Event]:  # type: ignore[override]
+    async def execute(self, code: str) -> AsyncGenerator[Event, None]:  # type: ignore[override]
         """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
         while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
         the kernel can always send the cell's ``execute_reply``."""
@@ -649,7 +649,7 @@ class AgentSession(SandboxSession):
         finally:
             await cell.aclose()
 
-    async def _execute(self, code: str) -> AsyncIterator[Event]:
+    async def _execute(self, code: str) -> AsyncGenerator[Event, None]:
         if self._notice:
             yield Stream("stderr", f"[sandbox] {self._notice}\n")
             self._notice = None
@@ -694,8 +694,8 @@ class AgentSession(SandboxSession):
                     for event in output.events(pending):
                         yield event
                     pending = []
-                    for event in self._cell_summary(tally, 0, limit):
-                        yield event
+                    for summary in self._cell_summary(tally, 0, limit):
+                        yield summary
                     lost = "the cell did not stop when interrupted, so the sandbox was replaced; variables from earlier cells are gone."
                     if timed_out:
                         yield ErrorOutput.from_exception(CellTimeout(timeout))
@@ -732,8 +732,8 @@ class AgentSession(SandboxSession):
                     yield event
                 pending, pending_bytes = [], 0
                 if isinstance(frame, _Ended):
-                    for event in self._cell_summary(tally, 0, limit):
-                        yield event
+                    for summary in self._cell_summary(tally, 0, limit):
+                        yield summary
                     yield ErrorOutput.from_exception(frame.error)
                     await self._replace(f"A new sandbox was started after the last one was lost ({frame.error.ename}).")
                     self._notice = None
@@ -758,8 +758,8 @@ class AgentSession(SandboxSession):
                 elif kind == "done":
                     for event in output.finish():
                         yield event
-                    for event in self._cell_summary(tally, body["truncated"], limit):
-                        yield event
+                    for summary in self._cell_summary(tally, body["truncated"], limit):
+                        yield summary
                     if frame.problem:
                         yield ErrorOutput.from_exception(ProtocolError(_sentence(frame.problem)))
                     elif timed_out and body["status"] == "ok":
@@ -932,7 +932,7 @@ class _CellOutput:
 
     def events(self, frames: list[_Chunk]) -> list[Stream]:
         """Streams for ``frames``: consecutive frames of one stream joined, order kept."""
-        runs: list[tuple[str, list[bytes]]] = []
+        runs: list[tuple[str, list[bytes | bytearray]]] = []
         for frame in frames:
             if runs and runs[-1][0] == frame.stream:
                 runs[-1][1].append(frame.data)

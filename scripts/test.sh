@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh test,lab
 
+echo "== lint (ruff) and types (mypy), configured in pyproject.toml"
+python3 -m ruff check sandbox_kernel tests benchmarks
+python3 -m mypy
+
 started=0
 cleanup() { if ((started)); then tests/cluster/down >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT

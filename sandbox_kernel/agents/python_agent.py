@@ -177,7 +177,7 @@ _proto_lock = threading.Lock()
 # Under _proto_lock: the output offset (bytes of frames written so far), the most recent
 # frames (whole, oldest first) and how many bytes they hold.
 _written = 0
-_replay = collections.deque()
+_replay = collections.deque()  # type: collections.deque[bytes]
 _replay_kept = 0
 _received = 0  # frames read from the kernel (only the reader thread touches it)
 
@@ -367,7 +367,7 @@ class _Pump:
                 _forward(self.kind, data)
 
 
-_pumps = []
+_pumps = []  # type: list[_Pump]
 _sync_lock = threading.Lock()
 
 
@@ -437,9 +437,9 @@ def _stdin_stream():
 
 _original_streams = (sys.stdin, sys.stdout, sys.stderr)  # keep alive; never used again
 _streams = {"stdin": _stdin_stream(), "stdout": _text_stream(1), "stderr": _text_stream(2)}
-sys.stdin = sys.__stdin__ = _streams["stdin"]
-sys.stdout = sys.__stdout__ = _streams["stdout"]
-sys.stderr = sys.__stderr__ = _streams["stderr"]
+sys.stdin = sys.__stdin__ = _streams["stdin"]  # type: ignore[misc]
+sys.stdout = sys.__stdout__ = _streams["stdout"]  # type: ignore[misc]
+sys.stderr = sys.__stderr__ = _streams["stderr"]  # type: ignore[misc]
 
 
 def _repair_streams():
@@ -480,7 +480,7 @@ def _flush_user_streams():
     _flush_c_stdio()
 
 
-_libc = []
+_libc = []  # type: list  # the C library, loaded on first use
 
 
 def _flush_c_stdio():
@@ -577,7 +577,7 @@ def _descendant_pids():
     return found
 
 
-_background_pids = set()  # descendants still running when the last cell ended
+_background_pids = set()  # type: set[int]  # descendants still running when the last cell ended
 
 
 def _signal_others(sig, group=True):
@@ -1354,7 +1354,7 @@ def _handle(msg):
 # --------------------------------------------------------------------------------------
 # Protocol input
 # --------------------------------------------------------------------------------------
-_requests = queue.SimpleQueue()
+_requests = queue.SimpleQueue()  # type: queue.SimpleQueue[dict]
 
 
 def _reader():

@@ -92,10 +92,13 @@ def main() -> None:  # pragma: no cover - needs a cluster
     while True:
         try:
             listed = api.list_namespace(label_selector=SELECTOR)
-            current = {ns.metadata.name: ns.metadata.annotations for ns in listed.items}
+            current: dict[str, dict[str, str] | None] = {
+                ns.metadata.name: ns.metadata.annotations for ns in listed.items  # type: ignore[union-attr,misc]
+            }
             sync(directory, current.items())
             stream = watch.Watch().stream(api.list_namespace, label_selector=SELECTOR,
-                                          resource_version=listed.metadata.resource_version, timeout_seconds=300)
+                                          resource_version=listed.metadata.resource_version,  # type: ignore[union-attr]
+                                          timeout_seconds=300)
             for event in stream:
                 ns = event["object"]
                 if event["type"] == "DELETED":

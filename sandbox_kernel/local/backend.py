@@ -445,7 +445,7 @@ class LocalSandboxSession(AgentSession):
             if self._gvisor and self._isolated:
                 argv = self._argv
             elif self._isolated:
-                options = self._bwrap_options(names, self._seccomp)
+                options = self._bwrap_options(names, bool(self._seccomp))
                 fds["args"] = _memfd("args", b"".join(o.encode() + b"\0" for o in options))
                 argv = self._wrap([self._bwrap_path(), "--args", str(fds["args"]), "--", *self._inner()], cgroup)
             else:

@@ -161,7 +161,7 @@ class SandboxCgroup:
     def destroy(self) -> None:
         """Kill whatever is left in the group and remove it."""
         for _ in range(50):
-            pids = set()
+            pids: set[int] = set()
             for procs in self.procs_files():
                 try:
                     pids.update(int(p) for p in Path(procs).read_text().split())

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kernels import run_cell, running_kernel, text
+from kernels import run_cell, running_kernel
 
 MiB = 1 << 20
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory/sandbox-kernel")

@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from fixtures_kubernetes import REPO, SA_NAME, SA_NAMESPACE, SA_USER, wait_until

@@ -10,7 +10,6 @@ import asyncio
 import json
 from typing import Callable
 
-import pytest
 
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import OutOfMemory, SandboxError

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sandbox_kernel.messages import check
-from sandbox_kernel.protocol import Message, encode, encode_message
+from sandbox_kernel.protocol import Message, encode
 from sandbox_kernel.session import DisplayData, ErrorOutput, ExecuteResult, OutputGate, Stream
 from test_session import FakeChannel, FakeSession, done, run
 
