@@ -26,4 +26,4 @@ SANDBOX_KUBECONFIG=$(tail -n 1 "$up_log")
 export SANDBOX_KUBECONFIG
 echo "== cluster up in $(( $(date +%s) - t0 )) s; admin kubeconfig: $SANDBOX_KUBECONFIG"
 
-python3 -m pytest tests -ra "$@"
+python3 -m pytest tests -ra --durations=30 "$@"
