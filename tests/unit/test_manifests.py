@@ -305,6 +305,8 @@ def test_settings_flow_into_the_pod_and_quota() -> None:
 def test_image_environment_variables_are_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDBOX_IMAGE_PYTHON", "localhost/sandbox-python:3.11")
     monkeypatch.setenv("SANDBOX_KUBECONFIG", "/tmp/admin.kubeconfig")
+    for language in ("NODE", "BASH"):  # the test cluster's images.env may be exported
+        monkeypatch.delenv(f"SANDBOX_IMAGE_{language}", raising=False)
     settings = KubernetesSandbox()
     assert settings.image(LANGUAGES["python"]) == "localhost/sandbox-python:3.11"
     assert settings.image(LANGUAGES["bash"]) == "bash:5.2"
