@@ -344,7 +344,7 @@ def bench_parts(names: list[str], rounds: int, cells: int, results: dict[str, An
             times.append(time.perf_counter() - t0)
     results["_parts"] = {"import " + m: summary(t, 1000) for m, t in imports.items()}
 
-    from sandbox_kernel.kernel import make_session
+    from sandbox_kernel.sessions import make_session
 
     async def sandbox_start(language: str) -> float:
         session = make_session("local", language)
@@ -397,7 +397,7 @@ def bench_accounting(cells: int) -> dict[str, Any]:
     calls around a trivial cell on a real local Python sandbox, timed alone — the backend's
     readings before (reset the peak, CPU time) and after (CPU time, peak), the accounting, the
     execute_reply metadata and the warning check."""
-    from sandbox_kernel.kernel import make_session
+    from sandbox_kernel.sessions import make_session
     from sandbox_kernel.usage import Accounting
 
     async def run() -> list[float]:

@@ -17,7 +17,7 @@ from typing import Sequence
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .errors import ClusterUnreachable, ConfigError, SandboxError, SandboxUnavailable
-from .kernel import BACKENDS
+from .sessions import BACKENDS
 from .languages import LANGUAGES, Language
 
 DESCRIPTION = "Install the Sandbox kernelspecs, and study or clean up Kubernetes sandboxes."

@@ -19,17 +19,17 @@ import time
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
-from traitlets import Enum, Float, Instance, TraitError, Unicode, default
+from traitlets import Enum, Float, Instance, Unicode, default
 
 from . import __version__, output_policy, selftest, usage
-from .config import Sandbox, check_timeout
+from .config import check_timeout
 from .errors import ConfigError, SandboxError
-from .languages import LANGUAGES, get_language
+from .languages import LANGUAGES
 from .session import DisplayData, ErrorOutput, Event, ExecuteResult, SandboxSession, Stream
+from .sessions import chosen_backend, make_session, sandbox_settings
 
 log = logging.getLogger("sandbox_kernel")
 
-BACKENDS = ("local", "kubernetes")
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
 SANDBOX_TOPICS = ("status", "quota", "usage", "policy", "events", "manifests", "selftest", "network", "allow", "deny")
 _EXIT_WORDS = {
@@ -41,30 +41,6 @@ _EXIT_WORDS = {
 
 def _ignore_signal(signum: int, frame: Any) -> None:
     """SIGINT handler of the kernel process (see SandboxKernel.start)."""
-
-
-def sandbox_settings(config: Any = None, parent: Any = None) -> Sandbox:
-    """The ``Sandbox`` settings; a value of the wrong kind is a ConfigError naming the setting."""
-    try:
-        return Sandbox(config=config, parent=parent)
-    except TraitError as exc:
-        match = re.search(r"The '(\w+)' trait", str(exc))
-        raise ConfigError(f"Sandbox.{match.group(1) if match else '?'}", str(exc)) from None
-
-
-def make_session(backend: str, language: str, config: Any = None, parent: Any = None) -> SandboxSession:
-    """Build (but do not start) a session; raise ConfigError for bad settings."""
-    if backend not in BACKENDS:
-        raise ConfigError("SandboxKernel.backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    lang = get_language(language)
-    limits = sandbox_settings(config, parent).limits()
-    if backend == "local":
-        from .local.backend import LocalSandbox, LocalSandboxSession
-
-        return LocalSandboxSession(lang, limits, LocalSandbox(config=config, parent=parent))
-    from .kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
-
-    return KubernetesSandboxSession(lang, limits, KubernetesSandbox(config=config, parent=parent))
 
 
 class SandboxKernel(Kernel):
@@ -110,9 +86,7 @@ class SandboxKernel(Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        env_backend = os.environ.get("SANDBOX_KERNEL_BACKEND")
-        if env_backend:
-            self.backend = env_backend
+        self.backend = chosen_backend(self.backend)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accounting = usage.Accounting()  # per-cell usage (%sandbox usage, execute_reply metadata)
         self._cell_usage: usage.CellUsage | None = None

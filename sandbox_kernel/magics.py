@@ -8,7 +8,7 @@
     %sandbox status            # the sandboxes this kernel runs, with their usage
     %sandbox stop [LANGUAGE]   # close one (or every) sandbox; its variables are gone
 
-Each language gets one sandbox session, built by :func:`~sandbox_kernel.kernel.make_session`
+Each language gets one sandbox session, built by :func:`~sandbox_kernel.sessions.make_session`
 with the same backends and settings as a Sandbox kernel (``c.Sandbox.*`` and
 ``c.SandboxKernel.backend`` from ``sandbox_kernel_config.py`` or the IPython profile, env
 ``SANDBOX_KERNEL_BACKEND``). It lives across ``%%sandbox`` cells, so variables persist, until
@@ -49,6 +49,7 @@ from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
 from .quantity import QuantityError, parse_bytes, parse_cpu
 from .session import DisplayData, ErrorOutput, ExecuteResult, SandboxSession, Stream
+from .sessions import chosen_backend, make_session
 
 T = TypeVar("T")
 
@@ -237,7 +238,6 @@ def one_off_config(base: Config, strict: CellLimits) -> Config:
 # The magics.
 
 
-_BACKEND_ENV = "SANDBOX_KERNEL_BACKEND"
 
 
 def _cell_parser() -> MagicArgumentParser:
@@ -282,12 +282,7 @@ class SandboxMagics(Magics):
         return config
 
     def backend(self, config: Config) -> str:
-        import os
-
-        from_env = os.environ.get(_BACKEND_ENV)
-        if from_env:
-            return from_env
-        return str(config.SandboxKernel.get("backend", "local"))
+        return chosen_backend(str(config.SandboxKernel.get("backend", "") or ""))
 
     # -- the session thread -----------------------------------------------------------------------
 
@@ -298,8 +293,6 @@ class SandboxMagics(Magics):
         return self._thread
 
     async def _session(self, language: str, config: Config, backend: str) -> SandboxSession:
-        from .kernel import make_session
-
         session = self.sessions.get(language)
         if session is None:
             session = make_session(backend, language, config=config)
@@ -312,8 +305,6 @@ class SandboxMagics(Magics):
         return session
 
     async def _one_off(self, language: str, config: Config, backend: str) -> SandboxSession:
-        from .kernel import make_session
-
         session = make_session(backend, language, config=config)
         try:
             await session.start()

@@ -7,7 +7,7 @@ from traitlets.config import Config
 
 from sandbox_kernel.config import Sandbox, check_timeout
 from sandbox_kernel.errors import ConfigError
-from sandbox_kernel.kernel import make_session
+from sandbox_kernel.sessions import make_session
 from sandbox_kernel.quantity import QuantityError, format_bytes, parse_bytes, parse_cpu
 
 
