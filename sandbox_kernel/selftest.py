@@ -15,6 +15,7 @@ it contacts nothing else.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,3 +247,13 @@ def format_table(rows: list[Row]) -> str:
     failed = sum(r.verdict == "FAIL" for r in rows)
     lines.append(f"{len(rows) - failed} of {len(rows)} checks passed or not applicable; {failed} failed")
     return "\n".join(lines) + "\n"
+
+
+def parse_table(text: str) -> dict[str, str]:
+    """``{check: verdict}`` from a table :func:`format_table` printed (for scripts and tests)."""
+    verdicts: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = re.split(r"\s{2,}", line.strip())
+        if len(parts) >= 2 and parts[0] in CHECKS:
+            verdicts[parts[0]] = parts[1]
+    return verdicts

@@ -11,6 +11,8 @@ import pytest
 
 from fixtures_kubernetes import K8sKernel
 
+from sandbox_kernel import selftest
+
 pytestmark = pytest.mark.cluster
 
 Start = Callable[..., K8sKernel]
@@ -42,10 +44,8 @@ def test_selftest_in_a_pod(k8s_kernel: Start) -> None:
     cell = kernel.run("%sandbox selftest", timeout=120)
     assert cell.reply["status"] == "ok", cell.outputs
     table = cell.stdout
-    verdicts = {}
-    for line in table.splitlines()[2:-1]:
-        check, verdict = re.split(r"\s{2,}", line.strip())[:2]
-        verdicts[check] = verdict
+    verdicts = selftest.parse_table(table)
+    assert set(verdicts) == set(selftest.CHECKS), table
     assert "kubernetes sandbox" in table.splitlines()[0]
     failing = {c for c in MUST_PASS if verdicts.get(c) != "pass"}
     assert not failing, table
@@ -59,10 +59,8 @@ def test_selftest_under_the_localhost_seccomp_profile(k8s_kernel: Start) -> None
     cell = kernel.run("%sandbox selftest", timeout=120)
     assert cell.reply["status"] == "ok", cell.outputs
     table = cell.stdout
-    verdicts = {}
-    for line in table.splitlines()[2:-1]:
-        check, verdict = re.split(r"\s{2,}", line.strip())[:2]
-        verdicts[check] = verdict
+    verdicts = selftest.parse_table(table)
+    assert set(verdicts) == set(selftest.CHECKS), table
     failing = {c for c in MUST_PASS | {"no io_uring", "no userfaultfd", "no bpf"} if verdicts.get(c) != "pass"}
     assert not failing, table
     assert verdicts["no io_uring"] == "pass", table

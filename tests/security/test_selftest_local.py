@@ -3,11 +3,12 @@ does not apply, and the probe leaves nothing in the user's namespace."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from kernels import run_cell, running_kernel, text
+
+from sandbox_kernel import selftest
 
 SETUP = {"sandbox-python": "x = 41", "sandbox-node": "let x = 41", "sandbox-bash": "x=41"}
 AFTER = {
@@ -24,8 +25,7 @@ def test_selftest_passes_in_a_local_sandbox(local_kernelspecs: Path, kernel: str
         reply, outputs = run_cell(kc, "%sandbox selftest")
         assert reply["status"] == "ok", outputs
         table = text(outputs)
-        rows = {re.split(r"\s{2,}", line)[0]: line for line in table.splitlines()[2:-1]}
-        assert len(rows) == 18, table
+        assert set(selftest.parse_table(table)) == set(selftest.CHECKS), table
         failed = [line for line in table.splitlines() if "  FAIL  " in line]
         assert not failed, table
         assert "0 failed" in table

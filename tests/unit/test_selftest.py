@@ -86,3 +86,8 @@ def test_the_python_probe_is_valid_python() -> None:
 def test_table_counts_failures() -> None:
     table = selftest.format_table(selftest.evaluate({**SAFE, "uid": "0"}, 2**28, "local", "python"))
     assert table.splitlines()[0].startswith("CHECK") and "1 failed" in table
+
+
+def test_parse_table_reads_back_what_format_table_printed() -> None:
+    rows = selftest.evaluate({**SAFE, "uid": "0"}, 2**28, "local", "python")
+    assert selftest.parse_table("header\n" + selftest.format_table(rows)) == {r.check: r.verdict for r in rows}
