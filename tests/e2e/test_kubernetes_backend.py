@@ -311,11 +311,11 @@ def test_image_pull_error_is_reported_in_seconds(k8s_kernel: Start) -> None:
 
 
 def test_an_admission_refusal_is_told_in_the_api_servers_words(k8s_kernel: Start) -> None:
-    kernel = k8s_kernel("python", "--KubernetesSandbox.runtime_class_name=gvisor")  # no such RuntimeClass here
+    kernel = k8s_kernel("python", "--KubernetesSandbox.runtime_class_name=no-such-runtime")  # no such RuntimeClass
     started = time.monotonic()
     cell = kernel.run("1")
     assert cell.error is not None and cell.error["ename"] == "AdmissionError"
-    assert 'pod rejected: RuntimeClass "gvisor" not found' in cell.error["evalue"]
+    assert 'pod rejected: RuntimeClass "no-such-runtime" not found' in cell.error["evalue"]
     assert time.monotonic() - started < 10
 
 
