@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from kubernetes import client, config  # noqa: E402
 
 from sandbox_kernel.config import Sandbox  # noqa: E402
-from sandbox_kernel.kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession  # noqa: E402
+from sandbox_kernel.kubernetes.session import KubernetesSandboxSession  # noqa: E402
+from sandbox_kernel.kubernetes.settings import KubernetesSandbox  # noqa: E402
 from sandbox_kernel.languages import LANGUAGES  # noqa: E402
 from sandbox_kernel.session import ExecuteResult, Stream  # noqa: E402
 

@@ -113,7 +113,7 @@ def settings_reference() -> str:
     """Every setting of every backend as a Markdown table (the README's reference is this)."""
     from .config import Sandbox
     from .kernel import SandboxKernel
-    from .kubernetes.backend import KubernetesSandbox
+    from .kubernetes.settings import KubernetesSandbox
     from .egress.host import EgressProxy
     from .local.backend import LocalSandbox
 
@@ -149,7 +149,7 @@ def render(args: argparse.Namespace) -> int:
     """``render``, with ``--no-agent`` replacing the agent's source by a one-line reference."""
     from .kubernetes import commands
 
-    from .kubernetes.backend import KubernetesSandbox
+    from .kubernetes.settings import KubernetesSandbox
 
     profile = getattr(args, "seccomp_profile", None)
     settings = KubernetesSandbox() if profile is None else KubernetesSandbox(seccomp_profile=profile)

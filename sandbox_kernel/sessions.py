@@ -47,6 +47,7 @@ def make_session(backend: str, language: str, config: Any = None, parent: Any = 
         from .local.backend import LocalSandbox, LocalSandboxSession
 
         return LocalSandboxSession(lang, limits, LocalSandbox(config=config, parent=parent))
-    from .kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
+    from .kubernetes.session import KubernetesSandboxSession
+    from .kubernetes.settings import KubernetesSandbox
 
     return KubernetesSandboxSession(lang, limits, KubernetesSandbox(config=config, parent=parent))

@@ -21,7 +21,7 @@ from ..errors import SandboxError
 from ..languages import get_language
 from . import manifests
 from .api import KubernetesApi, parse_time
-from .backend import KubernetesSandbox
+from .settings import KubernetesSandbox
 
 RENDER_USER = "system:serviceaccount:sandbox-kernel-system:sandbox-kernel"
 """The identity ``render`` shows the objects for: the service account of ``k8s/rbac/``."""

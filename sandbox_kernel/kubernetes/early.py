@@ -7,12 +7,12 @@ imports, the kubelet for the pod), so ``python -m sandbox_kernel.kernelapp`` cal
 :func:`begin` before those imports: it reads the same configuration the kernel will read
 (``sandbox_kernel_config.py`` in the Jupyter config path, then the command line, then
 ``SANDBOX_KERNEL_BACKEND``), and for the Kubernetes backend creates the namespace, all its
-objects and the first pod (:func:`.backend.prepare_sandbox`), before importing on.
+objects and the first pod (:func:`.provision.prepare_sandbox`), before importing on.
 
 Nothing about the sandbox is weakened: the objects are created by the same code in the same
 order (the deny-all policy before the pod), and the pod's agent still waits for the kernel's
 gate line and for the policy to be enforced (:func:`.manifests.agent_command`). The session
-takes the prepared sandbox over (:meth:`.backend.KubernetesSandboxSession._claim_early`) only
+takes the prepared sandbox over (:meth:`.session.KubernetesSandboxSession._claim_early`) only
 if every object is exactly what it would have created itself from the configuration ipykernel
 finally loaded; otherwise it deletes it and starts its own. Any failure here only means no head
 start. A prepared sandbox nobody claims is deleted at exit (its Lease, never renewed, also lets
@@ -27,12 +27,13 @@ import atexit
 import logging
 import os
 import re
+import threading
 import time
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backend import PreparedSandbox
+    from .provision import PreparedSandbox
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -94,10 +95,6 @@ def begin(argv: list[str]) -> None:
         backend = os.environ.get("SANDBOX_KERNEL_BACKEND") or kernel.get("backend", "local")
         if backend != "kubernetes":
             return
-        from .backend import (
-            start_early,  # the kubernetes client: on the critical path, so first
-        )
-
         _pending = start_early(config, str(kernel.get("language_name", "python")))
         atexit.register(_discard_unclaimed)
         # Let the API calls finish before importing on: they are short (~70 ms) but would crawl
@@ -108,6 +105,34 @@ def begin(argv: list[str]) -> None:
         log.debug("early sandbox start: %s after %.3f s", "created" if _pending.done() else "still creating", time.perf_counter() - began)
     except Exception as exc:  # noqa: BLE001 - no head start; the kernel reports real problems itself
         log.debug("no early sandbox start: %s", exc)
+
+
+def start_early(config: Any, language_name: str) -> Future[PreparedSandbox]:
+    """Begin :func:`.provision.prepare_sandbox` in a thread, with the settings ``config`` gives.
+
+    Settings are validated here, in the caller's thread: a bad one raises at once (and the
+    kernel reports it properly later, when it reads the same configuration).
+    """
+    from ..config import Sandbox
+    from ..languages import LANGUAGES
+    from .provision import prepare_sandbox  # imports the kubernetes client
+    from .settings import KubernetesSandbox, current_kernel_id
+
+    language = LANGUAGES[language_name]
+    limits = Sandbox(config=config).limits()
+    settings = KubernetesSandbox(config=config)
+    settings.validate(limits)
+    kernel_id = current_kernel_id()
+    future: Future[PreparedSandbox] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(prepare_sandbox(settings, language, limits, kernel_id))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever claims it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="sandbox-early-start", daemon=True).start()
+    return future
 
 
 def claim() -> Future[PreparedSandbox] | None:

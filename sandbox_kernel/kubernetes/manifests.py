@@ -3,7 +3,7 @@
 Each function takes small frozen dataclasses and returns the plain dict the API server is sent,
 so ``sandbox-kernel render``, ``k8s/sandbox/*.yaml`` and the running kernel all apply exactly
 the same objects, and the tests compare whole dicts without a cluster. Nothing here talks to
-the network or reads settings; :mod:`.backend` turns settings into these dataclasses and
+the network or reads settings; :mod:`.settings` turns settings into these dataclasses and
 :mod:`.api` sends the dicts.
 
 One sandbox is, in the order it is created::
@@ -466,7 +466,7 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
     """The sandbox pod: passes Pod Security "restricted" as created; stdin open for attach.
 
     HOME and /tmp are tmpfs (:data:`SCRATCH_MEDIUM`): what a cell writes there is memory of the
-    container, within ``memory_limit`` (:meth:`.backend.KubernetesSandbox.validate` keeps room for
+    container, within ``memory_limit`` (:meth:`.settings.KubernetesSandbox.validate` keeps room for
     the interpreter beside them).
     """
     pod_spec: dict[str, Any] = {

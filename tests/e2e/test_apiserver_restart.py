@@ -18,7 +18,8 @@ import pytest
 from traitlets.config import Config
 
 from sandbox_kernel.config import Sandbox
-from sandbox_kernel.kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
+from sandbox_kernel.kubernetes.session import KubernetesSandboxSession
+from sandbox_kernel.kubernetes.settings import KubernetesSandbox
 from sandbox_kernel.languages import LANGUAGES
 from sandbox_kernel.session import ErrorOutput, ExecuteResult, Stream
 

@@ -376,7 +376,8 @@ def test_a_dropped_attach_stream_is_reattached_without_losing_output_or_state(
     import socket
 
     from sandbox_kernel.config import Sandbox
-    from sandbox_kernel.kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
+    from sandbox_kernel.kubernetes.session import KubernetesSandboxSession
+    from sandbox_kernel.kubernetes.settings import KubernetesSandbox
     from sandbox_kernel.languages import LANGUAGES
     from sandbox_kernel.session import ErrorOutput, ExecuteResult, Stream
 

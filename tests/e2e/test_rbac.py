@@ -16,7 +16,8 @@ from kubernetes.client.rest import ApiException
 from fixtures_kubernetes import SA_NAMESPACE, SA_USER, namespace_exists, wait_until
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import AdmissionError
-from sandbox_kernel.kubernetes.backend import KubernetesSandbox, KubernetesSandboxSession
+from sandbox_kernel.kubernetes.session import KubernetesSandboxSession
+from sandbox_kernel.kubernetes.settings import KubernetesSandbox
 from sandbox_kernel.languages import LANGUAGES
 
 pytestmark = pytest.mark.cluster

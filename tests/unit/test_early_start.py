@@ -12,13 +12,9 @@ import pytest
 
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.kubernetes import early, manifests
-from sandbox_kernel.kubernetes.backend import (
-    KubernetesSandbox,
-    KubernetesSandboxSession,
-    PreparedSandbox,
-    current_kernel_id,
-    expected_objects,
-)
+from sandbox_kernel.kubernetes.provision import PreparedSandbox, expected_objects
+from sandbox_kernel.kubernetes.session import KubernetesSandboxSession
+from sandbox_kernel.kubernetes.settings import KubernetesSandbox, current_kernel_id
 from sandbox_kernel.languages import LANGUAGES
 
 IDENT = manifests.SandboxIdentity(

@@ -14,7 +14,8 @@ import pytest
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import ConfigError, Evicted, OutOfMemory, SandboxLost, SandboxStartError
 from sandbox_kernel.kubernetes import manifests
-from sandbox_kernel.kubernetes.backend import KubernetesSandbox, current_kernel_id, end_reason, eviction_event, start_problem
+from sandbox_kernel.kubernetes.pod_status import end_reason, eviction_event, start_problem
+from sandbox_kernel.kubernetes.settings import KubernetesSandbox, current_kernel_id
 from sandbox_kernel.kubernetes.commands import heartbeat_expiry, is_ours, rendered_objects, verdict
 from sandbox_kernel.languages import LANGUAGES
 

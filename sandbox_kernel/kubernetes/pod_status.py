@@ -1,0 +1,103 @@
+"""What a sandbox pod's status says, in the user's words (pure functions over ``kubectl get -o json`` dicts).
+
+While a pod starts, :func:`start_problem` tells a pod that will never run (an image that cannot
+be pulled, a container that cannot be created, no node that fits) from one that is merely slow;
+once its stream ended, :func:`end_reason` and :func:`eviction_event` say why the agent is gone
+(out of memory, evicted, the pod's lifetime reached, the NetworkPolicy not enforced, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Limits
+from ..errors import Evicted, OutOfMemory, SandboxError, SandboxLost, SandboxStartError
+from . import manifests
+
+_START_FAILURES = {
+    "ErrImagePull": "could not be pulled",
+    "ImagePullBackOff": "could not be pulled",
+    "InvalidImageName": "is not a valid image name",
+    "ErrImageNeverPull": "is not on the node and imagePullPolicy is Never",
+    "CreateContainerConfigError": "could not be configured",
+    "CreateContainerError": "could not be created",
+    "RunContainerError": "could not be started",
+}
+
+
+def container_status(pod: dict[str, Any]) -> dict[str, Any]:
+    """The status of the sandbox container in ``pod`` (``{}`` before the kubelet reports one)."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == manifests.CONTAINER_NAME:
+            return status
+    return {}
+
+
+def start_problem(pod: dict[str, Any], image: str) -> SandboxError | None:
+    """Why a starting pod will not run (pull error, bad config, unschedulable), or None."""
+    waiting = container_status(pod).get("state", {}).get("waiting") or {}
+    reason = waiting.get("reason", "")
+    if reason in _START_FAILURES:
+        detail = waiting.get("message") or reason
+        hint = ""
+        if "pull" in _START_FAILURES[reason] or reason == "ErrImageNeverPull":
+            hint = " Set c.KubernetesSandbox.images (or SANDBOX_IMAGE_<LANGUAGE>) to an image the cluster can use."
+        return SandboxStartError(f"The sandbox image {image} {_START_FAILURES[reason]} ({reason}): {detail}.{hint}")
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+            return SandboxStartError(
+                f"No node can run the sandbox pod: {condition.get('message', 'unschedulable')}. "
+                "Check KubernetesSandbox.node_selector / tolerations and Sandbox.memory_request / cpu_request."
+            )
+    return None
+
+
+def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) -> SandboxError | None:
+    """Why the sandbox pod's agent ended, from the pod's status; None while it still runs."""
+    gone = "A new sandbox pod is started; variables from earlier cells are gone."
+    if pod is None:
+        return SandboxLost(f"The sandbox pod was deleted. {gone}")
+    status = pod.get("status", {})
+    if status.get("reason") == "Evicted":
+        why = (status.get("message") or "no reason given").strip().rstrip(".")
+        return Evicted(f"Kubernetes evicted the sandbox pod: {why}. {gone}")
+    if status.get("reason") == "DeadlineExceeded":
+        return SandboxLost(
+            f"The sandbox pod reached its maximum lifetime of {pod_lifetime} s (KubernetesSandbox.pod_lifetime). {gone}"
+        )
+    terminated = container_status(pod).get("state", {}).get("terminated")
+    if terminated:
+        if terminated.get("reason") == "OOMKilled":
+            return OutOfMemory(limits.memory)
+        if terminated.get("exitCode") == manifests.POLICY_NOT_ENFORCED:
+            return SandboxStartError(
+                "The sandbox pod could still reach the Kubernetes API server (over IPv4, or the node over IPv6 "
+                "link-local) after KubernetesSandbox.network_policy_wait seconds: the deny-all NetworkPolicy is not "
+                "enforced in this cluster (does its network plugin support NetworkPolicy, for IPv6 too?). Cells are "
+                "not run without it."
+            )
+        why = terminated.get("reason") or "stopped"
+        detail = f": {terminated['message'].strip()}" if terminated.get("message") else ""
+        return SandboxLost(f"The sandbox stopped ({why}, exit code {terminated.get('exitCode')}){detail}. {gone}")
+    if status.get("phase") in ("Failed", "Succeeded"):
+        return SandboxLost(f"The sandbox pod ended ({status.get('phase')}: {status.get('message', '')}). {gone}")
+    return None
+
+
+def eviction_event(events: list[dict[str, Any]], pod_name: str) -> Evicted | None:
+    """The kubelet's Evicted event for ``pod_name`` among a namespace's events, as an error."""
+    for event in events:
+        obj = event.get("involvedObject") or {}
+        if event.get("reason") == "Evicted" and obj.get("kind") == "Pod" and obj.get("name") == pod_name:
+            why = (event.get("message") or "no reason given").strip().rstrip(".")
+            return Evicted(
+                f"Kubernetes evicted the sandbox pod: {why}. A new sandbox pod is started; variables from earlier cells are gone."
+            )
+    return None
+
+
+def container_running(pod: dict[str, Any] | None) -> bool:
+    """Whether the sandbox container runs and the pod is not being deleted (so it can be attached to)."""
+    return bool(pod and pod.get("status", {}).get("phase") == "Running" and container_status(pod).get("state", {}).get("running")
+                and not pod.get("metadata", {}).get("deletionTimestamp"))
+

@@ -1,0 +1,408 @@
+"""The Kubernetes sandbox session: a locked-down namespace and one restricted pod per kernel.
+
+What a cell sees:
+
+- its own namespace ``sandbox-<8 hex>`` with Pod Security "restricted" enforced, a
+  ResourceQuota, a LimitRange and a deny-all NetworkPolicy (no DNS, no API server, no other pod),
+- one pod running the language's agent as uid 1000 with no capabilities, a read-only root
+  file system, a memory-backed emptyDir (tmpfs) of ``scratch_size`` as HOME and working directory
+  (a write past it fails with ENOSPC; its pages count against the memory limit), no service
+  account token and only HOME, PATH and LANG in its environment,
+- the pod's memory and CPU limits (an over-limit allocation is OOMKilled and reported).
+
+How the kernel reaches it: only through the API server, with an *attach* stream to the pod's
+stdin/stdout (never over pod networking, which the policy blocks). Attach does not replay what
+a container wrote before the stream opened, so the container starts the agent only once the
+deny-all NetworkPolicy is in force (network plugins program a new pod's rules a moment after it
+starts) and the kernel's gate line has arrived on stdin (see :func:`.manifests.agent_command`).
+The namespace and its objects are created by :mod:`.provision`, maybe before the kernel process
+has finished importing (:mod:`.early`; the session then takes them over); :mod:`.pod_status`
+says why a pod does not start or why it ended.
+If the websocket drops while the pod runs, the kernel attaches again and the agent repeats what
+the kernel missed (see :mod:`.attach`), so a running cell loses no output.
+
+What outlives a crash: the kernel renews a Lease in its namespace every ``heartbeat_interval``;
+``sandbox-kernel gc`` deletes namespaces whose lease expired (see :mod:`.commands`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any, Callable, TypeVar
+
+from ..config import Limits
+from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError
+from ..languages import Language
+from ..session import AgentChannel, AgentSession
+from . import early, manifests, reports
+from .api import AttachStream, KubernetesApi, micro_time
+from .attach import AttachChannel
+from .pod_status import container_running, end_reason, eviction_event, start_problem
+from .provision import PreparedSandbox, create_namespace_objects, expected_objects
+from .settings import KubernetesSandbox, current_kernel_id
+
+log = logging.getLogger("sandbox_kernel")
+
+T = TypeVar("T")
+
+POLL_INTERVAL = 0.1
+"""Seconds between pod status reads after a pod's stream ended."""
+
+START_POLL_INTERVAL = 0.05
+"""Seconds between pod status reads while a pod starts. The pod shows as running on average half
+an interval after the kubelet reports it, which is on the start's critical path; a read costs the
+API server ~3 ms. (A watch would save the rest, but the sandbox role has no ``watch`` on pods,
+and the kubelet's own status lag, up to its 1 s PLEG relist, dominates anyway.)"""
+
+
+
+class KubernetesSandboxSession(AgentSession):
+    """A session whose sandbox is a pod in a namespace of its own."""
+
+    backend = "kubernetes"
+    start_timeout = 30.0  # for the agent's ready frame, once the pod runs and is attached
+
+    def __init__(
+        self,
+        language: Language,
+        limits: Limits,
+        settings: KubernetesSandbox | None = None,
+        kernel_id: str | None = None,
+    ) -> None:
+        super().__init__(language, limits)
+        self.settings = settings or KubernetesSandbox()
+        self.settings.validate(limits)
+        self.kernel_id = kernel_id or current_kernel_id()
+        self._api: KubernetesApi | None = None
+        self._ident: manifests.SandboxIdentity | None = None
+        self._applied: list[dict[str, Any]] = []
+        self._pod_name: str | None = None
+        self._pods_created = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._attach: AttachChannel | None = None
+        self._last_pod: str | None = None
+        self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
+        self._events: list[tuple[float, str]] = []
+
+    @property
+    def namespace(self) -> str | None:
+        """The sandbox namespace, once created."""
+        return self._ident.namespace if self._ident else None
+
+    @property
+    def pod_name(self) -> str | None:
+        return self._pod_name
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking API call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    def _connect(self) -> KubernetesApi:
+        if self._api is None:
+            self._api = KubernetesApi(self.settings.kubeconfig, self.settings.context)
+        return self._api
+
+    def _event(self, text: str, when: float | None = None) -> None:
+        self._events.append((time.time() if when is None else when, text))
+        del self._events[:-50]
+        log.info("%s", text)
+
+    # -- creating the sandbox -----------------------------------------------------------------------
+
+    def _create_namespace_objects(self) -> None:
+        """Namespace, RoleBinding, quota, limit range, policy, config map, lease (blocking)."""
+        ident, applied = create_namespace_objects(self._connect(), self.settings, self.language, self.limits, self.kernel_id)
+        self._ident = ident
+        self._applied = applied
+        self._event(f"namespace {ident.namespace} created for kernel {self.kernel_id} (owner {ident.owner})")
+
+    async def _claim_early(self) -> PreparedSandbox | None:
+        """The sandbox :mod:`.early` began creating while the kernel process imported, if it fits.
+
+        It fits only if every object it created is exactly what this session would have
+        created (same cluster, kernel, language, limits and settings): the early start guessed
+        the configuration before ipykernel loaded it. Anything else is deleted and the session
+        starts its own sandbox, so a wrong guess costs time, never a weaker sandbox.
+        """
+        future = early.claim()
+        if future is None:
+            return None
+        try:
+            prepared = await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 - the normal start below reports the cause properly
+            log.info("early sandbox start failed (%s); starting the sandbox now", exc)
+            return None
+        settings = self.settings
+        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name)
+        if (prepared.kubeconfig, prepared.context) == (settings.kubeconfig, settings.context) and (
+            prepared.ident.kernel_id == self.kernel_id and expected.in_order() == prepared.applied
+        ):
+            return prepared
+        log.info("the early sandbox %s does not match the kernel's configuration; deleting it", prepared.ident.namespace)
+        try:
+            await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
+        except SandboxError:
+            log.warning("could not delete the early sandbox namespace %s", prepared.ident.namespace, exc_info=True)
+        return None
+
+    async def _spawn(self) -> AgentChannel:
+        try:
+            return await self._spawn_pod()
+        except ClusterUnreachable:
+            if self._ident is None:
+                self._api = None  # reload the kubeconfig next time: it may have been fixed or renewed
+            raise
+
+    async def _spawn_pod(self) -> AgentChannel:
+        prepared = await self._claim_early() if self._ident is None else None
+        if prepared is not None:
+            self._api = prepared.api
+        api = await self._run(self._connect)
+        if self._ident is not None:
+            ns = await self._run(api.read_namespace, self._ident.namespace)
+            if ns is None or ns.get("metadata", {}).get("deletionTimestamp"):
+                self._event(f"namespace {self._ident.namespace} is gone; creating a new one")
+                self._stop_heartbeat()
+                self._ident = None
+        if self._ident is not None:
+            # A pod we could not delete (say the API server was away) would hold quota: retry now.
+            for stale in sorted(self._stale_pods):
+                await self._run(api.delete_pod, self._ident.namespace, stale)
+                self._stale_pods.discard(stale)
+        if prepared is not None:
+            self._stale_pods.clear()
+            self._ident = prepared.ident
+            self._applied = prepared.applied
+            self._pods_created = 1
+            name = prepared.pod_name
+            spec = self.settings.pod_spec(self.language, self.limits, name)
+            self._event(f"namespace {prepared.ident.namespace} created for kernel {self.kernel_id} "
+                        f"(owner {prepared.ident.owner}) while the kernel process started", prepared.created_at)
+            self._event(f"pod {name} created (image {spec.image})", prepared.created_at)
+            self._pod_name = name
+            self._start_heartbeat()
+        else:
+            if self._ident is None:
+                self._stale_pods.clear()
+                await self._run(self._create_namespace_objects)
+                self._pods_created = 0
+                self._start_heartbeat()
+            assert self._ident is not None
+            self._pods_created += 1
+            name = f"sandbox-{self._pods_created}"
+            spec = self.settings.pod_spec(self.language, self.limits, name)
+            body = manifests.pod(self._ident, spec)
+            await self._run(api.create, body, rbac_settle=5.0, account_settle=self.settings.start_timeout)
+            self._pod_name = name
+            self._applied = [o for o in self._applied if o["kind"] != "Pod"] + [body]
+            self._event(f"pod {name} created (image {spec.image})")
+        ident = self._ident
+        assert ident is not None
+        try:
+            await self._wait_running(api, ident.namespace, name, spec.image)
+            stream = await self._run(api.attach, ident.namespace, name, manifests.CONTAINER_NAME)
+        except BaseException:
+            self._pod_name = None
+            try:
+                await self._run(api.delete_pod, ident.namespace, name)
+            except SandboxError:
+                pass
+            raise
+        loop = asyncio.get_running_loop()
+        channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
+        self._attach = channel
+        channel.open_gate(manifests.GATE_LINE)
+        self._event(f"attached to pod {name}; agent starting")
+        return channel
+
+    async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout
+        unschedulable_since: float | None = None
+        last: dict[str, Any] | None = None
+        while True:
+            pod = await self._run(api.read_pod, namespace, name)
+            if pod is None:
+                raise SandboxStartError(f"The sandbox pod {name} disappeared while starting (namespace {namespace}).")
+            last = pod
+            if container_running(pod):
+                node = pod.get("spec", {}).get("nodeName", "?")
+                self._event(f"pod {name} running on node {node}")
+                return
+            problem = start_problem(pod, image)
+            if problem is not None:
+                if "No node can run" not in str(problem):
+                    self._event(str(problem))
+                    raise problem
+                # The scheduler may just be waiting for a node to become ready: allow it 2 s.
+                unschedulable_since = unschedulable_since or time.monotonic()
+                if time.monotonic() - unschedulable_since > 2.0:
+                    self._event(str(problem))
+                    raise problem
+            else:
+                unschedulable_since = None
+            ended = end_reason(pod, self.limits, self.settings.pod_lifetime)
+            if ended is not None:
+                raise SandboxStartError(f"The sandbox pod ended while starting: {ended}")
+            if time.monotonic() > deadline:
+                phase = (last or {}).get("status", {}).get("phase", "unknown")
+                raise SandboxStartError(
+                    f"The sandbox pod {name} was not running after {self.settings.start_timeout:g} s "
+                    f"(phase {phase}). See %sandbox events, or raise KubernetesSandbox.start_timeout."
+                )
+            await asyncio.sleep(START_POLL_INTERVAL)
+
+    def _reattach(self, namespace: str, name: str) -> AttachStream | None:
+        """Called by the reader thread when the stream ended: attach again if the container still runs.
+
+        Keeps trying for ``reconnect_timeout`` seconds while the API server is away or refuses
+        for a moment (a restart, a busy kubelet); gives up at once if the pod is gone or ended.
+        """
+        api = self._connect()
+        deadline = time.monotonic() + self.settings.reconnect_timeout
+        delay = 0.2  # also lets the kubelet report a container that has just ended
+        while not self._closed and time.monotonic() < deadline:
+            time.sleep(delay)
+            try:
+                pod = api.read_pod(namespace, name)
+                if not container_running(pod):
+                    log.warning("not re-attaching: pod %s/%s is no longer running", namespace, name)
+                    return None
+                return api.attach(namespace, name, manifests.CONTAINER_NAME)
+            except SandboxError as exc:
+                log.warning("re-attaching to pod %s/%s failed, retrying: %s", namespace, name, exc)
+                delay = min(delay * 2, 2.0)
+        if not self._closed:
+            log.error("gave up re-attaching to pod %s/%s after %g s", namespace, name, self.settings.reconnect_timeout)
+        return None
+
+    # -- heartbeat ----------------------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        self._stop_heartbeat()
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            ident, api = self._ident, self._api
+            if ident is None or api is None:
+                return
+            try:
+                await self._run(api.renew_lease, ident.namespace, manifests.LEASE_NAME, micro_time())
+            except SandboxError as exc:
+                log.warning("heartbeat not renewed: %s", exc)
+
+    # -- AgentSession hooks -------------------------------------------------------------------------
+
+    async def _kill(self) -> None:
+        name, self._pod_name = self._pod_name, None
+        self._attach = None
+        if name is None or self._ident is None or self._api is None:
+            return
+        if self._closed:
+            self._last_pod = name  # close() deletes it together with the namespace
+            return
+        try:
+            await self._run(self._api.delete_pod, self._ident.namespace, name)
+        except SandboxError:
+            self._stale_pods.add(name)
+            raise
+        self._event(f"pod {name} deleted")
+
+    async def _lost_reason(self) -> SandboxError:
+        ident, name, api = self._ident, self._pod_name, self._api
+        if ident is None or name is None or api is None:
+            return SandboxLost("The sandbox stopped unexpectedly.")
+        try:
+            reason = None
+            seen: float | None = None
+            for _ in range(70):  # the kubelet may need a moment to report how the container ended
+                pod = await self._run(api.read_pod, ident.namespace, name)
+                reason = end_reason(pod, self.limits, self.settings.pod_lifetime)
+                if reason is not None:
+                    # The container's end may be reported before the pod's (an eviction or the
+                    # deadline first stops the container): wait for the pod to settle, briefly.
+                    settled = pod is None or pod.get("status", {}).get("phase") in ("Failed", "Succeeded")
+                    seen = seen or time.monotonic()
+                    if settled or isinstance(reason, OutOfMemory) or time.monotonic() - seen > 3.0:
+                        break
+                await asyncio.sleep(POLL_INTERVAL)
+            if reason is not None and type(reason) is SandboxLost:
+                # A kubelet eviction whose container exited cleanly on SIGTERM can leave the pod
+                # "Succeeded" with no reason: its Evicted event still says what happened.
+                evicted = eviction_event(await self._run(api.list_events, ident.namespace), name)
+                if evicted is not None:
+                    reason = evicted
+        except SandboxError as exc:
+            self._event(f"pod {name}: {exc}")
+            return exc
+        if reason is None:
+            reason = SandboxLost(
+                "The connection to the sandbox pod was lost while it was still running and could not be "
+                "re-established. A new sandbox pod is started; variables from earlier cells are gone."
+            )
+        self._event(f"pod {name}: {reason}")
+        return reason
+
+    async def close(self) -> None:
+        await super().close()
+        self._stop_heartbeat()
+        ident, self._ident = self._ident, None
+        if ident is None or self._api is None:
+            return
+        api = self._api
+        try:
+            # Deleting the pod at once first (grace 0) spares the namespace controller waiting
+            # for its graceful termination; the namespace then goes in a few seconds.
+            for name in sorted(self._stale_pods | ({self._last_pod} if self._last_pod else set())):
+                await self._run(api.delete_pod, ident.namespace, name)
+            await self._run(api.delete_namespace, ident.namespace)
+            deadline = time.monotonic() + self.settings.shutdown_deadline
+            while time.monotonic() < deadline:
+                if await self._run(api.read_namespace, ident.namespace) is None:
+                    self._event(f"namespace {ident.namespace} deleted")
+                    self._last_pod = None
+                    return
+                await asyncio.sleep(0.25)
+            log.warning(
+                "namespace %s still exists %g s after deletion was requested (KubernetesSandbox.shutdown_deadline); "
+                "Kubernetes keeps deleting it", ident.namespace, self.settings.shutdown_deadline,
+            )
+        except SandboxError as exc:
+            log.warning("could not delete namespace %s: %s; `sandbox-kernel gc` will reclaim it", ident.namespace, exc)
+
+
+    # -- %sandbox -----------------------------------------------------------------------------------
+
+    def report(self, topic: str) -> str:
+        if topic not in reports.TOPICS:
+            raise ValueError(topic)
+        ident = self._ident
+        if ident is None or self._api is None:
+            return "No sandbox namespace exists yet (the sandbox has not started, or it was deleted)."
+        facts = reports.SandboxFacts(
+            ident=ident,
+            pod_name=self._pod_name,
+            settings=self.settings,
+            limits=self.limits,
+            language=f"{self.language.name} {self.language_info.get('version', '')}".strip(),
+            image=self.settings.image(self.language),
+            cell_timeout=self.timeout,
+            stream=reports.stream_health(self._attach),
+            kernel_events=tuple(self._events),
+            applied=tuple(self._applied),
+        )
+        try:
+            return reports.report(topic, self._api, facts)
+        except SandboxError as exc:
+            return f"Could not ask Kubernetes: {exc}"
