@@ -17,25 +17,18 @@ configured ones: a lower ``--timeout`` lowers the session's time limit for that 
 ``--memory`` and ``--cpu`` need cgroups or a pod of their own, so that cell runs in a one-off
 sandbox that is destroyed afterwards.
 
-Threads: sessions are asyncio objects, but the host's main thread is busy running the cell
-(ipykernel already has an event loop there, terminal IPython may not). So every session lives
-on one daemon thread with its own event loop; the cell's thread only submits coroutines to it
-and relays the events it gets back. Ctrl-C (SIGINT, delivered to the main thread) becomes
-``session.interrupt()``. The thread lasts as long as the process on purpose: bubblewrap's
-``--die-with-parent`` fires when the *thread* that started it ends.
+Threads: every session lives on one daemon thread with its own event loop
+(``magic_thread.py`` says why); the cell's thread only submits coroutines to it and relays the
+events it gets back. Ctrl-C (SIGINT, delivered to the main thread) becomes
+``session.interrupt()``. The per-cell limits are checked in ``magic_limits.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import queue
 import shlex
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from typing import Any, Coroutine, TypeVar
 
 from IPython.core.error import UsageError
@@ -47,7 +40,8 @@ from . import output_policy
 from .config import Sandbox, check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
-from .quantity import QuantityError, parse_bytes, parse_cpu
+from .magic_limits import CellLimits, check_cell_limits, one_off_config
+from .magic_thread import SessionThread, at_exit
 from .session import DisplayData, ErrorOutput, ExecuteResult, SandboxSession, Stream
 from .sessions import chosen_backend, make_session
 
@@ -110,134 +104,7 @@ def _for_magic(error: ErrorOutput) -> ErrorOutput:
 
 
 # ---------------------------------------------------------------------------------------------
-# The thread every session lives on.
-
-
-class SessionThread:
-    """A daemon thread running the event loop that owns every sandbox session."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="sandbox-sessions", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the session loop and wait for its result (Ctrl-C cancels it)."""
-        future = self.submit(coro)
-        try:
-            return future.result(timeout)
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
-
-    def finish(self, coro: Coroutine[Any, Any, Any], timeout: float) -> None:
-        """Run clean-up ``coro`` to the end even through Ctrl-C, so no sandbox is left half-closed."""
-        future = self.submit(coro)
-        deadline = time.monotonic() + timeout
-        interrupted = False
-        while True:
-            try:
-                future.result(max(0.0, deadline - time.monotonic()))
-                break
-            except KeyboardInterrupt:
-                interrupted = True
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                break
-        if interrupted:
-            raise KeyboardInterrupt
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-cell limits.
-
-
-@dataclass(frozen=True)
-class CellLimits:
-    """What a ``%%sandbox`` line asked for; ``None`` = as configured."""
-
-    timeout: float | None = None
-    memory: str | None = None
-    cpu: str | None = None
-
-
-def check_cell_limits(asked: CellLimits, configured: Sandbox) -> CellLimits:
-    """Keep only the limits stricter than ``configured``; raise ConfigError for looser ones.
-
-    Equal limits are dropped, so ``--memory 256Mi`` under a 256Mi configuration runs in the
-    ordinary session.
-    """
-    limits = configured.limits()
-    timeout = memory = cpu = None
-    if asked.timeout is not None:
-        stricter = limits.timeout == 0 or (asked.timeout != 0 and asked.timeout < limits.timeout)
-        if asked.timeout != limits.timeout and not stricter:
-            raise ConfigError(
-                "--timeout",
-                f"{asked.timeout:g} s is looser than the configured Sandbox.timeout "
-                f"({limits.timeout:g} s); a cell may only ask for stricter limits",
-            )
-        timeout = asked.timeout if stricter else None
-    if asked.memory is not None:
-        try:
-            wanted = parse_bytes(asked.memory)
-        except QuantityError as exc:
-            raise ConfigError("--memory", str(exc)) from None
-        if wanted < 16 * 2**20:
-            raise ConfigError("--memory", f"{asked.memory} is too small; use at least 16Mi")
-        if wanted > limits.memory_bytes:
-            raise ConfigError(
-                "--memory",
-                f"{asked.memory} is looser than the configured Sandbox.memory_limit ({limits.memory}); "
-                "a cell may only ask for stricter limits",
-            )
-        memory = asked.memory if wanted < limits.memory_bytes else None
-    if asked.cpu is not None:
-        try:
-            wanted_cpu = parse_cpu(asked.cpu)
-        except QuantityError as exc:
-            raise ConfigError("--cpu", str(exc)) from None
-        if wanted_cpu <= 0:
-            raise ConfigError("--cpu", "must be more than 0")
-        if wanted_cpu > limits.cpu_cores:
-            raise ConfigError(
-                "--cpu",
-                f"{asked.cpu} is looser than the configured Sandbox.cpu_limit ({limits.cpu}); "
-                "a cell may only ask for stricter limits",
-            )
-        cpu = asked.cpu if wanted_cpu < limits.cpu_cores else None
-    return CellLimits(timeout, memory, cpu)
-
-
-def one_off_config(base: Config, strict: CellLimits) -> Config:
-    """``base`` with the stricter memory/CPU/time limits of one cell (requests capped to them)."""
-    config = Config()
-    config.merge(base)
-    configured = Sandbox(config=base)
-    if strict.memory is not None:
-        config.Sandbox.memory_limit = strict.memory
-        if parse_bytes(configured.memory_request) > parse_bytes(strict.memory):
-            config.Sandbox.memory_request = strict.memory
-    if strict.cpu is not None:
-        config.Sandbox.cpu_limit = strict.cpu
-        if parse_cpu(configured.cpu_request) > parse_cpu(strict.cpu):
-            config.Sandbox.cpu_request = strict.cpu
-    if strict.timeout is not None:
-        config.Sandbox.timeout = strict.timeout
-    return config
-
-
-# ---------------------------------------------------------------------------------------------
 # The magics.
-
-
 
 
 def _cell_parser() -> MagicArgumentParser:
@@ -259,9 +126,9 @@ class SandboxMagics(Magics):
         self._thread: SessionThread | None = None
         self._parser = _cell_parser()
         # ipykernel's shutdown_request sets exit_now: close the sandboxes while the kernel is
-        # still whole. Terminal IPython and other exits go through _at_exit instead.
+        # still whole. Terminal IPython and other exits go through at_exit instead.
         shell.observe(self._on_exit_now, names="exit_now")
-        _at_exit(self.close_all)
+        at_exit(self.close_all)
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -501,24 +368,6 @@ class SandboxMagics(Magics):
             self._thread.call(close_them(), CLOSE_TIMEOUT)
         except Exception:  # noqa: BLE001 - at exit nobody is left to tell
             pass
-
-
-def _at_exit(func: Any) -> None:
-    """Call ``func`` when the interpreter exits, while it can still start threads for work.
-
-    Closing a sandbox runs blocking clean-up (removing cgroups) in the event loop's default
-    executor, and ``concurrent.futures`` refuses new work once its own exit hook has run, which
-    is before plain ``atexit`` handlers. ``threading._register_atexit`` hooks run earlier (last
-    registered first); it is private, so fall back to ``atexit`` where it is missing.
-    """
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        if register is not None:
-            register(func)
-            return
-    except RuntimeError:  # already shutting down
-        return
-    atexit.register(func)
 
 
 _magics: SandboxMagics | None = None

@@ -36,7 +36,8 @@ from typing import Any, Callable, TypeVar
 from ..config import Limits
 from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError
 from ..languages import Language
-from ..session import AgentChannel, AgentSession
+from ..agent_session import AgentSession
+from ..session import AgentChannel
 from . import early, manifests, reports
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel

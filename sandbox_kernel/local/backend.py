@@ -48,7 +48,8 @@ from ..egress import host as egress
 from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, SandboxUnavailable
 from ..languages import Language
 from ..quantity import format_bytes
-from ..session import AgentChannel, AgentSession
+from ..agent_session import AgentSession
+from ..session import AgentChannel
 from ..usage import CellUsage, Usage
 from . import cgroups, gvisor, seccomp_policy, uids
 

@@ -23,7 +23,8 @@ from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import SandboxError, SandboxLost
 from sandbox_kernel.kubernetes.attach import AttachChannel
 from sandbox_kernel.languages import LANGUAGES
-from sandbox_kernel.session import AgentChannel, AgentSession, ErrorOutput, ExecuteResult, Stream
+from sandbox_kernel.agent_session import AgentSession
+from sandbox_kernel.session import AgentChannel, ErrorOutput, ExecuteResult, Stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agents import COMMANDS, COUNT, numbers, spawn, stop  # noqa: E402

@@ -15,7 +15,8 @@ from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import OutOfMemory, SandboxError
 from sandbox_kernel.languages import LANGUAGES
 from sandbox_kernel.protocol import FrameDecoder, Message, encode, encode_message
-from sandbox_kernel.session import AgentChannel, AgentSession, ErrorOutput, ExecuteResult, Stream
+from sandbox_kernel.agent_session import AgentSession
+from sandbox_kernel.session import AgentChannel, ErrorOutput, ExecuteResult, Stream
 
 READY = encode_message({"type": "ready", "language_info": {"name": "python", "version": "3.11.0"}})
 

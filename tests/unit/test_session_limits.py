@@ -14,7 +14,8 @@ import pytest
 
 from sandbox_kernel.messages import check
 from sandbox_kernel.protocol import Message, encode
-from sandbox_kernel.session import DisplayData, ErrorOutput, ExecuteResult, OutputGate, Stream
+from sandbox_kernel.output_gate import OutputGate
+from sandbox_kernel.session import DisplayData, ErrorOutput, ExecuteResult, Stream
 from test_session import FakeChannel, FakeSession, done, run
 
 
@@ -148,12 +149,12 @@ def test_a_failing_write_ends_the_cell_with_an_error_instead_of_raising() -> Non
 
 
 def test_a_bug_while_handling_output_ends_the_cell_with_a_protocol_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sandbox_kernel import session as session_module
+    from sandbox_kernel import output_gate
 
     def boom(self: Any, frames: list) -> list:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(session_module._CellOutput, "events", boom)
+    monkeypatch.setattr(output_gate.CellOutput, "events", boom)
     events = one_cell(lambda req: encode("out", b"x") + done(req))
     assert isinstance(events[-1], ErrorOutput) and events[-1].ename == "ProtocolError"
     assert "unexpected" in events[-1].evalue
