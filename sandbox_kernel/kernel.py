@@ -413,5 +413,5 @@ class SandboxKernel(Kernel):
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         if self.session_obj is not None:
             session = self.session_obj
-            await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.close(), 120)
+            await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.close(), session.close_timeout)
         return {"status": "ok", "restart": restart}

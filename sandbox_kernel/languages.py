@@ -21,11 +21,11 @@ class Language:
     interpreter: str
     """Program that runs the agent file inside the sandbox (looked up on the sandbox PATH)."""
     default_image: str
+    """Official image used by the Kubernetes backend unless configured otherwise."""
     agent_reaps_orphans: bool = True
     """Whether the agent, as PID 1 of a container, waits for the orphaned processes of user code
     (the Python and Bash agents do; Node.js cannot wait for a process it did not start, so its pod
     keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.manifests.agent_command`)."""
-    """Official image used by the Kubernetes backend unless configured otherwise."""
 
     def agent_path(self) -> Path:
         """Where the agent source lives in this installation."""

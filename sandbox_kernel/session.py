@@ -151,6 +151,11 @@ class SandboxSession(abc.ABC):
         Safe to call more than once, and after a failed :meth:`start`.
         """
 
+    @property
+    def close_timeout(self) -> float:
+        """Most seconds :meth:`close` may take: the kernel's shutdown waits this long for it."""
+        return 120.0
+
     @abc.abstractmethod
     def report(self, topic: str) -> str:
         """Plain text for ``%sandbox TOPIC``, one of :data:`REPORT_TOPICS`; ``ValueError`` for any other."""
@@ -178,7 +183,11 @@ class SandboxSession(abc.ABC):
         return CellUsage(wall, reason=f"CPU and memory per cell are not measured on the {self.backend} backend")
 
     def banner(self) -> str:
-        return f"Sandbox ({self.language.display_name.split('(')[1].rstrip(')')}) on the {self.backend} backend; limits: {self.limits.summary()}"
+        """The kernel's banner: ``Sandbox (Python) on the local backend; limits: ...``."""
+        name = self.language.display_name
+        # "Sandbox (Node.js)" names the language in parentheses; a display name without them is the language.
+        label = name[name.rfind("(") + 1:-1] if name.endswith(")") and "(" in name else name
+        return f"Sandbox ({label}) on the {self.backend} backend; limits: {self.limits.summary()}"
 
 
 # ---------------------------------------------------------------------------------------------

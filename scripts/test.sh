@@ -15,14 +15,15 @@ cleanup() { if ((started)); then tests/cluster/down >/dev/null 2>&1 || true; fi;
 trap cleanup EXIT
 echo "== starting the test cluster (tests/cluster/up)"
 t0=$(date +%s)
-up_log=$(mktemp)
-if ! tests/cluster/up >"$up_log" 2>&1; then
-  tail -n 60 "$up_log"
+up_log=$(mktemp)  # progress (stderr)
+up_out=$(mktemp)  # its last line is the admin kubeconfig (tests/cluster/README.md)
+if ! tests/cluster/up >"$up_out" 2>"$up_log"; then
+  tail -n 60 "$up_log" "$up_out"
   echo "test cluster failed to start" >&2
   exit 1
 fi
 started=1
-SANDBOX_KUBECONFIG=$(tail -n 1 "$up_log")
+SANDBOX_KUBECONFIG=$(tail -n 1 "$up_out")
 export SANDBOX_KUBECONFIG
 echo "== cluster up in $(( $(date +%s) - t0 )) s; admin kubeconfig: $SANDBOX_KUBECONFIG"
 

@@ -172,6 +172,10 @@ def owner_label(username: str) -> str:
 POLICY_NOT_ENFORCED = 97
 """Exit status of the container when the deny-all NetworkPolicy is not in force (see :data:`POLICY_GUARDS`)."""
 
+IPV6_PORTS = (6443, 10250)
+"""The node's ports the policy guard must find closed at the node's IPv6 link-local address: the API
+server's service port and the kubelet's (see :data:`POLICY_GUARDS`)."""
+
 # Run before the agent, with the image's interpreter: wait until the API server (the one address
 # every pod can reach when no policy applies) is unreachable, i.e. the deny-all NetworkPolicy is
 # programmed for this pod. Network plugins program a new pod's rules a moment after it starts
@@ -185,8 +189,6 @@ POLICY_NOT_ENFORCED = 97
 # at its link-local address: the IPv4 default gateway's MAC from /proc/net/arp, turned into its
 # EUI-64 fe80:: address, and any IPv6 default route's next hop (/proc/net/ipv6_route). A pod
 # without IPv6 (the test cluster's CNI turns it off) pays one file read for this.
-IPV6_PORTS = (6443, 10250)
-
 POLICY_GUARDS: dict[str, list[str]] = {
     "python3": ["python3", "-c", (
         "import os,select,socket,sys,time\n"

@@ -52,6 +52,10 @@ T = TypeVar("T")
 POLL_INTERVAL = 0.1
 """Seconds between pod status reads after a pod's stream ended."""
 
+CLOSE_MARGIN = 10.0
+"""Seconds the kernel's shutdown waits for :meth:`KubernetesSandboxSession.close` beyond
+``KubernetesSandbox.shutdown_deadline`` (its last API request may still be under way)."""
+
 START_POLL_INTERVAL = 0.05
 """Seconds between pod status reads while a pod starts. The pod shows as running on average half
 an interval after the kubelet reports it, which is on the start's critical path; a read costs the
@@ -211,8 +215,10 @@ class KubernetesSandboxSession(AgentSession):
             self._pod_name = None
             try:
                 await self._run(api.delete_pod, ident.namespace, name)
-            except SandboxError:
-                pass
+            except SandboxError as exc:
+                # It may still hold quota: the next start deletes it first, close() at the latest.
+                self._stale_pods.add(name)
+                log.warning("could not delete pod %s/%s, retried later: %s", ident.namespace, name, exc)
             raise
         loop = asyncio.get_running_loop()
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
@@ -355,7 +361,13 @@ class KubernetesSandboxSession(AgentSession):
         self._event(f"pod {name}: {reason}")
         return reason
 
+    @property
+    def close_timeout(self) -> float:
+        # close() waits up to shutdown_deadline for the namespace to go; allow one slow request more.
+        return self.settings.shutdown_deadline + CLOSE_MARGIN
+
     async def close(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_deadline
         await super().close()
         self._stop_heartbeat()
         ident, self._ident = self._ident, None
@@ -368,7 +380,6 @@ class KubernetesSandboxSession(AgentSession):
             for name in sorted(self._stale_pods | ({self._last_pod} if self._last_pod else set())):
                 await self._run(api.delete_pod, ident.namespace, name)
             await self._run(api.delete_namespace, ident.namespace)
-            deadline = time.monotonic() + self.settings.shutdown_deadline
             while time.monotonic() < deadline:
                 if await self._run(api.read_namespace, ident.namespace) is None:
                     self._event(f"namespace {ident.namespace} deleted")

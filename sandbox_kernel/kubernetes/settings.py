@@ -138,7 +138,9 @@ class KubernetesSandbox(Configurable):
     ).tag(config=True)
 
     shutdown_deadline = Float(
-        60.0, help="Seconds kernel shutdown waits for the sandbox namespace to be gone.",
+        60.0,
+        help="Seconds kernel shutdown waits for the sandbox (pod and namespace) to be gone; Kubernetes goes on "
+        "deleting what is left after that, and `sandbox-kernel gc` reclaims it if that fails.",
     ).tag(config=True)
 
     reconnect_timeout = Float(

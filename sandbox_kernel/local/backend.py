@@ -226,7 +226,8 @@ class LocalSandboxSession(AgentSession):
     # -- host checks ----------------------------------------------------------------------------
 
     def _check_host(self) -> tuple[bool, bool]:
-        """Decide what isolation this host gives; raise when the user has not opted out of it."""
+        """Decide what isolation this host gives (setting up the parent cgroups on the way); raise when
+        the user has not opted out of it."""
         isolated = True
         why = None
         if self._gvisor:
@@ -251,7 +252,7 @@ class LocalSandboxSession(AgentSession):
                     "c.LocalSandbox.require_isolation = False to run cells without isolation."
                 )
             isolated = False
-        reason = cgroups.unavailable_reason()
+        reason = cgroups.set_up_parent_groups()
         if reason:
             if self.settings.require_limits:
                 raise SandboxUnavailable(

@@ -31,8 +31,13 @@ def version(root: Path = ROOT) -> int | None:
     return None
 
 
-def unavailable_reason(root: Path = ROOT) -> str | None:
-    """Why limits cannot be enforced here, or None when they can."""
+def set_up_parent_groups(root: Path = ROOT) -> str | None:
+    """Create the ``sandbox-kernel`` parent group(s) and, on cgroup v2, enable the memory, cpu and
+    pids controllers for it and its children: this *writes* to the host's cgroup tree. Called
+    once per sandbox start, before :meth:`SandboxCgroup.create`.
+
+    Returns ``None`` when limits can be enforced, else why not (a sentence part for the user).
+    """
     v = version(root)
     if v is None:
         return f"no memory, cpu and pids cgroup controllers are mounted under {root}"

@@ -218,3 +218,14 @@ def test_completion_round_trip_and_unanswered_requests_degrade() -> None:
     completion, sent = asyncio.run(main())
     assert completion.matches == ["print"] and (completion.cursor_start, completion.cursor_end) == (0, 2)
     assert '"cursor_pos": 2' in sent
+
+
+def test_banner_names_the_language_with_or_without_parentheses_in_its_display_name() -> None:
+    import dataclasses
+
+    session = FakeSession(lambda req: None)
+    assert session.banner().startswith("Sandbox (Python) on the ")
+    for display_name, label in [("Python", "Python"), ("My Python", "My Python"), ("Team (R&D) Python", "Team (R&D) Python"),
+                                ("Sandbox (Node.js)", "Node.js")]:
+        session.language = dataclasses.replace(LANGUAGES["python"], display_name=display_name)
+        assert session.banner().startswith(f"Sandbox ({label}) on the "), display_name
