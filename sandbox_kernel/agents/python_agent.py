@@ -1281,29 +1281,43 @@ def _inspect(code, cursor, detail):
 
 
 def _is_complete(code):
-    """complete / incomplete (with the indent of the next line) / invalid, as a console needs."""
+    """complete / incomplete (with the indent of the next line) / invalid, as a console needs.
+
+    The same answers as IPython's (ipykernel's) check: a block stays open while its last line
+    is indented and the code does not end with a newline, so ``for x in y: print(x)`` runs at
+    once and an indented block runs after one empty line, as in the Python REPL.
+    """
     import codeop
+    import tokenize
     import warnings
 
     if not code.strip():
         return "complete", ""
+    lines = [line for line in code.split("\n") if line.strip()]
+    last = lines[-1] if lines else ""
+    indent = last[: len(last) - len(last.lstrip())]
+    if last.endswith("\\"):  # an explicit line continuation
+        return "incomplete", indent
     compiler = codeop.CommandCompiler()
     compiler.compiler.flags |= _TOP_LEVEL_AWAIT
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compiled = compiler(code, "<input>", "exec")
-            tree = None if compiled is None else compile(code, "<input>", "exec", ast.PyCF_ONLY_AST | _TOP_LEVEL_AWAIT)
     except (SyntaxError, OverflowError, ValueError, TypeError, MemoryError, RecursionError):
         return "invalid", ""
-    lines = [line for line in code.split("\n") if line.strip()]
-    last = lines[-1] if lines else ""
-    indent = last[: len(last) - len(last.lstrip())]
     if compiled is None:  # an open bracket, string or block header
         return "incomplete", indent + ("    " if last.rstrip().endswith(":") else "")
-    # Like the REPL, a block (for/def/if/...) at the end stays open until an empty line.
-    block = tree.body and isinstance(getattr(tree.body[-1], "body", getattr(tree.body[-1], "cases", None)), list)
-    if block and not re.search(r"\n[ \t]*\n[ \t]*$", code):
+    # Complete as it stands: still open only if it ends inside an indented block (its last
+    # tokens are DEDENTs) and the user has not pressed Enter on an empty line yet.
+    if code.rstrip(" \t\f").endswith("\n"):
+        return "complete", ""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):
+        return "complete", ""
+    ending = [t.type for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)][-2:]
+    if ending and ending[0] == tokenize.DEDENT:
         return "incomplete", indent
     return "complete", ""
 

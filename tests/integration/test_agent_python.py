@@ -660,6 +660,13 @@ def test_is_complete(agent: AgentProcess) -> None:
     assert check("def f():\n    if x:") == ("incomplete", "        ")
     assert check("for i in range(3):\n    print(i)")[0] == "incomplete"
     assert check("for i in range(3):\n    print(i)\n\n") == ("complete", "")
+    # As IPython's check (ipykernel, jupyter console): a one-line block runs at once, and an
+    # indented block after ONE empty line (the console sends it with the indent it offered).
+    assert check("for i in range(3): print(i)") == ("complete", "")
+    assert check("for i in range(3):\n    print(i)\n") == ("complete", "")
+    assert check("for i in range(3):\n    print(i)\n    ") == ("complete", "")
+    assert check("if x:\n    pass\nx = 1") == ("complete", "")
+    assert check("x = 1 + \\") == ("incomplete", "")
     assert check("x = (1,") == ("incomplete", "")
     assert check("s = '''abc")[0] == "incomplete"
     assert check("def f(:")[0] == "invalid"

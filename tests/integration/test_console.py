@@ -103,6 +103,17 @@ def test_jupyter_console_runs_interrupts_and_exits_cleanly(tmp_path: Path) -> No
         console.expect(rf"Out{ESC}\[{ESC}3{ESC}\]: {ESC}43")
         console.expect(prompt(4))
 
+        # Multi-line input as with ipykernel: a one-line block runs at once; an indented block
+        # after one empty line (the kernel's is_complete decides, like IPython's).
+        console.sendline("for i in range(2): print('row', i)")
+        console.expect(r"row 1")
+        console.expect(prompt(5))
+        console.sendline("for i in range(2):")
+        console.sendline("print('col', i * x)")
+        console.sendline("")
+        console.expect(r"col 42")
+        console.expect(prompt(6))
+
         console.sendeof()  # Ctrl-D
         console.expect(re.escape("Do you really want to exit ([y]/n)?"))
         console.sendline("y")
