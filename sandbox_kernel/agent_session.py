@@ -292,11 +292,11 @@ class AgentSession(SandboxSession):
 
     # -- cells --------------------------------------------------------------------------------
 
-    async def execute(self, code: str) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+    async def execute(self, code: str, cell_number: int | None = None) -> AsyncGenerator[Event, None]:  # type: ignore[override]
         """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
         while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
         the kernel can always send the cell's ``execute_reply``."""
-        cell = self._execute(code)
+        cell = self._execute(code, cell_number)
         try:
             async for event in cell:
                 yield event
@@ -321,7 +321,7 @@ class AgentSession(SandboxSession):
         finally:
             await cell.aclose()
 
-    async def _execute(self, code: str) -> AsyncGenerator[Event, None]:
+    async def _execute(self, code: str, cell_number: int | None = None) -> AsyncGenerator[Event, None]:
         """The steps of one cell: start a sandbox if there is none, send the cell, then handle
         what comes back (:class:`~sandbox_kernel.cell.Cell`) until the cell is done, its
         sandbox is lost, or a cell that ignores its interrupt is given up."""
@@ -338,7 +338,10 @@ class AgentSession(SandboxSession):
             notice = between_cells_notice(between, cell.limit)
             if notice:
                 yield Stream("stderr", notice)
-            await self._send({"type": "execute", "id": cell.request_id, "code": code, "output_limit": cell.limit})
+            request: dict[str, Any] = {"type": "execute", "id": cell.request_id, "code": code, "output_limit": cell.limit}
+            if cell_number is not None:
+                request["cell"] = cell_number  # names the cell in tracebacks (PROTOCOL.md)
+            await self._send(request)
             while True:
                 now = time.monotonic()
                 wait = cell.time_left(now, self._interrupt_requested_at, self.limits.interrupt_grace)

@@ -223,7 +223,8 @@ class SandboxKernel(Kernel):
                 started = time.perf_counter()
                 try:
                     # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
-                    async with contextlib.aclosing(session.execute(code)) as produced_events:
+                    number = self.execution_count if store_history and not silent else None
+                    async with contextlib.aclosing(session.execute(code, number)) as produced_events:
                         async for produced in produced_events:
                             # Everything a sandbox outputs is untrusted: the output policy first.
                             for event in output_policy.guard(produced, self.active_content):

@@ -116,10 +116,11 @@ class SandboxSession(abc.ABC):
         """The runtime's real language_info (name, version, mimetype, …), known after :meth:`start`."""
 
     @abc.abstractmethod
-    def execute(self, code: str) -> AsyncGenerator[Event, None]:
+    def execute(self, code: str, cell_number: int | None = None) -> AsyncGenerator[Event, None]:
         """Run one cell; yield its outputs as they are produced.
 
-        Called for every execute request. The iterator ends when the cell has finished; a failed,
+        Called for every execute request; ``cell_number`` is its execution count (the prompt's
+        ``[N]``), which tracebacks name the cell after (``<cell N>``), or None for none. The iterator ends when the cell has finished; a failed,
         interrupted or timed-out cell ends with an :class:`ErrorOutput`. The per-cell time limit
         is :attr:`timeout` (seconds, 0 = none), which the kernel may change between cells.
         """

@@ -819,7 +819,8 @@ function supervisor() {
         forward('err', Buffer.from(notice, 'utf8'));
         notice = null;
       }
-      w.proc.send({ type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code), key: cell.key }, () => {});
+      const number = Number.isSafeInteger(m.cell) && m.cell > 0 ? m.cell : undefined; // names the cell in tracebacks
+      w.proc.send({ type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code), cell: number, key: cell.key }, () => {});
       return;
     }
     // complete / inspect: the worker answers unless it is stuck; never leave the kernel waiting.
@@ -1440,14 +1441,17 @@ function worker() {
 
   function runCell(m) {
     gen += 1;
-    cellNo += 1;
+    // Named after the frontend's execution count when the kernel sends it (magics and silent
+    // requests never reach the agent, so its own count would drift from the prompt's [N]).
+    cellNo = Number.isSafeInteger(m.cell) && m.cell > 0 ? m.cell : cellNo + 1;
     const c = { id: m.id, gen, async: false, done: false, key: m.key };
     current = c;
     repairStdio();
     const code = m.code;
     const filename = `<cell ${cellNo}>`;
+    cellLines.delete(cellNo);
     cellLines.set(cellNo, code.split('\n').length);
-    cellLines.delete(cellNo - 1000);
+    if (cellLines.size > 1000) cellLines.delete(cellLines.keys().next().value); // the oldest
     let prepared;
     try {
       prepared = acorn ? prepare(code, gen) : prepareFallback(code);

@@ -1091,7 +1091,13 @@ def _execute(msg):
     except (TypeError, ValueError):
         limit = 0
     _prepare_cell(limit)
-    _cell_count += 1
+    # Named after the frontend's execution count when the kernel sends it (magics and silent
+    # requests never reach the agent, so its own count would drift from the prompt's [N]).
+    number = msg.get("cell")
+    if type(number) is int and 0 < number < 1 << 53:
+        _cell_count = number
+    else:
+        _cell_count += 1
     filename = "<cell %d>" % _cell_count
     # Registered so tracebacks and inspect.getsource() can quote the cell's lines.
     linecache.cache[filename] = (len(code), None, [line + "\n" for line in _source_lines(code)], filename)

@@ -103,6 +103,17 @@ def test_python_error_traceback_quotes_the_users_line(py: Any) -> None:
     assert "y['missing']" in tb and "python_agent" not in tb
 
 
+@pytest.mark.parametrize(("kernel", "code"), [("py", "1/0"), ("node", "null.x")])
+def test_traceback_names_the_cell_by_its_execution_count(kernel: str, code: str, request: pytest.FixtureRequest) -> None:
+    kc = request.getfixturevalue(kernel)
+    for _ in range(2):
+        run_cell(kc, "%sandbox status")  # magics never reach the sandbox's agent
+    reply, out = run_cell(kc, "%sandbox status\n" + code)
+    assert reply["status"] == "error"
+    tb = "\n".join(errors(out)[0]["traceback"])
+    assert f"<cell {reply['execution_count']}>" in tb, tb
+
+
 # -- streaming, output cap, hostile output ---------------------------------------------------------
 
 
