@@ -21,6 +21,18 @@ boundary per backend with ``raise ... from exc``, so the kernel only ever sees t
 from __future__ import annotations
 
 
+# The settings behind the two limits a user meets first, as a notebook and a pipeline set them
+# (magics.py rewords the first sentence of each for %%sandbox cells).
+TIMEOUT_HINT = (
+    "Use %timeout SECONDS to allow longer cells in this kernel, or set c.Sandbox.timeout "
+    "(environment variable SANDBOX_TIMEOUT; 0 = no limit) for every kernel."
+)
+MEMORY_HINT = (
+    "Use less memory, or raise the limit: c.Sandbox.memory_limit "
+    "(environment variable SANDBOX_MEMORY_LIMIT, e.g. 1Gi)."
+)
+
+
 class SandboxError(Exception):
     """Base class: ``str(err)`` is a complete sentence shown to the user."""
 
@@ -76,7 +88,7 @@ class OutOfMemory(SandboxLost):
         self.limit = limit
         super().__init__(
             f"The sandbox ran out of memory (limit {limit}) and was restarted; "
-            "variables from earlier cells are gone. Use less memory or raise memory_limit."
+            f"variables from earlier cells are gone. {MEMORY_HINT}"
         )
 
 
@@ -93,10 +105,7 @@ class CellTimeout(SandboxError):
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        super().__init__(
-            f"The cell was stopped after {seconds:g} s (the time limit). "
-            "Use %timeout SECONDS to allow longer cells."
-        )
+        super().__init__(f"The cell was stopped after {seconds:g} s (the time limit). {TIMEOUT_HINT}")
 
 
 class ProtocolError(SandboxError):

@@ -38,7 +38,7 @@ from traitlets.config import Config
 
 from . import output_policy
 from .config import Sandbox, check_timeout
-from .errors import ConfigError, SandboxError
+from .errors import TIMEOUT_HINT, ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
 from .magic_limits import CellLimits, check_cell_limits, one_off_config
 from .magic_thread import SessionThread, at_exit
@@ -94,13 +94,19 @@ class SandboxResult:
         return str(self.data.get("text/plain", ""))
 
 
-def _for_magic(error: ErrorOutput) -> ErrorOutput:
-    """Reword the Sandbox kernel's ``%timeout`` hint, which means nothing in a host kernel."""
-    hint = "Use %timeout SECONDS to allow longer cells."
-    if hint not in error.evalue:
+def _for_magic(error: ErrorOutput, one_off_memory: str | None = None) -> ErrorOutput:
+    """Reword the Sandbox kernel's advice for a host kernel: ``%timeout`` means nothing here,
+    and a one-off sandbox (``--memory``/``--cpu``) had no variables of earlier cells to lose."""
+    if one_off_memory is not None and error.ename == "OutOfMemory":
+        text = (
+            f"This cell's one-off sandbox ran out of memory (limit {one_off_memory}). Use less memory, or a "
+            "larger --memory (at most c.Sandbox.memory_limit, environment variable SANDBOX_MEMORY_LIMIT)."
+        )
+        return ErrorOutput(error.ename, text, [f"{error.ename}: {text}"])
+    better = "Use a larger %%sandbox --timeout (at most c.Sandbox.timeout, environment variable SANDBOX_TIMEOUT) to allow longer cells."
+    if TIMEOUT_HINT not in error.evalue:
         return error
-    better = "Use a larger %%sandbox --timeout (at most Sandbox.timeout) to allow longer cells."
-    return ErrorOutput(error.ename, error.evalue.replace(hint, better), [line.replace(hint, better) for line in error.traceback])
+    return ErrorOutput(error.ename, error.evalue.replace(TIMEOUT_HINT, better), [line.replace(TIMEOUT_HINT, better) for line in error.traceback])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +238,7 @@ class SandboxMagics(Magics):
     def _run_one_off(self, language: str, config: Config, backend: str, code: str) -> Any:
         session = self._call(self._one_off(language, config, backend))
         try:
-            return self._relay(session, code)
+            return self._relay(session, code, one_off=True)
         finally:
             self.thread.finish(session.close(), CLOSE_TIMEOUT)
 
@@ -243,7 +249,7 @@ class SandboxMagics(Magics):
         except SandboxError as exc:
             raise cell_error(ErrorOutput.from_exception(exc)) from None
 
-    def _relay(self, session: SandboxSession, code: str) -> Any:
+    def _relay(self, session: SandboxSession, code: str, one_off: bool = False) -> Any:
         """Run ``code`` and relay its events to this thread's stdout, stderr and displays as they
         come; return the sandbox's result (shown as the cell's value) or raise its error."""
         from IPython.display import publish_display_data
@@ -297,7 +303,7 @@ class SandboxMagics(Magics):
             elif isinstance(event, ErrorOutput):
                 failure = event
         if failure is not None:
-            raise cell_error(_for_magic(failure))
+            raise cell_error(_for_magic(failure, session.limits.memory if one_off else None))
         return result
 
     # -- %sandbox status | stop -----------------------------------------------------------------

@@ -240,6 +240,8 @@ def test_timeout_stops_the_cell_and_the_kernel_goes_on(local_kernelspecs: Path) 
         reply, out = run_cell(kc, "import time\ntime.sleep(30)")
         assert reply["status"] == "error" and reply["ename"] == "CellTimeout"
         assert "1 s" in reply["evalue"] and time.monotonic() - began < 4
+        # What a notebook and what a pipeline would change: the magic, the setting, its variable.
+        assert all(name in reply["evalue"] for name in ("%timeout", "c.Sandbox.timeout", "SANDBOX_TIMEOUT")), reply["evalue"]
         reply, out = run_cell(kc, "kept")
         assert result(out) == "3"
 
@@ -332,6 +334,7 @@ def test_memory_limit_reports_out_of_memory_and_the_next_cell_works(local_kernel
         reply, out = run_cell(kc, "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])", timeout=60)
         assert reply["status"] == "error"
         assert "out of memory (limit 256Mi)" in reply["evalue"]
+        assert "c.Sandbox.memory_limit" in reply["evalue"] and "SANDBOX_MEMORY_LIMIT" in reply["evalue"], reply["evalue"]
         reply, out = run_cell(kc, "'before' in globals(), 6 * 7")
         assert reply["status"] == "ok" and result(out) == "(False, 42)"
 

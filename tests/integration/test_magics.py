@@ -161,6 +161,7 @@ def test_timeout_flag_stops_the_cell_and_only_that_cell(kc: Any) -> None:
     took = time.monotonic() - began
     assert reply["status"] == "error" and reply["ename"] == "CellTimeout"
     assert "1 s" in reply["evalue"] and "--timeout" in reply["evalue"] and took < 4
+    assert "%timeout" not in reply["evalue"] and "SANDBOX_TIMEOUT" in reply["evalue"]
     # The configured limit (30 s) is back for the next cell, and the state is kept.
     reply, out = run_cell(kc, "%%sandbox\nimport time\ntime.sleep(1.5)\nkept")
     assert reply["status"] == "ok" and result(out) == "3"
@@ -172,6 +173,9 @@ def test_memory_flag_runs_the_cell_in_a_smaller_one_off_sandbox(kc: Any) -> None
     reply, out = run_cell(kc, code, timeout=90)
     assert reply["status"] == "error" and reply["ename"] == "OutOfMemory"
     assert "out of memory (limit 64Mi)" in reply["evalue"]
+    # A one-off sandbox had no earlier cells; the advice names the flag and the setting behind it.
+    assert "earlier cells" not in reply["evalue"] and "restarted" not in reply["evalue"]
+    assert "--memory" in reply["evalue"] and "c.Sandbox.memory_limit" in reply["evalue"] and "SANDBOX_MEMORY_LIMIT" in reply["evalue"]
     # The same allocation fits the session's configured 256Mi, whose state the OOM did not touch.
     reply, out = run_cell(kc, code.replace("--memory 64Mi", "") + "\nn = len(b) // 2**20\ndel b\nsurvivor, n")
     assert reply["status"] == "ok" and result(out) == "('still here', 200)"
