@@ -22,6 +22,7 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Enum, Float, Instance, Unicode, default
 
 from . import __version__, output_policy, selftest, usage
+from .network_hint import network_hint
 from .config import check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES
@@ -92,6 +93,7 @@ class SandboxKernel(Kernel):
         self._cell_usage: usage.CellUsage | None = None
         self._cpu_meter = usage.CpuMeter()  # kernel_cpu between two usage_requests
         self._starting: asyncio.Task[None] | None = None
+        self._stderr_tail = ""
         self._start_error: SandboxError | None = None
         # Validate the configuration before any sandbox exists. A bad setting does not kill the
         # kernel (a frontend would only say "kernel died"): every cell reports it instead.
@@ -175,7 +177,10 @@ class SandboxKernel(Kernel):
 
     def _relay(self, event: Event, silent: bool) -> ErrorOutput | None:
         """Publish one (already filtered) event of a cell; return it if it is the cell's error."""
+        if isinstance(event, Stream) and event.name == "stderr":
+            self._stderr_tail = (self._stderr_tail + event.text)[-4096:]
         if isinstance(event, ErrorOutput):
+            event = self._with_network_hint(event)
             if not silent:
                 self._publish_error(event)
             return event
@@ -191,6 +196,20 @@ class SandboxKernel(Kernel):
         elif isinstance(event, DisplayData):
             self._publish("display_data", {"data": event.data, "metadata": event.metadata, "transient": {}})
         return None
+
+    def _with_network_hint(self, error: ErrorOutput) -> ErrorOutput:
+        """``error`` with one line saying the sandbox has no network, when it failed for that
+        reason and no egress is allowed (network_hint.py)."""
+        session = self.session_obj
+        if session is None:
+            return error
+        egress = getattr(session, "egress", None)  # the local backend's allow list, if any
+        if egress is not None and egress.enabled:
+            return error
+        hint = network_hint(error.ename, error.evalue, error.traceback, self._stderr_tail, session.backend)
+        if hint is None:
+            return error
+        return ErrorOutput(error.ename, error.evalue, [*error.traceback, hint])
 
     async def do_execute(  # type: ignore[override]
         self,
@@ -212,6 +231,7 @@ class SandboxKernel(Kernel):
                 "user_expressions": {},
             }
         failure: ErrorOutput | None = None
+        self._stderr_tail = ""  # the end of this cell's stderr, for network_hint
         try:
             session = await self._ready()
             code = await self._run_magics(code, session, silent)

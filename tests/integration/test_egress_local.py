@@ -124,6 +124,13 @@ def test_proxy_is_the_only_way_out(py: Any) -> None:
     assert "['lo']" in out and "REACHED" not in out and "direct" in out and "['proxy.sock']" in out
 
 
+def test_no_network_hint_when_hosts_are_allowed(py: Any) -> None:
+    """The 'no network by design' line (network_hint.py) is for sandboxes without egress only."""
+    reply, _ = run_cell(py, "import socket\nsocket.getaddrinfo('allowed.test', 443)")  # no resolver: only the proxy resolves
+    assert reply["status"] == "error" and reply["ename"] == "gaierror"
+    assert not any("no network access by design" in line for line in reply["traceback"]), reply["traceback"]
+
+
 def test_network_magic_shows_the_list_and_the_last_refused(py: Any) -> None:
     run_cell(py, _urlopen("https://denied.test/"))
     reply, out = run_cell(py, "%sandbox network")

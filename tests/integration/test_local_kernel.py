@@ -280,6 +280,27 @@ def test_network_is_loopback_only_and_host_services_are_unreachable(py: Any) -> 
     assert "refused" in stdout and "unreachable" in stdout
 
 
+HINT = "[sandbox] This sandbox has no network access by design"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "code"),
+    [
+        ("py", "import urllib.request\nurllib.request.urlopen('http://example.invalid/', timeout=5)"),
+        ("node", "await require('dns').promises.lookup('example.invalid')"),
+        ("bash", "python3 -c \"import urllib.request; urllib.request.urlopen('http://example.invalid/', timeout=5)\""),
+    ],
+)
+def test_a_refused_network_access_ends_with_one_line_saying_why(kernel: str, code: str, request: pytest.FixtureRequest) -> None:
+    kc = request.getfixturevalue(kernel)
+    reply, out = run_cell(kc, code)
+    assert reply["status"] == "error"
+    assert reply["traceback"][-1].startswith(HINT) and "c.Sandbox.allow_hosts" in reply["traceback"][-1], reply["traceback"]
+    assert errors(out)[0]["traceback"] == reply["traceback"]
+    reply, out = run_cell(kc, {"py": "1/0", "node": "null.x", "bash": "false"}[kernel])  # no network involved
+    assert reply["status"] == "error" and not any(HINT in line for line in reply["traceback"])
+
+
 def test_host_processes_and_files_are_invisible_and_system_is_read_only(py: Any) -> None:
     code = (
         "import os\n"
