@@ -17,7 +17,7 @@ from typing import Sequence
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .errors import ClusterUnreachable, ConfigError, SandboxError, SandboxUnavailable
-from .sessions import BACKENDS
+from .sessions import BACKENDS, DEFAULT_BACKEND
 from .languages import LANGUAGES, Language
 
 DESCRIPTION = "Install the Sandbox kernelspecs, and study or clean up Kubernetes sandboxes."
@@ -133,8 +133,6 @@ def settings_reference() -> str:
             if cls is SandboxKernel and name not in ("backend", "language_name"):
                 continue  # ipykernel's own settings are documented by ipykernel
             default = defaults.get(name) or trait.default_value_repr()
-            if cls is SandboxKernel and name == "backend":
-                default = "'local'"
             help_text = " ".join(trait.help.split()).replace("|", "\\|")
             lines.append(f"| `{cls.__name__}.{name}` | `{default}` | {help_text} |")
     return "\n".join(lines) + "\n"
@@ -189,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--user", action="store_true", help="install for the current user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
     where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
-    p.add_argument("--backend", choices=BACKENDS, default="local", help="where cells run (default: local)")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"where cells run (default: {DEFAULT_BACKEND})")
     p.add_argument("--name-suffix", metavar="SUFFIX", default="",
                    help="append SUFFIX to the kernelspec names (e.g. -kubernetes: sandbox-python-kubernetes), "
                    "so that kernels of both backends can be installed side by side")

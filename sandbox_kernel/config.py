@@ -48,6 +48,22 @@ class Limits:
         )
 
 
+BACKENDS = ("local", "kubernetes")
+"""The backends a session can be built for (``SandboxKernel.backend``)."""
+DEFAULT_BACKEND = "local"
+"""The backend when nothing chooses one."""
+BACKEND_ENV = "SANDBOX_KERNEL_BACKEND"
+"""Environment variable that chooses the backend; it wins over ``SandboxKernel.backend``, even
+on the command line (see :mod:`sandbox_kernel.sessions` for why)."""
+
+
+def chosen_backend(configured: str | None = None) -> str:
+    """The backend to use: ``$SANDBOX_KERNEL_BACKEND``, else ``configured`` (the merged command
+    line and config file), else :data:`DEFAULT_BACKEND`. Not validated: :func:`~sandbox_kernel.sessions.make_session`
+    reports an unknown one where the user sees it."""
+    return os.environ.get(BACKEND_ENV) or configured or DEFAULT_BACKEND
+
+
 def _env(name: str, fallback: str) -> str:
     return os.environ.get(name, fallback)
 

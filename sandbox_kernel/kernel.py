@@ -19,20 +19,22 @@ import time
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
-from traitlets import Enum, Float, Instance, Unicode, default
+from traitlets import Enum, Float, Instance, Unicode
 
 from . import __version__, output_policy, selftest, usage
 from .network_hint import network_hint
 from .config import check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES
-from .session import DisplayData, ErrorOutput, Event, ExecuteResult, SandboxSession, Stream
-from .sessions import chosen_backend, make_session, sandbox_settings
+from .session import REPORT_TOPICS, DisplayData, ErrorOutput, Event, ExecuteResult, ReportTopic, SandboxSession, Stream
+from .sessions import DEFAULT_BACKEND, chosen_backend, make_session, sandbox_settings
 
 log = logging.getLogger("sandbox_kernel")
 
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
-SANDBOX_TOPICS = ("status", "quota", "usage", "policy", "events", "manifests", "selftest", "network", "allow", "deny")
+KERNEL_TOPICS = ("usage", "selftest", "network", "allow", "deny")
+"""The ``%sandbox`` topics the kernel answers itself; the session answers :data:`REPORT_TOPICS`."""
+SANDBOX_TOPICS = (*REPORT_TOPICS, *KERNEL_TOPICS)
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -52,13 +54,10 @@ class SandboxKernel(Kernel):
     help_links = [{"text": "Sandbox Kernel", "url": "https://pypi.org/project/sandbox-kernel/"}]
 
     backend = Unicode(
+        DEFAULT_BACKEND,
         help="Where cells run: 'local' (bubblewrap on this machine, the default) or 'kubernetes' "
         "(a locked-down namespace per kernel). Env: SANDBOX_KERNEL_BACKEND (wins over config).",
     ).tag(config=True)
-
-    @default("backend")
-    def _backend_default(self) -> str:
-        return "local"
 
     language_name = Enum(
         list(LANGUAGES),
@@ -335,7 +334,7 @@ class SandboxKernel(Kernel):
                     session.timeout = check_timeout(arg)
                 text = f"cell time limit: {session.timeout:g} s" + (" (no limit)" if not session.timeout else "")
             else:
-                topic, _, hosts = (arg or "status").partition(" ")
+                topic, _, hosts = (arg or ReportTopic.STATUS.value).partition(" ")
                 if topic not in SANDBOX_TOPICS:
                     raise ConfigError("%sandbox", f"unknown topic {topic!r}; use one of {', '.join(SANDBOX_TOPICS)}")
                 if topic == "selftest":
@@ -356,7 +355,7 @@ class SandboxKernel(Kernel):
                 else:
                     # Reports may call the Kubernetes API (blocking): keep the event loop free.
                     text = await loop.run_in_executor(None, session.report, topic)
-                if topic == "policy":
+                if topic == ReportTopic.POLICY.value:
                     text = text.rstrip("\n") + "\n" + output_policy.describe(self.active_content)
             if not silent:
                 self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})

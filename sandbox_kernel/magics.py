@@ -42,7 +42,7 @@ from .errors import TIMEOUT_HINT, ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
 from .magic_limits import CellLimits, check_cell_limits, one_off_config
 from .magic_thread import SessionThread, at_exit
-from .session import DisplayData, ErrorOutput, ExecuteResult, SandboxSession, Stream
+from .session import DisplayData, ErrorOutput, ExecuteResult, ReportTopic, SandboxSession, Stream
 from .sessions import chosen_backend, make_session
 
 T = TypeVar("T")
@@ -340,7 +340,7 @@ class SandboxMagics(Magics):
 
         async def report(session: SandboxSession) -> str:
             # A Kubernetes report calls the API server (blocking): keep the loop free.
-            return await asyncio.get_running_loop().run_in_executor(None, session.report, "status")
+            return await asyncio.get_running_loop().run_in_executor(None, session.report, ReportTopic.STATUS.value)
 
         parts = []
         for name, session in self.sessions.items():

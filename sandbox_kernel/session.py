@@ -10,6 +10,7 @@ limits it applies live in ``output_gate.py``.
 from __future__ import annotations
 
 import abc
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncGenerator, Union
 
@@ -20,8 +21,23 @@ from .languages import Language
 if TYPE_CHECKING:
     from .usage import CellUsage, Usage
 
-REPORT_TOPICS = ("status", "quota", "policy", "events", "manifests")
-"""The topics every backend's :meth:`SandboxSession.report` answers (``%sandbox TOPIC``)."""
+
+
+class ReportTopic(str, enum.Enum):
+    """What ``%sandbox TOPIC`` asks :meth:`SandboxSession.report` for; every backend answers each.
+
+    The kernel answers the other ``%sandbox`` topics itself (``kernel.SANDBOX_TOPICS``).
+    """
+
+    STATUS = "status"
+    QUOTA = "quota"
+    POLICY = "policy"
+    EVENTS = "events"
+    MANIFESTS = "manifests"
+
+
+REPORT_TOPICS: tuple[str, ...] = tuple(topic.value for topic in ReportTopic)
+"""The :class:`ReportTopic` values, in the order ``%sandbox`` lists them."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +175,7 @@ class SandboxSession(abc.ABC):
 
     @abc.abstractmethod
     def report(self, topic: str) -> str:
-        """Plain text for ``%sandbox TOPIC``, one of :data:`REPORT_TOPICS`; ``ValueError`` for any other."""
+        """Plain text for ``%sandbox TOPIC``, one of :class:`ReportTopic`; ``ValueError`` for any other."""
 
     async def usage(self) -> "Usage | None":
         """The sandbox's memory and CPU now, with its limits (:class:`~sandbox_kernel.usage.Usage`).

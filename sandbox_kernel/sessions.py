@@ -1,31 +1,39 @@
 """The one place a sandbox session is built: backend choice, settings, and the backend's session.
 
-The kernel, ``sandbox-kernel`` (cli.py) and the ``%%sandbox`` magics all come here, so the
-environment wins over configuration the same way everywhere, and none of them needs to import
-ipykernel to get a session.
+The kernel, ``sandbox-kernel`` (cli.py) and the ``%%sandbox`` magics all come here, so the same
+configuration gives the same sandbox everywhere, and none of them needs to import ipykernel to
+get a session. (The Kubernetes early start, which runs before any of them, takes the backend
+choice from ``config.py``, where it is defined, so that it need not import this module.)
+
+Where a setting's value comes from, first match wins:
+
+- **The backend** (``SandboxKernel.backend``, :func:`chosen_backend`): the environment
+  (``$SANDBOX_KERNEL_BACKEND``), then the command line (``--SandboxKernel.backend=...``), then a
+  config file (``c.SandboxKernel.backend`` in ``sandbox_kernel_config.py``, or the IPython
+  profile for the magics), then ``'local'``. The environment wins even over the command line
+  because every installed kernelspec names its backend there (``sandbox-kernel install``): the
+  environment is how one redirects an installed kernel, as the end-to-end tests and benchmarks do.
+- **Every other setting** (``Sandbox.*``, ``LocalSandbox.*``, ``KubernetesSandbox.*``, ...): the
+  command line, then a config file, then the environment variable its help names (read when
+  nothing set the setting), then the default.
+
+The kernel passes the traitlets config its application merged (command line over config files);
+the magics pass ``sandbox_kernel_config.py`` with the shell's own config on top (no command line).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 from traitlets import TraitError
 
-from .config import Sandbox
+from .config import BACKEND_ENV, BACKENDS, DEFAULT_BACKEND, Sandbox, chosen_backend
 from .errors import ConfigError
 from .languages import get_language
 from .session import SandboxSession
 
-BACKENDS = ("local", "kubernetes")
-BACKEND_ENV = "SANDBOX_KERNEL_BACKEND"
-"""Environment variable that chooses the backend; it wins over ``c.SandboxKernel.backend``."""
-
-
-def chosen_backend(configured: str | None = None) -> str:
-    """The backend to use: ``$SANDBOX_KERNEL_BACKEND``, else ``configured``, else 'local'."""
-    return os.environ.get(BACKEND_ENV) or configured or "local"
+__all__ = ["BACKENDS", "BACKEND_ENV", "DEFAULT_BACKEND", "chosen_backend", "make_session", "sandbox_settings"]
 
 
 def sandbox_settings(config: Any = None, parent: Any = None) -> Sandbox:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import re
 import threading
 import time
@@ -90,9 +89,11 @@ def begin(argv: list[str]) -> None:
         return
     began = time.perf_counter()
     try:
+        from ..config import chosen_backend  # the kernel's choice, and its precedence (sessions.py)
+
         config = load_config(argv)
         kernel = config.SandboxKernel
-        backend = os.environ.get("SANDBOX_KERNEL_BACKEND") or kernel.get("backend", "local")
+        backend = chosen_backend(str(kernel.get("backend", "") or ""))
         if backend != "kubernetes":
             return
         _pending = start_early(config, str(kernel.get("language_name", "python")))

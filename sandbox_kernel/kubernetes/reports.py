@@ -14,13 +14,14 @@ from typing import Any
 import yaml
 
 from ..config import Limits
+from ..session import REPORT_TOPICS, ReportTopic
 from . import manifests
 from .api import KubernetesApi
 from .attach import AttachChannel
 from .settings import KubernetesSandbox
 
-TOPICS = ("status", "quota", "policy", "events", "manifests")
-"""The topics :func:`report` answers."""
+TOPICS = REPORT_TOPICS
+"""The topics :func:`report` answers: every one of the contract's."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,13 @@ def _manifests(api: KubernetesApi, facts: SandboxFacts) -> str:
     return yaml.safe_dump_all(list(facts.applied), sort_keys=False)
 
 
-_REPORTS = {"status": _status, "quota": _quota, "policy": _policy, "events": _events, "manifests": _manifests}
+_REPORTS = {
+    ReportTopic.STATUS.value: _status,
+    ReportTopic.QUOTA.value: _quota,
+    ReportTopic.POLICY.value: _policy,
+    ReportTopic.EVENTS.value: _events,
+    ReportTopic.MANIFESTS.value: _manifests,
+}
 
 
 def _seccomp_line(profile: str) -> str:
