@@ -132,6 +132,12 @@ class AgentSession(SandboxSession):
         info = ready.body.get("language_info")
         if isinstance(info, dict) and info:
             self._language_info = {"name": self.language.name, **info}
+        if self.language.name == "python":
+            # IPython mode (Sandbox.ipython): the agent starts IPython now, while the kernel finishes starting.
+            try:
+                await self._send({"type": "setup", "ipython": self.limits.ipython})
+            except Exception:  # noqa: BLE001 - a broken stream shows at the first cell, as a cell's error
+                log.warning("sending setup to the agent failed", exc_info=True)
 
     async def _discard(self) -> None:
         """Forget the current sandbox and destroy it."""

@@ -9,12 +9,12 @@ and the ways a cell ends into the session's events (``session.py``). Pure: no I/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import CellTimeout, ProtocolError, SandboxError
 from .output_gate import CellOutput, Chunk, Tally, cell_summary, problem_sentence
 from .protocol import Message
-from .session import DisplayData, ErrorOutput, Event, ExecuteResult, Stream
+from .session import ClearOutput, DisplayData, ErrorOutput, Event, ExecuteResult, Stream
 
 STUCK = "the cell did not stop when interrupted, so the sandbox was replaced; variables from earlier cells are gone."
 """What the user is told when a cell ignored its interrupt and the sandbox was replaced."""
@@ -77,8 +77,12 @@ class Cell:
         kind = frame.type
         if body.get("id") not in (None, self.request_id):
             return  # a late reply to an earlier request
-        if kind == "display":
-            yield DisplayData(body["data"], body["metadata"])
+        if kind in ("display", "update_display"):
+            transient = display_transient(body["transient"])
+            if kind == "display" or transient:  # an update names the display it updates
+                yield DisplayData(body["data"], body["metadata"], transient, kind == "update_display")
+        elif kind == "clear_output":
+            yield ClearOutput(body["wait"])
         elif kind == "result":
             yield ExecuteResult(body["data"], body["metadata"])
         elif kind == "error":
@@ -96,4 +100,10 @@ class Cell:
                 yield ErrorOutput.from_exception(ProtocolError(problem_sentence(frame.problem)))
             elif self.timed_out and body["status"] == "ok":
                 yield ErrorOutput.from_exception(CellTimeout(self.timeout))
-        # update_display: counted and checked, but there is no event for it yet.
+
+
+def display_transient(transient: dict[str, Any]) -> dict[str, Any]:
+    """A display's ``transient`` as the kernel publishes it: only a ``display_id`` string of at
+    most 1000 characters (ids are the sandbox's to choose; nothing else in transient is)."""
+    display_id = transient.get("display_id")
+    return {"display_id": display_id} if isinstance(display_id, str) and 0 < len(display_id) <= 1000 else {}

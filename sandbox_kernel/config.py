@@ -38,6 +38,7 @@ class Limits:
     interrupt_grace: float
     output_rate: int = 1000
     allow_hosts: tuple[str, ...] = ()
+    ipython: str = "auto"
 
     def summary(self) -> str:
         """One line for banners and ``%sandbox status``."""
@@ -153,6 +154,16 @@ class Sandbox(Configurable):
         "show it for a running sandbox (local backend).",
     ).tag(config=True)
 
+    ipython = Enum(
+        ["auto", "on", "off"],
+        default_value="auto",
+        help="Whether Python cells run through IPython's interactive shell in the sandbox (magics such as "
+        "%timeit and %%writefile, !cmd, obj?, _ and Out, IPython.display, IPython's tracebacks): 'auto' (the "
+        "default) when the sandbox's Python can import IPython, 'on' to require it (every cell fails with the "
+        "reason when it cannot), 'off' for the plain standard-library agent. %timeout and %sandbox stay the "
+        "kernel's either way.",
+    ).tag(config=True)
+
     def limits(self) -> Limits:
         """Validate every setting; raise :class:`ConfigError` naming the first bad one."""
         memory_bytes = setting_bytes("Sandbox.memory_limit", self.memory_limit)
@@ -192,6 +203,7 @@ class Sandbox(Configurable):
             interrupt_grace=self.interrupt_grace,
             output_rate=max(0, self.output_rate),
             allow_hosts=tuple(self.allow_hosts),
+            ipython=self.ipython,
         )
 
 

@@ -26,7 +26,7 @@ from .network_hint import network_hint
 from .config import check_timeout
 from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES
-from .session import REPORT_TOPICS, DisplayData, ErrorOutput, Event, ExecuteResult, ReportTopic, SandboxSession, Stream
+from .session import REPORT_TOPICS, ClearOutput, DisplayData, ErrorOutput, Event, ExecuteResult, ReportTopic, SandboxSession, Stream
 from .sessions import DEFAULT_BACKEND, chosen_backend, make_session, sandbox_settings
 
 log = logging.getLogger("sandbox_kernel")
@@ -193,7 +193,10 @@ class SandboxKernel(Kernel):
                 {"execution_count": self.execution_count, "data": event.data, "metadata": event.metadata},
             )
         elif isinstance(event, DisplayData):
-            self._publish("display_data", {"data": event.data, "metadata": event.metadata, "transient": {}})
+            kind = "update_display_data" if event.update else "display_data"
+            self._publish(kind, {"data": event.data, "metadata": event.metadata, "transient": event.transient})
+        elif isinstance(event, ClearOutput):
+            self._publish("clear_output", {"wait": event.wait})
         return None
 
     def _with_network_hint(self, error: ErrorOutput) -> ErrorOutput:

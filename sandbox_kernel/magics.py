@@ -42,7 +42,7 @@ from .errors import TIMEOUT_HINT, ConfigError, SandboxError
 from .languages import LANGUAGES, get_language
 from .magic_limits import CellLimits, check_cell_limits, one_off_config
 from .magic_thread import SessionThread, at_exit
-from .session import DisplayData, ErrorOutput, ExecuteResult, ReportTopic, SandboxSession, Stream
+from .session import ClearOutput, DisplayData, ErrorOutput, ExecuteResult, ReportTopic, SandboxSession, Stream
 from .sessions import chosen_backend, make_session
 
 T = TypeVar("T")
@@ -297,7 +297,12 @@ class SandboxMagics(Magics):
                 stream.write(event.text)
                 stream.flush()
             elif isinstance(event, DisplayData):
-                publish_display_data(data=event.data, metadata=event.metadata)
+                publish_display_data(data=event.data, metadata=event.metadata, transient=event.transient or None,
+                                     update=event.update)
+            elif isinstance(event, ClearOutput):
+                from IPython.display import clear_output
+
+                clear_output(wait=event.wait)
             elif isinstance(event, ExecuteResult):
                 result = SandboxResult(event)
             elif isinstance(event, ErrorOutput):

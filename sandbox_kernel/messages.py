@@ -25,7 +25,7 @@ from .protocol import Message
 CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply", "usage_reply"})
 """Messages that steer the kernel; never dropped by the output limits (see session.py)."""
 
-OUTPUT = frozenset({"display", "update_display", "result"})
+OUTPUT = frozenset({"display", "update_display", "result", "clear_output"})
 """Messages that carry output: counted against the output limits."""
 
 KNOWN = CONTROL | OUTPUT
@@ -145,6 +145,11 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         out["metadata"] = _object(body, "metadata")
         if kind != "result":
             out["transient"] = _object(body, "transient")
+    elif kind == "clear_output":
+        wait = body.get("wait", False)
+        if not isinstance(wait, bool):
+            raise _Bad(f"'wait' must be true or false, not {_what(wait)}")
+        out["wait"] = wait
     elif kind == "error":
         out["ename"] = _text(body, "ename", "Error")
         out["evalue"] = _text(body, "evalue", "")

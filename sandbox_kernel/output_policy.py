@@ -20,6 +20,7 @@ the whole policy; ``%sandbox policy`` prints :func:`describe`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -394,7 +395,7 @@ def guard(event: "Event", mode: str) -> list["Event"]:
     if mode == "allow" or not isinstance(event, (DisplayData, ExecuteResult)):
         return [event]
     filtered = filter_bundle(event.data, event.metadata)
-    out: list[Any] = [type(event)(filtered.data, filtered.metadata)]
+    out: list[Any] = [dataclasses.replace(event, data=filtered.data, metadata=filtered.metadata)]
     notice = filtered.notice()
     if notice:
         out.append(Stream("stderr", notice + "\n"))

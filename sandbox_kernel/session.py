@@ -54,10 +54,20 @@ class Stream:
 
 @dataclass(frozen=True)
 class DisplayData:
-    """A rich object the cell displayed with ``display()``."""
+    """A rich object the cell displayed with ``display()``; with ``update`` set, new content for
+    the earlier display whose ``display_id`` (in ``transient``) is the same (``update_display``)."""
 
     data: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    transient: dict[str, Any] = field(default_factory=dict)
+    update: bool = False
+
+
+@dataclass(frozen=True)
+class ClearOutput:
+    """``clear_output()``: the cell's output so far is cleared (``wait``: when the next arrives)."""
+
+    wait: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class ErrorOutput:
         return cls(exc.ename, str(exc), [f"{exc.ename}: {exc}"])
 
 
-Event = Union[Stream, DisplayData, ExecuteResult, ErrorOutput]
+Event = Union[Stream, DisplayData, ExecuteResult, ErrorOutput, ClearOutput]
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,7 @@ class SandboxSession(abc.ABC):
         ``[N]``), which tracebacks name the cell after (``<cell N>``), or None for none. The iterator ends when the cell has finished; a failed,
         interrupted or timed-out cell ends with an :class:`ErrorOutput`. The per-cell time limit
         is :attr:`timeout` (seconds, 0 = none), which the kernel may change between cells.
+        In IPython mode the same number is ``In[N]``/``Out[N]``/``_N``; None: not stored in history.
         """
 
     @abc.abstractmethod

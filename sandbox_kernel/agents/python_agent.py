@@ -253,7 +253,7 @@ def _fit(body):
     try:
         payload = _dump(body)
     except (ValueError, TypeError, RecursionError) as exc:  # e.g. circular metadata
-        body = {k: v for k, v in body.items() if k in ("type", "id")}
+        body = {k: v for k, v in body.items() if k in ("type", "id", "transient")}
         body.update(_fit_fallback(body["type"], exc))
         payload = _dump(body)
     if len(payload) <= MAX_PAYLOAD:
@@ -279,7 +279,7 @@ def _fit(body):
 
 
 def _fit_fallback(kind, exc):
-    if kind in ("display", "result"):
+    if kind in ("display", "update_display", "result"):
         return {"data": {"text/plain": "<output could not be encoded: %s>" % exc}, "metadata": {}}
     return {}
 
@@ -879,6 +879,8 @@ def _format_bundle(obj, include=None, exclude=None):
             rich = not hasattr(obj, "_ipython_canary_method_should_not_exist_")
         except Exception:
             rich = False
+    if rich and _IPy.shell is None and _is_figure(obj):
+        return _figure_bundle(obj)  # matplotlib's Figure has no image repr of its own
     if rich:
         bundle = _call_repr(obj, "_repr_mimebundle_", include=include, exclude=exclude)
         if isinstance(bundle, tuple) and len(bundle) == 2:
@@ -912,10 +914,13 @@ def _format_bundle(obj, include=None, exclude=None):
     return data, metadata
 
 
-def _emit(kind, data, metadata):
-    """Send a display frame after everything printed before it (ordering is kept)."""
+def _emit(kind, data, metadata, transient=None):
+    """Send a display frame (``display``, ``update_display`` or ``clear_output``) after everything
+    printed before it (ordering is kept)."""
     _flush_user_streams()
     if os.getpid() != _AGENT_PID:  # in a fork()ed child: plain text on stdout
+        if kind == "clear_output":
+            return
         try:
             sys.stdout.write(str(data.get("text/plain", "")) + "\n")
         except Exception:
@@ -926,7 +931,14 @@ def _emit(kind, data, metadata):
     if on_main:
         _State.in_user = False  # an interrupt now is postponed (the watchdog re-sends it)
     try:
-        payload = _fit({"type": kind, "id": _last_cell_id, "data": data, "metadata": metadata})
+        body = {"type": kind, "id": _last_cell_id}
+        if kind == "clear_output":
+            body["wait"] = bool(data)
+        else:
+            body.update(data=data, metadata=metadata)
+            if transient:
+                body["transient"] = transient
+        payload = _fit(body)
         _sync_output()
         _send_frame(b"msg", payload)
     finally:
@@ -957,6 +969,329 @@ def display(*objs, include=None, exclude=None, metadata=None, raw=False, **kwarg
             md = dict(md)
             md.update(metadata)
         _emit("display", data, md)
+
+
+# --------------------------------------------------------------------------------------
+# IPython mode: cells run through IPython's InteractiveShell when the sandbox has IPython
+# --------------------------------------------------------------------------------------
+class _IPy:
+    """IPython mode's state. ``shell`` is the InteractiveShell once the kernel's ``setup`` asked
+    for IPython ('auto' or 'on') and it could be imported; ``mode`` and ``why`` say what was
+    asked and, without a shell, why not (told by the messages of plain mode)."""
+
+    shell = None
+    mode = "off"  # what the kernel asked for; 'off' until setup arrives (an old kernel)
+    why = ""  # why there is no shell
+    key = None  # the running cell's key (the displayhook sends its result)
+    error = None  # the cell's error as IPython formatted it
+    result_sent = False
+
+
+def _setup(msg):
+    """The kernel's ``setup`` (sent once, right after ``ready``): start IPython mode now, before
+    the first cell arrives, so importing IPython overlaps the kernel's own start."""
+    mode = msg.get("ipython")
+    _IPy.mode = mode if mode in ("auto", "on", "off") else "auto"
+    if _IPy.mode == "off":
+        _IPy.why = "IPython mode is off (Sandbox.ipython = 'off')"
+    else:
+        try:
+            _IPy.shell = _start_ipython()
+        except Exception as exc:  # ImportError, or an IPython that fails to start
+            _IPy.why = "the sandbox's Python (%s) cannot %s IPython: %s: %s" % (
+                sys.executable, "import" if isinstance(exc, ImportError) else "start", type(exc).__name__, _safe_str(exc))
+            _log(_IPy.why)
+    _install_plot_backend()
+
+
+def _transient(value):
+    """A display's ``transient`` as the protocol carries it: only a string ``display_id``."""
+    if isinstance(value, dict) and isinstance(value.get("display_id"), str):
+        return {"display_id": value["display_id"][:1000]}
+    return None
+
+
+def _bundle_json(data):
+    """An IPython format dict, JSON-ready (PNG bytes become base64, as ipykernel's json_clean)."""
+    out = {}
+    for mime, value in (data or {}).items():
+        value = _normalize(str(mime), value)
+        if value is not None:
+            out[str(mime)] = value
+    return out
+
+
+def _start_ipython():
+    """Build the InteractiveShell whose display publisher, display hook, traceback and pager
+    speak this agent's frames (what ipykernel's ZMQInteractiveShell does over ZeroMQ)."""
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            transient = _transient(transient)
+            if update and transient is None:
+                return  # update_display needs a display_id (IPython raises before this)
+            _emit("update_display" if update else "display", _bundle_json(data), metadata or {}, transient)
+
+        def clear_output(self, wait=False):
+            _emit("clear_output", wait, None)
+
+    class Hook(DisplayHook):
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            if _IPy.result_sent or os.getpid() != _AGENT_PID or _IPy.key is None:
+                return  # one result per cell (a second displayhook call shows as a display)
+            _IPy.result_sent = True
+            data = _bundle_json(format_dict)
+            _flush_user_streams()
+            _send_msg({"type": "result", "id": _last_cell_id, "data": data, "metadata": md_dict or {}, "key": _IPy.key})
+
+        def finish_displayhook(self):
+            _flush_user_streams()
+
+    class Shell(InteractiveShell):
+        # `!cmd` runs through subprocess with the cell's own stdout/stderr pipes (IPython's
+        # default pipes it through pexpect and a pseudo-terminal).
+        system = InteractiveShell.system_raw
+
+        def _showtraceback(self, etype, evalue, stb):
+            _flush_user_streams()
+            content = {"ename": getattr(etype, "__name__", "Error"), "evalue": _safe_str(evalue),
+                       "traceback": [line if isinstance(line, str) else _safe_str(line) for line in stb]}
+            if _IPy.error is None:
+                _IPy.error = content
+            else:  # a second error in one cell (a post_execute hook, say): shown as text
+                _warn("\n".join(content["traceback"]) + "\n")
+
+        def show_usage_error(self, exc):
+            text = _safe_str(exc)
+            self._showtraceback(type(exc), text, ["UsageError: " + text])
+
+        def enable_gui(self, gui=None):
+            if gui not in (None, "inline"):
+                raise RuntimeError("a sandbox has no display for GUI event loops (%%gui %s); use %%matplotlib inline" % gui)
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"  # no history file in the sandbox's HOME
+    shell = Shell.instance(config=config, user_module=_user_module, user_ns=_user_ns,
+                           displayhook_class=Hook, display_pub_class=Publisher)
+    from IPython.core import page
+
+    shell.set_hook("show_in_pager", page.as_hook(_pager), priority=90)
+    _register_kernel_magics(shell)
+    return shell
+
+
+def _pager(data, start=0, screen_lines=0, pager_cmd=None):
+    """`obj?` help and other paged text: shown in the cell (ipykernel sends it as a pager
+    payload; the text is the same)."""
+    text = data.get("text/plain", "") if isinstance(data, dict) else data
+    lines = str(text).split("\n")[max(0, int(start or 0)):]
+    sys.stdout.write("\n".join(lines).rstrip("\n") + "\n")
+
+
+def _register_kernel_magics(shell):
+    """%timeout and %sandbox belong to the kernel, which takes them off the top of a cell; one
+    further down reaches the sandbox, and says where it must go."""
+
+    def kernel_magic(name):
+        def magic(line=""):
+            from IPython.core.error import UsageError
+
+            raise UsageError("%%%s is handled by the Sandbox kernel, not in the sandbox: put it on the first "
+                             "lines of a cell (before any code)" % name)
+        return magic
+
+    for name in ("timeout", "sandbox"):
+        shell.register_magic_function(kernel_magic(name), "line", name)
+
+
+def _run_ipython_cell(code, cell, key, count):
+    """Run one cell through the shell; (status, error content or None). The result, displays
+    and output have been sent while it ran."""
+    shell = _IPy.shell
+    _IPy.key, _IPy.error, _IPy.result_sent = key, None, False
+    store = count is not None
+    if store:
+        shell.execution_count = count  # the kernel's count: In[n], Out[n], _n
+        history = shell.history_manager  # In[n] is a list: cells the kernel ran itself (%timeout) are ''
+        for inputs in (history.input_hist_parsed, history.input_hist_raw):
+            inputs.extend([""] * (count - len(inputs)))
+    _State.in_user = True
+    try:
+        result = shell.run_cell(code, store_history=store)
+    finally:
+        _State.in_user = False
+        _IPy.key = None
+    error = _IPy.error
+    failed = result.error_before_exec or result.error_in_exec
+    # An interrupted `!cmd` is no error to IPython (the command ends with status 130): still an
+    # interrupted cell here, so the kernel reports it like any other.
+    interrupted = isinstance(failed, KeyboardInterrupt) or (cell.interrupt_requested and error is None)
+    if interrupted:
+        if error is None:
+            error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ["KeyboardInterrupt"]}
+        return "interrupted", error
+    if error is not None or failed is not None:
+        if error is None:
+            error = {"ename": type(failed).__name__, "evalue": _safe_str(failed), "traceback": []}
+        return "error", error
+    return "ok", None
+
+
+# Plain mode shows figures inline anyway: notebooks written for ipykernel start with this line.
+_INLINE_MAGIC = re.compile(r"^[ \t]*%matplotlib[ \t]+inline[ \t]*$", re.M)
+_MAGIC_LINE = re.compile(r"^[ \t]*(%%?[A-Za-z_]\w*|!|[A-Za-z_][\w.]*\?\??[ \t]*$|\?\??[A-Za-z_])", re.M)
+
+
+def _ipython_syntax_error(code):
+    """A clear error for IPython syntax in plain mode (``%pip``, ``!ls``, ``obj?``), or None when
+    the cell has none: what is not available, why, and what is."""
+    match = _MAGIC_LINE.search(code)
+    if match is None:
+        return None
+    token = match.group(1).strip()
+    why = _IPy.why or "the sandbox's Python (%s) has no IPython" % sys.executable
+    if token.startswith("!"):
+        what = "shell commands (!cmd) are IPython syntax"
+        instead = "use subprocess.run(..., shell=True) or os.system(), or a Sandbox (Bash) kernel"
+    elif token.endswith("?") or token.startswith("?"):
+        what = "help with ? is IPython syntax"
+        instead = "use help(obj), or Shift-Tab in the notebook"
+    elif token.lstrip("%") in ("pip", "conda", "mamba"):
+        what = "%s is an IPython magic" % token
+        instead = ("packages come from the sandbox's environment: install them where the kernel's Python finds "
+                   "them (or, on Kubernetes, use an image that has them: KubernetesSandbox.images)")
+    else:
+        what = "%s is an IPython magic" % token
+        instead = ("set Sandbox.ipython = 'auto' for magics" if _IPy.mode == "off"
+                   else "install IPython in the sandbox's environment for magics")
+    line = code.count("\n", 0, match.start()) + 1
+    text = "line %d: %s, and %s. Available here: Python, display(), and the kernel's own %%timeout and " \
+           "%%sandbox (on the first lines of a cell); %s." % (line, what, why, instead)
+    return {"ename": "UsageError", "evalue": text, "traceback": ["UsageError: " + text]}
+
+
+# --------------------------------------------------------------------------------------
+# Plots: matplotlib figures become display frames, with no set-up by the user
+# --------------------------------------------------------------------------------------
+_PLOT_BACKEND = "sandbox_kernel_inline"  # a module that only this file provides (see _BackendFinder)
+
+
+def _install_plot_backend():
+    """Choose matplotlib's backend before user code can import matplotlib: IPython mode uses
+    matplotlib-inline (ipykernel's own: %matplotlib inline, %config InlineBackend, figures at the
+    end of the cell); plain mode, or IPython without it, uses this file's inline backend. A
+    backend the user chose (MPLBACKEND, matplotlib.use()) wins."""
+    if os.environ.get("MPLBACKEND"):
+        return
+    if _IPy.shell is not None:
+        import importlib.util
+
+        try:
+            if importlib.util.find_spec("matplotlib_inline") is not None:
+                os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+                return
+        except (ImportError, ValueError):
+            pass
+    sys.meta_path.append(_BackendFinder)
+    os.environ["MPLBACKEND"] = "module://" + _PLOT_BACKEND
+
+
+class _BackendFinder:
+    """Imports ``sandbox_kernel_inline`` (the MPLBACKEND above) from this file: matplotlib reads a
+    backend module's namespace whole, so the module is built when matplotlib imports it."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != _PLOT_BACKEND:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(name, cls)
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        from matplotlib.backend_bases import FigureManagerBase
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        class FigureCanvas(FigureCanvasAgg):
+            manager_class = FigureManagerBase
+
+        module.__dict__.update(
+            FigureCanvas=FigureCanvas, FigureManager=FigureManagerBase, show=_show_figures,
+            __doc__="Sandbox kernel's inline backend: figures are sent to the notebook as images.",
+        )
+
+
+def _show_figures(close=None, block=None):
+    """plt.show(): every open figure, as an image, then closed (as matplotlib-inline does)."""
+    _flush_figures()
+
+
+def _flush_figures(skip=None):
+    """Display and close the open pyplot figures (at plt.show() and at the end of a cell, plain mode)."""
+    if "matplotlib.pyplot" not in sys.modules or _PLOT_BACKEND not in sys.modules:
+        return
+    import matplotlib.pyplot as plt
+    from matplotlib._pylab_helpers import Gcf
+
+    for manager in Gcf.get_all_fig_managers():
+        figure = manager.canvas.figure
+        if figure is not skip:
+            data, md = _figure_bundle(figure)
+            if data:
+                _emit("display", data, md)
+    plt.close("all")
+
+
+def _figure_format():
+    """The image format of inline figures: matplotlib's savefig.format when it is svg or
+    jpeg (plain mode's stand-in for %config InlineBackend.figure_formats), else png."""
+    import matplotlib
+
+    fmt = str(matplotlib.rcParams.get("savefig.format", "png")).lower()
+    return {"svg": "svg", "jpg": "jpeg", "jpeg": "jpeg"}.get(fmt, "png")
+
+
+def _figure_bundle(figure):
+    """A matplotlib Figure as a mime bundle: its image (with the size in metadata) and text."""
+    import base64
+    import struct
+
+    fmt = _figure_format()
+    buf = io.BytesIO()
+    try:
+        figure.savefig(buf, format=fmt, bbox_inches="tight")
+    except Exception as exc:
+        _warn("the figure could not be drawn: %s: %s\n" % (type(exc).__name__, _safe_str(exc)))
+        return {}, {}
+    raw = buf.getvalue()
+    data = {"text/plain": _plain(figure)}
+    if fmt == "svg":
+        data["image/svg+xml"] = raw.decode("utf-8", "replace")
+        return data, {}
+    mime = "image/" + fmt
+    data[mime] = base64.b64encode(raw).decode("ascii")
+    md = {}
+    if fmt == "png" and raw[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", raw[16:24])
+        md[mime] = {"width": width, "height": height}
+    return data, md
+
+
+def _is_figure(obj):
+    figure_module = sys.modules.get("matplotlib.figure")
+    return figure_module is not None and isinstance(obj, figure_module.Figure)
 
 
 # --------------------------------------------------------------------------------------
@@ -1076,9 +1411,14 @@ def _prepare_cell(limit):
             signal.signal(signal.SIGINT, _sigint_handler)  # the user may have replaced it
     except (ValueError, OSError, TypeError):
         pass
-    _user_ns.setdefault("display", display)
+    if _IPy.shell is None:
+        _user_ns.setdefault("display", display)  # IPython mode has IPython's own (a builtin)
     with _budget_lock:
         _budget.update(limit=limit, sent=0, truncated=0)
+
+
+class _CellDone(Exception):
+    """The cell has its status and reply already (IPython mode, a plain-mode UsageError)."""
 
 
 def _execute(msg):
@@ -1094,8 +1434,9 @@ def _execute(msg):
     # Named after the frontend's execution count when the kernel sends it (magics and silent
     # requests never reach the agent, so its own count would drift from the prompt's [N]).
     number = msg.get("cell")
+    count = None  # IPython mode: the In[N] to store the cell as (None: not stored in history)
     if type(number) is int and 0 < number < 1 << 53:
-        _cell_count = number
+        _cell_count = count = number
     else:
         _cell_count += 1
     filename = "<cell %d>" % _cell_count
@@ -1111,12 +1452,23 @@ def _execute(msg):
         if _pending_interrupt:  # interrupted before it even started
             _pending_interrupt = False
             cell.interrupt_requested = True
-    status, reply = "ok", None
+    status, reply, value = "ok", None, None
     try:
         if cell.interrupt_requested:
             raise KeyboardInterrupt
-        body, expr, silent = _compile_cell(code, filename)
-        value = None
+        if _IPy.shell is not None:
+            status, reply = _run_ipython_cell(code, cell, key, count)
+            raise _CellDone
+        if _IPy.mode == "on":
+            raise RuntimeError("Sandbox.ipython = 'on', but %s" % _IPy.why)
+        try:
+            body, expr, silent = _compile_cell(_INLINE_MAGIC.sub("", code), filename)
+        except SyntaxError:
+            reply = _ipython_syntax_error(code)
+            if reply is None:
+                raise
+            status = "error"
+            raise _CellDone from None
         _State.in_user = True
         try:
             if body is not None:
@@ -1131,10 +1483,17 @@ def _execute(msg):
                 reply = {"type": "result", "id": cell.id, "data": data, "metadata": md, "key": key}
         finally:
             _State.in_user = False
+    except _CellDone:
+        pass
     except KeyboardInterrupt as exc:
         status, reply = "interrupted", _error_content(exc)
     except BaseException as exc:  # SystemExit and MemoryError too: the agent survives
         status, reply = "error", _error_content(exc)
+    if _IPy.shell is None and os.getpid() == _AGENT_PID:
+        try:
+            _flush_figures(skip=value if _is_figure(value) else None)  # the value is the result
+        except Exception as exc:
+            _warn("showing the cell's figures failed: %s: %s\n" % (type(exc).__name__, _safe_str(exc)))
     if os.getpid() != _AGENT_PID:
         # The cell fork()ed and this is the child arriving at the end of the cell: it must
         # not run the agent's loop too (that would speak the protocol twice).
@@ -1167,6 +1526,16 @@ _TOKEN_RE = re.compile(r"[\w.]*$")
 
 
 def _complete(code, cursor):
+    if _IPy.shell is not None:  # IPython's completer (magics, paths, jedi when installed), as ipykernel
+        from IPython.core.completer import provisionalcompleter, rectify_completions
+
+        with provisionalcompleter():
+            found = list(rectify_completions(code, _IPy.shell.Completer.completions(code, cursor)))
+        matches = []
+        for completion in found:
+            if completion.text not in matches:
+                matches.append(completion.text)
+        return matches, found[0].start if found else cursor
     before = code[:cursor]
     line = before[before.rfind("\n") + 1 :]
     m = _IMPORT_RE.match(line)
@@ -1276,6 +1645,15 @@ def _describe(name, obj, detail):
 
 
 def _inspect(code, cursor, detail):
+    if _IPy.shell is not None:  # as ipykernel: IPython's inspector, the same text as `obj?`
+        from IPython.utils.tokenutil import token_at_cursor
+
+        name = token_at_cursor(code, cursor)
+        try:
+            bundle = _IPy.shell.object_inspect_mime(name, detail_level=detail)
+        except KeyError:
+            return False, {}
+        return True, _bundle_json(bundle)
     name = _name_at(code, cursor)
     if not name:
         return False, {}
@@ -1299,6 +1677,9 @@ def _is_complete(code):
 
     if not code.strip():
         return "complete", ""
+    if _IPy.shell is not None:  # knows magics, !cmd and obj?
+        status, spaces = _IPy.shell.input_transformer_manager.check_complete(code)
+        return status, " " * spaces if isinstance(spaces, int) else ""
     lines = [line for line in code.split("\n") if line.strip()]
     last = lines[-1] if lines else ""
     indent = last[: len(last) - len(last.lstrip())]
@@ -1340,6 +1721,9 @@ def _handle(msg):
     kind = msg.get("type")
     if kind == "execute":
         _execute(msg)
+        return
+    if kind == "setup":
+        _setup(msg)
         return
     code = msg.get("code")
     if not isinstance(code, str):
@@ -1423,7 +1807,7 @@ def _reader():
                 _resume(msg)
             elif kind == "shutdown":
                 _terminate(0)
-            elif kind in ("execute", "complete", "inspect", "is_complete"):
+            elif kind in ("execute", "complete", "inspect", "is_complete", "setup"):
                 if kind == "execute":
                     with _cell_lock:
                         _queued_executes += 1
@@ -1570,6 +1954,9 @@ def _supervise(worker, to_worker, from_worker):
             send(_cgroup_usage(msg.get("id")))
         elif kind == "shutdown":
             kill_all(0)
+        elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)
+            payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+            to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
         elif kind in ("execute", "complete", "inspect", "is_complete"):
             key = os.urandom(16).hex()
             if kind == "execute":
@@ -1593,13 +1980,23 @@ def _supervise(worker, to_worker, from_worker):
         if not isinstance(msg, dict):
             return dropped("not an object")
         kind, cell = msg.get("type"), state["cell"]
-        if kind == "display":
-            data, md = msg.get("data"), msg.get("metadata", {})
+        if kind in ("display", "update_display"):
+            data, md, transient = msg.get("data"), msg.get("metadata", {}), msg.get("transient")
             if not isinstance(data, dict) or not isinstance(md, dict):
-                return dropped("malformed display")
+                return dropped("malformed %s" % kind)
+            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            if kind == "update_display" and not isinstance(display_id, str):
+                return dropped("update_display without a display_id")
             cell_id = cell["id"] if cell else state["last_id"]
-            if not send({"type": "display", "id": cell_id, "data": data, "metadata": md}):
-                dropped("display cannot be encoded")
+            body = {"type": kind, "id": cell_id, "data": data, "metadata": md}
+            if isinstance(display_id, str):
+                body["transient"] = {"display_id": display_id[:1000]}
+            if not send(body):
+                dropped("%s cannot be encoded" % kind)
+            return
+        if kind == "clear_output":
+            cell_id = cell["id"] if cell else state["last_id"]
+            send({"type": "clear_output", "id": cell_id, "wait": msg.get("wait") is True})
             return
         if kind in ("result", "error", "done"):
             if cell is None or msg.get("key") != cell["key"]:

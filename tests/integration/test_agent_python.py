@@ -90,11 +90,11 @@ class Cell:
 class AgentProcess:
     """The agent as a subprocess, with a thread decoding its frames into a queue."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, python: str | None = None) -> None:
         self.log = open(workdir / "agent.log", "wb")
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(
-            [PYTHON, str(AGENT)],
+            [python or PYTHON, str(AGENT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -142,11 +142,12 @@ class AgentProcess:
         return f"req-{self._next_id}"
 
     def execute(
-        self, code: str, output_limit: int = 0, timeout: float = 10, interrupt_after: float | None = None
+        self, code: str, output_limit: int = 0, timeout: float = 10, interrupt_after: float | None = None,
+        **fields: Any,
     ) -> Cell:
         cell_id = self.new_id()
         cell = Cell(sent_at=time.monotonic())
-        self.send({"type": "execute", "id": cell_id, "code": code, "output_limit": output_limit})
+        self.send({"type": "execute", "id": cell_id, "code": code, "output_limit": output_limit, **fields})
         interrupt_at = None if interrupt_after is None else cell.sent_at + interrupt_after
         deadline = cell.sent_at + timeout
         while True:
