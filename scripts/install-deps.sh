@@ -15,7 +15,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 # gVisor for LocalSandbox.runtime = 'gvisor': runsc of 2023 or later (systrap; bookworm's 20221219
 # fails statx, which breaks ls). On bookworm it comes from trixie, pinned to that one package.
 runsc_date() { runsc --version 2>/dev/null | grep -o '20[0-9]\{6\}' | head -n1; }
-if [[ $(runsc_date) < 20230101 ]]; then
+if [[ $(runsc_date) -lt 20230101 ]]; then  # none installed: '' is 0
   sudo_=""
   [[ $(id -u) == 0 ]] || sudo_="sudo"
   if [[ $(. /etc/os-release && echo "${VERSION_CODENAME:-}") == bookworm ]]; then
@@ -39,6 +39,8 @@ if ((with_test)); then
   command -v npm >/dev/null || need+=(npm)
   # The egress tests (tests/integration/test_egress_local.py): curl and pip inside the sandbox.
   command -v curl >/dev/null || need+=(curl)
+  # The lint step of scripts/test.sh checks the shell scripts with it.
+  command -v shellcheck >/dev/null || need+=(shellcheck)
   /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
 if ((${#need[@]})); then

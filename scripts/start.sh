@@ -55,7 +55,9 @@ while (($#)); do
   esac
   shift
 done
-[[ $port =~ ^[0-9]{1,5}$ ]] && ((port >= 1 && port <= 65535)) || die "--port must be a number from 1 to 65535, not '$port'"
+if ! { [[ $port =~ ^[0-9]{1,5}$ ]] && ((port >= 1 && port <= 65535)); }; then
+  die "--port must be a number from 1 to 65535, not '$port'"
+fi
 [[ $mode == lab || $port_given == 0 ]] || die "--port is for lab, not $mode"
 if [[ $mode == lab ]] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   die "port $port is in use (another JupyterLab?): pick another with --port N"

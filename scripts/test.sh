@@ -6,9 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh test,lab
 
-echo "== lint (ruff) and types (mypy), configured in pyproject.toml"
+echo "== lint (ruff) and types (mypy), configured in pyproject.toml; shellcheck on the shell scripts"
 python3 -m ruff check sandbox_kernel tests benchmarks
 python3 -m mypy
+# The scripts that set up, build and run the tests (-x: follow what they source). Not the Bash
+# agent (sandbox_kernel/agents/bash_agent.sh): it is tested by running it (tests/integration/
+# test_agent_bash.py), and shellcheck cannot see that its functions run from traps and dispatch.
+shell_scripts=(scripts/*.sh images/*/build .ci/run)
+for f in tests/cluster/*; do [[ $f == *.md ]] || shell_scripts+=("$f"); done
+shellcheck -x "${shell_scripts[@]}"
 
 started=0
 cleanup() { if ((started)); then tests/cluster/down >/dev/null 2>&1 || true; fi; }
