@@ -376,7 +376,8 @@ class SandboxKernel(Kernel):
         found = selftest.observations("".join(output))
         if found is None:
             raise SandboxError("the selftest probe printed no observations")
-        rows = selftest.evaluate(found, session.limits.memory_bytes, session.backend, language)
+        visible = tuple(getattr(session, "visible_paths", ()))  # read-only host paths shown on purpose
+        rows = selftest.evaluate(found, session.limits.memory_bytes, session.backend, language, visible)
         return f"selftest of this {session.backend} sandbox ({language}):\n" + selftest.format_table(rows)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]

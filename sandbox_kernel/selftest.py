@@ -78,8 +78,9 @@ while read -r key value rest; do
 done < /proc/self/status
 try_write() { if ( : > "$1" ) 2>/dev/null; then rm -f "$1" 2>/dev/null || : ; echo ok; else echo refused; fi; }
 first_line() { line=; [ -r "$1" ] && read -r line < "$1"; printf '%s' "$line"; }
-host_home=hidden
-for f in /root/* /root/.[!.]*; do [ -e "$f" ] && host_home=visible && break; done
+host_home=
+for f in /root/* /root/.[!.]*; do [ -e "$f" ] && host_home="$host_home${f#/root/} "; done
+[ -n "$host_home" ] || host_home=hidden
 sa_token=absent
 [ -e /var/run/secrets/kubernetes.io/serviceaccount/token ] && sa_token=present
 secret_env=
@@ -172,6 +173,19 @@ class Row:
     detail: str
 
 
+def _home_row(seen: str, visible_paths: tuple[str, ...]) -> Row:
+    """/root must be hidden, or hold nothing but the way to the read-only paths the backend
+    shows there on purpose (``visible_paths``: a pyenv or venv environment under /root)."""
+    if seen.strip() == "hidden":
+        return Row("no host home", "pass", "/root: hidden")
+    names = seen.split()
+    expected = {p.split("/")[2] for p in visible_paths if p.startswith("/root/") and len(p.split("/")) > 2}
+    extra = [n for n in names if n not in expected] if seen.strip() != "visible" else ["visible"]
+    if not extra:
+        return Row("no host home", "pass", f"/root: only the way to {', '.join(p for p in visible_paths if p.startswith('/root/'))} (read-only)")
+    return Row("no host home", "FAIL", f"/root: {' '.join(extra)} visible")
+
+
 def _syscall_row(obs: dict[str, Any], key: str, name: str, language: str) -> Row:
     value = obs.get(key)
     if value is None:
@@ -179,7 +193,7 @@ def _syscall_row(obs: dict[str, Any], key: str, name: str, language: str) -> Row
     return Row(name, "pass" if value in ("EPERM", "EACCES", "ENOSYS") else "FAIL", f"{key}: {value}")
 
 
-def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str) -> list[Row]:
+def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str, visible_paths: tuple[str, ...] = ()) -> list[Row]:
     """The verdicts for one sandbox's observations (pure)."""
     rows: list[Row] = []
     uid = str(obs.get("uid", ""))
@@ -200,7 +214,7 @@ def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str
     ro = obs.get("write_root") == "refused" and obs.get("write_usr") == "refused"
     rows.append(Row("read-only system", "pass" if ro else "FAIL", f"/: {obs.get('write_root')}, /usr: {obs.get('write_usr')}"))
     rows.append(Row("writable home", "pass" if obs.get("write_home") == "ok" else "FAIL", f"HOME: {obs.get('write_home')}"))
-    rows.append(Row("no host home", "pass" if obs.get("host_home") == "hidden" else "FAIL", f"/root: {obs.get('host_home')}"))
+    rows.append(_home_row(str(obs.get("host_home", "")), visible_paths))
     rows.append(Row("no service account token", "pass" if obs.get("sa_token") == "absent" else "FAIL", str(obs.get("sa_token"))))
     secret_env = str(obs.get("secret_env", "")).strip()
     rows.append(Row("no secrets in environment", "FAIL" if secret_env else "pass", secret_env or "none"))

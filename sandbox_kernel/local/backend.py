@@ -28,116 +28,31 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import itertools
 import logging
 import os
 import shlex
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
-
-from traitlets import Bool, Enum, Int, List, TraitError, Unicode, validate
-from traitlets.config import Configurable
+from typing import AsyncGenerator
 
 from ..config import Limits
 from ..egress import host as egress
-from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, SandboxUnavailable
+from ..errors import ConfigError, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, SandboxUnavailable
 from ..languages import Language
-from ..quantity import format_bytes
 from ..agent_session import AgentSession
-from ..session import AgentChannel
+from ..session import AgentChannel, ErrorOutput, Event
 from ..usage import CellUsage, Usage
-from . import cgroups, gvisor, seccomp_policy, uids
+from . import bwrap, cgroups, environment, gvisor, report, seccomp_policy, uids
+from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, View
+from .environment import SYSTEM_DIRS
+from .settings import SANDBOX_PATH, LocalSandbox
+
+__all__ = ["LocalSandbox", "LocalSandboxSession", "SANDBOX_HOME", "SANDBOX_PATH", "AGENT_DIR", "SYSTEM_DIRS", "PASSWD", "GROUP"]
 
 log = logging.getLogger("sandbox_kernel")
-
-SANDBOX_HOME = "/home/sandbox"
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-AGENT_DIR = "/opt/sandbox-agent"
-SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-
-
-class LocalSandbox(Configurable):
-    """Settings of the local (bubblewrap) backend."""
-
-    bwrap = Unicode("bwrap", help="The bubblewrap program (Debian package 'bubblewrap').").tag(config=True)
-
-    runtime = Enum(
-        ["bubblewrap", "gvisor"],
-        "bubblewrap",
-        help="What runs the agent: 'bubblewrap' (namespaces and a seccomp filter; system calls reach "
-        "the host kernel) or 'gvisor' (gVisor's runsc: system calls reach gVisor's own user-space "
-        "kernel; slower to start and to make system calls). The same limits, files, network and uid apply.",
-    ).tag(config=True)
-
-    runsc = Unicode(
-        "runsc", help="gVisor's runsc program (Debian package 'runsc', 2023 or later), for runtime 'gvisor'."
-    ).tag(config=True)
-
-    gvisor_platform = Enum(
-        list(gvisor.PLATFORMS),
-        "systrap",
-        help="How gVisor intercepts system calls (runsc --platform): 'systrap' (fastest without "
-        "hardware virtualization), 'ptrace', or 'kvm' (needs a usable /dev/kvm).",
-    ).tag(config=True)
-
-    run_as_uid = Int(
-        None,
-        allow_none=True,
-        help="Host uid every sandbox runs as when the kernel runs as root. Unset (the default), "
-        "each sandbox gets a uid of its own from uid_range. Inside the sandbox it appears as uid 1000.",
-    ).tag(config=True)
-
-    uid_range = Unicode(
-        "1879048192-1879113727",
-        help="Host uids ('FIRST-LAST') given out one per sandbox when the kernel runs as root "
-        "(0x70000000-0x7000FFFF: above systemd-nspawn's container range, below its foreign range). "
-        "uids with a passwd or group entry, in /etc/subuid or /etc/subgid, or used by any "
-        "process are skipped; leases are flocks under /run/sandbox-kernel/uids.",
-    ).tag(config=True)
-
-    seccomp_python = Unicode(
-        "/usr/bin/python3",
-        help="Python that compiles the seccomp filter with libseccomp's bindings (Debian package "
-        "'python3-seccomp') when the kernel's own interpreter cannot import seccomp.",
-    ).tag(config=True)
-
-    @validate("uid_range")
-    def _check_uid_range(self, proposal: Any) -> str:
-        try:
-            uids.parse_range(proposal["value"])
-        except ValueError as exc:
-            raise TraitError(str(exc)) from None
-        return proposal["value"]
-
-    interpreters = List(
-        Unicode(),
-        help="Override the program that runs an agent, as 'language=/path' items "
-        "(e.g. 'python=/usr/bin/python3.12'). By default python3, node and bash are looked up "
-        "on " + SANDBOX_PATH + ".",
-    ).tag(config=True)
-
-    read_only_paths = List(
-        Unicode(),
-        help="Extra host paths made visible read-only inside the sandbox, at the same place "
-        "(e.g. a data set directory).",
-    ).tag(config=True)
-
-    require_limits = Bool(
-        True,
-        help="Refuse to start when memory, CPU and process limits cannot be enforced (no usable "
-        "cgroups, e.g. when not running as root). Set False to run without limits.",
-    ).tag(config=True)
-
-    require_isolation = Bool(
-        True,
-        help="Refuse to start when bubblewrap or user namespaces are unavailable. Set False to run "
-        "cells WITHOUT any isolation (only for trusted code).",
-    ).tag(config=True)
 
 
 class PipeChannel(AgentChannel):
@@ -161,39 +76,6 @@ class PipeChannel(AgentChannel):
 
 
 _sandbox_numbers = itertools.count(1)
-
-# The sandbox's own accounts: uid 1000 is 'sandbox', whose home is the scratch tmpfs.
-PASSWD = (
-    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-    f"sandbox:x:1000:1000:Sandbox:{SANDBOX_HOME}:/bin/bash\n"
-    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-)
-GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
-
-
-@functools.lru_cache(maxsize=None)
-def _bwrap_disables_userns(bwrap: str) -> bool:
-    """Whether this bubblewrap has --disable-userns (0.8.0 and later)."""
-    try:
-        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--disable-userns" in out.stdout + out.stderr
-
-
-def _memfd(name: str, data: bytes) -> int:
-    """An anonymous in-memory file holding ``data``, positioned at its start (close-on-exec here;
-    ``pass_fds`` hands it to bubblewrap, which reads it and closes it before the agent runs)."""
-    fd = os.memfd_create(name)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class LocalSandboxSession(AgentSession):
@@ -222,6 +104,10 @@ class LocalSandboxSession(AgentSession):
         self._isolated, self._limited = self._check_host()
         # Egress hook (sandbox_kernel/egress): None unless Sandbox.allow_hosts is set.
         self.egress = egress.controller_for(limits.allow_hosts, self.settings) if self._isolated else None
+        # The user's environment (environment.py): checked now, so a bad setting fails the start.
+        self._python = environment.python_environment(self.settings.python_environment)
+        self._node_modules = environment.node_modules(list(self.settings.node_modules))
+        self._read_only = self._read_only_paths()
 
     # -- host checks ----------------------------------------------------------------------------
 
@@ -267,6 +153,8 @@ class LocalSandboxSession(AgentSession):
             name, _, path = item.partition("=")
             if name == self.language.name and path:
                 return path
+        if self.language.name == "python":
+            return self._python.python
         found = shutil.which(self.language.interpreter, path=SANDBOX_PATH)
         if not found:
             raise SandboxUnavailable(
@@ -274,6 +162,52 @@ class LocalSandboxSession(AgentSession):
                 f"c.LocalSandbox.interpreters = ['{self.language.name}=/path/to/{self.language.interpreter}']."
             )
         return found
+
+    def _read_only_paths(self) -> list[str]:
+        """Every host path shown read-only at its own place: the environment, the interpreter's
+        prefix when LocalSandbox.interpreters names one outside the system, node_modules and
+        read_only_paths; each checked against the sandbox's own mounts."""
+        paths: list[tuple[str, str]] = [("LocalSandbox.python_environment", m) for m in self._python.mounts]
+        for item in self.settings.interpreters:
+            name, _, path = item.partition("=")
+            if name == self.language.name and path:
+                if not os.path.isabs(path):
+                    raise ConfigError("LocalSandbox.interpreters", f"{path!r} is not an absolute path")
+                paths += [("LocalSandbox.interpreters", m) for m in environment.interpreter_mounts(path)]
+        if self.language.name == "node":
+            paths += [("LocalSandbox.node_modules", m) for m in self._node_modules]
+        paths += [("LocalSandbox.read_only_paths", p) for p in self.settings.read_only_paths]
+        for setting, path in paths:
+            environment.check_not_hidden(setting, path, bwrap.RESERVED)
+        return list(dict.fromkeys(p for _, p in paths))
+
+    @property
+    def visible_paths(self) -> list[str]:
+        """The host paths this sandbox shows read-only on purpose (for ``%sandbox selftest``)."""
+        return list(self._read_only)
+
+    def _sandbox_env(self) -> dict[str, str]:
+        """The agent's whole environment."""
+        path = SANDBOX_PATH if self._python.bin_dir is None else f"{self._python.bin_dir}:{SANDBOX_PATH}"
+        env = {"PATH": path, "HOME": SANDBOX_HOME, "USER": "sandbox", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+        if self.language.name == "node" and self._node_modules:
+            env["NODE_PATH"] = ":".join(self._node_modules)
+        return env
+
+    def _mount_plan(self) -> environment.MountPlan:
+        # As root, the sandbox's uid may not reach the paths (a 0700 /root): stage them.
+        return environment.MountPlan(self._read_only, staged=self._isolated and os.geteuid() == 0)
+
+    def _view(self, plan: environment.MountPlan, relay_fd: str = "<relay fd>") -> View:
+        return View(
+            scratch_bytes=self.limits.scratch_bytes,
+            env=tuple(self._sandbox_env().items()),
+            mounts=plan,
+            cwd=SANDBOX_HOME,
+            agent_name=self.language.agent_path().name,
+            extra=tuple(self.egress.bwrap_mounts(relay_fd)) if self.egress is not None else (),
+            extra_env=tuple(self.egress.bwrap_env()) if self.egress is not None else (),
+        )
 
     # -- command line ---------------------------------------------------------------------------
 
@@ -285,66 +219,6 @@ class LocalSandboxSession(AgentSession):
             return self.settings.run_as_uid
         return self._lease.uid if self._lease else None
 
-    def _bwrap_options(self, fds: dict[str, str], seccomp: bool) -> list[str]:
-        """bubblewrap's options; ``fds`` names the descriptors of the files it copies in.
-
-        What the sandbox can still learn of the host through /proc (best effort, none of it a
-        secret): its host uid (``/proc/self/uid_map``, and ``uid=`` in the options of bubblewrap's
-        tmpfs mounts in mountinfo), the device number and file system type of the system
-        directories and any ``read_only_paths`` (at their host paths, by design), the host
-        kernel's version and CPUs, and that PID 1 is ``bwrap --args N``. No install path, kernel
-        pid or cgroup name: the options are in a memfd, the agent is copied in, the cgroup is
-        joined before bubblewrap starts and hidden by the cgroup namespace."""
-        agent = self.language.agent_path()
-        argv: list[str] = []
-        if seccomp:
-            argv += ["--seccomp", fds["seccomp"]]
-        for path in SYSTEM_DIRS:
-            p = Path(path)
-            if p.is_symlink():
-                argv += ["--symlink", os.readlink(p), path]
-            elif p.is_dir():
-                argv += ["--ro-bind", path, path]
-        for extra in self.settings.read_only_paths:
-            argv += ["--ro-bind", extra, extra]
-        if self.egress is not None:  # egress hook: the proxy's socket directory and the relay
-            argv += self.egress.bwrap_mounts(fds.get("relay", "<relay fd>"))
-        argv += [
-            # The sandbox's own accounts, and a copy of the agent (a bind mount would show the
-            # installation's path in /proc/self/mountinfo).
-            "--ro-bind-data", fds["passwd"], "/etc/passwd",
-            "--ro-bind-data", fds["group"], "/etc/group",
-            "--perms", "0444", "--file", fds["agent"], f"{AGENT_DIR}/{agent.name}",
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--size", str(self.limits.scratch_bytes), "--tmpfs", SANDBOX_HOME,
-            "--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
-            # Last of the mounts: / itself (bubblewrap's tmpfs) read-only, like a pod's root
-            # file system; HOME and /tmp are mounts of their own and stay writable.
-            "--remount-ro", "/",
-            "--chdir", SANDBOX_HOME,
-            "--unshare-all",  # user, pid, net (loopback only), ipc, uts, cgroup
-            "--unshare-user",  # required, not just tried: --disable-userns needs it
-        ]
-        if _bwrap_disables_userns(self._bwrap_path()):
-            argv += ["--disable-userns"]  # no nested user namespaces, even without seccomp
-        argv += [
-            "--uid", "1000", "--gid", "1000",
-            "--hostname", "sandbox",
-            "--die-with-parent",  # the kernel's death (even SIGKILL) ends the whole sandbox
-            "--new-session",  # no controlling terminal to inject keystrokes into
-            "--cap-drop", "ALL",
-            "--clearenv",
-            "--setenv", "PATH", SANDBOX_PATH,
-            "--setenv", "HOME", SANDBOX_HOME,
-            "--setenv", "USER", "sandbox",
-            "--setenv", "LANG", "C.UTF-8",
-            "--setenv", "TMPDIR", "/tmp",
-        ]
-        if self.egress is not None:  # egress hook: HTTP(S)_PROXY and friends (after --clearenv)
-            argv += self.egress.bwrap_env()
-        return argv
-
     def _bwrap_path(self) -> str:
         return shutil.which(self.settings.bwrap) or self.settings.bwrap
 
@@ -355,8 +229,9 @@ class LocalSandboxSession(AgentSession):
             return self.egress.inner(SANDBOX_PATH, [interpreter, f"{AGENT_DIR}/{agent.name}"])
         return [interpreter, f"{AGENT_DIR}/{agent.name}"] if self._isolated else [interpreter, str(agent)]
 
-    def _wrap(self, argv: list[str], cgroup: cgroups.SandboxCgroup | None) -> list[str]:
-        """Prefix the bubblewrap command with the uid drop and the cgroup join."""
+    def _wrap(self, argv: list[str], cgroup: cgroups.SandboxCgroup | None, plan: environment.MountPlan) -> list[str]:
+        """Prefix the bubblewrap command with the uid drop, the cgroup join and, as root, the
+        private mount namespace that stages the read-only paths (environment.py)."""
         uid = self._host_uid()
         if uid is not None:
             # Never run user code as root on the host: drop to an unprivileged uid, and let
@@ -367,8 +242,12 @@ class LocalSandboxSession(AgentSession):
             # The paths are in this script, not the environment: bubblewrap, the sandbox's PID 1,
             # gets the environment this process was given, readable in /proc/1/environ.
             procs = " ".join(shlex.quote(f) for f in cgroup.procs_files())
-            join = f'for f in {procs}; do echo $$ > "$f" || exit 125; done; exec "$@"'
-            argv = ["/bin/sh", "-c", join, "sandbox-start"] + argv
+            script = f'for f in {procs}; do echo $$ > "$f" || exit 125; done; '
+        else:
+            script = ""
+        script += plan.script()
+        if script:
+            argv = [*plan.wrapper(), "/bin/sh", "-c", script + 'exec "$@"', "sandbox-start"] + argv
         return argv
 
     def command(self, cgroup: cgroups.SandboxCgroup | None, fds: dict[str, str] | None = None, seccomp: bool | None = None) -> list[str]:
@@ -380,12 +259,17 @@ class LocalSandboxSession(AgentSession):
         inner = self._inner()
         if not self._isolated:
             return inner
+        plan = self._mount_plan()
         if self._gvisor:
             bundle = self._bundle or gvisor.GVisorBundle("<sandbox>")
-            return self._wrap(bundle.command(self.settings.runsc, self.settings.gvisor_platform, rootless=True), cgroup)
+            return self._wrap(bundle.command(self.settings.runsc, self.settings.gvisor_platform, rootless=True), cgroup, plan)
         fds = fds or {name: f"<{name} fd>" for name in ("seccomp", "passwd", "group", "agent")}
-        argv = [self._bwrap_path(), *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp), "--", *inner]
-        return self._wrap(argv, cgroup)
+        argv = [self._bwrap_path(), *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp, plan), "--", *inner]
+        return self._wrap(argv, cgroup, plan)
+
+    def _bwrap_options(self, fds: dict[str, str], seccomp: bool, plan: environment.MountPlan) -> list[str]:
+        view = self._view(plan, fds.get("relay", "<relay fd>"))
+        return bwrap.options(view, fds, seccomp, bwrap.disables_userns(self._bwrap_path()))
 
     # -- AgentSession hooks ----------------------------------------------------------------------
 
@@ -411,13 +295,13 @@ class LocalSandboxSession(AgentSession):
                 self._seccomp = True  # the same table, applied inside gVisor (runsc --oci-seccomp)
             elif self._isolated:
                 blob = await loop.run_in_executor(None, self._seccomp_filter)
-                await loop.run_in_executor(None, _bwrap_disables_userns, self._bwrap_path())
+                await loop.run_in_executor(None, bwrap.disables_userns, self._bwrap_path())
                 self._seccomp = blob is not None
                 if blob is not None:
-                    fds["seccomp"] = _memfd("seccomp", blob)
-                fds["passwd"] = _memfd("passwd", PASSWD.encode())
-                fds["group"] = _memfd("group", GROUP.encode())
-                fds["agent"] = _memfd("agent", self.language.agent_path().read_bytes())
+                    fds["seccomp"] = bwrap.memfd("seccomp", blob)
+                fds["passwd"] = bwrap.memfd("passwd", PASSWD.encode())
+                fds["group"] = bwrap.memfd("group", GROUP.encode())
+                fds["agent"] = bwrap.memfd("agent", self.language.agent_path().read_bytes())
             if self._isolated:
                 if os.geteuid() == 0 and self.settings.run_as_uid is None:
                     first, last = uids.parse_range(self.settings.uid_range)
@@ -426,7 +310,7 @@ class LocalSandboxSession(AgentSession):
                     except OSError as exc:
                         raise SandboxStartError(f"No host uid is free for the sandbox: {exc}") from exc
                 if self.egress is not None:  # egress hook: this sandbox's proxy
-                    fds["relay"] = _memfd("relay", self.egress.relay_source())
+                    fds["relay"] = bwrap.memfd("relay", self.egress.relay_source())
                     await self.egress.start(self._host_uid())
             env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}
             name = f"k{os.getpid()}-{next(_sandbox_numbers)}"
@@ -447,9 +331,10 @@ class LocalSandboxSession(AgentSession):
             if self._gvisor and self._isolated:
                 argv = self._argv
             elif self._isolated:
-                options = self._bwrap_options(names, bool(self._seccomp))
-                fds["args"] = _memfd("args", b"".join(o.encode() + b"\0" for o in options))
-                argv = self._wrap([self._bwrap_path(), "--args", str(fds["args"]), "--", *self._inner()], cgroup)
+                plan = self._mount_plan()
+                options = self._bwrap_options(names, bool(self._seccomp), plan)
+                fds["args"] = bwrap.memfd("args", b"".join(o.encode() + b"\0" for o in options))
+                argv = self._wrap([self._bwrap_path(), "--args", str(fds["args"]), "--", *self._inner()], cgroup, plan)
             else:
                 argv = self._argv
             log.debug("starting sandbox: %s", shlex.join(self._argv))
@@ -492,11 +377,11 @@ class LocalSandboxSession(AgentSession):
             agent_name=agent.name,
             agent=agent.read_bytes(),
             args=self._inner(),
-            env={"PATH": SANDBOX_PATH, "HOME": SANDBOX_HOME, "USER": "sandbox", "LANG": "C.UTF-8", "TMPDIR": "/tmp"},
+            env=self._sandbox_env(),
             home=SANDBOX_HOME,
             agent_dir=AGENT_DIR,
             system_dirs=SYSTEM_DIRS,
-            read_only_paths=list(self.settings.read_only_paths),
+            read_only_paths=[(m.source, m.path) for m in self._mount_plan().mounts],
             passwd=PASSWD,
             group=GROUP,
             limits=self.limits,
@@ -637,78 +522,29 @@ class LocalSandboxSession(AgentSession):
             reason=reason,
         )
 
+    async def execute(self, code: str) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+        """A cell, with a hint added to ``ModuleNotFoundError``: which Python the sandbox runs."""
+        cell = super().execute(code)
+        try:
+            async for event in cell:
+                if isinstance(event, ErrorOutput) and event.ename == "ModuleNotFoundError" and self.language.name == "python":
+                    hint = environment.import_hint(self._python, self._interpreter(), event.evalue)
+                    event = ErrorOutput(event.ename, event.evalue, [*event.traceback, hint])
+                yield event
+        finally:
+            await cell.aclose()
+
     # -- %sandbox -------------------------------------------------------------------------------
 
-    def _runtime_description(self) -> str:
-        if not self._isolated:
-            return "none (NOT isolated)"
-        if self._gvisor:
-            text, _ = gvisor.version(gvisor.runsc_path(self.settings.runsc))
-            return f"gVisor ({text}, platform {self.settings.gvisor_platform}, network none)"
-        return "bubblewrap (Linux namespaces, host kernel)"
+    def environment_description(self) -> str:
+        if self.language.name == "node" and self._node_modules:
+            return f"{self._interpreter()}, node_modules {', '.join(self._node_modules)}, read-only"
+        if self.language.name != "python" and self._python.bin_dir is None:
+            return f"{self._interpreter()}"
+        return self._python.describe() if self.language.name == "python" else f"{self._interpreter()}; PATH has {self._python.bin_dir}"
+
+    def workspace_description(self) -> str:
+        return "none"
 
     def report(self, topic: str) -> str:
-        limits = self.limits
-        if topic == "status":
-            usage = self._cgroup.usage() if self._cgroup else {}
-            rows = [
-                ("backend", ("local (gVisor)" if self._gvisor else "local (bubblewrap)") if self._isolated else "local, NOT isolated"),
-                ("runtime", self._runtime_description()),
-                ("language", f"{self.language.name} {self.language_info.get('version', '')}".strip()),
-                ("process", str(self._proc.pid) if self._proc else "not running"),
-                ("user", f"uid 1000 in the sandbox (host uid {self._host_uid()})" if self._host_uid() is not None else "uid 1000 in the sandbox"),
-                ("seccomp", ({True: f"filter on ({len(seccomp_policy.syscalls())} system calls)", False: "OFF", None: "-"}[self._seccomp] + (" inside gVisor" if self._gvisor and self._seccomp else "")) if self._isolated else "OFF"),
-                ("memory", f"{format_bytes(usage['memory']) if 'memory' in usage else '?'} used of {limits.memory}"),
-                ("processes", f"{usage.get('pids', '?')} of {limits.pids}"),
-                ("cpu", limits.cpu),
-                ("cell timeout", f"{self.timeout:g} s"),
-                ("cgroup", ", ".join(str(p) for p in self._cgroup.paths) if self._cgroup else "none (limits not enforced)"),
-            ]
-            return _table(rows)
-        if topic == "quota":
-            usage = self._cgroup.usage() if self._cgroup else {}
-            rows = [
-                ("RESOURCE", "USED / LIMIT"),
-                ("memory", f"{format_bytes(usage.get('memory', 0))} / {limits.memory}"),
-                ("cpu", f"- / {limits.cpu}"),
-                ("processes", f"{usage.get('pids', 0)} / {limits.pids}"),
-                ("scratch", f"- / {limits.scratch}"),
-                ("output per cell", f"- / {format_bytes(limits.output_bytes)}"),
-            ]
-            return _table(rows)
-        if topic == "policy":
-            if os.geteuid() != 0:
-                uid = "the kernel's own host uid"
-            elif self.settings.run_as_uid is not None:
-                uid = f"host uid {self.settings.run_as_uid} (LocalSandbox.run_as_uid)"
-            else:
-                uid = f"a host uid of its own from {self.settings.uid_range}" + (f", now {self._lease.uid}" if self._lease else "")
-            text = (
-                f"runtime: {self._runtime_description()}\n"
-                "network: own network namespace with loopback only (no route to the host or the internet)\n"
-                "processes: own PID namespace; host processes are invisible\n"
-                "files: / and the system directories read-only; HOME and /tmp are a private tmpfs "
-                f"of {limits.scratch}, deleted with the sandbox\n"
-                f"user: uid 1000 ('sandbox'; {uid}), no capabilities, no new privileges, "
-                "no new user namespaces\n"
-                "environment: PATH, HOME, USER, LANG, TMPDIR only"
-            )
-            if self.egress is not None:  # egress hook
-                text += "\n" + self.egress.policy_line()
-            if not self._isolated:
-                return text + "\nseccomp: none (the sandbox is NOT isolated)"
-            if self._seccomp is False:
-                return text + "\nseccomp: OFF (libseccomp's Python bindings are missing: install python3-seccomp)"
-            if self._gvisor:
-                text += "\n" + gvisor.POLICY
-            return text + "\n" + seccomp_policy.summary()
-        if topic == "events":
-            return "\n".join(time.strftime("%H:%M:%S", time.localtime(t)) + "  " + text for t, text in self._events) or "no events"
-        if topic == "manifests":
-            return shlex.join(self._argv) if self._argv else shlex.join(self.command(None))
-        raise ValueError(topic)
-
-
-def _table(rows: list[tuple[str, Any]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+        return report.report(self, topic)

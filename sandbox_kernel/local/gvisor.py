@@ -109,13 +109,14 @@ def spec(
     home: str,
     agent_dir: str,
     system_dirs: tuple[str, ...],
-    read_only_paths: list[str],
+    read_only_paths: list[tuple[str, str]],
     files: dict[str, str],
     limits: Limits,
     hostname: str = "sandbox",
 ) -> dict[str, Any]:
-    """The OCI runtime spec of a sandbox. ``files`` maps a path inside to the host file bound
-    there read-only (the sandbox's passwd and group)."""
+    """The OCI runtime spec of a sandbox. ``read_only_paths`` are (host source, path inside)
+    pairs, bound read-only after the tmpfs mounts; ``files`` maps a path inside to the host file
+    bound there read-only (the sandbox's passwd and group)."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=0755"]},
@@ -123,8 +124,9 @@ def spec(
         {"destination": home, "type": "tmpfs", "source": "tmpfs", "options": ["mode=0700", "uid=1000", "gid=1000", f"size={limits.scratch_bytes}"]},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777", f"size={limits.scratch_bytes}"]},
     ]
-    for path in [*(p for p in system_dirs if os.path.isdir(p) and not os.path.islink(p)), *read_only_paths]:
-        mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]})
+    system = [(p, p) for p in system_dirs if os.path.isdir(p) and not os.path.islink(p)]
+    for source, path in [*system, *read_only_paths]:
+        mounts.append({"destination": path, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev"]})
     for inside, host in files.items():
         mounts.append({"destination": inside, "type": "bind", "source": host, "options": ["bind", "ro", "nosuid", "nodev"]})
     none: list[str] = []
@@ -173,7 +175,7 @@ class GVisorBundle:
         home: str,
         agent_dir: str,
         system_dirs: tuple[str, ...],
-        read_only_paths: list[str],
+        read_only_paths: list[tuple[str, str]],
         passwd: str,
         group: str,
         limits: Limits,
@@ -191,7 +193,7 @@ class GVisorBundle:
             if os.path.islink(path):
                 (rootfs / path.lstrip("/")).symlink_to(os.readlink(path))
         present = [p for p in system_dirs if os.path.isdir(p) and not os.path.islink(p)]
-        for path in ("proc", "dev", "tmp", home, agent_dir, *present, *read_only_paths):
+        for path in ("proc", "dev", "tmp", home, agent_dir, *present, *(inside for _, inside in read_only_paths)):
             target = rootfs / path.lstrip("/")
             if not target.is_symlink():
                 target.mkdir(parents=True, exist_ok=True)

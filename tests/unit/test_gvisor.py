@@ -19,7 +19,7 @@ def make_spec() -> dict:
         home=backend.SANDBOX_HOME,
         agent_dir=backend.AGENT_DIR,
         system_dirs=backend.SYSTEM_DIRS,
-        read_only_paths=["/srv/data"],
+        read_only_paths=[("/run/sandbox-kernel/view/0", "/srv/data")],
         files={"/etc/passwd": "/b/passwd"},
         limits=Sandbox().limits(),
     )
@@ -34,6 +34,7 @@ def test_spec_is_read_only_unprivileged_and_without_network_namespace_escape() -
     binds = [m for m in spec["mounts"] if m["type"] == "bind"]
     assert binds and all("ro" in m["options"] for m in binds)
     assert {m["destination"] for m in binds} >= {"/usr", "/etc", "/srv/data", "/etc/passwd"}
+    assert {m["source"] for m in binds if m["destination"] == "/srv/data"} == {"/run/sandbox-kernel/view/0"}  # staged
     tmpfs = {m["destination"]: m["options"] for m in spec["mounts"] if m["type"] == "tmpfs"}
     scratch = Sandbox().limits().scratch_bytes
     assert f"size={scratch}" in tmpfs[backend.SANDBOX_HOME] and f"size={scratch}" in tmpfs["/tmp"]

@@ -91,3 +91,14 @@ def test_table_counts_failures() -> None:
 def test_parse_table_reads_back_what_format_table_printed() -> None:
     rows = selftest.evaluate({**SAFE, "uid": "0"}, 2**28, "local", "python")
     assert selftest.parse_table("header\n" + selftest.format_table(rows)) == {r.check: r.verdict for r in rows}
+
+
+def test_root_may_hold_only_the_way_to_an_environment_shown_on_purpose() -> None:
+    env = ("/root/.pyenv/versions/3.11.7",)
+    ok = selftest.evaluate({**SAFE, "host_home": ".pyenv "}, 256 * 2**20, "local", "python", env)
+    assert {r.check: r.verdict for r in ok}["no host home"] == "pass"
+    for seen in (".pyenv .ssh ", ".bashrc ", "visible"):
+        rows = selftest.evaluate({**SAFE, "host_home": seen}, 256 * 2**20, "local", "python", env)
+        assert {r.check: r.verdict for r in rows}["no host home"] == "FAIL", seen
+    rows = selftest.evaluate({**SAFE, "host_home": ".pyenv "}, 256 * 2**20, "local", "python", ())
+    assert {r.check: r.verdict for r in rows}["no host home"] == "FAIL"
