@@ -36,7 +36,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import AsyncGenerator
+from typing import Any, AsyncGenerator
 
 from ..config import Limits
 from ..egress import host as egress
@@ -522,9 +522,10 @@ class LocalSandboxSession(AgentSession):
             reason=reason,
         )
 
-    async def execute(self, code: str) -> AsyncGenerator[Event, None]:  # type: ignore[override]
-        """A cell, with a hint added to ``ModuleNotFoundError``: which Python the sandbox runs."""
-        cell = super().execute(code)
+    async def execute(self, code: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+        """A cell, with a hint added to ``ModuleNotFoundError``: which Python the sandbox runs.
+        (The arguments after ``code`` are passed on as they are: see SandboxSession.execute.)"""
+        cell = super().execute(code, *args, **kwargs)
         try:
             async for event in cell:
                 if isinstance(event, ErrorOutput) and event.ename == "ModuleNotFoundError" and self.language.name == "python":

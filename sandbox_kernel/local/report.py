@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from ..config import Limits
+from ..egress.host import EgressController
+from ..languages import Language
 from ..quantity import format_bytes
-from . import gvisor, seccomp_policy
+from . import cgroups, gvisor, seccomp_policy, uids
+from .settings import LocalSandbox
 
-if TYPE_CHECKING:
-    from .backend import LocalSandboxSession
+
+class LocalSandboxSession(Protocol):
+    """What the report reads of a local session (backend.py's; a protocol, so no import cycle)."""
+
+    limits: Limits
+    language: Language
+    settings: LocalSandbox
+    timeout: float
+    egress: EgressController | None
+    _isolated: bool
+    _gvisor: bool
+    _cgroup: cgroups.SandboxCgroup | None
+    _seccomp: bool | None
+    _proc: asyncio.subprocess.Process | None
+    _lease: uids.UidLease | None
+    _events: list[tuple[float, str]]
+    _argv: list[str]
+
+    @property
+    def language_info(self) -> dict[str, Any]: ...
+    def _host_uid(self) -> int | None: ...
+    def environment_description(self) -> str: ...
+    def workspace_description(self) -> str: ...
+    def command(self, cgroup: cgroups.SandboxCgroup | None) -> list[str]: ...
 
 
 def runtime_description(session: LocalSandboxSession) -> str:
