@@ -225,9 +225,12 @@ class LocalSandboxSession(AgentSession):
     def _inner(self) -> list[str]:
         interpreter = self._interpreter()
         agent = self.language.agent_path()
+        if not self._isolated:
+            return [interpreter, str(agent)]
+        argv = [interpreter, f"{AGENT_DIR}/{agent.name}"]
         if self.egress is not None:  # egress hook: the relay listens, then execs the agent
-            return self.egress.inner(SANDBOX_PATH, [interpreter, f"{AGENT_DIR}/{agent.name}"])
-        return [interpreter, f"{AGENT_DIR}/{agent.name}"] if self._isolated else [interpreter, str(agent)]
+            argv = self.egress.inner(SANDBOX_PATH, argv)
+        return bwrap.reaped(argv)
 
     def _wrap(self, argv: list[str], cgroup: cgroups.SandboxCgroup | None, plan: environment.MountPlan) -> list[str]:
         """Prefix the bubblewrap command with the uid drop, the cgroup join and, as root, the
@@ -239,8 +242,8 @@ class LocalSandboxSession(AgentSession):
             argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"] + argv
         if cgroup is not None:
             # Join the cgroup before anything else runs, so no byte is ever allocated outside it.
-            # The paths are in this script, not the environment: bubblewrap, the sandbox's PID 1,
-            # gets the environment this process was given, readable in /proc/1/environ.
+            # The paths are in this script, not the environment: bubblewrap gets the environment
+            # this process was given (it was the sandbox's readable PID 1 before --as-pid-1).
             procs = " ".join(shlex.quote(f) for f in cgroup.procs_files())
             script = f'for f in {procs}; do echo $$ > "$f" || exit 125; done; '
         else:
@@ -254,7 +257,7 @@ class LocalSandboxSession(AgentSession):
         """The exact command that starts the sandbox (shown by ``%sandbox manifests``).
 
         The kernel passes bubblewrap's options through ``--args FD`` (see :meth:`_spawn`), so that
-        the sandbox's PID 1 has no host path in its /proc/1/cmdline; this is the same command
+        no host path is on any command line; this is the same command
         with them spelled out. ``fds`` are the descriptor numbers of the copied files."""
         inner = self._inner()
         if not self._isolated:
@@ -338,11 +341,13 @@ class LocalSandboxSession(AgentSession):
             else:
                 argv = self._argv
             log.debug("starting sandbox: %s", shlex.join(self._argv))
+            # gVisor hook: the protocol on sockets, which gVisor's /proc cannot reopen (gvisor.py)
+            sockets = gvisor.StdioSockets() if self._gvisor and self._isolated else None
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     *argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
+                    stdin=sockets.stdin.fileno() if sockets else asyncio.subprocess.PIPE,
+                    stdout=sockets.stdout.fileno() if sockets else asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     env=env if self._isolated else {**env, "HOME": os.environ.get("HOME", "/tmp")},
                     cwd="/",
@@ -351,6 +356,8 @@ class LocalSandboxSession(AgentSession):
                     pass_fds=tuple(fds.values()),
                 )
             except OSError as exc:
+                if sockets:
+                    sockets.close()
                 raise SandboxStartError(f"Could not start the sandbox ({argv[0]}): {exc}") from exc
         except BaseException:
             if cgroup is not None:
@@ -368,6 +375,8 @@ class LocalSandboxSession(AgentSession):
         self._stderr_tail.clear()
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
         self._event("sandbox started" + (f" as host uid {self._host_uid()}" if self._host_uid() is not None else ""))
+        if sockets:
+            return await sockets.channel()
         return PipeChannel(self._proc)
 
     def _create_bundle(self) -> None:
@@ -399,14 +408,22 @@ class LocalSandboxSession(AgentSession):
             lease.release()
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        """Log the agent's stderr. User code can write to it too (it is the agent's, and under
+        gVisor any process's fds open through /proc): lines are cut at 1000 characters, and a
+        line longer than the stream's buffer is no error."""
         assert proc.stderr is not None
+        partial = b""
         while True:
-            line = await proc.stderr.readline()
-            if not line:
+            chunk = await proc.stderr.read(1 << 16)
+            lines = (partial + chunk).split(b"\n")
+            partial = b"" if not chunk else lines.pop()[:4096]
+            for line in lines:
+                if line.strip():
+                    text = line[:4000].decode("utf-8", "replace").rstrip()[:1000]
+                    self._stderr_tail.append(text)
+                    log.debug("sandbox: %s", text)
+            if not chunk:
                 return
-            text = line.decode("utf-8", "replace").rstrip()
-            self._stderr_tail.append(text)
-            log.debug("sandbox: %s", text)
 
     async def _kill(self) -> None:
         proc, self._proc = self._proc, None

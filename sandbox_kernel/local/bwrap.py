@@ -1,8 +1,8 @@
 """bubblewrap's command line for a local sandbox: what a cell sees, as mount and namespace options.
 
 :func:`options` is pure (it takes the :class:`View` the backend decided on); the backend passes
-its result through ``bwrap --args FD``, so the sandbox's PID 1 shows no host path in its
-``/proc/1/cmdline``. gVisor's bundle (:mod:`.gvisor`) is built from the same :class:`View`.
+its result through ``bwrap --args FD``, so no host path is on a command line. The sandbox's
+PID 1 is :data:`REAPER`, not bubblewrap. gVisor's bundle (:mod:`.gvisor`) is built from the same :class:`View`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,28 @@ PASSWD = (
     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 )
 GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
+
+# The sandbox's PID 1 under both runtimes (bubblewrap's --as-pid-1; runsc has no init of its
+# own): a shell that starts the agent with the protocol stream as its fd 0/1 and keeps no copy of
+# it, then reaps every orphan while it waits (dash's `wait` reaps any child). Any process of the
+# sandbox's uid that is dumpable can be written into through /proc/<pid>/mem, so no such process
+# may hold the stream: bubblewrap's own init would (it keeps the fds it was given), and under
+# gVisor the Node agent's launcher would. The agent starts only once PID 1 has closed its copies,
+# so not even its first instruction runs while one is open. A command started with `&` begins
+# with SIGINT and SIGQUIT ignored, which every child would inherit: GNU env (coreutils 8.31 and
+# later) resets them to their defaults.
+REAPER = (
+    "unset PWD; exec 3<&0 4>&1 </dev/null >/dev/null; "
+    "{ while [ -e /proc/1/fd/3 ] || [ -e /proc/1/fd/4 ]; do :; done; "
+    'env --default-signal=INT true 2>/dev/null && set -- env --default-signal=INT,QUIT "$@"; '
+    'exec "$@" <&3 >&4 3<&- 4>&-; } & '
+    "exec 3<&- 4>&-; wait $!"
+)
+
+
+def reaped(argv: list[str]) -> list[str]:
+    """``argv`` started by :data:`REAPER` as the sandbox's PID 1."""
+    return ["/bin/sh", "-c", REAPER, "sandbox-init", *argv]
 
 RESERVED = {  # the sandbox's own mount points: a read-only path may not hide or be hidden by them
     "/proc": "the sandbox's own /proc",
@@ -135,6 +157,7 @@ def options(view: View, fds: dict[str, str], seccomp: bool, disable_userns: bool
         "--chdir", view.cwd,
         "--unshare-all",  # user, pid, net (loopback only), ipc, uts, cgroup
         "--unshare-user",  # required, not just tried: --disable-userns needs it
+        "--as-pid-1",  # PID 1 is REAPER, not bubblewrap's init (which would keep the stream)
     ]
     if disable_userns:
         argv += ["--disable-userns"]  # no nested user namespaces, even without seccomp

@@ -13,6 +13,8 @@ fails ``statx`` with ``AT_NO_AUTOMOUNT``, so coreutils' ``ls`` does not work):
   is a copy in ``/opt/sandbox-agent``; ``HOME`` and ``/tmp`` are gVisor tmpfs mounts of
   ``scratch_size``, held in the Sentry's memory (so they count against ``memory_limit``);
 - ``--network=none``: gVisor's own network stack with loopback only;
+- the agent's stdin and stdout are Unix sockets, not pipes (:class:`StdioSockets`): gVisor's
+  ``/proc/<pid>/fd`` would reopen a pipe of the supervisor's, non-dumpable or not;
 - uid 1000 inside, no capabilities, no new privileges, and the project's seccomp table
   (:mod:`.seccomp_policy`) applied inside gVisor too (``--oci-seccomp``), so cells see the same
   refusals under both runtimes;
@@ -29,16 +31,19 @@ fails ``statx`` with ``AT_NO_AUTOMOUNT``, so coreutils' ``ls`` does not work):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from ..config import Limits
+from ..session import AgentChannel
 from . import seccomp_policy
 
 STATE_ROOT = Path("/run/sandbox-kernel/gvisor")
@@ -261,3 +266,58 @@ def sweep_stale(root: Path = STATE_ROOT) -> list[str]:
             GVisorBundle(name, root).destroy()
             removed.append(name)
     return removed
+
+
+class StdioSockets:
+    """The agent's stdin and stdout as Unix sockets rather than pipes.
+
+    gVisor's ``/proc/<pid>/fd/N`` opens the file behind a descriptor for any process of the
+    sandbox, whether or not the owner is dumpable (unlike Linux, which checks ptrace access), so
+    a cell could reopen the supervisor's protocol pipes and write frames. A socket cannot be
+    reopened through ``/proc`` (ENXIO, on Linux and in gVisor alike), and ``pidfd_getfd`` and
+    ``ptrace`` are in the seccomp table, applied inside gVisor too. One socket pair per
+    direction keeps the pipes' semantics: the kernel closing its end of stdin is the agent's EOF.
+    """
+
+    def __init__(self) -> None:
+        self._in_parent, self.stdin = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._out_parent, self.stdout = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._in_parent.shutdown(socket.SHUT_RD)
+        self._out_parent.shutdown(socket.SHUT_WR)
+
+    async def channel(self) -> AgentChannel:
+        """The kernel's ends as a channel; the sandbox's ends are closed here (runsc has them)."""
+        self.stdin.close()
+        self.stdout.close()
+        # Both streams' writers are kept: a StreamWriter closes its socket when collected.
+        reader, self._out_writer = await asyncio.open_unix_connection(sock=self._out_parent, limit=1 << 20)
+        _, writer = await asyncio.open_unix_connection(sock=self._in_parent)
+        return SocketChannel(reader, writer, self._out_writer)
+
+    def close(self) -> None:
+        for sock in (self.stdin, self.stdout, self._in_parent, self._out_parent):
+            sock.close()
+
+
+class SocketChannel(AgentChannel):
+    """The agent's protocol over :class:`StdioSockets`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reader_end: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._reader_end = reader_end  # the reading socket's transport (a StreamWriter closes it when collected)
+
+    async def read(self) -> bytes:
+        try:
+            return await self.reader.read(1 << 16)
+        except ConnectionError:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        for end in (self.writer, self._reader_end):
+            if not end.is_closing():
+                end.close()

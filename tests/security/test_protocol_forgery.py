@@ -335,55 +335,99 @@ def test_worker_cannot_send_other_control_messages(language: str, workdir: Path)
 # The kernel's cell ids are not known inside, so a malformed frame goes too: reaching the stream,
 # it would end the cell with a ProtocolError.
 SWEEP_BYTES = FORGED + b"msg 3\nxyz"
-SWEEP = f"""
-import os, time
-forged = bytes.fromhex({SWEEP_BYTES.hex()!r})
-me = os.getpid()
-for pid in os.listdir('/proc'):
-    if not pid.isdigit() or int(pid) == me:
-        continue
+
+# Run by each language's cell as a program of its own (python3 is in every local sandbox), whose
+# parent is the process that runs the cell. Two routes into every other process of the sandbox:
+# - every fd through /proc/<pid>/fd/N (under gVisor, /proc opens any process's fds, dumpable or
+#   not: only a socket cannot be reopened);
+# - its memory through /proc/<pid>/mem, open for writing wherever the process is dumpable and of
+#   the sandbox's uid: code written at its next instruction (x86-64) writes the bytes to its fds
+#   0-9 and then pauses forever. An orphan that exits wakes a PID 1 blocked in wait().
+SWEEP = r"""
+import os, sys, time
+forged = bytes.fromhex(sys.argv[1])
+me, cell = os.getpid(), os.getppid()
+others = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (me, cell)]
+for pid in others:
     try:
-        fds = os.listdir('/proc/%s/fd' % pid)
+        fds = os.listdir('/proc/%d/fd' % pid)
     except OSError:
         continue
     for fd in fds:
         try:
-            w = os.open('/proc/%s/fd/%s' % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
+            w = os.open('/proc/%d/fd/%s' % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
         except OSError:
             continue
+        print('opened fd %s of %d' % (fd, pid))
         try:
             os.write(w, forged)
         except OSError:
             pass
         os.close(w)
-time.sleep(0.7)
-print('after')
+code = bytes.fromhex('4531e4b801000000' '4489e7488d3519000000ba') + len(forged).to_bytes(4, 'little')
+code += bytes.fromhex('0f0541ffc44183fc0a7ce1b8220000000f05ebf7') + forged
+if os.uname().machine == 'x86_64':
+    for pid in others:
+        try:
+            mem = os.open('/proc/%d/mem' % pid, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            with open('/proc/%d/syscall' % pid) as f:
+                pc = int(f.read().split()[-1], 16)
+            os.pwrite(mem, code, pc)
+            print('wrote code into %d' % pid)
+        except (OSError, ValueError) as e:
+            print('could not write into %d: %s' % (pid, e))
+        os.close(mem)
+    if os.fork() == 0:
+        if os.fork() == 0:
+            time.sleep(0.1)
+        os._exit(0)
+    os.wait()
+print('swept', len(others))
 """
 
 
-def _sweep_in_a_kernel(runtime: str) -> None:
+def _sweep_cell(language: str) -> str:
+    argv = [PYTHON, "-c", SWEEP, SWEEP_BYTES.hex()]
+    if language == "python":
+        return f"import subprocess, time\nprint(subprocess.run({argv!r}, capture_output=True, text=True).stdout)\ntime.sleep(0.7)\nprint('after')"
+    if language == "node":
+        return f"console.log(require('child_process').execFileSync({PYTHON!r}, {argv[1:]!r}).toString());\n{AFTER['node']}"
+    return f"{_q(argv)}\n{AFTER['bash']}"
+
+
+RUNTIMES = ["bubblewrap", pytest.param("gvisor", marks=pytest.mark.skipif(not shutil.which("runsc") and not os.environ.get("CI"), reason="runsc is not installed"))]
+
+
+@pytest.mark.usefixtures("local_kernelspecs")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("language", ["python", "node", "bash"])
+def test_every_fd_and_memory_of_every_sandbox_process_in_a_local_kernel(language: str, runtime: str) -> None:
+    """No process of the sandbox that user code can open or write into holds the protocol stream:
+    bubblewrap's own init is not there (the kernel's PID 1 keeps no copy), and under gVisor the
+    stream is a pair of sockets."""
     from kernels import errors, run_cell, running_kernel, text
 
-    argv = [f"--LocalSandbox.runtime={runtime}"]
-    with running_kernel("sandbox-python", argv=argv) as (_km, kc):
-        reply, out = run_cell(kc, SWEEP, timeout=60)
-        assert reply["status"] == "ok" and "after" in text(out), (reply, out)
-        assert not [e for e in errors(out) if e["ename"] == "Forged"], out
-        reply, out = run_cell(kc, "print('next')", timeout=60)
-        assert reply["status"] == "ok" and "next" in text(out)
-
-
-@pytest.mark.usefixtures("local_kernelspecs")
-def test_every_fd_of_every_sandbox_process_in_a_local_kernel() -> None:
-    _sweep_in_a_kernel("bubblewrap")
-
-
-@pytest.mark.usefixtures("local_kernelspecs")
-@pytest.mark.skipif(not shutil.which("runsc"), reason="runsc is not installed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="gVisor lets any process of the sandbox open /proc/<pid>/fd/N of a non-dumpable one "
-    "(the supervisor's protocol fds): PROTOCOL.md, 'What user code can reach'",
-)
-def test_every_fd_of_every_sandbox_process_under_gvisor() -> None:
-    _sweep_in_a_kernel("gvisor")
+    # Bash's worker shares the agent's frame lock and state line (HANGS above): junk written into
+    # them stalls the cell until its time limit, kept short here.
+    argv = [f"--LocalSandbox.runtime={runtime}", "--Sandbox.timeout=8"]
+    with running_kernel(f"sandbox-{language}", argv=argv) as (_km, kc):
+        reply, out = run_cell(kc, _sweep_cell(language), timeout=60)
+        seen = text(out)
+        assert not [e for e in errors(out) if e["ename"] in ("Forged", "ProtocolError")], out
+        if language == "node" and reply.get("ename") == "SandboxLost":
+            # Junk written into the libuv pipes of Node's launcher (or, under gVisor, of its
+            # supervisor: their signal pipes hold pointers) may crash it: the user's own sandbox
+            # is lost, nothing forged arrives.
+            pass
+        elif language == "bash" and runtime == "gvisor" and reply.get("ename") == "CellTimeout":
+            pass  # under gVisor the Bash controller's FIFOs open through /proc too
+        else:
+            assert reply["status"] == "ok" and "after" in seen, (reply, out)
+            assert "swept" in seen, seen
+            if os.uname().machine == "x86_64" and runtime == "bubblewrap":
+                assert "wrote code into 1\n" in seen, seen  # the route works: PID 1 took it, and holds nothing
+        reply, out = run_cell(kc, {"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], timeout=60)
+        assert reply["status"] == "ok" and "next" in text(out), (reply, out)
