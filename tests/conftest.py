@@ -1,15 +1,13 @@
-"""Make ``tests`` helpers importable and keep the user's real kernelspecs out of the way."""
+"""Keep the user's real kernelspecs out of the way (the helpers in ``tests/`` are importable
+through ``pythonpath`` in pyproject.toml)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kernels import write_kernelspecs  # noqa: E402
+from kernels import write_kernelspecs
 
 
 @pytest.fixture(scope="session")

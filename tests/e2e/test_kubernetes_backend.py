@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -381,7 +379,6 @@ def test_a_dropped_attach_stream_is_reattached_without_losing_output_or_state(
     from sandbox_kernel.languages import LANGUAGES
     from sandbox_kernel.session import ErrorOutput, ExecuteResult, Stream
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from agents import COUNT, numbers
 
     async def collect(session: KubernetesSandboxSession, code: str) -> tuple[str, str, str]:

@@ -6,16 +6,13 @@ namespaces like a Sandbox kernel's, and go away when the host kernel shuts down.
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 from kubernetes import client
 
 from fixtures_kubernetes import KERNEL_ID_LABEL, wait_until
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels import errors, result, run_cell, running_kernel, text  # noqa: E402
+from kernels import errors, result, run_cell, running_kernel, text
 
 
 def test_sandbox_cells_run_in_a_locked_down_namespace_that_goes_away_with_the_kernel(

@@ -13,7 +13,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,11 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
+from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
 
-sys.path.insert(0, str(ROOT / "tests"))
-from agents import private_dirs, stop  # noqa: E402
+from agents import private_dirs, stop
+from processes import alive, group_members
 
 AGENT = ROOT / "sandbox_kernel" / "agents" / "bash_agent.sh"
 BASH = shutil.which("bash") or "/bin/bash"
@@ -558,7 +555,7 @@ def test_shutdown_exits_promptly_and_kills_jobs(tmp_path: Path) -> None:
     a.send({"type": "shutdown"})
     assert a.proc.wait(3) == 0
     time.sleep(0.2)
-    assert not _alive(pid)
+    assert not alive(pid)
     a.log.close()
 
 
@@ -591,18 +588,10 @@ def test_killed_controller_leaves_no_processes(tmp_path: Path) -> None:
     a.proc.wait(5)
     a.log.close()
     deadline = time.monotonic() + 5
-    while any(_alive(p) for p in helpers) and time.monotonic() < deadline:
+    while any(alive(p) for p in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(p) for p in helpers)
+    assert not any(alive(p) for p in helpers)
     a.close()  # a killed agent cannot remove its private directory: the test does
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # -------------------------------------------------------------------------------------------
@@ -716,18 +705,6 @@ def test_child_killed_by_sigkill_hints_at_memory(agent: Agent) -> None:
     assert any("out of memory" in line for line in cell.error["traceback"])
 
 
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
 def test_many_processes_left_by_a_cell_are_killed(agent: Agent) -> None:
     """A fork bomb kept running after its cell returned ok. A cell that leaves more than 64
     processes behind has them killed (a bounded stand-in for a bomb: no pids limit here);
@@ -736,8 +713,8 @@ def test_many_processes_left_by_a_cell_are_killed(agent: Agent) -> None:
     cell = agent.run("for i in $(seq 100); do sleep 300 & done 2>/dev/null; echo started", timeout=20)
     assert cell.status == "ok" and cell.stdout == "started\n"
     assert "they were killed" in cell.stderr
-    assert [p for p in _group_members(shell) if p != shell] == []
+    assert [p for p in group_members(shell) if p != shell] == []
     cell = agent.run("for i in 1 2 3; do sleep 300 & done 2>/dev/null; echo few")
-    assert len([p for p in _group_members(shell) if p != shell]) == 3
+    assert len([p for p in group_members(shell) if p != shell]) == 3
     assert "killed" not in cell.stderr
     agent.run("kill %1 %2 %3 2>/dev/null; true")

@@ -9,10 +9,9 @@ from typing import Any, Iterator
 import pytest
 
 from kernels import errors, run_cell, running_kernel, text
+from processes import sandbox_groups
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
-
-CGROUP_PARENT = Path("/sys/fs/cgroup/pids/sandbox-kernel")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def bash(local_kernelspecs: Path) -> Iterator[tuple[Any, Any]]:
 
 
 def _sandbox_pids(kernel_pid: int) -> int:
-    return sum(int((g / "pids.current").read_text()) for g in CGROUP_PARENT.glob(f"k{kernel_pid}-*"))
+    return sum(int((g / "pids.current").read_text()) for g in sandbox_groups(kernel_pid))
 
 
 def test_bash_out_of_memory_is_reported_as_such(bash: tuple[Any, Any]) -> None:

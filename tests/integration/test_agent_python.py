@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
+from processes import alive
+from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
 
 AGENT = ROOT / "sandbox_kernel" / "agents" / "python_agent.py"
 # The sandbox runs the agent with the system python3; SANDBOX_AGENT_PYTHON tries another one.
@@ -681,28 +680,20 @@ def test_is_complete(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # shutdown, speed
 # --------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("how", ["shutdown", "eof"])
 def test_exit_kills_children(agent: AgentProcess, how: str) -> None:
     cell = ok(agent.execute("import subprocess\np = subprocess.Popen(['sleep', '100'])\np.pid"))
     child = int(plain(cell))
-    assert _alive(child)
+    assert alive(child)
     if how == "shutdown":
         agent.send({"type": "shutdown"})
     else:
         agent.proc.stdin.close()
     agent.proc.wait(3)
     deadline = time.monotonic() + 3
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not alive(child)
 
 
 def test_trivial_cell_round_trip(agent: AgentProcess) -> None:

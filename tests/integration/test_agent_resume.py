@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ import pytest
 
 from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agents import COMMANDS, COUNT, numbers, spawn, stop  # noqa: E402
+from agents import COMMANDS, COUNT, numbers, spawn, stop
 
 
 class RawAgent:

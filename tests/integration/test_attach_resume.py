@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +25,7 @@ from sandbox_kernel.languages import LANGUAGES
 from sandbox_kernel.agent_session import AgentSession
 from sandbox_kernel.session import AgentChannel, ErrorOutput, ExecuteResult, Stream
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agents import COMMANDS, COUNT, numbers, spawn, stop  # noqa: E402
+from agents import COMMANDS, COUNT, numbers, spawn, stop
 
 
 class Container:

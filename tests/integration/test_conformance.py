@@ -6,16 +6,14 @@ The samples (tests/conformance_samples.py) are the same ones the Kubernetes back
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import unittest
 from pathlib import Path
 
 import jupyter_kernel_test
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conformance_samples import BashSamples, NodeSamples, PythonSamples  # noqa: E402
-from kernels import write_kernelspecs  # noqa: E402
+from conformance_samples import BashSamples, NodeSamples, PythonSamples
+from kernels import write_kernelspecs
 
 _JUPYTER = write_kernelspecs(Path(tempfile.mkdtemp(prefix="sandbox-conformance-")), backend=os.environ.get("SANDBOX_CONFORMANCE_BACKEND", "local"))
 os.environ["JUPYTER_PATH"] = str(_JUPYTER) + os.pathsep + os.environ.get("JUPYTER_PATH", "")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from processes import alive, children, sandbox_groups, sandbox_kernels
+
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
-CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids/sandbox-kernel")
-CGROUP_V2 = Path("/sys/fs/cgroup/sandbox-kernel")
 ESC = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # any run of colour / cursor escape sequences
 
 
@@ -27,42 +27,11 @@ def prompt(n: int) -> str:
     return rf"In {ESC}\[{ESC}{n}{ESC}\]"
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def kernel_pid(console_pid: int) -> int:
     """The Sandbox kernel the console started (its child running sandbox_kernel.kernelapp)."""
-    for pid in children(console_pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"sandbox_kernel.kernelapp" in cmdline:
-            return pid
-    raise AssertionError(f"no Sandbox kernel among the console's children {children(console_pid)}")
-
-
-def sandbox_groups(pid: int) -> list[Path]:
-    parent = CGROUP_V1_PIDS if CGROUP_V1_PIDS.is_dir() else CGROUP_V2
-    return sorted(parent.glob(f"k{pid}-*"))
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
+    found = sandbox_kernels(console_pid)
+    assert found, f"no Sandbox kernel among the console's children {children(console_pid)}"
+    return found[0]
 
 
 def test_jupyter_console_runs_interrupts_and_exits_cleanly(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from egress_hosts import ALLOWED_IP, kernel_argv, serve_test_hosts
 from kernels import errors, run_cell, running_kernel, text

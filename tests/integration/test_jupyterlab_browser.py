@@ -14,50 +14,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
 from jupyterlab import jupyterlab, run_browser_script
+from processes import alive, sandbox_groups, sandbox_kernels
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_run_cell.js"
 SCREENSHOT = REPO / "artifacts" / "jupyterlab-sandbox-python.png"
 USAGE_SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_kernel_usage.js"
 USAGE_SCREENSHOT = REPO / "artifacts" / "jupyterlab-kernel-usage.png"
-CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids/sandbox-kernel")
-CGROUP_V2 = Path("/sys/fs/cgroup/sandbox-kernel")
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def sandbox_kernels(server_pid: int) -> list[int]:
-    kernels = []
-    for pid in children(server_pid):
-        try:
-            if b"sandbox_kernel.kernelapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                kernels.append(pid)
-        except FileNotFoundError:
-            continue
-    return kernels
-
-
-def sandbox_groups(pid: int) -> list[Path]:
-    parent = CGROUP_V1_PIDS if CGROUP_V1_PIDS.is_dir() else CGROUP_V2
-    return sorted(parent.glob(f"k{pid}-*"))
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 @pytest.fixture

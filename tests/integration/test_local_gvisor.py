@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 from kernels import errors, result, run_cell, running_kernel, text
+from processes import sandbox_cgroup_parent, sandbox_groups, sandbox_pids, wait_gone
 
 from sandbox_kernel.local import gvisor
 
 GVISOR = ["--LocalSandbox.runtime=gvisor"]
-CGROUP_PARENT = Path("/sys/fs/cgroup/pids/sandbox-kernel")
 
 _missing = gvisor.unavailable_reason("runsc")
 if _missing and os.environ.get("CI"):
@@ -42,16 +42,6 @@ def py(local_kernelspecs: Path) -> Iterator[tuple[Any, Any]]:
         yield km, kc
 
 
-def sandbox_pids(kernel_pid: int) -> set[int]:
-    pids: set[int] = set()
-    for group in CGROUP_PARENT.glob(f"k{kernel_pid}-*"):
-        try:
-            pids.update(int(p) for p in (group / "cgroup.procs").read_text().split())
-        except OSError:
-            pass
-    return pids
-
-
 def runsc_processes(kernel_pid: int) -> list[int]:
     """Host processes of runsc (run, sandbox, gofer) started for this kernel's sandboxes."""
     found = []
@@ -65,13 +55,6 @@ def runsc_processes(kernel_pid: int) -> list[int]:
         if b"runsc" in cmdline and f"/gvisor/k{kernel_pid}-".encode() in cmdline:
             found.append(int(entry.name))
     return found
-
-
-def wait_gone(pids: list[int] | set[int], seconds: float = 10) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
-    return [p for p in pids if Path(f"/proc/{p}").exists()]
 
 
 # -- gVisor's kernel, three languages ---------------------------------------------------------------
@@ -249,7 +232,7 @@ def test_shutdown_leaves_no_runsc_process_state_or_cgroup(local_kernelspecs: Pat
         assert procs and list(gvisor.STATE_ROOT.glob(f"k{kernel_pid}-*"))
     assert not wait_gone(set(procs) | pids)
     assert not list(gvisor.STATE_ROOT.glob(f"k{kernel_pid}-*"))
-    assert not list(CGROUP_PARENT.glob(f"k{kernel_pid}-*"))
+    assert sandbox_cgroup_parent().is_dir() and not sandbox_groups(kernel_pid)
 
 
 def test_sigkill_of_the_kernel_leaves_nothing(local_kernelspecs: Path) -> None:
@@ -265,7 +248,7 @@ def test_sigkill_of_the_kernel_leaves_nothing(local_kernelspecs: Path) -> None:
     with running_kernel("sandbox-python", argv=GVISOR) as (_km, kc):
         assert result(run_cell(kc, "1")[1]) == "1"
         assert not list(gvisor.STATE_ROOT.glob(f"k{kernel_pid}-*"))
-        assert not list(CGROUP_PARENT.glob(f"k{kernel_pid}-*"))
+        assert sandbox_cgroup_parent().is_dir() and not sandbox_groups(kernel_pid)
 
 
 def test_missing_runsc_is_reported_in_the_notebook(local_kernelspecs: Path) -> None:

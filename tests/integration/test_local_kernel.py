@@ -20,11 +20,9 @@ from typing import Any, Iterator
 import pytest
 
 from kernels import errors, result, run_cell, running_kernel, text
+from processes import group_pids, sandbox_cgroup_parent, sandbox_groups, sandbox_pids
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
-
-CGROUP_PARENT = Path("/sys/fs/cgroup/pids/sandbox-kernel")
-
 
 @pytest.fixture(scope="module")
 def py(local_kernelspecs: Path) -> Iterator[Any]:
@@ -42,14 +40,6 @@ def bash(local_kernelspecs: Path) -> Iterator[Any]:
 def node(local_kernelspecs: Path) -> Iterator[Any]:
     with running_kernel("sandbox-node") as (_km, kc):
         yield kc
-
-
-def sandbox_pids(kernel_pid: int) -> set[int]:
-    """Host pids of every process in the kernel's sandbox cgroups."""
-    pids: set[int] = set()
-    for group in CGROUP_PARENT.glob(f"k{kernel_pid}-*"):
-        pids.update(int(p) for p in (group / "cgroup.procs").read_text().split())
-    return pids
 
 
 # -- kernel_info and state ------------------------------------------------------------------------
@@ -339,8 +329,8 @@ def test_environment_is_scrubbed(local_kernelspecs: Path) -> None:
 
 def test_sandbox_runs_as_an_unprivileged_host_user(py: Any) -> None:
     km_pid = None
-    for group in CGROUP_PARENT.glob("k*-*"):
-        for pid in (group / "cgroup.procs").read_text().split():
+    for group in sandbox_groups():
+        for pid in group_pids(group):
             status = Path(f"/proc/{pid}/status").read_text()
             uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
             km_pid = pid
@@ -374,7 +364,7 @@ def test_fork_bomb_is_contained(local_kernelspecs: Path) -> None:
         def watch() -> None:
             # The sandbox may be replaced when the bomb ignores the interrupt, so watch live.
             while not stop.is_set():
-                for group in CGROUP_PARENT.glob(f"k{kernel_pid}-*"):
+                for group in sandbox_groups(kernel_pid):
                     try:
                         seen["refused"] = max(seen["refused"], int((group / "pids.events").read_text().split()[1]))
                         seen["most"] = max(seen["most"], int((group / "pids.current").read_text()))
@@ -444,7 +434,9 @@ def test_shutdown_and_sigkill_leave_no_sandbox_process(local_kernelspecs: Path) 
     # The next kernel sweeps the dead kernel's empty cgroup.
     with running_kernel("sandbox-python") as (_km, kc):
         assert result(run_cell(kc, "1")[1]) == "1"
-        assert not list(CGROUP_PARENT.glob(f"k{kernel_pid}-*"))
+        # On the hierarchy the sandboxes use (v1 pids, or v2): an absent parent would pass vacuously.
+        assert sandbox_cgroup_parent().is_dir()
+        assert not sandbox_groups(kernel_pid)
 
 
 def test_crashed_agent_is_reported_and_replaced(py: Any) -> None:

@@ -15,62 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from kernels import errors, result, run_cell, running_kernel, text
-
-CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids/sandbox-kernel")
-CGROUP_V2 = Path("/sys/fs/cgroup/sandbox-kernel")
-
-
-def cgroup_parent() -> Path:
-    return CGROUP_V1_PIDS if CGROUP_V1_PIDS.is_dir() else CGROUP_V2
-
-
-def sandbox_groups(host_pid: int) -> list[Path]:
-    """The host kernel's sandbox cgroups (one per running sandbox)."""
-    return sorted(cgroup_parent().glob(f"k{host_pid}-*"))
-
-
-def group_pids(group: Path) -> set[int]:
-    try:
-        return {int(p) for p in (group / "cgroup.procs").read_text().split()}
-    except FileNotFoundError:
-        return set()
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def bwrap_descendants(ancestor: int) -> set[int]:
-    """Live bubblewrap processes that have ``ancestor`` among their ancestors."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm = (entry / "comm").read_text().strip()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if comm != "bwrap":
-            continue
-        pid: int | None = int(entry.name)
-        while pid and pid > 1:
-            pid = parent_pid(pid)
-            if pid == ancestor:
-                found.add(int(entry.name))
-                break
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
+from processes import alive, descendants_named, group_pids, sandbox_groups
 
 
 def stdout_of(out: list[dict[str, Any]]) -> str:
@@ -284,7 +229,7 @@ def test_host_kernel_shutdown_leaves_no_sandbox_behind() -> None:
         groups = sandbox_groups(host_pid)
         assert len(groups) == 2
         pids = set().union(*(group_pids(g) for g in groups))
-        bwraps = bwrap_descendants(host_pid)
+        bwraps = descendants_named(host_pid, "bwrap")
         assert len(bwraps) >= 2 and bwraps <= pids  # bubblewrap forks: two per sandbox
         assert len(pids) >= 6  # sh/setpriv/bwrap chains, agents and the two sleeps
     # running_kernel asked the host kernel to shut down (a shutdown_request, not a kill).

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 E2E = Path(__file__).resolve().parents[1] / "e2e"
-if str(E2E) not in sys.path:
-    sys.path.insert(0, str(E2E))  # `from fixtures_kubernetes import ...`, as in tests/e2e
 
 _spec = importlib.util.spec_from_file_location("sandbox_kernel_e2e_conftest", E2E / "conftest.py")
 assert _spec and _spec.loader

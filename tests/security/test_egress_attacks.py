@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from egress_hosts import EXEMPT, serve_test_hosts
 

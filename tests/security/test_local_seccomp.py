@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from kernels import REPO, errors, run_cell, running_kernel, text
+from processes import CGROUP_V1_PIDS, group_pids, sandbox_groups
 from sandbox_kernel.local import backend, gvisor, uids
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
@@ -37,7 +38,6 @@ def runtime(request: pytest.FixtureRequest) -> str:
 def runtime_argv(runtime: str) -> list[str]:
     return [f"--LocalSandbox.runtime={runtime}"]
 
-CGROUP_PARENT = Path("/sys/fs/cgroup/pids/sandbox-kernel")
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +250,8 @@ def test_no_host_path_pid_or_cgroup_in_proc(py: tuple[Any, Any]) -> None:
 
 def _agent_uids(kernel_pid: int) -> set[int]:
     found: set[int] = set()
-    for group in CGROUP_PARENT.glob(f"k{kernel_pid}-*"):
-        for pid in (group / "cgroup.procs").read_text().split():
+    for group in sandbox_groups(kernel_pid):
+        for pid in group_pids(group):
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
@@ -261,7 +261,7 @@ def _agent_uids(kernel_pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not CGROUP_PARENT.parent.is_dir(), reason="per-sandbox uids are for kernels running as root (with cgroup v1 pids)")
+@pytest.mark.skipif(os.geteuid() != 0 or not CGROUP_V1_PIDS.parent.is_dir(), reason="per-sandbox uids are for kernels running as root (with cgroup v1 pids)")
 def test_two_sandboxes_have_their_own_host_uid_and_cannot_see_each_other(py: tuple[Any, Any], local_kernelspecs: Path, runtime: str) -> None:
     km_a, kc_a = py
     with running_kernel("sandbox-python", argv=runtime_argv(runtime)) as (km_b, kc_b):

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from kernels import result, run_cell, running_kernel
+from processes import kernel_pid
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
@@ -37,10 +38,6 @@ def rss(pid: int) -> int:
 def grew(before: int, peak: int) -> None:
     print(f"kernel RSS {before / 2**20:.1f} MiB -> peak {peak / 2**20:.1f} MiB")
     assert peak - before < GROWTH, f"kernel grew from {before >> 20} MiB to {peak >> 20} MiB"
-
-
-def kernel_pid(km: Any) -> int:
-    return km.provisioner.process.pid
 
 
 class PeakRss:

@@ -25,11 +25,9 @@ from typing import Any, Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
 
-from agents import COMMANDS  # noqa: E402
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message  # noqa: E402
+from agents import COMMANDS
+from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
 
 CELL = "cell-attack"
 ERROR = {"type": "error", "id": CELL, "ename": "Forged", "evalue": "forged", "traceback": ["Forged"]}
