@@ -28,6 +28,7 @@ from .errors import ConfigError, SandboxError
 from .languages import LANGUAGES
 from .session import REPORT_TOPICS, ClearOutput, DisplayData, ErrorOutput, Event, ExecuteResult, ReportTopic, SandboxSession, Stream
 from .sessions import DEFAULT_BACKEND, chosen_backend, make_session, sandbox_settings
+from .stream_merge import merged_streams
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -246,7 +247,10 @@ class SandboxKernel(Kernel):
                 try:
                     # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
                     number = self.execution_count if store_history and not silent else None
-                    async with contextlib.aclosing(session.execute(code, number)) as produced_events:
+                    async with (
+                        contextlib.aclosing(session.execute(code, number)) as cell_events,
+                        contextlib.aclosing(merged_streams(cell_events)) as produced_events,
+                    ):
                         async for produced in produced_events:
                             # Everything a sandbox outputs is untrusted: the output policy first.
                             for event in output_policy.guard(produced, self.active_content):

@@ -109,6 +109,24 @@ def test_traceback_names_the_cell_by_its_execution_count(kernel: str, code: str,
 # -- streaming, output cap, hostile output ---------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("kernel", "cells", "expected"),
+    [
+        ("sandbox-python", ['print("a", "b", "c")', 'for i in range(3): print(i, "x")'], ["a b c\n", "0 x\n1 x\n2 x\n"]),
+        ("sandbox-bash", ["echo one; echo two; printf 'th'; printf 'ree\\n'"], ["one\ntwo\nthree\n"]),
+    ],
+)
+def test_saved_notebook_has_one_stream_output_per_print_run(kernel: str, cells: list[str], expected: list[str]) -> None:
+    """nbclient (nbconvert --execute, papermill) saves every stream message as an output of its own."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in cells])
+    NotebookClient(nb, kernel_name=kernel, timeout=60).execute()
+    for cell, text_ in zip(nb.cells, expected):
+        assert [(o["output_type"], o.get("name"), o.get("text")) for o in cell.outputs] == [("stream", "stdout", text_)], cell.outputs
+
+
 def test_output_streams_live(py: Any) -> None:
     reply, out = run_cell(py, "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(1)")
     times = [o["t"] for o in out if o["type"] == "stream" and o["text"].strip()]
