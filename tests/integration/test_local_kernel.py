@@ -7,6 +7,7 @@ interrupt, timeout, isolation, limits, output cap, restart, SIGKILL clean-up and
 from __future__ import annotations
 
 import os
+import re
 import platform
 import signal
 import socket
@@ -102,8 +103,9 @@ def test_traceback_names_the_cell_by_its_execution_count(kernel: str, code: str,
         run_cell(kc, "%sandbox status")  # magics never reach the sandbox's agent
     reply, out = run_cell(kc, "%sandbox status\n" + code)
     assert reply["status"] == "error"
-    tb = "\n".join(errors(out)[0]["traceback"])
-    assert f"<cell {reply['execution_count']}>" in tb, tb
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors(out)[0]["traceback"]))
+    n = reply["execution_count"]
+    assert f"<cell {n}>" in tb or f"Cell In[{n}]" in tb, tb  # plain agent, or IPython mode
 
 
 # -- streaming, output cap, hostile output ---------------------------------------------------------
