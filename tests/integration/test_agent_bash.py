@@ -7,160 +7,29 @@ through ``sandbox_kernel.protocol`` frames on its stdin/stdout.
 
 from __future__ import annotations
 
-import os
-import select
-import shutil
-import signal
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
-
-from agents import private_dirs, stop
+from agents import COMMANDS, Agent, Cell
 from processes import alive, group_members
+from sandbox_kernel.protocol import Output
 
-AGENT = ROOT / "sandbox_kernel" / "agents" / "bash_agent.sh"
-BASH = shutil.which("bash") or "/bin/bash"
-
-
-@dataclass
-class Cell:
-    """Everything one ``execute`` produced, in arrival order."""
-
-    frames: list[tuple[float, Any]] = field(default_factory=list)  # (arrival time, frame)
-    sent_at: float = 0.0
-
-    @property
-    def done(self) -> dict:
-        return self.messages("done")[-1]
-
-    @property
-    def status(self) -> str:
-        return self.done["status"]
-
-    def messages(self, kind: str | None = None) -> list[dict]:
-        return [f.body for _, f in self.frames if isinstance(f, Message) and (kind is None or f.type == kind)]
-
-    def output(self, stream: str = "stdout") -> bytes:
-        return b"".join(f.data for _, f in self.frames if isinstance(f, Output) and f.stream == stream)
-
-    @property
-    def stdout(self) -> str:
-        return self.output("stdout").decode("utf-8", "replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.output("stderr").decode("utf-8", "replace")
-
-    @property
-    def error(self) -> dict | None:
-        errors = self.messages("error")
-        return errors[0] if errors else None
-
-    def kinds(self) -> list[str]:
-        return [f.type if isinstance(f, Message) else f.stream for _, f in self.frames]
-
-    @property
-    def elapsed(self) -> float:
-        return self.frames[-1][0] - self.sent_at
+BASH = COMMANDS["bash"][0]
 
 
-class Agent:
-    """The agent as a subprocess, spoken to over its stdin/stdout."""
-
-    def __init__(self, tmp: Path, ignore_sigint: bool = False) -> None:
-        self.home = tmp
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "LANG": "C.UTF-8", "TMPDIR": str(tmp)}
-        self.log = open(tmp / "agent.log", "wb")
-        # ipykernel runs with SIGINT ignored and its children inherit that; the agent must cope.
-        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
-        self.proc = subprocess.Popen(
-            [BASH, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=tmp, env=env,
-            preexec_fn=preexec,
-        )
-        self.decoder = FrameDecoder()
-        self.pending: list[tuple[float, Any]] = []
-        self.seq = 0
-        first = self.next_frame(15)
-        assert isinstance(first, Message) and first.type == "ready", first
-        self.ready = first.body
-        self.private = private_dirs(self.proc.pid)  # removed by close() even if a test kills the agent
-
-    # -- low level -------------------------------------------------------------------------
-    def send(self, body: dict) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(encode_message(body))
-        self.proc.stdin.flush()
-
-    def next_timed(self, timeout: float) -> tuple[float, Any]:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while not self.pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no frame within {timeout}s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            data = os.read(fd, 1 << 20)
-            if not data:
-                raise EOFError("agent closed its stdout")
-            now = time.monotonic()
-            self.pending.extend((now, frame) for frame in self.decoder.feed(data))
-        return self.pending.pop(0)
-
-    def next_frame(self, timeout: float = 10) -> Any:
-        return self.next_timed(timeout)[1]
-
-    def request(self, body: dict, timeout: float = 10) -> dict:
-        """Send a non-execute request and return its reply message."""
-        self.seq += 1
-        body = {"id": f"r{self.seq}", **body}
-        self.send(body)
-        while True:
-            frame = self.next_frame(timeout)
-            if isinstance(frame, Message) and frame.body.get("id") == body["id"]:
-                return frame.body
-
-    # -- cells -----------------------------------------------------------------------------
-    def start(self, code: str, output_limit: int = 0) -> tuple[str, Cell]:
-        self.seq += 1
-        cell_id = f"c{self.seq}"
-        cell = Cell(sent_at=time.monotonic())
-        self.send({"type": "execute", "id": cell_id, "code": code, "output_limit": output_limit})
-        return cell_id, cell
-
-    def collect(self, cell_id: str, cell: Cell, timeout: float = 15) -> Cell:
-        deadline = time.monotonic() + timeout
-        while True:
-            at, frame = self.next_timed(max(0.01, deadline - time.monotonic()))
-            cell.frames.append((at, frame))
-            if isinstance(frame, Message):
-                assert frame.body.get("id") == cell_id, frame
-                if frame.type == "done":
-                    return cell
-
-    def run(self, code: str, output_limit: int = 0, timeout: float = 15) -> Cell:
-        cell_id, cell = self.start(code, output_limit)
-        return self.collect(cell_id, cell, timeout)
-
-    def close(self) -> None:
-        stop(self.proc, self.private)
-        self.log.close()
+def bash_agent(tmp: Path, ignore_sigint: bool = False) -> Agent:
+    """The agent as the sandbox runs it (TMPDIR in its home); every message of a cell must carry its id."""
+    return Agent("bash", tmp, env={"TMPDIR": str(tmp)}, ignore_sigint=ignore_sigint, strict_ids=True)
 
 
 @pytest.fixture
-def agent(tmp_path: Path):
-    a = Agent(tmp_path)
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = bash_agent(tmp_path)
     yield a
     a.close()
 
@@ -184,7 +53,7 @@ def test_ready_language_info(agent: Agent) -> None:
 
 
 def test_hello_and_stdin_is_devnull(agent: Agent) -> None:
-    cell = agent.run("echo hello; cat; read -r x; echo read=$?")
+    cell = agent.execute("echo hello; cat; read -r x; echo read=$?")
     assert cell.status == "ok"
     assert cell.stdout == "hello\nread=1\n"
     assert cell.kinds()[-1] == "done"
@@ -197,24 +66,24 @@ def test_hello_and_stdin_is_devnull(agent: Agent) -> None:
 
 def test_state_persists_across_cells(agent: Agent, tmp_path: Path) -> None:
     (tmp_path / "sub dir").mkdir()
-    setup = agent.run(
+    setup = agent.execute(
         "x=42; cd 'sub dir'; greet() { echo \"hi $1\"; }; alias ll='echo aliased'; declare -A m=([k]=v); "
         "export EXPORTED=yes; shopt -s extglob"
     )
     assert setup.status == "ok", setup.frames
-    cell = agent.run('echo "$x"; pwd; greet you; ll; echo "${m[k]}"; bash -c \'echo $EXPORTED\'; shopt -q extglob && echo glob')
+    cell = agent.execute('echo "$x"; pwd; greet you; ll; echo "${m[k]}"; bash -c \'echo $EXPORTED\'; shopt -q extglob && echo glob')
     assert cell.status == "ok", cell.frames
     assert cell.stdout == f"42\n{tmp_path / 'sub dir'}\nhi you\naliased\nv\nyes\nglob\n"
 
 
 def test_declare_inside_cell_is_global(agent: Agent) -> None:
-    agent.run("declare -i n=5; declare -a arr=(a b c); local_test() { local y=1; }; local_test")
-    cell = agent.run('n+=1; echo "$n ${arr[1]} ${#arr[@]}"')
+    agent.execute("declare -i n=5; declare -a arr=(a b c); local_test() { local y=1; }; local_test")
+    cell = agent.execute('n+=1; echo "$n ${arr[1]} ${#arr[@]}"')
     assert cell.stdout == "6 b 3\n"
 
 
 def test_stdout_and_stderr_are_separate(agent: Agent) -> None:
-    cell = agent.run("echo out1; echo err1 >&2; echo out2; ls /nonexistent-path-xyz")
+    cell = agent.execute("echo out1; echo err1 >&2; echo out2; ls /nonexistent-path-xyz")
     assert cell.status == "error"
     assert cell.stdout == "out1\nout2\n"
     assert "err1\n" in cell.stderr
@@ -228,8 +97,8 @@ def test_stdout_and_stderr_are_separate(agent: Agent) -> None:
 
 
 def test_false_reports_exit_status_and_session_survives(agent: Agent) -> None:
-    agent.run("keep=1")
-    cell = agent.run("echo before; false")
+    agent.execute("keep=1")
+    cell = agent.execute("echo before; false")
     assert cell.kinds() == ["stdout", "error", "done"]
     assert cell.status == "error"
     err = cell.error
@@ -237,63 +106,63 @@ def test_false_reports_exit_status_and_session_survives(agent: Agent) -> None:
     assert err["ename"] == "BashError"
     assert err["evalue"] == "exit status 1"
     assert err["traceback"] == ["BashError: exit status 1", "  last command: echo before; false"]
-    after = agent.run("echo $keep")
+    after = agent.execute("echo $keep")
     assert after.status == "ok"
     assert after.stdout == "1\n"
 
 
 def test_status_of_last_command_decides(agent: Agent) -> None:
-    assert agent.run("false; true").status == "ok"
-    cell = agent.run("(exit 7)")
+    assert agent.execute("false; true").status == "ok"
+    cell = agent.execute("(exit 7)")
     assert cell.status == "error" and cell.error["evalue"] == "exit status 7"
-    syntax = agent.run("if then fi")
+    syntax = agent.execute("if then fi")
     assert syntax.status == "error"
     assert "syntax error" in syntax.stderr
 
 
 def test_exit_does_not_kill_the_session(agent: Agent) -> None:
-    agent.run("v=kept; cd /")
-    cell = agent.run("echo a; exit 3; echo never")
+    agent.execute("v=kept; cd /")
+    cell = agent.execute("echo a; exit 3; echo never")
     assert cell.status == "error"
     assert cell.stdout == "a\n"
     assert cell.error["evalue"] == "exit status 3"
-    ok = agent.run("exit 0")
+    ok = agent.execute("exit 0")
     assert ok.status == "ok"
-    nested = agent.run("f() { exit 4; }; f; echo never")
+    nested = agent.execute("f() { exit 4; }; f; echo never")
     assert nested.status == "error" and nested.error["evalue"] == "exit status 4"
     assert "never" not in nested.stdout
-    sub = agent.run("( exit 5 ); echo sub=$?; x=$(exit 6; echo no); echo cs=$?")
+    sub = agent.execute("( exit 5 ); echo sub=$?; x=$(exit 6; echo no); echo cs=$?")
     assert sub.stdout == "sub=5\ncs=6\n"
-    after = agent.run("echo $v; pwd")
+    after = agent.execute("echo $v; pwd")
     assert after.stdout == "kept\n/\n"
 
 
 def test_set_e_does_not_kill_the_session(agent: Agent) -> None:
-    agent.run("w=1")
-    cell = agent.run("set -e; false; echo still")
+    agent.execute("w=1")
+    cell = agent.execute("set -e; false; echo still")
     assert cell.status == "ok"
     assert cell.stdout == "still\n"
-    after = agent.run("false")
+    after = agent.execute("false")
     assert after.status == "error"
-    again = agent.run("set -u; set -o pipefail; echo $w; set +u")
+    again = agent.execute("set -u; set -o pipefail; echo $w; set +u")
     assert again.stdout == "1\n"
-    assert agent.run("echo alive").stdout == "alive\n"
+    assert agent.execute("echo alive").stdout == "alive\n"
 
 
 def test_shell_replaced_by_exec_is_restarted_in_same_directory(agent: Agent, tmp_path: Path) -> None:
-    agent.run(f"cd '{tmp_path}'; mkdir -p keepdir; cd keepdir; gone=1")
-    cell = agent.run("exec true", timeout=20)
+    agent.execute(f"cd '{tmp_path}'; mkdir -p keepdir; cd keepdir; gone=1")
+    cell = agent.execute("exec true", timeout=20)
     assert cell.status == "error"
     assert "exited" in cell.error["evalue"]
-    after = agent.run('echo "[$gone]"; pwd')
+    after = agent.execute('echo "[$gone]"; pwd')
     assert after.stdout == f"[]\n{tmp_path / 'keepdir'}\n"
 
 
 def test_user_options_do_not_break_the_agent(agent: Agent) -> None:
-    cell = agent.run("set -u -f -C -o pipefail; shopt -s nocasematch failglob; IFS=:; echo set")
+    cell = agent.execute("set -u -f -C -o pipefail; shopt -s nocasematch failglob; IFS=:; echo set")
     assert cell.status == "ok", cell.frames
-    assert agent.run("echo still works; IFS=$' \\t\\n'").stdout == "still works\n"
-    assert agent.run("false").status == "error"
+    assert agent.execute("echo still works; IFS=$' \\t\\n'").stdout == "still works\n"
+    assert agent.execute("false").status == "error"
 
 
 # -------------------------------------------------------------------------------------------
@@ -302,39 +171,39 @@ def test_user_options_do_not_break_the_agent(agent: Agent) -> None:
 
 
 def test_nul_and_invalid_utf8_pass_through(agent: Agent) -> None:
-    cell = agent.run(r"printf '\0\377a\0\n'; printf '\xfe\x00' >&2")
+    cell = agent.execute(r"printf '\0\377a\0\n'; printf '\xfe\x00' >&2")
     assert cell.status == "ok"
     assert cell.output("stdout") == b"\x00\xffa\x00\n"
     assert cell.output("stderr") == b"\xfe\x00"
 
 
 def test_fake_frames_are_harmless(agent: Agent) -> None:
-    cell = agent.run("echo 'msg 20'; printf 'msg 5\\nhello'; printf 'out 3\\nabc' >&2; echo '{\"type\":\"done\"}'")
+    cell = agent.execute("echo 'msg 20'; printf 'msg 5\\nhello'; printf 'out 3\\nabc' >&2; echo '{\"type\":\"done\"}'")
     assert cell.status == "ok"
     assert cell.output("stdout") == b'msg 20\nmsg 5\nhello{"type":"done"}\n'
     assert cell.output("stderr") == b"out 3\nabc"
-    assert agent.run("echo next").stdout == "next\n"
+    assert agent.execute("echo next").stdout == "next\n"
 
 
 def test_closing_and_redirecting_fds_only_lasts_for_the_cell(agent: Agent, tmp_path: Path) -> None:
-    cell = agent.run("exec >&-; echo lost; echo to-err >&2")
+    cell = agent.execute("exec >&-; echo lost; echo to-err >&2")
     assert "to-err" in cell.stderr
-    cell = agent.run(f"exec >'{tmp_path}/file.txt' 2>&1; echo in-file")
+    cell = agent.execute(f"exec >'{tmp_path}/file.txt' 2>&1; echo in-file")
     assert cell.output("stdout") == b""
     assert (tmp_path / "file.txt").read_text() == "in-file\n"
-    assert agent.run("echo back").stdout == "back\n"
+    assert agent.execute("echo back").stdout == "back\n"
     # Writing to every fd the cell can see must not reach the protocol stream.
-    cell = agent.run("for fd in $(ls /proc/self/fd); do echo 'msg 3' >&$fd; done 2>/dev/null; echo ok")
+    cell = agent.execute("for fd in $(ls /proc/self/fd); do echo 'msg 3' >&$fd; done 2>/dev/null; echo ok")
     assert cell.status == "ok"
-    assert agent.run("echo fine").stdout == "fine\n"
+    assert agent.execute("echo fine").stdout == "fine\n"
 
 
 def test_unicode_and_escapes_in_code_round_trip(agent: Agent) -> None:
     code = 'printf "%s|" "é ✓ 😀" "tab\there" "back\\\\slash" \'"quoted"\' "/slash/"; echo'
-    cell = agent.run(code)
+    cell = agent.execute(code)
     assert cell.status == "ok", cell.frames
     assert cell.stdout == 'é ✓ 😀|tab\there|back\\slash|"quoted"|/slash/|\n'
-    cell = agent.run("s='😀é'; echo ${#s}")
+    cell = agent.execute("s='😀é'; echo ${#s}")
     assert cell.stdout == "2\n"
 
 
@@ -344,27 +213,27 @@ def test_unicode_and_escapes_in_code_round_trip(agent: Agent) -> None:
 
 
 def test_flood_is_truncated_and_agent_stays_responsive(agent: Agent) -> None:
-    cell = agent.run("head -c 5000000 /dev/zero | tr '\\0' a; echo tail >&2", output_limit=100000, timeout=60)
+    cell = agent.execute("head -c 5000000 /dev/zero | tr '\\0' a; echo tail >&2", output_limit=100000, timeout=60)
     assert cell.status == "ok"
     forwarded = len(cell.output("stdout")) + len(cell.output("stderr"))
     assert forwarded == 100000
     assert cell.done["truncated"] == 5000000 + 5 - 100000
     t = time.monotonic()
-    quick = agent.run("echo quick")
+    quick = agent.execute("echo quick")
     assert quick.stdout == "quick\n"
     assert time.monotonic() - t < 2
 
 
 def test_limit_counts_both_streams_and_resets_per_cell(agent: Agent) -> None:
-    cell = agent.run("printf 12345; printf 67890 >&2; printf abc", output_limit=8)
+    cell = agent.execute("printf 12345; printf 67890 >&2; printf abc", output_limit=8)
     assert len(cell.output("stdout")) + len(cell.output("stderr")) == 8
     assert cell.done["truncated"] == 5
-    nxt = agent.run("printf 1234567", output_limit=8)
+    nxt = agent.execute("printf 1234567", output_limit=8)
     assert nxt.output("stdout") == b"1234567" and nxt.done["truncated"] == 0
 
 
 def test_all_output_arrives_before_done(agent: Agent) -> None:
-    cell = agent.run("for i in $(seq 1 2000); do echo line$i; echo e$i >&2; done; printf last")
+    cell = agent.execute("for i in $(seq 1 2000); do echo line$i; echo e$i >&2; done; printf last")
     lines = cell.stdout.split("\n")
     assert lines[0] == "line1" and lines[-2] == "line2000" and lines[-1] == "last"
     assert cell.stderr.count("\n") == 2000
@@ -372,7 +241,7 @@ def test_all_output_arrives_before_done(agent: Agent) -> None:
 
 
 def test_output_streams_live(agent: Agent) -> None:
-    cell = agent.run("for i in 1 2 3 4; do echo tick$i; sleep 0.5; done")
+    cell = agent.execute("for i in 1 2 3 4; do echo tick$i; sleep 0.5; done")
     ticks = [(at, f.data) for at, f in cell.frames if isinstance(f, Output)]
     assert b"".join(d for _, d in ticks) == b"tick1\ntick2\ntick3\ntick4\n"
     assert len(ticks) == 4
@@ -383,19 +252,19 @@ def test_output_streams_live(agent: Agent) -> None:
 
 def test_background_job_does_not_block_done(agent: Agent) -> None:
     t = time.monotonic()
-    cell = agent.run("(sleep 1.5; echo late) & echo now")
+    cell = agent.execute("(sleep 1.5; echo late) & echo now")
     assert time.monotonic() - t < 1.2
     assert cell.status == "ok"
     assert "now\n" in cell.stdout
     frame = agent.next_frame(5)  # the background job's output arrives between cells
     assert isinstance(frame, Output) and frame.data == b"late\n"
-    assert agent.run("echo next").stdout == "next\n"
+    assert agent.execute("echo next").stdout == "next\n"
 
 
 def test_background_job_holding_streams_open(agent: Agent) -> None:
-    cell = agent.run("sleep 30 & echo started")
+    cell = agent.execute("sleep 30 & echo started")
     assert cell.status == "ok" and "started" in cell.stdout
-    assert agent.run("echo fine").stdout == "fine\n"
+    assert agent.execute("echo fine").stdout == "fine\n"
 
 
 # -------------------------------------------------------------------------------------------
@@ -404,11 +273,11 @@ def test_background_job_holding_streams_open(agent: Agent) -> None:
 
 
 def _interrupt_after(agent: Agent, code: str, delay: float = 0.5) -> tuple[Cell, float]:
-    cell_id, cell = agent.start(code)
+    cell = agent.start(code)
     time.sleep(delay)
     sent = time.monotonic()
     agent.send({"type": "interrupt"})
-    agent.collect(cell_id, cell, timeout=5)
+    agent.finish(cell, timeout=5)
     return cell, cell.frames[-1][0] - sent
 
 
@@ -423,25 +292,25 @@ def _interrupt_after(agent: Agent, code: str, delay: float = 0.5) -> tuple[Cell,
     ],
 )
 def test_interrupt_stops_cell_and_keeps_state(agent: Agent, code: str) -> None:
-    agent.run("kept=yes; cd /tmp")
+    agent.execute("kept=yes; cd /tmp")
     cell, took = _interrupt_after(agent, code)
     assert took < 2, took
     assert cell.status == "interrupted"
     assert cell.error["ename"] == "Interrupted"
     assert cell.kinds()[-2:] == ["error", "done"]
     assert "never" not in cell.stdout
-    after = agent.run("echo $kept; pwd")
+    after = agent.execute("echo $kept; pwd")
     assert after.stdout == "yes\n/tmp\n"
 
 
 def test_interrupt_works_when_started_with_sigint_ignored(tmp_path: Path) -> None:
-    a = Agent(tmp_path, ignore_sigint=True)
+    a = bash_agent(tmp_path, ignore_sigint=True)
     try:
-        a.run("kept=1")
+        a.execute("kept=1")
         for code in ("sleep 100", "while :; do :; done"):
             cell, took = _interrupt_after(a, code)
             assert took < 2 and cell.status == "interrupted", (code, took)
-        assert a.run("echo $kept").stdout == "1\n"
+        assert a.execute("echo $kept").stdout == "1\n"
     finally:
         a.close()
 
@@ -450,20 +319,20 @@ def test_interrupt_keeps_output_and_counters(agent: Agent) -> None:
     cell, took = _interrupt_after(agent, "n=0; while :; do n=$((n+1)); [ $n = 3 ] && echo three; done")
     assert took < 2
     assert cell.stdout == "three\n"
-    after = agent.run("echo $((n > 3))")
+    after = agent.execute("echo $((n > 3))")
     assert after.stdout == "1\n"
 
 
 def test_interrupt_when_idle_is_ignored(agent: Agent) -> None:
-    agent.run("z=9")
+    agent.execute("z=9")
     agent.send({"type": "interrupt"})
     time.sleep(0.3)
-    cell = agent.run("echo $z")
+    cell = agent.execute("echo $z")
     assert cell.status == "ok" and cell.stdout == "9\n"
 
 
 def test_background_job_survives_interrupt(agent: Agent, tmp_path: Path) -> None:
-    agent.run(f"(sleep 1; echo bg-done > '{tmp_path}/bg') >/dev/null 2>&1 &")
+    agent.execute(f"(sleep 1; echo bg-done > '{tmp_path}/bg') >/dev/null 2>&1 &")
     cell, took = _interrupt_after(agent, "sleep 100", delay=0.2)
     assert cell.status == "interrupted"
     time.sleep(1.5)
@@ -476,44 +345,44 @@ def test_background_job_survives_interrupt(agent: Agent, tmp_path: Path) -> None
 
 
 def test_complete_commands_functions_variables_files(agent: Agent, tmp_path: Path) -> None:
-    agent.run(f"cd '{tmp_path}'; my_unique_fn() {{ :; }}; MY_UNIQUE_VAR=1; mkdir -p zdir; touch zfile1 zfile2")
-    reply = agent.request({"type": "complete", "code": "ech", "cursor_pos": 3})
+    agent.execute(f"cd '{tmp_path}'; my_unique_fn() {{ :; }}; MY_UNIQUE_VAR=1; mkdir -p zdir; touch zfile1 zfile2")
+    reply = agent.request("complete", code="ech", cursor_pos=3)
     assert reply["type"] == "complete_reply"
     assert "echo" in reply["matches"]
     assert (reply["cursor_start"], reply["cursor_end"]) == (0, 3)
-    reply = agent.request({"type": "complete", "code": "x; my_uniq", "cursor_pos": 10})
+    reply = agent.request("complete", code="x; my_uniq", cursor_pos=10)
     assert reply["matches"] == ["my_unique_fn"] and reply["cursor_start"] == 3
-    reply = agent.request({"type": "complete", "code": "echo $MY_UNIQ", "cursor_pos": 13})
+    reply = agent.request("complete", code="echo $MY_UNIQ", cursor_pos=13)
     assert reply["matches"] == ["$MY_UNIQUE_VAR"] and reply["cursor_start"] == 5
-    reply = agent.request({"type": "complete", "code": "echo ${MY_UNIQ", "cursor_pos": 14})
+    reply = agent.request("complete", code="echo ${MY_UNIQ", cursor_pos=14)
     assert reply["matches"] == ["${MY_UNIQUE_VAR"]
-    reply = agent.request({"type": "complete", "code": "cat zf", "cursor_pos": 6})
+    reply = agent.request("complete", code="cat zf", cursor_pos=6)
     assert reply["matches"] == ["zfile1", "zfile2"] and reply["cursor_start"] == 4
-    reply = agent.request({"type": "complete", "code": "cd zd", "cursor_pos": 5})
+    reply = agent.request("complete", code="cd zd", cursor_pos=5)
     assert reply["matches"] == ["zdir/"]
     # cursor positions count code points, not bytes
-    reply = agent.request({"type": "complete", "code": "echo é; my_uniq", "cursor_pos": 15})
+    reply = agent.request("complete", code="echo é; my_uniq", cursor_pos=15)
     assert reply["matches"] == ["my_unique_fn"] and reply["cursor_start"] == 8
 
 
 def test_complete_odd_file_names_stay_valid_json(agent: Agent, tmp_path: Path) -> None:
-    agent.run(f"cd '{tmp_path}'; touch $'odd\\x01name' $'bad\\xffname' 'quo\"te'")
+    agent.execute(f"cd '{tmp_path}'; touch $'odd\\x01name' $'bad\\xffname' 'quo\"te'")
     for prefix, expected in (("odd", "odd\x01name"), ("quo", 'quo"te'), ("bad", "bad\ufffdname")):
-        reply = agent.request({"type": "complete", "code": f"ls {prefix}", "cursor_pos": 3 + len(prefix)})
+        reply = agent.request("complete", code=f"ls {prefix}", cursor_pos=3 + len(prefix))
         assert reply["matches"] == [expected]
 
 
 def test_inspect(agent: Agent) -> None:
-    agent.run("my_fn() { echo body-of-fn; }; MYV=3")
-    reply = agent.request({"type": "inspect", "code": "my_fn arg", "cursor_pos": 2, "detail_level": 0})
+    agent.execute("my_fn() { echo body-of-fn; }; MYV=3")
+    reply = agent.request("inspect", code="my_fn arg", cursor_pos=2, detail_level=0)
     assert reply["type"] == "inspect_reply" and reply["found"] is True
     assert "function" in reply["data"]["text/plain"] and "body-of-fn" in reply["data"]["text/plain"]
-    reply = agent.request({"type": "inspect", "code": "echo", "cursor_pos": 4, "detail_level": 0})
+    reply = agent.request("inspect", code="echo", cursor_pos=4, detail_level=0)
     assert reply["found"] is True and "builtin" in reply["data"]["text/plain"]
     assert "Write arguments" in reply["data"]["text/plain"]
-    reply = agent.request({"type": "inspect", "code": "MYV", "cursor_pos": 1, "detail_level": 1})
+    reply = agent.request("inspect", code="MYV", cursor_pos=1, detail_level=1)
     assert reply["found"] is True and "MYV" in reply["data"]["text/plain"]
-    reply = agent.request({"type": "inspect", "code": "no_such_thing_xyz", "cursor_pos": 3, "detail_level": 0})
+    reply = agent.request("inspect", code="no_such_thing_xyz", cursor_pos=3, detail_level=0)
     assert reply["found"] is False and reply["data"] == {}
 
 
@@ -538,7 +407,7 @@ def test_inspect(agent: Agent) -> None:
     ],
 )
 def test_is_complete(agent: Agent, code: str, status: str) -> None:
-    reply = agent.request({"type": "is_complete", "code": code})
+    reply = agent.request("is_complete", code=code)
     assert reply["type"] == "is_complete_reply"
     assert reply["status"] == status, (code, reply)
 
@@ -549,44 +418,40 @@ def test_is_complete(agent: Agent, code: str, status: str) -> None:
 
 
 def test_shutdown_exits_promptly_and_kills_jobs(tmp_path: Path) -> None:
-    a = Agent(tmp_path)
-    a.run(f"sleep 300 & echo $! > '{tmp_path}/pid'")
+    a = bash_agent(tmp_path)
+    a.execute(f"sleep 300 & echo $! > '{tmp_path}/pid'")
     pid = int((tmp_path / "pid").read_text())
     a.send({"type": "shutdown"})
     assert a.proc.wait(3) == 0
     time.sleep(0.2)
     assert not alive(pid)
-    a.log.close()
 
 
 def test_eof_on_stdin_exits(tmp_path: Path) -> None:
-    a = Agent(tmp_path)
-    a.run("echo hi")
+    a = bash_agent(tmp_path)
+    a.execute("echo hi")
     assert a.proc.stdin is not None
     a.proc.stdin.close()
     a.proc.wait(3)
-    a.log.close()
     assert a.private and not any(d.exists() for d in a.private)  # its private directory is removed
 
 
 def test_shutdown_while_cell_runs(tmp_path: Path) -> None:
-    a = Agent(tmp_path)
+    a = bash_agent(tmp_path)
     a.start("sleep 100")
     time.sleep(0.3)
     a.send({"type": "shutdown"})
     a.proc.wait(3)
-    a.log.close()
 
 
 def test_killed_controller_leaves_no_processes(tmp_path: Path) -> None:
-    a = Agent(tmp_path)
-    worker = int(a.run("echo $$").stdout)
+    a = bash_agent(tmp_path)
+    worker = int(a.execute("echo $$").stdout)
     with open(f"/proc/{a.proc.pid}/task/{a.proc.pid}/children") as f:
         helpers = [int(p) for p in f.read().split()]
     assert worker in helpers and len(helpers) == 4  # worker + two pumps + the message pump
     a.proc.kill()
     a.proc.wait(5)
-    a.log.close()
     deadline = time.monotonic() + 5
     while any(alive(p) for p in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -601,11 +466,11 @@ def test_killed_controller_leaves_no_processes(tmp_path: Path) -> None:
 
 def test_latency_of_trivial_cell(agent: Agent) -> None:
     for _ in range(10):
-        agent.run("true")
+        agent.execute("true")
     times = []
     for _ in range(200):
         t = time.perf_counter()
-        cell = agent.run("true")
+        cell = agent.execute("true")
         times.append(time.perf_counter() - t)
         assert cell.status == "ok"
     p50 = statistics.median(times) * 1000
@@ -616,7 +481,7 @@ def test_latency_of_trivial_cell(agent: Agent) -> None:
 
 def test_throughput(agent: Agent) -> None:
     t = time.perf_counter()
-    cell = agent.run("head -c 50000000 /dev/zero | tr '\\0' a", output_limit=0, timeout=300)
+    cell = agent.execute("head -c 50000000 /dev/zero | tr '\\0' a", output_limit=0, timeout=300)
     took = time.perf_counter() - t
     data = cell.output("stdout")
     assert len(data) == 50000000 and data.count(b"a") == 50000000
@@ -633,7 +498,7 @@ def test_large_code_cell(agent: Agent) -> None:
     body = "".join(f'v{i}="value {i} \\"quoted\\" \\\\ end"\n' for i in range(8000))
     code = body + 'echo "$v0|$v7999"'
     assert len(code.encode()) > 250_000
-    cell = agent.run(code, timeout=60)
+    cell = agent.execute(code, timeout=60)
     assert cell.status == "ok", cell.frames[-3:]
     assert cell.stdout == 'value 0 "quoted" \\ end|value 7999 "quoted" \\ end\n'
 
@@ -647,24 +512,24 @@ def test_ascii_escaped_json_is_decoded(agent: Agent) -> None:
     assert b"\\ud83d\\ude00" in raw
     agent.proc.stdin.write(b"msg %d\n" % len(raw) + raw)
     agent.proc.stdin.flush()
-    cell = agent.collect("esc", Cell(sent_at=time.monotonic()))
+    cell = agent.finish(Cell(id="esc", sent_at=time.monotonic()))
     assert cell.status == "ok"
     assert cell.stdout == 'é|😀|a\\tb|q"|'
 
 
 def test_output_that_looks_like_the_end_marker(agent: Agent) -> None:
-    cell = agent.run("printf '\\036'; printf '\\036sk1.2\\037'; printf '\\036sk\\0x' >&2")
+    cell = agent.execute("printf '\\036'; printf '\\036sk1.2\\037'; printf '\\036sk\\0x' >&2")
     assert cell.status == "ok"
     assert cell.output("stdout") == b"\x1e\x1esk1.2\x1f"
     assert cell.output("stderr") == b"\x1esk\x00x"
-    cell = agent.run("printf 'a\\036'; sleep 0.2; printf '\\036'")
+    cell = agent.execute("printf 'a\\036'; sleep 0.2; printf '\\036'")
     assert cell.output("stdout") == b"a\x1e\x1e"
-    assert agent.run("echo ok").stdout == "ok\n"
+    assert agent.execute("echo ok").stdout == "ok\n"
 
 
 def test_many_cells_in_a_row(agent: Agent) -> None:
     for i in range(300):
-        cell = agent.run(f"echo {i}" if i % 3 else f"echo {i} >&2" if i % 2 else "true")
+        cell = agent.execute(f"echo {i}" if i % 3 else f"echo {i} >&2" if i % 2 else "true")
         assert cell.status == "ok"
         if i % 3:
             assert cell.stdout == f"{i}\n"
@@ -683,7 +548,7 @@ def test_an_interrupt_does_not_reach_the_next_cells(agent: Agent) -> None:
     cell, _ = _interrupt_after(agent, "sleep 100", delay=0.3)
     assert cell.status == "interrupted"
     for i in range(3):
-        cell = agent.run(f"sleep 0.6; echo next{i}", timeout=10)
+        cell = agent.execute(f"sleep 0.6; echo next{i}", timeout=10)
         assert cell.status == "ok" and cell.stdout == f"next{i}\n", (i, cell.error)
 
 
@@ -691,7 +556,7 @@ def test_shell_killed_by_sigkill_ends_the_agent(agent: Agent) -> None:
     """The OOM killer SIGKILLs the shell; reviving it reported "the shell exited". The agent now
     exits (137), so the kernel reports the sandbox's end with its cgroup's OOM count, as for
     Python. A shell that merely exits (`exec true`) is still replaced in place."""
-    agent.run("pid=$$")
+    agent.execute("pid=$$")
     agent.start("kill -KILL $$")
     with pytest.raises(EOFError):
         while True:
@@ -700,7 +565,7 @@ def test_shell_killed_by_sigkill_ends_the_agent(agent: Agent) -> None:
 
 
 def test_child_killed_by_sigkill_hints_at_memory(agent: Agent) -> None:
-    cell = agent.run("bash -c 'kill -KILL $$'")
+    cell = agent.execute("bash -c 'kill -KILL $$'")
     assert cell.status == "error" and cell.error["evalue"] == "exit status 137"
     assert any("out of memory" in line for line in cell.error["traceback"])
 
@@ -709,12 +574,12 @@ def test_many_processes_left_by_a_cell_are_killed(agent: Agent) -> None:
     """A fork bomb kept running after its cell returned ok. A cell that leaves more than 64
     processes behind has them killed (a bounded stand-in for a bomb: no pids limit here);
     a few background jobs are still allowed to outlive their cell."""
-    shell = int(agent.run("echo $$").stdout)
-    cell = agent.run("for i in $(seq 100); do sleep 300 & done 2>/dev/null; echo started", timeout=20)
+    shell = int(agent.execute("echo $$").stdout)
+    cell = agent.execute("for i in $(seq 100); do sleep 300 & done 2>/dev/null; echo started", timeout=20)
     assert cell.status == "ok" and cell.stdout == "started\n"
     assert "they were killed" in cell.stderr
     assert [p for p in group_members(shell) if p != shell] == []
-    cell = agent.run("for i in 1 2 3; do sleep 300 & done 2>/dev/null; echo few")
+    cell = agent.execute("for i in 1 2 3; do sleep 300 & done 2>/dev/null; echo few")
     assert len([p for p in group_members(shell) if p != shell]) == 3
     assert "killed" not in cell.stderr
-    agent.run("kill %1 %2 %3 2>/dev/null; true")
+    agent.execute("kill %1 %2 %3 2>/dev/null; true")

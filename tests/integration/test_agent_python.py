@@ -2,217 +2,36 @@
 
 The agent runs as a plain subprocess of the test (no sandbox needed) under /usr/bin/python3,
 with a scrubbed environment like the sandbox gives it. Every test talks to it only through
-``sandbox_kernel.protocol`` frames on its stdin/stdout.
+``sandbox_kernel.protocol`` frames on its stdin/stdout (tests/agents.py).
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import queue
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from agents import AGENTS, Agent, Cell
 from processes import alive
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
+from sandbox_kernel.protocol import Message, Output
 
-AGENT = ROOT / "sandbox_kernel" / "agents" / "python_agent.py"
+AGENT = AGENTS / "python_agent.py"
 # The sandbox runs the agent with the system python3; SANDBOX_AGENT_PYTHON tries another one.
 PYTHON = os.environ.get("SANDBOX_AGENT_PYTHON") or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
 
 
-@dataclass
-class Cell:
-    """Everything one ``execute`` produced, in arrival order."""
-
-    frames: list[tuple[float, Any]] = field(default_factory=list)  # (arrival time, frame)
-    sent_at: float = 0.0
-
-    @property
-    def done(self) -> dict:
-        return self.messages("done")[-1]
-
-    @property
-    def status(self) -> str:
-        return self.done["status"]
-
-    def messages(self, kind: str | None = None) -> list[dict]:
-        return [f.body for _, f in self.frames if isinstance(f, Message) and (kind is None or f.type == kind)]
-
-    def output(self, stream: str = "stdout") -> bytes:
-        return b"".join(f.data for _, f in self.frames if isinstance(f, Output) and f.stream == stream)
-
-    @property
-    def stdout(self) -> str:
-        return self.output("stdout").decode("utf-8", "replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.output("stderr").decode("utf-8", "replace")
-
-    @property
-    def result(self) -> dict | None:
-        results = self.messages("result")
-        return results[0] if results else None
-
-    @property
-    def error(self) -> dict | None:
-        errors = self.messages("error")
-        return errors[0] if errors else None
-
-    def kinds(self) -> list[str]:
-        return [f.type if isinstance(f, Message) else f.stream for _, f in self.frames]
-
-    def flow(self) -> list[str]:
-        """kinds() with runs of output frames of one stream merged (a print may be 2 writes)."""
-        merged: list[str] = []
-        for kind in self.kinds():
-            if not (merged and kind in ("stdout", "stderr") and merged[-1] == kind):
-                merged.append(kind)
-        return merged
-
-    def summary(self) -> str:
-        kinds = self.kinds()
-        return f"{len(kinds)} frames, last ones {kinds[-5:]}, messages {self.messages()[:3]}"
-
-
-class AgentProcess:
-    """The agent as a subprocess, with a thread decoding its frames into a queue."""
-
-    def __init__(self, workdir: Path, python: str | None = None) -> None:
-        self.log = open(workdir / "agent.log", "wb")
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"}
-        self.proc = subprocess.Popen(
-            [python or PYTHON, str(AGENT)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            cwd=workdir,
-            env=env,
-        )
-        self.frames: queue.Queue = queue.Queue()
-        self._next_id = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        self.ready = self.wait_message("ready", timeout=15)
-
-    def _read(self) -> None:
-        decoder = FrameDecoder()
-        fd = self.proc.stdout.fileno()
-        while True:
-            data = os.read(fd, 1 << 20)
-            if not data:
-                self.frames.put((time.monotonic(), None))
-                return
-            for frame in decoder.feed(data):  # a ProtocolError fails the test loudly
-                self.frames.put((time.monotonic(), frame))
-
-    def next_frame(self, timeout: float) -> tuple[float, Any]:
-        try:
-            stamp, frame = self.frames.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no frame from the agent within {timeout} s") from None
-        if frame is None:
-            raise AssertionError("the agent closed its stdout")
-        return stamp, frame
-
-    def wait_message(self, kind: str, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            _, frame = self.next_frame(max(0.01, deadline - time.monotonic()))
-            if isinstance(frame, Message) and frame.type == kind:
-                return frame.body
-
-    def send(self, body: dict) -> None:
-        self.proc.stdin.write(encode_message(body))
-        self.proc.stdin.flush()
-
-    def new_id(self) -> str:
-        self._next_id += 1
-        return f"req-{self._next_id}"
-
-    def execute(
-        self, code: str, output_limit: int = 0, timeout: float = 10, interrupt_after: float | None = None,
-        **fields: Any,
-    ) -> Cell:
-        cell_id = self.new_id()
-        cell = Cell(sent_at=time.monotonic())
-        self.send({"type": "execute", "id": cell_id, "code": code, "output_limit": output_limit, **fields})
-        interrupt_at = None if interrupt_after is None else cell.sent_at + interrupt_after
-        deadline = cell.sent_at + timeout
-        while True:
-            now = time.monotonic()
-            if interrupt_at is not None and now >= interrupt_at:
-                self.send({"type": "interrupt"})
-                cell.interrupted_at = now  # type: ignore[attr-defined]
-                interrupt_at = None
-            wait = deadline - now
-            if interrupt_at is not None:
-                wait = min(wait, interrupt_at - now)
-            if wait <= 0 and interrupt_at is None:
-                raise AssertionError(f"no done within {timeout} s; got {cell.summary()}")
-            try:
-                stamp, frame = self.frames.get(timeout=max(wait, 0.001))
-            except queue.Empty:
-                continue
-            if frame is None:
-                raise AssertionError(f"the agent exited during the cell; got {cell.summary()}")
-            cell.frames.append((stamp, frame))
-            if isinstance(frame, Message):
-                assert frame.body.get("id") == cell_id or frame.type not in ("result", "error", "done")
-                if frame.type == "done":
-                    return cell
-
-    def request(self, kind: str, timeout: float = 10, **fields: Any) -> dict:
-        req_id = self.new_id()
-        self.send({"type": kind, "id": req_id, **fields})
-        reply = self.wait_message(kind + "_reply", timeout)
-        assert reply["id"] == req_id
-        return reply
-
-    def collect(self, seconds: float) -> list[Any]:
-        """Frames that arrive in the next ``seconds`` (output between cells)."""
-        frames, deadline = [], time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                _, frame = self.frames.get(timeout=left)
-            except queue.Empty:
-                break
-            if frame is None:
-                break
-            frames.append(frame)
-        return frames
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send({"type": "shutdown"})
-            except OSError:
-                pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
-        self.log.close()
-
-
 @pytest.fixture
-def agent(tmp_path: Path):
-    proc = AgentProcess(tmp_path)
-    yield proc
-    proc.close()
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent("python", tmp_path, command=[PYTHON, str(AGENT)], env={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+    yield a
+    a.close()
 
 
 def ok(cell: Cell) -> Cell:
@@ -228,7 +47,7 @@ def plain(cell: Cell) -> str:
 # --------------------------------------------------------------------------------------
 # start-up, state, results
 # --------------------------------------------------------------------------------------
-def test_ready_language_info(agent: AgentProcess) -> None:
+def test_ready_language_info(agent: Agent) -> None:
     ready = agent.ready
     assert ready["agent"] == "python"
     assert ready["protocol"] == 2
@@ -244,7 +63,7 @@ def test_ready_language_info(agent: AgentProcess) -> None:
     }
 
 
-def test_state_persists_across_cells(agent: AgentProcess) -> None:
+def test_state_persists_across_cells(agent: Agent) -> None:
     ok(agent.execute("import math\nx = 20\ndef double(v):\n    return 2 * v\nclass Box:\n    def __init__(self, v): self.v = v"))
     cell = ok(agent.execute("double(x) + Box(math.floor(1.5)).v"))
     assert plain(cell) == "41"
@@ -253,7 +72,7 @@ def test_state_persists_across_cells(agent: AgentProcess) -> None:
     assert plain(ok(agent.execute("import pickle; pickle.loads(pickle.dumps(Box(7))).v"))) == "7"
 
 
-def test_last_expression_result(agent: AgentProcess) -> None:
+def test_last_expression_result(agent: Agent) -> None:
     cell = ok(agent.execute("a = 5\na * 3"))
     assert plain(cell) == "15"
     assert cell.result["metadata"] == {}
@@ -266,7 +85,7 @@ def test_last_expression_result(agent: AgentProcess) -> None:
     assert long_list.startswith("[0,\n 1,\n") and long_list.endswith(" 39]")  # pprint
 
 
-def test_output_before_result_and_done(agent: AgentProcess) -> None:
+def test_output_before_result_and_done(agent: Agent) -> None:
     cell = ok(agent.execute("import sys\nprint('one')\nsys.stderr.write('two\\n')\nprint('three')\n42"))
     kinds = cell.kinds()
     assert kinds[-2:] == ["result", "done"]
@@ -275,7 +94,7 @@ def test_output_before_result_and_done(agent: AgentProcess) -> None:
     assert all(k in ("stdout", "stderr") for k in kinds[:-2])
 
 
-def test_stdout_streams_live(agent: AgentProcess) -> None:
+def test_stdout_streams_live(agent: Agent) -> None:
     cell = ok(agent.execute("import time\nfor i in range(3):\n    print('tick', i)\n    time.sleep(0.4)"))
     ticks = [stamp for stamp, f in cell.frames if isinstance(f, Output) and b"tick" in f.data]
     assert len(ticks) == 3  # one frame per print, not all at the end
@@ -285,7 +104,7 @@ def test_stdout_streams_live(agent: AgentProcess) -> None:
     assert done_at - ticks[0] > 0.9
 
 
-def test_python_subprocess_streams_live(agent: AgentProcess) -> None:
+def test_python_subprocess_streams_live(agent: Agent) -> None:
     child = "import time\\nfor i in range(3):\\n    print(i)\\n    time.sleep(0.4)"
     cell = ok(agent.execute(f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', '{child}'])"))
     stamps = [stamp for stamp, f in cell.frames if isinstance(f, Output)]
@@ -293,7 +112,7 @@ def test_python_subprocess_streams_live(agent: AgentProcess) -> None:
     assert stamps[-1] - stamps[0] > 0.6  # not buffered until the child exits
 
 
-def test_thread_printing_after_the_cell(agent: AgentProcess) -> None:
+def test_thread_printing_after_the_cell(agent: Agent) -> None:
     cell = ok(agent.execute("import threading, time\ndef late():\n    time.sleep(0.5)\n    print('from thread')\nthreading.Thread(target=late).start()"))
     assert cell.stdout == ""
     assert cell.frames[-1][0] - cell.sent_at < 0.4  # done does not wait for the thread
@@ -305,7 +124,7 @@ def test_thread_printing_after_the_cell(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # output capture
 # --------------------------------------------------------------------------------------
-def test_background_process_holding_stdout_does_not_block_done(agent: AgentProcess) -> None:
+def test_background_process_holding_stdout_does_not_block_done(agent: Agent) -> None:
     cell = ok(agent.execute("import subprocess\nbg = subprocess.Popen('sleep 0.6; echo later; echo later-err >&2', shell=True)\nprint('now')"))
     assert cell.stdout == "now\n"
     assert cell.frames[-1][0] - cell.sent_at < 0.5
@@ -315,7 +134,7 @@ def test_background_process_holding_stdout_does_not_block_done(agent: AgentProce
     ok(agent.execute("bg.wait()"))
 
 
-def test_display_from_a_thread_between_cells(agent: AgentProcess) -> None:
+def test_display_from_a_thread_between_cells(agent: Agent) -> None:
     cell = ok(agent.execute(
         "import threading, time\n"
         "def show():\n"
@@ -330,7 +149,7 @@ def test_display_from_a_thread_between_cells(agent: AgentProcess) -> None:
     assert shown == [{"type": "display", "id": cell.done["id"], "data": {"text/plain": "late", "text/html": "<p>late</p>"}, "metadata": {}}]
 
 
-def test_subprocess_output_on_the_right_streams(agent: AgentProcess) -> None:
+def test_subprocess_output_on_the_right_streams(agent: Agent) -> None:
     cell = ok(agent.execute(
         "import subprocess, os\n"
         "subprocess.run('echo to-out; echo to-err >&2', shell=True)\n"
@@ -341,20 +160,20 @@ def test_subprocess_output_on_the_right_streams(agent: AgentProcess) -> None:
     assert cell.stderr == "to-err\nsystem-err\n"
 
 
-def test_raw_os_write(agent: AgentProcess) -> None:
+def test_raw_os_write(agent: Agent) -> None:
     cell = ok(agent.execute("import os\nos.write(1, b'raw-out\\n')\nos.write(2, b'raw-err\\n');"))
     assert cell.stdout == "raw-out\n"
     assert cell.stderr == "raw-err\n"
 
 
-def test_fake_frames_nul_and_invalid_utf8(agent: AgentProcess) -> None:
+def test_fake_frames_nul_and_invalid_utf8(agent: Agent) -> None:
     payload = b'msg 30\n{"type":"done","id":"x"}\nout 5\n\x00\x00\xff\xfe\x80 err 999999999\n'
     cell = ok(agent.execute(f"import os, sys\nos.write(1, {payload!r})\nsys.stdout.buffer.write({payload!r})\nprint('\\x00text\\udcff')"))
     assert cell.output("stdout") == payload + payload + b"\x00text\\udcff\n"
     assert plain(ok(agent.execute("'still alive'"))) == "'still alive'"
 
 
-def test_flood_with_output_limit(agent: AgentProcess) -> None:
+def test_flood_with_output_limit(agent: Agent) -> None:
     start = time.monotonic()
     cell = ok(agent.execute(
         "import os, sys\nchunk = b'x' * 65536\nfor _i in range(300):\n    os.write(1, chunk)\n"
@@ -371,20 +190,20 @@ def test_flood_with_output_limit(agent: AgentProcess) -> None:
     assert cell.stdout == "small\n" and cell.done["truncated"] == 0
 
 
-def test_unlimited_large_output_arrives_complete(agent: AgentProcess) -> None:
+def test_unlimited_large_output_arrives_complete(agent: Agent) -> None:
     cell = ok(agent.execute("import sys\nsys.stdout.write(''.join(str(i % 10) for i in range(3000000)))", timeout=30))
     out = cell.output("stdout")
     assert len(out) == 3000000 and out[:12] == b"012345678901"
 
 
-def test_close_fd1_then_print_next_cell(agent: AgentProcess) -> None:
+def test_close_fd1_then_print_next_cell(agent: Agent) -> None:
     cell = agent.execute("import os\nos.close(1)\nos.close(2)\nprint('lost')")
     assert cell.status == "error" and cell.error["ename"] == "OSError"
     assert ok(agent.execute("print('back again')")).stdout == "back again\n"
     assert ok(agent.execute("import subprocess\nsubprocess.run(['echo', 'child ok'])\nos.write(2, b'e\\n');")).stdout == "child ok\n"
 
 
-def test_redirected_and_closed_streams_are_repaired(agent: AgentProcess) -> None:
+def test_redirected_and_closed_streams_are_repaired(agent: Agent) -> None:
     ok(agent.execute("import os, sys\nnull = os.open(os.devnull, os.O_WRONLY)\nos.dup2(null, 1)\nsys.stdout.close()"))
     assert ok(agent.execute("print('repaired')")).stdout == "repaired\n"
     cell = agent.execute("exit()")  # site's exit() closes sys.stdin and raises SystemExit
@@ -392,7 +211,7 @@ def test_redirected_and_closed_streams_are_repaired(agent: AgentProcess) -> None
     assert plain(ok(agent.execute("import sys; sys.stdin.read()"))) == "''"
 
 
-def test_stdin_is_dev_null_and_input_is_refused(agent: AgentProcess) -> None:
+def test_stdin_is_dev_null_and_input_is_refused(agent: Agent) -> None:
     cell = ok(agent.execute("import subprocess, sys\nr = subprocess.run(['cat'], capture_output=True, timeout=5)\n(r.stdout, sys.stdin.read())"))
     assert plain(cell) == "(b'', '')"
     cell = agent.execute("name = input('Your name? ')")
@@ -401,7 +220,7 @@ def test_stdin_is_dev_null_and_input_is_refused(agent: AgentProcess) -> None:
     assert not any("python_agent.py" in line for line in cell.error["traceback"])
 
 
-def test_protocol_fds_not_inherited(agent: AgentProcess) -> None:
+def test_protocol_fds_not_inherited(agent: Agent) -> None:
     cell = ok(agent.execute("import subprocess\nprint(subprocess.run(['ls', '/proc/self/fd'], capture_output=True, text=True).stdout.split())"))
     fds = sorted(int(fd) for fd in eval(cell.stdout))
     assert fds[:3] == [0, 1, 2] and max(fds) < 10, fds  # the agent's fds (>= 64) stay private
@@ -412,7 +231,7 @@ def test_protocol_fds_not_inherited(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # rich output
 # --------------------------------------------------------------------------------------
-def test_display_with_repr_html(agent: AgentProcess) -> None:
+def test_display_with_repr_html(agent: Agent) -> None:
     ok(agent.execute("class Card:\n    def _repr_html_(self):\n        return '<b>card</b>'\n    def __repr__(self):\n        return 'Card()'"))
     cell = ok(agent.execute("print('before')\ndisplay(Card(), 7)\nprint('after')"))
     assert cell.flow() == ["stdout", "display", "display", "stdout", "done"]
@@ -422,7 +241,7 @@ def test_display_with_repr_html(agent: AgentProcess) -> None:
     assert cell.result is None
 
 
-def test_result_with_repr_png_and_others(agent: AgentProcess) -> None:
+def test_result_with_repr_png_and_others(agent: Agent) -> None:
     png = b"\x89PNG\r\n\x1a\n\x00fake"
     ok(agent.execute(
         "class Pic:\n"
@@ -443,7 +262,7 @@ def test_result_with_repr_png_and_others(agent: AgentProcess) -> None:
     assert data["text/plain"].startswith("<__main__.Pic object")
 
 
-def test_mimebundle_and_failing_repr_methods(agent: AgentProcess) -> None:
+def test_mimebundle_and_failing_repr_methods(agent: Agent) -> None:
     cell = ok(agent.execute(
         "class Multi:\n"
         "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
@@ -465,7 +284,7 @@ def test_mimebundle_and_failing_repr_methods(agent: AgentProcess) -> None:
     assert ok(agent.execute("Multi")).result["data"] == {"text/plain": "<class '__main__.Multi'>"}
 
 
-def test_display_raw_bundle_over_frame_limit(agent: AgentProcess) -> None:
+def test_display_raw_bundle_over_frame_limit(agent: Agent) -> None:
     cell = ok(agent.execute("display({'text/plain': 'big image', 'image/png': 'A' * 3000000}, raw=True)"))
     assert cell.messages("display")[0]["data"] == {"text/plain": "big image"}
     assert "image/png dropped" in cell.stderr
@@ -476,7 +295,7 @@ def test_display_raw_bundle_over_frame_limit(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------
-def test_traceback_quotes_the_offending_line(agent: AgentProcess) -> None:
+def test_traceback_quotes_the_offending_line(agent: Agent) -> None:
     ok(agent.execute("def divide(a, b):\n    return a / b"))
     cell = agent.execute("x = 1\ny = divide(x, 0)")
     assert cell.status == "error"
@@ -492,7 +311,7 @@ def test_traceback_quotes_the_offending_line(agent: AgentProcess) -> None:
     assert cell.kinds()[-2:] == ["error", "done"]
 
 
-def test_syntax_error_shows_line_and_caret(agent: AgentProcess) -> None:
+def test_syntax_error_shows_line_and_caret(agent: Agent) -> None:
     cell = agent.execute("a = 1\nb = 2\nprint(a b)")
     assert cell.status == "error"
     assert cell.error["ename"] == "SyntaxError"
@@ -501,7 +320,7 @@ def test_syntax_error_shows_line_and_caret(agent: AgentProcess) -> None:
     assert ok(agent.execute("1 + 1")).result["data"]["text/plain"] == "2"
 
 
-def test_system_exit_and_memory_error_keep_the_agent(agent: AgentProcess) -> None:
+def test_system_exit_and_memory_error_keep_the_agent(agent: Agent) -> None:
     cell = agent.execute("import sys\nsys.exit(3)")
     assert cell.status == "error" and cell.error["ename"] == "SystemExit" and cell.error["evalue"] == "3"
     cell = agent.execute("block = bytearray(2 ** 52)")
@@ -511,13 +330,13 @@ def test_system_exit_and_memory_error_keep_the_agent(agent: AgentProcess) -> Non
     assert plain(ok(agent.execute("'alive'"))) == "'alive'"
 
 
-def test_huge_error_message_fits_in_a_frame(agent: AgentProcess) -> None:
+def test_huge_error_message_fits_in_a_frame(agent: Agent) -> None:
     cell = agent.execute("raise ValueError('v' * 5000000)")
     assert cell.status == "error" and cell.error["ename"] == "ValueError"
     assert 1000 < len(cell.error["evalue"]) < 1048576
 
 
-def test_fork_child_does_not_speak_protocol(agent: AgentProcess) -> None:
+def test_fork_child_does_not_speak_protocol(agent: Agent) -> None:
     cell = ok(agent.execute("import os\npid = os.fork()\nif pid == 0:\n    print('child')\nelse:\n    os.waitpid(pid, 0)\n    print('parent')"))
     assert sorted(cell.stdout.split()) == ["child", "parent"]
     assert len(cell.messages("done")) == 1
@@ -528,9 +347,9 @@ def test_fork_child_does_not_speak_protocol(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # interrupt
 # --------------------------------------------------------------------------------------
-def interrupted(agent: AgentProcess, code: str) -> Cell:
+def interrupted(agent: Agent, code: str) -> Cell:
     cell = agent.execute(code, interrupt_after=0.5, timeout=10)
-    latency = cell.frames[-1][0] - cell.interrupted_at  # type: ignore[attr-defined]
+    latency = cell.frames[-1][0] - cell.interrupted_at
     assert latency < 2.0, latency
     assert cell.status == "interrupted"
     assert cell.error["ename"] == "KeyboardInterrupt"
@@ -538,19 +357,19 @@ def interrupted(agent: AgentProcess, code: str) -> Cell:
     return cell
 
 
-def test_interrupt_sleep_keeps_state(agent: AgentProcess) -> None:
+def test_interrupt_sleep_keeps_state(agent: Agent) -> None:
     ok(agent.execute("kept = 'state'"))
     cell = interrupted(agent, "import time\ntime.sleep(100)")
     assert "time.sleep(100)" in "\n".join(cell.error["traceback"])
     assert plain(ok(agent.execute("kept"))) == "'state'"
 
 
-def test_interrupt_busy_loop(agent: AgentProcess) -> None:
+def test_interrupt_busy_loop(agent: Agent) -> None:
     interrupted(agent, "n = 0\nwhile True:\n    n += 1")
     assert int(plain(ok(agent.execute("n")))) > 0
 
 
-def test_interrupt_os_system_and_subprocess(agent: AgentProcess) -> None:
+def test_interrupt_os_system_and_subprocess(agent: Agent) -> None:
     interrupted(agent, "import os\nos.system('sleep 100')")
     interrupted(agent, "import subprocess\nsubprocess.run(['sleep', '100'])")
     # a child that ignores SIGINT is killed after a second
@@ -558,14 +377,14 @@ def test_interrupt_os_system_and_subprocess(agent: AgentProcess) -> None:
     assert plain(ok(agent.execute("1"))) == "1"
 
 
-def test_stuck_interrupt_spares_earlier_background_jobs(agent: AgentProcess) -> None:
+def test_stuck_interrupt_spares_earlier_background_jobs(agent: Agent) -> None:
     ok(agent.execute("import subprocess, os\njob = subprocess.Popen(['sh', '-c', 'trap \"\" INT; sleep 100'])"))
     interrupted(agent, "os.system('trap \"\" INT; sleep 100')")
     assert ok(agent.execute("job.poll()")).result is None  # still running
     ok(agent.execute("job.kill(); job.wait()"))
 
 
-def test_interrupt_right_after_execute(agent: AgentProcess) -> None:
+def test_interrupt_right_after_execute(agent: Agent) -> None:
     ok(agent.execute("kept = 1"))
     for _ in range(5):
         cell = agent.execute("import time\ntime.sleep(100)", interrupt_after=0.0)
@@ -573,26 +392,26 @@ def test_interrupt_right_after_execute(agent: AgentProcess) -> None:
     assert plain(ok(agent.execute("kept"))) == "1"
 
 
-def test_interrupt_with_background_thread_and_top_level_await(agent: AgentProcess) -> None:
+def test_interrupt_with_background_thread_and_top_level_await(agent: Agent) -> None:
     interrupted(agent, "import threading, time\nthreading.Thread(target=time.sleep, args=(3,), daemon=True).start()\ntime.sleep(100)")
     interrupted(agent, "import asyncio\nawait asyncio.sleep(100)")
     assert plain(ok(agent.execute("import asyncio\nawait asyncio.sleep(0.01)\n'loop ok'"))) == "'loop ok'"
 
 
-def test_user_code_can_catch_keyboard_interrupt(agent: AgentProcess) -> None:
+def test_user_code_can_catch_keyboard_interrupt(agent: Agent) -> None:
     code = "import time\ntry:\n    time.sleep(100)\nexcept KeyboardInterrupt:\n    print('cleaning up')\n    time.sleep(0.3)\n    print('clean')"
     cell = agent.execute(code, interrupt_after=0.5)
     assert cell.status == "ok" and cell.stdout == "cleaning up\nclean\n"
 
 
-def test_interrupt_when_idle_is_ignored(agent: AgentProcess) -> None:
+def test_interrupt_when_idle_is_ignored(agent: Agent) -> None:
     ok(agent.execute("v = 1"))
     agent.send({"type": "interrupt"})
     assert agent.collect(0.5) == []
     assert plain(ok(agent.execute("import time\ntime.sleep(0.3)\nv + 1"))) == "2"
 
 
-def test_flood_can_be_interrupted(agent: AgentProcess) -> None:
+def test_flood_can_be_interrupted(agent: Agent) -> None:
     cell = interrupted(agent, "while True:\n    print('spam ' * 100)")
     assert cell.done["truncated"] == 0 and len(cell.output("stdout")) > 0
     cell = agent.execute("import sys\nwhile True:\n    sys.stdout.write('z' * 10000)", output_limit=5000, interrupt_after=0.5)
@@ -602,7 +421,7 @@ def test_flood_can_be_interrupted(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # top-level await
 # --------------------------------------------------------------------------------------
-def test_top_level_await(agent: AgentProcess) -> None:
+def test_top_level_await(agent: Agent) -> None:
     cell = ok(agent.execute("import asyncio\nasync def twice(v):\n    await asyncio.sleep(0.01)\n    return 2 * v\nr = await twice(4)\nawait twice(r)"))
     assert plain(cell) == "16"
     assert plain(ok(agent.execute("r"))) == "8"
@@ -613,7 +432,7 @@ def test_top_level_await(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------------------
 # complete / inspect / is_complete
 # --------------------------------------------------------------------------------------
-def test_complete(agent: AgentProcess) -> None:
+def test_complete(agent: Agent) -> None:
     ok(agent.execute("import os\nvariable_one = 1\nvariable_two = 'x'\nclass Thing:\n    attribute_a = 1\n    def method_b(self): pass\nthing = Thing()"))
     reply = agent.request("complete", code="print(variab", cursor_pos=12)
     assert reply["matches"] == ["variable_one", "variable_two"]
@@ -634,7 +453,7 @@ def test_complete(agent: AgentProcess) -> None:
     assert agent.request("complete", code="zzzq", cursor_pos=4)["matches"] == []
 
 
-def test_inspect(agent: AgentProcess) -> None:
+def test_inspect(agent: Agent) -> None:
     ok(agent.execute("def greet(name: str, punct='!') -> str:\n    '''Say hello to someone.'''\n    return 'hi ' + name + punct"))
     reply = agent.request("inspect", code="greet", cursor_pos=3, detail_level=0)
     assert reply["found"] is True
@@ -650,7 +469,7 @@ def test_inspect(agent: AgentProcess) -> None:
     assert reply["found"] is False and reply["data"] == {}
 
 
-def test_is_complete(agent: AgentProcess) -> None:
+def test_is_complete(agent: Agent) -> None:
     def check(code: str) -> tuple[str, str]:
         reply = agent.request("is_complete", code=code)
         return reply["status"], reply["indent"]
@@ -681,7 +500,7 @@ def test_is_complete(agent: AgentProcess) -> None:
 # shutdown, speed
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["shutdown", "eof"])
-def test_exit_kills_children(agent: AgentProcess, how: str) -> None:
+def test_exit_kills_children(agent: Agent, how: str) -> None:
     cell = ok(agent.execute("import subprocess\np = subprocess.Popen(['sleep', '100'])\np.pid"))
     child = int(plain(cell))
     assert alive(child)
@@ -696,7 +515,7 @@ def test_exit_kills_children(agent: AgentProcess, how: str) -> None:
     assert not alive(child)
 
 
-def test_trivial_cell_round_trip(agent: AgentProcess) -> None:
+def test_trivial_cell_round_trip(agent: Agent) -> None:
     times = []
     for i in range(200):
         cell = ok(agent.execute(f"{i}"))

@@ -7,90 +7,40 @@ stream after the marker line carries on as if it had never broken.
 
 from __future__ import annotations
 
-import os
 import secrets
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
+from sandbox_kernel.protocol import FrameDecoder, Message, Output
 
-from agents import COMMANDS, COUNT, numbers, spawn, stop
+from agents import COMMANDS, COUNT, Agent, numbers
 
 
-class RawAgent:
-    """An agent subprocess whose stdout is kept as raw bytes."""
+def decode(data: bytes) -> list[Any]:
+    return list(FrameDecoder().feed(data))
 
-    def __init__(self, language: str, workdir: Path, replay_bytes: int | None = None) -> None:
-        self.proc = spawn(language, workdir, replay_bytes)
-        self.raw = bytearray()
-        self.sent = 0  # frames written to the agent
-        self._cond = threading.Condition()
-        self._eof = False
-        threading.Thread(target=self._read, daemon=True).start()
-        ready = self.decode(self.wait_for(lambda raw: len(self.decode(bytes(raw))) > 0, 15))
-        assert ready and isinstance(ready[0], Message) and ready[0].type == "ready"
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-            with self._cond:
-                if not chunk:
-                    self._eof = True
-                else:
-                    self.raw += chunk
-                self._cond.notify_all()
-            if not chunk:
-                return
+def run_raw(agent: Agent, code: str, cell_id: str) -> bytes:
+    """Execute a cell; return all raw output up to and including its ``done``."""
+    agent.send({"type": "execute", "id": cell_id, "code": code, "output_limit": 0})
+    return agent.wait_raw(lambda raw: _done(decode(bytes(raw)), cell_id))
 
-    def send(self, body: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(encode_message(body))
-        self.proc.stdin.flush()
-        self.sent += 1
 
-    def wait_for(self, ready: Callable[[bytearray], Any], timeout: float = 20.0) -> bytes:
-        """Wait until ``ready(raw)`` holds; return a copy of everything received so far."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                try:
-                    if ready(self.raw):
-                        return bytes(self.raw)
-                except Exception:  # noqa: BLE001 - an incomplete frame is "not yet"
-                    pass
-                left = deadline - time.monotonic()
-                assert left > 0 and not self._eof, f"timed out; got {bytes(self.raw[-300:])!r}"
-                self._cond.wait(left)
-
-    @staticmethod
-    def decode(data: bytes) -> list[Any]:
-        return list(FrameDecoder().feed(data))
-
-    def run(self, code: str, cell_id: str) -> bytes:
-        """Execute a cell; return all raw output up to and including its ``done``."""
-        self.send({"type": "execute", "id": cell_id, "code": code, "output_limit": 0})
-        return self.wait_for(lambda raw: _done(self.decode(bytes(raw)), cell_id))
-
-    def resume(self, offset: int) -> tuple[int, int, int]:
-        """Send ``resume``; return (where the marker starts, from, received)."""
-        token = secrets.token_hex(16)
-        before = len(self.raw)
-        self.send({"type": "resume", "token": token, "offset": offset})
-        prefix = b"resume %s " % token.encode()
-        raw = self.wait_for(lambda raw: raw.find(b"\n", raw.find(prefix, before)) > raw.find(prefix, before) >= 0)
-        at = raw.find(prefix, before)
-        end = raw.index(b"\n", at)
-        fields = raw[at + len(prefix) : end].split(b" ")
-        assert len(fields) == 2 and all(f.isdigit() for f in fields), raw[at:end]
-        return at, int(fields[0]), int(fields[1])
-
-    def close(self) -> None:
-        stop(self.proc)
+def resume(agent: Agent, offset: int) -> tuple[int, int, int]:
+    """Send ``resume``; return (where the marker starts, from, received)."""
+    token = secrets.token_hex(16)
+    before = len(agent.raw)
+    agent.send({"type": "resume", "token": token, "offset": offset})
+    prefix = b"resume %s " % token.encode()
+    raw = agent.wait_raw(lambda raw: raw.find(b"\n", raw.find(prefix, before)) > raw.find(prefix, before) >= 0)
+    at = raw.find(prefix, before)
+    end = raw.index(b"\n", at)
+    fields = raw[at + len(prefix) : end].split(b" ")
+    assert len(fields) == 2 and all(f.isdigit() for f in fields), raw[at:end]
+    return at, int(fields[0]), int(fields[1])
 
 
 def _done(frames: list[Any], cell_id: str) -> bool:
@@ -109,40 +59,40 @@ def language(request: pytest.FixtureRequest) -> str:
 
 
 def test_resume_replays_exactly_the_bytes_after_the_offset(language: str, tmp_path: Path) -> None:
-    agent = RawAgent(language, tmp_path)
+    agent = Agent(language, tmp_path, decode=False)
     try:
-        before = agent.run(COUNT[language](2000, False), "c1")
-        assert _stdout(agent.decode(before)) == numbers(2000)
+        before = run_raw(agent, COUNT[language](2000, False), "c1")
+        assert _stdout(decode(before)) == numbers(2000)
         for offset in (len(before) // 2, 7, len(before)):  # mid-frame, inside the ready frame, the end
-            at, start, received = agent.resume(offset)
+            at, start, received = resume(agent, offset)
             assert at == len(before)  # nothing else was written in between
             assert (start, received) == (offset, agent.sent)
             replay_start = agent.raw.index(b"\n", at) + 1
-            agent.wait_for(lambda raw: len(raw) >= replay_start + len(before) - offset)
+            agent.wait_raw(lambda raw: len(raw) >= replay_start + len(before) - offset)
             assert bytes(agent.raw[replay_start:]) == before[offset:]
             del agent.raw[at:]  # what a kernel keeps: the stream as if it had never broken
-        after = agent.run(COUNT[language](3, False), "c2")
-        frames = agent.decode(after)  # still one well-formed stream
+        after = run_raw(agent, COUNT[language](3, False), "c2")
+        frames = decode(after)  # still one well-formed stream
         assert _done(frames, "c2") and _stdout(frames) == numbers(2000) + numbers(3)
     finally:
         agent.close()
 
 
 def test_resume_while_a_cell_prints_loses_nothing(language: str, tmp_path: Path) -> None:
-    agent = RawAgent(language, tmp_path)
+    agent = Agent(language, tmp_path, decode=False)
     try:
         agent.send({"type": "execute", "id": "c1", "code": COUNT[language](400, True), "output_limit": 0})
         for _ in range(3):
             time.sleep(0.15)
-            with agent._cond:
+            with agent.raw_lock:
                 kept = len(agent.raw)  # the kernel "saw" this much; the rest went nowhere
             time.sleep(0.1)
-            at, start, received = agent.resume(kept)
+            at, start, received = resume(agent, kept)
             assert (start, received) == (kept, agent.sent)
-            with agent._cond:
+            with agent.raw_lock:
                 del agent.raw[kept : agent.raw.index(b"\n", at) + 1]  # drop what was "lost" and the marker
-        stream = agent.wait_for(lambda raw: _done(agent.decode(bytes(raw)), "c1"))
-        frames = agent.decode(stream)
+        stream = agent.wait_raw(lambda raw: _done(decode(bytes(raw)), "c1"))
+        frames = decode(stream)
         assert _stdout(frames) == numbers(400)
         assert [f.body["status"] for f in frames if isinstance(f, Message) and f.type == "done"] == ["ok"]
     finally:
@@ -150,31 +100,31 @@ def test_resume_while_a_cell_prints_loses_nothing(language: str, tmp_path: Path)
 
 
 def test_resume_past_the_replay_buffer_starts_at_a_frame_boundary(language: str, tmp_path: Path) -> None:
-    agent = RawAgent(language, tmp_path, replay_bytes=4096)
+    agent = Agent(language, tmp_path, replay_bytes=4096, decode=False)
     try:
-        before = agent.run(COUNT[language](20000, False), "c1")
-        at, start, received = agent.resume(0)
+        before = run_raw(agent, COUNT[language](20000, False), "c1")
+        at, start, received = resume(agent, 0)
         assert received == agent.sent
         assert 0 < start <= len(before) - 4096  # bytes before `start` are lost; at least 4096 kept
         replay_start = agent.raw.index(b"\n", at) + 1
-        agent.wait_for(lambda raw: len(raw) >= replay_start + len(before) - start)
+        agent.wait_raw(lambda raw: len(raw) >= replay_start + len(before) - start)
         replay = bytes(agent.raw[replay_start:])
         assert replay == before[start:]
-        frames = agent.decode(replay)  # a fresh decoder can read from `start`
+        frames = decode(replay)  # a fresh decoder can read from `start`
         assert _done(frames, "c1")
         assert _stdout(frames) and numbers(20000).endswith(_stdout(frames))
         del agent.raw[at:]
-        assert _stdout(agent.decode(agent.run(COUNT[language](3, False), "c2"))).endswith(numbers(3))  # it carries on
+        assert _stdout(decode(run_raw(agent, COUNT[language](3, False), "c2"))).endswith(numbers(3))  # it carries on
     finally:
         agent.close()
 
 
 def test_the_input_count_shows_lost_requests(language: str, tmp_path: Path) -> None:
-    agent = RawAgent(language, tmp_path)
+    agent = Agent(language, tmp_path, decode=False)
     try:
-        agent.run(COUNT[language](1, False), "c1")
+        run_raw(agent, COUNT[language](1, False), "c1")
         agent.sent += 2  # pretend two requests were written into a stream that then broke
-        _, _, received = agent.resume(0)
+        _, _, received = resume(agent, 0)
         assert received == agent.sent - 2
     finally:
         agent.close()

@@ -12,28 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from agents import COMMANDS
-from sandbox_kernel.protocol import FrameDecoder, Message, Output, encode_message
+from agents import Agent
+from sandbox_kernel.protocol import Message, Output, encode_message
 
 CELL = "cell-attack"
 ERROR = {"type": "error", "id": CELL, "ename": "Forged", "evalue": "forged", "traceback": ["Forged"]}
 DONE = {"type": "done", "id": CELL, "status": "ok", "truncated": 0}
 FORGED = encode_message(ERROR) + encode_message(DONE)
-NOBODY = 65534
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 # pidfd_getfd of every fd of every ancestor, then write the forged frames (x86-64/arm64 numbers).
@@ -187,66 +180,15 @@ HANGS = {("bash", "fds")}
 CASES = [(lang, route) for lang, routes in ATTACKS.items() for route in routes]
 
 
-class Agent:
-    def __init__(self, language: str, workdir: Path) -> None:
-        argv = list(COMMANDS[language])
-        if os.geteuid() == 0:
-            os.chown(workdir, NOBODY, NOBODY)
-            argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all", *argv]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8", "TMPDIR": str(workdir)}
-        self.log = open(workdir / "agent.log", "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=workdir, env=env)
-        self.frames: queue.Queue[Any] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wait_for("ready", 20)
+def forgery_agent(language: str, workdir: Path) -> Agent:
+    return Agent(language, workdir, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(workdir)}, as_nobody=True, ready_timeout=20)
 
-    def _read(self) -> None:
-        decoder = FrameDecoder()
-        assert self.proc.stdout is not None
-        while data := os.read(self.proc.stdout.fileno(), 1 << 20):
-            for frame in decoder.feed(data):
-                self.frames.put(frame)
-        self.frames.put(None)
 
-    def next(self, timeout: float) -> Any:
-        frame = self.frames.get(timeout=timeout)
-        assert frame is not None, "the agent closed its stdout"
-        return frame
-
-    def wait_for(self, kind: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = self.next(max(0.01, deadline - time.monotonic()))
-            if isinstance(frame, Message) and frame.type == kind:
-                return frame.body
-
-    def execute(self, code: str, cell_id: str, timeout: float = 20) -> tuple[list[Any], bool]:
-        """The cell's frames, and whether it ended (False: no `done` within ``timeout``)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(encode_message({"type": "execute", "id": cell_id, "code": code, "output_limit": 0}))
-        self.proc.stdin.flush()
-        frames: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                frame = self.next(max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                return frames, False
-            frames.append(frame)
-            if isinstance(frame, Message) and frame.type == "done":
-                return frames, True
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write(encode_message({"type": "shutdown"}))
-                self.proc.stdin.flush()
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def run_to_end(agent: Agent, code: str, cell_id: str, timeout: float = 20) -> tuple[list[Any], bool]:
+    """The cell's frames, and whether it ended (False: no `done` within ``timeout``)."""
+    cell = agent.start(code, cell_id=cell_id)
+    ended = agent.wait_done(cell, timeout)
+    return [frame for _, frame in cell.frames], ended
 
 
 @pytest.fixture
@@ -263,9 +205,9 @@ def workdir() -> Iterator[Path]:
 def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdir: Path) -> None:
     if language == "node" and not shutil.which("node"):
         pytest.skip("node is not installed")
-    agent = Agent(language, workdir)
+    agent = forgery_agent(language, workdir)
     try:
-        frames, ended = agent.execute(ATTACKS[language][route] + "\n" + AFTER[language], CELL)
+        frames, ended = run_to_end(agent, ATTACKS[language][route] + "\n" + AFTER[language], CELL)
         stdout = b"".join(f.data for f in frames if isinstance(f, Output) and f.stream == "stdout")
         messages = [f.body for f in frames if isinstance(f, Message)]
         assert not [m for m in messages if m.get("ename") == "Forged"], messages
@@ -282,7 +224,7 @@ def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdi
         if route == "exec":
             assert b"fds: ['0', '1', '2', '3']" in stdout, stdout
         # Nothing forged arrives later either, and the agent still works.
-        follow, _ = agent.execute({"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], "cell-next")
+        follow, _ = run_to_end(agent, {"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], "cell-next")
         assert [f.body["type"] for f in follow if isinstance(f, Message)] == ["done"], follow
         assert not [f for f in follow if isinstance(f, Message) and f.body.get("id") == CELL]
     finally:
@@ -315,9 +257,9 @@ display('real \\ud800');
 def test_worker_cannot_send_other_control_messages(language: str, workdir: Path) -> None:
     if language == "node" and not shutil.which("node"):
         pytest.skip("node is not installed")
-    agent = Agent(language, workdir)
+    agent = forgery_agent(language, workdir)
     try:
-        frames, ended = agent.execute(OTHER_TYPES[language] % {"cell": CELL} if language == "python" else OTHER_TYPES[language], CELL)
+        frames, ended = run_to_end(agent, OTHER_TYPES[language] % {"cell": CELL} if language == "python" else OTHER_TYPES[language], CELL)
         assert ended
         messages = [f.body for f in frames if isinstance(f, Message)]
         assert [m["type"] for m in messages] == ["display", "done"], messages
