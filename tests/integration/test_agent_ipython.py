@@ -17,16 +17,16 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_agent_python import AgentProcess, Cell
+from agents import AGENTS, Agent as AgentDriver, Cell
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-class Agent(AgentProcess):
+class Agent(AgentDriver):
     """An agent that numbers its cells as the kernel does (execute's ``cell``)."""
 
     def __init__(self, workdir: Path, mode: str, python: str | None = None) -> None:
-        super().__init__(workdir, python or sys.executable)
+        super().__init__("python", workdir, command=[python or sys.executable, str(AGENTS / "python_agent.py")])
         self.send({"type": "setup", "ipython": mode})
         self.count = 0
 
