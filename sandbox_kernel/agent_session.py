@@ -17,14 +17,16 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, AsyncGenerator
 
-from .cell import STUCK, Cell
+from .cell import STUCK, Cell, comm_event
 from .config import Limits
 from .errors import ProtocolError, SandboxError, SandboxLost, SandboxStartError
 from .languages import Language
-from .messages import OUTPUT, check, clean_text
+from .messages import COMM, OUTPUT, STDIN, check, clean_text
 from .output_gate import Chunk, Inbox, OutputGate, Tally, between_cells_notice
 from .protocol import FrameDecoder, Message, Output, encode_message
-from .session import AgentChannel, Completion, ErrorOutput, Event, Inspection, SandboxSession, Stream, StreamGap
+from .session import (
+    AgentChannel, Completion, ErrorOutput, Event, InputRequest, Inspection, SandboxSession, Stream, StreamGap,
+)
 
 if TYPE_CHECKING:
     from .usage import CellUsage, Usage
@@ -73,6 +75,16 @@ class AgentSession(SandboxSession):
         self._generation = 0  # bumped every time a sandbox is replaced
         self._usage_waiters: dict[str, asyncio.Future[Message]] = {}  # usage request id -> its reply
         self._launched_at = time.monotonic()
+        self._cell: Cell | None = None  # the running cell or frontend comm request
+        self._comms_supported = False  # the agent said so in its ready message
+
+    @property
+    def supports_comms(self) -> bool:
+        return self._comms_supported
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     # -- what a backend provides -------------------------------------------------------------
 
@@ -138,6 +150,7 @@ class AgentSession(SandboxSession):
                 await self._send({"type": "setup", "ipython": self.limits.ipython})
             except Exception:  # noqa: BLE001 - a broken stream shows at the first cell, as a cell's error
                 log.warning("sending setup to the agent failed", exc_info=True)
+        self._comms_supported = ready.body.get("comms") is True
 
     async def _discard(self) -> None:
         """Forget the current sandbox and destroy it."""
@@ -248,6 +261,9 @@ class AgentSession(SandboxSession):
                     log.warning("%s", message.problem)
                 queue.put(message)
             return
+        if kind in COMM or kind in STDIN:
+            self._admit_comm(message, queue)
+            return
         if kind not in OUTPUT and kind not in ("done", "error"):
             return  # a type nothing reads
         cell = self._cell_id
@@ -274,6 +290,27 @@ class AgentSession(SandboxSession):
         if gate.message(message.size):
             queue.put(message)
 
+    def _admit_comm(self, message: Message, queue: Inbox) -> None:
+        """Comm messages and input requests (see :meth:`_admit`). While a cell or comm request
+        runs, comm messages join its output in order, within its output limits, whichever
+        request they name; between requests they go to :attr:`idle_comm_sink` at once. Only the
+        running cell may ask for input."""
+        gate = self._gate
+        if message.problem:
+            gate.malformed(message.problem)
+            return
+        running = self._cell_id
+        if message.type == "input_request":
+            if running is not None and message.body.get("id") == running:
+                queue.put(message)
+            return
+        if not gate.comm(message.size):
+            return
+        if running is not None:
+            queue.put(message)
+        elif self.idle_comm_sink is not None:
+            self.idle_comm_sink(comm_event(message))
+
     async def _next_message(self, types: set[str], request_id: str | None = None) -> Message:
         while True:
             frame = await self._frames.get()
@@ -298,11 +335,49 @@ class AgentSession(SandboxSession):
 
     # -- cells --------------------------------------------------------------------------------
 
-    async def execute(self, code: str, cell_number: int | None = None) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+    async def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,  # type: ignore[override]
+                      parent: str | None = None) -> AsyncGenerator[Event, None]:
         """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
         while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
         the kernel can always send the cell's ``execute_reply``."""
-        cell = self._execute(code, cell_number)
+        request: dict[str, Any] = {"type": "execute", "code": code, "allow_stdin": bool(allow_stdin)}
+        if cell_number is not None:
+            request["cell"] = cell_number  # names the cell in tracebacks (PROTOCOL.md)
+        if parent:
+            request["parent"] = parent
+        async for event in self._guarded(self._execute(request)):
+            yield event
+    async def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+        """Deliver a frontend comm message (see :meth:`SandboxSession.comm`): the agent runs its
+        handlers like a cell (same limits, interrupt, ``done``). Never raises."""
+        if kind not in COMM:
+            raise ValueError(f"not a comm message: {kind!r}")
+        request: dict[str, Any] = {
+            "type": kind, "comm_id": content.get("comm_id"), "data": content.get("data") or {},
+            "metadata": content.get("metadata") or {}, "buffers": buffers,
+        }
+        if kind == "comm_open":
+            request["target_name"] = content.get("target_name")
+        if parent:
+            request["parent"] = parent
+        async for event in self._guarded(self._execute(request)):
+            yield event
+
+    async def input_reply(self, seq: int, value: str | None, error: str | None = None) -> None:
+        cell = self._cell
+        if cell is None:
+            return  # the cell is over
+        cell.input_answered(time.monotonic())
+        self._frames.put(_WAKE)  # its time limit runs again
+        body: dict[str, Any] = {"type": "input_reply", "id": cell.request_id, "seq": seq}
+        if error is not None:
+            body["error"] = error
+        else:
+            body["value"] = value or ""
+        await self._send(body)
+
+    async def _guarded(self, cell: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        """``cell``'s events; whatever goes wrong ends it with an :class:`ErrorOutput` instead."""
         try:
             async for event in cell:
                 yield event
@@ -327,11 +402,12 @@ class AgentSession(SandboxSession):
         finally:
             await cell.aclose()
 
-    async def _execute(self, code: str, cell_number: int | None = None) -> AsyncGenerator[Event, None]:
-        """The steps of one cell: start a sandbox if there is none, send the cell, then handle
-        what comes back (:class:`~sandbox_kernel.cell.Cell`) until the cell is done, its
-        sandbox is lost, or a cell that ignores its interrupt is given up."""
-        if self._notice:
+    async def _execute(self, request: dict[str, Any]) -> AsyncGenerator[Event, None]:
+        """The steps of one cell (or frontend comm message, ``request``): start a sandbox if there
+        is none, send the request, then handle what comes back (:class:`~sandbox_kernel.cell.Cell`)
+        until it is done, its sandbox is lost, or a cell that ignores its interrupt is given up."""
+        is_cell = request["type"] == "execute"
+        if self._notice and is_cell:
             yield Stream("stderr", f"[sandbox] {self._notice}\n")
             self._notice = None
         try:
@@ -339,15 +415,12 @@ class AgentSession(SandboxSession):
         except SandboxError as exc:
             yield ErrorOutput.from_exception(exc)
             return
-        cell, between = self._begin_cell()
+        cell, between = self._begin_cell(is_cell)
         try:
-            notice = between_cells_notice(between, cell.limit)
+            notice = between_cells_notice(between, cell.limit) if is_cell else None
             if notice:
                 yield Stream("stderr", notice)
-            request: dict[str, Any] = {"type": "execute", "id": cell.request_id, "code": code, "output_limit": cell.limit}
-            if cell_number is not None:
-                request["cell"] = cell_number  # names the cell in tracebacks (PROTOCOL.md)
-            await self._send(request)
+            await self._send({**request, "id": cell.request_id, "output_limit": cell.limit})
             while True:
                 now = time.monotonic()
                 wait = cell.time_left(now, self._interrupt_requested_at, self.limits.interrupt_grace)
@@ -390,26 +463,35 @@ class AgentSession(SandboxSession):
                     return
                 if isinstance(frame, Message):
                     for event in cell.message(frame):
+                        if isinstance(event, InputRequest) and cell.input_since is None:
+                            cell.input_since = time.monotonic()  # the user is asked: not timed
                         yield event
                     if cell.done:
                         return
         finally:
-            self._end_cell()
+            self._end_cell(between if not is_cell else None)
 
-    def _begin_cell(self) -> tuple[Cell, Tally]:
-        """A cell starts: its state, and the tally of what the gate dropped since the last one."""
-        cell = Cell(f"c{next(_ids)}", self.limits.output_bytes, self._gate.rate, self.timeout, time.monotonic())
+    def _begin_cell(self, is_cell: bool = True) -> tuple[Cell, Tally]:
+        """A cell (or a frontend comm request) starts: its state, and the tally of what the gate
+        dropped since the last cell (for a comm request: the tally that goes on after it)."""
+        prefix = "c" if is_cell else "m"
+        cell = Cell(f"{prefix}{next(_ids)}", self.limits.output_bytes, self._gate.rate, self.timeout, time.monotonic())
         self._running = True
         self._cell_id = cell.request_id
-        between = self._gate.start_cell()
+        self._cell = cell
+        between = self._gate.start_cell() if is_cell else self._gate.start_request()
         cell.tally = self._gate.tally
         self._interrupt_requested_at = None
         return cell, between
 
-    def _end_cell(self) -> None:
+    def _end_cell(self, saved: Tally | None = None) -> None:
         self._running = False
         self._cell_id = None
-        self._gate.end_cell()
+        self._cell = None
+        if saved is None:
+            self._gate.end_cell()
+        else:
+            self._gate.end_request(saved)
         self._interrupt_requested_at = None
 
     def _take_output(self, cell: Cell, chunk: Chunk) -> None:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .errors import CellTimeout, ProtocolError, SandboxError
+from .messages import COMM
 from .output_gate import CellOutput, Chunk, Tally, cell_summary, problem_sentence
 from .protocol import Message
-from .session import ClearOutput, DisplayData, ErrorOutput, Event, ExecuteResult, Stream
+from .session import ClearOutput, CommEvent, DisplayData, ErrorOutput, Event, ExecuteResult, InputRequest, Stream
 
 STUCK = "the cell did not stop when interrupted, so the sandbox was replaced; variables from earlier cells are gone."
 """What the user is told when a cell ignored its interrupt and the sandbox was replaced."""
@@ -36,15 +37,23 @@ class Cell:
     pending: list[Chunk] = field(default_factory=list)  # output received but not yet published
     pending_bytes: int = 0
     last_flush: float = float("-inf")  # when pending output was last published
+    input_since: float | None = None  # an input() has waited for the frontend since then (not timed)
+    input_paused: float = 0.0  # seconds the cell waited for input before
 
     def time_left(self, now: float, interrupt_requested_at: float | None, grace: float) -> float | None:
         """Seconds until the next deadline: the interrupt's ``grace`` once one was asked for,
         else the cell's time limit; ``None`` when there is none."""
         if interrupt_requested_at is not None:
             return interrupt_requested_at + grace - now
-        if self.timeout and not self.timed_out:
-            return self.started + self.timeout - now
+        if self.timeout and not self.timed_out and self.input_since is None:
+            return self.started + self.input_paused + self.timeout - now
         return None
+
+    def input_answered(self, now: float) -> None:
+        """The frontend answered an input(): the time limit runs again, less the wait."""
+        if self.input_since is not None:
+            self.input_paused += now - self.input_since
+            self.input_since = None
 
     def add(self, chunk: Chunk) -> None:
         """Stream output arrived; it waits until :meth:`flush`."""
@@ -75,6 +84,12 @@ class Cell:
         """The events for one message from the agent; after ``done``, :attr:`done` is set."""
         body = frame.body  # checked by messages.check: every field has its type
         kind = frame.type
+        if kind in COMM:  # whichever request it names: widgets change between cells too
+            yield comm_event(frame)
+            return
+        if kind == "input_request":  # the session admits only the running cell's
+            yield InputRequest(body["prompt"], body["password"], body["seq"])
+            return
         if body.get("id") not in (None, self.request_id):
             return  # a late reply to an earlier request
         if kind in ("display", "update_display"):
@@ -107,3 +122,10 @@ def display_transient(transient: dict[str, Any]) -> dict[str, Any]:
     most 1000 characters (ids are the sandbox's to choose; nothing else in transient is)."""
     display_id = transient.get("display_id")
     return {"display_id": display_id} if isinstance(display_id, str) and 0 < len(display_id) <= 1000 else {}
+
+
+def comm_event(message: Message) -> CommEvent:
+    """The event for a (checked) comm message of the sandbox."""
+    body = message.body
+    content: dict[str, Any] = {name: body[name] for name in ("comm_id", "target_name", "data", "metadata") if name in body}
+    return CommEvent(message.type, content, list(body.get("buffers") or []))

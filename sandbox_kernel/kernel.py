@@ -21,12 +21,13 @@ from typing import Any
 from ipykernel.kernelbase import Kernel
 from traitlets import Enum, Float, Instance, Unicode
 
-from . import __version__, output_policy, selftest, usage
+from . import __version__, output_policy, selftest, usage, widget_policy
 from .network_hint import network_hint
 from .config import check_timeout
 from .errors import ConfigError, SandboxError
+from .kernel_comms import CommsAndStdin, _msg_id
 from .languages import LANGUAGES
-from .session import REPORT_TOPICS, ClearOutput, DisplayData, ErrorOutput, Event, ExecuteResult, ReportTopic, SandboxSession, Stream
+from .session import REPORT_TOPICS, ClearOutput, CommEvent, DisplayData, ErrorOutput, Event, ExecuteResult, InputRequest, ReportTopic, SandboxSession, Stream
 from .sessions import DEFAULT_BACKEND, chosen_backend, make_session, sandbox_settings
 from .stream_merge import merged_streams
 
@@ -47,10 +48,12 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     """SIGINT handler of the kernel process (see SandboxKernel.start)."""
 
 
-class SandboxKernel(Kernel):
+class SandboxKernel(CommsAndStdin):
     """A Jupyter kernel whose cells run in a sandbox."""
 
     implementation = "sandbox_kernel"
+    # Comm messages from the frontend (widgets) are relayed to the sandbox (see _comm_from_frontend).
+    msg_types = [*Kernel.msg_types, "comm_open", "comm_msg", "comm_close"]
     implementation_version = __version__
     help_links = [{"text": "Sandbox Kernel", "url": "https://pypi.org/project/sandbox-kernel/"}]
 
@@ -113,6 +116,7 @@ class SandboxKernel(Kernel):
         except SandboxError as exc:
             log.error("%s", exc)
             self._config_error = self._config_error or exc
+        self._init_comms()  # comms (widgets) and stdin (input()): kernel_comms.py
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -177,6 +181,12 @@ class SandboxKernel(Kernel):
 
     def _relay(self, event: Event, silent: bool) -> ErrorOutput | None:
         """Publish one (already filtered) event of a cell; return it if it is the cell's error."""
+        if isinstance(event, CommEvent):
+            self._publish_comm(event, None)
+            return None
+        if isinstance(event, InputRequest):
+            self._start_input(event)
+            return None
         if isinstance(event, Stream) and event.name == "stderr":
             self._stderr_tail = (self._stderr_tail + event.text)[-4096:]
         if isinstance(event, ErrorOutput):
@@ -225,6 +235,17 @@ class SandboxKernel(Kernel):
         cell_meta: Any = None,
         cell_id: Any = None,
     ) -> dict[str, Any]:
+        async with self._requests():
+            self._last_parent = self.get_parent("shell")
+            self._cell_allow_stdin = bool(allow_stdin)
+            self._comm_refusals = 0
+            try:
+                return await self._execute_cell(code, silent, store_history)
+            finally:
+                self._cell_allow_stdin = False
+                await self._end_input()
+
+    async def _execute_cell(self, code: str, silent: bool, store_history: bool = True) -> dict[str, Any]:
         if code.strip() in _EXIT_WORDS.get(self.language_name, ()):
             # What ipykernel does for exit/quit: ask the frontend (jupyter console) to close.
             return {
@@ -248,12 +269,13 @@ class SandboxKernel(Kernel):
                     # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
                     number = self.execution_count if store_history and not silent else None
                     async with (
-                        contextlib.aclosing(session.execute(code, number)) as cell_events,
+                        contextlib.aclosing(session.execute(code, number, allow_stdin=self._cell_allow_stdin,
+                                                            parent=_msg_id(self._last_parent))) as cell_events,
                         contextlib.aclosing(merged_streams(cell_events)) as produced_events,
                     ):
                         async for produced in produced_events:
                             # Everything a sandbox outputs is untrusted: the output policy first.
-                            for event in output_policy.guard(produced, self.active_content):
+                            for event in self._guard(produced):
                                 failure = self._relay(event, silent) or failure
                 finally:
                     self._account(session, time.perf_counter() - started, silent)
@@ -364,6 +386,8 @@ class SandboxKernel(Kernel):
                     text = await loop.run_in_executor(None, session.report, topic)
                 if topic == ReportTopic.POLICY.value:
                     text = text.rstrip("\n") + "\n" + output_policy.describe(self.active_content)
+                    if self.active_content != "allow":
+                        text += widget_policy.describe()
             if not silent:
                 self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
         return "\n".join(lines)

@@ -28,7 +28,17 @@ CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply"
 OUTPUT = frozenset({"display", "update_display", "result", "clear_output"})
 """Messages that carry output: counted against the output limits."""
 
-KNOWN = CONTROL | OUTPUT
+COMM = frozenset({"comm_open", "comm_msg", "comm_close"})
+"""Comm messages from the sandbox (widgets): counted against the output limits like output, and
+checked once more by the kernel's comm policy (``comms.py``) before anything is published."""
+
+STDIN = frozenset({"input_request"})
+"""``input()`` / ``getpass()`` in a running cell: the kernel asks the frontend (stdin channel)."""
+
+KNOWN = CONTROL | OUTPUT | COMM | STDIN
+
+MAX_BUFFERS = 64
+"""Most binary buffers one comm message may carry."""
 
 MAX_DEPTH = 100
 """Deepest nesting of lists and objects accepted inside a message."""
@@ -138,9 +148,31 @@ def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...], default: 
     return value
 
 
+def _buffers(body: dict[str, Any]) -> list[str]:
+    """A comm message's binary buffers: a list of base64 strings (decoded by the kernel)."""
+    buffers = _strings(body, "buffers")
+    if len(buffers) > MAX_BUFFERS:
+        raise _Bad(f"'buffers' holds {len(buffers)} buffers; at most {MAX_BUFFERS} are accepted")
+    return buffers
+
+
 def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"type": kind, "id": _ident(body)}
-    if kind in ("display", "update_display", "result"):
+    if kind in COMM:
+        out["comm_id"] = _text(body, "comm_id")
+        if kind == "comm_open":
+            out["target_name"] = _text(body, "target_name")
+        out["data"] = _object(body, "data")
+        out["metadata"] = _object(body, "metadata")
+        out["buffers"] = _buffers(body)
+    elif kind == "input_request":
+        out["prompt"] = _text(body, "prompt", "")
+        password = body.get("password", False)
+        if not isinstance(password, bool):
+            raise _Bad(f"'password' must be true or false, not {_what(password)}")
+        out["password"] = password
+        out["seq"] = _integer(body, "seq", 0)
+    elif kind in ("display", "update_display", "result"):
         out["data"] = _bundle(body)
         out["metadata"] = _object(body, "metadata")
         if kind != "result":
@@ -164,6 +196,7 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
             raise _Bad("'language_info.name' must be a string")
         out["agent"] = _text(body, "agent", "")
         out["protocol"] = _integer(body, "protocol", 0)
+        out["comms"] = body.get("comms") is True
     elif kind == "complete_reply":
         out["matches"] = _strings(body, "matches")
         for name in ("cursor_start", "cursor_end"):  # absent: the session uses the request's cursor

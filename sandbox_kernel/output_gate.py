@@ -96,6 +96,10 @@ class OutputGate:
       joins them into at most one message per ``output_interval`` anyway.
     - **Between cells** the same byte limit holds for everything kept for the next cell, and at
       most ``rate`` messages are kept.
+    - **Comm messages** (widgets) count like output messages while a cell or a comm request of
+      the frontend runs (:meth:`start_request`). Between them, comm messages are published at
+      once, not kept: the rate holds, and at most ``limit`` bytes of them pass until the next
+      cell or request starts (:meth:`comm`).
 
     Nothing over a limit is kept, so what the kernel holds stays within one cell's limit for the
     running cell plus one for the output kept from between cells. Pure: the clock is passed in.
@@ -109,11 +113,34 @@ class OutputGate:
         self._stamp = clock()
         self.tally = Tally()
         self.idle = True
+        self.idle_comm_bytes = 0  # comm bytes published since the last cell or request started
 
     def start_cell(self) -> Tally:
         """A cell starts: return the tally of the time between cells that just ended."""
         ended, self.tally, self.idle = self.tally, Tally(), False
+        self.idle_comm_bytes = 0
         return ended
+
+    def start_request(self) -> Tally:
+        """A comm request of the frontend starts between cells: it gets a tally of its own (like a
+        cell); the between-cells tally it returns goes on after :meth:`end_request`."""
+        saved, self.tally, self.idle = self.tally, Tally(), False
+        self.idle_comm_bytes = 0
+        return saved
+
+    def end_request(self, saved: Tally) -> None:
+        self.tally, self.idle = saved, True
+
+    def comm(self, size: int) -> bool:
+        """Whether to publish a comm message of ``size`` payload bytes."""
+        if not self.idle:
+            return self.message(size)
+        keep = (not self.limit or self.idle_comm_bytes + size <= self.limit) and self._token()
+        if keep:
+            self.idle_comm_bytes += size
+        else:
+            self.drop(size)
+        return keep
 
     def end_cell(self) -> None:
         self.tally, self.idle = Tally(), True

@@ -387,14 +387,15 @@ _CHECKS: dict[str, Callable[[Any, frozenset[str]], tuple[str, Any] | None]] = {
 assert set(_CHECKS) == set(MIME_POLICY), "every listed type has a check"
 
 
-def guard(event: "Event", mode: str) -> list["Event"]:
+def guard(event: "Event", mode: str, widget_models: frozenset[str] = frozenset()) -> list["Event"]:
     """One session event as it may be published under ``mode``: rich bundles filtered, and a
-    stderr notice after them when something was removed. Other events pass unchanged."""
+    stderr notice after them when something was removed. Other events pass unchanged (comm
+    messages have their own policy: comms.py). ``widget_models``: see :func:`filter_bundle`."""
     from .session import DisplayData, ExecuteResult, Stream
 
     if mode == "allow" or not isinstance(event, (DisplayData, ExecuteResult)):
         return [event]
-    filtered = filter_bundle(event.data, event.metadata)
+    filtered = filter_bundle(event.data, event.metadata, widget_models=widget_models)
     out: list[Any] = [dataclasses.replace(event, data=filtered.data, metadata=filtered.metadata)]
     notice = filtered.notice()
     if notice:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Union
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Callable, Union
 
 from .config import Limits
 from .errors import SandboxError
@@ -91,7 +91,29 @@ class ErrorOutput:
         return cls(exc.ename, str(exc), [f"{exc.ename}: {exc}"])
 
 
-Event = Union[Stream, DisplayData, ExecuteResult, ErrorOutput, ClearOutput]
+@dataclass(frozen=True)
+class CommEvent:
+    """A comm message from the sandbox (``kind``: comm_open, comm_msg or comm_close), its fields
+    checked by ``messages.py``; the kernel's comm policy (``comms.py``) decides what is published."""
+
+    kind: str
+    content: dict[str, Any]
+    """``comm_id``, ``data``, ``metadata`` (and ``target_name`` for comm_open)."""
+    buffers: list[str] = field(default_factory=list)
+    """Binary buffers, base64."""
+
+
+@dataclass(frozen=True)
+class InputRequest:
+    """The cell called ``input()`` or ``getpass()`` (``password``): the kernel asks the frontend
+    and answers with :meth:`SandboxSession.input_reply` (``seq`` names the request)."""
+
+    prompt: str
+    password: bool
+    seq: int
+
+
+Event = Union[Stream, DisplayData, ExecuteResult, ErrorOutput, ClearOutput, CommEvent, InputRequest]
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,19 @@ class SandboxSession(abc.ABC):
         self.language = language
         self.limits = limits
         self.timeout = limits.timeout
+        self.idle_comm_sink: Callable[[CommEvent], None] | None = None
+        """Set by the kernel: called with each comm message that arrives while no cell or comm
+        request runs (a thread or timer updating a widget), after the output limits."""
+
+    @property
+    def generation(self) -> int:
+        """Changes every time a new sandbox starts: comms of an earlier one are gone."""
+        return 0
+
+    @property
+    def supports_comms(self) -> bool:
+        """Whether the sandbox takes comm messages (:meth:`comm`); known after :meth:`start`."""
+        return False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -142,7 +177,8 @@ class SandboxSession(abc.ABC):
         """The runtime's real language_info (name, version, mimetype, …), known after :meth:`start`."""
 
     @abc.abstractmethod
-    def execute(self, code: str, cell_number: int | None = None) -> AsyncGenerator[Event, None]:
+    def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,
+                parent: str | None = None) -> AsyncGenerator[Event, None]:
         """Run one cell; yield its outputs as they are produced.
 
         Called for every execute request; ``cell_number`` is its execution count (the prompt's
@@ -150,7 +186,24 @@ class SandboxSession(abc.ABC):
         interrupted or timed-out cell ends with an :class:`ErrorOutput`. The per-cell time limit
         is :attr:`timeout` (seconds, 0 = none), which the kernel may change between cells.
         In IPython mode the same number is ``In[N]``/``Out[N]``/``_N``; None: not stored in history.
+        Time spent waiting for an answer to an :class:`InputRequest` does not count. ``allow_stdin``:
+        the frontend can answer ``input()``; ``parent``: the request's Jupyter message id (what
+        ipywidgets' Output widget captures by).
         """
+
+    def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:
+        """Deliver a comm message from the frontend (``kind``: comm_open, comm_msg or comm_close;
+        ``content`` its Jupyter content, ``buffers`` base64) to the sandbox; yield what the
+        sandbox's handlers produce, as for a cell, until they have finished.
+
+        Called by the kernel for every comm message of the frontend, never while a cell runs.
+        The default: the sandbox cannot take comm messages, nothing happens.
+        """
+        return _nothing()
+
+    async def input_reply(self, seq: int, value: str | None, error: str | None = None) -> None:
+        """Answer the running cell's :class:`InputRequest` ``seq`` with ``value`` (or make its
+        ``input()`` raise with ``error``). Called by the kernel once the frontend answered."""
 
     @abc.abstractmethod
     async def interrupt(self) -> None:
@@ -220,6 +273,11 @@ class SandboxSession(abc.ABC):
 
 # ---------------------------------------------------------------------------------------------
 # What a backend gives the shared agent-driving half: a byte stream to the agent.
+
+
+async def _nothing() -> AsyncGenerator[Event, None]:
+    return
+    yield  # an async generator that yields nothing
 
 
 @dataclass(frozen=True)

@@ -759,7 +759,7 @@ def _on_sigterm(signum, frame):
 # The user's namespace
 # --------------------------------------------------------------------------------------
 class StdinNotImplementedError(RuntimeError, EOFError):
-    """input() was called, but a notebook sandbox has no way to answer it."""
+    """input() was called, but the frontend does not answer input requests."""
 
 
 def _no_input(prompt=""):
@@ -768,10 +768,10 @@ def _no_input(prompt=""):
             sys.stdout.write(str(prompt))
         except Exception:
             pass
-    raise StdinNotImplementedError("input() is not supported in the sandbox: there is no interactive stdin")
+    raise StdinNotImplementedError(
+        "input() is not supported here: this frontend does not answer input requests (allow_stdin is false)")
 
 
-builtins.input = _no_input
 
 _agent_module = sys.modules.get("__main__")  # keep the agent's own module alive
 _user_module = types.ModuleType("__main__", None)
@@ -782,6 +782,383 @@ sys.modules["__main__"] = _user_module
 sys.argv = [""]
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     sys.path[0] = ""  # like IPython: modules in the working directory are importable
+
+
+# --------------------------------------------------------------------------------------
+# Comms (Jupyter's comm messages, which ipywidgets use) and stdin (input(), getpass())
+# --------------------------------------------------------------------------------------
+class _Request:
+    """What the running request (a cell or a frontend comm message) allows and is called."""
+
+    parent = None  # its Jupyter message id: ipywidgets' Output widget captures output by it
+    allow_stdin = False  # the frontend can answer input()
+    key = None  # the supervisor's key of the running cell (input_request carries it)
+
+
+class _CommKernel:
+    """``comm.kernel``: what ipywidgets asks of a kernel (``get_parent``, for the Output widget)."""
+
+    def get_parent(self, channel="shell"):
+        return {"header": {"msg_id": _Request.parent}} if _Request.parent else {}
+
+
+_COMM_KERNEL = _CommKernel()
+_MAX_COMM_BUFFERS = 64
+
+
+def _send_comm(kind, comm_id, data, metadata, buffers, target_name=None):
+    """Send one comm message to the kernel; raises ValueError when it is not JSON or too big."""
+    import base64
+
+    if os.getpid() != _AGENT_PID:
+        return  # a fork()ed child must never talk to the kernel
+    encoded = []
+    for buf in buffers or ():
+        if not isinstance(buf, (bytes, bytearray, memoryview)):
+            raise TypeError("comm buffers must be bytes-like, not %s" % type(buf).__name__)
+        encoded.append(base64.b64encode(bytes(buf)).decode("ascii"))
+    if len(encoded) > _MAX_COMM_BUFFERS:
+        raise ValueError("a comm message may carry at most %d buffers" % _MAX_COMM_BUFFERS)
+    body = {"type": kind, "id": _last_cell_id, "comm_id": comm_id, "data": data or {}, "metadata": metadata or {},
+            "buffers": encoded}
+    if target_name is not None:
+        body["target_name"] = target_name
+    try:
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError("comm data must be JSON: %s" % exc) from None
+    payload = _SURROGATES.sub("\ufffd", payload).encode("utf-8")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("a comm message of %d bytes is over the sandbox's %d-byte message limit" % (len(payload), MAX_PAYLOAD))
+    on_main = threading.get_ident() == _MAIN_TID
+    previous = _State.in_user
+    if on_main:
+        _State.in_user = False  # not interrupted half-way through a frame
+    try:
+        _flush_user_streams()
+        _sync_output()  # after what was printed before it
+        _send_frame(b"msg", payload)
+    finally:
+        if on_main:
+            _State.in_user = previous
+
+
+class Comm:
+    """One comm, with the API of the ``comm`` package's ``BaseComm`` (comm 0.2), through the agent."""
+
+    def __init__(self, target_name="comm", data=None, metadata=None, buffers=None, comm_id=None,
+                 primary=True, target_module=None, topic=None, _open_data=None, _close_data=None, **kwargs):
+        import uuid
+
+        self.comm_id = comm_id if isinstance(comm_id, str) and comm_id else uuid.uuid4().hex
+        self.target_name = target_name
+        self.target_module = target_module  # never sent: a frontend could load it as code
+        self.primary = primary
+        self.kernel = _COMM_KERNEL
+        self._msg_callback = self._close_callback = None
+        self._closed = True
+        if primary:
+            self.open(data=data, metadata=metadata, buffers=buffers)
+        else:
+            self._closed = False
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        _send_comm(msg_type, self.comm_id, data, metadata, buffers, keys.get("target_name"))
+
+    def open(self, data=None, metadata=None, buffers=None):
+        manager = _comm_manager()
+        manager.register_comm(self)
+        try:
+            self.publish_msg("comm_open", data, metadata, buffers, target_name=self.target_name)
+        except BaseException:
+            manager.unregister_comm(self)
+            raise
+        self._closed = False
+
+    def close(self, data=None, metadata=None, buffers=None, deleting=False):
+        if self._closed:
+            return
+        self._closed = True
+        if not deleting:
+            self.publish_msg("comm_close", data, metadata, buffers)
+        _comm_manager().unregister_comm(self)
+
+    def send(self, data=None, metadata=None, buffers=None):
+        self.publish_msg("comm_msg", data, metadata, buffers)
+
+    def on_close(self, callback):
+        self._close_callback = callback
+
+    def on_msg(self, callback):
+        self._msg_callback = callback
+
+    def handle_close(self, msg):
+        if self._close_callback:
+            self._close_callback(msg)
+
+    def handle_msg(self, msg):
+        if self._msg_callback:
+            self._msg_callback(msg)
+
+
+class CommManager:
+    """The sandbox's comms and comm targets (the API of the ``comm`` package's ``CommManager``)."""
+
+    def __init__(self):
+        self.comms = {}
+        self.targets = {}
+
+    def register_target(self, target_name, f):
+        if isinstance(f, str):
+            import importlib
+
+            module, _, name = f.rpartition(".")
+            f = getattr(importlib.import_module(module), name)
+        self.targets[target_name] = f
+
+    def unregister_target(self, target_name, f=None):
+        return self.targets.pop(target_name, None)
+
+    def register_comm(self, comm):
+        self.comms[comm.comm_id] = comm
+        return comm.comm_id
+
+    def unregister_comm(self, comm):
+        self.comms.pop(comm.comm_id, None)
+
+    def get_comm(self, comm_id):
+        return self.comms.get(comm_id)
+
+    def comm_open(self, stream, ident, msg):
+        content = msg["content"]
+        comm = Comm(comm_id=content["comm_id"], primary=False, target_name=content["target_name"])
+        self.register_comm(comm)
+        handler = self.targets.get(content["target_name"])
+        if handler is None:
+            comm.close()  # no such target here: the frontend is told at once, as by ipykernel
+            return
+        try:
+            handler(comm, msg)
+        except BaseException:
+            comm.close()
+            raise
+
+    def comm_msg(self, stream, ident, msg):
+        comm = self.get_comm(msg["content"]["comm_id"])
+        if comm is not None:
+            comm.handle_msg(msg)
+
+    def comm_close(self, stream, ident, msg):
+        comm = self.comms.pop(msg["content"]["comm_id"], None)
+        if comm is not None:
+            comm._closed = True
+            comm.handle_close(msg)
+
+
+_comm_managers = []  # type: list  # the one CommManager, made on first use
+
+
+def _comm_manager():
+    if not _comm_managers:
+        _comm_managers.append(CommManager())
+    return _comm_managers[0]
+
+
+def _create_comm(*args, **kwargs):
+    return Comm(*args, **kwargs)
+
+
+_PATCHED_MODULES = ("comm", "getpass", "IPython.core.display_functions")
+
+
+class _ImportPatches:
+    """``import comm`` gives the real package with its ``create_comm`` / ``get_comm_manager``
+    replaced by the agent's (what an ipykernel does), or, where the package is not installed, a
+    module of the agent's own with the same API. ``import getpass`` gets the agent's getpass().
+    IPython's ``display()`` without an IPython shell (plain mode) shows through the agent
+    instead of printing the object's repr (tqdm.notebook and ipywidgets call it)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _PATCHED_MODULES:
+            return None
+        import importlib.machinery
+        import importlib.util
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            if name != "comm":
+                return None
+            return importlib.util.spec_from_loader(name, _PatchingLoader(None, name))
+        spec.loader = _PatchingLoader(spec.loader, name)
+        return spec
+
+
+class _PatchingLoader:
+    def __init__(self, loader, name):
+        self.loader, self.name = loader, name
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec) if self.loader is not None else None
+
+    def exec_module(self, module):
+        if self.loader is not None:
+            self.loader.exec_module(module)
+        else:
+            module.BaseComm, module.CommManager, module.__version__ = Comm, CommManager, "0.2.3"
+            module.__doc__ = "The sandbox agent's comms (the comm package is not installed)."
+        if self.name == "comm":
+            module.create_comm, module.get_comm_manager = _create_comm, _comm_manager
+        elif self.name == "getpass":
+            module.getpass = _getpass
+        else:
+            module.display = _plain_ipython_display(module.display)
+
+
+def _plain_ipython_display(original):
+    def display_(*objs, include=None, exclude=None, metadata=None, transient=None, display_id=None, raw=False,
+                 clear=False, **kwargs):
+        try:
+            from IPython.core.interactiveshell import InteractiveShell
+
+            shell = InteractiveShell.initialized()
+        except Exception:
+            shell = True
+        if shell or display_id is not None or transient or clear:
+            return original(*objs, include=include, exclude=exclude, metadata=metadata, transient=transient,
+                            display_id=display_id, raw=raw, clear=clear, **kwargs)
+        return display(*objs, include=include, exclude=exclude, metadata=metadata, raw=raw)
+
+    display_.__doc__ = original.__doc__
+    return display_
+
+
+def _register_widget_targets():
+    """ipywidgets registers its comm targets at import only under IPython; do it otherwise."""
+    widgets = sys.modules.get("ipywidgets")
+    if widgets is not None and "jupyter.widget" not in _comm_manager().targets:
+        try:
+            widgets.register_comm_target()
+        except Exception as exc:
+            _log("registering the widget comm targets failed: %r" % exc)
+
+
+def _deliver_comm(msg):
+    """A frontend comm message, as the handlers of the ``comm`` package see it."""
+    import base64
+
+    kind = msg.get("type")
+    content = {"comm_id": msg.get("comm_id"), "data": msg.get("data") or {}}
+    if kind == "comm_open":
+        content["target_name"] = msg.get("target_name")
+    buffers = [memoryview(base64.b64decode(b)) for b in msg.get("buffers") or () if isinstance(b, str)]
+    message = {
+        "header": {"msg_id": _Request.parent or "", "msg_type": kind},
+        "parent_header": {}, "metadata": msg.get("metadata") or {}, "content": content, "buffers": buffers,
+    }
+    if not isinstance(content["comm_id"], str):
+        return
+    getattr(_comm_manager(), kind)(None, None, message)
+
+
+def _run_comm_request(msg):
+    """A frontend comm message, run like a cell: its handlers are user code (interruptible, their
+    output counted), and ``done`` ends it. An exception is shown on stderr, as a traceback."""
+    global _current_cell, _last_cell_id, _queued_executes, _pending_interrupt
+    try:
+        limit = max(0, int(msg.get("output_limit") or 0))
+    except (TypeError, ValueError):
+        limit = 0
+    _prepare_cell(limit)
+    cell = _Cell(msg.get("id"))
+    key = msg.pop("key", None)
+    with _cell_lock:
+        _queued_executes = max(0, _queued_executes - 1)
+        _current_cell = cell
+        _last_cell_id = cell.id
+        cell.running = True
+        if _pending_interrupt:
+            _pending_interrupt = False
+            cell.interrupt_requested = True
+    status = "ok"
+    try:
+        if cell.interrupt_requested:
+            raise KeyboardInterrupt
+        _State.in_user = True
+        try:
+            _deliver_comm(msg)
+        finally:
+            _State.in_user = False
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+        if os.getpid() == _AGENT_PID:
+            _warn("\n".join(_error_content(exc)["traceback"]) + "\n")
+    if os.getpid() != _AGENT_PID:
+        _flush_user_streams()
+        os._exit(0 if status == "ok" else 1)
+    _flush_user_streams()
+    with _cell_lock:
+        cell.running = False
+    _sync_output()
+    with _budget_lock:
+        truncated = _budget["truncated"]
+    _send_msg({"type": "done", "id": cell.id, "status": status, "truncated": truncated, "key": key})
+
+
+_input_replies = queue.SimpleQueue()  # type: queue.SimpleQueue[dict]  # from the reader thread
+_input_seq = [0]
+
+
+def _ask_frontend(prompt, password):
+    """input()/getpass(): ask the frontend (``input_request``) and wait for its answer; without a
+    frontend that allows stdin, the error of before."""
+    if not _Request.allow_stdin or os.getpid() != _AGENT_PID or threading.get_ident() != _MAIN_TID:
+        return _no_input(prompt)
+    _input_seq[0] += 1
+    seq = _input_seq[0]
+    while True:  # answers to earlier, interrupted questions
+        try:
+            _input_replies.get_nowait()
+        except queue.Empty:
+            break
+    _State.in_user = False
+    try:
+        _flush_user_streams()
+        payload = _fit({"type": "input_request", "id": _last_cell_id, "prompt": _safe_str(prompt),
+                        "password": bool(password), "seq": seq, "key": _Request.key})
+        _sync_output()
+        _send_frame(b"msg", payload)
+    finally:
+        _State.in_user = True
+    return _wait_for_input(seq)
+
+
+def _wait_for_input(seq):
+    while True:  # interruptible: the SIGINT handler raises KeyboardInterrupt here
+        try:
+            reply = _input_replies.get(timeout=0.25)
+        except queue.Empty:
+            continue
+        if reply.get("seq") != seq:
+            continue
+        if isinstance(reply.get("error"), str):
+            raise StdinNotImplementedError(reply["error"])
+        value = reply.get("value")
+        value = value if isinstance(value, str) else ""
+        if value == "\x04":
+            raise EOFError
+        return value
+
+
+def _input(prompt=""):
+    return _ask_frontend(prompt, False)
+
+
+def _getpass(prompt="Password: ", stream=None):
+    return _ask_frontend(prompt, True)
+
+
+builtins.input = _input
+_INTERRUPTIBLE.add(_wait_for_input.__code__)
 
 
 # --------------------------------------------------------------------------------------
@@ -1719,8 +2096,19 @@ def _cursor(msg, code):
 
 def _handle(msg):
     kind = msg.get("type")
-    if kind == "execute":
-        _execute(msg)
+    if kind in ("execute", "comm_open", "comm_msg", "comm_close"):
+        parent = msg.get("parent")
+        _Request.parent = parent if isinstance(parent, str) else None
+        _Request.allow_stdin = kind == "execute" and msg.get("allow_stdin") is True
+        _Request.key = msg.get("key")
+        try:
+            if kind == "execute":
+                _execute(msg)
+            else:
+                _run_comm_request(msg)
+        finally:
+            _Request.allow_stdin = False
+            _register_widget_targets()
         return
     if kind == "setup":
         _setup(msg)
@@ -1807,11 +2195,13 @@ def _reader():
                 _resume(msg)
             elif kind == "shutdown":
                 _terminate(0)
-            elif kind in ("execute", "complete", "inspect", "is_complete", "setup"):
-                if kind == "execute":
+            elif kind in ("execute", "complete", "inspect", "is_complete", "setup", "comm_open", "comm_msg", "comm_close"):
+                if kind == "execute" or kind.startswith("comm_"):
                     with _cell_lock:
                         _queued_executes += 1
                 _requests.put(msg)
+            elif kind == "input_reply":
+                _input_replies.put(msg)
             else:
                 _log("ignoring unknown message type %r" % (kind,))
 
@@ -1830,6 +2220,7 @@ def _language_version():
 # --------------------------------------------------------------------------------------
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CELL_STATUSES = ("ok", "error", "interrupted")
+_COMM_KINDS = ("comm_open", "comm_msg", "comm_close")
 _IS_COMPLETE_STATUSES = ("complete", "incomplete", "invalid", "unknown")
 
 
@@ -1946,7 +2337,7 @@ def _supervise(worker, to_worker, from_worker):
 
     def from_kernel(msg, frame):
         kind = msg.get("type")
-        if kind == "interrupt":
+        if kind in ("interrupt", "input_reply"):
             to_worker_buf.extend(frame)
         elif kind == "resume":
             _resume(msg)
@@ -1957,9 +2348,9 @@ def _supervise(worker, to_worker, from_worker):
         elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)
             payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
             to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
-        elif kind in ("execute", "complete", "inspect", "is_complete"):
+        elif kind in ("execute", "complete", "inspect", "is_complete") or kind in _COMM_KINDS:
             key = os.urandom(16).hex()
-            if kind == "execute":
+            if kind == "execute" or kind in _COMM_KINDS:  # a frontend comm message runs like a cell
                 try:
                     limit = max(0, int(msg.get("output_limit") or 0))
                 except (TypeError, ValueError):
@@ -1980,6 +2371,26 @@ def _supervise(worker, to_worker, from_worker):
         if not isinstance(msg, dict):
             return dropped("not an object")
         kind, cell = msg.get("type"), state["cell"]
+        if kind in _COMM_KINDS:  # at any time, like display: a widget may change between cells
+            comm_id, data, md, buffers = msg.get("comm_id"), msg.get("data", {}), msg.get("metadata", {}), msg.get("buffers", [])
+            if not (isinstance(comm_id, str) and isinstance(data, dict) and isinstance(md, dict) and isinstance(buffers, list)
+                    and all(isinstance(b, str) for b in buffers)):
+                return dropped("malformed %s" % kind)
+            body = {"type": kind, "id": cell["id"] if cell else state["last_id"], "comm_id": comm_id, "data": data,
+                    "metadata": md, "buffers": buffers}
+            if kind == "comm_open":
+                if not isinstance(msg.get("target_name"), str):
+                    return dropped("malformed comm_open")
+                body["target_name"] = msg["target_name"]
+            if not send(body):
+                dropped("%s cannot be encoded" % kind)
+            return
+        if kind == "input_request":
+            prompt, seq = msg.get("prompt"), msg.get("seq")
+            if cell is None or msg.get("key") != cell["key"] or not isinstance(prompt, str) or type(seq) is not int:
+                return dropped("input_request without this cell's key")
+            send({"type": "input_request", "id": cell["id"], "prompt": prompt, "password": msg.get("password") is True, "seq": seq})
+            return
         if kind in ("display", "update_display"):
             data, md, transient = msg.get("data"), msg.get("metadata", {}), msg.get("transient")
             if not isinstance(data, dict) or not isinstance(md, dict):
@@ -2103,6 +2514,7 @@ def _supervise(worker, to_worker, from_worker):
                 "codemirror_mode": {"name": "ipython", "version": 3},
             },
             "agent": "python",
+            "comms": True,  # comm_* requests and input_request (see "Comms and stdin")
             "protocol": PROTOCOL_VERSION,
         }
     )
@@ -2222,6 +2634,7 @@ def main():
         os.register_at_fork(after_in_child=_after_fork_in_child)
     except AttributeError:
         pass
+    sys.meta_path.insert(0, _ImportPatches())  # comm and getpass (see "Comms and stdin")
     for rfd, wfd, kind in ((_OUT_R, _OUT_W, b"out"), (_ERR_R, _ERR_W, b"err")):
         pump = _Pump(rfd, wfd, kind)
         _pumps.append(pump)

@@ -216,7 +216,7 @@ def test_stdin_is_dev_null_and_input_is_refused(agent: Agent) -> None:
     assert plain(cell) == "(b'', '')"
     cell = agent.execute("name = input('Your name? ')")
     assert cell.status == "error"
-    assert "input() is not supported in the sandbox" in cell.error["evalue"]
+    assert "this frontend does not answer input requests" in cell.error["evalue"]
     assert not any("python_agent.py" in line for line in cell.error["traceback"])
 
 
