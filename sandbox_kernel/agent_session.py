@@ -17,11 +17,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, AsyncGenerator
 
-from .cell import STUCK, Cell, comm_event
+from .agent_requests import AgentRequests
+from .cell import STUCK, Cell
 from .config import Limits
 from .errors import ProtocolError, SandboxError, SandboxLost, SandboxStartError
 from .languages import Language
-from .messages import COMM, OUTPUT, STDIN, check, clean_text
+from .messages import COMM, OUTPUT, STDIN, check
 from .output_gate import Chunk, Inbox, OutputGate, Tally, between_cells_notice
 from .protocol import FrameDecoder, Message, Output, encode_message
 from .session import (
@@ -45,7 +46,7 @@ _ids = itertools.count(1)
 _WAKE = object()  # put on the frame queue to make a waiting execute() re-check its deadlines
 
 
-class AgentSession(SandboxSession):
+class AgentSession(AgentRequests, SandboxSession):
     """A session whose sandbox runs one of our agents behind an :class:`AgentChannel`."""
 
     start_timeout: float = 60.0
@@ -76,11 +77,8 @@ class AgentSession(SandboxSession):
         self._usage_waiters: dict[str, asyncio.Future[Message]] = {}  # usage request id -> its reply
         self._launched_at = time.monotonic()
         self._cell: Cell | None = None  # the running cell or frontend comm request
+        self._wake = _WAKE
         self._comms_supported = False  # the agent said so in its ready message
-
-    @property
-    def supports_comms(self) -> bool:
-        return self._comms_supported
 
     @property
     def generation(self) -> int:
@@ -290,27 +288,6 @@ class AgentSession(SandboxSession):
         if gate.message(message.size):
             queue.put(message)
 
-    def _admit_comm(self, message: Message, queue: Inbox) -> None:
-        """Comm messages and input requests (see :meth:`_admit`). While a cell or comm request
-        runs, comm messages join its output in order, within its output limits, whichever
-        request they name; between requests they go to :attr:`idle_comm_sink` at once. Only the
-        running cell may ask for input."""
-        gate = self._gate
-        if message.problem:
-            gate.malformed(message.problem)
-            return
-        running = self._cell_id
-        if message.type == "input_request":
-            if running is not None and message.body.get("id") == running:
-                queue.put(message)
-            return
-        if not gate.comm(message.size):
-            return
-        if running is not None:
-            queue.put(message)
-        elif self.idle_comm_sink is not None:
-            self.idle_comm_sink(comm_event(message))
-
     async def _next_message(self, types: set[str], request_id: str | None = None) -> Message:
         while True:
             frame = await self._frames.get()
@@ -334,73 +311,6 @@ class AgentSession(SandboxSession):
                     await self._launch()
 
     # -- cells --------------------------------------------------------------------------------
-
-    async def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,  # type: ignore[override]
-                      parent: str | None = None) -> AsyncGenerator[Event, None]:
-        """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
-        while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
-        the kernel can always send the cell's ``execute_reply``."""
-        request: dict[str, Any] = {"type": "execute", "code": code, "allow_stdin": bool(allow_stdin)}
-        if cell_number is not None:
-            request["cell"] = cell_number  # names the cell in tracebacks (PROTOCOL.md)
-        if parent:
-            request["parent"] = parent
-        async for event in self._guarded(self._execute(request)):
-            yield event
-    async def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:  # type: ignore[override]
-        """Deliver a frontend comm message (see :meth:`SandboxSession.comm`): the agent runs its
-        handlers like a cell (same limits, interrupt, ``done``). Never raises."""
-        if kind not in COMM:
-            raise ValueError(f"not a comm message: {kind!r}")
-        request: dict[str, Any] = {
-            "type": kind, "comm_id": content.get("comm_id"), "data": content.get("data") or {},
-            "metadata": content.get("metadata") or {}, "buffers": buffers,
-        }
-        if kind == "comm_open":
-            request["target_name"] = content.get("target_name")
-        if parent:
-            request["parent"] = parent
-        async for event in self._guarded(self._execute(request)):
-            yield event
-
-    async def input_reply(self, seq: int, value: str | None, error: str | None = None) -> None:
-        cell = self._cell
-        if cell is None:
-            return  # the cell is over
-        cell.input_answered(time.monotonic())
-        self._frames.put(_WAKE)  # its time limit runs again
-        body: dict[str, Any] = {"type": "input_reply", "id": cell.request_id, "seq": seq}
-        if error is not None:
-            body["error"] = error
-        else:
-            body["value"] = value or ""
-        await self._send(body)
-
-    async def _guarded(self, cell: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
-        """``cell``'s events; whatever goes wrong ends it with an :class:`ErrorOutput` instead."""
-        try:
-            async for event in cell:
-                yield event
-        except Exception as exc:  # noqa: BLE001 - turned into the cell's error below
-            log.exception("running a cell failed")
-            if isinstance(exc, SandboxError):
-                error: SandboxError = exc
-            elif isinstance(exc, OSError):
-                error = SandboxLost(f"The connection to the sandbox failed ({exc}); a new sandbox was started.")
-            else:
-                error = ProtocolError(
-                    f"The kernel could not handle what the sandbox sent ({type(exc).__name__}: {exc}); "
-                    "a new sandbox was started."
-                )
-            try:
-                # The agent's state is unknown now (it may still run the cell): start afresh.
-                await self._replace(f"The previous sandbox was replaced after an error ({error.ename}).")
-                self._notice = None
-            except Exception:  # noqa: BLE001
-                log.exception("replacing the sandbox failed")
-            yield ErrorOutput(error.ename, clean_text(str(error)), [clean_text(f"{error.ename}: {error}")])
-        finally:
-            await cell.aclose()
 
     async def _execute(self, request: dict[str, Any]) -> AsyncGenerator[Event, None]:
         """The steps of one cell (or frontend comm message, ``request``): start a sandbox if there

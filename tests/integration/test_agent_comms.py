@@ -108,3 +108,16 @@ def test_tqdm_notebook_drives_a_progress_bar(agent: AgentProcess) -> None:
     # IPython's display() (which tqdm calls) shows the bar through the agent, also without IPython mode.
     [shown] = cell.messages("display")
     assert models[shown["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]] == "HBoxModel"
+
+
+def test_without_the_comm_package_the_agent_provides_its_api(tmp_path: Path) -> None:
+    """The system python3 has no ``comm`` package: ``import comm`` is the agent's module."""
+    proc = AgentProcess(tmp_path)  # test_agent_python.PYTHON: the system python3
+    try:
+        cell = ok(proc.execute("import comm\nprint(comm.__doc__)\nc = comm.create_comm(target_name='t', data={'a': 1})\n"
+                               "print(comm.get_comm_manager().get_comm(c.comm_id) is c)"))
+        assert "the comm package is not installed" in cell.stdout and cell.stdout.endswith("True\n")
+        [opened] = cell.messages("comm_open")
+        assert opened["target_name"] == "t" and opened["data"] == {"a": 1}
+    finally:
+        proc.close()

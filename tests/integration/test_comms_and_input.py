@@ -1,10 +1,10 @@
 """Comms (widgets) and input() through jupyter_client, on real Sandbox (Python) kernels on the
 local backend (issue 9, items 5 and 6).
 
-The sandbox runs the system python3, which has no ``comm`` package: ``import comm`` gives the
-agent's own module with the package's API (``create_comm``, ``get_comm_manager``), the same
-functions the real package gets when it is installed (tests/integration/test_agent_comms.py
-drives ipywidgets itself through the agent).
+The sandbox runs the kernel's Python environment, where ``import comm`` gives the ``comm``
+package with the agent's ``create_comm`` / ``get_comm_manager`` (test_agent_comms.py drives
+ipywidgets and tqdm through the agent, and the agent's own ``comm`` module where the package is
+missing).
 """
 
 from __future__ import annotations

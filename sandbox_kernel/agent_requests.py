@@ -1,0 +1,140 @@
+"""The requests an :class:`~sandbox_kernel.agent_session.AgentSession` runs like cells, a mixin.
+
+A cell (``execute``) and a comm message of the frontend (``comm``) are each sent to the agent as
+a request that ends with its ``done``; ``_guarded`` turns whatever goes wrong meanwhile into the
+request's error. Comm messages of the sandbox join the running request's output in order (or go
+to the kernel's ``idle_comm_sink`` between requests); an ``input_request`` of the running cell
+is answered with ``input_reply``. See ``agents/PROTOCOL.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncGenerator, Callable
+
+from .cell import Cell, comm_event
+from .errors import ProtocolError, SandboxError, SandboxLost
+from .messages import COMM, clean_text
+from .output_gate import Inbox, OutputGate
+from .protocol import Message
+from .session import CommEvent, ErrorOutput, Event
+
+log = logging.getLogger("sandbox_kernel")
+
+
+class AgentRequests:
+    """Cells, frontend comm messages and input() for an agent-driven session (see the module's docstring)."""
+
+    # Provided by AgentSession:
+    _comms_supported: bool
+    _gate: OutputGate
+    _cell_id: str | None
+    _cell: Cell | None
+    _frames: Inbox
+    _wake: object
+    idle_comm_sink: Callable[[CommEvent], None] | None
+
+    def _execute(self, request: dict[str, Any]) -> AsyncGenerator[Event, None]:
+        raise NotImplementedError
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def _replace(self, reason: str) -> None:
+        raise NotImplementedError
+
+    _notice: str | None
+
+    @property
+    def supports_comms(self) -> bool:
+        return self._comms_supported
+
+    def _admit_comm(self, message: Message, queue: Inbox) -> None:
+        """Comm messages and input requests (see :meth:`_admit`). While a cell or comm request
+        runs, comm messages join its output in order, within its output limits, whichever
+        request they name; between requests they go to :attr:`idle_comm_sink` at once. Only the
+        running cell may ask for input."""
+        gate = self._gate
+        if message.problem:
+            gate.malformed(message.problem)
+            return
+        running = self._cell_id
+        if message.type == "input_request":
+            if running is not None and message.body.get("id") == running:
+                queue.put(message)
+            return
+        if not gate.comm(message.size):
+            return
+        if running is not None:
+            queue.put(message)
+        elif self.idle_comm_sink is not None:
+            self.idle_comm_sink(comm_event(message))
+
+    async def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+        """Deliver a frontend comm message (see :meth:`SandboxSession.comm`): the agent runs its
+        handlers like a cell (same limits, interrupt, ``done``). Never raises."""
+        if kind not in COMM:
+            raise ValueError(f"not a comm message: {kind!r}")
+        request: dict[str, Any] = {
+            "type": kind, "comm_id": content.get("comm_id"), "data": content.get("data") or {},
+            "metadata": content.get("metadata") or {}, "buffers": buffers,
+        }
+        if kind == "comm_open":
+            request["target_name"] = content.get("target_name")
+        if parent:
+            request["parent"] = parent
+        async for event in self._guarded(self._execute(request)):
+            yield event
+
+    async def input_reply(self, seq: int, value: str | None, error: str | None = None) -> None:
+        cell = self._cell
+        if cell is None:
+            return  # the cell is over
+        cell.input_answered(time.monotonic())
+        self._frames.put(self._wake)  # its time limit runs again
+        body: dict[str, Any] = {"type": "input_reply", "id": cell.request_id, "seq": seq}
+        if error is not None:
+            body["error"] = error
+        else:
+            body["value"] = value or ""
+        await self._send(body)
+
+    async def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,  # type: ignore[override]
+                      parent: str | None = None) -> AsyncGenerator[Event, None]:
+        """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
+        while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
+        the kernel can always send the cell's ``execute_reply``."""
+        request: dict[str, Any] = {"type": "execute", "code": code, "allow_stdin": bool(allow_stdin)}
+        if cell_number is not None:
+            request["cell"] = cell_number  # names the cell in tracebacks (PROTOCOL.md)
+        if parent:
+            request["parent"] = parent
+        async for event in self._guarded(self._execute(request)):
+            yield event
+
+    async def _guarded(self, cell: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        """``cell``'s events; whatever goes wrong ends it with an :class:`ErrorOutput` instead."""
+        try:
+            async for event in cell:
+                yield event
+        except Exception as exc:  # noqa: BLE001 - turned into the cell's error below
+            log.exception("running a cell failed")
+            if isinstance(exc, SandboxError):
+                error: SandboxError = exc
+            elif isinstance(exc, OSError):
+                error = SandboxLost(f"The connection to the sandbox failed ({exc}); a new sandbox was started.")
+            else:
+                error = ProtocolError(
+                    f"The kernel could not handle what the sandbox sent ({type(exc).__name__}: {exc}); "
+                    "a new sandbox was started."
+                )
+            try:
+                # The agent's state is unknown now (it may still run the cell): start afresh.
+                await self._replace(f"The previous sandbox was replaced after an error ({error.ename}).")
+                self._notice = None
+            except Exception:  # noqa: BLE001
+                log.exception("replacing the sandbox failed")
+            yield ErrorOutput(error.ename, clean_text(str(error)), [clean_text(f"{error.ename}: {error}")])
+        finally:
+            await cell.aclose()
