@@ -14,17 +14,23 @@ from typing import Any, Iterator
 
 import pytest
 
-import test_agent_python
-from test_agent_python import AgentProcess, ok
+from agents import AGENTS, Agent, Cell
+
+AGENT = AGENTS / "python_agent.py"
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def ok(cell: Cell) -> Cell:
+    assert cell.status == "ok", (cell.error, cell.stderr)
+    return cell
 
 
 @pytest.fixture
-def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentProcess]:
+def agent(tmp_path: Path) -> Iterator[Agent]:
     import ipywidgets  # noqa: F401  - in the test extras; its absence is a failure, not a skip
     import tqdm  # noqa: F401
 
-    monkeypatch.setattr(test_agent_python, "PYTHON", sys.executable)
-    proc = AgentProcess(tmp_path)
+    proc = Agent("python", tmp_path, command=[sys.executable, str(AGENT)], env=ENV)
     yield proc
     proc.close()
 
@@ -33,7 +39,7 @@ def opened_models(messages: list[dict[str, Any]]) -> dict[str, str]:
     return {m["comm_id"]: m["data"]["state"]["_model_name"] for m in messages if m["type"] == "comm_open"}
 
 
-def test_a_slider_opens_its_models_and_follows_the_frontend(agent: AgentProcess) -> None:
+def test_a_slider_opens_its_models_and_follows_the_frontend(agent: Agent) -> None:
     cell = ok(agent.execute("""import comm, ipywidgets as widgets
 assert comm.create_comm.__module__ == '__main__' or 'agent' in repr(comm.create_comm), comm.create_comm
 slider = widgets.IntSlider(value=3, description='n')
@@ -64,7 +70,7 @@ print(slider.model_id)""", timeout=60))
     assert [m["comm_id"] for m in cell.messages("comm_close")] == [slider_id]
 
 
-def test_the_control_comm_returns_every_widget_state(agent: AgentProcess) -> None:
+def test_the_control_comm_returns_every_widget_state(agent: Agent) -> None:
     """A reloaded notebook asks for every widget through jupyter.widget.control (ipywidgets
     registers that target at import only under IPython; the agent does it after the cell)."""
     cell = ok(agent.execute("import ipywidgets as widgets\nb = widgets.Button(description='go')\nprint(b.model_id)", timeout=60))
@@ -79,7 +85,7 @@ def test_the_control_comm_returns_every_widget_state(agent: AgentProcess) -> Non
     assert reply["data"]["states"][button]["state"]["description"] == "go"
 
 
-def test_interact_and_the_output_widget_capture_by_the_request(agent: AgentProcess) -> None:
+def test_interact_and_the_output_widget_capture_by_the_request(agent: Agent) -> None:
     """interact() shows its function's output in an Output widget, which captures by the Jupyter
     message id of the request being handled (comm.kernel.get_parent())."""
     cell = ok(agent.execute("""from ipywidgets import interact
@@ -98,7 +104,7 @@ def square(x):
     assert b"square 36" in b"".join(f.data for f in frames if not hasattr(f, "body"))
 
 
-def test_tqdm_notebook_drives_a_progress_bar(agent: AgentProcess) -> None:
+def test_tqdm_notebook_drives_a_progress_bar(agent: Agent) -> None:
     cell = ok(agent.execute("from tqdm.notebook import tqdm\nfor i in tqdm(range(5), desc='work'):\n    pass", timeout=60))
     models = opened_models(cell.messages())
     assert {"FloatProgressModel", "HTMLModel", "HBoxModel"} <= set(models.values())
@@ -112,7 +118,7 @@ def test_tqdm_notebook_drives_a_progress_bar(agent: AgentProcess) -> None:
 
 def test_without_the_comm_package_the_agent_provides_its_api(tmp_path: Path) -> None:
     """The system python3 has no ``comm`` package: ``import comm`` is the agent's module."""
-    proc = AgentProcess(tmp_path)  # test_agent_python.PYTHON: the system python3
+    proc = Agent("python", tmp_path, command=["/usr/bin/python3", str(AGENT)], env=ENV)
     try:
         cell = ok(proc.execute("import comm\nprint(comm.__doc__)\nc = comm.create_comm(target_name='t', data={'a': 1})\n"
                                "print(comm.get_comm_manager().get_comm(c.comm_id) is c)"))
