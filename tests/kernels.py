@@ -17,13 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_kernelspecs(root: Path, backend: str = "local", extra_argv: list[str] | None = None) -> Path:
-    """Write the three Sandbox kernelspecs under ``root/kernels`` (use as JUPYTER_PATH)."""
+    """Write the three Sandbox kernelspecs under ``root/kernels`` (use as JUPYTER_PATH): this
+    Python, ``backend`` (on the command line and in the metadata), then ``extra_argv``."""
     for source in sorted((REPO / "kernelspecs").iterdir()):
+        if not (source / "kernel.json").is_file():
+            continue
         target = root / "kernels" / source.name
         shutil.copytree(source, target, dirs_exist_ok=True)
         spec = json.loads((source / "kernel.json").read_text())
         spec["argv"][0] = sys.executable
         spec["argv"] += [f"--SandboxKernel.backend={backend}", *(extra_argv or [])]
+        spec["metadata"]["sandbox_kernel"]["backend"] = backend
         (target / "kernel.json").write_text(json.dumps(spec))
     return root
 

@@ -34,6 +34,8 @@ from jupyter_client.manager import KernelManager
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kernels import run_cell, write_kernelspecs
+
 __all__ = ["rbac_applied", "sa_kubeconfig", "sa_api", "kernel_env", "k8s_kernel"]  # what conftest imports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,24 +96,6 @@ def mint_sa_kubeconfig(admin_kubeconfig: str, out: Path) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def write_kernelspecs(root: Path, extra_argv: list[str] | None = None) -> Path:
-    """The three Sandbox kernelspecs, Kubernetes backend, under ``root/kernels`` (a JUPYTER_PATH entry)."""
-    import json
-    import shutil
-
-    for source in sorted((REPO / "kernelspecs").iterdir()):
-        if not (source / "kernel.json").is_file():
-            continue
-        target = root / "kernels" / source.name
-        shutil.copytree(source, target, dirs_exist_ok=True)
-        spec = json.loads((source / "kernel.json").read_text())
-        spec["argv"][0] = sys.executable
-        spec["argv"] += ["--SandboxKernel.backend=kubernetes", *(extra_argv or [])]
-        spec["metadata"]["sandbox_kernel"]["backend"] = "kubernetes"
-        (target / "kernel.json").write_text(json.dumps(spec))
-    return root
-
-
 def kernel_environment(admin_kubeconfig: str, images: dict[str, str], work: Path) -> dict[str, str]:
     """Environment for kernels and `sandbox-kernel` commands running as the service account."""
     apply_rbac(admin_kubeconfig)
@@ -121,7 +105,7 @@ def kernel_environment(admin_kubeconfig: str, images: dict[str, str], work: Path
     # project's Localhost profile (tests/cluster/up installs it; tests/security/test_kubernetes_seccomp.py
     # and the selftest test use it either way).
     profile = os.environ.get("SANDBOX_E2E_SECCOMP_PROFILE", "")
-    specs = write_kernelspecs(work / "jupyter", [f"--KubernetesSandbox.seccomp_profile={profile}"] if profile else None)
+    specs = write_kernelspecs(work / "jupyter", "kubernetes", [f"--KubernetesSandbox.seccomp_profile={profile}"] if profile else None)
     env = {
         "SANDBOX_KUBECONFIG": sa,
         "SANDBOX_KERNEL_BACKEND": "kubernetes",
@@ -173,30 +157,30 @@ def namespace_exists(core: client.CoreV1Api, name: str) -> bool:
 
 @dataclass
 class Cell:
-    """What one execute request produced."""
+    """What one execute request produced: :func:`kernels.run_cell`'s reply and outputs."""
 
     reply: dict[str, Any]
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stdout(self) -> str:
-        return "".join(o["text"] for o in self.outputs if o["msg_type"] == "stream" and o["name"] == "stdout")
+        return "".join(o["text"] for o in self.outputs if o["type"] == "stream" and o["name"] == "stdout")
 
     @property
     def stderr(self) -> str:
-        return "".join(o["text"] for o in self.outputs if o["msg_type"] == "stream" and o["name"] == "stderr")
+        return "".join(o["text"] for o in self.outputs if o["type"] == "stream" and o["name"] == "stderr")
 
     @property
     def result(self) -> str | None:
         for o in self.outputs:
-            if o["msg_type"] == "execute_result":
+            if o["type"] == "execute_result":
                 return str(o["data"].get("text/plain"))
         return None
 
     @property
     def error(self) -> dict[str, Any] | None:
         for o in self.outputs:
-            if o["msg_type"] == "error":
+            if o["type"] == "error":
                 return o
         return None
 
@@ -211,14 +195,7 @@ class K8sKernel:
     core: client.CoreV1Api
 
     def run(self, code: str, timeout: float = 90) -> Cell:
-        outputs: list[dict[str, Any]] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            if msg["msg_type"] in ("stream", "execute_result", "display_data", "error"):
-                outputs.append({"msg_type": msg["msg_type"], **msg["content"]})
-
-        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
-        return Cell(reply["content"], outputs)
+        return Cell(*run_cell(self.kc, code, timeout))
 
     def namespace(self) -> str:
         """The kernel's sandbox namespace (found by its kernel-id label, as an admin)."""
