@@ -9,10 +9,14 @@ SECONDS=0
 
 usage() {
   cat <<EOF
-usage: bash scripts/start.sh [lab|console] [--port N] [--notebooks DIR] [--venv DIR]
+usage: bash scripts/start.sh [lab|kubernetes|console] [--port N] [--notebooks DIR] [--venv DIR]
 
 Sets Sandbox Kernel up on this machine (Debian/Ubuntu) and opens it:
   lab        JupyterLab on http://127.0.0.1:PORT, serving DIR (the default)
+  kubernetes the same, plus the project's own single-node Kubernetes cluster (tests/cluster/up,
+             as root: the first run builds Kubernetes from source, ~15-25 min on 2 cores; later
+             ~35 s) and the "Sandbox (…) · Kubernetes" kernels next to the local ones, for the
+             study notebooks in DIR/cka-study (an existing cluster: notebooks/README.md)
   console    jupyter console on Sandbox (Python) (\$SANDBOX_KERNEL names another kernel)
 
 Installs bubblewrap and Node.js with apt (sudo unless root) when missing, and this checkout
@@ -43,7 +47,7 @@ port_given=0
 while (($#)); do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    lab|console) mode=$1 ;;
+    lab|kubernetes|console) mode=$1 ;;
     --port|--notebooks|--venv)
       (($# >= 2)) || die "$1 needs a value (see --help)"
       case "$1" in --port) port=$2; port_given=1 ;; --notebooks) notebooks=$2 ;; --venv) venv=$2 ;; esac
@@ -58,8 +62,8 @@ done
 if ! { [[ $port =~ ^[0-9]{1,5}$ ]] && ((port >= 1 && port <= 65535)); }; then
   die "--port must be a number from 1 to 65535, not '$port'"
 fi
-[[ $mode == lab || $port_given == 0 ]] || die "--port is for lab, not $mode"
-if [[ $mode == lab ]] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+[[ $mode != console || $port_given == 0 ]] || die "--port is for lab, not $mode"
+if [[ $mode != console ]] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   die "port $port is in use (another JupyterLab?): pick another with --port N"
 fi
 [[ -z $notebooks ]] && die "--notebooks needs a folder"
@@ -118,6 +122,34 @@ if [[ $found != "$venv"/* ]]; then
        "remove it with: jupyter kernelspec remove sandbox-python" >&2
 fi
 
+# -- kubernetes: the project's cluster, the kernels' identity on it, the Kubernetes kernels ----------
+if [[ $mode == kubernetes ]]; then
+  if ((${#sudo[@]})) && ! command -v sudo >/dev/null; then
+    echo "start.sh: the cluster runs as root: run this as root, or install sudo" >&2
+    exit 1
+  fi
+  step "the project's single-node Kubernetes cluster (tests/cluster/up, as root): the first run builds" \
+       "Kubernetes from source, ~15-25 min on 2 cores (its progress follows); later starts ~35 s"
+  # up: progress on stderr, the admin kubeconfig's path as its last stdout line.
+  admin=$("${sudo[@]}" "$repo/tests/cluster/up" | tail -n1) || die "tests/cluster/up failed (its log is above)"
+  in_cluster_env() { "${sudo[@]}" env SANDBOX_KUBECONFIG="$admin" bash -c 'source tests/cluster/lib.sh && "$@"' _ "$@"; }
+  step "kubectl apply -k k8s/rbac/ (the kernels' least-privilege identity and the admission policies confining it)"
+  in_cluster_env kubectl --kubeconfig "$admin" apply -k k8s/rbac/ | sed 's/^/  /'
+  # The kernels run as that service account, with a kubeconfig of this user's own.
+  kubeconfig=${XDG_CONFIG_HOME:-$HOME/.config}/sandbox-kernel/cluster-sandbox-kernel.kubeconfig
+  mkdir -p -- "$(dirname -- "$kubeconfig")"
+  in_cluster_env tests/cluster/kubeconfig-for sandbox-kernel-system sandbox-kernel "$kubeconfig" 24h >/dev/null
+  ((${#sudo[@]})) && "${sudo[@]}" chown "$(id -u):$(id -g)" "$kubeconfig"
+  export SANDBOX_KUBECONFIG=$kubeconfig
+  # The sandbox images the cluster built (SANDBOX_IMAGE_PYTHON, ...), for the kernels.
+  set -a
+  # shellcheck disable=SC1090,SC2016  # written by tests/cluster/images; $CACHE is lib.sh's
+  source <("${sudo[@]}" bash -c 'source tests/cluster/lib.sh && cat "$CACHE/images.env"')
+  set +a
+  step "registering the Sandbox kernels (Kubernetes, token valid 24 h: run this again after) in $venv"
+  "$py" -m sandbox_kernel install --sys-prefix --backend kubernetes --name-suffix=-kubernetes | sed 's/^/  /'
+fi
+
 if [[ $mode == console ]]; then
   step "jupyter console --kernel ${SANDBOX_KERNEL:-sandbox-python} (quit with Ctrl-D)"
   exec "$py" -m jupyter console --kernel "${SANDBOX_KERNEL:-sandbox-python}"
@@ -140,6 +172,7 @@ root=()
 JUPYTER_TOKEN=${JUPYTER_TOKEN:-$("$py" -c 'import secrets; print(secrets.token_hex(24))')}
 export JUPYTER_TOKEN
 url="http://127.0.0.1:$port/lab?token=$JUPYTER_TOKEN"
+[[ $mode == kubernetes ]] && url="http://127.0.0.1:$port/lab/tree/cka-study?token=$JUPYTER_TOKEN"
 step "starting JupyterLab on port $port, serving $notebooks (set up in $SECONDS s)"
 # Once the server listens, say where to go (after its start-up log). This shell becomes
 # JupyterLab (exec), so Ctrl-C works as usual and the watcher stops when the server does.

@@ -54,8 +54,8 @@ def test_help_prints_usage_and_installs_nothing(tmp_path: Path) -> None:
     started = time.monotonic()
     result = run(tmp_path, "--help")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: bash scripts/start.sh [lab|console] [--port N]"), result.stdout
-    for option in ("--port N", "--notebooks DIR", "--venv DIR", "console"):
+    assert result.stdout.startswith("usage: bash scripts/start.sh [lab|kubernetes|console] [--port N]"), result.stdout
+    for option in ("--port N", "--notebooks DIR", "--venv DIR", "console", "kubernetes", "tests/cluster/up"):
         assert option in result.stdout
     assert result.stderr == ""
     assert time.monotonic() - started < 10
@@ -67,6 +67,7 @@ def test_help_prints_usage_and_installs_nothing(tmp_path: Path) -> None:
     (["--port", "abc"], "--port must be a number"),
     (["--port"], "--port needs a value"),
     (["console", "--port", "9000"], "--port is for lab, not console"),
+    (["kubernetes", "--port", "abc"], "--port must be a number"),
     (["--frobnicate"], "unknown argument: --frobnicate"),
 ])
 def test_bad_arguments_are_refused_before_installing(tmp_path: Path, args: list[str], message: str) -> None:
