@@ -135,6 +135,7 @@ class AgentRequests:
                 self._notice = None
             except Exception:  # noqa: BLE001
                 log.exception("replacing the sandbox failed")
-            yield ErrorOutput(error.ename, clean_text(str(error)), [clean_text(f"{error.ename}: {error}")])
+            failure = ErrorOutput.from_exception(error)
+            yield ErrorOutput(failure.ename, clean_text(failure.evalue), [clean_text(line) for line in failure.traceback])
         finally:
             await cell.aclose()

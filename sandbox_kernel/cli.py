@@ -16,7 +16,7 @@ from typing import Sequence
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from .errors import ClusterUnreachable, ConfigError, SandboxError, SandboxUnavailable
+from .errors import ClusterNotConfigured, ClusterUnreachable, ConfigError, SandboxError
 from .sessions import BACKENDS, DEFAULT_BACKEND
 from .languages import LANGUAGES, Language
 
@@ -257,7 +257,7 @@ def cli_message(exc: SandboxError, args: argparse.Namespace) -> str:
     if isinstance(exc, ConfigError) and exc.setting == "KubernetesSandbox.kubeconfig":
         detail = text.replace("Invalid setting KubernetesSandbox.kubeconfig: ", "")
         return f"kubeconfig {detail} (given by {_kubeconfig_in_use(args)})"
-    if isinstance(exc, SandboxUnavailable) and "No Kubernetes cluster is configured" in text:
+    if isinstance(exc, ClusterNotConfigured):
         return ("No Kubernetes cluster is configured: pass --kubeconfig FILE (or set $KUBECONFIG or "
                 "$SANDBOX_KUBECONFIG), or run this in a pod with a service account.")
     return text

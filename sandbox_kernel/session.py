@@ -88,7 +88,11 @@ class ErrorOutput:
 
     @classmethod
     def from_exception(cls, exc: SandboxError) -> "ErrorOutput":
-        return cls(exc.ename, str(exc), [f"{exc.ename}: {exc}"])
+        """The cell's error for ``exc``: its message, then its one-line hint on a line of its own."""
+        lines = [f"{exc.ename}: {exc}"]
+        if exc.hint:
+            lines.append(f"Hint: {exc.hint}")
+        return cls(exc.ename, str(exc), lines)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,22 @@
 """The one module that talks to the Kubernetes API server, and the one place its errors are translated.
 
 Every call goes through :meth:`KubernetesApi._calling`, which turns what the ``kubernetes``
-client raises into the project's error tree (``errors.py``), keeping the API server's own
-``Status.message``::
+client raises into the project's error tree (``errors.py``). An answer of the API server is kept
+whole on the error as :class:`~sandbox_kernel.errors.ApiStatus` (``err.api_status``: HTTP
+status, ``Status.reason``, ``Status.message``), so callers branch on ``code`` and ``reason``::
 
     ApiException 403 (RBAC, Pod Security, quota)  →  AdmissionError("… refused to create pod: <message>")
     ApiException 422 (invalid object)             →  AdmissionError("… rejected …: <message>")
     ApiException 401                              →  SandboxUnavailable (credentials)
     ApiException 429 / 5xx, urllib3 / socket errors, websocket drops
                                                   →  ClusterUnreachable
-    anything else                                 →  SandboxStartError
+    anything else (404 NotFound, 409 AlreadyExists / Conflict, ...)
+                                                  →  SandboxStartError
 
-Reads return plain JSON dicts (camelCase, as ``kubectl get -o json`` shows them) and ``None``
-for a missing object. All methods block; callers on an event loop run them in an executor.
+Reads and deletes of a missing object (404) are not errors: they return ``None`` / ``False``.
+
+Reads return plain JSON dicts (camelCase, as ``kubectl get -o json`` shows them). All methods
+block; callers on an event loop run them in an executor.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from websocket import WebSocketBadStatusException
 
 from ..errors import (
     AdmissionError,
+    ApiStatus,
+    ClusterNotConfigured,
     ClusterUnreachable,
     ConfigError,
     SandboxError,
@@ -77,19 +83,24 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def status_message(exc: ApiException) -> str:
-    """The API server's own explanation (``Status.message``), else the HTTP reason."""
+def api_status(exc: ApiException) -> ApiStatus:
+    """The API server's answer: the HTTP status and, from the ``Status`` body, its reason and message
+    (the HTTP reason phrase when the body is not a Status, e.g. from a proxy in between)."""
     body = exc.body
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
+    reason, message = "", ""
     if body:
         try:
-            message = json.loads(body).get("message")
-            if message:
-                return str(message)
-        except (ValueError, AttributeError):
-            return str(body)[:500]
-    return str(exc.reason or f"HTTP {exc.status}")
+            status = json.loads(body)
+            if isinstance(status, dict):
+                reason = str(status.get("reason") or "")
+                message = str(status.get("message") or "")
+            else:
+                message = str(body)[:500]
+        except ValueError:
+            message = str(body)[:500]
+    return ApiStatus(int(exc.status or 0), reason, message or str(exc.reason or f"HTTP {exc.status}"))
 
 
 class AttachStream:
@@ -175,25 +186,34 @@ class KubernetesApi:
         )
 
     def _translate(self, action: str, exc: ApiException) -> SandboxError:
-        status = exc.status or 0
-        message = status_message(exc)
+        answer = api_status(exc)
+        status, message = answer.code, answer.message
         if status == 0:
             return ClusterUnreachable(self._unreachable(action, exc))
         if status == 401:
             return SandboxUnavailable(
                 f"The Kubernetes API server at {self.host} rejected the kernel's credentials while trying to "
-                f"{action} ({message}). Check KubernetesSandbox.kubeconfig / context, or renew the token."
+                f"{action} ({message}). Check KubernetesSandbox.kubeconfig / context, or renew the token.",
+                hint="Renew the token or certificate of the kubeconfig in use, then run a cell again.",
+                api_status=answer,
             )
         if status == 403:
-            return AdmissionError(f"Kubernetes refused to {action}: {message}")
+            return AdmissionError(f"Kubernetes refused to {action}: {message}", api_status=answer)
         if status == 422 or status == 400:
-            return AdmissionError(f"Kubernetes rejected the request to {action} as invalid: {message}")
+            return AdmissionError(
+                f"Kubernetes rejected the request to {action} as invalid: {message}",
+                hint="A KubernetesSandbox setting made an object this cluster rejects: check the field the message names.",
+                api_status=answer,
+            )
         if status == 429 or status >= 500:
             return ClusterUnreachable(
                 f"The Kubernetes API server at {self.host} failed to {action} ({status}: {message}). "
-                "The kernel keeps running; run the cell again in a moment."
+                "The kernel keeps running; run the cell again in a moment.",
+                hint="The API server is busy or restarting: run the cell again in a moment.",
+                api_status=answer,
             )
-        return SandboxStartError(f"Could not {action}: {message} (HTTP {status})")
+        hint = "Another client changed the same object meanwhile: run the cell again." if status == 409 else None
+        return SandboxStartError(f"Could not {action}: {message} (HTTP {status})", hint=hint, api_status=answer)
 
     # -- transport -----------------------------------------------------------------------------
 
@@ -252,13 +272,15 @@ class KubernetesApi:
             try:
                 return self._request(action, "POST", path, body=obj)
             except AdmissionError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, ApiException) and cause.status == 422 and _PARAMS_PENDING.search(status_message(cause)):
+                # Status has no field that tells these passing refusals from lasting ones: only
+                # the server's message does, so this boundary (and nothing above it) reads it.
+                answer = exc.api_status
+                if answer is not None and answer.code == 422 and _PARAMS_PENDING.search(answer.message):
                     if time.monotonic() - started < rbac_settle:
                         time.sleep(0.05)
                         continue
-                if isinstance(cause, ApiException) and cause.status == 403:
-                    message = status_message(cause)
+                if answer is not None and answer.code == 403:
+                    message = answer.message
                     settle = max(rbac_settle, account_settle) if _ACCOUNT_PENDING.search(message) else rbac_settle
                     waited = time.monotonic() - started
                     if _TRANSIENT_FORBIDDEN.search(message) and waited < settle:
@@ -351,7 +373,7 @@ class KubernetesApi:
         try:
             return self._request(action, "GET", path)
         except SandboxError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+            if is_not_found(exc):
                 return None
             raise
 
@@ -360,9 +382,19 @@ class KubernetesApi:
             self._request(action, "DELETE", path, body={"apiVersion": "v1", "kind": "DeleteOptions", **options})
             return True
         except SandboxError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+            if is_not_found(exc):
                 return False
             raise
+
+
+def is_not_found(exc: SandboxError) -> bool:
+    """Whether the API server answered that the object does not exist (404)."""
+    return exc.api_status is not None and exc.api_status.code == 404
+
+
+def is_already_exists(exc: SandboxError) -> bool:
+    """Whether the API server refused a create because the name is taken (409 AlreadyExists)."""
+    return exc.api_status is not None and exc.api_status.code == 409 and exc.api_status.reason == "AlreadyExists"
 
 
 def _pod_path(namespace: str, name: str) -> str:
@@ -389,7 +421,7 @@ def _load_configuration(kubeconfig: str, context: str) -> client.Configuration:
         else:
             default = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
             if not Path(default).exists():
-                raise SandboxUnavailable(
+                raise ClusterNotConfigured(
                     "No Kubernetes cluster is configured: set c.KubernetesSandbox.kubeconfig (or "
                     "SANDBOX_KUBECONFIG / KUBECONFIG), or run the kernel in a pod with a service account."
                 )

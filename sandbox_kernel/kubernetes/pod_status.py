@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Limits
-from ..errors import Evicted, OutOfMemory, SandboxError, SandboxLost, SandboxStartError
+from ..errors import Evicted, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
 from . import manifests
 
 _START_FAILURES = {
@@ -42,10 +42,13 @@ def start_problem(pod: dict[str, Any], image: str) -> SandboxError | None:
         hint = ""
         if "pull" in _START_FAILURES[reason] or reason == "ErrImageNeverPull":
             hint = " Set c.KubernetesSandbox.images (or SANDBOX_IMAGE_<LANGUAGE>) to an image the cluster can use."
-        return SandboxStartError(f"The sandbox image {image} {_START_FAILURES[reason]} ({reason}): {detail}.{hint}")
+        return SandboxStartError(
+            f"The sandbox image {image} {_START_FAILURES[reason]} ({reason}): {detail}.{hint}",
+            hint="%sandbox events shows the kubelet's own account of the failure.",
+        )
     for condition in pod.get("status", {}).get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
-            return SandboxStartError(
+            return Unschedulable(
                 f"No node can run the sandbox pod: {condition.get('message', 'unschedulable')}. "
                 "Check KubernetesSandbox.node_selector / tolerations and Sandbox.memory_request / cpu_request."
             )
@@ -63,7 +66,8 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
         return Evicted(f"Kubernetes evicted the sandbox pod: {why}. {gone}")
     if status.get("reason") == "DeadlineExceeded":
         return SandboxLost(
-            f"The sandbox pod reached its maximum lifetime of {pod_lifetime} s (KubernetesSandbox.pod_lifetime). {gone}"
+            f"The sandbox pod reached its maximum lifetime of {pod_lifetime} s (KubernetesSandbox.pod_lifetime). {gone}",
+            hint="Raise KubernetesSandbox.pod_lifetime for longer sessions; re-run the cells you need in the new pod.",
         )
     terminated = container_status(pod).get("state", {}).get("terminated")
     if terminated:
@@ -74,7 +78,8 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
                 "The sandbox pod could still reach the Kubernetes API server (over IPv4, or the node over IPv6 "
                 "link-local) after KubernetesSandbox.network_policy_wait seconds: the deny-all NetworkPolicy is not "
                 "enforced in this cluster (does its network plugin support NetworkPolicy, for IPv6 too?). Cells are "
-                "not run without it."
+                "not run without it.",
+                hint="Use a network plugin that enforces NetworkPolicy (k8s/README.md); cells never run without it.",
             )
         why = terminated.get("reason") or "stopped"
         detail = f": {terminated['message'].strip()}" if terminated.get("message") else ""

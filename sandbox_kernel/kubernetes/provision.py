@@ -24,7 +24,7 @@ from ..config import Limits
 from ..errors import SandboxError
 from ..languages import Language
 from . import manifests
-from .api import KubernetesApi, micro_time
+from .api import KubernetesApi, is_already_exists, micro_time
 from .settings import KubernetesSandbox
 
 log = logging.getLogger("sandbox_kernel")
@@ -99,7 +99,7 @@ def create_namespace_objects(
             api.create(objects.namespace)
             break
         except SandboxError as exc:
-            if "already exists" in str(exc) and attempt < 2:
+            if is_already_exists(exc) and attempt < 2:
                 continue  # 8 random hex digits collided: draw again
             raise
     rest = objects.in_order()[1:-1]  # the pod comes later

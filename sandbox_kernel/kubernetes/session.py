@@ -34,7 +34,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from ..config import Limits
-from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError
+from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
@@ -242,7 +242,7 @@ class KubernetesSandboxSession(AgentSession):
                 return
             problem = start_problem(pod, image)
             if problem is not None:
-                if "No node can run" not in str(problem):
+                if not isinstance(problem, Unschedulable):
                     self._event(str(problem))
                     raise problem
                 # The scheduler may just be waiting for a node to become ready: allow it 2 s.

@@ -22,6 +22,7 @@ import pytest
 
 from kernels import errors, result, run_cell, running_kernel, text
 from processes import group_pids, sandbox_cgroup_parent, sandbox_groups, sandbox_pids
+from sandbox_kernel.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
@@ -481,6 +482,7 @@ def test_bad_settings_are_reported_in_the_notebook(argv: list[str], env: dict[st
         reply, out = run_cell(kc, "1")
         assert reply["status"] == "error" and needle in reply["evalue"]
         assert "Traceback" not in "".join(errors(out)[0]["traceback"])
+        assert errors(out)[0]["traceback"][-1] == f"Hint: {ConfigError.hint}"  # the next step, on a line of its own
 
 
 def test_sandbox_magic_reports_what_applies_locally(py: Any) -> None:
