@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from ..config import Limits
-from ..errors import SandboxError
+from ..errors import AdmissionError, SandboxError
 from ..languages import Language
 from . import manifests
 from .api import KubernetesApi, is_already_exists, micro_time
-from .settings import KubernetesSandbox
+from .settings import DEFAULT_NAMESPACE_PREFIX, KubernetesSandbox
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -101,6 +101,11 @@ def create_namespace_objects(
         except SandboxError as exc:
             if is_already_exists(exc) and attempt < 2:
                 continue  # 8 random hex digits collided: draw again
+            if isinstance(exc, AdmissionError) and settings.namespace_prefix != DEFAULT_NAMESPACE_PREFIX:
+                exc.hint = (
+                    "k8s/rbac/admission-policy.yaml admits one namespace prefix: set its PREFIX variables to "
+                    f"'{settings.namespace_prefix}' too (KubernetesSandbox.namespace_prefix)."
+                )
             raise
     rest = objects.in_order()[1:-1]  # the pod comes later
     first = [o for o in rest if o["kind"] == "RoleBinding"]

@@ -26,6 +26,9 @@ MIN_WORKING_MEMORY = 32 * 2**20
 """Memory a sandbox keeps beside its tmpfs volumes (HOME and /tmp count against its limit): the
 agent and an interpreter need ~20-30 MiB."""
 
+DEFAULT_NAMESPACE_PREFIX = "sandbox-"
+"""The namespace prefix k8s/rbac/admission-policy.yaml admits as shipped (its PREFIX variables)."""
+
 _IMAGE_ENV = {"python": "SANDBOX_IMAGE_PYTHON", "node": "SANDBOX_IMAGE_NODE", "bash": "SANDBOX_IMAGE_BASH"}
 
 
@@ -47,7 +50,9 @@ class KubernetesSandbox(Configurable):
     context = Unicode("", help="kubeconfig context to use (empty: the current context).").tag(config=True)
 
     namespace_prefix = Unicode(
-        "sandbox-", help="Prefix of the namespace name; 8 random hex digits follow (e.g. sandbox-1a2b3c4d).",
+        DEFAULT_NAMESPACE_PREFIX,
+        help="Prefix of the namespace name; 8 random hex digits follow (e.g. sandbox-1a2b3c4d). The admission "
+        "policy of k8s/rbac/ admits one prefix: change its two PREFIX variables with this setting.",
     ).tag(config=True)
 
     sandbox_role = Unicode(
