@@ -25,7 +25,7 @@ class Language:
     agent_reaps_orphans: bool = True
     """Whether the agent, as PID 1 of a container, waits for the orphaned processes of user code
     (the Python and Bash agents do; Node.js cannot wait for a process it did not start, so its pod
-    keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.manifests.agent_command`)."""
+    keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.pod_command.agent_command`)."""
 
     def agent_path(self) -> Path:
         """Where the agent source lives in this installation."""

@@ -12,6 +12,7 @@ A kernel start, module by module (imports point down this list, never up):
 - :mod:`.pod_status` — reading a starting or ended pod's status into a message for the user.
 - :mod:`.attach` — the byte stream to the agent (an attach websocket that survives drops).
 - :mod:`.reports` — ``%sandbox status | quota | policy | events | manifests``.
-- :mod:`.manifests` — the pure builders of every object; :mod:`.api` — the one module that talks
+- :mod:`.manifests` — the pure builders of every object, with :mod:`.pod_command` — what the
+  pod's container runs (the NetworkPolicy guard, the kernel's gate, the agent); :mod:`.api` — the one module that talks
   to the API server and translates its errors; :mod:`.commands` — ``sandbox-kernel render | list | gc``.
 """

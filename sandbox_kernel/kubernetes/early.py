@@ -11,7 +11,7 @@ objects and the first pod (:func:`.provision.prepare_sandbox`), before importing
 
 Nothing about the sandbox is weakened: the objects are created by the same code in the same
 order (the deny-all policy before the pod), and the pod's agent still waits for the kernel's
-gate line and for the policy to be enforced (:func:`.manifests.agent_command`). The session
+gate line and for the policy to be enforced (:func:`.pod_command.agent_command`). The session
 takes the prepared sandbox over (:meth:`.session.KubernetesSandboxSession._claim_early`) only
 if every object is exactly what it would have created itself from the configuration ipykernel
 finally loaded; otherwise it deletes it and starts its own. Any failure here only means no head

@@ -16,14 +16,18 @@ One sandbox is, in the order it is created::
     ConfigMap        the agent's source, mounted read-only into the pod
     Lease            the kernel's heartbeat; ``sandbox-kernel gc`` reclaims it once expired
     Pod              one long-lived agent per kernel, attached to through the API server
+
+What the pod's container runs (the policy guard, the kernel's gate, the agent) is
+:mod:`.pod_command`.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
+
+from .pod_command import AGENT_DIR, SANDBOX_HOME, SANDBOX_PATH, agent_command
 
 MANAGED_BY = "sandbox-kernel"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -36,9 +40,6 @@ ANNOTATION_USER = "sandbox-kernel/user"
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 """Label selector matching every namespace (and object) this project created."""
 
-AGENT_DIR = "/opt/sandbox-agent"
-SANDBOX_HOME = "/home/sandbox"
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_UID = 1000
 CONTAINER_NAME = "agent"
 CONFIG_MAP_NAME = "sandbox-agent"
@@ -56,8 +57,6 @@ SCRATCH_MEDIUM = "Memory"
 """HOME and /tmp are memory-backed emptyDirs: tmpfs of ``sizeLimit`` on the node, so a write past it
 fails at once with ENOSPC (a disk-backed emptyDir's sizeLimit is only enforced by eviction, after
 the fact, and the node's disk fills first). Their pages count against the container's memory limit."""
-GATE_LINE = b"go\n"
-"""What the kernel writes to the pod's stdin once attached: it lets the agent start (see :func:`agent_command`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,167 +166,6 @@ def owner_label(username: str) -> str:
     """The owner label for a user name: a service account's name, else the sanitised user name."""
     subject = Subject.from_username(username)
     return label_value(subject.name)
-
-
-POLICY_NOT_ENFORCED = 97
-"""Exit status of the container when the deny-all NetworkPolicy is not in force (see :data:`POLICY_GUARDS`)."""
-
-IPV6_PORTS = (6443, 10250)
-"""The node's ports the policy guard must find closed at the node's IPv6 link-local address: the API
-server's service port and the kubelet's (see :data:`POLICY_GUARDS`)."""
-
-# Run before the agent, with the image's interpreter: wait until the API server (the one address
-# every pod can reach when no policy applies) is unreachable, i.e. the deny-all NetworkPolicy is
-# programmed for this pod. Network plugins program a new pod's rules a moment after it starts
-# (kube-router: ~0.4 s), and no cell may run in that gap. Gives up with exit status 97 after
-# WAIT seconds: a cluster that does not enforce NetworkPolicy never runs cells.
-#
-# IPv6 too: many plugins (kube-router among them) filter IPv4 only, while every interface has an
-# fe80:: link-local address and the node's API server and kubelet listen on [::]. So if the pod
-# has any IPv6 address besides loopback (/proc/net/if_inet6), the guard also requires that the
-# node does not answer on IPV6_PORTS (the API server's service port, 6443, the kubelet's 10250)
-# at its link-local address: the IPv4 default gateway's MAC from /proc/net/arp, turned into its
-# EUI-64 fe80:: address, and any IPv6 default route's next hop (/proc/net/ipv6_route). A pod
-# without IPv6 (the test cluster's CNI turns it off) pays one file read for this.
-POLICY_GUARDS: dict[str, list[str]] = {
-    "python3": ["python3", "-c", (
-        "import os,select,socket,sys,time\n"
-        "h=os.environ.get('KUBERNETES_SERVICE_HOST');p=int(os.environ.get('KUBERNETES_SERVICE_PORT') or 443)\n"
-        "def rd(f):\n"
-        " try:return [l.split() for l in open(f).read().splitlines()]\n"
-        " except OSError:return []\n"
-        "def v6():\n"
-        " if not [x for x in rd('/proc/net/if_inet6') if x[-1]!='lo']:return False\n"
-        " t={(socket.inet_ntop(socket.AF_INET6,bytes.fromhex(x[4])),x[9]) for x in rd('/proc/net/ipv6_route') if x[0]=='0'*32 and x[4]!='0'*32}\n"
-        " g=[socket.inet_ntoa(bytes.fromhex(x[2])[::-1]) for x in rd('/proc/net/route')[1:] if x[1]=='00000000']\n"
-        " for x in rd('/proc/net/arp')[1:]:\n"
-        "  if x[0] in g and x[3]!='00:00:00:00:00:00':\n"
-        "   b=bytes.fromhex(x[3].replace(':',''));b=bytes([b[0]^2])+b[1:3]+bytes([255,254])+b[3:]\n"
-        "   t.add(('fe80::'+':'.join(b[i:i+2].hex() for i in range(0,8,2)),x[5]))\n"
-        " w={}\n"
-        " for a,d in t:\n"
-        "  for q in {p,PORTS}:\n"
-        "   s=socket.socket(socket.AF_INET6);s.setblocking(False)\n"
-        "   try:s.connect_ex((a,q,0,socket.if_nametoindex(d)));w[s]=1\n"
-        "   except OSError:s.close()\n"
-        " o=False;e=time.time()+0.5\n"
-        " while w and not o and time.time()<e:\n"
-        "  r=select.select([],list(w),[],max(0,e-time.time()))[1]\n"
-        "  if not r:break\n"
-        "  for s in r:o=o or s.getsockopt(socket.SOL_SOCKET,socket.SO_ERROR)==0;w.pop(s);s.close()\n"
-        " [s.close() for s in w]\n"
-        " return o\n"
-        "end=time.time()+WAIT\n"
-        "while h and time.time()<end:\n"
-        " s=socket.socket();s.settimeout(1)\n"
-        " try:s.connect((h,p));o=True\n"
-        " except OSError:o=v6()\n"
-        " finally:s.close()\n"
-        " if not o:sys.exit(0)\n"
-        " time.sleep(0.05)\n"
-        "sys.exit(97)"
-    )],
-    "node": ["node", "-e", (
-        "const net=require('net'),fs=require('fs');const h=process.env.KUBERNETES_SERVICE_HOST,p=+(process.env.KUBERNETES_SERVICE_PORT||443);"
-        "const end=Date.now()+WAIT*1000;"
-        "const rd=f=>{try{return fs.readFileSync(f,'utf8').trim().split('\\n').map(l=>l.trim().split(/\\s+/))}catch(e){return []}};"
-        "function targets(){if(!rd('/proc/net/if_inet6').some(x=>x.length>5&&x[5]!=='lo'))return [];const t=[];"
-        "for(const x of rd('/proc/net/ipv6_route'))if(x[0]==='0'.repeat(32)&&x[4]!=='0'.repeat(32))t.push([x[4].match(/..../g).join(':'),x[9]]);"
-        "const g=rd('/proc/net/route').slice(1).filter(x=>x[1]==='00000000').map(x=>x[2].match(/../g).reverse().map(b=>parseInt(b,16)).join('.'));"
-        "for(const x of rd('/proc/net/arp').slice(1))if(g.includes(x[0])&&x[3]!=='00:00:00:00:00:00'){"
-        "const b=x[3].split(':').map(v=>parseInt(v,16));b[0]^=2;const w=[...b.slice(0,3),255,254,...b.slice(3)];"
-        "t.push(['fe80::'+[0,2,4,6].map(i=>((w[i]<<8)|w[i+1]).toString(16)).join(':'),x[5]])}"
-        "const r=[];for(const [a,d] of t)for(const q of new Set([p,PORTS]))r.push([a+'%'+d,q]);return r}"
-        "function open(host,port,done){const s=net.connect({host,port,timeout:host.includes(':')?500:1000});let f=false;"
-        "const fin=o=>{if(!f){f=true;s.destroy();done(o)}};s.on('connect',()=>fin(true));s.on('error',()=>fin(false));s.on('timeout',()=>fin(false))}"
-        "function v6(done){const r=targets();let n=r.length,o=false;if(!n)return done(false);"
-        "for(const [a,q] of r)open(a,q,x=>{o=o||x;if(--n===0)done(o)})}"
-        "(function t(){if(!h||Date.now()>end)process.exit(97);"
-        "open(h,p,o=>{if(o)return setTimeout(t,50);v6(x=>x?setTimeout(t,50):process.exit(0))})})()"
-    )],
-    "bash": ["bash", "-c", (
-        'h=$KUBERNETES_SERVICE_HOST p=${KUBERNETES_SERVICE_PORT:-443} end=$((SECONDS+WAIT)); '
-        '[ -n "$h" ] || exit 97; '
-        'v6() { local x a d g q t=; '
-        'while read -r a _ _ _ _ d; do [ "$d" != lo ] && t=1; done </proc/net/if_inet6; [ -n "$t" ] || return 1; t=; '
-        'while read -r x _ _ _ a _ _ _ _ d; do [ "$x" = 00000000000000000000000000000000 ] && '
-        '[ "$a" != 00000000000000000000000000000000 ] && '
-        't="$t ${a:0:4}:${a:4:4}:${a:8:4}:${a:12:4}:${a:16:4}:${a:20:4}:${a:24:4}:${a:28:4}%$d"; done </proc/net/ipv6_route; '
-        'while read -r d x g _; do [ "$x" = 00000000 ] && '
-        'g=$((16#${g:6:2})).$((16#${g:4:2})).$((16#${g:2:2})).$((16#${g:0:2})) && break; g=; done </proc/net/route; '
-        'while read -r a _ _ x _ d; do [ -n "$g" ] && [ "$a" = "$g" ] && [ "$x" != 00:00:00:00:00:00 ] && '
-        'IFS=: read -r m1 m2 m3 m4 m5 m6 <<<"$x" && t="$t $(printf "fe80::%x:%x:%x:%x" $(((16#$m1^2)<<8|16#$m2)) '
-        '$((16#$m3<<8|255)) $((254<<8|16#$m4)) $((16#$m5<<8|16#$m6)))%$d"; done </proc/net/arp; '
-        'x=; for a in $t; do for q in $p PORTS; do '
-        '{ timeout 0.5 bash -c "exec 3<>/dev/tcp/$a/$q"; } & x="$x $!"; done; done; '
-        'for q in $x; do wait $q && return 0; done; return 1; } 2>/dev/null; '
-        'while [ $SECONDS -lt $end ]; do '
-        'timeout 1 bash -c "exec 3<>/dev/tcp/$h/$p" 2>/dev/null || { v6 || exit 0; }; sleep 0.05; done; exit 97'
-    )],
-}
-
-
-def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shell_as_init: bool = False) -> list[str]:
-    """The container command: wait for the network policy and the kernel's gate line, then run the agent.
-
-    First the policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes
-    sure the deny-all NetworkPolicy is in force. It runs before the gate, as soon as the
-    container starts, so that its ~50 ms (an interpreter start and a refused connection) overlap
-    the kernel noticing the pod runs and attaching, instead of following the gate; nothing of the
-    user's runs before both are done. An attach stream only carries what is written after it is
-    opened, so the agent must not start (and send its ``ready`` frame) before the kernel is
-    attached: it waits for the gate line. ``read`` in ``/bin/sh`` consumes stdin one byte at a
-    time, so nothing after the gate line is swallowed (the guard does not read stdin).
-    ``env -i`` drops every variable the image and the kubelet set (``KUBERNETES_SERVICE_HOST``
-    and the like), leaving the user's code only HOME, PATH and LANG.
-
-    The agent replaces the shell (``exec``) and is PID 1, which inherits every orphaned process
-    of the user's code. With ``shell_as_init`` the shell stays PID 1 instead and reaps them
-    while it waits for the agent (``; exit $?`` keeps ``sh`` from exec-ing its last command).
-    """
-    run = shlex.join(
-        [
-            "env", "-i", f"HOME={SANDBOX_HOME}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8",
-            interpreter, f"{AGENT_DIR}/{agent_file}",
-        ]
-    )
-    guard = ""
-    if policy_wait > 0 and interpreter in POLICY_GUARDS:
-        program, flag, code = POLICY_GUARDS[interpreter]
-        code = code.replace("WAIT", str(int(policy_wait))).replace("$p PORTS", "$p " + " ".join(map(str, IPV6_PORTS)))
-        code = code.replace("PORTS", ",".join(map(str, IPV6_PORTS)))
-        guard = shlex.join([program, flag, code]) + " && "
-    if shell_as_init:
-        return ["/bin/sh", "-c", f"{guard}read -r _ && {run}; exit $?"]
-    return ["/bin/sh", "-c", f"{guard}read -r _ && exec {run}"]
-
-
-_RE2_SPECIAL = set("\\.+*?()|[]{}^$")
-
-
-def _re2_escape(text: str) -> str:
-    return "".join("\\n" if c == "\n" else "\\" + c if c in _RE2_SPECIAL else c for c in text)
-
-
-def agent_command_pattern() -> str:
-    """An RE2 expression matching exactly the commands :func:`agent_command` builds (policy guard on).
-
-    The admission policy ``sandbox-kernel-pods-command`` (k8s/rbac/admission-policy.yaml) admits
-    a pod of the service account only if its one container runs ``/bin/sh -c <this>``: the guard
-    first, then the gate, then an agent from the mounted ConfigMap, and nothing else (no ``;``
-    or ``||`` after the guard), so no code of the pod's creator runs before the guard has seen the
-    deny-all policy in force. Any policy wait of 1-9999 s and any agent file name match.
-    tests/unit/test_manifests.py checks that the policy carries this very expression.
-    """
-    wait, agent = "7654321", "AGENTFILE"
-    alternatives = []
-    for interpreter in POLICY_GUARDS:
-        for shell_as_init in (False, True):
-            command = agent_command(interpreter, agent, policy_wait=int(wait), shell_as_init=shell_as_init)[2]
-            assert command.count(wait) >= 1 and command.count(agent) == 1
-            escaped = _re2_escape(command).replace(wait, "[1-9][0-9]{0,3}").replace(agent, "[a-z_]+\\.(?:py|js|sh)")
-            alternatives.append(escaped)
-    return "^(?:" + "|".join(alternatives) + ")$"
 
 
 def seccomp_profile(profile: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import Limits
 from ..errors import Evicted, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
-from . import manifests
+from . import manifests, pod_command
 
 _START_FAILURES = {
     "ErrImagePull": "could not be pulled",
@@ -73,7 +73,7 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
     if terminated:
         if terminated.get("reason") == "OOMKilled":
             return OutOfMemory(limits.memory)
-        if terminated.get("exitCode") == manifests.POLICY_NOT_ENFORCED:
+        if terminated.get("exitCode") == pod_command.POLICY_NOT_ENFORCED:
             return SandboxStartError(
                 "The sandbox pod could still reach the Kubernetes API server (over IPv4, or the node over IPv6 "
                 "link-local) after KubernetesSandbox.network_policy_wait seconds: the deny-all NetworkPolicy is not "

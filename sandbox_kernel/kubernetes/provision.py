@@ -79,7 +79,7 @@ def create_namespace_objects(
     round trips were ~35 ms of every start. All of them exist before the pod is created, so
     admission sees the quota and limit range, and the policy exists before any container does
     (the pod still checks that it is *enforced* before the agent starts, see
-    :func:`.manifests.agent_command`). On failure the half-made namespace is deleted.
+    :func:`.pod_command.agent_command`). On failure the half-made namespace is deleted.
     """
     user = api.whoami()
     owner = settings.owner or (manifests.owner_label(user) if user else "unknown")

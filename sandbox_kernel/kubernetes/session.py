@@ -14,7 +14,7 @@ How the kernel reaches it: only through the API server, with an *attach* stream 
 stdin/stdout (never over pod networking, which the policy blocks). Attach does not replay what
 a container wrote before the stream opened, so the container starts the agent only once the
 deny-all NetworkPolicy is in force (network plugins program a new pod's rules a moment after it
-starts) and the kernel's gate line has arrived on stdin (see :func:`.manifests.agent_command`).
+starts) and the kernel's gate line has arrived on stdin (see :func:`.pod_command.agent_command`).
 The namespace and its objects are created by :mod:`.provision`, maybe before the kernel process
 has finished importing (:mod:`.early`; the session then takes them over); :mod:`.pod_status`
 says why a pod does not start or why it ended.
@@ -38,7 +38,7 @@ from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost,
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
-from . import early, manifests, reports
+from . import early, manifests, pod_command, reports
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
 from .pod_status import container_running, end_reason, eviction_event, start_problem
@@ -223,7 +223,7 @@ class KubernetesSandboxSession(AgentSession):
         loop = asyncio.get_running_loop()
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
         self._attach = channel
-        channel.open_gate(manifests.GATE_LINE)
+        channel.open_gate(pod_command.GATE_LINE)
         self._event(f"attached to pod {name}; agent starting")
         return channel
 

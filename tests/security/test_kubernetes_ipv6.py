@@ -4,7 +4,7 @@ Every pod used to have an fe80:: link-local address, kube-router enforces Networ
 only, and the node's API server, kubelet and kube-router listen on [::]: from a cell, another
 sandbox's pod and the node's :6443, :10250 and :20244 answered through fe80::…%eth0. The test
 cluster now gives pods no IPv6 (tests/cluster/up, the CNI tuning plugin), and the policy guard
-refuses to start a sandbox whose IPv6 reaches the node (sandbox_kernel/kubernetes/manifests.py).
+refuses to start a sandbox whose IPv6 reaches the node (sandbox_kernel/kubernetes/pod_command.py).
 
 The kernels run as the least-privilege service account (k8s_kernel). The addresses tried are the
 ones the breach used: the other sandbox's link-local address (EUI-64 of its MAC, as the kernel
@@ -138,7 +138,7 @@ def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
     core_v1: object, namespace: str, kubeconfig: str
 ) -> None:
     """The guard is the backstop for clusters that do give pods IPv6: run each language's guard
-    (manifests.agent_command, with the node's interpreters) inside a real deny-all pod's network
+    (pod_command.agent_command, with the node's interpreters) inside a real deny-all pod's network
     namespace, first as the CNI leaves it (no IPv6: the guard passes), then with IPv6 switched
     back on in that namespace, which re-creates breach 3: the guard must refuse (exit 97)."""
     import os
@@ -147,7 +147,7 @@ def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
     from kubernetes import client
 
     from fixtures_kubernetes import wait_until
-    from sandbox_kernel.kubernetes import manifests
+    from sandbox_kernel.kubernetes import pod_command
 
     core: client.CoreV1Api = core_v1  # type: ignore[assignment]
     client.NetworkingV1Api(core.api_client).create_namespaced_network_policy(namespace, {
@@ -171,7 +171,7 @@ def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
     def guards() -> dict[str, int]:
         codes = {}
         for interpreter in ("python3", "node", "bash"):
-            guard = manifests.agent_command(interpreter, "agent", policy_wait=3)[2].split(" && read -r _")[0]
+            guard = pod_command.agent_command(interpreter, "agent", policy_wait=3)[2].split(" && read -r _")[0]
             codes[interpreter] = subprocess.run(
                 ["ip", "netns", "exec", ns, "/bin/sh", "-c", guard], capture_output=True, timeout=60,
                 env={"KUBERNETES_SERVICE_HOST": service, "KUBERNETES_SERVICE_PORT": "443", "PATH": os.environ["PATH"]},
@@ -183,5 +183,5 @@ def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
     subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
                     "net.ipv6.conf.eth0.disable_ipv6=0", "net.ipv6.conf.lo.disable_ipv6=0"], check=True)
     time.sleep(2)  # duplicate address detection for the new fe80:: address
-    assert guards() == {"python3": manifests.POLICY_NOT_ENFORCED, "node": manifests.POLICY_NOT_ENFORCED,
-                        "bash": manifests.POLICY_NOT_ENFORCED}, "IPv6 reaches the node: the guard must refuse"
+    assert guards() == {"python3": pod_command.POLICY_NOT_ENFORCED, "node": pod_command.POLICY_NOT_ENFORCED,
+                        "bash": pod_command.POLICY_NOT_ENFORCED}, "IPv6 reaches the node: the guard must refuse"

@@ -13,7 +13,7 @@ import pytest
 
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import ConfigError, Evicted, OutOfMemory, SandboxLost, SandboxStartError
-from sandbox_kernel.kubernetes import manifests
+from sandbox_kernel.kubernetes import manifests, pod_command
 from sandbox_kernel.kubernetes.pod_status import end_reason, eviction_event, start_problem
 from sandbox_kernel.kubernetes.settings import KubernetesSandbox, current_kernel_id
 from sandbox_kernel.kubernetes.commands import heartbeat_expiry, is_ours, rendered_objects, verdict
@@ -173,7 +173,7 @@ def test_pod_passes_restricted_as_written() -> None:
                     "command": [
                         "/bin/sh",
                         "-c",
-                        "python3 -c " + shlex.quote(manifests.POLICY_GUARDS["python3"][2].replace("WAIT", "10").replace("PORTS", "6443,10250"))
+                        "python3 -c " + shlex.quote(pod_command.POLICY_GUARDS["python3"][2].replace("WAIT", "10").replace("PORTS", "6443,10250"))
                         + " && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
                         "python3 /opt/sandbox-agent/python_agent.py",
                     ],
@@ -213,12 +213,12 @@ def test_pod_passes_restricted_as_written() -> None:
 
 
 def test_agent_command_gate_and_policy_guard() -> None:
-    assert manifests.agent_command("bash", "bash_agent.sh", policy_wait=0) == [
+    assert pod_command.agent_command("bash", "bash_agent.sh", policy_wait=0) == [
         "/bin/sh", "-c",
         "read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 bash /opt/sandbox-agent/bash_agent.sh",
     ]
     for interpreter in ("python3", "node", "bash"):
-        command = manifests.agent_command(interpreter, "agent", policy_wait=7)[2]
+        command = pod_command.agent_command(interpreter, "agent", policy_wait=7)[2]
         # The guard first (it overlaps the kernel attaching), then the gate, then the agent.
         assert command.startswith(f"{interpreter} -")
         assert "WAIT" not in command and "7" in command and command.endswith(
@@ -230,9 +230,9 @@ def test_policy_guard_also_probes_ipv6_link_local() -> None:
     # Every guard reads the pod's IPv6 addresses and, if it has any besides loopback, tries the
     # node's link-local address (EUI-64 of the IPv4 gateway's MAC, IPv6 default routes) on the
     # API server's and kubelet's ports; the placeholders are all filled in.
-    assert manifests.IPV6_PORTS == (6443, 10250)
+    assert pod_command.IPV6_PORTS == (6443, 10250)
     for interpreter in ("python3", "node", "bash"):
-        command = manifests.agent_command(interpreter, "agent", policy_wait=7)[2]
+        command = pod_command.agent_command(interpreter, "agent", policy_wait=7)[2]
         for needle in ("/proc/net/if_inet6", "/proc/net/ipv6_route", "/proc/net/arp", "/proc/net/route", "fe80::", "6443", "10250"):
             assert needle in command, (interpreter, needle)
         assert "PORTS" not in command and "WAIT" not in command
@@ -251,19 +251,19 @@ def test_admission_policy_admits_exactly_the_commands_agent_command_builds() -> 
     docs = [d for d in yaml.safe_load_all(policy_file.read_text()) if d]
     policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command")
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
-    pattern = manifests.agent_command_pattern()
+    pattern = pod_command.agent_command_pattern()
     assert variables["commandPattern"] == "r'''" + pattern + "'''", "regenerate commandPattern from agent_command_pattern()"
     assert "'''" not in pattern  # it must fit in a CEL raw string
     matches = re.compile(pattern).match  # RE2's syntax, as used here, is a subset of Python's
     for language in LANGUAGES.values():
         for shell_as_init in (False, True):
             for wait in (1, 10, 9999):
-                command = manifests.agent_command(language.interpreter, language.agent_file, wait, shell_as_init)
+                command = pod_command.agent_command(language.interpreter, language.agent_file, wait, shell_as_init)
                 assert command[:2] == ["/bin/sh", "-c"] and matches(command[2]), (language.name, shell_as_init, wait)
-    good = manifests.agent_command("python3", "python_agent.py", 10)[2]
+    good = pod_command.agent_command("python3", "python_agent.py", 10)[2]
     guard = good.split(" && read -r _")[0]
     for bad in [good + "; evil", good + " & evil", good + "\nevil", "evil; " + good, guard + " || evil",
-                good.replace(" && read -r _", " || read -r _"), manifests.agent_command("python3", "python_agent.py", 0)[2],
+                good.replace(" && read -r _", " || read -r _"), pod_command.agent_command("python3", "python_agent.py", 0)[2],
                 good.replace("exec env -i", "exec env -i KUBERNETES_SERVICE_HOST=x")]:
         assert not matches(bad), bad
 
