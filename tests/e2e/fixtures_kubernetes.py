@@ -195,7 +195,8 @@ class K8sKernel:
     core: client.CoreV1Api
 
     def run(self, code: str, timeout: float = 90) -> Cell:
-        return Cell(*run_cell(self.kc, code, timeout))
+        reply, outputs = run_cell(self.kc, code, timeout)
+        return Cell(reply, [{**o, "msg_type": o["type"]} for o in outputs])  # the e2e tests read msg_type
 
     def namespace(self) -> str:
         """The kernel's sandbox namespace (found by its kernel-id label, as an admin)."""
