@@ -31,6 +31,8 @@ examples:
                                                  ... with the project's Localhost seccomp profile
   sandbox-kernel list                            live Kubernetes sandboxes
   sandbox-kernel gc --dry-run                    what gc would delete, and why
+  sandbox-kernel controller --SandboxController.pool="{'python': 3}"
+                                                 the sandbox controller (claims mode), a warm pool of 3
 
 'sandbox-kernel COMMAND --help' tells more about each command."""
 
@@ -113,6 +115,7 @@ def settings_reference() -> str:
     """Every setting of every backend as a Markdown table (the README's reference is this)."""
     from .config import Sandbox
     from .kernel import SandboxKernel
+    from .controller.settings import SandboxController
     from .kubernetes.settings import KubernetesSandbox
     from .egress.host import EgressProxy
     from .local.backend import LocalSandbox
@@ -122,13 +125,15 @@ def settings_reference() -> str:
 
     lines = ["| setting | default | help |", "|---|---|---|"]
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
-    for cls in (SandboxKernel, Sandbox, LocalSandbox, EgressProxy, KubernetesSandbox):
+    for cls in (SandboxKernel, Sandbox, LocalSandbox, EgressProxy, KubernetesSandbox, SandboxController):
         traits = sorted(cls.class_traits(config=True).items())
         with mock.patch.dict(os.environ, clean_env, clear=True):
             # Defaults computed from the environment (read when first accessed) are shown as a
             # clean environment gives them.
             instance = None if cls is SandboxKernel else cls()
             defaults = {name: repr(getattr(instance, name)) for name, _ in traits} if instance else {}
+            if cls is SandboxController:
+                defaults["identity"] = "host name, pid, random suffix"  # differs per process
         for name, trait in traits:
             if cls is SandboxKernel and name not in ("backend", "language_name"):
                 continue  # ipykernel's own settings are documented by ipykernel
@@ -222,7 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p.set_defaults(func=_k8s("gc"))
+
+    p = sub.add_parser(
+        "controller", help="run the sandbox controller (claims mode): makes the sandboxes SandboxClaims ask for",
+        description="Run the sandbox controller: serve SandboxClaims (make, pool, delete sandbox namespaces), "
+        "as the leader of the Lease SandboxController.lease_name. Settings as --SandboxController.pool="
+        "\"{'python': 3}\" or --KubernetesSandbox.kubeconfig=FILE (see `sandbox-kernel settings`).",
+    )
+    p.add_argument("settings", nargs=argparse.REMAINDER, help="--Class.trait=value settings")
+    p.set_defaults(func=_controller)
     return parser
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from .controller import leader
+
+    return leader.run(list(args.settings))
 
 
 def _k8s(name: str):  # type: ignore[no-untyped-def]

@@ -103,6 +103,10 @@ def api_status(exc: ApiException) -> ApiStatus:
     return ApiStatus(int(exc.status or 0), reason, message or str(exc.reason or f"HTTP {exc.status}"))
 
 
+class Conflict(SandboxStartError):
+    """The object changed since it was read (HTTP 409 on a write with a ``resourceVersion``)."""
+
+
 class AttachStream:
     """A blocking attach stream to one container: stdin in, stdout and stderr out.
 
@@ -252,6 +256,7 @@ class KubernetesApi:
         "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
         "Lease": "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
         "Pod": "/api/v1/namespaces/{namespace}/pods",
+        "SandboxClaim": "/apis/sandbox-kernel.dev/v1alpha1/namespaces/{namespace}/sandboxclaims",
     }
 
     def create(self, obj: dict[str, Any], rbac_settle: float = 0.0, account_settle: float = 0.0) -> dict[str, Any]:
@@ -367,6 +372,53 @@ class KubernetesApi:
             f"/apis/networking.k8s.io/v1/namespaces/{quote(namespace, safe='')}/networkpolicies/{quote(name, safe='')}",
         )
 
+    # -- SandboxClaims (claims mode) and the controller's namespace changes --------------------
+
+    def read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(f"read SandboxClaim {name} in namespace {namespace}", _claim_path(namespace, name))
+
+    def list_claims(self, namespace: str = "", selector: str = "") -> list[dict[str, Any]]:
+        """Claims in ``namespace`` (every namespace when empty)."""
+        path = _claim_path(namespace, "") if namespace else "/apis/sandbox-kernel.dev/v1alpha1/sandboxclaims"
+        query = [("labelSelector", selector)] if selector else []
+        body = self._request(f"list SandboxClaims{' in namespace ' + namespace if namespace else ''}", "GET", path, query)
+        return list(body.get("items") or [])
+
+    def delete_claim(self, namespace: str, name: str, uid: str = "") -> bool:
+        """Delete a claim (only that very object when ``uid`` is given); ``False`` if it was already gone."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        return self._delete(f"delete SandboxClaim {name} in namespace {namespace}", _claim_path(namespace, name), options)
+
+    def patch_claim_annotations(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        self._request(
+            f"renew the heartbeat of SandboxClaim {name} in namespace {namespace}", "PATCH", _claim_path(namespace, name),
+            body={"metadata": {"annotations": annotations}}, content_type="application/merge-patch+json",
+        )
+
+    def patch_claim_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return self._request(
+            f"record the status of SandboxClaim {name} in namespace {namespace}", "PATCH",
+            _claim_path(namespace, name) + "/status", body={"status": status}, content_type="application/merge-patch+json",
+        )
+
+    def patch_namespace(self, name: str, labels: dict[str, str | None], annotations: dict[str, str | None],
+                        resource_version: str = "") -> dict[str, Any]:
+        """Change a namespace's labels/annotations (``None`` removes one). With ``resource_version``
+        the change applies only if the namespace is still at that version (else a 409, raised as
+        :class:`Conflict`): how the controller binds a pooled sandbox to exactly one claim."""
+        meta: dict[str, Any] = {"labels": labels, "annotations": annotations}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        try:
+            return self._request(f"label namespace {name}", "PATCH", f"/api/v1/namespaces/{quote(name, safe='')}",
+                                 body={"metadata": meta}, content_type="application/merge-patch+json")
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409:
+                raise Conflict(str(exc)) from exc.__cause__
+            raise
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _read(self, action: str, path: str) -> dict[str, Any] | None:
@@ -399,6 +451,11 @@ def is_already_exists(exc: SandboxError) -> bool:
 
 def _pod_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+
+
+def _claim_path(namespace: str, name: str) -> str:
+    base = f"/apis/sandbox-kernel.dev/v1alpha1/namespaces/{quote(namespace, safe='')}/sandboxclaims"
+    return f"{base}/{quote(name, safe='')}" if name else base
 
 
 def _lease_path(namespace: str, name: str) -> str:

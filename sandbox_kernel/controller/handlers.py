@@ -1,0 +1,231 @@
+"""What the controller does for SandboxClaims, as kopf handlers (see the package's docstring).
+
+kopf watches claims in every namespace (list + watch, resumed after a dropped stream), calls
+one handler at a time per claim, retries a handler that raised :class:`kopf.TemporaryError`
+with backoff, and keeps its finalizer on each claim so that a claim deleted while the
+controller was away is still handled when it is back:
+
+    claim created / resumed   → check it, take a pooled sandbox or make one, grant the claim's
+                                user the claimant role there, status Ready (or Refused / Failed)
+    claim deleted             → delete its sandbox namespace (only the one its uid names)
+    every heartbeat_check s   → a claim whose heartbeat is older than spec.heartbeatSeconds is deleted
+    every sweep_interval s    → sandboxes whose claim is gone are deleted; direct-mode sandboxes
+                                whose heartbeat Lease expired are deleted (the gc CronJob's job)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import kopf
+
+from ..errors import AdmissionError, ClusterUnreachable, SandboxError
+from ..kubernetes import claims, commands, manifests
+from ..kubernetes.api import KubernetesApi, micro_time, parse_time
+from ..kubernetes.backend import KubernetesSandbox
+from . import sandboxes
+from .pool import Pool
+from .settings import SandboxController
+
+log = logging.getLogger("sandbox_kernel.controller")
+
+FINALIZER = f"{claims.GROUP}/controller"
+ORPHAN_GRACE = 60.0
+"""Seconds a sandbox whose claim cannot be found is left alone (its claim may just be being made)."""
+
+
+class Controller:
+    """The controller's state, shared by its handlers."""
+
+    def __init__(self, base: KubernetesSandbox, bounds: SandboxController) -> None:
+        self.base = base
+        self.bounds = bounds
+        self.api = KubernetesApi(base.kubeconfig, base.context)
+        self.creator = self.api.whoami() or "unknown"
+        self.executor = ThreadPoolExecutor(bounds.workers, thread_name_prefix="controller")
+        self.pool = Pool(self.api, base, bounds, self.creator, self.executor)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    async def serve(self, body: Any, namespace: str, name: str, uid: str) -> None:
+        """Give the claim a sandbox (its create and resume handler)."""
+        status = dict(body.get("status") or {})
+        if status.get("phase") in (claims.PHASE_READY, claims.PHASE_REFUSED, claims.PHASE_FAILED):
+            if status.get("phase") != claims.PHASE_READY or await self.run(self.api.read_namespace, status.get("namespace", "")):
+                return  # resumed after a restart: already served
+        try:
+            spec = claims.parse_spec(dict(body.get("spec") or {}))
+            if spec.user != (body.get("spec") or {}).get("user"):
+                raise claims.ClaimInvalid("spec.user is not valid")
+            plan = sandboxes.plan(spec, self.base, self.bounds)
+        except claims.ClaimInvalid as exc:
+            await self._status(namespace, name, phase=claims.PHASE_REFUSED, message=f"refused: {exc}")
+            log.info("refused claim %s/%s: %s", namespace, name, exc)
+            return
+        claim = sandboxes.ClaimRef(namespace, name, uid, spec)
+        if status.get("namespace"):  # a start cut short (the controller restarted): begin again, cleanly
+            await self.run(sandboxes.delete_for_claim, self.api, status["namespace"], uid, self.base.namespace_prefix)
+        try:
+            sandbox = await self.run(self.pool.take, plan.pool_key, claim)
+            from_pool = sandbox is not None
+            if sandbox is None:
+                sandbox = await self.run(sandboxes.make, self.api, plan, spec, self.creator, claim)
+                await self._status(namespace, name, phase=claims.PHASE_PENDING, namespace_=sandbox,
+                                   pod=sandboxes.POD_NAME, fromPool=False, message="starting the sandbox pod")
+                problem = await self.run(sandboxes.wait_running, self.api, sandbox, plan, self.base.start_timeout)
+                if problem:
+                    await self._status(namespace, name, phase=claims.PHASE_FAILED, message=problem)
+                    return
+            await self.run(sandboxes.grant, self.api, sandbox, spec.user)
+        except ClusterUnreachable as exc:
+            raise kopf.TemporaryError(str(exc), delay=1) from exc
+        except AdmissionError as exc:
+            await self._status(namespace, name, phase=claims.PHASE_FAILED, message=str(exc))
+            return
+        await self._status(namespace, name, phase=claims.PHASE_READY, namespace_=sandbox, pod=sandboxes.POD_NAME,
+                           fromPool=from_pool, message="", readyAt=micro_time())
+        log.info("claim %s/%s: sandbox %s ready%s", namespace, name, sandbox, " (from the pool)" if from_pool else "")
+
+    async def _status(self, namespace: str, name: str, namespace_: str | None = None, **fields: Any) -> None:
+        if namespace_ is not None:
+            fields["namespace"] = namespace_
+        try:
+            await self.run(self.api.patch_claim_status, namespace, name, fields)
+        except SandboxError as exc:
+            raise kopf.TemporaryError(f"could not record the claim's status: {exc}", delay=1) from exc
+
+    async def release(self, body: Any, uid: str) -> None:
+        """The claim is being deleted: delete its sandbox (kopf then removes the finalizer)."""
+        sandbox = (body.get("status") or {}).get("namespace")
+        if not sandbox:
+            return
+        try:
+            await self.run(sandboxes.delete_for_claim, self.api, sandbox, uid, self.base.namespace_prefix)
+        except SandboxError as exc:
+            raise kopf.TemporaryError(f"could not delete sandbox {sandbox}: {exc}", delay=2) from exc
+        log.info("claim %s deleted: sandbox %s deleted", uid, sandbox)
+
+    async def check_heartbeat(self, body: Any, namespace: str, name: str, uid: str) -> None:
+        """Delete the claim if its kernel stopped renewing the heartbeat."""
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        ttl = (body.get("spec") or {}).get("heartbeatSeconds", 60)
+        ttl = ttl if isinstance(ttl, int) and ttl > 0 else 60
+        beat = parse_time(str((meta.get("annotations") or {}).get(claims.ANNOTATION_HEARTBEAT) or "")) if (
+            (meta.get("annotations") or {}).get(claims.ANNOTATION_HEARTBEAT)) else None
+        try:
+            beat = beat or parse_time(meta.get("creationTimestamp"))
+        except ValueError:
+            beat = None
+        now = datetime.now(timezone.utc)
+        if beat is not None and now - beat <= timedelta(seconds=ttl):
+            return
+        log.info("claim %s/%s: heartbeat older than %d s; deleting it", namespace, name, ttl)
+        await self.run(self.api.delete_claim, namespace, name, uid)
+
+    # -- sweeps ----------------------------------------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.run(self.sweep)
+            except SandboxError as exc:
+                log.warning("sweep failed: %s", exc)
+            await asyncio.sleep(self.bounds.sweep_interval)
+
+    def sweep(self) -> None:
+        """Delete sandboxes whose claim is gone, and direct-mode sandboxes whose heartbeat expired."""
+        uids = {str(c.get("metadata", {}).get("uid")) for c in self.api.list_claims()}
+        now = datetime.now(timezone.utc)
+        for ns in self.api.list_namespaces(manifests.SELECTOR):
+            meta = ns["metadata"]
+            name = meta["name"]
+            if meta.get("deletionTimestamp") or not name.startswith(self.base.namespace_prefix):
+                continue
+            labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+            created = parse_time(meta.get("creationTimestamp")) or now
+            if sandboxes.is_controllers(ns, self.base.namespace_prefix):
+                if labels.get(claims.LABEL_STATE) != "bound" or (now - created).total_seconds() < ORPHAN_GRACE:
+                    continue  # pooled (the pool keeps those), or too new to judge
+                if annotations.get(claims.ANNOTATION_CLAIM_UID) not in uids:
+                    log.info("sandbox %s: its claim %s is gone; deleting it", name, annotations.get(claims.ANNOTATION_CLAIM))
+                    self.api.delete_namespace(name)
+                continue
+            # A direct-mode sandbox (a kernel made it): the gc CronJob's rule, heartbeat Lease expiry.
+            try:
+                lease = self.api.read_lease(name, manifests.LEASE_NAME)
+            except SandboxError:
+                continue
+            delete, why = commands.verdict(ns, lease, now, self.base.heartbeat_ttl)
+            if delete:
+                log.info("direct-mode sandbox %s: %s; deleting it", name, why)
+                self.api.delete_namespace(name)
+
+    # -- kopf wiring -----------------------------------------------------------------------------
+
+    def registry(self) -> kopf.OperatorRegistry:
+        registry = kopf.OperatorRegistry()
+        resource = (claims.GROUP, claims.VERSION, claims.PLURAL)
+
+        @kopf.on.startup(registry=registry)
+        async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.persistence.finalizer = FINALIZER
+            settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=claims.GROUP)
+            settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=claims.GROUP)
+            settings.posting.enabled = False
+            settings.scanning.disabled = True
+            settings.watching.server_timeout = 270
+            settings.watching.client_timeout = 300
+            settings.networking.request_timeout = 30
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self.pool.run()), loop.create_task(self.sweep_forever())]
+
+        @kopf.on.cleanup(registry=registry)
+        async def cleanup(**_: Any) -> None:
+            for task in self._tasks:
+                task.cancel()
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return connection_info(self.api)
+
+        @kopf.on.resume(*resource, registry=registry)
+        @kopf.on.create(*resource, registry=registry)
+        async def claim_created(body: Any, namespace: str, name: str, uid: str, **_: Any) -> None:
+            await self.serve(body, namespace, name, uid)
+
+        @kopf.on.delete(*resource, registry=registry)
+        async def claim_deleted(body: Any, uid: str, **_: Any) -> None:
+            await self.release(body, uid)
+
+        @kopf.timer(*resource, interval=self.bounds.heartbeat_check, registry=registry)
+        async def heartbeat(body: Any, namespace: str, name: str, uid: str, **_: Any) -> None:
+            await self.check_heartbeat(body, namespace, name, uid)
+
+        return registry
+
+
+def connection_info(api: KubernetesApi) -> kopf.ConnectionInfo:
+    """kopf's credentials, from the same kubeconfig / in-cluster identity as our own client."""
+    cfg = api.configuration
+    # get_api_key_with_prefix runs the client's refresh hook (the in-cluster token is rotated).
+    auth = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken") or ""
+    scheme, _, token = auth.partition(" ") if " " in auth else ("Bearer", "", auth)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert or None,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme if token else None,
+        token=token or None,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
+    )
