@@ -26,7 +26,7 @@ import kopf
 from ..errors import AdmissionError, ClusterUnreachable, SandboxError
 from ..kubernetes import claims, commands, manifests
 from ..kubernetes.api import KubernetesApi, micro_time, parse_time
-from ..kubernetes.backend import KubernetesSandbox
+from ..kubernetes.settings import KubernetesSandbox
 from . import sandboxes
 from .pool import Pool
 from .settings import SandboxController
@@ -200,16 +200,16 @@ class Controller:
 
         @kopf.on.resume(*resource, registry=registry)
         @kopf.on.create(*resource, registry=registry)
-        async def claim_created(body: Any, namespace: str, name: str, uid: str, **_: Any) -> None:
-            await self.serve(body, namespace, name, uid)
+        async def claim_created(body: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+            await self.serve(body, namespace or "", name, uid)
 
         @kopf.on.delete(*resource, registry=registry)
         async def claim_deleted(body: Any, uid: str, **_: Any) -> None:
             await self.release(body, uid)
 
         @kopf.timer(*resource, interval=self.bounds.heartbeat_check, registry=registry)
-        async def heartbeat(body: Any, namespace: str, name: str, uid: str, **_: Any) -> None:
-            await self.check_heartbeat(body, namespace, name, uid)
+        async def heartbeat(body: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+            await self.check_heartbeat(body, namespace or "", name, uid)
 
         return registry
 

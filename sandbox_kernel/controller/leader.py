@@ -26,7 +26,7 @@ def run(argv: list[str] | None = None) -> int:
     from traitlets.config import Config
     from traitlets.config.loader import KVArgParseConfigLoader
 
-    from ..kubernetes.backend import KubernetesSandbox
+    from ..kubernetes.settings import KubernetesSandbox
     from .settings import SandboxController
 
     config: Config = KVArgParseConfigLoader(list(argv or []), aliases={}, flags={}).load_config() if argv else Config()

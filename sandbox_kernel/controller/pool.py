@@ -26,7 +26,8 @@ from ..config import Sandbox
 from ..errors import SandboxError
 from ..kubernetes import claims, manifests
 from ..kubernetes.api import KubernetesApi, parse_time
-from ..kubernetes.backend import KubernetesSandbox, _container_running
+from ..kubernetes.pod_status import container_running
+from ..kubernetes.settings import KubernetesSandbox
 from . import sandboxes
 from .settings import SandboxController
 
@@ -105,7 +106,7 @@ class Pool:
             name = namespace["metadata"]["name"]
             self._refill()
             pod = self.api.read_pod(name, sandboxes.POD_NAME)
-            if not _container_running(pod):  # ended while it waited: never hand out a dead sandbox
+            if not container_running(pod):  # ended while it waited: never hand out a dead sandbox
                 log.warning("pooled sandbox %s had no running pod; deleting it", name)
                 self.api.delete_namespace(name)
                 continue

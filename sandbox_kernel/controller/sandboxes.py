@@ -23,14 +23,9 @@ from ..config import Limits, Sandbox
 from ..errors import ConfigError, SandboxError
 from ..kubernetes import claims, manifests
 from ..kubernetes.api import Conflict, KubernetesApi, micro_time
-from ..kubernetes.backend import (
-    KubernetesSandbox,
-    _container_running,
-    _deleted_on_failure,
-    end_reason,
-    expected_objects,
-    start_problem,
-)
+from ..kubernetes.pod_status import container_running, end_reason, start_problem
+from ..kubernetes.provision import _deleted_on_failure, expected_objects
+from ..kubernetes.settings import KubernetesSandbox
 from ..languages import LANGUAGES
 from ..quantity import parse_bytes, parse_cpu
 from .settings import SandboxController
@@ -144,7 +139,7 @@ def wait_running(api: KubernetesApi, namespace: str, plan_: Plan, timeout: float
         pod = api.read_pod(namespace, POD_NAME)
         if pod is None:
             return f"the sandbox pod {POD_NAME} disappeared while starting"
-        if _container_running(pod):
+        if container_running(pod):
             return ""
         problem = start_problem(pod, plan_.image)
         if problem is not None and "No node can run" not in str(problem):

@@ -19,7 +19,7 @@ import yaml
 from ..config import Limits, Sandbox
 from ..errors import SandboxError
 from ..languages import get_language
-from . import manifests
+from . import claims, manifests
 from .api import KubernetesApi, parse_time
 from .settings import KubernetesSandbox
 
@@ -152,20 +152,38 @@ def _lease(api: KubernetesApi, namespace: str) -> tuple[dict[str, Any] | None, s
         return None, str(exc)
 
 
+def origin(namespace: dict[str, Any]) -> str:
+    """Who made a sandbox and, for the controller's, whether it is pooled, bound, and came from the pool (pure)."""
+    meta = namespace.get("metadata", {})
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    if labels.get(claims.LABEL_MADE_BY) != claims.MADE_BY_CONTROLLER:
+        return "direct (kernel)"
+    state = labels.get(claims.LABEL_STATE, "?")
+    if state != "bound":
+        return f"pool ({state})"
+    pooled = " (from pool)" if annotations.get("sandbox-kernel/pooled") == "true" else ""
+    return f"claim {annotations.get(claims.ANNOTATION_CLAIM, '?')}{pooled}"
+
+
 def list_sandboxes(args: argparse.Namespace) -> int:
     settings = _settings(args)
     api = KubernetesApi(settings.kubeconfig, settings.context)
     now = datetime.now(timezone.utc)
-    rows = [("NAMESPACE", "AGE", "OWNER", "LANGUAGE", "KERNEL", "HEARTBEAT")]
+    rows = [("NAMESPACE", "AGE", "OWNER", "LANGUAGE", "KERNEL", "HEARTBEAT", "SOURCE")]
     for ns in sorted(api.list_namespaces(manifests.SELECTOR), key=lambda n: n["metadata"]["name"]):
         if not is_ours(ns, settings.namespace_prefix):
             continue
         meta = ns["metadata"]
         labels = meta.get("labels") or {}
         created = parse_time(meta.get("creationTimestamp")) or now
-        lease, error = _lease(api, meta["name"])
+        controllers = labels.get(claims.LABEL_MADE_BY) == claims.MADE_BY_CONTROLLER
+        lease, error = (None, "") if controllers else _lease(api, meta["name"])
         expiry = heartbeat_expiry(lease)
         if meta.get("deletionTimestamp"):
+            beat = "terminating"
+        elif controllers:
+            beat = "on its claim" if labels.get(claims.LABEL_STATE) == "bound" else "-"
+        elif meta.get("deletionTimestamp"):
             beat = "terminating"
         elif error:
             beat = "unknown (cannot read lease)"
@@ -178,7 +196,7 @@ def list_sandboxes(args: argparse.Namespace) -> int:
             beat = f"renewed {_ago(now - renewed)} ago" if renewed else "alive"
         rows.append((
             meta["name"], _ago(now - created), labels.get(manifests.LABEL_OWNER, "?"),
-            labels.get(manifests.LABEL_LANGUAGE, "?"), labels.get(manifests.LABEL_KERNEL_ID, "?"), beat,
+            labels.get(manifests.LABEL_LANGUAGE, "?"), labels.get(manifests.LABEL_KERNEL_ID, "?"), beat, origin(ns),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -197,6 +215,10 @@ def gc(args: argparse.Namespace) -> int:
             continue
         seen += 1
         name = ns["metadata"]["name"]
+        if (ns["metadata"].get("labels") or {}).get(claims.LABEL_MADE_BY) == claims.MADE_BY_CONTROLLER:
+            # Claims mode: the controller deletes these with their claim (or its expired heartbeat).
+            print(f"kept {name}: the sandbox controller's ({origin(ns)}); it goes with its claim")
+            continue
         lease, error = _lease(api, name)
         if error:
             # Another identity's sandbox (its RoleBinding names someone else): not ours to judge.

@@ -32,6 +32,7 @@ from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .claiming import PreparedClaim
     from .provision import PreparedSandbox
 
 log = logging.getLogger("sandbox_kernel")
@@ -44,7 +45,7 @@ _ASSIGNMENT = re.compile(r"--[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=.*", re.DOTALL)
 FOREGROUND_WAIT = 1.0
 """Most seconds :func:`begin` waits for the sandbox's objects and pod to be created."""
 
-_pending: Future[PreparedSandbox] | None = None
+_pending: Future[PreparedSandbox | PreparedClaim] | None = None
 
 
 def load_config(argv: list[str]) -> Any:
@@ -108,8 +109,9 @@ def begin(argv: list[str]) -> None:
         log.debug("no early sandbox start: %s", exc)
 
 
-def start_early(config: Any, language_name: str) -> Future[PreparedSandbox]:
-    """Begin :func:`.provision.prepare_sandbox` in a thread, with the settings ``config`` gives.
+def start_early(config: Any, language_name: str) -> Future[PreparedSandbox | PreparedClaim]:
+    """Begin :func:`.provision.prepare_sandbox` in a thread, with the settings ``config`` gives
+    (in claims mode :func:`.claiming.prepare_claim`: the claim, served by the controller).
 
     Settings are validated here, in the caller's thread: a bad one raises at once (and the
     kernel reports it properly later, when it reads the same configuration).
@@ -124,10 +126,15 @@ def start_early(config: Any, language_name: str) -> Future[PreparedSandbox]:
     settings = KubernetesSandbox(config=config)
     settings.validate(limits)
     kernel_id = current_kernel_id()
-    future: Future[PreparedSandbox] = Future()
+    future: Future[PreparedSandbox | PreparedClaim] = Future()
 
     def work() -> None:
         try:
+            if settings.mode == "claims":
+                from .claiming import prepare_claim
+
+                future.set_result(prepare_claim(settings, language, limits, kernel_id))
+                return
             future.set_result(prepare_sandbox(settings, language, limits, kernel_id))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims it
             future.set_exception(exc)
@@ -136,7 +143,7 @@ def start_early(config: Any, language_name: str) -> Future[PreparedSandbox]:
     return future
 
 
-def claim() -> Future[PreparedSandbox] | None:
+def claim() -> Future[PreparedSandbox | PreparedClaim] | None:
     """The early start's result, once per process (``None`` if there was none or it was taken)."""
     global _pending
     future, _pending = _pending, None
@@ -150,6 +157,11 @@ def _discard_unclaimed() -> None:
         return
     try:
         prepared = future.result(timeout=30)
-        prepared.api.delete_namespace(prepared.ident.namespace)
+        from .claiming import PreparedClaim, release
+
+        if isinstance(prepared, PreparedClaim):
+            release(prepared.api, prepared.claimed.namespace, prepared.claimed.name)
+        else:
+            prepared.api.delete_namespace(prepared.ident.namespace)
     except Exception:  # noqa: BLE001 - gc reclaims it once its lease expires
         log.debug("could not delete the unclaimed early sandbox", exc_info=True)

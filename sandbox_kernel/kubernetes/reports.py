@@ -43,6 +43,10 @@ class SandboxFacts:
     """``(time.time(), text)`` of what the kernel did, oldest first."""
     applied: tuple[dict[str, Any], ...]
     """Every object the session created, in creation order."""
+    claim: str = ""
+    """Claims mode: ``<namespace>/<name>`` of the SandboxClaim the sandbox came with ('' in direct mode)."""
+    from_pool: bool = False
+    """Claims mode: whether the controller handed over a pooled sandbox (else it made one for the claim)."""
 
 
 def report(topic: str, api: KubernetesApi, facts: SandboxFacts) -> str:
@@ -73,7 +77,16 @@ def _status(api: KubernetesApi, facts: SandboxFacts) -> str:
         image = pod["spec"]["containers"][0]["image"]
     else:
         phase, image = "no pod", facts.image
+    if facts.claim:
+        origin = (f"claims mode: SandboxClaim {facts.claim}, "
+                  + ("from the warm pool (made before the claim, used once)" if facts.from_pool else "made for the claim")
+                  + " by the sandbox controller")
+        beat = f"annotation on the SandboxClaim, renewed every {settings.heartbeat_interval:g} s, expires after {settings.heartbeat_ttl} s"
+    else:
+        origin = "direct mode: made by the kernel"
+        beat = f"Lease {manifests.LEASE_NAME}, renewed every {settings.heartbeat_interval:g} s, expires after {settings.heartbeat_ttl} s"
     rows = [
+        ("sandbox", origin),
         ("namespace", ident.namespace),
         ("pod", f"{facts.pod_name or '-'} ({phase})"),
         ("image", image),
@@ -83,7 +96,7 @@ def _status(api: KubernetesApi, facts: SandboxFacts) -> str:
         ("seccomp", f"Localhost {settings.seccomp_profile}" if settings.seccomp_profile else "RuntimeDefault"),
         ("cell timeout", f"{facts.cell_timeout:g} s"),
         ("pod lifetime", f"{settings.pod_lifetime} s"),
-        ("heartbeat", f"Lease {manifests.LEASE_NAME}, renewed every {settings.heartbeat_interval:g} s, expires after {settings.heartbeat_ttl} s"),
+        ("heartbeat", beat),
         ("owner", f"{ident.owner} ({ident.user or 'unknown user'})"),
         ("kernel", ident.kernel_id),
         ("stream", facts.stream),
@@ -104,7 +117,10 @@ def _quota(api: KubernetesApi, facts: SandboxFacts) -> str:
 def _policy(api: KubernetesApi, facts: SandboxFacts) -> str:
     namespace, settings = facts.ident.namespace, facts.settings
     policy = api.read_network_policy(namespace, manifests.NETWORK_POLICY_NAME)
-    ns = api.read_namespace(namespace) or {}
+    if facts.claim:  # claims mode: the kernel's identity cannot read namespaces; the controller labelled it
+        ns = {"metadata": {"labels": manifests.namespace(facts.ident)["metadata"]["labels"]}}
+    else:
+        ns = api.read_namespace(namespace) or {}
     pss = {k: v for k, v in (ns.get("metadata", {}).get("labels") or {}).items() if k.startswith("pod-security.kubernetes.io/")}
     words = [
         f"network: NetworkPolicy {manifests.NETWORK_POLICY_NAME} selects every pod and allows no ingress and no egress "

@@ -34,11 +34,11 @@ import time
 from typing import Any, Callable, TypeVar
 
 from ..config import Limits
-from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
+from ..errors import AdmissionError, ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
-from . import early, manifests, pod_command, reports
+from . import claiming, early, manifests, pod_command, reports
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
 from .pod_status import container_running, end_reason, eviction_event, start_problem
@@ -91,6 +91,7 @@ class KubernetesSandboxSession(AgentSession):
         self._last_pod: str | None = None
         self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
         self._events: list[tuple[float, str]] = []
+        self._claim: claiming.Claimed | None = None  # claims mode: the claim the sandbox came with
 
     @property
     def namespace(self) -> str | None:
@@ -142,6 +143,10 @@ class KubernetesSandboxSession(AgentSession):
         except Exception as exc:  # noqa: BLE001 - the normal start below reports the cause properly
             log.info("early sandbox start failed (%s); starting the sandbox now", exc)
             return None
+        if isinstance(prepared, claiming.PreparedClaim):
+            # Claims mode: never a direct sandbox here; the early claim is taken by _spawn_claimed.
+            await self._run(claiming.release, prepared.api, prepared.claimed.namespace, prepared.claimed.name)
+            return None
         settings = self.settings
         expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name)
         if (prepared.kubeconfig, prepared.context) == (settings.kubeconfig, settings.context) and (
@@ -164,6 +169,8 @@ class KubernetesSandboxSession(AgentSession):
             raise
 
     async def _spawn_pod(self) -> AgentChannel:
+        if self.settings.mode == "claims":
+            return await self._spawn_claimed()
         prepared = await self._claim_early() if self._ident is None else None
         if prepared is not None:
             self._api = prepared.api
@@ -220,12 +227,83 @@ class KubernetesSandboxSession(AgentSession):
                 self._stale_pods.add(name)
                 log.warning("could not delete pod %s/%s, retried later: %s", ident.namespace, name, exc)
             raise
+        return self._open(ident, name, stream)
+
+    def _open(self, ident: manifests.SandboxIdentity, name: str, stream: AttachStream) -> AgentChannel:
+        """The agent channel over a fresh attach stream; the gate line lets the agent start."""
         loop = asyncio.get_running_loop()
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
         self._attach = channel
         channel.open_gate(pod_command.GATE_LINE)
         self._event(f"attached to pod {name}; agent starting")
         return channel
+
+    # -- claims mode ------------------------------------------------------------------------------
+
+    async def _take_early_claim(self) -> claiming.Claimed | None:
+        """The claim :mod:`.early` made while the kernel process imported, if it asks for what this session would."""
+        future = early.claim()
+        if future is None:
+            return None
+        try:
+            prepared = await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 - the normal start reports the cause properly
+            log.info("early claim failed (%s); claiming the sandbox now", exc)
+            return None
+        if not isinstance(prepared, claiming.PreparedClaim):
+            await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
+            return None
+        claimed = prepared.claimed
+        expected = claiming.claim_spec(self.settings, self.language, self.limits, self.kernel_id, claimed.user, claimed.owner)
+        if (prepared.kubeconfig, prepared.context) == (self.settings.kubeconfig, self.settings.context) and expected == prepared.spec:
+            self._api = prepared.api
+            return claimed
+        log.info("the early claim %s does not match the kernel's configuration; deleting it", claimed.name)
+        await self._run(claiming.release, prepared.api, claimed.namespace, claimed.name)
+        return None
+
+    async def _spawn_claimed(self) -> AgentChannel:
+        """Claims mode: a SandboxClaim per sandbox; a lost sandbox is given back and a new one claimed."""
+        claimed = await self._take_early_claim() if self._claim is None and self._ident is None else None
+        api = await self._run(self._connect)
+        if self._claim is not None:  # the sandbox ended (out of memory, say): a new claim, a new sandbox
+            old, self._claim = self._claim, None
+            self._stop_heartbeat()
+            self._ident = None
+            await self._run(claiming.release, api, old.namespace, old.name)
+            self._event(f"SandboxClaim {old.name} deleted (its sandbox {old.status.namespace} ended)")
+        if claimed is None:
+            claimed = await self._run(claiming.acquire, api, self.settings, self.language, self.limits, self.kernel_id)
+        self._claim = claimed
+        status = claimed.status
+        self._ident = manifests.SandboxIdentity(
+            namespace=status.namespace, kernel_id=self.kernel_id, language=self.language.name,
+            owner=claimed.owner, user=claimed.user, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        self._applied = []
+        origin = "from the warm pool" if status.from_pool else "made for it"
+        self._event(f"SandboxClaim {claimed.namespace}/{claimed.name} ready after {claimed.seconds * 1000:.0f} ms: "
+                    f"sandbox {status.namespace} ({origin}), pod {status.pod}")
+        self._start_heartbeat()
+        self._pod_name = status.pod
+        try:
+            stream = await self._run(self._attach_claimed, api, status.namespace, status.pod)
+        except BaseException:
+            self._pod_name = None
+            raise
+        return self._open(self._ident, status.pod, stream)
+
+    def _attach_claimed(self, api: KubernetesApi, namespace: str, pod: str) -> AttachStream:
+        """Attach to the claimed pod (blocking). The controller bound the kernel's role there a
+        moment ago: a 'forbidden' while the authorizer's cache catches up is retried briefly."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                return api.attach(namespace, pod, manifests.CONTAINER_NAME)
+            except AdmissionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> None:
         deadline = time.monotonic() + self.settings.start_timeout
@@ -305,7 +383,10 @@ class KubernetesSandboxSession(AgentSession):
             if ident is None or api is None:
                 return
             try:
-                await self._run(api.renew_lease, ident.namespace, manifests.LEASE_NAME, micro_time())
+                if self._claim is not None:
+                    await self._run(claiming.renew, api, self._claim.namespace, self._claim.name)
+                else:
+                    await self._run(api.renew_lease, ident.namespace, manifests.LEASE_NAME, micro_time())
             except SandboxError as exc:
                 log.warning("heartbeat not renewed: %s", exc)
 
@@ -319,6 +400,8 @@ class KubernetesSandboxSession(AgentSession):
         if self._closed:
             self._last_pod = name  # close() deletes it together with the namespace
             return
+        if self._claim is not None:
+            return  # claims mode: the next _spawn gives the claim (and its sandbox) back, then claims anew
         try:
             await self._run(self._api.delete_pod, self._ident.namespace, name)
         except SandboxError:
@@ -370,6 +453,15 @@ class KubernetesSandboxSession(AgentSession):
         deadline = time.monotonic() + self.settings.shutdown_deadline
         await super().close()
         self._stop_heartbeat()
+        if self._claim is not None and self._api is not None:
+            claim, self._claim, self._ident = self._claim, None, None
+            await self._run(claiming.release, self._api, claim.namespace, claim.name)
+            if await self._run(claiming.wait_gone, self._api, claim.namespace, claim.name, self.settings.shutdown_deadline):
+                self._event(f"SandboxClaim {claim.name} and its sandbox {claim.status.namespace} deleted")
+            else:
+                log.warning("SandboxClaim %s/%s still exists %g s after deletion was requested; the controller "
+                            "deletes its sandbox once it gets to it", claim.namespace, claim.name, self.settings.shutdown_deadline)
+            return
         ident, self._ident = self._ident, None
         if ident is None or self._api is None:
             return
@@ -413,6 +505,8 @@ class KubernetesSandboxSession(AgentSession):
             stream=reports.stream_health(self._attach),
             kernel_events=tuple(self._events),
             applied=tuple(self._applied),
+            claim=f"{self._claim.namespace}/{self._claim.name}" if self._claim else "",
+            from_pool=bool(self._claim and self._claim.status.from_pool),
         )
         try:
             return reports.report(topic, self._api, facts)

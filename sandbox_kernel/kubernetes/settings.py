@@ -49,6 +49,25 @@ class KubernetesSandbox(Configurable):
 
     context = Unicode("", help="kubeconfig context to use (empty: the current context).").tag(config=True)
 
+    mode = Enum(
+        ["direct", "claims"],
+        help="How a kernel gets its sandbox. 'direct': it creates the namespace, its policies and the pod "
+        "itself (needs the rights of k8s/rbac/clusterrole.yaml, or a person's own admin kubeconfig). "
+        "'claims': it creates a SandboxClaim and the sandbox controller (`sandbox-kernel controller`) makes "
+        "the sandbox, or hands over a pooled one; the kernel's identity then needs only claims in its own "
+        "namespace (k8s/rbac/claims.yaml). Env: SANDBOX_KUBERNETES_MODE.",
+    ).tag(config=True)
+
+    @default("mode")
+    def _mode_default(self) -> str:
+        return os.environ.get("SANDBOX_KUBERNETES_MODE") or "direct"
+
+    claim_namespace = Unicode(
+        "",
+        help="Claims mode: the namespace the kernel's SandboxClaims go to. Empty: the namespace of the "
+        "kernel's service account (its own), e.g. sandbox-kernel-system.",
+    ).tag(config=True)
+
     namespace_prefix = Unicode(
         DEFAULT_NAMESPACE_PREFIX,
         help="Prefix of the namespace name; 8 random hex digits follow (e.g. sandbox-1a2b3c4d). The admission "
@@ -284,6 +303,8 @@ class KubernetesSandbox(Configurable):
                 "KubernetesSandbox.heartbeat_ttl",
                 f"{self.heartbeat_ttl} s must be longer than heartbeat_interval ({self.heartbeat_interval:g} s)",
             )
+        if self.mode == "claims" and not 5 <= self.heartbeat_ttl <= 3600:
+            raise ConfigError("KubernetesSandbox.heartbeat_ttl", "must be 5 to 3600 s in claims mode (a SandboxClaim's heartbeatSeconds)")
         if self.reconnect_timeout <= 0:
             raise ConfigError("KubernetesSandbox.reconnect_timeout", "must be more than 0 seconds")
         if self.start_timeout <= 0 or self.shutdown_deadline <= 0:
