@@ -34,6 +34,7 @@ from .settings import SandboxController
 log = logging.getLogger("sandbox_kernel.controller")
 
 FINALIZER = f"{claims.GROUP}/controller"
+KOPF_PREFIX = f"controller.{claims.GROUP}"
 ORPHAN_GRACE = 60.0
 """Seconds a sandbox whose claim cannot be found is left alone (its claim may just be being made)."""
 
@@ -165,7 +166,7 @@ class Controller:
                 lease = self.api.read_lease(name, manifests.LEASE_NAME)
             except SandboxError:
                 continue
-            delete, why = commands.verdict(ns, lease, now, self.base.heartbeat_ttl)
+            delete, why = commands.verdict(ns, lease, now - timedelta(seconds=self.bounds.reclaim_grace), self.base.heartbeat_ttl)
             if delete:
                 log.info("direct-mode sandbox %s: %s; deleting it", name, why)
                 self.api.delete_namespace(name)
@@ -179,8 +180,9 @@ class Controller:
         @kopf.on.startup(registry=registry)
         async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.persistence.finalizer = FINALIZER
-            settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=claims.GROUP)
-            settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=claims.GROUP)
+            # kopf's own bookkeeping on each claim, under a prefix of its own (not the kernel's heartbeat).
+            settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+            settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
             settings.posting.enabled = False
             settings.scanning.disabled = True
             settings.watching.server_timeout = 270
@@ -208,7 +210,7 @@ class Controller:
             await self.release(body, uid)
 
         @kopf.timer(*resource, interval=self.bounds.heartbeat_check, registry=registry)
-        async def heartbeat(body: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+        async def heartbeat_check(body: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
             await self.check_heartbeat(body, namespace or "", name, uid)
 
         return registry

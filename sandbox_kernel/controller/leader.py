@@ -78,4 +78,26 @@ def serve(base: Any, bounds: Any, stop: threading.Event) -> int:
     if stop.is_set():
         log.error("controller %s: lost the lease; exiting so that only the leader acts", bounds.identity)
         return 1
+    release(bounds)
     return 0
+
+
+def release(bounds: Any) -> None:
+    """Stopped cleanly (SIGTERM): give the Lease up at once, so a standby need not wait out its duration.
+
+    Only if this process still holds it, and only at the version read (an update with the
+    ``resourceVersion``), so a Lease another replica has taken meanwhile is left alone.
+    """
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    api = client.CoordinationV1Api()
+    try:
+        lease = api.read_namespaced_lease(bounds.lease_name, bounds.lease_namespace)
+        if lease.spec is None or lease.spec.holder_identity != bounds.identity:
+            return
+        lease.spec.holder_identity = None
+        api.replace_namespaced_lease(bounds.lease_name, bounds.lease_namespace, lease)
+        log.info("controller %s: released the lease", bounds.identity)
+    except ApiException as exc:
+        log.warning("could not release the lease: %s", exc.reason)

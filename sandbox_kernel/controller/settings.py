@@ -69,6 +69,11 @@ class SandboxController(Configurable):
         "down) and direct-mode sandboxes whose heartbeat Lease expired (what `sandbox-kernel gc` does).",
     ).tag(config=True)
 
+    reclaim_grace = Float(
+        60.0, help="Seconds past a direct-mode sandbox's heartbeat expiry before the controller's sweep deletes "
+        "it (the gc CronJob it replaces ran every 5 minutes; `sandbox-kernel gc` run by hand acts at once).",
+    ).tag(config=True)
+
     heartbeat_check = Float(2.0, help="Seconds between checks of each claim's heartbeat.").tag(config=True)
 
     lease_name = Unicode("sandbox-kernel-controller", help="Leader-election Lease: only its holder acts.").tag(config=True)

@@ -119,3 +119,6 @@ def namespace(namespace_factory: Callable[..., str]) -> str:
 
 # Kubernetes backend fixtures (rbac_applied, sa_kubeconfig, sa_api, kernel_env, k8s_kernel).
 from fixtures_kubernetes import *  # noqa: E402,F401,F403
+
+# Claims mode fixtures (claims_kubeconfig, controller_kubeconfig, controller, claims_env).
+from fixtures_claims import *  # noqa: E402,F401,F403

@@ -4,11 +4,13 @@
 - The ValidatingAdmissionPolicies confine the sandbox-kernel service account to sandbox
   namespaces: it is refused, with the policy's message, when it creates, labels or deletes any
   other namespace or binds a role outside its sandboxes; its own sandboxes still work.
-- The gc CronJob reclaims a sandbox whose heartbeat Lease expired, and nothing else.
+- The sandbox controller's Deployment (leader of its Lease) reclaims a direct-mode sandbox whose
+  heartbeat Lease expired (the old gc CronJob's job), and nothing else.
 - JupyterLab, built by images/jupyterlab/build and imported into containerd, becomes Available;
   reached THROUGH THE API SERVER (service proxy), it starts a Sandbox (Python) kernel through
-  Jupyter Server's REST API, runs a cell over the kernel's websocket channels, shuts it down, and
-  the kernel's sandbox namespace is gone.
+  Jupyter Server's REST API — in claims mode, as sandbox-kernel-claims: the controller Deployment
+  makes its sandbox —, runs a cell over the kernel's websocket channels, shuts it down, and the
+  kernel's claim and sandbox namespace are gone.
 
 Every test here FAILS (never skips) without the cluster.
 """
@@ -53,6 +55,8 @@ SANDBOX_LABELS = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-securit
                   "pod-security.kubernetes.io/enforce-version": "latest"}
 """What the namespace policy requires of a namespace the service account creates."""
 LAB_IMAGE = "localhost/sandbox-kernel-lab"
+CONTROLLER_USER = f"system:serviceaccount:{SA_NAMESPACE}:sandbox-kernel-controller"
+CLAIMS_USER = f"system:serviceaccount:{SA_NAMESPACE}:sandbox-kernel-claims"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +149,8 @@ def platform(kubeconfig: str, lab_image: str, tmp_path_factory: pytest.TempPathF
         })
         kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "restart", "deployment/jupyterlab")
     kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "status", "deployment/jupyterlab", "--timeout=300s", timeout=330)
+    kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "status", "deployment/sandbox-kernel-controller", "--timeout=300s",
+            timeout=330)
     kubectl(kubeconfig, "-n", PLATFORM_NS, "wait", "--for=condition=Available", "deployment/jupyterlab", "--timeout=120s",
             timeout=150)
     api.close()
@@ -178,7 +184,9 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in built)
     for expected in [
         ("ClusterRole", "sandbox-kernel"), ("ClusterRole", "sandbox-kernel-sandbox"),
-        ("ClusterRoleBinding", "sandbox-kernel"), ("CronJob", "sandbox-kernel-gc"),
+        ("ClusterRoleBinding", "sandbox-kernel"), ("Deployment", "sandbox-kernel-controller"),
+        ("ClusterRole", "sandbox-kernel-controller"), ("ClusterRole", "sandbox-kernel-claimant"),
+        ("CustomResourceDefinition", "sandboxclaims.sandbox-kernel.dev"), ("ServiceAccount", "sandbox-kernel-claims"),
         ("Deployment", "jupyterlab"), ("Namespace", PLATFORM_NS), ("Service", "jupyterlab"),
         ("ServiceAccount", SA_NAME),
         *[(kind, name) for name in POLICIES for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")],
@@ -193,12 +201,15 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
     core = client.CoreV1Api(admin)
     templates = {
         "jupyterlab": next(d for d in built if d["kind"] == "Deployment")["spec"]["template"]["spec"],
-        "gc": next(d for d in built if d["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        "controller": next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-kernel-controller")
+        ["spec"]["template"]["spec"],
     }
+    templates["jupyterlab"] = next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "jupyterlab")[
+        "spec"]["template"]["spec"]
     for name, spec in templates.items():
         core.create_namespaced_pod(PLATFORM_NS, {"metadata": {"name": f"psa-check-{name}"}, "spec": spec}, dry_run="All")
     # ... and enforcement is really on: the same pod without its securityContext is refused.
-    bare = copy.deepcopy(templates["gc"])
+    bare = copy.deepcopy(templates["controller"])
     bare.pop("securityContext")
     bare["containers"][0].pop("securityContext")
     with pytest.raises(ApiException) as refused:
@@ -412,10 +423,12 @@ def _create_all(api: client.ApiClient, objects: list[dict[str, Any]]) -> None:
         utils.create_from_dict(api, obj)
 
 
-def test_gc_cronjob_reclaims_a_sandbox_whose_heartbeat_expired(
+def test_controller_deployment_reclaims_a_direct_mode_sandbox_whose_heartbeat_expired(
     kubeconfig: str, admin: client.ApiClient, platform: dict[str, str], namespace_factory: Callable[..., str]
 ) -> None:
-    core, batch = client.CoreV1Api(admin), client.BatchV1Api(admin)
+    """The controller took over the gc CronJob's job: its sweep (every 30 s in k8s/platform/controller.yaml)
+    deletes a sandbox whose Lease expired and keeps a live one and namespaces that are not sandboxes."""
+    core = client.CoreV1Api(admin)
     now = datetime.now(timezone.utc)
     suffix = uuid.uuid4().hex[:6]
     dead, alive = f"sandbox-e2egc{suffix}a", f"sandbox-e2egc{suffix}b"
@@ -425,18 +438,13 @@ def test_gc_cronjob_reclaims_a_sandbox_whose_heartbeat_expired(
         # Not sandboxes: a plain namespace, and one with the label but not the sandbox- name.
         plain = namespace_factory()
         lookalike = namespace_factory(labels={manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY})
-
-        # Run the CronJob now rather than waiting for its schedule.
-        job = f"e2e-gc-{suffix}"
-        kubectl(kubeconfig, "-n", PLATFORM_NS, "create", "job", "--from=cronjob/sandbox-kernel-gc", job)
-        finished = wait_until(lambda: _finished(batch, job), 180, interval=1, what=f"job {job} to finish")
-        logs = _job_logs(core, job)
-        assert f"deleted {dead}: heartbeat expired" in logs, f"job {finished}; logs:\n{logs}"
-        assert f"kept {alive}: heartbeat expires in" in logs, logs
-        assert plain not in logs and lookalike not in logs, logs
-        wait_until(lambda: not namespace_exists(core, dead), 90, what=f"{dead} to be gone")
+        wait_until(lambda: not namespace_exists(core, dead) or core.read_namespace(dead).metadata.deletion_timestamp,
+                   75, interval=1, what=f"the controller to reclaim {dead}")
+        logs = _controller_logs(core)
+        assert f"direct-mode sandbox {dead}: heartbeat expired" in logs, logs[-3000:]
         for name in (alive, plain, lookalike):
-            assert core.read_namespace(name).metadata.deletion_timestamp is None, f"gc touched {name}"
+            assert core.read_namespace(name).metadata.deletion_timestamp is None, f"the controller touched {name}"
+        assert alive not in logs and plain not in logs and lookalike not in logs, logs[-3000:]
     finally:
         for name in (dead, alive):
             try:
@@ -445,17 +453,10 @@ def test_gc_cronjob_reclaims_a_sandbox_whose_heartbeat_expired(
                 pass
 
 
-def _finished(batch: client.BatchV1Api, job: str) -> str | None:
-    status = batch.read_namespaced_job(job, PLATFORM_NS).status
-    for condition in status.conditions or []:
-        if condition.type in ("Complete", "Failed") and condition.status == "True":
-            return condition.type
-    return None
-
-
-def _job_logs(core: client.CoreV1Api, job: str) -> str:
-    pods = core.list_namespaced_pod(PLATFORM_NS, label_selector=f"job-name={job}").items
-    return "\n".join(core.read_namespaced_pod_log(p.metadata.name, PLATFORM_NS) for p in pods)
+def _controller_logs(core: client.CoreV1Api) -> str:
+    pods = core.list_namespaced_pod(PLATFORM_NS, label_selector="app.kubernetes.io/name=sandbox-kernel-controller").items
+    return "\n".join(core.read_namespaced_pod_log(p.metadata.name, PLATFORM_NS) for p in pods
+                     if p.status.phase == "Running" and p.metadata.deletion_timestamp is None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,8 +580,10 @@ def test_jupyterlab_in_cluster_runs_a_sandbox_kernel_reached_through_the_api_ser
         assert len(live) == 1, f"expected one sandbox namespace for kernel {kernel_id}"
         sandbox = live[0]
         assert sandbox.metadata.name.startswith("sandbox-")
-        # Created by the Deployment's service account (in-cluster configuration), not by an admin.
-        assert sandbox.metadata.annotations[manifests.ANNOTATION_USER] == SA_USER
+        # Claimed by the JupyterLab pod's service account (in-cluster configuration, claims mode) and
+        # made by the controller Deployment's, not by an admin or by the kernel.
+        assert sandbox.metadata.annotations[manifests.ANNOTATION_USER] == CONTROLLER_USER
+        assert sandbox.metadata.annotations["sandbox-kernel/claim-user"] == CLAIMS_USER
         pods = core.list_namespaced_pod(sandbox.metadata.name).items
         assert [p.status.phase for p in pods] == ["Running"]
     finally:
@@ -603,7 +606,7 @@ def test_plain_kubectl_apply_k_k8s_deploys_the_version_tag(kubeconfig: str, admi
     pods = [p for p in core.list_namespaced_pod(PLATFORM_NS, label_selector="app.kubernetes.io/name=jupyterlab").items
             if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
     assert [p.spec.containers[0].image for p in pods] == [f"{LAB_IMAGE}:{version}"]
-    cronjob = client.BatchV1Api(admin).read_namespaced_cron_job("sandbox-kernel-gc", PLATFORM_NS)
-    assert cronjob.spec.job_template.spec.template.spec.containers[0].image == f"{LAB_IMAGE}:{version}"
+    controller = client.AppsV1Api(admin).read_namespaced_deployment("sandbox-kernel-controller", PLATFORM_NS)
+    assert controller.spec.template.spec.containers[0].image == f"{LAB_IMAGE}:{version}"
     lab = LabThroughApiServer(kubeconfig, platform["token"])
     assert "version" in lab.http.get(f"{lab.base}/api", timeout=30).json()

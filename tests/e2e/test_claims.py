@@ -1,0 +1,291 @@
+"""Claims mode on the real cluster: the sandbox controller (a host process as its own service account,
+leader of the real Lease) serves SandboxClaims made by the kernels' claims-only identity.
+
+- a claim gets a sandbox namespace whose deny-all policy, quota and limit range exist before its pod,
+  the claimant may attach to that pod only, and deleting the claim deletes the namespace;
+- a claim whose heartbeat stops is reclaimed; a claim over the operator's bounds is refused with
+  the bound named; the claims identity cannot make namespaces, pods or RoleBindings;
+- a kernel in claims mode runs cells (state, interrupt, %sandbox status says it came from the pool)
+  and gives its claim and sandbox back at shutdown;
+- 10 claims racing for 3 pooled sandboxes: 3 from the pool, 7 made for them, none bound twice;
+- leader election: a second controller waits while the first leads, and takes over when it stops.
+
+Every test FAILS (never skips) without the cluster. Run as the least-privilege identities, never admin
+(admin only looks).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from fixtures_claims import (
+    CLAIMS_USER,
+    CONTROLLER_SETTINGS,
+    CONTROLLER_USER,
+    POOL_SIZE,
+    ControllerProcess,
+    pool_ready,
+)
+from fixtures_kubernetes import SA_NAMESPACE, namespace_exists, wait_until
+from sandbox_kernel.kubernetes import claims, manifests
+from sandbox_kernel.kubernetes.api import micro_time
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+G, V, P = claims.GROUP, claims.VERSION, claims.PLURAL
+
+
+@pytest.fixture(scope="module")
+def claimant(claims_kubeconfig: str) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=claims_kubeconfig)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def admin(kubeconfig: str) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=kubeconfig)
+    yield api
+    api.close()
+
+
+def claim_body(images: dict[str, str], heartbeat: int = 60, **resources: str) -> dict[str, Any]:
+    """A claim as a default Python kernel makes it (the pool's kind), with ``resources`` changed."""
+    spec = claims.ClaimSpec(language="python", user=CLAIMS_USER, image=images["SANDBOX_IMAGE_PYTHON"], owner="e2e",
+                            kernel_id=f"e2e-{uuid.uuid4().hex[:8]}", heartbeat_seconds=heartbeat)
+    body = claims.claim_object(f"e2e-{uuid.uuid4().hex[:8]}", SA_NAMESPACE, spec, micro_time())
+    body["spec"]["resources"].update(resources)
+    return body
+
+
+def create(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
+    return client.CustomObjectsApi(api).create_namespaced_custom_object(G, V, SA_NAMESPACE, P, body)
+
+
+def read(api: client.ApiClient, name: str) -> dict[str, Any] | None:
+    try:
+        return client.CustomObjectsApi(api).get_namespaced_custom_object(G, V, SA_NAMESPACE, P, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def delete(api: client.ApiClient, name: str) -> None:
+    try:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(G, V, SA_NAMESPACE, P, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def ready(api: client.ApiClient, name: str, timeout: float = 90) -> dict[str, Any]:
+    def status() -> dict[str, Any] | None:
+        found = (read(api, name) or {}).get("status") or {}
+        assert found.get("phase") not in ("Refused", "Failed"), found
+        return found if found.get("phase") == "Ready" else None
+    return wait_until(status, timeout, interval=0.05, what=f"claim {name} to be Ready")
+
+
+def refusal(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(exc.body)
+
+
+def expect_refused(status: int, call: Callable[[], Any]) -> str:
+    with pytest.raises(ApiException) as refused:
+        call()
+    assert refused.value.status == status, refusal(refused.value)
+    return refusal(refused.value)
+
+
+def test_a_claim_gets_a_sandbox_whose_policies_come_before_its_pod_and_goes_with_the_claim(
+    controller: ControllerProcess, claimant: client.ApiClient, admin: client.ApiClient, sandbox_images: dict[str, str]
+) -> None:
+    body = claim_body(sandbox_images, memory="200Mi")  # not the pool's kind: made for this claim
+    created = create(claimant, body)
+    name = body["metadata"]["name"]
+    try:
+        status = ready(claimant, name)
+        assert status["fromPool"] is False and status["pod"] == "sandbox-1"
+        sandbox = status["namespace"]
+        core = client.CoreV1Api(admin)
+        ns = core.read_namespace(sandbox).metadata
+        assert {k: ns.labels[k] for k in ("pod-security.kubernetes.io/enforce", "pod-security.kubernetes.io/enforce-version",
+                                         claims.LABEL_MADE_BY)} == {
+            "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest",
+            claims.LABEL_MADE_BY: "controller"}
+        assert ns.annotations[manifests.ANNOTATION_USER] == CONTROLLER_USER
+        assert ns.annotations[claims.ANNOTATION_CLAIM_UID] == created["metadata"]["uid"]
+        assert ns.annotations[claims.ANNOTATION_CLAIM_USER] == CLAIMS_USER
+        # Policy, quota and limit range exist, and were written (etcd revisions) before the pod.
+        policy = client.NetworkingV1Api(admin).read_namespaced_network_policy(manifests.NETWORK_POLICY_NAME, sandbox)
+        assert policy.spec.policy_types == ["Ingress", "Egress"] and not policy.spec.ingress and not policy.spec.egress
+        quota = core.read_namespaced_resource_quota(manifests.QUOTA_NAME, sandbox)
+        limits = core.read_namespaced_limit_range(manifests.LIMIT_RANGE_NAME, sandbox)
+        pod = core.read_namespaced_pod("sandbox-1", sandbox)
+        assert max(int(o.metadata.resource_version) for o in (policy, quota, limits)) < int(pod.metadata.resource_version)
+        assert pod.spec.containers[0].resources.limits["memory"] == "200Mi" and pod.spec.security_context.run_as_non_root
+        binding = client.RbacAuthorizationV1Api(admin).read_namespaced_role_binding(claims.CLAIMANT_BINDING, sandbox)
+        assert (binding.role_ref.name, [(s.kind, s.namespace, s.name) for s in binding.subjects]) == (
+            claims.CLAIMANT_ROLE, [("ServiceAccount", SA_NAMESPACE, "sandbox-kernel-claims")])
+        # The claimant may read (and attach to) that pod, and do nothing else with it or the namespace.
+        mine = client.CoreV1Api(claimant)
+        assert mine.read_namespaced_pod("sandbox-1", sandbox).status.phase == "Running"
+        expect_refused(403, lambda: mine.delete_namespaced_pod("sandbox-1", sandbox))
+        expect_refused(403, lambda: mine.create_namespaced_pod(sandbox, pod_spec_like(pod)))
+        expect_refused(403, lambda: mine.delete_namespace(sandbox))
+        expect_refused(403, lambda: client.CustomObjectsApi(claimant).patch_namespaced_custom_object_status(
+            G, V, SA_NAMESPACE, P, name, {"status": {"namespace": "kube-system"}}))
+    finally:
+        delete(claimant, name)
+    wait_until(lambda: read(claimant, name) is None, 30, what=f"claim {name} to be gone")
+    wait_until(lambda: not namespace_exists(client.CoreV1Api(admin), sandbox), 90, what=f"{sandbox} to be gone")
+
+
+def pod_spec_like(pod: client.V1Pod) -> dict[str, Any]:
+    return {"metadata": {"name": "another"}, "spec": {"containers": [{"name": "x", "image": pod.spec.containers[0].image}]}}
+
+
+def test_a_claim_whose_heartbeat_stops_is_reclaimed_with_its_sandbox(
+    controller: ControllerProcess, claimant: client.ApiClient, admin: client.ApiClient, sandbox_images: dict[str, str]
+) -> None:
+    body = claim_body(sandbox_images, heartbeat=5)
+    create(claimant, body)
+    name = body["metadata"]["name"]
+    try:
+        sandbox = ready(claimant, name)["namespace"]
+        started = time.monotonic()
+        wait_until(lambda: read(claimant, name) is None, 30, what=f"the controller to reclaim claim {name}")
+        assert time.monotonic() - started >= 3, "reclaimed before its heartbeat expired"
+        assert f"claim {SA_NAMESPACE}/{name}: heartbeat older than 5 s" in controller.text()
+        wait_until(lambda: not namespace_exists(client.CoreV1Api(admin), sandbox), 90, what=f"{sandbox} to be gone")
+    finally:
+        delete(claimant, name)
+
+
+def test_a_claim_over_the_operator_s_bounds_or_in_another_s_name_is_refused_with_the_reason(
+    claimant: client.ApiClient, sandbox_images: dict[str, str]
+) -> None:
+    message = expect_refused(422, lambda: create(claimant, claim_body(sandbox_images, memory="4Gi")))
+    assert "memory is above the operator's bound of 1Gi per sandbox" in message, message
+    message = expect_refused(422, lambda: create(claimant, claim_body(sandbox_images, cpu="3")))
+    assert "cpu is above the operator's bound of 1 cpu per sandbox" in message, message
+    body = claim_body(sandbox_images)
+    body["spec"]["user"] = "system:serviceaccount:kube-system:default"
+    message = expect_refused(403, lambda: create(claimant, body))
+    assert "ValidatingAdmissionPolicy 'sandbox-kernel-claims'" in message and "must name its creator" in message, message
+
+
+def test_the_claims_identity_cannot_make_namespaces_pods_or_rolebindings(claimant: client.ApiClient, sandbox_images: dict[str, str]) -> None:
+    core, rbac = client.CoreV1Api(claimant), client.RbacAuthorizationV1Api(claimant)
+    labels = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+    expect_refused(403, lambda: core.create_namespace({"metadata": {"name": f"sandbox-e2e{uuid.uuid4().hex[:6]}", "labels": labels}}))
+    expect_refused(403, lambda: core.create_namespaced_pod(SA_NAMESPACE, {
+        "metadata": {"name": "e2e-pod"}, "spec": {"containers": [{"name": "x", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"]}]}}))
+    expect_refused(403, lambda: rbac.create_namespaced_role_binding(SA_NAMESPACE, {
+        "metadata": {"name": "e2e"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                  "name": "sandbox-kernel-sandbox"},
+        "subjects": [{"kind": "ServiceAccount", "name": "sandbox-kernel-claims", "namespace": SA_NAMESPACE}]}))
+    expect_refused(403, lambda: core.list_pod_for_all_namespaces())
+    expect_refused(403, lambda: core.list_namespace())
+
+
+def test_a_kernel_in_claims_mode_runs_cells_with_state_and_interrupt_and_gives_its_sandbox_back(
+    controller: ControllerProcess, k8s_kernel: Any, claims_env: dict[str, str], admin: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(admin)
+    wait_until(lambda: pool_ready(core), 60, interval=0.2, what="a pooled sandbox")
+    kernel = k8s_kernel("python", env=claims_env)
+    assert kernel.run("x = 6 * 7\nx").result == "42"
+    assert kernel.run("x + 1").result == "43"
+    msg_id = kernel.kc.execute("import time\ntime.sleep(100)")
+    time.sleep(1.0)
+    kernel.km.interrupt_kernel()
+    reply = kernel.kc.get_shell_msg(timeout=15)
+    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    kernel.drain_iopub()
+    assert kernel.run("x").result == "42", "the interrupt kept the state"
+    status = kernel.run("%sandbox status").stdout
+    assert f"claims mode: SandboxClaim {SA_NAMESPACE}/python-" in status and "from the warm pool" in status, status
+    claim = status.split(f"SandboxClaim {SA_NAMESPACE}/", 1)[1].split(",", 1)[0]
+    sandbox = kernel.namespace()
+    assert core.read_namespace(sandbox).metadata.annotations[claims.ANNOTATION_CLAIM] == f"{SA_NAMESPACE}/{claim}"
+    kernel.kc.stop_channels()
+    kernel.km.shutdown_kernel(now=False)
+    assert read(admin, claim) is None, "shutdown waits until the claim is gone"
+    wait_until(lambda: not namespace_exists(core, sandbox), 90, what=f"{sandbox} to be gone")
+
+
+def test_ten_claims_racing_for_three_pooled_sandboxes_three_get_one_none_twice(
+    controller: ControllerProcess, claimant: client.ApiClient, admin: client.ApiClient, sandbox_images: dict[str, str]
+) -> None:
+    core = client.CoreV1Api(admin)
+    wait_until(lambda: len(pool_ready(core)) == POOL_SIZE, 120, interval=0.2, what=f"{POOL_SIZE} pooled sandboxes")
+    bodies = [claim_body(sandbox_images) for _ in range(10)]
+    names = [b["metadata"]["name"] for b in bodies]
+    uids: dict[str, str] = {}
+    start = threading.Barrier(len(bodies))
+
+    def race(body: dict[str, Any]) -> None:
+        start.wait()
+        uids[body["metadata"]["name"]] = create(claimant, body)["metadata"]["uid"]
+
+    threads = [threading.Thread(target=race, args=(b,)) for b in bodies]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        statuses = {name: ready(claimant, name, timeout=180) for name in names}
+        pooled = sorted(n for n, s in statuses.items() if s["fromPool"])
+        assert len(pooled) == POOL_SIZE, statuses
+        sandboxes = [s["namespace"] for s in statuses.values()]
+        assert len(set(sandboxes)) == len(names), f"a sandbox was bound twice: {sandboxes}"
+        for name, status in statuses.items():
+            annotations = core.read_namespace(status["namespace"]).metadata.annotations
+            assert annotations[claims.ANNOTATION_CLAIM_UID] == uids[name], (name, annotations)
+            assert (annotations.get("sandbox-kernel/pooled") == "true") == status["fromPool"]
+    finally:
+        for name in names:
+            delete(claimant, name)
+    wait_until(lambda: all(read(claimant, n) is None for n in names), 60, what="the claims to be gone")
+
+
+def test_two_controllers_one_leads_and_the_other_takes_over_when_it_stops(
+    controller: ControllerProcess, controller_kubeconfig: str, claimant: client.ApiClient, admin: client.ApiClient,
+    sandbox_images: dict[str, str], tmp_path: Any,
+) -> None:
+    second = ControllerProcess(controller_kubeconfig, sandbox_images, tmp_path / "second.log", *CONTROLLER_SETTINGS)
+    try:
+        second.wait_for("waiting to lead", 30)
+        lease = client.CoordinationV1Api(admin).read_namespaced_lease("sandbox-kernel-controller", SA_NAMESPACE)
+        body = claim_body(sandbox_images)
+        create(claimant, body)
+        ready(claimant, body["metadata"]["name"])
+        assert "leading" not in second.text() and "claim " not in second.text(), second.text()
+        assert lease.spec.holder_identity and lease.spec.holder_identity in controller.text()
+        delete(claimant, body["metadata"]["name"])
+        # The leader stops (SIGTERM: it releases the Lease); the second one leads and serves.
+        assert controller.stop() == 0, controller.text()[-3000:]
+        second.wait_for("leading", 15)
+        body = claim_body(sandbox_images)
+        create(claimant, body)
+        ready(claimant, body["metadata"]["name"])
+        second.wait_for(f"claim {SA_NAMESPACE}/{body['metadata']['name']}: sandbox", 10)
+        delete(claimant, body["metadata"]["name"])
+        wait_until(lambda: read(claimant, body["metadata"]["name"]) is None, 30, what="the last claim to be gone")
+    finally:
+        second.stop()
