@@ -45,7 +45,7 @@ class Controller:
     def __init__(self, base: KubernetesSandbox, bounds: SandboxController) -> None:
         self.base = base
         self.bounds = bounds
-        self.api = KubernetesApi(base.kubeconfig, base.context)
+        self.api = KubernetesApi(base.kubeconfig, base.context, connections=bounds.workers)
         self.creator = self.api.whoami() or "unknown"
         self.executor = ThreadPoolExecutor(bounds.workers, thread_name_prefix="controller")
         self.pool = Pool(self.api, base, bounds, self.creator, self.executor)

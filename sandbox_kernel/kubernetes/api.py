@@ -157,8 +157,10 @@ class KubernetesApi:
     second to import, which a kernel would pay on every start.
     """
 
-    def __init__(self, kubeconfig: str = "", context: str = "") -> None:
+    def __init__(self, kubeconfig: str = "", context: str = "", connections: int = 0) -> None:
         self.configuration = _load_configuration(kubeconfig, context)
+        if connections:  # many threads at once (the controller): keep that many connections open
+            self.configuration.connection_pool_maxsize = connections
         self.host = self.configuration.host
         self.api_client = client.ApiClient(self.configuration)
 

@@ -187,6 +187,19 @@ def test_a_claim_over_the_operator_s_bounds_or_in_another_s_name_is_refused_with
     assert "ValidatingAdmissionPolicy 'sandbox-kernel-claims'" in message and "must name its creator" in message, message
 
 
+def test_a_kernel_whose_claim_is_over_the_bounds_is_told_so_in_the_cell(
+    controller: ControllerProcess, k8s_kernel: Any, claims_env: dict[str, str]
+) -> None:
+    # The kernel's own settings allow 2Gi (its limit range and quota raised); the operator's bound does not.
+    kernel = k8s_kernel("python", "--Sandbox.memory_limit=2Gi", "--KubernetesSandbox.limit_range_max_memory=4Gi",
+                        "--KubernetesSandbox.quota_limits_memory=4Gi", env=claims_env)
+    started = time.monotonic()
+    cell = kernel.run("1")
+    assert cell.error is not None and cell.error["ename"] == "AdmissionError", cell.outputs
+    assert "memory is above the operator's bound of 1Gi per sandbox" in cell.error["evalue"], cell.error
+    assert time.monotonic() - started < 10
+
+
 def test_the_claims_identity_cannot_make_namespaces_pods_or_rolebindings(claimant: client.ApiClient, sandbox_images: dict[str, str]) -> None:
     core, rbac = client.CoreV1Api(claimant), client.RbacAuthorizationV1Api(claimant)
     labels = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
