@@ -456,7 +456,7 @@ class KubernetesSandboxSession(AgentSession):
         if self._claim is not None and self._api is not None:
             claim, self._claim, self._ident = self._claim, None, None
             await self._run(claiming.release, self._api, claim.namespace, claim.name)
-            if await self._run(claiming.wait_gone, self._api, claim.namespace, claim.name, self.settings.shutdown_deadline):
+            if await self._run(claiming.wait_gone, self._api, claim.namespace, claim.name, max(0.0, deadline - time.monotonic())):
                 self._event(f"SandboxClaim {claim.name} and its sandbox {claim.status.namespace} deleted")
             else:
                 log.warning("SandboxClaim %s/%s still exists %g s after deletion was requested; the controller "
