@@ -234,8 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as the leader of the Lease SandboxController.lease_name. Settings as --SandboxController.pool="
         "\"{'python': 3}\" or --KubernetesSandbox.kubeconfig=FILE (see `sandbox-kernel settings`).",
     )
-    p.add_argument("settings", nargs=argparse.REMAINDER, help="--Class.trait=value settings")
-    p.set_defaults(func=_controller)
+    p.set_defaults(func=_controller, settings=[])
     return parser
 
 
@@ -284,7 +283,15 @@ def cli_message(exc: SandboxError, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "controller":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:  # the controller's --Class.trait=value settings (traitlets reads them)
+        bad = [arg for arg in rest if not re.fullmatch(r"--[A-Za-z_]\w*\.[A-Za-z_]\w*=.*", arg, re.DOTALL)]
+        if bad:
+            parser.error(f"controller settings are --Class.trait=value, not {' '.join(bad)}")
+        args.settings = rest
     try:
         return int(args.func(args))
     except SandboxError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from ..errors import AdmissionError, ClusterUnreachable, SandboxError
+from ..errors import ClusterUnreachable, SandboxError
 from ..kubernetes import claims, commands, manifests
 from ..kubernetes.api import KubernetesApi, micro_time, parse_time
 from ..kubernetes.settings import KubernetesSandbox
@@ -88,8 +88,9 @@ class Controller:
             await self.run(sandboxes.grant, self.api, sandbox, spec.user)
         except ClusterUnreachable as exc:
             raise kopf.TemporaryError(str(exc), delay=1) from exc
-        except AdmissionError as exc:
+        except SandboxError as exc:  # refused by admission, quota, ...: say so on the claim, do not retry
             await self._status(namespace, name, phase=claims.PHASE_FAILED, message=str(exc))
+            log.warning("claim %s/%s failed: %s", namespace, name, exc)
             return
         await self._status(namespace, name, phase=claims.PHASE_READY, namespace_=sandbox, pod=sandboxes.POD_NAME,
                            fromPool=from_pool, message="", readyAt=micro_time())

@@ -181,3 +181,13 @@ def test_only_the_cli_imports_the_controller() -> None:
     users = sorted(name for name, deps in graph.items() if any(d.startswith("sandbox_kernel.controller") for d in deps)
                    and not name.startswith("sandbox_kernel.controller"))
     assert users == ["sandbox_kernel.cli"]
+
+
+def test_the_controller_command_takes_settings_and_refuses_anything_else(capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox_kernel import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["controller", "--bogus"])
+    assert exited.value.code == 2 and "controller settings are --Class.trait=value, not --bogus" in capsys.readouterr().err
+    assert cli.main(["controller", "--SandboxController.pool={'ruby': 1}"]) == 1
+    assert "Invalid setting SandboxController.pool: 'ruby' is not one of python, node, bash" in capsys.readouterr().err
