@@ -16,7 +16,7 @@ from ..config import Limits
 from ..errors import AdmissionError, ConfigError, SandboxError, SandboxStartError
 from ..languages import Language
 from . import claims, manifests
-from .api import KubernetesApi, micro_time
+from .api import AttachStream, KubernetesApi, micro_time
 from .settings import KubernetesSandbox
 
 log = logging.getLogger("sandbox_kernel")
@@ -50,14 +50,50 @@ class PreparedClaim:
     context: str
     spec: claims.ClaimSpec
     claimed: Claimed
+    stream: AttachStream | None
+    """Attached, gate line sent: the agent starts while the kernel process still imports (None if that failed)."""
+
+    def fits(self, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> bool:
+        """Whether this is exactly the claim the session would make (same cluster, identity and spec)."""
+        expected = claim_spec(settings, language, limits, kernel_id, self.claimed.user, self.claimed.owner)
+        return (self.kubeconfig, self.context) == (settings.kubeconfig, settings.context) and expected == self.spec
+
+    def discard(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        release(self.api, self.claimed.namespace, self.claimed.name)
 
 
 def prepare_claim(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> PreparedClaim:
-    """:func:`acquire` with a new connection (blocking): what :mod:`.early` runs in a thread in claims mode."""
+    """:func:`acquire` with a new connection, then attach and open the gate (blocking): what
+    :mod:`.early` runs in a thread in claims mode, so that with a warm pool the agent is up before
+    ipykernel is imported. The agent's ``ready`` waits in the stream for the session."""
     api = KubernetesApi(settings.kubeconfig, settings.context)
     claimed = acquire(api, settings, language, limits, kernel_id)
     spec = claim_spec(settings, language, limits, kernel_id, claimed.user, claimed.owner)
-    return PreparedClaim(api, settings.kubeconfig, settings.context, spec, claimed)
+    stream: AttachStream | None = None
+    try:
+        stream = attach(api, claimed.status.namespace, claimed.status.pod)
+        stream.write(manifests.GATE_LINE)
+    except SandboxError as exc:
+        log.info("early attach failed (%s); the session attaches itself", exc)
+        if stream is not None:
+            stream.close()
+        stream = None
+    return PreparedClaim(api, settings.kubeconfig, settings.context, spec, claimed, stream)
+
+
+def attach(api: KubernetesApi, namespace: str, pod: str) -> AttachStream:
+    """Attach to the claimed pod (blocking). The controller bound the kernel's role there a
+    moment ago: a 'forbidden' while the authorizer's cache catches up is retried briefly."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            return api.attach(namespace, pod, manifests.CONTAINER_NAME)
+        except AdmissionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def claim_namespace(settings: KubernetesSandbox, user: str) -> str:

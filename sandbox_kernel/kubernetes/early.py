@@ -157,10 +157,10 @@ def _discard_unclaimed() -> None:
         return
     try:
         prepared = future.result(timeout=30)
-        from .claiming import PreparedClaim, release
+        from .claiming import PreparedClaim
 
         if isinstance(prepared, PreparedClaim):
-            release(prepared.api, prepared.claimed.namespace, prepared.claimed.name)
+            prepared.discard()
         else:
             prepared.api.delete_namespace(prepared.ident.namespace)
     except Exception:  # noqa: BLE001 - gc reclaims it once its lease expires

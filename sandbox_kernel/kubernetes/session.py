@@ -34,7 +34,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from ..config import Limits
-from ..errors import AdmissionError, ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
+from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
@@ -143,9 +143,8 @@ class KubernetesSandboxSession(AgentSession):
         except Exception as exc:  # noqa: BLE001 - the normal start below reports the cause properly
             log.info("early sandbox start failed (%s); starting the sandbox now", exc)
             return None
-        if isinstance(prepared, claiming.PreparedClaim):
-            # Claims mode: never a direct sandbox here; the early claim is taken by _spawn_claimed.
-            await self._run(claiming.release, prepared.api, prepared.claimed.namespace, prepared.claimed.name)
+        if isinstance(prepared, claiming.PreparedClaim):  # the early start was in claims mode, the session is not
+            await self._run(prepared.discard)
             return None
         settings = self.settings
         expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name)
@@ -229,18 +228,20 @@ class KubernetesSandboxSession(AgentSession):
             raise
         return self._open(ident, name, stream)
 
-    def _open(self, ident: manifests.SandboxIdentity, name: str, stream: AttachStream) -> AgentChannel:
-        """The agent channel over a fresh attach stream; the gate line lets the agent start."""
+    def _open(self, ident: manifests.SandboxIdentity, name: str, stream: AttachStream, gate: bool = True) -> AgentChannel:
+        """The agent channel over a fresh attach stream; the gate line lets the agent start
+        (already sent when the early start attached, ``gate=False``)."""
         loop = asyncio.get_running_loop()
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
         self._attach = channel
-        channel.open_gate(pod_command.GATE_LINE)
-        self._event(f"attached to pod {name}; agent starting")
+        if gate:
+            channel.open_gate(pod_command.GATE_LINE)
+        self._event(f"attached to pod {name}; agent starting" if gate else f"took over the early attach to pod {name}")
         return channel
 
     # -- claims mode ------------------------------------------------------------------------------
 
-    async def _take_early_claim(self) -> claiming.Claimed | None:
+    async def _take_early_claim(self) -> claiming.PreparedClaim | None:
         """The claim :mod:`.early` made while the kernel process imported, if it asks for what this session would."""
         future = early.claim()
         if future is None:
@@ -253,18 +254,17 @@ class KubernetesSandboxSession(AgentSession):
         if not isinstance(prepared, claiming.PreparedClaim):
             await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
             return None
-        claimed = prepared.claimed
-        expected = claiming.claim_spec(self.settings, self.language, self.limits, self.kernel_id, claimed.user, claimed.owner)
-        if (prepared.kubeconfig, prepared.context) == (self.settings.kubeconfig, self.settings.context) and expected == prepared.spec:
+        if prepared.fits(self.settings, self.language, self.limits, self.kernel_id):
             self._api = prepared.api
-            return claimed
-        log.info("the early claim %s does not match the kernel's configuration; deleting it", claimed.name)
-        await self._run(claiming.release, prepared.api, claimed.namespace, claimed.name)
+            return prepared
+        log.info("the early claim %s does not match the kernel's configuration; deleting it", prepared.claimed.name)
+        await self._run(prepared.discard)
         return None
 
     async def _spawn_claimed(self) -> AgentChannel:
         """Claims mode: a SandboxClaim per sandbox; a lost sandbox is given back and a new one claimed."""
-        claimed = await self._take_early_claim() if self._claim is None and self._ident is None else None
+        prepared = await self._take_early_claim() if self._claim is None and self._ident is None else None
+        claimed = prepared.claimed if prepared else None
         api = await self._run(self._connect)
         if self._claim is not None:  # the sandbox ended (out of memory, say): a new claim, a new sandbox
             old, self._claim = self._claim, None
@@ -286,24 +286,14 @@ class KubernetesSandboxSession(AgentSession):
                     f"sandbox {status.namespace} ({origin}), pod {status.pod}")
         self._start_heartbeat()
         self._pod_name = status.pod
+        if prepared is not None and prepared.stream is not None:
+            return self._open(self._ident, status.pod, prepared.stream, gate=False)
         try:
-            stream = await self._run(self._attach_claimed, api, status.namespace, status.pod)
+            stream = await self._run(claiming.attach, api, status.namespace, status.pod)
         except BaseException:
             self._pod_name = None
             raise
         return self._open(self._ident, status.pod, stream)
-
-    def _attach_claimed(self, api: KubernetesApi, namespace: str, pod: str) -> AttachStream:
-        """Attach to the claimed pod (blocking). The controller bound the kernel's role there a
-        moment ago: a 'forbidden' while the authorizer's cache catches up is retried briefly."""
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                return api.attach(namespace, pod, manifests.CONTAINER_NAME)
-            except AdmissionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
     async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> None:
         deadline = time.monotonic() + self.settings.start_timeout
