@@ -74,6 +74,7 @@ class Controller:
         claim = sandboxes.ClaimRef(namespace, name, uid, spec)
         if status.get("namespace"):  # a start cut short (the controller restarted): begin again, cleanly
             await self.run(sandboxes.delete_for_claim, self.api, status["namespace"], uid, self.base.namespace_prefix)
+        sandbox: str | None = None
         try:
             sandbox = await self.run(self.pool.take, plan.pool_key, claim)
             from_pool = sandbox is not None
@@ -89,7 +90,8 @@ class Controller:
         except ClusterUnreachable as exc:
             raise kopf.TemporaryError(str(exc), delay=1) from exc
         except SandboxError as exc:  # refused by admission, quota, ...: say so on the claim, do not retry
-            await self._status(namespace, name, phase=claims.PHASE_FAILED, message=str(exc))
+            # The sandbox, if any, stays recorded: deleting the claim deletes it.
+            await self._status(namespace, name, phase=claims.PHASE_FAILED, namespace_=sandbox, message=str(exc))
             log.warning("claim %s/%s failed: %s", namespace, name, exc)
             return
         await self._status(namespace, name, phase=claims.PHASE_READY, namespace_=sandbox, pod=sandboxes.POD_NAME,

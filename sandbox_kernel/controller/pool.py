@@ -25,7 +25,7 @@ from typing import Any
 from ..config import Sandbox
 from ..errors import SandboxError
 from ..kubernetes import claims, manifests
-from ..kubernetes.api import KubernetesApi, parse_time
+from ..kubernetes.api import Conflict, KubernetesApi, parse_time
 from ..kubernetes.pod_status import container_running
 from ..kubernetes.settings import KubernetesSandbox
 from . import sandboxes
@@ -147,9 +147,14 @@ class Pool:
                 meta = namespace["metadata"]
                 if meta.get("deletionTimestamp"):
                     continue
-                if self._stale(namespace):
-                    log.info("recycling pooled sandbox %s", meta["name"])
-                    await loop.run_in_executor(self.executor, self.api.delete_namespace, meta["name"])
+                if self._stale(namespace) or await loop.run_in_executor(self.executor, self._dead, namespace):
+                    # Only at the version listed: one a claim has just taken is not pulled from under it.
+                    try:
+                        await loop.run_in_executor(self.executor, self.api.delete_namespace, meta["name"],
+                                                   str(meta.get("resourceVersion") or ""))
+                        log.info("recycled pooled sandbox %s", meta["name"])
+                    except Conflict:
+                        pass
                     continue
                 if meta["name"] not in self._mine:
                     live += 1
@@ -170,6 +175,13 @@ class Pool:
         if state == "warming" and created is not None and time.time() - created.timestamp() > self.base.start_timeout + 30:
             return True  # never came up (or its maker died): replace it
         return False
+
+    def _dead(self, namespace: dict[str, Any]) -> bool:
+        """A ready pooled sandbox whose pod no longer runs (its lifetime, an eviction, a node lost)."""
+        meta = namespace["metadata"]
+        if (meta.get("labels") or {}).get(claims.LABEL_STATE) != "ready":
+            return False
+        return not container_running(self.api.read_pod(meta["name"], sandboxes.POD_NAME))
 
     async def _make(self, target: Target) -> None:
         loop = asyncio.get_running_loop()

@@ -318,9 +318,18 @@ class KubernetesApi:
         body = self._request(f"list namespaces ({selector})", "GET", "/api/v1/namespaces", [("labelSelector", selector)])
         return list(body.get("items") or [])
 
-    def delete_namespace(self, name: str) -> bool:
-        """Ask for the namespace and everything in it to be deleted; ``False`` if it was already gone."""
-        return self._delete(f"delete namespace {name}", f"/api/v1/namespaces/{quote(name, safe='')}", {"propagationPolicy": "Background"})
+    def delete_namespace(self, name: str, resource_version: str = "") -> bool:
+        """Ask for the namespace and everything in it to be deleted; ``False`` if it was already gone.
+        With ``resource_version``, only if it is still at that version (else :class:`Conflict`)."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if resource_version:
+            options["preconditions"] = {"resourceVersion": resource_version}
+        try:
+            return self._delete(f"delete namespace {name}", f"/api/v1/namespaces/{quote(name, safe='')}", options)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409:
+                raise Conflict(str(exc)) from exc.__cause__
+            raise
 
     # -- pods ----------------------------------------------------------------------------------
 
