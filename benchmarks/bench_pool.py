@@ -182,7 +182,7 @@ def main() -> int:
     pool_size = max(args.concurrent, 3)
     replicas = scale_deployment(apps, 0)
     controller = ControllerProcess(kubeconfigs[CONTROLLER_SA], images, work / "controller.log",
-                                   f"--SandboxController.pool={{'python': {pool_size}}}", "--SandboxController.pool_resync=2",
+                                   f"--SandboxController.pool=python={pool_size}", "--SandboxController.pool_resync=2",
                                    "--SandboxController.lease_duration=6", "--SandboxController.renew_deadline=4",
                                    "--SandboxController.retry_period=0.5")
     results: dict[str, Any] = {

@@ -31,7 +31,7 @@ examples:
                                                  ... with the project's Localhost seccomp profile
   sandbox-kernel list                            live Kubernetes sandboxes
   sandbox-kernel gc --dry-run                    what gc would delete, and why
-  sandbox-kernel controller --SandboxController.pool="{'python': 3}"
+  sandbox-kernel controller --SandboxController.pool=python=3
                                                  the sandbox controller (claims mode), a warm pool of 3
 
 'sandbox-kernel COMMAND --help' tells more about each command."""
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "controller", help="run the sandbox controller (claims mode): makes the sandboxes SandboxClaims ask for",
         description="Run the sandbox controller: serve SandboxClaims (make, pool, delete sandbox namespaces), "
         "as the leader of the Lease SandboxController.lease_name. Settings as --SandboxController.pool="
-        "\"{'python': 3}\" or --KubernetesSandbox.kubeconfig=FILE (see `sandbox-kernel settings`).",
+        "python=3 (repeat for more languages) or --KubernetesSandbox.kubeconfig=FILE (see `sandbox-kernel settings`).",
     )
     p.set_defaults(func=_controller, settings=[])
     return parser

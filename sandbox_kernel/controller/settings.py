@@ -47,7 +47,7 @@ class SandboxController(Configurable):
 
     pool = Dict(
         key_trait=Unicode(), value_trait=Int(),
-        help="Warm pool: how many ready sandboxes to keep per language, e.g. {'python': 3}, each with the "
+        help="Warm pool: how many ready sandboxes to keep per language, e.g. --SandboxController.pool=python=3, each with the "
         "language's KubernetesSandbox image and the Sandbox.* limits of this process (a claim asking for "
         "exactly that gets one at once; any other claim, or an empty pool, gets a new sandbox). "
         "Env: SANDBOX_CONTROLLER_POOL=python=3,node=1.",

@@ -189,5 +189,20 @@ def test_the_controller_command_takes_settings_and_refuses_anything_else(capsys:
     with pytest.raises(SystemExit) as exited:
         cli.main(["controller", "--bogus"])
     assert exited.value.code == 2 and "controller settings are --Class.trait=value, not --bogus" in capsys.readouterr().err
-    assert cli.main(["controller", "--SandboxController.pool={'ruby': 1}"]) == 1
+    assert cli.main(["controller", "--SandboxController.pool=ruby=1"]) == 1
     assert "Invalid setting SandboxController.pool: 'ruby' is not one of python, node, bash" in capsys.readouterr().err
+
+
+def test_kopf_logs_in_with_the_controller_s_own_kubeconfig(tmp_path: Path) -> None:
+    from sandbox_kernel.controller.handlers import connection_info
+    from sandbox_kernel.kubernetes.api import KubernetesApi
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))
+    info = connection_info(KubernetesApi(str(kubeconfig)))
+    assert (info.server, info.scheme, info.token, info.insecure) == ("https://127.0.0.1:6443", "Bearer", "t0ken", True)
