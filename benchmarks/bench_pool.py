@@ -184,7 +184,7 @@ def main() -> int:
     controller = ControllerProcess(kubeconfigs[CONTROLLER_SA], images, work / "controller.log",
                                    f"--SandboxController.pool=python={pool_size}", "--SandboxController.pool_resync=2",
                                    "--SandboxController.lease_duration=6", "--SandboxController.renew_deadline=4",
-                                   "--SandboxController.retry_period=0.5")
+                                   "--SandboxController.retry_period=1")
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

@@ -74,7 +74,15 @@ def serve(base: Any, bounds: Any, stop: threading.Event) -> int:
     except SandboxError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    asyncio.run(kopf.operator(registry=controller.registry(), standalone=True, clusterwide=True, stop_flag=stop))
+    async def operate() -> None:
+        # kopf's stop flag as an asyncio.Event set from a daemon thread: given the threading.Event
+        # itself, kopf would wait on it in the default executor, and asyncio.run would then hang
+        # at exit (SIGTERM) waiting for that thread.
+        loop, flag = asyncio.get_running_loop(), asyncio.Event()
+        threading.Thread(target=lambda: stop.wait() and loop.call_soon_threadsafe(flag.set), daemon=True).start()
+        await kopf.operator(registry=controller.registry(), standalone=True, clusterwide=True, stop_flag=flag)
+
+    asyncio.run(operate())
     if stop.is_set():
         log.error("controller %s: lost the lease; exiting so that only the leader acts", bounds.identity)
         return 1

@@ -104,9 +104,10 @@ class SandboxController(Configurable):
                 raise ConfigError("SandboxController.pool", f"{language}: {count} is not 0 to 50")
         if self.pool_lifetime < 60:
             raise ConfigError("SandboxController.pool_lifetime", "must be at least 60 seconds")
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+        # The official client's leader election checks these (and would sys.exit on them).
+        if not (1 <= self.retry_period and 1.2 * self.retry_period < self.renew_deadline < self.lease_duration):
             raise ConfigError("SandboxController.renew_deadline",
-                              "need 0 < retry_period < renew_deadline < lease_duration")
+                              "need 1 <= retry_period, 1.2 * retry_period < renew_deadline < lease_duration")
         for name in ("pool_resync", "sweep_interval", "heartbeat_check"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SandboxController.{name}", "must be more than 0 seconds")

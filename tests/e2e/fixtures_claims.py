@@ -35,7 +35,7 @@ DEPLOYMENT = "sandbox-kernel-controller"
 POOL_SIZE = 3
 CONTROLLER_SETTINGS = (
     f"--SandboxController.pool=python={POOL_SIZE}",
-    "--SandboxController.lease_duration=6", "--SandboxController.renew_deadline=4", "--SandboxController.retry_period=0.5",
+    "--SandboxController.lease_duration=6", "--SandboxController.renew_deadline=4", "--SandboxController.retry_period=1",
     "--SandboxController.heartbeat_check=1", "--SandboxController.sweep_interval=5", "--SandboxController.pool_resync=3",
 )
 
