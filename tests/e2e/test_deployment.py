@@ -232,7 +232,7 @@ def test_platform_namespace_enforces_restricted_and_workloads_comply(admin: clie
     assert running, "the JupyterLab pod is not running"
     pod = running[0]
     assert pod.spec.containers[0].image == platform["image"]
-    assert pod.spec.service_account_name == SA_NAME
+    assert pod.spec.service_account_name == "sandbox-kernel-claims"  # claims mode: it can only claim
     ctx = pod.spec.containers[0].security_context
     assert ctx.read_only_root_filesystem and not ctx.allow_privilege_escalation
     assert ctx.capabilities.drop == ["ALL"]
