@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..config import Limits
 from ..errors import AdmissionError, ConfigError, SandboxError, SandboxStartError
 from ..languages import Language
-from . import claims, manifests
+from . import claims, manifests, pod_command
 from .api import AttachStream, KubernetesApi, micro_time
 from .settings import KubernetesSandbox
 
@@ -74,7 +74,7 @@ def prepare_claim(settings: KubernetesSandbox, language: Language, limits: Limit
     stream: AttachStream | None = None
     try:
         stream = attach(api, claimed.status.namespace, claimed.status.pod)
-        stream.write(manifests.GATE_LINE)
+        stream.write(pod_command.GATE_LINE)
     except SandboxError as exc:
         log.info("early attach failed (%s); the session attaches itself", exc)
         if stream is not None:
