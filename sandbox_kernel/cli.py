@@ -57,8 +57,9 @@ def display_name(language: Language, backend: str) -> str:
     return language.display_name + BACKEND_LABELS.get(backend, f" · {backend}")
 
 
-def kernelspec_json(source: dict, backend: str, python: str = "") -> dict:  # type: ignore[type-arg]
-    """A shipped ``kernel.json`` made ready to install: this Python, the backend, its display name."""
+def kernelspec_json(source: dict, backend: str, python: str = "", image: str = "") -> dict:  # type: ignore[type-arg]
+    """A shipped ``kernel.json`` made ready to install: this Python, the backend, its display name,
+    and the Kubernetes image of its language when one is given (``install --image``)."""
     spec = json.loads(json.dumps(source))
     argv = [a for a in spec["argv"] if not a.startswith("--SandboxKernel.backend=") and a != NO_FROZEN_MODULES]
     argv[0] = python or sys.executable
@@ -66,7 +67,29 @@ def kernelspec_json(source: dict, backend: str, python: str = "") -> dict:  # ty
     language = LANGUAGES[spec["metadata"]["sandbox_kernel"]["language"]]
     spec["display_name"] = display_name(language, backend)
     spec["metadata"]["sandbox_kernel"]["backend"] = backend
+    if image:
+        # This kernelspec's own image: a setting on its command line wins over the configuration
+        # files and over SANDBOX_IMAGE_<LANGUAGE>.
+        spec["argv"].append(f"--KubernetesSandbox.images={language.name}={image}")
+        spec["display_name"] += f" · {image.rsplit('/', 1)[-1]}"
+        spec["metadata"]["sandbox_kernel"]["image"] = image
     return spec
+
+
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+
+
+def parse_images(items: Sequence[str]) -> dict[str, str]:
+    """``--image LANGUAGE=IMAGE`` items as {language: image}; a bad item is a ConfigError."""
+    images: dict[str, str] = {}
+    for item in items:
+        name, sep, image = item.partition("=")
+        if not sep or name not in LANGUAGES:
+            raise ConfigError("--image", f"{item!r} is not LANGUAGE=IMAGE with a language of {', '.join(LANGUAGES)}")
+        if not _IMAGE.fullmatch(image):
+            raise ConfigError("--image", f"{image!r} is not an image reference (e.g. registry.example/sandbox-python:1)")
+        images[name] = image
+    return images
 
 
 _SUFFIX = re.compile(r"[A-Za-z0-9._-]*")
@@ -76,6 +99,9 @@ def install(args: argparse.Namespace) -> int:
     suffix = getattr(args, "name_suffix", "") or ""
     if not _SUFFIX.fullmatch(suffix):
         raise ConfigError("--name-suffix", f"{suffix!r} may only hold letters, digits, '.', '_' and '-'")
+    images = parse_images(getattr(args, "image", None) or [])
+    if images and args.backend != "kubernetes":
+        raise ConfigError("--image", "images are for the Kubernetes backend: add --backend kubernetes")
     manager = KernelSpecManager()
     for language in LANGUAGES.values():
         source = kernelspec_source(language.kernelspec)
@@ -83,7 +109,8 @@ def install(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / name
             shutil.copytree(source, target)
-            spec = kernelspec_json(json.loads((target / "kernel.json").read_text()), args.backend)
+            spec = kernelspec_json(json.loads((target / "kernel.json").read_text()), args.backend,
+                                   image=images.get(language.name, ""))
             (target / "kernel.json").write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             where = manager.install_kernel_spec(
                 str(target), name, user=args.user, prefix=args.prefix or (sys.prefix if args.sys_prefix else None)
@@ -196,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name-suffix", metavar="SUFFIX", default="",
                    help="append SUFFIX to the kernelspec names (e.g. -kubernetes: sandbox-python-kubernetes), "
                    "so that kernels of both backends can be installed side by side")
+    p.add_argument("--image", metavar="LANGUAGE=IMAGE", action="append", default=[],
+                   help="the container image of that language's kernelspec on Kubernetes (repeatable; e.g. "
+                   "python=localhost/sandbox-python-datascience:3.11 for numpy, pandas, matplotlib and IPython); "
+                   "wins over KubernetesSandbox.images and SANDBOX_IMAGE_<LANGUAGE>")
     p.set_defaults(func=install)
 
     p = sub.add_parser("uninstall", help="remove the Sandbox kernelspecs",

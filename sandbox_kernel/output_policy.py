@@ -318,8 +318,18 @@ def _widget_view(value: Any, models: frozenset[str]) -> tuple[str, Any] | None:
     return None
 
 
+_SVG_DOCTYPE = re.compile(
+    r'\A\s*(<\?xml[^<>]*\?>\s*)?<!DOCTYPE\s+svg\s+PUBLIC\s+"[^"<>\[\]]*"\s+"[^"<>\[\]]*"\s*>')
+"""The one DOCTYPE kept out of the parser instead of refusing the SVG: SVG 1.1's public DTD by name,
+with no internal subset (so no entities), as matplotlib writes it. The parser never loads a DTD,
+and any other DOCTYPE is still refused."""
+
+
 def sanitize_svg(svg: str) -> str:
     """``svg`` rebuilt from allow-listed elements and attributes; raises ValueError if it is not SVG."""
+    doctype = _SVG_DOCTYPE.match(svg)
+    if doctype:
+        svg = svg[doctype.end():]
     root = SafeElementTree.fromstring(svg.encode("utf-8"), forbid_dtd=True)
     if _local(root.tag) != "svg":
         raise ValueError("not an SVG document")

@@ -82,6 +82,36 @@ def test_install_without_suffix_keeps_the_names(tmp_path: Path) -> None:
     assert specs["sandbox-node"]["display_name"] == "Sandbox (Node.js) · Kubernetes"
 
 
+def test_install_image_gives_one_languages_kernelspec_its_own_image(tmp_path: Path) -> None:
+    image = "localhost/sandbox-python-datascience:3.11"
+    argv = ["install", "--prefix", str(tmp_path), "--backend", "kubernetes", "--name-suffix=-ds", f"--image=python={image}"]
+    assert cli.main(argv) == 0
+    specs = _installed(tmp_path)
+    python = specs["sandbox-python-ds"]
+    assert python["display_name"] == "Sandbox (Python) · Kubernetes · sandbox-python-datascience:3.11"
+    assert python["argv"][-1] == f"--KubernetesSandbox.images=python={image}"
+    assert python["metadata"]["sandbox_kernel"]["image"] == image
+    assert not any("images" in a for a in specs["sandbox-node-ds"]["argv"])
+    # The kernel reads it as the setting (the same loader the early Kubernetes start uses).
+    from sandbox_kernel.kubernetes.early import load_config
+    from sandbox_kernel.kubernetes.settings import KubernetesSandbox
+
+    settings = KubernetesSandbox(config=load_config(python["argv"][4:]))
+    assert settings.image(LANGUAGES["python"]) == image
+
+
+@pytest.mark.parametrize("item, says", [
+    ("python", "LANGUAGE=IMAGE"), ("ruby=x:1", "LANGUAGE=IMAGE"), ("python=bad image", "not an image reference"),
+])
+def test_a_bad_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str, says: str) -> None:
+    assert cli.main(["install", "--prefix", str(tmp_path), "--backend", "kubernetes", "--image", item]) == 1
+    err = capsys.readouterr().err
+    assert "--image" in err and says in err
+    assert cli.main(["install", "--prefix", str(tmp_path), "--image", "python=x:1"]) == 1
+    assert "--backend kubernetes" in capsys.readouterr().err
+    assert not (tmp_path / "share").exists()
+
+
 def test_a_bad_name_suffix_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["install", "--prefix", str(tmp_path), "--name-suffix", "/../x"]) == 1
     assert "--name-suffix" in capsys.readouterr().err

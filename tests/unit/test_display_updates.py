@@ -69,3 +69,23 @@ def test_clear_output_is_checked_like_any_output_message() -> None:
     good = check(Message({"type": "clear_output", "id": "c1", "wait": False}, size=40))
     assert good.problem is None and good.body == {"type": "clear_output", "id": "c1", "wait": False}
     assert check(Message({"type": "clear_output", "id": "c1", "wait": 1}, size=40)).problem
+
+
+MATPLOTLIB_SVG_HEAD = (
+    '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN"\n'
+    '  "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n'
+)
+
+
+def test_matplotlib_svg_keeps_its_figure_and_no_other_doctype_gets_through() -> None:
+    from sandbox_kernel.output_policy import filter_bundle
+
+    svg = MATPLOTLIB_SVG_HEAD + '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 0 0 L 1 1" onload="x()"/></svg>'
+    kept = filter_bundle({"image/svg+xml": svg})
+    assert not kept.dropped and "<path" in kept.data["image/svg+xml"] and "onload" not in kept.data["image/svg+xml"]
+    for bad in (
+        '<!DOCTYPE svg PUBLIC "a" "b" [<!ENTITY x "y">]><svg xmlns="http://www.w3.org/2000/svg">&x;</svg>',
+        '<!DOCTYPE svg SYSTEM "file:///etc/passwd"><svg xmlns="http://www.w3.org/2000/svg"/>',
+        MATPLOTLIB_SVG_HEAD + '<!DOCTYPE svg [<!ENTITY x "y">]><svg xmlns="http://www.w3.org/2000/svg">&x;</svg>',
+    ):
+        assert filter_bundle({"image/svg+xml": bad}).dropped == ["image/svg+xml"]
