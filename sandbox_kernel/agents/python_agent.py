@@ -1908,11 +1908,17 @@ def _complete(code, cursor):
 
         with provisionalcompleter():
             found = list(rectify_completions(code, _IPy.shell.Completer.completions(code, cursor)))
+        start = found[0].start if found else cursor
+        # Matches cover the whole dotted name before the cursor ('str.isdigit', not 'isdigit'),
+        # as in plain mode: one answer whichever mode runs.
+        token_start = cursor - len(_TOKEN_RE.search(code[:cursor]).group())
+        lead = code[token_start:start] if token_start < start else ""
         matches = []
         for completion in found:
-            if completion.text not in matches:
-                matches.append(completion.text)
-        return matches, found[0].start if found else cursor
+            text = lead + completion.text
+            if text not in matches:
+                matches.append(text)
+        return matches, token_start if lead else start
     before = code[:cursor]
     line = before[before.rfind("\n") + 1 :]
     m = _IMPORT_RE.match(line)
