@@ -218,6 +218,7 @@ def test_output_beyond_the_replay_buffer_is_reported_lost_and_the_session_goes_o
         session = FlakySession(language, tmp_path, replay_bytes=64)
         await session.start()
         try:
+            await run(session, COUNT[language](1, False))  # the worker is ready (IPython mode starts it first)
             cell = asyncio.ensure_future(run(session, COUNT[language](1000, True)))
             await asyncio.sleep(0.3)
             session.container.drop()
