@@ -1565,11 +1565,16 @@ def _install_plot_backend():
     matplotlib-inline (ipykernel's own: %matplotlib inline, %config InlineBackend, figures at the
     end of the cell); plain mode, or IPython without it, uses this file's inline backend. A
     backend the user chose (MPLBACKEND, matplotlib.use()) wins."""
+    import importlib.util
+
     if os.environ.get("MPLBACKEND"):
         return
+    try:
+        if importlib.util.find_spec("matplotlib") is None:  # no matplotlib: nothing to set up
+            return
+    except (ImportError, ValueError):
+        return
     if _IPy.shell is not None:
-        import importlib.util
-
         try:
             if importlib.util.find_spec("matplotlib_inline") is not None:
                 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
