@@ -160,15 +160,17 @@ def pod_spec_like(pod: client.V1Pod) -> dict[str, Any]:
 def test_a_claim_whose_heartbeat_stops_is_reclaimed_with_its_sandbox(
     controller: ControllerProcess, claimant: client.ApiClient, admin: client.ApiClient, sandbox_images: dict[str, str]
 ) -> None:
-    body = claim_body(sandbox_images, heartbeat=5)
+    # The heartbeat counts from the claim's creation (a second-granular timestamp), and a slow pod
+    # start must not use it up before the sandbox is ready: 10 s, measured from before the create.
+    body = claim_body(sandbox_images, heartbeat=10)
+    started = time.monotonic()
     create(claimant, body)
     name = body["metadata"]["name"]
     try:
         sandbox = ready(claimant, name)["namespace"]
-        started = time.monotonic()
-        wait_until(lambda: read(claimant, name) is None, 30, what=f"the controller to reclaim claim {name}")
-        assert time.monotonic() - started >= 3, "reclaimed before its heartbeat expired"
-        assert f"claim {SA_NAMESPACE}/{name}: heartbeat older than 5 s" in controller.text()
+        wait_until(lambda: read(claimant, name) is None, 45, what=f"the controller to reclaim claim {name}")
+        assert time.monotonic() - started >= 9, "reclaimed before its heartbeat expired"
+        assert f"claim {SA_NAMESPACE}/{name}: heartbeat older than 10 s" in controller.text()
         wait_until(lambda: not namespace_exists(client.CoreV1Api(admin), sandbox), 90, what=f"{sandbox} to be gone")
     finally:
         delete(claimant, name)
