@@ -38,7 +38,7 @@ class Limits:
     interrupt_grace: float
     output_rate: int = 1000
     allow_hosts: tuple[str, ...] = ()
-    ipython: str = "auto"
+    ipython: str = "off"
 
     def summary(self) -> str:
         """One line for banners and ``%sandbox status``."""
@@ -156,11 +156,12 @@ class Sandbox(Configurable):
 
     ipython = Enum(
         ["auto", "on", "off"],
-        default_value="auto",
+        default_value="off",
         help="Whether Python cells run through IPython's interactive shell in the sandbox (magics such as "
-        "%timeit and %%writefile, !cmd, obj?, _ and Out, IPython.display, IPython's tracebacks): 'auto' (the "
-        "default) when the sandbox's Python can import IPython, 'on' to require it (every cell fails with the "
-        "reason when it cannot), 'off' for the plain standard-library agent. %timeout and %sandbox stay the "
+        "%timeit and %%writefile, !cmd, obj?, _ and Out, IPython.display, IPython's tracebacks): 'auto' when "
+        "the sandbox's Python can import IPython, 'on' to require it (every cell fails with the reason when it "
+        "cannot), 'off' (the default for now: in JupyterLab, cells in IPython mode do not finish yet) for the "
+        "plain standard-library agent, which still shows plots inline. %timeout and %sandbox stay the "
         "kernel's either way.",
     ).tag(config=True)
 
