@@ -6,17 +6,19 @@ locked-down Kubernetes namespace per kernel. See README.md for the settings.
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 
-def load_ipython_extension(ipython):  # pragma: no cover - thin shim, tested through IPython
+def load_ipython_extension(ipython: Any) -> None:  # pragma: no cover - thin shim, tested through IPython
     """``%load_ext sandbox_kernel`` in an ordinary IPython kernel: adds ``%%sandbox`` cells."""
     from .magics import load_ipython_extension as load
 
     load(ipython)
 
 
-def unload_ipython_extension(ipython):  # pragma: no cover
+def unload_ipython_extension(ipython: Any) -> None:  # pragma: no cover
     from .magics import unload_ipython_extension as unload
 
     unload(ipython)

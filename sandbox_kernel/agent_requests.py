@@ -71,7 +71,7 @@ class AgentRequests:
         elif self.idle_comm_sink is not None:
             self.idle_comm_sink(comm_event(message))
 
-    async def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+    async def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:
         """Deliver a frontend comm message (see :meth:`SandboxSession.comm`): the agent runs its
         handlers like a cell (same limits, interrupt, ``done``). Never raises."""
         if kind not in COMM:
@@ -100,7 +100,7 @@ class AgentRequests:
             body["value"] = value or ""
         await self._send(body)
 
-    async def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,  # type: ignore[override]
+    async def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,
                       parent: str | None = None) -> AsyncGenerator[Event, None]:
         """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
         while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so

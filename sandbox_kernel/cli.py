@@ -12,7 +12,7 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 from jupyter_client.kernelspec import KernelSpecManager
 
@@ -73,7 +73,7 @@ def kernelspec_json(source: dict, backend: str, python: str = "", image: str = "
         spec["argv"].append(f"--KubernetesSandbox.images={language.name}={image}")
         spec["display_name"] += f" · {image.rsplit('/', 1)[-1]}"
         spec["metadata"]["sandbox_kernel"]["image"] = image
-    return spec
+    return cast("dict[str, object]", spec)
 
 
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")

@@ -16,7 +16,7 @@ import re
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from ipykernel.kernelbase import Kernel
 from traitlets import Enum, Float, Instance, Unicode
@@ -69,7 +69,7 @@ class SandboxKernel(CommsAndStdin):
         help="Language of the sandbox: python, node or bash (set by the kernelspec).",
     ).tag(config=True)
 
-    session_obj = Instance(SandboxSession, allow_none=True)  # type: ignore[call-overload]  # abstract class
+    session_obj = Instance(SandboxSession, allow_none=True)  # abstract class
 
     # ipykernel sleeps 0.5 ms after every cell (a workaround for its own stdout capture, which
     # this kernel does not use: outputs are published directly). On a busy machine the sleep
@@ -79,17 +79,17 @@ class SandboxKernel(CommsAndStdin):
     @property
     def language_info(self) -> dict[str, Any]:  # type: ignore[override]
         if self.session_obj is not None:
-            return self.session_obj.language_info
+            return cast("dict[str, Any]", self.session_obj.language_info)
         return {"name": self.language_name}
 
     @property
     def banner(self) -> str:  # type: ignore[override]
         if self.session_obj is not None:
-            return self.session_obj.banner()
+            return cast("str", self.session_obj.banner())
         return "Sandbox kernel"
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self.backend = chosen_backend(self.backend)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accounting = usage.Accounting()  # per-cell usage (%sandbox usage, execute_reply metadata)
@@ -121,7 +121,7 @@ class SandboxKernel(CommsAndStdin):
     # -- starting -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        super().start()
+        super().start()  # type: ignore[no-untyped-call]
         # IPKernelApp ignores SIGINT, and an ignored signal stays ignored across exec: every
         # sandbox would inherit that, and bash could then never be interrupted. A handler that
         # does nothing protects the kernel just as well, and exec resets it to the default.
@@ -162,19 +162,19 @@ class SandboxKernel(CommsAndStdin):
             self._starting = None
             raise error
         assert self.session_obj is not None
-        return self.session_obj
+        return cast("SandboxSession", self.session_obj)
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
         try:
             await self._ready()
         except SandboxError:
             pass  # kernel_info must still answer; the first cell reports the error
-        await super().kernel_info_request(stream, ident, parent)
+        await super().kernel_info_request(stream, ident, parent)  # type: ignore[no-untyped-call]
 
     # -- cells ----------------------------------------------------------------------------------
 
     def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
-        self.send_response(self.iopub_socket, msg_type, content)
+        self.send_response(self.iopub_socket, msg_type, content)  # type: ignore[no-untyped-call]
 
     def _publish_error(self, error: ErrorOutput) -> None:
         self._publish("error", {"ename": error.ename, "evalue": error.evalue, "traceback": error.traceback})
@@ -224,7 +224,7 @@ class SandboxKernel(CommsAndStdin):
             return error
         return ErrorOutput(error.ename, error.evalue, [*error.traceback, hint])
 
-    async def do_execute(  # type: ignore[override]
+    async def do_execute(
         self,
         code: str,
         silent: bool,
@@ -236,7 +236,7 @@ class SandboxKernel(CommsAndStdin):
         cell_id: Any = None,
     ) -> dict[str, Any]:
         async with self._requests():
-            self._last_parent = self.get_parent("shell")
+            self._last_parent = self.get_parent("shell")  # type: ignore[no-untyped-call]
             self._cell_allow_stdin = bool(allow_stdin)
             self._comm_refusals = 0
             try:
@@ -408,7 +408,7 @@ class SandboxKernel(CommsAndStdin):
         rows = selftest.evaluate(found, session.limits.memory_bytes, session.backend, language, visible)
         return f"selftest of this {session.backend} sandbox ({language}):\n" + selftest.format_table(rows)
 
-    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
         try:
             session = await self._ready()
             result = await session.complete(code, cursor_pos)
@@ -417,7 +417,7 @@ class SandboxKernel(CommsAndStdin):
             matches, start, end = [], cursor_pos, cursor_pos
         return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": end, "metadata": {}}
 
-    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:  # type: ignore[override]
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:
         try:
             session = await self._ready()
             result = await session.inspect(code, cursor_pos, detail_level)
@@ -428,7 +428,7 @@ class SandboxKernel(CommsAndStdin):
             found, data = False, {}
         return {"status": "ok", "found": found, "data": data, "metadata": {}}
 
-    async def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
         if _MAGIC.match(code.split("\n", 1)[0]) and "\n" not in code.strip():
             return {"status": "complete"}
         try:
@@ -462,7 +462,7 @@ class SandboxKernel(CommsAndStdin):
         if self.session is not None:
             self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
-    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         if self.session_obj is not None:
             session = self.session_obj
             await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.close(), session.close_timeout)

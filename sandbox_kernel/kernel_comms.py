@@ -85,7 +85,8 @@ class CommsAndStdin(Kernel):
         """Deliver a frontend comm message to the sandbox, after the running cell, and publish
         what its handlers produce (a widget's callbacks) with this message as parent, as
         ipykernel does: ipywidgets' Output widget captures by that parent."""
-        self.set_parent(ident, parent, channel="shell")  # in this task's context: its output's parent
+        # In this task's context: its output's parent.
+        self.set_parent(ident, parent, channel="shell")  # type: ignore[no-untyped-call]
         # A comm's metadata travels in the message's metadata, not its content (Jupyter's comms).
         content = {**(parent.get("content") or {}), "metadata": parent.get("metadata") or {}}
         buffers = [bytes(b) for b in parent.get("buffers") or []]
@@ -157,7 +158,7 @@ class CommsAndStdin(Kernel):
         content = dict(content)
         metadata = content.pop("metadata", None) if msg_type.startswith("comm_") else None
         if parent is None:
-            parent = self.get_parent("shell")
+            parent = self.get_parent("shell")  # type: ignore[no-untyped-call]
         self.session.send(self.iopub_socket, msg_type, content, parent, buffers=frames, metadata=metadata)
 
     # -- stdin (stdin.py) -----------------------------------------------------------------------
@@ -173,8 +174,8 @@ class CommsAndStdin(Kernel):
         try:
             ident = self._get_shell_context_var(self._shell_parent_ident)  # ipykernel 7
         except AttributeError:
-            ident = self._parent_ident.get("shell")  # type: ignore[attr-defined]  # ipykernel 6
-        request = stdin.StdinRequest(self.session, self.stdin_socket, ident, self.get_parent("shell"))
+            ident = self._parent_ident.get("shell")  # ipykernel 6
+        request = stdin.StdinRequest(self.session, self.stdin_socket, ident, self.get_parent("shell"))  # type: ignore[no-untyped-call]
         self._stdin_request = request
 
         async def answer() -> None:

@@ -32,7 +32,7 @@ class SandboxKernelApp(IPKernelApp):
     kernel_class = Type(SandboxKernel, klass="ipykernel.kernelbase.Kernel").tag(config=True)  # type: ignore[assignment]
 
     def load_config_file(self, *args: Any, **kwargs: Any) -> None:
-        super().load_config_file(*args, **kwargs)
+        super().load_config_file(*args, **kwargs)  # type: ignore[no-untyped-call]
         # Settings live with the rest of Jupyter's configuration, e.g.
         # ~/.jupyter/sandbox_kernel_config.py, not in an IPython profile.
         for path in reversed(jupyter_config_path()):
@@ -40,7 +40,7 @@ class SandboxKernelApp(IPKernelApp):
 
 
     def initialize(self, argv: Any = None) -> None:
-        super().initialize(argv)
+        super().initialize(argv)  # type: ignore[no-untyped-call]
         # ipykernel 7's exit order races: its IOPub thread's atexit stop (registered when the
         # thread starts) runs before the app's own close(), and the control thread is a daemon
         # nobody waits for. A shutdown_request is handled on that thread, which publishes its

@@ -127,7 +127,7 @@ class SandboxMagics(Magics):
     """``%%sandbox`` cells and the ``%sandbox status|stop`` line magic."""
 
     def __init__(self, shell: Any) -> None:
-        super().__init__(shell)
+        super().__init__(shell)  # type: ignore[no-untyped-call]
         self.sessions: dict[str, SandboxSession] = {}
         self._thread: SessionThread | None = None
         self._parser = _cell_parser()
@@ -188,7 +188,7 @@ class SandboxMagics(Magics):
 
     # -- %%sandbox ------------------------------------------------------------------------------
 
-    @line_cell_magic
+    @line_cell_magic  # type: ignore[untyped-decorator]
     def sandbox(self, line: str, cell: str | None = None) -> Any:
         """Run a cell in a sandbox, or manage the sandboxes.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, cast
 
 from .protocol import Message
 
@@ -106,7 +106,7 @@ def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise _Bad(f"'{name}' must be an object, not {_what(value)}")
-    return clean_json(value, f"'{name}'")
+    return cast("dict[str, Any]", clean_json(value, f"'{name}'"))
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -145,7 +145,7 @@ def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...], default: 
     value = body.get(name, default)
     if value not in choices:
         raise _Bad(f"'{name}' must be one of {', '.join(choices)}, not {clean_text(repr(value))[:40]}")
-    return value
+    return cast("str", value)
 
 
 def _buffers(body: dict[str, Any]) -> list[str]:

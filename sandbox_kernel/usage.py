@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 
 
@@ -105,7 +105,7 @@ class CpuMeter:
         last, self._last = self._last, (now, cpu_seconds)
         if last is None or cpu_seconds < last[1] or now <= last[0] or (uptime is not None and uptime < now - last[0]):
             return 100.0 * cpu_seconds / uptime if uptime else 0.0
-        return 100.0 * (cpu_seconds - last[1]) / (now - last[0])
+        return cast("float | None", 100.0 * (cpu_seconds - last[1]) / (now - last[0]))
 
 
 def usage_reply(usage: Usage | None, cpu_percent: float | None, hostname: str, pid: int) -> dict[str, Any]:

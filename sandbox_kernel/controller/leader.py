@@ -97,7 +97,7 @@ def release(bounds: Any) -> None:
     ``resourceVersion``), so a Lease another replica has taken meanwhile is left alone.
     """
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     api = client.CoordinationV1Api()
     try:

@@ -20,7 +20,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..config import Sandbox
 from ..errors import SandboxError
@@ -111,7 +111,7 @@ class Pool:
                 self.api.delete_namespace(name)
                 continue
             self.taken += 1
-            return name
+            return cast("str | None", name)
         return None
 
     def _refill(self) -> None:

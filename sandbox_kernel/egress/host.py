@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from traitlets import Bool, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
@@ -75,7 +75,7 @@ class EgressProxy(Configurable):
                 ipaddress.ip_network(item)
             except ValueError as exc:
                 raise TraitError(f"EgressProxy.exempt_networks: {exc}") from None
-        return proposal["value"]
+        return cast("list[str]", proposal["value"])
 
     def base_dir(self) -> Path:
         if self.state_dir:
@@ -343,7 +343,7 @@ def magic(session: Any, topic: str, hosts: list[str]) -> str:
             return f"network: none (the {getattr(session, 'backend', '?')} backend has no egress allow list yet{note})"
         raise ConfigError("%sandbox", f"'{topic}' is not available on the {getattr(session, 'backend', '?')} backend yet")
     if topic == "network":
-        return egress.report()
+        return cast("str", egress.report())
     if not hosts:
         raise ConfigError("%sandbox", f"usage: %sandbox {topic} HOST [HOST…]")
     if not egress.enabled:
@@ -353,6 +353,6 @@ def magic(session: Any, topic: str, hosts: list[str]) -> str:
             "Sandbox.allow_hosts, or EgressProxy.allow_widening = True",
         )
     try:
-        return egress.allow(hosts) if topic == "allow" else egress.deny(hosts)
+        return cast("str", egress.allow(hosts) if topic == "allow" else egress.deny(hosts))
     except policy.PolicyError as exc:
         raise ConfigError("%sandbox " + topic, str(exc)) from None

@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import urllib3
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from kubernetes.stream.ws_client import WSClient, get_websocket_url
 from websocket import WebSocketBadStatusException
 

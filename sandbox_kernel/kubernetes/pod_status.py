@@ -8,7 +8,7 @@ once its stream ended, :func:`end_reason` and :func:`eviction_event` say why the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ..config import Limits
 from ..errors import Evicted, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
@@ -29,7 +29,7 @@ def container_status(pod: dict[str, Any]) -> dict[str, Any]:
     """The status of the sandbox container in ``pod`` (``{}`` before the kubelet reports one)."""
     for status in pod.get("status", {}).get("containerStatuses") or []:
         if status.get("name") == manifests.CONTAINER_NAME:
-            return status
+            return cast("dict[str, Any]", status)
     return {}
 
 

@@ -18,6 +18,7 @@ from ..session import REPORT_TOPICS, ReportTopic
 from . import manifests
 from .api import KubernetesApi
 from .attach import AttachChannel
+from .pod_command import SANDBOX_HOME
 from .settings import KubernetesSandbox
 
 TOPICS = REPORT_TOPICS
@@ -92,7 +93,7 @@ def _status(api: KubernetesApi, facts: SandboxFacts) -> str:
         ("image", image),
         ("language", facts.language),
         ("limits", f"cpu {limits.cpu}, memory {limits.memory} (requests {limits.cpu_request} / {limits.memory_request})"),
-        ("scratch", f"{limits.scratch} tmpfs at {manifests.SANDBOX_HOME}, {settings.tmp_size} at /tmp (in memory)"),
+        ("scratch", f"{limits.scratch} tmpfs at {SANDBOX_HOME}, {settings.tmp_size} at /tmp (in memory)"),
         ("seccomp", f"Localhost {settings.seccomp_profile}" if settings.seccomp_profile else "RuntimeDefault"),
         ("cell timeout", f"{facts.cell_timeout:g} s"),
         ("pod lifetime", f"{settings.pod_lifetime} s"),
@@ -129,7 +130,7 @@ def _policy(api: KubernetesApi, facts: SandboxFacts) -> str:
         + " (uid 1000, no privilege escalation, all capabilities dropped)",
         _seccomp_line(settings.seccomp_profile),
         "service account token: not mounted; environment: HOME, PATH, LANG only",
-        f"files: read-only root file system; {facts.limits.scratch} at {manifests.SANDBOX_HOME} and "
+        f"files: read-only root file system; {facts.limits.scratch} at {SANDBOX_HOME} and "
         f"{settings.tmp_size} at /tmp, memory-backed emptyDirs (a write past their size fails with "
         f"'No space left on device'; what they hold counts against the memory limit {facts.limits.memory})",
     ]

@@ -539,7 +539,7 @@ class LocalSandboxSession(AgentSession):
             reason=reason,
         )
 
-    async def execute(self, code: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:  # type: ignore[override]
+    async def execute(self, code: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:
         """A cell, with a hint added to ``ModuleNotFoundError``: which Python the sandbox runs.
         (The arguments after ``code`` are passed on as they are: see SandboxSession.execute.)"""
         cell = super().execute(code, *args, **kwargs)

@@ -276,7 +276,7 @@ def compile_bpf(system_python: str = "/usr/bin/python3") -> bytes:
     if "bpf" in _cache:
         return _cache["bpf"]
     try:
-        import seccomp  # type: ignore[import-not-found]
+        import seccomp
     except ImportError:
         blob = _cached() or _compile_in(system_python)
     else:
@@ -350,7 +350,7 @@ def _compile_in(python: str) -> bytes:
 def _main() -> int:
     if sys.argv[1:] == ["--bpf"]:
         try:
-            import seccomp  # type: ignore[import-not-found]
+            import seccomp
         except ImportError as exc:
             print(f"{exc}", file=sys.stderr)
             return 3

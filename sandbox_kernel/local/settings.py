@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from traitlets import Bool, Enum, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
@@ -64,7 +64,7 @@ class LocalSandbox(Configurable):
             uids.parse_range(proposal["value"])
         except ValueError as exc:
             raise TraitError(str(exc)) from None
-        return proposal["value"]
+        return cast("str", proposal["value"])
 
     interpreters = List(
         Unicode(),
