@@ -39,6 +39,9 @@ class Limits:
     output_rate: int = 1000
     allow_hosts: tuple[str, ...] = ()
     ipython: str = "off"
+    workspace: str = "read-only"
+    workspace_bytes: int = 256 * 2**20
+    workspace_files: int = 10000
 
     def summary(self) -> str:
         """One line for banners and ``%sandbox status``."""
@@ -48,6 +51,9 @@ class Limits:
             f"scratch {self.scratch}"
         )
 
+
+WORKSPACE_MODES = ("read-only", "read-write", "hidden")
+"""The values of ``Sandbox.workspace``."""
 
 BACKENDS = ("local", "kubernetes")
 """The backends a session can be built for (``SandboxKernel.backend``)."""
@@ -165,6 +171,38 @@ class Sandbox(Configurable):
         "kernel's either way.",
     ).tag(config=True)
 
+    workspace = Enum(
+        list(WORKSPACE_MODES),
+        help="What the sandbox sees of the notebook's directory (the kernel's working directory), which is "
+        "the sandbox's working directory: 'read-only' (the default: open('data.csv') works, nothing is "
+        "written), 'read-write' (files a cell writes appear next to the notebook: the sandbox works in a "
+        "copy and the kernel writes changed files back after each cell, never notebooks, hidden files, "
+        "symlinks or anything outside the directory), or 'hidden' (an empty private directory). Local "
+        "sandbox: at /workspace; Kubernetes: copied into the pod's working directory at start. "
+        "Env: SANDBOX_WORKSPACE.",
+    ).tag(config=True)
+
+    @default("workspace")
+    def _workspace_default(self) -> str:
+        raw = _env("SANDBOX_WORKSPACE", "read-only")
+        if raw not in WORKSPACE_MODES:
+            raise ConfigError("SANDBOX_WORKSPACE", f"{raw!r} is not one of {', '.join(WORKSPACE_MODES)}")
+        return raw
+
+    workspace_limit = Unicode(
+        help="Most bytes of the notebook's directory copied into a sandbox (Kubernetes, and the local "
+        "sandbox's read-write copy), moved by one %sandbox upload/download, or written back after one cell; "
+        "files past it are left out with a notice. Env: SANDBOX_WORKSPACE_LIMIT.",
+    ).tag(config=True)
+
+    @default("workspace_limit")
+    def _workspace_limit_default(self) -> str:
+        return _env("SANDBOX_WORKSPACE_LIMIT", "256Mi")
+
+    workspace_files = Int(
+        10000, help="Most files of the notebook's directory copied into a sandbox, or written back after one cell.",
+    ).tag(config=True)
+
     def limits(self) -> Limits:
         """Validate every setting; raise :class:`ConfigError` naming the first bad one."""
         memory_bytes = setting_bytes("Sandbox.memory_limit", self.memory_limit)
@@ -205,6 +243,9 @@ class Sandbox(Configurable):
             output_rate=max(0, self.output_rate),
             allow_hosts=tuple(self.allow_hosts),
             ipython=self.ipython,
+            workspace=self.workspace,
+            workspace_bytes=setting_bytes("Sandbox.workspace_limit", self.workspace_limit),
+            workspace_files=max(1, self.workspace_files),
         )
 
 

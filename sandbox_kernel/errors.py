@@ -14,6 +14,7 @@
     │   ├── OutOfMemory               it went over its memory limit
     │   └── Evicted                   Kubernetes evicted its pod
     ├── CellTimeout                   a cell ran past its time limit
+    ├── WorkspaceError                a file was not moved between the notebook's directory and the sandbox
     └── ProtocolError                 the agent broke the framed protocol
 
 Lower-level errors (``OSError``, ``kubernetes.client.ApiException``) are translated at one
@@ -165,3 +166,11 @@ class ProtocolError(SandboxError):
 
     ename = "ProtocolError"
     hint = "The sandbox was replaced: run the cell again (if this recurs, report it with the kernel's log)."
+
+
+class WorkspaceError(SandboxError):
+    """A file was not moved between the notebook's directory and the sandbox (a refused name, a
+    symlink, a limit); the message names the file and the reason."""
+
+    ename = "WorkspaceError"
+    hint = "Name a regular file inside the notebook's directory; see Sandbox.workspace and workspace_limit."

@@ -43,10 +43,11 @@ from ..egress import host as egress
 from ..errors import ConfigError, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, SandboxUnavailable
 from ..languages import Language
 from ..agent_session import AgentSession
-from ..session import AgentChannel, ErrorOutput, Event
+from ..session import AgentChannel, ErrorOutput, Event, Stream
 from ..usage import CellUsage, Usage
 from . import bwrap, cgroups, environment, gvisor, report, seccomp_policy, uids
-from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, View
+from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, WORKSPACE, View, WorkspaceMount
+from .workspace import LocalWorkspace
 from .environment import SYSTEM_DIRS
 from .settings import SANDBOX_PATH, LocalSandbox
 
@@ -108,6 +109,9 @@ class LocalSandboxSession(AgentSession):
         self._python = environment.python_environment(self.settings.python_environment)
         self._node_modules = environment.node_modules(list(self.settings.node_modules))
         self._read_only = self._read_only_paths()
+        # The notebook's directory (Sandbox.workspace, workspace.py), and its read-write copy.
+        self.workspace = LocalWorkspace(limits, self._gvisor and self._isolated)
+        self._workspace_mount: WorkspaceMount | None = None
 
     # -- host checks ----------------------------------------------------------------------------
 
@@ -196,14 +200,17 @@ class LocalSandboxSession(AgentSession):
 
     def _mount_plan(self) -> environment.MountPlan:
         # As root, the sandbox's uid may not reach the paths (a 0700 /root): stage them.
-        return environment.MountPlan(self._read_only, staged=self._isolated and os.geteuid() == 0)
+        source = self.workspace.read_only_source
+        return environment.MountPlan(self._read_only, staged=self._isolated and os.geteuid() == 0,
+                                     at={WORKSPACE: source} if source else None)
 
     def _view(self, plan: environment.MountPlan, relay_fd: str = "<relay fd>") -> View:
         return View(
             scratch_bytes=self.limits.scratch_bytes,
             env=tuple(self._sandbox_env().items()),
             mounts=plan,
-            cwd=SANDBOX_HOME,
+            workspace=self._workspace_mount,
+            cwd=self.workspace.cwd,
             agent_name=self.language.agent_path().name,
             extra=tuple(self.egress.bwrap_mounts(relay_fd)) if self.egress is not None else (),
             extra_env=tuple(self.egress.bwrap_env()) if self.egress is not None else (),
@@ -312,6 +319,7 @@ class LocalSandboxSession(AgentSession):
                         self._lease = await loop.run_in_executor(None, uids.allocate, first, last)
                     except OSError as exc:
                         raise SandboxStartError(f"No host uid is free for the sandbox: {exc}") from exc
+                self._workspace_mount = await loop.run_in_executor(None, self.workspace.prepare, self._host_uid())
                 if self.egress is not None:  # egress hook: this sandbox's proxy
                     fds["relay"] = bwrap.memfd("relay", self.egress.relay_source())
                     await self.egress.start(self._host_uid())
@@ -395,6 +403,7 @@ class LocalSandboxSession(AgentSession):
             group=GROUP,
             limits=self.limits,
             owner=self._host_uid(),
+            cwd=self.workspace.cwd,
         )
 
     def _destroy_bundle(self) -> None:
@@ -447,6 +456,8 @@ class LocalSandboxSession(AgentSession):
             await asyncio.get_running_loop().run_in_executor(None, self._destroy_bundle)
         # Only now that no process of the sandbox is left may another sandbox get its uid.
         self._release_uid()
+        if self._closed:
+            self.workspace.close()  # the read-write copy (its changes were written back after each cell)
 
     async def _lost_reason(self) -> SandboxError:
         proc = self._proc
@@ -542,15 +553,23 @@ class LocalSandboxSession(AgentSession):
     async def execute(self, code: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:
         """A cell, with a hint added to ``ModuleNotFoundError``: which Python the sandbox runs.
         (The arguments after ``code`` are passed on as they are: see SandboxSession.execute.)"""
+        notice = self.workspace.take_notice()
+        if notice:
+            yield Stream("stderr", f"[sandbox] {notice}\n")
         cell = super().execute(code, *args, **kwargs)
         try:
             async for event in cell:
                 if isinstance(event, ErrorOutput) and event.ename == "ModuleNotFoundError" and self.language.name == "python":
                     hint = environment.import_hint(self._python, self._interpreter(), event.evalue)
                     event = ErrorOutput(event.ename, event.evalue, [*event.traceback, hint])
+                elif isinstance(event, ErrorOutput) and (ro_hint := self.workspace.hint(event.evalue)):
+                    event = ErrorOutput(event.ename, event.evalue, [*event.traceback, ro_hint])
                 yield event
         finally:
             await cell.aclose()
+        # Read-write workspace: the files the cell changed, written back (workspace/staging.py).
+        for line in await asyncio.get_running_loop().run_in_executor(None, self.workspace.write_back):
+            yield Stream("stderr", f"[sandbox] {line}\n")
 
     # -- %sandbox -------------------------------------------------------------------------------
 
@@ -562,7 +581,7 @@ class LocalSandboxSession(AgentSession):
         return self._python.describe() if self.language.name == "python" else f"{self._interpreter()}; PATH has {self._python.bin_dir}"
 
     def workspace_description(self) -> str:
-        return "none"
+        return self.workspace.describe()
 
     def report(self, topic: str) -> str:
         return report.report(self, topic)

@@ -184,28 +184,31 @@ class Mount:
     path: str
     source: str
     is_dir: bool
+    host: str = ""
+    """The host path, when it is not ``path`` (the notebook's directory, shown at /workspace)."""
 
 
 class MountPlan:
-    """How the read-only host paths reach the sandbox (see the module's docstring)."""
+    """How the read-only host paths reach the sandbox (see the module's docstring); ``at`` adds
+    host paths shown elsewhere, as ``{inside: host}`` (the read-only workspace)."""
 
-    def __init__(self, paths: list[str], staged: bool) -> None:
+    def __init__(self, paths: list[str], staged: bool, at: dict[str, str] | None = None) -> None:
         self.staged = staged
         seen: set[str] = set()
         self.mounts: list[Mount] = []
-        for path in paths:
+        for path, host in [*((p, p) for p in paths), *(at or {}).items()]:
             if path in seen:
                 continue
             seen.add(path)
-            source = f"{VIEW_ROOT}/{len(self.mounts)}" if staged else path
-            self.mounts.append(Mount(path, source, os.path.isdir(path) or not os.path.exists(path)))
+            source = f"{VIEW_ROOT}/{len(self.mounts)}" if staged else host
+            self.mounts.append(Mount(path, source, os.path.isdir(host) or not os.path.exists(host), host if host != path else ""))
 
     def check_sources(self) -> None:
         """Raise a :class:`~sandbox_kernel.errors.SandboxStartError`-worthy OSError early when a
         path is missing (bubblewrap's own message names /run paths when staged)."""
         for mount in self.mounts:
-            if not os.path.exists(mount.path):
-                raise FileNotFoundError(f"{mount.path} does not exist")
+            if not os.path.exists(mount.host or mount.path):
+                raise FileNotFoundError(f"{mount.host or mount.path} does not exist")
 
     def script(self) -> str:
         """Shell commands (run as root in a private mount namespace) that make the staged views;
@@ -217,7 +220,7 @@ class MountPlan:
         for mount in self.mounts:
             target = shlex.quote(mount.source)
             lines.append((f"mkdir {target}" if mount.is_dir else f": > {target}") + " || exit 125")
-            lines.append(f"mount --bind -- {shlex.quote(mount.path)} {target} || exit 125")
+            lines.append(f"mount --bind -- {shlex.quote(mount.host or mount.path)} {target} || exit 125")
             lines.append(f"mount -o remount,bind,ro,nosuid,nodev -- {target} || exit 125")
         return "; ".join(lines) + "; "
 

@@ -118,6 +118,7 @@ def spec(
     files: dict[str, str],
     limits: Limits,
     hostname: str = "sandbox",
+    cwd: str | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime spec of a sandbox. ``read_only_paths`` are (host source, path inside)
     pairs, bound read-only after the tmpfs mounts; ``files`` maps a path inside to the host file
@@ -142,7 +143,7 @@ def spec(
             "user": {"uid": 1000, "gid": 1000, "additionalGids": [1000]},
             "args": args,
             "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": home,
+            "cwd": cwd or home,
             "capabilities": {k: none for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
             "noNewPrivileges": True,
         },
@@ -185,6 +186,7 @@ class GVisorBundle:
         group: str,
         limits: Limits,
         owner: int | None,
+        cwd: str | None = None,
     ) -> None:
         """Write the bundle; ``owner`` is the host uid runsc will run as (None: this process's)."""
         self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -211,6 +213,7 @@ class GVisorBundle:
         config = spec(
             args, env, home=home, agent_dir=agent_dir, system_dirs=system_dirs, read_only_paths=read_only_paths,
             files={"/etc/passwd": str(self.bundle / "passwd"), "/etc/group": str(self.bundle / "group")}, limits=limits,
+            cwd=cwd,
         )
         (self.bundle / "config.json").write_text(json.dumps(config, indent=1))
         self.state.mkdir(mode=0o700)

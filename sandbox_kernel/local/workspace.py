@@ -1,0 +1,108 @@
+"""The notebook's directory in a local sandbox (``Sandbox.workspace``), at :data:`~.bwrap.WORKSPACE`.
+
+- ``read-only``: the directory itself, bind-mounted read-only at ``/workspace`` (staged like the
+  environment when the kernel is root, so a notebook under a 0700 ``/root`` is reachable:
+  environment.py). Nothing is copied; the sandbox reads the files as its own unprivileged uid.
+- ``read-write``: a private copy (:mod:`sandbox_kernel.workspace.staging`) at ``/workspace``,
+  owned by the sandbox's uid; the kernel writes changed files back after each cell.
+- ``hidden``: nothing of it; the working directory is the sandbox's private HOME.
+
+A directory that would show more than the notebook's own files is never shown: ``/``, a system
+directory, or the kernel's home directory (or one above it), which holds ``~/.ssh``, cloud
+credentials and Jupyter's own secrets. Then the sandbox works in its private HOME and the first
+cell says why.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..config import Limits
+from ..errors import SandboxUnavailable
+from ..quantity import format_bytes
+from ..workspace.staging import Staging
+from .bwrap import SANDBOX_HOME, WORKSPACE, WorkspaceMount
+from .environment import SYSTEM_DIRS
+
+
+def refusal(path: str) -> str | None:
+    """Why the directory ``path`` is not shown in a sandbox, or None."""
+    real = os.path.realpath(path)
+    home = os.path.realpath(os.path.expanduser("~"))
+    if real == "/" or any(real == d or real.startswith(d + "/") for d in SYSTEM_DIRS):
+        return f"the notebook's directory {real} is a system directory"
+    if home not in ("", "/") and (real == home or home.startswith(real.rstrip("/") + "/")):
+        return (f"the notebook's directory {real} is the kernel's home directory{'' if real == home else ' or above it'} "
+                "(it holds ~/.ssh and other secrets)")
+    return None
+
+
+class LocalWorkspace:
+    """What one local session shows of the notebook's directory (see the module's docstring)."""
+
+    def __init__(self, limits: Limits, gvisor: bool, host_dir: str | None = None) -> None:
+        self.host_dir = os.path.realpath(host_dir or os.getcwd())
+        self.mode = limits.workspace
+        self.notice: str | None = None
+        """Told on the first cell's stderr (why the directory is not shown, what was left out)."""
+        self.staging: Staging | None = None
+        why = refusal(self.host_dir) if self.mode != "hidden" else None
+        if why:
+            self.notice = (f"{why}: it is not shown in the sandbox, which works in its private HOME instead. "
+                           "Keep the notebook and its files in a folder of their own.")
+            self.mode = "hidden"
+        if self.mode == "read-write":
+            if gvisor:
+                raise SandboxUnavailable("Sandbox.workspace = 'read-write' is not available with LocalSandbox.runtime = "
+                                         "'gvisor' yet; use 'read-only' (and %sandbox download) or 'bubblewrap'.")
+            self.staging = Staging(self.host_dir, limits.workspace_bytes, limits.workspace_files)
+        self.limits = limits
+
+    @property
+    def cwd(self) -> str:
+        return SANDBOX_HOME if self.mode == "hidden" else WORKSPACE
+
+    @property
+    def read_only_source(self) -> str | None:
+        """The host directory bound read-only at /workspace (read-only mode), else None."""
+        return self.host_dir if self.mode == "read-only" else None
+
+    def prepare(self, uid: int | None) -> WorkspaceMount | None:
+        """Before a sandbox starts: the read-write copy, made afresh (blocking: run in an executor)."""
+        if self.staging is None:
+            return None
+        left_out = self.staging.prepare(uid)
+        if left_out:
+            shown = "; ".join(left_out[:5]) + (f"; and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+            self.notice = f"Not copied into the sandbox's workspace: {shown}"
+        assert self.staging.path is not None
+        return WorkspaceMount(self.staging.path, writable=True)
+
+    def hint(self, evalue: str) -> str | None:
+        """The line added to a cell's "Read-only file system" error in read-only mode."""
+        if self.mode != "read-only" or "Read-only file system" not in evalue:
+            return None
+        return (f"[sandbox] The notebook's directory is read-only in the sandbox ({WORKSPACE}, Sandbox.workspace = "
+                "'read-only'). Write to /tmp or HOME and use %sandbox download NAME, or set "
+                "c.Sandbox.workspace = 'read-write' (environment variable SANDBOX_WORKSPACE) and restart the kernel.")
+
+    def take_notice(self) -> str | None:
+        notice, self.notice = self.notice, None
+        return notice
+
+    def write_back(self) -> list[str]:
+        """After a cell: the read-write copy's changes onto the host; refusals as lines."""
+        return self.staging.write_back() if self.staging is not None else []
+
+    def close(self) -> None:
+        if self.staging is not None:
+            self.staging.close()
+
+    def describe(self) -> str:
+        if self.mode == "hidden":
+            return f"hidden (the working directory is the private {SANDBOX_HOME})"
+        if self.mode == "read-only":
+            return f"{self.host_dir} read-only at {WORKSPACE} (the working directory)"
+        return (f"{self.host_dir} read-write at {WORKSPACE} (the working directory; a private copy, changed files "
+                f"written back after each cell, at most {format_bytes(self.limits.workspace_bytes)} in "
+                f"{self.limits.workspace_files:,} files)")
