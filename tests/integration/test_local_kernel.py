@@ -325,14 +325,14 @@ def test_host_processes_and_files_are_invisible_and_system_is_read_only(py: Any)
         "    try:\n        open(path, 'w'); print('WROTE', path)\n"
         "    except OSError as e:\n        print('denied', path, e.errno)\n"
         "print('root home', os.listdir('/root') if os.path.exists('/root') else None, os.path.exists('/work'))\n"
-        "open('scratch.txt', 'w').write('ok'); print('scratch', open('scratch.txt').read())\n"
+        "open(os.path.expanduser('~/scratch.txt'), 'w').write('ok'); print('scratch', open(os.path.expanduser('~/scratch.txt')).read())\n"
     )
     reply, out = run_cell(py, code)
     stdout = text(out)
     assert reply["status"] == "ok", out
     assert int(stdout.split("pids ")[1].split()[0]) < 10
     assert "host pid visible False" in stdout
-    assert "uid 1000 cwd /home/sandbox home /home/sandbox" in stdout
+    assert "uid 1000 cwd /workspace home /home/sandbox" in stdout  # the notebook's directory, read-only
     assert "WROTE" not in stdout and stdout.count("denied") == 2
     # /root exists only as the way to the kernel's environment when that lives there (pyenv)
     prefix = os.path.realpath(sys.prefix)
