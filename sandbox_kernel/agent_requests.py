@@ -1,6 +1,7 @@
 """The requests an :class:`~sandbox_kernel.agent_session.AgentSession` runs like cells, a mixin.
 
-A cell (``execute``) and a comm message of the frontend (``comm``) are each sent to the agent as
+Files (``file_write`` / ``file_read``) are answered at once by the agent's supervisor, like
+``usage``. A cell (``execute``) and a comm message of the frontend (``comm``) are each sent to the agent as
 a request that ends with its ``done``; ``_guarded`` turns whatever goes wrong meanwhile into the
 request's error. Comm messages of the sandbox join the running request's output in order (or go
 to the kernel's ``idle_comm_sink`` between requests); an ``input_request`` of the running cell
@@ -9,6 +10,8 @@ is answered with ``input_reply``. See ``agents/PROTOCOL.md``.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 from typing import Any, AsyncGenerator, Callable
@@ -21,6 +24,7 @@ from .protocol import Message
 from .session import CommEvent, ErrorOutput, Event
 
 log = logging.getLogger("sandbox_kernel")
+_file_ids = itertools.count(1)
 
 
 class AgentRequests:
@@ -45,6 +49,42 @@ class AgentRequests:
         raise NotImplementedError
 
     _notice: str | None
+    _usage_waiters: dict[str, "asyncio.Future[Message]"]
+
+    async def _ensure_running(self) -> None:
+        raise NotImplementedError
+
+    async def file_request(self, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send a ``file_write`` / ``file_read`` (PROTOCOL.md) and return its ``file_reply``; the
+        agent's supervisor answers at once, also while a cell runs. Raises SandboxError when the
+        sandbox does not answer (it is started first if there is none)."""
+        await self._ensure_running()
+        request_id = f"f{next(_file_ids)}"
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._usage_waiters[request_id] = waiter
+        try:
+            await self._send({**body, "id": request_id})
+            return (await asyncio.wait_for(waiter, timeout)).body
+        except asyncio.TimeoutError:
+            raise SandboxLost(f"The sandbox did not answer a {body.get('type')} request within {timeout:g} s.") from None
+        except OSError as exc:
+            raise SandboxLost(f"The connection to the sandbox failed ({exc}).") from exc
+        finally:
+            self._usage_waiters.pop(request_id, None)
+
+    async def send_file_request(self, body: dict[str, Any]) -> "asyncio.Future[Message]":
+        """Like :meth:`file_request`, but returns once the request is sent: the future is its
+        reply (so chunks can be pipelined). The caller awaits it (with a timeout)."""
+        request_id = f"f{next(_file_ids)}"
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._usage_waiters[request_id] = waiter
+        waiter.add_done_callback(lambda _: self._usage_waiters.pop(request_id, None))
+        try:
+            await self._send({**body, "id": request_id})
+        except OSError as exc:
+            waiter.cancel()
+            raise SandboxLost(f"The connection to the sandbox failed ({exc}).") from exc
+        return waiter
 
     @property
     def supports_comms(self) -> bool:

@@ -248,7 +248,7 @@ class AgentSession(AgentRequests, SandboxSession):
                 state["ready"] = True
                 queue.put(message)
             return
-        if kind == "usage_reply":  # answered at once, also while a cell runs (see usage())
+        if kind in ("usage_reply", "file_reply"):  # answered at once, also while a cell runs (see usage())
             waiter = self._usage_waiters.pop(ident, None) if ident is not None else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(message)

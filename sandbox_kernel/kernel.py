@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import time
@@ -34,7 +35,7 @@ from .stream_merge import merged_streams
 log = logging.getLogger("sandbox_kernel")
 
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
-KERNEL_TOPICS = ("usage", "selftest", "network", "allow", "deny")
+KERNEL_TOPICS = ("usage", "selftest", "network", "allow", "deny", "upload", "download")
 """The ``%sandbox`` topics the kernel answers itself; the session answers :data:`REPORT_TOPICS`."""
 SANDBOX_TOPICS = (*REPORT_TOPICS, *KERNEL_TOPICS)
 _EXIT_WORDS = {
@@ -371,6 +372,11 @@ class SandboxKernel(CommsAndStdin):
                     if not silent:
                         self._publish("stream", {"name": "stdout", "text": text})
                     continue
+                if topic in ("upload", "download"):  # files (sandbox_kernel/workspace/transfer.py)
+                    text = await self._move_files(session, topic, hosts, silent)
+                    if not silent:
+                        self._publish("stream", {"name": "stdout", "text": text + "\n"})
+                    continue
                 if topic in ("network", "allow", "deny"):  # egress allow list (sandbox_kernel/egress)
                     from .egress.host import magic
 
@@ -391,6 +397,33 @@ class SandboxKernel(CommsAndStdin):
             if not silent:
                 self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
         return "\n".join(lines)
+
+    async def _move_files(self, session: SandboxSession, topic: str, rest: str, silent: bool) -> str:
+        """``%sandbox upload|download NAME…``, with progress of large files as one display that is
+        updated (update_display_data)."""
+        from .workspace.transfer import Transfer
+
+        try:
+            args = shlex.split(rest)
+        except ValueError as exc:
+            raise ConfigError(f"%sandbox {topic}", str(exc)) from None
+        if not args:
+            raise ConfigError(f"%sandbox {topic}", f"name at least one file, e.g. %sandbox {topic} data.csv")
+        if not hasattr(session, "send_file_request"):
+            raise SandboxError(f"This {session.backend} sandbox cannot move files.")
+        display_id = f"sandbox-{topic}-{time.monotonic_ns()}"
+        shown = False
+
+        def progress(line: str, final: bool) -> None:
+            nonlocal shown
+            if not silent:
+                kind = "update_display_data" if shown else "display_data"
+                self._publish(kind, {"data": {"text/plain": line}, "metadata": {}, "transient": {"display_id": display_id}})
+                shown = True
+
+        transfer = Transfer(session, os.getcwd(), session.limits, progress, sandbox_dir="the sandbox's working directory")
+        result: str = await (transfer.upload(args) if topic == "upload" else transfer.download(args))
+        return result
 
     async def _selftest(self, session: SandboxSession) -> str:
         """Run the isolation probe in this kernel's own sandbox and judge what it saw (selftest.py)."""

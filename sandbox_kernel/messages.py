@@ -22,7 +22,8 @@ from typing import Any, cast
 
 from .protocol import Message
 
-CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply", "usage_reply"})
+CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply", "usage_reply",
+                     "file_reply"})
 """Messages that steer the kernel; never dropped by the output limits (see session.py)."""
 
 OUTPUT = frozenset({"display", "update_display", "result", "clear_output"})
@@ -38,6 +39,7 @@ STDIN = frozenset({"input_request"})
 KNOWN = CONTROL | OUTPUT | COMM | STDIN
 
 MAX_BUFFERS = 64
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 """Most binary buffers one comm message may carry."""
 
 MAX_DEPTH = 100
@@ -213,6 +215,16 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     elif kind == "is_complete_reply":
         out["status"] = _choice(body, "status", IS_COMPLETE_STATUS, "unknown")
         out["indent"] = _text(body, "indent", "")
+    elif kind == "file_reply":  # file_write / file_read (workspace/transfer.py decodes and bounds data)
+        if body.get("error") is not None:
+            out["error"] = _text(body, "error", "")[:1000]
+        if body.get("size") is not None:
+            out["size"] = _integer(body, "size", 0)
+        data = body.get("data")
+        if data is not None:
+            if not isinstance(data, str) or not _BASE64.fullmatch(data):
+                raise _Bad("'data' must be a base64 string")
+            out["data"] = data
     elif kind == "usage_reply":  # absent or null: not known in the sandbox
         for name in ("memory", "memory_limit", "memory_peak", "cgroup"):
             if body.get(name) is not None:

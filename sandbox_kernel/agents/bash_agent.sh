@@ -1062,6 +1062,57 @@ __sk_usage() {
 
 # __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is
 # busy right now.
+# __sk_file ID TYPE: file_write / file_read (PROTOCOL.md), answered by the controller at once
+# like usage. Paths are relative to the controller's working directory (it never changes it);
+# regular files only, opened non-blocking (a FIFO cannot hang the controller).
+__sk_file() {
+    local LC_ALL=C id=$1 type=$2 path='' off=${__SK_J[offset]:-0} len=${__SK_J[length]:-524288} data json err='' size='' out t f
+    if [[ ${__SK_J[path]} == \"*\" ]]; then
+        __sk_json_unescape "${__SK_J[path]}"
+        path=$__SK_R
+    fi
+    [[ $len =~ ^[0-9]{1,7}$ ]] && ((len > 0 && len <= 524288)) || len=524288
+    if [[ -z $path || ! $off =~ ^[0-9]{1,15}$ ]]; then
+        err='malformed request'
+    elif [[ $type == file_write ]]; then
+        data=${__SK_J[data]:-'""'}
+        data=${data:1:${#data}-2}
+        ((off == 0)) && [[ $path == */* ]] && mkdir -p -- "${path%/*}" 2>/dev/null
+        if [[ ! $data =~ ^[A-Za-z0-9+/]*={0,2}$ ]]; then
+            err='bad data'
+        elif [[ -e $path && ! -f $path ]]; then
+            err='not a regular file'
+        elif ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock status=none 2>&1); then
+            err=${out##*: }
+        else
+            size=$(stat -c %s -- "$path" 2>/dev/null)
+        fi
+    elif [[ ! -e $path ]]; then
+        err='No such file or directory'
+    elif [[ ! -f $path ]]; then
+        err='not a regular file'
+    elif ! size=$(stat -L -c %s -- "$path" 2>&1) || ! data=$(dd if="$path" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes,nonblock status=none | base64 -w0); then
+        err='cannot be read'
+    fi
+    if [[ -n $err ]]; then
+        __sk_json_quote "${err:0:200}"
+        json="{\"type\":\"file_reply\",\"id\":$id,\"error\":$__SK_R}"
+    elif [[ $type == file_write ]]; then
+        json="{\"type\":\"file_reply\",\"id\":$id,\"size\":${size:-0}}"
+    else
+        json="{\"type\":\"file_reply\",\"id\":$id,\"size\":${size:-0},\"data\":\"$data\"}"
+    fi
+    printf -v f 'msg %d\n%s' "${#json}" "$json"
+    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do  # the frame lock, as in __sk_usage
+        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
+    done
+    __sk_rdstate
+    printf '%s' "$f" >&"$__SK_POUT"
+    printf '%s' "$f" >>"$__SK_D/spool.$__SK_CUR"
+    __sk_sent "${#f}"
+    __sk_unlock
+}
+
 __sk_finished() {
     local tok
     IFS= read -r -N 1 -t 0.05 -u "$__SK_LOCK" tok || return 2
@@ -1273,6 +1324,10 @@ __sk_main() {
                 local uid=${__SK_J[id]:-null}
                 [[ $uid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || uid=null
                 __sk_usage "$uid" ;;
+            file_write | file_read)
+                local fid=${__SK_J[id]:-null}
+                [[ $fid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || fid=null
+                __sk_file "$fid" "$type" ;;
             execute | complete | inspect | is_complete)
                 seq=$((seq + 1))
                 local id=${__SK_J[id]:-null} a b code=''

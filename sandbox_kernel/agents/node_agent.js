@@ -779,6 +779,57 @@ function supervisor() {
   }
   const replyId = (id) => (typeof id === 'string' ? id : null);
 
+  // `file_write` / `file_read` (PROTOCOL.md): answered here, by the supervisor. Regular files
+  // only, opened non-blocking (a FIFO cannot hang it); paths relative to the working directory.
+  const START_DIR = process.cwd();
+  function fileRequest(m) {
+    const reply = { type: 'file_reply', id: replyId(m.id) };
+    const offset = m.offset === undefined ? 0 : m.offset;
+    if (typeof m.path !== 'string' || !m.path || m.path.includes('\0') || !Number.isSafeInteger(offset) || offset < 0) {
+      reply.error = 'malformed request';
+      return reply;
+    }
+    const full = require('path').resolve(START_DIR, m.path);
+    const C = fs.constants;
+    let fd = -1;
+    try {
+      const writing = m.type === 'file_write';
+      if (writing) {
+        if (offset === 0) fs.mkdirSync(require('path').dirname(full), { recursive: true });
+        fd = fs.openSync(full, C.O_WRONLY | C.O_CREAT | C.O_NONBLOCK | (offset === 0 ? C.O_TRUNC : 0), 0o644);
+      } else {
+        fd = fs.openSync(full, C.O_RDONLY | C.O_NONBLOCK);
+      }
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) {
+        reply.error = 'not a regular file';
+        return reply;
+      }
+      if (writing) {
+        const data = Buffer.from(typeof m.data === 'string' ? m.data : '', 'base64');
+        let done = 0;
+        while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
+        reply.size = fs.fstatSync(fd).size;
+      } else {
+        const length = Number.isSafeInteger(m.length) && m.length > 0 ? Math.min(m.length, 524288) : 524288;
+        const buf = Buffer.alloc(Math.max(0, Math.min(length, st.size - offset)));
+        let got = 0;
+        while (got < buf.length) {
+          const n = fs.readSync(fd, buf, got, buf.length - got, offset + got);
+          if (n === 0) break;
+          got += n;
+        }
+        reply.size = st.size;
+        reply.data = buf.subarray(0, got).toString('base64');
+      }
+    } catch (e) {
+      reply.error = e && e.code ? String(e.message).split(',')[0].replace(/^\w+: /, '') : String((e && e.message) || e);
+    } finally {
+      if (fd >= 0) fs.closeSync(fd);
+    }
+    return reply;
+  }
+
   // ---- kernel messages ----------------------------------------------------------------------
   function onKernelMessage(m) {
     switch (m.type) {
@@ -793,6 +844,10 @@ function supervisor() {
         return;
       case 'usage':
         send(cgroupUsage(m.id));
+        return;
+      case 'file_write':
+      case 'file_read':
+        send(fileRequest(m));
         return;
       case 'is_complete':
         send({ type: 'is_complete_reply', id: m.id, ...isComplete(String(m.code || '')) });

@@ -2286,6 +2286,65 @@ def _cgroup_usage(request_id):
     return reply
 
 
+_START_DIR = os.getcwd()  # the sandbox's working directory; the supervisor never changes it
+FILE_CHUNK = 512 * 1024  # the most one file_read returns (its base64 fits a frame)
+
+
+def _file_request(msg):
+    """``file_write`` / ``file_read`` (PROTOCOL.md), answered by the supervisor with a
+    ``file_reply``. Paths are relative to the sandbox's working directory (or absolute); only
+    regular files (opened non-blocking, so a FIFO cannot hang the supervisor)."""
+    import base64
+    import stat
+
+    reply = {"type": "file_reply", "id": msg.get("id")}
+    path, offset = msg.get("path"), msg.get("offset", 0)
+    if not isinstance(path, str) or not path or "\0" in path or type(offset) is not int or offset < 0:
+        reply["error"] = "malformed request"
+        return reply
+    full = os.path.join(_START_DIR, path)
+    fd = -1
+    try:
+        if msg.get("type") == "file_write":
+            data = base64.b64decode(msg.get("data") or "", validate=True)
+            if offset == 0 and os.path.dirname(full):
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_TRUNC if offset == 0 else 0)
+            fd = os.open(full, flags, 0o644)
+        else:
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            reply["error"] = "not a regular file"
+            return reply
+        os.lseek(fd, offset, os.SEEK_SET)
+        if msg.get("type") == "file_write":
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            reply["size"] = os.fstat(fd).st_size
+        else:
+            length = msg.get("length")
+            length = min(FILE_CHUNK, length) if type(length) is int and length > 0 else FILE_CHUNK
+            chunks, left = [], length
+            while left > 0:
+                part = os.read(fd, left)
+                if not part:
+                    break
+                chunks.append(part)
+                left -= len(part)
+            reply["size"] = st.st_size
+            reply["data"] = base64.b64encode(b"".join(chunks)).decode("ascii")
+    except OSError as exc:
+        reply["error"] = os.strerror(exc.errno) if exc.errno else str(exc)
+    except ValueError as exc:
+        reply["error"] = "bad data: %s" % exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return reply
+
+
 def _supervise(worker, to_worker, from_worker):
     """Run the protocol for the worker process (which runs the cells). Never returns.
 
@@ -2354,6 +2413,8 @@ def _supervise(worker, to_worker, from_worker):
             _resume(msg)
         elif kind == "usage":
             send(_cgroup_usage(msg.get("id")))
+        elif kind in ("file_write", "file_read"):
+            send(_file_request(msg))
         elif kind == "shutdown":
             kill_all(0)
         elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)

@@ -20,21 +20,9 @@ import os
 from ..config import Limits
 from ..errors import SandboxUnavailable
 from ..quantity import format_bytes
+from ..workspace import names
 from ..workspace.staging import Staging
 from .bwrap import SANDBOX_HOME, WORKSPACE, WorkspaceMount
-from .environment import SYSTEM_DIRS
-
-
-def refusal(path: str) -> str | None:
-    """Why the directory ``path`` is not shown in a sandbox, or None."""
-    real = os.path.realpath(path)
-    home = os.path.realpath(os.path.expanduser("~"))
-    if real == "/" or any(real == d or real.startswith(d + "/") for d in SYSTEM_DIRS):
-        return f"the notebook's directory {real} is a system directory"
-    if home not in ("", "/") and (real == home or home.startswith(real.rstrip("/") + "/")):
-        return (f"the notebook's directory {real} is the kernel's home directory{'' if real == home else ' or above it'} "
-                "(it holds ~/.ssh and other secrets)")
-    return None
 
 
 class LocalWorkspace:
@@ -46,7 +34,7 @@ class LocalWorkspace:
         self.notice: str | None = None
         """Told on the first cell's stderr (why the directory is not shown, what was left out)."""
         self.staging: Staging | None = None
-        why = refusal(self.host_dir) if self.mode != "hidden" else None
+        why = names.directory_refusal(self.host_dir) if self.mode != "hidden" else None
         if why:
             self.notice = (f"{why}: it is not shown in the sandbox, which works in its private HOME instead. "
                            "Keep the notebook and its files in a folder of their own.")

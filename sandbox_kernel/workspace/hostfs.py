@@ -102,49 +102,79 @@ def read_chunks(fd: int, limit: int, chunk: int = CHUNK) -> Iterator[bytes]:
         os.close(fd)
 
 
-def write_file(root_fd: int, parts: tuple[str, ...], chunks: Iterable[bytes], limit: int, mode: int = 0o644,
-               protect: bool = True) -> int:
-    """Write ``parts`` below ``root_fd`` from ``chunks`` (at most ``limit`` bytes) and return its
-    size; refuses a protected name (:func:`names.protected`, unless ``protect`` is False: a copy
-    the kernel makes for the sandbox) and an existing entry that is not a regular file (a
-    symlink, a directory, a FIFO)."""
-    why = names.protected(parts) if protect else None
-    if why:
-        raise _refusal(parts, why)
-    dir_fd = open_dir(root_fd, parts[:-1], create=True)
-    try:
-        name = parts[-1]
-        try:
-            old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            old = None
-        if old is not None and not stat.S_ISREG(old.st_mode):
-            kind = "a symlink" if stat.S_ISLNK(old.st_mode) else "a directory" if stat.S_ISDIR(old.st_mode) else "a special file"
-            raise _refusal(parts, f"{kind} of that name is in the notebook's directory")
-        tmp = f".{name[:200]}.sandbox-{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        total = 0
+class HostWriter:
+    """One file written below ``root_fd``, chunk by chunk: a new file, renamed over ``parts`` by
+    :meth:`commit` (see the module's docstring). Refuses a protected name
+    (:func:`names.protected`, unless ``protect`` is False: a copy the kernel makes for the
+    sandbox) and an existing entry that is not a regular file (a symlink, a directory, a FIFO)."""
+
+    def __init__(self, root_fd: int, parts: tuple[str, ...], limit: int, mode: int = 0o644, protect: bool = True) -> None:
+        why = names.protected(parts) if protect else None
+        if why:
+            raise _refusal(parts, why)
+        self.parts, self.limit, self.size = parts, limit, 0
+        self._dir = open_dir(root_fd, parts[:-1], create=True)
+        self._fd = -1
         try:
             try:
-                for data in chunks:
-                    total += len(data)
-                    if total > limit:
-                        raise _refusal(parts, f"it is larger than the limit of {limit:,} bytes")
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                old = os.stat(parts[-1], dir_fd=self._dir, follow_symlinks=False)
+            except FileNotFoundError:
+                old = None
+            if old is not None and not stat.S_ISREG(old.st_mode):
+                kind = "a symlink" if stat.S_ISLNK(old.st_mode) else "a directory" if stat.S_ISDIR(old.st_mode) else "a special file"
+                raise _refusal(parts, f"{kind} of that name is in the notebook's directory")
+            self._tmp = f".{parts[-1][:200]}.sandbox-{secrets.token_hex(6)}"
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self._dir)
         except BaseException:
+            os.close(self._dir)
+            raise
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.abort()
+            raise _refusal(self.parts, f"it is larger than the limit of {self.limit:,} bytes")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def commit(self) -> int:
+        try:
+            os.close(self._fd)
+            self._fd = -1
+            os.rename(self._tmp, self.parts[-1], src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self._dir)
+        self._dir = -1
+        return self.size
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._dir >= 0:
             try:
-                os.unlink(tmp, dir_fd=dir_fd)
+                os.unlink(self._tmp, dir_fd=self._dir)
             except OSError:
                 pass
-            raise
-        return total
-    finally:
-        os.close(dir_fd)
+            os.close(self._dir)
+            self._dir = -1
+
+
+def write_file(root_fd: int, parts: tuple[str, ...], chunks: Iterable[bytes], limit: int, mode: int = 0o644,
+               protect: bool = True) -> int:
+    """Write ``parts`` below ``root_fd`` from ``chunks`` (at most ``limit`` bytes) with a
+    :class:`HostWriter`; return its size."""
+    writer = HostWriter(root_fd, parts, limit, mode, protect)
+    try:
+        for data in chunks:
+            writer.write(data)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
 
 
 @dataclass(frozen=True)

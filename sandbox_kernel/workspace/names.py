@@ -11,6 +11,7 @@ configuration files Jupyter and IPython load from their working directory.
 
 from __future__ import annotations
 
+import os
 import re
 
 MAX_NAME_BYTES = 255
@@ -79,3 +80,19 @@ def protected(parts: tuple[str, ...]) -> str | None:
 
 def join(parts: tuple[str, ...]) -> str:
     return "/".join(parts)
+
+
+SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev", "/proc", "/sys", "/run")
+
+
+def directory_refusal(path: str) -> str | None:
+    """Why the directory ``path`` is never shown to, copied into or uploaded from a sandbox
+    (``/``, a system directory, the kernel's home directory or one above it), or None."""
+    real = os.path.realpath(path)
+    home = os.path.realpath(os.path.expanduser("~"))
+    if real == "/" or any(real == d or real.startswith(d + "/") for d in SYSTEM_DIRS):
+        return f"the notebook's directory {real} is a system directory"
+    if home not in ("", "/") and (real == home or home.startswith(real.rstrip("/") + "/")):
+        return (f"the notebook's directory {real} is the kernel's home directory{'' if real == home else ' or above it'} "
+                "(it holds ~/.ssh and other secrets)")
+    return None

@@ -1,0 +1,274 @@
+"""Files through the agent protocol: ``%sandbox upload`` / ``%sandbox download`` on every
+backend, and the copy of the notebook's directory a Kubernetes sandbox gets at start.
+
+The agent answers ``file_write`` / ``file_read`` (``agents/PROTOCOL.md``) in its supervisor, at
+most :data:`CHUNK` bytes a request; up to :data:`WINDOW` requests are in flight at once, so a
+copy does not wait a round trip per chunk. Host names are checked by :mod:`.names` both ways
+(relative, inside the notebook's directory, no hidden files); host files are read and written by
+:mod:`.hostfs` (no symlink followed). What comes from the sandbox is bounded before it is
+written: the size it claims, the bytes it sends, ``Sandbox.workspace_limit`` and
+``workspace_files`` per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import os
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from ..config import Limits
+from ..errors import WorkspaceError
+from . import hostfs, names
+
+CHUNK = 512 * 1024
+WINDOW = 8
+REPLY_TIMEOUT = 60.0
+
+Progress = Callable[[str, bool], None]
+"""Told a line of progress (``final`` True for the last one) while a large file moves."""
+
+
+class FileChannel(Protocol):
+    """What a session offers for files (AgentSession.send_file_request)."""
+
+    async def send_file_request(self, body: dict[str, Any]) -> "asyncio.Future[Any]": ...
+
+
+@dataclass
+class Moved:
+    files: int = 0
+    bytes: int = 0
+
+    def line(self, verb: str) -> str:
+        return f"{verb} {self.files} file{'s' if self.files != 1 else ''} ({format_bytes(self.bytes)})"
+
+
+def format_bytes(n: int) -> str:
+    """``52428800`` -> ``50.0 MiB`` (progress and summaries; limits keep their own spelling)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _bad(name: str, exc: names.NameError_) -> WorkspaceError:
+    return WorkspaceError(f"{names.shown(name)} was not moved: {exc}.")
+
+
+async def _reply(future: "asyncio.Future[Any]") -> dict[str, Any]:
+    body: dict[str, Any] = (await asyncio.wait_for(future, REPLY_TIMEOUT)).body
+    return body
+
+
+class Transfer:
+    """Moves files between the notebook's directory (``host_dir``) and one sandbox."""
+
+    def __init__(self, channel: FileChannel, host_dir: str, limits: Limits, progress: Progress | None = None,
+                 sandbox_dir: str = "the sandbox") -> None:
+        self.channel, self.host_dir, self.limits = channel, host_dir, limits
+        self.progress = progress
+        self.sandbox_dir = sandbox_dir
+        self.budget = limits.workspace_bytes
+        self.files_left = limits.workspace_files
+
+    # -- into the sandbox ----------------------------------------------------------------------
+
+    async def upload(self, args: list[str]) -> str:
+        """``%sandbox upload NAME…``: files or directories of the notebook's directory, to the same
+        relative names in the sandbox's working directory."""
+        why = names.directory_refusal(self.host_dir)
+        if why:
+            raise WorkspaceError(f"Nothing was uploaded: {why}.")
+        moved = Moved()
+        root = hostfs.open_root(self.host_dir)
+        try:
+            for arg in args:
+                try:
+                    parts = names.split(arg)
+                except names.NameError_ as exc:
+                    raise _bad(arg, exc) from None
+                hidden = next((p for p in parts if p.startswith(".")), None)
+                if hidden:
+                    raise WorkspaceError(f"{names.shown(arg)} was not uploaded: {names.shown(hidden)} is hidden (secrets live there).")
+                try:
+                    sub = hostfs.open_dir(root, parts)
+                except (NotADirectoryError, WorkspaceError, FileNotFoundError):
+                    await self._put_file(root, parts, moved)
+                    continue
+                try:
+                    entries, skipped = hostfs.tree(sub, self.files_left)
+                finally:
+                    os.close(sub)
+                for entry in entries:
+                    if not any(p.startswith(".") for p in entry.parts):
+                        await self._put_file(root, (*parts, *entry.parts), moved)
+        finally:
+            os.close(root)
+        return moved.line("uploaded") + f" to {self.sandbox_dir}"
+
+    async def copy_in(self) -> tuple[Moved, list[str]]:
+        """The whole notebook's directory into the sandbox's working directory (Kubernetes, at
+        start): what moved, and a line for each file left out."""
+        moved, notices = Moved(), list[str]()
+        root = hostfs.open_root(self.host_dir)
+        try:
+            entries, notices = hostfs.tree(root, self.limits.workspace_files)
+            for entry in entries:
+                if entry.size > self.budget:
+                    notices.append(f"{names.shown(names.join(entry.parts))} ({format_bytes(entry.size)}): the copy would hold "
+                                   f"more than {format_bytes(self.limits.workspace_bytes)} (Sandbox.workspace_limit), so it was left out")
+                    continue
+                try:
+                    await self._put_file(root, entry.parts, moved)
+                except WorkspaceError as exc:
+                    notices.append(str(exc))
+        finally:
+            os.close(root)
+        return moved, notices
+
+    async def _put_file(self, root: int, parts: tuple[str, ...], moved: Moved) -> None:
+        name = names.join(parts)
+        try:
+            fd, st = hostfs.open_file(root, parts)
+        except FileNotFoundError:
+            raise WorkspaceError(f"{names.shown(name)} was not uploaded: there is no such file in the notebook's directory.") from None
+        if self.files_left <= 0 or st.st_size > self.budget:
+            os.close(fd)
+            raise WorkspaceError(f"{names.shown(name)} was not uploaded: one command moves at most "
+                                 f"{format_bytes(self.limits.workspace_bytes)} in {self.limits.workspace_files:,} files "
+                                 "(Sandbox.workspace_limit, workspace_files).")
+        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        offset, meter = 0, _Meter(name, st.st_size, self.progress)
+        try:
+            chunks = hostfs.read_chunks(fd, self.budget, CHUNK)
+            fd = -1  # read_chunks closes it
+            for data in chunks:
+                pending.append(await self._send("file_write", name, offset, data=base64.b64encode(data).decode("ascii")))
+                offset += len(data)
+                while len(pending) >= WINDOW:
+                    self._check_write(name, await _reply(pending.popleft()))
+                meter.tell(offset)
+            if offset == 0:
+                pending.append(await self._send("file_write", name, 0, data=""))
+            while pending:
+                self._check_write(name, await _reply(pending.popleft()))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            for future in pending:
+                future.cancel()
+        meter.tell(offset, final=True)
+        self.budget -= offset
+        self.files_left -= 1
+        moved.files += 1
+        moved.bytes += offset
+
+    def _check_write(self, name: str, reply: dict[str, Any]) -> None:
+        error = reply.get("error")
+        if error:
+            if "Read-only file system" in error:
+                raise WorkspaceError(f"{names.shown(name)} was not uploaded: the sandbox's working directory is the notebook's "
+                                     "directory itself, read-only (Sandbox.workspace = 'read-only'): the file is already there.")
+            raise WorkspaceError(f"{names.shown(name)} could not be written in the sandbox: {error}.")
+
+    async def _send(self, kind: str, path: str, offset: int, **fields: Any) -> "asyncio.Future[Any]":
+        return await self.channel.send_file_request({"type": kind, "path": path, "offset": offset, **fields})
+
+    # -- out of the sandbox --------------------------------------------------------------------
+
+    async def download(self, args: list[str]) -> str:
+        """``%sandbox download NAME…``: files of the sandbox (relative to its working directory, or
+        absolute: then saved under their last name) into the notebook's directory, as the kernel."""
+        moved = Moved()
+        root = hostfs.open_root(self.host_dir)
+        try:
+            for arg in args:
+                inside = posixpath.normpath(arg) if arg.startswith("/") else arg
+                try:
+                    parts = names.split(posixpath.basename(inside) if arg.startswith("/") else arg)
+                except names.NameError_ as exc:
+                    raise _bad(arg, exc) from None
+                await self._get_file(root, inside, parts, moved)
+        finally:
+            os.close(root)
+        return moved.line("downloaded") + " to the notebook's directory"
+
+    async def _get_file(self, root: int, inside: str, parts: tuple[str, ...], moved: Moved) -> None:
+        name = names.join(parts)
+        if self.files_left <= 0:
+            raise WorkspaceError(f"{names.shown(name)} was not downloaded: one command moves at most "
+                                 f"{self.limits.workspace_files:,} files (Sandbox.workspace_files).")
+        first = await _reply(await self._send("file_read", inside, 0, length=CHUNK))
+        if first.get("error"):
+            raise WorkspaceError(f"{names.shown(inside)} could not be read in the sandbox: {first['error']}.")
+        size = first.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise WorkspaceError(f"{names.shown(inside)}: the sandbox did not say how large it is.")
+        if size > self.budget:
+            raise WorkspaceError(f"{names.shown(inside)} was not downloaded: it is {format_bytes(size)}, more than "
+                                 f"{format_bytes(self.budget)} (Sandbox.workspace_limit).")
+        writer = hostfs.HostWriter(root, parts, min(size, self.budget))
+        meter = _Meter(name, size, self.progress)
+        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        try:
+            done = self._take(writer, first, 0, size)
+            asked = done
+            while done < size:
+                while asked < size and len(pending) < WINDOW:
+                    pending.append(await self._send("file_read", inside, asked, length=CHUNK))
+                    asked += CHUNK
+                reply = await _reply(pending.popleft())
+                if reply.get("error"):
+                    raise WorkspaceError(f"{names.shown(inside)} could not be read in the sandbox: {reply['error']}.")
+                got = self._take(writer, reply, done, size)
+                if got == 0:
+                    break  # it shrank while it was read: keep what there was
+                done += got
+                meter.tell(done)
+            written = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            for future in pending:
+                future.cancel()
+        meter.tell(written, final=True)
+        self.budget -= written
+        self.files_left -= 1
+        moved.files += 1
+        moved.bytes += written
+
+    @staticmethod
+    def _take(writer: hostfs.HostWriter, reply: dict[str, Any], offset: int, size: int) -> int:
+        try:
+            data = base64.b64decode(reply.get("data") or "", validate=True)
+        except (binascii.Error, ValueError):
+            raise WorkspaceError("the sandbox sent a chunk that is not base64.") from None
+        data = data[: max(0, min(CHUNK, size - offset))]  # never more than it announced
+        writer.write(data)
+        return len(data)
+
+
+class _Meter:
+    """Progress of one large file: a line at most every 0.25 s (files under 1 MiB: none)."""
+
+    def __init__(self, name: str, total: int, progress: Progress | None) -> None:
+        self.name, self.total = name, total
+        self.progress = progress if total >= 1 << 20 else None
+        self.last = 0.0
+        self.started = time.monotonic()
+
+    def tell(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress is None or (not final and now - self.last < 0.25):
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-6) / 2**20
+        percent = 100 * done // self.total if self.total else 100
+        self.progress(f"{self.name}: {format_bytes(done)} of {format_bytes(self.total)} ({percent}%, {rate:.1f} MiB/s)", final)
