@@ -128,6 +128,7 @@ def write_null_kernelspec(root: Path) -> None:
 
 
 SANDBOX_ARGS = ["--Sandbox.output_limit=64Mi"]
+SANDBOX_IMPORTS = "sandbox_kernel.kernelapp, sandbox_kernel.kernel, sandbox_kernel.kernel_sockets, sandbox_kernel.local.backend"
 KERNEL_LOG: Any = subprocess.DEVNULL
 
 
@@ -336,7 +337,9 @@ def bench_lines(kernels: list[Kernel], rounds: int, results: dict[str, Any]) -> 
 def bench_parts(names: list[str], rounds: int, cells: int, results: dict[str, Any]) -> None:
     """The sandbox's own share: importing the kernel app, starting the sandbox alone, and a
     trivial cell through ``AgentSession.execute`` with no Jupyter in between."""
-    imports = {"ipykernel.kernelapp": [], "sandbox_kernel.kernelapp": []}
+    # What each kernel process imports before it answers (the Sandbox kernel's own modules, its
+    # protocol base and the local backend; ipykernel's app imports its kernel and IPython).
+    imports: dict[str, list[float]] = {"ipykernel.kernelapp": [], SANDBOX_IMPORTS: []}
     for _ in range(rounds):
         for module, times in imports.items():
             t0 = time.perf_counter()
@@ -519,6 +522,13 @@ def share_table(results: dict[str, Any], names: list[str]) -> str:
     lines = ["\n".join(rows), "", "| interpreter start + import | p50 (ms) | p95 (ms) |", "|---|---|---|"]
     for label, v in parts.items():
         lines.append(f"| `python -c '{label}'` | {v['p50']:.0f} | {v['p95']:.0f} |")
+    base = results.get("python3", {}).get("summary", {}).get("start")
+    if base:
+        lines.append("")
+        for name in names:
+            start = results[name]["summary"].get("start")
+            if name != "python3" and start:
+                lines.append(f"Start → first output, {name}: {start['p50']:.0f} ms p50 = {start['p50'] / base['p50']:.2f} × python3's {base['p50']:.0f} ms")
     acc = results.get("_accounting")
     if acc:
         lines += ["", f"Per-cell accounting (sandbox-python, {acc['n']} cells): {acc['p50']:.3f} ms p50, {acc['p95']:.3f} ms p95"]

@@ -1,9 +1,10 @@
-"""The Jupyter side: one ipykernel ``Kernel`` that relays every request to a sandbox session.
+"""The Jupyter side: one ``Kernel`` that relays every request to a sandbox session.
 
 The kernel knows Jupyter messages and nothing about bubblewrap or Kubernetes; the session
-(``session.py``) knows sandboxes and nothing about Jupyter. ipykernel runs interrupt and
-shutdown requests on its control thread, while the session lives on the shell event loop,
-so those two hand their work over with ``run_coroutine_threadsafe``.
+(``session.py``) knows sandboxes and nothing about Jupyter. The protocol's bookkeeping is
+:mod:`.kernel_base` (ipykernel's, without IPython). Interrupt and shutdown requests hand their
+work to the loop the session lives on with ``run_coroutine_threadsafe`` (from a worker thread:
+they also work when the control channel is served by another loop).
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import logging
 import os
 import re
 import shlex
-import signal
 import socket
 import time
 from typing import Any, cast
 
-from ipykernel.kernelbase import Kernel
-from traitlets import Enum, Float, Instance, Unicode
+from traitlets import Any as AnyTrait
+from traitlets import Enum, Instance, Unicode
 
 from . import __version__, output_policy, selftest, usage, widget_policy
 from .network_hint import network_hint
 from .config import check_timeout
 from .errors import ConfigError, SandboxError
+from .kernel_base import KernelBase
 from .kernel_comms import CommsAndStdin, _msg_id
 from .languages import LANGUAGES
 from .session import REPORT_TOPICS, ClearOutput, CommEvent, DisplayData, ErrorOutput, Event, ExecuteResult, InputRequest, ReportTopic, SandboxSession, Stream
@@ -45,16 +46,12 @@ _EXIT_WORDS = {
 }
 
 
-def _ignore_signal(signum: int, frame: Any) -> None:
-    """SIGINT handler of the kernel process (see SandboxKernel.start)."""
-
-
 class SandboxKernel(CommsAndStdin):
     """A Jupyter kernel whose cells run in a sandbox."""
 
     implementation = "sandbox_kernel"
     # Comm messages from the frontend (widgets) are relayed to the sandbox (see _comm_from_frontend).
-    msg_types = [*Kernel.msg_types, "comm_open", "comm_msg", "comm_close"]
+    msg_types = [*KernelBase.msg_types, "comm_open", "comm_msg", "comm_close"]
     implementation_version = __version__
     help_links = [{"text": "Sandbox Kernel", "url": "https://pypi.org/project/sandbox-kernel/"}]
 
@@ -71,11 +68,7 @@ class SandboxKernel(CommsAndStdin):
     ).tag(config=True)
 
     session_obj = Instance(SandboxSession, allow_none=True)  # abstract class
-
-    # ipykernel sleeps 0.5 ms after every cell (a workaround for its own stdout capture, which
-    # this kernel does not use: outputs are published directly). On a busy machine the sleep
-    # costs 0.5-1.2 ms per cell (benchmarks/README.md).
-    _execute_sleep = Float(0.0)
+    early_start = AnyTrait(None, allow_none=True, help="The task already starting session_obj (kernelapp.py), if any.")
 
     @property
     def language_info(self) -> dict[str, Any]:  # type: ignore[override]
@@ -90,7 +83,7 @@ class SandboxKernel(CommsAndStdin):
         return "Sandbox kernel"
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(**kwargs)
         self.backend = chosen_backend(self.backend)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accounting = usage.Accounting()  # per-cell usage (%sandbox usage, execute_reply metadata)
@@ -113,7 +106,8 @@ class SandboxKernel(CommsAndStdin):
                 "scripts included; only for code you trust"
             )
         try:
-            self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
+            if self.session_obj is None:
+                self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
         except SandboxError as exc:
             log.error("%s", exc)
             self._config_error = self._config_error or exc
@@ -122,24 +116,24 @@ class SandboxKernel(CommsAndStdin):
     # -- starting -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        super().start()  # type: ignore[no-untyped-call]
-        # IPKernelApp ignores SIGINT, and an ignored signal stays ignored across exec: every
-        # sandbox would inherit that, and bash could then never be interrupted. A handler that
-        # does nothing protects the kernel just as well, and exec resets it to the default.
-        signal.signal(signal.SIGINT, _ignore_signal)
+        super().start()
         if self.session_obj is None:
             return
-        try:
-            loop = asyncio.get_event_loop()
-        except RuntimeError:
-            return
+        loop = asyncio.get_running_loop()
         self._loop = loop
-        self._starting = loop.create_task(self._start_session())
+        early, self.early_start = self.early_start, None
+        self._starting = loop.create_task(self._start_session(early))
 
-    async def _start_session(self) -> None:
+    def interrupt_from_signal(self) -> None:
+        """SIGINT to the kernel process: interrupt the running cell, as an interrupt_request does."""
+        if self.session_obj is not None and self._loop is not None:
+            asyncio.ensure_future(self.session_obj.interrupt())
+
+    async def _start_session(self, early: Any = None) -> None:
+        """Start the session, or wait for the start kernelapp.py began before the kernel existed."""
         assert self.session_obj is not None
         try:
-            await self.session_obj.start()
+            await (early if early is not None else self.session_obj.start())
             self._start_error = None
         except SandboxError as exc:
             log.error("%s", exc)
@@ -170,12 +164,12 @@ class SandboxKernel(CommsAndStdin):
             await self._ready()
         except SandboxError:
             pass  # kernel_info must still answer; the first cell reports the error
-        await super().kernel_info_request(stream, ident, parent)  # type: ignore[no-untyped-call]
+        await super().kernel_info_request(stream, ident, parent)
 
     # -- cells ----------------------------------------------------------------------------------
 
     def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
-        self.send_response(self.iopub_socket, msg_type, content)  # type: ignore[no-untyped-call]
+        self.send_response(self.iopub_socket, msg_type, content)
 
     def _publish_error(self, error: ErrorOutput) -> None:
         self._publish("error", {"ename": error.ename, "evalue": error.evalue, "traceback": error.traceback})
@@ -237,7 +231,7 @@ class SandboxKernel(CommsAndStdin):
         cell_id: Any = None,
     ) -> dict[str, Any]:
         async with self._requests():
-            self._last_parent = self.get_parent("shell")  # type: ignore[no-untyped-call]
+            self._last_parent = self.get_parent("shell")
             self._cell_allow_stdin = bool(allow_stdin)
             self._comm_refusals = 0
             try:
@@ -477,7 +471,7 @@ class SandboxKernel(CommsAndStdin):
     # -- control thread -------------------------------------------------------------------------
 
     def _on_shell_loop(self, coro: Any, timeout: float) -> None:
-        """Run ``coro`` on the shell event loop from ipykernel's control thread."""
+        """Run ``coro`` on the shell event loop from a worker thread (see the module's docstring)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             coro.close()

@@ -2,8 +2,7 @@
 :class:`~sandbox_kernel.kernel.SandboxKernel`.
 
 Comm messages of the frontend are delivered to the sandbox one at a time, after the running cell
-(``ipykernel`` 7 dispatches them while a cell runs; the sandbox takes them between cells, as
-ipykernel 6 did), and what the sandbox's handlers produce is published with the frontend's message
+(the sandbox takes them between cells, as ipykernel 6 did), and what the sandbox's handlers produce is published with the frontend's message
 as parent. Comm messages of the sandbox pass the comm policy (``comms.py``) first. An
 ``input_request`` of a cell that may ask goes to the frontend on the stdin channel
 (``stdin.py``); the cell's answer comes back through the session.
@@ -16,7 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
-from ipykernel.kernelbase import Kernel
+from .kernel_base import KernelBase
 
 from . import comms, output_policy, stdin
 from .errors import SandboxError
@@ -25,7 +24,7 @@ from .session import CommEvent, ErrorOutput, Event, InputRequest, SandboxSession
 log = logging.getLogger("sandbox_kernel")
 
 
-class CommsAndStdin(Kernel):
+class CommsAndStdin(KernelBase):
     """Comm messages both ways, comm_info, and input() (see the module's docstring)."""
 
     # Provided by SandboxKernel:
@@ -58,7 +57,8 @@ class CommsAndStdin(Kernel):
 
     def _requests(self) -> asyncio.Lock:
         """Held by every cell and every frontend comm message: the sandbox handles one at a time,
-        in order (ipykernel 7 dispatches comm messages while a cell runs)."""
+        in order (a kernel base that dispatches comm messages while a cell runs, as ipykernel 7
+        does, must not interleave them)."""
         if self._request_lock is None:
             self._request_lock = asyncio.Lock()
         return self._request_lock
@@ -73,8 +73,7 @@ class CommsAndStdin(Kernel):
         await self._on_session_loop(self._comm_from_frontend("comm_close", ident, parent))
 
     async def _on_session_loop(self, coro: Any) -> None:
-        """Run ``coro`` on the loop the session lives on: ipykernel 7 may dispatch comm messages
-        on another thread's loop (a subshell), and the session's queues belong to one loop."""
+        """Run ``coro`` on the loop the session lives on (the session's queues belong to one loop)."""
         loop = self._loop
         if loop is None or loop is asyncio.get_running_loop():
             await coro
@@ -86,7 +85,7 @@ class CommsAndStdin(Kernel):
         what its handlers produce (a widget's callbacks) with this message as parent, as
         ipykernel does: ipywidgets' Output widget captures by that parent."""
         # In this task's context: its output's parent.
-        self.set_parent(ident, parent, channel="shell")  # type: ignore[no-untyped-call]
+        self.set_parent(ident, parent, channel="shell")
         # A comm's metadata travels in the message's metadata, not its content (Jupyter's comms).
         content = {**(parent.get("content") or {}), "metadata": parent.get("metadata") or {}}
         buffers = [bytes(b) for b in parent.get("buffers") or []]
@@ -158,7 +157,7 @@ class CommsAndStdin(Kernel):
         content = dict(content)
         metadata = content.pop("metadata", None) if msg_type.startswith("comm_") else None
         if parent is None:
-            parent = self.get_parent("shell")  # type: ignore[no-untyped-call]
+            parent = self.get_parent("shell")
         self.session.send(self.iopub_socket, msg_type, content, parent, buffers=frames, metadata=metadata)
 
     # -- stdin (stdin.py) -----------------------------------------------------------------------
@@ -170,12 +169,7 @@ class CommsAndStdin(Kernel):
         if not self._cell_allow_stdin or session is None or (self._stdin_task is not None and not self._stdin_task.done()):
             log.warning("ignored an input_request the cell may not send")
             return
-        ident: Any
-        try:
-            ident = self._get_shell_context_var(self._shell_parent_ident)  # ipykernel 7
-        except AttributeError:
-            ident = self._parent_ident.get("shell")  # ipykernel 6
-        request = stdin.StdinRequest(self.session, self.stdin_socket, ident, self.get_parent("shell"))  # type: ignore[no-untyped-call]
+        request = stdin.StdinRequest(self.session, self.stdin_socket, self.get_parent_ident("shell"), self.get_parent("shell"))
         self._stdin_request = request
 
         async def answer() -> None:

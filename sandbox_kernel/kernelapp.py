@@ -1,63 +1,127 @@
-"""``python -m sandbox_kernel.kernelapp -f CONNECTION_FILE``: what a kernelspec starts."""
+"""``python -m sandbox_kernel.kernelapp -f CONNECTION_FILE``: what a kernelspec starts.
+
+The kernel process imports neither IPython nor ipykernel: its cells run in the sandbox, so it
+needs Jupyter's protocol (:mod:`.kernel_base`, :mod:`.wire`, :mod:`.kernel_sockets`), not a
+Python shell. The start is ordered so that the sandbox starts while the process still imports:
+
+1. the configuration: ``sandbox_kernel_config.py`` from every Jupyter config directory, then
+   the command line (``--Class.trait=value``) on top;
+2. the sandbox session is made and its start begins on the kernel's event loop (bubblewrap and
+   the agent's interpreter start in processes of their own; a Kubernetes sandbox was already
+   begun before any import, :mod:`.kubernetes.early`);
+3. meanwhile, in a thread, the rest is imported (ZeroMQ, the kernel, the output policy), then
+   the sockets are bound and requests are answered; the first cell or ``kernel_info_request``
+   waits for the start that is already under way.
+"""
 
 from __future__ import annotations
 
-import atexit
+import asyncio
+import logging
+import signal
 import sys
 from typing import Any
 
 if __name__ == "__main__":
-    # Before the imports below, which take the kernel process ~0.5-0.8 s: a Kubernetes sandbox
-    # is created meanwhile (its pod takes a second or more to run). See kubernetes/early.py.
+    # Before anything else: a Kubernetes sandbox is created meanwhile (its pod takes a second
+    # or more to run). See kubernetes/early.py.
     from sandbox_kernel.kubernetes import early
 
     early.begin(sys.argv[1:])
 
-from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 from jupyter_core.paths import jupyter_config_path  # noqa: E402
-from traitlets import Type  # noqa: E402
+from traitlets import Unicode  # noqa: E402
 from traitlets.config.application import Application  # noqa: E402
 
-from sandbox_kernel.kernel import SandboxKernel  # noqa: E402
+log = logging.getLogger("sandbox_kernel")
 
 
-class SandboxKernelApp(IPKernelApp):
-    """IPKernelApp that runs :class:`SandboxKernel` and reads ``sandbox_kernel_config.py``."""
+class SandboxKernelApp(Application):
+    """The kernel process: reads ``sandbox_kernel_config.py`` and the command line, runs :class:`SandboxKernel`."""
 
     name = "sandbox-kernel"
-    # Cells never run in this process, so there is no user output to capture here: skip
-    # ipykernel's stdout/stderr capture (it costs time on every cell).
-    # The kernel's own logging goes to the server's log, where it belongs.
-    outstream_class = None  # type: ignore[assignment]
-    kernel_class = Type(SandboxKernel, klass="ipykernel.kernelbase.Kernel").tag(config=True)  # type: ignore[assignment]
+    description = "A Jupyter kernel whose cells run in a sandbox."
+
+    connection_file = Unicode(
+        "",
+        help="The connection file the frontend wrote (ports, key); made with free ports when it does not exist.",
+    ).tag(config=True)
+
+    aliases = {"f": "SandboxKernelApp.connection_file", "log-level": "Application.log_level"}
+    flags = {"debug": ({"Application": {"log_level": logging.DEBUG}}, "Log at DEBUG level.")}
 
     def load_config_file(self, *args: Any, **kwargs: Any) -> None:
-        super().load_config_file(*args, **kwargs)  # type: ignore[no-untyped-call]
         # Settings live with the rest of Jupyter's configuration, e.g.
-        # ~/.jupyter/sandbox_kernel_config.py, not in an IPython profile.
+        # ~/.jupyter/sandbox_kernel_config.py, lowest priority first.
         for path in reversed(jupyter_config_path()):
-            Application.load_config_file(self, "sandbox_kernel_config.py", path=path)
-
+            super().load_config_file("sandbox_kernel_config.py", path=path)
 
     def initialize(self, argv: Any = None) -> None:
-        super().initialize(argv)  # type: ignore[no-untyped-call]
-        # ipykernel 7's exit order races: its IOPub thread's atexit stop (registered when the
-        # thread starts) runs before the app's own close(), and the control thread is a daemon
-        # nobody waits for. A shutdown_request is handled on that thread, which publishes its
-        # final "idle" status after the reply: when the IOPub thread is already gone, the send
-        # blocks for ever or aborts in zmq's signaler (~3 % of shutdowns with 20 kernels at
-        # once, benchmarks/bench_load.py). Registered after the IOPub thread's, this runs first.
-        atexit.register(self._let_control_thread_finish)
+        self.parse_command_line(argv)
+        cli = self.cli_config
+        self.load_config_file()
+        self.update_config(cli)  # the command line wins over the files
 
-    def _let_control_thread_finish(self) -> None:
-        control = getattr(self, "control_thread", None)
-        if control is not None and control.is_alive():
-            control.stop()
-            control.join(timeout=10)
+    def start(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._run())
+        finally:
+            loop.close()  # without waiting for worker threads still blocked (asyncio.run would)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        session, starting = self._begin_sandbox()
+        # The sandbox's start goes on on this loop while a thread imports the rest.
+        modules = await loop.run_in_executor(None, _import_the_rest)
+        kernel_sockets, kernel_module, wire = modules
+        from pathlib import Path
+
+        connection = (kernel_sockets.Connection.read(self.connection_file)
+                      if self.connection_file and Path(self.connection_file).exists() else kernel_sockets.Connection.new())
+        sockets = kernel_sockets.Sockets(connection)
+        if not self.connection_file or not Path(self.connection_file).exists():
+            connection.write(self.connection_file or "kernel-sandbox.json")
+        kernel = kernel_module.SandboxKernel(config=self.config, session_obj=session, early_start=starting)
+        kernel.attach(wire.Session(connection.key, connection.signature_scheme), sockets.sockets, sockets.ports)
+        # SIGINT interrupts the running cell, like an interrupt_request. (A handler, not
+        # SIG_IGN: an ignored signal stays ignored across exec, and the sandbox's processes
+        # could then never be interrupted.)
+        loop.add_signal_handler(signal.SIGINT, kernel.interrupt_from_signal)
+        try:
+            await kernel.serve()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            sockets.close()
+
+    def _begin_sandbox(self) -> tuple[Any, Any]:
+        """The kernel's session and the task starting it, made from the configuration alone
+        (``(None, None)`` if that fails: the kernel then reports the error itself)."""
+        from .errors import SandboxError
+        from .sessions import chosen_backend, make_session
+
+        kernel = self.config.SandboxKernel
+        try:
+            session = make_session(chosen_backend(str(kernel.get("backend", "") or "")),
+                                   str(kernel.get("language_name", "python")), config=self.config)
+        except (SandboxError, ValueError):
+            return None, None
+        return session, asyncio.ensure_future(session.start())
+
+
+def _import_the_rest() -> tuple[Any, Any, Any]:
+    from . import kernel, kernel_sockets, wire
+
+    return kernel_sockets, kernel, wire
 
 
 def main() -> None:
-    SandboxKernelApp.launch_instance()
+    logging.basicConfig(format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+    app = SandboxKernelApp()
+    app.initialize(sys.argv[1:])
+    logging.getLogger("sandbox_kernel").setLevel(int(app.log_level))  # type: ignore[call-overload]
+    app.start()
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ import base64
 import dataclasses
 import json
 import logging
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from xml.etree import ElementTree
 
-import mistune
 import nh3
-from defusedxml import ElementTree as SafeElementTree
 
 if TYPE_CHECKING:
     from .session import Event
@@ -279,7 +278,13 @@ def _squeeze(text: str) -> str:
     return "".join(ch for ch in text if ch > " " and ch != "\x7f")
 
 
-_markdown = mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])
+@functools.cache
+def _markdown() -> Any:
+    """The Markdown renderer, made at the first Markdown that needs it (mistune's import is
+    ~20-50 ms of a kernel's start otherwise)."""
+    import mistune
+
+    return mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])
 
 
 def _markdown_check(value: Any, _models: frozenset[str]) -> tuple[str, Any]:
@@ -288,7 +293,7 @@ def _markdown_check(value: Any, _models: frozenset[str]) -> tuple[str, Any]:
     # HTML, autolinks), no '&' (entities that spell 'javascript:'), no non-web URL scheme.
     if "<" not in text and "&" not in text and not _ACTIVE_URL.search(_squeeze(text)):
         return "text/markdown", text
-    return "text/html", sanitize_html(str(_markdown(text)))
+    return "text/html", sanitize_html(str(_markdown()(text)))
 
 
 def _latex(value: Any, _models: frozenset[str]) -> tuple[str, Any] | None:
@@ -330,6 +335,8 @@ def sanitize_svg(svg: str) -> str:
     doctype = _SVG_DOCTYPE.match(svg)
     if doctype:
         svg = svg[doctype.end():]
+    from defusedxml import ElementTree as SafeElementTree  # at the first SVG (a kernel's start is shorter)
+
     root = SafeElementTree.fromstring(svg.encode("utf-8"), forbid_dtd=True)
     if _local(root.tag) != "svg":
         raise ValueError("not an SVG document")
