@@ -117,10 +117,14 @@ def _import_the_rest() -> tuple[Any, Any, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
     app = SandboxKernelApp()
     app.initialize(sys.argv[1:])
-    logging.getLogger("sandbox_kernel").setLevel(int(app.log_level))  # type: ignore[call-overload]
+    level = int(app.log_level)  # type: ignore[call-overload]
+    if level < logging.WARNING:  # --debug; otherwise warnings and errors go to stderr as they are
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s %(name)s] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(level)
     app.start()
 
 
