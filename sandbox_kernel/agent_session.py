@@ -149,6 +149,11 @@ class AgentSession(AgentRequests, SandboxSession):
             except Exception:  # noqa: BLE001 - a broken stream shows at the first cell, as a cell's error
                 log.warning("sending setup to the agent failed", exc_info=True)
         self._comms_supported = ready.body.get("comms") is True
+        await self._after_ready()
+
+    async def _after_ready(self) -> None:
+        """Called once the agent of a new sandbox is ready (at start and after a replacement):
+        a backend's last step of a start (Kubernetes copies the notebook's directory in)."""
 
     async def _discard(self) -> None:
         """Forget the current sandbox and destroy it."""

@@ -44,6 +44,7 @@ from .attach import AttachChannel
 from .pod_status import container_running, end_reason, eviction_event, start_problem
 from .provision import PreparedSandbox, create_namespace_objects, expected_objects
 from .settings import KubernetesSandbox, current_kernel_id
+from ..workspace.transfer import copy_notebook_dir
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -475,6 +476,15 @@ class KubernetesSandboxSession(AgentSession):
         except SandboxError as exc:
             log.warning("could not delete namespace %s: %s; `sandbox-kernel gc` will reclaim it", ident.namespace, exc)
 
+
+    async def _after_ready(self) -> None:
+        """The notebook's directory (Sandbox.workspace), copied into the pod's working directory:
+        the pod cannot see the kernel's disk (workspace/transfer.py)."""
+        event, notice = await copy_notebook_dir(self, self.limits, pod_command.SANDBOX_HOME)
+        if event:
+            self._event(event)
+        if notice:
+            self._notice = f"{self._notice}\n{notice}" if self._notice else notice
 
     # -- %sandbox -----------------------------------------------------------------------------------
 

@@ -187,10 +187,11 @@ class Entry:
     """(size, mtime_ns, inode): changes when the file is written."""
 
 
-def tree(root_fd: int, max_files: int, max_entries: int | None = None) -> tuple[list[Entry], list[str]]:
+def tree(root_fd: int, max_files: int, max_entries: int | None = None, skip_hidden: bool = False) -> tuple[list[Entry], list[str]]:
     """Every regular file below ``root_fd`` (symlinks and special files skipped, never followed),
     and a line for each name skipped; at most ``max_files`` files (then a line says so) and
-    ``max_entries`` directory entries looked at (default 10 × ``max_files``)."""
+    ``max_entries`` directory entries looked at (default 10 × ``max_files``). ``skip_hidden``:
+    names starting with a dot are passed over silently (``.git``, ``.ipynb_checkpoints``, ``.env``)."""
     budget = max_entries if max_entries is not None else 10 * max_files + 100
     files: list[Entry] = []
     skipped: list[str] = []
@@ -210,6 +211,8 @@ def tree(root_fd: int, max_files: int, max_entries: int | None = None) -> tuple[
                         skipped.append(f"more than {max_entries or 10 * max_files + 100:,} names: the rest were not looked at")
                         return files, skipped
                     parts = (*prefix, entry.name)
+                    if skip_hidden and entry.name.startswith("."):
+                        continue
                     try:
                         names.split(names.join(parts))
                     except names.NameError_ as exc:

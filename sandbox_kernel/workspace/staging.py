@@ -1,7 +1,7 @@
 """The local backend's read-write workspace: a private copy, written back after each cell.
 
 The sandbox never writes into the notebook's directory itself. At every sandbox start the
-kernel copies the directory (regular files only, up to ``Sandbox.workspace_limit`` and
+kernel copies the directory (regular files only, hidden ones left out, up to ``Sandbox.workspace_limit`` and
 ``workspace_files``) into a fresh private directory, owned by the sandbox's own uid, which the
 sandbox sees as its working directory. After each cell the kernel looks for files that changed
 there and writes each back with :mod:`.hostfs`'s checks, as the kernel's own uid: a symlink or
@@ -52,7 +52,7 @@ def copy_tree(src_fd: int, dst_fd: int, limit: int, max_files: int, uid: int | N
     """Copy the regular files below ``src_fd`` into ``dst_fd`` (a directory nobody else writes
     to yet), at most ``limit`` bytes and ``max_files`` files; chowned to ``uid`` when given."""
     done = Copied()
-    entries, skipped = hostfs.tree(src_fd, max_files)
+    entries, skipped = hostfs.tree(src_fd, max_files, skip_hidden=True)
     done.notices += skipped
     for entry in entries:
         if done.bytes + entry.size > limit:

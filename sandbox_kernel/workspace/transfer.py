@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from ..config import Limits
-from ..errors import WorkspaceError
+from ..errors import SandboxError, WorkspaceError
 from . import hostfs, names
 
 CHUNK = 512 * 1024
@@ -70,11 +70,11 @@ class Transfer:
     """Moves files between the notebook's directory (``host_dir``) and one sandbox."""
 
     def __init__(self, channel: FileChannel, host_dir: str, limits: Limits, progress: Progress | None = None,
-                 sandbox_dir: str = "the sandbox") -> None:
+                 sandbox_dir: str = "the sandbox", budget: int | None = None) -> None:
         self.channel, self.host_dir, self.limits = channel, host_dir, limits
         self.progress = progress
         self.sandbox_dir = sandbox_dir
-        self.budget = limits.workspace_bytes
+        self.budget = limits.workspace_bytes if budget is None else min(budget, limits.workspace_bytes)
         self.files_left = limits.workspace_files
 
     # -- into the sandbox ----------------------------------------------------------------------
@@ -102,12 +102,11 @@ class Transfer:
                     await self._put_file(root, parts, moved)
                     continue
                 try:
-                    entries, skipped = hostfs.tree(sub, self.files_left)
+                    entries, skipped = hostfs.tree(sub, self.files_left, skip_hidden=True)
                 finally:
                     os.close(sub)
                 for entry in entries:
-                    if not any(p.startswith(".") for p in entry.parts):
-                        await self._put_file(root, (*parts, *entry.parts), moved)
+                    await self._put_file(root, (*parts, *entry.parts), moved)
         finally:
             os.close(root)
         return moved.line("uploaded") + f" to {self.sandbox_dir}"
@@ -116,13 +115,17 @@ class Transfer:
         """The whole notebook's directory into the sandbox's working directory (Kubernetes, at
         start): what moved, and a line for each file left out."""
         moved, notices = Moved(), list[str]()
+        why = names.directory_refusal(self.host_dir)
+        if why:
+            return moved, [f"{why}: it is not copied into the sandbox. Keep the notebook and its files in a folder of their own."]
+        limit = self.budget
         root = hostfs.open_root(self.host_dir)
         try:
-            entries, notices = hostfs.tree(root, self.limits.workspace_files)
+            entries, notices = hostfs.tree(root, self.limits.workspace_files, skip_hidden=True)
             for entry in entries:
                 if entry.size > self.budget:
                     notices.append(f"{names.shown(names.join(entry.parts))} ({format_bytes(entry.size)}): the copy would hold "
-                                   f"more than {format_bytes(self.limits.workspace_bytes)} (Sandbox.workspace_limit), so it was left out")
+                                   f"more than {format_bytes(limit)} (Sandbox.workspace_limit; on Kubernetes also 3/4 of Sandbox.scratch_size), so it was left out")
                     continue
                 try:
                     await self._put_file(root, entry.parts, moved)
@@ -272,3 +275,22 @@ class _Meter:
         rate = done / max(now - self.started, 1e-6) / 2**20
         percent = 100 * done // self.total if self.total else 100
         self.progress(f"{self.name}: {format_bytes(done)} of {format_bytes(self.total)} ({percent}%, {rate:.1f} MiB/s)", final)
+
+
+async def copy_notebook_dir(channel: FileChannel, limits: Limits, where: str) -> tuple[str | None, str | None]:
+    """A new sandbox's copy of the notebook's directory (the kernel's working directory) into its
+    working directory ``where`` (Kubernetes: its HOME, so at most 3/4 of Sandbox.scratch_size):
+    a line for the events, and a notice for the user when files were left out."""
+    if limits.workspace == "hidden":
+        return None, None
+    started = time.monotonic()
+    transfer = Transfer(channel, os.getcwd(), limits, budget=limits.scratch_bytes * 3 // 4)
+    try:
+        moved, left_out = await transfer.copy_in()
+    except (SandboxError, OSError) as exc:
+        moved, left_out = None, [f"the copy stopped: {exc}"]
+    event = f"workspace: {moved.line('copied')} into {where} in {time.monotonic() - started:.2f} s" if moved else None
+    if not left_out:
+        return event, None
+    shown = "; ".join(left_out[:5]) + (f"; and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+    return event, f"Not copied into the sandbox's working directory: {shown}"

@@ -240,11 +240,13 @@ def kernel_env(kubeconfig: str, sandbox_images: dict[str, str], tmp_path_factory
 
 
 @pytest.fixture
-def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api) -> Iterator[Callable[..., K8sKernel]]:
-    """Start kernels: ``k8s_kernel("python", "--KubernetesSandbox.heartbeat_ttl=5", env={...})``."""
+def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., K8sKernel]]:
+    """Start kernels: ``k8s_kernel("python", "--KubernetesSandbox.heartbeat_ttl=5", env={...})``;
+    ``cwd``: the notebook's directory (default: an empty one, so nothing is copied in)."""
     started: list[K8sKernel] = []
 
-    def start(language: str = "python", *argv: str, env: dict[str, str] | None = None, ready_timeout: float = 120) -> K8sKernel:
+    def start(language: str = "python", *argv: str, env: dict[str, str] | None = None, ready_timeout: float = 120,
+              cwd: Path | None = None) -> K8sKernel:
         kernel_id = str(uuid.uuid4())
         spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
         km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
@@ -252,6 +254,7 @@ def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api) -> Iterato
         km.start_kernel(
             env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id, **(env or {})},
             extra_arguments=list(argv),
+            cwd=str(cwd or tmp_path_factory.mktemp("notebook")),
         )
         kc = km.client()
         kc.start_channels()
