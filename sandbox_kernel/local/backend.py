@@ -110,7 +110,8 @@ class LocalSandboxSession(AgentSession):
         self._node_modules = environment.node_modules(list(self.settings.node_modules))
         self._read_only = self._read_only_paths()
         # The notebook's directory (Sandbox.workspace, workspace.py), and its read-write copy.
-        self.workspace = LocalWorkspace(limits, self._gvisor and self._isolated)
+        self.workspace = LocalWorkspace(limits, self._gvisor and self._isolated,
+                                        other_uid=self._isolated and os.geteuid() == 0)
         self._workspace_mount: WorkspaceMount | None = None
 
     # -- host checks ----------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 - ``read-only``: the directory itself, bind-mounted read-only at ``/workspace`` (staged like the
   environment when the kernel is root, so a notebook under a 0700 ``/root`` is reachable:
   environment.py). Nothing is copied; the sandbox reads the files as its own unprivileged uid.
+  When that uid could not even list the directory (a root kernel, a directory without
+  ``o+rx``, e.g. 0700), the sandbox gets a read-only copy instead (as ``read-write`` makes one,
+  never written back).
 - ``read-write``: a private copy (:mod:`sandbox_kernel.workspace.staging`) at ``/workspace``,
   owned by the sandbox's uid; the kernel writes changed files back after each cell.
 - ``hidden``: nothing of it; the working directory is the sandbox's private HOME.
@@ -28,7 +31,7 @@ from .bwrap import SANDBOX_HOME, WORKSPACE, WorkspaceMount
 class LocalWorkspace:
     """What one local session shows of the notebook's directory (see the module's docstring)."""
 
-    def __init__(self, limits: Limits, gvisor: bool, host_dir: str | None = None) -> None:
+    def __init__(self, limits: Limits, gvisor: bool, host_dir: str | None = None, other_uid: bool = False) -> None:
         self.host_dir = os.path.realpath(host_dir or os.getcwd())
         self.mode = limits.workspace
         self.notice: str | None = None
@@ -44,6 +47,9 @@ class LocalWorkspace:
                 raise SandboxUnavailable("Sandbox.workspace = 'read-write' is not available with LocalSandbox.runtime = "
                                          "'gvisor' yet; use 'read-only' (and %sandbox download) or 'bubblewrap'.")
             self.staging = Staging(self.host_dir, limits.workspace_bytes, limits.workspace_files)
+        self.copied_read_only = self.mode == "read-only" and other_uid and os.stat(self.host_dir).st_mode & 0o005 != 0o005
+        if self.copied_read_only:  # the sandbox's uid could not list it: a copy it can read
+            self.staging = Staging(self.host_dir, limits.workspace_bytes, limits.workspace_files, read_only=True)
         self.limits = limits
 
     @property
@@ -52,18 +58,23 @@ class LocalWorkspace:
 
     @property
     def read_only_source(self) -> str | None:
-        """The host directory bound read-only at /workspace (read-only mode), else None."""
+        """The host directory bound read-only at /workspace (read-only mode: the directory, or its
+        copy), else None."""
+        if self.copied_read_only:
+            return self.staging.path if self.staging else None
         return self.host_dir if self.mode == "read-only" else None
 
     def prepare(self, uid: int | None) -> WorkspaceMount | None:
         """Before a sandbox starts: the read-write copy, made afresh (blocking: run in an executor)."""
         if self.staging is None:
             return None
-        left_out = self.staging.prepare(uid)
+        left_out = self.staging.prepare(None if self.copied_read_only else uid)
         if left_out:
             shown = "; ".join(left_out[:5]) + (f"; and {len(left_out) - 5} more" if len(left_out) > 5 else "")
             self.notice = f"Not copied into the sandbox's workspace: {shown}"
         assert self.staging.path is not None
+        if self.copied_read_only:
+            return None  # bound read-only through the mount plan (read_only_source)
         return WorkspaceMount(self.staging.path, writable=True)
 
     def hint(self, evalue: str) -> str | None:
@@ -89,6 +100,9 @@ class LocalWorkspace:
     def describe(self) -> str:
         if self.mode == "hidden":
             return f"hidden (the working directory is the private {SANDBOX_HOME})"
+        if self.copied_read_only:
+            return (f"{self.host_dir} read-only at {WORKSPACE} (the working directory; a copy: the sandbox's uid may not "
+                    "list the directory itself)")
         if self.mode == "read-only":
             return f"{self.host_dir} read-only at {WORKSPACE} (the working directory)"
         return (f"{self.host_dir} read-write at {WORKSPACE} (the working directory; a private copy, changed files "

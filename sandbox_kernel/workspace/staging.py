@@ -88,8 +88,10 @@ def _chown_tree(fd: int, uid: int) -> None:
 class Staging:
     """The private copy of one kernel's notebook directory (see the module's docstring)."""
 
-    def __init__(self, host_dir: str, limit: int, max_files: int) -> None:
+    def __init__(self, host_dir: str, limit: int, max_files: int, read_only: bool = False) -> None:
         self.host_dir = host_dir
+        self.read_only = read_only
+        """A copy the sandbox only reads (it is bound read-only): nothing is written back."""
         self.limit = limit
         self.max_files = max_files
         self.path: str | None = None
@@ -102,6 +104,8 @@ class Staging:
         """A fresh copy for a new sandbox (the last one's is removed); what was left out."""
         self.discard()
         self.path = tempfile.mkdtemp(prefix="sandbox-workspace-", dir=_base())
+        if self.read_only:
+            os.chmod(self.path, 0o755)  # the kernel's, readable by the sandbox's uid
         self._fd = hostfs.open_root(self.path)
         copied = copy_tree(self._host_fd, self._fd, self.limit, self.max_files, uid)
         entries, _ = hostfs.tree(self._fd, self.max_files)
@@ -112,7 +116,7 @@ class Staging:
     def write_back(self) -> list[str]:
         """Write the files that changed in the copy back to the notebook's directory; a line
         for each refusal (each told once)."""
-        if self._fd is None:
+        if self._fd is None or self.read_only:
             return []
         entries, skipped = hostfs.tree(self._fd, self.max_files)
         notices = [f"not written back: {line}" for line in skipped]

@@ -92,3 +92,17 @@ def test_hidden_and_the_home_directory(notebook_dir: Path) -> None:
         reply, outputs = run_cell(kc, "import os; print(os.getcwd())")
         assert text(outputs) == "/home/sandbox\n"
         assert "is the kernel's home directory" in text(outputs, "stderr") and "not shown in the sandbox" in text(outputs, "stderr")
+
+
+def test_a_directory_the_sandbox_may_not_list_is_shown_as_a_read_only_copy(notebook_dir: Path) -> None:
+    """A root kernel in a 0700 directory (pytest's own tmp_path, or a private project): the
+    sandbox's unprivileged uid could not enter it, so it gets a copy, read-only all the same."""
+    notebook_dir.chmod(0o700)
+    (notebook_dir / "data.csv").chmod(0o600)
+    with running_kernel("sandbox-python", cwd=notebook_dir) as (_km, kc):
+        assert out(kc, "import os; print(os.getcwd()); print(open('data.csv').read(), end='')") == "/workspace\na,b\n1,2\n"
+        reply, outputs = run_cell(kc, "open('out.csv', 'w')")
+        assert "Read-only file system" in errors(outputs)[0]["evalue"]
+        status = out(kc, "%sandbox status")
+        assert ("a copy: the sandbox's uid may not list" in status) == (os.geteuid() == 0), status
+    assert sorted(p.name for p in notebook_dir.iterdir()) == ["analysis.ipynb", "data.csv"]
