@@ -157,7 +157,7 @@ class Sandbox(Configurable):
         help="Hosts a sandbox may reach, through the egress proxy: names ('pypi.org'), wildcards "
         "('*.pythonhosted.org': names below it) and optional ports ('example.org:8443'; default 443 "
         "and 80). Empty (the default): no network at all. %sandbox allow/deny/network narrow and "
-        "show it for a running sandbox (local backend).",
+        "show it for a running sandbox (both backends; on Kubernetes in direct mode, through the shared proxy of k8s/egress/).",
     ).tag(config=True)
 
     ipython = Enum(

@@ -374,7 +374,8 @@ class SandboxKernel(CommsAndStdin):
                 if topic in ("network", "allow", "deny"):  # egress allow list (sandbox_kernel/egress)
                     from .egress.host import magic
 
-                    text = magic(session, topic, hosts.split())
+                    # Off the event loop: on Kubernetes, allow/deny patch the sandbox namespace.
+                    text = await asyncio.get_running_loop().run_in_executor(None, magic, session, topic, hosts.split())
                     if not silent:
                         self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
                     continue

@@ -335,13 +335,14 @@ def magic(session: Any, topic: str, hosts: list[str]) -> str:
     """``%sandbox allow|deny|network`` for the kernel (backends without egress say so)."""
     from ..errors import ConfigError
 
-    egress = getattr(session, "egress", None)
+    egress = getattr(session, "egress", None)  # the local and the Kubernetes backends have one with an allow list
     if egress is None:
         if topic == "network":
-            listed = getattr(getattr(session, "limits", None), "allow_hosts", ())
-            note = f"; Sandbox.allow_hosts ({', '.join(listed)}) is not used on this backend yet" if listed else ""
-            return f"network: none (the {getattr(session, 'backend', '?')} backend has no egress allow list yet{note})"
-        raise ConfigError("%sandbox", f"'{topic}' is not available on the {getattr(session, 'backend', '?')} backend yet")
+            return "network: none (Sandbox.allow_hosts is empty: the sandbox reaches nothing)"
+        raise ConfigError(
+            "Sandbox.allow_hosts",
+            "the sandbox was started without egress (the list is empty); the operator sets Sandbox.allow_hosts",
+        )
     if topic == "network":
         return cast("str", egress.report())
     if not hosts:

@@ -91,11 +91,13 @@ class NoCredentials(Exception):
     """Shared mode: the request carries no (or an unknown) sandbox credential."""
 
 
-def policy_for(request: HttpParser) -> _Policy:
+def policy_for(request: HttpParser, client_ip: str | None = None) -> _Policy:
     """This proxy's policy (one sandbox: ``SANDBOX_EGRESS_POLICY``), or, in shared mode
     (``SANDBOX_EGRESS_POLICY_DIR``, the Kubernetes proxy), the policy of the sandbox whose
     credential the request carries: ``Proxy-Authorization: Basic`` of ``sandbox:TOKEN``, looked
-    up as ``DIR/sha256(TOKEN).json``. A request without a known credential gets no policy."""
+    up as ``DIR/sha256(TOKEN).json``, and only from the sandbox pod's own address (the policy's
+    ``source``, when ``client_ip`` is given). A request without a known credential, or with one
+    from another address, gets no policy."""
     shared = os.environ.get(POLICY_DIR_ENV)
     if not shared:
         path = os.environ[POLICY_ENV]
@@ -109,7 +111,10 @@ def policy_for(request: HttpParser) -> _Policy:
     pol = _policies.get(path)
     if pol is None:
         pol = _policies[path] = _Policy(path)
-    return pol.current()
+    pol = pol.current()
+    if shared and client_ip is not None and pol.data.get("source") != client_ip:
+        raise NoCredentials()  # a credential used from another pod than its sandbox's
+    return pol
 
 
 def proxy_token(request: HttpParser) -> str | None:
@@ -123,6 +128,12 @@ def proxy_token(request: HttpParser) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return token if token and len(token) <= 256 else None
+
+
+def _client_ip(addr: Any) -> str:
+    """The client's IPv4 address (an IPv4-mapped IPv6 one unwrapped)."""
+    host = str(addr[0]) if isinstance(addr, tuple) and addr else ""
+    return host[7:] if host.startswith("::ffff:") else host
 
 
 def credentials_required() -> HttpRequestRejected:
@@ -177,7 +188,7 @@ class EgressPolicyPlugin(HttpProxyBasePlugin):
 
     def _decide(self, request: HttpParser) -> tuple[str, int, str]:
         try:
-            pol = self._pol = policy_for(request)
+            pol = self._pol = policy_for(request, _client_ip(self.client.addr))
         except NoCredentials:
             raise credentials_required() from None
         method = (request.method or b"").decode("latin-1")

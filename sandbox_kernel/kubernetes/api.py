@@ -383,6 +383,10 @@ class KubernetesApi:
             f"/apis/networking.k8s.io/v1/namespaces/{quote(namespace, safe='')}/networkpolicies/{quote(name, safe='')}",
         )
 
+    def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The egress proxy's Service (its ClusterIP goes into a sandbox's proxy variables)."""
+        return self._read(f"read service {name} in namespace {namespace}", f"/api/v1/namespaces/{quote(namespace, safe='')}/services/{quote(name, safe='')}")
+
     # -- SandboxClaims (claims mode) and the controller's namespace changes --------------------
 
     def read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import yaml
 from ..config import Limits, Sandbox
 from ..errors import SandboxError
 from ..languages import get_language
-from . import claims, manifests
+from . import claims, egress, manifests
 from .api import KubernetesApi, parse_time
 from .settings import KubernetesSandbox
 
@@ -59,6 +59,8 @@ def rendered_objects(
         RENDER_TIME.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         manifests.Subject.from_username(RENDER_USER),
         settings.sandbox_role,
+        # With Sandbox.allow_hosts: the egress annotations and policy (a real sandbox draws its own credential).
+        egress.initial_spec(limits.allow_hosts, egress.widening(settings.config), "rendered") if limits.allow_hosts else None,
     )
     return objects.in_order()
 

@@ -13,6 +13,7 @@ One sandbox is, in the order it is created::
     ResourceQuota    caps what all pods of the namespace may request and use
     LimitRange       per-container bounds and defaults
     NetworkPolicy    deny-all: no ingress, no egress (not even DNS)
+    NetworkPolicy    egress-proxy, only with an allow list: egress to the egress proxy's port, nothing else
     ConfigMap        the agent's source, mounted read-only into the pod
     Lease            the kernel's heartbeat; ``sandbox-kernel gc`` reclaims it once expired
     Pod              one long-lived agent per kernel, attached to through the API server
@@ -36,6 +37,14 @@ LABEL_LANGUAGE = "sandbox-kernel/language"
 LABEL_OWNER = "sandbox-kernel/owner"
 ANNOTATION_CREATED = "sandbox-kernel/created"
 ANNOTATION_USER = "sandbox-kernel/user"
+# Controlled egress (k8s/EGRESS.md): what the shared proxy's policy sync reads off the namespace
+# (sandbox_kernel.egress.k8s_sync, which names them), and the admission policy checks.
+ANNOTATION_EGRESS_TOKEN = "sandbox-kernel/egress-token-sha256"
+ANNOTATION_EGRESS_ALLOW = "sandbox-kernel/egress-allow"
+ANNOTATION_EGRESS_DENY = "sandbox-kernel/egress-deny"
+ANNOTATION_EGRESS_OPERATOR = "sandbox-kernel/egress-operator"
+ANNOTATION_EGRESS_WIDENING = "sandbox-kernel/egress-widening"
+ANNOTATION_EGRESS_SOURCE = "sandbox-kernel/egress-source"
 
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 """Label selector matching every namespace (and object) this project created."""
@@ -45,6 +54,13 @@ CONTAINER_NAME = "agent"
 CONFIG_MAP_NAME = "sandbox-agent"
 LEASE_NAME = "sandbox-heartbeat"
 NETWORK_POLICY_NAME = "deny-all"
+EGRESS_POLICY_NAME = "egress-proxy"
+EGRESS_PROXY_NAMESPACE = "sandbox-kernel-system"
+EGRESS_PROXY_LABELS = {"app.kubernetes.io/name": "sandbox-egress-proxy"}
+EGRESS_PROXY_PORT = 3128
+"""The egress proxy pods' namespace, labels and port: the only peer the ``egress-proxy`` policy opens
+(k8s/egress/; the admission policy ``sandbox-kernel-networkpolicies`` admits exactly this object)."""
+SANDBOX_POD_LABEL = ("app.kubernetes.io/name", "sandbox")
 QUOTA_NAME = "sandbox-quota"
 LIMIT_RANGE_NAME = "sandbox-limits"
 ROLE_BINDING_NAME = "sandbox-kernel"
@@ -129,6 +145,8 @@ class PodSpec:
     """Most seconds the agent waits for the deny-all NetworkPolicy to be in force (0: do not check)."""
     shell_as_init: bool = False
     """Keep ``/bin/sh`` as PID 1 to reap orphans, for agents that cannot (see :func:`agent_command`)."""
+    egress: bool = False
+    """The sandbox has an egress allow list: its gate line carries the proxy variables (:func:`.pod_command.gate_line`)."""
     seccomp_profile: str = ""
     """``""``: the runtime's default seccomp profile (RuntimeDefault); else a Localhost profile's path
     relative to the kubelet's seccomp root, e.g. :data:`SECCOMP_PROFILE` (see :func:`seccomp_profile`)."""
@@ -150,6 +168,23 @@ class Subject:
         if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
             return cls("ServiceAccount", parts[3], parts[2])
         return cls("User", username)
+
+
+@dataclass(frozen=True)
+class EgressSpec:
+    """A sandbox's egress, as its namespace carries it (only when ``Sandbox.allow_hosts`` is not empty).
+
+    Lists are entries in the policy's ``name:port,port`` form (``pypi.org:443,80``), written
+    space-separated into the annotations, which the admission policy's CEL can split."""
+
+    token_sha256: str
+    """Hex SHA-256 of the sandbox's proxy credential (the credential itself is in no object)."""
+    operator: tuple[str, ...]
+    """The operator's list (``Sandbox.allow_hosts``): what ``%sandbox allow`` may restore."""
+    allow: tuple[str, ...]
+    deny: tuple[str, ...] = ()
+    widening: bool = False
+    """``EgressProxy.allow_widening``: whether ``allow`` may go beyond ``operator``."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,21 +227,37 @@ def _meta(ident: SandboxIdentity, name: str) -> dict[str, Any]:
 # Builders.
 
 
-def namespace(ident: SandboxIdentity) -> dict[str, Any]:
-    """The sandbox namespace; Pod Security "restricted" is enforced, warned and audited."""
+def namespace(ident: SandboxIdentity, egress: EgressSpec | None = None) -> dict[str, Any]:
+    """The sandbox namespace; Pod Security "restricted" is enforced, warned and audited. With
+    ``egress``, it also carries the sandbox's egress annotations (:func:`egress_annotations`)."""
     labels = _labels(ident)
     for mode in ("enforce", "warn", "audit"):
         labels[f"pod-security.kubernetes.io/{mode}"] = "restricted"
     labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+    annotations = {ANNOTATION_CREATED: ident.created, ANNOTATION_USER: ident.user}
+    if egress is not None:
+        annotations.update(egress_annotations(egress))
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {
-            "name": ident.namespace,
-            "labels": labels,
-            "annotations": {ANNOTATION_CREATED: ident.created, ANNOTATION_USER: ident.user},
-        },
+        "metadata": {"name": ident.namespace, "labels": labels, "annotations": annotations},
     }
+
+
+def egress_annotations(egress: EgressSpec) -> dict[str, str]:
+    """The namespace annotations of a sandbox's egress; ``%sandbox allow``/``deny`` patch the
+    allow and deny ones (:func:`egress_list_patch`), the admission policy keeps the others fixed."""
+    return {
+        ANNOTATION_EGRESS_TOKEN: egress.token_sha256,
+        ANNOTATION_EGRESS_OPERATOR: " ".join(egress.operator),
+        ANNOTATION_EGRESS_WIDENING: "true" if egress.widening else "false",
+        **egress_list_patch(egress.allow, egress.deny),
+    }
+
+
+def egress_list_patch(allow: tuple[str, ...] | list[str], deny: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """The two annotations ``%sandbox allow``/``deny`` change."""
+    return {ANNOTATION_EGRESS_ALLOW: " ".join(allow), ANNOTATION_EGRESS_DENY: " ".join(deny)}
 
 
 def role_binding(ident: SandboxIdentity, subject: Subject, cluster_role: str) -> dict[str, Any]:
@@ -273,6 +324,28 @@ def network_policy(ident: SandboxIdentity) -> dict[str, Any]:
     }
 
 
+def egress_network_policy(ident: SandboxIdentity) -> dict[str, Any]:
+    """Egress from the sandbox pod to the egress proxy pods' port only: NetworkPolicies add up, so
+    deny-all still closes everything else (DNS, the API server, other pods, the internet).
+    Created only for a sandbox with an allow list; the admission policy admits exactly this spec."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(ident, EGRESS_POLICY_NAME),
+        "spec": {
+            "podSelector": {"matchLabels": dict([SANDBOX_POD_LABEL])},
+            "policyTypes": ["Egress"],
+            "egress": [{
+                "to": [{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": EGRESS_PROXY_NAMESPACE}},
+                    "podSelector": {"matchLabels": dict(EGRESS_PROXY_LABELS)},
+                }],
+                "ports": [{"protocol": "TCP", "port": EGRESS_PROXY_PORT}],
+            }],
+        },
+    }
+
+
 def agent_config_map(ident: SandboxIdentity, agent_file: str, source: str) -> dict[str, Any]:
     """The agent's source, exactly as shipped with this package."""
     return {
@@ -327,7 +400,8 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
                 "name": CONTAINER_NAME,
                 "image": spec.image,
                 "imagePullPolicy": spec.image_pull_policy,
-                "command": agent_command(spec.interpreter, spec.agent_file, spec.network_policy_wait, spec.shell_as_init),
+                "command": agent_command(spec.interpreter, spec.agent_file, spec.network_policy_wait, spec.shell_as_init,
+                                         spec.egress),
                 "stdin": True,
                 "stdinOnce": False,
                 "tty": False,
@@ -369,7 +443,7 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
     if spec.runtime_class_name:
         pod_spec["runtimeClassName"] = spec.runtime_class_name
     meta = _meta(ident, spec.name)
-    meta["labels"]["app.kubernetes.io/name"] = "sandbox"
+    meta["labels"][SANDBOX_POD_LABEL[0]] = SANDBOX_POD_LABEL[1]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 
@@ -385,10 +459,11 @@ class SandboxObjects:
     config_map: dict[str, Any]
     lease: dict[str, Any]
     pod: dict[str, Any]
+    egress_policy: dict[str, Any] | None = None
 
     def in_order(self) -> list[dict[str, Any]]:
         objects = [self.namespace, self.role_binding, self.resource_quota, self.limit_range,
-                   self.network_policy, self.config_map, self.lease, self.pod]
+                   self.network_policy, self.egress_policy, self.config_map, self.lease, self.pod]
         return [o for o in objects if o is not None]
 
 
@@ -402,10 +477,12 @@ def sandbox_objects(
     renew_time: str,
     subject: Subject | None,
     cluster_role: str,
+    egress: EgressSpec | None = None,
 ) -> SandboxObjects:
-    """All objects of one sandbox; no RoleBinding when ``subject`` or ``cluster_role`` is empty."""
+    """All objects of one sandbox; no RoleBinding when ``subject`` or ``cluster_role`` is empty;
+    the egress annotations and policy only with ``egress``."""
     return SandboxObjects(
-        namespace=namespace(ident),
+        namespace=namespace(ident, egress),
         role_binding=role_binding(ident, subject, cluster_role) if subject and cluster_role else None,
         resource_quota=resource_quota(ident, quota),
         limit_range=limit_range(ident, limits),
@@ -413,4 +490,5 @@ def sandbox_objects(
         config_map=agent_config_map(ident, pod_spec.agent_file, agent_source),
         lease=heartbeat_lease(ident, lease_seconds, renew_time),
         pod=pod(ident, pod_spec),
+        egress_policy=egress_network_policy(ident) if egress is not None else None,
     )

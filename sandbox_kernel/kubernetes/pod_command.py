@@ -9,6 +9,7 @@ admits exactly the commands :func:`agent_command_pattern` matches.
 
 from __future__ import annotations
 
+import re
 import shlex
 
 AGENT_DIR = "/opt/sandbox-agent"
@@ -20,6 +21,23 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 GATE_LINE = b"go\n"
 """What the kernel writes to the pod's stdin once attached: it lets the agent start (see :func:`agent_command`)."""
+
+_GATE_VALUE = re.compile(r"[A-Za-z0-9_.,:/@%=-]+")
+_GATE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def gate_line(variables: list[tuple[str, str]] | tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The gate line; with ``variables`` (the egress proxy's, :mod:`.egress`) it also hands them to
+    the agent's environment: the shell reads them as the rest of the line into ``$egress``, and
+    passes that, split into words, to ``env -i``. Only over the attach stream: they carry the
+    sandbox's proxy credential, which is thus in no API object (not the pod's spec, no Secret).
+    Names and values are checked here to be plain words (no space, quote or glob character)."""
+    words = []
+    for name, value in variables:
+        if not _GATE_NAME.fullmatch(name) or not _GATE_VALUE.fullmatch(value):
+            raise ValueError(f"not a plain variable for the gate line: {name}")
+        words.append(f"{name}={value}")
+    return b" ".join([b"go", *(w.encode() for w in words)]) + b"\n"
 
 POLICY_NOT_ENFORCED = 97
 """Exit status of the container when the deny-all NetworkPolicy is not in force (see :data:`POLICY_GUARDS`)."""
@@ -119,7 +137,8 @@ POLICY_GUARDS: dict[str, list[str]] = {
 }
 
 
-def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shell_as_init: bool = False) -> list[str]:
+def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shell_as_init: bool = False,
+                  egress: bool = False) -> list[str]:
     """The container command: wait for the network policy and the kernel's gate line, then run the agent.
 
     First the policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes
@@ -131,18 +150,19 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shel
     attached: it waits for the gate line. ``read`` in ``/bin/sh`` consumes stdin one byte at a
     time, so nothing after the gate line is swallowed (the guard does not read stdin).
     ``env -i`` drops every variable the image and the kubelet set (``KUBERNETES_SERVICE_HOST``
-    and the like), leaving the user's code only HOME, PATH and LANG.
+    and the like), leaving the user's code only HOME, PATH and LANG — and, with ``egress`` (a
+    sandbox with an allow list), the proxy variables the gate line carried (:func:`gate_line`).
 
     The agent replaces the shell (``exec``) and is PID 1, which inherits every orphaned process
     of the user's code. With ``shell_as_init`` the shell stays PID 1 instead and reaps them
     while it waits for the agent (``; exit $?`` keeps ``sh`` from exec-ing its last command).
     """
-    run = shlex.join(
-        [
-            "env", "-i", f"HOME={SANDBOX_HOME}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8",
-            interpreter, f"{AGENT_DIR}/{agent_file}",
-        ]
-    )
+    # $egress unquoted: the words of the gate line after "go" (checked by gate_line), split.
+    run = " ".join([
+        shlex.join(["env", "-i", f"HOME={SANDBOX_HOME}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8"]),
+        *(["$egress"] if egress else []), shlex.join([interpreter, f"{AGENT_DIR}/{agent_file}"]),
+    ])
+    gate = "read -r _ egress" if egress else "read -r _"
     guard = ""
     if policy_wait > 0 and interpreter in POLICY_GUARDS:
         program, flag, code = POLICY_GUARDS[interpreter]
@@ -150,8 +170,8 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shel
         code = code.replace("PORTS", ",".join(map(str, IPV6_PORTS)))
         guard = shlex.join([program, flag, code]) + " && "
     if shell_as_init:
-        return ["/bin/sh", "-c", f"{guard}read -r _ && {run}; exit $?"]
-    return ["/bin/sh", "-c", f"{guard}read -r _ && exec {run}"]
+        return ["/bin/sh", "-c", f"{guard}{gate} && {run}; exit $?"]
+    return ["/bin/sh", "-c", f"{guard}{gate} && exec {run}"]
 
 
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$")
@@ -174,8 +194,8 @@ def agent_command_pattern() -> str:
     wait, agent = "7654321", "AGENTFILE"
     alternatives = []
     for interpreter in POLICY_GUARDS:
-        for shell_as_init in (False, True):
-            command = agent_command(interpreter, agent, policy_wait=int(wait), shell_as_init=shell_as_init)[2]
+        for shell_as_init, egress in ((False, False), (True, False), (False, True), (True, True)):
+            command = agent_command(interpreter, agent, int(wait), shell_as_init, egress)[2]
             assert command.count(wait) >= 1 and command.count(agent) == 1
             escaped = _re2_escape(command).replace(wait, "[1-9][0-9]{0,3}").replace(agent, "[a-z_]+\\.(?:py|js|sh)")
             alternatives.append(escaped)

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 from ..config import Limits
 from ..errors import AdmissionError, SandboxError
 from ..languages import Language
+from . import egress as sandbox_egress
 from . import manifests
 from .api import KubernetesApi, is_already_exists, micro_time
 from .settings import DEFAULT_NAMESPACE_PREFIX, KubernetesSandbox
@@ -44,6 +45,8 @@ class PreparedSandbox:
     """Every object created, in creation order, the pod last."""
     created_at: float
     """When the pod was created (``time.time()``)."""
+    egress_token: str = ""
+    """The sandbox's proxy credential, when it has an allow list (its SHA-256 is on the namespace)."""
 
 
 def expected_objects(
@@ -53,8 +56,10 @@ def expected_objects(
     ident: manifests.SandboxIdentity,
     renew_time: str,
     pod_name: str = "sandbox-1",
+    egress: manifests.EgressSpec | None = None,
 ) -> manifests.SandboxObjects:
-    """Every object of the sandbox ``ident`` under these settings (pure)."""
+    """Every object of the sandbox ``ident`` under these settings (pure); ``egress`` for a sandbox
+    with an allow list (:mod:`.egress`)."""
     return manifests.sandbox_objects(
         ident,
         settings.quota(),
@@ -65,13 +70,16 @@ def expected_objects(
         renew_time,
         manifests.Subject.from_username(ident.user) if ident.user else None,
         settings.sandbox_role,
+        egress,
     )
 
 
 def create_namespace_objects(
     api: KubernetesApi, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
+    egress: manifests.EgressSpec | None = None,
 ) -> tuple[manifests.SandboxIdentity, list[dict[str, Any]]]:
     """Create the namespace and everything in it but the pod; return its identity and the objects.
+    ``egress``: the sandbox's allow list and credential hash (its annotations and policy).
 
     The namespace comes first and the RoleBinding next (with the least-privilege identity, the
     right to create the rest exists only once it is bound). Quota, limit range, policy, config
@@ -94,7 +102,7 @@ def create_namespace_objects(
             user=user,
             created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        objects = expected_objects(settings, language, limits, ident, renew_time)
+        objects = expected_objects(settings, language, limits, ident, renew_time, egress=egress)
         try:
             api.create(objects.namespace)
             break
@@ -135,11 +143,14 @@ def _deleted_on_failure(api: KubernetesApi, namespace: str) -> Iterator[None]:
 def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> PreparedSandbox:
     """Create a whole sandbox up to its first pod (blocking): what :mod:`.early` runs in a thread."""
     api = KubernetesApi(settings.kubeconfig, settings.context)
-    ident, applied = create_namespace_objects(api, settings, language, limits, kernel_id)
+    token = secrets.token_hex(32) if limits.allow_hosts else ""
+    spec = sandbox_egress.initial_spec(limits.allow_hosts, sandbox_egress.widening(settings.config), token) if token else None
+    ident, applied = create_namespace_objects(api, settings, language, limits, kernel_id, spec)
     renew_time = applied[[o["kind"] for o in applied].index("Lease")]["spec"]["renewTime"]
     pod_name = "sandbox-1"
     body = manifests.pod(ident, settings.pod_spec(language, limits, pod_name))
     with _deleted_on_failure(api, ident.namespace):
         api.create(body, rbac_settle=5.0, account_settle=settings.start_timeout)
-    return PreparedSandbox(api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body], time.time())
+    return PreparedSandbox(api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body],
+                           time.time(), token)
 

@@ -48,6 +48,8 @@ class SandboxFacts:
     """Claims mode: ``<namespace>/<name>`` of the SandboxClaim the sandbox came with ('' in direct mode)."""
     from_pool: bool = False
     """Claims mode: whether the controller handed over a pooled sandbox (else it made one for the claim)."""
+    egress_line: str = ""
+    """The egress line of ``%sandbox policy`` when the sandbox has an allow list (:mod:`.egress`)."""
 
 
 def report(topic: str, api: KubernetesApi, facts: SandboxFacts) -> str:
@@ -126,10 +128,12 @@ def _policy(api: KubernetesApi, facts: SandboxFacts) -> str:
     words = [
         f"network: NetworkPolicy {manifests.NETWORK_POLICY_NAME} selects every pod and allows no ingress and no egress "
         "(no DNS, no API server, no other pod, no internet)" if policy else "network: NO NetworkPolicy found",
+        *([facts.egress_line] if facts.egress_line else []),
         "pod security: " + (", ".join(f"{k.rsplit('/', 1)[1]}={v}" for k, v in sorted(pss.items())) or "none")
         + " (uid 1000, no privilege escalation, all capabilities dropped)",
         _seccomp_line(settings.seccomp_profile),
-        "service account token: not mounted; environment: HOME, PATH, LANG only",
+        "service account token: not mounted; environment: HOME, PATH, LANG only"
+        + (" (and the egress proxy's variables)" if facts.egress_line else ""),
         f"files: read-only root file system; {facts.limits.scratch} at {SANDBOX_HOME} and "
         f"{settings.tmp_size} at /tmp, memory-backed emptyDirs (a write past their size fails with "
         f"'No space left on device'; what they hold counts against the memory limit {facts.limits.memory})",
@@ -138,6 +142,10 @@ def _policy(api: KubernetesApi, facts: SandboxFacts) -> str:
     if policy:
         shown.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                       "metadata": {"name": policy["metadata"]["name"], "namespace": namespace}, "spec": policy.get("spec")})
+    egress = api.read_network_policy(namespace, manifests.EGRESS_POLICY_NAME) if facts.egress_line else None
+    if egress:
+        shown.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                      "metadata": {"name": manifests.EGRESS_POLICY_NAME, "namespace": namespace}, "spec": egress.get("spec")})
     shown.append({"namespace": namespace, "labels": pss})
     return "\n".join(words) + "\n\n" + yaml.safe_dump_all(shown, sort_keys=False)
 

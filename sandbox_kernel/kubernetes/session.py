@@ -39,6 +39,7 @@ from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
 from . import claiming, early, manifests, pod_command, reports
+from .egress import KubernetesEgress
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
 from .pod_status import container_running, end_reason, eviction_event, start_problem
@@ -93,6 +94,8 @@ class KubernetesSandboxSession(AgentSession):
         self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
         self._events: list[tuple[float, str]] = []
         self._claim: claiming.Claimed | None = None  # claims mode: the claim the sandbox came with
+        # Egress hook (k8s/EGRESS.md): None unless Sandbox.allow_hosts is set; %sandbox allow/deny/network use it.
+        self.egress = KubernetesEgress.for_session(limits, self.settings)
 
     @property
     def namespace(self) -> str | None:
@@ -122,8 +125,9 @@ class KubernetesSandboxSession(AgentSession):
     # -- creating the sandbox -----------------------------------------------------------------------
 
     def _create_namespace_objects(self) -> None:
-        """Namespace, RoleBinding, quota, limit range, policy, config map, lease (blocking)."""
-        ident, applied = create_namespace_objects(self._connect(), self.settings, self.language, self.limits, self.kernel_id)
+        """Namespace, RoleBinding, quota, limit range, policies, config map, lease (blocking)."""
+        spec = self.egress.new_namespace() if self.egress is not None else None
+        ident, applied = create_namespace_objects(self._connect(), self.settings, self.language, self.limits, self.kernel_id, spec)
         self._ident = ident
         self._applied = applied
         self._event(f"namespace {ident.namespace} created for kernel {self.kernel_id} (owner {ident.owner})")
@@ -148,7 +152,11 @@ class KubernetesSandboxSession(AgentSession):
             await self._run(prepared.discard)
             return None
         settings = self.settings
-        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name)
+        if self.egress is not None:
+            self.egress.adopt(prepared.egress_token)
+        spec = self.egress.spec() if self.egress is not None else None  # no token on a prepared one: no match
+        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time,
+                                    prepared.pod_name, spec)
         if (prepared.kubeconfig, prepared.context) == (settings.kubeconfig, settings.context) and (
             prepared.ident.kernel_id == self.kernel_id and expected.in_order() == prepared.applied
         ):
@@ -216,7 +224,10 @@ class KubernetesSandboxSession(AgentSession):
         ident = self._ident
         assert ident is not None
         try:
-            await self._wait_running(api, ident.namespace, name, spec.image)
+            pod_ip = await self._wait_running(api, ident.namespace, name, spec.image)
+            if self.egress is not None:  # egress hook: the proxy's address, and the pod's, before the gate
+                await self._run(self.egress.proxy_address, api)
+                await self._run(self.egress.attach_to, api, ident.namespace, pod_ip)
             stream = await self._run(api.attach, ident.namespace, name, manifests.CONTAINER_NAME)
         except BaseException:
             self._pod_name = None
@@ -236,7 +247,8 @@ class KubernetesSandboxSession(AgentSession):
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
         self._attach = channel
         if gate:
-            channel.open_gate(pod_command.GATE_LINE)
+            # With egress, the gate line also carries the proxy variables and credential (pod_command.gate_line).
+            channel.open_gate(pod_command.gate_line(self.egress.gate_variables() if self.egress is not None else ()))
         self._event(f"attached to pod {name}; agent starting" if gate else f"took over the early attach to pod {name}")
         return channel
 
@@ -296,7 +308,8 @@ class KubernetesSandboxSession(AgentSession):
             raise
         return self._open(self._ident, status.pod, stream)
 
-    async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> None:
+    async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> str:
+        """Wait until the pod's container runs; return the pod's IP address."""
         deadline = time.monotonic() + self.settings.start_timeout
         unschedulable_since: float | None = None
         last: dict[str, Any] | None = None
@@ -308,7 +321,7 @@ class KubernetesSandboxSession(AgentSession):
             if container_running(pod):
                 node = pod.get("spec", {}).get("nodeName", "?")
                 self._event(f"pod {name} running on node {node}")
-                return
+                return str(pod.get("status", {}).get("podIP") or "")
             problem = start_problem(pod, image)
             if problem is not None:
                 if not isinstance(problem, Unschedulable):
@@ -506,6 +519,7 @@ class KubernetesSandboxSession(AgentSession):
             kernel_events=tuple(self._events),
             applied=tuple(self._applied),
             claim=f"{self._claim.namespace}/{self._claim.name}" if self._claim else "",
+            egress_line=self.egress.policy_line() if self.egress is not None else "",
             from_pool=bool(self._claim and self._claim.status.from_pool),
         )
         try:

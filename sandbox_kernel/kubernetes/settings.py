@@ -149,6 +149,14 @@ class KubernetesSandbox(Configurable):
         "NetworkPolicy support, where sandboxes then have network access).",
     ).tag(config=True)
 
+    egress_proxy = Unicode(
+        f"{manifests.EGRESS_PROXY_NAMESPACE}/sandbox-egress-proxy",
+        help="The shared egress proxy a sandbox with Sandbox.allow_hosts reaches (k8s/egress/): a Service as "
+        "NAMESPACE/NAME, whose ClusterIP and port the kernel reads, or IPv4:PORT. Its pods must be in "
+        f"{manifests.EGRESS_PROXY_NAMESPACE}, labelled app.kubernetes.io/name=sandbox-egress-proxy: the only "
+        "peer the sandbox's egress-proxy NetworkPolicy (and the admission policy) opens.",
+    ).tag(config=True)
+
     pod_lifetime = Int(
         43200, help="Most seconds a sandbox pod may live (activeDeadlineSeconds); the next cell then gets a new pod.",
     ).tag(config=True)
@@ -249,6 +257,7 @@ class KubernetesSandbox(Configurable):
             tolerations=tuple(dict(t) for t in self.tolerations),
             runtime_class_name=self.runtime_class_name,
             network_policy_wait=self.network_policy_wait,
+            egress=bool(limits.allow_hosts),
             seccomp_profile=self.seccomp_profile,
         )
 
@@ -303,6 +312,16 @@ class KubernetesSandbox(Configurable):
                 "KubernetesSandbox.heartbeat_ttl",
                 f"{self.heartbeat_ttl} s must be longer than heartbeat_interval ({self.heartbeat_interval:g} s)",
             )
+        if self.mode == "claims" and limits.allow_hosts:
+            raise ConfigError(
+                "Sandbox.allow_hosts",
+                "controlled egress is not available in claims mode yet (the controller does not set up the proxy "
+                "credential); use KubernetesSandbox.mode = 'direct', or leave Sandbox.allow_hosts empty",
+            )
+        if limits.allow_hosts:
+            from .egress import parse_proxy_setting
+
+            parse_proxy_setting(self.egress_proxy)
         if self.mode == "claims" and not 5 <= self.heartbeat_ttl <= 3600:
             raise ConfigError("KubernetesSandbox.heartbeat_ttl", "must be 5 to 3600 s in claims mode (a SandboxClaim's heartbeatSeconds)")
         if self.reconnect_timeout <= 0:

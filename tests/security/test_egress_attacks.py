@@ -235,8 +235,9 @@ def shared_proxy(hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     directory = tmp_path_factory.mktemp("egress-policies")
     tokens = {"sandbox-a": "token-of-a-" + os.urandom(8).hex(), "sandbox-b": "token-of-b-" + os.urandom(8).hex()}
     lists = {"sandbox-a": ["allowed.test:443,80"], "sandbox-b": ["denied.test:443,80"]}
+    # Both "pods" are this machine's 127.0.0.1 (the proxy takes a credential only from its pod's address).
     namespaces = [(ns, {k8s_sync.ANNOTATION_TOKEN: hashlib.sha256(tokens[ns].encode()).hexdigest(),
-                        k8s_sync.ANNOTATION_ALLOW: json.dumps({"allow": lists[ns], "deny": []})}) for ns in tokens]
+                        k8s_sync.ANNOTATION_ALLOW: " ".join(lists[ns]), k8s_sync.ANNOTATION_SOURCE: "127.0.0.1"}) for ns in tokens]
     namespaces.append(("sandbox-c", {k8s_sync.ANNOTATION_TOKEN: "not-a-digest"}))
     k8s_sync.sync(directory, namespaces)
     assert len(list(directory.glob("*.json"))) == 2
@@ -262,11 +263,11 @@ def shared_proxy(hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         proc.wait(10)
 
 
-def _shared_connect(port: int, target: str, token: str | None) -> int:
+def _shared_connect(port: int, target: str, token: str | None, source: str = "127.0.0.1") -> int:
     import base64
 
     auth = f"Proxy-Authorization: Basic {base64.b64encode(f'sandbox:{token}'.encode()).decode()}\r\n" if token else ""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
         s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
         return _response(s)[0]
 
@@ -283,6 +284,13 @@ def test_a_sandbox_cannot_use_another_sandboxs_list(shared_proxy: tuple[int, dic
     assert _shared_connect(port, "denied.test:443", tokens["sandbox-a"]) == 403  # only b's list has it
     assert _shared_connect(port, "denied.test:443", tokens["sandbox-b"]) == 200
     assert _shared_connect(port, "allowed.test:443", tokens["sandbox-b"]) == 403
+
+
+def test_a_credential_works_only_from_its_sandboxs_pod(shared_proxy: tuple[int, dict[str, str]]) -> None:
+    """A token that leaked to another pod (here: another address) is refused like no token."""
+    port, tokens = shared_proxy
+    assert _shared_connect(port, "allowed.test:443", tokens["sandbox-a"], source="127.0.0.2") == 407
+    assert _shared_connect(port, "allowed.test:443", tokens["sandbox-a"]) == 200
 
 
 def test_client_hello_sent_with_the_connect_request_is_not_forwarded(proxy: EgressController, hosts: dict[str, Path]) -> None:

@@ -58,20 +58,34 @@ def test_kubernetes_policies_come_from_namespace_annotations(tmp_path: Path) -> 
     from sandbox_kernel.egress import k8s_sync
 
     digest = "ab" * 32
-    good = {k8s_sync.ANNOTATION_TOKEN: digest, k8s_sync.ANNOTATION_ALLOW: json.dumps({"allow": ["pypi.org:443,80"], "deny": []})}
+    good = {k8s_sync.ANNOTATION_TOKEN: digest, k8s_sync.ANNOTATION_ALLOW: "pypi.org:443,80 *.pythonhosted.org:443",
+            k8s_sync.ANNOTATION_DENY: "", k8s_sync.ANNOTATION_SOURCE: "10.244.0.7"}
     assert k8s_sync.policy_for_namespace("sandbox-1", good) == (
-        digest + ".json", {"sandbox": "sandbox-1", "allow": ["pypi.org:443,80"], "deny": [], "log": "/dev/stdout"})
+        digest + ".json", {"sandbox": "sandbox-1", "allow": ["pypi.org:443,80", "*.pythonhosted.org:443"], "deny": [],
+                           "source": "10.244.0.7", "log": "/dev/stdout"})
     assert k8s_sync.policy_for_namespace("sandbox-2", None) is None
     assert k8s_sync.policy_for_namespace("sandbox-3", {**good, k8s_sync.ANNOTATION_TOKEN: "../../etc/passwd"}) is None
-    assert k8s_sync.policy_for_namespace("sandbox-4", {**good, k8s_sync.ANNOTATION_ALLOW: '{"allow": ["10.0.0.1:443"]}'}) is None
+    assert k8s_sync.policy_for_namespace("sandbox-4", {**good, k8s_sync.ANNOTATION_ALLOW: "10.0.0.1:443"}) is None
     assert k8s_sync.policy_for_namespace("sandbox-5", {**good, k8s_sync.ANNOTATION_ALLOW: "not json"}) is None
-    k8s_sync.sync(tmp_path, [("sandbox-1", good)])
+    assert k8s_sync.policy_for_namespace("sandbox-6", {**good, k8s_sync.ANNOTATION_SOURCE: ""}) is None  # no pod yet
+    assert k8s_sync.policy_for_namespace("sandbox-7", {**good, k8s_sync.ANNOTATION_DENY: "x.org:99999"}) is None
+    assert k8s_sync.policy_for_namespace("sandbox-8", {**good, k8s_sync.ANNOTATION_ALLOW: "a.org:443 " * 101}) is None
+    # Test-only settings come from the sync's command line, never from a namespace.
+    assert k8s_sync.policy_for_namespace("sandbox-9", {**good, "hosts_file": "/etc/hosts"})[1].get("hosts_file") is None  # type: ignore[index]
+    testing = k8s_sync.testing_options(["--hosts-file", "/h", "--exempt-network", "10.244.0.0/24"])
+    assert testing == {"hosts_file": "/h", "exempt_networks": ["10.244.0.0/24"]}
+    k8s_sync.sync(tmp_path, [("sandbox-1", good)], testing)
     assert [p.name for p in tmp_path.iterdir()] == [digest + ".json"]
+    assert json.loads((tmp_path / (digest + ".json")).read_text())["exempt_networks"] == ["10.244.0.0/24"]
+    # One credential hash on two namespaces (a kernel copied another's): neither gets a policy.
+    k8s_sync.sync(tmp_path, [("sandbox-1", good), ("sandbox-x", {**good, k8s_sync.ANNOTATION_ALLOW: "evil.org:443"})])
+    assert list(tmp_path.iterdir()) == []
+    k8s_sync.sync(tmp_path, [("sandbox-1", good)])
     k8s_sync.sync(tmp_path, [])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_magic_on_a_backend_without_egress() -> None:
+def test_magic_on_a_sandbox_without_egress() -> None:
     import types
 
     import pytest
@@ -79,7 +93,7 @@ def test_magic_on_a_backend_without_egress() -> None:
     from sandbox_kernel.egress.host import magic
     from sandbox_kernel.errors import ConfigError
 
-    session = types.SimpleNamespace(backend="kubernetes", limits=types.SimpleNamespace(allow_hosts=("pypi.org",)))
-    assert "Sandbox.allow_hosts (pypi.org) is not used on this backend yet" in magic(session, "network", [])
-    with pytest.raises(ConfigError, match="not available on the kubernetes backend"):
+    session = types.SimpleNamespace(backend="kubernetes", egress=None)
+    assert "Sandbox.allow_hosts is empty" in magic(session, "network", [])
+    with pytest.raises(ConfigError, match="started without egress"):
         magic(session, "allow", ["pypi.org"])

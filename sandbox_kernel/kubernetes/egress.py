@@ -1,0 +1,196 @@
+"""Controlled egress of a Kubernetes sandbox (issue 10, k8s/EGRESS.md): its credential, the
+variables its pod gets, and ``%sandbox allow|deny|network`` on the running sandbox.
+
+Only when ``Sandbox.allow_hosts`` is not empty (otherwise nothing of this exists and the sandbox
+is deny-all exactly as before):
+
+- the kernel draws a random proxy credential per sandbox namespace (:meth:`KubernetesEgress.new_namespace`);
+  the namespace carries only its SHA-256 and the lists (:func:`.manifests.egress_annotations`),
+  which the shared proxy's policy sync (:mod:`sandbox_kernel.egress.k8s_sync`) turns into that
+  credential's policy, and the NetworkPolicy ``egress-proxy`` (:func:`.manifests.egress_network_policy`)
+  opens the proxy pods' port 3128 to the sandbox pod, nothing else;
+- the credential reaches the pod only over the attach stream, in the gate line
+  (:func:`.pod_command.gate_line`): it is in no API object (not the pod's spec, no Secret), so
+  reading namespaces, pods or Secrets does not reveal it. The policy also names the pod's
+  address (``egress-source``), and the proxy takes the credential only from there;
+- ``%sandbox allow``/``deny`` change the running list (the same :class:`~sandbox_kernel.egress.policy.RunningList`
+  as locally: narrow only, unless ``EgressProxy.allow_widening``) and patch the namespace's allow
+  and deny annotations; the sync applies the change within the watch's latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import secrets
+from typing import Any
+
+from ..config import Limits
+from ..errors import ConfigError, SandboxStartError
+from ..egress import policy
+from . import manifests
+from .api import KubernetesApi
+
+NO_PROXY = "localhost,127.0.0.1,::1"
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def widening(config: Any) -> bool:
+    """``EgressProxy.allow_widening`` (the same setting as the local backend's)."""
+    from ..egress.host import EgressProxy
+
+    return bool(EgressProxy(config=config).allow_widening)
+
+
+def initial_spec(allow_hosts: tuple[str, ...], widen: bool, token: str) -> manifests.EgressSpec:
+    """The egress of a new sandbox: the operator's list as it is (what the early start creates)."""
+    egress = KubernetesEgress(allow_hosts, widen, "")
+    egress.adopt(token)
+    return egress.spec()
+
+
+def _entries(entries: list[policy.Entry]) -> tuple[str, ...]:
+    return tuple(e.name + ":" + ",".join(map(str, e.ports)) for e in entries)
+
+
+def proxy_variables(url: str) -> list[tuple[str, str]]:
+    """What points clients at the proxy (curl, urllib, requests, pip, npm, node), as locally."""
+    return [
+        ("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
+        ("NO_PROXY", NO_PROXY), ("no_proxy", NO_PROXY), ("PIP_PROXY", url),
+        ("npm_config_proxy", url), ("npm_config_https_proxy", url),
+        ("NODE_USE_ENV_PROXY", "1"),  # Node.js 22.21+/24: fetch and https honour HTTP(S)_PROXY
+    ]
+
+
+def parse_proxy_setting(value: str) -> tuple[str, str] | tuple[str, int]:
+    """``KubernetesSandbox.egress_proxy``: ``NAMESPACE/SERVICE`` (the Service's ClusterIP and
+    port are looked up) or ``IPv4:PORT``; ConfigError otherwise."""
+    if "/" in value:
+        ns, _, name = value.partition("/")
+        if re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", ns) and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):
+            return ns, name
+    else:
+        host, _, port = value.rpartition(":")
+        try:
+            ipaddress.IPv4Address(host)
+            if port.isdigit() and 0 < int(port) < 65536:
+                return host, int(port)
+        except ValueError:
+            pass
+    raise ConfigError("KubernetesSandbox.egress_proxy", f"{value!r} is neither NAMESPACE/SERVICE nor IPv4:PORT")
+
+
+class KubernetesEgress:
+    """One kernel's allow list and the credential of its current sandbox namespace."""
+
+    def __init__(self, operator_hosts: tuple[str, ...], widen: bool, proxy_setting: str) -> None:
+        self.running = policy.RunningList.from_operator(operator_hosts, widen)
+        self.proxy_setting = proxy_setting
+        self.token = ""
+        self.namespace = ""
+        self.source = ""
+        self._address = ""
+        self._api: KubernetesApi | None = None
+
+    @classmethod
+    def for_session(cls, limits: Limits, settings: Any) -> KubernetesEgress | None:
+        if not limits.allow_hosts:
+            return None
+        return cls(limits.allow_hosts, widening(settings.config), settings.egress_proxy)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.running.operator)
+
+    # -- one sandbox namespace -------------------------------------------------------------------
+
+    def new_namespace(self) -> manifests.EgressSpec:
+        """A fresh credential for a namespace about to be created; its spec, with the list as it is now."""
+        self.token, self.namespace, self.source = secrets.token_hex(32), "", ""
+        return self.spec()
+
+    def adopt(self, token: str) -> None:
+        """Take over the credential of the sandbox the early start created."""
+        self.token, self.namespace, self.source = token, "", ""
+
+    def spec(self) -> manifests.EgressSpec:
+        r = self.running
+        return manifests.EgressSpec(token_sha256(self.token), _entries(r.operator), _entries(r.allow), _entries(r.deny), r.widening)
+
+    def attach_to(self, api: KubernetesApi, namespace: str, pod_ip: str) -> None:
+        """The pod runs at ``pod_ip``: the proxy takes the credential from that address only (blocking)."""
+        self._api, self.namespace = api, namespace
+        if pod_ip != self.source:
+            api.patch_namespace(namespace, {}, {manifests.ANNOTATION_EGRESS_SOURCE: pod_ip})
+            self.source = pod_ip
+
+    def proxy_address(self, api: KubernetesApi) -> str:
+        """``IP:PORT`` of the proxy: a ClusterIP, not a name, since the sandbox has no DNS (blocking)."""
+        if not self._address:
+            where = parse_proxy_setting(self.proxy_setting)
+            if isinstance(where[1], int):
+                self._address = f"{where[0]}:{where[1]}"
+            else:
+                service = api.read_service(where[0], where[1])
+                spec = (service or {}).get("spec") or {}
+                ip, ports = spec.get("clusterIP", ""), spec.get("ports") or []
+                if not service or not ip or ip == "None" or not ports:
+                    raise SandboxStartError(
+                        f"The egress proxy Service {self.proxy_setting} was not found (or has no ClusterIP): deploy "
+                        "k8s/egress/ (kubectl apply -k k8s/), or set KubernetesSandbox.egress_proxy to the proxy's IP:PORT."
+                    )
+                port = next((p["port"] for p in ports if p.get("name") == "proxy"), ports[0]["port"])
+                self._address = f"{ip}:{port}"
+        return self._address
+
+    def gate_variables(self) -> list[tuple[str, str]]:
+        assert self.token and self._address, "proxy_address() first"
+        return proxy_variables(f"http://sandbox:{self.token}@{self._address}")
+
+    # -- %sandbox allow / deny / network ----------------------------------------------------------
+
+    def allow(self, hosts: list[str]) -> str:
+        lines = [self.running.allow_host(h) for h in hosts]
+        self._publish()
+        return "\n".join(lines)
+
+    def deny(self, hosts: list[str]) -> str:
+        lines = [self.running.deny_host(h) for h in hosts]
+        self._publish()
+        return "\n".join(lines)
+
+    def _publish(self) -> None:
+        if self._api is not None and self.namespace:
+            patch = manifests.egress_list_patch(_entries(self.running.allow), _entries(self.running.deny))
+            self._api.patch_namespace(self.namespace, {}, dict(patch))
+
+    def policy_line(self) -> str:
+        """The line ``%sandbox policy`` adds for a sandbox with egress."""
+        allowed = ", ".join(map(str, self.running.allow)) or "nothing"
+        return (
+            f"egress: only HTTP(S) through the shared egress proxy ({self.proxy_setting}, {self._address or 'not looked up yet'}; "
+            f"NetworkPolicy {manifests.EGRESS_POLICY_NAME} opens its port {manifests.EGRESS_PROXY_PORT} and nothing else) to: "
+            f"{allowed}; IP addresses, private/loopback/link-local/metadata addresses and TLS names other than the CONNECT "
+            "host refused (%sandbox network); environment also HTTP(S)_PROXY (with this sandbox's credential), NO_PROXY, "
+            "PIP_PROXY, npm_config_(https_)proxy, NODE_USE_ENV_PROXY"
+        )
+
+    def report(self) -> str:
+        r = self.running
+        lines = [
+            f"egress: through the shared egress proxy {self.proxy_setting} ({self._address or 'not looked up yet'}), "
+            f"namespace {self.namespace or '(not created yet)'}, pod address {self.source or '(no pod yet)'}",
+            "allowed: " + (", ".join(map(str, r.allow)) or "(nothing)"),
+        ]
+        if r.deny:
+            lines.append("denied: " + ", ".join(map(str, r.deny)))
+        lines.append("operator's list (Sandbox.allow_hosts): " + (", ".join(map(str, r.operator)) or "(empty)")
+                     + ("; widening allowed" if r.widening else "; %sandbox allow can only narrow it"))
+        lines.append("refused requests: in the proxy's log, one JSON line each with this namespace "
+                     f"(kubectl logs -n {manifests.EGRESS_PROXY_NAMESPACE} deploy/sandbox-egress-proxy -c proxy)")
+        return "\n".join(lines)
