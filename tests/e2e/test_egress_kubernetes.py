@@ -1,0 +1,446 @@
+"""Controlled egress on the real test cluster (issue 10, k8s/EGRESS.md): sandboxes with
+``Sandbox.allow_hosts`` reach their allowed hosts through the shared proxy (k8s/egress/), and
+nothing else.
+
+Set-up (module fixtures, as an admin; the kernels run as the least-privilege service account):
+
+- the test hosts: one pod in a namespace of this test's own, serving HTTPS (the test CA of
+  tests/egress_hosts.py, certificate for allowed.test and denied.test) on 443 and HTTP on 80;
+- the proxy, `kubectl apply -k` of an overlay over k8s/egress/ with the JupyterLab image just
+  built, one replica, and the TEST-ONLY sync options: a hosts file naming the test hosts (the
+  cluster's DNS does not know them) and ``--exempt-network`` of exactly the test pod's address
+  (the proxy refuses private addresses, and pods have private addresses). They are on the proxy
+  Deployment's command line, which no sandbox and no kernel identity can change; a test-only
+  NetworkPolicy lets the proxy pods reach the test namespace (their own policy allows public
+  addresses only). Everything is removed afterwards.
+
+No test contacts anything outside the cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from egress_hosts import make_ca
+from fixtures_kubernetes import REPO, K8sKernel, find_kubectl, wait_until
+from sandbox_kernel.kubernetes import manifests
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
+
+PLATFORM = "sandbox-kernel-system"
+LAB_IMAGE = "localhost/sandbox-kernel-lab"
+NP_POLICY = "sandbox-kernel-networkpolicies"
+NS_POLICY = "sandbox-kernel-namespaces"
+
+SERVER = r'''
+import http.server, socketserver, ssl, threading
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("hello from %s (Host: %s)\n" % (self.server.name, self.headers.get("Host"))).encode()
+        if self.path.startswith("/bytes/"):
+            body = b"x" * int(self.path.rsplit("/", 1)[1])
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain("/certs/server.pem", "/certs/server.key")
+for port, tls in ((443, True), (80, False)):
+    s = S(("0.0.0.0", port), H); s.name = "the test host"
+    if tls:
+        s.socket = ctx.wrap_socket(s.socket, server_side=True, do_handshake_on_connect=False)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+threading.Event().wait()
+'''
+
+
+def kubectl(kubeconfig: str, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([find_kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def test_hosts(core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The HTTPS/HTTP test host pod in its own namespace: {'ip', 'ca', 'namespace'}."""
+    ca, cert, key = make_ca(tmp_path_factory.mktemp("egress-ca"))
+    ns = f"egress-targets-{uuid.uuid4().hex[:6]}"
+    core_v1.create_namespace({"metadata": {"name": ns, "labels": {"sandbox-kernel-test": "egress"}}})
+    try:
+        core_v1.create_namespaced_config_map(ns, {"metadata": {"name": "certs"}, "data": {
+            "server.pem": cert.read_text(), "server.key": key.read_text(), "server.py": SERVER}})
+        core_v1.create_namespaced_pod(ns, {"metadata": {"name": "hosts", "labels": {"app": "egress-test-hosts"}}, "spec": {
+            "securityContext": {"runAsUser": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                                "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
+            "containers": [{"name": "hosts", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"], "imagePullPolicy": "IfNotPresent",
+                            "command": ["python3", "/certs/server.py"],
+                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                            "readinessProbe": {"tcpSocket": {"port": 443}, "periodSeconds": 1},
+                            "volumeMounts": [{"name": "certs", "mountPath": "/certs"}]}],
+            "volumes": [{"name": "certs", "configMap": {"name": "certs"}}]}})
+
+        def ready() -> str:
+            pod = core_v1.read_namespaced_pod("hosts", ns)
+            ok = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            return pod.status.pod_ip if ok else ""
+
+        ip = wait_until(ready, 120, what="the egress test hosts pod to be ready")
+        yield {"ip": ip, "ca": ca.read_text(), "namespace": ns}
+    finally:
+        core_v1.delete_namespace(ns)
+
+
+@pytest.fixture(scope="module")
+def lab_image(kubeconfig: str) -> str:
+    """images/jupyterlab/build --import (cached by content): the image the proxy runs."""
+    result = subprocess.run([str(REPO / "images" / "jupyterlab" / "build"), "--import"],
+                            env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig}, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        pytest.fail(f"images/jupyterlab/build failed:\n{result.stderr[-4000:]}", pytrace=False)
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def proxy(kubeconfig: str, core_v1: client.CoreV1Api, rbac_applied: None, lab_image: str, test_hosts: dict[str, Any],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """k8s/egress/ with the test-only options (see the module's docstring); yields the proxy's ClusterIP."""
+    ip = test_hosts["ip"]
+    hosts = f"{ip} allowed.test\n{ip} denied.test\n10.0.0.1 private.test\n169.254.169.254 metadata.test\n"
+    overlay = tmp_path_factory.mktemp("egress-overlay")
+    patch = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sandbox-egress-proxy", "namespace": PLATFORM},
+             "spec": {"replicas": 1, "template": {"spec": {
+                 "containers": [
+                     {"name": "sync", "command": ["/opt/lab/bin/python", "-m", "sandbox_kernel.egress.k8s_sync", "/policies",
+                                                  "--hosts-file", "/test-hosts/hosts", "--exempt-network", f"{ip}/32"]},
+                     {"name": "proxy", "volumeMounts": [{"name": "test-hosts", "mountPath": "/test-hosts", "readOnly": True}]}],
+                 "volumes": [{"name": "test-hosts", "configMap": {"name": "sandbox-egress-test-hosts"}}]}}}}
+    reach = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
+             "spec": {"podSelector": {"matchLabels": manifests.EGRESS_PROXY_LABELS}, "policyTypes": ["Egress"],
+                      "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": test_hosts["namespace"]}}}],
+                                  "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]}]}}
+    hosts_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
+                 "data": {"hosts": hosts}}
+    (overlay / "test-only.yaml").write_text(yaml.safe_dump_all([reach, hosts_map]))
+    (overlay / "patch.yaml").write_text(yaml.safe_dump(patch))
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(REPO / "k8s" / "egress", overlay), "test-only.yaml"],
+        "patches": [{"path": "patch.yaml"}],
+        "images": [{"name": LAB_IMAGE, "newTag": lab_image.split(":", 1)[1]}],
+    }))
+    kubectl(kubeconfig, "apply", "-k", str(overlay))
+    try:
+        kubectl(kubeconfig, "-n", PLATFORM, "rollout", "status", "deploy/sandbox-egress-proxy", "--timeout=300s")
+        yield core_v1.read_namespaced_service("sandbox-egress-proxy", PLATFORM).spec.cluster_ip
+    finally:
+        kubectl(kubeconfig, "delete", "-k", str(overlay), "--ignore-not-found", "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def kernels(kernel_env: dict[str, str], core_v1: client.CoreV1Api, proxy: str) -> Iterator[dict[str, K8sKernel]]:
+    """a: Python, allowed.test and private.test; b: Python, denied.test; bash: Bash, allowed.test."""
+    started: dict[str, K8sKernel] = {}
+    spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
+    try:
+        for key, language, allow in (("a", "python", ["allowed.test", "private.test"]), ("b", "python", ["denied.test"]),
+                                      ("bash", "bash", ["allowed.test"])):
+            kernel_id = str(uuid.uuid4())
+            km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
+            km.shutdown_wait_time = 60.0
+            km.start_kernel(env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id},
+                            extra_arguments=[f"--Sandbox.allow_hosts={a}" for a in allow])
+            kc = km.client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=180)
+            started[key] = K8sKernel(km, kc, kernel_id, core_v1)
+        yield started
+    finally:
+        for kernel in started.values():
+            kernel.kc.stop_channels()
+            kernel.km.shutdown_kernel(now=False)
+
+
+def _ca_cell(ca: str) -> str:
+    return f"open('/tmp/ca.pem', 'w').write({ca!r})\n"
+
+
+def _urlopen(url: str, **kw: Any) -> str:
+    return (
+        "import ssl, urllib.request\n"
+        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem')\n"
+        f"try:\n    print(urllib.request.urlopen({url!r}, context=ctx, timeout=10).read().decode())\n"
+        "except Exception as e:\n    print('FAILED', e)\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def ready(kernels: dict[str, K8sKernel], test_hosts: dict[str, Any]) -> dict[str, K8sKernel]:
+    for key in ("a", "b"):
+        cell = kernels[key].run(_ca_cell(test_hosts["ca"]))
+        assert cell.reply["status"] == "ok", cell.outputs
+    cell = kernels["bash"].run(f"cat > /tmp/ca.pem <<'EOF'\n{test_hosts['ca']}EOF\necho ok")
+    assert "ok" in cell.stdout, cell.outputs
+    return kernels
+
+
+def test_allowed_host_through_the_proxy_from_python_and_from_curl_in_bash(ready: dict[str, K8sKernel]) -> None:
+    assert "hello from the test host (Host: allowed.test)" in ready["a"].run(_urlopen("https://allowed.test/")).stdout
+    assert "hello from the test host (Host: allowed.test)" in ready["a"].run(_urlopen("http://allowed.test/")).stdout
+    cell = ready["bash"].run("curl -sS --cacert /tmp/ca.pem https://allowed.test/; echo \"rc=$?\"")
+    assert "hello from the test host (Host: allowed.test)" in cell.stdout and "rc=0" in cell.stdout, cell.outputs
+
+
+def test_a_refused_host_gets_403_naming_the_host_and_the_setting(ready: dict[str, K8sKernel]) -> None:
+    out = ready["a"].run(_urlopen("https://denied.test/")).stdout
+    assert "FAILED" in out and "403" in out and "denied.test" in out and "%sandbox allow denied.test" in out, out
+    out = ready["a"].run(_urlopen("https://private.test/")).stdout  # allowed by name, private after resolving
+    assert "FAILED" in out and "403" in out and "10.0.0.1" in out, out
+    cell = ready["bash"].run("curl -sS -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem https://denied.test/; echo \" rc=$?\"")
+    assert "403" in cell.stdout + cell.stderr and "rc=0" not in cell.stdout, cell.outputs
+
+
+def test_no_direct_egress_even_with_an_allow_list(ready: dict[str, K8sKernel], test_hosts: dict[str, Any], proxy: str) -> None:
+    """Everything but the proxy's port stays closed: the test host itself, the API server, DNS,
+    the proxy pod on another port; the proxy's ClusterIP:3128 answers."""
+    code = (
+        "import socket\n"
+        "def probe(host, port):\n"
+        "    s = socket.socket(); s.settimeout(2)\n"
+        "    try:\n        s.connect((host, port)); return 'open'\n"
+        "    except OSError as e:\n        return 'closed'\n"
+        "    finally:\n        s.close()\n"
+        f"for h, p in [({test_hosts['ip']!r}, 443), ({test_hosts['ip']!r}, 80), ('10.96.0.1', 443), ('10.96.0.10', 53), "
+        f"({proxy!r}, 3128)]:\n"
+        "    print(h, p, probe(h, p))\n"
+    )
+    out = ready["a"].run(code, timeout=120).stdout
+    assert f"{test_hosts['ip']} 443 closed" in out and f"{test_hosts['ip']} 80 closed" in out, out
+    assert "10.96.0.1 443 closed" in out and "10.96.0.10 53 closed" in out, out
+    assert f"{proxy} 3128 open" in out, out
+
+
+def _connect_code(proxy_url: str, target: str) -> str:
+    """A cell that sends CONNECT through the proxy with the credential of ``proxy_url`` and prints the status."""
+    return (
+        "import base64, socket, urllib.parse\n"
+        f"u = urllib.parse.urlsplit({proxy_url!r})\n"
+        "auth = base64.b64encode(f'{u.username}:{u.password}'.encode()).decode()\n"
+        "s = socket.create_connection((u.hostname, u.port), timeout=10)\n"
+        f"s.sendall(f'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\nProxy-Authorization: Basic {{auth}}\\r\\n\\r\\n'.encode())\n"
+        "print('STATUS', s.recv(4096).split(b' ')[1].decode())\n"
+    )
+
+
+def test_another_sandboxs_credential_is_not_usable(ready: dict[str, K8sKernel], core_v1: client.CoreV1Api) -> None:
+    mine = ready["a"].run("import os; print(os.environ['HTTPS_PROXY'])").stdout.strip()
+    theirs = ready["b"].run("import os; print(os.environ['HTTPS_PROXY'])").stdout.strip()
+    assert mine.startswith("http://sandbox:") and theirs.startswith("http://sandbox:") and mine != theirs
+    assert "STATUS 200" in ready["b"].run(_connect_code(theirs, "denied.test:443")).stdout  # b's own list
+    assert "STATUS 403" in ready["a"].run(_connect_code(mine, "denied.test:443")).stdout  # not on a's list
+    # b's credential, leaked to a's pod: refused as no credential (it is only valid from b's pod).
+    assert "STATUS 407" in ready["a"].run(_connect_code(theirs, "denied.test:443")).stdout
+    # The hash on b's namespace (readable by namespace readers) is not a credential.
+    digest = core_v1.read_namespace(ready["b"].namespace()).metadata.annotations[manifests.ANNOTATION_EGRESS_TOKEN]
+    forged = f"http://sandbox:{digest}@{urlparse_host(theirs)}"
+    assert "STATUS 407" in ready["a"].run(_connect_code(forged, "denied.test:443")).stdout
+
+
+def urlparse_host(url: str) -> str:
+    return url.rsplit("@", 1)[1]
+
+
+def test_the_credential_is_in_no_api_object(ready: dict[str, K8sKernel], core_v1: client.CoreV1Api) -> None:
+    url = ready["a"].run("import os; print(os.environ['HTTPS_PROXY'])").stdout.strip()
+    token = url.split("sandbox:", 1)[1].split("@", 1)[0]
+    ns = ready["a"].namespace()
+    notes = core_v1.read_namespace(ns).metadata.annotations
+    assert notes[manifests.ANNOTATION_EGRESS_TOKEN] == hashlib.sha256(token.encode()).hexdigest()
+    assert notes[manifests.ANNOTATION_EGRESS_ALLOW] == "allowed.test:443,80 private.test:443,80"
+    pods = core_v1.list_namespaced_pod(ns).items
+    assert pods and token not in json.dumps(client.ApiClient().sanitize_for_serialization(pods))
+    assert notes[manifests.ANNOTATION_EGRESS_SOURCE] == pods[0].status.pod_ip
+    assert core_v1.list_namespaced_secret(ns).items == []
+    policy = client.NetworkingV1Api(core_v1.api_client).read_namespaced_network_policy(manifests.EGRESS_POLICY_NAME, ns)
+    assert policy.spec.egress[0].ports[0].port == 3128
+    out = ready["a"].run("%sandbox policy").stdout
+    assert "egress: only HTTP(S) through the shared egress proxy" in out and "name: egress-proxy" in out, out
+
+
+def test_deny_takes_effect_within_seconds_and_allow_only_narrows(ready: dict[str, K8sKernel]) -> None:
+    a = ready["a"]
+    loop = (
+        "import ssl, time, urllib.request\n"
+        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem'); t = time.monotonic()\n"
+        "while time.monotonic() - t < 20:\n"
+        "    try:\n        urllib.request.urlopen('https://allowed.test/', context=ctx, timeout=5).read()\n"
+        "    except Exception as e:\n        print('REFUSED after %.2f s:' % (time.monotonic() - t), e); break\n"
+        "    time.sleep(0.05)\n"
+    )
+    cell = a.run("%sandbox deny allowed.test\n" + loop)
+    assert "allowed.test is denied" in cell.stdout and "REFUSED after" in cell.stdout, cell.outputs
+    seconds = float(cell.stdout.split("REFUSED after ")[1].split(" s")[0])
+    assert seconds < 5, cell.stdout
+    assert "allowed.test is allowed" in a.run("%sandbox allow allowed.test").stdout
+    wait_until(lambda: "hello from" in a.run(_urlopen("https://allowed.test/")).stdout, 10, 0.2, "allowed.test back")
+    cell = a.run("%sandbox allow evil.test")
+    assert cell.reply["status"] == "error" and "can only narrow" in json.dumps(cell.outputs), cell.outputs
+    out = a.run("%sandbox network").stdout
+    assert "allowed: allowed.test, private.test" in out and "can only narrow it" in out, out
+
+
+def test_ipv6_is_still_denied(ready: dict[str, K8sKernel], proxy: str) -> None:
+    code = (
+        "import socket\n"
+        "print('IFACES', sorted({l.split()[-1] for l in open('/proc/net/if_inet6')} - {'lo'}) if __import__('os').path.exists('/proc/net/if_inet6') else [])\n"
+        f"for a in ('::ffff:{proxy}', '64:ff9b::{proxy}', 'fe80::1%eth0', '::1'):\n"
+        "    s = socket.socket(socket.AF_INET6); s.settimeout(2)\n"
+        "    try:\n        s.connect((a, 3128)); print(a, 'open')\n"
+        "    except OSError as e:\n        print(a, 'closed')\n"
+        "    finally:\n        s.close()\n"
+    )
+    out = ready["a"].run(code, timeout=60).stdout
+    assert "IFACES []" in out and " open" not in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels' identity against the admission policy (as the service account, never admin).
+
+
+def _refused(call: Any, policy: str) -> str:
+    with pytest.raises(ApiException) as refused:
+        call()
+    message = str(json.loads(refused.value.body).get("message"))
+    assert refused.value.status == 403 and f"ValidatingAdmissionPolicy '{policy}'" in message, message
+    return message
+
+
+def test_the_kernel_identity_may_only_narrow_its_own_namespaces_lists(ready: dict[str, K8sKernel], sa_api: client.ApiClient,
+                                                                      core_v1: client.CoreV1Api) -> None:
+    sa = client.CoreV1Api(sa_api)
+    ns = ready["a"].namespace()
+
+    def patch(notes: dict[str, Any], labels: dict[str, Any] | None = None, name: str = ns) -> Any:
+        return sa.patch_namespace(name, {"metadata": {"annotations": notes, **({"labels": labels} if labels else {})}})
+
+    patch({manifests.ANNOTATION_EGRESS_DENY: "private.test:443,80"})  # allowed: the kernel's own list
+    assert "within the operator's list" in _refused(lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: "evil.test:443"}), NS_POLICY)
+    assert "within the operator's list" in _refused(
+        lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: "allowed.test:443,80,22"}), NS_POLICY)  # another port
+    _refused(lambda: patch({manifests.ANNOTATION_EGRESS_OPERATOR: "evil.test:443"}), NS_POLICY)
+    _refused(lambda: patch({manifests.ANNOTATION_EGRESS_WIDENING: "true"}), NS_POLICY)
+    _refused(lambda: patch({manifests.ANNOTATION_EGRESS_TOKEN: "0" * 64}), NS_POLICY)
+    _refused(lambda: patch({"example.org/other": "x"}), NS_POLICY)
+    _refused(lambda: patch({}, {"sandbox-kernel/owner": "someone-else"}), NS_POLICY)
+    patch({manifests.ANNOTATION_EGRESS_DENY: ""})
+    # Another identity's sandbox namespace: refused, whatever is patched.
+    other = f"sandbox-{uuid.uuid4().hex[:8]}"
+    core_v1.create_namespace({"metadata": {"name": other, "labels": {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
+                                                                     "pod-security.kubernetes.io/enforce": "restricted",
+                                                                     "pod-security.kubernetes.io/enforce-version": "latest"},
+                                           "annotations": {manifests.ANNOTATION_USER: "system:serviceaccount:x:other"}}})
+    try:
+        assert "sandbox namespaces it created" in _refused(
+            lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: ""}, name=other), NS_POLICY)
+    finally:
+        core_v1.delete_namespace(other)
+
+
+def test_only_the_exact_egress_proxy_policy_is_admitted(ready: dict[str, K8sKernel], sa_api: client.ApiClient) -> None:
+    net = client.NetworkingV1Api(sa_api)
+    ns = ready["a"].namespace()
+    ident = manifests.SandboxIdentity(ns, "k", "python", "o", "u", "t")
+    exact = manifests.egress_network_policy(ident)
+    exact["metadata"]["name"] = "egress-proxy"
+
+    def variant(change: Any) -> dict[str, Any]:
+        body = json.loads(json.dumps(exact))
+        change(body["spec"])
+        return body
+
+    variants = [
+        lambda s: s["egress"][0]["ports"][0].update(port=53),
+        lambda s: s["egress"][0]["to"][0].update(namespaceSelector={}),
+        lambda s: s["egress"][0]["to"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+        lambda s: s["egress"].append({}),
+        lambda s: s.update(policyTypes=["Egress", "Ingress"], ingress=[{}]),
+        lambda s: s["podSelector"].update(matchLabels={}),
+        lambda s: s["egress"][0]["ports"][0].update(endPort=65535),
+    ]
+    for change in variants:
+        body = variant(change)
+        assert "nothing else" in _refused(lambda: net.create_namespaced_network_policy(ns, body), NP_POLICY)
+    other = json.loads(json.dumps(exact))
+    other["metadata"]["name"] = "allow-more"
+    _refused(lambda: net.create_namespaced_network_policy(ns, other), NP_POLICY)
+    # The exact object itself already exists in a's namespace (the kernel made it): a second is a conflict, not a refusal.
+    with pytest.raises(ApiException) as exists:
+        net.create_namespaced_network_policy(ns, exact)
+    assert exists.value.status == 409
+
+
+def test_a_namespace_without_an_egress_credential_gets_no_egress_policy(sa_api: client.ApiClient, kernel_env: dict[str, str]) -> None:
+    """A sandbox without an allow list: its own identity cannot add the egress-proxy policy."""
+    from sandbox_kernel.kubernetes.api import KubernetesApi
+    from sandbox_kernel.kubernetes.provision import create_namespace_objects
+    from sandbox_kernel.kubernetes.settings import KubernetesSandbox
+    from sandbox_kernel.config import Sandbox
+    from sandbox_kernel.languages import LANGUAGES
+
+    settings = KubernetesSandbox(kubeconfig=kernel_env["SANDBOX_KUBECONFIG"])
+    api = KubernetesApi(settings.kubeconfig)
+    ident, _ = create_namespace_objects(api, settings, LANGUAGES["python"], Sandbox().limits(), "egress-none")
+    try:
+        body = manifests.egress_network_policy(ident)
+        assert "egress credential" in _refused(
+            lambda: client.NetworkingV1Api(sa_api).create_namespaced_network_policy(ident.namespace, body), NP_POLICY)
+    finally:
+        api.delete_namespace(ident.namespace)
+
+
+def test_widening_is_admitted_only_when_the_sandbox_was_started_with_it(sa_api: client.ApiClient, kernel_env: dict[str, str]) -> None:
+    from sandbox_kernel.config import Sandbox
+    from sandbox_kernel.kubernetes.api import KubernetesApi
+    from sandbox_kernel.kubernetes.egress import initial_spec
+    from sandbox_kernel.kubernetes.provision import create_namespace_objects
+    from sandbox_kernel.kubernetes.settings import KubernetesSandbox
+    from sandbox_kernel.languages import LANGUAGES
+
+    settings = KubernetesSandbox(kubeconfig=kernel_env["SANDBOX_KUBECONFIG"])
+    api = KubernetesApi(settings.kubeconfig)
+    limits = Sandbox(allow_hosts=["allowed.test"]).limits()
+    spec = initial_spec(("allowed.test",), True, base64.b16encode(os.urandom(32)).decode().lower())
+    ident, _ = create_namespace_objects(api, settings, LANGUAGES["python"], limits, "egress-widening", spec)
+    try:
+        api.patch_namespace(ident.namespace, {}, dict(manifests.egress_list_patch(["evil.test:443"], [])))
+        assert api.read_namespace(ident.namespace)["metadata"]["annotations"][manifests.ANNOTATION_EGRESS_ALLOW] == "evil.test:443"
+    finally:
+        api.delete_namespace(ident.namespace)
+
+
+def test_the_test_only_exemption_is_the_test_hosts_address_on_the_proxys_command_line(
+        proxy: str, kubeconfig: str, test_hosts: dict[str, Any]) -> None:
+    deployment = json.loads(kubectl(kubeconfig, "-n", PLATFORM, "get", "deploy/sandbox-egress-proxy", "-o", "json").stdout)
+    sync = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "sync")
+    assert sync["command"][sync["command"].index("--exempt-network") + 1] == f"{test_hosts['ip']}/32"
+    shipped = yaml.safe_load_all((REPO / "k8s" / "egress" / "proxy.yaml").read_text())
+    commands = [c["command"] for d in shipped if d and d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]]
+    assert commands and not any("--exempt-network" in c or "--hosts-file" in c for c in commands)  # never as shipped
