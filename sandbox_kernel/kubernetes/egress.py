@@ -114,16 +114,19 @@ class KubernetesEgress:
         self.token, self.namespace, self.source = secrets.token_hex(32), "", ""
         return self.spec()
 
-    def adopt(self, token: str) -> None:
-        """Take over the credential of the sandbox the early start created."""
+    def adopt(self, token: str) -> manifests.EgressSpec:
+        """Take over the credential of the sandbox the early start created; its expected spec."""
         self.token, self.namespace, self.source = token, "", ""
+        return self.spec()
 
     def spec(self) -> manifests.EgressSpec:
         r = self.running
         return manifests.EgressSpec(token_sha256(self.token), _entries(r.operator), _entries(r.allow), _entries(r.deny), r.widening)
 
     def attach_to(self, api: KubernetesApi, namespace: str, pod_ip: str) -> None:
-        """The pod runs at ``pod_ip``: the proxy takes the credential from that address only (blocking)."""
+        """The pod runs at ``pod_ip``: the proxy takes the credential from that address only; look up
+        the proxy's address for the gate line (blocking)."""
+        self.proxy_address(api)
         self._api, self.namespace = api, namespace
         if pod_ip != self.source:
             api.patch_namespace(namespace, {}, {manifests.ANNOTATION_EGRESS_SOURCE: pod_ip})

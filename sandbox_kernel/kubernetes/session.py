@@ -38,8 +38,7 @@ from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost,
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
-from . import claiming, early, manifests, pod_command, reports
-from .egress import KubernetesEgress
+from . import claiming, early, egress, manifests, pod_command, reports
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
 from .pod_status import container_running, end_reason, eviction_event, start_problem
@@ -94,8 +93,7 @@ class KubernetesSandboxSession(AgentSession):
         self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
         self._events: list[tuple[float, str]] = []
         self._claim: claiming.Claimed | None = None  # claims mode: the claim the sandbox came with
-        # Egress hook (k8s/EGRESS.md): None unless Sandbox.allow_hosts is set; %sandbox allow/deny/network use it.
-        self.egress = KubernetesEgress.for_session(limits, self.settings)
+        self.egress = egress.KubernetesEgress.for_session(limits, self.settings)  # egress hook (k8s/EGRESS.md): None without a list
 
     @property
     def namespace(self) -> str | None:
@@ -152,11 +150,8 @@ class KubernetesSandboxSession(AgentSession):
             await self._run(prepared.discard)
             return None
         settings = self.settings
-        if self.egress is not None:
-            self.egress.adopt(prepared.egress_token)
-        spec = self.egress.spec() if self.egress is not None else None  # no token on a prepared one: no match
-        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time,
-                                    prepared.pod_name, spec)
+        spec = self.egress.adopt(prepared.egress_token) if self.egress is not None else None  # no token: no match
+        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name, spec)
         if (prepared.kubeconfig, prepared.context) == (settings.kubeconfig, settings.context) and (
             prepared.ident.kernel_id == self.kernel_id and expected.in_order() == prepared.applied
         ):
@@ -226,7 +221,6 @@ class KubernetesSandboxSession(AgentSession):
         try:
             pod_ip = await self._wait_running(api, ident.namespace, name, spec.image)
             if self.egress is not None:  # egress hook: the proxy's address, and the pod's, before the gate
-                await self._run(self.egress.proxy_address, api)
                 await self._run(self.egress.attach_to, api, ident.namespace, pod_ip)
             stream = await self._run(api.attach, ident.namespace, name, manifests.CONTAINER_NAME)
         except BaseException:
@@ -247,7 +241,6 @@ class KubernetesSandboxSession(AgentSession):
         channel = AttachChannel(loop, stream, functools.partial(self._reattach, ident.namespace, name))
         self._attach = channel
         if gate:
-            # With egress, the gate line also carries the proxy variables and credential (pod_command.gate_line).
             channel.open_gate(pod_command.gate_line(self.egress.gate_variables() if self.egress is not None else ()))
         self._event(f"attached to pod {name}; agent starting" if gate else f"took over the early attach to pod {name}")
         return channel
@@ -308,8 +301,7 @@ class KubernetesSandboxSession(AgentSession):
             raise
         return self._open(self._ident, status.pod, stream)
 
-    async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> str:
-        """Wait until the pod's container runs; return the pod's IP address."""
+    async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> str:  # the pod's IP
         deadline = time.monotonic() + self.settings.start_timeout
         unschedulable_since: float | None = None
         last: dict[str, Any] | None = None
