@@ -2,17 +2,14 @@
 ``Sandbox.allow_hosts`` reach their allowed hosts through the shared proxy (k8s/egress/), and
 nothing else.
 
-Set-up (module fixtures, as an admin; the kernels run as the least-privilege service account):
-
-- the test hosts: one pod in a namespace of this test's own, serving HTTPS (the test CA of
-  tests/egress_hosts.py, certificate for allowed.test and denied.test) on 443 and HTTP on 80;
-- the proxy, `kubectl apply -k` of an overlay over k8s/egress/ with the JupyterLab image just
-  built, one replica, and the TEST-ONLY sync options: a hosts file naming the test hosts (the
-  cluster's DNS does not know them) and ``--exempt-network`` of exactly the test pod's address
-  (the proxy refuses private addresses, and pods have private addresses). They are on the proxy
-  Deployment's command line, which no sandbox and no kernel identity can change; a test-only
-  NetworkPolicy lets the proxy pods reach the test namespace (their own policy allows public
-  addresses only). Everything is removed afterwards.
+Set-up (module fixtures, tests/egress_cluster.py, as an admin; the kernels run as the
+least-privilege service account): the test host pod (HTTPS with the test CA of
+tests/egress_hosts.py on 443, HTTP on 80) in a namespace of its own, and the proxy of
+k8s/egress/ with the JupyterLab image built from this tree and the TEST-ONLY sync options (a
+hosts file naming the test hosts, ``--exempt-network`` of exactly the test pod's address: the
+proxy refuses private addresses, and pods have private addresses). Those options are on the
+proxy Deployment's command line, which no sandbox and no kernel identity can change. Everything
+is removed afterwards.
 
 No test contacts anything outside the cluster.
 """
@@ -23,7 +20,6 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,123 +32,40 @@ from jupyter_client.manager import KernelManager
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from egress_hosts import make_ca
-from fixtures_kubernetes import REPO, K8sKernel, find_kubectl, wait_until
+from egress_cluster import REPO, apply_test_proxy, build_lab_image, kubectl, remove_test_proxy, start_test_hosts
+from fixtures_kubernetes import K8sKernel, wait_until
 from sandbox_kernel.kubernetes import manifests
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 PLATFORM = "sandbox-kernel-system"
-LAB_IMAGE = "localhost/sandbox-kernel-lab"
 NP_POLICY = "sandbox-kernel-networkpolicies"
 NS_POLICY = "sandbox-kernel-namespaces"
-
-SERVER = r'''
-import http.server, socketserver, ssl, threading
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("hello from %s (Host: %s)\n" % (self.server.name, self.headers.get("Host"))).encode()
-        if self.path.startswith("/bytes/"):
-            body = b"x" * int(self.path.rsplit("/", 1)[1])
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-ctx.load_cert_chain("/certs/server.pem", "/certs/server.key")
-for port, tls in ((443, True), (80, False)):
-    s = S(("0.0.0.0", port), H); s.name = "the test host"
-    if tls:
-        s.socket = ctx.wrap_socket(s.socket, server_side=True, do_handshake_on_connect=False)
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-threading.Event().wait()
-'''
-
-
-def kubectl(kubeconfig: str, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([find_kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
 def test_hosts(core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The HTTPS/HTTP test host pod in its own namespace: {'ip', 'ca', 'namespace'}."""
-    ca, cert, key = make_ca(tmp_path_factory.mktemp("egress-ca"))
-    ns = f"egress-targets-{uuid.uuid4().hex[:6]}"
-    core_v1.create_namespace({"metadata": {"name": ns, "labels": {"sandbox-kernel-test": "egress"}}})
+    hosts = start_test_hosts(core_v1, sandbox_images["SANDBOX_IMAGE_PYTHON"], tmp_path_factory.mktemp("egress-ca"))
     try:
-        core_v1.create_namespaced_config_map(ns, {"metadata": {"name": "certs"}, "data": {
-            "server.pem": cert.read_text(), "server.key": key.read_text(), "server.py": SERVER}})
-        core_v1.create_namespaced_pod(ns, {"metadata": {"name": "hosts", "labels": {"app": "egress-test-hosts"}}, "spec": {
-            "securityContext": {"runAsUser": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
-                                "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
-            "containers": [{"name": "hosts", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"], "imagePullPolicy": "IfNotPresent",
-                            "command": ["python3", "/certs/server.py"],
-                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                            "readinessProbe": {"tcpSocket": {"port": 443}, "periodSeconds": 1},
-                            "volumeMounts": [{"name": "certs", "mountPath": "/certs"}]}],
-            "volumes": [{"name": "certs", "configMap": {"name": "certs"}}]}})
-
-        def ready() -> str:
-            pod = core_v1.read_namespaced_pod("hosts", ns)
-            ok = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-            return pod.status.pod_ip if ok else ""
-
-        ip = wait_until(ready, 120, what="the egress test hosts pod to be ready")
-        yield {"ip": ip, "ca": ca.read_text(), "namespace": ns}
+        yield hosts
     finally:
-        core_v1.delete_namespace(ns)
+        core_v1.delete_namespace(hosts["namespace"])
 
 
 @pytest.fixture(scope="module")
-def lab_image(kubeconfig: str) -> str:
-    """images/jupyterlab/build --import (cached by content): the image the proxy runs."""
-    result = subprocess.run([str(REPO / "images" / "jupyterlab" / "build"), "--import"],
-                            env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig}, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        pytest.fail(f"images/jupyterlab/build failed:\n{result.stderr[-4000:]}", pytrace=False)
-    return result.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def proxy(kubeconfig: str, core_v1: client.CoreV1Api, rbac_applied: None, lab_image: str, test_hosts: dict[str, Any],
+def proxy(kubeconfig: str, core_v1: client.CoreV1Api, rbac_applied: None, test_hosts: dict[str, Any],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """k8s/egress/ with the test-only options (see the module's docstring); yields the proxy's ClusterIP."""
-    ip = test_hosts["ip"]
-    hosts = f"{ip} allowed.test\n{ip} denied.test\n10.0.0.1 private.test\n169.254.169.254 metadata.test\n"
-    overlay = tmp_path_factory.mktemp("egress-overlay")
-    patch = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sandbox-egress-proxy", "namespace": PLATFORM},
-             "spec": {"replicas": 1, "template": {"spec": {
-                 "containers": [
-                     {"name": "sync", "command": ["/opt/lab/bin/python", "-m", "sandbox_kernel.egress.k8s_sync", "/policies",
-                                                  "--hosts-file", "/test-hosts/hosts", "--exempt-network", f"{ip}/32"]},
-                     {"name": "proxy", "volumeMounts": [{"name": "test-hosts", "mountPath": "/test-hosts", "readOnly": True}]}],
-                 "volumes": [{"name": "test-hosts", "configMap": {"name": "sandbox-egress-test-hosts"}}]}}}}
-    reach = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-             "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
-             "spec": {"podSelector": {"matchLabels": manifests.EGRESS_PROXY_LABELS}, "policyTypes": ["Egress"],
-                      "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": test_hosts["namespace"]}}}],
-                                  "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]}]}}
-    hosts_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
-                 "data": {"hosts": hosts}}
-    (overlay / "test-only.yaml").write_text(yaml.safe_dump_all([reach, hosts_map]))
-    (overlay / "patch.yaml").write_text(yaml.safe_dump(patch))
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO / "k8s" / "egress", overlay), "test-only.yaml"],
-        "patches": [{"path": "patch.yaml"}],
-        "images": [{"name": LAB_IMAGE, "newTag": lab_image.split(":", 1)[1]}],
-    }))
-    kubectl(kubeconfig, "apply", "-k", str(overlay))
+    """k8s/egress/ with the test-only options; yields the proxy Service's ClusterIP."""
     try:
-        kubectl(kubeconfig, "-n", PLATFORM, "rollout", "status", "deploy/sandbox-egress-proxy", "--timeout=300s")
+        image = build_lab_image(kubeconfig)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    overlay = apply_test_proxy(kubeconfig, image, test_hosts, tmp_path_factory.mktemp("egress-proxy"))
+    try:
         yield core_v1.read_namespaced_service("sandbox-egress-proxy", PLATFORM).spec.cluster_ip
     finally:
-        kubectl(kubeconfig, "delete", "-k", str(overlay), "--ignore-not-found", "--wait=false", check=False)
+        remove_test_proxy(kubeconfig, overlay)
 
 
 @pytest.fixture(scope="module")

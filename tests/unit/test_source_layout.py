@@ -58,3 +58,13 @@ def test_the_checks_find_what_they_look_for() -> None:
     banner = "# " + "-" * 30
     assert empty_sections(f"{banner}\n# One.\n\n\n{banner}\n# Two.\nx = 1\n") == [1]
     assert empty_sections(f"{banner}\n# Boxed.\n{banner}\nx = 1\n") == []
+
+
+def test_every_subpackage_is_in_the_wheel() -> None:
+    """pyproject.toml lists its packages one by one: a new one missing there is missing from the
+    installed package (the JupyterLab image's `sandbox-kernel` then fails to import)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), "add them to [tool.setuptools] packages in pyproject.toml"
