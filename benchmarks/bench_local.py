@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import json
 import math
 import os
@@ -554,6 +555,10 @@ def main() -> int:
         if n not in KERNELS:
             parser.error(f"unknown kernel {n!r}")
 
+    # An installed package has its bytecode (pip compiles it at install, as it did ipykernel's and
+    # IPython's); without it every kernel start would compile the package's ~40 modules, and
+    # this machine's environment sets PYTHONDONTWRITEBYTECODE, so nothing would write it.
+    compileall.compile_dir(str(REPO / "sandbox_kernel"), quiet=1)
     global KERNEL_LOG
     if args.kernel_log:
         KERNEL_LOG = open(args.kernel_log, "ab")  # noqa: SIM115 - open for the whole run

@@ -36,6 +36,9 @@ from .wire import PROTOCOL_VERSION, Session
 
 log = logging.getLogger("sandbox_kernel")
 
+SHUTDOWN_GRACE = 5.0
+"""Seconds the shell's request gets to end after a shutdown was answered (its sandbox is closed by then)."""
+
 
 class KernelBase(Configurable):
     """A Jupyter kernel's protocol handling; subclasses implement the ``do_*`` methods."""
@@ -65,6 +68,7 @@ class KernelBase(Configurable):
         self._parents: dict[str, tuple[list[bytes], dict[str, Any]]] = {"shell": ([], {}), "control": ([], {})}
         self._channel: contextvars.ContextVar[str] = contextvars.ContextVar("channel", default="shell")
         self._aborting = False
+        self._shell_busy = False
         self._queued_behind_error: list[Any] | None = None
         self._stopping: asyncio.Event | None = None
         self._ports: dict[str, int] = {}
@@ -87,27 +91,38 @@ class KernelBase(Configurable):
         """Answer requests until a ``shutdown_request`` has been answered."""
         self._stopping = asyncio.Event()
         self.start()
-        tasks = [asyncio.ensure_future(c) for c in (self._shell_loop(), self._control_loop(), self._iopub_loop())]
+        shell, *others = tasks = [asyncio.ensure_future(c) for c in (self._shell_loop(), self._control_loop(), self._iopub_loop())]
         stopped = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in [stopped, *tasks]:
+        for task in [stopped, *others]:
             task.cancel()
+        if self._shell_busy:
+            # The request being handled ends by itself (a cell ends once its sandbox is closed);
+            # cancelled in the middle, its clean-up would run half-way.
+            await asyncio.wait([shell], timeout=SHUTDOWN_GRACE)
+        shell.cancel()
+        await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("a channel of the kernel failed", exc_info=task.exception())
 
     async def _shell_loop(self) -> None:
-        while True:
+        assert self._stopping is not None
+        while not self._stopping.is_set():
             frames = await self.shell_socket.recv_multipart()
-            await self._dispatch("shell", frames)
-            queued, self._queued_behind_error = self._queued_behind_error, None
-            if queued is not None:
-                self._aborting = True  # its cells are aborted, anything else is answered
-                try:
-                    for frames in queued:
-                        await self._dispatch("shell", frames)
-                finally:
-                    self._aborting = False
+            self._shell_busy = True
+            try:
+                await self._dispatch("shell", frames)
+                queued, self._queued_behind_error = self._queued_behind_error, None
+                if queued is not None:
+                    self._aborting = True  # its cells are aborted, anything else is answered
+                    try:
+                        for frames in queued:
+                            await self._dispatch("shell", frames)
+                    finally:
+                        self._aborting = False
+            finally:
+                self._shell_busy = False
 
     async def _take_queued(self) -> list[Any]:
         """The shell requests already waiting, taken without waiting (the futures of a

@@ -22,7 +22,19 @@ import signal
 import sys
 from typing import Any
 
-if __name__ == "__main__":
+
+
+def _may_be_kubernetes(argv: list[str]) -> bool:
+    """Whether the backend could be Kubernetes, from what is known before any configuration is
+    read (the environment wins, then the command line; otherwise a config file decides)."""
+    import os
+
+    given = [a.partition("=")[2] for a in argv if a.startswith("--SandboxKernel.backend=")]
+    chosen = os.environ.get("SANDBOX_KERNEL_BACKEND") or (given[-1] if given else "")  # as config.chosen_backend
+    return chosen in ("", "kubernetes")
+
+
+if __name__ == "__main__" and _may_be_kubernetes(sys.argv[1:]):
     # Before anything else: a Kubernetes sandbox is created meanwhile (its pod takes a second
     # or more to run). See kubernetes/early.py.
     from sandbox_kernel.kubernetes import early

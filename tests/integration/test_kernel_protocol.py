@@ -120,3 +120,24 @@ def test_shutdown_replies_on_control_and_iopub_and_the_process_exits_by_itself()
     finally:
         kc.stop_channels()
         km.cleanup_resources()
+
+
+def test_a_shutdown_while_a_cell_runs_ends_the_cell_and_the_process_cleanly(tmp_path: Any) -> None:
+    km = KernelManager(kernel_name="sandbox-python")
+    with open(tmp_path / "stderr", "wb") as stderr:
+        km.start_kernel(stderr=stderr)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        kc.execute("import time\nwhile True: time.sleep(0.1)")
+        time.sleep(1.0)
+        kc.shutdown()
+        reply = kc.control_channel.get_msg(timeout=30)
+        assert reply["msg_type"] == "shutdown_reply" and reply["content"]["status"] == "ok"
+        assert km.provisioner.process.wait(timeout=15) == 0  # type: ignore[union-attr]
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+    printed = (tmp_path / "stderr").read_text(errors="replace")
+    assert "Traceback" not in printed and "Task was destroyed" not in printed, printed

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_kernel.kernelapp import SandboxKernelApp
+from sandbox_kernel.kernelapp import SandboxKernelApp, _may_be_kubernetes
 from sandbox_kernel.sessions import BACKEND_ENV, DEFAULT_BACKEND, chosen_backend, sandbox_settings
 
 
@@ -63,3 +63,18 @@ def test_the_backend_comes_from_the_environment_then_the_command_line_then_the_c
     # An installed kernelspec always names its backend on the command line: the environment wins.
     monkeypatch.setenv(BACKEND_ENV, "kubernetes")
     assert chosen_backend(on_command_line) == "kubernetes"
+
+
+def test_the_kubernetes_head_start_is_skipped_only_when_the_backend_is_known_to_be_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kernelapp.py begins kubernetes/early.py unless the environment or the command line (which
+    win over config files) already name another backend."""
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    assert _may_be_kubernetes([])  # a config file may say kubernetes
+    assert not _may_be_kubernetes(["-f", "c.json", "--SandboxKernel.backend=local"])
+    assert _may_be_kubernetes(["--SandboxKernel.backend=kubernetes"])
+    monkeypatch.setenv(BACKEND_ENV, "kubernetes")
+    assert _may_be_kubernetes(["--SandboxKernel.backend=local"])
+    monkeypatch.setenv(BACKEND_ENV, "local")
+    assert not _may_be_kubernetes(["--SandboxKernel.backend=kubernetes"])
