@@ -163,7 +163,7 @@ def settings_reference() -> str:
                 defaults["identity"] = "host name, pid, random suffix"  # differs per process
         for name, trait in traits:
             if cls is SandboxKernel and name not in ("backend", "language_name"):
-                continue  # ipykernel's own settings are documented by ipykernel
+                continue  # the rest are not settings a user makes (the session, its early start)
             default = defaults.get(name) or trait.default_value_repr()
             help_text = " ".join(trait.help.split()).replace("|", "\\|")
             lines.append(f"| `{cls.__name__}.{name}` | `{default}` | {help_text} |")
