@@ -36,7 +36,7 @@ from kubernetes.client.rest import ApiException
 
 from kernels import run_cell, write_kernelspecs
 
-__all__ = ["rbac_applied", "sa_kubeconfig", "sa_api", "kernel_env", "k8s_kernel"]  # what conftest imports
+__all__ = ["rbac_applied", "sa_kubeconfig", "sa_api", "kernel_env", "k8s_kernel"]  # what conftest imports (start_kernel, stop_kernel: by name)
 
 REPO = Path(__file__).resolve().parents[2]
 SA_NAMESPACE = "sandbox-kernel-system"
@@ -239,6 +239,45 @@ def kernel_env(kubeconfig: str, sandbox_images: dict[str, str], tmp_path_factory
     return kernel_environment(kubeconfig, sandbox_images, tmp_path_factory.mktemp("k8s-kernels"))
 
 
+def start_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api, language: str = "python", *argv: str,
+                 env: dict[str, str] | None = None, ready_timeout: float = 120, cwd: Path | None = None) -> K8sKernel:
+    """Start a Sandbox kernel on the cluster through jupyter_client.KernelManager; wait until it is ready.
+    ``cwd``: the notebook's directory (default: a new empty one, so nothing is copied in)."""
+    kernel_id = str(uuid.uuid4())
+    spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
+    km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
+    km.shutdown_wait_time = 60.0  # shutdown deletes a namespace and waits for it
+    km.start_kernel(
+        env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id, **(env or {})},
+        extra_arguments=list(argv),
+        cwd=str(cwd or tempfile.mkdtemp(prefix="notebook-")),
+    )
+    kc = km.client()
+    kc.start_channels()
+    kernel = K8sKernel(km, kc, kernel_id, core_v1)
+    try:
+        kc.wait_for_ready(timeout=ready_timeout)
+    except BaseException:
+        stop_kernel(kernel)
+        raise
+    return kernel
+
+
+def stop_kernel(kernel: K8sKernel) -> None:
+    """Shut the kernel down; delete whatever namespace of it is left (best effort)."""
+    try:
+        kernel.kc.stop_channels()
+        if kernel.km.is_alive():
+            kernel.km.shutdown_kernel(now=False)
+    except Exception:  # noqa: BLE001 - best effort; gc and namespace cleanup below
+        pass
+    for ns in kernel.core.list_namespace(label_selector=f"{KERNEL_ID_LABEL}={kernel.kernel_id}").items:
+        try:
+            kernel.core.delete_namespace(ns.metadata.name)
+        except ApiException:
+            pass
+
+
 @pytest.fixture
 def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., K8sKernel]]:
     """Start kernels: ``k8s_kernel("python", "--KubernetesSandbox.heartbeat_ttl=5", env={...})``;
@@ -247,35 +286,14 @@ def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path_f
 
     def start(language: str = "python", *argv: str, env: dict[str, str] | None = None, ready_timeout: float = 120,
               cwd: Path | None = None) -> K8sKernel:
-        kernel_id = str(uuid.uuid4())
-        spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
-        km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
-        km.shutdown_wait_time = 60.0  # shutdown deletes a namespace and waits for it
-        km.start_kernel(
-            env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id, **(env or {})},
-            extra_arguments=list(argv),
-            cwd=str(cwd or tmp_path_factory.mktemp("notebook")),
-        )
-        kc = km.client()
-        kc.start_channels()
-        kernel = K8sKernel(km, kc, kernel_id, core_v1)
+        kernel = start_kernel(kernel_env, core_v1, language, *argv, env=env, ready_timeout=ready_timeout,
+                              cwd=cwd or tmp_path_factory.mktemp("notebook"))
         started.append(kernel)
-        kc.wait_for_ready(timeout=ready_timeout)
         return kernel
 
     yield start
     for kernel in started:
-        try:
-            kernel.kc.stop_channels()
-            if kernel.km.is_alive():
-                kernel.km.shutdown_kernel(now=False)
-        except Exception:  # noqa: BLE001 - best effort; gc and namespace cleanup below
-            pass
-        for ns in core_v1.list_namespace(label_selector=f"{KERNEL_ID_LABEL}={kernel.kernel_id}").items:
-            try:
-                core_v1.delete_namespace(ns.metadata.name)
-            except ApiException:
-                pass
+        stop_kernel(kernel)
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -1,22 +1,46 @@
-"""Issue 11's agent defects, seen as a user sees them: real local kernels through jupyter_client."""
+"""Issue 11's agent defects (item 7, "smaller"), seen as a user sees them: real local kernels
+through jupyter_client, under both local runtimes (bubblewrap, and gVisor: runsc is installed
+in CI by scripts/install-deps.sh). The checks are tests/agent_defects.py's, which the
+Kubernetes attack suite runs under runc and gVisor too (tests/security/test_kubernetes_runtimes.py).
+
+/proc, ``id`` and the read-only ``/`` are checked for both runtimes by
+tests/security/test_local_seccomp.py (test_no_host_path_pid_or_cgroup_in_proc,
+test_id_names_the_sandbox_user_whose_home_is_the_scratch_dir, test_root_file_system_is_read_only).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from kernels import errors, run_cell, running_kernel, text
+import agent_defects
+from kernels import run_cell, running_kernel
 from processes import sandbox_groups
+from sandbox_kernel.local import gvisor
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
+RUNTIMES = ["bubblewrap"] + (["gvisor"] if gvisor.unavailable_reason("runsc") is None or os.environ.get("CI") else [])
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
 
 @pytest.fixture(scope="module")
-def bash(local_kernelspecs: Path) -> Iterator[tuple[Any, Any]]:
-    with running_kernel("sandbox-bash") as (km, kc):
+def bash(local_kernelspecs: Path, runtime: str) -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-bash", argv=[f"--LocalSandbox.runtime={runtime}"]) as (km, kc):
+        yield km, kc
+
+
+@pytest.fixture(scope="module")
+def node(local_kernelspecs: Path, runtime: str) -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-node", argv=[f"--LocalSandbox.runtime={runtime}"]) as (km, kc):
         yield km, kc
 
 
@@ -24,36 +48,35 @@ def _sandbox_pids(kernel_pid: int) -> int:
     return sum(int((g / "pids.current").read_text()) for g in sandbox_groups(kernel_pid))
 
 
-def test_bash_out_of_memory_is_reported_as_such(bash: tuple[Any, Any]) -> None:
-    """It was reported as "the shell exited": the agent replaced the OOM-killed shell itself."""
-    _km, kc = bash
-    reply, out = run_cell(kc, "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived", timeout=120)
-    assert reply["status"] == "error"
-    assert [e["ename"] for e in errors(out)] == ["OutOfMemory"], errors(out)
-    reply, out = run_cell(kc, "echo alive", timeout=60)
-    assert reply["status"] == "ok" and "alive" in text(out)
+def test_bash_out_of_memory_is_reported_as_such(bash: tuple[Any, Any], runtime: str, request: pytest.FixtureRequest) -> None:
+    if runtime == "gvisor":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "known defect: inside gVisor (which applies the memory limit itself) a shell past the limit exits with "
+            "status 1, not SIGKILL, so the agent replaces it and the cell says 'the shell exited; state was reset'")))
+    agent_defects.check_bash_out_of_memory_is_reported_as_such(bash[1])
 
 
-def test_bash_fork_bomb_ends_with_its_cell(bash: tuple[Any, Any]) -> None:
-    """A fork bomb kept running (at the pids limit) after its cell returned ok."""
+def test_bash_fork_bomb_ends_with_its_cell(bash: tuple[Any, Any], runtime: str) -> None:
     km, kc = bash
-    run_cell(kc, "%timeout 20")
-    reply, out = run_cell(kc, "bomb() { bomb | bomb & }; bomb; sleep 2; echo returned", timeout=90)
-    deadline = time.monotonic() + 10
-    while _sandbox_pids(km.provisioner.process.pid) > 12 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _sandbox_pids(km.provisioner.process.pid) <= 12, "the bomb outlived its cell"
-    reply, out = run_cell(kc, "echo alive", timeout=60)
-    assert reply["status"] == "ok" and "alive" in text(out)
+    agent_defects.check_bash_fork_bomb_ends_with_its_cell(kc)
+    if runtime == "bubblewrap":
+        # Seen from the host too (under gVisor the cgroup holds gVisor's own threads instead).
+        deadline = time.monotonic() + 10
+        while _sandbox_pids(km.provisioner.process.pid) > 12 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _sandbox_pids(km.provisioner.process.pid) <= 12, "the bomb outlived its cell"
 
 
 def test_an_interrupted_bash_cell_leaves_the_next_cells_alone(bash: tuple[Any, Any]) -> None:
+    agent_defects.check_an_interrupted_bash_cell_leaves_the_next_cells_alone(*bash)
+
+
+def test_node_closing_stdout_loses_it_for_that_cell_only(node: tuple[Any, Any]) -> None:
+    agent_defects.check_node_closing_stdout_loses_it_for_that_cell_only(node[1])
+
+
+def test_the_kernel_s_host_details_are_not_in_proc(bash: tuple[Any, Any]) -> None:
+    """From a Bash sandbox (test_local_seccomp.py does it from Python): no host pid, path or cgroup."""
     km, kc = bash
-    kc.execute("sleep 100")
-    time.sleep(1.0)
-    km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=30)
-    assert reply["content"]["status"] == "error"
-    for i in range(3):
-        reply, out = run_cell(kc, f"sleep 0.8; echo next{i}", timeout=30)
-        assert reply["status"] == "ok" and f"next{i}" in text(out), (i, errors(out))
+    run_cell(kc, "true")
+    agent_defects.check_no_kernel_host_details_in_proc(kc, km.provisioner.process.pid, "bash")

@@ -102,3 +102,18 @@ def test_root_may_hold_only_the_way_to_an_environment_shown_on_purpose() -> None
         assert {r.check: r.verdict for r in rows}["no host home"] == "FAIL", seen
     rows = selftest.evaluate({**SAFE, "host_home": ".pyenv "}, 256 * 2**20, "local", "python", ())
     assert {r.check: r.verdict for r in rows}["no host home"] == "FAIL"
+
+
+def test_under_gvisor_its_own_kernel_s_namespaces_keyrings_and_unfiltered_calls_are_not_failures() -> None:
+    """What a gVisor pod on Kubernetes shows (runsc without --oci-seccomp): calls served by gVisor's
+    own kernel. The same observations from the host's kernel are failures (test above)."""
+    gvisor = {**SAFE, "version": "Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016", "seccomp": "0",
+              "unshare_userns": "ok", "keyctl": "ok", "io_uring_setup": "ENOSYS", "userfaultfd": "ENOSYS",
+              "memory_max": "9223372036854775807", "pids_max": "max"}
+    result = verdicts(gvisor, "kubernetes")
+    assert {c: v for c, v in result.items() if v != "pass"} == {
+        "seccomp filter": "n/a", "no user namespaces": "n/a", "no keyring": "n/a", "memory limit": "n/a", "process limit": "n/a"}
+    assert verdicts(gvisor, "local")["memory limit"] == "FAIL"  # the local runtime shows its limit inside gVisor
+    for key in ("io_uring_setup", "userfaultfd", "bpf"):  # gVisor's kernel has no excuse for these
+        assert verdicts({**gvisor, key: "EFAULT"}, "kubernetes")[{"io_uring_setup": "no io_uring", "userfaultfd": "no userfaultfd", "bpf": "no bpf"}[key]] == "FAIL"
+    assert verdicts({**gvisor, "seccomp": "2", "unshare_userns": "EPERM", "keyctl": "EPERM"}, "kubernetes")["seccomp filter"] == "pass"
