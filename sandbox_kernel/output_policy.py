@@ -78,6 +78,8 @@ WIDGET_MODULES = ("@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyte
 HTML_TAGS = frozenset(nh3.ALLOWED_TAGS) - {"area", "map"}
 """ammonia's default tag set (text, lists, tables, images, details…), without image maps."""
 
+# The allow-list tables stay compact: one glance shows what passes.
+# fmt: off
 HTML_ATTRIBUTES: dict[str, set[str]] = {
     "*": {"class", "style", "title", "align", "valign", "lang", "dir", "colspan", "rowspan", "width", "height"},
     "a": {"href"},
@@ -130,6 +132,7 @@ SVG_ATTRIBUTES = frozenset({
 })
 """SVG attributes kept (``href`` only as a same-document ``#ref`` or a data: image)."""
 
+# fmt: on
 SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 
