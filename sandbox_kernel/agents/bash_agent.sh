@@ -26,9 +26,12 @@
 #   two pumps   one per stream. The cell's fd 1 and fd 2 are FIFOs; a pump waits for a byte
 #               with bash's `read`, takes whatever else is there with `dd bs=1M count=1` (one
 #               read(): it returns as soon as bytes are available, which gives live
-#               streaming) and wraps the bytes into `out` / `err` frames. Cell output only ever
-#               goes through a file and head/tail, never through shell variables, so NUL bytes
-#               and invalid UTF-8 pass through untouched.
+#               streaming) and wraps the bytes into `out` / `err` frames. Bulk output switches
+#               a pump to batches: one background dd makes many reads, so that the processes a
+#               frame costs carry a megabyte instead of one pipeful (see __sk_pump). Cell output
+#               only ever goes through files and dd/head/tail/tee, never through shell variables
+#               (but for small chunks without NUL), so NUL bytes and invalid UTF-8 pass through
+#               untouched.
 #
 #   message pump (__sk_msgpump) writes the worker's messages (error, done, replies), which
 #               reach it as lines on a FIFO, after checking each one's request key, type and id.
@@ -438,15 +441,16 @@ __sk_key() {
 # ------------------------------------------------------------------------------------------
 
 # __sk_emit KIND FILE START LEN: forward LEN bytes of FILE (the first __SK_N bytes are the
-# chunk; the file is __SK_CS bytes long) from offset START as one KIND frame, honouring the
-# cell's output limit. Called with the lock held; updates __SK_USED. The frame goes to the
+# chunk; the file is __SK_CS bytes long) from offset START as KIND frames, honouring the
+# cell's output limit. Called with the lock held; updates __SK_USED. Each frame goes to the
 # protocol fd and to the spool. A small chunk without NUL bytes is also in __SK_V (then
 # __SK_VN is __SK_N): the frame is built with printf -v and written twice, no process at all.
 # Otherwise the header is written with printf and the bytes with tee, which reads the chunk
 # file itself when the frame is all of it (one process, as many as a plain copy) and the
-# output of head/tail else.
+# output of head/tail else. More than 1 MiB (the protocol's largest frame; a batch or a pipe
+# that user code enlarged) goes out as several frames.
 __sk_emit() {
-    local kind=$1 file=$2 start=$3 len=$4 allow h spool="$__SK_D/spool.$__SK_CUR"
+    local kind=$1 file=$2 start=$3 len=$4 allow h piece spool
     ((len > 0)) || return 0
     [[ $__SK_USED =~ ^[0-9]+$ ]] || __SK_USED=0
     [[ $__SK_LIMIT =~ ^[0-9]+$ ]] || __SK_LIMIT=0
@@ -461,21 +465,30 @@ __sk_emit() {
     if ((__SK_VN == __SK_N)); then
         printf -v h '%s %d\n%s' "$kind" "$allow" "${__SK_V:start:allow}"
         printf '%s' "$h" >&"$__SK_POUT"
-        printf '%s' "$h" >>"$spool"
+        printf '%s' "$h" >>"$__SK_D/spool.$__SK_CUR"
         __sk_sent "${#h}"
         return 0
     fi
-    printf -v h '%s %d\n' "$kind" "$allow"
-    printf '%s' "$h" >&"$__SK_POUT"
-    printf '%s' "$h" >>"$spool"
-    if ((start == 0 && allow == __SK_CS)); then
-        "${__SK_X[@]}" "$__SK_TEE" -a "$spool" <"$file" >&"$__SK_POUT"
-    elif ((start == 0)); then
-        head -c "$allow" "$file" | "${__SK_X[@]}" "$__SK_TEE" -a "$spool" >&"$__SK_POUT"
-    else
-        tail -c +$((start + 1)) "$file" | head -c "$allow" | "${__SK_X[@]}" "$__SK_TEE" -a "$spool" >&"$__SK_POUT"
-    fi
-    __sk_sent $((${#h} + allow))
+    while ((allow > 0)); do
+        piece=$allow
+        ((piece > 1048576)) && piece=1048576
+        spool="$__SK_D/spool.$__SK_CUR"
+        printf -v h '%s %d\n' "$kind" "$piece"
+        printf '%s' "$h" >&"$__SK_POUT"
+        printf '%s' "$h" >>"$spool"
+        if ((start == 0 && piece == __SK_CS)); then
+            "${__SK_X[@]}" "$__SK_TEE" -a "$spool" <"$file" >&"$__SK_POUT"
+        elif ((start == 0)); then
+            "${__SK_X[@]}" "$__SK_HEAD" -c "$piece" "$file" {__SK_POUT}>&- |
+                "${__SK_X[@]}" "$__SK_TEE" -a "$spool" >&"$__SK_POUT"
+        else
+            "${__SK_X[@]}" "$__SK_TAIL" -c +$((start + 1)) "$file" {__SK_POUT}>&- |
+                "${__SK_X[@]}" "$__SK_HEAD" -c "$piece" {__SK_POUT}>&- |
+                "${__SK_X[@]}" "$__SK_TEE" -a "$spool" >&"$__SK_POUT"
+        fi
+        __sk_sent $((${#h} + piece))
+        start=$((start + piece)) allow=$((allow - piece))
+    done
 }
 
 # __sk_find_mark FILE MARK: set __SK_K to the byte offset of MARK in the first __SK_N bytes of
@@ -500,7 +513,7 @@ __sk_find_mark() {
             return 0
         fi
     fi
-    x=$(head -c "$__SK_N" "$file" | tail -c "$m")
+    x=$("${__SK_X[@]}" "$__SK_HEAD" -c "$__SK_N" "$file" {__SK_POUT}>&- | "${__SK_X[@]}" "$__SK_TAIL" -c "$m" {__SK_POUT}>&-)
     if [[ $x == "$mark" ]]; then
         __SK_K=$((__SK_N - m))
         return 0
@@ -517,9 +530,31 @@ __sk_find_mark() {
     done <"$file"
 }
 
+# __sk_counts WAIT: read dd's status lines (from the pump's status FIFO) that have come, waiting
+# up to WAIT seconds for the first one; got = the latest byte count ("N bytes ... copied"; ''
+# if none came) and rec = the latest number of reads ("a+b records in"). Status 1 if no line
+# came ("1 byte ..." for one). A line can come in two writes (text, then the newline): one cut by the timeout counts.
+__sk_counts() {
+    local line rc
+    got='' rec=''
+    IFS= read -r -t "$1" -u "$sfd" line
+    rc=$?
+    ((rc == 0)) || [[ -n $line ]] || return 1
+    while :; do
+        if [[ $line =~ ^([0-9]+)' byte' ]]; then
+            got=${BASH_REMATCH[1]}
+        elif [[ $line =~ ^([0-9]+)\+([0-9]+)' records in' ]]; then
+            rec=$((BASH_REMATCH[1] + BASH_REMATCH[2]))
+        fi
+        read -t 0 -u "$sfd" || return 0
+        IFS= read -r -t 1 -u "$sfd" line || [[ -n $line ]] || return 0
+    done
+}
+
 # __sk_fill: write the pump's current chunk to stdout and set n to its size (uses the
-# pump's locals c, x, nul, fd, st). A NUL byte read by `read` is an empty $c or ends a short $x.
+# pump's locals c, x, nul, fd, sfd). A NUL byte read by `read` is an empty $c or ends a short $x.
 __sk_fill() {
+    local got rec
     if [[ -z $c ]]; then
         printf '\0'
         n=1
@@ -529,12 +564,110 @@ __sk_fill() {
         ((nul)) && printf '\0' && ((n++))
     fi
     if read -t 0 -u "$fd"; then
-        dd bs=1048576 count=1 <&"$fd" 2>|"$st"
-        # dd's third status line starts with the byte count (GNU, most busybox builds).
-        local got=''
-        ((ddbytes)) && { read -r _; read -r _; read -r got _; } <"$st"
-        [[ $got =~ ^[0-9]+$ ]] && n=$((n + got))
+        if ((ddbytes)); then
+            "${__SK_X[@]}" "$__SK_DD" bs=1048576 count=1 <&"$fd" 2>&"$sfd" {__SK_POUT}>&-
+            # It has exited: its counts are in the FIFO already.
+            __sk_counts 0.1 && [[ -n $got ]] && n=$((n + got))
+        else
+            "${__SK_X[@]}" "$__SK_DD" bs=1048576 count=1 <&"$fd" 2>/dev/null {__SK_POUT}>&-
+        fi
     fi
+}
+
+# __sk_forward FILE N: forward the N bytes of FILE (its size is __SK_CS) as frames of the
+# pump's stream, minus the pending end-of-cell marker if it is among them (then acknowledged).
+__sk_forward() {
+    local file=$1 k mark
+    __SK_N=$2
+    # A small chunk is also read into __SK_V, for __sk_emit and __sk_find_mark. Only when
+    # the file holds exactly the chunk: `read` drops NUL bytes, so a chunk with NULs then
+    # comes out short (EOF), and is left to the file-based paths.
+    __SK_VN=-1
+    if ((__SK_N <= 16384 && __SK_N == __SK_CS)); then
+        IFS= read -r -d '' -N "$__SK_N" __SK_V <"$file"
+        ((${#__SK_V} == __SK_N)) && __SK_VN=$__SK_N
+    fi
+    __sk_lock
+    mark=$__SK_MARK
+    k=-1
+    if [[ $mark != - && -n $mark ]]; then
+        __sk_find_mark "$file" "$mark"
+        k=$__SK_K
+    fi
+    if ((k >= 0)); then
+        __sk_emit "$kind" "$file" 0 "$k"
+        __sk_emit "$kind" "$file" $((k + ${#mark})) $((__SK_N - k - ${#mark}))
+    else
+        __sk_emit "$kind" "$file" 0 "$__SK_N"
+    fi
+    __sk_unlock
+    ((k >= 0)) && printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
+    return 0
+}
+
+# __sk_handles_usr1 PID: has PID set up a SIGUSR1 handler (bit 10 of SigCgt)? Status 2 when
+# /proc does not tell (no such line).
+__sk_handles_usr1() {
+    local line mask
+    while IFS= read -r line; do
+        if [[ $line == SigCgt:* ]]; then
+            mask=${line#SigCgt:}
+            mask=${mask//[[:space:]]/}
+            [[ $mask =~ ^[0-9a-fA-F]+$ ]] && (((16#${mask: -8} >> 9) & 1)) && return 0
+            return 1
+        fi
+    done <"/proc/$1/status"
+    return 2
+} 2>/dev/null
+
+# __sk_batch: a batch of bulk output (__sk_pump's fast mode), set n to its size. One dd makes
+# up to 64 reads of the stream FIFO straight into the chunk file, in the background: without
+# the pump in between, the pipe is emptied as fast as dd can read (typically 0.5-2 MiB a batch;
+# at most 8 MiB). A dd that finishes first (the usual case for a fast writer) has its chunk
+# forwarded whole with one tee. While it runs, SIGUSR1 makes GNU dd print how many bytes it
+# has written and carry on (SIGINT would not do: after a short read GNU dd exits without writing
+# what it read); what is new is copied out of the chunk (dd) and forwarded: every 20 ms while
+# output comes and for half a second after it paused, then every 100 ms. The signal waits
+# until dd has its handler (SigCgt; where /proc does not show it, until output paused half a
+# second): before, it would end dd. A marker is never split (bs is 128 KiB, twice the pipe;
+# only user code that enlarged its pipe could make one span two batches: its cell then ends
+# after the 30 s the worker waits for the acknowledgement).
+__sk_batch() {
+    local p got rec sent=0 quiet=0 live=1 wait len
+    n=0
+    (unset POSIXLY_CORRECT; exec "${__SK_X[@]}" "$__SK_DD" bs=131072 count=64 <&"$fd" >|"$chunk" 2>&"$sfd" {__SK_POUT}>&-) &
+    p=$!
+    while ((live)); do
+        wait=0.02
+        ((quiet >= 25)) && wait=0.1
+        if ! __sk_counts "$wait"; then
+            __sk_handles_usr1 "$p"
+            case $? in
+                0) kill -USR1 "$p" 2>/dev/null && __sk_counts 0.2 ;;
+                2) ((quiet >= 25)) && kill -USR1 "$p" 2>/dev/null && __sk_counts 0.2 ;;
+            esac
+        fi
+        [[ -n $got ]] && ((got > n)) && n=$got
+        if [[ -n $rec ]] && ((rec >= 64)) || ! kill -0 "$p" 2>/dev/null; then
+            # Finished (or gone): its last counts are in the FIFO once it has exited.
+            wait "$p" 2>/dev/null
+            __sk_counts 0.01 && [[ -n $got ]] && ((got > n)) && n=$got
+            live=0
+        fi
+        ((n > sent)) || { ((quiet++)); continue; }
+        quiet=0
+        if ((!live && sent == 0)); then
+            __SK_CS=$n
+            __sk_forward "$chunk" "$n"
+        else
+            len=$((n - sent))
+            "${__SK_X[@]}" "$__SK_DD" if="$chunk" iflag=skip_bytes,count_bytes skip="$sent" count="$len" bs=1048576 \
+                2>/dev/null >|"$chunk2" {__SK_POUT}>&-
+            __SK_CS=$len
+            __sk_forward "$chunk2" "$len"
+        fi
+        sent=$n
+    done
 }
 
 # __sk_pump KIND: forward everything that arrives on the KIND FIFO as KIND frames.
@@ -545,9 +678,19 @@ __sk_fill() {
 # streaming). Every marker starts with byte 0x1e; when the first byte is that and a marker is
 # pending, the rest is compared byte by byte, so a cell without output costs the pumps no
 # fork at all (a marker is written with one write(): it is in the pipe whole or not at all).
+#
+# Bulk output (a chunk of 32 KiB or more: the pipe was filling up) switches the pump to fast
+# mode, where chunks are batches (__sk_batch): the two processes a chunk costs (dd, tee) then
+# carry about a megabyte instead of one pipeful (64 KiB), which is what makes a Bash cell's
+# output as fast as the other agents'. A batch of less than 64 KiB switches back.
+#
+# The chunk files and dd's status FIFO are removed from the directory once opened (the pump and
+# its children reach them through /proc/self/fd), and the processes that hold them run through
+# the execute-only loader like tee (not dumpable): user code can write into none of them, so a
+# frame's header always tells the length of the bytes that follow it.
 __sk_pump() {
-    local kind=$1 fd chunk="$__SK_D/chunk.$1" st="$__SK_D/dd.$1" c b x nul rc n m mark k
-    local ddbytes=0
+    local kind=$1 fd sfd cfd cfd2 chunk="$__SK_D/chunk.$1" chunk2="$__SK_D/chunk2.$1" st="$__SK_D/dd.$1"
+    local c b x nul rc n m mark got rec ddbytes=0 batch=0 fast=0
     export LC_ALL=C
     trap '' INT
     # Our own read-only end of the stream FIFO, and none of the other ends: once the
@@ -557,16 +700,31 @@ __sk_pump() {
     exec {__SK_PIN}<&- {__SK_CMD}<&- {__SK_DATA}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_O}>&- \
         {__SK_E}>&- {__SK_MSGW}>&- {__SK_MSGR}<&- {__SK_KEYS}<&- </dev/null
     : >"$chunk"
+    : >"$chunk2"
+    mkfifo "$st"
+    exec {cfd}<>"$chunk" {cfd2}<>"$chunk2" {sfd}<>"$st"
+    rm -f -- "$st"
+    # Reopening our own fds through /proc works wherever /proc is mounted (not dumpable or not).
+    if : <"/proc/self/fd/$cfd" 2>/dev/null; then
+        rm -f -- "$chunk" "$chunk2"
+        chunk=/proc/self/fd/$cfd chunk2=/proc/self/fd/$cfd2
+    fi
     # Does this dd report the byte count? Then the chunk file is rewritten in place (1<>),
     # never truncated, unless it is on a tmpfs (/dev/shm) where truncating costs nothing;
     # otherwise it is truncated and measured with wc. __SK_CS tracks the file's size: when it
-    # equals the chunk, __sk_emit can hand the file itself to tee.
-    dd bs=4 count=1 </dev/null >/dev/null 2>|"$st"
-    { read -r _; read -r _; read -r x _; } <"$st"
-    [[ $x == 0 ]] && ddbytes=1
+    # equals the chunk, __sk_emit can hand the file itself to tee. Batches need GNU dd (its
+    # SIGUSR1) and a tmpfs.
+    "$__SK_DD" bs=4 count=1 </dev/null >/dev/null 2>&"$sfd" {__SK_POUT}>&-
+    __sk_counts 0.1 && [[ $got == 0 ]] && ddbytes=1
     [[ $__SK_D == /dev/shm/* ]] && ((ddbytes)) && ddbytes=2
+    ((ddbytes == 2)) && [[ $("$__SK_DD" --version 2>/dev/null {__SK_POUT}>&-) == 'dd (coreutils) '* ]] && batch=1
     __SK_CS=0
     while :; do
+        if ((fast)); then
+            __sk_batch
+            ((n >= 65536)) || fast=0
+            continue
+        fi
         IFS= read -r -d '' -n 1 -u "$fd" c
         rc=$?
         ((rc == 0)) || exit 0  # EOF: no writer left anywhere
@@ -605,30 +763,8 @@ __sk_pump() {
             x=$(wc -c <"$chunk") && n=$((x))
             __SK_CS=$n
         fi
-        __SK_N=$n
-        # A small chunk is also read into __SK_V, for __sk_emit and __sk_find_mark. Only when
-        # the file holds exactly the chunk: `read` drops NUL bytes, so a chunk with NULs then
-        # comes out short (EOF), and is left to the file-based paths.
-        __SK_VN=-1
-        if ((n <= 16384 && n == __SK_CS)); then
-            IFS= read -r -d '' -N "$n" __SK_V <"$chunk"
-            ((${#__SK_V} == n)) && __SK_VN=$n
-        fi
-        __sk_lock
-        mark=$__SK_MARK
-        k=-1
-        if [[ $mark != - && -n $mark ]]; then
-            __sk_find_mark "$chunk" "$mark"
-            k=$__SK_K
-        fi
-        if ((k >= 0)); then
-            __sk_emit "$kind" "$chunk" 0 "$k"
-            __sk_emit "$kind" "$chunk" $((k + ${#mark})) $((n - k - ${#mark}))
-        else
-            __sk_emit "$kind" "$chunk" 0 "$n"
-        fi
-        __sk_unlock
-        ((k >= 0)) && printf '%s %s\n' "$kind" "$mark" >&"$__SK_ACK"
+        __sk_forward "$chunk" "$n"
+        ((batch && n >= 32768)) && fast=1
     done
 }
 
@@ -1189,8 +1325,14 @@ __sk_main() {
     if [[ -z ${__SK_LDFD-} ]]; then
         exec {__SK_LDFD}</dev/null  # a placeholder: the worker closes it like the real one
     fi
-    __SK_TEE=$(type -P tee) __SK_TAIL=$(type -P tail)
-    ((${#__SK_X[@]})) && [[ $__SK_TEE == /* && $__SK_TAIL == /* ]] || __SK_X=() __SK_TEE=tee __SK_TAIL=tail
+    # The tools that hold the protocol fd or a pump's chunk run through the loader copy: by
+    # absolute path (one subshell finds all four).
+    local tools
+    tools=$(type -P tee tail head dd)
+    tools=${tools//$'\n'/ }
+    read -r __SK_TEE __SK_TAIL __SK_HEAD __SK_DD _ <<<"$tools"
+    ((${#__SK_X[@]})) && [[ $__SK_TEE == /* && $__SK_TAIL == /* && $__SK_HEAD == /* && $__SK_DD == /* ]] ||
+        __SK_X=() __SK_TEE=tee __SK_TAIL=tail __SK_HEAD=head __SK_DD=dd
     __SK_LC_ALL_SET=${LC_ALL+set} __SK_LC_ALL_ORIG=${LC_ALL-}
     export LC_ALL=C  # the controller works on bytes; the worker gets the user's locale back
     umask 077
