@@ -39,6 +39,14 @@ _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
 KERNEL_TOPICS = ("usage", "selftest", "network", "allow", "deny", "upload", "download")
 """The ``%sandbox`` topics the kernel answers itself; the session answers :data:`REPORT_TOPICS`."""
 SANDBOX_TOPICS = (*REPORT_TOPICS, *KERNEL_TOPICS)
+KERNEL_INFO_WAIT = 3.0
+"""Most seconds a ``kernel_info_request`` waits for the sandbox (whose agent gives the real
+language_info). Frontends send no cell before its reply, and a slow start (an image pull, a busy
+cluster) should show its progress in the first cell rather than keep the kernel "connecting"."""
+PROGRESS_AFTER = 2.0
+"""Seconds into a sandbox start after which a waiting cell shows what the start waits for."""
+PROGRESS_INTERVAL = 0.5
+"""Seconds between updates of that line (``update_display_data``)."""
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -72,9 +80,10 @@ class SandboxKernel(CommsAndStdin):
 
     @property
     def language_info(self) -> dict[str, Any]:  # type: ignore[override]
-        if self.session_obj is not None:
+        if self.session_obj is not None and len(self.session_obj.language_info) > 1:
             return cast("dict[str, Any]", self.session_obj.language_info)
-        return {"name": self.language_name}
+        language = LANGUAGES[self.language_name]  # the sandbox has not said yet: what is known without it
+        return {"name": language.name, "mimetype": language.mimetype, "file_extension": language.file_extension}
 
     @property
     def banner(self) -> str:  # type: ignore[override]
@@ -90,6 +99,7 @@ class SandboxKernel(CommsAndStdin):
         self._cell_usage: usage.CellUsage | None = None
         self._cpu_meter = usage.CpuMeter()  # kernel_cpu between two usage_requests
         self._starting: asyncio.Task[None] | None = None
+        self._start_began = time.monotonic()
         self._stderr_tail = ""
         self._start_error: SandboxError | None = None
         # Validate the configuration before any sandbox exists. A bad setting does not kill the
@@ -132,6 +142,8 @@ class SandboxKernel(CommsAndStdin):
     async def _start_session(self, early: Any = None) -> None:
         """Start the session, or wait for the start kernelapp.py began before the kernel existed."""
         assert self.session_obj is not None
+        if early is None:  # else it began before this kernel existed (__init__ set the time)
+            self._start_began = time.monotonic()
         try:
             await (early if early is not None else self.session_obj.start())
             self._start_error = None
@@ -159,11 +171,38 @@ class SandboxKernel(CommsAndStdin):
         assert self.session_obj is not None
         return cast("SandboxSession", self.session_obj)
 
+    async def _ready_showing_progress(self, silent: bool) -> SandboxSession:
+        """:meth:`_ready`, and while a slow start goes on, a line in the cell saying what it
+        waits for (``display_data``, then ``update_display_data`` as it changes), cleared
+        (``clear_output``) before the cell's own output: the cell has none before this."""
+        starting = self._starting
+        if silent or starting is None or starting.done() or self.session_obj is None:
+            return await self._ready()
+        session = self.session_obj
+        display_id = f"sandbox-start-{os.getpid()}-{self.execution_count}"
+        shown = ""
+        try:
+            while not starting.done():
+                await asyncio.wait({starting}, timeout=PROGRESS_INTERVAL)
+                waited = time.monotonic() - self._start_began
+                if starting.done() or waited < PROGRESS_AFTER:
+                    continue
+                text = f"Starting the sandbox ({waited:.0f} s): {session.start_progress or 'starting'}"
+                if text != shown:
+                    kind = "update_display_data" if shown else "display_data"
+                    self._publish(kind, {"data": {"text/plain": text}, "metadata": {},
+                                         "transient": {"display_id": display_id}})
+                    shown = text
+        finally:
+            if shown:
+                self._publish("clear_output", {"wait": False})
+        return await self._ready()
+
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
         try:
-            await self._ready()
-        except SandboxError:
-            pass  # kernel_info must still answer; the first cell reports the error
+            await asyncio.wait_for(self._ready(), KERNEL_INFO_WAIT)
+        except (SandboxError, asyncio.TimeoutError):
+            pass  # kernel_info must still answer; the first cell shows the start's progress, or its error
         await super().kernel_info_request(stream, ident, parent)
 
     # -- cells ----------------------------------------------------------------------------------
@@ -252,7 +291,7 @@ class SandboxKernel(CommsAndStdin):
         failure: ErrorOutput | None = None
         self._stderr_tail = ""  # the end of this cell's stderr, for network_hint
         try:
-            session = await self._ready()
+            session = await self._ready_showing_progress(silent)
             code = await self._run_magics(code, session, silent)
             if code.strip():
                 try:

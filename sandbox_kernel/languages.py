@@ -26,6 +26,9 @@ class Language:
     """Whether the agent, as PID 1 of a container, waits for the orphaned processes of user code
     (the Python and Bash agents do; Node.js cannot wait for a process it did not start, so its pod
     keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.pod_command.agent_command`)."""
+    mimetype: str = ""
+    file_extension: str = ""
+    """These two as the agent's ``ready`` says them: the kernel's language_info until it has."""
 
     def agent_path(self) -> Path:
         """Where the agent source lives in this installation."""
@@ -43,6 +46,8 @@ LANGUAGES: dict[str, Language] = {
         agent_file="python_agent.py",
         interpreter="python3",
         default_image="python:3.12-slim-bookworm",
+        mimetype="text/x-python",
+        file_extension=".py",
     ),
     "node": Language(
         name="node",
@@ -52,6 +57,8 @@ LANGUAGES: dict[str, Language] = {
         interpreter="node",
         default_image="node:22-bookworm-slim",
         agent_reaps_orphans=False,
+        mimetype="application/javascript",
+        file_extension=".js",
     ),
     "bash": Language(
         name="bash",
@@ -60,6 +67,8 @@ LANGUAGES: dict[str, Language] = {
         agent_file="bash_agent.sh",
         interpreter="bash",
         default_image="bash:5.2",
+        mimetype="text/x-sh",
+        file_extension=".sh",
     ),
 }
 

@@ -155,6 +155,10 @@ class SandboxSession(abc.ABC):
         self.idle_comm_sink: Callable[[CommEvent], None] | None = None
         """Set by the kernel: called with each comm message that arrives while no cell or comm
         request runs (a thread or timer updating a widget), after the output limits."""
+        self.start_progress = ""
+        """What a start under way waits for, in the user's words ("pulling the image …", "no node
+        can run the sandbox pod yet (…)"), kept current by the backend while :meth:`start` runs;
+        '' when it has nothing to say. The kernel shows it in a cell that waits for a slow start."""
 
     @property
     def generation(self) -> int:

@@ -79,10 +79,16 @@ class Controller:
             sandbox = await self.run(self.pool.take, plan.pool_key, claim)
             from_pool = sandbox is not None
             if sandbox is None:
+                why = self.pool.why_cold(plan.pool_key, spec.language)
+                await self._status(namespace, name, phase=claims.PHASE_PENDING, message=f"{why}; creating a new sandbox")
                 sandbox = await self.run(sandboxes.make, self.api, plan, spec, self.creator, claim)
                 await self._status(namespace, name, phase=claims.PHASE_PENDING, namespace_=sandbox,
-                                   pod=sandboxes.POD_NAME, fromPool=False, message="starting the sandbox pod")
-                problem = await self.run(sandboxes.wait_running, self.api, sandbox, plan, self.base.start_timeout)
+                                   pod=sandboxes.POD_NAME, fromPool=False, message=f"{why}; starting the sandbox pod")
+
+                def progress(text: str) -> None:  # in wait_running's thread, so in order before the status below
+                    self._progress(namespace, name, f"{why}; {text}")
+
+                problem = await self.run(sandboxes.wait_running, self.api, sandbox, plan, progress)
                 if problem:
                     await self._status(namespace, name, phase=claims.PHASE_FAILED, message=problem)
                     return
@@ -105,6 +111,13 @@ class Controller:
             await self.run(self.api.patch_claim_status, namespace, name, fields)
         except SandboxError as exc:
             raise kopf.TemporaryError(f"could not record the claim's status: {exc}", delay=1) from exc
+
+    def _progress(self, namespace: str, name: str, message: str) -> None:
+        """What a cold start waits for, on the claim's status (the kernel shows it); blocking, never raises."""
+        try:
+            self.api.patch_claim_status(namespace, name, {"message": message})
+        except SandboxError as exc:
+            log.info("could not record the progress of claim %s/%s: %s", namespace, name, exc)
 
     async def release(self, body: Any, uid: str) -> None:
         """The claim is being deleted: delete its sandbox (kopf then removes the finalizer)."""

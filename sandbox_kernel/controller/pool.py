@@ -114,6 +114,12 @@ class Pool:
             return cast("str | None", name)
         return None
 
+    def why_cold(self, key: str, language: str) -> str:
+        """Why a claim of pool ``key`` got no pooled sandbox (after :meth:`take` found none), in words."""
+        if key not in self.keys:
+            return f"no warm pool keeps {language} sandboxes of this kind (image, limits)"
+        return f"the warm pool has no ready {language} sandbox left (all taken; it is being refilled)"
+
     def _refill(self) -> None:
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -192,7 +198,7 @@ class Pool:
                 self.executor, sandboxes.make, self.api, target.plan, target.spec, self.creator, None)
             self._mine.add(name)
             problem = await loop.run_in_executor(
-                self.executor, sandboxes.wait_running, self.api, name, target.plan, self.base.start_timeout)
+                self.executor, sandboxes.wait_running, self.api, name, target.plan)
             if problem:
                 log.warning("pooled sandbox %s did not start: %s; deleting it", name, problem)
                 await loop.run_in_executor(self.executor, self.api.delete_namespace, name)

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from ..config import Limits, Sandbox
 from ..errors import ConfigError, SandboxError
-from ..kubernetes import claims, manifests
+from ..kubernetes import claims, manifests, pod_start
 from ..kubernetes.api import Conflict, KubernetesApi, micro_time
-from ..kubernetes.pod_status import container_running, end_reason, start_problem
 from ..kubernetes.provision import _deleted_on_failure, expected_objects
 from ..kubernetes.settings import KubernetesSandbox
 from ..languages import LANGUAGES
@@ -33,7 +31,6 @@ from .settings import SandboxController
 log = logging.getLogger("sandbox_kernel.controller")
 
 POD_NAME = "sandbox-1"
-POLL_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -132,24 +129,17 @@ def claim_annotations(claim: ClaimRef) -> dict[str, str]:
     }
 
 
-def wait_running(api: KubernetesApi, namespace: str, plan_: Plan, timeout: float) -> str:
-    """Wait until the sandbox's pod runs; return '' then, else what went wrong (for the claim's status)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pod = api.read_pod(namespace, POD_NAME)
-        if pod is None:
-            return f"the sandbox pod {POD_NAME} disappeared while starting"
-        if container_running(pod):
-            return ""
-        problem = start_problem(pod, plan_.image)
-        if problem is not None and "No node can run" not in str(problem):
-            return str(problem)
-        ended = end_reason(pod, plan_.limits, plan_.settings.pod_lifetime)
-        if ended is not None:
-            return f"the sandbox pod ended while starting: {ended}"
-        if time.monotonic() > deadline:
-            return str(problem) if problem else f"the sandbox pod was not running after {timeout:g} s"
-        time.sleep(POLL_INTERVAL)
+def wait_running(api: KubernetesApi, namespace: str, plan_: Plan, progress: Callable[[str], None] | None = None) -> str:
+    """Wait until the sandbox's pod runs; return '' then, else what went wrong (for the claim's status).
+
+    ``progress`` is called with what the start waits for whenever that changes: the claim's
+    status message, which the kernel shows in its first cell (:func:`..kubernetes.pod_start.wait_running`).
+    """
+    try:
+        pod_start.wait_running(api, namespace, POD_NAME, plan_.image, plan_.limits, plan_.settings, progress)
+    except SandboxError as exc:
+        return str(exc)
+    return ""
 
 
 def bind(api: KubernetesApi, namespace: dict[str, Any], claim: ClaimRef) -> bool:

@@ -1,19 +1,9 @@
-"""The one module that talks to the Kubernetes API server, and the one place its errors are translated.
+"""The one module that talks to the Kubernetes API server through the ``kubernetes`` client.
 
-Every call goes through :meth:`KubernetesApi._calling`, which turns what the ``kubernetes``
-client raises into the project's error tree (``errors.py``). An answer of the API server is kept
-whole on the error as :class:`~sandbox_kernel.errors.ApiStatus` (``err.api_status``: HTTP
-status, ``Status.reason``, ``Status.message``), so callers branch on ``code`` and ``reason``::
-
-    ApiException 403 (RBAC, Pod Security, quota)  →  AdmissionError("… refused to create pod: <message>")
-    ApiException 422 (invalid object)             →  AdmissionError("… rejected …: <message>")
-    ApiException 401                              →  SandboxUnavailable (credentials)
-    ApiException 429 / 5xx, urllib3 / socket errors, websocket drops
-                                                  →  ClusterUnreachable
-    anything else (404 NotFound, 409 AlreadyExists / Conflict, ...)
-                                                  →  SandboxStartError
-
-Reads and deletes of a missing object (404) are not errors: they return ``None`` / ``False``.
+Every call goes through :meth:`KubernetesApi._calling`, which turns what the client raises into
+the project's error tree (``errors.py``), by :mod:`.answers` (the one place answers are
+translated, shared with the early start's :mod:`.early_client`). Reads and deletes of a missing
+object (404) are not errors: they return ``None`` / ``False``.
 
 Reads return plain JSON dicts (camelCase, as ``kubectl get -o json`` shows them). All methods
 block; callers on an event loop run them in an executor.
@@ -24,10 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -46,34 +34,17 @@ from ..errors import (
     ConfigError,
     SandboxError,
     SandboxStartError,
-    SandboxUnavailable,
 )
+from . import answers
+from .answers import is_already_exists, is_not_found, micro_time
+
+__all__ = ["AttachStream", "Conflict", "KubernetesApi", "api_status", "is_already_exists", "is_not_found", "micro_time",
+           "parse_time"]
 
 log = logging.getLogger("sandbox_kernel")
 
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every ordinary request, so a dead API server is noticed quickly."""
-
-_TRANSIENT_FORBIDDEN = re.compile(r"cannot \w+ resource|error looking up service account|serviceaccount \"default\" not found")
-"""403s that clear up by themselves in a namespace created a moment ago: the kernel's RoleBinding
-not yet in the authorizer's cache, or the namespace's default ServiceAccount (which the
-ServiceAccount admission plugin looks up for every pod) not yet created by its controller."""
-
-_ACCOUNT_PENDING = re.compile(r"error looking up service account|serviceaccount \"default\" not found")
-"""The 403 of a pod whose namespace has no default ServiceAccount yet. Usually that takes
-milliseconds; while the controller manager catches up (after an API server restart, say) it
-takes seconds, so pods may wait longer for it (``account_settle``)."""
-
-_PARAMS_PENDING = re.compile(r"no params found for policy binding")
-"""The 422 of a pod created a moment after its namespace's deny-all NetworkPolicy, ResourceQuota
-or LimitRange: the admission policies of k8s/rbac/admission-policy.yaml read those objects from
-the API server's cache, which can trail the create that just returned by a few milliseconds."""
-
-
-def micro_time(when: datetime | None = None) -> str:
-    """A Kubernetes MicroTime (``2025-01-01T00:00:00.000000Z``)."""
-    when = when or datetime.now(timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -84,23 +55,8 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def api_status(exc: ApiException) -> ApiStatus:
-    """The API server's answer: the HTTP status and, from the ``Status`` body, its reason and message
-    (the HTTP reason phrase when the body is not a Status, e.g. from a proxy in between)."""
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    reason, message = "", ""
-    if body:
-        try:
-            status = json.loads(body)
-            if isinstance(status, dict):
-                reason = str(status.get("reason") or "")
-                message = str(status.get("message") or "")
-            else:
-                message = str(body)[:500]
-        except ValueError:
-            message = str(body)[:500]
-    return ApiStatus(int(exc.status or 0), reason, message or str(exc.reason or f"HTTP {exc.status}"))
+    """The API server's answer carried by the client's exception (see :func:`.answers.status_of`)."""
+    return answers.status_of(int(exc.status or 0), exc.body, str(exc.reason or ""))
 
 
 class Conflict(SandboxStartError):
@@ -186,40 +142,10 @@ class KubernetesApi:
             raise SandboxStartError(f"Could not {action}: {exc}") from exc
 
     def _unreachable(self, action: str, exc: BaseException) -> str:
-        return (
-            f"The Kubernetes API server at {self.host} could not be reached to {action} ({exc}). "
-            "The kernel keeps running; run the cell again once the cluster is back."
-        )
+        return str(answers.unreachable(self.host, action, exc))
 
     def _translate(self, action: str, exc: ApiException) -> SandboxError:
-        answer = api_status(exc)
-        status, message = answer.code, answer.message
-        if status == 0:
-            return ClusterUnreachable(self._unreachable(action, exc))
-        if status == 401:
-            return SandboxUnavailable(
-                f"The Kubernetes API server at {self.host} rejected the kernel's credentials while trying to "
-                f"{action} ({message}). Check KubernetesSandbox.kubeconfig / context, or renew the token.",
-                hint="Renew the token or certificate of the kubeconfig in use, then run a cell again.",
-                api_status=answer,
-            )
-        if status == 403:
-            return AdmissionError(f"Kubernetes refused to {action}: {message}", api_status=answer)
-        if status == 422 or status == 400:
-            return AdmissionError(
-                f"Kubernetes rejected the request to {action} as invalid: {message}",
-                hint="A KubernetesSandbox setting made an object this cluster rejects: check the field the message names.",
-                api_status=answer,
-            )
-        if status == 429 or status >= 500:
-            return ClusterUnreachable(
-                f"The Kubernetes API server at {self.host} failed to {action} ({status}: {message}). "
-                "The kernel keeps running; run the cell again in a moment.",
-                hint="The API server is busy or restarting: run the cell again in a moment.",
-                api_status=answer,
-            )
-        hint = "Another client changed the same object meanwhile: run the cell again." if status == 409 else None
-        return SandboxStartError(f"Could not {action}: {message} (HTTP {status})", hint=hint, api_status=answer)
+        return answers.translate(self.host, action, api_status(exc))
 
     # -- transport -----------------------------------------------------------------------------
 
@@ -249,61 +175,26 @@ class KubernetesApi:
 
     # -- generic create ------------------------------------------------------------------------
 
-    _PATHS = {
-        "Namespace": "/api/v1/namespaces",
-        "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-        "ResourceQuota": "/api/v1/namespaces/{namespace}/resourcequotas",
-        "LimitRange": "/api/v1/namespaces/{namespace}/limitranges",
-        "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
-        "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
-        "Lease": "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
-        "Pod": "/api/v1/namespaces/{namespace}/pods",
-        "SandboxClaim": "/apis/sandbox-kernel.dev/v1alpha1/namespaces/{namespace}/sandboxclaims",
-    }
-
     def create(self, obj: dict[str, Any], rbac_settle: float = 0.0, account_settle: float = 0.0) -> dict[str, Any]:
         """Create ``obj`` (a dict from :mod:`.manifests`); return what the server stored.
 
-        ``rbac_settle``: seconds to keep retrying a "forbidden" that only means the namespace is
-        brand new (see :data:`_TRANSIENT_FORBIDDEN`); ``account_settle``: seconds to wait for the
-        namespace's default ServiceAccount in particular (:data:`_ACCOUNT_PENDING`).
+        A refusal that only means the namespace is brand new is retried for ``rbac_settle`` /
+        ``account_settle`` seconds (:func:`.answers.settle`).
         """
         kind = obj["kind"]
         meta = obj["metadata"]
         namespace = meta.get("namespace", "")
         where = f" in namespace {namespace}" if namespace else ""
         action = f"create {kind} {meta['name']}{where}"
-        path = self._PATHS[kind].format(namespace=quote(namespace, safe=""))
-        started = time.monotonic()
-        while True:
-            try:
-                return self._request(action, "POST", path, body=obj)
-            except AdmissionError as exc:
-                # Status has no field that tells these passing refusals from lasting ones: only
-                # the server's message does, so this boundary (and nothing above it) reads it.
-                answer = exc.api_status
-                if answer is not None and answer.code == 422 and _PARAMS_PENDING.search(answer.message):
-                    if time.monotonic() - started < rbac_settle:
-                        time.sleep(0.05)
-                        continue
-                if answer is not None and answer.code == 403:
-                    message = answer.message
-                    settle = max(rbac_settle, account_settle) if _ACCOUNT_PENDING.search(message) else rbac_settle
-                    waited = time.monotonic() - started
-                    if _TRANSIENT_FORBIDDEN.search(message) and waited < settle:
-                        time.sleep(0.05 if waited < 1 else 0.25)
-                        continue
-                raise
+        path = answers.PATHS[kind].format(namespace=quote(namespace, safe=""))
+        return answers.settle(lambda: self._request(action, "POST", path, body=obj), rbac_settle, account_settle)
 
     # -- identity ------------------------------------------------------------------------------
 
     def whoami(self) -> str:
         """The user name the API server knows this client as (SelfSubjectReview); '' if unknown."""
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         try:
-            review = self._request(
-                "ask who the kernel is (SelfSubjectReview)", "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body
-            )
+            review = self._request(answers.WHOAMI_ACTION, "POST", answers.WHOAMI_PATH, body=answers.WHOAMI_BODY)
         except (AdmissionError, SandboxStartError) as exc:
             log.info("identity unknown: %s", exc)
             return ""
@@ -452,16 +343,6 @@ class KubernetesApi:
             if is_not_found(exc):
                 return False
             raise
-
-
-def is_not_found(exc: SandboxError) -> bool:
-    """Whether the API server answered that the object does not exist (404)."""
-    return exc.api_status is not None and exc.api_status.code == 404
-
-
-def is_already_exists(exc: SandboxError) -> bool:
-    """Whether the API server refused a create because the name is taken (409 AlreadyExists)."""
-    return exc.api_status is not None and exc.api_status.code == 409 and exc.api_status.reason == "AlreadyExists"
 
 
 def _pod_path(namespace: str, name: str) -> str:

@@ -11,6 +11,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from ..config import Limits
 from ..errors import AdmissionError, ConfigError, SandboxError, SandboxStartError
@@ -64,12 +65,13 @@ class PreparedClaim:
         release(self.api, self.claimed.namespace, self.claimed.name)
 
 
-def prepare_claim(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> PreparedClaim:
+def prepare_claim(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
+                  progress: Callable[[str], None] | None = None) -> PreparedClaim:
     """:func:`acquire` with a new connection, then attach and open the gate (blocking): what
     :mod:`.early` runs in a thread in claims mode, so that with a warm pool the agent is up before
     ipykernel is imported. The agent's ``ready`` waits in the stream for the session."""
     api = KubernetesApi(settings.kubeconfig, settings.context)
-    claimed = acquire(api, settings, language, limits, kernel_id)
+    claimed = acquire(api, settings, language, limits, kernel_id, progress)
     spec = claim_spec(settings, language, limits, kernel_id, claimed.user, claimed.owner)
     stream: AttachStream | None = None
     try:
@@ -127,8 +129,12 @@ def claim_spec(settings: KubernetesSandbox, language: Language, limits: Limits, 
     )
 
 
-def acquire(api: KubernetesApi, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> Claimed:
-    """Create a claim and wait until the controller has a sandbox for it (or refuses); raise a SandboxError."""
+def acquire(api: KubernetesApi, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
+            progress: Callable[[str], None] | None = None) -> Claimed:
+    """Create a claim and wait until the controller has a sandbox for it (or refuses); raise a SandboxError.
+
+    ``progress`` is called (in this thread) with what the wait is for, whenever that changes.
+    """
     user = api.whoami()
     owner = settings.owner or (manifests.owner_label(user) if user else "unknown")
     namespace = claim_namespace(settings, user)
@@ -138,16 +144,17 @@ def acquire(api: KubernetesApi, settings: KubernetesSandbox, language: Language,
     created = api.create(claims.claim_object(name, namespace, spec, micro_time()))
     uid = str(created.get("metadata", {}).get("uid", ""))
     try:
-        status = _wait(api, namespace, name, settings.start_timeout)
+        status = _wait(api, namespace, name, settings.start_timeout, progress or (lambda text: None))
     except BaseException:
         release(api, namespace, name)
         raise
     return Claimed(namespace, name, uid, user, owner, status, time.monotonic() - started)
 
 
-def _wait(api: KubernetesApi, namespace: str, name: str, timeout: float) -> claims.ClaimStatus:
+def _wait(api: KubernetesApi, namespace: str, name: str, timeout: float, progress: Callable[[str], None]) -> claims.ClaimStatus:
     deadline = time.monotonic() + timeout
     status: claims.ClaimStatus | None = None
+    progress(f"waiting for the sandbox controller to answer the SandboxClaim {namespace}/{name}")
     while time.monotonic() < deadline:
         claim = api.read_claim(namespace, name)
         if claim is None:
@@ -160,6 +167,8 @@ def _wait(api: KubernetesApi, namespace: str, name: str, timeout: float) -> clai
                 raise AdmissionError(f"The sandbox controller refused the SandboxClaim: {status.message}")
             if status.phase == claims.PHASE_FAILED:
                 raise SandboxStartError(f"The sandbox controller could not start the sandbox: {status.message}")
+            if status.message:
+                progress(f"the sandbox controller: {status.message}"[:400])
         time.sleep(POLL_INTERVAL)
     if status is None:
         raise SandboxStartError(

@@ -7,7 +7,11 @@ imports, the kubelet for the pod), so ``python -m sandbox_kernel.kernelapp`` cal
 :func:`begin` before those imports: it reads the same configuration the kernel will read
 (``sandbox_kernel_config.py`` in the Jupyter config path, then the command line, then
 ``SANDBOX_KERNEL_BACKEND``), and for the Kubernetes backend creates the namespace, all its
-objects and the first pod (:func:`.provision.prepare_sandbox`), before importing on.
+objects and the first pod (:func:`.provision.prepare_sandbox`, with the standard library's HTTP
+client, :mod:`.early_client`: importing the kubernetes client first cost 0.2–0.6 s), before
+importing on. The same thread then waits for the pod to run, attaches and sends the gate line
+(:func:`.provision.start_prepared`), so the agent starts while ipykernel is still imported and
+its ``ready`` waits in the stream for the session.
 
 Nothing about the sandbox is weakened: the objects are created by the same code in the same
 order (the deny-all policy before the pod), and the pod's agent still waits for the kernel's
@@ -28,7 +32,7 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ FOREGROUND_WAIT = 1.0
 """Most seconds :func:`begin` waits for the sandbox's objects and pod to be created."""
 
 _pending: Future[PreparedSandbox | PreparedClaim] | None = None
+_made = threading.Event()  # the sandbox's objects and pod are created (or that failed)
+_progress = ""
 
 
 def load_config(argv: list[str]) -> Any:
@@ -103,8 +109,8 @@ def begin(argv: list[str]) -> None:
         # beside a CPU-bound import in the main thread, every socket wake-up waiting for the GIL
         # (a pod created ~0.3 s later, measured). A slow or unreachable cluster does not hold
         # the kernel up for longer than this.
-        wait([_pending], timeout=FOREGROUND_WAIT)
-        log.debug("early sandbox start: %s after %.3f s", "created" if _pending.done() else "still creating", time.perf_counter() - began)
+        _made.wait(FOREGROUND_WAIT)
+        log.debug("early sandbox start: %s after %.3f s", "created" if _made.is_set() else "still creating", time.perf_counter() - began)
     except Exception as exc:  # noqa: BLE001 - no head start; the kernel reports real problems itself
         log.debug("no early sandbox start: %s", exc)
 
@@ -118,7 +124,7 @@ def start_early(config: Any, language_name: str) -> Future[PreparedSandbox | Pre
     """
     from ..config import Sandbox
     from ..languages import LANGUAGES
-    from .provision import prepare_sandbox  # imports the kubernetes client
+    from .provision import prepare_sandbox, start_prepared
     from .settings import KubernetesSandbox, current_kernel_id
 
     language = LANGUAGES[language_name]
@@ -131,16 +137,30 @@ def start_early(config: Any, language_name: str) -> Future[PreparedSandbox | Pre
     def work() -> None:
         try:
             if settings.mode == "claims":
-                from .claiming import prepare_claim
+                from .claiming import prepare_claim  # imports the kubernetes client
 
-                future.set_result(prepare_claim(settings, language, limits, kernel_id))
+                future.set_result(prepare_claim(settings, language, limits, kernel_id, _set_progress))
                 return
-            future.set_result(prepare_sandbox(settings, language, limits, kernel_id))
+            prepared = prepare_sandbox(settings, language, limits, kernel_id)
+            _made.set()  # the main thread imports on while the pod starts; this thread waits for it
+            future.set_result(start_prepared(prepared, settings, language, limits, _set_progress))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims it
             future.set_exception(exc)
+        finally:
+            _made.set()
 
     threading.Thread(target=work, name="sandbox-early-start", daemon=True).start()
     return future
+
+
+def _set_progress(text: str) -> None:
+    global _progress
+    _progress = text
+
+
+def progress() -> str:
+    """What the early start waits for now (claims mode: the controller's word), or ''."""
+    return _progress
 
 
 def claim() -> Future[PreparedSandbox | PreparedClaim] | None:
@@ -162,6 +182,8 @@ def _discard_unclaimed() -> None:
         if isinstance(prepared, PreparedClaim):
             prepared.discard()
         else:
+            if prepared.stream is not None:
+                prepared.stream.close()
             prepared.api.delete_namespace(prepared.ident.namespace)
     except Exception:  # noqa: BLE001 - gc reclaims it once its lease expires
         log.debug("could not delete the unclaimed early sandbox", exc_info=True)

@@ -4,11 +4,13 @@ While a pod starts, :func:`start_problem` tells a pod that will never run (an im
 be pulled, a container that cannot be created, no node that fits) from one that is merely slow;
 once its stream ended, :func:`end_reason` and :func:`eviction_event` say why the agent is gone
 (out of memory, evicted, the pod's lifetime reached, the NetworkPolicy not enforced, ...).
+:func:`waiting_for` says what a slow start is waiting for (the scheduler, an image pull, ...),
+for the progress line the first cell shows.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 from ..config import Limits
 from ..errors import Evicted, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
@@ -106,3 +108,45 @@ def container_running(pod: dict[str, Any] | None) -> bool:
     return bool(pod and pod.get("status", {}).get("phase") == "Running" and container_status(pod).get("state", {}).get("running")
                 and not pod.get("metadata", {}).get("deletionTimestamp"))
 
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or "")
+
+
+def waiting_for(pod: dict[str, Any] | None, events: Sequence[dict[str, Any]] = (), image: str = "") -> str:
+    """What a starting sandbox pod waits for, in words (pure): the line its first cell shows.
+
+    ``events`` are its namespace's events (the kubelet says "Pulling" only there), ``image`` the
+    sandbox image. An empty answer never: a pod not yet created is "being created".
+    """
+    if pod is None:
+        return "creating the sandbox pod"
+    name = pod.get("metadata", {}).get("name", "")
+    status = pod.get("status", {})
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            why = (condition.get("message") or condition.get("reason") or "no reason given").strip()[:300]
+            return f"no node can run the sandbox pod yet ({why})"
+    node = pod.get("spec", {}).get("nodeName", "")
+    if not node:
+        return "waiting for the scheduler to choose a node"
+    state = container_status(pod).get("state", {})
+    if state.get("running") is not None:
+        return "the pod runs; waiting for its deny-all NetworkPolicy to be in force and the agent to start"
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") not in (None, "", "ContainerCreating", "PodInitializing"):
+        detail = f": {str(waiting['message']).strip()[:300]}" if waiting.get("message") else ""
+        return f"the container is waiting ({waiting['reason']}{detail})"
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("kind") == "Pod"
+            and (e.get("involvedObject") or {}).get("name") == name]
+    pulling = [e for e in mine if e.get("reason") == "Pulling"]
+    if pulling:
+        since = max(_event_time(e) for e in pulling)
+        if not any(e.get("reason") == "Pulled" and _event_time(e) >= since for e in mine):
+            return f"pulling the image {image or 'of the sandbox'} on node {node}"
+    mounts = [e for e in mine if e.get("reason") == "FailedMount"]
+    if mounts:
+        latest = max(mounts, key=_event_time)
+        return f"waiting for its volumes on node {node} ({str(latest.get('message') or '').strip()[:300]})"
+    return f"starting the container on node {node}"

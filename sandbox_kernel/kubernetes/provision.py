@@ -16,25 +16,41 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from ..config import Limits
 from ..errors import AdmissionError, SandboxError
 from ..languages import Language
 from . import egress as sandbox_egress
 from . import manifests
-from .api import KubernetesApi, is_already_exists, micro_time
+from .answers import is_already_exists, micro_time
+
+if TYPE_CHECKING:
+    from .api import AttachStream
+    from .early_client import EarlyClient
 from .settings import DEFAULT_NAMESPACE_PREFIX, KubernetesSandbox
 
 log = logging.getLogger("sandbox_kernel")
+
+class Creator(Protocol):
+    """What making a sandbox needs of an API client: :class:`.api.KubernetesApi`, or the early
+    start's :class:`.early_client.EarlyClient` (which does not import the kubernetes client)."""
+
+    def whoami(self) -> str: ...
+
+    def create(self, obj: dict[str, Any], rbac_settle: float = 0.0, account_settle: float = 0.0) -> dict[str, Any]: ...
+
+    def delete_namespace(self, name: str, resource_version: str = "") -> bool: ...
+
 
 @dataclass(frozen=True)
 class PreparedSandbox:
     """A namespace with all its objects and a first pod, created before a session took it over."""
 
-    api: KubernetesApi
+    api: Creator
+    """The client that made it (the session makes its own for everything after)."""
     kubeconfig: str
     context: str
     ident: manifests.SandboxIdentity
@@ -47,6 +63,9 @@ class PreparedSandbox:
     """When the pod was created (``time.time()``)."""
     egress_token: str = ""
     """The sandbox's proxy credential, when it has an allow list (its SHA-256 is on the namespace)."""
+    stream: AttachStream | None = None
+    """Attached once the pod ran, gate line sent (:func:`start_prepared`): the agent starts while the
+    kernel process still imports; its ``ready`` waits in the stream for the session. None: not (yet)."""
 
 
 def expected_objects(
@@ -75,7 +94,7 @@ def expected_objects(
 
 
 def create_namespace_objects(
-    api: KubernetesApi, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
+    api: Creator, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
     egress: manifests.EgressSpec | None = None,
 ) -> tuple[manifests.SandboxIdentity, list[dict[str, Any]]]:
     """Create the namespace and everything in it but the pod; return its identity and the objects.
@@ -128,7 +147,7 @@ def create_namespace_objects(
 
 
 @contextmanager
-def _deleted_on_failure(api: KubernetesApi, namespace: str) -> Iterator[None]:
+def _deleted_on_failure(api: Creator, namespace: str) -> Iterator[None]:
     """Delete the half-made sandbox ``namespace`` if the block raises a SandboxError."""
     try:
         yield
@@ -141,8 +160,16 @@ def _deleted_on_failure(api: KubernetesApi, namespace: str) -> Iterator[None]:
 
 
 def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str) -> PreparedSandbox:
-    """Create a whole sandbox up to its first pod (blocking): what :mod:`.early` runs in a thread."""
-    api = KubernetesApi(settings.kubeconfig, settings.context)
+    """Create a whole sandbox up to its first pod (blocking): what :mod:`.early` runs in a thread.
+
+    With the early start's own client when it can speak for the kubeconfig (no kubernetes client
+    import before the first request), else with :class:`.api.KubernetesApi`.
+    """
+    api: Creator | None = _early_client(settings)
+    if api is None:
+        from .api import KubernetesApi
+
+        api = KubernetesApi(settings.kubeconfig, settings.context)
     token = secrets.token_hex(32) if limits.allow_hosts else ""
     spec = sandbox_egress.initial_spec(limits.allow_hosts, sandbox_egress.widening(settings.config), token) if token else None
     ident, applied = create_namespace_objects(api, settings, language, limits, kernel_id, spec)
@@ -154,3 +181,35 @@ def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Lim
     return PreparedSandbox(api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body],
                            time.time(), token)
 
+
+
+def _early_client(settings: KubernetesSandbox) -> EarlyClient | None:
+    from .early_client import connect
+
+    return connect(settings.kubeconfig, settings.context)
+
+
+def start_prepared(prepared: PreparedSandbox, settings: KubernetesSandbox, language: Language, limits: Limits,
+                   progress: Callable[[str], None]) -> PreparedSandbox:
+    """Wait for the prepared sandbox's pod to run, attach and send the gate line (blocking): the
+    early start's second half, so that the agent starts while the kernel process imports. Any
+    problem (a pod that does not run, an attach refused) leaves it to the session, which waits and
+    reports itself: the result then has no stream."""
+    from . import pod_command, pod_start
+    from .api import KubernetesApi
+
+    if prepared.egress_token:
+        return prepared  # an allow list: the session registers the pod with the proxy before the gate
+    stream = None
+    try:
+        api = KubernetesApi(prepared.kubeconfig, prepared.context)
+        namespace, name = prepared.ident.namespace, prepared.pod_name
+        pod_start.wait_running(api, namespace, name, settings.image(language), limits, settings, progress, patient=False)
+        stream = api.attach(namespace, name, manifests.CONTAINER_NAME)
+        stream.write(pod_command.GATE_LINE)
+    except SandboxError as exc:
+        log.info("the early start did not attach (%s); the session does", exc)
+        if stream is not None:
+            stream.close()
+        return prepared
+    return replace(prepared, api=api, stream=stream)

@@ -34,14 +34,14 @@ import time
 from typing import Any, Callable, TypeVar
 
 from ..config import Limits
-from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, Unschedulable
+from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
-from . import claiming, early, egress, manifests, pod_command, reports
+from . import claiming, early, egress, manifests, pod_command, pod_start, reports
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
-from .pod_status import container_running, end_reason, eviction_event, start_problem
+from .pod_status import container_running, end_reason, eviction_event, waiting_for
 from .provision import PreparedSandbox, create_namespace_objects, expected_objects
 from .settings import KubernetesSandbox, current_kernel_id
 from ..workspace.transfer import copy_notebook_dir
@@ -56,13 +56,6 @@ POLL_INTERVAL = 0.1
 CLOSE_MARGIN = 10.0
 """Seconds the kernel's shutdown waits for :meth:`KubernetesSandboxSession.close` beyond
 ``KubernetesSandbox.shutdown_deadline`` (its last API request may still be under way)."""
-
-START_POLL_INTERVAL = 0.05
-"""Seconds between pod status reads while a pod starts. The pod shows as running on average half
-an interval after the kubelet reports it, which is on the start's critical path; a read costs the
-API server ~3 ms. (A watch would save the rest, but the sandbox role has no ``watch`` on pods,
-and the kubelet's own status lag, up to its 1 s PLEG relist, dominates anyway.)"""
-
 
 
 class KubernetesSandboxSession(AgentSession):
@@ -115,6 +108,9 @@ class KubernetesSandboxSession(AgentSession):
             self._api = KubernetesApi(self.settings.kubeconfig, self.settings.context)
         return self._api
 
+    def _set_progress(self, text: str) -> None:
+        self.start_progress = text  # a str assignment: safe from the executor's thread
+
     def _event(self, text: str, when: float | None = None) -> None:
         self._events.append((time.time() if when is None else when, text))
         del self._events[:-50]
@@ -141,8 +137,12 @@ class KubernetesSandboxSession(AgentSession):
         future = early.claim()
         if future is None:
             return None
+        waiting = asyncio.wrap_future(future)
+        while not waiting.done():  # the early start's progress is this start's
+            self.start_progress = early.progress() or "creating the sandbox namespace, its policies and its pod"
+            await asyncio.wait({waiting}, timeout=0.25)
         try:
-            prepared = await asyncio.wrap_future(future)
+            prepared = await waiting
         except Exception as exc:  # noqa: BLE001 - the normal start below reports the cause properly
             log.info("early sandbox start failed (%s); starting the sandbox now", exc)
             return None
@@ -157,6 +157,8 @@ class KubernetesSandboxSession(AgentSession):
         ):
             return prepared
         log.info("the early sandbox %s does not match the kernel's configuration; deleting it", prepared.ident.namespace)
+        if prepared.stream is not None:
+            prepared.stream.close()
         try:
             await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
         except SandboxError:
@@ -175,8 +177,8 @@ class KubernetesSandboxSession(AgentSession):
         if self.settings.mode == "claims":
             return await self._spawn_claimed()
         prepared = await self._claim_early() if self._ident is None else None
-        if prepared is not None:
-            self._api = prepared.api
+        if prepared is not None and isinstance(prepared.api, KubernetesApi):
+            self._api = prepared.api  # else the early start's own client: the session makes its own
         api = await self._run(self._connect)
         if self._ident is not None:
             ns = await self._run(api.read_namespace, self._ident.namespace)
@@ -204,6 +206,7 @@ class KubernetesSandboxSession(AgentSession):
         else:
             if self._ident is None:
                 self._stale_pods.clear()
+                self.start_progress = "creating the sandbox namespace, its quota and its deny-all NetworkPolicy"
                 await self._run(self._create_namespace_objects)
                 self._pods_created = 0
                 self._start_heartbeat()
@@ -212,12 +215,16 @@ class KubernetesSandboxSession(AgentSession):
             name = f"sandbox-{self._pods_created}"
             spec = self.settings.pod_spec(self.language, self.limits, name)
             body = manifests.pod(self._ident, spec)
+            self.start_progress = "creating the sandbox pod"
             await self._run(api.create, body, rbac_settle=5.0, account_settle=self.settings.start_timeout)
             self._pod_name = name
             self._applied = [o for o in self._applied if o["kind"] != "Pod"] + [body]
             self._event(f"pod {name} created (image {spec.image})")
         ident = self._ident
         assert ident is not None
+        if prepared is not None and prepared.stream is not None:  # the early start saw it run and attached
+            self._event(f"pod {name} running (seen by the early start)")
+            return self._open(ident, name, prepared.stream, gate=False)
         try:
             pod_ip = await self._wait_running(api, ident.namespace, name, spec.image)
             if self.egress is not None:  # egress hook: the proxy's address, and the pod's, before the gate
@@ -252,8 +259,12 @@ class KubernetesSandboxSession(AgentSession):
         future = early.claim()
         if future is None:
             return None
+        waiting = asyncio.wrap_future(future)
+        while not waiting.done():  # the early start's progress is this start's
+            self.start_progress = early.progress() or "claiming a sandbox"
+            await asyncio.wait({waiting}, timeout=0.25)
         try:
-            prepared = await asyncio.wrap_future(future)
+            prepared = await waiting
         except Exception as exc:  # noqa: BLE001 - the normal start reports the cause properly
             log.info("early claim failed (%s); claiming the sandbox now", exc)
             return None
@@ -279,7 +290,8 @@ class KubernetesSandboxSession(AgentSession):
             await self._run(claiming.release, api, old.namespace, old.name)
             self._event(f"SandboxClaim {old.name} deleted (its sandbox {old.status.namespace} ended)")
         if claimed is None:
-            claimed = await self._run(claiming.acquire, api, self.settings, self.language, self.limits, self.kernel_id)
+            claimed = await self._run(claiming.acquire, api, self.settings, self.language, self.limits, self.kernel_id,
+                                      self._set_progress)
         self._claim = claimed
         status = claimed.status
         self._ident = manifests.SandboxIdentity(
@@ -294,6 +306,7 @@ class KubernetesSandboxSession(AgentSession):
         self._pod_name = status.pod
         if prepared is not None and prepared.stream is not None:
             return self._open(self._ident, status.pod, prepared.stream, gate=False)
+        self.start_progress = f"attaching to the sandbox pod {status.namespace}/{status.pod}"
         try:
             stream = await self._run(claiming.attach, api, status.namespace, status.pod)
         except BaseException:
@@ -302,40 +315,15 @@ class KubernetesSandboxSession(AgentSession):
         return self._open(self._ident, status.pod, stream)
 
     async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> str:  # the pod's IP
-        deadline = time.monotonic() + self.settings.start_timeout
-        unschedulable_since: float | None = None
-        last: dict[str, Any] | None = None
-        while True:
-            pod = await self._run(api.read_pod, namespace, name)
-            if pod is None:
-                raise SandboxStartError(f"The sandbox pod {name} disappeared while starting (namespace {namespace}).")
-            last = pod
-            if container_running(pod):
-                node = pod.get("spec", {}).get("nodeName", "?")
-                self._event(f"pod {name} running on node {node}")
-                return str(pod.get("status", {}).get("podIP") or "")
-            problem = start_problem(pod, image)
-            if problem is not None:
-                if not isinstance(problem, Unschedulable):
-                    self._event(str(problem))
-                    raise problem
-                # The scheduler may just be waiting for a node to become ready: allow it 2 s.
-                unschedulable_since = unschedulable_since or time.monotonic()
-                if time.monotonic() - unschedulable_since > 2.0:
-                    self._event(str(problem))
-                    raise problem
-            else:
-                unschedulable_since = None
-            ended = end_reason(pod, self.limits, self.settings.pod_lifetime)
-            if ended is not None:
-                raise SandboxStartError(f"The sandbox pod ended while starting: {ended}")
-            if time.monotonic() > deadline:
-                phase = (last or {}).get("status", {}).get("phase", "unknown")
-                raise SandboxStartError(
-                    f"The sandbox pod {name} was not running after {self.settings.start_timeout:g} s "
-                    f"(phase {phase}). See %sandbox events, or raise KubernetesSandbox.start_timeout."
-                )
-            await asyncio.sleep(START_POLL_INTERVAL)
+        try:
+            pod = await self._run(pod_start.wait_running, api, namespace, name, image, self.limits, self.settings,
+                                  self._set_progress, lambda: self._closed)
+        except SandboxError as exc:
+            self._event(str(exc))
+            raise
+        self._event(f"pod {name} running on node {pod.get('spec', {}).get('nodeName', '?')}")
+        self.start_progress = waiting_for(pod)
+        return str(pod.get("status", {}).get("podIP") or "")
 
     def _reattach(self, namespace: str, name: str) -> AttachStream | None:
         """Called by the reader thread when the stream ended: attach again if the container still runs.

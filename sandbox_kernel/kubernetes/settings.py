@@ -166,7 +166,15 @@ class KubernetesSandbox(Configurable):
     start_timeout = Float(
         120.0,
         help="Seconds to wait for the sandbox pod to be running (image pull included). Pull errors, "
-        "unschedulable pods and admission rejections are reported at once, not at this timeout.",
+        "and admission rejections are reported at once, unschedulable pods after unschedulable_timeout.",
+    ).tag(config=True)
+
+    unschedulable_timeout = Float(
+        30.0,
+        help="Seconds a sandbox pod may wait for a node that can run it (the scheduler says Unschedulable: "
+        "not enough free memory or CPU on any node, a node selector no node matches) before the start fails "
+        "with the scheduler's reason. Meanwhile the first cell shows that reason; a node freed or added "
+        "in time lets the start go on.",
     ).tag(config=True)
 
     shutdown_deadline = Float(

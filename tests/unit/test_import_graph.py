@@ -77,4 +77,7 @@ def test_the_kubernetes_modules_import_in_the_order_of_a_kernel_start() -> None:
     assert [name for name, deps in inside.items() if f"{k8s}.session" in deps] == []
     assert graph[f"{k8s}.early"] & {f"{k8s}.session", f"{k8s}.reports"} == set()
     assert f"{k8s}.provision" in graph[f"{k8s}.early"]
-    assert graph[f"{k8s}.api"] <= {"sandbox_kernel.errors"}
+    assert graph[f"{k8s}.api"] <= {"sandbox_kernel.errors", f"{k8s}.answers"}
+    assert graph[f"{k8s}.answers"] <= {"sandbox_kernel.errors"}
+    # The early start makes its sandbox before the kubernetes client is imported (early_client.py).
+    assert graph[f"{k8s}.early_client"] <= {"sandbox_kernel.errors", f"{k8s}.answers"}
