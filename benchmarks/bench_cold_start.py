@@ -20,6 +20,8 @@ cluster, and what one volume adds (the kubelet checks volumes every 300 ms).
 
 Through Jupyter (``--jupyter-starts``): ``KernelManager.start_kernel()`` until ``1+1`` answered,
 with the same node-side steps (the early start creates the pod while the kernel process imports).
+With ``--baseline-tree DIR`` (another checkout, e.g. ``git worktree add /tmp/base main``) every
+Jupyter start of this tree's kernel is followed by one of that tree's, so both see the same load.
 
 Prints markdown tables and writes benchmarks/results/cold_start.json.
 """
@@ -39,10 +41,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # kernels.py, which the e2e fixtures import
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from kubernetes import client, config, watch  # noqa: E402
@@ -55,7 +58,9 @@ from sandbox_kernel.kubernetes.settings import KubernetesSandbox  # noqa: E402
 from sandbox_kernel.languages import LANGUAGES  # noqa: E402
 from sandbox_kernel.session import ExecuteResult  # noqa: E402
 
-CONTAINERD_LOG = Path(os.environ.get("SANDBOX_CLUSTER_STATE", "/var/lib/sandbox-kernel-cluster")) / "logs" / "containerd.log"
+LOGS = Path(os.environ.get("SANDBOX_CLUSTER_STATE", "/var/lib/sandbox-kernel-cluster")) / "logs"
+CONTAINERD_LOG = LOGS / "containerd.log"
+KUBE_ROUTER_LOG = LOGS / "kube-router.log"
 BENCH_LABEL = "sandbox-kernel-bench"
 
 
@@ -175,6 +180,35 @@ def log_offset() -> int:
         return 0
 
 
+_KLOG = re.compile(r"^I(\d\d)(\d\d) (\d\d):(\d\d):(\d\d\.\d+) .*(Starting sync of iptables|sync iptables took)")
+
+
+def policy_synced(after: float) -> dict[str, float]:
+    """kube-router's first firewall sync that started after ``after`` (the pod's IP in the API):
+    when it started and when it ended (its rules for the new pod are in force then)."""
+    from datetime import datetime, timezone
+
+    year = time.gmtime(after).tm_year
+    marks: dict[str, float] = {}
+    try:
+        lines = KUBE_ROUTER_LOG.read_text(errors="replace").splitlines()[-4000:]
+    except OSError:
+        return marks
+    for line in lines:
+        found = _KLOG.match(line)
+        if not found:
+            continue
+        month, day, hour, minute, sec, what = found.groups()
+        when = datetime(year, int(month), int(day), int(hour), int(minute), tzinfo=timezone.utc).timestamp() + float(sec)
+        # The watch sees the pod's IP a few ms after kube-router does: allow for that.
+        if what.startswith("Starting") and when >= after - 0.05 and "policy_sync_started" not in marks:
+            marks["policy_sync_started"] = when
+        elif what.startswith("sync") and "policy_sync_started" in marks:
+            marks["policy_synced"] = when
+            return marks
+    return marks
+
+
 # ---------------------------------------------------------------------------------------------
 # A sandbox session's cold start, step by step.
 
@@ -198,8 +232,9 @@ def session_steps(kubeconfig: str, image: str, pods: PodWatch) -> dict[str, floa
         events = list(session._events)  # noqa: SLF001 - the session's own timeline
         namespace, pod = session.namespace or "", session.pod_name or ""
         await session.close()
-        return {"t0": t0, "ready": ready, "result": done, **kernel_marks(events), **pods.marks(namespace, pod),
-                **node_marks(namespace, offset)}
+        marks = {"t0": t0, "ready": ready, "result": done, **kernel_marks(events), **pods.marks(namespace, pod),
+                 **node_marks(namespace, offset)}
+        return {**marks, **policy_synced(marks.get("ip", t0))}
 
     return asyncio.run(go())
 
@@ -222,9 +257,11 @@ STEPS = [
     ("containerd: pod sandbox and its network (CNI)", "sandbox_requested", "sandbox_ready"),
     ("containerd: agent container created and started", "sandbox_ready", "container_started"),
     ("kubelet: container started → status shows it running (PLEG relist)", "container_started", "running"),
-    ("kernel: saw it running (status poll)", "running", "running_seen"),
-    ("kernel: attached", "running_seen", "attached"),
-    ("pod: policy enforced, guard passed, agent ready", "attached", "ready"),
+    ("kube-router: status running → its firewall sync starts", "running", "policy_sync_started"),
+    ("kube-router: firewall sync (the pod's deny-all rules in force at its end)", "policy_sync_started", "policy_synced"),
+    ("pod: rules in force → guard passed, agent `ready` read by the kernel", "policy_synced", "ready"),
+    ("(kernel: status running → seen by its poll)", "running", "running_seen"),
+    ("(kernel: seen running → attached)", "running_seen", "attached"),
     ("first cell `1+1`", "ready", "result"),
     ("total: start → first result", "t0", "result"),
 ]
@@ -288,11 +325,52 @@ BARE_STEPS = [
 # Through Jupyter.
 
 
+SITECUSTOMIZE = """
+import logging, os, time
+_t0 = time.time()
+_out = open(os.environ["BENCH_KERNEL_TIMELINE"], "a", buffering=1)
+_out.write(f"{_t0:.6f} process started\\n")
+class _Timeline(logging.Handler):
+    def emit(self, record):
+        _out.write(f"{record.created:.6f} {record.getMessage()}\\n")
+_log = logging.getLogger("sandbox_kernel")
+_log.setLevel(logging.DEBUG)
+_log.addHandler(_Timeline())
+"""
+"""A sitecustomize for the kernel process (on its PYTHONPATH): its own timeline, from the
+interpreter's start, with the session's events at millisecond resolution."""
+
+_TIMELINE_MARKS = (
+    ("process_started", "process started"),
+    ("early_made", "early sandbox start: created"),
+    ("session_took_over", "took over the early attach"),
+    ("session_attached", "attached to pod"),
+)
+
+
+def timeline_marks(path: Path) -> dict[str, float]:
+    marks: dict[str, float] = {}
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return marks
+    for line in lines:
+        when, _, text = line.partition(" ")
+        for key, words in _TIMELINE_MARKS:
+            if words in text:
+                marks.setdefault(key, float(when))
+    return marks
+
+
 def jupyter_steps(env: dict[str, str], pods: PodWatch, admin_core: client.CoreV1Api) -> dict[str, float]:
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
     kernel_id = f"bench-{uuid.uuid4().hex[:8]}"
+    site = Path(tempfile.mkdtemp(prefix="bench-site-"))
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    timeline = site / "timeline.txt"
+    env = {**env, "PYTHONPATH": os.pathsep.join([env["PYTHONPATH"], str(site)]), "BENCH_KERNEL_TIMELINE": str(timeline)}
     km = KernelManager(kernel_name="sandbox-python",
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(Path(env["JUPYTER_PATH"]) / "kernels")]))
     km.shutdown_wait_time = 60
@@ -312,18 +390,24 @@ def jupyter_steps(env: dict[str, str], pods: PodWatch, admin_core: client.CoreV1
         namespaces = admin_core.list_namespace(label_selector=f"sandbox-kernel/kernel-id={manifests.label_value(kernel_id)}").items
         km.shutdown_kernel(now=False)
     namespace = namespaces[0].metadata.name if namespaces else ""
-    marks = {"t0": t0, "kernel_info": ready, "result": done, **pods.marks(namespace, "sandbox-1"), **node_marks(namespace, offset)}
-    return marks
+    marks = {"t0": t0, "kernel_info": ready, "result": done, **pods.marks(namespace, "sandbox-1"), **node_marks(namespace, offset),
+             **timeline_marks(timeline)}
+    return {**marks, **policy_synced(marks.get("ip", t0))}
 
 
 JUPYTER_STEPS = [
-    ("kernel process: start → pod created (early start)", "t0", "created"),
+    ("jupyter_client: start_kernel() → the kernel's interpreter runs", "t0", "process_started"),
+    ("kernel process: interpreter → pod created (early start)", "process_started", "created"),
     ("scheduler: bound (watch)", "created", "scheduled"),
     ("kubelet: until it asks for the pod sandbox", "scheduled", "sandbox_requested"),
     ("containerd: pod sandbox and network", "sandbox_requested", "sandbox_ready"),
     ("containerd: container created and started", "sandbox_ready", "container_started"),
     ("kubelet: started → status running (PLEG relist)", "container_started", "running"),
-    ("running → kernel_info answered (policy, agent, kernel)", "running", "kernel_info"),
+    ("kube-router: status running → its firewall sync starts", "running", "policy_sync_started"),
+    ("kube-router: firewall sync", "policy_sync_started", "policy_synced"),
+    ("rules in force → kernel_info answered (guard, agent, kernel)", "policy_synced", "kernel_info"),
+    ("(kernel process: interpreter → session takes the sandbox over)", "process_started", "session_took_over"),
+    ("(kernel process: interpreter → session attached itself, baseline)", "process_started", "session_attached"),
     ("kernel_info → `1+1` answered", "kernel_info", "result"),
     ("total: start_kernel() → first result", "t0", "result"),
 ]
@@ -341,6 +425,7 @@ def main() -> int:
     parser.add_argument("--kubeconfig", default=os.environ.get("SANDBOX_KUBECONFIG", ""), help="an admin kubeconfig")
     parser.add_argument("--starts", type=int, default=10, help="sandbox session starts (and bare pods of each kind)")
     parser.add_argument("--jupyter-starts", type=int, default=10)
+    parser.add_argument("--baseline-tree", default="", help="a checkout whose kernel alternates with this one's")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cold_start.json"))
     args = parser.parse_args()
     if not args.kubeconfig:
@@ -361,16 +446,31 @@ def main() -> int:
                  "load_before": os.getloadavg()},
         "image": image,
     }
-    raw: dict[str, list[dict[str, float]]] = {"session": [], "bare": [], "bare+emptyDir": [], "jupyter": []}
+    raw: dict[str, list[dict[str, float]]] = {"session": [], "bare": [], "bare+emptyDir": [], "jupyter": [], "jupyter (baseline)": []}
+    failures: list[str] = []
+    baseline_env = None
+    if args.baseline_tree:
+        tree = str(Path(args.baseline_tree).resolve())
+        baseline_env = {**env, "PYTHONPATH": os.pathsep.join([tree, *env["PYTHONPATH"].split(os.pathsep)[1:]])}
+        results["baseline_tree"] = {"path": tree, "commit": os.popen(f"git -C {tree} rev-parse HEAD").read().strip()}
     try:
         time.sleep(1.0)  # the watch is listening
         for i in range(max(args.starts, args.jupyter_starts)):
+            runs: list[tuple[str, Callable[[], dict[str, float]]]] = []
             if i < args.starts:
-                raw["session"].append(session_steps(env["SANDBOX_KUBECONFIG"], image, pods))
-                raw["bare"].append(bare_steps(core, bench_ns, image, False, pods))
-                raw["bare+emptyDir"].append(bare_steps(core, bench_ns, image, True, pods))
+                runs += [("session", lambda: session_steps(env["SANDBOX_KUBECONFIG"], image, pods)),
+                         ("bare", lambda: bare_steps(core, bench_ns, image, False, pods)),
+                         ("bare+emptyDir", lambda: bare_steps(core, bench_ns, image, True, pods))]
             if i < args.jupyter_starts:
-                raw["jupyter"].append(jupyter_steps(env, pods, core))
+                runs.append(("jupyter", lambda: jupyter_steps(env, pods, core)))
+                if baseline_env is not None:
+                    runs.append(("jupyter (baseline)", lambda: jupyter_steps(baseline_env, pods, core)))
+            for kind, run in runs:
+                try:
+                    raw[kind].append(run())
+                except Exception as exc:  # noqa: BLE001 - a failed start is reported, not measured
+                    failures.append(f"{kind}: {exc}"[:500])
+                    log(f"{kind} failed: {exc}"[:500])
             last = {k: v[-1] for k, v in raw.items() if v}
             log(f"round {i + 1}: " + ", ".join(
                 f"{k} {(v.get('result') or v.get('running', 0)) - v['t0']:.2f} s" for k, v in last.items()))
@@ -378,15 +478,20 @@ def main() -> int:
         pods.stop()
         core.delete_namespace(bench_ns)
     results["load_after"] = os.getloadavg()
+    results["failures"] = failures
     results["session"] = breakdown(raw["session"], STEPS)
     results["bare"] = breakdown(raw["bare"], BARE_STEPS)
     results["bare+emptyDir"] = breakdown(raw["bare+emptyDir"], BARE_STEPS)
     results["jupyter"] = breakdown(raw["jupyter"], JUPYTER_STEPS)
+    results["jupyter (baseline)"] = breakdown(raw["jupyter (baseline)"], JUPYTER_STEPS)
     results["raw"] = raw
     print(table("sandbox session (direct mode), step", results["session"]))
     print()
     print(table("Jupyter kernel, step", results["jupyter"]))
     print()
+    if raw["jupyter (baseline)"]:
+        print(table(f"Jupyter kernel of {args.baseline_tree}, step", results["jupyter (baseline)"]))
+        print()
     print(table("bare pod, step", results["bare"]))
     print()
     print(table("bare pod + one emptyDir, step", results["bare+emptyDir"]))

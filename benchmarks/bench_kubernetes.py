@@ -32,6 +32,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # kernels.py, which the e2e fixtures import
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from kubernetes import client, config  # noqa: E402
