@@ -22,7 +22,7 @@ from typing import Any, cast
 from traitlets import Any as AnyTrait
 from traitlets import Enum, Instance, Unicode
 
-from . import __version__, output_policy, selftest, usage, widget_policy
+from . import __version__, output_policy, selftest, start_progress, usage, widget_policy
 from .network_hint import network_hint
 from .config import check_timeout
 from .errors import ConfigError, SandboxError
@@ -43,10 +43,6 @@ KERNEL_INFO_WAIT = 3.0
 """Most seconds a ``kernel_info_request`` waits for the sandbox (whose agent gives the real
 language_info). Frontends send no cell before its reply, and a slow start (an image pull, a busy
 cluster) should show its progress in the first cell rather than keep the kernel "connecting"."""
-PROGRESS_AFTER = 2.0
-"""Seconds into a sandbox start after which a waiting cell shows what the start waits for."""
-PROGRESS_INTERVAL = 0.5
-"""Seconds between updates of that line (``update_display_data``)."""
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -172,30 +168,10 @@ class SandboxKernel(CommsAndStdin):
         return cast("SandboxSession", self.session_obj)
 
     async def _ready_showing_progress(self, silent: bool) -> SandboxSession:
-        """:meth:`_ready`, and while a slow start goes on, a line in the cell saying what it
-        waits for (``display_data``, then ``update_display_data`` as it changes), cleared
-        (``clear_output``) before the cell's own output: the cell has none before this."""
-        starting = self._starting
-        if silent or starting is None or starting.done() or self.session_obj is None:
-            return await self._ready()
-        session = self.session_obj
-        display_id = f"sandbox-start-{os.getpid()}-{self.execution_count}"
-        shown = ""
-        try:
-            while not starting.done():
-                await asyncio.wait({starting}, timeout=PROGRESS_INTERVAL)
-                waited = time.monotonic() - self._start_began
-                if starting.done() or waited < PROGRESS_AFTER:
-                    continue
-                text = f"Starting the sandbox ({waited:.0f} s): {session.start_progress or 'starting'}"
-                if text != shown:
-                    kind = "update_display_data" if shown else "display_data"
-                    self._publish(kind, {"data": {"text/plain": text}, "metadata": {},
-                                         "transient": {"display_id": display_id}})
-                    shown = text
-        finally:
-            if shown:
-                self._publish("clear_output", {"wait": False})
+        """:meth:`_ready`, with a line in the cell saying what a slow start waits for (start_progress.py)."""
+        starting, session = self._starting, self.session_obj
+        if not silent and starting is not None and not starting.done() and session is not None:
+            await start_progress.show_while_starting(starting, self._start_began, lambda: session.start_progress, self._publish)
         return await self._ready()
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:

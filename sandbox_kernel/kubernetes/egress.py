@@ -24,13 +24,15 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Limits
 from ..errors import ConfigError, SandboxStartError
 from ..egress import policy
 from . import manifests
-from .api import KubernetesApi
+
+if TYPE_CHECKING:  # the early start imports this module before the kubernetes client (early_client.py)
+    from .api import KubernetesApi
 
 NO_PROXY = "localhost,127.0.0.1,::1"
 
