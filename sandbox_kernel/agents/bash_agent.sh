@@ -1218,7 +1218,9 @@ __sk_file() {
             err='bad data'
         elif [[ -e $path && ! -f $path ]]; then
             err='not a regular file'
-        elif ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock status=none 2>&1); then
+        elif ((off > 0)) && ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock conv=notrunc status=none 2>&1); then
+            err=${out##*: }  # (dd truncates at seek/bs records, not bytes: never truncate after the first chunk)
+        elif ((off == 0)) && ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 oflag=nonblock status=none 2>&1); then
             err=${out##*: }
         else
             size=$(stat -c %s -- "$path" 2>/dev/null)

@@ -2294,7 +2294,7 @@ def _file_request(msg):
     """``file_write`` / ``file_read`` (PROTOCOL.md), answered by the supervisor with a
     ``file_reply``. Paths are relative to the sandbox's working directory (or absolute); only
     regular files (opened non-blocking, so a FIFO cannot hang the supervisor)."""
-    import base64
+    import binascii
     import stat
 
     reply = {"type": "file_reply", "id": msg.get("id")}
@@ -2306,7 +2306,7 @@ def _file_request(msg):
     fd = -1
     try:
         if msg.get("type") == "file_write":
-            data = base64.b64decode(msg.get("data") or "", validate=True)
+            data = binascii.a2b_base64(msg.get("data") or "")
             if offset == 0 and os.path.dirname(full):
                 os.makedirs(os.path.dirname(full), exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_TRUNC if offset == 0 else 0)
@@ -2334,7 +2334,7 @@ def _file_request(msg):
                 chunks.append(part)
                 left -= len(part)
             reply["size"] = st.st_size
-            reply["data"] = base64.b64encode(b"".join(chunks)).decode("ascii")
+            reply["data"] = binascii.b2a_base64(b"".join(chunks), newline=False)  # bytes: spliced into the frame
     except OSError as exc:
         reply["error"] = os.strerror(exc.errno) if exc.errno else str(exc)
     except ValueError as exc:
@@ -2414,7 +2414,13 @@ def _supervise(worker, to_worker, from_worker):
         elif kind == "usage":
             send(_cgroup_usage(msg.get("id")))
         elif kind in ("file_write", "file_read"):
-            send(_file_request(msg))
+            reply = _file_request(msg)
+            data = reply.pop("data", None)
+            if data is None:
+                send(reply)
+            else:  # base64 needs no escaping: spliced in (json.dumps of it costs more than the read)
+                meta = json.dumps(_clean(reply), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+                _send_frame(b"msg", meta[:-1] + b',"data":"' + data + b'"}')
         elif kind == "shutdown":
             kill_all(0)
         elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)
@@ -2631,7 +2637,7 @@ def _supervise(worker, to_worker, from_worker):
                     kill_all(3)
         if _PROTO_IN in readable:
             try:
-                chunk = os.read(_PROTO_IN, READ_CHUNK)
+                chunk = os.read(_PROTO_IN, 1 << 20)  # whole file_write chunks at once
             except OSError as exc:
                 _log("cannot read from the kernel: %s" % exc)
                 chunk = b""
