@@ -952,11 +952,14 @@ function supervisor() {
     const c = cell;
     if (!c || c.interrupting || c.lost || c.finished) return; // nothing runs: ignored
     c.interrupting = true;
-    if (c.asking) answerInput(c, { interrupt: true }); // input() raises the interrupt
+    // Waiting in input(): the answer makes it raise the interrupt. No SIGINT then: it could
+    // arrive after the cell has ended and stop the next one.
+    const waiting = c.asking;
+    if (waiting) answerInput(c, { interrupt: true });
     const w = worker;
     if (!w) return; // the cell is already being reported as lost
     try {
-      process.kill(w.pid, 'SIGINT');
+      if (!waiting) process.kill(w.pid, 'SIGINT');
     } catch (_) {
       /* it is dying anyway; the exit handler reports */
     }
