@@ -29,7 +29,7 @@ from .errors import ConfigError, SandboxError
 from .kernel_base import KernelBase
 from .kernel_comms import CommsAndStdin, _msg_id
 from .languages import LANGUAGES
-from .session import REPORT_TOPICS, ClearOutput, CommEvent, DisplayData, ErrorOutput, Event, ExecuteResult, InputRequest, ReportTopic, SandboxSession, Stream
+from .session import CLUSTER_TOPICS, REPORT_TOPICS, ClearOutput, CommEvent, DisplayData, ErrorOutput, Event, ExecuteResult, InputRequest, ReportTopic, SandboxSession, Stream
 from .sessions import DEFAULT_BACKEND, chosen_backend, make_session, sandbox_settings
 from .stream_merge import merged_streams
 
@@ -38,11 +38,13 @@ log = logging.getLogger("sandbox_kernel")
 _MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
 KERNEL_TOPICS = ("usage", "selftest", "network", "allow", "deny", "upload", "download")
 """The ``%sandbox`` topics the kernel answers itself; the session answers :data:`REPORT_TOPICS`."""
-SANDBOX_TOPICS = (*REPORT_TOPICS, *KERNEL_TOPICS)
+SANDBOX_TOPICS = (*REPORT_TOPICS, *KERNEL_TOPICS, *CLUSTER_TOPICS)
 KERNEL_INFO_WAIT = 3.0
 """Most seconds a ``kernel_info_request`` waits for the sandbox (whose agent gives the real
 language_info). Frontends send no cell before its reply, and a slow start (an image pull, a busy
 cluster) should show its progress in the first cell rather than keep the kernel "connecting"."""
+IS_COMPLETE_WAIT = 0.7
+"""Seconds an is_complete_request waits for the sandbox (jupyter console gives up after 1 s)."""
 _EXIT_WORDS = {
     "python": ("exit", "quit", "exit()", "quit()"),
     "node": ("exit", "quit", ".exit"),
@@ -115,7 +117,7 @@ class SandboxKernel(CommsAndStdin):
             if self.session_obj is None:
                 self.session_obj = make_session(self.backend, self.language_name, config=self.config, parent=self)
         except SandboxError as exc:
-            log.error("%s", exc)
+            log.info("%s", exc)  # every cell reports it (not at WARNING: see _start_session)
             self._config_error = self._config_error or exc
         self._init_comms()  # comms (widgets) and stdin (input()): kernel_comms.py
 
@@ -144,7 +146,9 @@ class SandboxKernel(CommsAndStdin):
             await (early if early is not None else self.session_obj.start())
             self._start_error = None
         except SandboxError as exc:
-            log.error("%s", exc)
+            # The next cell reports it. Not at WARNING: the kernel's stderr is `jupyter console`'s
+            # terminal, which would show it twice (once more per retry).
+            log.info("%s", exc)
             self._start_error = exc
 
     async def _ready(self) -> SandboxSession:
@@ -395,7 +399,10 @@ class SandboxKernel(CommsAndStdin):
                         self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
                     continue
                 loop = asyncio.get_running_loop()
-                if topic == "usage":
+                if topic in CLUSTER_TOPICS:  # the kernel's identity asks the cluster; dry-run's manifests: the rest
+                    body, lines = ("\n".join(lines), []) if topic == "dry-run" and not hosts.strip() else ("", lines)
+                    text = await loop.run_in_executor(None, session.inspect_cluster, topic, hosts.split(), body)
+                elif topic == "usage":
                     text = self._accounting.report(await self._sandbox_usage())
                 else:
                     # Reports may call the Kubernetes API (blocking): keep the event loop free.
@@ -475,9 +482,10 @@ class SandboxKernel(CommsAndStdin):
         if _MAGIC.match(code.split("\n", 1)[0]) and "\n" not in code.strip():
             return {"status": "complete"}
         try:
-            session = await self._ready()
+            # A console waits 1 s, then stops asking for good: "unknown" (run it) while the sandbox starts.
+            session = await asyncio.wait_for(self._ready(), IS_COMPLETE_WAIT)
             status, indent = await session.is_complete(code)
-        except SandboxError:
+        except (SandboxError, asyncio.TimeoutError):
             status, indent = "unknown", ""
         reply: dict[str, Any] = {"status": status}
         if status == "incomplete":

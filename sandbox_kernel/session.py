@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncGenerator, Callable, Union
 
 from .config import Limits
-from .errors import SandboxError
+from .errors import ConfigError, SandboxError
 from .languages import Language
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ class ReportTopic(str, enum.Enum):
 
 REPORT_TOPICS: tuple[str, ...] = tuple(topic.value for topic in ReportTopic)
 """The :class:`ReportTopic` values, in the order ``%sandbox`` lists them."""
+
+CLUSTER_TOPICS: tuple[str, ...] = ("whoami", "can-i", "rules", "dry-run", "lab", "describe", "logs")
+"""``%sandbox`` topics that ask the cluster as the kernel's own identity (the study notebooks 05
+and 06): :meth:`SandboxSession.inspect_cluster`; only the Kubernetes backend has a cluster to ask."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +252,18 @@ class SandboxSession(abc.ABC):
     @abc.abstractmethod
     def report(self, topic: str) -> str:
         """Plain text for ``%sandbox TOPIC``, one of :class:`ReportTopic`; ``ValueError`` for any other."""
+
+    def inspect_cluster(self, topic: str, words: list[str], body: str) -> str:
+        """Plain text for ``%sandbox TOPIC WORDS...``, ``topic`` one of :data:`CLUSTER_TOPICS`;
+        ``body`` is the rest of the cell (the manifests of ``dry-run``). Blocking: the kernel runs
+        it off the event loop. Backends without a cluster (the default) refuse with a ConfigError."""
+        raise ConfigError(
+            f"%sandbox {topic}",
+            f"asks the Kubernetes cluster as the kernel's identity, and this kernel runs on the {self.backend} "
+            "backend",
+            hint="Switch to a Kubernetes kernel (Kernel > Change Kernel... > Sandbox (Python) · Kubernetes; "
+            "notebooks/README.md says how to get one).",
+        )
 
     async def usage(self) -> "Usage | None":
         """The sandbox's memory and CPU now, with its limits (:class:`~sandbox_kernel.usage.Usage`).

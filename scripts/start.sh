@@ -10,13 +10,14 @@ SECONDS=0
 usage() {
   cat <<EOF
 usage: bash scripts/start.sh [lab|kubernetes|console] [--port N] [--notebooks DIR] [--venv DIR]
+                            [--kubeconfig FILE]
 
 Sets Sandbox Kernel up on this machine (Debian/Ubuntu) and opens it:
   lab        JupyterLab on http://127.0.0.1:PORT, serving DIR (the default)
   kubernetes the same, plus the project's own single-node Kubernetes cluster (tests/cluster/up,
              as root: the first run builds Kubernetes from source, ~15-25 min on 2 cores; later
              ~35 s) and the "Sandbox (…) · Kubernetes" kernels next to the local ones, for the
-             study notebooks in DIR/cka-study (an existing cluster: notebooks/README.md)
+             study notebooks in DIR/cka-study
   console    jupyter console on Sandbox (Python) (\$SANDBOX_KERNEL names another kernel)
 
 Installs bubblewrap and Node.js with apt (sudo unless root) when missing, and this checkout
@@ -28,6 +29,10 @@ options:
   --notebooks DIR   the folder JupyterLab serves (default: ~/sandbox-notebooks, created);
                     the study notebooks of notebooks/ are copied into DIR/cka-study once
   --venv DIR        the virtual environment (default: ~/.local/share/sandbox-kernel/venv)
+  --kubeconfig FILE kubernetes: use the existing cluster FILE names (kind, minikube, k3d, a
+                    cloud cluster; its kubeconfig with admin rights, kubectl on PATH) instead of
+                    building the project's own; its network plugin must enforce NetworkPolicy
+                    (notebooks/README.md says which do)
   -h, --help        this text; installs nothing
 
 environment: SANDBOX_NOTEBOOKS, SANDBOX_KERNEL_VENV (defaults for --notebooks, --venv),
@@ -44,17 +49,22 @@ port=8888
 notebooks=${SANDBOX_NOTEBOOKS:-$HOME/sandbox-notebooks}
 venv=${SANDBOX_KERNEL_VENV:-${XDG_DATA_HOME:-$HOME/.local/share}/sandbox-kernel/venv}
 port_given=0
+cluster_kubeconfig=
 while (($#)); do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     lab|kubernetes|console) mode=$1 ;;
-    --port|--notebooks|--venv)
+    --port|--notebooks|--venv|--kubeconfig)
       (($# >= 2)) || die "$1 needs a value (see --help)"
-      case "$1" in --port) port=$2; port_given=1 ;; --notebooks) notebooks=$2 ;; --venv) venv=$2 ;; esac
+      case "$1" in
+        --port) port=$2; port_given=1 ;; --notebooks) notebooks=$2 ;; --venv) venv=$2 ;;
+        --kubeconfig) cluster_kubeconfig=$2 ;;
+      esac
       shift ;;
     --port=*) port=${1#*=}; port_given=1 ;;
     --notebooks=*) notebooks=${1#*=} ;;
     --venv=*) venv=${1#*=} ;;
+    --kubeconfig=*) cluster_kubeconfig=${1#*=} ;;
     *) echo "start.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
@@ -67,6 +77,12 @@ if [[ $mode != console ]] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; t
   die "port $port is in use (another JupyterLab?): pick another with --port N"
 fi
 [[ -z $notebooks ]] && die "--notebooks needs a folder"
+if [[ -n $cluster_kubeconfig ]]; then
+  [[ $mode == kubernetes ]] || die "--kubeconfig is for kubernetes, not $mode"
+  [[ -f $cluster_kubeconfig ]] || die "--kubeconfig $cluster_kubeconfig is not a file"
+  command -v kubectl >/dev/null || die "--kubeconfig needs kubectl on PATH (https://kubernetes.io/docs/tasks/tools/)"
+  cluster_kubeconfig=$(realpath -- "$cluster_kubeconfig")
+fi
 notebooks=$(realpath -m -- "$notebooks")
 venv=$(realpath -m -- "$venv")
 if [[ -e $notebooks && ! -d $notebooks ]]; then die "--notebooks $notebooks is not a folder"; fi
@@ -123,7 +139,14 @@ if [[ $found != "$venv"/* ]]; then
 fi
 
 # -- kubernetes: the project's cluster, the kernels' identity on it, the Kubernetes kernels ----------
-if [[ $mode == kubernetes ]]; then
+if [[ $mode == kubernetes && -n $cluster_kubeconfig ]]; then
+  admin=$cluster_kubeconfig
+  step "using the existing cluster of $admin (context $(kubectl --kubeconfig "$admin" config current-context))"
+  kubectl --kubeconfig "$admin" version >/dev/null || die "the cluster of $admin does not answer (kubectl version failed)"
+  # Its own user and kubectl, no root; the images are the official ones (KubernetesSandbox.images).
+  sudo=()
+  in_cluster_env() { env SANDBOX_KUBECONFIG="$admin" bash -c 'source tests/cluster/lib.sh && "$@"' _ "$@"; }
+elif [[ $mode == kubernetes ]]; then
   if ((${#sudo[@]})) && ! command -v sudo >/dev/null; then
     echo "start.sh: the cluster runs as root: run this as root, or install sudo" >&2
     exit 1
@@ -133,6 +156,8 @@ if [[ $mode == kubernetes ]]; then
   # up: progress on stderr, the admin kubeconfig's path as its last stdout line.
   admin=$("${sudo[@]}" "$repo/tests/cluster/up" | tail -n1) || die "tests/cluster/up failed (its log is above)"
   in_cluster_env() { "${sudo[@]}" env SANDBOX_KUBECONFIG="$admin" bash -c 'source tests/cluster/lib.sh && "$@"' _ "$@"; }
+fi
+if [[ $mode == kubernetes ]]; then
   step "kubectl apply -k k8s/rbac/ (the kernels' least-privilege identity and the admission policies confining it)"
   in_cluster_env kubectl --kubeconfig "$admin" apply -k k8s/rbac/ | sed 's/^/  /'
   # The kernels run as that service account, with a kubeconfig of this user's own.
@@ -141,11 +166,13 @@ if [[ $mode == kubernetes ]]; then
   in_cluster_env tests/cluster/kubeconfig-for sandbox-kernel-system sandbox-kernel "$kubeconfig" 24h >/dev/null
   ((${#sudo[@]})) && "${sudo[@]}" chown "$(id -u):$(id -g)" "$kubeconfig"
   export SANDBOX_KUBECONFIG=$kubeconfig
-  # The sandbox images the cluster built (SANDBOX_IMAGE_PYTHON, ...), for the kernels.
-  set -a
-  # shellcheck disable=SC1090,SC2016  # written by tests/cluster/images; $CACHE is lib.sh's
-  source <("${sudo[@]}" bash -c 'source tests/cluster/lib.sh && cat "$CACHE/images.env"')
-  set +a
+  if [[ -z $cluster_kubeconfig ]]; then
+    # The sandbox images the cluster built (SANDBOX_IMAGE_PYTHON, ...), for the kernels.
+    set -a
+    # shellcheck disable=SC1090,SC2016  # written by tests/cluster/images; $CACHE is lib.sh's
+    source <("${sudo[@]}" bash -c 'source tests/cluster/lib.sh && cat "$CACHE/images.env"')
+    set +a
+  fi
   step "registering the Sandbox kernels (Kubernetes, token valid 24 h: run this again after) in $venv"
   "$py" -m sandbox_kernel install --sys-prefix --backend kubernetes --name-suffix=-kubernetes | sed 's/^/  /'
 fi

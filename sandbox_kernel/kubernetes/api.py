@@ -173,6 +173,20 @@ class KubernetesApi:
                 raise ApiException(http_resp=response)
             return json.loads(data) if data else {}
 
+    def request(self, action: str, method: str, path: str, query: Any = None, body: Any = None) -> dict[str, Any]:
+        """Any JSON request by path: the study magics' reviews and dry runs (kubernetes/study.py)."""
+        return self._request(action, method, path, query, body)
+
+    def read_log(self, namespace: str, name: str, query: list[tuple[str, str]]) -> str:
+        """A pod's container log as text (``kubectl logs``; ``query``: container, previous, limitBytes)."""
+        with self._calling(f"read the log of pod {name} in namespace {namespace}"):
+            url, headers = self._serialize("GET", _pod_path(namespace, name) + "/log", query, {"Accept": "*/*"})
+            response = self.api_client.call_api("GET", url, headers, None, _request_timeout=REQUEST_TIMEOUT)
+            data = response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException(http_resp=response)
+            return str(data.decode("utf-8", "replace"))
+
     # -- generic create ------------------------------------------------------------------------
 
     def create(self, obj: dict[str, Any], rbac_settle: float = 0.0, account_settle: float = 0.0) -> dict[str, Any]:

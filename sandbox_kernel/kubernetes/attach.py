@@ -5,6 +5,9 @@ drops (an API server restart, a network blip) the reader thread attaches again a
 agent ``resume``; the agent answers with a marker line and repeats every byte the kernel has not
 received, and reports how many requests it got, so lost ones are sent again. The session above
 sees one unbroken stream. See ``agents/PROTOCOL.md``, "Resuming after a dropped stream".
+
+Drops and re-attaches are logged at INFO only: what the user must know (output lost, the sandbox
+gone) reaches the cell, and the kernel's stderr is the terminal of ``jupyter console``.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class AttachChannel(AgentChannel):
             except SandboxError as exc:
                 if self._closed:
                     return
-                log.warning("attach stream broke: %s", exc)
+                log.info("attach stream broke: %s", exc)
                 got = None
             if got is not None and scanner is not None and time.monotonic() > resume_deadline:
                 log.error("the sandbox agent did not answer resume within %g s", RESUME_TIMEOUT)
@@ -131,24 +134,24 @@ class AttachChannel(AgentChannel):
                     resume_index = self._sent.record_resume()
                     old, self._stream = self._stream, stream
             except SandboxError as exc:
-                log.warning("the new attach stream broke at once: %s", exc)
+                log.info("the new attach stream broke at once: %s", exc)
                 stream.close()
                 continue
             old.close()
             self.reattached += 1
-            log.warning("re-attached to the sandbox pod; asking the agent to resume at byte %d", self._received)
+            log.info("re-attached to the sandbox pod; asking the agent to resume at byte %d", self._received)
             return ResumeScanner(token), resume_index
         return None
 
     def _resumed(self, start: int, received: int, resume_index: int) -> None:
         if start > self._received:
             lost = start - self._received
-            log.warning("%d bytes of the agent's output were lost while detached", lost)
+            log.info("%d bytes of the agent's output were lost while detached", lost)
             self.lost_output += lost
             self._received = start
             self._deliver(StreamGap(lost))
         elif start < self._received:
-            log.warning("the agent resumed at byte %d, before %d; skipping the repeat", start, self._received)
+            log.info("the agent resumed at byte %d, before %d; skipping the repeat", start, self._received)
         with self._send_lock:
             lost_requests, forgotten = self._sent.lost_before(resume_index, received)
             if forgotten:

@@ -38,7 +38,7 @@ from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost
 from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel
-from . import claiming, early, egress, manifests, pod_command, pod_start, reports
+from . import claiming, early, egress, manifests, pod_command, pod_start, reports, study
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
 from .pod_status import container_running, end_reason, eviction_event, waiting_for
@@ -58,7 +58,7 @@ CLOSE_MARGIN = 10.0
 ``KubernetesSandbox.shutdown_deadline`` (its last API request may still be under way)."""
 
 
-class KubernetesSandboxSession(AgentSession):
+class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
     """A session whose sandbox is a pod in a namespace of its own."""
 
     backend = "kubernetes"
@@ -339,14 +339,14 @@ class KubernetesSandboxSession(AgentSession):
             try:
                 pod = api.read_pod(namespace, name)
                 if not container_running(pod):
-                    log.warning("not re-attaching: pod %s/%s is no longer running", namespace, name)
+                    log.info("not re-attaching: pod %s/%s is no longer running", namespace, name)
                     return None
                 return api.attach(namespace, name, manifests.CONTAINER_NAME)
             except SandboxError as exc:
-                log.warning("re-attaching to pod %s/%s failed, retrying: %s", namespace, name, exc)
+                log.info("re-attaching to pod %s/%s failed, retrying: %s", namespace, name, exc)
                 delay = min(delay * 2, 2.0)
         if not self._closed:
-            log.error("gave up re-attaching to pod %s/%s after %g s", namespace, name, self.settings.reconnect_timeout)
+            log.info("gave up re-attaching to pod %s/%s after %g s", namespace, name, self.settings.reconnect_timeout)
         return None
 
     # -- heartbeat ----------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ kernelspecs of a temporary JUPYTER_PATH), as the k8s/rbac service account. Cells
 `raises-exception` may fail; every other cell must not. Then the OUTPUTS are checked against what
 the cluster really does: the OOM cell reports out of memory, the uid cell prints 1000, DNS and the
 API server are unreachable, and so on. The privileged pod that notebook 03 can only describe is
-really created here, and refused, in a namespace labelled exactly like a sandbox.
+really created here, and refused, in a namespace labelled exactly like a sandbox. Notebook 05's
+RBAC answers and admission refusals, and notebook 06's broken pods (refused, not pulled,
+crash-looping) and what describe/logs show of them, are the cluster's own; 06's hidden answers
+must name what the cells really showed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sandbox_kernel.kubernetes import manifests
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 NOTEBOOKS = REPO / "notebooks"
+LAB_SCENARIOS = ("over-limits", "over-quota", "missing-image", "crash-loop")
 
 
 class Ran:
@@ -118,15 +122,21 @@ def notebook(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pa
 def test_notebooks_are_committed_clean_and_tagged() -> None:
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["01-resourcequota-and-limitrange.ipynb", "02-networkpolicy.ipynb", "03-pod-security.ipynb",
-                     "04-sandbox-lifecycle.ipynb"]
+                     "04-sandbox-lifecycle.ipynb", "05-rbac-and-admission.ipynb", "06-troubleshooting-lab.ipynb"]
     expected_failures = {"01-resourcequota-and-limitrange.ipynb": {"oom"},
                          "02-networkpolicy.ipynb": {"dns", "apiserver", "internet"},
-                         "03-pod-security.ipynb": {"rootfs"}, "04-sandbox-lifecycle.ipynb": {"crash"}}
+                         "03-pod-security.ipynb": {"rootfs"}, "04-sandbox-lifecycle.ipynb": {"crash"},
+                         "05-rbac-and-admission.ipynb": set(), "06-troubleshooting-lab.ipynb": set()}
+    answers = {"06-troubleshooting-lab.ipynb": {f"{s}-answer" for s in LAB_SCENARIOS}}
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
         tagged = {c["id"] for c in nb.cells if "raises-exception" in c.get("metadata", {}).get("tags", [])}
         assert tagged == expected_failures[name], name
+        # Answers are collapsed in JupyterLab (jupyter.source_hidden) until the learner opens them.
+        hidden = {c["id"] for c in nb.cells if c.get("metadata", {}).get("jupyter", {}).get("source_hidden")}
+        assert hidden == answers.get(name, set()), name
+        assert hidden == {c["id"] for c in nb.cells if "answer" in c.get("metadata", {}).get("tags", [])}, name
 
 
 def test_01_resourcequota_and_limitrange(notebook: Any) -> None:
@@ -234,3 +244,115 @@ def test_04_sandbox_lifecycle(notebook: Any) -> None:
     assert first_pod != later_pod, "the crash must have replaced the pod"
     assert ran.stdout("after-crash") == f"now running in pod {later_pod}\n"  # a pod's hostname is its name
     assert f"pod/{later_pod}" in ran.stdout("events-after")
+
+
+def test_05_rbac_and_admission(notebook: Any, core_v1: client.CoreV1Api) -> None:
+    ran = notebook("05-rbac-and-admission.ipynb")
+    namespace = re.search(r"namespace (sandbox-[0-9a-f]{8})", ran.stdout("backend")).group(1)
+    whoami = ran.stdout("whoami")
+    assert re.search(rf"^username\s+{SA_USER}$", whoami, re.M), whoami
+    assert "system:serviceaccounts:sandbox-kernel-system" in whoami and "system:authenticated" in whoami, whoami
+
+    def rules(cell: str) -> dict[str, tuple[str, str]]:
+        rows = ran.stdout(cell).splitlines()[2:]
+        return {r.split()[0]: (r.split()[1], " ".join(r.split()[2:])) for r in rows if r and not r.startswith("non-resource")}
+
+    own, default = rules("rules"), rules("rules-default")
+    assert own["pods"] == ("[]", "[create get delete]"), own
+    assert own["pods/log"] == ("[]", "[get]") and own["pods/attach"] == ("[]", "[get create]"), own
+    assert own["clusterroles.rbac.authorization.k8s.io"] == ("[sandbox-kernel-sandbox]", "[bind]"), own
+    assert own["namespaces"][1].startswith("[create get list delete"), own
+    assert "pods/exec" not in own and "secrets" not in own, own
+    # In default only the cluster-wide rules: no pods at all.
+    assert not {r for r in default if r.startswith("pods")}, default
+    assert default["namespaces"] == own["namespaces"], default
+    can = dict(line.rsplit(": ", 1) for line in ran.stdout("can-i").splitlines() if not line.startswith("  "))
+    assert can == {
+        f"create pods in namespace {namespace}": "yes", "create pods in namespace default": "no",
+        f"create pods/exec in namespace {namespace}": "no", f"list secrets in namespace {namespace}": "no",
+        "bind clusterroles cluster-admin": "no", "bind clusterroles sandbox-kernel-sandbox": "yes",
+        "create namespaces": "yes", "delete namespaces": "yes",
+    }, can
+    assert f'RoleBinding "sandbox-kernel/{namespace}" of ClusterRole "sandbox-kernel-sandbox"' in ran.stdout("can-i")
+    # What RBAC allows, the admission policies refuse: every one a real answer of the API server.
+    policy = "Error from server (Forbidden): {what} is forbidden: ValidatingAdmissionPolicy '{name}' with binding '{name}' denied request: "
+    refusals = {
+        "delete-platform": (policy.format(what='namespaces "sandbox-kernel-system"', name="sandbox-kernel-namespaces")
+                            + "sandbox-kernel may only delete its sandbox namespaces"),
+        "ns-name": (policy.format(what='namespaces "team-a"', name="sandbox-kernel-namespaces")
+                    + "sandbox-kernel may only create namespaces named sandbox-*, not team-a"),
+        "ns-unlabelled": (policy.format(what='namespaces "sandbox-0000beef"', name="sandbox-kernel-namespaces")
+                          + "sandbox-kernel may only create namespaces labelled app.kubernetes.io/managed-by=sandbox-kernel"),
+        "ns-privileged": (policy.format(what='namespaces "sandbox-0000beef"', name="sandbox-kernel-namespaces")
+                          + "sandbox-kernel may only create sandbox namespaces with Pod Security"),
+        "netpol": policy.format(what='networkpolicies.networking.k8s.io "allow-all"', name="sandbox-kernel-networkpolicies"),
+        "pod": (policy.format(what='pods "sleeper"', name="sandbox-kernel-pods-command")
+                + "sandbox-kernel may only create pods that run the sandbox agent behind its network policy guard"),
+    }
+    for cell, text in refusals.items():
+        assert text in ran.stdout(cell), (cell, ran.stdout(cell))
+    assert "would have enforce=privileged" in ran.stdout("ns-privileged")
+    assert "not allow-all" in ran.stdout("netpol")
+    assert ran.stdout("delete-default") == ('namespace/default: Error from server (Forbidden): namespaces "default" is forbidden: '
+                                            "this namespace may not be deleted\n")
+    assert ran.stdout("ns-ok") == "namespace/sandbox-0000beef created (server dry run: admitted, nothing stored)\n"
+    escalation = ran.stdout("escalation")
+    assert "Error from server (Forbidden)" in escalation and "attempting to grant RBAC permissions not currently held" in escalation
+    # Dry runs: nothing was created or deleted.
+    names = {ns.metadata.name for ns in core_v1.list_namespace().items}
+    assert "sandbox-kernel-system" in names and "team-a" not in names and "sandbox-0000beef" not in names
+
+
+def test_06_troubleshooting_lab(notebook: Any, sandbox_images: dict[str, str]) -> None:
+    ran = notebook("06-troubleshooting-lab.ipynb")
+    namespace = re.search(r"namespace (sandbox-[0-9a-f]{8})", ran.stdout("backend")).group(1)
+    assert [line.split()[0] for line in ran.stdout("lab").splitlines()[1:5]] == list(LAB_SCENARIOS)
+    # 1: the LimitRange refuses the pod at admission: no pod, no events.
+    assert ran.stdout("over-limits") == ('Error from server (Forbidden): pods "lab-over-limits" is forbidden: '
+                                         "maximum memory usage per Container is 256Mi, but limit is 512Mi\n")
+    assert ran.stdout("over-limits-describe") == 'Error from server (NotFound): pods "lab-over-limits" not found\n'
+    # 2: the quota refuses it: the kernel's own pod already uses 64Mi of 256Mi requests.
+    assert ran.stdout("over-quota") == (
+        'Error from server (Forbidden): pods "lab-over-quota" is forbidden: exceeded quota: sandbox-quota, '
+        "requested: requests.memory=256Mi, used: requests.memory=64Mi, limited: requests.memory=256Mi\n")
+    quota = dict((row.split()[0], row.split()[1:]) for row in ran.stdout("over-quota-quota").splitlines()[1:])
+    assert quota["requests.memory"] == ["64Mi", "256Mi"] and quota["pods"] == ["1", "3"], quota
+    # 3: admitted, but the kubelet cannot pull the image.
+    started = ran.stdout("missing-image")
+    assert started.startswith("pod/lab-missing-image created\n"), started
+    assert re.search(r"^lab-missing-image\s+0/1\s+(ErrImagePull|ImagePullBackOff)\s+0$", started, re.M), started
+    described = ran.stdout("missing-image-describe")
+    assert re.search(rf"^Namespace:\s+{namespace}$", described, re.M), described
+    assert "connection refused" in described, described  # the node asked a registry at localhost: there is none
+    assert re.search(r"^Image:\s+localhost/sandbox-python:no-such-tag$", described, re.M), described
+    assert re.search(r"^    Reason:\s+(ErrImagePull|ImagePullBackOff)$", described, re.M), described
+    assert 'Failed to pull image "localhost/sandbox-python:no-such-tag"' in described, described
+    logs = ran.stdout("missing-image-logs")
+    assert logs.startswith("Error from server (BadRequest):") and "is waiting to start" in logs, logs
+    # 4: the Python command on the Bash image: exit 127, restarted again and again.
+    started = ran.stdout("crash-loop")
+    assert re.search(r"^lab-crash-loop\s+0/1\s+CrashLoopBackOff\s+[1-9]\d*$", started, re.M), started
+    described = ran.stdout("crash-loop-describe")
+    assert re.search(r"^Image:\s+localhost/sandbox-bash:5$", described, re.M), described
+    assert re.search(r"^Command:\s+/bin/sh -c python3 -c ", described, re.M), described
+    assert re.search(r"^Restart Policy:\s+Always$", described, re.M), described
+    assert re.search(r"^  Last State:\s+Terminated\n    Reason:\s+Error\n    Exit Code:\s+127$", described, re.M), described
+    assert re.search(r"Warning\s+BackOff\s+\d+\s+Back-off restarting failed container", described), described
+    assert "python3: not found" in ran.stdout("crash-loop-logs"), ran.stdout("crash-loop-logs")
+    # Cleaned up; the kernel's own sandbox was never affected.
+    assert ran.stdout("clean") == "deleted pod/lab-missing-image, pod/lab-crash-loop\n"
+    assert re.fullmatch(r"this cell ran in sandbox-1 - 42\n", ran.stdout("still-fine")), ran.stdout("still-fine")
+    assert all(line.split()[-1] == "-" for line in ran.stdout("lab-after").splitlines()[1:5])
+    # The hidden answers say what the cells really showed.
+    nb = nbformat.read(NOTEBOOKS / "06-troubleshooting-lab.ipynb", as_version=4)
+    answers = {c["id"]: " ".join(c.source.split()) for c in nb.cells if "answer" in c.metadata.get("tags", [])}
+    for cell, facts in {
+        "over-limits-answer": ["maximum memory usage per Container is 256Mi, but limit is 512Mi", "NotFound"],
+        "over-quota-answer": ["exceeded quota: sandbox-quota", "`64Mi`", "`192Mi`"],
+        "missing-image-answer": ["ErrImagePull", "ImagePullBackOff", "Failed to pull image", "connection refused",
+                                 "is waiting to start", "localhost/sandbox-python:3.11"],
+        "crash-loop-answer": ["CrashLoopBackOff", "Exit Code: 127", "python3: not found", "restartPolicy: Always"],
+    }.items():
+        for fact in facts:
+            assert fact in answers[cell], (cell, fact)
+    assert sandbox_images["SANDBOX_IMAGE_PYTHON"] == "localhost/sandbox-python:3.11"  # the kernel's own, as the answer says

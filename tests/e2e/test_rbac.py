@@ -79,8 +79,8 @@ def test_namespaced_rights_exist_only_in_sandboxes_it_created(
     assert mine
     for verb, resource, sub, group in [
         ("create", "pods", "", ""), ("get", "pods", "", ""), ("delete", "pods", "", ""),
-        ("create", "pods", "attach", ""), ("get", "pods", "attach", ""), ("create", "configmaps", "", ""),
-        ("patch", "leases", "", "coordination.k8s.io"), ("list", "events", "", ""),
+        ("create", "pods", "attach", ""), ("get", "pods", "attach", ""), ("get", "pods", "log", ""),
+        ("create", "configmaps", "", ""), ("patch", "leases", "", "coordination.k8s.io"), ("list", "events", "", ""),
         ("create", "networkpolicies", "", "networking.k8s.io"),
     ]:
         assert allowed(k8s_api, verb, resource, mine, group, sub), (verb, resource, sub)

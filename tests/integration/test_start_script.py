@@ -69,6 +69,9 @@ def test_help_prints_usage_and_installs_nothing(tmp_path: Path) -> None:
     (["console", "--port", "9000"], "--port is for lab, not console"),
     (["kubernetes", "--port", "abc"], "--port must be a number"),
     (["--frobnicate"], "unknown argument: --frobnicate"),
+    (["--kubeconfig", "/etc/hostname"], "--kubeconfig is for kubernetes, not lab"),
+    (["kubernetes", "--kubeconfig", "/nonexistent/admin.kubeconfig"], "--kubeconfig /nonexistent/admin.kubeconfig is not a file"),
+    (["kubernetes", "--kubeconfig"], "--kubeconfig needs a value"),
 ])
 def test_bad_arguments_are_refused_before_installing(tmp_path: Path, args: list[str], message: str) -> None:
     result = run(tmp_path, *args)
