@@ -8,7 +8,8 @@ process. This base does the same protocol work on one asyncio loop:
 - **shell** requests one at a time, in order (ROUTER socket); around each a ``status``
   ``busy``/``idle`` on IOPub with the request as parent; ``execute_input`` and the execution
   count for a cell that is not silent; after a failed cell with ``stop_on_error``, every
-  ``execute_request`` already waiting is answered ``aborted`` (ipykernel 7's behaviour);
+  ``execute_request`` that was waiting when the cell's reply went out is answered ``aborted``
+  (ipykernel 7's behaviour; what the frontend sends once it sees the error runs);
 - **control** requests (interrupt, shutdown, kernel_info, usage) one at a time, and meanwhile
   the shell's cell keeps running: both channels are tasks of the same loop;
 - **IOPub** is an XPUB socket: every new subscription gets an ``iopub_welcome`` (JEP 65, as

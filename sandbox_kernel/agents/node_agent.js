@@ -594,6 +594,16 @@ function supervisor() {
 
   function onWorkerMessage(w, m) {
     if (!isPlainObject(m)) return;
+    if (m.type === 'input_request') {
+      // input() / getpass() of the running cell, which may ask (allow_stdin): one at a time.
+      if (w !== worker || !cell || m.key !== cell.key) return dropped("input_request without this cell's key");
+      if (!cell.stdin) return dropped('input_request of a cell that may not ask');
+      if (cell.interrupting) return answerInput(cell, { interrupt: true });
+      if (cell.asking) return answerInput(cell, { error: 'only one input() at a time' });
+      cell.asking = ++cell.inputs;
+      send({ type: 'input_request', id: cell.id, prompt: String(m.prompt), password: m.password === true, seq: cell.asking });
+      return;
+    }
     if (m.type === 'display' || m.type === 'finish' || m.type === 'skip') {
       if (!Number.isSafeInteger(m.seq) || m.seq < 0) return dropped(`${m.type} without a sequence number`);
     }
@@ -836,6 +846,11 @@ function supervisor() {
       case 'interrupt':
         interrupt();
         return;
+      case 'input_reply':
+        if (cell && cell.asking && m.id === cell.id && m.seq === cell.asking) {
+          answerInput(cell, typeof m.error === 'string' ? { error: m.error } : { value: String(m.value == null ? '' : m.value) });
+        }
+        return;
       case 'shutdown':
         shutdown(0);
         return;
@@ -866,7 +881,8 @@ function supervisor() {
   function dispatch(m) {
     const w = worker;
     if (m.type === 'execute') {
-      cell = { id: m.id, interrupting: false, timers: [], lost: false, key: crypto.randomBytes(16).toString('hex') };
+      cell = { id: m.id, interrupting: false, timers: [], lost: false, key: crypto.randomBytes(16).toString('hex'), inputs: 0, asking: 0 };
+      cell.stdin = m.allow_stdin === true && inputChannel() !== null;
       lastCellId = m.id;
       noted = false;
       budget = { limit: Math.max(0, Number(m.output_limit) || 0), sent: 0, truncated: 0 };
@@ -875,7 +891,10 @@ function supervisor() {
         notice = null;
       }
       const number = Number.isSafeInteger(m.cell) && m.cell > 0 ? m.cell : undefined; // names the cell in tracebacks
-      w.proc.send({ type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code), cell: number, key: cell.key }, () => {});
+      w.proc.send(
+        { type: 'execute', id: m.id, code: String(m.code == null ? '' : m.code), cell: number, key: cell.key, input: cell.stdin ? inputPath : null },
+        () => {},
+      );
       return;
     }
     // complete / inspect: the worker answers unless it is stuck; never leave the kernel waiting.
@@ -898,14 +917,49 @@ function supervisor() {
     );
   }
 
+  // input() in the worker (see "input()" there) waits for its answer by reading a FIFO, since
+  // the worker's event loop (and so its IPC channel) stands still while it waits. Made the first
+  // time a cell may ask (mkfifo), in a private directory of ours; one JSON line per answer.
+  let inputPath = null;
+  let inputFd = -1;
+  function inputChannel() {
+    if (inputFd >= 0) return inputPath;
+    try {
+      const dir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', '.sknode-input-'));
+      const p = path.join(dir, 'answers');
+      childProcess.execFileSync('mkfifo', ['-m', '600', '--', p], { stdio: 'ignore' });
+      inputFd = fs.openSync(p, fs.constants.O_RDWR); // a FIFO opened read-write never blocks
+      inputPath = p;
+      process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+    } catch (e) {
+      log('no input channel (input() will be refused):', e && e.message);
+      return null;
+    }
+    return inputPath;
+  }
+
+  function answerInput(c, answer) {
+    c.asking = 0;
+    if (inputFd < 0) return;
+    try {
+      fs.writeSync(inputFd, `${JSON.stringify({ id: c.id, ...answer })}\n`);
+    } catch (e) {
+      log('answering input() failed:', e && e.message);
+    }
+  }
+
   function interrupt() {
     const c = cell;
     if (!c || c.interrupting || c.lost || c.finished) return; // nothing runs: ignored
     c.interrupting = true;
+    // Waiting in input(): the answer makes it raise the interrupt. No SIGINT then: it could
+    // arrive after the cell has ended and stop the next one.
+    const waiting = c.asking;
+    if (waiting) answerInput(c, { interrupt: true });
     const w = worker;
     if (!w) return; // the cell is already being reported as lost
     try {
-      process.kill(w.pid, 'SIGINT');
+      if (!waiting) process.kill(w.pid, 'SIGINT');
     } catch (_) {
       /* it is dying anyway; the exit handler reports */
     }
@@ -1231,6 +1285,65 @@ function worker() {
     }
   }
 
+  // ---- input() ------------------------------------------------------------------------------
+  // input(prompt) and getpass(prompt): synchronous, like Python's, so a cell reads a line where
+  // it is (no callback, no await). The frontend shows its input box (input_request); the answer
+  // comes back through the supervisor's FIFO (the event loop, and so the IPC channel, stands
+  // still meanwhile). End of input (Ctrl-D, "\u0004") gives null. A frontend that does not allow
+  // stdin gets StdinNotImplementedError, as in Python; an interrupt ends the wait.
+  let inputFd = -1;
+  let inputFile = null;
+  let inputBuffer = '';
+  function stdinError(message) {
+    const e = new Error(message);
+    e.name = 'StdinNotImplementedError';
+    return e;
+  }
+  function readAnswer(c) {
+    for (;;) {
+      const nl = inputBuffer.indexOf('\n');
+      if (nl >= 0) {
+        const line = inputBuffer.slice(0, nl);
+        inputBuffer = inputBuffer.slice(nl + 1);
+        let a;
+        try {
+          a = JSON.parse(line);
+        } catch (_) {
+          continue;
+        }
+        if (isPlainObject(a) && a.id === c.id) return a; // else: an answer to an earlier cell
+        continue;
+      }
+      const buf = Buffer.alloc(65536);
+      const n = fs.readSync(inputFd, buf, 0, buf.length, null);
+      if (n === 0) throw stdinError('input() failed: the agent closed its input channel');
+      inputBuffer += buf.subarray(0, n).toString('utf8');
+    }
+  }
+  function ask(prompt, password) {
+    const c = current;
+    if (!c || !c.input) {
+      throw stdinError('input() is not supported here: this frontend does not answer input requests (allow_stdin is false)');
+    }
+    if (inputFile !== c.input) {
+      if (inputFd >= 0) fs.closeSync(inputFd);
+      inputFd = fs.openSync(c.input, 'r'); // close-on-exec: programs the cell starts do not get it
+      inputFile = c.input;
+    }
+    ipcSend({ type: 'input_request', key: c.key, prompt: prompt === undefined ? '' : String(prompt), password });
+    const a = readAnswer(c);
+    if (a.interrupt) throw CANCEL;
+    if (typeof a.error === 'string') throw stdinError(a.error);
+    const value = typeof a.value === 'string' ? a.value : '';
+    return value === '\u0004' ? null : value;
+  }
+  function input(prompt = '') {
+    return ask(prompt, false);
+  }
+  function getpass(prompt = 'Password: ') {
+    return ask(prompt, true);
+  }
+
   // ---- errors -------------------------------------------------------------------------------
   function isInterrupt(e) {
     return e === CANCEL || (isNativeError(e) && e.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED');
@@ -1499,7 +1612,7 @@ function worker() {
     // Named after the frontend's execution count when the kernel sends it (magics and silent
     // requests never reach the agent, so its own count would drift from the prompt's [N]).
     cellNo = Number.isSafeInteger(m.cell) && m.cell > 0 ? m.cell : cellNo + 1;
-    const c = { id: m.id, gen, async: false, done: false, key: m.key };
+    const c = { id: m.id, gen, async: false, done: false, key: m.key, input: typeof m.input === 'string' ? m.input : null };
     current = c;
     repairStdio();
     const code = m.code;
@@ -1706,6 +1819,8 @@ function worker() {
   define('__filename', path.join(cwd, '<cell>'));
   define('__dirname', cwd);
   define('display', display);
+  define('input', input);
+  define('getpass', getpass);
   Object.defineProperty(G, `${INTERNAL}Resume`, { value: resume, writable: false, configurable: false, enumerable: false });
   Object.defineProperty(G, `${INTERNAL}Import`, { value: userImport, writable: false, configurable: false, enumerable: false });
 

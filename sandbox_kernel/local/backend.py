@@ -45,7 +45,7 @@ from ..languages import Language
 from ..agent_session import AgentSession
 from ..session import AgentChannel, ErrorOutput, Event, Stream
 from ..usage import CellUsage, Usage
-from . import bwrap, cgroups, environment, gvisor, report, seccomp_policy, uids
+from . import agent_code, bwrap, cgroups, environment, gvisor, report, seccomp_policy, uids
 from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, WORKSPACE, View, WorkspaceMount
 from .workspace import LocalWorkspace
 from .environment import SYSTEM_DIRS
@@ -312,7 +312,8 @@ class LocalSandboxSession(AgentSession):
                     fds["seccomp"] = bwrap.memfd("seccomp", blob)
                 fds["passwd"] = bwrap.memfd("passwd", PASSWD.encode())
                 fds["group"] = bwrap.memfd("group", GROUP.encode())
-                fds["agent"] = bwrap.memfd("agent", self.language.agent_path().read_bytes())
+                agent = self.language.agent_path()  # the Python agent as bytecode when it can (agent_code.py)
+                fds["agent"] = bwrap.memfd("agent", agent_code.for_sandbox(agent, self._interpreter(), f"{AGENT_DIR}/{agent.name}"))
             if self._isolated:
                 if os.geteuid() == 0 and self.settings.run_as_uid is None:
                     first, last = uids.parse_range(self.settings.uid_range)

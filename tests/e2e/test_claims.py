@@ -8,7 +8,9 @@ leader of the real Lease) serves SandboxClaims made by the kernels' claims-only 
 - a kernel in claims mode runs cells (state, interrupt, %sandbox status says it came from the pool)
   and gives its claim and sandbox back at shutdown;
 - 10 claims racing for 3 pooled sandboxes: 3 from the pool, 7 made for them, none bound twice;
-- leader election: a second controller waits while the first leads, and takes over when it stops.
+- leader election: a second controller waits while the first leads, and takes over when it stops;
+- a sandbox from the pool and a cold one pass direct mode's isolation checks (namespace, policies,
+  pod, network, ``%sandbox selftest``); test_claims_conformance.py runs jupyter_kernel_test in claims mode.
 
 Every test FAILS (never skips) without the cluster. Run as the least-privilege identities, never admin
 (admin only looks).
@@ -34,7 +36,8 @@ from fixtures_claims import (
     ControllerProcess,
     pool_ready,
 )
-from fixtures_kubernetes import SA_NAMESPACE, namespace_exists, wait_until
+from fixtures_kubernetes import SA_NAMESPACE, K8sKernel, namespace_exists, wait_until
+from sandbox_kernel import selftest
 from sandbox_kernel.kubernetes import claims, manifests
 from sandbox_kernel.kubernetes.api import micro_time
 
@@ -277,6 +280,88 @@ def test_ten_claims_racing_for_three_pooled_sandboxes_three_get_one_none_twice(
         for name in names:
             delete(claimant, name)
     wait_until(lambda: all(read(claimant, n) is None for n in names), 60, what="the claims to be gone")
+
+# -- direct mode's isolation checks, in claims mode (before the leader test, which stops the controller)
+
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted",
+}
+# What direct mode's default pod reports too (test_kubernetes_runtimes.py, runc): every other check passes.
+SELFTEST_NOT_PASSED = {"no io_uring": "FAIL", "process limit": "n/a"}
+NETWORK = """
+import socket
+def tcp(host, port):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((host, port)); return 'open'
+    except Exception as e:
+        return type(e).__name__
+    finally:
+        s.close()
+for name, (host, port) in TARGETS.items():
+    print(name, tcp(host, port))
+"""
+
+
+@pytest.mark.parametrize("source", ["pool", "cold"])
+def test_a_claims_mode_sandbox_passes_the_direct_mode_isolation_checks(
+    source: str, controller: ControllerProcess, k8s_kernel: Callable[..., K8sKernel], claims_env: dict[str, Any], k8s_api: client.ApiClient,
+    namespace: str, sandbox_images: dict[str, str],
+) -> None:
+    core = client.CoreV1Api(k8s_api)
+    target = core.create_namespaced_pod(namespace, {"metadata": {"name": "target"}, "spec": {"containers": [{
+        "name": "http", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"], "command": ["python3", "-m", "http.server", "8080"]}]}})
+    if source == "pool":
+        wait_until(lambda: pool_ready(core), 60, interval=0.2, what="a pooled sandbox")
+        kernel = k8s_kernel("python", env=claims_env)
+    else:  # not the pool's kind of sandbox: made for this claim
+        kernel = k8s_kernel("python", "--Sandbox.memory_limit=200Mi", env=claims_env)
+    status = kernel.run("%sandbox status").stdout
+    assert "claims mode" in status and (("from the warm pool" in status) == (source == "pool")), status
+
+    # The namespace: Pod Security restricted:latest, the designed quota and limit range, deny-all.
+    ns = kernel.namespace()
+    labels = core.read_namespace(ns).metadata.labels
+    assert {k: v for k, v in labels.items() if k.startswith("pod-security")} == RESTRICTED
+    (quota,) = core.list_namespaced_resource_quota(ns).items
+    assert quota.spec.hard == {"requests.cpu": "500m", "requests.memory": "256Mi", "limits.cpu": "1", "limits.memory": "512Mi",
+                               "pods": "3", "persistentvolumeclaims": "0", "services": "0"}, quota.spec.hard
+    (limit_range,) = core.list_namespaced_limit_range(ns).items
+    assert limit_range.spec.limits[0].max == {"cpu": "500m", "memory": "256Mi"}
+    (policy,) = client.NetworkingV1Api(k8s_api).list_namespaced_network_policy(ns).items
+    assert policy.spec.pod_selector.match_labels is None and policy.spec.pod_selector.match_expressions is None
+    assert policy.spec.policy_types == ["Ingress", "Egress"] and policy.spec.ingress is None and policy.spec.egress is None
+
+    # The pod: restricted as created; the namespace really enforces it.
+    (pod,) = [p for p in core.list_namespaced_pod(ns).items if p.metadata.deletion_timestamp is None]
+    sc, csc = pod.spec.security_context, pod.spec.containers[0].security_context
+    assert (sc.run_as_non_root, sc.run_as_user, sc.seccomp_profile.type, pod.spec.automount_service_account_token) == (
+        True, 1000, "RuntimeDefault", False)
+    assert (csc.allow_privilege_escalation, csc.capabilities.drop, csc.read_only_root_filesystem) == (False, ["ALL"], True)
+    assert pod.spec.containers[0].resources.limits["memory"] == ("256Mi" if source == "pool" else "200Mi")
+    body = client.ApiClient().sanitize_for_serialization(pod)
+    body = {"metadata": {"name": "dry-run-copy", "namespace": ns}, "spec": {k: v for k, v in body["spec"].items() if k != "nodeName"}}
+    assert core.create_namespaced_pod(ns, body, dry_run="All").metadata.name == "dry-run-copy"
+    body["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_RAW"]
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(ns, body, dry_run="All")
+    assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
+
+    # From a cell: nothing answers; the selftest reports what it reports in direct mode.
+    ip = wait_until(lambda: core.read_namespaced_pod(target.metadata.name, namespace).status.pod_ip, 60, what="target pod IP")
+    node_ip = next(a.address for a in core.list_node().items[0].status.addresses if a.type == "InternalIP")
+    targets = {"api-service": ("10.96.0.1", 443), "api-node": (node_ip, 6443), "kubelet": (node_ip, 10250), "pod": (ip, 8080)}
+    wait_until(lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the target pod")
+    seen = dict(line.split() for line in kernel.run(NETWORK.replace("TARGETS", repr(targets)), timeout=60).stdout.strip().splitlines())
+    assert set(seen) == set(targets) and "open" not in seen.values(), seen
+    cell = kernel.run("%sandbox selftest", timeout=120)
+    assert cell.reply["status"] == "ok", cell.outputs
+    verdicts = selftest.parse_table(cell.stdout)
+    assert set(verdicts) == set(selftest.CHECKS), cell.stdout
+    assert {c: v for c, v in verdicts.items() if v != "pass"} == SELFTEST_NOT_PASSED, cell.stdout
+
+
 
 
 def test_two_controllers_one_leads_and_the_other_takes_over_when_it_stops(

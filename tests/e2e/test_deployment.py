@@ -188,7 +188,8 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
         ("ClusterRole", "sandbox-kernel-controller"), ("ClusterRole", "sandbox-kernel-claimant"),
         ("CustomResourceDefinition", "sandboxclaims.sandbox-kernel.dev"), ("ServiceAccount", "sandbox-kernel-claims"),
         ("Deployment", "jupyterlab"), ("Namespace", PLATFORM_NS), ("Service", "jupyterlab"),
-        ("ServiceAccount", SA_NAME),
+        ("ServiceAccount", SA_NAME), ("Deployment", "sandbox-egress-proxy"), ("Service", "sandbox-egress-proxy"),
+        ("NetworkPolicy", "sandbox-egress-proxy"), ("Role", "sandbox-kernel-egress"),
         *[(kind, name) for name in POLICIES for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")],
     ]:
         assert expected in kinds, f"{expected} missing from `kubectl kustomize k8s/`: {kinds}"
@@ -202,6 +203,8 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
     templates = {
         "jupyterlab": next(d for d in built if d["kind"] == "Deployment")["spec"]["template"]["spec"],
         "controller": next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-kernel-controller")
+        ["spec"]["template"]["spec"],
+        "egress-proxy": next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-egress-proxy")
         ["spec"]["template"]["spec"],
     }
     templates["jupyterlab"] = next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "jupyterlab")[
