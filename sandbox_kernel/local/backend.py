@@ -6,8 +6,10 @@ What a cell sees:
   ``--die-with-parent`` ends the namespace and every process in it),
 - its own network namespace with only a loopback interface (not even the host's 127.0.0.1),
 - a read-only view of the system directories (``/usr``, ``/etc``, …) and nothing of the host's
-  home directories; a private tmpfs of ``scratch_size`` as working directory, ``HOME`` and
-  ``/tmp`` (it vanishes with the sandbox, so nothing is left on the host),
+  home directories; a private tmpfs of ``scratch_size`` as ``HOME`` and ``/tmp`` (it vanishes
+  with the sandbox, so nothing is left on the host); the notebook's directory as working
+  directory at ``/workspace`` (``Sandbox.workspace``: read-only, a read-write copy, or hidden;
+  workspace.py),
 - a non-root uid: when the kernel runs as root, each sandbox gets a host uid of its own from
   ``uid_range`` (:mod:`.uids`), mapped to uid 1000 (``sandbox`` in the sandbox's own
   ``/etc/passwd`` and ``/etc/group``), so even an escape lands as an unprivileged user that

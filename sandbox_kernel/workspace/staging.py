@@ -27,6 +27,26 @@ from ..quantity import format_bytes
 from . import hostfs, names
 
 SHM = "/dev/shm"
+PREFIX = "sandbox-workspace-"
+"""Copies are named ``sandbox-workspace-<kernel pid>-…``: a SIGKILLed kernel's are swept."""
+
+
+def sweep_stale(base: str) -> None:
+    """Remove the copies of kernels that are gone (killed before they could clean up)."""
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(PREFIX) or not pid.isdigit() or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _base() -> str:
@@ -103,7 +123,8 @@ class Staging:
     def prepare(self, uid: int | None) -> list[str]:
         """A fresh copy for a new sandbox (the last one's is removed); what was left out."""
         self.discard()
-        self.path = tempfile.mkdtemp(prefix="sandbox-workspace-", dir=_base())
+        sweep_stale(_base())
+        self.path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=_base())
         if self.read_only:
             os.chmod(self.path, 0o755)  # the kernel's, readable by the sandbox's uid
         self._fd = hostfs.open_root(self.path)

@@ -187,3 +187,14 @@ def test_write_file_refuses_what_is_not_a_regular_file(host: Path) -> None:
             hostfs.open_file(root, ("fifo",))
     finally:
         os.close(root)
+
+
+def test_the_copies_of_dead_kernels_are_swept(tmp_path: Path) -> None:
+    from sandbox_kernel.workspace.staging import PREFIX, sweep_stale
+
+    dead, alive = tmp_path / f"{PREFIX}999999999-x", tmp_path / f"{PREFIX}{os.getpid()}-y"
+    (dead / "sub").mkdir(parents=True)
+    alive.mkdir()
+    (tmp_path / f"{PREFIX}999999998-link").symlink_to(alive)
+    sweep_stale(str(tmp_path))
+    assert not dead.exists() and alive.exists() and (tmp_path / f"{PREFIX}999999998-link").is_symlink()
