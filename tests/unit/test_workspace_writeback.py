@@ -198,3 +198,18 @@ def test_the_copies_of_dead_kernels_are_swept(tmp_path: Path) -> None:
     (tmp_path / f"{PREFIX}999999998-link").symlink_to(alive)
     sweep_stale(str(tmp_path))
     assert not dead.exists() and alive.exists() and (tmp_path / f"{PREFIX}999999998-link").is_symlink()
+
+
+def test_the_workspace_mode_is_checked_and_refused_where_it_cannot_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox_kernel.config import Sandbox
+    from sandbox_kernel.errors import ConfigError, SandboxUnavailable
+    from sandbox_kernel.local.workspace import LocalWorkspace
+
+    with pytest.raises(SandboxUnavailable, match="not available with LocalSandbox.runtime = 'gvisor'"):
+        LocalWorkspace(Sandbox(workspace="read-write").limits(), gvisor=True, host_dir=str(tmp_path))
+    home = LocalWorkspace(Sandbox().limits(), gvisor=False, host_dir=os.path.expanduser("~"))
+    assert home.mode == "hidden" and "the kernel's home directory" in (home.take_notice() or "")
+    assert LocalWorkspace(Sandbox().limits(), gvisor=False, host_dir="/etc").mode == "hidden"
+    monkeypatch.setenv("SANDBOX_WORKSPACE", "sometimes")
+    with pytest.raises(ConfigError, match="SANDBOX_WORKSPACE"):
+        Sandbox().limits()
