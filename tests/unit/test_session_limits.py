@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -168,13 +169,16 @@ def tiny_displays(req: dict, n: int) -> bytes:
 
 
 def test_100000_tiny_displays_are_capped_with_one_notice() -> None:
+    started = time.monotonic()
     events = one_cell(
         lambda req: tiny_displays(req, 100_000) + msg(type="result", id=req["id"], data={"text/plain": "42"}) + done(req)
     )
+    elapsed = time.monotonic() - started
     displays = [e for e in events if isinstance(e, DisplayData)]
     notices = [e.text for e in events if isinstance(e, Stream) and "output truncated" in e.text]
-    # 1000 per second through the rate limit: the flood takes a few seconds at most here.
-    assert 1000 <= len(displays) < 10_000
+    # 1000 per second through the rate limit (a bucket of one second's worth, refilled at 1000/s):
+    # never more than that in the time the flood took, however loaded the machine is.
+    assert 1000 <= len(displays) <= 1000 * (1 + elapsed) + 1
     assert len(notices) == 1 and f"{100_000 - len(displays)} output messages" in notices[0]
     assert "Sandbox.output_rate" in notices[0]
     assert ExecuteResult({"text/plain": "42"}, {}) in events  # control still flows
