@@ -38,7 +38,7 @@ class Limits:
     interrupt_grace: float
     output_rate: int = 1000
     allow_hosts: tuple[str, ...] = ()
-    ipython: str = "off"
+    ipython: str = "auto"
     workspace: str = "read-only"
     workspace_bytes: int = 256 * 2**20
     workspace_files: int = 10000
@@ -162,13 +162,12 @@ class Sandbox(Configurable):
 
     ipython = Enum(
         ["auto", "on", "off"],
-        default_value="off",
+        default_value="auto",
         help="Whether Python cells run through IPython's interactive shell in the sandbox (magics such as "
-        "%timeit and %%writefile, !cmd, obj?, _ and Out, IPython.display, IPython's tracebacks): 'auto' when "
-        "the sandbox's Python can import IPython, 'on' to require it (every cell fails with the reason when it "
-        "cannot), 'off' (the default for now: in JupyterLab, cells in IPython mode do not finish yet) for the "
-        "plain standard-library agent, which still shows plots inline. %timeout and %sandbox stay the "
-        "kernel's either way.",
+        "%timeit and %%writefile, !cmd, obj?, _ and Out, IPython.display, IPython's tracebacks): 'auto' (the "
+        "default) when the sandbox's Python can import IPython, 'on' to require it (every cell fails with the "
+        "reason when it cannot), 'off' for the plain standard-library agent, which still shows plots inline. "
+        "%timeout and %sandbox stay the kernel's either way.",
     ).tag(config=True)
 
     workspace = Enum(

@@ -50,9 +50,6 @@ def lab(local_kernelspecs: Path, tmp_path: Path) -> Iterator[tuple[str, str, sub
     import tqdm  # noqa: F401
 
     with jupyterlab(tmp_path) as server:
-        # Plain mode: in IPython mode the first widget cell hangs in JupyterLab (not through
-        # jupyter_client); open in issue 9, items 3 and 5.
-        (tmp_path / "config" / "sandbox_kernel_config.py").write_text("c.Sandbox.ipython = 'off'\n")
         (tmp_path / "notebooks" / "widgets.ipynb").write_text(json.dumps(notebook()))
         yield server
 

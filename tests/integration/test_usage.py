@@ -88,11 +88,14 @@ def test_execute_reply_metadata_and_sandbox_usage() -> None:
         assert "unmeasured" not in usage
         # The peak is per cell (memory.max_usage_in_bytes is reset before each one).
         _, meta, _, _ = execute(kc, "y = 1")
-        assert meta["sandbox_usage"]["memory_peak_bytes"] < 60 * MiB
+        resting = meta["sandbox_usage"]["memory_peak_bytes"]  # IPython mode: ~55 MiB, plain: ~20 MiB
+        assert resting < 100 * MiB
         _, meta, _, _ = execute(kc, "t = __import__('time').process_time()\nwhile __import__('time').process_time() - t < 0.3: pass")
         assert 0.25 < meta["sandbox_usage"]["cpu_seconds"] < meta["sandbox_usage"]["wall_seconds"] + 0.05
-        # Near the limit: one line on stderr naming the setting (230 MiB: the kernel's own Python environment starts a little larger than the system one).
-        reply, meta, _, err = execute(kc, "x = bytearray(230 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1")
+        # Near the limit: one line on stderr naming the setting. The cell takes what brings the
+        # sandbox to 95 % of 256 MiB, over what it holds at rest (IPython mode holds more).
+        near = int((0.95 * 256 * MiB - resting) // MiB)
+        reply, meta, _, err = execute(kc, f"x = bytearray({near} * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1")
         assert reply["status"] == "ok"
         assert err.count("\n") == 1 and "Sandbox.memory_limit" in err and "peaked at" in err, err
         assert meta["sandbox_usage"]["memory_peak_bytes"] > 0.9 * 256 * MiB

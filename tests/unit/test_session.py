@@ -146,7 +146,7 @@ def test_timeout_sends_interrupt_and_reports_a_timeout_error() -> None:
     errors = [e for e in events if isinstance(e, ErrorOutput)]
     assert len(errors) == 1 and errors[0].ename == "CellTimeout" and "0.2 s" in errors[0].evalue
     assert [m["type"] for m in session.spawned[0].sent] == ["setup", "execute", "interrupt"]
-    assert session.spawned[0].sent[0] == {"type": "setup", "ipython": "off"}  # Sandbox.ipython, once per sandbox
+    assert session.spawned[0].sent[0] == {"type": "setup", "ipython": "auto"}  # Sandbox.ipython, once per sandbox
     assert session.kills == 0  # the agent obeyed: state is kept
 
 
