@@ -415,7 +415,8 @@ __sk_msgpump() {
         case $t in
             execute)
                 [[ $json == '{"type":"error","id":'* ]] && want=error
-                [[ $json == '{"type":"done","id":'* ]] && want=done ;;
+                [[ $json == '{"type":"done","id":'* ]] && want=done
+                [[ $json == '{"type":"input_request","id":'* ]] && want=input_request ;;
             *) [[ $json == "{\"type\":\"${t}_reply\",\"id\":"* ]] && want=${t}_reply ;;
         esac
         if [[ -z $want || $json != "{\"type\":\"$want\",\"id\":${ids[$key]},"* ]]; then
@@ -423,7 +424,7 @@ __sk_msgpump() {
             continue
         fi
         __sk_send "$json"
-        [[ $want == error ]] || unset "kinds[$key]" "ids[$key]"
+        [[ $want == error || $want == input_request ]] || unset "kinds[$key]" "ids[$key]"
     done
 }
 
@@ -789,6 +790,55 @@ exit() {
     builtin kill -INT "$BASHPID"
 }
 
+# read [OPTIONS] [NAME...]: the builtin, except in the cell's own shell reading the cell's stdin
+# (/dev/null): then the frontend is asked (input_request, with -p's prompt; -s: a password box)
+# and the builtin reads the answer. A frontend that does not allow stdin gets the clear error;
+# an interrupt abandons the wait like any command. End of input (Ctrl-D) is status 1.
+read() {
+    if [[ -z $__SK_RUN || $BASHPID != "$__SK_WPID" ]] || [[ ! /dev/stdin -ef /dev/null ]]; then
+        builtin read "$@"
+        return
+    fi
+    local - opt prompt='' password=false rest=() OPTIND=1 OPTARG
+    __sk_sane
+    while getopts ':a:d:ei:n:N:p:rst:u:' opt; do
+        case $opt in
+            p) prompt=$OPTARG ;;
+            s) password=true ;;
+            u) __sk_unsane; builtin read "$@"; return ;;
+            [adinNt]) rest+=("-$opt" "$OPTARG") ;;
+            :|\?) __sk_unsane; builtin read "$@"; return ;;
+            *) rest+=("-$opt") ;;
+        esac
+    done
+    rest+=("${@:OPTIND}")
+    if [[ $__SK_STDIN != 1 ]]; then
+        printf 'bash: read: input is not supported here: this frontend does not answer input requests (allow_stdin is false)\n' >&2
+        __sk_unsane
+        return 1
+    fi
+    local had=${LC_ALL+x} user=${LC_ALL-} LC_ALL=C seq line n value junk
+    # Answers to earlier (interrupted) requests are dropped first.
+    while builtin read -t 0 <"$__SK_D/answers"; do builtin read -r -t 0.01 -N 65536 junk <"$__SK_D/answers"; done
+    seq=$((++__SK_ASKED))
+    __sk_json_quote "$prompt"
+    printf '%s %s\n' "$__SK_CKEY" "{\"type\":\"input_request\",\"id\":$__SK_ID,\"prompt\":$__SK_R,\"password\":$password,\"seq\":$seq}" >"$__SK_D/msg"
+    while :; do
+        IFS=' ' builtin read -r line n <"$__SK_D/answers" || { __sk_unsane; return 1; }
+        value=''
+        ((n > 0)) && IFS= builtin read -r -N "$n" value <"$__SK_D/answers"
+        [[ $line == "$seq" ]] && break
+    done
+    __sk_unsane
+    if [[ -n $had ]]; then LC_ALL=$user; else unset LC_ALL; fi
+    if [[ $n == -1 ]]; then
+        printf 'bash: read: the frontend could not answer\n' >&2
+        return 1
+    fi
+    [[ $value == $'\x04' ]] && { builtin read "${rest[@]}" </dev/null; return; }
+    builtin read "${rest[@]}" <<<"$value"
+}
+
 # __sk_utf8_locale: make the caller's locale UTF-8 (cursor positions are in code points).
 # The caller must have done `local LC_ALL`.
 __sk_utf8_locale() {
@@ -834,7 +884,7 @@ __sk_pre() {
     local -
     __sk_sane
     __sk_request "$2"
-    __SK_ID=${__SK_Q[0]} __SK_CKEY=$__SK_KEY
+    __SK_ID=${__SK_Q[0]} __SK_CKEY=$__SK_KEY __SK_STDIN=${__SK_Q[2]} __SK_ASKED=0
     __SK_RUN=$1
     __SK_ST=0
     __SK_EXIT=''
@@ -1064,7 +1114,7 @@ __sk_start_worker() {
             __SK_HIGH __SK_REPLAY
         printf '__SK_WPID=$$ __SK_RUN= __SK_EXIT= __SK_NCM=0 __SK_KEY= __SK_CKEY= __SK_PWD=%q\n' "$cwd"
         declare -f __sk_json_quote __sk_json_list __sk_rdstate __sk_lock __sk_unlock __sk_sent __sk_send exit __sk_sane \
-            __sk_unsane __sk_utf8_locale __sk_wsend \
+            __sk_unsane __sk_utf8_locale __sk_wsend read \
             __sk_request __sk_pre __sk_reap_runaway __sk_post __sk_recover __sk_complete __sk_inspect __sk_is_complete
         [[ -n $cwd ]] && printf 'cd -- %q 2>/dev/null\n' "$cwd"
         # The controller runs with LC_ALL=C; give the user's shell the original locale.
@@ -1082,7 +1132,7 @@ __sk_start_worker() {
     # exits instead of lingering.
     "$BASH" --rcfile "$__SK_D/init.sh" --noediting -i <"$__SK_D/cmd" >&2 \
         {__SK_PIN}<&- {__SK_OUTR}<&- {__SK_ERRR}<&- {__SK_CMD}<&- {__SK_POUT}>&- {__SK_KEYS}<&- {__SK_MSGR}<&- \
-        {__SK_LDFD}<&- &
+        {__SK_LDFD}<&- {__SK_ANS}<&- &
     __SK_WPID=$!
     set +m
 }
@@ -1364,7 +1414,7 @@ __sk_main() {
     # carries the pumps' acknowledgements, cmd the worker's command lines, data the payloads
     # (id, numbers, code) that go with them.
     mkfifo "$__SK_D/out" "$__SK_D/err" "$__SK_D/lock" "$__SK_D/state" "$__SK_D/ack" "$__SK_D/cmd" "$__SK_D/data" \
-        "$__SK_D/msg" "$__SK_D/keys" || builtin exit 1
+        "$__SK_D/msg" "$__SK_D/keys" "$__SK_D/answers" || builtin exit 1
     # Everything is opened read-write: opening a FIFO that way never blocks, and because the
     # controller keeps every FIFO open, no reader ever sees EOF and no writer SIGPIPE.
     exec {__SK_OUTR}<>"$__SK_D/out" {__SK_ERRR}<>"$__SK_D/err" {__SK_LOCK}<>"$__SK_D/lock" \
@@ -1375,7 +1425,10 @@ __sk_main() {
     # it. Both only by fd from now on; keys is in no process the worker or user code can open.
     exec {__SK_MSGR}<>"$__SK_D/msg" {__SK_KEYS}<>"$__SK_D/keys"
     exec {__SK_MSGW}>"$__SK_D/msg"
-    rm -f -- "$__SK_D/msg" "$__SK_D/keys"
+    # msg keeps its path: `read` in a cell (whose agent fds are closed) sends its input_request
+    # there (key-checked like every message); answers carries the frontend's replies back.
+    exec {__SK_ANS}<>"$__SK_D/answers"
+    rm -f -- "$__SK_D/keys"
     # The replay buffer's size: SANDBOX_AGENT_REPLAY_BYTES if it is a number, else 8 MiB.
     __SK_REPLAY=${SANDBOX_AGENT_REPLAY_BYTES-}
     if [[ $__SK_REPLAY =~ ^[0-9]+$ ]]; then
@@ -1464,6 +1517,18 @@ __sk_main() {
                 else
                     __sk_log "ignoring a malformed resume: '$payload'"
                 fi ;;
+            input_reply)
+                # For the running cell's `read`: "SEQ LEN" and the answer (LEN -1: an error).
+                local aseq=${__SK_J[seq]} aval='' alen
+                if [[ ${__SK_J[id]} == "$lastid" && $aseq =~ ^[0-9]{1,9}$ ]]; then
+                    if [[ ${__SK_J[error]} == \"*\" ]]; then
+                        alen=-1
+                    else
+                        [[ ${__SK_J[value]} == \"*\" ]] && { __sk_json_unescape "${__SK_J[value]}"; aval=${__SK_R:0:60000}; }
+                        alen=${#aval}
+                    fi
+                    printf '%s %s\n%s' "$aseq" "$alen" "$aval" >&"$__SK_ANS"
+                fi ;;
             usage)
                 local uid=${__SK_J[id]:-null}
                 [[ $uid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || uid=null
@@ -1481,6 +1546,7 @@ __sk_main() {
                     *) a=${__SK_J[cursor_pos]} ;;
                 esac
                 b=${__SK_J[detail_level]}
+                [[ $type == execute ]] && { [[ ${__SK_J[allow_stdin]} == true ]] && b=1 || b=0; }
                 [[ $a =~ ^[0-9]+$ ]] || a=''
                 [[ $b =~ ^[0-9]+$ ]] || b=0
                 [[ $type == execute && -z $a ]] && a=0

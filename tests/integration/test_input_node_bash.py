@@ -75,3 +75,50 @@ def test_node_interrupt_while_waiting_for_input_keeps_the_state(node: tuple[Any,
     assert asked and reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     reply, out = cell(kc, "console.log(kept)")
     assert reply["status"] == "ok" and out == "42\n", (reply, out)
+
+
+@pytest.fixture(scope="module")
+def bash() -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-bash") as (km, kc):
+        yield km, kc
+
+
+def test_bash_read_asks_the_frontend(bash: tuple[Any, Any]) -> None:
+    _, kc = bash
+    prompts: list[dict[str, Any]] = []
+    reply, out = cell(kc, "read -r -p 'Your name? ' name; echo \"hello $name\"", allow_stdin=True,
+                      stdin_hook=answer_with(kc, "Ada ✓ \\ \"q\"", prompts))
+    assert reply["status"] == "ok", reply
+    assert prompts == [{"prompt": "Your name? ", "password": False}]
+    assert out == 'hello Ada ✓ \\ "q"\n'
+
+    prompts.clear()
+    reply, out = cell(kc, "read -s -p 'PIN: ' pin; echo ${#pin}; read a b <<<'x y'; echo $b; echo z | { read c; echo $c; }",
+                      allow_stdin=True, stdin_hook=answer_with(kc, "1234", prompts))
+    assert reply["status"] == "ok", reply
+    assert prompts == [{"prompt": "PIN: ", "password": True}]  # the other reads read their own stdin
+    assert out == "4\ny\nz\n"
+
+    reply, out = cell(kc, "read x; echo status=$?", allow_stdin=True, stdin_hook=answer_with(kc, "\x04", prompts))
+    assert out == "status=1\n", out
+
+
+def test_bash_read_without_stdin_is_the_clear_error(bash: tuple[Any, Any]) -> None:
+    _, kc = bash
+    seen: list[dict[str, Any]] = []
+    reply = kc.execute_interactive("read x; echo status=$?", output_hook=seen.append, timeout=60, allow_stdin=False)
+    err = "".join(m["content"]["text"] for m in seen if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    out = "".join(m["content"]["text"] for m in seen if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+    assert reply["content"]["status"] == "ok" and out == "status=1\n"
+    assert "this frontend does not answer input requests" in err
+
+
+def test_bash_interrupt_while_waiting_in_read_keeps_the_state(bash: tuple[Any, Any]) -> None:
+    km, kc = bash
+    cell(kc, "kept=42")
+    asked: list[float] = []
+    reply, _ = cell(kc, "read x", allow_stdin=True, stdin_hook=lambda msg: (asked.append(time.monotonic()), km.interrupt_kernel()))
+    assert asked and reply["status"] == "error" and reply["ename"] == "Interrupted", reply
+    prompts: list[dict[str, Any]] = []
+    reply, out = cell(kc, "read y; echo $kept $y", allow_stdin=True, stdin_hook=answer_with(kc, "next", prompts))
+    assert reply["status"] == "ok" and out == "42 next\n", (reply, out)
