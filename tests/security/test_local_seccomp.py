@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,14 +43,23 @@ def runtime_argv(runtime: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def py(local_kernelspecs: Path, runtime: str) -> Iterator[tuple[Any, Any]]:
-    with running_kernel("sandbox-python", argv=runtime_argv(runtime)) as (km, kc):
+def notebook_dir() -> Iterator[Path]:
+    """The notebook's directory the kernels start in, as Jupyter starts them: not the checkout, so
+    that what the sandbox sees of the host is the user's own directory and nothing of the install."""
+    with tempfile.TemporaryDirectory(prefix="notebook-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+@pytest.fixture(scope="module")
+def py(local_kernelspecs: Path, runtime: str, notebook_dir: Path) -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-python", argv=runtime_argv(runtime), cwd=notebook_dir) as (km, kc):
         yield km, kc
 
 
 @pytest.fixture(scope="module")
-def bash(local_kernelspecs: Path, runtime: str) -> Iterator[tuple[Any, Any]]:
-    with running_kernel("sandbox-bash", argv=runtime_argv(runtime)) as (km, kc):
+def bash(local_kernelspecs: Path, runtime: str, notebook_dir: Path) -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-bash", argv=runtime_argv(runtime), cwd=notebook_dir) as (km, kc):
         yield km, kc
 
 
@@ -188,7 +198,7 @@ def test_root_file_system_is_read_only(py: tuple[Any, Any], runtime: str) -> Non
     assert lines[4] == "scratch writable"
 
 
-def test_no_host_path_pid_or_cgroup_in_proc(py: tuple[Any, Any]) -> None:
+def test_no_host_path_pid_or_cgroup_in_proc(py: tuple[Any, Any], notebook_dir: Path) -> None:
     km, kc = py
     kernel_pid = km.provisioner.process.pid
     code = (
@@ -203,6 +213,10 @@ def test_no_host_path_pid_or_cgroup_in_proc(py: tuple[Any, Any]) -> None:
     assert "/proc/1/environ b'" in seen and "/proc/self/mountinfo b'" in seen, seen
     for secret in (str(REPO), "sandbox_kernel", f"k{kernel_pid}-", "sandbox-kernel/", "SANDBOX_CGROUP"):
         assert secret not in seen, (secret, seen)
+    # The notebook's own directory is the one host path shown (mountinfo names a bind mount's
+    # source: README, threat model), and only as the working directory's mount.
+    mentions = [line for line in seen.replace("\\n", "\n").splitlines() if str(notebook_dir) in line]
+    assert mentions and all(f"{notebook_dir} /workspace " in line for line in mentions), mentions
 
 
 # -- two sandboxes side by side ------------------------------------------------------------------
