@@ -68,6 +68,7 @@ def plan(spec: claims.ClaimSpec, base: KubernetesSandbox, bounds: SandboxControl
     if image not in allowed:
         raise claims.ClaimInvalid(f"image {image} is not one the operator allows for {spec.language} ({', '.join(sorted(allowed))})")
     settings = KubernetesSandbox(config=base.config)
+    settings.mode = "direct"  # the controller makes the sandbox itself (its runtime_class_name applies)
     settings.images = {**base.images, spec.language: image}
     settings.seccomp_profile = spec.seccomp_profile
     try:

@@ -121,7 +121,8 @@ class KubernetesSandbox(Configurable):
     ).tag(config=True)
 
     runtime_class_name = Unicode(
-        "", help="runtimeClassName of the sandbox pod, e.g. 'gvisor' or 'kata' (empty: the cluster default).",
+        "", help="runtimeClassName of the sandbox pod, e.g. 'gvisor' or 'kata' (empty: the cluster default). "
+        "Direct mode only: in claims mode the controller's own setting decides (set here, it is refused).",
     ).tag(config=True)
 
     tmp_size = Unicode(
@@ -325,6 +326,13 @@ class KubernetesSandbox(Configurable):
                 "Sandbox.allow_hosts",
                 "controlled egress is not available in claims mode yet (the controller does not set up the proxy "
                 "credential); use KubernetesSandbox.mode = 'direct', or leave Sandbox.allow_hosts empty",
+            )
+        if self.mode == "claims" and self.runtime_class_name:
+            raise ConfigError(
+                "KubernetesSandbox.runtime_class_name",
+                f"{self.runtime_class_name!r} would be ignored in claims mode: a SandboxClaim does not carry a runtime, "
+                "the sandbox controller's own KubernetesSandbox.runtime_class_name decides; leave it empty here, "
+                "or use KubernetesSandbox.mode = 'direct'",
             )
         if limits.allow_hosts:
             from .egress import parse_proxy_setting

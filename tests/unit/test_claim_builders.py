@@ -206,3 +206,11 @@ def test_kopf_logs_in_with_the_controller_s_own_kubeconfig(tmp_path: Path) -> No
     }))
     info = connection_info(KubernetesApi(str(kubeconfig)))
     assert (info.server, info.scheme, info.token, info.insecure) == ("https://127.0.0.1:6443", "Bearer", "t0ken", True)
+
+
+def test_claims_mode_refuses_a_runtime_class_instead_of_ignoring_it() -> None:
+    """A kernel asking for gVisor in claims mode would silently get the controller's runtime."""
+    with pytest.raises(ConfigError, match="KubernetesSandbox.runtime_class_name.*ignored in claims mode"):
+        KubernetesSandbox(mode="claims", runtime_class_name="gvisor").validate(Sandbox().limits())
+    KubernetesSandbox(mode="direct", runtime_class_name="gvisor").validate(Sandbox().limits())
+    KubernetesSandbox(mode="claims").validate(Sandbox().limits())
