@@ -11,6 +11,7 @@ test_id_names_the_sandbox_user_whose_home_is_the_scratch_dir, test_root_file_sys
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,14 +34,23 @@ def runtime(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def bash(local_kernelspecs: Path, runtime: str) -> Iterator[tuple[Any, Any]]:
-    with running_kernel("sandbox-bash", argv=[f"--LocalSandbox.runtime={runtime}"]) as (km, kc):
+def notebook_dir() -> Iterator[Path]:
+    """Where the kernels start, as Jupyter starts them: not the checkout (the sandbox sees the
+    notebook's directory at /workspace, and its host path in mountinfo)."""
+    with tempfile.TemporaryDirectory(prefix="notebook-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+@pytest.fixture(scope="module")
+def bash(local_kernelspecs: Path, runtime: str, notebook_dir: Path) -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-bash", argv=[f"--LocalSandbox.runtime={runtime}"], cwd=notebook_dir) as (km, kc):
         yield km, kc
 
 
 @pytest.fixture(scope="module")
-def node(local_kernelspecs: Path, runtime: str) -> Iterator[tuple[Any, Any]]:
-    with running_kernel("sandbox-node", argv=[f"--LocalSandbox.runtime={runtime}"]) as (km, kc):
+def node(local_kernelspecs: Path, runtime: str, notebook_dir: Path) -> Iterator[tuple[Any, Any]]:
+    with running_kernel("sandbox-node", argv=[f"--LocalSandbox.runtime={runtime}"], cwd=notebook_dir) as (km, kc):
         yield km, kc
 
 
