@@ -31,7 +31,7 @@ def notebook() -> dict:
         "import ipywidgets as widgets\n"
         "slider = widgets.IntSlider(value=10, min=0, max=100, description='level')\n"
         "moves = []\nslider.observe(lambda change: moves.append(change['new']), 'value')\ndisplay(slider)",
-        "print('value now', slider.value, 'moves', len(moves))",
+        "print('value now', slider.value, 'moves', len(moves), 'in', type(get_ipython()).__mro__[1].__name__)",
         "from tqdm.notebook import tqdm\nfor i in tqdm(range(40), desc='steps'):\n    pass\nprint('TQDM-DONE')",
         "name = input('Your name? ')\nprint('hello', name)",
     ]
@@ -64,6 +64,7 @@ def test_slider_tqdm_and_input_in_jupyterlab(lab: tuple[str, str, subprocess.Pop
     assert seen["before"] == "10" and seen["after"] != "10", seen
     assert f"value now {seen['after']} moves" in seen["printed"], seen
     assert "moves 0" not in seen["printed"], seen
+    assert "in InteractiveShell" in seen["printed"], seen  # the default IPython mode
     # tqdm.notebook drew a progress bar widget (not text).
     assert seen["progress_bars"] >= 1, seen
     # input(): the prompt in JupyterLab's box, the typed answer back in the sandbox.

@@ -4,7 +4,8 @@
 //
 // Environment: PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (the browser),
 // LAB_URL (JupyterLab's base URL), LAB_TOKEN, USER_DATA_DIR, SCREENSHOT (PNG path),
-// KERNEL_DISPLAY_NAME (the launcher tile), CODE (the cell) and EXPECT (text awaited in its output).
+// KERNEL_DISPLAY_NAME (the launcher tile), CODE (the cell), EXPECT (text awaited in its output) and
+// optionally EXPECT_IMAGES (how many images, e.g. plots, the output must show).
 "use strict";
 
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
@@ -50,6 +51,15 @@ async function main() {
     const output = panel.locator(".jp-Cell").first().locator(".jp-OutputArea-output");
     await output.filter({ hasText: env.EXPECT }).first().waitFor({ state: "visible", timeout: 90000 });
     seen.output = (await output.allInnerTexts()).join("\n");
+    if (env.EXPECT_IMAGES) {
+      // Images (plots): as many <img> as expected, each loaded (a PNG the browser decoded).
+      const images = panel.locator(".jp-Cell").first().locator(".jp-OutputArea-output img");
+      await images.nth(Number(env.EXPECT_IMAGES) - 1).waitFor({ state: "visible", timeout: 90000 });
+      await page.waitForFunction(() => [...document.querySelectorAll(".jp-NotebookPanel .jp-Cell .jp-OutputArea-output img")]
+        .every((img) => img.complete && img.naturalWidth > 0));
+      seen.images = await images.evaluateAll((imgs) => imgs.map((img) => ({
+        type: img.src.slice(0, img.src.indexOf(";")), width: img.naturalWidth, height: img.naturalHeight })));
+    }
     seen.kernel = (await panel.locator(".jp-KernelName, .jp-Toolbar-kernelName").first().innerText()).trim();
     // Let the execution count and kernel status settle before the picture is taken.
     await page.waitForFunction(() => {
