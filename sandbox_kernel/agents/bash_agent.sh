@@ -629,8 +629,8 @@ __sk_handles_usr1() {
 # has written and carry on (SIGINT would not do: after a short read GNU dd exits without writing
 # what it read); what is new is copied out of the chunk (dd) and forwarded: every 20 ms while
 # output comes and for half a second after it paused, then every 100 ms. The signal waits
-# until dd has its handler (SigCgt; where /proc does not show it, until output paused half a
-# second): before, it would end dd. A marker is never split (bs is 128 KiB, twice the pipe;
+# until dd has its handler (SigCgt; where /proc does not show it, as under gVisor, until output
+# paused 0.1 s): before, it would end dd (harmlessly: it had read nothing). A marker is never split (bs is 128 KiB, twice the pipe;
 # only user code that enlarged its pipe could make one span two batches: its cell then ends
 # after the 30 s the worker waits for the acknowledgement).
 __sk_batch() {
@@ -645,7 +645,7 @@ __sk_batch() {
             __sk_handles_usr1 "$p"
             case $? in
                 0) kill -USR1 "$p" 2>/dev/null && __sk_counts 0.2 ;;
-                2) ((quiet >= 25)) && kill -USR1 "$p" 2>/dev/null && __sk_counts 0.2 ;;
+                2) ((quiet >= 5)) && kill -USR1 "$p" 2>/dev/null && __sk_counts 0.2 ;;
             esac
         fi
         [[ -n $got ]] && ((got > n)) && n=$got
