@@ -21,7 +21,8 @@ cluster, and what one volume adds (the kubelet checks volumes every 300 ms).
 Through Jupyter (``--jupyter-starts``): ``KernelManager.start_kernel()`` until ``1+1`` answered,
 with the same node-side steps (the early start creates the pod while the kernel process imports).
 With ``--baseline-tree DIR`` (another checkout, e.g. ``git worktree add /tmp/base main``) every
-Jupyter start of this tree's kernel is followed by one of that tree's, so both see the same load.
+Jupyter start of this tree's kernel is paired with one of that tree's, in alternating order, so
+both see the same load.
 
 Prints markdown tables and writes benchmarks/results/cold_start.json.
 """
@@ -462,9 +463,10 @@ def main() -> int:
                          ("bare", lambda: bare_steps(core, bench_ns, image, False, pods)),
                          ("bare+emptyDir", lambda: bare_steps(core, bench_ns, image, True, pods))]
             if i < args.jupyter_starts:
-                runs.append(("jupyter", lambda: jupyter_steps(env, pods, core)))
+                pair = [("jupyter", lambda: jupyter_steps(env, pods, core))]
                 if baseline_env is not None:
-                    runs.append(("jupyter (baseline)", lambda: jupyter_steps(baseline_env, pods, core)))
+                    pair.append(("jupyter (baseline)", lambda: jupyter_steps(baseline_env, pods, core)))
+                runs += pair if i % 2 == 0 else pair[::-1]  # neither always follows the other
             for kind, run in runs:
                 try:
                     raw[kind].append(run())
