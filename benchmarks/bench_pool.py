@@ -141,7 +141,11 @@ def claim_to_bound(claimant: client.ApiClient, images: dict[str, str], memory: s
             time.sleep(0.005)
         raise RuntimeError("claim not Ready after 120 s")
     finally:
-        api.delete_namespaced_custom_object(*args, body["metadata"]["name"])
+        try:
+            api.delete_namespaced_custom_object(*args, body["metadata"]["name"])
+        except client.ApiException as exc:
+            if exc.status != 404:  # already gone (its sandbox with it)
+                raise
 
 
 def wait_pool(core: client.CoreV1Api, size: int, timeout: float = 180) -> float:
