@@ -65,3 +65,54 @@ def test_long_messages_are_cut() -> None:
     text = waiting_for(pod({"phase": "Pending", "conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "x" * 5000}]}))
     assert len(text) < 400
+
+
+# ---------------------------------------------------------------------------------------------
+# The line a waiting cell shows (start_progress.show_while_starting), on a real event loop.
+
+
+def run_start(duration: float, texts: list[str], monkeypatch: Any) -> list[tuple[str, dict[str, Any]]]:
+    import asyncio
+    import time
+
+    from sandbox_kernel import start_progress
+
+    monkeypatch.setattr(start_progress, "PROGRESS_AFTER", 0.1)
+    monkeypatch.setattr(start_progress, "PROGRESS_INTERVAL", 0.02)
+    published: list[tuple[str, dict[str, Any]]] = []
+
+    async def main() -> None:
+        began = time.monotonic()
+        starting = asyncio.ensure_future(asyncio.sleep(duration))
+        said = iter(texts)
+        current = {"text": next(said)}
+
+        async def change() -> None:
+            for text in said:
+                await asyncio.sleep(duration / (len(texts) + 1))
+                current["text"] = text
+
+        changer = asyncio.ensure_future(change())
+        await start_progress.show_while_starting(starting, began, lambda: current["text"],
+                                                 lambda kind, content: published.append((kind, content)))
+        changer.cancel()
+
+    asyncio.run(main())
+    return published
+
+
+def test_a_quick_start_shows_nothing(monkeypatch: Any) -> None:
+    assert run_start(0.05, ["creating the sandbox pod"], monkeypatch) == []
+
+
+def test_a_slow_start_is_shown_updated_in_place_and_cleared(monkeypatch: Any) -> None:
+    published = run_start(1.2, ["waiting for the scheduler to choose a node", "pulling the image x on node n"], monkeypatch)
+    kinds = [kind for kind, _ in published]
+    assert kinds[0] == "display_data" and kinds[-1] == "clear_output" and kinds.count("clear_output") == 1
+    assert set(kinds[1:-1]) <= {"update_display_data"}
+    ids = {content["transient"]["display_id"] for kind, content in published if kind != "clear_output"}
+    assert len(ids) == 1
+    texts = [content["data"]["text/plain"] for kind, content in published if kind != "clear_output"]
+    assert all(t.startswith("Starting the sandbox (") for t in texts)
+    assert "waiting for the scheduler" in texts[0] and any("pulling the image x" in t for t in texts)
+    assert published[-1][1] == {"wait": False}
