@@ -327,3 +327,11 @@ class KernelBase(Configurable):
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         return {"status": "ok", "restart": restart}
+
+    async def stop(self, why: str) -> None:
+        """Shut down without a request (the frontend that started the kernel is gone): the
+        sandbox is closed as on a ``shutdown_request``, then :meth:`serve` returns."""
+        log.warning("%s: shutting down", why)
+        await self.do_shutdown(False)
+        if self._stopping is not None:
+            self._stopping.set()

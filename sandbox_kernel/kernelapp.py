@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 
 
+PARENT_POLL_INTERVAL = 1.0
+"""Seconds between two looks at whether the frontend that started the kernel is still there."""
+
+
 def _may_be_kubernetes(argv: list[str]) -> bool:
     """Whether the backend could be Kubernetes, from what is known before any configuration is
     read (the environment wins, then the command line; otherwise a config file decides)."""
-    import os
-
     given = [a.partition("=")[2] for a in argv if a.startswith("--SandboxKernel.backend=")]
     chosen = os.environ.get("SANDBOX_KERNEL_BACKEND") or (given[-1] if given else "")  # as config.chosen_backend
     return chosen in ("", "kubernetes")
@@ -101,9 +104,13 @@ class SandboxKernelApp(Application):
         # SIG_IGN: an ignored signal stays ignored across exec, and the sandbox's processes
         # could then never be interrupted.)
         loop.add_signal_handler(signal.SIGINT, kernel.interrupt_from_signal)
+        parent = _parent_pid()
+        watcher = asyncio.ensure_future(_watch_parent(kernel, parent)) if parent else None
         try:
             await kernel.serve()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             loop.remove_signal_handler(signal.SIGINT)
             sockets.close()
 
@@ -120,6 +127,25 @@ class SandboxKernelApp(Application):
         except (SandboxError, ValueError):
             return None, None
         return session, asyncio.ensure_future(session.start())
+
+
+def _parent_pid() -> int | None:
+    """The process that started the kernel, as jupyter_client tells it (``JPY_PARENT_PID``), if
+    it is still the kernel's parent (not init: an orphan at start cannot be watched)."""
+    try:
+        parent = int(os.environ.get("JPY_PARENT_PID", ""))
+    except ValueError:
+        return None
+    return parent if parent > 1 and os.getppid() == parent else None
+
+
+async def _watch_parent(kernel: Any, parent: int) -> None:
+    """Like ipykernel's parent poller: once the frontend process that started the kernel is
+    gone (killed, crashed), the kernel shuts down and closes its sandbox instead of living on
+    as an orphan holding it."""
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_POLL_INTERVAL)
+    await kernel.stop(f"the process that started the kernel ({parent}) has exited")
 
 
 def _import_the_rest() -> tuple[Any, Any, Any]:
