@@ -68,3 +68,13 @@ def test_every_subpackage_is_in_the_wheel() -> None:
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found - listed == set(), "add them to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_test_file_names_are_unique_across_tiers() -> None:
+    # pytest imports test files by their base name (rootdir-relative packages are not used): two
+    # tiers with the same file name stop the whole run at collection ("import file mismatch").
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, list[str]] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}
