@@ -86,7 +86,7 @@ def test_read_write_bounds_what_comes_back(notebook_dir: Path) -> None:
 
 def test_hidden_and_the_home_directory(notebook_dir: Path) -> None:
     with running_kernel("sandbox-python", argv=["--Sandbox.workspace=hidden"], cwd=notebook_dir) as (_km, kc):
-        assert out(kc, "import os; print(os.getcwd(), os.listdir('.'), os.path.exists('/workspace/data.csv'))") == "/home/sandbox [] False\n"
+        assert out(kc, "import os; print(os.getcwd(), [n for n in os.listdir('.') if n != '.ipython'], os.path.exists('/workspace/data.csv'))") == "/home/sandbox [] False\n"  # .ipython: IPython mode's own profile
     home = Path(os.path.expanduser("~"))
     with running_kernel("sandbox-python", cwd=home) as (_km, kc):
         reply, outputs = run_cell(kc, "import os; print(os.getcwd())")

@@ -267,16 +267,18 @@ def test_pod_security_cannot_be_removed_or_weakened_on_a_sandbox_namespace(
     # Nor may it take over the namespace for another identity (the RoleBinding policy trusts this).
     refused(lambda: attacker.core.patch_namespace(name, {"metadata": {"annotations": {manifests.ANNOTATION_USER: "someone-else"}}}),
             403, by(NS_POLICY), "may not change the sandbox-kernel/user annotation")
-    # A harmless change is allowed (the refusals above are about Pod Security, not any patch).
-    attacker.core.patch_namespace(name, {"metadata": {"labels": {"e2e": "ok"}}})
+    # The change a kernel may make is allowed (the refusals above are about Pod Security, not any
+    # patch): its own sandbox's egress lists (controlled egress, %sandbox deny).
+    attacker.core.patch_namespace(name, {"metadata": {"annotations": {"sandbox-kernel/egress-deny": "example.com:443"}}})
     labels = core_v1.read_namespace(name).metadata.labels
-    assert labels[PSA_ENFORCE] == "restricted" and labels[PSA_VERSION] == "latest" and labels["e2e"] == "ok"
+    assert labels[PSA_ENFORCE] == "restricted" and labels[PSA_VERSION] == "latest"
 
 
-def test_as_deployed_rbac_refuses_any_namespace_change_first(attacker: Attacker) -> None:
+def test_as_deployed_the_policy_refuses_weakening_pod_security(attacker: Attacker) -> None:
+    # RBAC lets the kernel patch namespaces (for controlled egress); the namespace policy refuses.
     name = attacker.namespace()
     refused(lambda: attacker.core.patch_namespace(name, {"metadata": {"labels": {PSA_ENFORCE: "privileged"}}}),
-            403, f'User "{SA_USER}" cannot patch resource "namespaces"')
+            403, by(NS_POLICY), "sandbox-kernel may only keep sandbox namespaces with Pod Security")
 
 
 def test_no_route_to_a_privileged_host_pid_pod(attacker: Attacker, core_v1: client.CoreV1Api) -> None:
@@ -407,7 +409,7 @@ def test_no_network_policy_that_allows_traffic_can_be_added(attacker: Attacker) 
     allow_all = {"metadata": {"name": "allow-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
                                                              "ingress": [{}], "egress": [{}]}}
     refused(lambda: attacker.net.create_namespaced_network_policy(ns, allow_all), 403, by(NP_POLICY),
-            "sandbox-kernel may only create the NetworkPolicy deny-all, not allow-all")
+            "sandbox-kernel may only create the NetworkPolicies deny-all and egress-proxy, not allow-all")
 
 
 @pytest.mark.parametrize("spec", [
