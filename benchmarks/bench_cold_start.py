@@ -64,14 +64,7 @@ CONTAINERD_LOG = LOGS / "containerd.log"
 KUBE_ROUTER_LOG = LOGS / "kube-router.log"
 BENCH_LABEL = "sandbox-kernel-bench"
 
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+from percentiles import pct  # noqa: E402  (the benchmarks' directory is on sys.path: it holds the script)
 
 
 def summary(values: list[float]) -> dict[str, float]:

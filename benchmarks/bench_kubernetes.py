@@ -46,14 +46,7 @@ from sandbox_kernel.session import ExecuteResult, Stream  # noqa: E402
 THROUGHPUT_BYTES = 16 * 2**20
 THROUGHPUT_CODE = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(16 * 1024):\n    sys.stdout.write(line)\n"
 
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+from percentiles import pct  # noqa: E402  (the benchmarks' directory is on sys.path: it holds the script)
 
 
 def summary(values: list[float]) -> dict[str, float]:

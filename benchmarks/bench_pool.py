@@ -57,14 +57,7 @@ from sandbox_kernel.kubernetes.api import micro_time  # noqa: E402
 COLD_MEMORY = "248Mi"
 """A memory limit no pool has: the controller makes a sandbox for such a claim."""
 
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+from percentiles import pct  # noqa: E402  (the benchmarks' directory is on sys.path: it holds the script)
 
 
 def summary(values: list[float]) -> dict[str, float]:
