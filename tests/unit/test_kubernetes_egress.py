@@ -159,16 +159,18 @@ def _take_over(session: KubernetesSandboxSession, prepared: PreparedSandbox, mon
 
 
 def test_the_session_takes_over_an_early_sandbox_with_its_credential(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings, limits = KubernetesSandbox(), Sandbox(allow_hosts=["pypi.org"]).limits()
+    # Built with an explicit (empty) kubeconfig: the default follows $SANDBOX_KUBECONFIG, which the
+    # test run exports for the e2e tier, and the early sandbox must name the session's own cluster.
+    settings, limits = KubernetesSandbox(kubeconfig="", context=""), Sandbox(allow_hosts=["pypi.org"]).limits()
     objects = expected_objects(settings, LANGUAGES["python"], limits, IDENT, "t", egress=initial_spec(("pypi.org",), False, TOKEN))
     api = _RecordingApi()
-    prepared = PreparedSandbox(api, "", "", IDENT, "t", "sandbox-1", objects.in_order(), 0.0, TOKEN)  # type: ignore[arg-type]
+    prepared = PreparedSandbox(api, settings.kubeconfig, settings.context, IDENT, "t", "sandbox-1", objects.in_order(), 0.0, TOKEN)  # type: ignore[arg-type]
     session = KubernetesSandboxSession(LANGUAGES["python"], limits, settings, kernel_id="kernel-1")
     assert _take_over(session, prepared, monkeypatch) is prepared and session.egress is not None
     assert session.egress.token == TOKEN and api.deleted == []
     # An early sandbox made without the list (the guess missed it) is not taken: it is deleted.
     plain = expected_objects(settings, LANGUAGES["python"], Sandbox().limits(), IDENT, "t")
-    prepared = PreparedSandbox(api, "", "", IDENT, "t", "sandbox-1", plain.in_order(), 0.0)  # type: ignore[arg-type]
+    prepared = PreparedSandbox(api, settings.kubeconfig, settings.context, IDENT, "t", "sandbox-1", plain.in_order(), 0.0)  # type: ignore[arg-type]
     session = KubernetesSandboxSession(LANGUAGES["python"], limits, settings, kernel_id="kernel-1")
     assert _take_over(session, prepared, monkeypatch) is None and api.deleted == [IDENT.namespace]
 
