@@ -29,6 +29,12 @@ log = logging.getLogger("sandbox_kernel")
 RESUME_TIMEOUT = 10.0
 """Seconds to wait for the agent's answer to ``resume`` before giving the stream up."""
 
+QUEUED_BYTES = 2 << 20
+"""Bytes read from the stream but not yet taken by the session, past which the reader thread
+stops reading: the websocket, the API server and at last the agent's stdout pipe then hold the
+rest, as a local sandbox's pipe does. Without it a flood is read as fast as the API server relays
+it and queued in the kernel process faster than the session can count and drop it."""
+
 
 class AttachChannel(AgentChannel):
     """The agent's stdin/stdout over an attach stream, read by a thread into an asyncio queue.
@@ -46,6 +52,8 @@ class AttachChannel(AgentChannel):
         self._stream = stream
         self._reattach = reattach
         self._queue: asyncio.Queue[bytes | StreamGap] = asyncio.Queue()
+        self._queued = 0  # bytes delivered to the queue and not yet read (guarded by _room)
+        self._room = threading.Condition()
         self._closed = False
         self._received = 0  # the agent's output offset: bytes delivered in order
         self._sent = SentFrames()
@@ -59,6 +67,11 @@ class AttachChannel(AgentChannel):
     # -- the reader thread --------------------------------------------------------------------
 
     def _deliver(self, data: bytes | StreamGap) -> None:
+        if isinstance(data, bytes) and data:
+            with self._room:
+                while self._queued >= QUEUED_BYTES and not self._closed:
+                    self._room.wait(0.5)
+                self._queued += len(data)
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
         except RuntimeError:  # the event loop is closed: the kernel is exiting
@@ -172,6 +185,10 @@ class AttachChannel(AgentChannel):
         data = await self._queue.get()
         if data == b"":
             self._queue.put_nowait(b"")  # end of stream stays visible
+        elif isinstance(data, bytes):
+            with self._room:
+                self._queued -= len(data)
+                self._room.notify()
         return data
 
     async def write(self, data: bytes) -> None:
