@@ -34,24 +34,24 @@ import itertools
 import logging
 import os
 import shlex
-import shutil
 import signal
 import time
-from pathlib import Path
 from typing import Any, AsyncGenerator
 
+from ..agent_session import AgentSession
 from ..config import Limits
 from ..egress import host as egress
-from ..errors import ConfigError, OutOfMemory, SandboxError, SandboxLost, SandboxStartError, SandboxUnavailable
+from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError
 from ..languages import Language
-from ..agent_session import AgentSession
 from ..session import AgentChannel, ErrorOutput, Event, Stream
 from ..usage import CellUsage, Usage
-from . import agent_code, bwrap, cgroups, environment, gvisor, report, seccomp_policy, uids
-from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, WORKSPACE, View, WorkspaceMount
-from .workspace import LocalWorkspace
+from . import agent_code, bwrap, cgroups, environment, gvisor, isolation, report, uids
+from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, WorkspaceMount
+from .command import SandboxCommand
 from .environment import SYSTEM_DIRS
 from .settings import SANDBOX_PATH, LocalSandbox
+from .usage import SandboxUsage
+from .workspace import LocalWorkspace
 
 __all__ = ["LocalSandbox", "LocalSandboxSession", "SANDBOX_HOME", "SANDBOX_PATH", "AGENT_DIR", "SYSTEM_DIRS", "PASSWD", "GROUP"]
 
@@ -81,8 +81,11 @@ class PipeChannel(AgentChannel):
 _sandbox_numbers = itertools.count(1)
 
 
-class LocalSandboxSession(AgentSession):
-    """A session whose sandbox is a bubblewrap process tree on this machine."""
+class LocalSandboxSession(SandboxCommand, AgentSession):
+    """A session whose sandbox is a bubblewrap process tree on this machine.
+
+    Its command line and view are :class:`~.command.SandboxCommand`'s; this class starts the
+    sandbox, reads why one ended, and adds the local hints to a cell's errors."""
 
     backend = "local"
     start_timeout = 30.0
@@ -99,12 +102,11 @@ class LocalSandboxSession(AgentSession):
         self._events: list[tuple[float, str]] = []
         self._lease: uids.UidLease | None = None
         self._seccomp: bool | None = None  # whether the sandbox has the filter (None: not started yet)
-        self._meter: tuple[cgroups.SandboxCgroup, cgroups.CellMeter] | None = None  # usage
-        self._cell_start: tuple[cgroups.SandboxCgroup, float | None] | None = None
+        self._usage = SandboxUsage(limits)  # usage.py
         self._started_at = time.monotonic()
         self._gvisor = self.settings.runtime == "gvisor"  # gVisor hook (local/gvisor.py)
         self._bundle: gvisor.GVisorBundle | None = None
-        self._isolated, self._limited = self._check_host()
+        self._isolated, self._limited = isolation.check_host(self.settings, limits, self._gvisor)
         # Egress hook (sandbox_kernel/egress): None unless Sandbox.allow_hosts is set.
         self.egress = egress.controller_for(limits.allow_hosts, self.settings) if self._isolated else None
         # The user's environment (environment.py): checked now, so a bad setting fails the start.
@@ -116,188 +118,7 @@ class LocalSandboxSession(AgentSession):
                                         other_uid=self._isolated and os.geteuid() == 0)
         self._workspace_mount: WorkspaceMount | None = None
 
-    # -- host checks ----------------------------------------------------------------------------
-
-    def _check_host(self) -> tuple[bool, bool]:
-        """Decide what isolation this host gives (setting up the parent cgroups on the way); raise when
-        the user has not opted out of it."""
-        isolated = True
-        why = None
-        if self._gvisor:
-            why = gvisor.unavailable_reason(self.settings.runsc)
-            if why:  # asked for by name: never fall back to less isolation
-                raise SandboxUnavailable(f"The local sandbox cannot use gVisor here: {why}, or set c.LocalSandbox.runtime = 'bubblewrap'.")
-            if self.limits.allow_hosts:
-                raise SandboxUnavailable("Sandbox.allow_hosts (egress) is not available with LocalSandbox.runtime = 'gvisor' yet: gVisor's sandbox has no network.")
-        elif shutil.which(self.settings.bwrap) is None:
-            why = (
-                f"bubblewrap ('{self.settings.bwrap}') is not installed. Install it (Debian/Ubuntu: "
-                "apt-get install bubblewrap)"
-            )
-        elif Path("/proc/sys/user/max_user_namespaces").exists() and Path(
-            "/proc/sys/user/max_user_namespaces"
-        ).read_text().strip() == "0":
-            why = "user namespaces are disabled (sysctl user.max_user_namespaces=0). Enable them"
-        if why:
-            if self.settings.require_isolation:
-                raise SandboxUnavailable(
-                    f"The local sandbox cannot isolate cells here: {why}, or set "
-                    "c.LocalSandbox.require_isolation = False to run cells without isolation."
-                )
-            isolated = False
-        reason = cgroups.set_up_parent_groups()
-        if reason:
-            if self.settings.require_limits:
-                raise SandboxUnavailable(
-                    f"The local sandbox cannot enforce memory, CPU and process limits: {reason}. "
-                    "Set c.LocalSandbox.require_limits = False to run without limits."
-                )
-            return isolated, False
-        return isolated, True
-
-    def _interpreter(self) -> str:
-        for item in self.settings.interpreters:
-            name, _, path = item.partition("=")
-            if name == self.language.name and path:
-                return path
-        if self.language.name == "python":
-            return self._python.python
-        found = shutil.which(self.language.interpreter, path=SANDBOX_PATH)
-        if not found:
-            raise SandboxUnavailable(
-                f"{self.language.interpreter} was not found on {SANDBOX_PATH}; install it or set "
-                f"c.LocalSandbox.interpreters = ['{self.language.name}=/path/to/{self.language.interpreter}']."
-            )
-        return found
-
-    def _read_only_paths(self) -> list[str]:
-        """Every host path shown read-only at its own place: the environment, the interpreter's
-        prefix when LocalSandbox.interpreters names one outside the system, node_modules and
-        read_only_paths; each checked against the sandbox's own mounts."""
-        paths: list[tuple[str, str]] = [("LocalSandbox.python_environment", m) for m in self._python.mounts]
-        for item in self.settings.interpreters:
-            name, _, path = item.partition("=")
-            if name == self.language.name and path:
-                if not os.path.isabs(path):
-                    raise ConfigError("LocalSandbox.interpreters", f"{path!r} is not an absolute path")
-                paths += [("LocalSandbox.interpreters", m) for m in environment.interpreter_mounts(path)]
-        if self.language.name == "node":
-            paths += [("LocalSandbox.node_modules", m) for m in self._node_modules]
-        paths += [("LocalSandbox.read_only_paths", p) for p in self.settings.read_only_paths]
-        for setting, path in paths:
-            environment.check_not_hidden(setting, path, bwrap.RESERVED)
-        return list(dict.fromkeys(p for _, p in paths))
-
-    @property
-    def visible_paths(self) -> list[str]:
-        """The host paths this sandbox shows read-only on purpose (for ``%sandbox selftest``)."""
-        return list(self._read_only)
-
-    def _sandbox_env(self) -> dict[str, str]:
-        """The agent's whole environment."""
-        path = SANDBOX_PATH if self._python.bin_dir is None else f"{self._python.bin_dir}:{SANDBOX_PATH}"
-        env = {"PATH": path, "HOME": SANDBOX_HOME, "USER": "sandbox", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        if self.language.name == "node" and self._node_modules:
-            env["NODE_PATH"] = ":".join(self._node_modules)
-        return env
-
-    def _mount_plan(self) -> environment.MountPlan:
-        # As root, the sandbox's uid may not reach the paths (a 0700 /root): stage them.
-        source = self.workspace.read_only_source
-        return environment.MountPlan(self._read_only, staged=self._isolated and os.geteuid() == 0,
-                                     at={WORKSPACE: source} if source else None)
-
-    def _view(self, plan: environment.MountPlan, relay_fd: str = "<relay fd>") -> View:
-        return View(
-            scratch_bytes=self.limits.scratch_bytes,
-            env=tuple(self._sandbox_env().items()),
-            mounts=plan,
-            workspace=self._workspace_mount,
-            cwd=self.workspace.cwd,
-            agent_name=self.language.agent_path().name,
-            extra=tuple(self.egress.bwrap_mounts(relay_fd)) if self.egress is not None else (),
-            extra_env=tuple(self.egress.bwrap_env()) if self.egress is not None else (),
-        )
-
-    # -- command line ---------------------------------------------------------------------------
-
-    def _host_uid(self) -> int | None:
-        """The host uid the sandbox runs as, when the kernel is root (explicit run_as_uid wins)."""
-        if os.geteuid() != 0:
-            return None
-        if self.settings.run_as_uid is not None:
-            return self.settings.run_as_uid
-        return self._lease.uid if self._lease else None
-
-    def _bwrap_path(self) -> str:
-        return shutil.which(self.settings.bwrap) or self.settings.bwrap
-
-    def _inner(self) -> list[str]:
-        interpreter = self._interpreter()
-        agent = self.language.agent_path()
-        if not self._isolated:
-            return [interpreter, str(agent)]
-        argv = [interpreter, f"{AGENT_DIR}/{agent.name}"]
-        if self.egress is not None:  # egress hook: the relay listens, then execs the agent
-            argv = self.egress.inner(SANDBOX_PATH, argv)
-        return bwrap.reaped(argv)
-
-    def _wrap(self, argv: list[str], cgroup: cgroups.SandboxCgroup | None, plan: environment.MountPlan) -> list[str]:
-        """Prefix the bubblewrap command with the uid drop, the cgroup join and, as root, the
-        private mount namespace that stages the read-only paths (environment.py)."""
-        uid = self._host_uid()
-        if uid is not None:
-            # Never run user code as root on the host: drop to an unprivileged uid, and let
-            # bubblewrap's user namespace make that uid look like 1000 inside.
-            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"] + argv
-        if cgroup is not None:
-            # Join the cgroup before anything else runs, so no byte is ever allocated outside it.
-            # The paths are in this script, not the environment: bubblewrap gets the environment
-            # this process was given (it was the sandbox's readable PID 1 before --as-pid-1).
-            procs = " ".join(shlex.quote(f) for f in cgroup.procs_files())
-            script = f'for f in {procs}; do echo $$ > "$f" || exit 125; done; '
-        else:
-            script = ""
-        script += plan.script()
-        if script:
-            argv = [*plan.wrapper(), "/bin/sh", "-c", script + 'exec "$@"', "sandbox-start"] + argv
-        return argv
-
-    def command(self, cgroup: cgroups.SandboxCgroup | None, fds: dict[str, str] | None = None, seccomp: bool | None = None) -> list[str]:
-        """The exact command that starts the sandbox (shown by ``%sandbox manifests``).
-
-        The kernel passes bubblewrap's options through ``--args FD`` (see :meth:`_spawn`), so that
-        no host path is on any command line; this is the same command
-        with them spelled out. ``fds`` are the descriptor numbers of the copied files."""
-        inner = self._inner()
-        if not self._isolated:
-            return inner
-        plan = self._mount_plan()
-        if self._gvisor:
-            bundle = self._bundle or gvisor.GVisorBundle("<sandbox>")
-            return self._wrap(bundle.command(self.settings.runsc, self.settings.gvisor_platform, rootless=True), cgroup, plan)
-        fds = fds or {name: f"<{name} fd>" for name in ("seccomp", "passwd", "group", "agent")}
-        argv = [self._bwrap_path(), *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp, plan), "--", *inner]
-        return self._wrap(argv, cgroup, plan)
-
-    def _bwrap_options(self, fds: dict[str, str], seccomp: bool, plan: environment.MountPlan) -> list[str]:
-        view = self._view(plan, fds.get("relay", "<relay fd>"))
-        return bwrap.options(view, fds, seccomp, bwrap.disables_userns(self._bwrap_path()))
-
     # -- AgentSession hooks ----------------------------------------------------------------------
-
-    def _seccomp_filter(self) -> bytes | None:
-        """The compiled filter; None (with a warning) only when the user opted out of isolation."""
-        try:
-            return seccomp_policy.compile_bpf(self.settings.seccomp_python)
-        except seccomp_policy.SeccompUnavailable as exc:
-            if self.settings.require_isolation:
-                raise SandboxStartError(
-                    f"The local sandbox cannot build its seccomp filter: {exc}. Install the package "
-                    "python3-seccomp, or set c.LocalSandbox.require_isolation = False to run without it."
-                ) from exc
-            log.warning("running the sandbox WITHOUT a seccomp filter: %s", exc)
-            return None
 
     async def _spawn(self) -> AgentChannel:
         loop = asyncio.get_running_loop()
@@ -307,7 +128,7 @@ class LocalSandboxSession(AgentSession):
             if self._isolated and self._gvisor:
                 self._seccomp = True  # the same table, applied inside gVisor (runsc --oci-seccomp)
             elif self._isolated:
-                blob = await loop.run_in_executor(None, self._seccomp_filter)
+                blob = await loop.run_in_executor(None, isolation.seccomp_filter, self.settings)
                 await loop.run_in_executor(None, bwrap.disables_userns, self._bwrap_path())
                 self._seccomp = blob is not None
                 if blob is not None:
@@ -489,70 +310,16 @@ class LocalSandboxSession(AgentSession):
         self._events.append((time.time(), text))
         del self._events[:-50]
 
-    # -- usage (sandbox_kernel/usage.py) ----------------------------------------------------------
+    # -- usage (usage.py) -----------------------------------------------------------------------
 
     async def usage(self) -> Usage | None:
-        cgroup = self._cgroup
-        if cgroup is None:
-            if self._proc is None:
-                return None
-            return Usage(memory_limit=None, source="none", reason="no cgroup: limits are not enforced, usage is not measured")
-        meter = self._meter_for(cgroup)
-        figures = cgroup.usage()
-        stat = cgroup.memory_stat()
-        active = inactive = None
-        if "active_anon" in stat:
-            active = stat["active_anon"] + stat.get("active_file", 0)
-            inactive = stat.get("inactive_anon", 0) + stat.get("inactive_file", 0)
-        return Usage(
-            memory=figures.get("memory"),
-            memory_limit=self.limits.memory_bytes,
-            memory_peak=meter.peak(),
-            cpu_seconds=meter.cpu_seconds(),
-            cpu_limit=self.limits.cpu_cores,
-            pids=figures.get("pids"),
-            uptime=time.monotonic() - self._started_at,
-            active=active,
-            inactive=inactive,
-            source=f"cgroup v{cgroups.version()}",
-        )
-
-    def _meter_for(self, cgroup: cgroups.SandboxCgroup) -> cgroups.CellMeter:
-        if self._meter is None or self._meter[0] is not cgroup:
-            self._meter = (cgroup, cgroup.meter())
-        return self._meter[1]
+        return self._usage.now(self._cgroup, self._proc is not None, time.monotonic() - self._started_at)
 
     def cell_usage_start(self) -> None:
-        cgroup = self._cgroup
-        if cgroup is None:
-            self._cell_start = None
-            return
-        meter = self._meter_for(cgroup)
-        meter.reset_peak()
-        self._cell_start = (cgroup, meter.cpu_seconds())
+        self._usage.cell_start(self._cgroup)
 
     def cell_usage_end(self, wall: float) -> CellUsage:
-        start, self._cell_start = self._cell_start, None
-        cgroup = self._cgroup
-        if start is None or cgroup is None:
-            return CellUsage(wall, reason="no cgroup: CPU and memory are not measured (limits are not enforced)")
-        if start[0] is not cgroup:
-            return CellUsage(wall, memory_limit=self.limits.memory_bytes, reason="the sandbox was replaced during the cell")
-        meter = self._meter_for(cgroup)
-        cpu = meter.cpu_seconds()
-        before = start[1]
-        reason = None
-        if meter.v2:
-            reason = "cgroup v2: the peak memory is the sandbox's since it started (memory.peak is not reset per cell)"
-        elif not meter.peak_resettable:
-            reason = "the peak memory is the sandbox's since it started (memory.max_usage_in_bytes could not be reset)"
-        return CellUsage(
-            wall,
-            cpu=None if cpu is None or before is None else max(0.0, cpu - before),
-            memory_peak=meter.peak(),
-            memory_limit=self.limits.memory_bytes,
-            reason=reason,
-        )
+        return self._usage.cell_end(self._cgroup, wall)
 
     async def execute(self, code: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:
         """A cell, with a hint added to ``ModuleNotFoundError``: which Python the sandbox runs.
