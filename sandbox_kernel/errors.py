@@ -13,6 +13,7 @@
     ├── SandboxLost                   the sandbox ended while in use (state is lost)
     │   ├── OutOfMemory               it went over its memory limit
     │   └── Evicted                   Kubernetes evicted its pod
+    ├── ShellOutOfMemory              Bash's shell died at the memory limit (the sandbox lives on)
     ├── CellTimeout                   a cell ran past its time limit
     ├── WorkspaceError                a file was not moved between the notebook's directory and the sandbox
     └── ProtocolError                 the agent broke the framed protocol
@@ -140,6 +141,23 @@ class OutOfMemory(SandboxLost):
         super().__init__(
             f"The sandbox ran out of memory (limit {limit}) and was restarted; "
             f"variables from earlier cells are gone. {MEMORY_HINT}"
+        )
+
+
+class ShellOutOfMemory(SandboxError):
+    """Bash's shell died at the sandbox's memory limit and the agent started a new one; the
+    sandbox itself carries on (its files stay). Under gVisor the host's OOM killer does not kill
+    the shell but a process of gVisor's that serves it, and the shell exits with status 1; the
+    backend tells it by the sandbox's OOM count."""
+
+    ename = "OutOfMemory"
+    hint = OutOfMemory.hint
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+        super().__init__(
+            f"The shell ran out of memory (limit {limit}); a new shell was started in the last working "
+            f"directory, and variables, functions and aliases are lost. {MEMORY_HINT}"
         )
 
 

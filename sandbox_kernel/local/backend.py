@@ -41,7 +41,7 @@ from typing import Any, AsyncGenerator
 from ..agent_session import AgentSession
 from ..config import Limits
 from ..egress import host as egress
-from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError
+from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, ShellOutOfMemory
 from ..languages import Language
 from ..session import AgentChannel, ErrorOutput, Event, Stream
 from ..usage import CellUsage, Usage
@@ -79,6 +79,9 @@ class PipeChannel(AgentChannel):
 
 
 _sandbox_numbers = itertools.count(1)
+SHELL_EXITED = "the shell exited; state was reset"
+"""The Bash agent's error when its shell died during a cell (bash_agent.sh, ``__sk_finish``): at the
+memory limit under gVisor, where the shell exits instead of being OOM-killed (:class:`ShellOutOfMemory`)."""
 
 
 class LocalSandboxSession(SandboxCommand, AgentSession):
@@ -328,9 +331,14 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
         if notice:
             yield Stream("stderr", f"[sandbox] {notice}\n")
         cell = super().execute(code, *args, **kwargs)
+        cgroup = self._cgroup
+        oom_kills = cgroup.oom_kills() if cgroup is not None else 0
         try:
             async for event in cell:
-                if isinstance(event, ErrorOutput) and event.ename == "ModuleNotFoundError" and self.language.name == "python":
+                if (isinstance(event, ErrorOutput) and event.evalue == SHELL_EXITED and cgroup is not None
+                        and cgroup is self._cgroup and cgroup.oom_kills() > oom_kills):
+                    event = ErrorOutput.from_exception(ShellOutOfMemory(self.limits.memory))
+                elif isinstance(event, ErrorOutput) and event.ename == "ModuleNotFoundError" and self.language.name == "python":
                     hint = environment.import_hint(self._python, self._interpreter(), event.evalue)
                     event = ErrorOutput(event.ename, event.evalue, [*event.traceback, hint])
                 elif isinstance(event, ErrorOutput) and (ro_hint := self.workspace.hint(event.evalue)):
