@@ -140,7 +140,8 @@ def main() -> None:  # pragma: no cover - needs a cluster
         try:
             listed = api.list_namespace(label_selector=SELECTOR)
             current: dict[str, dict[str, str] | None] = {
-                ns.metadata.name: ns.metadata.annotations for ns in listed.items  # type: ignore[union-attr,misc]
+                ns.metadata.name: ns.metadata.annotations  # type: ignore[union-attr,misc]
+                for ns in listed.items
             }
             sync(directory, current.items(), test_only)
             stream = watch.Watch().stream(api.list_namespace, label_selector=SELECTOR,

@@ -20,6 +20,8 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 # Never reachable through the proxy, whatever the allow list says (checked on the address the
 # name resolved to, which is the address the proxy then connects to).
+# Not reformatted: a table of networks, IPv4 then IPv6, several to a line.
+# fmt: off
 FORBIDDEN_NETWORKS = tuple(
     ipaddress.ip_network(n)
     for n in (
@@ -30,6 +32,7 @@ FORBIDDEN_NETWORKS = tuple(
         "fe80::/10", "ff00::/8",
     )
 )
+# fmt: on
 
 
 class PolicyError(ValueError):

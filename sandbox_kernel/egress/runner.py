@@ -24,6 +24,8 @@ def _watch_parent(parent: int) -> None:
 
 def proxy_argv(socket_path: str | None = None, listen: tuple[str, int] | None = None) -> list[str]:
     where = ["--unix-socket-path", socket_path] if socket_path else ["--hostname", listen[0], "--port", str(listen[1])]  # type: ignore[index]
+    # Not reformatted: an option and its values on one line.
+    # fmt: off
     return [
         *where,
         "--disable-http-proxy",  # replaced by the SNI-checking one below
@@ -39,6 +41,7 @@ def proxy_argv(socket_path: str | None = None, listen: tuple[str, int] | None = 
         # and every small read would allocate 1 MiB).
         "--client-recvbuf-size", str(1 << 18), "--server-recvbuf-size", str(1 << 18), "--max-sendbuf-size", str(1 << 18),
     ]
+    # fmt: on
 
 
 def main() -> None:

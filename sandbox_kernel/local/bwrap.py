@@ -134,6 +134,8 @@ def options(view: View, fds: dict[str, str], seccomp: bool, disable_userns: bool
         elif p.is_dir():
             argv += ["--ro-bind", path, path]
     argv += list(view.extra)
+    # Not reformatted: an option and its values on one line.
+    # fmt: off
     argv += [
         # The sandbox's own accounts, and a copy of the agent (a bind mount would show the
         # installation's path in /proc/self/mountinfo).
@@ -172,4 +174,5 @@ def options(view: View, fds: dict[str, str], seccomp: bool, disable_userns: bool
     for name, value in view.env:
         argv += ["--setenv", name, value]
     argv += list(view.extra_env)
+    # fmt: on
     return argv

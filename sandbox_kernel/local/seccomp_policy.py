@@ -67,6 +67,8 @@ def _always(syscalls: str, group: str, reason: str, errno: str = "EPERM") -> tup
     return tuple(Rule(name, group, reason, errno) for name in syscalls.split())
 
 
+# Not reformatted: the policy is one table, a rule a line, for review.
+# fmt: off
 POLICY: tuple[Rule, ...] = (
     # -- namespaces: a user namespace gives "root" with mount rights, the way into most kernel CVEs
     *_always("unshare", "namespaces", "new namespaces (unshare -r would be root in a user namespace)"),
@@ -114,6 +116,7 @@ POLICY: tuple[Rule, ...] = (
         allow_only=(0, PERSONALITY_ALLOWED),
     ),
 )
+# fmt: on
 
 # Calls newer than the libseccomp this may be compiled with (Debian 12 has 2.5.4): their
 # numbers on x86-64, used only when libseccomp does not know the name.
