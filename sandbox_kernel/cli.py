@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "so that kernels of both backends can be installed side by side")
     p.add_argument("--image", metavar="LANGUAGE=IMAGE", action="append", default=[],
                    help="the container image of that language's kernelspec on Kubernetes (repeatable; e.g. "
-                   "python=localhost/sandbox-python-datascience:3.11 for numpy, pandas, matplotlib and IPython); "
+                   "python=localhost/sandbox-python-science:3.11 for numpy, pandas, matplotlib and IPython); "
                    "wins over KubernetesSandbox.images and SANDBOX_IMAGE_<LANGUAGE>")
     p.set_defaults(func=install)
 
