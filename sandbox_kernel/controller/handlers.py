@@ -9,6 +9,7 @@ controller was away is still handled when it is back:
                                 user the claimant role there, status Ready (or Refused / Failed)
     claim deleted             → delete its sandbox namespace (only the one its uid names)
     every heartbeat_check s   → a claim whose heartbeat is older than spec.heartbeatSeconds is deleted
+                                (a loop of the controller's own, beside kopf's handlers)
     every sweep_interval s    → sandboxes whose claim is gone are deleted; direct-mode sandboxes
                                 whose heartbeat Lease expired are deleted (the gc CronJob's job)
 """
@@ -130,26 +131,28 @@ class Controller:
             raise kopf.TemporaryError(f"could not delete sandbox {sandbox}: {exc}", delay=2) from exc
         log.info("claim %s deleted: sandbox %s deleted", uid, sandbox)
 
-    async def check_heartbeat(self, body: Any, namespace: str, name: str, uid: str) -> None:
-        """Delete the claim if its kernel stopped renewing the heartbeat."""
-        meta = body.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            return
-        ttl = (body.get("spec") or {}).get("heartbeatSeconds", 60)
-        ttl = ttl if isinstance(ttl, int) and ttl > 0 else 60
-        beat = parse_time(str((meta.get("annotations") or {}).get(claims.ANNOTATION_HEARTBEAT) or "")) if (
-            (meta.get("annotations") or {}).get(claims.ANNOTATION_HEARTBEAT)) else None
-        try:
-            beat = beat or parse_time(meta.get("creationTimestamp"))
-        except ValueError:
-            beat = None
-        now = datetime.now(timezone.utc)
-        if beat is not None and now - beat <= timedelta(seconds=ttl):
-            return
-        log.info("claim %s/%s: heartbeat older than %d s; deleting it", namespace, name, ttl)
-        await self.run(self.api.delete_claim, namespace, name, uid)
-
     # -- sweeps ----------------------------------------------------------------------------------
+
+    async def heartbeats_forever(self) -> None:
+        # A loop of our own, not a kopf timer per claim: kopf runs an object's timer only between its
+        # other handlers and backs a failed one off for a minute, so a claim could outlive its heartbeat.
+        while True:
+            try:
+                await self.run(self.reclaim_silent_claims)
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure; say it and go on
+                log.exception("heartbeat check failed")
+            await asyncio.sleep(self.bounds.heartbeat_check)
+
+    def reclaim_silent_claims(self) -> None:
+        """Delete each claim whose kernel stopped renewing its heartbeat (its sandbox goes with it)."""
+        now = datetime.now(timezone.utc)
+        for claim in self.api.list_claims():
+            ttl = heartbeat_expired(claim, now)
+            if ttl is None:
+                continue
+            meta = claim["metadata"]
+            log.info("claim %s/%s: heartbeat older than %d s; deleting it", meta.get("namespace"), meta.get("name"), ttl)
+            self.api.delete_claim(str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid") or ""))
 
     async def sweep_forever(self) -> None:
         while True:
@@ -205,7 +208,8 @@ class Controller:
             settings.watching.client_timeout = 300
             settings.networking.request_timeout = 30
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self.pool.run()), loop.create_task(self.sweep_forever())]
+            self._tasks = [loop.create_task(self.pool.run()), loop.create_task(self.sweep_forever()),
+                           loop.create_task(self.heartbeats_forever())]
 
         @kopf.on.cleanup(registry=registry)
         async def cleanup(**_: Any) -> None:
@@ -225,11 +229,27 @@ class Controller:
         async def claim_deleted(body: Any, uid: str, **_: Any) -> None:
             await self.release(body, uid)
 
-        @kopf.timer(*resource, interval=self.bounds.heartbeat_check, registry=registry)
-        async def heartbeat_check(body: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
-            await self.check_heartbeat(body, namespace or "", name, uid)
-
         return registry
+
+
+def heartbeat_expired(claim: dict[str, Any], now: datetime) -> int | None:
+    """The claim's ``spec.heartbeatSeconds`` if its heartbeat (or, before the first, its creation) is older; else None."""
+    meta = claim.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    ttl = (claim.get("spec") or {}).get("heartbeatSeconds", 60)
+    ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0 else 60
+    beat = None
+    for stamp in ((meta.get("annotations") or {}).get(claims.ANNOTATION_HEARTBEAT), meta.get("creationTimestamp")):
+        try:
+            beat = parse_time(str(stamp)) if stamp else None
+        except ValueError:
+            beat = None
+        if beat is not None:
+            break
+    if beat is not None and now - beat <= timedelta(seconds=ttl):
+        return None
+    return ttl
 
 
 def connection_info(api: KubernetesApi) -> kopf.ConnectionInfo:

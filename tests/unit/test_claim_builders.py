@@ -214,3 +214,27 @@ def test_claims_mode_refuses_a_runtime_class_instead_of_ignoring_it() -> None:
         KubernetesSandbox(mode="claims", runtime_class_name="gvisor").validate(Sandbox().limits())
     KubernetesSandbox(mode="direct", runtime_class_name="gvisor").validate(Sandbox().limits())
     KubernetesSandbox(mode="claims").validate(Sandbox().limits())
+
+
+def test_a_claim_is_reclaimed_once_its_heartbeat_or_before_the_first_its_creation_is_older_than_its_ttl() -> None:
+    from datetime import datetime, timezone
+
+    from sandbox_kernel.controller.handlers import heartbeat_expired
+
+    now = datetime(2026, 12, 3, 8, 0, 30, tzinfo=timezone.utc)
+
+    def claim(created: str, beat: str | None = None, ttl: object = 10, deleting: bool = False) -> dict[str, object]:
+        meta: dict[str, object] = {"creationTimestamp": created, "annotations": {claims.ANNOTATION_HEARTBEAT: beat} if beat else {}}
+        if deleting:
+            meta["deletionTimestamp"] = created
+        return {"metadata": meta, "spec": {"heartbeatSeconds": ttl}}
+
+    assert heartbeat_expired(claim("2026-12-03T08:00:25Z"), now) is None
+    assert heartbeat_expired(claim("2026-12-03T08:00:10Z"), now) == 10
+    assert heartbeat_expired(claim("2026-12-03T08:00:00Z", beat="2026-12-03T08:00:29.500000Z"), now) is None
+    assert heartbeat_expired(claim("2026-12-03T08:00:00Z", beat="2026-12-03T08:00:19.000000Z"), now) == 10
+    assert heartbeat_expired(claim("2026-12-03T08:00:00Z", deleting=True), now) is None  # already going
+    # A heartbeat that cannot be read counts from the creation; a ttl that is not a positive int is 60 s.
+    assert heartbeat_expired(claim("2026-12-03T08:00:25Z", beat="yesterday"), now) is None
+    assert heartbeat_expired(claim("2026-12-03T07:59:00Z", ttl=True), now) == 60
+    assert heartbeat_expired(claim("2026-12-03T07:59:45Z", ttl=-5), now) is None
