@@ -68,8 +68,14 @@ from percentiles import pct  # noqa: E402  (the benchmarks' directory is on sys.
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95), "min": min(values, default=float("nan")),
-            "max": max(values, default=float("nan")), "mean": statistics.fmean(values) if values else float("nan")}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p95": pct(values, 95),
+        "min": min(values, default=float("nan")),
+        "max": max(values, default=float("nan")),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
 
 
 def log(*args: Any) -> None:
@@ -93,8 +99,9 @@ class PodWatch:
     def _run(self) -> None:
         while not self._stop:
             try:
-                for item in watch.Watch().stream(self.core.list_pod_for_all_namespaces, timeout_seconds=60,
-                                                 _request_timeout=90):
+                for item in watch.Watch().stream(
+                    self.core.list_pod_for_all_namespaces, timeout_seconds=60, _request_timeout=90
+                ):
                     now = time.time()
                     pod = item["object"]
                     if not pod.metadata.namespace.startswith(("sandbox-", BENCH_LABEL)):
@@ -193,7 +200,9 @@ def policy_synced(after: float) -> dict[str, float]:
         if not found:
             continue
         month, day, hour, minute, sec, what = found.groups()
-        when = datetime(year, int(month), int(day), int(hour), int(minute), tzinfo=timezone.utc).timestamp() + float(sec)
+        when = datetime(year, int(month), int(day), int(hour), int(minute), tzinfo=timezone.utc).timestamp() + float(
+            sec
+        )
         # The watch sees the pod's IP a few ms after kube-router does: allow for that.
         if what.startswith("Starting") and when >= after - 0.05 and "policy_sync_started" not in marks:
             marks["policy_sync_started"] = when
@@ -209,8 +218,9 @@ def policy_synced(after: float) -> dict[str, float]:
 
 def session_steps(kubeconfig: str, image: str, pods: PodWatch) -> dict[str, float]:
     settings = KubernetesSandbox(kubeconfig=kubeconfig, images={"python": image})
-    session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox(timeout=60).limits(), settings,
-                                       kernel_id=f"bench-{uuid.uuid4().hex[:8]}")
+    session = KubernetesSandboxSession(
+        LANGUAGES["python"], Sandbox(timeout=60).limits(), settings, kernel_id=f"bench-{uuid.uuid4().hex[:8]}"
+    )
     offset = log_offset()
 
     async def go() -> dict[str, float]:
@@ -226,8 +236,14 @@ def session_steps(kubeconfig: str, image: str, pods: PodWatch) -> dict[str, floa
         events = list(session._events)  # noqa: SLF001 - the session's own timeline
         namespace, pod = session.namespace or "", session.pod_name or ""
         await session.close()
-        marks = {"t0": t0, "ready": ready, "result": done, **kernel_marks(events), **pods.marks(namespace, pod),
-                 **node_marks(namespace, offset)}
+        marks = {
+            "t0": t0,
+            "ready": ready,
+            "result": done,
+            **kernel_marks(events),
+            **pods.marks(namespace, pod),
+            **node_marks(namespace, offset),
+        }
         return {**marks, **policy_synced(marks.get("ip", t0))}
 
     return asyncio.run(go())
@@ -236,8 +252,12 @@ def session_steps(kubeconfig: str, image: str, pods: PodWatch) -> dict[str, floa
 def kernel_marks(events: list[tuple[float, str]]) -> dict[str, float]:
     marks: dict[str, float] = {}
     for when, text in events:
-        for key, words in (("objects_created", "namespace sandbox-"), ("pod_posted", " created (image "),
-                           ("running_seen", " running on node "), ("attached", "attached to pod ")):
+        for key, words in (
+            ("objects_created", "namespace sandbox-"),
+            ("pod_posted", " created (image "),
+            ("running_seen", " running on node "),
+            ("attached", "attached to pod "),
+        ):
             if words in text:
                 marks.setdefault(key, when)
     return marks
@@ -252,7 +272,11 @@ STEPS = [
     ("containerd: agent container created and started", "sandbox_ready", "container_started"),
     ("kubelet: container started → status shows it running (PLEG relist)", "container_started", "running"),
     ("kube-router: status running → its firewall sync starts", "running", "policy_sync_started"),
-    ("kube-router: firewall sync (the pod's deny-all rules in force at its end)", "policy_sync_started", "policy_synced"),
+    (
+        "kube-router: firewall sync (the pod's deny-all rules in force at its end)",
+        "policy_sync_started",
+        "policy_synced",
+    ),
     ("pod: rules in force → guard passed, agent `ready` read by the kernel", "policy_synced", "ready"),
     ("(kernel: status running → seen by its poll)", "running", "running_seen"),
     ("(kernel: seen running → attached)", "running_seen", "attached"),
@@ -275,15 +299,26 @@ def breakdown(samples: list[dict[str, float]], steps: list[tuple[str, str, str]]
 
 def bare_pod(name: str, image: str, volume: bool) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "agent", "image": image, "imagePullPolicy": "IfNotPresent",
+        "name": "agent",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-c", "import time; time.sleep(120)"],
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "readOnlyRootFilesystem": True, "runAsNonRoot": True, "runAsUser": 1000,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
-    spec: dict[str, Any] = {"containers": [container], "automountServiceAccountToken": False,
-                            "enableServiceLinks": False, "terminationGracePeriodSeconds": 0}
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 0,
+    }
     if volume:
         spec["volumes"] = [{"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}]
         container["volumeMounts"] = [{"name": "scratch", "mountPath": "/home/sandbox"}]
@@ -365,8 +400,10 @@ def jupyter_steps(env: dict[str, str], pods: PodWatch, admin_core: client.CoreV1
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     timeline = site / "timeline.txt"
     env = {**env, "PYTHONPATH": os.pathsep.join([env["PYTHONPATH"], str(site)]), "BENCH_KERNEL_TIMELINE": str(timeline)}
-    km = KernelManager(kernel_name="sandbox-python",
-                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(Path(env["JUPYTER_PATH"]) / "kernels")]))
+    km = KernelManager(
+        kernel_name="sandbox-python",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(Path(env["JUPYTER_PATH"]) / "kernels")]),
+    )
     km.shutdown_wait_time = 60
     offset = log_offset()
     t0 = time.time()
@@ -381,11 +418,19 @@ def jupyter_steps(env: dict[str, str], pods: PodWatch, admin_core: client.CoreV1
         assert reply["content"]["status"] == "ok", reply["content"]
     finally:
         kc.stop_channels()
-        namespaces = admin_core.list_namespace(label_selector=f"sandbox-kernel/kernel-id={manifests.label_value(kernel_id)}").items
+        namespaces = admin_core.list_namespace(
+            label_selector=f"sandbox-kernel/kernel-id={manifests.label_value(kernel_id)}"
+        ).items
         km.shutdown_kernel(now=False)
     namespace = namespaces[0].metadata.name if namespaces else ""
-    marks = {"t0": t0, "kernel_info": ready, "result": done, **pods.marks(namespace, "sandbox-1"), **node_marks(namespace, offset),
-             **timeline_marks(timeline)}
+    marks = {
+        "t0": t0,
+        "kernel_info": ready,
+        "result": done,
+        **pods.marks(namespace, "sandbox-1"),
+        **node_marks(namespace, offset),
+        **timeline_marks(timeline),
+    }
     return {**marks, **policy_synced(marks.get("ip", t0))}
 
 
@@ -410,7 +455,9 @@ JUPYTER_STEPS = [
 def table(title: str, steps: dict[str, dict[str, float]]) -> str:
     lines = [f"| {title} | p50 ms | p95 ms | min–max ms |", "|---|---|---|---|"]
     for label, s in steps.items():
-        lines.append(f"| {label} | {s['p50'] * 1000:.0f} | {s['p95'] * 1000:.0f} | {s['min'] * 1000:.0f}–{s['max'] * 1000:.0f} (n={s['n']}) |")
+        lines.append(
+            f"| {label} | {s['p50'] * 1000:.0f} | {s['p95'] * 1000:.0f} | {s['min'] * 1000:.0f}–{s['max'] * 1000:.0f} (n={s['n']}) |"
+        )
     return "\n".join(lines)
 
 
@@ -436,11 +483,21 @@ def main() -> int:
     pods = PodWatch(admin)
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                 "load_before": os.getloadavg()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load_before": os.getloadavg(),
+        },
         "image": image,
     }
-    raw: dict[str, list[dict[str, float]]] = {"session": [], "bare": [], "bare+emptyDir": [], "jupyter": [], "jupyter (baseline)": []}
+    raw: dict[str, list[dict[str, float]]] = {
+        "session": [],
+        "bare": [],
+        "bare+emptyDir": [],
+        "jupyter": [],
+        "jupyter (baseline)": [],
+    }
     failures: list[str] = []
     baseline_env = None
     if args.baseline_tree:
@@ -452,9 +509,11 @@ def main() -> int:
         for i in range(max(args.starts, args.jupyter_starts)):
             runs: list[tuple[str, Callable[[], dict[str, float]]]] = []
             if i < args.starts:
-                runs += [("session", lambda: session_steps(env["SANDBOX_KUBECONFIG"], image, pods)),
-                         ("bare", lambda: bare_steps(core, bench_ns, image, False, pods)),
-                         ("bare+emptyDir", lambda: bare_steps(core, bench_ns, image, True, pods))]
+                runs += [
+                    ("session", lambda: session_steps(env["SANDBOX_KUBECONFIG"], image, pods)),
+                    ("bare", lambda: bare_steps(core, bench_ns, image, False, pods)),
+                    ("bare+emptyDir", lambda: bare_steps(core, bench_ns, image, True, pods)),
+                ]
             if i < args.jupyter_starts:
                 pair = [("jupyter", lambda: jupyter_steps(env, pods, core))]
                 if baseline_env is not None:
@@ -467,8 +526,10 @@ def main() -> int:
                     failures.append(f"{kind}: {exc}"[:500])
                     log(f"{kind} failed: {exc}"[:500])
             last = {k: v[-1] for k, v in raw.items() if v}
-            log(f"round {i + 1}: " + ", ".join(
-                f"{k} {(v.get('result') or v.get('running', 0)) - v['t0']:.2f} s" for k, v in last.items()))
+            log(
+                f"round {i + 1}: "
+                + ", ".join(f"{k} {(v.get('result') or v.get('running', 0)) - v['t0']:.2f} s" for k, v in last.items())
+            )
     finally:
         pods.stop()
         core.delete_namespace(bench_ns)

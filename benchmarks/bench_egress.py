@@ -51,7 +51,9 @@ def _read_response(tls: ssl.SSLSocket) -> int:
             raise ConnectionError("closed before the headers")
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     got = len(body)
     while got < length:
         chunk = tls.recv(1 << 20)
@@ -106,12 +108,26 @@ def main() -> None:
     kinds = ["direct", "proxy", "relay+proxy"]
     with tempfile.TemporaryDirectory() as tmp, serve_test_hosts(Path(tmp)) as hosts:
         state = Path(tmp) / "state"
-        ctl = EgressController(["allowed.test"], EgressProxy(hosts_file=str(hosts["hosts"]), exempt_networks=[EXEMPT], state_dir=str(state)))
+        ctl = EgressController(
+            ["allowed.test"],
+            EgressProxy(hosts_file=str(hosts["hosts"]), exempt_networks=[EXEMPT], state_dir=str(state)),
+        )
         ctl._start(None)
         assert ctl.dir is not None
         proxy_sock = str(ctl.dir / "proxy.sock")
-        relay = subprocess.Popen([sys.executable, "-I", str(REPO / "sandbox_kernel/egress/relay.py"), proxy_sock, str(RELAY_PORT), "--", "/bin/sleep", "3600"],
-                                 start_new_session=True)
+        relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                str(REPO / "sandbox_kernel/egress/relay.py"),
+                proxy_sock,
+                str(RELAY_PORT),
+                "--",
+                "/bin/sleep",
+                "3600",
+            ],
+            start_new_session=True,
+        )
         try:
             for _ in range(100):
                 try:
@@ -122,7 +138,7 @@ def main() -> None:
             ctx = ssl.create_default_context(cafile=str(hosts["ca"]))
             times: dict[str, list[float]] = {k: [] for k in kinds}
             for i in range(args.warmup + args.requests):
-                order = kinds[i % 3:] + kinds[:i % 3]
+                order = kinds[i % 3 :] + kinds[: i % 3]
                 for kind in order:
                     t = time.perf_counter()
                     request(kind, ctx, proxy_sock)
@@ -143,16 +159,23 @@ def main() -> None:
             relay.wait()
             ctl.stop()
     results = {
-        k: {"p50_ms": statistics.median(v), "p95_ms": pct(v, 0.95), "n": len(v), "MBps": throughput[k]} for k, v in times.items()
+        k: {"p50_ms": statistics.median(v), "p95_ms": pct(v, 0.95), "n": len(v), "MBps": throughput[k]}
+        for k, v in times.items()
     }
     print(f"| path | p50 ms | p95 ms | added p50 ms | {args.mib} MiB download MB/s | vs direct |")
     print("|---|---|---|---|---|---|")
     base = results["direct"]
     for k, r in results.items():
-        print(f"| {k} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p50_ms'] - base['p50_ms']:+.2f} | {r['MBps']:.0f} | {r['MBps'] / base['MBps']:.0%} |")
+        print(
+            f"| {k} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p50_ms'] - base['p50_ms']:+.2f} | {r['MBps']:.0f} | {r['MBps'] / base['MBps']:.0%} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"requests": args.requests, "mib": args.mib, "results": results, "load": os.getloadavg()}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"requests": args.requests, "mib": args.mib, "results": results, "load": os.getloadavg()}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from egress_cluster import apply_test_proxy, build_lab_image, kubectl, remove_test_proxy, start_test_hosts
 
-PROGRAM = r'''
+PROGRAM = r"""
 import base64, json, os, socket, ssl, sys, time, urllib.parse
 mode, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ctx = ssl.create_default_context(cafile=CA)
@@ -65,7 +65,7 @@ out = []
 for _ in range(n):
     t0 = time.perf_counter(); size = get(); out.append((time.perf_counter() - t0, size))
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -105,8 +105,12 @@ async def main() -> None:
             overlay = apply_test_proxy(kubeconfig, build_lab_image(kubeconfig), hosts, Path(tmp))
             program = PROGRAM.replace("TARGET", repr(hosts["ip"]))
             limits = Sandbox(allow_hosts=["allowed.test"], memory_limit="256Mi").limits()
-            session = KubernetesSandboxSession(LANGUAGES["python"], limits, KubernetesSandbox(kubeconfig=kubeconfig, images={"python": image}),
-                                               kernel_id="bench-egress")
+            session = KubernetesSandboxSession(
+                LANGUAGES["python"],
+                limits,
+                KubernetesSandbox(kubeconfig=kubeconfig, images={"python": image}),
+                kernel_id="bench-egress",
+            )
             await session.start()
 
             async def in_sandbox(n: int, path: str) -> list[tuple[float, int]]:
@@ -120,35 +124,67 @@ async def main() -> None:
 
             def direct(n: int, path: str) -> list[tuple[float, int]]:
                 code = program.replace("CA", "'/certs/ca.pem'")
-                return parse(kubectl(kubeconfig, "-n", hosts["namespace"], "exec", "client", "--", "python3", "-c", code,
-                                     "direct", str(n), path, timeout=900).stdout)
+                return parse(
+                    kubectl(
+                        kubeconfig,
+                        "-n",
+                        hosts["namespace"],
+                        "exec",
+                        "client",
+                        "--",
+                        "python3",
+                        "-c",
+                        code,
+                        "direct",
+                        str(n),
+                        path,
+                        timeout=900,
+                    ).stdout
+                )
 
             direct(args.warmup, "/")
             await in_sandbox(args.warmup, "/")
             times: dict[str, list[float]] = {"direct": [], "proxy": []}
             for r in range(args.rounds):
-                for kind in (["direct", "proxy"] if r % 2 == 0 else ["proxy", "direct"]):
+                for kind in ["direct", "proxy"] if r % 2 == 0 else ["proxy", "direct"]:
                     got = direct(args.requests, "/") if kind == "direct" else await in_sandbox(args.requests, "/")
                     times[kind] += [t * 1000 for t, _ in got]
             size = args.mib * 2**20
-            mbps = {"direct": max(size / t / 1e6 for t, n in direct(3, f"/bytes/{size}") if n > size),
-                    "proxy": max(size / t / 1e6 for t, n in await in_sandbox(3, f"/bytes/{size}") if n > size)}
+            mbps = {
+                "direct": max(size / t / 1e6 for t, n in direct(3, f"/bytes/{size}") if n > size),
+                "proxy": max(size / t / 1e6 for t, n in await in_sandbox(3, f"/bytes/{size}") if n > size),
+            }
         finally:
             if session is not None:
                 await session.close()
             if overlay is not None:
                 remove_test_proxy(kubeconfig, overlay)
             core.delete_namespace(hosts["namespace"])
-    results = {k: {"p50_ms": statistics.median(v), "p95_ms": pct(v, 0.95), "n": len(v), "MBps": mbps[k]} for k, v in times.items()}
+    results = {
+        k: {"p50_ms": statistics.median(v), "p95_ms": pct(v, 0.95), "n": len(v), "MBps": mbps[k]}
+        for k, v in times.items()
+    }
     print(f"| path | p50 ms | p95 ms | added p50 ms | {args.mib} MiB download MB/s | vs direct |")
     print("|---|---|---|---|---|---|")
     base = results["direct"]
     for k, r in results.items():
-        print(f"| {k} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p50_ms'] - base['p50_ms']:+.2f} | {r['MBps']:.0f} | {r['MBps'] / base['MBps']:.0%} |")
+        print(
+            f"| {k} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p50_ms'] - base['p50_ms']:+.2f} | {r['MBps']:.0f} | {r['MBps'] / base['MBps']:.0%} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"requests": args.requests, "rounds": args.rounds, "mib": args.mib, "results": results,
-                                         "load": os.getloadavg()}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "requests": args.requests,
+                    "rounds": args.rounds,
+                    "mib": args.mib,
+                    "results": results,
+                    "load": os.getloadavg(),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

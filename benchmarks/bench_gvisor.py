@@ -111,12 +111,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-gvisor-") as tmp:
         root = write_kernelspecs(Path(tmp), backend="local")
-        os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else "")
+        os.environ["JUPYTER_PATH"] = str(root) + (
+            os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else ""
+        )
         pairs = [(n, r) for n in names for r in RUNTIMES]
 
         log(f"[1/3] start: {args.starts} kernel starts and sandbox starts per kernel and runtime")
         for i in range(args.starts):
-            for name, runtime in pairs[i % len(pairs):] + pairs[: i % len(pairs)]:
+            for name, runtime in pairs[i % len(pairs) :] + pairs[: i % len(pairs)]:
                 k = RuntimeKernel(name, runtime, context)
                 t0 = time.perf_counter()
                 k.start()
@@ -164,8 +166,13 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001
                     log(f"stopping {k.key} failed: {exc}")
 
-    results = {key: {what: summary(v, 1 if what == "idle memory" else 1000) for what, v in whats.items()} for key, whats in raw.items()}
-    what_order = ["start", "sandbox start", "sandbox close", "shutdown", "idle memory"] + sorted({w for r in raw.values() for w in r if w.startswith("cell ")})
+    results = {
+        key: {what: summary(v, 1 if what == "idle memory" else 1000) for what, v in whats.items()}
+        for key, whats in raw.items()
+    }
+    what_order = ["start", "sandbox start", "sandbox close", "shutdown", "idle memory"] + sorted(
+        {w for r in raw.values() for w in r if w.startswith("cell ")}
+    )
     print("| kernel (runtime) | " + " | ".join(what_order) + " |")
     print("|---|" + "---|" * len(what_order))
     for key in raw:
@@ -177,7 +184,9 @@ def main() -> int:
             elif what == "idle memory":
                 cells.append(f"{s['p50'] / 2**20:.0f} MiB")
             else:
-                cells.append(f"{s['p50']:.0f} / {s['p95']:.0f}" if s["p50"] >= 10 else f"{s['p50']:.1f} / {s['p95']:.1f}")
+                cells.append(
+                    f"{s['p50']:.0f} / {s['p95']:.0f}" if s["p50"] >= 10 else f"{s['p50']:.1f} / {s['p95']:.1f}"
+                )
         print(f"| {key} | " + " | ".join(cells) + " |")
     print("\n(ms, p50 / p95; idle memory: the sandbox cgroup after the first cell)")
     out = {

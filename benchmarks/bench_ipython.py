@@ -53,7 +53,7 @@ def bench_plots(kernels: list[bl.Kernel], rounds: int, results: dict[str, Any]) 
     for k in kernels:  # matplotlib's imports and font cache, outside the measurement
         k.run(PLOT)
     for i in range(rounds):
-        order = kernels[i % len(kernels):] + kernels[: i % len(kernels)]
+        order = kernels[i % len(kernels) :] + kernels[: i % len(kernels)]
         for k in order:
             sizes: list[int] = []
 
@@ -74,14 +74,21 @@ def bench_plots(kernels: list[bl.Kernel], rounds: int, results: dict[str, Any]) 
 
 
 def report(results: dict[str, Any]) -> str:
-    rows = [("start → first output", "start"), ("cell `1`", "cell 1"), ("cell `pass`", "cell pass"),
-            ("0.72 MiB PNG plot → display_data", "plot"), ("0.72 MiB PNG plot → idle", "plot_idle")]
+    rows = [
+        ("start → first output", "start"),
+        ("cell `1`", "cell 1"),
+        ("cell `pass`", "cell pass"),
+        ("0.72 MiB PNG plot → display_data", "plot"),
+        ("0.72 MiB PNG plot → idle", "plot_idle"),
+    ]
     lines = ["| p50 (p95), ms | python3 | sandbox-python (IPython mode) | ratio p50 |", "|---|---|---|---|"]
     for label, key in rows:
         a, b = (bl.summary(results[n]["raw"].get(key, []), 1000) for n in NAMES)
         if not a.get("n") or not b.get("n"):
             continue
-        lines.append(f"| {label} | {a['p50']:.1f} ({a['p95']:.1f}) | {b['p50']:.1f} ({b['p95']:.1f}) | {b['p50'] / a['p50']:.2f} |")
+        lines.append(
+            f"| {label} | {a['p50']:.1f} ({a['p95']:.1f}) | {b['p50']:.1f} ({b['p95']:.1f}) | {b['p50'] / a['p50']:.2f} |"
+        )
     sizes = ", ".join(f"{n} {results[n]['raw'].get('png_bytes', 0) / 2**20:.2f} MiB" for n in NAMES)
     return "\n".join(lines) + f"\n\nPNG sizes: {sizes}"
 
@@ -99,12 +106,16 @@ def main() -> int:
     bl.SANDBOX_ARGS = ["--Sandbox.ipython=on"]
     context = zmq.Context()
     context.setsockopt(zmq.RECONNECT_IVL, 5)
-    results: dict[str, Any] = {n: {"raw": {k: [] for k in ("start", "start_reply", "start_spawn", "start_iopub", "shutdown")}} for n in NAMES}
+    results: dict[str, Any] = {
+        n: {"raw": {k: [] for k in ("start", "start_reply", "start_spawn", "start_iopub", "shutdown")}} for n in NAMES
+    }
     load_before = os.getloadavg()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-ipython-") as tmp:
         root = bl.write_kernelspecs(Path(tmp), backend="local")
-        os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else "")
+        os.environ["JUPYTER_PATH"] = str(root) + (
+            os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else ""
+        )
         bl.log(f"[1/3] start: {args.starts} starts per kernel")
         bl.bench_start(NAMES, args.starts, context, results)
         kernels = [bl.Kernel(n, context) for n in NAMES]
@@ -121,9 +132,15 @@ def main() -> int:
             for k in kernels:
                 k.stop()
     for n in NAMES:
-        results[n]["summary"] = {key: bl.summary(v, 1000) for key, v in results[n]["raw"].items() if isinstance(v, list)}
-    results["_run"] = {"seconds": time.time() - started, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                       "machine": bl.machine()}
+        results[n]["summary"] = {
+            key: bl.summary(v, 1000) for key, v in results[n]["raw"].items() if isinstance(v, list)
+        }
+    results["_run"] = {
+        "seconds": time.time() - started,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "machine": bl.machine(),
+    }
     print(report(results))
     print(f"\nload average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
     if args.json:

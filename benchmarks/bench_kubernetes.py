@@ -50,7 +50,12 @@ from percentiles import pct  # noqa: E402  (the benchmarks' directory is on sys.
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95), "mean": statistics.fmean(values) if values else float("nan")}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p95": pct(values, 95),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +144,9 @@ def bench_jupyter(kubeconfig: str, images: dict[str, str], starts: int, cells: i
     out: dict[str, Any] = {}
     times, rtts = [], []
     for i in range(starts):
-        km = KernelManager(kernel_name="sandbox-python", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(root / "kernels")]))
+        km = KernelManager(
+            kernel_name="sandbox-python", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(root / "kernels")])
+        )
         km.shutdown_wait_time = 60
         t0 = time.perf_counter()
         km.start_kernel(env=env)
@@ -173,8 +180,9 @@ class PodPerCell:
         self.core = client.CoreV1Api(self.api)
         self.image = image
         self.namespace = f"bench-podpercell-{uuid.uuid4().hex[:6]}"
-        self.core.create_namespace({"metadata": {"name": self.namespace, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted"}}})
+        self.core.create_namespace(
+            {"metadata": {"name": self.namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+        )
         self._sa_ready()
 
     def _sa_ready(self) -> None:
@@ -188,15 +196,34 @@ class PodPerCell:
 
     def pod(self, name: str, code: str) -> dict[str, Any]:
         return {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
             "spec": {
-                "restartPolicy": "Never", "automountServiceAccountToken": False, "enableServiceLinks": False,
-                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{
-                    "name": "cell", "image": self.image, "command": ["python3", "-c", code],
-                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
-                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True},
-                }],
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": "cell",
+                        "image": self.image,
+                        "command": ["python3", "-c", code],
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "64Mi"},
+                            "limits": {"cpu": "500m", "memory": "256Mi"},
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True,
+                        },
+                    }
+                ],
             },
         }
 
@@ -254,20 +281,30 @@ def table(results: dict[str, Any]) -> str:
     rows = [
         ("| measurement | pod per kernel (session) | pod per kernel (Jupyter kernel) | pod per cell (baseline) |"),
         ("|---|---|---|---|"),
-        (f"| start → first result p50 / p95 | {sec(k['start_to_first_result_s']['p50'])} / {sec(k['start_to_first_result_s']['p95'])} "
-         f"(n={k['start_to_first_result_s']['n']}) | {sec(j['start_to_first_result_s']['p50'])} / {sec(j['start_to_first_result_s']['p95'])} "
-         f"(n={j['start_to_first_result_s']['n']}) | = one cell: {sec(b['cell_round_trip_s']['p50'])} |"),
-        (f"| trivial cell round trip p50 / p95 | {ms(k['cell_round_trip_s']['p50'])} / {ms(k['cell_round_trip_s']['p95'])} "
-         f"(n={k['cell_round_trip_s']['n']}) | {ms(j['cell_round_trip_s']['p50'])} / {ms(j['cell_round_trip_s']['p95'])} "
-         f"(n={j['cell_round_trip_s']['n']}) | {ms(b['cell_round_trip_s']['p50'])} / {ms(b['cell_round_trip_s']['p95'])} "
-         f"(n={b['cell_round_trip_s']['n']}) |"),
-        (f"| stdout throughput (16 MiB cell; median of 5 / once) | {k['stdout_mib_per_s']:.1f} MiB/s | – | {b['stdout_mib_per_s']:.1f} MiB/s "
-         f"(log holds {b['stdout_bytes_read'] / 2**20:.1f} MiB) |"),
-        (f"| {results['concurrent']} started at once: wall (each p50 / p95) | {sec(k['concurrent_wall_s'])} "
-         f"({sec(k['concurrent_each_s']['p50'])} / {sec(k['concurrent_each_s']['p95'])}) | – | {sec(b['concurrent_wall_s'])} "
-         f"({sec(b['concurrent_each_s']['p50'])} / {sec(b['concurrent_each_s']['p95'])}) |"),
-        (f"| per-cell speed-up vs pod per cell (p50) | {b['cell_round_trip_s']['p50'] / k['cell_round_trip_s']['p50']:.0f}× | "
-         f"{b['cell_round_trip_s']['p50'] / j['cell_round_trip_s']['p50']:.0f}× | 1× |"),
+        (
+            f"| start → first result p50 / p95 | {sec(k['start_to_first_result_s']['p50'])} / {sec(k['start_to_first_result_s']['p95'])} "
+            f"(n={k['start_to_first_result_s']['n']}) | {sec(j['start_to_first_result_s']['p50'])} / {sec(j['start_to_first_result_s']['p95'])} "
+            f"(n={j['start_to_first_result_s']['n']}) | = one cell: {sec(b['cell_round_trip_s']['p50'])} |"
+        ),
+        (
+            f"| trivial cell round trip p50 / p95 | {ms(k['cell_round_trip_s']['p50'])} / {ms(k['cell_round_trip_s']['p95'])} "
+            f"(n={k['cell_round_trip_s']['n']}) | {ms(j['cell_round_trip_s']['p50'])} / {ms(j['cell_round_trip_s']['p95'])} "
+            f"(n={j['cell_round_trip_s']['n']}) | {ms(b['cell_round_trip_s']['p50'])} / {ms(b['cell_round_trip_s']['p95'])} "
+            f"(n={b['cell_round_trip_s']['n']}) |"
+        ),
+        (
+            f"| stdout throughput (16 MiB cell; median of 5 / once) | {k['stdout_mib_per_s']:.1f} MiB/s | – | {b['stdout_mib_per_s']:.1f} MiB/s "
+            f"(log holds {b['stdout_bytes_read'] / 2**20:.1f} MiB) |"
+        ),
+        (
+            f"| {results['concurrent']} started at once: wall (each p50 / p95) | {sec(k['concurrent_wall_s'])} "
+            f"({sec(k['concurrent_each_s']['p50'])} / {sec(k['concurrent_each_s']['p95'])}) | – | {sec(b['concurrent_wall_s'])} "
+            f"({sec(b['concurrent_each_s']['p50'])} / {sec(b['concurrent_each_s']['p95'])}) |"
+        ),
+        (
+            f"| per-cell speed-up vs pod per cell (p50) | {b['cell_round_trip_s']['p50'] / k['cell_round_trip_s']['p50']:.0f}× | "
+            f"{b['cell_round_trip_s']['p50'] / j['cell_round_trip_s']['p50']:.0f}× | 1× |"
+        ),
     ]
     return "\n".join(rows)
 
@@ -280,15 +317,23 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--baseline-cells", type=int, default=20, help="pod-per-cell cells (each takes seconds)")
     parser.add_argument("--concurrent", type=int, default=10)
-    parser.add_argument("--jupyter-starts", type=int, default=0, help="kernel starts through Jupyter (default: --starts, at most 3)")
-    parser.add_argument("--skip-baseline", action="store_true", help="leave out the pod-per-cell baseline (its numbers do not change)")
+    parser.add_argument(
+        "--jupyter-starts", type=int, default=0, help="kernel starts through Jupyter (default: --starts, at most 3)"
+    )
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="leave out the pod-per-cell baseline (its numbers do not change)"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "kubernetes.json"))
     args = parser.parse_args()
     if not args.kubeconfig:
         parser.error("set SANDBOX_KUBECONFIG or --kubeconfig")
     from fixtures_kubernetes import images_from_cache
 
-    images = {k: v for k, v in images_from_cache().items() if k in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH")}
+    images = {
+        k: v
+        for k, v in images_from_cache().items()
+        if k in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH")
+    }
     image = args.image or images.get("SANDBOX_IMAGE_PYTHON") or LANGUAGES["python"].default_image
     images["SANDBOX_IMAGE_PYTHON"] = image
 
@@ -299,9 +344,13 @@ def main() -> int:
         "concurrent": args.concurrent,
     }
     print("kernel sessions…", file=sys.stderr)
-    results["kernel_session"] = asyncio.run(bench_sessions(args.kubeconfig, image, args.starts, args.cells, args.concurrent))
+    results["kernel_session"] = asyncio.run(
+        bench_sessions(args.kubeconfig, image, args.starts, args.cells, args.concurrent)
+    )
     print("Jupyter kernels…", file=sys.stderr)
-    results["jupyter_kernel"] = bench_jupyter(args.kubeconfig, images, args.jupyter_starts or min(args.starts, 3), args.cells)
+    results["jupyter_kernel"] = bench_jupyter(
+        args.kubeconfig, images, args.jupyter_starts or min(args.starts, 3), args.cells
+    )
     if args.skip_baseline:
         for kind, numbers in results.items():
             if isinstance(numbers, dict) and "start_to_first_result_s" in numbers:

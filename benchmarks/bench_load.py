@@ -100,7 +100,7 @@ def proc_stat(pid: int) -> tuple[int, int] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":  # a zombie has exited; its parent has not reaped it yet
         return None
     return int(fields[1]), int(fields[19])
@@ -225,7 +225,9 @@ class Kernel:
                 if kind in ("stream", "execute_result") and self.first is None:
                     self.first = time.perf_counter()
                 elif kind == "error":
-                    raise RuntimeError(f"the cell failed: {msg['content'].get('ename')}: {msg['content'].get('evalue')}")
+                    raise RuntimeError(
+                        f"the cell failed: {msg['content'].get('ename')}: {msg['content'].get('evalue')}"
+                    )
                 elif kind == "status" and msg["content"]["execution_state"] == "idle":
                     idle = True
             while True:
@@ -268,10 +270,14 @@ class Kernel:
             return
         spy = shutil.which("py-spy")
         if spy is None:
-            self.hang_dump = f"still running {DUMP_AFTER:g} s after the shutdown_request (install py-spy for its stacks)"
+            self.hang_dump = (
+                f"still running {DUMP_AFTER:g} s after the shutdown_request (install py-spy for its stacks)"
+            )
             return
         try:
-            out = subprocess.run([spy, "dump", "--pid", str(self.pid)], capture_output=True, text=True, timeout=30, check=False)
+            out = subprocess.run(
+                [spy, "dump", "--pid", str(self.pid)], capture_output=True, text=True, timeout=30, check=False
+            )
             self.hang_dump = out.stdout + out.stderr
         except (OSError, subprocess.TimeoutExpired) as exc:
             self.hang_dump = f"py-spy failed: {exc}"
@@ -286,7 +292,15 @@ class Kernel:
 # -- one batch -----------------------------------------------------------------------------------
 
 
-def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: float, shutdown_wait: float, kill_one: bool = False) -> dict[str, Any]:
+def run_batch(
+    batch: str,
+    n: int,
+    context: zmq.Context,
+    private: Path,
+    timeout: float,
+    shutdown_wait: float,
+    kill_one: bool = False,
+) -> dict[str, Any]:
     names = batch_names(batch, n)
     kernels = [Kernel(name, context, shutdown_wait) for name in names]
     me = os.getuid()
@@ -309,7 +323,10 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
     cgroups_seen = sum(len(kernel_cgroups(p)) for p in pids)
 
     barrier = threading.Barrier(n + 1)
-    threads = [threading.Thread(target=k.shutdown, args=(barrier, kill_one and i == 0), daemon=True) for i, k in enumerate(kernels)]
+    threads = [
+        threading.Thread(target=k.shutdown, args=(barrier, kill_one and i == 0), daemon=True)
+        for i, k in enumerate(kernels)
+    ]
     for t in threads:
         t.start()
     barrier.wait()
@@ -366,7 +383,9 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
         "shutdown_s": sorted(k.shutdown_seconds for k in kernels if k.shutdown_seconds is not None),
         "shutdown_wait_time": shutdown_wait,
         "clean_shutdowns": sum(k.clean for k in kernels),
-        "unclean": [f"{k.name} pid {k.pid}: {k.shutdown_status}, exit status {k.returncode}" for k in kernels if not k.clean],
+        "unclean": [
+            f"{k.name} pid {k.pid}: {k.shutdown_status}, exit status {k.returncode}" for k in kernels if not k.clean
+        ],
         "hung": {f"{k.name} pid {k.pid}": k.hang_dump for k in kernels if k.hang_dump},
         "leaks": leaks,
         "new_tmp_entries_own_uid": unattributed,
@@ -381,7 +400,10 @@ def run_batch(batch: str, n: int, context: zmq.Context, private: Path, timeout: 
     for line in result["errors"] + result["unclean"] + leaks:
         log("    " + line)
     for who, dump in result["hung"].items():
-        log(f"    {who} was still running {DUMP_AFTER:g} s into its shutdown:\n" + "\n".join("      " + x for x in dump.splitlines()))
+        log(
+            f"    {who} was still running {DUMP_AFTER:g} s into its shutdown:\n"
+            + "\n".join("      " + x for x in dump.splitlines())
+        )
     return result
 
 
@@ -395,7 +417,12 @@ def machine() -> dict[str, Any]:
             versions[module] = __import__(module).__version__
         except Exception:  # noqa: BLE001
             pass
-    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(), "versions": versions}
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
 def table(batches: list[dict[str, Any]], n: int) -> str:
@@ -433,10 +460,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernels", type=int, default=20, help="kernels per batch (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all batches (default 2)")
-    parser.add_argument("--batches", default="python3,sandbox-python,sandbox-mix", help="comma-separated subset of python3, sandbox-python, sandbox-mix")
-    parser.add_argument("--timeout", type=float, default=120, help="seconds a kernel has to answer its cell (default 120)")
-    parser.add_argument("--shutdown-wait", type=float, default=30, help="KernelManager.shutdown_wait_time: SIGTERM after half of it, SIGKILL after all (default 30; jupyter_client's default is 5)")
-    parser.add_argument("--kill-one", action="store_true", help="SIGKILL the first kernel of each batch instead of shutting it down: shows that the leak checks see what a crashed kernel leaves (its cgroups, until the next kernel sweeps them)")
+    parser.add_argument(
+        "--batches",
+        default="python3,sandbox-python,sandbox-mix",
+        help="comma-separated subset of python3, sandbox-python, sandbox-mix",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120, help="seconds a kernel has to answer its cell (default 120)"
+    )
+    parser.add_argument(
+        "--shutdown-wait",
+        type=float,
+        default=30,
+        help="KernelManager.shutdown_wait_time: SIGTERM after half of it, SIGKILL after all (default 30; jupyter_client's default is 5)",
+    )
+    parser.add_argument(
+        "--kill-one",
+        action="store_true",
+        help="SIGKILL the first kernel of each batch instead of shutting it down: shows that the leak checks see what a crashed kernel leaves (its cgroups, until the next kernel sweeps them)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernel-log", type=Path, help="append the kernels' stdout/stderr here (default: discarded)")
     args = parser.parse_args()
@@ -456,17 +498,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         private = Path(tmp)
         root = write_kernelspecs(private / "spec", backend="local")
-        os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else "")
+        os.environ["JUPYTER_PATH"] = str(root) + (
+            os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else ""
+        )
         # Everything the kernels write to temp or runtime directories lands here, where it is ours.
         for sub in ("tmp", "runtime"):
             (private / sub).mkdir()
         os.environ["TMPDIR"] = str(private / "tmp")
         os.environ["JUPYTER_RUNTIME_DIR"] = str(private / "runtime")
         for r in range(args.rounds):
-            order = batch_list[r % len(batch_list):] + batch_list[: r % len(batch_list)]
+            order = batch_list[r % len(batch_list) :] + batch_list[: r % len(batch_list)]
             for batch in order:
                 log(f"[round {r + 1}/{args.rounds}] {args.kernels} x {batch}")
-                batches.append(run_batch(batch, args.kernels, context, private, args.timeout, args.shutdown_wait, args.kill_one))
+                batches.append(
+                    run_batch(batch, args.kernels, context, private, args.timeout, args.shutdown_wait, args.kill_one)
+                )
     load_after = os.getloadavg()
 
     failed = [b for b in batches if b["leaks"] or b["answered"] < args.kernels or b["clean_shutdowns"] < args.kernels]

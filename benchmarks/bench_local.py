@@ -124,12 +124,18 @@ def write_null_kernelspec(root: Path) -> None:
     target = root / "kernels" / "ipykernel-null"
     target.mkdir(parents=True, exist_ok=True)
     (target / "null_kernel.py").write_text(NULL_KERNEL)
-    spec = {"argv": [sys.executable, str(target / "null_kernel.py"), "-f", "{connection_file}"], "display_name": "null", "language": "null"}
+    spec = {
+        "argv": [sys.executable, str(target / "null_kernel.py"), "-f", "{connection_file}"],
+        "display_name": "null",
+        "language": "null",
+    }
     (target / "kernel.json").write_text(json.dumps(spec))
 
 
 SANDBOX_ARGS = ["--Sandbox.output_limit=64Mi"]
-SANDBOX_IMPORTS = "sandbox_kernel.kernelapp, sandbox_kernel.kernel, sandbox_kernel.kernel_sockets, sandbox_kernel.local.backend"
+SANDBOX_IMPORTS = (
+    "sandbox_kernel.kernelapp, sandbox_kernel.kernel, sandbox_kernel.kernel_sockets, sandbox_kernel.local.backend"
+)
 KERNEL_LOG: Any = subprocess.DEVNULL
 
 
@@ -195,7 +201,9 @@ class Kernel:
                 return time.perf_counter()
         raise TimeoutError(f"{self.name}: no IOPub message within {timeout} s")
 
-    def run(self, code: str, timeout: float = 120, on_output: Callable[[dict[str, Any]], None] | None = None) -> tuple[float | None, dict[str, Any]]:
+    def run(
+        self, code: str, timeout: float = 120, on_output: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[float | None, dict[str, Any]]:
         """Execute ``code``; return (time of the first output or None, reply content).
 
         Returns once both the execute_reply and the idle status of this request have arrived.
@@ -244,7 +252,7 @@ class Kernel:
 
 def bench_start(names: list[str], rounds: int, context: zmq.Context, results: dict[str, Any]) -> None:
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
         for name in order:
             kernel = Kernel(name, context)
             t0 = time.perf_counter()
@@ -290,7 +298,7 @@ def bench_cells(kernels: list[Kernel], cells: int, warmup: int, results: dict[st
 def bench_flood(kernels: list[Kernel], floods: int, results: dict[str, Any]) -> None:
     kernels = [k for k in kernels if KERNELS[k.name]["flood"]]
     for r in range(floods):
-        for k in kernels[r % len(kernels):] + kernels[: r % len(kernels)]:
+        for k in kernels[r % len(kernels) :] + kernels[: r % len(kernels)]:
             got = {"bytes": 0, "messages": 0}
 
             def count(msg: dict[str, Any]) -> None:
@@ -308,7 +316,9 @@ def bench_flood(kernels: list[Kernel], floods: int, results: dict[str, Any]) -> 
             entry["flood_bytes"].append(got["bytes"])
             entry["flood_messages"].append(got["messages"])
             entry["flood_mbps"].append(got["bytes"] / MB / elapsed)
-            log(f"  flood {k.name}: {got['bytes'] / MB:.1f} MB in {elapsed:.2f} s = {got['bytes'] / MB / elapsed:.1f} MB/s, {got['messages']} stream messages")
+            log(
+                f"  flood {k.name}: {got['bytes'] / MB:.1f} MB in {elapsed:.2f} s = {got['bytes'] / MB / elapsed:.1f} MB/s, {got['messages']} stream messages"
+            )
 
 
 def bench_lines(kernels: list[Kernel], rounds: int, results: dict[str, Any]) -> None:
@@ -316,7 +326,7 @@ def bench_lines(kernels: list[Kernel], rounds: int, results: dict[str, Any]) -> 
     kernels = [k for k in kernels if KERNELS[k.name].get("lines")]
     expected = sum(len(str(i)) + 1 for i in range(LINES))
     for r in range(rounds):
-        for k in kernels[r % len(kernels):] + kernels[: r % len(kernels)]:
+        for k in kernels[r % len(kernels) :] + kernels[: r % len(kernels)]:
             got = {"chars": 0, "messages": 0}
 
             def count(msg: dict[str, Any]) -> None:
@@ -328,7 +338,9 @@ def bench_lines(kernels: list[Kernel], rounds: int, results: dict[str, Any]) -> 
             _, reply = k.run(KERNELS[k.name]["lines"], timeout=300, on_output=count)
             elapsed = time.perf_counter() - t0
             if reply.get("status") != "ok" or got["chars"] != expected:
-                log(f"  lines {k.name}: {got['chars']} of {expected} characters, reply {reply.get('status')} {reply.get('evalue', '')}")
+                log(
+                    f"  lines {k.name}: {got['chars']} of {expected} characters, reply {reply.get('status')} {reply.get('evalue', '')}"
+                )
             entry = results[k.name]["raw"]
             entry.setdefault("lines_seconds", []).append(elapsed)
             entry.setdefault("lines_messages", []).append(got["messages"])
@@ -449,7 +461,11 @@ def machine() -> dict[str, Any]:
             versions[module] = __import__(module).__version__
         except Exception:  # noqa: BLE001
             pass
-    for tool, argv in {"node": ["node", "--version"], "bash": ["bash", "-c", "echo $BASH_VERSION"], "bwrap": ["bwrap", "--version"]}.items():
+    for tool, argv in {
+        "node": ["node", "--version"],
+        "bash": ["bash", "-c", "echo $BASH_VERSION"],
+        "bwrap": ["bwrap", "--version"],
+    }.items():
         try:
             versions[tool] = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
         except OSError:
@@ -529,10 +545,15 @@ def share_table(results: dict[str, Any], names: list[str]) -> str:
         for name in names:
             start = results[name]["summary"].get("start")
             if name != "python3" and start:
-                lines.append(f"Start → first output, {name}: {start['p50']:.0f} ms p50 = {start['p50'] / base['p50']:.2f} × python3's {base['p50']:.0f} ms")
+                lines.append(
+                    f"Start → first output, {name}: {start['p50']:.0f} ms p50 = {start['p50'] / base['p50']:.2f} × python3's {base['p50']:.0f} ms"
+                )
     acc = results.get("_accounting")
     if acc:
-        lines += ["", f"Per-cell accounting (sandbox-python, {acc['n']} cells): {acc['p50']:.3f} ms p50, {acc['p95']:.3f} ms p95"]
+        lines += [
+            "",
+            f"Per-cell accounting (sandbox-python, {acc['n']} cells): {acc['p50']:.3f} ms p50, {acc['p95']:.3f} ms p95",
+        ]
     return "\n".join(lines)
 
 
@@ -565,13 +586,33 @@ def main() -> int:
     context = zmq.Context()
     context.setsockopt(zmq.RECONNECT_IVL, 5)
 
-    results: dict[str, Any] = {name: {"raw": {k: [] for k in ("start", "start_reply", "start_spawn", "start_iopub", "shutdown", "flood_seconds", "flood_bytes", "flood_messages", "flood_mbps")}} for name in names}
+    results: dict[str, Any] = {
+        name: {
+            "raw": {
+                k: []
+                for k in (
+                    "start",
+                    "start_reply",
+                    "start_spawn",
+                    "start_iopub",
+                    "shutdown",
+                    "flood_seconds",
+                    "flood_bytes",
+                    "flood_messages",
+                    "flood_mbps",
+                )
+            }
+        }
+        for name in names
+    }
     started = time.time()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         root = write_kernelspecs(Path(tmp), backend="local")
         write_null_kernelspec(root)
-        os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else "")
+        os.environ["JUPYTER_PATH"] = str(root) + (
+            os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else ""
+        )
 
         log(f"[1/4] start: {args.starts} starts per kernel")
         bench_start(names, args.starts, context, results)
@@ -615,7 +656,11 @@ def main() -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "loadavg": {"before": load_before, "after": os.getloadavg()},
-        "units": {"start, cells, shutdown, sandbox_start": "ms", "flood_mbps": "MB/s (10^6 bytes)", "flood_seconds": "s"},
+        "units": {
+            "start, cells, shutdown, sandbox_start": "ms",
+            "flood_mbps": "MB/s (10^6 bytes)",
+            "flood_seconds": "s",
+        },
         "flood_bytes_expected": FLOOD_MIB << 20,
         "results": results,
     }

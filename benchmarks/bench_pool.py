@@ -61,8 +61,13 @@ from percentiles import pct  # noqa: E402  (the benchmarks' directory is on sys.
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95),
-            "mean": statistics.fmean(values) if values else float("nan"), "max": max(values) if values else float("nan")}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p95": pct(values, 95),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "max": max(values) if values else float("nan"),
+    }
 
 
 def log(*args: Any) -> None:
@@ -71,16 +76,23 @@ def log(*args: Any) -> None:
 
 class Kernel:
     def __init__(self, specs: Path, env: dict[str, str], context: zmq.Context, argv: list[str]) -> None:
-        self.km = KernelManager(kernel_name="sandbox-python", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]),
-                                context=context)
+        self.km = KernelManager(
+            kernel_name="sandbox-python",
+            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]),
+            context=context,
+        )
         self.km.shutdown_wait_time = 60
         self.env, self.argv = env, argv
         self.kc: Any = None
 
     def start_to_first_result(self) -> float:
         t0 = time.perf_counter()
-        self.km.start_kernel(env={**self.env, "SANDBOX_KERNEL_ID": str(uuid.uuid4())}, extra_arguments=self.argv,
-                             stdout=subprocess_devnull(), stderr=subprocess_devnull())
+        self.km.start_kernel(
+            env={**self.env, "SANDBOX_KERNEL_ID": str(uuid.uuid4())},
+            extra_arguments=self.argv,
+            stdout=subprocess_devnull(),
+            stderr=subprocess_devnull(),
+        )
         self.kc = self.km.client()
         self.kc.start_channels()
         deadline = time.monotonic() + 120
@@ -116,9 +128,14 @@ def subprocess_devnull() -> Any:
 
 def claim_to_bound(claimant: client.ApiClient, images: dict[str, str], memory: str = "") -> tuple[float, bool]:
     """Create a claim as the claimant; seconds until it reads Ready, and whether it came from the pool."""
-    spec = claims.ClaimSpec(language="python", user=f"system:serviceaccount:{SA_NAMESPACE}:{CLAIMS_SA}",
-                            image=images["SANDBOX_IMAGE_PYTHON"], owner="bench", kernel_id="bench",
-                            **({"memory": memory} if memory else {}))
+    spec = claims.ClaimSpec(
+        language="python",
+        user=f"system:serviceaccount:{SA_NAMESPACE}:{CLAIMS_SA}",
+        image=images["SANDBOX_IMAGE_PYTHON"],
+        owner="bench",
+        kernel_id="bench",
+        **({"memory": memory} if memory else {}),
+    )
     body = claims.claim_object(f"bench-{uuid.uuid4().hex[:8]}", SA_NAMESPACE, spec, micro_time())
     api = client.CustomObjectsApi(claimant)
     args = (claims.GROUP, claims.VERSION, SA_NAMESPACE, claims.PLURAL)
@@ -163,31 +180,50 @@ def main() -> int:
     images = {k: v for k, v in images_from_cache().items() if k.startswith("SANDBOX_IMAGE_")}
     work = Path(tempfile.mkdtemp(prefix="bench-pool-"))
     apply_rbac(args.kubeconfig)
-    kubeconfigs = {sa: mint(args.kubeconfig, sa, work / f"{sa}.kubeconfig") for sa in (CLAIMS_SA, CONTROLLER_SA, SA_NAME)}
+    kubeconfigs = {
+        sa: mint(args.kubeconfig, sa, work / f"{sa}.kubeconfig") for sa in (CLAIMS_SA, CONTROLLER_SA, SA_NAME)
+    }
     admin = config.new_client_from_config(config_file=args.kubeconfig)
     core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
     claimant = config.new_client_from_config(config_file=kubeconfigs[CLAIMS_SA])
     specs = write_kernelspecs(work / "jupyter") / "kernels"
-    base_env = {**os.environ, **images, "SANDBOX_KERNEL_BACKEND": "kubernetes", "JUPYTER_PATH": str(work / "jupyter"),
-                "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH", ""))))}
+    base_env = {
+        **os.environ,
+        **images,
+        "SANDBOX_KERNEL_BACKEND": "kubernetes",
+        "JUPYTER_PATH": str(work / "jupyter"),
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH", "")))),
+    }
     modes = {
         "warm": ({**base_env, "SANDBOX_KUBECONFIG": kubeconfigs[CLAIMS_SA], "SANDBOX_KUBERNETES_MODE": "claims"}, []),
-        "cold (controller)": ({**base_env, "SANDBOX_KUBECONFIG": kubeconfigs[CLAIMS_SA], "SANDBOX_KUBERNETES_MODE": "claims"},
-                              [f"--Sandbox.memory_limit={COLD_MEMORY}"]),
+        "cold (controller)": (
+            {**base_env, "SANDBOX_KUBECONFIG": kubeconfigs[CLAIMS_SA], "SANDBOX_KUBERNETES_MODE": "claims"},
+            [f"--Sandbox.memory_limit={COLD_MEMORY}"],
+        ),
         "direct": ({**base_env, "SANDBOX_KUBECONFIG": kubeconfigs[SA_NAME], "SANDBOX_KUBERNETES_MODE": "direct"}, []),
     }
     context = zmq.Context()
     context.setsockopt(zmq.RECONNECT_IVL, 5)
     pool_size = max(args.concurrent, 3)
     replicas = scale_deployment(apps, 0)
-    controller = ControllerProcess(kubeconfigs[CONTROLLER_SA], images, work / "controller.log",
-                                   f"--SandboxController.pool=python={pool_size}", "--SandboxController.pool_resync=2",
-                                   "--SandboxController.lease_duration=6", "--SandboxController.renew_deadline=4",
-                                   "--SandboxController.retry_period=1")
+    controller = ControllerProcess(
+        kubeconfigs[CONTROLLER_SA],
+        images,
+        work / "controller.log",
+        f"--SandboxController.pool=python={pool_size}",
+        "--SandboxController.pool_resync=2",
+        "--SandboxController.lease_duration=6",
+        "--SandboxController.renew_deadline=4",
+        "--SandboxController.retry_period=1",
+    )
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                 "load": os.getloadavg()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load": os.getloadavg(),
+        },
         "pool_size": pool_size,
     }
     try:
@@ -242,8 +278,14 @@ def main() -> int:
         refill = time.perf_counter() - t0
         for kernel in kernels:
             kernel.stop()
-        results["concurrent"] = {"kernels": args.concurrent, "wall_s": wall, "each_s": summary(each), "errors": errors,
-                                 "refill_s": refill, "refill_rate_per_s": pool_size / max(refill, 1e-9)}
+        results["concurrent"] = {
+            "kernels": args.concurrent,
+            "wall_s": wall,
+            "each_s": summary(each),
+            "errors": errors,
+            "refill_s": refill,
+            "refill_rate_per_s": pool_size / max(refill, 1e-9),
+        }
         log(f"{args.concurrent} at once: wall {wall:.2f} s, errors {errors}; pool refilled in {refill:.1f} s")
     finally:
         controller.stop()
@@ -266,8 +308,12 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         "| measurement | warm pool | cold (controller) | direct |",
         "|---|---|---|---|",
-        "| kernel start → first result p50 / p95 | " + " | ".join(
-            f"{s[m]['p50']:.2f} s / {s[m]['p95']:.2f} s (n={s[m]['n']})" for m in ("warm", "cold (controller)", "direct")) + " |",
+        "| kernel start → first result p50 / p95 | "
+        + " | ".join(
+            f"{s[m]['p50']:.2f} s / {s[m]['p95']:.2f} s (n={s[m]['n']})"
+            for m in ("warm", "cold (controller)", "direct")
+        )
+        + " |",
         f"| claim → bound p50 / p95 | {b['warm']['p50'] * 1000:.0f} ms / {b['warm']['p95'] * 1000:.0f} ms (n={b['warm']['n']}) | "
         f"{b['cold']['p50'] * 1000:.0f} ms / {b['cold']['p95'] * 1000:.0f} ms | – |",
         f"| {c['kernels']} kernels at once (pool of {results['pool_size']}): wall (each p50 / p95) | {c['wall_s']:.2f} s "

@@ -88,16 +88,26 @@ def _kinds(outputs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m["content"] for m in outputs if m["msg_type"] == kind]
 
 
-def expect(status: str = "ok", stdout: str | None = None, stderr: str | None = None, displays: list[str] | None = None,
-           result: str | None = None, ename: str | None = None) -> Callable[[dict[str, Any], list[dict[str, Any]]], str | None]:
+def expect(
+    status: str = "ok",
+    stdout: str | None = None,
+    stderr: str | None = None,
+    displays: list[str] | None = None,
+    result: str | None = None,
+    ename: str | None = None,
+) -> Callable[[dict[str, Any], list[dict[str, Any]]], str | None]:
     def check(reply: dict[str, Any], outputs: list[dict[str, Any]]) -> str | None:
         wrong = []
         if reply.get("status") != status:
-            wrong.append(f"status {reply.get('status')} ({reply.get('ename')}: {str(reply.get('evalue'))[:80]}), expected {status}")
+            wrong.append(
+                f"status {reply.get('status')} ({reply.get('ename')}: {str(reply.get('evalue'))[:80]}), expected {status}"
+            )
         if ename is not None:
             errors = _kinds(outputs, "error")
             if reply.get("ename") != ename and not any(e.get("ename") == ename for e in errors):
-                wrong.append(f"ename {reply.get('ename')!r} (errors on IOPub: {[e.get('ename') for e in errors]}), expected {ename!r}")
+                wrong.append(
+                    f"ename {reply.get('ename')!r} (errors on IOPub: {[e.get('ename') for e in errors]}), expected {ename!r}"
+                )
         if stdout is not None and _stream(outputs) != stdout:
             got = _stream(outputs)
             wrong.append(f"stdout {len(got)} chars {got[:60]!r}…, expected {len(stdout)} chars {stdout[:60]!r}…")
@@ -126,7 +136,11 @@ def python_cell(i: int) -> tuple[str, str, Any]:
     if kind == 2:
         return "raise", f"raise ValueError('soak {i}')", expect("error", ename="ValueError")
     if kind == 3:
-        return "display", f"display({{'text/plain': 'd{i}', 'text/html': '<b>d{i}</b>'}}, raw=True)", expect(displays=[f"d{i}"])
+        return (
+            "display",
+            f"display({{'text/plain': 'd{i}', 'text/html': '<b>d{i}</b>'}}, raw=True)",
+            expect(displays=[f"d{i}"]),
+        )
     if kind == 4:
         return "result", f"{i} * 2", expect(result=str(i * 2))
     if kind == 5:
@@ -163,7 +177,11 @@ def node_cell(i: int) -> tuple[str, str, Any]:
         text = "".join(f"{j} {'y' * 66}\n" for j in range(50))
         return "50 prints", "for (let j = 0; j < 50; j++) console.log(j, 'y'.repeat(66))", expect(stdout=text)
     if kind == 7:
-        return "assign", f"globalThis.x{i % 100} = Array.from({{length: 1000}}, (_, k) => k); undefined", expect(stdout="")
+        return (
+            "assign",
+            f"globalThis.x{i % 100} = Array.from({{length: 1000}}, (_, k) => k); undefined",
+            expect(stdout=""),
+        )
     if kind == 8:
         return "1/0", "null.x", expect("error", ename="TypeError")
     return (
@@ -230,7 +248,7 @@ def descendants(root: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+        children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -367,7 +385,10 @@ def summarize(k: Kernel, warmup: int, cells: int) -> dict[str, Any]:
         "sandbox_cgroup_max": max((s["sandbox_cgroup_memory"] or 0 for s in k.samples), default=None),
         "cells_per_s": len(all_times) / sum(all_times) if all_times else None,
         "cells_per_s_without_interrupts": len(normal) / sum(normal) if normal else None,
-        "cell_ms": {kind: {"n": len(ts), "p50": 1000 * pct(ts, 50), "p95": 1000 * pct(ts, 95), "max": 1000 * max(ts)} for kind, ts in k.times.items()},
+        "cell_ms": {
+            kind: {"n": len(ts), "p50": 1000 * pct(ts, 50), "p95": 1000 * pct(ts, 95), "max": 1000 * max(ts)}
+            for kind, ts in k.times.items()
+        },
         "interrupt_latency_ms": {
             "n": len(k.interrupt_latency),
             "p50": 1000 * pct(k.interrupt_latency, 50),
@@ -393,7 +414,11 @@ def table(results: dict[str, Any]) -> str:
         normal = [v for kind, v in s["cell_ms"].items() if kind != "interrupt"]
         p50 = statistics.median(v["p50"] for v in normal) if normal else float("nan")
         p95 = max(v["p95"] for v in normal) if normal else float("nan")
-        sandbox = f"{mb(s['sandbox_rss_start'])} / {mb(s['sandbox_rss_end'])} / {mb(s['sandbox_rss_max'])}" if s["sandbox_rss_max"] else "–"
+        sandbox = (
+            f"{mb(s['sandbox_rss_start'])} / {mb(s['sandbox_rss_end'])} / {mb(s['sandbox_rss_max'])}"
+            if s["sandbox_rss_max"]
+            else "–"
+        )
         il = s["interrupt_latency_ms"]
         rows.append(
             f"| {name} | {s['cells']} ({len(s['lost'])}, {len(s['wrong'])}) "
@@ -408,7 +433,11 @@ def table(results: dict[str, Any]) -> str:
 
 def rss_table(results: dict[str, Any]) -> str:
     names = list(results)
-    header = "| cells | " + " | ".join(f"{n} kernel RSS{' (sandbox cgroup)' if n.startswith('sandbox-') else ''} (MB)" for n in names) + " |"
+    header = (
+        "| cells | "
+        + " | ".join(f"{n} kernel RSS{' (sandbox cgroup)' if n.startswith('sandbox-') else ''} (MB)" for n in names)
+        + " |"
+    )
     rows = [header, "|" + "---|" * (len(names) + 1)]
     by_cells: dict[int, dict[str, Any]] = {}
     for n in names:
@@ -430,12 +459,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, default=10_000, help="cells per kernel (default 10000)")
     parser.add_argument("--kernels", default="sandbox-python,python3", help="comma-separated, of " + ", ".join(CELLS))
-    parser.add_argument("--interrupt-every", type=int, default=200, help="every N-th cell is an interrupted time.sleep(10) (default 200)")
-    parser.add_argument("--interrupt-delay", type=float, default=0.1, help="seconds from 'busy' to interrupt_kernel() (default 0.1)")
+    parser.add_argument(
+        "--interrupt-every",
+        type=int,
+        default=200,
+        help="every N-th cell is an interrupted time.sleep(10) (default 200)",
+    )
+    parser.add_argument(
+        "--interrupt-delay", type=float, default=0.1, help="seconds from 'busy' to interrupt_kernel() (default 0.1)"
+    )
     parser.add_argument("--sample-every", type=int, default=1000, help="RSS sample every N cells (default 1000)")
-    parser.add_argument("--warmup", type=int, default=None, help="cells before the RSS baseline (default min(1000, cells / 5))")
-    parser.add_argument("--max-growth", type=float, default=30, help="MB a Sandbox kernel's RSS may grow after the warm-up (default 30)")
-    parser.add_argument("--timeout", type=float, default=60, help="seconds a cell may take before it counts as lost (default 60)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="cells before the RSS baseline (default min(1000, cells / 5))"
+    )
+    parser.add_argument(
+        "--max-growth", type=float, default=30, help="MB a Sandbox kernel's RSS may grow after the warm-up (default 30)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60, help="seconds a cell may take before it counts as lost (default 60)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernel-log", type=Path, help="append the kernels' stdout/stderr here (default: discarded)")
     args = parser.parse_args()
@@ -454,7 +496,9 @@ def main() -> int:
     loads = [(0, load_before[0])]
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         root = write_kernelspecs(Path(tmp), backend="local")
-        os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else "")
+        os.environ["JUPYTER_PATH"] = str(root) + (
+            os.pathsep + os.environ["JUPYTER_PATH"] if os.environ.get("JUPYTER_PATH") else ""
+        )
         kernels = [Kernel(name, context, args) for name in names]
         try:
             for k in kernels:
@@ -497,8 +541,14 @@ def main() -> int:
     for name, s in results.items():
         if s["lost"] or s["wrong"]:
             failed.append(f"{name}: {len(s['lost'])} lost, {len(s['wrong'])} wrong cells")
-        if name.startswith("sandbox-") and s["growth_after_warmup"] is not None and s["growth_after_warmup"] > args.max_growth * MB:
-            failed.append(f"{name}: RSS grew {s['growth_after_warmup'] / MB:.1f} MB after the warm-up (limit {args.max_growth:g} MB)")
+        if (
+            name.startswith("sandbox-")
+            and s["growth_after_warmup"] is not None
+            and s["growth_after_warmup"] > args.max_growth * MB
+        ):
+            failed.append(
+                f"{name}: RSS grew {s['growth_after_warmup'] / MB:.1f} MB after the warm-up (limit {args.max_growth:g} MB)"
+            )
     out = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),

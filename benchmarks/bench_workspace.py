@@ -106,8 +106,18 @@ async def bench_kubernetes(kubeconfig: str, admin: str, image: str, ws: Path, ro
 
     kubectl = find_kubectl()
     size = total_bytes(ws)
-    out: dict[str, list[float]] = {k: [] for k in ("start_hidden_s", "start_read_only_s", "copy_in_s", "copy_in_mib_s",
-                                                    "upload_mib_s", "download_mib_s", "kubectl_exec_mib_s")}
+    out: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "start_hidden_s",
+            "start_read_only_s",
+            "copy_in_s",
+            "copy_in_mib_s",
+            "upload_mib_s",
+            "download_mib_s",
+            "kubectl_exec_mib_s",
+        )
+    }
     for i in range(rounds):
         print(f"kubernetes round {i + 1}/{rounds}…", file=sys.stderr)
         hidden, copied = k8s_session(kubeconfig, image, "hidden"), k8s_session(kubeconfig, image, "read-only")
@@ -120,8 +130,24 @@ async def bench_kubernetes(kubeconfig: str, admin: str, image: str, ws: Path, ro
             # Baseline: the API server's own exec stream into the same pod (what kubectl cp rides on).
             t0 = time.perf_counter()
             with open(ws / "data" / "big.bin", "rb") as f:
-                subprocess.run([kubectl, "--kubeconfig", admin, "exec", "-i", "-n", hidden.namespace, hidden.pod_name, "--",
-                                "sh", "-c", "cat > /home/sandbox/raw.bin"], stdin=f, check=True)
+                subprocess.run(
+                    [
+                        kubectl,
+                        "--kubeconfig",
+                        admin,
+                        "exec",
+                        "-i",
+                        "-n",
+                        hidden.namespace,
+                        hidden.pod_name,
+                        "--",
+                        "sh",
+                        "-c",
+                        "cat > /home/sandbox/raw.bin",
+                    ],
+                    stdin=f,
+                    check=True,
+                )
             out["kubectl_exec_mib_s"].append(BIG / MiB / (time.perf_counter() - t0))
             async for _ in hidden.execute("import os; os.remove('raw.bin')"):
                 pass
@@ -152,8 +178,12 @@ async def bench_local(ws: Path, rounds: int, cells: int) -> dict[str, Any]:
     private = ws.parent / "private"
     os.rename(ws, private)
     private.chmod(0o700)
-    modes = {"hidden": (ws, "hidden"), "read-only": (ws, "read-only"), "read-only copy (0700)": (private, "read-only"),
-             "read-write": (ws, "read-write")}
+    modes = {
+        "hidden": (ws, "hidden"),
+        "read-only": (ws, "read-only"),
+        "read-only copy (0700)": (private, "read-only"),
+        "read-write": (ws, "read-write"),
+    }
     out: dict[str, Any] = {name: {"start_s": [], "cell_ms": []} for name in modes}
     os.rename(private, ws)
     for i in range(rounds):
@@ -179,18 +209,28 @@ def table(results: dict[str, Any]) -> str:
     lines = []
     k = results.get("kubernetes")
     if k:
-        lines += ["| Kubernetes (median of rounds) | value |", "|---|---|",
-                  f"| workspace | {k['workspace_bytes'] / MiB:.1f} MiB in 101 files + a notebook |"]
-        for key, label, unit in (("copy_in_mib_s", "copy in at start", "MiB/s"), ("copy_in_s", "copy in at start", "s"),
-                                 ("start_hidden_s", "start → first result, hidden (nothing copied)", "s"),
-                                 ("start_read_only_s", "start → first result, read-only (copied)", "s"),
-                                 ("upload_mib_s", "%sandbox upload of 40 MiB", "MiB/s"),
-                                 ("download_mib_s", "%sandbox download of 40 MiB", "MiB/s"),
-                                 ("kubectl_exec_mib_s", "baseline: kubectl exec -i … cat > file, 40 MiB", "MiB/s")):
+        lines += [
+            "| Kubernetes (median of rounds) | value |",
+            "|---|---|",
+            f"| workspace | {k['workspace_bytes'] / MiB:.1f} MiB in 101 files + a notebook |",
+        ]
+        for key, label, unit in (
+            ("copy_in_mib_s", "copy in at start", "MiB/s"),
+            ("copy_in_s", "copy in at start", "s"),
+            ("start_hidden_s", "start → first result, hidden (nothing copied)", "s"),
+            ("start_read_only_s", "start → first result, read-only (copied)", "s"),
+            ("upload_mib_s", "%sandbox upload of 40 MiB", "MiB/s"),
+            ("download_mib_s", "%sandbox download of 40 MiB", "MiB/s"),
+            ("kubectl_exec_mib_s", "baseline: kubectl exec -i … cat > file, 40 MiB", "MiB/s"),
+        ):
             lines.append(f"| {label} | {k[key]['median']:.2f} {unit} |")
     loc = results.get("local")
     if loc:
-        lines += ["", "| local mode (50 MiB directory) | start → first result (median) | trivial cell p50 |", "|---|---|---|"]
+        lines += [
+            "",
+            "| local mode (50 MiB directory) | start → first result (median) | trivial cell p50 |",
+            "|---|---|---|",
+        ]
         for name, d in loc.items():
             lines.append(f"| {name} | {d['start_s']['median']:.3f} s | {d['cell_ms']['median']:.2f} ms |")
     return "\n".join(lines)
@@ -198,7 +238,11 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kubeconfig", default=os.environ.get("SANDBOX_KUBECONFIG", ""), help="the sandbox identity's (or admin) kubeconfig")
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("SANDBOX_KUBECONFIG", ""),
+        help="the sandbox identity's (or admin) kubeconfig",
+    )
     parser.add_argument("--admin-kubeconfig", default="", help="for the kubectl exec baseline (default: --kubeconfig)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cells", type=int, default=50, help="trivial cells per local session")
@@ -218,7 +262,9 @@ def main() -> int:
 
             image = images_from_cache().get("SANDBOX_IMAGE_PYTHON") or LANGUAGES["python"].default_image
             os.chdir(ws)  # a kernel copies its working directory: the notebook's
-            results["kubernetes"] = asyncio.run(bench_kubernetes(args.kubeconfig, args.admin_kubeconfig or args.kubeconfig, image, ws, args.rounds))
+            results["kubernetes"] = asyncio.run(
+                bench_kubernetes(args.kubeconfig, args.admin_kubeconfig or args.kubeconfig, image, ws, args.rounds)
+            )
             os.chdir(REPO)
         if not args.skip_local:
             results["local"] = asyncio.run(bench_local(ws, args.rounds, args.cells))

@@ -1,7 +1,7 @@
 """The requests an :class:`~sandbox_kernel.agent_session.AgentSession` runs like cells, a mixin.
 
-Files (``file_write`` / ``file_read``) are answered at once by the agent's supervisor, like
-``usage``. A cell (``execute``) and a comm message of the frontend (``comm``) are each sent to the agent as
+Files (``file_write`` / ``file_read``) and the sandbox's ``usage`` are answered at once by the
+agent's supervisor, also while a cell runs. A cell (``execute``) and a comm message of the frontend (``comm``) are each sent to the agent as
 a request that ends with its ``done``; ``_guarded`` turns whatever goes wrong meanwhile into the
 request's error. Comm messages of the sandbox join the running request's output in order (or go
 to the kernel's ``idle_comm_sink`` between requests); an ``input_request`` of the running cell
@@ -18,14 +18,17 @@ import time
 from typing import Any, AsyncGenerator, Callable
 
 from .cell import Cell, comm_event
+from .config import Limits
 from .errors import ProtocolError, SandboxError, SandboxLost
 from .messages import COMM, clean_text
 from .output_gate import Inbox, OutputGate
 from .protocol import Message, encode
 from .session import AgentChannel, CommEvent, ErrorOutput, Event
+from .usage import CellUsage, Usage
 
 log = logging.getLogger("sandbox_kernel")
 _file_ids = itertools.count(1)
+_usage_ids = itertools.count(1)
 
 
 class AgentRequests:
@@ -52,6 +55,10 @@ class AgentRequests:
     _notice: str | None
     _usage_waiters: dict[str, "asyncio.Future[Message]"]
     _channel: "AgentChannel | None"
+    _closed: bool
+    _launched_at: float
+    limits: Limits
+    backend: str
 
     async def _ensure_running(self) -> None:
         raise NotImplementedError
@@ -68,7 +75,9 @@ class AgentRequests:
             await self._send({**body, "id": request_id})
             return (await asyncio.wait_for(waiter, timeout)).body
         except asyncio.TimeoutError:
-            raise SandboxLost(f"The sandbox did not answer a {body.get('type')} request within {timeout:g} s.") from None
+            raise SandboxLost(
+                f"The sandbox did not answer a {body.get('type')} request within {timeout:g} s."
+            ) from None
         except OSError as exc:
             raise SandboxLost(f"The connection to the sandbox failed ({exc}).") from exc
         finally:
@@ -86,7 +95,9 @@ class AgentRequests:
             if isinstance(data, str) and self._channel is not None:
                 # The chunk is base64 (nothing to escape): spliced in, not run through json.dumps,
                 # which costs more than the base64 itself.
-                meta = json.dumps({**{k: v for k, v in body.items() if k != "data"}, "id": request_id}, separators=(",", ":"))
+                meta = json.dumps(
+                    {**{k: v for k, v in body.items() if k != "data"}, "id": request_id}, separators=(",", ":")
+                )
                 await self._channel.write(encode("msg", f'{meta[:-1]},"data":"{data}"}}'.encode("ascii")))
             else:
                 await self._send({**body, "id": request_id})
@@ -120,14 +131,19 @@ class AgentRequests:
         elif self.idle_comm_sink is not None:
             self.idle_comm_sink(comm_event(message))
 
-    async def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:
+    async def comm(
+        self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Deliver a frontend comm message (see :meth:`SandboxSession.comm`): the agent runs its
         handlers like a cell (same limits, interrupt, ``done``). Never raises."""
         if kind not in COMM:
             raise ValueError(f"not a comm message: {kind!r}")
         request: dict[str, Any] = {
-            "type": kind, "comm_id": content.get("comm_id"), "data": content.get("data") or {},
-            "metadata": content.get("metadata") or {}, "buffers": buffers,
+            "type": kind,
+            "comm_id": content.get("comm_id"),
+            "data": content.get("data") or {},
+            "metadata": content.get("metadata") or {},
+            "buffers": buffers,
         }
         if kind == "comm_open":
             request["target_name"] = content.get("target_name")
@@ -149,8 +165,9 @@ class AgentRequests:
             body["value"] = value or ""
         await self._send(body)
 
-    async def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,
-                      parent: str | None = None) -> AsyncGenerator[Event, None]:
+    async def execute(
+        self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False, parent: str | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Run one cell (see :meth:`SandboxSession.execute`). Never raises: whatever goes wrong
         while the sandbox's frames are handled ends the cell with an :class:`ErrorOutput`, so
         the kernel can always send the cell's ``execute_reply``."""
@@ -185,6 +202,54 @@ class AgentRequests:
             except Exception:  # noqa: BLE001
                 log.exception("replacing the sandbox failed")
             failure = ErrorOutput.from_exception(error)
-            yield ErrorOutput(failure.ename, clean_text(failure.evalue), [clean_text(line) for line in failure.traceback])
+            yield ErrorOutput(
+                failure.ename, clean_text(failure.evalue), [clean_text(line) for line in failure.traceback]
+            )
         finally:
             await cell.aclose()
+
+    async def usage(self) -> Usage | None:
+        """The sandbox's cgroup as the agent reads it (``usage`` in PROTOCOL.md): the agent's
+        supervisor answers at once, also while a cell runs. ``None`` without a running agent;
+        a Usage with a reason when it did not answer within a second (an older agent)."""
+        if self._channel is None or self._closed:
+            return None
+        request_id = f"u{next(_usage_ids)}"
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._usage_waiters[request_id] = waiter
+        try:
+            await self._send({"type": "usage", "id": request_id})
+            body = (await asyncio.wait_for(waiter, 1.0)).body
+        except (asyncio.TimeoutError, SandboxError, OSError):
+            return Usage(
+                memory_limit=self.limits.memory_bytes,
+                cpu_limit=self.limits.cpu_cores,
+                reason="the sandbox's agent did not report its usage",
+            )
+        finally:
+            self._usage_waiters.pop(request_id, None)
+        limit = body.get("memory_limit")
+        if not limit or limit > self.limits.memory_bytes:
+            limit = self.limits.memory_bytes  # the cgroup says "unlimited": the configured limit holds
+        cgroup = body.get("cgroup")
+        return Usage(
+            memory=body.get("memory"),
+            memory_limit=limit,
+            memory_peak=body.get("memory_peak"),
+            cpu_seconds=body.get("cpu_seconds"),
+            cpu_limit=self.limits.cpu_cores,
+            uptime=time.monotonic() - self._launched_at,
+            source=f"cgroup v{cgroup}, read by the agent" if cgroup else "agent",
+            reason=None if cgroup else "the agent found no cgroup to read",
+        )
+
+    def cell_usage_end(self, wall: float) -> CellUsage:
+        return CellUsage(
+            wall,
+            memory_limit=self.limits.memory_bytes,
+            reason=(
+                f"CPU and peak memory per cell are not measured on the {self.backend} backend (the "
+                "sandbox's cgroup is read-only inside it, so its peak cannot be reset per cell); "
+                "%sandbox usage shows the sandbox's figures now"
+            ),
+        )

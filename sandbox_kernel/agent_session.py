@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncGenerator
+from typing import Any, AsyncGenerator
 
 from .agent_requests import AgentRequests
 from .cell import STUCK, Cell
@@ -26,11 +26,16 @@ from .messages import COMM, OUTPUT, STDIN, check
 from .output_gate import Chunk, Inbox, OutputGate, Tally, between_cells_notice
 from .protocol import FrameDecoder, Message, Output, encode_message
 from .session import (
-    AgentChannel, Completion, ErrorOutput, Event, InputRequest, Inspection, SandboxSession, Stream, StreamGap,
+    AgentChannel,
+    Completion,
+    ErrorOutput,
+    Event,
+    InputRequest,
+    Inspection,
+    SandboxSession,
+    Stream,
+    StreamGap,
 )
-
-if TYPE_CHECKING:
-    from .usage import CellUsage, Usage
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -131,9 +136,7 @@ class AgentSession(AgentRequests, SandboxSession):
             ready = await asyncio.wait_for(self._next_message({"ready"}), self.start_timeout)
         except asyncio.TimeoutError:
             await self._discard()
-            raise SandboxStartError(
-                f"The sandbox did not become ready within {self.start_timeout:g} s."
-            ) from None
+            raise SandboxStartError(f"The sandbox did not become ready within {self.start_timeout:g} s.") from None
         except _Ended as ended:
             await self._discard()
             raise SandboxStartError(f"The sandbox stopped while starting: {ended.error}") from None
@@ -299,8 +302,10 @@ class AgentSession(AgentRequests, SandboxSession):
             if isinstance(frame, _Ended):
                 self._frames.put(frame)  # stays visible to whoever asks next
                 raise frame
-            if isinstance(frame, Message) and frame.type in types and (
-                request_id is None or frame.body.get("id") == request_id
+            if (
+                isinstance(frame, Message)
+                and frame.type in types
+                and (request_id is None or frame.body.get("id") == request_id)
             ):
                 return frame
 
@@ -446,48 +451,6 @@ class AgentSession(AgentRequests, SandboxSession):
             return None
         finally:
             self._ask_id = None
-
-    async def usage(self) -> "Usage | None":
-        """The sandbox's cgroup as the agent reads it (``usage`` in PROTOCOL.md): the agent's
-        supervisor answers at once, also while a cell runs. ``None`` without a running agent;
-        a Usage with a reason when it did not answer within a second (an older agent)."""
-        from .usage import Usage
-
-        if self._channel is None or self._closed:
-            return None
-        request_id = f"u{next(_ids)}"
-        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._usage_waiters[request_id] = waiter
-        try:
-            await self._send({"type": "usage", "id": request_id})
-            body = (await asyncio.wait_for(waiter, 1.0)).body
-        except (asyncio.TimeoutError, SandboxError, OSError):
-            return Usage(memory_limit=self.limits.memory_bytes, cpu_limit=self.limits.cpu_cores,
-                         reason="the sandbox's agent did not report its usage")
-        finally:
-            self._usage_waiters.pop(request_id, None)
-        limit = body.get("memory_limit")
-        if not limit or limit > self.limits.memory_bytes:
-            limit = self.limits.memory_bytes  # the cgroup says "unlimited": the configured limit holds
-        cgroup = body.get("cgroup")
-        return Usage(
-            memory=body.get("memory"),
-            memory_limit=limit,
-            memory_peak=body.get("memory_peak"),
-            cpu_seconds=body.get("cpu_seconds"),
-            cpu_limit=self.limits.cpu_cores,
-            uptime=time.monotonic() - self._launched_at,
-            source=f"cgroup v{cgroup}, read by the agent" if cgroup else "agent",
-            reason=None if cgroup else "the agent found no cgroup to read",
-        )
-
-    def cell_usage_end(self, wall: float) -> "CellUsage":
-        from .usage import CellUsage
-
-        return CellUsage(wall, memory_limit=self.limits.memory_bytes, reason=(
-            f"CPU and peak memory per cell are not measured on the {self.backend} backend (the "
-            "sandbox's cgroup is read-only inside it, so its peak cannot be reset per cell); "
-            "%sandbox usage shows the sandbox's figures now"))
 
     async def complete(self, code: str, cursor_pos: int) -> Completion:
         body = await self._ask({"type": "complete", "code": code, "cursor_pos": cursor_pos}, "complete_reply")

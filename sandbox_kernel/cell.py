@@ -127,5 +127,7 @@ def display_transient(transient: dict[str, Any]) -> dict[str, Any]:
 def comm_event(message: Message) -> CommEvent:
     """The event for a (checked) comm message of the sandbox."""
     body = message.body
-    content: dict[str, Any] = {name: body[name] for name in ("comm_id", "target_name", "data", "metadata") if name in body}
+    content: dict[str, Any] = {
+        name: body[name] for name in ("comm_id", "target_name", "data", "metadata") if name in body
+    }
     return CommEvent(message.type, content, list(body.get("buffers") or []))

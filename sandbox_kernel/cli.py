@@ -87,7 +87,9 @@ def parse_images(items: Sequence[str]) -> dict[str, str]:
         if not sep or name not in LANGUAGES:
             raise ConfigError("--image", f"{item!r} is not LANGUAGE=IMAGE with a language of {', '.join(LANGUAGES)}")
         if not _IMAGE.fullmatch(image):
-            raise ConfigError("--image", f"{image!r} is not an image reference (e.g. registry.example/sandbox-python:1)")
+            raise ConfigError(
+                "--image", f"{image!r} is not an image reference (e.g. registry.example/sandbox-python:1)"
+            )
         images[name] = image
     return images
 
@@ -109,8 +111,9 @@ def install(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / name
             shutil.copytree(source, target)
-            spec = kernelspec_json(json.loads((target / "kernel.json").read_text()), args.backend,
-                                   image=images.get(language.name, ""))
+            spec = kernelspec_json(
+                json.loads((target / "kernel.json").read_text()), args.backend, image=images.get(language.name, "")
+            )
             (target / "kernel.json").write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             where = manager.install_kernel_spec(
                 str(target), name, user=args.user, prefix=args.prefix or (sys.prefix if args.sys_prefix else None)
@@ -209,42 +212,72 @@ def render(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sandbox-kernel", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sandbox-kernel",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("install", help="register the Sandbox (Python), (Node.js) and (Bash) kernelspecs",
-                       description="Register the Sandbox (Python), (Node.js) and (Bash) kernelspecs for Jupyter.")
+    p = sub.add_parser(
+        "install",
+        help="register the Sandbox (Python), (Node.js) and (Bash) kernelspecs",
+        description="Register the Sandbox (Python), (Node.js) and (Bash) kernelspecs for Jupyter.",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
     where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
-    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"where cells run (default: {DEFAULT_BACKEND})")
-    p.add_argument("--name-suffix", metavar="SUFFIX", default="",
-                   help="append SUFFIX to the kernelspec names (e.g. -kubernetes: sandbox-python-kubernetes), "
-                   "so that kernels of both backends can be installed side by side")
-    p.add_argument("--image", metavar="LANGUAGE=IMAGE", action="append", default=[],
-                   help="the container image of that language's kernelspec on Kubernetes (repeatable; e.g. "
-                   "python=localhost/sandbox-python-science:3.11 for numpy, pandas, matplotlib and IPython); "
-                   "wins over KubernetesSandbox.images and SANDBOX_IMAGE_<LANGUAGE>")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"where cells run (default: {DEFAULT_BACKEND})"
+    )
+    p.add_argument(
+        "--name-suffix",
+        metavar="SUFFIX",
+        default="",
+        help="append SUFFIX to the kernelspec names (e.g. -kubernetes: sandbox-python-kubernetes), "
+        "so that kernels of both backends can be installed side by side",
+    )
+    p.add_argument(
+        "--image",
+        metavar="LANGUAGE=IMAGE",
+        action="append",
+        default=[],
+        help="the container image of that language's kernelspec on Kubernetes (repeatable; e.g. "
+        "python=localhost/sandbox-python-science:3.11 for numpy, pandas, matplotlib and IPython); "
+        "wins over KubernetesSandbox.images and SANDBOX_IMAGE_<LANGUAGE>",
+    )
     p.set_defaults(func=install)
 
-    p = sub.add_parser("uninstall", help="remove the Sandbox kernelspecs",
-                       description="Remove every Sandbox kernelspec Jupyter finds (both backends, any name suffix).")
+    p = sub.add_parser(
+        "uninstall",
+        help="remove the Sandbox kernelspecs",
+        description="Remove every Sandbox kernelspec Jupyter finds (both backends, any name suffix).",
+    )
     p.set_defaults(func=uninstall)
 
     p = sub.add_parser("settings", help="print every setting with its default and help, as Markdown")
     p.set_defaults(func=settings)
 
-    p = sub.add_parser("render", help="print the Kubernetes manifests a kernel applies, as YAML",
-                       description="Print every object a kernel creates on Kubernetes, as YAML (kubectl apply -f takes it).")
+    p = sub.add_parser(
+        "render",
+        help="print the Kubernetes manifests a kernel applies, as YAML",
+        description="Print every object a kernel creates on Kubernetes, as YAML (kubectl apply -f takes it).",
+    )
     p.add_argument("--language", choices=list(LANGUAGES), default="python")
     p.add_argument("--kernel-id", default="00000000-0000-0000-0000-000000000000", help="kernel id to render for")
-    p.add_argument("--seccomp-profile", metavar="PROFILE", default=None,
-                   help="KubernetesSandbox.seccomp_profile to render for: '' (the default) is RuntimeDefault, "
-                   "'profiles/sandbox-kernel.json' the project's Localhost profile")
-    p.add_argument("--no-agent", action="store_true",
-                   help="leave the agent's source out of the ConfigMap (a one-line reference to the file instead)")
+    p.add_argument(
+        "--seccomp-profile",
+        metavar="PROFILE",
+        default=None,
+        help="KubernetesSandbox.seccomp_profile to render for: '' (the default) is RuntimeDefault, "
+        "'profiles/sandbox-kernel.json' the project's Localhost profile",
+    )
+    p.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="leave the agent's source out of the ConfigMap (a one-line reference to the file instead)",
+    )
     p.set_defaults(func=render)
 
     kubeconfig_help = "kubeconfig file (default: $SANDBOX_KUBECONFIG, $KUBECONFIG, ~/.kube/config or in-cluster)"
@@ -260,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_k8s("gc"))
 
     p = sub.add_parser(
-        "controller", help="run the sandbox controller (claims mode): makes the sandboxes SandboxClaims ask for",
+        "controller",
+        help="run the sandbox controller (claims mode): makes the sandboxes SandboxClaims ask for",
         description="Run the sandbox controller: serve SandboxClaims (make, pool, delete sandbox namespaces), "
         "as the leader of the Lease SandboxController.lease_name. Settings as --SandboxController.pool="
         "python=3 (repeat for more languages) or --KubernetesSandbox.kubeconfig=FILE (see `sandbox-kernel settings`).",
@@ -301,15 +335,21 @@ def cli_message(exc: SandboxError, args: argparse.Namespace) -> str:
         # The kernel's advice ("run the cell again") means nothing here; so does urllib3's detail.
         text = re.split(r"\s*The kernel keeps running;", text)[0].rstrip(". ")
         errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-        text = re.sub(r" \((?:HTTPS?ConnectionPool|Max retries).*\)$", f" ({errno.group(1).strip()})" if errno else "", text)
-        return (f"{text}.\nIs the cluster running? This used {_kubeconfig_in_use(args)}; pick another with "
-                "--kubeconfig or --context, and check with `kubectl cluster-info`.")
+        text = re.sub(
+            r" \((?:HTTPS?ConnectionPool|Max retries).*\)$", f" ({errno.group(1).strip()})" if errno else "", text
+        )
+        return (
+            f"{text}.\nIs the cluster running? This used {_kubeconfig_in_use(args)}; pick another with "
+            "--kubeconfig or --context, and check with `kubectl cluster-info`."
+        )
     if isinstance(exc, ConfigError) and exc.setting == "KubernetesSandbox.kubeconfig":
         detail = text.replace("Invalid setting KubernetesSandbox.kubeconfig: ", "")
         return f"kubeconfig {detail} (given by {_kubeconfig_in_use(args)})"
     if isinstance(exc, ClusterNotConfigured):
-        return ("No Kubernetes cluster is configured: pass --kubeconfig FILE (or set $KUBECONFIG or "
-                "$SANDBOX_KUBECONFIG), or run this in a pod with a service account.")
+        return (
+            "No Kubernetes cluster is configured: pass --kubeconfig FILE (or set $KUBECONFIG or "
+            "$SANDBOX_KUBECONFIG), or run this in a pod with a service account."
+        )
     return text
 
 

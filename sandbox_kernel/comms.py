@@ -130,8 +130,10 @@ class CommRelay:
             if comm_id in self.comms:
                 raise Refused(f"comm {comm_id} is already open")
             if not TARGET_NAME.match(target) or (check and target not in widget_policy.SANDBOX_TARGETS):
-                raise Refused(f"target {target[:80]!r} is not one the sandbox may open a comm to "
-                              f"({', '.join(widget_policy.SANDBOX_TARGETS)})")
+                raise Refused(
+                    f"target {target[:80]!r} is not one the sandbox may open a comm to "
+                    f"({', '.join(widget_policy.SANDBOX_TARGETS)})"
+                )
             model = None
             if target == widget_policy.WIDGET_TARGET:
                 state = data.get("state")
@@ -144,8 +146,9 @@ class CommRelay:
             self.comms[comm_id] = target
             if model is not None:
                 self.models[comm_id] = model
-            return Outgoing("comm_open", {"comm_id": comm_id, "target_name": target, "data": data,
-                                          "metadata": metadata}, buffers)
+            return Outgoing(
+                "comm_open", {"comm_id": comm_id, "target_name": target, "data": data, "metadata": metadata}, buffers
+            )
         target = self.comms.get(comm_id)
         if target is None:
             raise Refused(f"comm {comm_id} is not open")

@@ -96,12 +96,13 @@ class Sandbox(Configurable):
         return _env("SANDBOX_CPU_LIMIT", "500m")
 
     memory_request = Unicode(
-        "64Mi", help="Memory reserved for the sandbox (Kubernetes requests.memory; the local "
-        "sandbox ignores it).",
+        "64Mi",
+        help="Memory reserved for the sandbox (Kubernetes requests.memory; the local sandbox ignores it).",
     ).tag(config=True)
 
     cpu_request = Unicode(
-        "100m", help="CPU reserved for the sandbox (Kubernetes requests.cpu; the local sandbox ignores it).",
+        "100m",
+        help="CPU reserved for the sandbox (Kubernetes requests.cpu; the local sandbox ignores it).",
     ).tag(config=True)
 
     pids_limit = Int(
@@ -129,7 +130,8 @@ class Sandbox(Configurable):
     ).tag(config=True)
 
     output_rate = Int(
-        1000, help="Most display messages a sandbox may send per second (0 = no limit); the rest are dropped with a notice.",
+        1000,
+        help="Most display messages a sandbox may send per second (0 = no limit); the rest are dropped with a notice.",
     ).tag(config=True)
 
     scratch_size = Unicode(
@@ -199,7 +201,8 @@ class Sandbox(Configurable):
         return _env("SANDBOX_WORKSPACE_LIMIT", "256Mi")
 
     workspace_files = Int(
-        10000, help="Most files of the notebook's directory copied into a sandbox, or written back after one cell.",
+        10000,
+        help="Most files of the notebook's directory copied into a sandbox, or written back after one cell.",
     ).tag(config=True)
 
     def limits(self) -> Limits:
@@ -212,7 +215,9 @@ class Sandbox(Configurable):
             raise ConfigError("Sandbox.cpu_limit", "must be more than 0")
         request_bytes = setting_bytes("Sandbox.memory_request", self.memory_request)
         if request_bytes > memory_bytes:
-            raise ConfigError("Sandbox.memory_request", f"{self.memory_request} is above memory_limit {self.memory_limit}")
+            raise ConfigError(
+                "Sandbox.memory_request", f"{self.memory_request} is above memory_limit {self.memory_limit}"
+            )
         if setting_cpu("Sandbox.cpu_request", self.cpu_request) > cpu_cores:
             raise ConfigError("Sandbox.cpu_request", f"{self.cpu_request} is above cpu_limit {self.cpu_limit}")
         if self.pids_limit < 8:

@@ -51,8 +51,7 @@ TIMEOUT_HINT = (
     "(environment variable SANDBOX_TIMEOUT; 0 = no limit) for every kernel."
 )
 MEMORY_HINT = (
-    "Use less memory, or raise the limit: c.Sandbox.memory_limit "
-    "(environment variable SANDBOX_MEMORY_LIMIT, e.g. 1Gi)."
+    "Use less memory, or raise the limit: c.Sandbox.memory_limit (environment variable SANDBOX_MEMORY_LIMIT, e.g. 1Gi)."
 )
 
 

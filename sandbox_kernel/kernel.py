@@ -12,33 +12,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
-import shlex
-import socket
 import time
 from typing import Any, cast
 
 from traitlets import Any as AnyTrait
 from traitlets import Enum, Instance, Unicode
 
-from . import __version__, output_policy, selftest, start_progress, usage, widget_policy
+from . import __version__, output_policy, start_progress
 from .network_hint import network_hint
-from .config import check_timeout
 from .errors import ConfigError, SandboxError
 from .kernel_base import KernelBase
-from .kernel_comms import CommsAndStdin, _msg_id
+from .kernel_comms import _msg_id
+from .kernel_magics import MAGIC, CellMagics
 from .languages import LANGUAGES
-from .session import CLUSTER_TOPICS, REPORT_TOPICS, ClearOutput, CommEvent, DisplayData, ErrorOutput, Event, ExecuteResult, InputRequest, ReportTopic, SandboxSession, Stream
+from .session import (
+    ClearOutput,
+    CommEvent,
+    DisplayData,
+    ErrorOutput,
+    Event,
+    ExecuteResult,
+    InputRequest,
+    SandboxSession,
+    Stream,
+)
 from .sessions import DEFAULT_BACKEND, chosen_backend, make_session, sandbox_settings
 from .stream_merge import merged_streams
 
 log = logging.getLogger("sandbox_kernel")
 
-_MAGIC = re.compile(r"^\s*%(timeout|sandbox)\b[ \t]*(.*)$")
-KERNEL_TOPICS = ("usage", "selftest", "network", "allow", "deny", "upload", "download")
-"""The ``%sandbox`` topics the kernel answers itself; the session answers :data:`REPORT_TOPICS`."""
-SANDBOX_TOPICS = (*REPORT_TOPICS, *KERNEL_TOPICS, *CLUSTER_TOPICS)
 KERNEL_INFO_WAIT = 3.0
 """Most seconds a ``kernel_info_request`` waits for the sandbox (whose agent gives the real
 language_info). Frontends send no cell before its reply, and a slow start (an image pull, a busy
@@ -52,7 +54,7 @@ _EXIT_WORDS = {
 }
 
 
-class SandboxKernel(CommsAndStdin):
+class SandboxKernel(CellMagics):
     """A Jupyter kernel whose cells run in a sandbox."""
 
     implementation = "sandbox_kernel"
@@ -93,9 +95,6 @@ class SandboxKernel(CommsAndStdin):
         super().__init__(**kwargs)
         self.backend = chosen_backend(self.backend)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._accounting = usage.Accounting()  # per-cell usage (%sandbox usage, execute_reply metadata)
-        self._cell_usage: usage.CellUsage | None = None
-        self._cpu_meter = usage.CpuMeter()  # kernel_cpu between two usage_requests
         self._starting: asyncio.Task[None] | None = None
         self._start_began = time.monotonic()
         self._stderr_tail = ""
@@ -120,6 +119,7 @@ class SandboxKernel(CommsAndStdin):
             log.info("%s", exc)  # every cell reports it (not at WARNING: see _start_session)
             self._config_error = self._config_error or exc
         self._init_comms()  # comms (widgets) and stdin (input()): kernel_comms.py
+        self._init_usage()  # per-cell usage and usage_request: kernel_usage.py
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -175,7 +175,9 @@ class SandboxKernel(CommsAndStdin):
         """:meth:`_ready`, with a line in the cell saying what a slow start waits for (start_progress.py)."""
         starting, session = self._starting, self.session_obj
         if not silent and starting is not None and not starting.done() and session is not None:
-            await start_progress.show_while_starting(starting, self._start_began, lambda: session.start_progress, self._publish)
+            await start_progress.show_while_starting(
+                starting, self._start_began, lambda: session.start_progress, self._publish
+            )
         return await self._ready()
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
@@ -186,9 +188,6 @@ class SandboxKernel(CommsAndStdin):
         await super().kernel_info_request(stream, ident, parent)
 
     # -- cells ----------------------------------------------------------------------------------
-
-    def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
-        self.send_response(self.iopub_socket, msg_type, content)
 
     def _publish_error(self, error: ErrorOutput) -> None:
         self._publish("error", {"ename": error.ename, "evalue": error.evalue, "traceback": error.traceback})
@@ -283,8 +282,11 @@ class SandboxKernel(CommsAndStdin):
                     # aclosing: if publishing fails, the session's cell ends now, not at garbage collection.
                     number = self.execution_count if store_history and not silent else None
                     async with (
-                        contextlib.aclosing(session.execute(code, number, allow_stdin=self._cell_allow_stdin,
-                                                            parent=_msg_id(self._last_parent))) as cell_events,
+                        contextlib.aclosing(
+                            session.execute(
+                                code, number, allow_stdin=self._cell_allow_stdin, parent=_msg_id(self._last_parent)
+                            )
+                        ) as cell_events,
                         contextlib.aclosing(merged_streams(cell_events)) as produced_events,
                     ):
                         async for produced in produced_events:
@@ -299,8 +301,11 @@ class SandboxKernel(CommsAndStdin):
                 self._publish_error(failure)
         except Exception as exc:  # noqa: BLE001 - a bug must still end the cell with a reply
             log.exception("cell failed inside the kernel")
-            failure = ErrorOutput("SandboxKernelError", f"internal error in the sandbox kernel: {exc!r}", [
-                f"SandboxKernelError: internal error in the sandbox kernel: {exc!r} (see the kernel log)"])
+            failure = ErrorOutput(
+                "SandboxKernelError",
+                f"internal error in the sandbox kernel: {exc!r}",
+                [f"SandboxKernelError: internal error in the sandbox kernel: {exc!r} (see the kernel log)"],
+            )
             if not silent:
                 self._publish_error(failure)
         if failure is not None:
@@ -313,151 +318,6 @@ class SandboxKernel(CommsAndStdin):
             }
         return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
 
-    # -- usage (usage.py) -----------------------------------------------------------------------
-
-    def _account(self, session: SandboxSession, wall: float, silent: bool) -> None:
-        """Record the cell that just ended; warn when it came close to the memory limit."""
-        try:
-            cell = session.cell_usage_end(wall)
-        except Exception:  # noqa: BLE001 - accounting must never fail a cell
-            log.warning("per-cell accounting failed", exc_info=True)
-            cell = usage.CellUsage(wall, reason="per-cell accounting failed (see the kernel log)")
-        self._cell_usage = cell
-        self._accounting.add(self.execution_count, cell)
-        warning = cell.warning()
-        if warning and not silent:
-            self._publish("stream", {"name": "stderr", "text": warning})
-
-    def finish_metadata(self, parent: Any, metadata: dict[str, Any], reply_content: Any) -> dict[str, Any]:
-        cell, self._cell_usage = self._cell_usage, None
-        if cell is not None:
-            metadata["sandbox_usage"] = cell.metadata()
-        return metadata
-
-    async def _sandbox_usage(self) -> usage.Usage | None:
-        """The session's usage, asked on the shell loop (from either thread), never raising."""
-        session = self.session_obj
-        if session is None or self._config_error is not None:
-            return None
-        loop = self._loop
-        try:
-            if loop is None or loop is asyncio.get_running_loop():
-                return await asyncio.wait_for(session.usage(), 5)
-            future = asyncio.run_coroutine_threadsafe(session.usage(), loop)
-            return await asyncio.wait_for(asyncio.wrap_future(future), 5)
-        except Exception:  # noqa: BLE001 - no figures rather than no reply
-            log.warning("reading the sandbox's usage failed", exc_info=True)
-            return None
-
-    async def usage_request(self, stream: Any, ident: Any, parent: Any) -> None:
-        """jupyter-resource-usage's question (control channel): the SANDBOX's memory and CPU,
-        against its limits (ipykernel's default would measure this kernel's process tree)."""
-        if not self.session:
-            return
-        now = await self._sandbox_usage()
-        content = usage.usage_reply(
-            now,
-            self._cpu_meter.percent(now.cpu_seconds, now.uptime) if now else None,
-            socket.gethostname(),
-            os.getpid(),
-        )
-        self.session.send(stream, "usage_reply", content, parent, ident)
-
-    async def _run_magics(self, code: str, session: SandboxSession, silent: bool) -> str:
-        """Handle ``%timeout`` and ``%sandbox`` lines at the top of a cell; return the rest."""
-        lines = code.split("\n")
-        while lines:
-            match = _MAGIC.match(lines[0])
-            if not match:
-                break
-            lines.pop(0)
-            name, arg = match.group(1), match.group(2).strip()
-            if name == "timeout":
-                if arg:
-                    session.timeout = check_timeout(arg)
-                text = f"cell time limit: {session.timeout:g} s" + (" (no limit)" if not session.timeout else "")
-            else:
-                topic, _, hosts = (arg or ReportTopic.STATUS.value).partition(" ")
-                if topic not in SANDBOX_TOPICS:
-                    raise ConfigError("%sandbox", f"unknown topic {topic!r}; use one of {', '.join(SANDBOX_TOPICS)}")
-                if topic == "selftest":
-                    text = await self._selftest(session)
-                    if not silent:
-                        self._publish("stream", {"name": "stdout", "text": text})
-                    continue
-                if topic in ("upload", "download"):  # files (sandbox_kernel/workspace/transfer.py)
-                    text = await self._move_files(session, topic, hosts, silent)
-                    if not silent:
-                        self._publish("stream", {"name": "stdout", "text": text + "\n"})
-                    continue
-                if topic in ("network", "allow", "deny"):  # egress allow list (sandbox_kernel/egress)
-                    from .egress.host import magic
-
-                    # Off the event loop: on Kubernetes, allow/deny patch the sandbox namespace.
-                    text = await asyncio.get_running_loop().run_in_executor(None, magic, session, topic, hosts.split())
-                    if not silent:
-                        self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
-                    continue
-                loop = asyncio.get_running_loop()
-                if topic in CLUSTER_TOPICS:  # the kernel's identity asks the cluster; dry-run's manifests: the rest
-                    body, lines = ("\n".join(lines), []) if topic == "dry-run" and not hosts.strip() else ("", lines)
-                    text = await loop.run_in_executor(None, session.inspect_cluster, topic, hosts.split(), body)
-                elif topic == "usage":
-                    text = self._accounting.report(await self._sandbox_usage())
-                else:
-                    # Reports may call the Kubernetes API (blocking): keep the event loop free.
-                    text = await loop.run_in_executor(None, session.report, topic)
-                if topic == ReportTopic.POLICY.value:
-                    text = text.rstrip("\n") + "\n" + output_policy.describe(self.active_content)
-                    if self.active_content != "allow":
-                        text += widget_policy.describe()
-            if not silent:
-                self._publish("stream", {"name": "stdout", "text": text.rstrip("\n") + "\n"})
-        return "\n".join(lines)
-
-    async def _move_files(self, session: SandboxSession, topic: str, rest: str, silent: bool) -> str:
-        """``%sandbox upload|download NAME…``, with progress of large files as one display that is
-        updated (update_display_data)."""
-        from .workspace.transfer import Transfer
-
-        try:
-            args = shlex.split(rest)
-        except ValueError as exc:
-            raise ConfigError(f"%sandbox {topic}", str(exc)) from None
-        if not args:
-            raise ConfigError(f"%sandbox {topic}", f"name at least one file, e.g. %sandbox {topic} data.csv")
-        if not hasattr(session, "send_file_request"):
-            raise SandboxError(f"This {session.backend} sandbox cannot move files.")
-        display_id = f"sandbox-{topic}-{time.monotonic_ns()}"
-        shown = False
-
-        def progress(line: str, final: bool) -> None:
-            nonlocal shown
-            if not silent:
-                kind = "update_display_data" if shown else "display_data"
-                self._publish(kind, {"data": {"text/plain": line}, "metadata": {}, "transient": {"display_id": display_id}})
-                shown = True
-
-        transfer = Transfer(session, os.getcwd(), session.limits, progress, sandbox_dir="the sandbox's working directory")
-        result: str = await (transfer.upload(args) if topic == "upload" else transfer.download(args))
-        return result
-
-    async def _selftest(self, session: SandboxSession) -> str:
-        """Run the isolation probe in this kernel's own sandbox and judge what it saw (selftest.py)."""
-        language = self.language_name
-        output: list[str] = []
-        async for event in session.execute(selftest.program(language)):
-            if isinstance(event, Stream) and event.name == "stdout":
-                output.append(event.text)
-            elif isinstance(event, ErrorOutput):
-                raise SandboxError(f"the selftest probe failed in the sandbox: {event.ename}: {event.evalue}")
-        found = selftest.observations("".join(output))
-        if found is None:
-            raise SandboxError("the selftest probe printed no observations")
-        visible = tuple(getattr(session, "visible_paths", ()))  # read-only host paths shown on purpose
-        rows = selftest.evaluate(found, session.limits.memory_bytes, session.backend, language, visible)
-        return f"selftest of this {session.backend} sandbox ({language}):\n" + selftest.format_table(rows)
-
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
         try:
             session = await self._ready()
@@ -467,7 +327,9 @@ class SandboxKernel(CommsAndStdin):
             matches, start, end = [], cursor_pos, cursor_pos
         return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": end, "metadata": {}}
 
-    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:
+    async def do_inspect(
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
         try:
             session = await self._ready()
             result = await session.inspect(code, cursor_pos, detail_level)
@@ -479,7 +341,7 @@ class SandboxKernel(CommsAndStdin):
         return {"status": "ok", "found": found, "data": data, "metadata": {}}
 
     async def do_is_complete(self, code: str) -> dict[str, Any]:
-        if _MAGIC.match(code.split("\n", 1)[0]) and "\n" not in code.strip():
+        if MAGIC.match(code.split("\n", 1)[0]) and "\n" not in code.strip():
             return {"status": "complete"}
         try:
             # A console waits 1 s, then stops asking for good: "unknown" (run it) while the sandbox starts.
@@ -516,5 +378,7 @@ class SandboxKernel(CommsAndStdin):
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         if self.session_obj is not None:
             session = self.session_obj
-            await asyncio.get_running_loop().run_in_executor(None, self._on_shell_loop, session.close(), session.close_timeout)
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._on_shell_loop, session.close(), session.close_timeout
+            )
         return {"status": "ok", "restart": restart}

@@ -51,8 +51,16 @@ class KernelBase(Configurable):
     help_links: list[dict[str, str]] = []
 
     msg_types = [
-        "execute_request", "complete_request", "inspect_request", "history_request", "comm_info_request",
-        "kernel_info_request", "connect_request", "shutdown_request", "is_complete_request", "interrupt_request",
+        "execute_request",
+        "complete_request",
+        "inspect_request",
+        "history_request",
+        "comm_info_request",
+        "kernel_info_request",
+        "connect_request",
+        "shutdown_request",
+        "is_complete_request",
+        "interrupt_request",
     ]
     control_msg_types = [*msg_types, "usage_request"]
 
@@ -92,7 +100,9 @@ class KernelBase(Configurable):
         """Answer requests until a ``shutdown_request`` has been answered."""
         self._stopping = asyncio.Event()
         self.start()
-        shell, *others = tasks = [asyncio.ensure_future(c) for c in (self._shell_loop(), self._control_loop(), self._iopub_loop())]
+        shell, *others = tasks = [
+            asyncio.ensure_future(c) for c in (self._shell_loop(), self._control_loop(), self._iopub_loop())
+        ]
         stopped = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in [stopped, *others]:
@@ -194,22 +204,37 @@ class KernelBase(Configurable):
     def get_parent_ident(self, channel: str | None = None) -> list[bytes]:
         return self._parents[channel or self._channel.get()][0]
 
-    def send_response(self, stream: Any, msg_or_type: Any, content: dict[str, Any] | None = None,
-                      ident: Any = None, buffers: Any = None, track: bool = False, header: Any = None,
-                      metadata: dict[str, Any] | None = None, channel: str | None = None) -> Any:
+    def send_response(
+        self,
+        stream: Any,
+        msg_or_type: Any,
+        content: dict[str, Any] | None = None,
+        ident: Any = None,
+        buffers: Any = None,
+        track: bool = False,
+        header: Any = None,
+        metadata: dict[str, Any] | None = None,
+        channel: str | None = None,
+    ) -> Any:
         """Send a message whose parent is the request being handled."""
         if self.session is None:
             return None
-        return self.session.send(stream, msg_or_type, content, self.get_parent(channel), ident, buffers,
-                                 metadata=metadata)
+        return self.session.send(
+            stream, msg_or_type, content, self.get_parent(channel), ident, buffers, metadata=metadata
+        )
 
     def _topic(self, topic: str) -> bytes:
         return f"kernel.{self.ident}.{topic}".encode()
 
     def _publish_status(self, status: str, channel: str) -> None:
         if self.session is not None and self.iopub_socket is not None:
-            self.session.send(self.iopub_socket, "status", {"execution_state": status}, self.get_parent(channel),
-                              ident=self._topic("status"))
+            self.session.send(
+                self.iopub_socket,
+                "status",
+                {"execution_state": status},
+                self.get_parent(channel),
+                ident=self._topic("status"),
+            )
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -234,12 +259,23 @@ class KernelBase(Configurable):
         metadata = self.init_metadata(parent)
         if not silent:
             self.execution_count += 1
-            self.session.send(self.iopub_socket, "execute_input", {"code": code, "execution_count": self.execution_count},
-                              parent, ident=self._topic("execute_input"))
+            self.session.send(
+                self.iopub_socket,
+                "execute_input",
+                {"code": code, "execution_count": self.execution_count},
+                parent,
+                ident=self._topic("execute_input"),
+            )
         cell_meta = parent.get("metadata") or {}
-        reply = await self.do_execute(code, silent, store_history, content.get("user_expressions") or {},
-                                      bool(content.get("allow_stdin", False)), cell_meta=cell_meta,
-                                      cell_id=cell_meta.get("cellId") if isinstance(cell_meta, dict) else None)
+        reply = await self.do_execute(
+            code,
+            silent,
+            store_history,
+            content.get("user_expressions") or {},
+            bool(content.get("allow_stdin", False)),
+            cell_meta=cell_meta,
+            cell_id=cell_meta.get("cellId") if isinstance(cell_meta, dict) else None,
+        )
         metadata = self.finish_metadata(parent, metadata, reply)
         if not silent and reply.get("status") == "error" and stop_on_error:
             # The requests sent before the frontend can have seen this reply: taken now, before
@@ -255,12 +291,22 @@ class KernelBase(Configurable):
         metadata.update(status)
         self.session.send(stream, "execute_reply", status, msg, ident=idents, metadata=metadata)
 
-    async def do_execute(self, code: str, silent: bool, store_history: bool = True,
-                         user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False, *,
-                         cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: Any = None,
+        cell_id: Any = None,
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def _reply(self, stream: Any, ident: list[bytes], parent: dict[str, Any], reply_type: str, content: dict[str, Any]) -> None:
+    async def _reply(
+        self, stream: Any, ident: list[bytes], parent: dict[str, Any], reply_type: str, content: dict[str, Any]
+    ) -> None:
         assert self.session is not None
         self.session.send(stream, reply_type, content, parent, ident=ident)
 
@@ -273,14 +319,20 @@ class KernelBase(Configurable):
 
     async def inspect_request(self, stream: Any, ident: list[bytes], parent: dict[str, Any]) -> None:
         c = parent["content"]
-        reply = await self.do_inspect(c["code"], c["cursor_pos"], c.get("detail_level", 0), set(c.get("omit_sections", [])))
+        reply = await self.do_inspect(
+            c["code"], c["cursor_pos"], c.get("detail_level", 0), set(c.get("omit_sections", []))
+        )
         await self._reply(stream, ident, parent, "inspect_reply", reply)
 
-    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:
+    async def do_inspect(
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
         return {"status": "ok", "data": {}, "metadata": {}, "found": False}
 
     async def is_complete_request(self, stream: Any, ident: list[bytes], parent: dict[str, Any]) -> None:
-        await self._reply(stream, ident, parent, "is_complete_reply", await self.do_is_complete(parent["content"]["code"]))
+        await self._reply(
+            stream, ident, parent, "is_complete_reply", await self.do_is_complete(parent["content"]["code"])
+        )
 
     async def do_is_complete(self, code: str) -> dict[str, Any]:
         return {"status": "unknown"}

@@ -108,7 +108,9 @@ class CommsAndStdin(KernelBase):
             self._last_parent = parent
             self._comm_refusals = 0
             try:
-                async with contextlib.aclosing(session.comm(kind, content, encoded, _msg_id(parent))) as produced_events:
+                async with contextlib.aclosing(
+                    session.comm(kind, content, encoded, _msg_id(parent))
+                ) as produced_events:
                     async for produced in produced_events:
                         for event in self._guard(produced):
                             self._relay(event, silent=False)
@@ -166,10 +168,16 @@ class CommsAndStdin(KernelBase):
         """The cell asks for input: ask the frontend, if it allows stdin (a request from a cell
         that may not ask, or a second one at once, is ignored: the agent never sends those)."""
         session = self.session_obj
-        if not self._cell_allow_stdin or session is None or (self._stdin_task is not None and not self._stdin_task.done()):
+        if (
+            not self._cell_allow_stdin
+            or session is None
+            or (self._stdin_task is not None and not self._stdin_task.done())
+        ):
             log.warning("ignored an input_request the cell may not send")
             return
-        request = stdin.StdinRequest(self.session, self.stdin_socket, self.get_parent_ident("shell"), self.get_parent("shell"))
+        request = stdin.StdinRequest(
+            self.session, self.stdin_socket, self.get_parent_ident("shell"), self.get_parent("shell")
+        )
         self._stdin_request = request
 
         async def answer() -> None:

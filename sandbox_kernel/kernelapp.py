@@ -24,7 +24,6 @@ import sys
 from typing import Any
 
 
-
 PARENT_POLL_INTERVAL = 1.0
 """Seconds between two looks at whether the frontend that started the kernel is still there."""
 
@@ -93,8 +92,11 @@ class SandboxKernelApp(Application):
         kernel_sockets, kernel_module, wire = modules
         from pathlib import Path
 
-        connection = (kernel_sockets.Connection.read(self.connection_file)
-                      if self.connection_file and Path(self.connection_file).exists() else kernel_sockets.Connection.new())
+        connection = (
+            kernel_sockets.Connection.read(self.connection_file)
+            if self.connection_file and Path(self.connection_file).exists()
+            else kernel_sockets.Connection.new()
+        )
         sockets = kernel_sockets.Sockets(connection)
         if not self.connection_file or not Path(self.connection_file).exists():
             connection.write(self.connection_file or "kernel-sandbox.json")
@@ -122,8 +124,11 @@ class SandboxKernelApp(Application):
 
         kernel = self.config.SandboxKernel
         try:
-            session = make_session(chosen_backend(str(kernel.get("backend", "") or "")),
-                                   str(kernel.get("language_name", "python")), config=self.config)
+            session = make_session(
+                chosen_backend(str(kernel.get("backend", "") or "")),
+                str(kernel.get("language_name", "python")),
+                config=self.config,
+            )
         except (SandboxError, ValueError):
             return None, None
         return session, asyncio.ensure_future(session.start())

@@ -106,7 +106,11 @@ def _for_magic(error: ErrorOutput, one_off_memory: str | None = None) -> ErrorOu
     better = "Use a larger %%sandbox --timeout (at most c.Sandbox.timeout, environment variable SANDBOX_TIMEOUT) to allow longer cells."
     if TIMEOUT_HINT not in error.evalue:
         return error
-    return ErrorOutput(error.ename, error.evalue.replace(TIMEOUT_HINT, better), [line.replace(TIMEOUT_HINT, better) for line in error.traceback])
+    return ErrorOutput(
+        error.ename,
+        error.evalue.replace(TIMEOUT_HINT, better),
+        [line.replace(TIMEOUT_HINT, better) for line in error.traceback],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +301,9 @@ class SandboxMagics(Magics):
                 stream.write(event.text)
                 stream.flush()
             elif isinstance(event, DisplayData):
-                publish_display_data(data=event.data, metadata=event.metadata, transient=event.transient or None,
-                                     update=event.update)
+                publish_display_data(
+                    data=event.data, metadata=event.metadata, transient=event.transient or None, update=event.update
+                )
             elif isinstance(event, ClearOutput):
                 from IPython.display import clear_output
 

@@ -22,8 +22,9 @@ from typing import Any, cast
 
 from .protocol import Message
 
-CONTROL = frozenset({"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply", "usage_reply",
-                     "file_reply"})
+CONTROL = frozenset(
+    {"ready", "done", "error", "complete_reply", "inspect_reply", "is_complete_reply", "usage_reply", "file_reply"}
+)
 """Messages that steer the kernel; never dropped by the output limits (see session.py)."""
 
 OUTPUT = frozenset({"display", "update_display", "result", "clear_output"})

@@ -29,6 +29,7 @@ _NO_NETWORK = re.compile(
 )
 _NAMES = {"gaierror", "ConnectionRefusedError", "NameResolutionError"}
 
+
 def _own_errors(cls: type[errors.SandboxError]) -> set[str]:
     return {cls.ename}.union(*(_own_errors(sub) for sub in cls.__subclasses__()))
 

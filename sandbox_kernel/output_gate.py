@@ -190,7 +190,6 @@ class OutputGate:
         return False
 
 
-
 def cell_summary(tally: Tally, truncated: int, limit: int, rate: int) -> list[Event]:
     """The end of a cell: one notice for all output dropped (``truncated``: the bytes the agent
     itself held back; ``limit`` and ``rate``: the gate's limits, named in the notice), one error
@@ -207,7 +206,9 @@ def cell_summary(tally: Tally, truncated: int, limit: int, rate: int) -> list[Ev
         elif not limit:
             why = f"limit {rate} messages per second; see Sandbox.output_rate"
         else:
-            why = f"limits: {limit} bytes per cell, Sandbox.output_limit; {rate} messages per second, Sandbox.output_rate"
+            why = (
+                f"limits: {limit} bytes per cell, Sandbox.output_limit; {rate} messages per second, Sandbox.output_rate"
+            )
         events.append(Stream("stderr", f"\n[sandbox] output truncated: {what} were dropped ({why})\n"))
     if tally.malformed:
         events.append(ErrorOutput.from_exception(ProtocolError(malformed_sentence(tally))))

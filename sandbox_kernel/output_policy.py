@@ -164,13 +164,13 @@ class Filtered:
         what = ", ".join(self.dropped)
         why = "it could run code in your browser" if active else "it is not on the sandbox's list of safe output types"
         return (
-            f"[sandbox] removed {what} from the output: {why} "
-            "(Sandbox.active_content = 'block'; see %sandbox policy)"
+            f"[sandbox] removed {what} from the output: {why} (Sandbox.active_content = 'block'; see %sandbox policy)"
         )
 
 
-def filter_bundle(data: dict[str, Any], metadata: dict[str, Any] | None = None, *,
-                  widget_models: frozenset[str] = frozenset()) -> Filtered:
+def filter_bundle(
+    data: dict[str, Any], metadata: dict[str, Any] | None = None, *, widget_models: frozenset[str] = frozenset()
+) -> Filtered:
     """Apply the policy to one MIME bundle. Never raises: a type whose check fails is dropped.
 
     ``widget_models`` are the ids of widget models the kernel accepted (see
@@ -312,6 +312,7 @@ def _image(mime: str) -> Callable[[Any, frozenset[str]], tuple[str, Any]]:
             raise ValueError("not base64")
         base64.b64decode(b"".join(raw.split()), validate=True)
         return mime, text
+
     return check
 
 
@@ -322,12 +323,15 @@ def _json(value: Any, _models: frozenset[str]) -> tuple[str, Any]:
 
 def _widget_view(value: Any, models: frozenset[str]) -> tuple[str, Any] | None:
     if isinstance(value, dict) and value.get("model_id") in models:
-        return "application/vnd.jupyter.widget-view+json", {"model_id": value["model_id"], "version_major": value.get("version_major", 2), "version_minor": value.get("version_minor", 0)}
+        return "application/vnd.jupyter.widget-view+json", {
+            "model_id": value["model_id"],
+            "version_major": value.get("version_major", 2),
+            "version_minor": value.get("version_minor", 0),
+        }
     return None
 
 
-_SVG_DOCTYPE = re.compile(
-    r'\A\s*(<\?xml[^<>]*\?>\s*)?<!DOCTYPE\s+svg\s+PUBLIC\s+"[^"<>\[\]]*"\s+"[^"<>\[\]]*"\s*>')
+_SVG_DOCTYPE = re.compile(r'\A\s*(<\?xml[^<>]*\?>\s*)?<!DOCTYPE\s+svg\s+PUBLIC\s+"[^"<>\[\]]*"\s+"[^"<>\[\]]*"\s*>')
 """The one DOCTYPE kept out of the parser instead of refusing the SVG: SVG 1.1's public DTD by name,
 with no internal subset (so no entities), as matplotlib writes it. The parser never loads a DTD,
 and any other DOCTYPE is still refused."""
@@ -337,7 +341,7 @@ def sanitize_svg(svg: str) -> str:
     """``svg`` rebuilt from allow-listed elements and attributes; raises ValueError if it is not SVG."""
     doctype = _SVG_DOCTYPE.match(svg)
     if doctype:
-        svg = svg[doctype.end():]
+        svg = svg[doctype.end() :]
     from defusedxml import ElementTree as SafeElementTree  # at the first SVG (a kernel's start is shorter)
 
     root = SafeElementTree.fromstring(svg.encode("utf-8"), forbid_dtd=True)
@@ -356,7 +360,9 @@ def _local(name: str) -> str:
 
 def _clean_svg_element(element: ElementTree.Element) -> ElementTree.Element | None:
     name = _local(element.tag) if isinstance(element.tag, str) else ""
-    if name not in SVG_ELEMENTS or (isinstance(element.tag, str) and element.tag.startswith("{") and not element.tag.startswith("{" + SVG_NS)):
+    if name not in SVG_ELEMENTS or (
+        isinstance(element.tag, str) and element.tag.startswith("{") and not element.tag.startswith("{" + SVG_NS)
+    ):
         return None
     clean = ElementTree.Element(f"{{{SVG_NS}}}{name}")
     for key, value in element.attrib.items():
@@ -372,7 +378,10 @@ def _clean_svg_element(element: ElementTree.Element) -> ElementTree.Element | No
             continue
         elif _ACTIVE_URL.search(_squeeze(value)):
             continue
-        clean.set(key if key.startswith("{" + XLINK_NS) or key == "{http://www.w3.org/XML/1998/namespace}space" else attr, value)
+        clean.set(
+            key if key.startswith("{" + XLINK_NS) or key == "{http://www.w3.org/XML/1998/namespace}space" else attr,
+            value,
+        )
     if name == "style":
         if element.text and not _CSS_DANGER.search(element.text):
             clean.text = element.text

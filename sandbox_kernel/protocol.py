@@ -194,7 +194,7 @@ class ResumeScanner:
         end = self._buf.find(b"\n", fields_at, fields_at + _RESUME_FIELDS)
         if end < 0:
             if len(self._buf) - fields_at >= _RESUME_FIELDS:
-                raise ProtocolError(f"malformed resume line {bytes(self._buf[at:at + 100])!r}")
+                raise ProtocolError(f"malformed resume line {bytes(self._buf[at : at + 100])!r}")
             return None
         fields = bytes(self._buf[fields_at:end]).split(b" ")
         if len(fields) != 2 or not all(f.isdigit() for f in fields):

@@ -43,7 +43,7 @@ CHECKS: dict[str, str] = {
     "runtime": "the kernel the sandbox talks to (gVisor's own, or the host's)",
 }
 
-PYTHON_PROBE = r'''
+PYTHON_PROBE = r"""
 def __sandbox_selftest():
     import ctypes, errno, json, os, socket, struct
     obs = {"language": "python"}
@@ -66,9 +66,9 @@ def __sandbox_selftest():
     obs["bpf"] = call(321, 0, 0, 0)               # EFAULT/EINVAL if allowed
     obs["nnp_prctl"] = str(libc.prctl(39, 0, 0, 0, 0))  # PR_GET_NO_NEW_PRIVS (gVisor's /proc lacks NoNewPrivs)
     return obs
-'''
+"""
 
-SHELL_PROBE = r'''
+SHELL_PROBE = r"""
 # Shell builtins only: sandbox images may have /bin/sh and nothing else (no sed, awk, ls, cat).
 uid= capeff= nnp= seccomp=
 while read -r key value rest; do
@@ -104,7 +104,7 @@ printf '{"uid": "%s", "capeff": "%s", "nnp": "%s", "seccomp": "%s", "write_root"
   "$uid" "$capeff" "$nnp" "$seccomp" "$(try_write /.sandbox-selftest)" "$(try_write /usr/.sandbox-selftest)" \
   "$(try_write "${HOME:-/nonexistent}/.sandbox-selftest")" "$host_home" "$sa_token" "$secret_env" "$interfaces" \
   "$ipv6" "$gateway" "${KUBERNETES_SERVICE_HOST:-}" "$mem" "$pids" "${version%%(*}"
-'''
+"""
 
 
 def program(language: str) -> str:
@@ -117,14 +117,16 @@ def program(language: str) -> str:
     if language == "node":
         return (
             "(() => { const out = require('child_process').execFileSync('/bin/sh', ['-c', " + shell + "], "
-            "{ encoding: 'utf8', timeout: 20000 }); console.log(" + json.dumps(MARK) + " + out.trim()); })();\nundefined"
+            "{ encoding: 'utf8', timeout: 20000 }); console.log("
+            + json.dumps(MARK)
+            + " + out.trim()); })();\nundefined"
         )
     if language == "bash":
         return f"( printf '%s' {_sh_quote(MARK)}; /bin/sh -c {_sh_quote(SHELL_PROBE)} )"
     raise ValueError(f"no selftest for {language!r}")
 
 
-_PYTHON_MAIN = r'''
+_PYTHON_MAIN = r"""
 import json as _json, socket as _socket, subprocess as _subprocess
 _obs = __sandbox_selftest()  # noqa
 _obs.update(_json.loads(_subprocess.run(["/bin/sh", "-c", SHELL], capture_output=True, text=True, timeout=20).stdout))
@@ -148,7 +150,8 @@ if _obs.get("api_host"):
     _probes[_obs["api_host"] + ":443"] = _try(_obs["api_host"], 443, _socket.AF_INET)
 _obs["probes"] = _probes
 print("SANDBOX-SELFTEST " + _json.dumps(_obs))
-'''
+"""
+
 
 def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
@@ -159,7 +162,7 @@ def observations(output: str) -> dict[str, Any] | None:
     for line in reversed(output.splitlines()):
         if line.startswith(MARK):
             try:
-                found = json.loads(line[len(MARK):])
+                found = json.loads(line[len(MARK) :])
             except ValueError:
                 return None
             return found if isinstance(found, dict) else None
@@ -182,7 +185,11 @@ def _home_row(seen: str, visible_paths: tuple[str, ...]) -> Row:
     expected = {p.split("/")[2] for p in visible_paths if p.startswith("/root/") and len(p.split("/")) > 2}
     extra = [n for n in names if n not in expected] if seen.strip() != "visible" else ["visible"]
     if not extra:
-        return Row("no host home", "pass", f"/root: only the way to {', '.join(p for p in visible_paths if p.startswith('/root/'))} (read-only)")
+        return Row(
+            "no host home",
+            "pass",
+            f"/root: only the way to {', '.join(p for p in visible_paths if p.startswith('/root/'))} (read-only)",
+        )
     return Row("no host home", "FAIL", f"/root: {' '.join(extra)} visible")
 
 
@@ -202,7 +209,9 @@ def _syscall_row(obs: dict[str, Any], key: str, name: str, language: str, gvisor
     return Row(name, "pass" if value in ("EPERM", "EACCES", "ENOSYS") else "FAIL", f"{key}: {value}")
 
 
-def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str, visible_paths: tuple[str, ...] = ()) -> list[Row]:
+def evaluate(
+    obs: dict[str, Any], memory_bytes: int, backend: str, language: str, visible_paths: tuple[str, ...] = ()
+) -> list[Row]:
     """The verdicts for one sandbox's observations (pure).
 
     Under gVisor a cell's system calls never reach the host's kernel: a seccomp profile not in
@@ -217,23 +226,45 @@ def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str
     rows.append(Row("no capabilities", "pass" if cap and int(cap, 16) == 0 else "FAIL", f"CapEff {cap or '?'}"))
     nnp = obs.get("nnp") or obs.get("nnp_prctl")
     if not nnp and gvisor:
-        rows.append(Row("no new privileges", "n/a", "gVisor's /proc does not show NoNewPrivs (not probed from " + language + ")"))
+        rows.append(
+            Row(
+                "no new privileges", "n/a", "gVisor's /proc does not show NoNewPrivs (not probed from " + language + ")"
+            )
+        )
     else:
         rows.append(Row("no new privileges", "pass" if nnp == "1" else "FAIL", f"NoNewPrivs {nnp or '?'}"))
     if gvisor and obs.get("seccomp") == "0":
-        rows.append(Row("seccomp filter", "n/a", "Seccomp mode 0: no profile in force inside gVisor, whose own kernel serves every call"))
+        rows.append(
+            Row(
+                "seccomp filter",
+                "n/a",
+                "Seccomp mode 0: no profile in force inside gVisor, whose own kernel serves every call",
+            )
+        )
     else:
-        rows.append(Row("seccomp filter", "pass" if obs.get("seccomp") == "2" else "FAIL", f"Seccomp mode {obs.get('seccomp') or '?'}"))
+        rows.append(
+            Row(
+                "seccomp filter",
+                "pass" if obs.get("seccomp") == "2" else "FAIL",
+                f"Seccomp mode {obs.get('seccomp') or '?'}",
+            )
+        )
     rows.append(_syscall_row(obs, "unshare_userns", "no user namespaces", language, gvisor))
     rows.append(_syscall_row(obs, "keyctl", "no keyring", language, gvisor))
     rows.append(_syscall_row(obs, "io_uring_setup", "no io_uring", language))
     rows.append(_syscall_row(obs, "userfaultfd", "no userfaultfd", language))
     rows.append(_syscall_row(obs, "bpf", "no bpf", language))
     ro = obs.get("write_root") == "refused" and obs.get("write_usr") == "refused"
-    rows.append(Row("read-only system", "pass" if ro else "FAIL", f"/: {obs.get('write_root')}, /usr: {obs.get('write_usr')}"))
-    rows.append(Row("writable home", "pass" if obs.get("write_home") == "ok" else "FAIL", f"HOME: {obs.get('write_home')}"))
+    rows.append(
+        Row("read-only system", "pass" if ro else "FAIL", f"/: {obs.get('write_root')}, /usr: {obs.get('write_usr')}")
+    )
+    rows.append(
+        Row("writable home", "pass" if obs.get("write_home") == "ok" else "FAIL", f"HOME: {obs.get('write_home')}")
+    )
     rows.append(_home_row(str(obs.get("host_home", "")), visible_paths))
-    rows.append(Row("no service account token", "pass" if obs.get("sa_token") == "absent" else "FAIL", str(obs.get("sa_token"))))
+    rows.append(
+        Row("no service account token", "pass" if obs.get("sa_token") == "absent" else "FAIL", str(obs.get("sa_token")))
+    )
     secret_env = str(obs.get("secret_env", "")).strip()
     rows.append(Row("no secrets in environment", "FAIL" if secret_env else "pass", secret_env or "none"))
     interfaces = [i for i in str(obs.get("interfaces", "")).split() if i != "lo"]
@@ -254,9 +285,21 @@ def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str
         rows.append(Row("network isolated", "n/a", f"interfaces {', '.join(interfaces)}; not probed from {language}"))
     mem = str(obs.get("memory_max", "")).strip()
     if mem.isdigit() and int(mem) < 2**60:
-        rows.append(Row("memory limit", "pass" if int(mem) <= memory_bytes else "FAIL", f"{int(mem) // 2**20} MiB (configured {memory_bytes // 2**20} MiB)"))
+        rows.append(
+            Row(
+                "memory limit",
+                "pass" if int(mem) <= memory_bytes else "FAIL",
+                f"{int(mem) // 2**20} MiB (configured {memory_bytes // 2**20} MiB)",
+            )
+        )
     elif (mem in ("max",) or (mem.isdigit() and int(mem) >= 2**60)) and gvisor and backend == "kubernetes":
-        rows.append(Row("memory limit", "n/a", "gVisor's cgroup shows no limit: the pod's is enforced on gVisor from outside (see %sandbox quota)"))
+        rows.append(
+            Row(
+                "memory limit",
+                "n/a",
+                "gVisor's cgroup shows no limit: the pod's is enforced on gVisor from outside (see %sandbox quota)",
+            )
+        )
     elif mem in ("max",) or (mem.isdigit() and int(mem) >= 2**60):
         rows.append(Row("memory limit", "FAIL", "no limit in the sandbox's cgroup"))
     else:
@@ -265,11 +308,17 @@ def evaluate(obs: dict[str, Any], memory_bytes: int, backend: str, language: str
     if pids.isdigit():
         rows.append(Row("process limit", "pass", f"{pids} processes"))
     elif pids == "max":
-        rows.append(Row("process limit", "FAIL" if backend == "local" else "n/a", "pids.max is 'max' in the sandbox's cgroup"))
+        rows.append(
+            Row("process limit", "FAIL" if backend == "local" else "n/a", "pids.max is 'max' in the sandbox's cgroup")
+        )
     else:
-        rows.append(Row("process limit", "n/a", "cgroup not visible inside (enforced from outside; see %sandbox quota)"))
+        rows.append(
+            Row("process limit", "n/a", "cgroup not visible inside (enforced from outside; see %sandbox quota)")
+        )
     version = str(obs.get("version", ""))
-    rows.append(Row("runtime", "pass", "gVisor (its own kernel)" if gvisor else "host kernel: " + " ".join(version.split()[:3])))
+    rows.append(
+        Row("runtime", "pass", "gVisor (its own kernel)" if gvisor else "host kernel: " + " ".join(version.split()[:3]))
+    )
     return rows
 
 

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .usage import CellUsage, Usage
 
 
-
 class ReportTopic(str, enum.Enum):
     """What ``%sandbox TOPIC`` asks :meth:`SandboxSession.report` for; every backend answers each.
 
@@ -189,8 +188,9 @@ class SandboxSession(abc.ABC):
         """The runtime's real language_info (name, version, mimetype, …), known after :meth:`start`."""
 
     @abc.abstractmethod
-    def execute(self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False,
-                parent: str | None = None) -> AsyncGenerator[Event, None]:
+    def execute(
+        self, code: str, cell_number: int | None = None, *, allow_stdin: bool = False, parent: str | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Run one cell; yield its outputs as they are produced.
 
         Called for every execute request; ``cell_number`` is its execution count (the prompt's
@@ -203,7 +203,9 @@ class SandboxSession(abc.ABC):
         ipywidgets' Output widget captures by).
         """
 
-    def comm(self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None) -> AsyncGenerator[Event, None]:
+    def comm(
+        self, kind: str, content: dict[str, Any], buffers: list[str], parent: str | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Deliver a comm message from the frontend (``kind``: comm_open, comm_msg or comm_close;
         ``content`` its Jupyter content, ``buffers`` base64) to the sandbox; yield what the
         sandbox's handlers produce, as for a cell, until they have finished.
@@ -259,8 +261,7 @@ class SandboxSession(abc.ABC):
         it off the event loop. Backends without a cluster (the default) refuse with a ConfigError."""
         raise ConfigError(
             f"%sandbox {topic}",
-            f"asks the Kubernetes cluster as the kernel's identity, and this kernel runs on the {self.backend} "
-            "backend",
+            f"asks the Kubernetes cluster as the kernel's identity, and this kernel runs on the {self.backend} backend",
             hint="Switch to a Kubernetes kernel (Kernel > Change Kernel... > Sandbox (Python) · Kubernetes; "
             "notebooks/README.md says how to get one).",
         )
@@ -291,7 +292,7 @@ class SandboxSession(abc.ABC):
         """The kernel's banner: ``Sandbox (Python) on the local backend; limits: ...``."""
         name = self.language.display_name
         # "Sandbox (Node.js)" names the language in parentheses; a display name without them is the language.
-        label = name[name.rfind("(") + 1:-1] if name.endswith(")") and "(" in name else name
+        label = name[name.rfind("(") + 1 : -1] if name.endswith(")") and "(" in name else name
         return f"Sandbox ({label}) on the {self.backend} backend; limits: {self.limits.summary()}"
 
 

@@ -22,8 +22,12 @@ PROGRESS_INTERVAL = 0.5
 """Seconds between updates of that line (``update_display_data``)."""
 
 
-async def show_while_starting(starting: asyncio.Future[Any], began: float, progress: Callable[[], str],
-                              publish: Callable[[str, dict[str, Any]], None]) -> None:
+async def show_while_starting(
+    starting: asyncio.Future[Any],
+    began: float,
+    progress: Callable[[], str],
+    publish: Callable[[str, dict[str, Any]], None],
+) -> None:
     """Until ``starting`` is done: the line for a start that began at ``began`` (``time.monotonic()``),
     saying ``progress()``, published with ``publish(msg_type, content)`` on IOPub."""
     display_id = f"sandbox-start-{secrets.token_hex(4)}"
@@ -36,8 +40,10 @@ async def show_while_starting(starting: asyncio.Future[Any], began: float, progr
                 continue
             text = f"Starting the sandbox ({waited:.0f} s): {progress() or 'starting'}"
             if text != shown:
-                publish("update_display_data" if shown else "display_data",
-                        {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": display_id}})
+                publish(
+                    "update_display_data" if shown else "display_data",
+                    {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": display_id}},
+                )
                 shown = text
     finally:
         if shown:

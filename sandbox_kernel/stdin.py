@@ -47,7 +47,9 @@ class StdinRequest:
                 socket.recv_multipart(zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
-        self._session.send(socket, "input_request", {"prompt": prompt, "password": password}, self._parent, ident=self._ident)
+        self._session.send(
+            socket, "input_request", {"prompt": prompt, "password": password}, self._parent, ident=self._ident
+        )
         while not self._cancelled.is_set():
             try:
                 readable, _, failed = zmq.select([socket], [], [socket], 0.05)
@@ -64,6 +66,7 @@ class StdinRequest:
 def check_reply(value: str) -> tuple[str | None, str | None]:
     """``(value, error)`` to send the sandbox for the frontend's answer ``value``."""
     if len(value) > MAX_REPLY_CHARS:
-        return None, (f"the answer to input() has {len(value)} characters; at most {MAX_REPLY_CHARS} "
-                      "are passed to the sandbox")
+        return None, (
+            f"the answer to input() has {len(value)} characters; at most {MAX_REPLY_CHARS} are passed to the sandbox"
+        )
     return value, None

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 
-
 def format_bytes(value: int) -> str:
     """``254.4 MiB``: one decimal in the largest binary unit that keeps the number below 1024."""
     size = float(value)
@@ -120,7 +119,17 @@ def usage_reply(usage: Usage | None, cpu_percent: float | None, hostname: str, p
     if usage.memory_limit:
         reply["host_virtual_memory"] = {"total": usage.memory_limit}
     sandbox: dict[str, Any] = {}
-    for key in ("memory", "memory_limit", "memory_peak", "cpu_seconds", "cpu_limit", "pids", "uptime", "source", "reason"):
+    for key in (
+        "memory",
+        "memory_limit",
+        "memory_peak",
+        "cpu_seconds",
+        "cpu_limit",
+        "pids",
+        "uptime",
+        "source",
+        "reason",
+    ):
         value = getattr(usage, key)
         if value is not None and value != "":
             sandbox[key] = value
@@ -172,25 +181,35 @@ class Accounting:
     def report(self, now: Usage | None) -> str:
         rows = [("CELL", "WALL", "CPU", "PEAK MEMORY")]
         for count, cell in self.recent:
-            rows.append((
-                f"[{count}]",
-                f"{cell.wall:.3f} s",
-                "-" if cell.cpu is None else f"{cell.cpu:.3f} s",
-                "-" if cell.memory_peak is None else format_bytes(cell.memory_peak),
-            ))
-        rows.append((
-            f"total ({self.cells} cells)",
-            f"{self.wall:.3f} s",
-            f"{self.cpu:.3f} s",
-            format_bytes(self.peak) if self.peak else "-",
-        ))
+            rows.append(
+                (
+                    f"[{count}]",
+                    f"{cell.wall:.3f} s",
+                    "-" if cell.cpu is None else f"{cell.cpu:.3f} s",
+                    "-" if cell.memory_peak is None else format_bytes(cell.memory_peak),
+                )
+            )
+        rows.append(
+            (
+                f"total ({self.cells} cells)",
+                f"{self.wall:.3f} s",
+                f"{self.cpu:.3f} s",
+                format_bytes(self.peak) if self.peak else "-",
+            )
+        )
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
         if now is not None:
             if now.memory is not None:
                 limit = f" of {format_bytes(now.memory_limit)}" if now.memory_limit else ""
-                lines.append(f"now: memory {format_bytes(now.memory)}{limit}"
-                             + (f", CPU {now.cpu_seconds:.3f} s since the sandbox started" if now.cpu_seconds is not None else ""))
+                lines.append(
+                    f"now: memory {format_bytes(now.memory)}{limit}"
+                    + (
+                        f", CPU {now.cpu_seconds:.3f} s since the sandbox started"
+                        if now.cpu_seconds is not None
+                        else ""
+                    )
+                )
             if now.reason:
                 lines.append(f"note: {now.reason}")
         reasons = {cell.reason for _, cell in self.recent if cell.reason}

@@ -47,10 +47,16 @@ HTML_FIELDS: dict[str, tuple[str, ...]] = {
 }
 """Model → fields the frontend renders as HTML."""
 
-FIXED_FIELDS = frozenset({
-    "_model_module", "_model_module_version", "_model_name",
-    "_view_module", "_view_module_version", "_view_name",
-})
+FIXED_FIELDS = frozenset(
+    {
+        "_model_module",
+        "_model_module_version",
+        "_model_name",
+        "_view_module",
+        "_view_module_version",
+        "_view_name",
+    }
+)
 """Fields set when a model opens; an update may not change them."""
 
 CSS_MODELS_SUFFIXES = ("StyleModel", "LayoutModel")
@@ -73,8 +79,11 @@ def check_open(state: Any, widget_models: frozenset[str]) -> Checked:
         return Checked({}, refused="its state is not an object")
     model = state.get("_model_name")
     if not output_policy.widget_model_allowed(state):
-        return Checked({}, refused=f"its module {str(state.get('_model_module'))[:80]!r} is not on the widget list "
-                       f"({', '.join(output_policy.WIDGET_MODULES)})")
+        return Checked(
+            {},
+            refused=f"its module {str(state.get('_model_module'))[:80]!r} is not on the widget list "
+            f"({', '.join(output_policy.WIDGET_MODULES)})",
+        )
     if not isinstance(model, str):
         return Checked({}, refused="it has no _model_name")
     if model in REFUSED_MODELS:
@@ -123,7 +132,9 @@ def _clean(model: str, state: dict[str, Any], widget_models: frozenset[str], ope
 
 def _css_danger(value: Any) -> bool:
     if isinstance(value, str):
-        return bool(output_policy._CSS_DANGER.search(value)) or bool(output_policy._ACTIVE_URL.search(output_policy._squeeze(value)))
+        return bool(output_policy._CSS_DANGER.search(value)) or bool(
+            output_policy._ACTIVE_URL.search(output_policy._squeeze(value))
+        )
     if isinstance(value, list):
         return any(_css_danger(item) for item in value)
     return False
@@ -140,20 +151,36 @@ def _outputs(value: Any, widget_models: frozenset[str], removed: list[str]) -> l
             continue
         kind = output.get("output_type")
         if kind == "stream" and isinstance(output.get("text"), str):
-            kept.append({"output_type": "stream", "name": "stderr" if output.get("name") == "stderr" else "stdout",
-                         "text": output["text"]})
+            kept.append(
+                {
+                    "output_type": "stream",
+                    "name": "stderr" if output.get("name") == "stderr" else "stdout",
+                    "text": output["text"],
+                }
+            )
         elif kind in ("display_data", "execute_result") and isinstance(output.get("data"), dict):
-            filtered = output_policy.filter_bundle(output["data"], output.get("metadata") if isinstance(output.get("metadata"), dict) else {},
-                                                   widget_models=widget_models)
+            filtered = output_policy.filter_bundle(
+                output["data"],
+                output.get("metadata") if isinstance(output.get("metadata"), dict) else {},
+                widget_models=widget_models,
+            )
             removed.extend(f"outputs: {mime}" for mime in filtered.dropped)
             clean: dict[str, Any] = {"output_type": kind, "data": filtered.data, "metadata": filtered.metadata}
             if kind == "execute_result":
-                clean["execution_count"] = output.get("execution_count") if isinstance(output.get("execution_count"), int) else None
+                clean["execution_count"] = (
+                    output.get("execution_count") if isinstance(output.get("execution_count"), int) else None
+                )
             kept.append(clean)
         elif kind == "error":
             traceback = output.get("traceback")
-            kept.append({"output_type": "error", "ename": str(output.get("ename", "")), "evalue": str(output.get("evalue", "")),
-                         "traceback": [str(line) for line in traceback] if isinstance(traceback, list) else []})
+            kept.append(
+                {
+                    "output_type": "error",
+                    "ename": str(output.get("ename", "")),
+                    "evalue": str(output.get("evalue", "")),
+                    "traceback": [str(line) for line in traceback] if isinstance(traceback, list) else [],
+                }
+            )
         else:
             removed.append(f"outputs: {str(kind)[:40]}")
     return kept

@@ -98,15 +98,31 @@ class Session:
 
     def msg_header(self, msg_type: str) -> dict[str, Any]:
         msg_id = f"{self.session}_{self._pid}_{next(self._count)}"
-        return {"msg_id": msg_id, "msg_type": msg_type, "username": self.username, "session": self.session,
-                "date": utcnow(), "version": PROTOCOL_VERSION}
+        return {
+            "msg_id": msg_id,
+            "msg_type": msg_type,
+            "username": self.username,
+            "session": self.session,
+            "date": utcnow(),
+            "version": PROTOCOL_VERSION,
+        }
 
-    def msg(self, msg_type: str, content: dict[str, Any] | None = None, parent: Any = None,
-            metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def msg(
+        self,
+        msg_type: str,
+        content: dict[str, Any] | None = None,
+        parent: Any = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         header = self.msg_header(msg_type)
-        return {"header": header, "msg_id": header["msg_id"], "msg_type": msg_type,
-                "parent_header": extract_header(parent), "content": {} if content is None else content,
-                "metadata": dict(metadata or {})}
+        return {
+            "header": header,
+            "msg_id": header["msg_id"],
+            "msg_type": msg_type,
+            "parent_header": extract_header(parent),
+            "content": {} if content is None else content,
+            "metadata": dict(metadata or {}),
+        }
 
     def sign(self, parts: list[bytes]) -> bytes:
         if self._auth is None:
@@ -121,9 +137,18 @@ class Session:
         idents = list(ident) if isinstance(ident, list) else ([] if ident is None else [ident])
         return [*idents, DELIM, self.sign(parts), *parts]
 
-    def send(self, socket: Any, msg_or_type: Any, content: dict[str, Any] | None = None, parent: Any = None,
-             ident: Any = None, buffers: Any = None, track: bool = False, header: Any = None,
-             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send(
+        self,
+        socket: Any,
+        msg_or_type: Any,
+        content: dict[str, Any] | None = None,
+        parent: Any = None,
+        ident: Any = None,
+        buffers: Any = None,
+        track: bool = False,
+        header: Any = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Send a message (``jupyter_client.Session.send``'s arguments); return it as a dict."""
         msg = msg_or_type if isinstance(msg_or_type, dict) else self.msg(msg_or_type, content, parent, metadata)
         frames: list[Any] = self.serialize(msg, ident)
@@ -144,7 +169,7 @@ class Session:
             at = frames.index(DELIM)
         except ValueError:
             raise ValueError("a message without the <IDS|MSG> delimiter") from None
-        return frames[:at], frames[at + 1:]
+        return frames[:at], frames[at + 1 :]
 
     def deserialize(self, frames: list[bytes]) -> dict[str, Any]:
         """The message of ``frames`` (signature first), checked; ValueError if it is not sound."""
@@ -165,10 +190,15 @@ class Session:
         content = json.loads(frames[4])
         if not isinstance(header, dict) or not isinstance(header.get("msg_type"), str) or not isinstance(content, dict):
             raise ValueError("a message whose header or content is not what the spec says")
-        return {"header": header, "msg_id": header.get("msg_id"), "msg_type": header["msg_type"],
-                "parent_header": parent if isinstance(parent, dict) else {},
-                "metadata": metadata if isinstance(metadata, dict) else {}, "content": content,
-                "buffers": [memoryview(b) for b in frames[5:]]}
+        return {
+            "header": header,
+            "msg_id": header.get("msg_id"),
+            "msg_type": header["msg_type"],
+            "parent_header": parent if isinstance(parent, dict) else {},
+            "metadata": metadata if isinstance(metadata, dict) else {},
+            "content": content,
+            "buffers": [memoryview(b) for b in frames[5:]],
+        }
 
     def _remember(self, signature: bytes) -> None:
         self._seen.add(signature)

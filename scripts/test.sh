@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh test,lab
 
-echo "== lint (ruff) and types (mypy), configured in pyproject.toml; shellcheck on the shell scripts"
+echo "== lint and format check (ruff) and types (mypy), configured in pyproject.toml; shellcheck on the shell scripts"
 python3 -m ruff check sandbox_kernel tests benchmarks
+python3 -m ruff format --check sandbox_kernel tests benchmarks
 python3 -m mypy
 # The scripts that set up, build and run the tests (-x: follow what they source). Not the Bash
 # agent (sandbox_kernel/agents/bash_agent.sh): it is tested by running it (tests/integration/

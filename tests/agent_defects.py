@@ -23,7 +23,9 @@ from typing import Any
 from kernels import REPO, errors, run_cell, text
 
 # Counts the sandbox's processes from inside (builtins only), waiting up to 15 s for leftovers to go.
-COUNT_PROCESSES = "for _ in $(seq 150); do p=(/proc/[0-9]*); ((${#p[@]} <= 12)) && break; sleep 0.1; done; echo processes ${#p[@]}"
+COUNT_PROCESSES = (
+    "for _ in $(seq 150); do p=(/proc/[0-9]*); ((${#p[@]} <= 12)) && break; sleep 0.1; done; echo processes ${#p[@]}"
+)
 
 
 def ok(kc: Any, code: str, timeout: float = 60) -> str:
@@ -122,4 +124,10 @@ def check_node_closing_stdout_loses_it_for_that_cell_only(kc: Any) -> None:
     """After ``fs.closeSync(1)`` nothing printed in later cells arrived."""
     reply, out = run_cell(kc, "const fs = require('fs'); fs.closeSync(1); console.log('lost'); 5")
     assert reply["status"] == "ok" and "lost" not in text(out), out
-    assert ok(kc, "console.log('back'); console.error('err back'); require('child_process').execSync('echo child', {stdio: 'inherit'}); fs.writeSync(1, 'w')") == "back\nchild\nw"
+    assert (
+        ok(
+            kc,
+            "console.log('back'); console.error('err back'); require('child_process').execSync('echo child', {stdio: 'inherit'}); fs.writeSync(1, 'w')",
+        )
+        == "back\nchild\nw"
+    )

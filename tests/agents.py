@@ -34,7 +34,8 @@ NOBODY = 65534
 # Cells that print the numbers 0 .. n-1, one per line, optionally pausing ~2 ms after each.
 COUNT: dict[str, Callable[[int, bool], str]] = {
     "python": lambda n, slow: (
-        "import time\nfor i in range(%d):\n    print(i, flush=True)\n    %s" % (n, "time.sleep(0.002)" if slow else "pass")
+        "import time\nfor i in range(%d):\n    print(i, flush=True)\n    %s"
+        % (n, "time.sleep(0.002)" if slow else "pass")
     ),
     "node": lambda n, slow: (
         "for (let i = 0; i < %d; i++) { console.log(i); %s}"
@@ -67,8 +68,13 @@ def spawn(
     preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     with open(workdir / "agent.log", "wb") as log:
         return subprocess.Popen(
-            list(command or COMMANDS[language]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            cwd=workdir, env=full_env, preexec_fn=preexec,
+            list(command or COMMANDS[language]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=workdir,
+            env=full_env,
+            preexec_fn=preexec,
         )
 
 
@@ -222,7 +228,9 @@ class Agent:
         self.raw = bytearray()
         self.raw_lock = threading.Condition()  # held while raw changes; notified on every chunk
         self.frames: queue.Queue[tuple[float, Any]] = queue.Queue()
-        self._held: collections.deque[tuple[float, Any]] = collections.deque()  # frames set aside by wait_message(keep=True)
+        self._held: collections.deque[tuple[float, Any]] = (
+            collections.deque()
+        )  # frames set aside by wait_message(keep=True)
         self.eof = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
@@ -237,7 +245,9 @@ class Agent:
             assert isinstance(first, Message) and first.type == "ready", first
             self.ready = first.body
         else:
-            frames = list(FrameDecoder().feed(self.wait_raw(lambda raw: list(FrameDecoder().feed(bytes(raw))), ready_timeout)))
+            frames = list(
+                FrameDecoder().feed(self.wait_raw(lambda raw: list(FrameDecoder().feed(bytes(raw))), ready_timeout))
+            )
             assert isinstance(frames[0], Message) and frames[0].type == "ready", frames[0]
             self.ready = frames[0].body
         self.private = private_dirs(self.proc.pid)  # removed by close() even if a test kills the agent
@@ -293,7 +303,9 @@ class Agent:
     def next_frame(self, timeout: float = 10) -> Any:
         return self.next_timed(timeout)[1]
 
-    def next_message(self, kind: str, timeout: float = 10, request_id: str | None = None, keep: bool = False) -> Message:
+    def next_message(
+        self, kind: str, timeout: float = 10, request_id: str | None = None, keep: bool = False
+    ) -> Message:
         """The next ``kind`` message (with ``request_id``, if given). Frames before it are
         dropped, or with ``keep`` set aside for the next reads (a cell running meanwhile)."""
         deadline = time.monotonic() + timeout
@@ -301,14 +313,20 @@ class Agent:
         try:
             while True:
                 stamp, frame = self.next_timed(deadline - time.monotonic())
-                if isinstance(frame, Message) and frame.type == kind and (request_id is None or frame.body.get("id") == request_id):
+                if (
+                    isinstance(frame, Message)
+                    and frame.type == kind
+                    and (request_id is None or frame.body.get("id") == request_id)
+                ):
                     return frame
                 if keep:
                     kept.append((stamp, frame))
         finally:
             self._held.extendleft(reversed(kept))
 
-    def wait_message(self, kind: str, timeout: float = 10, request_id: str | None = None, keep: bool = False) -> dict[str, Any]:
+    def wait_message(
+        self, kind: str, timeout: float = 10, request_id: str | None = None, keep: bool = False
+    ) -> dict[str, Any]:
         """The body of :meth:`next_message`."""
         return self.next_message(kind, timeout, request_id, keep).body
 

@@ -16,12 +16,18 @@ class PythonSamples:
     file_extension = ".py"
     code_hello_world = "print('hello, world')"
     code_stderr = "import sys; print('test', file=sys.stderr)"
-    completion_samples: list[dict[str, Any]] = [{"text": "zi", "matches": {"zip"}}, {"text": "str.isdig", "matches": {"str.isdigit"}}]
+    completion_samples: list[dict[str, Any]] = [
+        {"text": "zi", "matches": {"zip"}},
+        {"text": "str.isdig", "matches": {"str.isdigit"}},
+    ]
     complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n\n"]
     incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2", "for i in range(3):"]
     invalid_code_samples = ["import = 7q"]
     code_generate_error = "raise ValueError('boom')"
-    code_execute_result = [{"code": "1+2+3", "result": "6"}, {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"}]
+    code_execute_result = [
+        {"code": "1+2+3", "result": "6"},
+        {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"},
+    ]
     code_display_data = [
         {"code": "class H:\n    def _repr_html_(self): return '<b>x</b>'\ndisplay(H())", "mime": "text/html"},
         {"code": "display(42)", "mime": "text/plain"},

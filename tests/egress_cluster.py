@@ -31,7 +31,7 @@ PLATFORM = "sandbox-kernel-system"
 LAB_IMAGE = "localhost/sandbox-kernel-lab"
 PROXY_LABELS = {"app.kubernetes.io/name": "sandbox-egress-proxy"}
 
-SERVER = r'''
+SERVER = r"""
 import http.server, socketserver, ssl, threading
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -57,7 +57,7 @@ for port, tls in ((443, True), (80, False)):
         s.socket = ctx.wrap_socket(s.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=s.serve_forever, daemon=True).start()
 threading.Event().wait()
-'''
+"""
 
 
 def find_kubectl() -> str:
@@ -66,7 +66,9 @@ def find_kubectl() -> str:
 
 
 def kubectl(kubeconfig: str, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([find_kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [find_kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -74,8 +76,13 @@ def kubectl(kubeconfig: str, *args: str, check: bool = True, timeout: float = 30
 
 def build_lab_image(kubeconfig: str) -> str:
     """images/jupyterlab/build --import (cached by content): the image the proxy runs."""
-    result = subprocess.run([str(REPO / "images" / "jupyterlab" / "build"), "--import"],
-                            env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig}, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [str(REPO / "images" / "jupyterlab" / "build"), "--import"],
+        env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"images/jupyterlab/build failed:\n{result.stderr[-4000:]}")
     return result.stdout.strip().splitlines()[-1]
@@ -87,26 +94,67 @@ def start_test_hosts(core: Any, image: str, workdir: Path, extra_pod: str = "") 
     ca, cert, key = make_ca(workdir)
     ns = f"egress-targets-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns, "labels": {"sandbox-kernel-test": "egress"}}})
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "certs"}, "data": {
-        "server.pem": cert.read_text(), "server.key": key.read_text(), "server.py": SERVER, "ca.pem": ca.read_text()}})
+    core.create_namespaced_config_map(
+        ns,
+        {
+            "metadata": {"name": "certs"},
+            "data": {
+                "server.pem": cert.read_text(),
+                "server.key": key.read_text(),
+                "server.py": SERVER,
+                "ca.pem": ca.read_text(),
+            },
+        },
+    )
     security = {"runAsUser": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    container = {"image": image, "imagePullPolicy": "IfNotPresent",
-                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                 "volumeMounts": [{"name": "certs", "mountPath": "/certs"}]}
+    container = {
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "certs", "mountPath": "/certs"}],
+    }
     volumes = [{"name": "certs", "configMap": {"name": "certs"}}]
-    core.create_namespaced_pod(ns, {"metadata": {"name": "hosts"}, "spec": {
-        "securityContext": {**security, "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
-        "containers": [{**container, "name": "hosts", "command": ["python3", "/certs/server.py"],
-                        "readinessProbe": {"tcpSocket": {"port": 443}, "periodSeconds": 1}}],
-        "volumes": volumes}})
+    core.create_namespaced_pod(
+        ns,
+        {
+            "metadata": {"name": "hosts"},
+            "spec": {
+                "securityContext": {
+                    **security,
+                    "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+                },
+                "containers": [
+                    {
+                        **container,
+                        "name": "hosts",
+                        "command": ["python3", "/certs/server.py"],
+                        "readinessProbe": {"tcpSocket": {"port": 443}, "periodSeconds": 1},
+                    }
+                ],
+                "volumes": volumes,
+            },
+        },
+    )
     if extra_pod:
-        core.create_namespaced_pod(ns, {"metadata": {"name": extra_pod}, "spec": {
-            "securityContext": security, "volumes": volumes,
-            "containers": [{**container, "name": extra_pod, "command": ["python3", "-c", "import time; time.sleep(86400)"]}]}})
+        core.create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": extra_pod},
+                "spec": {
+                    "securityContext": security,
+                    "volumes": volumes,
+                    "containers": [
+                        {**container, "name": extra_pod, "command": ["python3", "-c", "import time; time.sleep(86400)"]}
+                    ],
+                },
+            },
+        )
     deadline = time.monotonic() + 180
     while True:
         pods = {p.metadata.name: p for p in core.list_namespaced_pod(ns).items}
-        ready = [p for p in pods.values() if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        ready = [
+            p for p in pods.values() if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
         if len(ready) == len(pods) == (2 if extra_pod else 1):
             return {"ip": pods["hosts"].status.pod_ip, "ca": ca.read_text(), "namespace": ns}
         if time.monotonic() > deadline:
@@ -118,30 +166,74 @@ def apply_test_proxy(kubeconfig: str, lab_image: str, hosts: dict[str, Any], wor
     """k8s/egress/ with the test-only options (see the module's docstring); waits for the rollout."""
     ip = hosts["ip"]
     hosts_file = f"{ip} allowed.test\n{ip} denied.test\n10.0.0.1 private.test\n169.254.169.254 metadata.test\n"
-    patch = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sandbox-egress-proxy", "namespace": PLATFORM},
-             "spec": {"replicas": 1, "template": {"spec": {
-                 "containers": [
-                     {"name": "sync", "command": ["/opt/lab/bin/python", "-m", "sandbox_kernel.egress.k8s_sync", "/policies",
-                                                  "--hosts-file", "/test-hosts/hosts", "--exempt-network", f"{ip}/32"]},
-                     {"name": "proxy", "volumeMounts": [{"name": "test-hosts", "mountPath": "/test-hosts", "readOnly": True}]}],
-                 "volumes": [{"name": "test-hosts", "configMap": {"name": "sandbox-egress-test-hosts"}}]}}}}
-    reach = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-             "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
-             "spec": {"podSelector": {"matchLabels": PROXY_LABELS}, "policyTypes": ["Egress"],
-                      "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": hosts["namespace"]}}}],
-                                  "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]}]}}
-    hosts_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
-                 "data": {"hosts": hosts_file}}
+    patch = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "sandbox-egress-proxy", "namespace": PLATFORM},
+        "spec": {
+            "replicas": 1,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "sync",
+                            "command": [
+                                "/opt/lab/bin/python",
+                                "-m",
+                                "sandbox_kernel.egress.k8s_sync",
+                                "/policies",
+                                "--hosts-file",
+                                "/test-hosts/hosts",
+                                "--exempt-network",
+                                f"{ip}/32",
+                            ],
+                        },
+                        {
+                            "name": "proxy",
+                            "volumeMounts": [{"name": "test-hosts", "mountPath": "/test-hosts", "readOnly": True}],
+                        },
+                    ],
+                    "volumes": [{"name": "test-hosts", "configMap": {"name": "sandbox-egress-test-hosts"}}],
+                }
+            },
+        },
+    }
+    reach = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
+        "spec": {
+            "podSelector": {"matchLabels": PROXY_LABELS},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": hosts["namespace"]}}}],
+                    "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}],
+                }
+            ],
+        },
+    }
+    hosts_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "sandbox-egress-test-hosts", "namespace": PLATFORM},
+        "data": {"hosts": hosts_file},
+    }
     overlay = workdir / "egress-overlay"
     overlay.mkdir(parents=True, exist_ok=True)
     (overlay / "test-only.yaml").write_text(yaml.safe_dump_all([reach, hosts_map]))
     (overlay / "patch.yaml").write_text(yaml.safe_dump(patch))
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO / "k8s" / "egress", overlay), "test-only.yaml"],
-        "patches": [{"path": "patch.yaml"}],
-        "images": [{"name": LAB_IMAGE, "newTag": lab_image.split(":", 1)[1]}],
-    }))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "k8s" / "egress", overlay), "test-only.yaml"],
+                "patches": [{"path": "patch.yaml"}],
+                "images": [{"name": LAB_IMAGE, "newTag": lab_image.split(":", 1)[1]}],
+            }
+        )
+    )
     kubectl(kubeconfig, "apply", "-k", str(overlay))
     kubectl(kubeconfig, "-n", PLATFORM, "rollout", "status", "deploy/sandbox-egress-proxy", "--timeout=300s")
     return overlay

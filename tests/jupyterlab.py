@@ -31,9 +31,18 @@ def playwright_core() -> Path:
     manifest = package / "package.json"
     if not manifest.exists() or json.loads(manifest.read_text())["version"] != PLAYWRIGHT_VERSION:
         subprocess.run(
-            ["npm", "install", "--prefix", str(PLAYWRIGHT_DIR), "--no-audit", "--no-fund", "--silent",
-             f"playwright-core@{PLAYWRIGHT_VERSION}"],
-            check=True, timeout=600,
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(PLAYWRIGHT_DIR),
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                f"playwright-core@{PLAYWRIGHT_VERSION}",
+            ],
+            check=True,
+            timeout=600,
         )
     return package
 
@@ -42,7 +51,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
 
 
 @contextmanager
@@ -67,10 +75,25 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[byte
     notification.write_text(json.dumps({"fetchNews": "false"}))
     log = (tmp_path / "lab.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", f"--port={port}",
-         "--allow-root", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip",
+            "127.0.0.1",
+            f"--port={port}",
+            "--allow-root",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(tmp_path),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,8 +120,9 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[byte
         log.close()
 
 
-def run_browser_script(script: Path, url: str, token: str, profile: Path, screenshot: Path,
-                       timeout: float = 300, **settings: str) -> dict:
+def run_browser_script(
+    script: Path, url: str, token: str, profile: Path, screenshot: Path, timeout: float = 300, **settings: str
+) -> dict:
     """Run one of the ``browser/*.js`` Playwright scripts against the JupyterLab at ``url`` in
     Debian's headless Chromium; return the JSON object it prints last (it must say ``ok``)."""
     chromium = shutil.which("chromium")

@@ -33,8 +33,13 @@ def write_kernelspecs(root: Path, backend: str = "local", extra_argv: list[str] 
 
 
 @contextmanager
-def running_kernel(name: str, env: dict[str, str] | None = None, argv: list[str] | None = None, startup_timeout: float = 60,
-                   cwd: Path | str | None = None) -> Iterator[tuple[KernelManager, Any]]:
+def running_kernel(
+    name: str,
+    env: dict[str, str] | None = None,
+    argv: list[str] | None = None,
+    startup_timeout: float = 60,
+    cwd: Path | str | None = None,
+) -> Iterator[tuple[KernelManager, Any]]:
     """A kernel of kernelspec ``name``; ``cwd``: its working directory (as Jupyter starts a
     kernel in the notebook's directory)."""
     km = KernelManager(kernel_name=name)

@@ -769,8 +769,8 @@ def _no_input(prompt=""):
         except Exception:
             pass
     raise StdinNotImplementedError(
-        "input() is not supported here: this frontend does not answer input requests (allow_stdin is false)")
-
+        "input() is not supported here: this frontend does not answer input requests (allow_stdin is false)"
+    )
 
 
 _agent_module = sys.modules.get("__main__")  # keep the agent's own module alive
@@ -819,8 +819,14 @@ def _send_comm(kind, comm_id, data, metadata, buffers, target_name=None):
         encoded.append(base64.b64encode(bytes(buf)).decode("ascii"))
     if len(encoded) > _MAX_COMM_BUFFERS:
         raise ValueError("a comm message may carry at most %d buffers" % _MAX_COMM_BUFFERS)
-    body = {"type": kind, "id": _last_cell_id, "comm_id": comm_id, "data": data or {}, "metadata": metadata or {},
-            "buffers": encoded}
+    body = {
+        "type": kind,
+        "id": _last_cell_id,
+        "comm_id": comm_id,
+        "data": data or {},
+        "metadata": metadata or {},
+        "buffers": encoded,
+    }
     if target_name is not None:
         body["target_name"] = target_name
     try:
@@ -829,7 +835,9 @@ def _send_comm(kind, comm_id, data, metadata, buffers, target_name=None):
         raise ValueError("comm data must be JSON: %s" % exc) from None
     payload = _SURROGATES.sub("\ufffd", payload).encode("utf-8")
     if len(payload) > MAX_PAYLOAD:
-        raise ValueError("a comm message of %d bytes is over the sandbox's %d-byte message limit" % (len(payload), MAX_PAYLOAD))
+        raise ValueError(
+            "a comm message of %d bytes is over the sandbox's %d-byte message limit" % (len(payload), MAX_PAYLOAD)
+        )
     on_main = threading.get_ident() == _MAIN_TID
     previous = _State.in_user
     if on_main:
@@ -846,8 +854,20 @@ def _send_comm(kind, comm_id, data, metadata, buffers, target_name=None):
 class Comm:
     """One comm, with the API of the ``comm`` package's ``BaseComm`` (comm 0.2), through the agent."""
 
-    def __init__(self, target_name="comm", data=None, metadata=None, buffers=None, comm_id=None,
-                 primary=True, target_module=None, topic=None, _open_data=None, _close_data=None, **kwargs):
+    def __init__(
+        self,
+        target_name="comm",
+        data=None,
+        metadata=None,
+        buffers=None,
+        comm_id=None,
+        primary=True,
+        target_module=None,
+        topic=None,
+        _open_data=None,
+        _close_data=None,
+        **kwargs,
+    ):
         import uuid
 
         self.comm_id = comm_id if isinstance(comm_id, str) and comm_id else uuid.uuid4().hex
@@ -1015,8 +1035,17 @@ class _PatchingLoader:
 
 
 def _plain_ipython_display(original):
-    def display_(*objs, include=None, exclude=None, metadata=None, transient=None, display_id=None, raw=False,
-                 clear=False, **kwargs):
+    def display_(
+        *objs,
+        include=None,
+        exclude=None,
+        metadata=None,
+        transient=None,
+        display_id=None,
+        raw=False,
+        clear=False,
+        **kwargs,
+    ):
         try:
             from IPython.core.interactiveshell import InteractiveShell
 
@@ -1024,8 +1053,17 @@ def _plain_ipython_display(original):
         except Exception:
             shell = True
         if shell or display_id is not None or transient or clear:
-            return original(*objs, include=include, exclude=exclude, metadata=metadata, transient=transient,
-                            display_id=display_id, raw=raw, clear=clear, **kwargs)
+            return original(
+                *objs,
+                include=include,
+                exclude=exclude,
+                metadata=metadata,
+                transient=transient,
+                display_id=display_id,
+                raw=raw,
+                clear=clear,
+                **kwargs,
+            )
         return display(*objs, include=include, exclude=exclude, metadata=metadata, raw=raw)
 
     display_.__doc__ = original.__doc__
@@ -1053,7 +1091,10 @@ def _deliver_comm(msg):
     buffers = [memoryview(base64.b64decode(b)) for b in msg.get("buffers") or () if isinstance(b, str)]
     message = {
         "header": {"msg_id": _Request.parent or "", "msg_type": kind},
-        "parent_header": {}, "metadata": msg.get("metadata") or {}, "content": content, "buffers": buffers,
+        "parent_header": {},
+        "metadata": msg.get("metadata") or {},
+        "content": content,
+        "buffers": buffers,
     }
     if not isinstance(content["comm_id"], str):
         return
@@ -1123,8 +1164,16 @@ def _ask_frontend(prompt, password):
     _State.in_user = False
     try:
         _flush_user_streams()
-        payload = _fit({"type": "input_request", "id": _last_cell_id, "prompt": _safe_str(prompt),
-                        "password": bool(password), "seq": seq, "key": _Request.key})
+        payload = _fit(
+            {
+                "type": "input_request",
+                "id": _last_cell_id,
+                "prompt": _safe_str(prompt),
+                "password": bool(password),
+                "seq": seq,
+                "key": _Request.key,
+            }
+        )
         _sync_output()
         _send_frame(b"msg", payload)
     finally:
@@ -1376,7 +1425,11 @@ def _setup(msg):
             _IPy.shell = _start_ipython()
         except Exception as exc:  # ImportError, or an IPython that fails to start
             _IPy.why = "the sandbox's Python (%s) cannot %s IPython: %s: %s" % (
-                sys.executable, "import" if isinstance(exc, ImportError) else "start", type(exc).__name__, _safe_str(exc))
+                sys.executable,
+                "import" if isinstance(exc, ImportError) else "start",
+                type(exc).__name__,
+                _safe_str(exc),
+            )
             _log(_IPy.why)
     _install_plot_backend()
 
@@ -1438,8 +1491,11 @@ def _start_ipython():
 
         def _showtraceback(self, etype, evalue, stb):
             _flush_user_streams()
-            content = {"ename": getattr(etype, "__name__", "Error"), "evalue": _safe_str(evalue),
-                       "traceback": [line if isinstance(line, str) else _safe_str(line) for line in stb]}
+            content = {
+                "ename": getattr(etype, "__name__", "Error"),
+                "evalue": _safe_str(evalue),
+                "traceback": [line if isinstance(line, str) else _safe_str(line) for line in stb],
+            }
             if _IPy.error is None:
                 _IPy.error = content
             else:  # a second error in one cell (a post_execute hook, say): shown as text
@@ -1451,12 +1507,15 @@ def _start_ipython():
 
         def enable_gui(self, gui=None):
             if gui not in (None, "inline"):
-                raise RuntimeError("a sandbox has no display for GUI event loops (%%gui %s); use %%matplotlib inline" % gui)
+                raise RuntimeError(
+                    "a sandbox has no display for GUI event loops (%%gui %s); use %%matplotlib inline" % gui
+                )
 
     config = Config()
     config.HistoryManager.hist_file = ":memory:"  # no history file in the sandbox's HOME
-    shell = Shell.instance(config=config, user_module=_user_module, user_ns=_user_ns,
-                           displayhook_class=Hook, display_pub_class=Publisher)
+    shell = Shell.instance(
+        config=config, user_module=_user_module, user_ns=_user_ns, displayhook_class=Hook, display_pub_class=Publisher
+    )
     from IPython.core import page
 
     shell.set_hook("show_in_pager", page.as_hook(_pager), priority=90)
@@ -1468,7 +1527,7 @@ def _pager(data, start=0, screen_lines=0, pager_cmd=None):
     """`obj?` help and other paged text: shown in the cell (ipykernel sends it as a pager
     payload; the text is the same)."""
     text = data.get("text/plain", "") if isinstance(data, dict) else data
-    lines = str(text).split("\n")[max(0, int(start or 0)):]
+    lines = str(text).split("\n")[max(0, int(start or 0)) :]
     sys.stdout.write("\n".join(lines).rstrip("\n") + "\n")
 
 
@@ -1480,8 +1539,11 @@ def _register_kernel_magics(shell):
         def magic(line=""):
             from IPython.core.error import UsageError
 
-            raise UsageError("%%%s is handled by the Sandbox kernel, not in the sandbox: put it on the first "
-                             "lines of a cell (before any code)" % name)
+            raise UsageError(
+                "%%%s is handled by the Sandbox kernel, not in the sandbox: put it on the first "
+                "lines of a cell (before any code)" % name
+            )
+
         return magic
 
     for name in ("timeout", "sandbox"):
@@ -1542,15 +1604,22 @@ def _ipython_syntax_error(code):
         instead = "use help(obj), or Shift-Tab in the notebook"
     elif token.lstrip("%") in ("pip", "conda", "mamba"):
         what = "%s is an IPython magic" % token
-        instead = ("packages come from the sandbox's environment: install them where the kernel's Python finds "
-                   "them (or, on Kubernetes, use an image that has them: KubernetesSandbox.images)")
+        instead = (
+            "packages come from the sandbox's environment: install them where the kernel's Python finds "
+            "them (or, on Kubernetes, use an image that has them: KubernetesSandbox.images)"
+        )
     else:
         what = "%s is an IPython magic" % token
-        instead = ("set Sandbox.ipython = 'auto' for magics" if _IPy.mode == "off"
-                   else "install IPython in the sandbox's environment for magics")
+        instead = (
+            "set Sandbox.ipython = 'auto' for magics"
+            if _IPy.mode == "off"
+            else "install IPython in the sandbox's environment for magics"
+        )
     line = code.count("\n", 0, match.start()) + 1
-    text = "line %d: %s, and %s. Available here: Python, display(), and the kernel's own %%timeout and " \
-           "%%sandbox (on the first lines of a cell); %s." % (line, what, why, instead)
+    text = (
+        "line %d: %s, and %s. Available here: Python, display(), and the kernel's own %%timeout and "
+        "%%sandbox (on the first lines of a cell); %s." % (line, what, why, instead)
+    )
     return {"ename": "UsageError", "evalue": text, "traceback": ["UsageError: " + text]}
 
 
@@ -1610,7 +1679,9 @@ class _BackendFinder:
             manager_class = FigureManagerBase
 
         module.__dict__.update(
-            FigureCanvas=FigureCanvas, FigureManager=FigureManagerBase, show=_show_figures,
+            FigureCanvas=FigureCanvas,
+            FigureManager=FigureManagerBase,
+            show=_show_figures,
             __doc__="Sandbox kernel's inline backend: figures are sent to the notebook as images.",
         )
 
@@ -2135,8 +2206,14 @@ def _handle(msg):
             _log("complete failed: %r" % exc)
             matches, start = [], cursor
         _send_msg(
-            {"type": "complete_reply", "id": msg.get("id"), "matches": matches, "cursor_start": start, "cursor_end": cursor,
-             "key": msg.get("key")}
+            {
+                "type": "complete_reply",
+                "id": msg.get("id"),
+                "matches": matches,
+                "cursor_start": start,
+                "cursor_end": cursor,
+                "key": msg.get("key"),
+            }
         )
     elif kind == "inspect":
         try:
@@ -2151,7 +2228,15 @@ def _handle(msg):
         except Exception as exc:
             _log("is_complete failed: %r" % exc)
             status, indent = "unknown", ""
-        _send_msg({"type": "is_complete_reply", "id": msg.get("id"), "status": status, "indent": indent, "key": msg.get("key")})
+        _send_msg(
+            {
+                "type": "is_complete_reply",
+                "id": msg.get("id"),
+                "status": status,
+                "indent": indent,
+                "key": msg.get("key"),
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -2206,7 +2291,16 @@ def _reader():
                 _resume(msg)
             elif kind == "shutdown":
                 _terminate(0)
-            elif kind in ("execute", "complete", "inspect", "is_complete", "setup", "comm_open", "comm_msg", "comm_close"):
+            elif kind in (
+                "execute",
+                "complete",
+                "inspect",
+                "is_complete",
+                "setup",
+                "comm_open",
+                "comm_msg",
+                "comm_close",
+            ):
                 if kind == "execute" or kind.startswith("comm_"):
                     with _cell_lock:
                         _queued_executes += 1
@@ -2262,6 +2356,7 @@ def _set_dumpable(flag):
 
 def _cgroup_usage(request_id):
     """The ``usage_reply`` (PROTOCOL.md): this sandbox's own cgroup, read-only, v2 or v1."""
+
     def number(path, scale=1):
         try:
             with open(path) as f:
@@ -2276,13 +2371,26 @@ def _cgroup_usage(request_id):
     root = "/sys/fs/cgroup"
     reply = {"type": "usage_reply", "id": request_id}
     if os.path.exists(root + "/cgroup.controllers"):
-        reply.update(cgroup=2, memory=number(root + "/memory.current"), memory_limit=number(root + "/memory.max"),
-                     memory_peak=number(root + "/memory.peak"), cpu_seconds=number(root + "/cpu.stat", 1e6))
+        reply.update(
+            cgroup=2,
+            memory=number(root + "/memory.current"),
+            memory_limit=number(root + "/memory.max"),
+            memory_peak=number(root + "/memory.peak"),
+            cpu_seconds=number(root + "/cpu.stat", 1e6),
+        )
     elif os.path.isdir(root + "/memory"):
         m = root + "/memory/memory."
-        cpu = next((d for d in ("cpuacct", "cpu,cpuacct", "cpu") if os.path.exists("%s/%s/cpuacct.usage" % (root, d))), "cpuacct")
-        reply.update(cgroup=1, memory=number(m + "usage_in_bytes"), memory_limit=number(m + "limit_in_bytes"),
-                     memory_peak=number(m + "max_usage_in_bytes"), cpu_seconds=number("%s/%s/cpuacct.usage" % (root, cpu), 1e9))
+        cpu = next(
+            (d for d in ("cpuacct", "cpu,cpuacct", "cpu") if os.path.exists("%s/%s/cpuacct.usage" % (root, d))),
+            "cpuacct",
+        )
+        reply.update(
+            cgroup=1,
+            memory=number(m + "usage_in_bytes"),
+            memory_limit=number(m + "limit_in_bytes"),
+            memory_peak=number(m + "max_usage_in_bytes"),
+            cpu_seconds=number("%s/%s/cpuacct.usage" % (root, cpu), 1e9),
+        )
     return reply
 
 
@@ -2321,7 +2429,7 @@ def _file_request(msg):
         if msg.get("type") == "file_write":
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             reply["size"] = os.fstat(fd).st_size
         else:
             length = msg.get("length")
@@ -2400,7 +2508,9 @@ def _supervise(worker, to_worker, from_worker):
         _log("dropped a message from the worker: %s" % why)
         if not state["noted"]:
             state["noted"] = True
-            output(b"err", b"[sandbox] ignored a message written into the agent's private channel (%s)\n" % why.encode())
+            output(
+                b"err", b"[sandbox] ignored a message written into the agent's private channel (%s)\n" % why.encode()
+            )
 
     state = {"cell": None, "last_id": None, "budget": {"limit": 0, "sent": 0, "dropped": 0}, "noted": False}
     pending = {}  # key -> (request type, id), for complete/inspect/is_complete
@@ -2450,12 +2560,28 @@ def _supervise(worker, to_worker, from_worker):
             return dropped("not an object")
         kind, cell = msg.get("type"), state["cell"]
         if kind in _COMM_KINDS:  # at any time, like display: a widget may change between cells
-            comm_id, data, md, buffers = msg.get("comm_id"), msg.get("data", {}), msg.get("metadata", {}), msg.get("buffers", [])
-            if not (isinstance(comm_id, str) and isinstance(data, dict) and isinstance(md, dict) and isinstance(buffers, list)
-                    and all(isinstance(b, str) for b in buffers)):
+            comm_id, data, md, buffers = (
+                msg.get("comm_id"),
+                msg.get("data", {}),
+                msg.get("metadata", {}),
+                msg.get("buffers", []),
+            )
+            if not (
+                isinstance(comm_id, str)
+                and isinstance(data, dict)
+                and isinstance(md, dict)
+                and isinstance(buffers, list)
+                and all(isinstance(b, str) for b in buffers)
+            ):
                 return dropped("malformed %s" % kind)
-            body = {"type": kind, "id": cell["id"] if cell else state["last_id"], "comm_id": comm_id, "data": data,
-                    "metadata": md, "buffers": buffers}
+            body = {
+                "type": kind,
+                "id": cell["id"] if cell else state["last_id"],
+                "comm_id": comm_id,
+                "data": data,
+                "metadata": md,
+                "buffers": buffers,
+            }
             if kind == "comm_open":
                 if not isinstance(msg.get("target_name"), str):
                     return dropped("malformed comm_open")
@@ -2467,7 +2593,15 @@ def _supervise(worker, to_worker, from_worker):
             prompt, seq = msg.get("prompt"), msg.get("seq")
             if cell is None or msg.get("key") != cell["key"] or not isinstance(prompt, str) or type(seq) is not int:
                 return dropped("input_request without this cell's key")
-            send({"type": "input_request", "id": cell["id"], "prompt": prompt, "password": msg.get("password") is True, "seq": seq})
+            send(
+                {
+                    "type": "input_request",
+                    "id": cell["id"],
+                    "prompt": prompt,
+                    "password": msg.get("password") is True,
+                    "seq": seq,
+                }
+            )
             return
         if kind in ("display", "update_display"):
             data, md, transient = msg.get("data"), msg.get("metadata", {}), msg.get("transient")
@@ -2504,7 +2638,15 @@ def _supervise(worker, to_worker, from_worker):
                     return dropped("malformed error")
                 cell["error"] = True
                 if not send({"type": "error", "id": cell["id"], "ename": ename, "evalue": evalue, "traceback": tb}):
-                    send({"type": "error", "id": cell["id"], "ename": ename[:200], "evalue": evalue[:10000], "traceback": []})
+                    send(
+                        {
+                            "type": "error",
+                            "id": cell["id"],
+                            "ename": ename[:200],
+                            "evalue": evalue[:10000],
+                            "traceback": [],
+                        }
+                    )
             else:
                 status, truncated = msg.get("status"), msg.get("truncated")
                 if status not in _CELL_STATUSES:
@@ -2512,8 +2654,14 @@ def _supervise(worker, to_worker, from_worker):
                 if type(truncated) is not int or truncated < 0:
                     truncated = 0
                 state["cell"] = None
-                send({"type": "done", "id": cell["id"], "status": status,
-                      "truncated": min(truncated + state["budget"]["dropped"], 1 << 53)})
+                send(
+                    {
+                        "type": "done",
+                        "id": cell["id"],
+                        "status": status,
+                        "truncated": min(truncated + state["budget"]["dropped"], 1 << 53),
+                    }
+                )
             return
         if kind in ("complete_reply", "inspect_reply", "is_complete_reply"):
             request = pending.get(msg.get("key"))
@@ -2631,8 +2779,15 @@ def _supervise(worker, to_worker, from_worker):
                     cell = state["cell"]
                     if cell is not None:
                         why = "user code wrote into the agent's private channel; the sandbox stops"
-                        send({"type": "error", "id": cell["id"], "ename": "SandboxError", "evalue": why,
-                              "traceback": ["SandboxError: " + why]})
+                        send(
+                            {
+                                "type": "error",
+                                "id": cell["id"],
+                                "ename": "SandboxError",
+                                "evalue": why,
+                                "traceback": ["SandboxError: " + why],
+                            }
+                        )
                         send({"type": "done", "id": cell["id"], "status": "error", "truncated": 0})
                     kill_all(3)
         if _PROTO_IN in readable:

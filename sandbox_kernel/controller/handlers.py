@@ -61,7 +61,9 @@ class Controller:
         """Give the claim a sandbox (its create and resume handler)."""
         status = dict(body.get("status") or {})
         if status.get("phase") in (claims.PHASE_READY, claims.PHASE_REFUSED, claims.PHASE_FAILED):
-            if status.get("phase") != claims.PHASE_READY or await self.run(self.api.read_namespace, status.get("namespace", "")):
+            if status.get("phase") != claims.PHASE_READY or await self.run(
+                self.api.read_namespace, status.get("namespace", "")
+            ):
                 return  # resumed after a restart: already served
         try:
             spec = claims.parse_spec(dict(body.get("spec") or {}))
@@ -81,10 +83,19 @@ class Controller:
             from_pool = sandbox is not None
             if sandbox is None:
                 why = self.pool.why_cold(plan.pool_key, spec.language)
-                await self._status(namespace, name, phase=claims.PHASE_PENDING, message=f"{why}; creating a new sandbox")
+                await self._status(
+                    namespace, name, phase=claims.PHASE_PENDING, message=f"{why}; creating a new sandbox"
+                )
                 sandbox = await self.run(sandboxes.make, self.api, plan, spec, self.creator, claim)
-                await self._status(namespace, name, phase=claims.PHASE_PENDING, namespace_=sandbox,
-                                   pod=sandboxes.POD_NAME, fromPool=False, message=f"{why}; starting the sandbox pod")
+                await self._status(
+                    namespace,
+                    name,
+                    phase=claims.PHASE_PENDING,
+                    namespace_=sandbox,
+                    pod=sandboxes.POD_NAME,
+                    fromPool=False,
+                    message=f"{why}; starting the sandbox pod",
+                )
 
                 def progress(text: str) -> None:  # in wait_running's thread, so in order before the status below
                     self._progress(namespace, name, f"{why}; {text}")
@@ -101,8 +112,16 @@ class Controller:
             await self._status(namespace, name, phase=claims.PHASE_FAILED, namespace_=sandbox, message=str(exc))
             log.warning("claim %s/%s failed: %s", namespace, name, exc)
             return
-        await self._status(namespace, name, phase=claims.PHASE_READY, namespace_=sandbox, pod=sandboxes.POD_NAME,
-                           fromPool=from_pool, message="", readyAt=micro_time())
+        await self._status(
+            namespace,
+            name,
+            phase=claims.PHASE_READY,
+            namespace_=sandbox,
+            pod=sandboxes.POD_NAME,
+            fromPool=from_pool,
+            message="",
+            readyAt=micro_time(),
+        )
         log.info("claim %s/%s: sandbox %s ready%s", namespace, name, sandbox, " (from the pool)" if from_pool else "")
 
     async def _status(self, namespace: str, name: str, namespace_: str | None = None, **fields: Any) -> None:
@@ -151,7 +170,9 @@ class Controller:
             if ttl is None:
                 continue
             meta = claim["metadata"]
-            log.info("claim %s/%s: heartbeat older than %d s; deleting it", meta.get("namespace"), meta.get("name"), ttl)
+            log.info(
+                "claim %s/%s: heartbeat older than %d s; deleting it", meta.get("namespace"), meta.get("name"), ttl
+            )
             self.api.delete_claim(str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid") or ""))
 
     async def sweep_forever(self) -> None:
@@ -177,7 +198,9 @@ class Controller:
                 if labels.get(claims.LABEL_STATE) != "bound" or (now - created).total_seconds() < ORPHAN_GRACE:
                     continue  # pooled (the pool keeps those), or too new to judge
                 if annotations.get(claims.ANNOTATION_CLAIM_UID) not in uids:
-                    log.info("sandbox %s: its claim %s is gone; deleting it", name, annotations.get(claims.ANNOTATION_CLAIM))
+                    log.info(
+                        "sandbox %s: its claim %s is gone; deleting it", name, annotations.get(claims.ANNOTATION_CLAIM)
+                    )
                     self.api.delete_namespace(name)
                 continue
             # A direct-mode sandbox (a kernel made it): the gc CronJob's rule, heartbeat Lease expiry.
@@ -185,7 +208,9 @@ class Controller:
                 lease = self.api.read_lease(name, manifests.LEASE_NAME)
             except SandboxError:
                 continue
-            delete, why = commands.verdict(ns, lease, now - timedelta(seconds=self.bounds.reclaim_grace), self.base.heartbeat_ttl)
+            delete, why = commands.verdict(
+                ns, lease, now - timedelta(seconds=self.bounds.reclaim_grace), self.base.heartbeat_ttl
+            )
             if delete:
                 log.info("direct-mode sandbox %s: %s; deleting it", name, why)
                 self.api.delete_namespace(name)
@@ -208,8 +233,11 @@ class Controller:
             settings.watching.client_timeout = 300
             settings.networking.request_timeout = 30
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self.pool.run()), loop.create_task(self.sweep_forever()),
-                           loop.create_task(self.heartbeats_forever())]
+            self._tasks = [
+                loop.create_task(self.pool.run()),
+                loop.create_task(self.sweep_forever()),
+                loop.create_task(self.heartbeats_forever()),
+            ]
 
         @kopf.on.cleanup(registry=registry)
         async def cleanup(**_: Any) -> None:

@@ -51,8 +51,12 @@ def lead(base: Any, bounds: Any) -> int:
     leading, lost = threading.Event(), threading.Event()
     lock = LeaseLock(bounds.lease_name, bounds.lease_namespace, bounds.identity)
     election = electionconfig.Config(
-        lock, bounds.lease_duration, bounds.renew_deadline, bounds.retry_period,
-        onstarted_leading=leading.set, onstopped_leading=lost.set,
+        lock,
+        bounds.lease_duration,
+        bounds.renew_deadline,
+        bounds.retry_period,
+        onstarted_leading=leading.set,
+        onstopped_leading=lost.set,
     )
     threading.Thread(target=leaderelection.LeaderElection(election).run, name="leader-election", daemon=True).start()
     log.info("controller %s: waiting to lead (Lease %s/%s)", bounds.identity, bounds.lease_namespace, bounds.lease_name)
@@ -74,6 +78,7 @@ def serve(base: Any, bounds: Any, stop: threading.Event) -> int:
     except SandboxError as exc:
         log.error("cannot start: %s", exc)
         return 1
+
     async def operate() -> None:
         # kopf's stop flag as an asyncio.Event set from a daemon thread: given the threading.Event
         # itself, kopf would wait on it in the default executor, and asyncio.run would then hang

@@ -52,8 +52,13 @@ def targets(base: KubernetesSandbox, bounds: SandboxController, creator: str) ->
         if count <= 0:
             continue
         spec = claims.ClaimSpec(
-            language=language, user=creator, cpu=limits.cpu_limit, memory=limits.memory_limit,
-            cpu_request=limits.cpu_request, memory_request=limits.memory_request, scratch=limits.scratch_size,
+            language=language,
+            user=creator,
+            cpu=limits.cpu_limit,
+            memory=limits.memory_limit,
+            cpu_request=limits.cpu_request,
+            memory_request=limits.memory_request,
+            scratch=limits.scratch_size,
             seccomp_profile=base.seccomp_profile,
         )
         found.append(Target(language, count, spec, sandboxes.plan(spec, base, bounds)))
@@ -70,8 +75,9 @@ def _selector(key: str, state: str = "") -> str:
 class Pool:
     """Keeps the pools of :func:`targets` full; :meth:`take` hands one sandbox to one claim."""
 
-    def __init__(self, api: KubernetesApi, base: KubernetesSandbox, bounds: SandboxController, creator: str,
-                 executor: Executor) -> None:
+    def __init__(
+        self, api: KubernetesApi, base: KubernetesSandbox, bounds: SandboxController, creator: str, executor: Executor
+    ) -> None:
         self.api = api
         self.base = base
         self.bounds = bounds
@@ -156,8 +162,12 @@ class Pool:
                 if self._stale(namespace) or await loop.run_in_executor(self.executor, self._dead, namespace):
                     # Only at the version listed: one a claim has just taken is not pulled from under it.
                     try:
-                        await loop.run_in_executor(self.executor, self.api.delete_namespace, meta["name"],
-                                                   str(meta.get("resourceVersion") or ""))
+                        await loop.run_in_executor(
+                            self.executor,
+                            self.api.delete_namespace,
+                            meta["name"],
+                            str(meta.get("resourceVersion") or ""),
+                        )
                         log.info("recycled pooled sandbox %s", meta["name"])
                     except Conflict:
                         pass
@@ -178,7 +188,11 @@ class Pool:
         if created is not None and time.time() - created.timestamp() > self.bounds.pool_lifetime:
             return True
         state = (meta.get("labels") or {}).get(claims.LABEL_STATE)
-        if state == "warming" and created is not None and time.time() - created.timestamp() > self.base.start_timeout + 30:
+        if (
+            state == "warming"
+            and created is not None
+            and time.time() - created.timestamp() > self.base.start_timeout + 30
+        ):
             return True  # never came up (or its maker died): replace it
         return False
 
@@ -195,10 +209,10 @@ class Pool:
         name = ""
         try:
             name = await loop.run_in_executor(
-                self.executor, sandboxes.make, self.api, target.plan, target.spec, self.creator, None)
+                self.executor, sandboxes.make, self.api, target.plan, target.spec, self.creator, None
+            )
             self._mine.add(name)
-            problem = await loop.run_in_executor(
-                self.executor, sandboxes.wait_running, self.api, name, target.plan)
+            problem = await loop.run_in_executor(self.executor, sandboxes.wait_running, self.api, name, target.plan)
             if problem:
                 log.warning("pooled sandbox %s did not start: %s; deleting it", name, problem)
                 await loop.run_in_executor(self.executor, self.api.delete_namespace, name)
@@ -209,8 +223,11 @@ class Pool:
             if current is None or (current["metadata"].get("labels") or {}).get(claims.LABEL_STATE) != "warming":
                 return
             await loop.run_in_executor(
-                self.executor, lambda: self.api.patch_namespace(
-                    name, {claims.LABEL_STATE: "ready"}, {}, str(current["metadata"].get("resourceVersion") or "")))
+                self.executor,
+                lambda: self.api.patch_namespace(
+                    name, {claims.LABEL_STATE: "ready"}, {}, str(current["metadata"].get("resourceVersion") or "")
+                ),
+            )
             self.made += 1
             log.info("pooled sandbox %s ready (%s, pool %s)", name, target.language, key)
         except SandboxError as exc:

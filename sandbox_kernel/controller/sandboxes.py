@@ -21,6 +21,7 @@ from typing import Any, Callable
 from ..config import Limits, Sandbox
 from ..errors import ConfigError, SandboxError
 from ..kubernetes import claims, manifests, pod_start
+from ..kubernetes.answers import is_already_exists
 from ..kubernetes.api import Conflict, KubernetesApi, micro_time
 from ..kubernetes.provision import _deleted_on_failure, expected_objects
 from ..kubernetes.settings import KubernetesSandbox
@@ -56,32 +57,44 @@ class Plan:
 def plan(spec: claims.ClaimSpec, base: KubernetesSandbox, bounds: SandboxController) -> Plan:
     """Check ``spec`` against the operator's bounds and settings; raise :class:`claims.ClaimInvalid` saying why."""
     if parse_cpu(spec.cpu) > parse_cpu(bounds.max_cpu):
-        raise claims.ClaimInvalid(f"cpu {spec.cpu} is above the operator's bound of {bounds.max_cpu} (SandboxController.max_cpu)")
+        raise claims.ClaimInvalid(
+            f"cpu {spec.cpu} is above the operator's bound of {bounds.max_cpu} (SandboxController.max_cpu)"
+        )
     if parse_bytes(spec.memory) > parse_bytes(bounds.max_memory):
-        raise claims.ClaimInvalid(f"memory {spec.memory} is above the operator's bound of {bounds.max_memory} (SandboxController.max_memory)")
+        raise claims.ClaimInvalid(
+            f"memory {spec.memory} is above the operator's bound of {bounds.max_memory} (SandboxController.max_memory)"
+        )
     if parse_bytes(spec.scratch) > parse_bytes(bounds.max_scratch):
-        raise claims.ClaimInvalid(f"scratch {spec.scratch} is above the operator's bound of {bounds.max_scratch} (SandboxController.max_scratch)")
+        raise claims.ClaimInvalid(
+            f"scratch {spec.scratch} is above the operator's bound of {bounds.max_scratch} (SandboxController.max_scratch)"
+        )
     language = LANGUAGES[spec.language]
     default_image = base.image(language)
     image = spec.image or default_image
     allowed = {default_image, *bounds.extra_images}
     if image not in allowed:
-        raise claims.ClaimInvalid(f"image {image} is not one the operator allows for {spec.language} ({', '.join(sorted(allowed))})")
+        raise claims.ClaimInvalid(
+            f"image {image} is not one the operator allows for {spec.language} ({', '.join(sorted(allowed))})"
+        )
     settings = KubernetesSandbox(config=base.config)
     settings.mode = "direct"  # the controller makes the sandbox itself (its runtime_class_name applies)
     settings.images = {**base.images, spec.language: image}
     settings.seccomp_profile = spec.seccomp_profile
     try:
-        limits = Sandbox(memory_limit=spec.memory, cpu_limit=spec.cpu, memory_request=spec.memory_request,
-                         cpu_request=spec.cpu_request, scratch_size=spec.scratch).limits()
+        limits = Sandbox(
+            memory_limit=spec.memory,
+            cpu_limit=spec.cpu,
+            memory_request=spec.memory_request,
+            cpu_request=spec.cpu_request,
+            scratch_size=spec.scratch,
+        ).limits()
         settings.validate(limits)
     except ConfigError as exc:
         raise claims.ClaimInvalid(str(exc).replace("Invalid setting Sandbox.", "spec.resources: ")) from None
     return Plan(settings, limits, image, spec.pool_key(image))
 
 
-def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str,
-         claim: ClaimRef | None) -> str:
+def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str, claim: ClaimRef | None) -> str:
     """Create a sandbox namespace, its objects and its pod (for ``claim``, or for the pool); return its name."""
     settings, language = plan_.settings, LANGUAGES[spec.language]
     now = datetime.now(timezone.utc)
@@ -106,7 +119,7 @@ def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str,
             api.create(namespace)
             break
         except SandboxError as exc:
-            if "already exists" in str(exc) and attempt < 2:
+            if is_already_exists(exc) and attempt < 2:
                 continue
             raise
     with _deleted_on_failure(api, ident.namespace):
@@ -117,8 +130,12 @@ def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str,
             for future in [pool.submit(api.create, obj, rbac_settle=5.0) for obj in parallel]:
                 future.result()
         api.create(objects.pod, rbac_settle=5.0, account_settle=settings.start_timeout)
-    log.info("made sandbox %s (%s, %s)", ident.namespace, spec.language,
-             f"claim {claim.namespace}/{claim.name}" if claim else f"pool {plan_.pool_key}")
+    log.info(
+        "made sandbox %s (%s, %s)",
+        ident.namespace,
+        spec.language,
+        f"claim {claim.namespace}/{claim.name}" if claim else f"pool {plan_.pool_key}",
+    )
     return ident.namespace
 
 
@@ -150,9 +167,12 @@ def bind(api: KubernetesApi, namespace: dict[str, Any], claim: ClaimRef) -> bool
     try:
         api.patch_namespace(
             meta["name"],
-            labels={claims.LABEL_STATE: "bound", claims.LABEL_POOL: None,
-                    manifests.LABEL_KERNEL_ID: manifests.label_value(claim.spec.kernel_id or "none"),
-                    manifests.LABEL_OWNER: claim.spec.owner or "unknown"},
+            labels={
+                claims.LABEL_STATE: "bound",
+                claims.LABEL_POOL: None,
+                manifests.LABEL_KERNEL_ID: manifests.label_value(claim.spec.kernel_id or "none"),
+                manifests.LABEL_OWNER: claim.spec.owner or "unknown",
+            },
             annotations={**claim_annotations(claim), "sandbox-kernel/pooled": "true"},
             resource_version=str(meta.get("resourceVersion") or ""),
         )
@@ -166,7 +186,7 @@ def grant(api: KubernetesApi, namespace: str, user: str) -> None:
     try:
         api.create(claims.claimant_binding(namespace, user), rbac_settle=5.0)
     except SandboxError as exc:
-        if "already exists" not in str(exc):
+        if not is_already_exists(exc):
             raise
 
 
@@ -176,9 +196,11 @@ def is_controllers(namespace: dict[str, Any] | None, prefix: str) -> bool:
         return False
     meta = namespace.get("metadata", {})
     labels = meta.get("labels") or {}
-    return (str(meta.get("name", "")).startswith(prefix)
-            and labels.get(manifests.LABEL_MANAGED_BY) == manifests.MANAGED_BY
-            and labels.get(claims.LABEL_MADE_BY) == claims.MADE_BY_CONTROLLER)
+    return (
+        str(meta.get("name", "")).startswith(prefix)
+        and labels.get(manifests.LABEL_MANAGED_BY) == manifests.MANAGED_BY
+        and labels.get(claims.LABEL_MADE_BY) == claims.MADE_BY_CONTROLLER
+    )
 
 
 def delete_for_claim(api: KubernetesApi, namespace: str, claim_uid: str, prefix: str) -> bool:
@@ -186,7 +208,10 @@ def delete_for_claim(api: KubernetesApi, namespace: str, claim_uid: str, prefix:
     ns = api.read_namespace(namespace)
     if ns is None:
         return False
-    if not is_controllers(ns, prefix) or (ns["metadata"].get("annotations") or {}).get(claims.ANNOTATION_CLAIM_UID) != claim_uid:
+    if (
+        not is_controllers(ns, prefix)
+        or (ns["metadata"].get("annotations") or {}).get(claims.ANNOTATION_CLAIM_UID) != claim_uid
+    ):
         log.warning("not deleting namespace %s: it is not the sandbox of claim %s", namespace, claim_uid)
         return False
     return api.delete_namespace(namespace)

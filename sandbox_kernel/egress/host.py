@@ -48,7 +48,9 @@ class EgressProxy(Configurable):
         "empty list (refusing everything until a host is allowed).",
     ).tag(config=True)
 
-    port = Int(3128, help="Port of the proxy relay on the sandbox's own loopback (HTTP_PROXY=http://127.0.0.1:PORT).").tag(config=True)
+    port = Int(
+        3128, help="Port of the proxy relay on the sandbox's own loopback (HTTP_PROXY=http://127.0.0.1:PORT)."
+    ).tag(config=True)
 
     hosts_file = Unicode(
         "",
@@ -90,10 +92,15 @@ def proxy_env(port: int) -> list[tuple[str, str]]:
     url = f"http://127.0.0.1:{port}"
     no_proxy = "localhost,127.0.0.1,::1"
     return [
-        ("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
-        ("NO_PROXY", no_proxy), ("no_proxy", no_proxy),
+        ("HTTP_PROXY", url),
+        ("HTTPS_PROXY", url),
+        ("http_proxy", url),
+        ("https_proxy", url),
+        ("NO_PROXY", no_proxy),
+        ("no_proxy", no_proxy),
         ("PIP_PROXY", url),
-        ("npm_config_proxy", url), ("npm_config_https_proxy", url),
+        ("npm_config_proxy", url),
+        ("npm_config_https_proxy", url),
         ("NODE_USE_ENV_PROXY", "1"),  # Node.js 22.21+/24: fetch and https honour HTTP(S)_PROXY
     ]
 
@@ -203,8 +210,12 @@ class EgressController:
         env["SANDBOX_EGRESS_PARENT"] = str(os.getpid())
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "sandbox_kernel.egress.runner", str(sock)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, cwd="/",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            cwd="/",
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not _accepts(sock):
@@ -213,7 +224,9 @@ class EgressController:
                 if self._proc.poll() is not None and self._proc.stderr:
                     err = self._proc.stderr.read()[-800:]
                 self.stop()
-                raise SandboxStartError(f"The egress proxy did not start: {err.decode(errors='replace').strip() or 'timeout'}")
+                raise SandboxStartError(
+                    f"The egress proxy did not start: {err.decode(errors='replace').strip() or 'timeout'}"
+                )
             time.sleep(0.02)
         if sandbox_uid is not None and os.geteuid() == 0:
             os.chown(self.dir, sandbox_uid, sandbox_uid)
@@ -320,8 +333,11 @@ class EgressController:
         ]
         if r.deny:
             lines.append("denied: " + ", ".join(map(str, r.deny)))
-        lines.append("operator's list (Sandbox.allow_hosts): " + (", ".join(map(str, r.operator)) or "(empty)")
-                     + ("; widening allowed" if r.widening else "; %sandbox allow can only narrow it"))
+        lines.append(
+            "operator's list (Sandbox.allow_hosts): "
+            + (", ".join(map(str, r.operator)) or "(empty)")
+            + ("; widening allowed" if r.widening else "; %sandbox allow can only narrow it")
+        )
         refused = [e for e in self.log_lines() if e.get("decision") == "refused"][-10:]
         if refused:
             lines.append("last refused:")

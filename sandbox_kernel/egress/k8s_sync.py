@@ -59,8 +59,9 @@ def _entries(text: str) -> list[policy.Entry]:
     return entries
 
 
-def policy_for_namespace(name: str, annotations: dict[str, str] | None, test_only: dict[str, Any] | None = None
-                         ) -> tuple[str, dict[str, Any]] | None:
+def policy_for_namespace(
+    name: str, annotations: dict[str, str] | None, test_only: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]] | None:
     """(file name, policy) for one sandbox namespace, or None when it has no (valid) egress.
     ``test_only``: ``hosts_file``/``exempt_networks`` from the sync's command line (tests)."""
     annotations = annotations or {}
@@ -85,7 +86,9 @@ def policy_for_namespace(name: str, annotations: dict[str, str] | None, test_onl
     return digest + ".json", data
 
 
-def sync(directory: Path, namespaces: Iterable[tuple[str, dict[str, str] | None]], test_only: dict[str, Any] | None = None) -> None:
+def sync(
+    directory: Path, namespaces: Iterable[tuple[str, dict[str, str] | None]], test_only: dict[str, Any] | None = None
+) -> None:
     """Make ``directory`` hold exactly the policies of ``namespaces`` (atomic per file)."""
     wanted: dict[str, dict[str, Any]] = {}
     twice: set[str] = set()
@@ -144,9 +147,12 @@ def main() -> None:  # pragma: no cover - needs a cluster
                 for ns in listed.items
             }
             sync(directory, current.items(), test_only)
-            stream = watch.Watch().stream(api.list_namespace, label_selector=SELECTOR,
-                                          resource_version=listed.metadata.resource_version,  # type: ignore[union-attr]
-                                          timeout_seconds=300)
+            stream = watch.Watch().stream(
+                api.list_namespace,
+                label_selector=SELECTOR,
+                resource_version=listed.metadata.resource_version,  # type: ignore[union-attr]
+                timeout_seconds=300,
+            )
             for event in stream:
                 ns = event["object"]
                 if event["type"] == "DELETED":

@@ -250,7 +250,13 @@ class EgressPolicyPlugin(HttpProxyBasePlugin):
             why = why or self._host_header_mismatch(request, self._host, self._port)
             if why:
                 assert self._pol is not None
-                self._pol.log(decision="refused", method=(request.method or b"").decode("latin-1"), host=host, port=self._port, reason=why)
+                self._pol.log(
+                    decision="refused",
+                    method=(request.method or b"").decode("latin-1"),
+                    host=host,
+                    port=self._port,
+                    reason=why,
+                )
                 raise refusal(host, why)
         return request
 
@@ -285,7 +291,9 @@ class SniCheckingProxy(HttpProxyPlugin):
             elif policy.normalize_host(sni) != host:
                 why = f"TLS server name {sni or '(none)'!r} is not the CONNECT host {host}"
         if why:
-            policy_for(self.request).log(decision="refused", method="CONNECT", host=host, port=int(self.request.port or 0), reason=why)
+            policy_for(self.request).log(
+                decision="refused", method="CONNECT", host=host, port=int(self.request.port or 0), reason=why
+            )
             raise HttpRequestRejected()  # drop the tunnel: not one byte went upstream
         self._sni_checked = True
         data, self._sni_buffer = self._sni_buffer, b""

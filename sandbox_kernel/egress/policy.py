@@ -223,12 +223,12 @@ def client_hello_sni(data: bytes) -> str | None:
     while True:
         if len(data) < pos + 5:
             return None
-        ctype, major, length = data[pos], data[pos + 1], int.from_bytes(data[pos + 3:pos + 5], "big")
+        ctype, major, length = data[pos], data[pos + 1], int.from_bytes(data[pos + 3 : pos + 5], "big")
         if ctype != 22 or major != 3 or length == 0 or length > 16384 + 2048:
             raise NotTLS("not a TLS handshake record")
         if len(data) < pos + 5 + length:
             return None
-        body += data[pos + 5:pos + 5 + length]
+        body += data[pos + 5 : pos + 5 + length]
         pos += 5 + length
         if len(body) >= 4:
             if body[0] != 1:
@@ -237,29 +237,30 @@ def client_hello_sni(data: bytes) -> str | None:
             if need > 1 << 16:
                 raise NotTLS("ClientHello too large")
             if len(body) >= 4 + need:
-                return _sni_from_hello(body[4:4 + need])
+                return _sni_from_hello(body[4 : 4 + need])
+
 
 def _sni_from_hello(h: bytes) -> str:
     try:
         p = 2 + 32  # version, random
         p += 1 + h[p]  # session id
-        p += 2 + int.from_bytes(h[p:p + 2], "big")  # cipher suites
+        p += 2 + int.from_bytes(h[p : p + 2], "big")  # cipher suites
         p += 1 + h[p]  # compression methods
         if p >= len(h):
             return ""
-        end = p + 2 + int.from_bytes(h[p:p + 2], "big")
+        end = p + 2 + int.from_bytes(h[p : p + 2], "big")
         p += 2
         while p + 4 <= end:
-            etype = int.from_bytes(h[p:p + 2], "big")
-            elen = int.from_bytes(h[p + 2:p + 4], "big")
-            ext = h[p + 4:p + 4 + elen]
+            etype = int.from_bytes(h[p : p + 2], "big")
+            elen = int.from_bytes(h[p + 2 : p + 4], "big")
+            ext = h[p + 4 : p + 4 + elen]
             p += 4 + elen
             if etype == 0:  # server_name
                 q = 2
                 while q + 3 <= len(ext):
-                    ntype, nlen = ext[q], int.from_bytes(ext[q + 1:q + 3], "big")
+                    ntype, nlen = ext[q], int.from_bytes(ext[q + 1 : q + 3], "big")
                     if ntype == 0:
-                        return ext[q + 3:q + 3 + nlen].decode("ascii", "replace")
+                        return ext[q + 3 : q + 3 + nlen].decode("ascii", "replace")
                     q += 3 + nlen
                 return ""
         return ""

@@ -36,7 +36,9 @@ async def _handle(path, client_reader, client_writer):
         up_reader, up_writer = await asyncio.open_unix_connection(path)
     except OSError:
         msg = b"egress proxy unavailable"
-        client_writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(msg), msg))
+        client_writer.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(msg), msg)
+        )
         client_writer.close()
         return
     await asyncio.gather(_pipe(client_reader, up_writer), _pipe(up_reader, client_writer))
@@ -52,7 +54,7 @@ async def _serve(listener, path):
 
 def main():
     path, port = sys.argv[1], int(sys.argv[2])
-    agent = sys.argv[sys.argv.index("--") + 1:]
+    agent = sys.argv[sys.argv.index("--") + 1 :]
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))

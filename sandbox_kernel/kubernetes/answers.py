@@ -29,7 +29,9 @@ from ..errors import AdmissionError, ApiStatus, ClusterUnreachable, SandboxError
 
 T = TypeVar("T")
 
-_TRANSIENT_FORBIDDEN = re.compile(r"cannot \w+ resource|error looking up service account|serviceaccount \"default\" not found")
+_TRANSIENT_FORBIDDEN = re.compile(
+    r"cannot \w+ resource|error looking up service account|serviceaccount \"default\" not found"
+)
 """403s that clear up by themselves in a namespace created a moment ago: the kernel's RoleBinding
 not yet in the authorizer's cache, or the namespace's default ServiceAccount (which the
 ServiceAccount admission plugin looks up for every pod) not yet created by its controller."""

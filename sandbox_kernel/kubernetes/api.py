@@ -38,8 +38,16 @@ from ..errors import (
 from . import answers
 from .answers import is_already_exists, is_not_found, micro_time
 
-__all__ = ["AttachStream", "Conflict", "KubernetesApi", "api_status", "is_already_exists", "is_not_found", "micro_time",
-           "parse_time"]
+__all__ = [
+    "AttachStream",
+    "Conflict",
+    "KubernetesApi",
+    "api_status",
+    "is_already_exists",
+    "is_not_found",
+    "micro_time",
+    "parse_time",
+]
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -149,7 +157,9 @@ class KubernetesApi:
 
     # -- transport -----------------------------------------------------------------------------
 
-    def _serialize(self, method: str, path: str, query: list[tuple[str, str]] | None, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def _serialize(
+        self, method: str, path: str, query: list[tuple[str, str]] | None, headers: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
         _method, url, headers, _body, _post = self.api_client.param_serialize(
             method, path, query_params=query or [], header_params=headers, auth_settings=["BearerToken"]
         )
@@ -166,7 +176,9 @@ class KubernetesApi:
     ) -> dict[str, Any]:
         """One API request; the decoded JSON answer, or a SandboxError."""
         with self._calling(action):
-            url, headers = self._serialize(method, path, query, {"Accept": "application/json", "Content-Type": content_type})
+            url, headers = self._serialize(
+                method, path, query, {"Accept": "application/json", "Content-Type": content_type}
+            )
             response = self.api_client.call_api(method, url, headers, body, _request_timeout=REQUEST_TIMEOUT)
             data = response.read()
             if not 200 <= response.status <= 299:
@@ -220,7 +232,9 @@ class KubernetesApi:
         return self._read(f"read namespace {name}", f"/api/v1/namespaces/{quote(name, safe='')}")
 
     def list_namespaces(self, selector: str) -> list[dict[str, Any]]:
-        body = self._request(f"list namespaces ({selector})", "GET", "/api/v1/namespaces", [("labelSelector", selector)])
+        body = self._request(
+            f"list namespaces ({selector})", "GET", "/api/v1/namespaces", [("labelSelector", selector)]
+        )
         return list(body.get("items") or [])
 
     def delete_namespace(self, name: str, resource_version: str = "") -> bool:
@@ -274,12 +288,15 @@ class KubernetesApi:
     # -- what %sandbox shows -------------------------------------------------------------------
 
     def list_events(self, namespace: str) -> list[dict[str, Any]]:
-        body = self._request(f"list events in namespace {namespace}", "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/events")
+        body = self._request(
+            f"list events in namespace {namespace}", "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
+        )
         return list(body.get("items") or [])
 
     def read_resource_quota(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read(
-            f"read resource quota {name}", f"/api/v1/namespaces/{quote(namespace, safe='')}/resourcequotas/{quote(name, safe='')}"
+            f"read resource quota {name}",
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/resourcequotas/{quote(name, safe='')}",
         )
 
     def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -290,7 +307,10 @@ class KubernetesApi:
 
     def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The egress proxy's Service (its ClusterIP goes into a sandbox's proxy variables)."""
-        return self._read(f"read service {name} in namespace {namespace}", f"/api/v1/namespaces/{quote(namespace, safe='')}/services/{quote(name, safe='')}")
+        return self._read(
+            f"read service {name} in namespace {namespace}",
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/services/{quote(name, safe='')}",
+        )
 
     # -- SandboxClaims (claims mode) and the controller's namespace changes --------------------
 
@@ -301,7 +321,9 @@ class KubernetesApi:
         """Claims in ``namespace`` (every namespace when empty)."""
         path = _claim_path(namespace, "") if namespace else "/apis/sandbox-kernel.dev/v1alpha1/sandboxclaims"
         query = [("labelSelector", selector)] if selector else []
-        body = self._request(f"list SandboxClaims{' in namespace ' + namespace if namespace else ''}", "GET", path, query)
+        body = self._request(
+            f"list SandboxClaims{' in namespace ' + namespace if namespace else ''}", "GET", path, query
+        )
         return list(body.get("items") or [])
 
     def delete_claim(self, namespace: str, name: str, uid: str = "") -> bool:
@@ -309,22 +331,31 @@ class KubernetesApi:
         options: dict[str, Any] = {"propagationPolicy": "Background"}
         if uid:
             options["preconditions"] = {"uid": uid}
-        return self._delete(f"delete SandboxClaim {name} in namespace {namespace}", _claim_path(namespace, name), options)
+        return self._delete(
+            f"delete SandboxClaim {name} in namespace {namespace}", _claim_path(namespace, name), options
+        )
 
     def patch_claim_annotations(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         self._request(
-            f"renew the heartbeat of SandboxClaim {name} in namespace {namespace}", "PATCH", _claim_path(namespace, name),
-            body={"metadata": {"annotations": annotations}}, content_type="application/merge-patch+json",
+            f"renew the heartbeat of SandboxClaim {name} in namespace {namespace}",
+            "PATCH",
+            _claim_path(namespace, name),
+            body={"metadata": {"annotations": annotations}},
+            content_type="application/merge-patch+json",
         )
 
     def patch_claim_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return self._request(
-            f"record the status of SandboxClaim {name} in namespace {namespace}", "PATCH",
-            _claim_path(namespace, name) + "/status", body={"status": status}, content_type="application/merge-patch+json",
+            f"record the status of SandboxClaim {name} in namespace {namespace}",
+            "PATCH",
+            _claim_path(namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
         )
 
-    def patch_namespace(self, name: str, labels: dict[str, str | None], annotations: dict[str, str | None],
-                        resource_version: str = "") -> dict[str, Any]:
+    def patch_namespace(
+        self, name: str, labels: dict[str, str | None], annotations: dict[str, str | None], resource_version: str = ""
+    ) -> dict[str, Any]:
         """Change a namespace's labels/annotations (``None`` removes one). With ``resource_version``
         the change applies only if the namespace is still at that version (else a 409, raised as
         :class:`Conflict`): how the controller binds a pooled sandbox to exactly one claim."""
@@ -332,8 +363,13 @@ class KubernetesApi:
         if resource_version:
             meta["resourceVersion"] = resource_version
         try:
-            return self._request(f"label namespace {name}", "PATCH", f"/api/v1/namespaces/{quote(name, safe='')}",
-                                 body={"metadata": meta}, content_type="application/merge-patch+json")
+            return self._request(
+                f"label namespace {name}",
+                "PATCH",
+                f"/api/v1/namespaces/{quote(name, safe='')}",
+                body={"metadata": meta},
+                content_type="application/merge-patch+json",
+            )
         except SandboxError as exc:
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409:
                 raise Conflict(str(exc)) from exc.__cause__
@@ -375,9 +411,10 @@ def _lease_path(namespace: str, name: str) -> str:
 def _load_configuration(kubeconfig: str, context: str) -> client.Configuration:
     """Explicit kubeconfig → in-cluster service account → $KUBECONFIG / ~/.kube/config."""
     configuration = client.Configuration()
-    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and Path(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    ).exists()
+    in_cluster = (
+        bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        and Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
+    )
     try:
         if kubeconfig:
             if not Path(kubeconfig).exists():
@@ -396,6 +433,8 @@ def _load_configuration(kubeconfig: str, context: str) -> client.Configuration:
     except SandboxError:
         raise
     except Exception as exc:  # config.ConfigException, YAML errors, missing files
-        setting = "KubernetesSandbox.context" if context and "context" in str(exc).lower() else "KubernetesSandbox.kubeconfig"
+        setting = (
+            "KubernetesSandbox.context" if context and "context" in str(exc).lower() else "KubernetesSandbox.kubeconfig"
+        )
         raise ConfigError(setting, f"could not load the Kubernetes configuration: {exc}") from exc
     return configuration

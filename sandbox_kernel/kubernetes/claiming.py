@@ -65,8 +65,13 @@ class PreparedClaim:
         release(self.api, self.claimed.namespace, self.claimed.name)
 
 
-def prepare_claim(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
-                  progress: Callable[[str], None] | None = None) -> PreparedClaim:
+def prepare_claim(
+    settings: KubernetesSandbox,
+    language: Language,
+    limits: Limits,
+    kernel_id: str,
+    progress: Callable[[str], None] | None = None,
+) -> PreparedClaim:
     """:func:`acquire` with a new connection, then attach and open the gate (blocking): what
     :mod:`.early` runs in a thread in claims mode, so that with a warm pool the agent is up before
     ipykernel is imported. The agent's ``ready`` waits in the stream for the session."""
@@ -111,7 +116,9 @@ def claim_namespace(settings: KubernetesSandbox, user: str) -> str:
     )
 
 
-def claim_spec(settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str, user: str, owner: str) -> claims.ClaimSpec:
+def claim_spec(
+    settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str, user: str, owner: str
+) -> claims.ClaimSpec:
     """What the kernel asks for: its own image and limits (the controller checks them against its bounds)."""
     return claims.ClaimSpec(
         language=language.name,
@@ -129,8 +136,14 @@ def claim_spec(settings: KubernetesSandbox, language: Language, limits: Limits, 
     )
 
 
-def acquire(api: KubernetesApi, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
-            progress: Callable[[str], None] | None = None) -> Claimed:
+def acquire(
+    api: KubernetesApi,
+    settings: KubernetesSandbox,
+    language: Language,
+    limits: Limits,
+    kernel_id: str,
+    progress: Callable[[str], None] | None = None,
+) -> Claimed:
     """Create a claim and wait until the controller has a sandbox for it (or refuses); raise a SandboxError.
 
     ``progress`` is called (in this thread) with what the wait is for, whenever that changes.
@@ -151,7 +164,9 @@ def acquire(api: KubernetesApi, settings: KubernetesSandbox, language: Language,
     return Claimed(namespace, name, uid, user, owner, status, time.monotonic() - started)
 
 
-def _wait(api: KubernetesApi, namespace: str, name: str, timeout: float, progress: Callable[[str], None]) -> claims.ClaimStatus:
+def _wait(
+    api: KubernetesApi, namespace: str, name: str, timeout: float, progress: Callable[[str], None]
+) -> claims.ClaimStatus:
     deadline = time.monotonic() + timeout
     status: claims.ClaimStatus | None = None
     progress(f"waiting for the sandbox controller to answer the SandboxClaim {namespace}/{name}")

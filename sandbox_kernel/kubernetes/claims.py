@@ -85,8 +85,18 @@ class ClaimSpec:
 
         A label value (12 hex digits of a hash), for the label selector that finds pooled sandboxes.
         """
-        text = "|".join((self.language, image, self.seccomp_profile, self.cpu, self.memory,
-                         self.cpu_request, self.memory_request, self.scratch))
+        text = "|".join(
+            (
+                self.language,
+                image,
+                self.seccomp_profile,
+                self.cpu,
+                self.memory,
+                self.cpu_request,
+                self.memory_request,
+                self.scratch,
+            )
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -113,8 +123,13 @@ def parse_spec(spec: Any) -> ClaimSpec:
 
     defaults = ClaimSpec(language=language, user=user)
     fields: dict[str, str] = {}
-    for name, key, kind in (("cpu", "cpu", "cpu"), ("memory", "memory", "bytes"), ("cpu_request", "cpuRequest", "cpu"),
-                            ("memory_request", "memoryRequest", "bytes"), ("scratch", "scratch", "bytes")):
+    for name, key, kind in (
+        ("cpu", "cpu", "cpu"),
+        ("memory", "memory", "bytes"),
+        ("cpu_request", "cpuRequest", "cpu"),
+        ("memory_request", "memoryRequest", "bytes"),
+        ("scratch", "scratch", "bytes"),
+    ):
         value = resources.get(key, getattr(defaults, name))
         if not isinstance(value, str) or len(value) > 16:
             raise ClaimInvalid(f"spec.resources.{key} is not a quantity")
@@ -151,8 +166,11 @@ def claim_object(name: str, namespace: str, spec: ClaimSpec, heartbeat: str) -> 
         "heartbeatSeconds": spec.heartbeat_seconds,
         "seccompProfile": spec.seccomp_profile,
         "resources": {
-            "cpu": spec.cpu, "memory": spec.memory, "cpuRequest": spec.cpu_request,
-            "memoryRequest": spec.memory_request, "scratch": spec.scratch,
+            "cpu": spec.cpu,
+            "memory": spec.memory,
+            "cpuRequest": spec.cpu_request,
+            "memoryRequest": spec.memory_request,
+            "scratch": spec.scratch,
         },
     }
     if spec.image:
@@ -163,9 +181,11 @@ def claim_object(name: str, namespace: str, spec: ClaimSpec, heartbeat: str) -> 
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
-                       manifests.LABEL_KERNEL_ID: manifests.label_value(spec.kernel_id or "none"),
-                       manifests.LABEL_LANGUAGE: spec.language},
+            "labels": {
+                manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
+                manifests.LABEL_KERNEL_ID: manifests.label_value(spec.kernel_id or "none"),
+                manifests.LABEL_LANGUAGE: spec.language,
+            },
             "annotations": {ANNOTATION_HEARTBEAT: heartbeat},
         },
         "spec": body,
@@ -183,8 +203,11 @@ def claimant_binding(namespace: str, user: str) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {"name": CLAIMANT_BINDING, "namespace": namespace,
-                     "labels": {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY}},
+        "metadata": {
+            "name": CLAIMANT_BINDING,
+            "namespace": namespace,
+            "labels": {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY},
+        },
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLAIMANT_ROLE},
         "subjects": [entry],
     }

@@ -60,7 +60,9 @@ def rendered_objects(
         manifests.Subject.from_username(RENDER_USER),
         settings.sandbox_role,
         # With Sandbox.allow_hosts: the egress annotations and policy (a real sandbox draws its own credential).
-        egress.initial_spec(limits.allow_hosts, egress.widening(settings.config), "rendered") if limits.allow_hosts else None,
+        egress.initial_spec(limits.allow_hosts, egress.widening(settings.config), "rendered")
+        if limits.allow_hosts
+        else None,
     )
     return objects.in_order()
 
@@ -83,7 +85,9 @@ def render_yaml(objects: list[dict[str, Any]]) -> str:
 
 
 def render(args: argparse.Namespace) -> int:
-    sys.stdout.write(render_yaml(rendered_objects(args.language, getattr(args, "kernel_id", None) or DEFAULT_KERNEL_ID)))
+    sys.stdout.write(
+        render_yaml(rendered_objects(args.language, getattr(args, "kernel_id", None) or DEFAULT_KERNEL_ID))
+    )
     return 0
 
 
@@ -126,12 +130,12 @@ def is_ours(namespace: dict[str, Any], prefix: str) -> bool:
     """A namespace gc may consider: our label and our name prefix, both."""
     meta = namespace.get("metadata", {})
     labels = meta.get("labels") or {}
-    return labels.get(manifests.LABEL_MANAGED_BY) == manifests.MANAGED_BY and str(meta.get("name", "")).startswith(prefix)
+    return labels.get(manifests.LABEL_MANAGED_BY) == manifests.MANAGED_BY and str(meta.get("name", "")).startswith(
+        prefix
+    )
 
 
-def verdict(
-    namespace: dict[str, Any], lease: dict[str, Any] | None, now: datetime, ttl: int
-) -> tuple[bool, str]:
+def verdict(namespace: dict[str, Any], lease: dict[str, Any] | None, now: datetime, ttl: int) -> tuple[bool, str]:
     """Whether gc deletes this sandbox namespace, and why (pure)."""
     meta = namespace.get("metadata", {})
     if meta.get("deletionTimestamp"):
@@ -196,10 +200,17 @@ def list_sandboxes(args: argparse.Namespace) -> int:
         else:
             renewed = parse_time(lease["spec"].get("renewTime")) if lease else None
             beat = f"renewed {_ago(now - renewed)} ago" if renewed else "alive"
-        rows.append((
-            meta["name"], _ago(now - created), labels.get(manifests.LABEL_OWNER, "?"),
-            labels.get(manifests.LABEL_LANGUAGE, "?"), labels.get(manifests.LABEL_KERNEL_ID, "?"), beat, origin(ns),
-        ))
+        rows.append(
+            (
+                meta["name"],
+                _ago(now - created),
+                labels.get(manifests.LABEL_OWNER, "?"),
+                labels.get(manifests.LABEL_LANGUAGE, "?"),
+                labels.get(manifests.LABEL_KERNEL_ID, "?"),
+                beat,
+                origin(ns),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -258,7 +269,11 @@ FILE_HEADER = """\
 def rendered_file(language: str) -> str:
     """The exact text of ``k8s/sandbox/<language>.yaml`` (default settings, no environment overrides)."""
     return FILE_HEADER.format(language=language, kernel_id=DEFAULT_KERNEL_ID) + render_yaml(
-        rendered_objects(language, settings=KubernetesSandbox(images={}), limits=Sandbox(memory_limit="256Mi", cpu_limit="500m").limits())
+        rendered_objects(
+            language,
+            settings=KubernetesSandbox(images={}),
+            limits=Sandbox(memory_limit="256Mi", cpu_limit="500m").limits(),
+        )
     )
 
 

@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .claiming import PreparedClaim
@@ -110,7 +110,11 @@ def begin(argv: list[str]) -> None:
         # (a pod created ~0.3 s later, measured). A slow or unreachable cluster does not hold
         # the kernel up for longer than this.
         _made.wait(FOREGROUND_WAIT)
-        log.debug("early sandbox start: %s after %.3f s", "created" if _made.is_set() else "still creating", time.perf_counter() - began)
+        log.debug(
+            "early sandbox start: %s after %.3f s",
+            "created" if _made.is_set() else "still creating",
+            time.perf_counter() - began,
+        )
     except Exception as exc:  # noqa: BLE001 - no head start; the kernel reports real problems itself
         log.debug("no early sandbox start: %s", exc)
 
@@ -187,3 +191,22 @@ def _discard_unclaimed() -> None:
             prepared.api.delete_namespace(prepared.ident.namespace)
     except Exception:  # noqa: BLE001 - gc reclaims it once its lease expires
         log.debug("could not delete the unclaimed early sandbox", exc_info=True)
+
+
+async def take_over(show: Callable[[str], None], default: str) -> PreparedSandbox | PreparedClaim | None:
+    """What :func:`begin` started, once it is made (its progress shown meanwhile, else ``default``);
+    ``None`` if nothing was started or it failed (the session's own start then reports the cause)."""
+    import asyncio  # here: importing this module stays free
+
+    future = claim()
+    if future is None:
+        return None
+    waiting = asyncio.wrap_future(future)
+    while not waiting.done():  # the early start's progress is this start's
+        show(progress() or default)
+        await asyncio.wait({waiting}, timeout=0.25)
+    try:
+        return await waiting
+    except Exception as exc:  # noqa: BLE001 - the normal start reports the cause properly
+        log.info("early sandbox start failed (%s); starting the sandbox now", exc)
+        return None

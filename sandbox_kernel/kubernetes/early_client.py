@@ -66,7 +66,11 @@ class EarlyClient:
         return conn
 
     def _request(self, action: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": "sandbox-kernel-early"}
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "sandbox-kernel-early",
+        }
         if self.cluster.token:
             headers["Authorization"] = f"Bearer {self.cluster.token}"
         data = json.dumps(body).encode() if body is not None else None
@@ -81,7 +85,9 @@ class EarlyClient:
                 conn.close()
                 self._local.conn = None
                 # A kept-alive connection the server closed meanwhile fails once: try a new one.
-                if attempt == 2 or not isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                if attempt == 2 or not isinstance(
+                    exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+                ):
                     raise answers.unreachable(self.host, action, exc) from exc
         if not 200 <= response.status <= 299:
             raise answers.translate(self.host, action, answers.status_of(response.status, answer, response.reason))
@@ -158,8 +164,22 @@ def _from_kubeconfig(path: Path, context_name: str) -> Cluster | None:
     context = _named(doc.get("contexts"), context_name or doc["current-context"], "context")
     cluster = _named(doc.get("clusters"), context["cluster"], "cluster")
     user = _named(doc.get("users"), context["user"], "user") if context.get("user") else {}
-    known_cluster = {"server", "certificate-authority", "certificate-authority-data", "insecure-skip-tls-verify", "extensions"}
-    known_user = {"client-certificate", "client-certificate-data", "client-key", "client-key-data", "token", "tokenFile", "extensions"}
+    known_cluster = {
+        "server",
+        "certificate-authority",
+        "certificate-authority-data",
+        "insecure-skip-tls-verify",
+        "extensions",
+    }
+    known_user = {
+        "client-certificate",
+        "client-certificate-data",
+        "client-key",
+        "client-key-data",
+        "token",
+        "tokenFile",
+        "extensions",
+    }
     if set(cluster) - known_cluster or set(user) - known_user or cluster.get("insecure-skip-tls-verify"):
         return None  # proxies, tls-server-name, exec plugins, auth providers...: the kubernetes client's job
     base = path.parent

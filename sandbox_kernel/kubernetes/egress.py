@@ -62,9 +62,15 @@ def _entries(entries: list[policy.Entry]) -> tuple[str, ...]:
 def proxy_variables(url: str) -> list[tuple[str, str]]:
     """What points clients at the proxy (curl, urllib, requests, pip, npm, node), as locally."""
     return [
-        ("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
-        ("NO_PROXY", NO_PROXY), ("no_proxy", NO_PROXY), ("PIP_PROXY", url),
-        ("npm_config_proxy", url), ("npm_config_https_proxy", url),
+        ("HTTP_PROXY", url),
+        ("HTTPS_PROXY", url),
+        ("http_proxy", url),
+        ("https_proxy", url),
+        ("NO_PROXY", NO_PROXY),
+        ("no_proxy", NO_PROXY),
+        ("PIP_PROXY", url),
+        ("npm_config_proxy", url),
+        ("npm_config_https_proxy", url),
         ("NODE_USE_ENV_PROXY", "1"),  # Node.js 22.21+/24: fetch and https honour HTTP(S)_PROXY
     ]
 
@@ -123,7 +129,9 @@ class KubernetesEgress:
 
     def spec(self) -> manifests.EgressSpec:
         r = self.running
-        return manifests.EgressSpec(token_sha256(self.token), _entries(r.operator), _entries(r.allow), _entries(r.deny), r.widening)
+        return manifests.EgressSpec(
+            token_sha256(self.token), _entries(r.operator), _entries(r.allow), _entries(r.deny), r.widening
+        )
 
     def attach_to(self, api: KubernetesApi, namespace: str, pod_ip: str) -> None:
         """The pod runs at ``pod_ip``: the proxy takes the credential from that address only; look up
@@ -194,8 +202,13 @@ class KubernetesEgress:
         ]
         if r.deny:
             lines.append("denied: " + ", ".join(map(str, r.deny)))
-        lines.append("operator's list (Sandbox.allow_hosts): " + (", ".join(map(str, r.operator)) or "(empty)")
-                     + ("; widening allowed" if r.widening else "; %sandbox allow can only narrow it"))
-        lines.append("refused requests: in the proxy's log, one JSON line each with this namespace "
-                     f"(kubectl logs -n {manifests.EGRESS_PROXY_NAMESPACE} deploy/sandbox-egress-proxy -c proxy)")
+        lines.append(
+            "operator's list (Sandbox.allow_hosts): "
+            + (", ".join(map(str, r.operator)) or "(empty)")
+            + ("; widening allowed" if r.widening else "; %sandbox allow can only narrow it")
+        )
+        lines.append(
+            "refused requests: in the proxy's log, one JSON line each with this namespace "
+            f"(kubectl logs -n {manifests.EGRESS_PROXY_NAMESPACE} deploy/sandbox-egress-proxy -c proxy)"
+        )
         return "\n".join(lines)

@@ -49,15 +49,28 @@ _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b
 _STARTING = {"Pending", "ContainerCreating", "PodInitializing", "Running", "Error", "Completed"}
 
 
-def lab_pod(ident: manifests.SandboxIdentity, base: manifests.PodSpec, scenario: str, settings: KubernetesSandbox) -> dict[str, Any]:
+def lab_pod(
+    ident: manifests.SandboxIdentity, base: manifests.PodSpec, scenario: str, settings: KubernetesSandbox
+) -> dict[str, Any]:
     """The broken pod of ``scenario``: the kernel's own pod (``base``), small, with one thing wrong. Pure."""
-    small = dataclasses.replace(base, name=PREFIX + scenario, cpu_request="10m", memory_request="16Mi", cpu_limit="100m",
-                                memory_limit="32Mi", scratch_size="8Mi", tmp_size="8Mi", active_deadline_seconds=LIFETIME)
+    small = dataclasses.replace(
+        base,
+        name=PREFIX + scenario,
+        cpu_request="10m",
+        memory_request="16Mi",
+        cpu_limit="100m",
+        memory_limit="32Mi",
+        scratch_size="8Mi",
+        tmp_size="8Mi",
+        active_deadline_seconds=LIFETIME,
+    )
     max_memory = parse_bytes(settings.limit_range_max_memory)
     if scenario == "over-limits":  # twice what the LimitRange allows one container
         spec = dataclasses.replace(small, memory_request="64Mi", memory_limit=f"{2 * max_memory // 2**20}Mi")
     elif scenario == "over-quota":  # within the LimitRange, but more than the quota has left
-        spec = dataclasses.replace(small, memory_request=settings.limit_range_max_memory, memory_limit=settings.limit_range_max_memory)
+        spec = dataclasses.replace(
+            small, memory_request=settings.limit_range_max_memory, memory_limit=settings.limit_range_max_memory
+        )
     elif scenario == "missing-image":
         repository = base.image.rsplit(":", 1)[0] if base.image.startswith("localhost/") else "localhost/sandbox-python"
         spec = dataclasses.replace(small, image=f"{repository}:no-such-tag")
@@ -73,8 +86,15 @@ def lab_pod(ident: manifests.SandboxIdentity, base: manifests.PodSpec, scenario:
     return pod
 
 
-def answer(topic: str, words: list[str], api: KubernetesApi, ident: manifests.SandboxIdentity, pod_name: str | None,
-           base: manifests.PodSpec, settings: KubernetesSandbox) -> str:
+def answer(
+    topic: str,
+    words: list[str],
+    api: KubernetesApi,
+    ident: manifests.SandboxIdentity,
+    pod_name: str | None,
+    base: manifests.PodSpec,
+    settings: KubernetesSandbox,
+) -> str:
     namespace = ident.namespace
     if topic == "lab":
         if not words:
@@ -84,8 +104,11 @@ def answer(topic: str, words: list[str], api: KubernetesApi, ident: manifests.Sa
         if len(words) != 1 or words[0] not in SCENARIOS:
             raise ConfigError("%sandbox lab", f"usage: %sandbox lab [{' | '.join(SCENARIOS)} | clean]")
         if settings.mode == "claims":
-            raise ConfigError("%sandbox lab", "the lab's pods are made with the kernel's identity, which in claims mode may make none",
-                              hint="Use a kernel in direct mode (KubernetesSandbox.mode = 'direct') for notebook 06.")
+            raise ConfigError(
+                "%sandbox lab",
+                "the lab's pods are made with the kernel's identity, which in claims mode may make none",
+                hint="Use a kernel in direct mode (KubernetesSandbox.mode = 'direct') for notebook 06.",
+            )
         return start(api, lab_pod(ident, base, words[0], settings))
     previous = "--previous" in words or "-p" in words
     names = [w for w in words if w not in ("--previous", "-p")]
@@ -142,15 +165,22 @@ def describe(api: KubernetesApi, namespace: str, name: str) -> str:
     command = " ".join(container.get("command") or [])
     resources = container.get("resources", {})
     rows = [
-        ("Name:", name), ("Namespace:", namespace), ("Node:", str(spec.get("nodeName", "<none>"))),
+        ("Name:", name),
+        ("Namespace:", namespace),
+        ("Node:", str(spec.get("nodeName", "<none>"))),
         ("Status:", f"{status.get('phase', '?')}" + (f" ({_clean(status['reason'])})" if status.get("reason") else "")),
         ("Image:", str(container.get("image", ""))),
         ("Command:", _clean(command[:70]) + (f"... ({len(command):,} characters)" if len(command) > 70 else "")),
         ("Restart Policy:", str(spec.get("restartPolicy", ""))),
-        ("Limits:", _quantities(resources.get("limits"))), ("Requests:", _quantities(resources.get("requests"))),
+        ("Limits:", _quantities(resources.get("limits"))),
+        ("Requests:", _quantities(resources.get("requests"))),
     ]
     for cs in status.get("containerStatuses") or []:
-        rows += [("Container:", str(cs.get("name", "")))] + _state("  State:", cs.get("state")) + _state("  Last State:", cs.get("lastState"))
+        rows += (
+            [("Container:", str(cs.get("name", "")))]
+            + _state("  State:", cs.get("state"))
+            + _state("  Last State:", cs.get("lastState"))
+        )
         rows += [("  Ready:", str(cs.get("ready", False))), ("  Restart Count:", str(cs.get("restartCount", 0)))]
     for cond in status.get("conditions") or []:
         if cond.get("status") != "True" and cond.get("message"):
@@ -160,14 +190,20 @@ def describe(api: KubernetesApi, namespace: str, name: str) -> str:
     events = [e for e in api.list_events(namespace) if e.get("involvedObject", {}).get("name") == name]
     events.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
     table = [("TYPE", "REASON", "COUNT", "MESSAGE")] + [
-        (str(e.get("type", "")), str(e.get("reason", "")), str(e.get("count") or 1), _clean(e.get("message", ""))) for e in events[-15:]]
+        (str(e.get("type", "")), str(e.get("reason", "")), str(e.get("count") or 1), _clean(e.get("message", "")))
+        for e in events[-15:]
+    ]
     return text + "\nEvents:\n" + ("  " + columns(table).replace("\n", "\n  ") if events else "  <none>")
 
 
 def logs(api: KubernetesApi, namespace: str, name: str, previous: bool) -> str:
     """``kubectl logs [--previous]``: the container's output, its last lines, bounded."""
-    query = [("container", manifests.CONTAINER_NAME), ("limitBytes", str(LOG_BYTES)), ("tailLines", str(LOG_LINES)),
-             ("previous", "true" if previous else "false")]
+    query = [
+        ("container", manifests.CONTAINER_NAME),
+        ("limitBytes", str(LOG_BYTES)),
+        ("tailLines", str(LOG_LINES)),
+        ("previous", "true" if previous else "false"),
+    ]
     try:
         text = api.read_log(namespace, name, query)
     except SandboxError as exc:
@@ -198,8 +234,14 @@ def _get_pods(pods: list[dict[str, Any]]) -> str:
     for pod in pods:
         statuses = pod.get("status", {}).get("containerStatuses") or []
         ready = sum(1 for cs in statuses if cs.get("ready"))
-        rows.append((str(pod.get("metadata", {}).get("name", "")), f"{ready}/{len(pod.get('spec', {}).get('containers') or [])}",
-                     status_word(pod), str(sum(int(cs.get("restartCount", 0)) for cs in statuses))))
+        rows.append(
+            (
+                str(pod.get("metadata", {}).get("name", "")),
+                f"{ready}/{len(pod.get('spec', {}).get('containers') or [])}",
+                status_word(pod),
+                str(sum(int(cs.get("restartCount", 0)) for cs in statuses)),
+            )
+        )
     return columns(rows)
 
 

@@ -335,13 +335,19 @@ def egress_network_policy(ident: SandboxIdentity) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": dict([SANDBOX_POD_LABEL])},
             "policyTypes": ["Egress"],
-            "egress": [{
-                "to": [{
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": EGRESS_PROXY_NAMESPACE}},
-                    "podSelector": {"matchLabels": dict(EGRESS_PROXY_LABELS)},
-                }],
-                "ports": [{"protocol": "TCP", "port": EGRESS_PROXY_PORT}],
-            }],
+            "egress": [
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": EGRESS_PROXY_NAMESPACE}
+                            },
+                            "podSelector": {"matchLabels": dict(EGRESS_PROXY_LABELS)},
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": EGRESS_PROXY_PORT}],
+                }
+            ],
         },
     }
 
@@ -400,8 +406,9 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
                 "name": CONTAINER_NAME,
                 "image": spec.image,
                 "imagePullPolicy": spec.image_pull_policy,
-                "command": agent_command(spec.interpreter, spec.agent_file, spec.network_policy_wait, spec.shell_as_init,
-                                         spec.egress),
+                "command": agent_command(
+                    spec.interpreter, spec.agent_file, spec.network_policy_wait, spec.shell_as_init, spec.egress
+                ),
                 "stdin": True,
                 "stdinOnce": False,
                 "tty": False,
@@ -462,8 +469,17 @@ class SandboxObjects:
     egress_policy: dict[str, Any] | None = None
 
     def in_order(self) -> list[dict[str, Any]]:
-        objects = [self.namespace, self.role_binding, self.resource_quota, self.limit_range,
-                   self.network_policy, self.egress_policy, self.config_map, self.lease, self.pod]
+        objects = [
+            self.namespace,
+            self.role_binding,
+            self.resource_quota,
+            self.limit_range,
+            self.network_policy,
+            self.egress_policy,
+            self.config_map,
+            self.lease,
+            self.pod,
+        ]
         return [o for o in objects if o is not None]
 
 

@@ -39,6 +39,7 @@ def gate_line(variables: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (
         words.append(f"{name}={value}")
     return b" ".join([b"go", *(w.encode() for w in words)]) + b"\n"
 
+
 POLICY_NOT_ENFORCED = 97
 """Exit status of the container when the deny-all NetworkPolicy is not in force (see :data:`POLICY_GUARDS`)."""
 
@@ -60,85 +61,98 @@ server's service port and the kubelet's (see :data:`POLICY_GUARDS`)."""
 # EUI-64 fe80:: address, and any IPv6 default route's next hop (/proc/net/ipv6_route). A pod
 # without IPv6 (the test cluster's CNI turns it off) pays one file read for this.
 POLICY_GUARDS: dict[str, list[str]] = {
-    "python3": ["python3", "-c", (
-        "import os,select,socket,sys,time\n"
-        "h=os.environ.get('KUBERNETES_SERVICE_HOST');p=int(os.environ.get('KUBERNETES_SERVICE_PORT') or 443)\n"
-        "def rd(f):\n"
-        " try:return [l.split() for l in open(f).read().splitlines()]\n"
-        " except OSError:return []\n"
-        "def v6():\n"
-        " if not [x for x in rd('/proc/net/if_inet6') if x[-1]!='lo']:return False\n"
-        " t={(socket.inet_ntop(socket.AF_INET6,bytes.fromhex(x[4])),x[9]) for x in rd('/proc/net/ipv6_route') if x[0]=='0'*32 and x[4]!='0'*32}\n"
-        " g=[socket.inet_ntoa(bytes.fromhex(x[2])[::-1]) for x in rd('/proc/net/route')[1:] if x[1]=='00000000']\n"
-        " for x in rd('/proc/net/arp')[1:]:\n"
-        "  if x[0] in g and x[3]!='00:00:00:00:00:00':\n"
-        "   b=bytes.fromhex(x[3].replace(':',''));b=bytes([b[0]^2])+b[1:3]+bytes([255,254])+b[3:]\n"
-        "   t.add(('fe80::'+':'.join(b[i:i+2].hex() for i in range(0,8,2)),x[5]))\n"
-        " w={}\n"
-        " for a,d in t:\n"
-        "  for q in {p,PORTS}:\n"
-        "   s=socket.socket(socket.AF_INET6);s.setblocking(False)\n"
-        "   try:s.connect_ex((a,q,0,socket.if_nametoindex(d)));w[s]=1\n"
-        "   except OSError:s.close()\n"
-        " o=False;e=time.time()+0.5\n"
-        " while w and not o and time.time()<e:\n"
-        "  r=select.select([],list(w),[],max(0,e-time.time()))[1]\n"
-        "  if not r:break\n"
-        "  for s in r:o=o or s.getsockopt(socket.SOL_SOCKET,socket.SO_ERROR)==0;w.pop(s);s.close()\n"
-        " [s.close() for s in w]\n"
-        " return o\n"
-        "end=time.time()+WAIT\n"
-        "while h and time.time()<end:\n"
-        " s=socket.socket();s.settimeout(1)\n"
-        " try:s.connect((h,p));o=True\n"
-        " except OSError:o=v6()\n"
-        " finally:s.close()\n"
-        " if not o:sys.exit(0)\n"
-        " time.sleep(0.05)\n"
-        "sys.exit(97)"
-    )],
-    "node": ["node", "-e", (
-        "const net=require('net'),fs=require('fs');const h=process.env.KUBERNETES_SERVICE_HOST,p=+(process.env.KUBERNETES_SERVICE_PORT||443);"
-        "const end=Date.now()+WAIT*1000;"
-        "const rd=f=>{try{return fs.readFileSync(f,'utf8').trim().split('\\n').map(l=>l.trim().split(/\\s+/))}catch(e){return []}};"
-        "function targets(){if(!rd('/proc/net/if_inet6').some(x=>x.length>5&&x[5]!=='lo'))return [];const t=[];"
-        "for(const x of rd('/proc/net/ipv6_route'))if(x[0]==='0'.repeat(32)&&x[4]!=='0'.repeat(32))t.push([x[4].match(/..../g).join(':'),x[9]]);"
-        "const g=rd('/proc/net/route').slice(1).filter(x=>x[1]==='00000000').map(x=>x[2].match(/../g).reverse().map(b=>parseInt(b,16)).join('.'));"
-        "for(const x of rd('/proc/net/arp').slice(1))if(g.includes(x[0])&&x[3]!=='00:00:00:00:00:00'){"
-        "const b=x[3].split(':').map(v=>parseInt(v,16));b[0]^=2;const w=[...b.slice(0,3),255,254,...b.slice(3)];"
-        "t.push(['fe80::'+[0,2,4,6].map(i=>((w[i]<<8)|w[i+1]).toString(16)).join(':'),x[5]])}"
-        "const r=[];for(const [a,d] of t)for(const q of new Set([p,PORTS]))r.push([a+'%'+d,q]);return r}"
-        "function open(host,port,done){const s=net.connect({host,port,timeout:host.includes(':')?500:1000});let f=false;"
-        "const fin=o=>{if(!f){f=true;s.destroy();done(o)}};s.on('connect',()=>fin(true));s.on('error',()=>fin(false));s.on('timeout',()=>fin(false))}"
-        "function v6(done){const r=targets();let n=r.length,o=false;if(!n)return done(false);"
-        "for(const [a,q] of r)open(a,q,x=>{o=o||x;if(--n===0)done(o)})}"
-        "(function t(){if(!h||Date.now()>end)process.exit(97);"
-        "open(h,p,o=>{if(o)return setTimeout(t,50);v6(x=>x?setTimeout(t,50):process.exit(0))})})()"
-    )],
-    "bash": ["bash", "-c", (
-        'h=$KUBERNETES_SERVICE_HOST p=${KUBERNETES_SERVICE_PORT:-443} end=$((SECONDS+WAIT)); '
-        '[ -n "$h" ] || exit 97; '
-        'v6() { local x a d g q t=; '
-        'while read -r a _ _ _ _ d; do [ "$d" != lo ] && t=1; done </proc/net/if_inet6; [ -n "$t" ] || return 1; t=; '
-        'while read -r x _ _ _ a _ _ _ _ d; do [ "$x" = 00000000000000000000000000000000 ] && '
-        '[ "$a" != 00000000000000000000000000000000 ] && '
-        't="$t ${a:0:4}:${a:4:4}:${a:8:4}:${a:12:4}:${a:16:4}:${a:20:4}:${a:24:4}:${a:28:4}%$d"; done </proc/net/ipv6_route; '
-        'while read -r d x g _; do [ "$x" = 00000000 ] && '
-        'g=$((16#${g:6:2})).$((16#${g:4:2})).$((16#${g:2:2})).$((16#${g:0:2})) && break; g=; done </proc/net/route; '
-        'while read -r a _ _ x _ d; do [ -n "$g" ] && [ "$a" = "$g" ] && [ "$x" != 00:00:00:00:00:00 ] && '
-        'IFS=: read -r m1 m2 m3 m4 m5 m6 <<<"$x" && t="$t $(printf "fe80::%x:%x:%x:%x" $(((16#$m1^2)<<8|16#$m2)) '
-        '$((16#$m3<<8|255)) $((254<<8|16#$m4)) $((16#$m5<<8|16#$m6)))%$d"; done </proc/net/arp; '
-        'x=; for a in $t; do for q in $p PORTS; do '
-        '{ timeout 0.5 bash -c "exec 3<>/dev/tcp/$a/$q"; } & x="$x $!"; done; done; '
-        'for q in $x; do wait $q && return 0; done; return 1; } 2>/dev/null; '
-        'while [ $SECONDS -lt $end ]; do '
-        'timeout 1 bash -c "exec 3<>/dev/tcp/$h/$p" 2>/dev/null || { v6 || exit 0; }; sleep 0.05; done; exit 97'
-    )],
+    "python3": [
+        "python3",
+        "-c",
+        (
+            "import os,select,socket,sys,time\n"
+            "h=os.environ.get('KUBERNETES_SERVICE_HOST');p=int(os.environ.get('KUBERNETES_SERVICE_PORT') or 443)\n"
+            "def rd(f):\n"
+            " try:return [l.split() for l in open(f).read().splitlines()]\n"
+            " except OSError:return []\n"
+            "def v6():\n"
+            " if not [x for x in rd('/proc/net/if_inet6') if x[-1]!='lo']:return False\n"
+            " t={(socket.inet_ntop(socket.AF_INET6,bytes.fromhex(x[4])),x[9]) for x in rd('/proc/net/ipv6_route') if x[0]=='0'*32 and x[4]!='0'*32}\n"
+            " g=[socket.inet_ntoa(bytes.fromhex(x[2])[::-1]) for x in rd('/proc/net/route')[1:] if x[1]=='00000000']\n"
+            " for x in rd('/proc/net/arp')[1:]:\n"
+            "  if x[0] in g and x[3]!='00:00:00:00:00:00':\n"
+            "   b=bytes.fromhex(x[3].replace(':',''));b=bytes([b[0]^2])+b[1:3]+bytes([255,254])+b[3:]\n"
+            "   t.add(('fe80::'+':'.join(b[i:i+2].hex() for i in range(0,8,2)),x[5]))\n"
+            " w={}\n"
+            " for a,d in t:\n"
+            "  for q in {p,PORTS}:\n"
+            "   s=socket.socket(socket.AF_INET6);s.setblocking(False)\n"
+            "   try:s.connect_ex((a,q,0,socket.if_nametoindex(d)));w[s]=1\n"
+            "   except OSError:s.close()\n"
+            " o=False;e=time.time()+0.5\n"
+            " while w and not o and time.time()<e:\n"
+            "  r=select.select([],list(w),[],max(0,e-time.time()))[1]\n"
+            "  if not r:break\n"
+            "  for s in r:o=o or s.getsockopt(socket.SOL_SOCKET,socket.SO_ERROR)==0;w.pop(s);s.close()\n"
+            " [s.close() for s in w]\n"
+            " return o\n"
+            "end=time.time()+WAIT\n"
+            "while h and time.time()<end:\n"
+            " s=socket.socket();s.settimeout(1)\n"
+            " try:s.connect((h,p));o=True\n"
+            " except OSError:o=v6()\n"
+            " finally:s.close()\n"
+            " if not o:sys.exit(0)\n"
+            " time.sleep(0.05)\n"
+            "sys.exit(97)"
+        ),
+    ],
+    "node": [
+        "node",
+        "-e",
+        (
+            "const net=require('net'),fs=require('fs');const h=process.env.KUBERNETES_SERVICE_HOST,p=+(process.env.KUBERNETES_SERVICE_PORT||443);"
+            "const end=Date.now()+WAIT*1000;"
+            "const rd=f=>{try{return fs.readFileSync(f,'utf8').trim().split('\\n').map(l=>l.trim().split(/\\s+/))}catch(e){return []}};"
+            "function targets(){if(!rd('/proc/net/if_inet6').some(x=>x.length>5&&x[5]!=='lo'))return [];const t=[];"
+            "for(const x of rd('/proc/net/ipv6_route'))if(x[0]==='0'.repeat(32)&&x[4]!=='0'.repeat(32))t.push([x[4].match(/..../g).join(':'),x[9]]);"
+            "const g=rd('/proc/net/route').slice(1).filter(x=>x[1]==='00000000').map(x=>x[2].match(/../g).reverse().map(b=>parseInt(b,16)).join('.'));"
+            "for(const x of rd('/proc/net/arp').slice(1))if(g.includes(x[0])&&x[3]!=='00:00:00:00:00:00'){"
+            "const b=x[3].split(':').map(v=>parseInt(v,16));b[0]^=2;const w=[...b.slice(0,3),255,254,...b.slice(3)];"
+            "t.push(['fe80::'+[0,2,4,6].map(i=>((w[i]<<8)|w[i+1]).toString(16)).join(':'),x[5]])}"
+            "const r=[];for(const [a,d] of t)for(const q of new Set([p,PORTS]))r.push([a+'%'+d,q]);return r}"
+            "function open(host,port,done){const s=net.connect({host,port,timeout:host.includes(':')?500:1000});let f=false;"
+            "const fin=o=>{if(!f){f=true;s.destroy();done(o)}};s.on('connect',()=>fin(true));s.on('error',()=>fin(false));s.on('timeout',()=>fin(false))}"
+            "function v6(done){const r=targets();let n=r.length,o=false;if(!n)return done(false);"
+            "for(const [a,q] of r)open(a,q,x=>{o=o||x;if(--n===0)done(o)})}"
+            "(function t(){if(!h||Date.now()>end)process.exit(97);"
+            "open(h,p,o=>{if(o)return setTimeout(t,50);v6(x=>x?setTimeout(t,50):process.exit(0))})})()"
+        ),
+    ],
+    "bash": [
+        "bash",
+        "-c",
+        (
+            "h=$KUBERNETES_SERVICE_HOST p=${KUBERNETES_SERVICE_PORT:-443} end=$((SECONDS+WAIT)); "
+            '[ -n "$h" ] || exit 97; '
+            "v6() { local x a d g q t=; "
+            'while read -r a _ _ _ _ d; do [ "$d" != lo ] && t=1; done </proc/net/if_inet6; [ -n "$t" ] || return 1; t=; '
+            'while read -r x _ _ _ a _ _ _ _ d; do [ "$x" = 00000000000000000000000000000000 ] && '
+            '[ "$a" != 00000000000000000000000000000000 ] && '
+            't="$t ${a:0:4}:${a:4:4}:${a:8:4}:${a:12:4}:${a:16:4}:${a:20:4}:${a:24:4}:${a:28:4}%$d"; done </proc/net/ipv6_route; '
+            'while read -r d x g _; do [ "$x" = 00000000 ] && '
+            "g=$((16#${g:6:2})).$((16#${g:4:2})).$((16#${g:2:2})).$((16#${g:0:2})) && break; g=; done </proc/net/route; "
+            'while read -r a _ _ x _ d; do [ -n "$g" ] && [ "$a" = "$g" ] && [ "$x" != 00:00:00:00:00:00 ] && '
+            'IFS=: read -r m1 m2 m3 m4 m5 m6 <<<"$x" && t="$t $(printf "fe80::%x:%x:%x:%x" $(((16#$m1^2)<<8|16#$m2)) '
+            '$((16#$m3<<8|255)) $((254<<8|16#$m4)) $((16#$m5<<8|16#$m6)))%$d"; done </proc/net/arp; '
+            "x=; for a in $t; do for q in $p PORTS; do "
+            '{ timeout 0.5 bash -c "exec 3<>/dev/tcp/$a/$q"; } & x="$x $!"; done; done; '
+            "for q in $x; do wait $q && return 0; done; return 1; } 2>/dev/null; "
+            "while [ $SECONDS -lt $end ]; do "
+            'timeout 1 bash -c "exec 3<>/dev/tcp/$h/$p" 2>/dev/null || { v6 || exit 0; }; sleep 0.05; done; exit 97'
+        ),
+    ],
 }
 
 
-def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shell_as_init: bool = False,
-                  egress: bool = False) -> list[str]:
+def agent_command(
+    interpreter: str, agent_file: str, policy_wait: int = 10, shell_as_init: bool = False, egress: bool = False
+) -> list[str]:
     """The container command: wait for the network policy and the kernel's gate line, then run the agent.
 
     First the policy guard (:data:`POLICY_GUARDS`, skipped when ``policy_wait`` is 0) makes
@@ -158,10 +172,13 @@ def agent_command(interpreter: str, agent_file: str, policy_wait: int = 10, shel
     while it waits for the agent (``; exit $?`` keeps ``sh`` from exec-ing its last command).
     """
     # $egress unquoted: the words of the gate line after "go" (checked by gate_line), split.
-    run = " ".join([
-        shlex.join(["env", "-i", f"HOME={SANDBOX_HOME}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8"]),
-        *(["$egress"] if egress else []), shlex.join([interpreter, f"{AGENT_DIR}/{agent_file}"]),
-    ])
+    run = " ".join(
+        [
+            shlex.join(["env", "-i", f"HOME={SANDBOX_HOME}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8"]),
+            *(["$egress"] if egress else []),
+            shlex.join([interpreter, f"{AGENT_DIR}/{agent_file}"]),
+        ]
+    )
     gate = "read -r _ egress" if egress else "read -r _"
     guard = ""
     if policy_wait > 0 and interpreter in POLICY_GUARDS:

@@ -49,7 +49,11 @@ def start_problem(pod: dict[str, Any], image: str) -> SandboxError | None:
             hint="%sandbox events shows the kubelet's own account of the failure.",
         )
     for condition in pod.get("status", {}).get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
             return Unschedulable(
                 f"No node can run the sandbox pod: {condition.get('message', 'unschedulable')}. "
                 "Check KubernetesSandbox.node_selector / tolerations and Sandbox.memory_request / cpu_request."
@@ -105,9 +109,12 @@ def eviction_event(events: list[dict[str, Any]], pod_name: str) -> Evicted | Non
 
 def container_running(pod: dict[str, Any] | None) -> bool:
     """Whether the sandbox container runs and the pod is not being deleted (so it can be attached to)."""
-    return bool(pod and pod.get("status", {}).get("phase") == "Running" and container_status(pod).get("state", {}).get("running")
-                and not pod.get("metadata", {}).get("deletionTimestamp"))
-
+    return bool(
+        pod
+        and pod.get("status", {}).get("phase") == "Running"
+        and container_status(pod).get("state", {}).get("running")
+        and not pod.get("metadata", {}).get("deletionTimestamp")
+    )
 
 
 def _event_time(event: dict[str, Any]) -> str:
@@ -138,8 +145,11 @@ def waiting_for(pod: dict[str, Any] | None, events: Sequence[dict[str, Any]] = (
     if waiting.get("reason") not in (None, "", "ContainerCreating", "PodInitializing"):
         detail = f": {str(waiting['message']).strip()[:300]}" if waiting.get("message") else ""
         return f"the container is waiting ({waiting['reason']}{detail})"
-    mine = [e for e in events if (e.get("involvedObject") or {}).get("kind") == "Pod"
-            and (e.get("involvedObject") or {}).get("name") == name]
+    mine = [
+        e
+        for e in events
+        if (e.get("involvedObject") or {}).get("kind") == "Pod" and (e.get("involvedObject") or {}).get("name") == name
+    ]
     pulling = [e for e in mine if e.get("reason") == "Pulling"]
     if pulling:
         since = max(_event_time(e) for e in pulling)

@@ -34,6 +34,7 @@ from .settings import DEFAULT_NAMESPACE_PREFIX, KubernetesSandbox
 
 log = logging.getLogger("sandbox_kernel")
 
+
 class Creator(Protocol):
     """What making a sandbox needs of an API client: :class:`.api.KubernetesApi`, or the early
     start's :class:`.early_client.EarlyClient` (which does not import the kubernetes client)."""
@@ -67,6 +68,30 @@ class PreparedSandbox:
     """Attached once the pod ran, gate line sent (:func:`start_prepared`): the agent starts while the
     kernel process still imports; its ``ready`` waits in the stream for the session. None: not (yet)."""
 
+    def fits(
+        self,
+        settings: KubernetesSandbox,
+        language: Language,
+        limits: Limits,
+        kernel_id: str,
+        egress: manifests.EgressSpec | None = None,
+    ) -> bool:
+        """Whether every object created is exactly what the session would create (same cluster,
+        kernel, language, limits, settings and egress, if any)."""
+        expected = expected_objects(settings, language, limits, self.ident, self.renew_time, self.pod_name, egress)
+        return (self.kubeconfig, self.context) == (settings.kubeconfig, settings.context) and (
+            self.ident.kernel_id == kernel_id and expected.in_order() == self.applied
+        )
+
+    def discard(self) -> None:
+        """Delete it (the session will not use it); never raises."""
+        if self.stream is not None:
+            self.stream.close()
+        try:
+            self.api.delete_namespace(self.ident.namespace)
+        except SandboxError:
+            log.warning("could not delete the early sandbox namespace %s", self.ident.namespace, exc_info=True)
+
 
 def expected_objects(
     settings: KubernetesSandbox,
@@ -94,7 +119,11 @@ def expected_objects(
 
 
 def create_namespace_objects(
-    api: Creator, settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str,
+    api: Creator,
+    settings: KubernetesSandbox,
+    language: Language,
+    limits: Limits,
+    kernel_id: str,
     egress: manifests.EgressSpec | None = None,
 ) -> tuple[manifests.SandboxIdentity, list[dict[str, Any]]]:
     """Create the namespace and everything in it but the pod; return its identity and the objects.
@@ -171,16 +200,20 @@ def prepare_sandbox(settings: KubernetesSandbox, language: Language, limits: Lim
 
         api = KubernetesApi(settings.kubeconfig, settings.context)
     token = secrets.token_hex(32) if limits.allow_hosts else ""
-    spec = sandbox_egress.initial_spec(limits.allow_hosts, sandbox_egress.widening(settings.config), token) if token else None
+    spec = (
+        sandbox_egress.initial_spec(limits.allow_hosts, sandbox_egress.widening(settings.config), token)
+        if token
+        else None
+    )
     ident, applied = create_namespace_objects(api, settings, language, limits, kernel_id, spec)
     renew_time = applied[[o["kind"] for o in applied].index("Lease")]["spec"]["renewTime"]
     pod_name = "sandbox-1"
     body = manifests.pod(ident, settings.pod_spec(language, limits, pod_name))
     with _deleted_on_failure(api, ident.namespace):
         api.create(body, rbac_settle=5.0, account_settle=settings.start_timeout)
-    return PreparedSandbox(api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body],
-                           time.time(), token)
-
+    return PreparedSandbox(
+        api, settings.kubeconfig, settings.context, ident, renew_time, pod_name, [*applied, body], time.time(), token
+    )
 
 
 def _early_client(settings: KubernetesSandbox) -> EarlyClient | None:
@@ -189,8 +222,13 @@ def _early_client(settings: KubernetesSandbox) -> EarlyClient | None:
     return connect(settings.kubeconfig, settings.context)
 
 
-def start_prepared(prepared: PreparedSandbox, settings: KubernetesSandbox, language: Language, limits: Limits,
-                   progress: Callable[[str], None]) -> PreparedSandbox:
+def start_prepared(
+    prepared: PreparedSandbox,
+    settings: KubernetesSandbox,
+    language: Language,
+    limits: Limits,
+    progress: Callable[[str], None],
+) -> PreparedSandbox:
     """Wait for the prepared sandbox's pod to run, attach and send the gate line (blocking): the
     early start's second half, so that the agent starts while the kernel process imports. Any
     problem (a pod that does not run, an attach refused) leaves it to the session, which waits and
@@ -204,7 +242,9 @@ def start_prepared(prepared: PreparedSandbox, settings: KubernetesSandbox, langu
     try:
         api = KubernetesApi(prepared.kubeconfig, prepared.context)
         namespace, name = prepared.ident.namespace, prepared.pod_name
-        pod_start.wait_running(api, namespace, name, settings.image(language), limits, settings, progress, patient=False)
+        pod_start.wait_running(
+            api, namespace, name, settings.image(language), limits, settings, progress, patient=False
+        )
         stream = api.attach(namespace, name, manifests.CONTAINER_NAME)
         stream.write(pod_command.GATE_LINE)
     except SandboxError as exc:

@@ -81,9 +81,11 @@ def _status(api: KubernetesApi, facts: SandboxFacts) -> str:
     else:
         phase, image = "no pod", facts.image
     if facts.claim:
-        origin = (f"claims mode: SandboxClaim {facts.claim}, "
-                  + ("from the warm pool (made before the claim, used once)" if facts.from_pool else "made for the claim")
-                  + " by the sandbox controller")
+        origin = (
+            f"claims mode: SandboxClaim {facts.claim}, "
+            + ("from the warm pool (made before the claim, used once)" if facts.from_pool else "made for the claim")
+            + " by the sandbox controller"
+        )
         beat = f"annotation on the SandboxClaim, renewed every {settings.heartbeat_interval:g} s, expires after {settings.heartbeat_ttl} s"
     else:
         origin = "direct mode: made by the kernel"
@@ -94,7 +96,10 @@ def _status(api: KubernetesApi, facts: SandboxFacts) -> str:
         ("pod", f"{facts.pod_name or '-'} ({phase})"),
         ("image", image),
         ("language", facts.language),
-        ("limits", f"cpu {limits.cpu}, memory {limits.memory} (requests {limits.cpu_request} / {limits.memory_request})"),
+        (
+            "limits",
+            f"cpu {limits.cpu}, memory {limits.memory} (requests {limits.cpu_request} / {limits.memory_request})",
+        ),
         ("scratch", f"{limits.scratch} tmpfs at {SANDBOX_HOME}, {settings.tmp_size} at /tmp (in memory)"),
         ("seccomp", f"Localhost {settings.seccomp_profile}" if settings.seccomp_profile else "RuntimeDefault"),
         ("cell timeout", f"{facts.cell_timeout:g} s"),
@@ -124,12 +129,19 @@ def _policy(api: KubernetesApi, facts: SandboxFacts) -> str:
         ns = {"metadata": {"labels": manifests.namespace(facts.ident)["metadata"]["labels"]}}
     else:
         ns = api.read_namespace(namespace) or {}
-    pss = {k: v for k, v in (ns.get("metadata", {}).get("labels") or {}).items() if k.startswith("pod-security.kubernetes.io/")}
+    pss = {
+        k: v
+        for k, v in (ns.get("metadata", {}).get("labels") or {}).items()
+        if k.startswith("pod-security.kubernetes.io/")
+    }
     words = [
         f"network: NetworkPolicy {manifests.NETWORK_POLICY_NAME} selects every pod and allows no ingress and no egress "
-        "(no DNS, no API server, no other pod, no internet)" if policy else "network: NO NetworkPolicy found",
+        "(no DNS, no API server, no other pod, no internet)"
+        if policy
+        else "network: NO NetworkPolicy found",
         *([facts.egress_line] if facts.egress_line else []),
-        "pod security: " + (", ".join(f"{k.rsplit('/', 1)[1]}={v}" for k, v in sorted(pss.items())) or "none")
+        "pod security: "
+        + (", ".join(f"{k.rsplit('/', 1)[1]}={v}" for k, v in sorted(pss.items())) or "none")
         + " (uid 1000, no privilege escalation, all capabilities dropped)",
         _seccomp_line(settings.seccomp_profile),
         "service account token: not mounted; environment: HOME, PATH, LANG only"
@@ -140,12 +152,24 @@ def _policy(api: KubernetesApi, facts: SandboxFacts) -> str:
     ]
     shown = []
     if policy:
-        shown.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                      "metadata": {"name": policy["metadata"]["name"], "namespace": namespace}, "spec": policy.get("spec")})
+        shown.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": policy["metadata"]["name"], "namespace": namespace},
+                "spec": policy.get("spec"),
+            }
+        )
     egress = api.read_network_policy(namespace, manifests.EGRESS_POLICY_NAME) if facts.egress_line else None
     if egress:
-        shown.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                      "metadata": {"name": manifests.EGRESS_POLICY_NAME, "namespace": namespace}, "spec": egress.get("spec")})
+        shown.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": manifests.EGRESS_POLICY_NAME, "namespace": namespace},
+                "spec": egress.get("spec"),
+            }
+        )
     shown.append({"namespace": namespace, "labels": pss})
     return "\n".join(words) + "\n\n" + yaml.safe_dump_all(shown, sort_keys=False)
 
@@ -154,7 +178,12 @@ def _events(api: KubernetesApi, facts: SandboxFacts) -> str:
     events = api.list_events(facts.ident.namespace)
 
     def when(event: dict[str, Any]) -> str:
-        return str(event.get("lastTimestamp") or event.get("eventTime") or event.get("metadata", {}).get("creationTimestamp") or "")
+        return str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or event.get("metadata", {}).get("creationTimestamp")
+            or ""
+        )
 
     lines = []
     for event in sorted(events, key=when):
@@ -164,7 +193,12 @@ def _events(api: KubernetesApi, facts: SandboxFacts) -> str:
             f"{obj.get('kind', '').lower()}/{obj.get('name', '')}: {event.get('message', '').strip()}"
         )
     local = [time.strftime("%H:%M:%S", time.gmtime(t)) + "  kernel  " + text for t, text in facts.kernel_events]
-    return "Kubernetes events (newest last):\n" + ("\n".join(lines) or "none") + "\n\nKernel:\n" + ("\n".join(local) or "none")
+    return (
+        "Kubernetes events (newest last):\n"
+        + ("\n".join(lines) or "none")
+        + "\n\nKernel:\n"
+        + ("\n".join(local) or "none")
+    )
 
 
 def _manifests(api: KubernetesApi, facts: SandboxFacts) -> str:

@@ -41,8 +41,8 @@ from ..session import AgentChannel
 from . import claiming, early, egress, manifests, pod_command, pod_start, reports, study
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
-from .pod_status import container_running, end_reason, eviction_event, waiting_for
-from .provision import PreparedSandbox, create_namespace_objects, expected_objects
+from .pod_status import end_reason, eviction_event, waiting_for
+from .provision import PreparedSandbox, create_namespace_objects
 from .settings import KubernetesSandbox, current_kernel_id
 from ..workspace.transfer import copy_notebook_dir
 
@@ -86,7 +86,8 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
         self._stale_pods: set[str] = set()  # pods whose deletion failed (API server away): retried
         self._events: list[tuple[float, str]] = []
         self._claim: claiming.Claimed | None = None  # claims mode: the claim the sandbox came with
-        self.egress = egress.KubernetesEgress.for_session(limits, self.settings)  # egress hook (k8s/EGRESS.md): None without a list
+        # The egress hook (k8s/EGRESS.md): None without an allow list.
+        self.egress = egress.KubernetesEgress.for_session(limits, self.settings)
 
     @property
     def namespace(self) -> str | None:
@@ -121,7 +122,9 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
     def _create_namespace_objects(self) -> None:
         """Namespace, RoleBinding, quota, limit range, policies, config map, lease (blocking)."""
         spec = self.egress.new_namespace() if self.egress is not None else None
-        ident, applied = create_namespace_objects(self._connect(), self.settings, self.language, self.limits, self.kernel_id, spec)
+        ident, applied = create_namespace_objects(
+            self._connect(), self.settings, self.language, self.limits, self.kernel_id, spec
+        )
         self._ident = ident
         self._applied = applied
         self._event(f"namespace {ident.namespace} created for kernel {self.kernel_id} (owner {ident.owner})")
@@ -134,35 +137,19 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
         the configuration before ipykernel loaded it. Anything else is deleted and the session
         starts its own sandbox, so a wrong guess costs time, never a weaker sandbox.
         """
-        future = early.claim()
-        if future is None:
-            return None
-        waiting = asyncio.wrap_future(future)
-        while not waiting.done():  # the early start's progress is this start's
-            self.start_progress = early.progress() or "creating the sandbox namespace, its policies and its pod"
-            await asyncio.wait({waiting}, timeout=0.25)
-        try:
-            prepared = await waiting
-        except Exception as exc:  # noqa: BLE001 - the normal start below reports the cause properly
-            log.info("early sandbox start failed (%s); starting the sandbox now", exc)
+        prepared = await early.take_over(self._set_progress, "creating the sandbox namespace, its policies and its pod")
+        if prepared is None:
             return None
         if isinstance(prepared, claiming.PreparedClaim):  # the early start was in claims mode, the session is not
             await self._run(prepared.discard)
             return None
-        settings = self.settings
         spec = self.egress.adopt(prepared.egress_token) if self.egress is not None else None  # no token: no match
-        expected = expected_objects(settings, self.language, self.limits, prepared.ident, prepared.renew_time, prepared.pod_name, spec)
-        if (prepared.kubeconfig, prepared.context) == (settings.kubeconfig, settings.context) and (
-            prepared.ident.kernel_id == self.kernel_id and expected.in_order() == prepared.applied
-        ):
+        if prepared.fits(self.settings, self.language, self.limits, self.kernel_id, spec):
             return prepared
-        log.info("the early sandbox %s does not match the kernel's configuration; deleting it", prepared.ident.namespace)
-        if prepared.stream is not None:
-            prepared.stream.close()
-        try:
-            await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
-        except SandboxError:
-            log.warning("could not delete the early sandbox namespace %s", prepared.ident.namespace, exc_info=True)
+        log.info(
+            "the early sandbox %s does not match the kernel's configuration; deleting it", prepared.ident.namespace
+        )
+        await self._run(prepared.discard)
         return None
 
     async def _spawn(self) -> AgentChannel:
@@ -198,8 +185,11 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
             self._pods_created = 1
             name = prepared.pod_name
             spec = self.settings.pod_spec(self.language, self.limits, name)
-            self._event(f"namespace {prepared.ident.namespace} created for kernel {self.kernel_id} "
-                        f"(owner {prepared.ident.owner}) while the kernel process started", prepared.created_at)
+            self._event(
+                f"namespace {prepared.ident.namespace} created for kernel {self.kernel_id} "
+                f"(owner {prepared.ident.owner}) while the kernel process started",
+                prepared.created_at,
+            )
             self._event(f"pod {name} created (image {spec.image})", prepared.created_at)
             self._pod_name = name
             self._start_heartbeat()
@@ -241,7 +231,9 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
             raise
         return self._open(ident, name, stream)
 
-    def _open(self, ident: manifests.SandboxIdentity, name: str, stream: AttachStream, gate: bool = True) -> AgentChannel:
+    def _open(
+        self, ident: manifests.SandboxIdentity, name: str, stream: AttachStream, gate: bool = True
+    ) -> AgentChannel:
         """The agent channel over a fresh attach stream; the gate line lets the agent start
         (already sent when the early start attached, ``gate=False``)."""
         loop = asyncio.get_running_loop()
@@ -256,17 +248,8 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
 
     async def _take_early_claim(self) -> claiming.PreparedClaim | None:
         """The claim :mod:`.early` made while the kernel process imported, if it asks for what this session would."""
-        future = early.claim()
-        if future is None:
-            return None
-        waiting = asyncio.wrap_future(future)
-        while not waiting.done():  # the early start's progress is this start's
-            self.start_progress = early.progress() or "claiming a sandbox"
-            await asyncio.wait({waiting}, timeout=0.25)
-        try:
-            prepared = await waiting
-        except Exception as exc:  # noqa: BLE001 - the normal start reports the cause properly
-            log.info("early claim failed (%s); claiming the sandbox now", exc)
+        prepared = await early.take_over(self._set_progress, "claiming a sandbox")
+        if prepared is None:
             return None
         if not isinstance(prepared, claiming.PreparedClaim):
             await self._run(prepared.api.delete_namespace, prepared.ident.namespace)
@@ -290,18 +273,25 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
             await self._run(claiming.release, api, old.namespace, old.name)
             self._event(f"SandboxClaim {old.name} deleted (its sandbox {old.status.namespace} ended)")
         if claimed is None:
-            claimed = await self._run(claiming.acquire, api, self.settings, self.language, self.limits, self.kernel_id,
-                                      self._set_progress)
+            claimed = await self._run(
+                claiming.acquire, api, self.settings, self.language, self.limits, self.kernel_id, self._set_progress
+            )
         self._claim = claimed
         status = claimed.status
         self._ident = manifests.SandboxIdentity(
-            namespace=status.namespace, kernel_id=self.kernel_id, language=self.language.name,
-            owner=claimed.owner, user=claimed.user, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            namespace=status.namespace,
+            kernel_id=self.kernel_id,
+            language=self.language.name,
+            owner=claimed.owner,
+            user=claimed.user,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         self._applied = []
         origin = "from the warm pool" if status.from_pool else "made for it"
-        self._event(f"SandboxClaim {claimed.namespace}/{claimed.name} ready after {claimed.seconds * 1000:.0f} ms: "
-                    f"sandbox {status.namespace} ({origin}), pod {status.pod}")
+        self._event(
+            f"SandboxClaim {claimed.namespace}/{claimed.name} ready after {claimed.seconds * 1000:.0f} ms: "
+            f"sandbox {status.namespace} ({origin}), pod {status.pod}"
+        )
         self._start_heartbeat()
         self._pod_name = status.pod
         if prepared is not None and prepared.stream is not None:
@@ -316,8 +306,17 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
 
     async def _wait_running(self, api: KubernetesApi, namespace: str, name: str, image: str) -> str:  # the pod's IP
         try:
-            pod = await self._run(pod_start.wait_running, api, namespace, name, image, self.limits, self.settings,
-                                  self._set_progress, lambda: self._closed)
+            pod = await self._run(
+                pod_start.wait_running,
+                api,
+                namespace,
+                name,
+                image,
+                self.limits,
+                self.settings,
+                self._set_progress,
+                lambda: self._closed,
+            )
         except SandboxError as exc:
             self._event(str(exc))
             raise
@@ -326,28 +325,10 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
         return str(pod.get("status", {}).get("podIP") or "")
 
     def _reattach(self, namespace: str, name: str) -> AttachStream | None:
-        """Called by the reader thread when the stream ended: attach again if the container still runs.
-
-        Keeps trying for ``reconnect_timeout`` seconds while the API server is away or refuses
-        for a moment (a restart, a busy kubelet); gives up at once if the pod is gone or ended.
-        """
-        api = self._connect()
-        deadline = time.monotonic() + self.settings.reconnect_timeout
-        delay = 0.2  # also lets the kubelet report a container that has just ended
-        while not self._closed and time.monotonic() < deadline:
-            time.sleep(delay)
-            try:
-                pod = api.read_pod(namespace, name)
-                if not container_running(pod):
-                    log.info("not re-attaching: pod %s/%s is no longer running", namespace, name)
-                    return None
-                return api.attach(namespace, name, manifests.CONTAINER_NAME)
-            except SandboxError as exc:
-                log.info("re-attaching to pod %s/%s failed, retrying: %s", namespace, name, exc)
-                delay = min(delay * 2, 2.0)
-        if not self._closed:
-            log.info("gave up re-attaching to pod %s/%s after %g s", namespace, name, self.settings.reconnect_timeout)
-        return None
+        """Called by the reader thread when the stream ended: attach again if the container still runs."""
+        return pod_start.reattach(
+            self._connect(), namespace, name, self.settings.reconnect_timeout, lambda: self._closed
+        )
 
     # -- heartbeat ----------------------------------------------------------------------------------
 
@@ -440,11 +421,18 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
         if self._claim is not None and self._api is not None:
             claim, self._claim, self._ident = self._claim, None, None
             await self._run(claiming.release, self._api, claim.namespace, claim.name)
-            if await self._run(claiming.wait_gone, self._api, claim.namespace, claim.name, max(0.0, deadline - time.monotonic())):
+            if await self._run(
+                claiming.wait_gone, self._api, claim.namespace, claim.name, max(0.0, deadline - time.monotonic())
+            ):
                 self._event(f"SandboxClaim {claim.name} and its sandbox {claim.status.namespace} deleted")
             else:
-                log.warning("SandboxClaim %s/%s still exists %g s after deletion was requested; the controller "
-                            "deletes its sandbox once it gets to it", claim.namespace, claim.name, self.settings.shutdown_deadline)
+                log.warning(
+                    "SandboxClaim %s/%s still exists %g s after deletion was requested; the controller "
+                    "deletes its sandbox once it gets to it",
+                    claim.namespace,
+                    claim.name,
+                    self.settings.shutdown_deadline,
+                )
             return
         ident, self._ident = self._ident, None
         if ident is None or self._api is None:
@@ -464,11 +452,12 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
                 await asyncio.sleep(0.25)
             log.warning(
                 "namespace %s still exists %g s after deletion was requested (KubernetesSandbox.shutdown_deadline); "
-                "Kubernetes keeps deleting it", ident.namespace, self.settings.shutdown_deadline,
+                "Kubernetes keeps deleting it",
+                ident.namespace,
+                self.settings.shutdown_deadline,
             )
         except SandboxError as exc:
             log.warning("could not delete namespace %s: %s; `sandbox-kernel gc` will reclaim it", ident.namespace, exc)
-
 
     async def _after_ready(self) -> None:
         """The notebook's directory (Sandbox.workspace), copied into the pod's working directory:

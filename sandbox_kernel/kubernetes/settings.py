@@ -99,29 +99,35 @@ class KubernetesSandbox(Configurable):
     @default("images")
     def _images_default(self) -> dict[str, str]:
         return {
-            name: os.environ.get(_IMAGE_ENV[name]) or language.default_image
-            for name, language in LANGUAGES.items()
+            name: os.environ.get(_IMAGE_ENV[name]) or language.default_image for name, language in LANGUAGES.items()
         }
 
     image_pull_policy = Enum(
-        ["IfNotPresent", "Always", "Never"], "IfNotPresent", help="imagePullPolicy of the sandbox container.",
+        ["IfNotPresent", "Always", "Never"],
+        "IfNotPresent",
+        help="imagePullPolicy of the sandbox container.",
     ).tag(config=True)
 
     image_pull_secrets = List(
-        Unicode(), help="Names of Secrets (in the sandbox namespace) used to pull the images.",
+        Unicode(),
+        help="Names of Secrets (in the sandbox namespace) used to pull the images.",
     ).tag(config=True)
 
     node_selector = Dict(
-        key_trait=Unicode(), value_trait=Unicode(), help="nodeSelector of the sandbox pod, e.g. {'sandbox': 'true'}.",
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="nodeSelector of the sandbox pod, e.g. {'sandbox': 'true'}.",
     ).tag(config=True)
 
     tolerations = List(
-        Dict(), help="tolerations of the sandbox pod, as in a pod spec, e.g. "
+        Dict(),
+        help="tolerations of the sandbox pod, as in a pod spec, e.g. "
         "[{'key': 'sandbox', 'operator': 'Exists', 'effect': 'NoSchedule'}].",
     ).tag(config=True)
 
     runtime_class_name = Unicode(
-        "", help="runtimeClassName of the sandbox pod, e.g. 'gvisor' or 'kata' (empty: the cluster default). "
+        "",
+        help="runtimeClassName of the sandbox pod, e.g. 'gvisor' or 'kata' (empty: the cluster default). "
         "Direct mode only: in claims mode the controller's own setting decides (set here, it is refused).",
     ).tag(config=True)
 
@@ -159,7 +165,8 @@ class KubernetesSandbox(Configurable):
     ).tag(config=True)
 
     pod_lifetime = Int(
-        43200, help="Most seconds a sandbox pod may live (activeDeadlineSeconds); the next cell then gets a new pod.",
+        43200,
+        help="Most seconds a sandbox pod may live (activeDeadlineSeconds); the next cell then gets a new pod.",
     ).tag(config=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -202,11 +209,17 @@ class KubernetesSandbox(Configurable):
     # -- namespace quota and limit range ---------------------------------------------------------
 
     quota_requests_cpu = Unicode("500m", help="ResourceQuota requests.cpu of the sandbox namespace.").tag(config=True)
-    quota_requests_memory = Unicode("256Mi", help="ResourceQuota requests.memory of the sandbox namespace.").tag(config=True)
+    quota_requests_memory = Unicode("256Mi", help="ResourceQuota requests.memory of the sandbox namespace.").tag(
+        config=True
+    )
     quota_limits_cpu = Unicode("1", help="ResourceQuota limits.cpu of the sandbox namespace.").tag(config=True)
-    quota_limits_memory = Unicode("512Mi", help="ResourceQuota limits.memory of the sandbox namespace.").tag(config=True)
+    quota_limits_memory = Unicode("512Mi", help="ResourceQuota limits.memory of the sandbox namespace.").tag(
+        config=True
+    )
     quota_pods = Int(3, help="ResourceQuota pods: most pods in the sandbox namespace.").tag(config=True)
-    quota_persistentvolumeclaims = Int(0, help="ResourceQuota persistentvolumeclaims of the sandbox namespace.").tag(config=True)
+    quota_persistentvolumeclaims = Int(0, help="ResourceQuota persistentvolumeclaims of the sandbox namespace.").tag(
+        config=True
+    )
     quota_services = Int(0, help="ResourceQuota services of the sandbox namespace.").tag(config=True)
 
     limit_range_max_cpu = Unicode("500m", help="LimitRange max cpu per container.").tag(config=True)
@@ -214,9 +227,15 @@ class KubernetesSandbox(Configurable):
     limit_range_min_cpu = Unicode("10m", help="LimitRange min cpu per container.").tag(config=True)
     limit_range_min_memory = Unicode("10Mi", help="LimitRange min memory per container.").tag(config=True)
     limit_range_default_cpu = Unicode("250m", help="LimitRange default cpu limit per container.").tag(config=True)
-    limit_range_default_memory = Unicode("128Mi", help="LimitRange default memory limit per container.").tag(config=True)
-    limit_range_default_request_cpu = Unicode("100m", help="LimitRange default cpu request per container.").tag(config=True)
-    limit_range_default_request_memory = Unicode("64Mi", help="LimitRange default memory request per container.").tag(config=True)
+    limit_range_default_memory = Unicode("128Mi", help="LimitRange default memory limit per container.").tag(
+        config=True
+    )
+    limit_range_default_request_cpu = Unicode("100m", help="LimitRange default cpu request per container.").tag(
+        config=True
+    )
+    limit_range_default_request_memory = Unicode("64Mi", help="LimitRange default memory request per container.").tag(
+        config=True
+    )
 
     # -- builders' inputs ------------------------------------------------------------------------
 
@@ -272,24 +291,58 @@ class KubernetesSandbox(Configurable):
 
     def validate(self, limits: Limits) -> None:
         """Check every setting against the others; raise ConfigError naming the first bad one."""
-        cpu = {name: setting_cpu(f"KubernetesSandbox.{name}", getattr(self, name)) for name in (
-            "quota_requests_cpu", "quota_limits_cpu", "limit_range_max_cpu", "limit_range_min_cpu",
-            "limit_range_default_cpu", "limit_range_default_request_cpu")}
-        mem = {name: setting_bytes(f"KubernetesSandbox.{name}", getattr(self, name)) for name in (
-            "quota_requests_memory", "quota_limits_memory", "limit_range_max_memory", "limit_range_min_memory",
-            "limit_range_default_memory", "limit_range_default_request_memory", "tmp_size")}
+        cpu = {
+            name: setting_cpu(f"KubernetesSandbox.{name}", getattr(self, name))
+            for name in (
+                "quota_requests_cpu",
+                "quota_limits_cpu",
+                "limit_range_max_cpu",
+                "limit_range_min_cpu",
+                "limit_range_default_cpu",
+                "limit_range_default_request_cpu",
+            )
+        }
+        mem = {
+            name: setting_bytes(f"KubernetesSandbox.{name}", getattr(self, name))
+            for name in (
+                "quota_requests_memory",
+                "quota_limits_memory",
+                "limit_range_max_memory",
+                "limit_range_min_memory",
+                "limit_range_default_memory",
+                "limit_range_default_request_memory",
+                "tmp_size",
+            )
+        }
         if limits.cpu_cores > cpu["limit_range_max_cpu"]:
-            raise ConfigError("Sandbox.cpu_limit", f"{limits.cpu} is above KubernetesSandbox.limit_range_max_cpu {self.limit_range_max_cpu}")
+            raise ConfigError(
+                "Sandbox.cpu_limit",
+                f"{limits.cpu} is above KubernetesSandbox.limit_range_max_cpu {self.limit_range_max_cpu}",
+            )
         if limits.memory_bytes > mem["limit_range_max_memory"]:
-            raise ConfigError("Sandbox.memory_limit", f"{limits.memory} is above KubernetesSandbox.limit_range_max_memory {self.limit_range_max_memory}")
+            raise ConfigError(
+                "Sandbox.memory_limit",
+                f"{limits.memory} is above KubernetesSandbox.limit_range_max_memory {self.limit_range_max_memory}",
+            )
         if limits.cpu_cores > cpu["quota_limits_cpu"]:
-            raise ConfigError("Sandbox.cpu_limit", f"{limits.cpu} is above KubernetesSandbox.quota_limits_cpu {self.quota_limits_cpu}")
+            raise ConfigError(
+                "Sandbox.cpu_limit", f"{limits.cpu} is above KubernetesSandbox.quota_limits_cpu {self.quota_limits_cpu}"
+            )
         if limits.memory_bytes > mem["quota_limits_memory"]:
-            raise ConfigError("Sandbox.memory_limit", f"{limits.memory} is above KubernetesSandbox.quota_limits_memory {self.quota_limits_memory}")
+            raise ConfigError(
+                "Sandbox.memory_limit",
+                f"{limits.memory} is above KubernetesSandbox.quota_limits_memory {self.quota_limits_memory}",
+            )
         if parse_cpu(limits.cpu_request) > cpu["quota_requests_cpu"]:
-            raise ConfigError("Sandbox.cpu_request", f"{limits.cpu_request} is above KubernetesSandbox.quota_requests_cpu {self.quota_requests_cpu}")
+            raise ConfigError(
+                "Sandbox.cpu_request",
+                f"{limits.cpu_request} is above KubernetesSandbox.quota_requests_cpu {self.quota_requests_cpu}",
+            )
         if parse_bytes(limits.memory_request) > mem["quota_requests_memory"]:
-            raise ConfigError("Sandbox.memory_request", f"{limits.memory_request} is above KubernetesSandbox.quota_requests_memory {self.quota_requests_memory}")
+            raise ConfigError(
+                "Sandbox.memory_request",
+                f"{limits.memory_request} is above KubernetesSandbox.quota_requests_memory {self.quota_requests_memory}",
+            )
         working = limits.memory_bytes - limits.scratch_bytes - mem["tmp_size"]
         if working < MIN_WORKING_MEMORY:
             raise ConfigError(
@@ -310,8 +363,14 @@ class KubernetesSandbox(Configurable):
             )
         if self.quota_pods < 1:
             raise ConfigError("KubernetesSandbox.quota_pods", "must be at least 1")
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?-?", self.namespace_prefix) or len(self.namespace_prefix) > 40:
-            raise ConfigError("KubernetesSandbox.namespace_prefix", f"{self.namespace_prefix!r} is not a DNS label prefix (a-z, 0-9, '-'; at most 40)")
+        if (
+            not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?-?", self.namespace_prefix)
+            or len(self.namespace_prefix) > 40
+        ):
+            raise ConfigError(
+                "KubernetesSandbox.namespace_prefix",
+                f"{self.namespace_prefix!r} is not a DNS label prefix (a-z, 0-9, '-'; at most 40)",
+            )
         if self.pod_lifetime < 60:
             raise ConfigError("KubernetesSandbox.pod_lifetime", "must be at least 60 seconds")
         if self.heartbeat_interval <= 0:
@@ -339,12 +398,17 @@ class KubernetesSandbox(Configurable):
 
             parse_proxy_setting(self.egress_proxy)
         if self.mode == "claims" and not 5 <= self.heartbeat_ttl <= 3600:
-            raise ConfigError("KubernetesSandbox.heartbeat_ttl", "must be 5 to 3600 s in claims mode (a SandboxClaim's heartbeatSeconds)")
+            raise ConfigError(
+                "KubernetesSandbox.heartbeat_ttl",
+                "must be 5 to 3600 s in claims mode (a SandboxClaim's heartbeatSeconds)",
+            )
         if self.reconnect_timeout <= 0:
             raise ConfigError("KubernetesSandbox.reconnect_timeout", "must be more than 0 seconds")
         if self.start_timeout <= 0 or self.shutdown_deadline <= 0:
-            raise ConfigError("KubernetesSandbox.start_timeout" if self.start_timeout <= 0 else "KubernetesSandbox.shutdown_deadline", "must be more than 0 seconds")
-
+            raise ConfigError(
+                "KubernetesSandbox.start_timeout" if self.start_timeout <= 0 else "KubernetesSandbox.shutdown_deadline",
+                "must be more than 0 seconds",
+            )
 
 
 _RANDOM_KERNEL_ID = str(uuid.uuid4())
@@ -364,4 +428,3 @@ def current_kernel_id() -> str:
         if match:
             return match.group(1)
     return _RANDOM_KERNEL_ID
-

@@ -36,18 +36,48 @@ MAX_BODY = 64 * 1024
 """Most characters of manifests a ``dry-run`` cell may hold."""
 MAX_DOCUMENTS = 10
 
-VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "bind", "escalate",
-         "impersonate", "use", "approve", "sign", "*")
+VERBS = (
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "bind",
+    "escalate",
+    "impersonate",
+    "use",
+    "approve",
+    "sign",
+    "*",
+)
 GROUPS = {
-    "rolebindings": "rbac.authorization.k8s.io", "roles": "rbac.authorization.k8s.io",
-    "clusterroles": "rbac.authorization.k8s.io", "clusterrolebindings": "rbac.authorization.k8s.io",
-    "networkpolicies": "networking.k8s.io", "leases": "coordination.k8s.io", "deployments": "apps",
-    "replicasets": "apps", "jobs": "batch", "cronjobs": "batch",
-    "validatingadmissionpolicies": "admissionregistration.k8s.io", "sandboxclaims": "sandbox-kernel.dev",
+    "rolebindings": "rbac.authorization.k8s.io",
+    "roles": "rbac.authorization.k8s.io",
+    "clusterroles": "rbac.authorization.k8s.io",
+    "clusterrolebindings": "rbac.authorization.k8s.io",
+    "networkpolicies": "networking.k8s.io",
+    "leases": "coordination.k8s.io",
+    "deployments": "apps",
+    "replicasets": "apps",
+    "jobs": "batch",
+    "cronjobs": "batch",
+    "validatingadmissionpolicies": "admissionregistration.k8s.io",
+    "sandboxclaims": "sandbox-kernel.dev",
 }
 """API group of the resources a learner asks about by their bare name (others: ``NAME.GROUP``, or core)."""
-CLUSTER_SCOPED = {"namespaces", "nodes", "persistentvolumes", "clusterroles", "clusterrolebindings",
-                  "validatingadmissionpolicies", "customresourcedefinitions", "storageclasses"}
+CLUSTER_SCOPED = {
+    "namespaces",
+    "nodes",
+    "persistentvolumes",
+    "clusterroles",
+    "clusterrolebindings",
+    "validatingadmissionpolicies",
+    "customresourcedefinitions",
+    "storageclasses",
+}
 
 KINDS: dict[str, tuple[str, str, bool]] = {
     "Namespace": ("v1", "namespaces", False),
@@ -104,7 +134,9 @@ class ClusterQuestions:
         if session._ident is None or session._api is None:
             return "No sandbox namespace exists yet (the sandbox has not started, or it was deleted)."
         spec = session.settings.pod_spec(session.language, session.limits, session._pod_name or "sandbox")
-        return answer(topic, words, body, session._api, Context(session._ident, session._pod_name, spec, session.settings))
+        return answer(
+            topic, words, body, session._api, Context(session._ident, session._pod_name, spec, session.settings)
+        )
 
 
 def answer(topic: str, words: list[str], body: str, api: KubernetesApi, ctx: Context) -> str:
@@ -124,18 +156,27 @@ def answer(topic: str, words: list[str], body: str, api: KubernetesApi, ctx: Con
 
 
 def whoami(api: KubernetesApi) -> str:
-    review = api.request("ask who the kernel is (SelfSubjectReview)", "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                         body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    review = api.request(
+        "ask who the kernel is (SelfSubjectReview)",
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+    )
     info = review.get("status", {}).get("userInfo", {})
-    return _rows([("username", str(info.get("username", ""))), ("groups", ", ".join(map(str, info.get("groups") or [])))])
+    return _rows(
+        [("username", str(info.get("username", ""))), ("groups", ", ".join(map(str, info.get("groups") or [])))]
+    )
 
 
 def can_i(api: KubernetesApi, own_namespace: str, words: list[str]) -> str:
     usage = "%sandbox can-i VERB RESOURCE[/SUBRESOURCE][.GROUP] [NAME] [-n NAMESPACE]"
     namespace, rest = _namespace_option("can-i", words, own_namespace)
     if len(rest) not in (2, 3) or rest[0] not in VERBS or not _RESOURCE.match(rest[1]):
-        raise ConfigError("%sandbox can-i", f"usage: {usage}; VERB one of {', '.join(VERBS)}",
-                          hint="For example: %sandbox can-i create pods -n default")
+        raise ConfigError(
+            "%sandbox can-i",
+            f"usage: {usage}; VERB one of {', '.join(VERBS)}",
+            hint="For example: %sandbox can-i create pods -n default",
+        )
     verb, resource_word = rest[0], rest[1]
     found = _RESOURCE.match(resource_word)
     assert found is not None
@@ -151,10 +192,14 @@ def can_i(api: KubernetesApi, own_namespace: str, words: list[str]) -> str:
         attributes["namespace"] = namespace
         where = f" in namespace {namespace}"
     review = api.request(
-        f"ask whether the kernel may {verb} {resource_word} (SelfSubjectAccessReview)", "POST",
+        f"ask whether the kernel may {verb} {resource_word} (SelfSubjectAccessReview)",
+        "POST",
         "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        body={"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-              "spec": {"resourceAttributes": attributes}},
+        body={
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        },
     )
     status = review.get("status", {})
     text = f"{verb} {resource_word}{' ' + rest[2] if len(rest) == 3 else ''}{where}: {'yes' if status.get('allowed') else 'no'}"
@@ -167,9 +212,14 @@ def can_i(api: KubernetesApi, own_namespace: str, words: list[str]) -> str:
 def rules(api: KubernetesApi, namespace: str) -> str:
     _checked_name("rules", namespace)
     review = api.request(
-        f"ask what the kernel may do in namespace {namespace} (SelfSubjectRulesReview)", "POST",
+        f"ask what the kernel may do in namespace {namespace} (SelfSubjectRulesReview)",
+        "POST",
         "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
-        body={"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": namespace}},
+        body={
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectRulesReview",
+            "spec": {"namespace": namespace},
+        },
     )
     status = review.get("status", {})
     table = [("RESOURCES", "RESOURCE NAMES", "VERBS")]
@@ -177,8 +227,13 @@ def rules(api: KubernetesApi, namespace: str) -> str:
         groups = [g for g in rule.get("apiGroups") or [""]]
         for resource in rule.get("resources") or []:
             for group in groups:
-                table.append((resource + (f".{group}" if group else ""), "[" + " ".join(rule.get("resourceNames") or []) + "]",
-                              "[" + " ".join(rule.get("verbs") or []) + "]"))
+                table.append(
+                    (
+                        resource + (f".{group}" if group else ""),
+                        "[" + " ".join(rule.get("resourceNames") or []) + "]",
+                        "[" + " ".join(rule.get("verbs") or []) + "]",
+                    )
+                )
     table[1:] = sorted(set(table[1:]))
     urls = sorted({u for rule in status.get("nonResourceRules") or [] for u in rule.get("nonResourceURLs") or []})
     text = f"In namespace {namespace} (RBAC's rules only; admission may still refuse):\n" + lab.columns(table)
@@ -193,8 +248,11 @@ def dry_run(api: KubernetesApi, own_namespace: str, words: list[str], body: str)
     if words:
         namespace, rest = _namespace_option("dry-run", words, own_namespace)
         if len(rest) != 3 or rest[0] != "delete":
-            raise ConfigError("%sandbox dry-run", "usage: '%sandbox dry-run delete KIND NAME [-n NAMESPACE]', or "
-                              "'%sandbox dry-run' as the first line of a cell whose rest is YAML manifests")
+            raise ConfigError(
+                "%sandbox dry-run",
+                "usage: '%sandbox dry-run delete KIND NAME [-n NAMESPACE]', or "
+                "'%sandbox dry-run' as the first line of a cell whose rest is YAML manifests",
+            )
         kind = _kind(rest[1])
         return _send(api, "DELETE", kind, _checked_name("dry-run", rest[2]), namespace, None)
     if len(body) > MAX_BODY:
@@ -204,16 +262,24 @@ def dry_run(api: KubernetesApi, own_namespace: str, words: list[str], body: str)
     except yaml.YAMLError as exc:
         raise ConfigError("%sandbox dry-run", f"the rest of the cell is not YAML: {exc}") from None
     if not documents:
-        raise ConfigError("%sandbox dry-run", "no manifest: put YAML (apiVersion, kind, metadata, ...) below the magic line")
+        raise ConfigError(
+            "%sandbox dry-run", "no manifest: put YAML (apiVersion, kind, metadata, ...) below the magic line"
+        )
     if len(documents) > MAX_DOCUMENTS:
         raise ConfigError("%sandbox dry-run", f"{len(documents)} manifests; at most {MAX_DOCUMENTS}")
     answers = []
     for doc in documents:
-        if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict) or not isinstance(doc["metadata"].get("name"), str):
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(doc.get("metadata"), dict)
+            or not isinstance(doc["metadata"].get("name"), str)
+        ):
             raise ConfigError("%sandbox dry-run", "each manifest needs kind, apiVersion and metadata.name")
         kind = _kind(str(doc.get("kind", "")))
         if not _API_VERSION.match(str(doc.get("apiVersion", ""))):
-            raise ConfigError("%sandbox dry-run", f"{kind} {doc['metadata']['name']}: apiVersion {doc.get('apiVersion')!r} is not one")
+            raise ConfigError(
+                "%sandbox dry-run", f"{kind} {doc['metadata']['name']}: apiVersion {doc.get('apiVersion')!r} is not one"
+            )
         namespace = str(doc["metadata"].get("namespace") or own_namespace)
         answers.append(_send(api, "POST", kind, _checked_name("dry-run", doc["metadata"]["name"]), namespace, doc))
     return "\n".join(answers)
@@ -277,4 +343,3 @@ def _no_more(topic: str, words: list[str], most: int, usage: str) -> None:
 def _rows(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-

@@ -54,8 +54,10 @@ def _cached(source_path: Path, source: bytes) -> types.CodeType | None:
             return None
     else:
         st = source_path.stat()
-        if int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF or \
-                int.from_bytes(data[12:16], "little") != len(source) & 0xFFFFFFFF:
+        if (
+            int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
+            or int.from_bytes(data[12:16], "little") != len(source) & 0xFFFFFFFF
+        ):
             return None
     code = marshal.loads(data[_HEADER:])
     return code if isinstance(code, types.CodeType) else None

@@ -53,7 +53,16 @@ from .settings import SANDBOX_PATH, LocalSandbox
 from .usage import SandboxUsage
 from .workspace import LocalWorkspace
 
-__all__ = ["LocalSandbox", "LocalSandboxSession", "SANDBOX_HOME", "SANDBOX_PATH", "AGENT_DIR", "SYSTEM_DIRS", "PASSWD", "GROUP"]
+__all__ = [
+    "LocalSandbox",
+    "LocalSandboxSession",
+    "SANDBOX_HOME",
+    "SANDBOX_PATH",
+    "AGENT_DIR",
+    "SYSTEM_DIRS",
+    "PASSWD",
+    "GROUP",
+]
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -117,8 +126,9 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
         self._node_modules = environment.node_modules(list(self.settings.node_modules))
         self._read_only = self._read_only_paths()
         # The notebook's directory (Sandbox.workspace, workspace.py), and its read-write copy.
-        self.workspace = LocalWorkspace(limits, self._gvisor and self._isolated,
-                                        other_uid=self._isolated and os.geteuid() == 0)
+        self.workspace = LocalWorkspace(
+            limits, self._gvisor and self._isolated, other_uid=self._isolated and os.geteuid() == 0
+        )
         self._workspace_mount: WorkspaceMount | None = None
 
     # -- AgentSession hooks ----------------------------------------------------------------------
@@ -139,7 +149,9 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
                 fds["passwd"] = bwrap.memfd("passwd", PASSWD.encode())
                 fds["group"] = bwrap.memfd("group", GROUP.encode())
                 agent = self.language.agent_path()  # the Python agent as bytecode when it can (agent_code.py)
-                fds["agent"] = bwrap.memfd("agent", agent_code.for_sandbox(agent, self._interpreter(), f"{AGENT_DIR}/{agent.name}"))
+                fds["agent"] = bwrap.memfd(
+                    "agent", agent_code.for_sandbox(agent, self._interpreter(), f"{AGENT_DIR}/{agent.name}")
+                )
             if self._isolated:
                 if os.geteuid() == 0 and self.settings.run_as_uid is None:
                     first, last = uids.parse_range(self.settings.uid_range)
@@ -335,10 +347,19 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
         oom_kills = cgroup.oom_kills() if cgroup is not None else 0
         try:
             async for event in cell:
-                if (isinstance(event, ErrorOutput) and event.evalue == SHELL_EXITED and cgroup is not None
-                        and cgroup is self._cgroup and cgroup.oom_kills() > oom_kills):
+                if (
+                    isinstance(event, ErrorOutput)
+                    and event.evalue == SHELL_EXITED
+                    and cgroup is not None
+                    and cgroup is self._cgroup
+                    and cgroup.oom_kills() > oom_kills
+                ):
                     event = ErrorOutput.from_exception(ShellOutOfMemory(self.limits.memory))
-                elif isinstance(event, ErrorOutput) and event.ename == "ModuleNotFoundError" and self.language.name == "python":
+                elif (
+                    isinstance(event, ErrorOutput)
+                    and event.ename == "ModuleNotFoundError"
+                    and self.language.name == "python"
+                ):
                     hint = environment.import_hint(self._python, self._interpreter(), event.evalue)
                     event = ErrorOutput(event.ename, event.evalue, [*event.traceback, hint])
                 elif isinstance(event, ErrorOutput) and (ro_hint := self.workspace.hint(event.evalue)):
@@ -357,7 +378,11 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
             return f"{self._interpreter()}, node_modules {', '.join(self._node_modules)}, read-only"
         if self.language.name != "python" and self._python.bin_dir is None:
             return f"{self._interpreter()}"
-        return self._python.describe() if self.language.name == "python" else f"{self._interpreter()}; PATH has {self._python.bin_dir}"
+        return (
+            self._python.describe()
+            if self.language.name == "python"
+            else f"{self._interpreter()}; PATH has {self._python.bin_dir}"
+        )
 
     def workspace_description(self) -> str:
         return self.workspace.describe()

@@ -50,6 +50,7 @@ def reaped(argv: list[str]) -> list[str]:
     """``argv`` started by :data:`REAPER` as the sandbox's PID 1."""
     return ["/bin/sh", "-c", REAPER, "sandbox-init", *argv]
 
+
 RESERVED = {  # the sandbox's own mount points: a read-only path may not hide or be hidden by them
     "/proc": "the sandbox's own /proc",
     "/dev": "the sandbox's own /dev",
@@ -106,7 +107,7 @@ def memfd(name: str, data: bytes) -> int:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
         os.close(fd)

@@ -92,8 +92,9 @@ class SandboxCommand:
     def _mount_plan(self) -> environment.MountPlan:
         # As root, the sandbox's uid may not reach the paths (a 0700 /root): stage them.
         source = self.workspace.read_only_source
-        return environment.MountPlan(self._read_only, staged=self._isolated and os.geteuid() == 0,
-                                     at={WORKSPACE: source} if source else None)
+        return environment.MountPlan(
+            self._read_only, staged=self._isolated and os.geteuid() == 0, at={WORKSPACE: source} if source else None
+        )
 
     def _view(self, plan: environment.MountPlan, relay_fd: str = "<relay fd>") -> View:
         return View(
@@ -149,7 +150,9 @@ class SandboxCommand:
             argv = [*plan.wrapper(), "/bin/sh", "-c", script + 'exec "$@"', "sandbox-start"] + argv
         return argv
 
-    def command(self, cgroup: cgroups.SandboxCgroup | None, fds: dict[str, str] | None = None, seccomp: bool | None = None) -> list[str]:
+    def command(
+        self, cgroup: cgroups.SandboxCgroup | None, fds: dict[str, str] | None = None, seccomp: bool | None = None
+    ) -> list[str]:
         """The exact command that starts the sandbox (shown by ``%sandbox manifests``).
 
         The kernel passes bubblewrap's options through ``--args FD`` (see :meth:`_spawn`), so that
@@ -161,12 +164,18 @@ class SandboxCommand:
         plan = self._mount_plan()
         if self._gvisor:
             bundle = self._bundle or gvisor.GVisorBundle("<sandbox>")
-            return self._wrap(bundle.command(self.settings.runsc, self.settings.gvisor_platform, rootless=True), cgroup, plan)
+            return self._wrap(
+                bundle.command(self.settings.runsc, self.settings.gvisor_platform, rootless=True), cgroup, plan
+            )
         fds = fds or {name: f"<{name} fd>" for name in ("seccomp", "passwd", "group", "agent")}
-        argv = [self._bwrap_path(), *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp, plan), "--", *inner]
+        argv = [
+            self._bwrap_path(),
+            *self._bwrap_options(fds, self._seccomp is not False if seccomp is None else seccomp, plan),
+            "--",
+            *inner,
+        ]
         return self._wrap(argv, cgroup, plan)
 
     def _bwrap_options(self, fds: dict[str, str], seccomp: bool, plan: environment.MountPlan) -> list[str]:
         view = self._view(plan, fds.get("relay", "<relay fd>"))
         return bwrap.options(view, fds, seccomp, bwrap.disables_userns(self._bwrap_path()))
-

@@ -102,7 +102,10 @@ def python_environment(setting_value: str, setting: str = "LocalSandbox.python_e
     """The environment ``LocalSandbox.python_environment`` names; ConfigError when unusable."""
     value = setting_value.strip() or "kernel"
     if value == "system":
-        found = next((str(Path(d, "python3")) for d in SANDBOX_PATH.split(":") if Path(d, "python3").exists()), "/usr/bin/python3")
+        found = next(
+            (str(Path(d, "python3")) for d in SANDBOX_PATH.split(":") if Path(d, "python3").exists()),
+            "/usr/bin/python3",
+        )
         return PythonEnvironment("system", "/usr", found, (), None)
     if value == "kernel":
         executable = sys.executable or "/usr/bin/python3"
@@ -201,7 +204,9 @@ class MountPlan:
                 continue
             seen.add(path)
             source = f"{VIEW_ROOT}/{len(self.mounts)}" if staged else host
-            self.mounts.append(Mount(path, source, os.path.isdir(host) or not os.path.exists(host), host if host != path else ""))
+            self.mounts.append(
+                Mount(path, source, os.path.isdir(host) or not os.path.exists(host), host if host != path else "")
+            )
 
     def check_sources(self) -> None:
         """Raise a :class:`~sandbox_kernel.errors.SandboxStartError`-worthy OSError early when a
@@ -242,7 +247,11 @@ def import_hint(env: PythonEnvironment, python: str, evalue: str) -> str:
     """The line added to a ModuleNotFoundError: which Python the sandbox runs, and how to add
     a package (on the host: the environment is read-only in the sandbox, which has no network)."""
     module = evalue.split("'")[1].split(".")[0] if evalue.count("'") >= 2 else "PACKAGE"
-    where = f"environment {env.prefix} ({env.kind})" if python == env.python else "its own interpreter (LocalSandbox.interpreters)"
+    where = (
+        f"environment {env.prefix} ({env.kind})"
+        if python == env.python
+        else "its own interpreter (LocalSandbox.interpreters)"
+    )
     return (
         f"[sandbox] This sandbox runs {python}, {where}, read-only. To add a package, install it "
         f"into that environment on the host, e.g. {python} -m pip install {module}, then run the "

@@ -126,15 +126,34 @@ def spec(
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=0755"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["mode=1777", f"size={limits.scratch_bytes}"]},
-        {"destination": home, "type": "tmpfs", "source": "tmpfs", "options": ["mode=0700", "uid=1000", "gid=1000", f"size={limits.scratch_bytes}"]},
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777", f"size={limits.scratch_bytes}"]},
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["mode=1777", f"size={limits.scratch_bytes}"],
+        },
+        {
+            "destination": home,
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["mode=0700", "uid=1000", "gid=1000", f"size={limits.scratch_bytes}"],
+        },
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["mode=1777", f"size={limits.scratch_bytes}"],
+        },
     ]
     system = [(p, p) for p in system_dirs if os.path.isdir(p) and not os.path.islink(p)]
     for source, path in [*system, *read_only_paths]:
-        mounts.append({"destination": path, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev"]})
+        mounts.append(
+            {"destination": path, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev"]}
+        )
     for inside, host in files.items():
-        mounts.append({"destination": inside, "type": "bind", "source": host, "options": ["bind", "ro", "nosuid", "nodev"]})
+        mounts.append(
+            {"destination": inside, "type": "bind", "source": host, "options": ["bind", "ro", "nosuid", "nodev"]}
+        )
     none: list[str] = []
     return {
         "ociVersion": "1.0.2",
@@ -211,8 +230,14 @@ class GVisorBundle:
         for name in ("passwd", "group"):
             (self.bundle / name).chmod(0o444)
         config = spec(
-            args, env, home=home, agent_dir=agent_dir, system_dirs=system_dirs, read_only_paths=read_only_paths,
-            files={"/etc/passwd": str(self.bundle / "passwd"), "/etc/group": str(self.bundle / "group")}, limits=limits,
+            args,
+            env,
+            home=home,
+            agent_dir=agent_dir,
+            system_dirs=system_dirs,
+            read_only_paths=read_only_paths,
+            files={"/etc/passwd": str(self.bundle / "passwd"), "/etc/group": str(self.bundle / "group")},
+            limits=limits,
             cwd=cwd,
         )
         (self.bundle / "config.json").write_text(json.dumps(config, indent=1))
@@ -305,7 +330,9 @@ class StdioSockets:
 class SocketChannel(AgentChannel):
     """The agent's protocol over :class:`StdioSockets`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reader_end: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reader_end: asyncio.StreamWriter
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self._reader_end = reader_end  # the reading socket's transport (a StreamWriter closes it when collected)

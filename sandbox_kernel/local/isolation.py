@@ -28,17 +28,21 @@ def check_host(settings: LocalSandbox, limits: Limits, use_gvisor: bool) -> tupl
     if use_gvisor:
         why = gvisor.unavailable_reason(settings.runsc)
         if why:  # asked for by name: never fall back to less isolation
-            raise SandboxUnavailable(f"The local sandbox cannot use gVisor here: {why}, or set c.LocalSandbox.runtime = 'bubblewrap'.")
+            raise SandboxUnavailable(
+                f"The local sandbox cannot use gVisor here: {why}, or set c.LocalSandbox.runtime = 'bubblewrap'."
+            )
         if limits.allow_hosts:
-            raise SandboxUnavailable("Sandbox.allow_hosts (egress) is not available with LocalSandbox.runtime = 'gvisor' yet: gVisor's sandbox has no network.")
+            raise SandboxUnavailable(
+                "Sandbox.allow_hosts (egress) is not available with LocalSandbox.runtime = 'gvisor' yet: gVisor's sandbox has no network."
+            )
     elif shutil.which(settings.bwrap) is None:
         why = (
-            f"bubblewrap ('{settings.bwrap}') is not installed. Install it (Debian/Ubuntu: "
-            "apt-get install bubblewrap)"
+            f"bubblewrap ('{settings.bwrap}') is not installed. Install it (Debian/Ubuntu: apt-get install bubblewrap)"
         )
-    elif Path("/proc/sys/user/max_user_namespaces").exists() and Path(
-        "/proc/sys/user/max_user_namespaces"
-    ).read_text().strip() == "0":
+    elif (
+        Path("/proc/sys/user/max_user_namespaces").exists()
+        and Path("/proc/sys/user/max_user_namespaces").read_text().strip() == "0"
+    ):
         why = "user namespaces are disabled (sysctl user.max_user_namespaces=0). Enable them"
     if why:
         if settings.require_isolation:

@@ -56,16 +56,28 @@ def report(session: LocalSandboxSession, topic: str) -> str:
     if topic == "status":
         usage = cg.usage() if cg else {}
         uid = session._host_uid()
-        seccomp = {True: f"filter on ({len(seccomp_policy.syscalls())} system calls)", False: "OFF", None: "-"}[session._seccomp]
+        seccomp = {True: f"filter on ({len(seccomp_policy.syscalls())} system calls)", False: "OFF", None: "-"}[
+            session._seccomp
+        ]
         rows = [
-            ("backend", ("local (gVisor)" if session._gvisor else "local (bubblewrap)") if session._isolated else "local, NOT isolated"),
+            (
+                "backend",
+                ("local (gVisor)" if session._gvisor else "local (bubblewrap)")
+                if session._isolated
+                else "local, NOT isolated",
+            ),
             ("runtime", runtime_description(session)),
             ("language", f"{session.language.name} {session.language_info.get('version', '')}".strip()),
             ("environment", session.environment_description()),
             ("workspace", session.workspace_description()),
             ("process", str(session._proc.pid) if session._proc else "not running"),
             ("user", f"uid 1000 in the sandbox (host uid {uid})" if uid is not None else "uid 1000 in the sandbox"),
-            ("seccomp", (seccomp + (" inside gVisor" if session._gvisor and session._seccomp else "")) if session._isolated else "OFF"),
+            (
+                "seccomp",
+                (seccomp + (" inside gVisor" if session._gvisor and session._seccomp else ""))
+                if session._isolated
+                else "OFF",
+            ),
             ("memory", f"{format_bytes(usage['memory']) if 'memory' in usage else '?'} used of {limits.memory}"),
             ("processes", f"{usage.get('pids', '?')} of {limits.pids}"),
             ("cpu", limits.cpu),
@@ -87,7 +99,10 @@ def report(session: LocalSandboxSession, topic: str) -> str:
     if topic == "policy":
         return _policy(session)
     if topic == "events":
-        return "\n".join(time.strftime("%H:%M:%S", time.localtime(t)) + "  " + text for t, text in session._events) or "no events"
+        return (
+            "\n".join(time.strftime("%H:%M:%S", time.localtime(t)) + "  " + text for t, text in session._events)
+            or "no events"
+        )
     if topic == "manifests":
         return shlex.join(session._argv) if session._argv else shlex.join(session.command(None))
     raise ValueError(topic)
@@ -101,7 +116,9 @@ def _policy(session: LocalSandboxSession) -> str:
     elif settings.run_as_uid is not None:
         uid = f"host uid {settings.run_as_uid} (LocalSandbox.run_as_uid)"
     else:
-        uid = f"a host uid of its own from {settings.uid_range}" + (f", now {session._lease.uid}" if session._lease else "")
+        uid = f"a host uid of its own from {settings.uid_range}" + (
+            f", now {session._lease.uid}" if session._lease else ""
+        )
     text = (
         f"runtime: {runtime_description(session)}\n"
         "network: own network namespace with loopback only (no route to the host or the internet)\n"

@@ -40,7 +40,9 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 # The namespace flags Docker checks in clone(2) (its mask 0x7E020000). CLONE_NEWTIME (0x80)
 # means the exit signal in clone(2) and is reachable only through unshare/clone3, both denied.
-NAMESPACE_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+NAMESPACE_FLAGS = (
+    CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+)
 
 TIOCSTI = 0x5412  # push a byte into a terminal's input queue: type commands into someone's shell
 TIOCLINUX = 0x541C  # virtual console functions, including pasting the selection as input
@@ -341,12 +343,21 @@ def _store(blob: bytes) -> None:
 
 def _compile_in(python: str) -> bytes:
     try:
-        done = subprocess.run([python, "-I", os.path.abspath(__file__), "--bpf"], capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        done = subprocess.run(
+            [python, "-I", os.path.abspath(__file__), "--bpf"],
+            capture_output=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SeccompUnavailable(f"cannot run {python} to compile the seccomp filter ({exc}); install {PACKAGE_HINT}") from exc
+        raise SeccompUnavailable(
+            f"cannot run {python} to compile the seccomp filter ({exc}); install {PACKAGE_HINT}"
+        ) from exc
     if done.returncode != 0:
         detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        raise SeccompUnavailable(f"neither this Python nor {python} can import seccomp ({detail[0]}); install {PACKAGE_HINT}")
+        raise SeccompUnavailable(
+            f"neither this Python nor {python} can import seccomp ({detail[0]}); install {PACKAGE_HINT}"
+        )
     return done.stdout
 
 

@@ -35,7 +35,9 @@ def parse_range(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"uid range {text!r} is not FIRST-LAST, e.g. '1879048192-1879113727'") from None
     if not sep or lo < 1000 or hi < lo or hi >= 2**31 - 1 or lo <= 65534 <= hi:
-        raise ValueError(f"uid range {text!r} must be FIRST-LAST with 1000 <= FIRST <= LAST < 2^31-1, without 65534 (nobody)")
+        raise ValueError(
+            f"uid range {text!r} must be FIRST-LAST with 1000 <= FIRST <= LAST < 2^31-1, without 65534 (nobody)"
+        )
     return lo, hi
 
 

@@ -25,7 +25,9 @@ class SandboxUsage:
         if cgroup is None:
             if not running:
                 return None
-            return Usage(memory_limit=None, source="none", reason="no cgroup: limits are not enforced, usage is not measured")
+            return Usage(
+                memory_limit=None, source="none", reason="no cgroup: limits are not enforced, usage is not measured"
+            )
         meter = self._meter_for(cgroup)
         figures = cgroup.usage()
         stat = cgroup.memory_stat()
@@ -66,7 +68,9 @@ class SandboxUsage:
         if start is None or cgroup is None:
             return CellUsage(wall, reason="no cgroup: CPU and memory are not measured (limits are not enforced)")
         if start[0] is not cgroup:
-            return CellUsage(wall, memory_limit=self.limits.memory_bytes, reason="the sandbox was replaced during the cell")
+            return CellUsage(
+                wall, memory_limit=self.limits.memory_bytes, reason="the sandbox was replaced during the cell"
+            )
         meter = self._meter_for(cgroup)
         cpu = meter.cpu_seconds()
         before = start[1]

@@ -39,15 +39,21 @@ class LocalWorkspace:
         self.staging: Staging | None = None
         why = names.directory_refusal(self.host_dir) if self.mode != "hidden" else None
         if why:
-            self.notice = (f"{why}: it is not shown in the sandbox, which works in its private HOME instead. "
-                           "Keep the notebook and its files in a folder of their own.")
+            self.notice = (
+                f"{why}: it is not shown in the sandbox, which works in its private HOME instead. "
+                "Keep the notebook and its files in a folder of their own."
+            )
             self.mode = "hidden"
         if self.mode == "read-write":
             if gvisor:
-                raise SandboxUnavailable("Sandbox.workspace = 'read-write' is not available with LocalSandbox.runtime = "
-                                         "'gvisor' yet; use 'read-only' (and %sandbox download) or 'bubblewrap'.")
+                raise SandboxUnavailable(
+                    "Sandbox.workspace = 'read-write' is not available with LocalSandbox.runtime = "
+                    "'gvisor' yet; use 'read-only' (and %sandbox download) or 'bubblewrap'."
+                )
             self.staging = Staging(self.host_dir, limits.workspace_bytes, limits.workspace_files)
-        self.copied_read_only = self.mode == "read-only" and other_uid and os.stat(self.host_dir).st_mode & 0o005 != 0o005
+        self.copied_read_only = (
+            self.mode == "read-only" and other_uid and os.stat(self.host_dir).st_mode & 0o005 != 0o005
+        )
         if self.copied_read_only:  # the sandbox's uid could not list it: a copy it can read
             self.staging = Staging(self.host_dir, limits.workspace_bytes, limits.workspace_files, read_only=True)
         self.limits = limits
@@ -81,9 +87,11 @@ class LocalWorkspace:
         """The line added to a cell's "Read-only file system" error in read-only mode."""
         if self.mode != "read-only" or "Read-only file system" not in evalue:
             return None
-        return (f"[sandbox] The notebook's directory is read-only in the sandbox ({WORKSPACE}, Sandbox.workspace = "
-                "'read-only'). Write to /tmp or HOME and use %sandbox download NAME, or set "
-                "c.Sandbox.workspace = 'read-write' (environment variable SANDBOX_WORKSPACE) and restart the kernel.")
+        return (
+            f"[sandbox] The notebook's directory is read-only in the sandbox ({WORKSPACE}, Sandbox.workspace = "
+            "'read-only'). Write to /tmp or HOME and use %sandbox download NAME, or set "
+            "c.Sandbox.workspace = 'read-write' (environment variable SANDBOX_WORKSPACE) and restart the kernel."
+        )
 
     def take_notice(self) -> str | None:
         notice, self.notice = self.notice, None
@@ -101,10 +109,14 @@ class LocalWorkspace:
         if self.mode == "hidden":
             return f"hidden (the working directory is the private {SANDBOX_HOME})"
         if self.copied_read_only:
-            return (f"{self.host_dir} read-only at {WORKSPACE} (the working directory; a copy: the sandbox's uid may not "
-                    "list the directory itself)")
+            return (
+                f"{self.host_dir} read-only at {WORKSPACE} (the working directory; a copy: the sandbox's uid may not "
+                "list the directory itself)"
+            )
         if self.mode == "read-only":
             return f"{self.host_dir} read-only at {WORKSPACE} (the working directory)"
-        return (f"{self.host_dir} read-write at {WORKSPACE} (the working directory; a private copy, changed files "
-                f"written back after each cell, at most {format_bytes(self.limits.workspace_bytes)} in "
-                f"{self.limits.workspace_files:,} files)")
+        return (
+            f"{self.host_dir} read-write at {WORKSPACE} (the working directory; a private copy, changed files "
+            f"written back after each cell, at most {format_bytes(self.limits.workspace_bytes)} in "
+            f"{self.limits.workspace_files:,} files)"
+        )

@@ -81,7 +81,13 @@ def open_file(root_fd: int, parts: tuple[str, ...]) -> tuple[int, os.stat_result
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or special file"
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device or special file"
+        )
         raise _refusal(parts, f"it is {kind}, not a regular file")
     return fd, st
 
@@ -108,7 +114,9 @@ class HostWriter:
     (:func:`names.protected`, unless ``protect`` is False: a copy the kernel makes for the
     sandbox) and an existing entry that is not a regular file (a symlink, a directory, a FIFO)."""
 
-    def __init__(self, root_fd: int, parts: tuple[str, ...], limit: int, mode: int = 0o644, protect: bool = True) -> None:
+    def __init__(
+        self, root_fd: int, parts: tuple[str, ...], limit: int, mode: int = 0o644, protect: bool = True
+    ) -> None:
         why = names.protected(parts) if protect else None
         if why:
             raise _refusal(parts, why)
@@ -121,10 +129,18 @@ class HostWriter:
             except FileNotFoundError:
                 old = None
             if old is not None and not stat.S_ISREG(old.st_mode):
-                kind = "a symlink" if stat.S_ISLNK(old.st_mode) else "a directory" if stat.S_ISDIR(old.st_mode) else "a special file"
+                kind = (
+                    "a symlink"
+                    if stat.S_ISLNK(old.st_mode)
+                    else "a directory"
+                    if stat.S_ISDIR(old.st_mode)
+                    else "a special file"
+                )
                 raise _refusal(parts, f"{kind} of that name is in the notebook's directory")
             self._tmp = f".{parts[-1][:200]}.sandbox-{secrets.token_hex(6)}"
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self._dir)
+            self._fd = os.open(
+                self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self._dir
+            )
         except BaseException:
             os.close(self._dir)
             raise
@@ -136,7 +152,7 @@ class HostWriter:
             raise _refusal(self.parts, f"it is larger than the limit of {self.limit:,} bytes")
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
 
     def commit(self) -> int:
         try:
@@ -163,8 +179,9 @@ class HostWriter:
             self._dir = -1
 
 
-def write_file(root_fd: int, parts: tuple[str, ...], chunks: Iterable[bytes], limit: int, mode: int = 0o644,
-               protect: bool = True) -> int:
+def write_file(
+    root_fd: int, parts: tuple[str, ...], chunks: Iterable[bytes], limit: int, mode: int = 0o644, protect: bool = True
+) -> int:
     """Write ``parts`` below ``root_fd`` from ``chunks`` (at most ``limit`` bytes) with a
     :class:`HostWriter`; return its size."""
     writer = HostWriter(root_fd, parts, limit, mode, protect)
@@ -187,7 +204,9 @@ class Entry:
     """(size, mtime_ns, inode): changes when the file is written."""
 
 
-def tree(root_fd: int, max_files: int, max_entries: int | None = None, skip_hidden: bool = False) -> tuple[list[Entry], list[str]]:
+def tree(
+    root_fd: int, max_files: int, max_entries: int | None = None, skip_hidden: bool = False
+) -> tuple[list[Entry], list[str]]:
     """Every regular file below ``root_fd`` (symlinks and special files skipped, never followed),
     and a line for each name skipped; at most ``max_files`` files (then a line says so) and
     ``max_entries`` directory entries looked at (default 10 × ``max_files``). ``skip_hidden``:
@@ -208,7 +227,9 @@ def tree(root_fd: int, max_files: int, max_entries: int | None = None, skip_hidd
                 for entry in entries:
                     budget -= 1
                     if budget < 0:
-                        skipped.append(f"more than {max_entries or 10 * max_files + 100:,} names: the rest were not looked at")
+                        skipped.append(
+                            f"more than {max_entries or 10 * max_files + 100:,} names: the rest were not looked at"
+                        )
                         return files, skipped
                     parts = (*prefix, entry.name)
                     if skip_hidden and entry.name.startswith("."):
@@ -227,7 +248,9 @@ def tree(root_fd: int, max_files: int, max_entries: int | None = None, skip_hidd
                             stack.append(parts)
                     elif stat.S_ISREG(st.st_mode):
                         if len(files) >= max_files:
-                            skipped.append(f"more than {max_files:,} files (Sandbox.workspace_files): the rest were left out")
+                            skipped.append(
+                                f"more than {max_files:,} files (Sandbox.workspace_files): the rest were left out"
+                            )
                             return files, skipped
                         files.append(Entry(parts, st.st_size, (st.st_size, st.st_mtime_ns, st.st_ino)))
                     else:

@@ -82,7 +82,21 @@ def join(parts: tuple[str, ...]) -> str:
     return "/".join(parts)
 
 
-SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev", "/proc", "/sys", "/run")
+SYSTEM_DIRS = (
+    "/usr",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+)
 
 
 def directory_refusal(path: str) -> str | None:
@@ -93,6 +107,8 @@ def directory_refusal(path: str) -> str | None:
     if real == "/" or any(real == d or real.startswith(d + "/") for d in SYSTEM_DIRS):
         return f"the notebook's directory {real} is a system directory"
     if home not in ("", "/") and (real == home or home.startswith(real.rstrip("/") + "/")):
-        return (f"the notebook's directory {real} is the kernel's home directory{'' if real == home else ' or above it'} "
-                "(it holds ~/.ssh and other secrets)")
+        return (
+            f"the notebook's directory {real} is the kernel's home directory{'' if real == home else ' or above it'} "
+            "(it holds ~/.ssh and other secrets)"
+        )
     return None

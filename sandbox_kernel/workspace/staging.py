@@ -38,7 +38,7 @@ def sweep_stale(base: str) -> None:
     except OSError:
         return
     for entry in entries:
-        pid = entry.name[len(PREFIX):].split("-", 1)[0]
+        pid = entry.name[len(PREFIX) :].split("-", 1)[0]
         if not entry.name.startswith(PREFIX) or not pid.isdigit() or not entry.is_dir(follow_symlinks=False):
             continue
         try:
@@ -78,11 +78,14 @@ def copy_tree(src_fd: int, dst_fd: int, limit: int, max_files: int, uid: int | N
         if done.bytes + entry.size > limit:
             done.notices.append(
                 f"{names.shown(names.join(entry.parts))} ({format_bytes(entry.size)}): the copy would hold more than "
-                f"{format_bytes(limit)} (Sandbox.workspace_limit), so it was left out")
+                f"{format_bytes(limit)} (Sandbox.workspace_limit), so it was left out"
+            )
             continue
         try:
             fd, _ = hostfs.open_file(src_fd, entry.parts)
-            done.bytes += hostfs.write_file(dst_fd, entry.parts, hostfs.read_chunks(fd, limit - done.bytes), limit, protect=False)
+            done.bytes += hostfs.write_file(
+                dst_fd, entry.parts, hostfs.read_chunks(fd, limit - done.bytes), limit, protect=False
+            )
             done.files += 1
         except (OSError, WorkspaceError) as exc:
             done.notices.append(f"{names.shown(names.join(entry.parts))}: {exc}")
@@ -153,14 +156,18 @@ class Staging:
                     raise WorkspaceError(
                         f"{names.shown(names.join(entry.parts))} was not written back: one cell may write back "
                         f"at most {format_bytes(self.limit)} in {self.max_files:,} files "
-                        "(Sandbox.workspace_limit, workspace_files).")
+                        "(Sandbox.workspace_limit, workspace_files)."
+                    )
                 budget -= hostfs.write_file(self._host_fd, entry.parts, hostfs.read_chunks(fd, budget), budget)
                 files -= 1
             except FileNotFoundError:
                 continue  # gone since it was listed
             except (OSError, WorkspaceError) as exc:
-                notices.append(str(exc) if isinstance(exc, WorkspaceError) else
-                               f"{names.shown(names.join(entry.parts))} was not written back: {exc}")
+                notices.append(
+                    str(exc)
+                    if isinstance(exc, WorkspaceError)
+                    else f"{names.shown(names.join(entry.parts))} was not written back: {exc}"
+                )
         fresh = [n for n in notices if n not in self._told]
         self._told.update(fresh)
         return fresh

@@ -70,8 +70,15 @@ async def _reply(future: "asyncio.Future[Any]") -> dict[str, Any]:
 class Transfer:
     """Moves files between the notebook's directory (``host_dir``) and one sandbox."""
 
-    def __init__(self, channel: FileChannel, host_dir: str, limits: Limits, progress: Progress | None = None,
-                 sandbox_dir: str = "the sandbox", budget: int | None = None) -> None:
+    def __init__(
+        self,
+        channel: FileChannel,
+        host_dir: str,
+        limits: Limits,
+        progress: Progress | None = None,
+        sandbox_dir: str = "the sandbox",
+        budget: int | None = None,
+    ) -> None:
         self.channel, self.host_dir, self.limits = channel, host_dir, limits
         self.progress = progress
         self.sandbox_dir = sandbox_dir
@@ -101,7 +108,9 @@ class Transfer:
                     raise _bad(arg, exc) from None
                 hidden = next((p for p in parts if p.startswith(".")), None)
                 if hidden:
-                    raise WorkspaceError(f"{names.shown(arg)} was not uploaded: {names.shown(hidden)} is hidden (secrets live there).")
+                    raise WorkspaceError(
+                        f"{names.shown(arg)} was not uploaded: {names.shown(hidden)} is hidden (secrets live there)."
+                    )
                 try:
                     sub = hostfs.open_dir(root, parts)
                 except (NotADirectoryError, WorkspaceError, FileNotFoundError):
@@ -125,15 +134,19 @@ class Transfer:
         moved, notices = Moved(), list[str]()
         why = names.directory_refusal(self.host_dir)
         if why:
-            return moved, [f"{why}: it is not copied into the sandbox. Keep the notebook and its files in a folder of their own."]
+            return moved, [
+                f"{why}: it is not copied into the sandbox. Keep the notebook and its files in a folder of their own."
+            ]
         limit = self.budget
         root = hostfs.open_root(self.host_dir)
         try:
             entries, notices = hostfs.tree(root, self.limits.workspace_files, skip_hidden=True)
             for entry in entries:
                 if entry.size > self.budget:
-                    notices.append(f"{names.shown(names.join(entry.parts))} ({format_bytes(entry.size)}): the copy would hold "
-                                   f"more than {format_bytes(limit)} (Sandbox.workspace_limit; on Kubernetes also 3/4 of Sandbox.scratch_size), so it was left out")
+                    notices.append(
+                        f"{names.shown(names.join(entry.parts))} ({format_bytes(entry.size)}): the copy would hold "
+                        f"more than {format_bytes(limit)} (Sandbox.workspace_limit; on Kubernetes also 3/4 of Sandbox.scratch_size), so it was left out"
+                    )
                     continue
                 try:
                     await self._put_file(root, entry.parts, moved)
@@ -154,18 +167,24 @@ class Transfer:
         try:
             fd, st = hostfs.open_file(root, parts)
         except FileNotFoundError:
-            raise WorkspaceError(f"{names.shown(name)} was not uploaded: there is no such file in the notebook's directory.") from None
+            raise WorkspaceError(
+                f"{names.shown(name)} was not uploaded: there is no such file in the notebook's directory."
+            ) from None
         if self.files_left <= 0 or st.st_size > self.budget:
             os.close(fd)
-            raise WorkspaceError(f"{names.shown(name)} was not uploaded: one command moves at most "
-                                 f"{format_bytes(self.limits.workspace_bytes)} in {self.limits.workspace_files:,} files "
-                                 "(Sandbox.workspace_limit, workspace_files).")
+            raise WorkspaceError(
+                f"{names.shown(name)} was not uploaded: one command moves at most "
+                f"{format_bytes(self.limits.workspace_bytes)} in {self.limits.workspace_files:,} files "
+                "(Sandbox.workspace_limit, workspace_files)."
+            )
         offset, meter = 0, _Meter(name, st.st_size, self.progress)
         try:
             chunks = hostfs.read_chunks(fd, self.budget, self.chunk)
             fd = -1  # read_chunks closes it
             for data in chunks:
-                await self._queue(name, await self._send("file_write", name, offset, data=base64.b64encode(data).decode("ascii")))
+                await self._queue(
+                    name, await self._send("file_write", name, offset, data=base64.b64encode(data).decode("ascii"))
+                )
                 offset += len(data)
                 meter.tell(offset)
             if offset == 0:
@@ -209,8 +228,10 @@ class Transfer:
         error = reply.get("error")
         if error:
             if "Read-only file system" in error:
-                raise WorkspaceError(f"{names.shown(name)} was not uploaded: the sandbox's working directory is the notebook's "
-                                     "directory itself, read-only (Sandbox.workspace = 'read-only'): the file is already there.")
+                raise WorkspaceError(
+                    f"{names.shown(name)} was not uploaded: the sandbox's working directory is the notebook's "
+                    "directory itself, read-only (Sandbox.workspace = 'read-only'): the file is already there."
+                )
             raise WorkspaceError(f"{names.shown(name)} could not be written in the sandbox: {error}.")
 
     async def _send(self, kind: str, path: str, offset: int, **fields: Any) -> "asyncio.Future[Any]":
@@ -238,8 +259,10 @@ class Transfer:
     async def _get_file(self, root: int, inside: str, parts: tuple[str, ...], moved: Moved) -> None:
         name = names.join(parts)
         if self.files_left <= 0:
-            raise WorkspaceError(f"{names.shown(name)} was not downloaded: one command moves at most "
-                                 f"{self.limits.workspace_files:,} files (Sandbox.workspace_files).")
+            raise WorkspaceError(
+                f"{names.shown(name)} was not downloaded: one command moves at most "
+                f"{self.limits.workspace_files:,} files (Sandbox.workspace_files)."
+            )
         first = await _reply(await self._send("file_read", inside, 0, length=self.chunk))
         if first.get("error"):
             raise WorkspaceError(f"{names.shown(inside)} could not be read in the sandbox: {first['error']}.")
@@ -247,8 +270,10 @@ class Transfer:
         if not isinstance(size, int) or size < 0:
             raise WorkspaceError(f"{names.shown(inside)}: the sandbox did not say how large it is.")
         if size > self.budget:
-            raise WorkspaceError(f"{names.shown(inside)} was not downloaded: it is {format_bytes(size)}, more than "
-                                 f"{format_bytes(self.budget)} (Sandbox.workspace_limit).")
+            raise WorkspaceError(
+                f"{names.shown(inside)} was not downloaded: it is {format_bytes(size)}, more than "
+                f"{format_bytes(self.budget)} (Sandbox.workspace_limit)."
+            )
         writer = hostfs.HostWriter(root, parts, min(size, self.budget))
         meter = _Meter(name, size, self.progress)
         pending: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -306,7 +331,9 @@ class _Meter:
         self.last = now
         rate = done / max(now - self.started, 1e-6) / 2**20
         percent = 100 * done // self.total if self.total else 100
-        self.progress(f"{self.name}: {format_bytes(done)} of {format_bytes(self.total)} ({percent}%, {rate:.1f} MiB/s)", final)
+        self.progress(
+            f"{self.name}: {format_bytes(done)} of {format_bytes(self.total)} ({percent}%, {rate:.1f} MiB/s)", final
+        )
 
 
 async def copy_notebook_dir(channel: FileChannel, limits: Limits, where: str) -> tuple[str | None, str | None]:

@@ -31,9 +31,7 @@ DEFAULT_IMAGES = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "cluster: needs the real Kubernetes test cluster (tests/cluster/up)"
-    )
+    config.addinivalue_line("markers", "cluster: needs the real Kubernetes test cluster (tests/cluster/up)")
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +66,7 @@ def core_v1(k8s_api: client.ApiClient) -> client.CoreV1Api:
 
 
 def _images_env_file() -> Path:
-    cache = os.environ.get("SANDBOX_CLUSTER_CACHE") or os.path.expanduser(
-        "~/.cache/sandbox-kernel/cluster"
-    )
+    cache = os.environ.get("SANDBOX_CLUSTER_CACHE") or os.path.expanduser("~/.cache/sandbox-kernel/cluster")
     return Path(cache) / "images.env"
 
 
@@ -89,18 +85,14 @@ def sandbox_images() -> dict[str, str]:
 
 
 @pytest.fixture
-def namespace_factory(
-    core_v1: client.CoreV1Api, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., str]]:
+def namespace_factory(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
     """Create namespaces named after the test; all are deleted (without waiting) afterwards."""
     created: list[str] = []
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
 
     def make(labels: dict[str, str] | None = None, prefix: str = "e2e") -> str:
         name = f"{prefix}-{base}-{uuid.uuid4().hex[:6]}"[:63].rstrip("-")
-        core_v1.create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels or {}))
-        )
+        core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels or {})))
         created.append(name)
         return name
 
@@ -116,6 +108,7 @@ def namespace_factory(
 @pytest.fixture
 def namespace(namespace_factory: Callable[..., str]) -> str:
     return namespace_factory()
+
 
 # Kubernetes backend fixtures (rbac_applied, sa_kubeconfig, sa_api, kernel_env, k8s_kernel).
 from fixtures_kubernetes import *  # noqa: E402,F401,F403

@@ -1,12 +1,12 @@
 """Fixtures for claims mode on the real test cluster (imported by tests/e2e/conftest.py).
 
-  claims_kubeconfig      session: a kubeconfig for system:serviceaccount:sandbox-kernel-system:sandbox-kernel-claims,
-                         the kernels' identity in claims mode (k8s/rbac/claims.yaml).
-  controller_kubeconfig  session: one for ...:sandbox-kernel-controller, the controller's (k8s/rbac/controller.yaml).
-  controller             module: `sandbox-kernel controller` as a host process with that kubeconfig, leader of
-                         the real Lease (the in-cluster Deployment, if deployed, is scaled to 0 meanwhile, so
-                         one controller acts), a warm pool of POOL_SIZE Python sandboxes, short intervals.
-  claims_env             session: environment for kernels in claims mode (as sandbox-kernel-claims).
+claims_kubeconfig      session: a kubeconfig for system:serviceaccount:sandbox-kernel-system:sandbox-kernel-claims,
+                       the kernels' identity in claims mode (k8s/rbac/claims.yaml).
+controller_kubeconfig  session: one for ...:sandbox-kernel-controller, the controller's (k8s/rbac/controller.yaml).
+controller             module: `sandbox-kernel controller` as a host process with that kubeconfig, leader of
+                       the real Lease (the in-cluster Deployment, if deployed, is scaled to 0 meanwhile, so
+                       one controller acts), a warm pool of POOL_SIZE Python sandboxes, short intervals.
+claims_env             session: environment for kernels in claims mode (as sandbox-kernel-claims).
 """
 
 from __future__ import annotations
@@ -35,15 +35,22 @@ DEPLOYMENT = "sandbox-kernel-controller"
 POOL_SIZE = 3
 CONTROLLER_SETTINGS = (
     f"--SandboxController.pool=python={POOL_SIZE}",
-    "--SandboxController.lease_duration=6", "--SandboxController.renew_deadline=4", "--SandboxController.retry_period=1",
-    "--SandboxController.heartbeat_check=1", "--SandboxController.sweep_interval=5", "--SandboxController.pool_resync=3",
+    "--SandboxController.lease_duration=6",
+    "--SandboxController.renew_deadline=4",
+    "--SandboxController.retry_period=1",
+    "--SandboxController.heartbeat_check=1",
+    "--SandboxController.sweep_interval=5",
+    "--SandboxController.pool_resync=3",
 )
 
 
 def mint(admin_kubeconfig: str, account: str, out: Path) -> str:
     result = subprocess.run(
         [str(REPO / "tests" / "cluster" / "kubeconfig-for"), SA_NAMESPACE, account, str(out), "4h"],
-        env={**os.environ, "SANDBOX_KUBECONFIG": admin_kubeconfig}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SANDBOX_KUBECONFIG": admin_kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if result.returncode != 0:
         pytest.fail(f"could not mint a kubeconfig for {account}: {result.stderr}", pytrace=False)
@@ -55,13 +62,26 @@ class ControllerProcess:
 
     def __init__(self, kubeconfig: str, images: dict[str, str], log: Path, *settings: str) -> None:
         self.log = log
-        env = {**os.environ, **{k: v for k, v in images.items() if k.startswith("SANDBOX_IMAGE_")},
-               "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH", ""))))}
+        env = {
+            **os.environ,
+            **{k: v for k, v in images.items() if k.startswith("SANDBOX_IMAGE_")},
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH", "")))),
+        }
         env.pop("SANDBOX_KUBERNETES_MODE", None)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sandbox_kernel.cli", "controller", f"--KubernetesSandbox.kubeconfig={kubeconfig}",
-                 *settings], env=env, stdout=out, stderr=subprocess.STDOUT, cwd="/tmp",
+                [
+                    sys.executable,
+                    "-m",
+                    "sandbox_kernel.cli",
+                    "controller",
+                    f"--KubernetesSandbox.kubeconfig={kubeconfig}",
+                    *settings,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd="/tmp",
             )
 
     def text(self) -> str:
@@ -72,6 +92,7 @@ class ControllerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the controller exited ({self.proc.returncode}):\n{self.text()[-4000:]}")
             return words in self.text()
+
         wait_until(seen, timeout, interval=0.1, what=f"{words!r} in the controller's log")
 
     def stop(self) -> int:
@@ -99,7 +120,11 @@ def scale_deployment(apps: client.AppsV1Api, replicas: int) -> int | None:
 
 def pool_ready(core: client.CoreV1Api) -> list[str]:
     selector = f"{manifests.SELECTOR},{claims.LABEL_MADE_BY}=controller,{claims.LABEL_STATE}=ready"
-    return [n.metadata.name for n in core.list_namespace(label_selector=selector).items if n.metadata.deletion_timestamp is None]
+    return [
+        n.metadata.name
+        for n in core.list_namespace(label_selector=selector).items
+        if n.metadata.deletion_timestamp is None
+    ]
 
 
 def delete_controller_leftovers(core: client.CoreV1Api, claims_api: client.CustomObjectsApi) -> None:
@@ -137,16 +162,29 @@ def controller_kubeconfig(kubeconfig: str, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def controller(kubeconfig: str, controller_kubeconfig: str, sandbox_images: dict[str, str],
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+def controller(
+    kubeconfig: str,
+    controller_kubeconfig: str,
+    sandbox_images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ControllerProcess]:
     admin = config.new_client_from_config(config_file=kubeconfig)
     apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
     replicas = scale_deployment(apps, 0)
     if replicas:
-        wait_until(lambda: not core.list_namespaced_pod(SA_NAMESPACE, label_selector=f"app.kubernetes.io/name={DEPLOYMENT}").items,
-                   60, what="the in-cluster controller to stop")
-    proc = ControllerProcess(controller_kubeconfig, sandbox_images, tmp_path_factory.mktemp("controller") / "controller.log",
-                             *CONTROLLER_SETTINGS)
+        wait_until(
+            lambda: (
+                not core.list_namespaced_pod(SA_NAMESPACE, label_selector=f"app.kubernetes.io/name={DEPLOYMENT}").items
+            ),
+            60,
+            what="the in-cluster controller to stop",
+        )
+    proc = ControllerProcess(
+        controller_kubeconfig,
+        sandbox_images,
+        tmp_path_factory.mktemp("controller") / "controller.log",
+        *CONTROLLER_SETTINGS,
+    )
     try:
         proc.wait_for("leading", 60)
         wait_until(lambda: len(pool_ready(core)) >= POOL_SIZE, 120, interval=0.5, what=f"{POOL_SIZE} pooled sandboxes")

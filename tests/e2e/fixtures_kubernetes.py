@@ -36,7 +36,13 @@ from kubernetes.client.rest import ApiException
 
 from kernels import run_cell, write_kernelspecs
 
-__all__ = ["rbac_applied", "sa_kubeconfig", "sa_api", "kernel_env", "k8s_kernel"]  # what conftest imports (start_kernel, stop_kernel: by name)
+__all__ = [
+    "rbac_applied",
+    "sa_kubeconfig",
+    "sa_api",
+    "kernel_env",
+    "k8s_kernel",
+]  # what conftest imports (start_kernel, stop_kernel: by name)
 
 REPO = Path(__file__).resolve().parents[2]
 SA_NAMESPACE = "sandbox-kernel-system"
@@ -56,7 +62,9 @@ def find_kubectl() -> str:
 
     if os.environ.get("KUBECTL"):
         return os.environ["KUBECTL"]
-    for cache in filter(None, [os.environ.get("SANDBOX_CLUSTER_CACHE", ""), str(Path.home() / ".cache/sandbox-kernel/cluster")]):
+    for cache in filter(
+        None, [os.environ.get("SANDBOX_CLUSTER_CACHE", ""), str(Path.home() / ".cache/sandbox-kernel/cluster")]
+    ):
         if os.access(os.path.join(cache, "bin", "current", "kubectl"), os.X_OK):
             return os.path.join(cache, "bin", "current", "kubectl")
         found = sorted(glob.glob(os.path.join(cache, "bin", "*", "kubectl")), key=os.path.getmtime)
@@ -76,7 +84,9 @@ def apply_rbac(admin_kubeconfig: str) -> None:
     """
     result = subprocess.run(
         [find_kubectl(), "--kubeconfig", admin_kubeconfig, "apply", "-k", str(REPO / "k8s" / "rbac")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if result.returncode != 0:
         pytest.fail(f"kubectl apply -k k8s/rbac/ failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
@@ -105,14 +115,18 @@ def kernel_environment(admin_kubeconfig: str, images: dict[str, str], work: Path
     # project's Localhost profile (tests/cluster/up installs it; tests/security/test_kubernetes_seccomp.py
     # and the selftest test use it either way).
     profile = os.environ.get("SANDBOX_E2E_SECCOMP_PROFILE", "")
-    specs = write_kernelspecs(work / "jupyter", "kubernetes", [f"--KubernetesSandbox.seccomp_profile={profile}"] if profile else None)
+    specs = write_kernelspecs(
+        work / "jupyter", "kubernetes", [f"--KubernetesSandbox.seccomp_profile={profile}"] if profile else None
+    )
     env = {
         "SANDBOX_KUBECONFIG": sa,
         "SANDBOX_KERNEL_BACKEND": "kubernetes",
         "JUPYTER_PATH": str(specs),
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
     }
-    env.update({k: v for k, v in images.items() if k in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH")})
+    env.update(
+        {k: v for k, v in images.items() if k in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH")}
+    )
     return env
 
 
@@ -235,12 +249,21 @@ def sa_api(sa_kubeconfig: str) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture(scope="session")
-def kernel_env(kubeconfig: str, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def kernel_env(
+    kubeconfig: str, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     return kernel_environment(kubeconfig, sandbox_images, tmp_path_factory.mktemp("k8s-kernels"))
 
 
-def start_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api, language: str = "python", *argv: str,
-                 env: dict[str, str] | None = None, ready_timeout: float = 120, cwd: Path | None = None) -> K8sKernel:
+def start_kernel(
+    kernel_env: dict[str, str],
+    core_v1: client.CoreV1Api,
+    language: str = "python",
+    *argv: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 120,
+    cwd: Path | None = None,
+) -> K8sKernel:
     """Start a Sandbox kernel on the cluster through jupyter_client.KernelManager; wait until it is ready.
     ``cwd``: the notebook's directory (default: a new empty one, so nothing is copied in)."""
     kernel_id = str(uuid.uuid4())
@@ -279,15 +302,29 @@ def stop_kernel(kernel: K8sKernel) -> None:
 
 
 @pytest.fixture
-def k8s_kernel(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., K8sKernel]]:
+def k8s_kernel(
+    kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., K8sKernel]]:
     """Start kernels: ``k8s_kernel("python", "--KubernetesSandbox.heartbeat_ttl=5", env={...})``;
     ``cwd``: the notebook's directory (default: an empty one, so nothing is copied in)."""
     started: list[K8sKernel] = []
 
-    def start(language: str = "python", *argv: str, env: dict[str, str] | None = None, ready_timeout: float = 120,
-              cwd: Path | None = None) -> K8sKernel:
-        kernel = start_kernel(kernel_env, core_v1, language, *argv, env=env, ready_timeout=ready_timeout,
-                              cwd=cwd or tmp_path_factory.mktemp("notebook"))
+    def start(
+        language: str = "python",
+        *argv: str,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 120,
+        cwd: Path | None = None,
+    ) -> K8sKernel:
+        kernel = start_kernel(
+            kernel_env,
+            core_v1,
+            language,
+            *argv,
+            env=env,
+            ready_timeout=ready_timeout,
+            cwd=cwd or tmp_path_factory.mktemp("notebook"),
+        )
         started.append(kernel)
         return kernel
 

@@ -29,9 +29,13 @@ COUNT_FOREVER = "import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    
 
 
 @pytest.mark.disruptive
-def test_a_cell_loses_no_output_across_an_api_server_crash_and_restart(sa_kubeconfig: str, sandbox_images: dict[str, str]) -> None:
+def test_a_cell_loses_no_output_across_an_api_server_crash_and_restart(
+    sa_kubeconfig: str, sandbox_images: dict[str, str]
+) -> None:
     async def scenario() -> tuple[str, list[ErrorOutput], float, str, str]:
-        settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]})
+        settings = KubernetesSandbox(
+            kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]}
+        )
         limits = Sandbox(config=Config({"Sandbox": {"timeout": 0.0}})).limits()  # the restart takes a while
         session = KubernetesSandboxSession(LANGUAGES["python"], limits, settings, kernel_id="apiserver-restart")
         out: list[str] = []

@@ -62,8 +62,14 @@ def admin(kubeconfig: str) -> Iterator[client.ApiClient]:
 
 def claim_body(images: dict[str, str], heartbeat: int = 60, **resources: str) -> dict[str, Any]:
     """A claim as a default Python kernel makes it (the pool's kind), with ``resources`` changed."""
-    spec = claims.ClaimSpec(language="python", user=CLAIMS_USER, image=images["SANDBOX_IMAGE_PYTHON"], owner="e2e",
-                            kernel_id=f"e2e-{uuid.uuid4().hex[:8]}", heartbeat_seconds=heartbeat)
+    spec = claims.ClaimSpec(
+        language="python",
+        user=CLAIMS_USER,
+        image=images["SANDBOX_IMAGE_PYTHON"],
+        owner="e2e",
+        kernel_id=f"e2e-{uuid.uuid4().hex[:8]}",
+        heartbeat_seconds=heartbeat,
+    )
     body = claims.claim_object(f"e2e-{uuid.uuid4().hex[:8]}", SA_NAMESPACE, spec, micro_time())
     body["spec"]["resources"].update(resources)
     return body
@@ -95,6 +101,7 @@ def ready(api: client.ApiClient, name: str, timeout: float = 90) -> dict[str, An
         found = (read(api, name) or {}).get("status") or {}
         assert found.get("phase") not in ("Refused", "Failed"), found
         return found if found.get("phase") == "Ready" else None
+
     return wait_until(status, timeout, interval=0.05, what=f"claim {name} to be Ready")
 
 
@@ -124,10 +131,18 @@ def test_a_claim_gets_a_sandbox_whose_policies_come_before_its_pod_and_goes_with
         sandbox = status["namespace"]
         core = client.CoreV1Api(admin)
         ns = core.read_namespace(sandbox).metadata
-        assert {k: ns.labels[k] for k in ("pod-security.kubernetes.io/enforce", "pod-security.kubernetes.io/enforce-version",
-                                         claims.LABEL_MADE_BY)} == {
-            "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest",
-            claims.LABEL_MADE_BY: "controller"}
+        assert {
+            k: ns.labels[k]
+            for k in (
+                "pod-security.kubernetes.io/enforce",
+                "pod-security.kubernetes.io/enforce-version",
+                claims.LABEL_MADE_BY,
+            )
+        } == {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+            claims.LABEL_MADE_BY: "controller",
+        }
         assert ns.annotations[manifests.ANNOTATION_USER] == CONTROLLER_USER
         assert ns.annotations[claims.ANNOTATION_CLAIM_UID] == created["metadata"]["uid"]
         assert ns.annotations[claims.ANNOTATION_CLAIM_USER] == CLAIMS_USER
@@ -137,19 +152,29 @@ def test_a_claim_gets_a_sandbox_whose_policies_come_before_its_pod_and_goes_with
         quota = core.read_namespaced_resource_quota(manifests.QUOTA_NAME, sandbox)
         limits = core.read_namespaced_limit_range(manifests.LIMIT_RANGE_NAME, sandbox)
         pod = core.read_namespaced_pod("sandbox-1", sandbox)
-        assert max(int(o.metadata.resource_version) for o in (policy, quota, limits)) < int(pod.metadata.resource_version)
-        assert pod.spec.containers[0].resources.limits["memory"] == "200Mi" and pod.spec.security_context.run_as_non_root
+        assert max(int(o.metadata.resource_version) for o in (policy, quota, limits)) < int(
+            pod.metadata.resource_version
+        )
+        assert (
+            pod.spec.containers[0].resources.limits["memory"] == "200Mi" and pod.spec.security_context.run_as_non_root
+        )
         binding = client.RbacAuthorizationV1Api(admin).read_namespaced_role_binding(claims.CLAIMANT_BINDING, sandbox)
         assert (binding.role_ref.name, [(s.kind, s.namespace, s.name) for s in binding.subjects]) == (
-            claims.CLAIMANT_ROLE, [("ServiceAccount", SA_NAMESPACE, "sandbox-kernel-claims")])
+            claims.CLAIMANT_ROLE,
+            [("ServiceAccount", SA_NAMESPACE, "sandbox-kernel-claims")],
+        )
         # The claimant may read (and attach to) that pod, and do nothing else with it or the namespace.
         mine = client.CoreV1Api(claimant)
         assert mine.read_namespaced_pod("sandbox-1", sandbox).status.phase == "Running"
         expect_refused(403, lambda: mine.delete_namespaced_pod("sandbox-1", sandbox))
         expect_refused(403, lambda: mine.create_namespaced_pod(sandbox, pod_spec_like(pod)))
         expect_refused(403, lambda: mine.delete_namespace(sandbox))
-        expect_refused(403, lambda: client.CustomObjectsApi(claimant).patch_namespaced_custom_object_status(
-            G, V, SA_NAMESPACE, P, name, {"status": {"namespace": "kube-system"}}))
+        expect_refused(
+            403,
+            lambda: client.CustomObjectsApi(claimant).patch_namespaced_custom_object_status(
+                G, V, SA_NAMESPACE, P, name, {"status": {"namespace": "kube-system"}}
+            ),
+        )
     finally:
         delete(claimant, name)
     wait_until(lambda: read(claimant, name) is None, 30, what=f"claim {name} to be gone")
@@ -157,7 +182,10 @@ def test_a_claim_gets_a_sandbox_whose_policies_come_before_its_pod_and_goes_with
 
 
 def pod_spec_like(pod: client.V1Pod) -> dict[str, Any]:
-    return {"metadata": {"name": "another"}, "spec": {"containers": [{"name": "x", "image": pod.spec.containers[0].image}]}}
+    return {
+        "metadata": {"name": "another"},
+        "spec": {"containers": [{"name": "x", "image": pod.spec.containers[0].image}]},
+    }
 
 
 def test_a_claim_whose_heartbeat_stops_is_reclaimed_with_its_sandbox(
@@ -189,15 +217,22 @@ def test_a_claim_over_the_operator_s_bounds_or_in_another_s_name_is_refused_with
     body = claim_body(sandbox_images)
     body["spec"]["user"] = "system:serviceaccount:kube-system:default"
     message = expect_refused(403, lambda: create(claimant, body))
-    assert "ValidatingAdmissionPolicy 'sandbox-kernel-claims'" in message and "must name its creator" in message, message
+    assert "ValidatingAdmissionPolicy 'sandbox-kernel-claims'" in message and "must name its creator" in message, (
+        message
+    )
 
 
 def test_a_kernel_whose_claim_is_over_the_bounds_is_told_so_in_the_cell(
     controller: ControllerProcess, k8s_kernel: Any, claims_env: dict[str, str]
 ) -> None:
     # The kernel's own settings allow 2Gi (its limit range and quota raised); the operator's bound does not.
-    kernel = k8s_kernel("python", "--Sandbox.memory_limit=2Gi", "--KubernetesSandbox.limit_range_max_memory=4Gi",
-                        "--KubernetesSandbox.quota_limits_memory=4Gi", env=claims_env)
+    kernel = k8s_kernel(
+        "python",
+        "--Sandbox.memory_limit=2Gi",
+        "--KubernetesSandbox.limit_range_max_memory=4Gi",
+        "--KubernetesSandbox.quota_limits_memory=4Gi",
+        env=claims_env,
+    )
     started = time.monotonic()
     cell = kernel.run("1")
     assert cell.error is not None and cell.error["ename"] == "AdmissionError", cell.outputs
@@ -205,17 +240,44 @@ def test_a_kernel_whose_claim_is_over_the_bounds_is_told_so_in_the_cell(
     assert time.monotonic() - started < 10
 
 
-def test_the_claims_identity_cannot_make_namespaces_pods_or_rolebindings(claimant: client.ApiClient, sandbox_images: dict[str, str]) -> None:
+def test_the_claims_identity_cannot_make_namespaces_pods_or_rolebindings(
+    claimant: client.ApiClient, sandbox_images: dict[str, str]
+) -> None:
     core, rbac = client.CoreV1Api(claimant), client.RbacAuthorizationV1Api(claimant)
-    labels = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
-              "pod-security.kubernetes.io/enforce-version": "latest"}
-    expect_refused(403, lambda: core.create_namespace({"metadata": {"name": f"sandbox-e2e{uuid.uuid4().hex[:6]}", "labels": labels}}))
-    expect_refused(403, lambda: core.create_namespaced_pod(SA_NAMESPACE, {
-        "metadata": {"name": "e2e-pod"}, "spec": {"containers": [{"name": "x", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"]}]}}))
-    expect_refused(403, lambda: rbac.create_namespaced_role_binding(SA_NAMESPACE, {
-        "metadata": {"name": "e2e"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                                  "name": "sandbox-kernel-sandbox"},
-        "subjects": [{"kind": "ServiceAccount", "name": "sandbox-kernel-claims", "namespace": SA_NAMESPACE}]}))
+    labels = {
+        manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    expect_refused(
+        403,
+        lambda: core.create_namespace({"metadata": {"name": f"sandbox-e2e{uuid.uuid4().hex[:6]}", "labels": labels}}),
+    )
+    expect_refused(
+        403,
+        lambda: core.create_namespaced_pod(
+            SA_NAMESPACE,
+            {
+                "metadata": {"name": "e2e-pod"},
+                "spec": {"containers": [{"name": "x", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"]}]},
+            },
+        ),
+    )
+    expect_refused(
+        403,
+        lambda: rbac.create_namespaced_role_binding(
+            SA_NAMESPACE,
+            {
+                "metadata": {"name": "e2e"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "sandbox-kernel-sandbox",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "sandbox-kernel-claims", "namespace": SA_NAMESPACE}],
+            },
+        ),
+    )
     expect_refused(403, lambda: core.list_pod_for_all_namespaces())
     expect_refused(403, lambda: core.list_namespace())
 
@@ -281,11 +343,14 @@ def test_ten_claims_racing_for_three_pooled_sandboxes_three_get_one_none_twice(
             delete(claimant, name)
     wait_until(lambda: all(read(claimant, n) is None for n in names), 60, what="the claims to be gone")
 
+
 # -- direct mode's isolation checks, in claims mode (before the leader test, which stops the controller)
 
 RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest",
-    "pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
 }
 # What direct mode's default pod reports too (test_kubernetes_runtimes.py, runc): every other check passes.
 SELFTEST_NOT_PASSED = {"no io_uring": "FAIL", "process limit": "n/a"}
@@ -306,12 +371,30 @@ for name, (host, port) in TARGETS.items():
 
 @pytest.mark.parametrize("source", ["pool", "cold"])
 def test_a_claims_mode_sandbox_passes_the_direct_mode_isolation_checks(
-    source: str, controller: ControllerProcess, k8s_kernel: Callable[..., K8sKernel], claims_env: dict[str, Any], k8s_api: client.ApiClient,
-    namespace: str, sandbox_images: dict[str, str],
+    source: str,
+    controller: ControllerProcess,
+    k8s_kernel: Callable[..., K8sKernel],
+    claims_env: dict[str, Any],
+    k8s_api: client.ApiClient,
+    namespace: str,
+    sandbox_images: dict[str, str],
 ) -> None:
     core = client.CoreV1Api(k8s_api)
-    target = core.create_namespaced_pod(namespace, {"metadata": {"name": "target"}, "spec": {"containers": [{
-        "name": "http", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"], "command": ["python3", "-m", "http.server", "8080"]}]}})
+    target = core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "target"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "http",
+                        "image": sandbox_images["SANDBOX_IMAGE_PYTHON"],
+                        "command": ["python3", "-m", "http.server", "8080"],
+                    }
+                ]
+            },
+        },
+    )
     if source == "pool":
         wait_until(lambda: pool_ready(core), 60, interval=0.2, what="a pooled sandbox")
         kernel = k8s_kernel("python", env=claims_env)
@@ -325,23 +408,43 @@ def test_a_claims_mode_sandbox_passes_the_direct_mode_isolation_checks(
     labels = core.read_namespace(ns).metadata.labels
     assert {k: v for k, v in labels.items() if k.startswith("pod-security")} == RESTRICTED
     (quota,) = core.list_namespaced_resource_quota(ns).items
-    assert quota.spec.hard == {"requests.cpu": "500m", "requests.memory": "256Mi", "limits.cpu": "1", "limits.memory": "512Mi",
-                               "pods": "3", "persistentvolumeclaims": "0", "services": "0"}, quota.spec.hard
+    assert quota.spec.hard == {
+        "requests.cpu": "500m",
+        "requests.memory": "256Mi",
+        "limits.cpu": "1",
+        "limits.memory": "512Mi",
+        "pods": "3",
+        "persistentvolumeclaims": "0",
+        "services": "0",
+    }, quota.spec.hard
     (limit_range,) = core.list_namespaced_limit_range(ns).items
     assert limit_range.spec.limits[0].max == {"cpu": "500m", "memory": "256Mi"}
     (policy,) = client.NetworkingV1Api(k8s_api).list_namespaced_network_policy(ns).items
     assert policy.spec.pod_selector.match_labels is None and policy.spec.pod_selector.match_expressions is None
-    assert policy.spec.policy_types == ["Ingress", "Egress"] and policy.spec.ingress is None and policy.spec.egress is None
+    assert (
+        policy.spec.policy_types == ["Ingress", "Egress"] and policy.spec.ingress is None and policy.spec.egress is None
+    )
 
     # The pod: restricted as created; the namespace really enforces it.
     (pod,) = [p for p in core.list_namespaced_pod(ns).items if p.metadata.deletion_timestamp is None]
     sc, csc = pod.spec.security_context, pod.spec.containers[0].security_context
     assert (sc.run_as_non_root, sc.run_as_user, sc.seccomp_profile.type, pod.spec.automount_service_account_token) == (
-        True, 1000, "RuntimeDefault", False)
-    assert (csc.allow_privilege_escalation, csc.capabilities.drop, csc.read_only_root_filesystem) == (False, ["ALL"], True)
+        True,
+        1000,
+        "RuntimeDefault",
+        False,
+    )
+    assert (csc.allow_privilege_escalation, csc.capabilities.drop, csc.read_only_root_filesystem) == (
+        False,
+        ["ALL"],
+        True,
+    )
     assert pod.spec.containers[0].resources.limits["memory"] == ("256Mi" if source == "pool" else "200Mi")
     body = client.ApiClient().sanitize_for_serialization(pod)
-    body = {"metadata": {"name": "dry-run-copy", "namespace": ns}, "spec": {k: v for k, v in body["spec"].items() if k != "nodeName"}}
+    body = {
+        "metadata": {"name": "dry-run-copy", "namespace": ns},
+        "spec": {k: v for k, v in body["spec"].items() if k != "nodeName"},
+    }
     assert core.create_namespaced_pod(ns, body, dry_run="All").metadata.name == "dry-run-copy"
     body["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_RAW"]
     with pytest.raises(ApiException) as refused:
@@ -349,11 +452,23 @@ def test_a_claims_mode_sandbox_passes_the_direct_mode_isolation_checks(
     assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
 
     # From a cell: nothing answers; the selftest reports what it reports in direct mode.
-    ip = wait_until(lambda: core.read_namespaced_pod(target.metadata.name, namespace).status.pod_ip, 60, what="target pod IP")
+    ip = wait_until(
+        lambda: core.read_namespaced_pod(target.metadata.name, namespace).status.pod_ip, 60, what="target pod IP"
+    )
     node_ip = next(a.address for a in core.list_node().items[0].status.addresses if a.type == "InternalIP")
-    targets = {"api-service": ("10.96.0.1", 443), "api-node": (node_ip, 6443), "kubelet": (node_ip, 10250), "pod": (ip, 8080)}
-    wait_until(lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the target pod")
-    seen = dict(line.split() for line in kernel.run(NETWORK.replace("TARGETS", repr(targets)), timeout=60).stdout.strip().splitlines())
+    targets = {
+        "api-service": ("10.96.0.1", 443),
+        "api-node": (node_ip, 6443),
+        "kubelet": (node_ip, 10250),
+        "pod": (ip, 8080),
+    }
+    wait_until(
+        lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the target pod"
+    )
+    seen = dict(
+        line.split()
+        for line in kernel.run(NETWORK.replace("TARGETS", repr(targets)), timeout=60).stdout.strip().splitlines()
+    )
     assert set(seen) == set(targets) and "open" not in seen.values(), seen
     cell = kernel.run("%sandbox selftest", timeout=120)
     assert cell.reply["status"] == "ok", cell.outputs
@@ -362,11 +477,13 @@ def test_a_claims_mode_sandbox_passes_the_direct_mode_isolation_checks(
     assert {c: v for c, v in verdicts.items() if v != "pass"} == SELFTEST_NOT_PASSED, cell.stdout
 
 
-
-
 def test_two_controllers_one_leads_and_the_other_takes_over_when_it_stops(
-    controller: ControllerProcess, controller_kubeconfig: str, claimant: client.ApiClient, admin: client.ApiClient,
-    sandbox_images: dict[str, str], tmp_path: Any,
+    controller: ControllerProcess,
+    controller_kubeconfig: str,
+    claimant: client.ApiClient,
+    admin: client.ApiClient,
+    sandbox_images: dict[str, str],
+    tmp_path: Any,
 ) -> None:
     second = ControllerProcess(controller_kubeconfig, sandbox_images, tmp_path / "second.log", *CONTROLLER_SETTINGS)
     try:

@@ -39,7 +39,9 @@ _state: dict[str, Any] = {}
 def _admin() -> str:
     admin = os.environ.get("SANDBOX_KUBECONFIG", "")
     if not admin or not Path(admin).is_file():
-        raise AssertionError("SANDBOX_KUBECONFIG must name the admin kubeconfig of the test cluster (tests/cluster/up prints it)")
+        raise AssertionError(
+            "SANDBOX_KUBECONFIG must name the admin kubeconfig of the test cluster (tests/cluster/up prints it)"
+        )
     return admin
 
 
@@ -54,9 +56,21 @@ def setUpModule() -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     _state.update(env=env, api=api, replicas=scale_deployment(apps, 0))
     if _state["replicas"]:
-        wait_until(lambda: not core.list_namespaced_pod("sandbox-kernel-system", label_selector="app.kubernetes.io/name=sandbox-kernel-controller").items,
-                   60, what="the in-cluster controller to stop")
-    proc = ControllerProcess(mint(admin, CONTROLLER_SA, work / "controller.kubeconfig"), images, work / "controller.log", *CONTROLLER_SETTINGS)
+        wait_until(
+            lambda: (
+                not core.list_namespaced_pod(
+                    "sandbox-kernel-system", label_selector="app.kubernetes.io/name=sandbox-kernel-controller"
+                ).items
+            ),
+            60,
+            what="the in-cluster controller to stop",
+        )
+    proc = ControllerProcess(
+        mint(admin, CONTROLLER_SA, work / "controller.kubeconfig"),
+        images,
+        work / "controller.log",
+        *CONTROLLER_SETTINGS,
+    )
     _state["controller"] = proc
     proc.wait_for("leading", 60)
     wait_until(lambda: len(pool_ready(core)) >= POOL_SIZE, 120, interval=0.5, what=f"{POOL_SIZE} pooled sandboxes")

@@ -71,11 +71,7 @@ def make_pod(
             automount_service_account_token=False,
             termination_grace_period_seconds=0,
             enable_service_links=False,
-            volumes=[
-                client.V1Volume(
-                    name="tmp", empty_dir=client.V1EmptyDirVolumeSource(size_limit="64Mi")
-                )
-            ],
+            volumes=[client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource(size_limit="64Mi"))],
         ),
     )
 
@@ -98,8 +94,7 @@ def wait_pod(
     events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
     msgs = [f"{e.reason}: {e.message}" for e in events.items]
     raise AssertionError(
-        f"pod {ns}/{name} did not reach {what} within {timeout}s; "
-        f"status={pod.status if pod else None}; events={msgs}"
+        f"pod {ns}/{name} did not reach {what} within {timeout}s; status={pod.status if pod else None}; events={msgs}"
     )
 
 
@@ -179,9 +174,7 @@ def test_node_is_ready_and_version_is_pinned(core_v1: client.CoreV1Api, k8s_api)
     assert node.spec.pod_cidr, "the controller-manager allocated no pod CIDR"
 
 
-def test_pod_runs_and_logs_are_read(
-    core_v1: client.CoreV1Api, namespace: str, sandbox_images: dict[str, str]
-) -> None:
+def test_pod_runs_and_logs_are_read(core_v1: client.CoreV1Api, namespace: str, sandbox_images: dict[str, str]) -> None:
     script = (
         "import os, json, ssl, socket, subprocess, ctypes; "
         "open('/tmp/x', 'w').write('ok'); "
@@ -201,8 +194,12 @@ def test_pod_runs_and_logs_are_read(
         ("SANDBOX_IMAGE_NODE", ["node", "-e", "console.log('node', process.getuid())"], "node 1000"),
         (
             "SANDBOX_IMAGE_BASH",
-            ["bash", "-c", "f=$(mktemp); echo abc | dd status=none of=$f; wc -c <$f; "
-             "find /etc -name passwd | grep -c passwd | sed s/1/one/; mkfifo /tmp/p && echo fifo"],
+            [
+                "bash",
+                "-c",
+                "f=$(mktemp); echo abc | dd status=none of=$f; wc -c <$f; "
+                "find /etc -name passwd | grep -c passwd | sed s/1/one/; mkfifo /tmp/p && echo fifo",
+            ],
             "4\none\nfifo",
         ),
     ],
@@ -273,8 +270,7 @@ def test_attach_with_stdin(
     run_pod(
         core_v1,
         namespace,
-        make_pod("echo", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["python3", "-u", "-c", echo],
-                 stdin=True),
+        make_pod("echo", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["python3", "-u", "-c", echo], stdin=True),
     )
     core = client.CoreV1Api(stream_api)
     resp = stream.stream(
@@ -341,9 +337,7 @@ def test_deny_all_network_policy_is_enforced(
         locked_ns,
         client.V1NetworkPolicy(
             metadata=client.V1ObjectMeta(name="deny-all"),
-            spec=client.V1NetworkPolicySpec(
-                pod_selector=client.V1LabelSelector(), policy_types=["Ingress", "Egress"]
-            ),
+            spec=client.V1NetworkPolicySpec(pod_selector=client.V1LabelSelector(), policy_types=["Ingress", "Egress"]),
         ),
     )
     server = make_pod("web", image, ["python3", "-m", "http.server", "8080"], port=8080)
@@ -403,8 +397,12 @@ def test_pod_security_restricted_rejects_privileged(
     good = make_pod(
         "restricted",
         image,
-        ["python3", "-c", "import os; open('/tmp/f','w').write('x'); "
-         "print('uid', os.getuid(), 'ro-root', not os.access('/', os.W_OK))"],
+        [
+            "python3",
+            "-c",
+            "import os; open('/tmp/f','w').write('x'); "
+            "print('uid', os.getuid(), 'ro-root', not os.access('/', os.W_OK))",
+        ],
     )
     core_v1.create_namespaced_pod(ns, good)
     pod = wait_pod(core_v1, ns, "restricted", finished, 60, "completion")
@@ -427,8 +425,9 @@ def test_resource_quota_rejects_pod_over_quota(
     while not (core_v1.read_namespaced_resource_quota("small", namespace).status.hard or {}):
         assert time.monotonic() < deadline, "the quota controller never filled in status.hard"
         time.sleep(0.5)
-    big = make_pod("big", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["true"],
-                   memory_request="128Mi", memory_limit="128Mi")
+    big = make_pod(
+        "big", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["true"], memory_request="128Mi", memory_limit="128Mi"
+    )
     with pytest.raises(ApiException) as info:
         core_v1.create_namespaced_pod(namespace, big)
     assert info.value.status == 403
@@ -439,8 +438,7 @@ def test_pod_over_memory_limit_is_oom_killed(
     core_v1: client.CoreV1Api, namespace: str, sandbox_images: dict[str, str]
 ) -> None:
     hog = "b = []\nwhile True:\n    b.append(b'x' * (16 << 20))\n"
-    pod = make_pod("hog", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["python3", "-c", hog],
-                   memory_limit="64Mi")
+    pod = make_pod("hog", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["python3", "-c", hog], memory_limit="64Mi")
     core_v1.create_namespaced_pod(namespace, pod)
     pod = wait_pod(core_v1, namespace, "hog", finished, 60, "termination")
     term = pod.status.container_statuses[0].state.terminated
@@ -490,8 +488,7 @@ def test_pid_limit_contains_fork_bomb(
         "for k in kids:\n"
         "    os.waitpid(k, 0)\n"
     )
-    pod = make_pod("bomb", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["python3", "-c", bomb],
-                   memory_limit="512Mi")
+    pod = make_pod("bomb", sandbox_images["SANDBOX_IMAGE_PYTHON"], ["python3", "-c", bomb], memory_limit="512Mi")
     core_v1.create_namespaced_pod(namespace, pod)
     pod = wait_pod(core_v1, namespace, "bomb", finished, 90, "completion")
     logs = core_v1.read_namespaced_pod_log("bomb", namespace)
@@ -524,9 +521,7 @@ def test_cluster_dns_serves_cluster_local_only(
     assert out.split() == ["10.96.0.1", "unresolved"], (out, err)
 
 
-def test_kubeconfig_for_service_account(
-    k8s_api, core_v1: client.CoreV1Api, namespace: str, tmp_path
-) -> None:
+def test_kubeconfig_for_service_account(k8s_api, core_v1: client.CoreV1Api, namespace: str, tmp_path) -> None:
     import subprocess
     from pathlib import Path
 
@@ -547,28 +542,25 @@ def test_kubeconfig_for_service_account(
         namespace,
         client.V1RoleBinding(
             metadata=client.V1ObjectMeta(name="kernel-pods-reader"),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="pods-reader"
-            ),
-            subjects=[
-                client.RbacV1Subject(kind="ServiceAccount", name="kernel", namespace=namespace)
-            ],
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="pods-reader"),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="kernel", namespace=namespace)],
         ),
     )
     script = Path(__file__).resolve().parents[1] / "cluster" / "kubeconfig-for"
     out = tmp_path / "kernel.kubeconfig"
     res = subprocess.run(
         [str(script), namespace, "kernel", str(out), "10m"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == str(out)
 
     sa_api = config.new_client_from_config(config_file=str(out))
     try:
-        review = client.AuthenticationV1Api(sa_api).create_self_subject_review(
-            client.V1SelfSubjectReview()
-        )
+        review = client.AuthenticationV1Api(sa_api).create_self_subject_review(client.V1SelfSubjectReview())
         assert review.status.user_info.username == f"system:serviceaccount:{namespace}:kernel"
         sa_core = client.CoreV1Api(sa_api)
         assert sa_core.list_namespaced_pod(namespace).items == []

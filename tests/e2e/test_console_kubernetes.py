@@ -56,11 +56,28 @@ def console(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pat
     def start(**env: str) -> Console:
         kernel_id = str(uuid.uuid4())
         child = pexpect.spawn(
-            sys.executable, ["-m", "jupyter", "console", "--kernel", "sandbox-python",
-                             "--ZMQTerminalInteractiveShell.kernel_timeout=180"],  # a loaded cluster starts slowly
-            env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-                 "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm-256color", **env},
-            encoding="utf-8", timeout=180, dimensions=(40, 200), cwd=str(tmp_path),
+            sys.executable,
+            [
+                "-m",
+                "jupyter",
+                "console",
+                "--kernel",
+                "sandbox-python",
+                "--ZMQTerminalInteractiveShell.kernel_timeout=180",
+            ],  # a loaded cluster starts slowly
+            env={
+                **os.environ,
+                **kernel_env,
+                "SANDBOX_KERNEL_ID": kernel_id,
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+                "PROMPT_TOOLKIT_NO_CPR": "1",
+                "TERM": "xterm-256color",
+                **env,
+            },
+            encoding="utf-8",
+            timeout=180,
+            dimensions=(40, 200),
+            cwd=str(tmp_path),
         )
         log = tmp_path / f"console-{len(started)}.log"
         child.logfile_read = log.open("w")
@@ -87,8 +104,11 @@ def console(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pat
             for ns in core_v1.list_namespace(label_selector=selector).items:
                 core_v1.delete_namespace(ns.metadata.name)
             continue
-        wait_until(lambda: not core_v1.list_namespace(label_selector=selector).items, 90,
-                   what=f"the sandbox namespace of kernel {kernel_id} to be gone")
+        wait_until(
+            lambda: not core_v1.list_namespace(label_selector=selector).items,
+            90,
+            what=f"the sandbox namespace of kernel {kernel_id} to be gone",
+        )
     assert not stuck, f"`exit` did not end the console of kernels {stuck}"
 
 
@@ -98,7 +118,9 @@ def test_a_sandbox_that_cannot_start_is_reported_once(console: Callable[..., Con
     screen = term.screen()
     told = screen.count("could not be pulled")
     assert told == 1, f"the start error was printed {told} times:\n{screen}"
-    assert "SandboxStartError: The sandbox image localhost/sandbox-python:no-such-tag could not be pulled" in screen, screen
+    assert "SandboxStartError: The sandbox image localhost/sandbox-python:no-such-tag could not be pulled" in screen, (
+        screen
+    )
     assert "ZeroDivisionError" not in screen  # the cell never ran
     # The console keeps using the kernel's is_complete (it gives up for good on a reply slower
     # than 1 s, e.g. one waiting for a sandbox to start again), so a plain `exit` ends it.

@@ -48,11 +48,20 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 PLATFORM_NS = "sandbox-kernel-system"
 NAMESPACE_POLICY = "sandbox-kernel-namespaces"
 ROLEBINDING_POLICY = "sandbox-kernel-rolebindings"
-POLICIES = (NAMESPACE_POLICY, ROLEBINDING_POLICY, "sandbox-kernel-networkpolicies", "sandbox-kernel-pods-command",
-            "sandbox-kernel-pods-deny-all",
-            "sandbox-kernel-pods-quota", "sandbox-kernel-pods-limits")  # k8s/rbac/admission-policy.yaml
-SANDBOX_LABELS = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
-                  "pod-security.kubernetes.io/enforce-version": "latest"}
+POLICIES = (
+    NAMESPACE_POLICY,
+    ROLEBINDING_POLICY,
+    "sandbox-kernel-networkpolicies",
+    "sandbox-kernel-pods-command",
+    "sandbox-kernel-pods-deny-all",
+    "sandbox-kernel-pods-quota",
+    "sandbox-kernel-pods-limits",
+)  # k8s/rbac/admission-policy.yaml
+SANDBOX_LABELS = {
+    manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 """What the namespace policy requires of a namespace the service account creates."""
 LAB_IMAGE = "localhost/sandbox-kernel-lab"
 CONTROLLER_USER = f"system:serviceaccount:{SA_NAMESPACE}:sandbox-kernel-controller"
@@ -82,7 +91,9 @@ def kubectl(kubeconfig: str, *args: str, timeout: float = 300, check: bool = Tru
         [find_kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -109,7 +120,10 @@ def lab_image(kubeconfig: str) -> str:
     """images/jupyterlab/build --import: the content-addressed image reference (cached by content)."""
     result = subprocess.run(
         [str(REPO / "images" / "jupyterlab" / "build"), "--import"],
-        env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig}, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     if result.returncode != 0:
         pytest.fail(f"images/jupyterlab/build failed:\n{result.stderr[-4000:]}", pytrace=False)
@@ -126,12 +140,16 @@ def platform(kubeconfig: str, lab_image: str, tmp_path_factory: pytest.TempPathF
     it makes the Deployment roll whenever the image's content changed.
     """
     overlay = tmp_path_factory.mktemp("overlay")
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO / "k8s", overlay)],
-        "images": [{"name": LAB_IMAGE, "newTag": lab_image.split(":", 1)[1]}],
-    }))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "k8s", overlay)],
+                "images": [{"name": LAB_IMAGE, "newTag": lab_image.split(":", 1)[1]}],
+            }
+        )
+    )
     kubectl(kubeconfig, "apply", "-k", str(overlay))
     # The login token: a Secret outside the kustomization (k8s/README.md). Created once; if the
     # pod started before it existed, restart it so it reads the token.
@@ -143,16 +161,38 @@ def platform(kubeconfig: str, lab_image: str, tmp_path_factory: pytest.TempPathF
         if exc.status != 404:
             raise
         token = secrets.token_hex(24)
-        core.create_namespaced_secret(PLATFORM_NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "jupyterlab-token"},
-            "type": "Opaque", "stringData": {"token": token},
-        })
+        core.create_namespaced_secret(
+            PLATFORM_NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "jupyterlab-token"},
+                "type": "Opaque",
+                "stringData": {"token": token},
+            },
+        )
         kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "restart", "deployment/jupyterlab")
     kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "status", "deployment/jupyterlab", "--timeout=300s", timeout=330)
-    kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "status", "deployment/sandbox-kernel-controller", "--timeout=300s",
-            timeout=330)
-    kubectl(kubeconfig, "-n", PLATFORM_NS, "wait", "--for=condition=Available", "deployment/jupyterlab", "--timeout=120s",
-            timeout=150)
+    kubectl(
+        kubeconfig,
+        "-n",
+        PLATFORM_NS,
+        "rollout",
+        "status",
+        "deployment/sandbox-kernel-controller",
+        "--timeout=300s",
+        timeout=330,
+    )
+    kubectl(
+        kubeconfig,
+        "-n",
+        PLATFORM_NS,
+        "wait",
+        "--for=condition=Available",
+        "deployment/jupyterlab",
+        "--timeout=120s",
+        timeout=150,
+    )
     api.close()
     return {"token": token, "image": lab_image, "kubeconfig": kubeconfig}
 
@@ -165,7 +205,9 @@ def admin(kubeconfig: str) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture(scope="module")
-def sa(kubeconfig: str, platform: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[client.ApiClient]:
+def sa(
+    kubeconfig: str, platform: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[client.ApiClient]:
     """The service account, with a token from tests/cluster/kubeconfig-for."""
     path = mint_sa_kubeconfig(kubeconfig, tmp_path_factory.mktemp("sa") / "sa.kubeconfig")
     api = config.new_client_from_config(config_file=path)
@@ -183,14 +225,27 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
     built = [d for d in yaml.safe_load_all(kubectl(kubeconfig, "kustomize", str(REPO / "k8s")).stdout) if d]
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in built)
     for expected in [
-        ("ClusterRole", "sandbox-kernel"), ("ClusterRole", "sandbox-kernel-sandbox"),
-        ("ClusterRoleBinding", "sandbox-kernel"), ("Deployment", "sandbox-kernel-controller"),
-        ("ClusterRole", "sandbox-kernel-controller"), ("ClusterRole", "sandbox-kernel-claimant"),
-        ("CustomResourceDefinition", "sandboxclaims.sandbox-kernel.dev"), ("ServiceAccount", "sandbox-kernel-claims"),
-        ("Deployment", "jupyterlab"), ("Namespace", PLATFORM_NS), ("Service", "jupyterlab"),
-        ("ServiceAccount", SA_NAME), ("Deployment", "sandbox-egress-proxy"), ("Service", "sandbox-egress-proxy"),
-        ("NetworkPolicy", "sandbox-egress-proxy"), ("Role", "sandbox-kernel-egress"),
-        *[(kind, name) for name in POLICIES for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")],
+        ("ClusterRole", "sandbox-kernel"),
+        ("ClusterRole", "sandbox-kernel-sandbox"),
+        ("ClusterRoleBinding", "sandbox-kernel"),
+        ("Deployment", "sandbox-kernel-controller"),
+        ("ClusterRole", "sandbox-kernel-controller"),
+        ("ClusterRole", "sandbox-kernel-claimant"),
+        ("CustomResourceDefinition", "sandboxclaims.sandbox-kernel.dev"),
+        ("ServiceAccount", "sandbox-kernel-claims"),
+        ("Deployment", "jupyterlab"),
+        ("Namespace", PLATFORM_NS),
+        ("Service", "jupyterlab"),
+        ("ServiceAccount", SA_NAME),
+        ("Deployment", "sandbox-egress-proxy"),
+        ("Service", "sandbox-egress-proxy"),
+        ("NetworkPolicy", "sandbox-egress-proxy"),
+        ("Role", "sandbox-kernel-egress"),
+        *[
+            (kind, name)
+            for name in POLICIES
+            for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+        ],
     ]:
         assert expected in kinds, f"{expected} missing from `kubectl kustomize k8s/`: {kinds}"
     assert not any(kind == "RuntimeClass" for kind, _ in kinds), "the gVisor example must not be applied by default"
@@ -202,15 +257,20 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
     core = client.CoreV1Api(admin)
     templates = {
         "jupyterlab": next(d for d in built if d["kind"] == "Deployment")["spec"]["template"]["spec"],
-        "controller": next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-kernel-controller")
-        ["spec"]["template"]["spec"],
-        "egress-proxy": next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-egress-proxy")
-        ["spec"]["template"]["spec"],
+        "controller": next(
+            d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-kernel-controller"
+        )["spec"]["template"]["spec"],
+        "egress-proxy": next(
+            d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "sandbox-egress-proxy"
+        )["spec"]["template"]["spec"],
     }
-    templates["jupyterlab"] = next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "jupyterlab")[
-        "spec"]["template"]["spec"]
+    templates["jupyterlab"] = next(
+        d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "jupyterlab"
+    )["spec"]["template"]["spec"]
     for name, spec in templates.items():
-        core.create_namespaced_pod(PLATFORM_NS, {"metadata": {"name": f"psa-check-{name}"}, "spec": spec}, dry_run="All")
+        core.create_namespaced_pod(
+            PLATFORM_NS, {"metadata": {"name": f"psa-check-{name}"}, "spec": spec}, dry_run="All"
+        )
     # ... and enforcement is really on: the same pod without its securityContext is refused.
     bare = copy.deepcopy(templates["controller"])
     bare.pop("securityContext")
@@ -220,7 +280,9 @@ def test_kustomization_builds_and_applies_server_side_and_its_pods_pass_restrict
     assert refused.value.status == 403 and 'violates PodSecurity "restricted:latest"' in refusal(refused.value)
 
 
-def test_platform_namespace_enforces_restricted_and_workloads_comply(admin: client.ApiClient, platform: dict[str, str]) -> None:
+def test_platform_namespace_enforces_restricted_and_workloads_comply(
+    admin: client.ApiClient, platform: dict[str, str]
+) -> None:
     core = client.CoreV1Api(admin)
     # Enforced on the live namespace. (warn and audit come from this kustomization's patch; other
     # tests re-create the namespace from k8s/rbac/namespace.yaml alone, so they are checked in
@@ -250,6 +312,7 @@ def test_admission_policies_type_check_without_warnings(admin: client.ApiClient,
     """The API server type-checks each policy's CEL against the matched resources' schemas."""
     registration = client.AdmissionregistrationV1Api(admin)
     for name in POLICIES:
+
         def checked() -> Any:
             policy = registration.read_validating_admission_policy(name)
             status = policy.status
@@ -296,12 +359,16 @@ def test_service_account_cannot_delete_a_namespace_that_is_not_a_sandbox(
         assert ns.metadata.deletion_timestamp is None, f"{name} is being deleted"
 
 
-def test_service_account_creates_and_deletes_only_sandbox_namespaces(sa: client.ApiClient, admin: client.ApiClient) -> None:
+def test_service_account_creates_and_deletes_only_sandbox_namespaces(
+    sa: client.ApiClient, admin: client.ApiClient
+) -> None:
     core = client.CoreV1Api(sa)
     suffix = uuid.uuid4().hex[:8]
     labels = {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY}
-    message = refused_by(NAMESPACE_POLICY, lambda: core.create_namespace(
-        {"metadata": {"name": f"e2e-not-a-sandbox-{suffix}", "labels": labels}}))
+    message = refused_by(
+        NAMESPACE_POLICY,
+        lambda: core.create_namespace({"metadata": {"name": f"e2e-not-a-sandbox-{suffix}", "labels": labels}}),
+    )
     assert "may only create namespaces named sandbox-*" in message
     message = refused_by(NAMESPACE_POLICY, lambda: core.create_namespace({"metadata": {"name": f"sandbox-{suffix}"}}))
     assert "may only create namespaces labelled app.kubernetes.io/managed-by=sandbox-kernel" in message
@@ -334,17 +401,21 @@ def test_service_account_cannot_label_a_namespace_that_is_not_a_sandbox(
 def test_policy_refuses_relabelling_a_sandbox_namespace(sa: client.ApiClient, admin: client.ApiClient) -> None:
     core = client.CoreV1Api(sa)
     name = f"sandbox-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": SANDBOX_LABELS,
-                                        "annotations": {"sandbox-kernel/user": SA_USER}}})
+    core.create_namespace(
+        {"metadata": {"name": name, "labels": SANDBOX_LABELS, "annotations": {"sandbox-kernel/user": SA_USER}}}
+    )
     try:
         # Its own sandbox's egress lists are the one thing the kernel may change ...
         core.patch_namespace(name, {"metadata": {"annotations": {"sandbox-kernel/egress-deny": "example.com:443"}}})
         # ... no label: not a new one, and above all not the one that makes it a sandbox.
-        message = refused_by(NAMESPACE_POLICY, lambda: core.patch_namespace(
-            name, {"metadata": {"labels": {"e2e": "ok"}}}))
+        message = refused_by(
+            NAMESPACE_POLICY, lambda: core.patch_namespace(name, {"metadata": {"labels": {"e2e": "ok"}}})
+        )
         assert "may only change the egress allow/deny lists" in message and "no label" in message
-        message = refused_by(NAMESPACE_POLICY, lambda: core.patch_namespace(
-            name, {"metadata": {"labels": {manifests.LABEL_MANAGED_BY: None}}}))
+        message = refused_by(
+            NAMESPACE_POLICY,
+            lambda: core.patch_namespace(name, {"metadata": {"labels": {manifests.LABEL_MANAGED_BY: None}}}),
+        )
         assert "may not remove the app.kubernetes.io/managed-by=sandbox-kernel label" in message
         labels = client.CoreV1Api(admin).read_namespace(name).metadata.labels or {}
         assert labels.get(manifests.LABEL_MANAGED_BY) == manifests.MANAGED_BY and "e2e" not in labels
@@ -363,7 +434,10 @@ def test_service_account_cannot_bind_roles_outside_its_sandboxes(
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sandbox-kernel-sandbox"},
         "subjects": [{"kind": "ServiceAccount", "name": SA_NAME, "namespace": SA_NAMESPACE}],
     }
-    for ns in (namespace_factory(), namespace_factory(labels={manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY}, prefix="sandbox")):
+    for ns in (
+        namespace_factory(),
+        namespace_factory(labels={manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY}, prefix="sandbox"),
+    ):
         message = refused_by(ROLEBINDING_POLICY, lambda: rbac.create_namespaced_role_binding(ns, binding))
         assert f"may only create RoleBindings in sandbox namespaces it created; {ns} is not one" in message
 
@@ -376,14 +450,26 @@ def _sandbox_objects(name: str, renewed: datetime, kernel_id: str) -> list[dict[
     """Namespace, RoleBinding, quota, limits, policy, agent ConfigMap and heartbeat Lease, as the
     backend builds them (its own builders), for a kernel of the service account."""
     ident = manifests.SandboxIdentity(
-        namespace=name, kernel_id=kernel_id, language="python", owner=manifests.owner_label(SA_USER),
-        user=SA_USER, created=renewed.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        namespace=name,
+        kernel_id=kernel_id,
+        language="python",
+        owner=manifests.owner_label(SA_USER),
+        user=SA_USER,
+        created=renewed.strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    spec = manifests.PodSpec(name="sandbox-1", image="localhost/sandbox-python:3.11", interpreter="python3",
-                             agent_file="python_agent.py")
+    spec = manifests.PodSpec(
+        name="sandbox-1", image="localhost/sandbox-python:3.11", interpreter="python3", agent_file="python_agent.py"
+    )
     objects = manifests.sandbox_objects(
-        ident, manifests.QuotaSpec(), manifests.LimitRangeSpec(), spec, "# agent\n", 60, micro_time(renewed),
-        manifests.Subject.from_username(SA_USER), "sandbox-kernel-sandbox",
+        ident,
+        manifests.QuotaSpec(),
+        manifests.LimitRangeSpec(),
+        spec,
+        "# agent\n",
+        60,
+        micro_time(renewed),
+        manifests.Subject.from_username(SA_USER),
+        "sandbox-kernel-sandbox",
     )
     return [o for o in objects.in_order() if o["kind"] != "Pod"]  # no kernel: no pod either
 
@@ -410,8 +496,12 @@ def test_controller_deployment_reclaims_a_direct_mode_sandbox_whose_heartbeat_ex
         # Not sandboxes: a plain namespace, and one with the label but not the sandbox- name.
         plain = namespace_factory()
         lookalike = namespace_factory(labels={manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY})
-        wait_until(lambda: not namespace_exists(core, dead) or core.read_namespace(dead).metadata.deletion_timestamp,
-                   75, interval=1, what=f"the controller to reclaim {dead}")
+        wait_until(
+            lambda: not namespace_exists(core, dead) or core.read_namespace(dead).metadata.deletion_timestamp,
+            75,
+            interval=1,
+            what=f"the controller to reclaim {dead}",
+        )
         logs = _controller_logs(core)
         assert f"direct-mode sandbox {dead}: heartbeat expired" in logs, logs[-3000:]
         for name in (alive, plain, lookalike):
@@ -426,9 +516,14 @@ def test_controller_deployment_reclaims_a_direct_mode_sandbox_whose_heartbeat_ex
 
 
 def _controller_logs(core: client.CoreV1Api) -> str:
-    pods = core.list_namespaced_pod(PLATFORM_NS, label_selector="app.kubernetes.io/name=sandbox-kernel-controller").items
-    return "\n".join(core.read_namespaced_pod_log(p.metadata.name, PLATFORM_NS) for p in pods
-                     if p.status.phase == "Running" and p.metadata.deletion_timestamp is None)
+    pods = core.list_namespaced_pod(
+        PLATFORM_NS, label_selector="app.kubernetes.io/name=sandbox-kernel-controller"
+    ).items
+    return "\n".join(
+        core.read_namespaced_pod_log(p.metadata.name, PLATFORM_NS)
+        for p in pods
+        if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,12 +572,16 @@ def port_forward(kubeconfig: str, platform: dict[str, str]) -> Iterator[int]:
     """`kubectl port-forward svc/jupyterlab :8888`: the local port it chose."""
     proc = subprocess.Popen(
         [find_kubectl(), "--kubeconfig", kubeconfig, "-n", PLATFORM_NS, "port-forward", "svc/jupyterlab", ":8888"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+) -> 8888", line)
-        assert match, f"kubectl port-forward said {line!r} {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}"
+        assert match, (
+            f"kubectl port-forward said {line!r} {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}"
+        )
         yield int(match.group(1))
     finally:
         proc.terminate()
@@ -492,13 +591,32 @@ def port_forward(kubeconfig: str, platform: dict[str, str]) -> Iterator[int]:
 def execute(ws: websocket.WebSocket, code: str, timeout: float = 150) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Send an execute_request on the shell channel; collect its iopub outputs and its reply."""
     msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "e2e", "session": uuid.uuid4().hex, "msg_type": "execute_request",
-                   "version": "5.3", "date": datetime.now(timezone.utc).isoformat()},
-        "parent_header": {}, "metadata": {}, "buffers": [], "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
+    ws.send(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "username": "e2e",
+                    "session": uuid.uuid4().hex,
+                    "msg_type": "execute_request",
+                    "version": "5.3",
+                    "date": datetime.now(timezone.utc).isoformat(),
+                },
+                "parent_header": {},
+                "metadata": {},
+                "buffers": [],
+                "channel": "shell",
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": True,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": True,
+                },
+            }
+        )
+    )
     outputs: list[dict[str, Any]] = []
     reply: dict[str, Any] | None = None
     idle = False
@@ -539,7 +657,9 @@ def test_jupyterlab_in_cluster_runs_a_sandbox_kernel_reached_through_the_api_ser
     try:
         ws = lab.channels(kernel_id)
         try:
-            reply, outputs = execute(ws, "import os, socket\nprint('sum', sum(range(10)), os.getuid())\nsocket.gethostname()")
+            reply, outputs = execute(
+                ws, "import os, socket\nprint('sum', sum(range(10)), os.getuid())\nsocket.gethostname()"
+            )
             assert reply["status"] == "ok", (reply, outputs)
             stdout = "".join(o["text"] for o in outputs if o["msg_type"] == "stream" and o["name"] == "stdout")
             assert "sum 45 1000" in stdout, outputs
@@ -563,20 +683,27 @@ def test_jupyterlab_in_cluster_runs_a_sandbox_kernel_reached_through_the_api_ser
     assert deleted.status_code == 204, deleted.text
     assert kernel_id not in [k["id"] for k in lab.request("GET", "/api/kernels").json()]
     # Shutdown deleted the sandbox namespace (the kernel waits for it; allow the controller a moment).
-    wait_until(lambda: not core.list_namespace(label_selector=selector).items, 60,
-               what=f"the sandbox namespace of kernel {kernel_id} to be gone")
+    wait_until(
+        lambda: not core.list_namespace(label_selector=selector).items,
+        60,
+        what=f"the sandbox namespace of kernel {kernel_id} to be gone",
+    )
 
 
-def test_plain_kubectl_apply_k_k8s_deploys_the_version_tag(kubeconfig: str, admin: client.ApiClient,
-                                                           platform: dict[str, str]) -> None:
+def test_plain_kubectl_apply_k_k8s_deploys_the_version_tag(
+    kubeconfig: str, admin: client.ApiClient, platform: dict[str, str]
+) -> None:
     """Exactly what k8s/README.md tells an operator: `kubectl apply -k k8s/`, no overlay. The
     image build tagged the same image <version> too, so the Deployment rolls out on it."""
     kubectl(kubeconfig, "apply", "-k", str(REPO / "k8s"))
     kubectl(kubeconfig, "-n", PLATFORM_NS, "rollout", "status", "deployment/jupyterlab", "--timeout=300s", timeout=330)
     version = platform["image"].split(":", 1)[1].rsplit("-", 1)[0]
     core = client.CoreV1Api(admin)
-    pods = [p for p in core.list_namespaced_pod(PLATFORM_NS, label_selector="app.kubernetes.io/name=jupyterlab").items
-            if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+    pods = [
+        p
+        for p in core.list_namespaced_pod(PLATFORM_NS, label_selector="app.kubernetes.io/name=jupyterlab").items
+        if p.metadata.deletion_timestamp is None and p.status.phase == "Running"
+    ]
     assert [p.spec.containers[0].image for p in pods] == [f"{LAB_IMAGE}:{version}"]
     controller = client.AppsV1Api(admin).read_namespaced_deployment("sandbox-kernel-controller", PLATFORM_NS)
     assert controller.spec.template.spec.containers[0].image == f"{LAB_IMAGE}:{version}"

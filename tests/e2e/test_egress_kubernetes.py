@@ -44,7 +44,9 @@ NS_POLICY = "sandbox-kernel-namespaces"
 
 
 @pytest.fixture(scope="module")
-def test_hosts(core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def test_hosts(
+    core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     """The HTTPS/HTTP test host pod in its own namespace: {'ip', 'ca', 'namespace'}."""
     hosts = start_test_hosts(core_v1, sandbox_images["SANDBOX_IMAGE_PYTHON"], tmp_path_factory.mktemp("egress-ca"))
     try:
@@ -54,8 +56,13 @@ def test_hosts(core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_pa
 
 
 @pytest.fixture(scope="module")
-def proxy(kubeconfig: str, core_v1: client.CoreV1Api, rbac_applied: None, test_hosts: dict[str, Any],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def proxy(
+    kubeconfig: str,
+    core_v1: client.CoreV1Api,
+    rbac_applied: None,
+    test_hosts: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
     """k8s/egress/ with the test-only options; yields the proxy Service's ClusterIP."""
     try:
         image = build_lab_image(kubeconfig)
@@ -74,13 +81,18 @@ def kernels(kernel_env: dict[str, str], core_v1: client.CoreV1Api, proxy: str) -
     started: dict[str, K8sKernel] = {}
     spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
     try:
-        for key, language, allow in (("a", "python", ["allowed.test", "private.test"]), ("b", "python", ["denied.test"]),
-                                      ("bash", "bash", ["allowed.test"])):
+        for key, language, allow in (
+            ("a", "python", ["allowed.test", "private.test"]),
+            ("b", "python", ["denied.test"]),
+            ("bash", "bash", ["allowed.test"]),
+        ):
             kernel_id = str(uuid.uuid4())
             km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
             km.shutdown_wait_time = 60.0
-            km.start_kernel(env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id},
-                            extra_arguments=[f"--Sandbox.allow_hosts={a}" for a in allow])
+            km.start_kernel(
+                env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id},
+                extra_arguments=[f"--Sandbox.allow_hosts={a}" for a in allow],
+            )
             kc = km.client()
             kc.start_channels()
             kc.wait_for_ready(timeout=180)
@@ -118,7 +130,7 @@ def ready(kernels: dict[str, K8sKernel], test_hosts: dict[str, Any]) -> dict[str
 def test_allowed_host_through_the_proxy_from_python_and_from_curl_in_bash(ready: dict[str, K8sKernel]) -> None:
     assert "hello from the test host (Host: allowed.test)" in ready["a"].run(_urlopen("https://allowed.test/")).stdout
     assert "hello from the test host (Host: allowed.test)" in ready["a"].run(_urlopen("http://allowed.test/")).stdout
-    cell = ready["bash"].run("curl -sS --cacert /tmp/ca.pem https://allowed.test/; echo \"rc=$?\"")
+    cell = ready["bash"].run('curl -sS --cacert /tmp/ca.pem https://allowed.test/; echo "rc=$?"')
     assert "hello from the test host (Host: allowed.test)" in cell.stdout and "rc=0" in cell.stdout, cell.outputs
 
 
@@ -127,11 +139,15 @@ def test_a_refused_host_gets_403_naming_the_host_and_the_setting(ready: dict[str
     assert "FAILED" in out and "403" in out and "denied.test" in out and "%sandbox allow denied.test" in out, out
     out = ready["a"].run(_urlopen("https://private.test/")).stdout  # allowed by name, private after resolving
     assert "FAILED" in out and "403" in out and "10.0.0.1" in out, out
-    cell = ready["bash"].run("curl -sS -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem https://denied.test/; echo \" rc=$?\"")
+    cell = ready["bash"].run(
+        "curl -sS -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem https://denied.test/; echo \" rc=$?\""
+    )
     assert "403" in cell.stdout + cell.stderr and "rc=0" not in cell.stdout, cell.outputs
 
 
-def test_no_direct_egress_even_with_an_allow_list(ready: dict[str, K8sKernel], test_hosts: dict[str, Any], proxy: str) -> None:
+def test_no_direct_egress_even_with_an_allow_list(
+    ready: dict[str, K8sKernel], test_hosts: dict[str, Any], proxy: str
+) -> None:
     """Everything but the proxy's port stays closed: the test host itself, the API server, DNS,
     the proxy pod on another port; the proxy's ClusterIP:3128 answers."""
     code = (
@@ -218,7 +234,9 @@ def test_deny_takes_effect_within_seconds_and_allow_only_narrows(ready: dict[str
     cell = a.run("%sandbox allow evil.test")
     assert cell.reply["status"] == "error" and "can only narrow" in json.dumps(cell.outputs), cell.outputs
     out = a.run("%sandbox network").stdout
-    assert "allowed: private.test, allowed.test" in out and "can only narrow it" in out, out  # allowed.test came back last
+    assert "allowed: private.test, allowed.test" in out and "can only narrow it" in out, (
+        out
+    )  # allowed.test came back last
 
 
 def test_ipv6_is_still_denied(ready: dict[str, K8sKernel], proxy: str) -> None:
@@ -248,8 +266,9 @@ def _refused(call: Any, policy: str) -> str:
     return message
 
 
-def test_the_kernel_identity_may_only_narrow_its_own_namespaces_lists(ready: dict[str, K8sKernel], sa_api: client.ApiClient,
-                                                                      core_v1: client.CoreV1Api) -> None:
+def test_the_kernel_identity_may_only_narrow_its_own_namespaces_lists(
+    ready: dict[str, K8sKernel], sa_api: client.ApiClient, core_v1: client.CoreV1Api
+) -> None:
     sa = client.CoreV1Api(sa_api)
     ns = ready["a"].namespace()
 
@@ -257,9 +276,12 @@ def test_the_kernel_identity_may_only_narrow_its_own_namespaces_lists(ready: dic
         return sa.patch_namespace(name, {"metadata": {"annotations": notes, **({"labels": labels} if labels else {})}})
 
     patch({manifests.ANNOTATION_EGRESS_DENY: "private.test:443,80"})  # allowed: the kernel's own list
-    assert "within the operator's list" in _refused(lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: "evil.test:443"}), NS_POLICY)
     assert "within the operator's list" in _refused(
-        lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: "allowed.test:443,80,22"}), NS_POLICY)  # another port
+        lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: "evil.test:443"}), NS_POLICY
+    )
+    assert "within the operator's list" in _refused(
+        lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: "allowed.test:443,80,22"}), NS_POLICY
+    )  # another port
     _refused(lambda: patch({manifests.ANNOTATION_EGRESS_OPERATOR: "evil.test:443"}), NS_POLICY)
     _refused(lambda: patch({manifests.ANNOTATION_EGRESS_WIDENING: "true"}), NS_POLICY)
     _refused(lambda: patch({manifests.ANNOTATION_EGRESS_TOKEN: "0" * 64}), NS_POLICY)
@@ -268,13 +290,23 @@ def test_the_kernel_identity_may_only_narrow_its_own_namespaces_lists(ready: dic
     patch({manifests.ANNOTATION_EGRESS_DENY: ""})
     # Another identity's sandbox namespace: refused, whatever is patched.
     other = f"sandbox-{uuid.uuid4().hex[:8]}"
-    core_v1.create_namespace({"metadata": {"name": other, "labels": {manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
-                                                                     "pod-security.kubernetes.io/enforce": "restricted",
-                                                                     "pod-security.kubernetes.io/enforce-version": "latest"},
-                                           "annotations": {manifests.ANNOTATION_USER: "system:serviceaccount:x:other"}}})
+    core_v1.create_namespace(
+        {
+            "metadata": {
+                "name": other,
+                "labels": {
+                    manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+                "annotations": {manifests.ANNOTATION_USER: "system:serviceaccount:x:other"},
+            }
+        }
+    )
     try:
         assert "sandbox namespaces it created" in _refused(
-            lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: ""}, name=other), NS_POLICY)
+            lambda: patch({manifests.ANNOTATION_EGRESS_ALLOW: ""}, name=other), NS_POLICY
+        )
     finally:
         core_v1.delete_namespace(other)
 
@@ -312,7 +344,9 @@ def test_only_the_exact_egress_proxy_policy_is_admitted(ready: dict[str, K8sKern
     assert exists.value.status == 409
 
 
-def test_a_namespace_without_an_egress_credential_gets_no_egress_policy(sa_api: client.ApiClient, kernel_env: dict[str, str]) -> None:
+def test_a_namespace_without_an_egress_credential_gets_no_egress_policy(
+    sa_api: client.ApiClient, kernel_env: dict[str, str]
+) -> None:
     """A sandbox without an allow list: its own identity cannot add the egress-proxy policy."""
     from sandbox_kernel.kubernetes.api import KubernetesApi
     from sandbox_kernel.kubernetes.provision import create_namespace_objects
@@ -326,12 +360,15 @@ def test_a_namespace_without_an_egress_credential_gets_no_egress_policy(sa_api: 
     try:
         body = manifests.egress_network_policy(ident)
         assert "egress credential" in _refused(
-            lambda: client.NetworkingV1Api(sa_api).create_namespaced_network_policy(ident.namespace, body), NP_POLICY)
+            lambda: client.NetworkingV1Api(sa_api).create_namespaced_network_policy(ident.namespace, body), NP_POLICY
+        )
     finally:
         api.delete_namespace(ident.namespace)
 
 
-def test_widening_is_admitted_only_when_the_sandbox_was_started_with_it(sa_api: client.ApiClient, kernel_env: dict[str, str]) -> None:
+def test_widening_is_admitted_only_when_the_sandbox_was_started_with_it(
+    sa_api: client.ApiClient, kernel_env: dict[str, str]
+) -> None:
     from sandbox_kernel.config import Sandbox
     from sandbox_kernel.kubernetes.api import KubernetesApi
     from sandbox_kernel.kubernetes.egress import initial_spec
@@ -346,16 +383,27 @@ def test_widening_is_admitted_only_when_the_sandbox_was_started_with_it(sa_api: 
     ident, _ = create_namespace_objects(api, settings, LANGUAGES["python"], limits, "egress-widening", spec)
     try:
         api.patch_namespace(ident.namespace, {}, dict(manifests.egress_list_patch(["evil.test:443"], [])))
-        assert api.read_namespace(ident.namespace)["metadata"]["annotations"][manifests.ANNOTATION_EGRESS_ALLOW] == "evil.test:443"
+        assert (
+            api.read_namespace(ident.namespace)["metadata"]["annotations"][manifests.ANNOTATION_EGRESS_ALLOW]
+            == "evil.test:443"
+        )
     finally:
         api.delete_namespace(ident.namespace)
 
 
 def test_the_test_only_exemption_is_the_test_hosts_address_on_the_proxys_command_line(
-        proxy: str, kubeconfig: str, test_hosts: dict[str, Any]) -> None:
-    deployment = json.loads(kubectl(kubeconfig, "-n", PLATFORM, "get", "deploy/sandbox-egress-proxy", "-o", "json").stdout)
+    proxy: str, kubeconfig: str, test_hosts: dict[str, Any]
+) -> None:
+    deployment = json.loads(
+        kubectl(kubeconfig, "-n", PLATFORM, "get", "deploy/sandbox-egress-proxy", "-o", "json").stdout
+    )
     sync = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "sync")
     assert sync["command"][sync["command"].index("--exempt-network") + 1] == f"{test_hosts['ip']}/32"
     shipped = yaml.safe_load_all((REPO / "k8s" / "egress" / "proxy.yaml").read_text())
-    commands = [c["command"] for d in shipped if d and d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]]
+    commands = [
+        c["command"]
+        for d in shipped
+        if d and d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
     assert commands and not any("--exempt-network" in c or "--hosts-file" in c for c in commands)  # never as shipped

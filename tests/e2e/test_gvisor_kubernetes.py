@@ -36,7 +36,9 @@ def gvisor_runtime_class(k8s_api: client.ApiClient) -> None:
 
 def test_python_cells_run_on_gvisor_and_keep_state(k8s_kernel: Start, core_v1: client.CoreV1Api) -> None:
     kernel = k8s_kernel("python", GVISOR)
-    cell = kernel.run("import os, platform\nkept = platform.release()\nprint(kept, os.getuid(), open('/proc/version').read().split()[2])")
+    cell = kernel.run(
+        "import os, platform\nkept = platform.release()\nprint(kept, os.getuid(), open('/proc/version').read().split()[2])"
+    )
     assert cell.reply["status"] == "ok", cell.outputs
     assert cell.stdout.split() == ["4.4.0", "1000", "4.4.0"], cell.stdout  # gVisor's kernel, not the node's
     assert kernel.run("kept").result == "'4.4.0'"

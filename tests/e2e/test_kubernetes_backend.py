@@ -26,7 +26,9 @@ def test_python_cells_keep_state_in_a_restricted_pod(k8s_kernel: Start, core_v1:
     kernel = k8s_kernel("python")
     assert kernel.run("x = 41").reply["status"] == "ok"
     assert kernel.run("x + 1").result == "42"
-    who = kernel.run("import os, sys; print(os.getuid(), os.getgid(), os.getcwd(), sorted(os.environ), sys.version_info[0])")
+    who = kernel.run(
+        "import os, sys; print(os.getuid(), os.getgid(), os.getcwd(), sorted(os.environ), sys.version_info[0])"
+    )
     uid, gid, cwd, _names = who.stdout.split(" ", 3)
     assert (uid, gid, cwd) == ("1000", "1000", "/home/sandbox")
     assert "KUBERNETES_SERVICE_HOST" not in who.stdout and "HOME" in who.stdout
@@ -43,7 +45,9 @@ def test_python_cells_keep_state_in_a_restricted_pod(k8s_kernel: Start, core_v1:
     assert ns in status and "Running on node" in status and "memory 256Mi" in status
     quota = kernel.run("%sandbox quota").stdout
     assert "limits.memory" in quota and "512Mi" in quota
-    assert "deny" in kernel.run("%sandbox policy").stdout.lower() or "no ingress" in kernel.run("%sandbox policy").stdout
+    assert (
+        "deny" in kernel.run("%sandbox policy").stdout.lower() or "no ingress" in kernel.run("%sandbox policy").stdout
+    )
     assert "kind: Pod" in kernel.run("%sandbox manifests").stdout
     # The sandbox was made by the service account, not by an admin.
     meta = core_v1.read_namespace(ns).metadata
@@ -67,15 +71,25 @@ def test_namespace_carries_exactly_the_designed_objects(k8s_kernel: Start, k8s_a
     assert labels["sandbox-kernel/language"] == "python"
     assert labels["sandbox-kernel/kernel-id"] == kernel.kernel_id
     quotas = core.list_namespaced_resource_quota(ns).items
-    assert [q.spec.hard for q in quotas] == [{
-        "requests.cpu": "500m", "requests.memory": "256Mi", "limits.cpu": "1", "limits.memory": "512Mi",
-        "pods": "3", "persistentvolumeclaims": "0", "services": "0",
-    }]
+    assert [q.spec.hard for q in quotas] == [
+        {
+            "requests.cpu": "500m",
+            "requests.memory": "256Mi",
+            "limits.cpu": "1",
+            "limits.memory": "512Mi",
+            "pods": "3",
+            "persistentvolumeclaims": "0",
+            "services": "0",
+        }
+    ]
     (limit_range,) = core.list_namespaced_limit_range(ns).items
     (item,) = limit_range.spec.limits
     assert (item.type, item.max, item.min, item.default, item.default_request) == (
-        "Container", {"cpu": "500m", "memory": "256Mi"}, {"cpu": "10m", "memory": "10Mi"},
-        {"cpu": "250m", "memory": "128Mi"}, {"cpu": "100m", "memory": "64Mi"},
+        "Container",
+        {"cpu": "500m", "memory": "256Mi"},
+        {"cpu": "10m", "memory": "10Mi"},
+        {"cpu": "250m", "memory": "128Mi"},
+        {"cpu": "100m", "memory": "64Mi"},
     )
     (policy,) = client.NetworkingV1Api(k8s_api).list_namespaced_network_policy(ns).items
     assert policy.spec.pod_selector.match_labels is None and policy.spec.pod_selector.match_expressions is None
@@ -87,17 +101,32 @@ def test_namespace_carries_exactly_the_designed_objects(k8s_kernel: Start, k8s_a
     assert (lease.metadata.name, lease.spec.holder_identity) == ("sandbox-heartbeat", kernel.kernel_id)
     (binding,) = client.RbacAuthorizationV1Api(k8s_api).list_namespaced_role_binding(ns).items
     assert binding.role_ref.name == "sandbox-kernel-sandbox"
-    assert [(s.kind, s.namespace, s.name) for s in binding.subjects] == [("ServiceAccount", "sandbox-kernel-system", "sandbox-kernel")]
+    assert [(s.kind, s.namespace, s.name) for s in binding.subjects] == [
+        ("ServiceAccount", "sandbox-kernel-system", "sandbox-kernel")
+    ]
     (pod,) = core.list_namespaced_pod(ns).items
     spec = pod.spec
-    assert (spec.restart_policy, spec.automount_service_account_token, spec.enable_service_links) == ("Never", False, False)
+    assert (spec.restart_policy, spec.automount_service_account_token, spec.enable_service_links) == (
+        "Never",
+        False,
+        False,
+    )
     assert spec.active_deadline_seconds == 43200
     sc = spec.security_context
     assert (sc.run_as_non_root, sc.run_as_user, sc.run_as_group, sc.fs_group, sc.seccomp_profile.type) == (
-        True, 1000, 1000, 1000, "RuntimeDefault")
+        True,
+        1000,
+        1000,
+        1000,
+        "RuntimeDefault",
+    )
     (container,) = spec.containers
     csc = container.security_context
-    assert (csc.allow_privilege_escalation, csc.capabilities.drop, csc.read_only_root_filesystem) == (False, ["ALL"], True)
+    assert (csc.allow_privilege_escalation, csc.capabilities.drop, csc.read_only_root_filesystem) == (
+        False,
+        ["ALL"],
+        True,
+    )
     assert container.resources.requests == {"cpu": "100m", "memory": "64Mi"}
     assert container.resources.limits == {"cpu": "500m", "memory": "256Mi"}
     assert (container.stdin, bool(container.tty), container.working_dir) == (True, False, "/home/sandbox")
@@ -129,7 +158,9 @@ def test_pod_passes_restricted_admission_as_created(k8s_kernel: Start, core_v1: 
     assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
 
 
-def test_out_of_memory_is_reported_and_the_next_cell_gets_a_fresh_pod(k8s_kernel: Start, core_v1: client.CoreV1Api) -> None:
+def test_out_of_memory_is_reported_and_the_next_cell_gets_a_fresh_pod(
+    k8s_kernel: Start, core_v1: client.CoreV1Api
+) -> None:
     kernel = k8s_kernel("python")
     assert kernel.run("x = 1").reply["status"] == "ok"
     oom = kernel.run("b = bytearray(400*1024*1024)\nb[::4096] = b'x' * len(b[::4096])")
@@ -185,13 +216,27 @@ def test_network_is_denied_from_a_cell(
     k8s_kernel: Start, core_v1: client.CoreV1Api, namespace: str, sandbox_images: dict[str, str]
 ) -> None:
     # A pod to try to reach, in an ordinary namespace.
-    target = core_v1.create_namespaced_pod(namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "target"},
-        "spec": {"containers": [{"name": "http", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"],
-                                 "command": ["python3", "-m", "http.server", "8080"]}]},
-    })
+    target = core_v1.create_namespaced_pod(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "target"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "http",
+                        "image": sandbox_images["SANDBOX_IMAGE_PYTHON"],
+                        "command": ["python3", "-m", "http.server", "8080"],
+                    }
+                ]
+            },
+        },
+    )
     kernel = k8s_kernel("python")
-    ip = wait_until(lambda: core_v1.read_namespaced_pod(target.metadata.name, namespace).status.pod_ip, 60, what="target pod IP")
+    ip = wait_until(
+        lambda: core_v1.read_namespaced_pod(target.metadata.name, namespace).status.pod_ip, 60, what="target pod IP"
+    )
     node_ip = next(a.address for a in core_v1.list_node().items[0].status.addresses if a.type == "InternalIP")
     # Control: the target answers (from the node, outside any policy).
     wait_until(lambda: _http_ok(f"http://{ip}:8080/"), 60, what="target pod to serve HTTP")
@@ -269,7 +314,11 @@ def test_gc_reclaims_the_namespace_of_a_killed_kernel(
     assert reclaimed.returncode == 0, reclaimed.stdout + reclaimed.stderr
     assert f"deleted {ns}: heartbeat expired" in reclaimed.stdout
     wait_until(lambda: not namespace_exists(core_v1, ns), 60, what=f"namespace {ns} to be deleted")
-    assert namespace_exists(core_v1, decoy) and namespace_exists(core_v1, "default") and namespace_exists(core_v1, "kube-system")
+    assert (
+        namespace_exists(core_v1, decoy)
+        and namespace_exists(core_v1, "default")
+        and namespace_exists(core_v1, "kube-system")
+    )
     assert decoy not in reclaimed.stdout
 
 
@@ -416,8 +465,12 @@ def test_a_dropped_attach_stream_is_reattached_without_losing_output_or_state(
     }[language]
 
     async def scenario() -> tuple[tuple[str, str, str], tuple[str, str, str], str]:
-        settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, images={language: sandbox_images[f"SANDBOX_IMAGE_{language.upper()}"]})
-        session = KubernetesSandboxSession(LANGUAGES[language], Sandbox().limits(), settings, kernel_id=f"reattach-{language}")
+        settings = KubernetesSandbox(
+            kubeconfig=sa_kubeconfig, images={language: sandbox_images[f"SANDBOX_IMAGE_{language.upper()}"]}
+        )
+        session = KubernetesSandboxSession(
+            LANGUAGES[language], Sandbox().limits(), settings, kernel_id=f"reattach-{language}"
+        )
         try:
             await session.start()
             await collect(session, set_x)

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.cluster
 
 
 def test_a_namespace_the_admission_policy_forbids_keeps_its_status_and_names_the_prefix_variables(
-    sa_kubeconfig: str, core_v1: client.CoreV1Api,
+    sa_kubeconfig: str,
+    core_v1: client.CoreV1Api,
 ) -> None:
     settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, namespace_prefix="nb-")
     session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), settings, kernel_id="prefix-refused")
@@ -36,7 +37,9 @@ def test_a_namespace_the_admission_policy_forbids_keeps_its_status_and_names_the
     status = refused.value.api_status
     assert status is not None and (status.code, status.reason) == (403, "Forbidden")
     assert "sandbox-kernel may only create namespaces named sandbox-*, not nb-" in status.message
-    assert str(refused.value).startswith("Kubernetes refused to create Namespace nb-") and status.message in str(refused.value)
+    assert str(refused.value).startswith("Kubernetes refused to create Namespace nb-") and status.message in str(
+        refused.value
+    )
     assert "PREFIX variables to 'nb-'" in refused.value.hint
     shown = ErrorOutput.from_exception(refused.value)
     assert shown.traceback == [f"AdmissionError: {refused.value}", f"Hint: {refused.value.hint}"]
@@ -45,7 +48,11 @@ def test_a_namespace_the_admission_policy_forbids_keeps_its_status_and_names_the
 
 def test_a_taken_name_an_invalid_object_and_a_missing_one(kubeconfig: str, namespace: str) -> None:
     api = KubernetesApi(kubeconfig)
-    config_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "twice", "namespace": namespace}}
+    config_map: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "twice", "namespace": namespace},
+    }
     api.create(config_map)
     with pytest.raises(SandboxStartError) as taken:
         api.create(config_map)
@@ -56,7 +63,10 @@ def test_a_taken_name_an_invalid_object_and_a_missing_one(kubeconfig: str, names
     invalid = {**config_map, "metadata": {"name": "Not_A_Name", "namespace": namespace}}
     with pytest.raises(AdmissionError) as rejected:
         api.create(invalid)
-    assert rejected.value.api_status is not None and (rejected.value.api_status.code, rejected.value.api_status.reason) == (422, "Invalid")
+    assert rejected.value.api_status is not None and (
+        rejected.value.api_status.code,
+        rejected.value.api_status.reason,
+    ) == (422, "Invalid")
     assert "as invalid" in str(rejected.value) and "Not_A_Name" in rejected.value.api_status.message
 
     assert api.read_pod(namespace, "no-such-pod") is None

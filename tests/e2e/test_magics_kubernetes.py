@@ -27,7 +27,9 @@ def test_sandbox_cells_run_in_a_locked_down_namespace_that_goes_away_with_the_ke
     with running_kernel("python3", env={**kernel_env, "SANDBOX_KERNEL_ID": kernel_id}) as (km, kc):
         reply, out = run_cell(kc, "%load_ext sandbox_kernel")
         assert reply["status"] == "ok", out
-        reply, out = run_cell(kc, "%%sandbox\nimport os\nanswer = 6 * 7\nprint(os.getuid(), os.environ.get('KUBERNETES_SERVICE_HOST'))")
+        reply, out = run_cell(
+            kc, "%%sandbox\nimport os\nanswer = 6 * 7\nprint(os.getuid(), os.environ.get('KUBERNETES_SERVICE_HOST'))"
+        )
         assert reply["status"] == "ok", out
         assert text(out) == "1000 None\n"  # uid 1000, no service discovery variables
         reply, out = run_cell(kc, "%%sandbox\nanswer")
@@ -36,7 +38,9 @@ def test_sandbox_cells_run_in_a_locked_down_namespace_that_goes_away_with_the_ke
         assert reply["status"] == "error"  # no service account token mounted
         assert "No such file or directory" in text(out, "stderr") + str(errors(out))
 
-        python_ns, bash_ns = sorted(namespaces(), key=lambda n: core_v1.read_namespace(n).metadata.labels["sandbox-kernel/language"] != "python")
+        python_ns, bash_ns = sorted(
+            namespaces(), key=lambda n: core_v1.read_namespace(n).metadata.labels["sandbox-kernel/language"] != "python"
+        )
         reply, out = run_cell(kc, "%sandbox status")
         status = text(out)
         assert "[python] kubernetes backend" in status and "[bash] kubernetes backend" in status

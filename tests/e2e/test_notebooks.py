@@ -51,7 +51,9 @@ class Ran:
         return list(self.cells[cell_id].get("outputs", []))
 
     def stdout(self, cell_id: str) -> str:
-        return "".join(o.get("text", "") for o in self.outputs(cell_id) if o["output_type"] == "stream" and o["name"] == "stdout")
+        return "".join(
+            o.get("text", "") for o in self.outputs(cell_id) if o["output_type"] == "stream" and o["name"] == "stdout"
+        )
 
     def result(self, cell_id: str) -> str:
         return "".join(o["data"]["text/plain"] for o in self.outputs(cell_id) if o["output_type"] == "execute_result")
@@ -78,8 +80,15 @@ def run_notebook(name: str, kernel_env: dict[str, str], out_dir: Path) -> Ran:
     km = KernelManager(kernel_name="sandbox-python", kernel_spec_manager=specs)
     km.shutdown_wait_time = 60.0  # shutdown deletes the sandbox namespace and waits for it
     executed = copy.deepcopy(nb)
-    nbclient = NotebookClient(executed, km=km, timeout=180, startup_timeout=180, allow_errors=False,
-                              kernel_name="sandbox-python", resources={"metadata": {"path": str(out_dir)}})
+    nbclient = NotebookClient(
+        executed,
+        km=km,
+        timeout=180,
+        startup_timeout=180,
+        allow_errors=False,
+        kernel_name="sandbox-python",
+        resources={"metadata": {"path": str(out_dir)}},
+    )
     try:
         nbclient.execute(env={**os.environ, **kernel_env, "SANDBOX_KERNEL_ID": kernel_id})
     finally:
@@ -108,25 +117,40 @@ def notebook(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pa
         # The first code cell checks the backend (on the local one it stops the notebook:
         # tests/integration/test_notebooks_local.py); here it names the sandbox namespace.
         backend = result.stdout("backend")
-        assert re.fullmatch(r"Kubernetes backend: this cell ran in a pod of namespace sandbox-[0-9a-f]{8}\n", backend), backend
+        assert re.fullmatch(
+            r"Kubernetes backend: this cell ran in a pod of namespace sandbox-[0-9a-f]{8}\n", backend
+        ), backend
         return result
 
     yield execute
     for result in ran:
         selector = f"{KERNEL_ID_LABEL}={result.kernel_id}"
         # nbclient shut the kernel down; shutdown deleted the sandbox namespace.
-        wait_until(lambda: not core_v1.list_namespace(label_selector=selector).items, 60,
-                   what=f"the sandbox namespace of kernel {result.kernel_id} to be gone")
+        wait_until(
+            lambda: not core_v1.list_namespace(label_selector=selector).items,
+            60,
+            what=f"the sandbox namespace of kernel {result.kernel_id} to be gone",
+        )
 
 
 def test_notebooks_are_committed_clean_and_tagged() -> None:
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == ["01-resourcequota-and-limitrange.ipynb", "02-networkpolicy.ipynb", "03-pod-security.ipynb",
-                     "04-sandbox-lifecycle.ipynb", "05-rbac-and-admission.ipynb", "06-troubleshooting-lab.ipynb"]
-    expected_failures = {"01-resourcequota-and-limitrange.ipynb": {"oom"},
-                         "02-networkpolicy.ipynb": {"dns", "apiserver", "internet"},
-                         "03-pod-security.ipynb": {"rootfs"}, "04-sandbox-lifecycle.ipynb": {"crash"},
-                         "05-rbac-and-admission.ipynb": set(), "06-troubleshooting-lab.ipynb": set()}
+    assert names == [
+        "01-resourcequota-and-limitrange.ipynb",
+        "02-networkpolicy.ipynb",
+        "03-pod-security.ipynb",
+        "04-sandbox-lifecycle.ipynb",
+        "05-rbac-and-admission.ipynb",
+        "06-troubleshooting-lab.ipynb",
+    ]
+    expected_failures = {
+        "01-resourcequota-and-limitrange.ipynb": {"oom"},
+        "02-networkpolicy.ipynb": {"dns", "apiserver", "internet"},
+        "03-pod-security.ipynb": {"rootfs"},
+        "04-sandbox-lifecycle.ipynb": {"crash"},
+        "05-rbac-and-admission.ipynb": set(),
+        "06-troubleshooting-lab.ipynb": set(),
+    }
     answers = {"06-troubleshooting-lab.ipynb": {f"{s}-answer" for s in LAB_SCENARIOS}}
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -201,13 +225,30 @@ def test_03_pod_security(notebook: Any) -> None:
 def test_03_a_privileged_pod_is_really_rejected_as_the_notebook_says(core_v1: client.CoreV1Api) -> None:
     """The markdown of notebook 03 quotes the API server's refusal; make the request and compare."""
     name = f"sandbox-{uuid.uuid4().hex[:8]}"
-    ident = manifests.SandboxIdentity(namespace=name, kernel_id="e2e-notebook-03", language="python",
-                                      owner="e2e", user="e2e", created="1970-01-01T00:00:00Z")
+    ident = manifests.SandboxIdentity(
+        namespace=name,
+        kernel_id="e2e-notebook-03",
+        language="python",
+        owner="e2e",
+        user="e2e",
+        created="1970-01-01T00:00:00Z",
+    )
     core_v1.create_namespace(manifests.namespace(ident))  # labelled exactly like a sandbox namespace
     try:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"},
-               "spec": {"containers": [{"name": "intruder", "image": "localhost/sandbox-python:3.11",
-                                        "securityContext": {"privileged": True}}]}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "intruder"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "intruder",
+                        "image": "localhost/sandbox-python:3.11",
+                        "securityContext": {"privileged": True},
+                    }
+                ]
+            },
+        }
         with pytest.raises(ApiException) as refused:
             core_v1.create_namespaced_pod(name, pod)
         assert refused.value.status == 403
@@ -255,7 +296,11 @@ def test_05_rbac_and_admission(notebook: Any, core_v1: client.CoreV1Api) -> None
 
     def rules(cell: str) -> dict[str, tuple[str, str]]:
         rows = ran.stdout(cell).splitlines()[2:]
-        return {r.split()[0]: (r.split()[1], " ".join(r.split()[2:])) for r in rows if r and not r.startswith("non-resource")}
+        return {
+            r.split()[0]: (r.split()[1], " ".join(r.split()[2:]))
+            for r in rows
+            if r and not r.startswith("non-resource")
+        }
 
     own, default = rules("rules"), rules("rules-default")
     assert own["pods"] == ("[]", "[create get delete]"), own
@@ -268,36 +313,57 @@ def test_05_rbac_and_admission(notebook: Any, core_v1: client.CoreV1Api) -> None
     assert default["namespaces"] == own["namespaces"], default
     can = dict(line.rsplit(": ", 1) for line in ran.stdout("can-i").splitlines() if not line.startswith("  "))
     assert can == {
-        f"create pods in namespace {namespace}": "yes", "create pods in namespace default": "no",
-        f"create pods/exec in namespace {namespace}": "no", f"list secrets in namespace {namespace}": "no",
-        "bind clusterroles cluster-admin": "no", "bind clusterroles sandbox-kernel-sandbox": "yes",
-        "create namespaces": "yes", "delete namespaces": "yes",
+        f"create pods in namespace {namespace}": "yes",
+        "create pods in namespace default": "no",
+        f"create pods/exec in namespace {namespace}": "no",
+        f"list secrets in namespace {namespace}": "no",
+        "bind clusterroles cluster-admin": "no",
+        "bind clusterroles sandbox-kernel-sandbox": "yes",
+        "create namespaces": "yes",
+        "delete namespaces": "yes",
     }, can
     assert f'RoleBinding "sandbox-kernel/{namespace}" of ClusterRole "sandbox-kernel-sandbox"' in ran.stdout("can-i")
     # What RBAC allows, the admission policies refuse: every one a real answer of the API server.
     policy = "Error from server (Forbidden): {what} is forbidden: ValidatingAdmissionPolicy '{name}' with binding '{name}' denied request: "
     refusals = {
-        "delete-platform": (policy.format(what='namespaces "sandbox-kernel-system"', name="sandbox-kernel-namespaces")
-                            + "sandbox-kernel may only delete its sandbox namespaces"),
-        "ns-name": (policy.format(what='namespaces "team-a"', name="sandbox-kernel-namespaces")
-                    + "sandbox-kernel may only create namespaces named sandbox-*, not team-a"),
-        "ns-unlabelled": (policy.format(what='namespaces "sandbox-0000beef"', name="sandbox-kernel-namespaces")
-                          + "sandbox-kernel may only create namespaces labelled app.kubernetes.io/managed-by=sandbox-kernel"),
-        "ns-privileged": (policy.format(what='namespaces "sandbox-0000beef"', name="sandbox-kernel-namespaces")
-                          + "sandbox-kernel may only create sandbox namespaces with Pod Security"),
-        "netpol": policy.format(what='networkpolicies.networking.k8s.io "allow-all"', name="sandbox-kernel-networkpolicies"),
-        "pod": (policy.format(what='pods "sleeper"', name="sandbox-kernel-pods-command")
-                + "sandbox-kernel may only create pods that run the sandbox agent behind its network policy guard"),
+        "delete-platform": (
+            policy.format(what='namespaces "sandbox-kernel-system"', name="sandbox-kernel-namespaces")
+            + "sandbox-kernel may only delete its sandbox namespaces"
+        ),
+        "ns-name": (
+            policy.format(what='namespaces "team-a"', name="sandbox-kernel-namespaces")
+            + "sandbox-kernel may only create namespaces named sandbox-*, not team-a"
+        ),
+        "ns-unlabelled": (
+            policy.format(what='namespaces "sandbox-0000beef"', name="sandbox-kernel-namespaces")
+            + "sandbox-kernel may only create namespaces labelled app.kubernetes.io/managed-by=sandbox-kernel"
+        ),
+        "ns-privileged": (
+            policy.format(what='namespaces "sandbox-0000beef"', name="sandbox-kernel-namespaces")
+            + "sandbox-kernel may only create sandbox namespaces with Pod Security"
+        ),
+        "netpol": policy.format(
+            what='networkpolicies.networking.k8s.io "allow-all"', name="sandbox-kernel-networkpolicies"
+        ),
+        "pod": (
+            policy.format(what='pods "sleeper"', name="sandbox-kernel-pods-command")
+            + "sandbox-kernel may only create pods that run the sandbox agent behind its network policy guard"
+        ),
     }
     for cell, text in refusals.items():
         assert text in ran.stdout(cell), (cell, ran.stdout(cell))
     assert "would have enforce=privileged" in ran.stdout("ns-privileged")
     assert "not allow-all" in ran.stdout("netpol")
-    assert ran.stdout("delete-default") == ('namespace/default: Error from server (Forbidden): namespaces "default" is forbidden: '
-                                            "this namespace may not be deleted\n")
+    assert ran.stdout("delete-default") == (
+        'namespace/default: Error from server (Forbidden): namespaces "default" is forbidden: '
+        "this namespace may not be deleted\n"
+    )
     assert ran.stdout("ns-ok") == "namespace/sandbox-0000beef created (server dry run: admitted, nothing stored)\n"
     escalation = ran.stdout("escalation")
-    assert "Error from server (Forbidden)" in escalation and "attempting to grant RBAC permissions not currently held" in escalation
+    assert (
+        "Error from server (Forbidden)" in escalation
+        and "attempting to grant RBAC permissions not currently held" in escalation
+    )
     # Dry runs: nothing was created or deleted.
     names = {ns.metadata.name for ns in core_v1.list_namespace().items}
     assert "sandbox-kernel-system" in names and "team-a" not in names and "sandbox-0000beef" not in names
@@ -308,13 +374,16 @@ def test_06_troubleshooting_lab(notebook: Any, sandbox_images: dict[str, str]) -
     namespace = re.search(r"namespace (sandbox-[0-9a-f]{8})", ran.stdout("backend")).group(1)
     assert [line.split()[0] for line in ran.stdout("lab").splitlines()[1:5]] == list(LAB_SCENARIOS)
     # 1: the LimitRange refuses the pod at admission: no pod, no events.
-    assert ran.stdout("over-limits") == ('Error from server (Forbidden): pods "lab-over-limits" is forbidden: '
-                                         "maximum memory usage per Container is 256Mi, but limit is 512Mi\n")
+    assert ran.stdout("over-limits") == (
+        'Error from server (Forbidden): pods "lab-over-limits" is forbidden: '
+        "maximum memory usage per Container is 256Mi, but limit is 512Mi\n"
+    )
     assert ran.stdout("over-limits-describe") == 'Error from server (NotFound): pods "lab-over-limits" not found\n'
     # 2: the quota refuses it: the kernel's own pod already uses 64Mi of 256Mi requests.
     assert ran.stdout("over-quota") == (
         'Error from server (Forbidden): pods "lab-over-quota" is forbidden: exceeded quota: sandbox-quota, '
-        "requested: requests.memory=256Mi, used: requests.memory=64Mi, limited: requests.memory=256Mi\n")
+        "requested: requests.memory=256Mi, used: requests.memory=64Mi, limited: requests.memory=256Mi\n"
+    )
     quota = dict((row.split()[0], row.split()[1:]) for row in ran.stdout("over-quota-quota").splitlines()[1:])
     assert quota["requests.memory"] == ["64Mi", "256Mi"] and quota["pods"] == ["1", "3"], quota
     # 3: admitted, but the kubelet cannot pull the image.
@@ -336,7 +405,9 @@ def test_06_troubleshooting_lab(notebook: Any, sandbox_images: dict[str, str]) -
     assert re.search(r"^Image:\s+localhost/sandbox-bash:5$", described, re.M), described
     assert re.search(r"^Command:\s+/bin/sh -c python3 -c ", described, re.M), described
     assert re.search(r"^Restart Policy:\s+Always$", described, re.M), described
-    assert re.search(r"^  Last State:\s+Terminated\n    Reason:\s+Error\n    Exit Code:\s+127$", described, re.M), described
+    assert re.search(r"^  Last State:\s+Terminated\n    Reason:\s+Error\n    Exit Code:\s+127$", described, re.M), (
+        described
+    )
     assert re.search(r"Warning\s+BackOff\s+\d+\s+Back-off restarting failed container", described), described
     assert "python3: not found" in ran.stdout("crash-loop-logs"), ran.stdout("crash-loop-logs")
     # Cleaned up; the kernel's own sandbox was never affected.
@@ -349,10 +420,18 @@ def test_06_troubleshooting_lab(notebook: Any, sandbox_images: dict[str, str]) -
     for cell, facts in {
         "over-limits-answer": ["maximum memory usage per Container is 256Mi, but limit is 512Mi", "NotFound"],
         "over-quota-answer": ["exceeded quota: sandbox-quota", "`64Mi`", "`192Mi`"],
-        "missing-image-answer": ["ErrImagePull", "ImagePullBackOff", "Failed to pull image", "connection refused",
-                                 "is waiting to start", "localhost/sandbox-python:3.11"],
+        "missing-image-answer": [
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "Failed to pull image",
+            "connection refused",
+            "is waiting to start",
+            "localhost/sandbox-python:3.11",
+        ],
         "crash-loop-answer": ["CrashLoopBackOff", "Exit Code: 127", "python3: not found", "restartPolicy: Always"],
     }.items():
         for fact in facts:
             assert fact in answers[cell], (cell, fact)
-    assert sandbox_images["SANDBOX_IMAGE_PYTHON"] == "localhost/sandbox-python:3.11"  # the kernel's own, as the answer says
+    assert (
+        sandbox_images["SANDBOX_IMAGE_PYTHON"] == "localhost/sandbox-python:3.11"
+    )  # the kernel's own, as the answer says

@@ -20,9 +20,18 @@ ACTIVE = re.compile(r"<script|\son\w+\s*=|=[\"']?\s*javascript:|<iframe|srcdoc",
 
 # What a restricted pod must show, whatever the runtime's seccomp profile blocks.
 MUST_PASS = {
-    "non-root user", "no capabilities", "no new privileges", "seccomp filter", "no user namespaces",
-    "no keyring", "read-only system", "writable home", "no service account token",
-    "no secrets in environment", "network isolated", "memory limit",
+    "non-root user",
+    "no capabilities",
+    "no new privileges",
+    "seccomp filter",
+    "no user namespaces",
+    "no keyring",
+    "read-only system",
+    "writable home",
+    "no service account token",
+    "no secrets in environment",
+    "network isolated",
+    "memory limit",
 }
 
 

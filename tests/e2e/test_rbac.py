@@ -25,18 +25,33 @@ pytestmark = pytest.mark.cluster
 GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{SA_NAMESPACE}", "system:authenticated"]
 
 
-def allowed(k8s_api: client.ApiClient, verb: str, resource: str, namespace: str = "", group: str = "",
-            subresource: str = "", name: str = "") -> bool:
-    review = client.AuthorizationV1Api(k8s_api).create_subject_access_review({
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": SA_USER,
-            "groups": GROUPS,
-            "resourceAttributes": {"verb": verb, "resource": resource, "namespace": namespace, "group": group,
-                                   "subresource": subresource, "name": name},
-        },
-    })
+def allowed(
+    k8s_api: client.ApiClient,
+    verb: str,
+    resource: str,
+    namespace: str = "",
+    group: str = "",
+    subresource: str = "",
+    name: str = "",
+) -> bool:
+    review = client.AuthorizationV1Api(k8s_api).create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": SA_USER,
+                "groups": GROUPS,
+                "resourceAttributes": {
+                    "verb": verb,
+                    "resource": resource,
+                    "namespace": namespace,
+                    "group": group,
+                    "subresource": subresource,
+                    "name": name,
+                },
+            },
+        }
+    )
     return bool(review.status.allowed)
 
 
@@ -52,7 +67,9 @@ def sandbox(sa_kubeconfig: str, sandbox_images: dict[str, str]) -> Iterator[Kube
     loop.close()
 
 
-def test_cluster_wide_rights_are_only_namespaces_and_binding_the_sandbox_role(k8s_api: client.ApiClient, rbac_applied: None) -> None:
+def test_cluster_wide_rights_are_only_namespaces_and_binding_the_sandbox_role(
+    k8s_api: client.ApiClient, rbac_applied: None
+) -> None:
     assert allowed(k8s_api, "create", "namespaces")
     assert allowed(k8s_api, "list", "namespaces")
     assert allowed(k8s_api, "bind", "clusterroles", group="rbac.authorization.k8s.io", name="sandbox-kernel-sandbox")
@@ -78,9 +95,15 @@ def test_namespaced_rights_exist_only_in_sandboxes_it_created(
     mine = sandbox.namespace
     assert mine
     for verb, resource, sub, group in [
-        ("create", "pods", "", ""), ("get", "pods", "", ""), ("delete", "pods", "", ""),
-        ("create", "pods", "attach", ""), ("get", "pods", "attach", ""), ("get", "pods", "log", ""),
-        ("create", "configmaps", "", ""), ("patch", "leases", "", "coordination.k8s.io"), ("list", "events", "", ""),
+        ("create", "pods", "", ""),
+        ("get", "pods", "", ""),
+        ("delete", "pods", "", ""),
+        ("create", "pods", "attach", ""),
+        ("get", "pods", "attach", ""),
+        ("get", "pods", "log", ""),
+        ("create", "configmaps", "", ""),
+        ("patch", "leases", "", "coordination.k8s.io"),
+        ("list", "events", "", ""),
         ("create", "networkpolicies", "", "networking.k8s.io"),
     ]:
         assert allowed(k8s_api, verb, resource, mine, group, sub), (verb, resource, sub)
@@ -101,8 +124,12 @@ def test_real_requests_as_the_service_account(
     sa_api: client.ApiClient, sandbox: KubernetesSandboxSession, rbac_applied: None
 ) -> None:
     core = client.CoreV1Api(sa_api)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"},
-           "spec": {"containers": [{"name": "c", "image": "localhost/pause:3.10"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "intruder"},
+        "spec": {"containers": [{"name": "c", "image": "localhost/pause:3.10"}]},
+    }
     for ns in ("default", "kube-system"):
         with pytest.raises(ApiException) as denied:
             core.create_namespaced_pod(ns, pod)
@@ -118,9 +145,13 @@ def test_real_requests_as_the_service_account(
     assert denied.value.status == 403
     # Escalation: it cannot bind a stronger role, not even inside its own sandbox.
     rbac = client.RbacAuthorizationV1Api(sa_api)
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "grab"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-               "subjects": [{"kind": "ServiceAccount", "name": "sandbox-kernel", "namespace": SA_NAMESPACE}]}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "grab"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "sandbox-kernel", "namespace": SA_NAMESPACE}],
+    }
     with pytest.raises(ApiException) as denied:
         rbac.create_namespaced_role_binding(sandbox.namespace, binding)
     assert denied.value.status == 403
@@ -135,8 +166,9 @@ def test_an_rbac_refusal_reaches_the_user_in_the_api_servers_words(
     sa_kubeconfig: str, sandbox_images: dict[str, str], k8s_api: client.ApiClient
 ) -> None:
     """Without its per-namespace RoleBinding the SA may create nothing in a sandbox: the backend says so."""
-    settings = KubernetesSandbox(kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]},
-                                 sandbox_role="")  # no RoleBinding: the SA may not create anything inside
+    settings = KubernetesSandbox(
+        kubeconfig=sa_kubeconfig, images={"python": sandbox_images["SANDBOX_IMAGE_PYTHON"]}, sandbox_role=""
+    )  # no RoleBinding: the SA may not create anything inside
     session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), settings, kernel_id="rbac-refused")
     loop = asyncio.new_event_loop()
     try:
@@ -149,7 +181,10 @@ def test_an_rbac_refusal_reaches_the_user_in_the_api_servers_words(
         loop.run_until_complete(session.close())
         loop.close()
     core = client.CoreV1Api(k8s_api)
-    leftovers = [n.metadata.name for n in core.list_namespace(label_selector="sandbox-kernel/kernel-id=rbac-refused").items
-                 if n.metadata.deletion_timestamp is None]
+    leftovers = [
+        n.metadata.name
+        for n in core.list_namespace(label_selector="sandbox-kernel/kernel-id=rbac-refused").items
+        if n.metadata.deletion_timestamp is None
+    ]
     assert leftovers == [], "a half-made sandbox namespace must be deleted"
     wait_until(lambda: all(not namespace_exists(core, n) for n in leftovers), 30, what="cleanup")

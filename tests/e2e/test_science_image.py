@@ -34,9 +34,13 @@ def science_image(sandbox_images: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def science_kernel(science_image: str, kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Path) -> Iterator[K8sKernel]:
+def science_kernel(
+    science_image: str, kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Path
+) -> Iterator[K8sKernel]:
     prefix = tmp_path / "prefix"
-    done = run_cli(kernel_env, "install", "--prefix", str(prefix), "--backend", "kubernetes", "--image", f"python={science_image}")
+    done = run_cli(
+        kernel_env, "install", "--prefix", str(prefix), "--backend", "kubernetes", "--image", f"python={science_image}"
+    )
     assert done.returncode == 0, done.stderr
     kernels = prefix / "share" / "jupyter" / "kernels"
     spec = json.loads((kernels / "sandbox-python" / "kernel.json").read_text())
@@ -81,4 +85,3 @@ def test_a_kernelspec_with_the_data_science_image_reads_describes_plots_and_time
 
     cell = kernel.run("%timeit -n 3 -r 1 df['y'].mean()")  # IPython mode: the image has IPython
     assert cell.reply["status"] == "ok" and "per loop" in cell.stdout, cell
-

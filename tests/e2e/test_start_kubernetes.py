@@ -38,13 +38,25 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 SCRIPT = REPO / "scripts" / "start.sh"
 STOCK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CACHE = Path(os.environ.get("SANDBOX_CLUSTER_CACHE") or Path.home() / ".cache/sandbox-kernel/cluster")
-BACKEND_CELL = "".join(json.loads((REPO / "notebooks" / "01-resourcequota-and-limitrange.ipynb").read_text())["cells"][1]["source"])
+BACKEND_CELL = "".join(
+    json.loads((REPO / "notebooks" / "01-resourcequota-and-limitrange.ipynb").read_text())["cells"][1]["source"]
+)
 
 
 def fresh_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {"PATH": STOCK_PATH, "HOME": str(home), "LANG": "C.UTF-8", "TERM": "dumb", "SANDBOX_CLUSTER_CACHE": str(CACHE)}
+    env = {
+        "PATH": STOCK_PATH,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "SANDBOX_CLUSTER_CACHE": str(CACHE),
+    }
     for name, value in os.environ.items():  # the CI machine's pip mirror or proxy, and the cluster's state dir
-        if name.startswith("PIP_") or name.lower() in ("http_proxy", "https_proxy", "no_proxy") or name == "SANDBOX_CLUSTER_STATE":
+        if (
+            name.startswith("PIP_")
+            or name.lower() in ("http_proxy", "https_proxy", "no_proxy")
+            or name == "SANDBOX_CLUSTER_STATE"
+        ):
             env[name] = value
     env.setdefault("PIP_CACHE_DIR", os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip"))
     return {**env, **extra}
@@ -55,8 +67,14 @@ class Started:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.lines: list[str] = []
-        self.proc = subprocess.Popen(["env", "-i", *(f"{k}={v}" for k, v in env.items()), "bash", str(SCRIPT), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/", start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "bash", str(SCRIPT), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd="/",
+            start_new_session=True,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -69,7 +87,11 @@ class Started:
         """The URL it prints once JupyterLab is ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = [m for line in self.lines if (m := re.search(r"(http://127\.0\.0\.1:\d+/lab/tree/cka-study\?token=\w+)", line))]
+            found = [
+                m
+                for line in self.lines
+                if (m := re.search(r"(http://127\.0\.0\.1:\d+/lab/tree/cka-study\?token=\w+)", line))
+            ]
             if found and any("JupyterLab is ready" in line for line in self.lines):
                 return found[-1].group(1)
             assert self.proc.poll() is None, "start.sh ended:\n" + "\n".join(self.lines[-60:])
@@ -87,9 +109,12 @@ class Started:
 
 def api(url: str, path: str, method: str = "GET", body: Any = None) -> Any:
     base, token = url.split("/lab/")[0], url.rsplit("token=", 1)[1]
-    request = urllib.request.Request(f"{base}{path}?token={token}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}{path}?token={token}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as reply:
         data = reply.read()
     return json.loads(data) if data else None
@@ -97,21 +122,52 @@ def api(url: str, path: str, method: str = "GET", body: Any = None) -> Any:
 
 def run_in_lab(url: str, kernel: str, cells: list[str]) -> tuple[list[str], str]:
     """Open notebook 01 on ``kernel`` in that JupyterLab, run ``cells``; their outputs, and the kernel id."""
-    session = api(url, "/api/sessions", "POST", {"path": "cka-study/01-resourcequota-and-limitrange.ipynb",
-                                                 "type": "notebook", "name": "", "kernel": {"name": kernel}})
+    session = api(
+        url,
+        "/api/sessions",
+        "POST",
+        {
+            "path": "cka-study/01-resourcequota-and-limitrange.ipynb",
+            "type": "notebook",
+            "name": "",
+            "kernel": {"name": kernel},
+        },
+    )
     kernel_id = session["kernel"]["id"]
     base, token = url.split("/lab/")[0], url.rsplit("token=", 1)[1]
-    ws = websocket.create_connection(f"{base.replace('http', 'ws', 1)}/api/kernels/{kernel_id}/channels?token={token}", timeout=300)
+    ws = websocket.create_connection(
+        f"{base.replace('http', 'ws', 1)}/api/kernels/{kernel_id}/channels?token={token}", timeout=300
+    )
     outputs = []
     try:
         for code in cells:
             msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
-                           "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
-                            "stop_on_error": False}}))
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "msg_type": "execute_request",
+                            "username": "test",
+                            "session": uuid.uuid4().hex,
+                            "version": "5.3",
+                            "date": "",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "buffers": [],
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": True,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                            "stop_on_error": False,
+                        },
+                    }
+                )
+            )
             text = ""
             while True:
                 message = json.loads(ws.recv())
@@ -141,17 +197,25 @@ def home(tmp_path: Path) -> Iterator[Path]:
 def check_lab(url: str, home: Path, core_v1: client.CoreV1Api) -> None:
     specs = api(url, "/api/kernelspecs")["kernelspecs"]
     names = {name: spec["spec"]["display_name"] for name, spec in specs.items()}
-    assert names["sandbox-python"] == "Sandbox (Python)" and names["sandbox-python-kubernetes"] == "Sandbox (Python) · Kubernetes", names
+    assert (
+        names["sandbox-python"] == "Sandbox (Python)"
+        and names["sandbox-python-kubernetes"] == "Sandbox (Python) · Kubernetes"
+    ), names
     study = sorted(item["name"] for item in api(url, "/api/contents/cka-study")["content"])
     assert study == sorted([p.name for p in (REPO / "notebooks").glob("*.ipynb")] + ["README.md"])
     kubeconfig = home / ".config" / "sandbox-kernel" / "cluster-sandbox-kernel.kubeconfig"
     assert kubeconfig.is_file() and oct(kubeconfig.stat().st_mode & 0o777) == "0o600"
     (backend, whoami), kernel_id = run_in_lab(url, "sandbox-python-kubernetes", [BACKEND_CELL, "%sandbox whoami"])
-    assert re.fullmatch(r"Kubernetes backend: this cell ran in a pod of namespace sandbox-[0-9a-f]{8}\n", backend), backend
+    assert re.fullmatch(r"Kubernetes backend: this cell ran in a pod of namespace sandbox-[0-9a-f]{8}\n", backend), (
+        backend
+    )
     assert re.search(rf"^username\s+{SA_USER}$", whoami, re.M), whoami  # the least-privilege identity, not the admin
     # Closing the notebook's session shut the kernel down: its namespace goes.
-    wait_until(lambda: not core_v1.list_namespace(label_selector=f"{KERNEL_ID_LABEL}={kernel_id}").items, 90,
-               what="the Kubernetes kernel's namespace to be gone")
+    wait_until(
+        lambda: not core_v1.list_namespace(label_selector=f"{KERNEL_ID_LABEL}={kernel_id}").items,
+        90,
+        what="the Kubernetes kernel's namespace to be gone",
+    )
     [local], _ = run_in_lab(url, "sandbox-python", [BACKEND_CELL])
     assert local.startswith("NeedsKubernetes: this kernel runs its cells on the LOCAL sandbox"), local
 
@@ -161,14 +225,17 @@ def test_start_kubernetes_on_the_projects_cluster_then_an_existing_one(
 ) -> None:
     venv, notebooks = home / "venv", home / "notebooks"
     began = time.monotonic()
-    started = Started(["kubernetes", "--port", str(free_port()), "--venv", str(venv), "--notebooks", str(notebooks)],
-                      fresh_env(home))
+    started = Started(
+        ["kubernetes", "--port", str(free_port()), "--venv", str(venv), "--notebooks", str(notebooks)], fresh_env(home)
+    )
     try:
         url = started.url(1200)
         took = time.monotonic() - began
         text = "\n".join(started.lines)
         assert "cluster already running and Ready" in text, text  # found, not rebuilt
-        assert "==> kubectl apply -k k8s/rbac/" in text and "==> registering the Sandbox kernels (Kubernetes" in text, text
+        assert "==> kubectl apply -k k8s/rbac/" in text and "==> registering the Sandbox kernels (Kubernetes" in text, (
+            text
+        )
         check_lab(url, home, core_v1)
         print(f"start.sh kubernetes with a new virtual environment: {took:.0f} s to the URL")
     finally:
@@ -177,8 +244,20 @@ def test_start_kubernetes_on_the_projects_cluster_then_an_existing_one(
     # An existing cluster: the same one, by its admin kubeconfig; the environment is reused.
     images = {k: v for k, v in sandbox_images.items() if k.startswith("SANDBOX_IMAGE_")}  # no registry here
     began = time.monotonic()
-    started = Started(["kubernetes", "--kubeconfig", kubeconfig, "--port", str(free_port()), "--venv", str(venv),
-                       "--notebooks", str(notebooks)], fresh_env(home, **images))
+    started = Started(
+        [
+            "kubernetes",
+            "--kubeconfig",
+            kubeconfig,
+            "--port",
+            str(free_port()),
+            "--venv",
+            str(venv),
+            "--notebooks",
+            str(notebooks),
+        ],
+        fresh_env(home, **images),
+    )
     try:
         url = started.url(600)
         took = time.monotonic() - began

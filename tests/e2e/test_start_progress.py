@@ -32,7 +32,8 @@ def label_node(core: client.CoreV1Api, name: str, key: str, value: str | None) -
 
 
 def test_the_first_cell_shows_an_unschedulable_start_then_its_result(
-    k8s_kernel: Callable[..., K8sKernel], core_v1: client.CoreV1Api,
+    k8s_kernel: Callable[..., K8sKernel],
+    core_v1: client.CoreV1Api,
 ) -> None:
     key = f"sandbox-kernel-test/progress-{uuid.uuid4().hex[:8]}"
     node = node_name(core_v1)
@@ -51,7 +52,11 @@ def test_the_first_cell_shows_an_unschedulable_start_then_its_result(
                 msg = kernel.kc.get_iopub_msg(timeout=0.5)
             except queue.Empty:
                 msg = None
-            if msg is not None and msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] not in ("status", "execute_input"):
+            if (
+                msg is not None
+                and msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] not in ("status", "execute_input")
+            ):
                 seen.append(msg)
                 text = msg["content"].get("data", {}).get("text/plain", "")
                 if not labelled and "no node can run the sandbox pod yet" in text:
@@ -76,7 +81,9 @@ def test_the_first_cell_shows_an_unschedulable_start_then_its_result(
     first = seen[0]
     assert first["msg_type"] == "display_data", kinds
     display_id = first["content"]["transient"]["display_id"]
-    texts = [m["content"]["data"]["text/plain"] for m in seen if m["msg_type"] in ("display_data", "update_display_data")]
+    texts = [
+        m["content"]["data"]["text/plain"] for m in seen if m["msg_type"] in ("display_data", "update_display_data")
+    ]
     assert all(t.startswith("Starting the sandbox (") for t in texts), texts
     assert any("no node can run the sandbox pod yet" in t and "node affinity/selector" in t for t in texts), texts
     updates = [m for m in seen if m["msg_type"] == "update_display_data"]

@@ -27,14 +27,28 @@ def notebook_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("language,code", [
-    ("python", "import os; print(os.getcwd()); print(open('data.csv').read().strip()); print(sorted(os.listdir('.')))"),
-    ("node", "const fs = require('fs'); console.log(process.cwd()); console.log(fs.readFileSync('data.csv', 'utf8').trim()); "
-             "console.log(JSON.stringify(fs.readdirSync('.').filter(n => !n.startsWith('.')).sort()).replace(/\"/g, \"'\").replace(/,/g, ', '))"),
-    ("bash", "pwd; cat data.csv | tail -1 | sed 's/^/a,b\\n/' | tail -2 | head -1 >/dev/null; head -2 data.csv | tail -1 | sed 's/^/a,b\\n/'; "
-             "printf \"['%s']\\n\" \"$(ls | sort | paste -sd, | sed \"s/,/', '/g\")\""),
-])
-def test_the_notebook_directory_is_copied_in_at_start(language: str, code: str, k8s_kernel: Callable[..., Any], notebook_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "language,code",
+    [
+        (
+            "python",
+            "import os; print(os.getcwd()); print(open('data.csv').read().strip()); print(sorted(os.listdir('.')))",
+        ),
+        (
+            "node",
+            "const fs = require('fs'); console.log(process.cwd()); console.log(fs.readFileSync('data.csv', 'utf8').trim()); "
+            "console.log(JSON.stringify(fs.readdirSync('.').filter(n => !n.startsWith('.')).sort()).replace(/\"/g, \"'\").replace(/,/g, ', '))",
+        ),
+        (
+            "bash",
+            "pwd; cat data.csv | tail -1 | sed 's/^/a,b\\n/' | tail -2 | head -1 >/dev/null; head -2 data.csv | tail -1 | sed 's/^/a,b\\n/'; "
+            'printf "[\'%s\']\\n" "$(ls | sort | paste -sd, | sed "s/,/\', \'/g")"',
+        ),
+    ],
+)
+def test_the_notebook_directory_is_copied_in_at_start(
+    language: str, code: str, k8s_kernel: Callable[..., Any], notebook_dir: Path
+) -> None:
     kernel = k8s_kernel(language, "--Sandbox.workspace_limit=512Ki", cwd=notebook_dir)
     cell = kernel.run(code)
     assert cell.reply["status"] == "ok", cell
@@ -52,14 +66,27 @@ def test_upload_and_download_on_kubernetes(k8s_kernel: Callable[..., Any], noteb
     assert kernel.run("import os; print(sorted(os.listdir('.')))").stdout == "[]\n"  # hidden: nothing copied
     cell = kernel.run("%sandbox upload large.bin sub")
     assert cell.reply["status"] == "ok" and "uploaded 2 files" in cell.stdout, cell
-    cell = kernel.run("import hashlib\nprint(hashlib.sha256(open('large.bin', 'rb').read()).hexdigest(), open('sub/inner.txt').read())")
+    cell = kernel.run(
+        "import hashlib\nprint(hashlib.sha256(open('large.bin', 'rb').read()).hexdigest(), open('sub/inner.txt').read())"
+    )
     import hashlib
+
     assert cell.stdout.split() == [hashlib.sha256((notebook_dir / "large.bin").read_bytes()).hexdigest(), "inner"]
-    kernel.run("open('result.csv', 'w').write('x,y\\n3,4\\n'); open('analysis.ipynb', 'w').write('evil'); open('planted.txt', 'w').write('x')")
+    kernel.run(
+        "open('result.csv', 'w').write('x,y\\n3,4\\n'); open('analysis.ipynb', 'w').write('evil'); open('planted.txt', 'w').write('x')"
+    )
     cell = kernel.run("%sandbox download result.csv")
     assert cell.reply["status"] == "ok", cell
-    assert (notebook_dir / "result.csv").read_text() == "x,y\n3,4\n" and (notebook_dir / "result.csv").stat().st_uid == os.geteuid()
-    for name, why in (("analysis.ipynb", "it is a notebook"), ("planted.txt", "a symlink of that name"), ("../x", "goes up with '..'")):
+    assert (notebook_dir / "result.csv").read_text() == "x,y\n3,4\n" and (
+        notebook_dir / "result.csv"
+    ).stat().st_uid == os.geteuid()
+    for name, why in (
+        ("analysis.ipynb", "it is a notebook"),
+        ("planted.txt", "a symlink of that name"),
+        ("../x", "goes up with '..'"),
+    ):
         cell = kernel.run(f"%sandbox download {name}")
         assert cell.reply["status"] == "error" and why in cell.error["evalue"], cell
-    assert (notebook_dir / "analysis.ipynb").read_text() == '{"cells": []}' and (notebook_dir.parent / "secret").read_text() == "SECRET"
+    assert (notebook_dir / "analysis.ipynb").read_text() == '{"cells": []}' and (
+        notebook_dir.parent / "secret"
+    ).read_text() == "SECRET"

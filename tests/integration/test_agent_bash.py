@@ -42,7 +42,9 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 def test_ready_language_info(agent: Agent) -> None:
     info = agent.ready["language_info"]
     assert info["name"] == "bash"
-    expected = subprocess.run([BASH, "-c", "echo ${BASH_VERSION%%[!0-9.]*}"], capture_output=True, text=True).stdout.strip()
+    expected = subprocess.run(
+        [BASH, "-c", "echo ${BASH_VERSION%%[!0-9.]*}"], capture_output=True, text=True
+    ).stdout.strip()
     assert info["version"] == expected
     assert info["mimetype"] == "text/x-sh"
     assert info["file_extension"] == ".sh"
@@ -71,7 +73,9 @@ def test_state_persists_across_cells(agent: Agent, tmp_path: Path) -> None:
         "export EXPORTED=yes; shopt -s extglob"
     )
     assert setup.status == "ok", setup.frames
-    cell = agent.execute('echo "$x"; pwd; greet you; ll; echo "${m[k]}"; bash -c \'echo $EXPORTED\'; shopt -q extglob && echo glob')
+    cell = agent.execute(
+        'echo "$x"; pwd; greet you; ll; echo "${m[k]}"; bash -c \'echo $EXPORTED\'; shopt -q extglob && echo glob'
+    )
     assert cell.status == "ok", cell.frames
     assert cell.stdout == f"42\n{tmp_path / 'sub dir'}\nhi you\naliased\nv\nyes\nglob\n"
 

@@ -40,13 +40,18 @@ def opened_models(messages: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def test_a_slider_opens_its_models_and_follows_the_frontend(agent: Agent) -> None:
-    cell = ok(agent.execute("""import comm, ipywidgets as widgets
+    cell = ok(
+        agent.execute(
+            """import comm, ipywidgets as widgets
 assert comm.create_comm.__module__ == '__main__' or 'agent' in repr(comm.create_comm), comm.create_comm
 slider = widgets.IntSlider(value=3, description='n')
 seen = []
 slider.observe(lambda change: seen.append(change['new']), 'value')
 display(slider)
-print(slider.model_id)""", timeout=60))
+print(slider.model_id)""",
+            timeout=60,
+        )
+    )
     models = opened_models(cell.messages())
     slider_id = cell.stdout.split()[-1]
     assert models[slider_id] == "IntSliderModel" and {"LayoutModel", "SliderStyleModel"} <= set(models.values())
@@ -57,8 +62,17 @@ print(slider.model_id)""", timeout=60))
     assert kinds.index("display") > max(i for i, k in enumerate(kinds) if k == "comm_open")
 
     # The frontend moves the slider (between cells): the observer runs, ipywidgets echoes it.
-    agent.send({"type": "comm_msg", "id": "m1", "comm_id": slider_id, "parent": "frontend-msg-1",
-                "data": {"method": "update", "state": {"value": 7}, "buffer_paths": []}, "metadata": {}, "buffers": []})
+    agent.send(
+        {
+            "type": "comm_msg",
+            "id": "m1",
+            "comm_id": slider_id,
+            "parent": "frontend-msg-1",
+            "data": {"method": "update", "state": {"value": 7}, "buffer_paths": []},
+            "metadata": {},
+            "buffers": [],
+        }
+    )
     frames = [f.body for f in agent.collect(2.0) if hasattr(f, "body")]
     echo = [b for b in frames if b["type"] == "comm_msg"]
     assert echo and echo[0]["data"] == {"method": "echo_update", "state": {"value": 7}, "buffer_paths": []}
@@ -73,13 +87,34 @@ print(slider.model_id)""", timeout=60))
 def test_the_control_comm_returns_every_widget_state(agent: Agent) -> None:
     """A reloaded notebook asks for every widget through jupyter.widget.control (ipywidgets
     registers that target at import only under IPython; the agent does it after the cell)."""
-    cell = ok(agent.execute("import ipywidgets as widgets\nb = widgets.Button(description='go')\nprint(b.model_id)", timeout=60))
+    cell = ok(
+        agent.execute(
+            "import ipywidgets as widgets\nb = widgets.Button(description='go')\nprint(b.model_id)", timeout=60
+        )
+    )
     button = cell.stdout.split()[-1]
-    agent.send({"type": "comm_open", "id": "m1", "comm_id": "control-1", "target_name": "jupyter.widget.control",
-                "data": {}, "metadata": {"version": "1.0.0"}, "buffers": []})
+    agent.send(
+        {
+            "type": "comm_open",
+            "id": "m1",
+            "comm_id": "control-1",
+            "target_name": "jupyter.widget.control",
+            "data": {},
+            "metadata": {"version": "1.0.0"},
+            "buffers": [],
+        }
+    )
     assert agent.wait_message("done")["id"] == "m1"
-    agent.send({"type": "comm_msg", "id": "m2", "comm_id": "control-1", "data": {"method": "request_states"},
-                "metadata": {}, "buffers": []})
+    agent.send(
+        {
+            "type": "comm_msg",
+            "id": "m2",
+            "comm_id": "control-1",
+            "data": {"method": "request_states"},
+            "metadata": {},
+            "buffers": [],
+        }
+    )
     reply = agent.wait_message("comm_msg")
     assert reply["comm_id"] == "control-1" and reply["data"]["method"] == "update_states"
     assert reply["data"]["states"][button]["state"]["description"] == "go"
@@ -88,16 +123,30 @@ def test_the_control_comm_returns_every_widget_state(agent: Agent) -> None:
 def test_interact_and_the_output_widget_capture_by_the_request(agent: Agent) -> None:
     """interact() shows its function's output in an Output widget, which captures by the Jupyter
     message id of the request being handled (comm.kernel.get_parent())."""
-    cell = ok(agent.execute("""from ipywidgets import interact
+    cell = ok(
+        agent.execute(
+            """from ipywidgets import interact
 @interact(x=5)
 def square(x):
     print('square', x * x)
-""", timeout=60))
+""",
+            timeout=60,
+        )
+    )
     models = opened_models(cell.messages())
     assert {"IntSliderModel", "OutputModel", "VBoxModel"} <= set(models.values())
     slider = next(cid for cid, name in models.items() if name == "IntSliderModel")
-    agent.send({"type": "comm_msg", "id": "m1", "comm_id": slider, "parent": "frontend-msg-2",
-                "data": {"method": "update", "state": {"value": 6}, "buffer_paths": []}, "metadata": {}, "buffers": []})
+    agent.send(
+        {
+            "type": "comm_msg",
+            "id": "m1",
+            "comm_id": slider,
+            "parent": "frontend-msg-2",
+            "data": {"method": "update", "state": {"value": 6}, "buffer_paths": []},
+            "metadata": {},
+            "buffers": [],
+        }
+    )
     frames = agent.collect(2.0)
     updates = [f.body["data"]["state"] for f in frames if hasattr(f, "body") and f.body["type"] == "comm_msg"]
     assert {"msg_id": "frontend-msg-2"} in updates  # the Output widget captures this request's output
@@ -105,7 +154,9 @@ def square(x):
 
 
 def test_tqdm_notebook_drives_a_progress_bar(agent: Agent) -> None:
-    cell = ok(agent.execute("from tqdm.notebook import tqdm\nfor i in tqdm(range(5), desc='work'):\n    pass", timeout=60))
+    cell = ok(
+        agent.execute("from tqdm.notebook import tqdm\nfor i in tqdm(range(5), desc='work'):\n    pass", timeout=60)
+    )
     models = opened_models(cell.messages())
     assert {"FloatProgressModel", "HTMLModel", "HBoxModel"} <= set(models.values())
     bar = next(cid for cid, name in models.items() if name == "FloatProgressModel")
@@ -120,8 +171,12 @@ def test_without_the_comm_package_the_agent_provides_its_api(tmp_path: Path) -> 
     """The system python3 has no ``comm`` package: ``import comm`` is the agent's module."""
     proc = Agent("python", tmp_path, command=["/usr/bin/python3", str(AGENT)], env=ENV)
     try:
-        cell = ok(proc.execute("import comm\nprint(comm.__doc__)\nc = comm.create_comm(target_name='t', data={'a': 1})\n"
-                               "print(comm.get_comm_manager().get_comm(c.comm_id) is c)"))
+        cell = ok(
+            proc.execute(
+                "import comm\nprint(comm.__doc__)\nc = comm.create_comm(target_name='t', data={'a': 1})\n"
+                "print(comm.get_comm_manager().get_comm(c.comm_id) is c)"
+            )
+        )
         assert "the comm package is not installed" in cell.stdout and cell.stdout.endswith("True\n")
         [opened] = cell.messages("comm_open")
         assert opened["target_name"] == "t" and opened["data"] == {"a": 1}

@@ -182,7 +182,9 @@ def test_ipython_plot_at_the_end_of_a_cell_and_on_show(ipy: Agent) -> None:
 
 
 def test_ipython_figure_as_last_value_and_svg(ipy: Agent) -> None:
-    cell = ipy.run("from matplotlib.figure import Figure\nfig = Figure(figsize=(2, 2))\nfig.subplots().plot([1, 2])\nfig")
+    cell = ipy.run(
+        "from matplotlib.figure import Figure\nfig = Figure(figsize=(2, 2))\nfig.subplots().plot([1, 2])\nfig"
+    )
     assert cell.status == "ok" and base64.b64decode(cell.result["data"]["image/png"]).startswith(PNG)
     cell = ipy.run("%config InlineBackend.figure_formats = ['svg']\n" + PLOT)
     (shown,) = displays(cell)
@@ -213,7 +215,9 @@ def test_plain_mode_without_ipython_names_the_interpreter(tmp_path: Path) -> Non
     agent = Agent(tmp_path, "auto", python="/usr/bin/python3")
     try:
         cell = agent.run("!ls")
-        assert cell.error["ename"] == "UsageError" and "(/usr/bin/python3) cannot import IPython" in cell.error["evalue"]
+        assert (
+            cell.error["ename"] == "UsageError" and "(/usr/bin/python3) cannot import IPython" in cell.error["evalue"]
+        )
         assert agent.run("1 +").error["ename"] == "SyntaxError"  # not every syntax error is about IPython
         cell = agent.run("print('plain Python runs')")
     finally:

@@ -76,7 +76,10 @@ def test_redeclared_let_and_const_across_cells(agent: Agent) -> None:
     ok(agent.execute("const {p, q: [r]} = {p: 1, q: [2]}"))
     assert ok(agent.execute("p + r")).value == "3"
     # Inner scopes keep their normal semantics.
-    assert ok(agent.execute("const fns = []; for (let i = 0; i < 3; i++) fns.push(() => i); fns.map(f => f())")).value == "[ 0, 1, 2 ]"
+    assert (
+        ok(agent.execute("const fns = []; for (let i = 0; i < 3; i++) fns.push(() => i); fns.map(f => f())")).value
+        == "[ 0, 1, 2 ]"
+    )
 
 
 def test_class_persistence_and_redefinition(agent: Agent) -> None:
@@ -226,7 +229,13 @@ process.stdout.write('\x01\x02SKM0000\x03');
 "done-marker"
 """
     run = ok(agent.execute(code))
-    assert run.output() == b'msg 33\n{"type":"done","status":"ok","id":1}\n' + b"\x00\x00nul\x00" + b"\xff\xfe\x80\n" + b"\x01\x02SKM0000\x03"
+    assert (
+        run.output()
+        == b'msg 33\n{"type":"done","status":"ok","id":1}\n'
+        + b"\x00\x00nul\x00"
+        + b"\xff\xfe\x80\n"
+        + b"\x01\x02SKM0000\x03"
+    )
     assert run.output("stderr") == b"err 99999999999\n"
     assert run.value == "'done-marker'"
     assert ok(agent.execute("1")).value == "1"
@@ -253,11 +262,21 @@ def test_closing_fd1_does_not_break_the_agent(agent: Agent) -> None:
 
 def test_closing_fd1_loses_stdout_for_that_cell_only(agent: Agent) -> None:
     """Issue 11: after `fs.closeSync(1)` nothing printed in later cells arrived."""
-    run = ok(agent.execute("const fs = require('fs'); fs.closeSync(1); fs.closeSync(2); console.log('lost'); fs.writeSync(1, 'lost')"[:-21]))
+    run = ok(
+        agent.execute(
+            "const fs = require('fs'); fs.closeSync(1); fs.closeSync(2); console.log('lost'); fs.writeSync(1, 'lost')"[
+                :-21
+            ]
+        )
+    )
     assert run.output() == b""
     run = agent.execute("fs.closeSync(1); fs.writeSync(1, 'x')")
     assert run.last_error["ename"] == "Error" and "EBADF" in run.last_error["evalue"]
-    run = ok(agent.execute("console.log('back'); console.error('err back'); require('child_process').execSync('echo child', {stdio: 'inherit'}); fs.writeSync(1, 'w')"))
+    run = ok(
+        agent.execute(
+            "console.log('back'); console.error('err back'); require('child_process').execSync('echo child', {stdio: 'inherit'}); fs.writeSync(1, 'w')"
+        )
+    )
     assert run.output() == b"back\nchild\nw" and run.output("stderr") == b"err back\n"
 
 
@@ -281,20 +300,30 @@ def test_ending_process_stdout_does_not_silence_later_cells(agent: Agent) -> Non
 
 
 def test_background_process_holding_stdout_does_not_block_done(agent: Agent) -> None:
-    run = ok(agent.execute("require('child_process').spawn('sh', ['-c', 'echo bg; sleep 30'], {stdio: 'inherit'}); 'started'"))
+    run = ok(
+        agent.execute(
+            "require('child_process').spawn('sh', ['-c', 'echo bg; sleep 30'], {stdio: 'inherit'}); 'started'"
+        )
+    )
     assert run.elapsed < 2
     ok(agent.execute("await new Promise(r => setTimeout(r, 300))"))
     assert ok(agent.execute("'still fine'")).value == "'still fine'"
 
 
 def test_flood_with_small_output_limit(agent: Agent) -> None:
-    code = "const chunk = 'y'.repeat(1000) + '\\n'; for (let i = 0; i < 20000; i++) process.stdout.write(chunk); 'flooded'"
+    code = (
+        "const chunk = 'y'.repeat(1000) + '\\n'; for (let i = 0; i < 20000; i++) process.stdout.write(chunk); 'flooded'"
+    )
     run = ok(agent.execute(code, output_limit=5000, timeout=30))
     assert len(run.output()) == 5000
     assert run.done["truncated"] == 20000 * 1001 - 5000
     assert run.value == "'flooded'"
     # Also console.log + subprocess flood, the agent stays responsive.
-    run = ok(agent.execute("require('child_process').execSync('head -c 3000000 /dev/zero', {stdio: 'inherit'}); 1", output_limit=1000))
+    run = ok(
+        agent.execute(
+            "require('child_process').execSync('head -c 3000000 /dev/zero', {stdio: 'inherit'}); 1", output_limit=1000
+        )
+    )
     assert len(run.output()) == 1000 and run.done["truncated"] == 3000000 - 1000
     started = time.monotonic()
     assert ok(agent.execute("'alive'")).value == "'alive'"
@@ -315,7 +344,9 @@ def test_unlimited_large_output_arrives_before_done(agent: Agent) -> None:
 
 def test_slow_reader_gets_everything_in_order(agent: Agent) -> None:
     agent.gate.clear()  # the "kernel" stops reading while the cell floods without a limit
-    code = "const line = 'z'.repeat(999) + '\\n'; for (let i = 0; i < 10000; i++) process.stdout.write(line); 'flood done'"
+    code = (
+        "const line = 'z'.repeat(999) + '\\n'; for (let i = 0; i < 10000; i++) process.stdout.write(line); 'flood done'"
+    )
     cell = agent.start(code)
     time.sleep(1.0)
     agent.gate.set()
@@ -353,7 +384,11 @@ def test_static_imports_become_dynamic_imports(agent: Agent) -> None:
     cwd = Path(agent.workdir)
     (cwd / "mod.mjs").write_text("export const v = 'esm'; export default 'dflt';\n")
     (cwd / "cjs.js").write_text("module.exports = {w: 'cjs'};\n")
-    run = ok(agent.execute("import d, {v} from './mod.mjs'\nconst m = await import('./mod.mjs');\n[d, v, m.v, require('./cjs.js').w]"))
+    run = ok(
+        agent.execute(
+            "import d, {v} from './mod.mjs'\nconst m = await import('./mod.mjs');\n[d, v, m.v, require('./cjs.js').w]"
+        )
+    )
     assert run.value == "[ 'dflt', 'esm', 'esm', 'cjs' ]"
     run = ok(agent.execute("const later = () => import('node:os'); (await later()).EOL"))
     assert run.value == "'\\n'"
@@ -416,7 +451,9 @@ def test_interrupt_output_flood_is_fast_and_output_keeps_working(agent: Agent) -
 
 def test_interrupt_async_sleep_keeps_state_and_abandons_the_cell(agent: Agent) -> None:
     ok(agent.execute("var kept = 1; var after = 'not run'"))
-    run = agent.execute("console.log('waiting'); await new Promise(r => setTimeout(r, 100000)); after = 'ran'", interrupt_after=0.3)
+    run = agent.execute(
+        "console.log('waiting'); await new Promise(r => setTimeout(r, 100000)); after = 'ran'", interrupt_after=0.3
+    )
     assert run.status == "interrupted" and run.last_error["ename"] == "KeyboardInterrupt"
     assert run.output() == b"waiting\n"
     assert run.elapsed < 0.3 + 2

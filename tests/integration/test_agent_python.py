@@ -24,7 +24,9 @@ from sandbox_kernel.protocol import Message, Output
 
 AGENT = AGENTS / "python_agent.py"
 # The sandbox runs the agent with the system python3; SANDBOX_AGENT_PYTHON tries another one.
-PYTHON = os.environ.get("SANDBOX_AGENT_PYTHON") or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
+PYTHON = os.environ.get("SANDBOX_AGENT_PYTHON") or (
+    "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+)
 
 
 @pytest.fixture
@@ -52,7 +54,9 @@ def test_ready_language_info(agent: Agent) -> None:
     assert ready["agent"] == "python"
     assert ready["protocol"] == 2
     info = ready["language_info"]
-    version = subprocess.run([PYTHON, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        [PYTHON, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+    ).stdout.strip()
     assert info == {
         "name": "python",
         "version": version,
@@ -64,7 +68,11 @@ def test_ready_language_info(agent: Agent) -> None:
 
 
 def test_state_persists_across_cells(agent: Agent) -> None:
-    ok(agent.execute("import math\nx = 20\ndef double(v):\n    return 2 * v\nclass Box:\n    def __init__(self, v): self.v = v"))
+    ok(
+        agent.execute(
+            "import math\nx = 20\ndef double(v):\n    return 2 * v\nclass Box:\n    def __init__(self, v): self.v = v"
+        )
+    )
     cell = ok(agent.execute("double(x) + Box(math.floor(1.5)).v"))
     assert plain(cell) == "41"
     assert plain(ok(agent.execute("__name__"))) == "'__main__'"
@@ -113,7 +121,11 @@ def test_python_subprocess_streams_live(agent: Agent) -> None:
 
 
 def test_thread_printing_after_the_cell(agent: Agent) -> None:
-    cell = ok(agent.execute("import threading, time\ndef late():\n    time.sleep(0.5)\n    print('from thread')\nthreading.Thread(target=late).start()"))
+    cell = ok(
+        agent.execute(
+            "import threading, time\ndef late():\n    time.sleep(0.5)\n    print('from thread')\nthreading.Thread(target=late).start()"
+        )
+    )
     assert cell.stdout == ""
     assert cell.frames[-1][0] - cell.sent_at < 0.4  # done does not wait for the thread
     later = agent.collect(2.0)
@@ -125,7 +137,11 @@ def test_thread_printing_after_the_cell(agent: Agent) -> None:
 # output capture
 # --------------------------------------------------------------------------------------
 def test_background_process_holding_stdout_does_not_block_done(agent: Agent) -> None:
-    cell = ok(agent.execute("import subprocess\nbg = subprocess.Popen('sleep 0.6; echo later; echo later-err >&2', shell=True)\nprint('now')"))
+    cell = ok(
+        agent.execute(
+            "import subprocess\nbg = subprocess.Popen('sleep 0.6; echo later; echo later-err >&2', shell=True)\nprint('now')"
+        )
+    )
     assert cell.stdout == "now\n"
     assert cell.frames[-1][0] - cell.sent_at < 0.5
     later = agent.collect(2.0)
@@ -135,27 +151,38 @@ def test_background_process_holding_stdout_does_not_block_done(agent: Agent) -> 
 
 
 def test_display_from_a_thread_between_cells(agent: Agent) -> None:
-    cell = ok(agent.execute(
-        "import threading, time\n"
-        "def show():\n"
-        "    time.sleep(0.3)\n"
-        "    print('text first')\n"
-        "    display({'text/plain': 'late', 'text/html': '<p>late</p>'}, raw=True)\n"
-        "threading.Thread(target=show).start()"
-    ))
+    cell = ok(
+        agent.execute(
+            "import threading, time\n"
+            "def show():\n"
+            "    time.sleep(0.3)\n"
+            "    print('text first')\n"
+            "    display({'text/plain': 'late', 'text/html': '<p>late</p>'}, raw=True)\n"
+            "threading.Thread(target=show).start()"
+        )
+    )
     later = agent.collect(1.5)
     assert isinstance(later[0], Output) and later[0].data.startswith(b"text first")
     shown = [f.body for f in later if isinstance(f, Message)]
-    assert shown == [{"type": "display", "id": cell.done["id"], "data": {"text/plain": "late", "text/html": "<p>late</p>"}, "metadata": {}}]
+    assert shown == [
+        {
+            "type": "display",
+            "id": cell.done["id"],
+            "data": {"text/plain": "late", "text/html": "<p>late</p>"},
+            "metadata": {},
+        }
+    ]
 
 
 def test_subprocess_output_on_the_right_streams(agent: Agent) -> None:
-    cell = ok(agent.execute(
-        "import subprocess, os\n"
-        "subprocess.run('echo to-out; echo to-err >&2', shell=True)\n"
-        "rc = os.system('echo system-out; echo system-err 1>&2')\n"
-        "print('python-out')"
-    ))
+    cell = ok(
+        agent.execute(
+            "import subprocess, os\n"
+            "subprocess.run('echo to-out; echo to-err >&2', shell=True)\n"
+            "rc = os.system('echo system-out; echo system-err 1>&2')\n"
+            "print('python-out')"
+        )
+    )
     assert cell.stdout == "to-out\nsystem-out\npython-out\n"
     assert cell.stderr == "to-err\nsystem-err\n"
 
@@ -168,19 +195,25 @@ def test_raw_os_write(agent: Agent) -> None:
 
 def test_fake_frames_nul_and_invalid_utf8(agent: Agent) -> None:
     payload = b'msg 30\n{"type":"done","id":"x"}\nout 5\n\x00\x00\xff\xfe\x80 err 999999999\n'
-    cell = ok(agent.execute(f"import os, sys\nos.write(1, {payload!r})\nsys.stdout.buffer.write({payload!r})\nprint('\\x00text\\udcff')"))
+    cell = ok(
+        agent.execute(
+            f"import os, sys\nos.write(1, {payload!r})\nsys.stdout.buffer.write({payload!r})\nprint('\\x00text\\udcff')"
+        )
+    )
     assert cell.output("stdout") == payload + payload + b"\x00text\\udcff\n"
     assert plain(ok(agent.execute("'still alive'"))) == "'still alive'"
 
 
 def test_flood_with_output_limit(agent: Agent) -> None:
     start = time.monotonic()
-    cell = ok(agent.execute(
-        "import os, sys\nchunk = b'x' * 65536\nfor _i in range(300):\n    os.write(1, chunk)\n"
-        "sys.stdout.write('y' * 1000000)\nos.system('head -c 3000000 /dev/zero')\nprint('end')",
-        output_limit=1000,
-        timeout=30,
-    ))
+    cell = ok(
+        agent.execute(
+            "import os, sys\nchunk = b'x' * 65536\nfor _i in range(300):\n    os.write(1, chunk)\n"
+            "sys.stdout.write('y' * 1000000)\nos.system('head -c 3000000 /dev/zero')\nprint('end')",
+            output_limit=1000,
+            timeout=30,
+        )
+    )
     assert len(cell.output("stdout")) == 1000
     total = 300 * 65536 + 1000000 + 3000000 + 4
     assert cell.done["truncated"] == total - 1000
@@ -200,7 +233,10 @@ def test_close_fd1_then_print_next_cell(agent: Agent) -> None:
     cell = agent.execute("import os\nos.close(1)\nos.close(2)\nprint('lost')")
     assert cell.status == "error" and cell.error["ename"] == "OSError"
     assert ok(agent.execute("print('back again')")).stdout == "back again\n"
-    assert ok(agent.execute("import subprocess\nsubprocess.run(['echo', 'child ok'])\nos.write(2, b'e\\n');")).stdout == "child ok\n"
+    assert (
+        ok(agent.execute("import subprocess\nsubprocess.run(['echo', 'child ok'])\nos.write(2, b'e\\n');")).stdout
+        == "child ok\n"
+    )
 
 
 def test_redirected_and_closed_streams_are_repaired(agent: Agent) -> None:
@@ -212,7 +248,11 @@ def test_redirected_and_closed_streams_are_repaired(agent: Agent) -> None:
 
 
 def test_stdin_is_dev_null_and_input_is_refused(agent: Agent) -> None:
-    cell = ok(agent.execute("import subprocess, sys\nr = subprocess.run(['cat'], capture_output=True, timeout=5)\n(r.stdout, sys.stdin.read())"))
+    cell = ok(
+        agent.execute(
+            "import subprocess, sys\nr = subprocess.run(['cat'], capture_output=True, timeout=5)\n(r.stdout, sys.stdin.read())"
+        )
+    )
     assert plain(cell) == "(b'', '')"
     cell = agent.execute("name = input('Your name? ')")
     assert cell.status == "error"
@@ -221,7 +261,11 @@ def test_stdin_is_dev_null_and_input_is_refused(agent: Agent) -> None:
 
 
 def test_protocol_fds_not_inherited(agent: Agent) -> None:
-    cell = ok(agent.execute("import subprocess\nprint(subprocess.run(['ls', '/proc/self/fd'], capture_output=True, text=True).stdout.split())"))
+    cell = ok(
+        agent.execute(
+            "import subprocess\nprint(subprocess.run(['ls', '/proc/self/fd'], capture_output=True, text=True).stdout.split())"
+        )
+    )
     fds = sorted(int(fd) for fd in eval(cell.stdout))
     assert fds[:3] == [0, 1, 2] and max(fds) < 10, fds  # the agent's fds (>= 64) stay private
     cell = ok(agent.execute("import os\nos.closerange(3, 200)\nprint('still here')"))
@@ -232,7 +276,11 @@ def test_protocol_fds_not_inherited(agent: Agent) -> None:
 # rich output
 # --------------------------------------------------------------------------------------
 def test_display_with_repr_html(agent: Agent) -> None:
-    ok(agent.execute("class Card:\n    def _repr_html_(self):\n        return '<b>card</b>'\n    def __repr__(self):\n        return 'Card()'"))
+    ok(
+        agent.execute(
+            "class Card:\n    def _repr_html_(self):\n        return '<b>card</b>'\n    def __repr__(self):\n        return 'Card()'"
+        )
+    )
     cell = ok(agent.execute("print('before')\ndisplay(Card(), 7)\nprint('after')"))
     assert cell.flow() == ["stdout", "display", "display", "stdout", "done"]
     first, second = cell.messages("display")
@@ -243,15 +291,17 @@ def test_display_with_repr_html(agent: Agent) -> None:
 
 def test_result_with_repr_png_and_others(agent: Agent) -> None:
     png = b"\x89PNG\r\n\x1a\n\x00fake"
-    ok(agent.execute(
-        "class Pic:\n"
-        f"    def _repr_png_(self): return {png!r}\n"
-        "    def _repr_svg_(self): return '<svg/>'\n"
-        "    def _repr_markdown_(self): return '**md**'\n"
-        "    def _repr_latex_(self): return '$x$'\n"
-        "    def _repr_json_(self): return {'a': [1, 2]}\n"
-        "    def _repr_jpeg_(self): return None"
-    ))
+    ok(
+        agent.execute(
+            "class Pic:\n"
+            f"    def _repr_png_(self): return {png!r}\n"
+            "    def _repr_svg_(self): return '<svg/>'\n"
+            "    def _repr_markdown_(self): return '**md**'\n"
+            "    def _repr_latex_(self): return '$x$'\n"
+            "    def _repr_json_(self): return {'a': [1, 2]}\n"
+            "    def _repr_jpeg_(self): return None"
+        )
+    )
     data = ok(agent.execute("Pic()")).result["data"]
     assert base64.b64decode(data["image/png"]) == png
     assert data["image/svg+xml"] == "<svg/>"
@@ -263,17 +313,19 @@ def test_result_with_repr_png_and_others(agent: Agent) -> None:
 
 
 def test_mimebundle_and_failing_repr_methods(agent: Agent) -> None:
-    cell = ok(agent.execute(
-        "class Multi:\n"
-        "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
-        "        return {'text/html': '<i>m</i>', 'application/vnd.custom+json': {'k': 1}}, {'text/html': {'isolated': True}}\n"
-        "    def _repr_html_(self): return 'not used'\n"
-        "class Broken:\n"
-        "    def _repr_html_(self): raise ValueError('no html')\n"
-        "    def __repr__(self): raise RuntimeError('no repr')\n"
-        "display(Multi())\n"
-        "Broken()"
-    ))
+    cell = ok(
+        agent.execute(
+            "class Multi:\n"
+            "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+            "        return {'text/html': '<i>m</i>', 'application/vnd.custom+json': {'k': 1}}, {'text/html': {'isolated': True}}\n"
+            "    def _repr_html_(self): return 'not used'\n"
+            "class Broken:\n"
+            "    def _repr_html_(self): raise ValueError('no html')\n"
+            "    def __repr__(self): raise RuntimeError('no repr')\n"
+            "display(Multi())\n"
+            "Broken()"
+        )
+    )
     shown = cell.messages("display")[0]
     assert shown["data"]["text/html"] == "<i>m</i>"
     assert shown["data"]["application/vnd.custom+json"] == {"k": 1}
@@ -337,7 +389,11 @@ def test_huge_error_message_fits_in_a_frame(agent: Agent) -> None:
 
 
 def test_fork_child_does_not_speak_protocol(agent: Agent) -> None:
-    cell = ok(agent.execute("import os\npid = os.fork()\nif pid == 0:\n    print('child')\nelse:\n    os.waitpid(pid, 0)\n    print('parent')"))
+    cell = ok(
+        agent.execute(
+            "import os\npid = os.fork()\nif pid == 0:\n    print('child')\nelse:\n    os.waitpid(pid, 0)\n    print('parent')"
+        )
+    )
     assert sorted(cell.stdout.split()) == ["child", "parent"]
     assert len(cell.messages("done")) == 1
     assert plain(ok(agent.execute("'after fork'"))) == "'after fork'"
@@ -393,7 +449,10 @@ def test_interrupt_right_after_execute(agent: Agent) -> None:
 
 
 def test_interrupt_with_background_thread_and_top_level_await(agent: Agent) -> None:
-    interrupted(agent, "import threading, time\nthreading.Thread(target=time.sleep, args=(3,), daemon=True).start()\ntime.sleep(100)")
+    interrupted(
+        agent,
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(3,), daemon=True).start()\ntime.sleep(100)",
+    )
     interrupted(agent, "import asyncio\nawait asyncio.sleep(100)")
     assert plain(ok(agent.execute("import asyncio\nawait asyncio.sleep(0.01)\n'loop ok'"))) == "'loop ok'"
 
@@ -414,7 +473,9 @@ def test_interrupt_when_idle_is_ignored(agent: Agent) -> None:
 def test_flood_can_be_interrupted(agent: Agent) -> None:
     cell = interrupted(agent, "while True:\n    print('spam ' * 100)")
     assert cell.done["truncated"] == 0 and len(cell.output("stdout")) > 0
-    cell = agent.execute("import sys\nwhile True:\n    sys.stdout.write('z' * 10000)", output_limit=5000, interrupt_after=0.5)
+    cell = agent.execute(
+        "import sys\nwhile True:\n    sys.stdout.write('z' * 10000)", output_limit=5000, interrupt_after=0.5
+    )
     assert cell.status == "interrupted" and len(cell.output("stdout")) == 5000 and cell.done["truncated"] > 0
 
 
@@ -422,7 +483,11 @@ def test_flood_can_be_interrupted(agent: Agent) -> None:
 # top-level await
 # --------------------------------------------------------------------------------------
 def test_top_level_await(agent: Agent) -> None:
-    cell = ok(agent.execute("import asyncio\nasync def twice(v):\n    await asyncio.sleep(0.01)\n    return 2 * v\nr = await twice(4)\nawait twice(r)"))
+    cell = ok(
+        agent.execute(
+            "import asyncio\nasync def twice(v):\n    await asyncio.sleep(0.01)\n    return 2 * v\nr = await twice(4)\nawait twice(r)"
+        )
+    )
     assert plain(cell) == "16"
     assert plain(ok(agent.execute("r"))) == "8"
     # asyncio.run still works in an ordinary cell
@@ -433,7 +498,11 @@ def test_top_level_await(agent: Agent) -> None:
 # complete / inspect / is_complete
 # --------------------------------------------------------------------------------------
 def test_complete(agent: Agent) -> None:
-    ok(agent.execute("import os\nvariable_one = 1\nvariable_two = 'x'\nclass Thing:\n    attribute_a = 1\n    def method_b(self): pass\nthing = Thing()"))
+    ok(
+        agent.execute(
+            "import os\nvariable_one = 1\nvariable_two = 'x'\nclass Thing:\n    attribute_a = 1\n    def method_b(self): pass\nthing = Thing()"
+        )
+    )
     reply = agent.request("complete", code="print(variab", cursor_pos=12)
     assert reply["matches"] == ["variable_one", "variable_two"]
     assert (reply["cursor_start"], reply["cursor_end"]) == (6, 12)
@@ -454,7 +523,11 @@ def test_complete(agent: Agent) -> None:
 
 
 def test_inspect(agent: Agent) -> None:
-    ok(agent.execute("def greet(name: str, punct='!') -> str:\n    '''Say hello to someone.'''\n    return 'hi ' + name + punct"))
+    ok(
+        agent.execute(
+            "def greet(name: str, punct='!') -> str:\n    '''Say hello to someone.'''\n    return 'hi ' + name + punct"
+        )
+    )
     reply = agent.request("inspect", code="greet", cursor_pos=3, detail_level=0)
     assert reply["found"] is True
     text = reply["data"]["text/plain"]

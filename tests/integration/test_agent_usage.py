@@ -13,7 +13,11 @@ import pytest
 from agents import Agent
 from sandbox_kernel.messages import check
 
-SLEEP = {"python": "import time; time.sleep(1.5)", "node": "await new Promise(r => setTimeout(r, 1500))", "bash": "sleep 1.5"}
+SLEEP = {
+    "python": "import time; time.sleep(1.5)",
+    "node": "await new Promise(r => setTimeout(r, 1500))",
+    "bash": "sleep 1.5",
+}
 
 
 @pytest.mark.parametrize("language", ["python", "node", "bash"])

@@ -213,7 +213,9 @@ def test_a_request_swallowed_by_a_dying_stream_is_sent_again(language: str, tmp_
     assert session.channel is not None and session.channel.resent == 1
 
 
-def test_output_beyond_the_replay_buffer_is_reported_lost_and_the_session_goes_on(language: str, tmp_path: Path) -> None:
+def test_output_beyond_the_replay_buffer_is_reported_lost_and_the_session_goes_on(
+    language: str, tmp_path: Path
+) -> None:
     async def scenario() -> tuple[tuple[str, str, Any], tuple[str, str, Any], FlakySession]:
         session = FlakySession(language, tmp_path, replay_bytes=64)
         await session.start()

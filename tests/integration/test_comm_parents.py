@@ -32,7 +32,9 @@ def send(kc: Any, kind: str, content: dict[str, Any]) -> str:
 def widget_manager_connects(kc: Any) -> dict[str, str]:
     """What JupyterLab's widget manager sends when it connects to a kernel."""
     return {
-        "comm_open": send(kc, "comm_open", {"comm_id": "control-1", "target_name": "jupyter.widget.control", "data": {}}),
+        "comm_open": send(
+            kc, "comm_open", {"comm_id": "control-1", "target_name": "jupyter.widget.control", "data": {}}
+        ),
         "comm_msg": send(kc, "comm_msg", {"comm_id": "control-1", "data": {"method": "request_states"}}),
     }
 
@@ -54,7 +56,9 @@ def iopub_until_idle(kc: Any, parent_id: str, timeout: float = 30) -> list[tuple
 
 
 def stdout_of(seen: list[tuple[str, str | None, dict[str, Any]]], parent_id: str | None) -> str:
-    return "".join(c["text"] for kind, parent, c in seen if kind == "stream" and parent == parent_id and c["name"] == "stdout")
+    return "".join(
+        c["text"] for kind, parent, c in seen if kind == "stream" and parent == parent_id and c["name"] == "stdout"
+    )
 
 
 def test_first_cell_after_jupyterlabs_widget_manager_connects(local_kernelspecs: Path) -> None:

@@ -19,7 +19,9 @@ from kernels import running_kernel
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
-LAYOUT = "{'_model_module': '@jupyter-widgets/base', '_model_name': 'LayoutModel', '_view_module': '@jupyter-widgets/base'}"
+LAYOUT = (
+    "{'_model_module': '@jupyter-widgets/base', '_model_name': 'LayoutModel', '_view_module': '@jupyter-widgets/base'}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,13 @@ def iopub_until_idle(kc: Any, parent_id: str, timeout: float = 20) -> list[dict[
         found.append(msg)
 
 
-def send_comm(kc: Any, kind: str, content: dict[str, Any], buffers: list[bytes] | None = None,
-              metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def send_comm(
+    kc: Any,
+    kind: str,
+    content: dict[str, Any],
+    buffers: list[bytes] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Send a comm message as a frontend does (shell channel); return what the kernel published for it."""
     msg = kc.session.msg(kind, content, metadata=metadata)
     kc.session.send(kc.shell_channel.socket, msg, buffers=buffers or [])
@@ -78,10 +85,13 @@ def comm_info(kc: Any, target: str | None = None) -> dict[str, Any]:
 
 def test_comm_opened_by_the_sandbox_sends_and_closes(kernel: tuple[Any, Any]) -> None:
     _, kc = kernel
-    reply, seen = cell(kc, f"""import comm
+    reply, seen = cell(
+        kc,
+        f"""import comm
 c = comm.create_comm(target_name='jupyter.widget', data={{'state': {LAYOUT}}}, metadata={{'version': '2.1.0'}})
 c.send({{'method': 'custom', 'content': {{'n': 1}}}}, buffers=[b'\\x00\\x01binary'])
-print(c.comm_id)""")
+print(c.comm_id)""",
+    )
     assert reply["status"] == "ok", reply
     comm_id = stdout(seen).strip()
     [opened] = of(seen, "comm_open")
@@ -102,7 +112,9 @@ print(c.comm_id)""")
 
 def test_comms_opened_by_the_frontend_reach_the_sandbox_between_cells(kernel: tuple[Any, Any]) -> None:
     _, kc = kernel
-    reply, _ = cell(kc, """import comm
+    reply, _ = cell(
+        kc,
+        """import comm
 seen = []
 def opened(c, msg):
     seen.append(('open', msg['content']['data'], msg['metadata']))
@@ -110,11 +122,16 @@ def opened(c, msg):
                         c.send({'echo': m['content']['data']}, buffers=m['buffers'])))
     c.on_close(lambda m: print('closed with', m['content']['data']))
     c.send({'hello': 'frontend'})
-comm.get_comm_manager().register_target('test.echo', opened)""")
+comm.get_comm_manager().register_target('test.echo', opened)""",
+    )
     assert reply["status"] == "ok", reply
 
-    published = send_comm(kc, "comm_open", {"comm_id": "front-1", "target_name": "test.echo", "data": {"x": 1}},
-                          metadata={"version": "1.0.0"})
+    published = send_comm(
+        kc,
+        "comm_open",
+        {"comm_id": "front-1", "target_name": "test.echo", "data": {"x": 1}},
+        metadata={"version": "1.0.0"},
+    )
     [hello] = of(published, "comm_msg")
     assert hello["content"]["data"] == {"hello": "frontend"}
     assert comm_info(kc, "test.echo") == {"front-1": {"target_name": "test.echo"}}
@@ -137,7 +154,9 @@ comm.get_comm_manager().register_target('test.echo', opened)""")
 
 def test_a_failing_comm_handler_shows_its_traceback_and_the_kernel_goes_on(kernel: tuple[Any, Any]) -> None:
     _, kc = kernel
-    cell(kc, "import comm\ncomm.get_comm_manager().register_target('test.fail', lambda c, m: c.on_msg(lambda m: 1 / 0))")
+    cell(
+        kc, "import comm\ncomm.get_comm_manager().register_target('test.fail', lambda c, m: c.on_msg(lambda m: 1 / 0))"
+    )
     send_comm(kc, "comm_open", {"comm_id": "front-3", "target_name": "test.fail", "data": {}})
     published = send_comm(kc, "comm_msg", {"comm_id": "front-3", "data": {}})
     assert "ZeroDivisionError" in stderr(published)
@@ -149,36 +168,51 @@ def test_comm_messages_the_policy_refuses_are_not_published(kernel: tuple[Any, A
     """Forged by user code (the comm API, and a frame written straight into the agent's channel):
     each is refused with a notice, and the cell still replies."""
     _, kc = kernel
-    reply, seen = cell(kc, """import comm, gc, json
-comm.create_comm(target_name='some.extension', data={})""")
+    reply, seen = cell(
+        kc,
+        """import comm, gc, json
+comm.create_comm(target_name='some.extension', data={})""",
+    )
     assert reply["status"] == "ok" and not of(seen, "comm_open")
     assert "target 'some.extension' is not one the sandbox may open a comm to" in stderr(seen)
 
-    reply, seen = cell(kc, "comm.create_comm(target_name='jupyter.widget', data={'state': "
-                           "{'_model_module': 'https://evil.example/widget.js', '_model_name': 'EvilModel'}})")
+    reply, seen = cell(
+        kc,
+        "comm.create_comm(target_name='jupyter.widget', data={'state': "
+        "{'_model_module': 'https://evil.example/widget.js', '_model_name': 'EvilModel'}})",
+    )
     assert reply["status"] == "ok" and not of(seen, "comm_open")
     assert "is not on the widget list" in stderr(seen)
 
     reply, seen = cell(kc, "comm.create_comm(target_name='jupyter.widget', comm_id='x' * 300, data={'state': {}})")
     assert not of(seen, "comm_open") and "comm id" in stderr(seen)
 
-    reply, seen = cell(kc, """h = comm.create_comm(target_name='jupyter.widget', data={'state': {
+    reply, seen = cell(
+        kc,
+        """h = comm.create_comm(target_name='jupyter.widget', data={'state': {
     '_model_module': '@jupyter-widgets/controls', '_model_name': 'HTMLModel', '_view_module': '@jupyter-widgets/controls',
     'value': '<b>bold</b><img src=x onerror=alert(1)><script>alert(2)</script>', 'description_allow_html': True}})
 h.send({'method': 'update', 'state': {'value': '<a href="javascript:alert(3)">x</a>', '_view_module': 'evil'}})
-h.send({'method': 'run_this', 'code': 'alert(4)'})""")
+h.send({'method': 'run_this', 'code': 'alert(4)'})""",
+    )
     [opened] = of(seen, "comm_open")
     state = opened["content"]["data"]["state"]
-    assert state["value"] == '<b>bold</b><img>' and state["description_allow_html"] is False
+    assert state["value"] == "<b>bold</b><img>" and state["description_allow_html"] is False
     [update] = of(seen, "comm_msg")
-    assert "javascript" not in update["content"]["data"]["state"]["value"] and "_view_module" not in update["content"]["data"]["state"]
+    assert (
+        "javascript" not in update["content"]["data"]["state"]["value"]
+        and "_view_module" not in update["content"]["data"]["state"]
+    )
     assert "method 'run_this' is not one of" in stderr(seen)
 
     send = "next(o for o in gc.get_objects() if getattr(o, '__name__', None) == '_send_frame' and callable(o))"
-    reply, seen = cell(kc, f"""send = {send}
+    reply, seen = cell(
+        kc,
+        f"""send = {send}
 send(b'msg', json.dumps({{'type': 'comm_msg', 'comm_id': 5, 'data': []}}).encode())
 send(b'msg', json.dumps({{'type': 'comm_msg', 'comm_id': 'never-opened', 'data': {{}}}}).encode())
-print('after')""")
+print('after')""",
+    )
     assert reply["status"] == "ok" and not of(seen, "comm_msg")
     assert "ignored a message written into the agent's private channel (malformed comm_msg)" in stderr(seen)
     assert "comm never-opened is not open" in stderr(seen)
@@ -196,21 +230,30 @@ def answer_with(kc: Any, value: str, prompts: list[dict[str, Any]]) -> Any:
     def hook(msg: dict[str, Any]) -> None:
         prompts.append(msg["content"])
         kc.input(value)
+
     return hook
 
 
 def test_input_and_getpass_are_answered_by_the_frontend(kernel: tuple[Any, Any]) -> None:
     _, kc = kernel
     prompts: list[dict[str, Any]] = []
-    reply, seen = cell(kc, "name = input('Your name? ')\nprint('hello', name)", allow_stdin=True,
-                       stdin_hook=answer_with(kc, "Ada", prompts))
+    reply, seen = cell(
+        kc,
+        "name = input('Your name? ')\nprint('hello', name)",
+        allow_stdin=True,
+        stdin_hook=answer_with(kc, "Ada", prompts),
+    )
     assert reply["status"] == "ok", reply
     assert prompts == [{"prompt": "Your name? ", "password": False}]
     assert "hello Ada" in stdout(seen)
 
     prompts.clear()
-    reply, seen = cell(kc, "from getpass import getpass\nsecret = getpass()\nprint(len(secret))", allow_stdin=True,
-                       stdin_hook=answer_with(kc, "s3cret", prompts))
+    reply, seen = cell(
+        kc,
+        "from getpass import getpass\nsecret = getpass()\nprint(len(secret))",
+        allow_stdin=True,
+        stdin_hook=answer_with(kc, "s3cret", prompts),
+    )
     assert prompts == [{"prompt": "Password: ", "password": True}]
     assert "6" in stdout(seen)
 
@@ -231,14 +274,19 @@ def test_input_without_stdin_is_the_clear_error(kernel: tuple[Any, Any]) -> None
 def test_interrupt_while_waiting_for_input_and_no_timeout_meanwhile(kernel: tuple[Any, Any]) -> None:
     km, kc = kernel
     asked: list[float] = []
-    reply, _ = cell(kc, "import time\nstart = time.monotonic()\ninput('wait? ')", allow_stdin=True,
-                    stdin_hook=lambda msg: (asked.append(time.monotonic()), km.interrupt_kernel()))
+    reply, _ = cell(
+        kc,
+        "import time\nstart = time.monotonic()\ninput('wait? ')",
+        allow_stdin=True,
+        stdin_hook=lambda msg: (asked.append(time.monotonic()), km.interrupt_kernel()),
+    )
     assert asked and reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
 
     # The time limit does not run while the user is asked (here 1 s, answered after 1.5 s).
     def late(msg: dict[str, Any]) -> None:
         time.sleep(1.5)
         kc.input("late")
+
     reply, seen = cell(kc, "%timeout 1\nprint(input('slow? '))", allow_stdin=True, stdin_hook=late)
     assert reply["status"] == "ok", reply
     assert "late" in stdout(seen)
@@ -264,7 +312,9 @@ def test_kernels_without_comms_close_what_the_frontend_opens(local_kernelspecs: 
     """Node.js and Bash agents take no comms: a comm the frontend opens (JupyterLab's widget
     manager opens one on every kernel) is closed at once, and cells go on."""
     with running_kernel("sandbox-node") as (_km, kc):
-        published = send_comm(kc, "comm_open", {"comm_id": "front-n", "target_name": "jupyter.widget.control", "data": {}})
+        published = send_comm(
+            kc, "comm_open", {"comm_id": "front-n", "target_name": "jupyter.widget.control", "data": {}}
+        )
         assert [m["content"]["comm_id"] for m in of(published, "comm_close")] == ["front-n"]
         assert comm_info(kc) == {}
         reply, seen = cell(kc, "console.log(6 * 7)")

@@ -15,7 +15,10 @@ import jupyter_kernel_test
 from conformance_samples import BashSamples, NodeSamples, PythonSamples
 from kernels import write_kernelspecs
 
-_JUPYTER = write_kernelspecs(Path(tempfile.mkdtemp(prefix="sandbox-conformance-")), backend=os.environ.get("SANDBOX_CONFORMANCE_BACKEND", "local"))
+_JUPYTER = write_kernelspecs(
+    Path(tempfile.mkdtemp(prefix="sandbox-conformance-")),
+    backend=os.environ.get("SANDBOX_CONFORMANCE_BACKEND", "local"),
+)
 os.environ["JUPYTER_PATH"] = str(_JUPYTER) + os.pathsep + os.environ.get("JUPYTER_PATH", "")
 
 

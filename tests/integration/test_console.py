@@ -42,8 +42,13 @@ def test_jupyter_console_runs_interrupts_and_exits_cleanly(tmp_path: Path) -> No
         "TERM": "xterm-256color",
     }
     console = pexpect.spawn(
-        sys.executable, ["-m", "jupyter", "console", "--kernel", "sandbox-python"],  # `jupyter console`
-        env=env, encoding="utf-8", timeout=60, dimensions=(40, 140), cwd=str(tmp_path),
+        sys.executable,
+        ["-m", "jupyter", "console", "--kernel", "sandbox-python"],  # `jupyter console`
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 140),
+        cwd=str(tmp_path),
     )
     console.logfile_read = (tmp_path / "console.log").open("w")
     try:

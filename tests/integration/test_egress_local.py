@@ -98,7 +98,9 @@ def test_allowed_host_reached_by_curl(py: Any) -> None:
 
 def test_denied_host_fails_fast_naming_the_host_and_the_setting(py: Any) -> None:
     out = text(run_cell(py, _urlopen("https://denied.test/"))[1])
-    assert "Tunnel connection failed: 403 Sandbox egress refused denied.test (denied.test is not on the allow list)" in out
+    assert (
+        "Tunnel connection failed: 403 Sandbox egress refused denied.test (denied.test is not on the allow list)" in out
+    )
     assert "%sandbox allow denied.test" in out
     assert float(out.rsplit("seconds ", 1)[1]) < 2
     out = text(run_cell(py, _urlopen("http://denied.test/"))[1])
@@ -124,7 +126,9 @@ def test_proxy_is_the_only_way_out(py: Any) -> None:
 
 def test_no_network_hint_when_hosts_are_allowed(py: Any) -> None:
     """The 'no network by design' line (network_hint.py) is for sandboxes without egress only."""
-    reply, _ = run_cell(py, "import socket\nsocket.getaddrinfo('allowed.test', 443)")  # no resolver: only the proxy resolves
+    reply, _ = run_cell(
+        py, "import socket\nsocket.getaddrinfo('allowed.test', 443)"
+    )  # no resolver: only the proxy resolves
     assert reply["status"] == "error" and reply["ename"] == "gaierror"
     assert not any("no network access by design" in line for line in reply["traceback"]), reply["traceback"]
 
@@ -162,7 +166,9 @@ def test_pip_install_from_a_local_index_on_an_allowed_host(py: Any) -> None:
     assert "installed through the egress proxy" in text(out), (text(out), errors(out))
 
 
-def test_node_reaches_the_allowed_host_and_is_refused_the_denied_one(local_kernelspecs: Path, hosts: dict[str, Path]) -> None:
+def test_node_reaches_the_allowed_host_and_is_refused_the_denied_one(
+    local_kernelspecs: Path, hosts: dict[str, Path]
+) -> None:
     ca = hosts["ca"].read_text()
     # Node.js 24 (and 22.21+) honour HTTPS_PROXY in fetch with NODE_USE_ENV_PROXY=1, which the
     # sandbox sets; older Node has no proxy support in fetch, so the tunnel is made by hand.

@@ -33,11 +33,20 @@ def lab(local_kernelspecs: Path, tmp_path: Path) -> Iterator[tuple[str, str, sub
         yield server
 
 
-def test_sandbox_python_runs_a_cell_in_jupyterlab(lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+def test_sandbox_python_runs_a_cell_in_jupyterlab(
+    lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
     url, token, server = lab
     seen = run_browser_script(
-        SCRIPT, url, token, tmp_path / "chromium-profile", SCREENSHOT, timeout=240,
-        KERNEL_DISPLAY_NAME="Sandbox (Python)", CODE="print(6*7)", EXPECT="42",
+        SCRIPT,
+        url,
+        token,
+        tmp_path / "chromium-profile",
+        SCREENSHOT,
+        timeout=240,
+        KERNEL_DISPLAY_NAME="Sandbox (Python)",
+        CODE="print(6*7)",
+        EXPECT="42",
     )
 
     assert "Sandbox (Python)" in seen["tiles"] and "Sandbox (Node.js)" in seen["tiles"]
@@ -64,7 +73,9 @@ def test_sandbox_python_runs_a_cell_in_jupyterlab(lab: tuple[str, str, subproces
     assert not sandbox_groups(kernel)
 
 
-def test_matplotlib_plots_show_as_images_in_ipython_mode(lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+def test_matplotlib_plots_show_as_images_in_ipython_mode(
+    lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
     """The default IPython mode (the cell prints IPython's shell class): a figure shown with
     plt.show() and one left open at the end of the cell are two PNG images in JupyterLab, with
     no set-up by the user (matplotlib-inline in the sandbox)."""
@@ -80,8 +91,16 @@ def test_matplotlib_plots_show_as_images_in_ipython_mode(lab: tuple[str, str, su
         "print('shell', type(get_ipython()).__mro__[1].__name__)"
     )
     seen = run_browser_script(
-        SCRIPT, url, token, tmp_path / "chromium-profile", PLOT_SCREENSHOT, timeout=240,
-        KERNEL_DISPLAY_NAME="Sandbox (Python)", CODE=code, EXPECT="shell", EXPECT_IMAGES="2",
+        SCRIPT,
+        url,
+        token,
+        tmp_path / "chromium-profile",
+        PLOT_SCREENSHOT,
+        timeout=240,
+        KERNEL_DISPLAY_NAME="Sandbox (Python)",
+        CODE=code,
+        EXPECT="shell",
+        EXPECT_IMAGES="2",
     )
     print(f"screenshot: {PLOT_SCREENSHOT}")
     assert "shell InteractiveShell" in seen["output"], seen
@@ -105,8 +124,13 @@ def test_kernel_usage_panel_shows_the_sandboxs_memory_against_its_limit(
 
     url, token, server = lab
     seen = run_browser_script(
-        USAGE_SCRIPT, url, token, tmp_path / "chromium-profile", USAGE_SCREENSHOT,
-        KERNEL_DISPLAY_NAME="Sandbox (Python)", ALLOC_MIB="150",
+        USAGE_SCRIPT,
+        url,
+        token,
+        tmp_path / "chromium-profile",
+        USAGE_SCREENSHOT,
+        KERNEL_DISPLAY_NAME="Sandbox (Python)",
+        ALLOC_MIB="150",
     )
     assert "holding 150 MiB" in seen["output"]
     # The panel: the sandbox's memory (>= what the cell holds, below the limit) ...

@@ -36,10 +36,15 @@ def notebook() -> dict:
         "name = input('Your name? ')\nprint('hello', name)",
     ]
     return {
-        "nbformat": 4, "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "sandbox-python", "display_name": "Sandbox (Python)", "language": "python"}},
-        "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [], "source": src}
-                  for i, src in enumerate(cells)],
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "sandbox-python", "display_name": "Sandbox (Python)", "language": "python"}
+        },
+        "cells": [
+            {"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [], "source": src}
+            for i, src in enumerate(cells)
+        ],
     }
 
 
@@ -57,8 +62,17 @@ def lab(local_kernelspecs: Path, tmp_path: Path) -> Iterator[tuple[str, str, sub
 def test_slider_tqdm_and_input_in_jupyterlab(lab: tuple[str, str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
     url, token, _server = lab
     ARTIFACTS.mkdir(exist_ok=True)
-    seen = run_browser_script(SCRIPT, url, token, tmp_path / "chromium-profile", SCREENSHOT, timeout=300,
-                              NOTEBOOK="widgets.ipynb", KERNEL_DISPLAY_NAME="Sandbox (Python)", ANSWER="Ada")
+    seen = run_browser_script(
+        SCRIPT,
+        url,
+        token,
+        tmp_path / "chromium-profile",
+        SCREENSHOT,
+        timeout=300,
+        NOTEBOOK="widgets.ipynb",
+        KERNEL_DISPLAY_NAME="Sandbox (Python)",
+        ANSWER="Ada",
+    )
     print(f"screenshots: {SCREENSHOT} and {SCREENSHOT.with_name('jupyterlab-widgets-slider.png')}")
     # The browser's slider moved, and the sandbox's IntSlider has that value, set by its callback.
     assert seen["before"] == "10" and seen["after"] != "10", seen

@@ -134,8 +134,11 @@ def test_the_kernels_own_magics_stay_the_kernels(kc: Any) -> None:
     assert "handled by the Sandbox kernel" in reply["evalue"] and "first lines of a cell" in reply["evalue"]
 
 
-@pytest.mark.parametrize("argv", [["--Sandbox.ipython=off"], ["--LocalSandbox.python_environment=system"]],
-                         ids=["ipython-off", "python-without-ipython"])
+@pytest.mark.parametrize(
+    "argv",
+    [["--Sandbox.ipython=off"], ["--LocalSandbox.python_environment=system"]],
+    ids=["ipython-off", "python-without-ipython"],
+)
 def test_plain_mode_says_what_is_not_available(local_kernelspecs: Path, argv: list[str]) -> None:
     with running_kernel("sandbox-python", argv=argv) as (_km, client):
         for code, says in (

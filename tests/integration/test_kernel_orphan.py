@@ -31,8 +31,9 @@ time.sleep(600)
 
 
 def test_a_killed_frontend_takes_its_kernel_and_sandbox_with_it(local_kernelspecs: Path, tmp_path: Path) -> None:
-    frontend = subprocess.Popen([sys.executable, "-c", FRONTEND], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
-                                env=os.environ.copy())
+    frontend = subprocess.Popen(
+        [sys.executable, "-c", FRONTEND], stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=os.environ.copy()
+    )
     try:
         assert frontend.stdout is not None
         lines = iter(frontend.stdout.readline, "")

@@ -24,7 +24,9 @@ def test_no_debugger_warnings_at_kernel_start(name: str, tmp_path: Path) -> None
         kc.start_channels()
         try:
             kc.wait_for_ready(timeout=60)
-            code = {"sandbox-python": "print('ok')", "sandbox-node": "console.log('ok')", "sandbox-bash": "echo ok"}[name]
+            code = {"sandbox-python": "print('ok')", "sandbox-node": "console.log('ok')", "sandbox-bash": "echo ok"}[
+                name
+            ]
             reply, outputs = run_cell(kc, code)
             assert reply["status"] == "ok" and text(outputs) == "ok\n", outputs
         finally:

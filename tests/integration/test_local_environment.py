@@ -30,9 +30,14 @@ def test_python_runs_the_kernel_s_environment_read_only_even_under_a_closed_home
     import traitlets  # installed in the kernel's environment, not in the system's
 
     with running_kernel("sandbox-python") as (_km, kc):
-        seen = out(kc, "import sys, os, traitlets\nprint(sys.prefix); print(traitlets.__file__); print(os.getuid())\n"
-                   "try:\n    open(os.path.join(sys.prefix, 'planted'), 'w')\nexcept OSError as e:\n    print('write', e.errno)\n")
-        assert seen.split("\n")[:4] == [os.path.realpath(sys.prefix), traitlets.__file__, "1000", "write 30"], seen  # EROFS
+        seen = out(
+            kc,
+            "import sys, os, traitlets\nprint(sys.prefix); print(traitlets.__file__); print(os.getuid())\n"
+            "try:\n    open(os.path.join(sys.prefix, 'planted'), 'w')\nexcept OSError as e:\n    print('write', e.errno)\n",
+        )
+        assert seen.split("\n")[:4] == [os.path.realpath(sys.prefix), traitlets.__file__, "1000", "write 30"], (
+            seen
+        )  # EROFS
         if sys.prefix.startswith("/root/"):  # only the environment came along, not the home
             assert out(kc, "import os; print(os.listdir('/root'))").strip() == repr([sys.prefix.split("/")[2]])
         reply, outputs = run_cell(kc, "import surely_not_installed_pkg.sub")
@@ -50,8 +55,11 @@ def test_a_venv_in_a_closed_directory_is_its_own_environment(tmp_path: Path) -> 
     (site / "envfiles_probe.py").write_text("WHERE = __file__\n")
     argv = [f"--LocalSandbox.python_environment={venv}"]
     with running_kernel("sandbox-python", argv=argv) as (_km, kc):
-        seen = out(kc, "import sys, envfiles_probe\nprint(sys.prefix, envfiles_probe.WHERE)\n"
-                   "try:\n    import traitlets\nexcept ImportError:\n    print('no traitlets')\n")
+        seen = out(
+            kc,
+            "import sys, envfiles_probe\nprint(sys.prefix, envfiles_probe.WHERE)\n"
+            "try:\n    import traitlets\nexcept ImportError:\n    print('no traitlets')\n",
+        )
         assert seen.split() == [str(venv), str(site / "envfiles_probe.py"), "no", "traitlets"], seen
         assert out(kc, "import tempfile, os; print(os.access('/tmp', os.W_OK))").strip() == "True"  # /tmp stays its own
 
@@ -81,7 +89,11 @@ def test_read_only_paths_under_a_closed_home_are_readable_and_hidden_ones_refuse
     (data / "table.csv").write_text("a,b\n1,2\n")
     os.chmod(tmp_path, 0o700)
     with running_kernel("sandbox-bash", argv=[f"--LocalSandbox.read_only_paths={data}"]) as (_km, kc):
-        assert out(kc, f"cat {data}/table.csv; touch {data}/x 2>&1 || echo refused").split("\n")[:3] == ["a,b", "1,2", f"touch: cannot touch '{data}/x': Read-only file system"]
+        assert out(kc, f"cat {data}/table.csv; touch {data}/x 2>&1 || echo refused").split("\n")[:3] == [
+            "a,b",
+            "1,2",
+            f"touch: cannot touch '{data}/x': Read-only file system",
+        ]
     for bad, why in (("/home", "/home/sandbox"),):  # the other cases: tests/unit/test_local_environment.py
         with running_kernel("sandbox-bash", argv=[f"--LocalSandbox.read_only_paths={bad}"]) as (_km, kc):
             reply, outputs = run_cell(kc, "echo hi")

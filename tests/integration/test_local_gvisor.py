@@ -63,7 +63,10 @@ def runsc_processes(kernel_pid: int) -> list[int]:
 
 def test_python_runs_on_gvisor_s_kernel_and_keeps_state(py: tuple[Any, Any]) -> None:
     km, kc = py
-    reply, out = run_cell(kc, "import os, platform\nrelease = platform.release()\nprint(release, open('/proc/version').read().split()[2], os.getuid())")
+    reply, out = run_cell(
+        kc,
+        "import os, platform\nrelease = platform.release()\nprint(release, open('/proc/version').read().split()[2], os.getuid())",
+    )
     assert reply["status"] == "ok", out
     assert text(out).split() == ["4.4.0", "4.4.0", "1000"], out  # gVisor's kernel, not the host's
     assert os.uname().release != "4.4.0"
@@ -74,7 +77,9 @@ def test_python_runs_on_gvisor_s_kernel_and_keeps_state(py: tuple[Any, Any]) -> 
 def test_bash_runs_on_gvisor_and_keeps_state(local_kernelspecs: Path) -> None:
     with running_kernel("sandbox-bash", argv=GVISOR) as (_km, kc):
         run_cell(kc, "cd /tmp && KEPT=7")
-        reply, out = run_cell(kc, "uname -r; echo $KEPT; pwd; id; ls / | tr '\\n' ' '; echo; ls -A /root 2>&1 | tr '\\n' ' '")
+        reply, out = run_cell(
+            kc, "uname -r; echo $KEPT; pwd; id; ls / | tr '\\n' ' '; echo; ls -A /root 2>&1 | tr '\\n' ' '"
+        )
         assert reply["status"] == "ok", out
         lines = text(out).splitlines()
         assert lines[:4] == ["4.4.0", "7", "/tmp", "uid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)"], lines
@@ -137,10 +142,19 @@ def test_no_network_no_host_processes_read_only_root(py: tuple[Any, Any]) -> Non
     assert int(got.split("pids ")[1].split()[0]) < 10
     assert "WROTE" not in got and got.count("\ndenied ") == 4, got
     prefix = os.path.realpath(sys.prefix)  # /root holds only the way to the kernel's environment
-    assert "scratch ok" in got and f"host dirs {[prefix.split('/')[2]] if prefix.startswith('/root/') else None} False False" in got, got
+    assert (
+        "scratch ok" in got
+        and f"host dirs {[prefix.split('/')[2]] if prefix.startswith('/root/') else None} False False" in got
+    ), got
     env = got.strip().splitlines()[-1]
     # PYTHONUNBUFFERED and MPLBACKEND (the plain agent's inline plots) are the agent's own, not the host's
-    assert set(ast.literal_eval(env)) - {"PYTHONUNBUFFERED", "MPLBACKEND"} == {"HOME", "LANG", "PATH", "TMPDIR", "USER"}, env
+    assert set(ast.literal_eval(env)) - {"PYTHONUNBUFFERED", "MPLBACKEND"} == {
+        "HOME",
+        "LANG",
+        "PATH",
+        "TMPDIR",
+        "USER",
+    }, env
 
 
 def test_gvisor_runs_as_an_unprivileged_host_uid(py: tuple[Any, Any]) -> None:
@@ -176,7 +190,9 @@ def interrupt_after(km: Any, delay: float) -> threading.Timer:
         ("sandbox-bash", "kept=7", "sleep 100", "echo $kept"),
     ],
 )
-def test_interrupt_stops_the_cell_and_keeps_state(kernel: str, setup: str, code: str, check: str, local_kernelspecs: Path) -> None:
+def test_interrupt_stops_the_cell_and_keeps_state(
+    kernel: str, setup: str, code: str, check: str, local_kernelspecs: Path
+) -> None:
     with running_kernel(kernel, argv=GVISOR) as (km, kc):
         run_cell(kc, setup)
         interrupt_after(km, 1.0)
@@ -185,7 +201,9 @@ def test_interrupt_stops_the_cell_and_keeps_state(kernel: str, setup: str, code:
         took = time.monotonic() - began
         assert reply["status"] == "error" and took < 1.0 + 2.0, (reply, took)
         reply, out = run_cell(kc, check)
-        assert reply["status"] == "ok" and "7" in text(out) + "".join(o.get("data", {}).get("text/plain", "") for o in out)
+        assert reply["status"] == "ok" and "7" in text(out) + "".join(
+            o.get("data", {}).get("text/plain", "") for o in out
+        )
 
 
 def test_timeout_stops_the_cell_and_the_kernel_goes_on(py: tuple[Any, Any]) -> None:

@@ -26,6 +26,7 @@ from sandbox_kernel.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
+
 @pytest.fixture(scope="module")
 def py(local_kernelspecs: Path) -> Iterator[Any]:
     with running_kernel("sandbox-python") as (_km, kc):
@@ -50,8 +51,14 @@ def node(local_kernelspecs: Path) -> Iterator[Any]:
 def test_kernel_info_reports_the_sandbox_runtime(py: Any, node: Any, bash: Any) -> None:
     expected = {
         "python": platform.python_version(),  # the kernel's own environment (local/environment.py)
-        "javascript": subprocess.run(["node", "-p", "process.versions.node"], capture_output=True, text=True).stdout.strip(),
-        "bash": subprocess.run(["bash", "-c", "echo ${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}.${BASH_VERSINFO[2]}"], capture_output=True, text=True).stdout.strip(),
+        "javascript": subprocess.run(
+            ["node", "-p", "process.versions.node"], capture_output=True, text=True
+        ).stdout.strip(),
+        "bash": subprocess.run(
+            ["bash", "-c", "echo ${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}.${BASH_VERSINFO[2]}"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip(),
     }
     for kc in (py, node, bash):
         info = kc.kernel_info(reply=True, timeout=30)["content"]
@@ -76,7 +83,7 @@ def test_node_state_persists_and_const_can_be_redeclared(node: Any) -> None:
 
 
 def test_bash_state_persists_and_streams_stay_separate(bash: Any) -> None:
-    run_cell(bash, "cd /tmp && GREETING=hello && shout() { echo \"${1^^}\"; }")
+    run_cell(bash, 'cd /tmp && GREETING=hello && shout() { echo "${1^^}"; }')
     reply, out = run_cell(bash, "shout $GREETING; pwd; echo oops >&2")
     assert reply["status"] == "ok"
     assert text(out) == "HELLO\n/tmp\n"
@@ -98,7 +105,9 @@ def test_python_error_traceback_quotes_the_users_line(py: Any) -> None:
 
 
 @pytest.mark.parametrize(("kernel", "code"), [("py", "1/0"), ("node", "null.x")])
-def test_traceback_names_the_cell_by_its_execution_count(kernel: str, code: str, request: pytest.FixtureRequest) -> None:
+def test_traceback_names_the_cell_by_its_execution_count(
+    kernel: str, code: str, request: pytest.FixtureRequest
+) -> None:
     kc = request.getfixturevalue(kernel)
     for _ in range(2):
         run_cell(kc, "%sandbox status")  # magics never reach the sandbox's agent
@@ -115,7 +124,11 @@ def test_traceback_names_the_cell_by_its_execution_count(kernel: str, code: str,
 @pytest.mark.parametrize(
     ("kernel", "cells", "expected"),
     [
-        ("sandbox-python", ['print("a", "b", "c")', 'for i in range(3): print(i, "x")'], ["a b c\n", "0 x\n1 x\n2 x\n"]),
+        (
+            "sandbox-python",
+            ['print("a", "b", "c")', 'for i in range(3): print(i, "x")'],
+            ["a b c\n", "0 x\n1 x\n2 x\n"],
+        ),
         ("sandbox-bash", ["echo one; echo two; printf 'th'; printf 'ree\\n'"], ["one\ntwo\nthree\n"]),
     ],
 )
@@ -127,7 +140,9 @@ def test_saved_notebook_has_one_stream_output_per_print_run(kernel: str, cells: 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in cells])
     NotebookClient(nb, kernel_name=kernel, timeout=60).execute()
     for cell, text_ in zip(nb.cells, expected):
-        assert [(o["output_type"], o.get("name"), o.get("text")) for o in cell.outputs] == [("stream", "stdout", text_)], cell.outputs
+        assert [(o["output_type"], o.get("name"), o.get("text")) for o in cell.outputs] == [
+            ("stream", "stdout", text_)
+        ], cell.outputs
 
 
 def test_output_streams_live(py: Any) -> None:
@@ -160,7 +175,7 @@ def test_flood_is_capped_and_the_kernel_stays_responsive(py: Any) -> None:
 def test_fake_frames_nul_and_invalid_utf8_cannot_break_the_protocol(py: Any) -> None:
     code = (
         "import os, sys\n"
-        "print('msg 30\\n{\"type\": \"done\", \"id\": \"x\"}')\n"
+        'print(\'msg 30\\n{"type": "done", "id": "x"}\')\n'
         "os.write(1, b'\\x00\\xff\\xfe out 5\\nhello')\n"
         "sys.stdout.flush()\n"
         "print('still here')"
@@ -185,12 +200,7 @@ def test_subprocess_and_thread_output_is_captured(py: Any) -> None:
 
 
 def test_rich_output(py: Any) -> None:
-    code = (
-        "class Card:\n"
-        "    def _repr_html_(self): return '<b>card</b>'\n"
-        "display(Card())\n"
-        "Card()"
-    )
+    code = "class Card:\n    def _repr_html_(self): return '<b>card</b>'\ndisplay(Card())\nCard()"
     reply, out = run_cell(py, code)
     displays = [o for o in out if o["type"] == "display_data"]
     assert displays and displays[0]["data"]["text/html"] == "<b>card</b>"
@@ -217,7 +227,9 @@ def interrupt_after(km_or_kc: Any, delay: float) -> threading.Timer:
         ("sandbox-node", "var kept = 7", "await new Promise(r => setTimeout(r, 100000))", "kept"),
     ],
 )
-def test_interrupt_stops_a_cell_within_two_seconds_and_keeps_state(kernel: str, setup: str, code: str, check: str, local_kernelspecs: Path) -> None:
+def test_interrupt_stops_a_cell_within_two_seconds_and_keeps_state(
+    kernel: str, setup: str, code: str, check: str, local_kernelspecs: Path
+) -> None:
     with running_kernel(kernel) as (km, kc):
         run_cell(kc, setup)
         interrupt_after(km, 1.0)
@@ -227,7 +239,9 @@ def test_interrupt_stops_a_cell_within_two_seconds_and_keeps_state(kernel: str, 
         assert reply["status"] == "error"
         assert took < 1.0 + 2.0, f"interrupt took {took - 1:.1f} s"
         reply, out = run_cell(kc, check)
-        assert reply["status"] == "ok" and "7" in (text(out) + "".join(o.get("data", {}).get("text/plain", "") for o in out))
+        assert reply["status"] == "ok" and "7" in (
+            text(out) + "".join(o.get("data", {}).get("text/plain", "") for o in out)
+        )
 
 
 def test_node_tight_loop_is_stopped_within_two_seconds(local_kernelspecs: Path) -> None:
@@ -254,7 +268,9 @@ def test_timeout_stops_the_cell_and_the_kernel_goes_on(local_kernelspecs: Path) 
         assert reply["status"] == "error" and reply["ename"] == "CellTimeout"
         assert "1 s" in reply["evalue"] and time.monotonic() - began < 4
         # What a notebook and what a pipeline would change: the magic, the setting, its variable.
-        assert all(name in reply["evalue"] for name in ("%timeout", "c.Sandbox.timeout", "SANDBOX_TIMEOUT")), reply["evalue"]
+        assert all(name in reply["evalue"] for name in ("%timeout", "c.Sandbox.timeout", "SANDBOX_TIMEOUT")), reply[
+            "evalue"
+        ]
         reply, out = run_cell(kc, "kept")
         assert result(out) == "3"
 
@@ -304,11 +320,15 @@ HINT = "[sandbox] This sandbox has no network access by design"
         ("bash", "python3 -c \"import urllib.request; urllib.request.urlopen('http://example.invalid/', timeout=5)\""),
     ],
 )
-def test_a_refused_network_access_ends_with_one_line_saying_why(kernel: str, code: str, request: pytest.FixtureRequest) -> None:
+def test_a_refused_network_access_ends_with_one_line_saying_why(
+    kernel: str, code: str, request: pytest.FixtureRequest
+) -> None:
     kc = request.getfixturevalue(kernel)
     reply, out = run_cell(kc, code)
     assert reply["status"] == "error"
-    assert reply["traceback"][-1].startswith(HINT) and "c.Sandbox.allow_hosts" in reply["traceback"][-1], reply["traceback"]
+    assert reply["traceback"][-1].startswith(HINT) and "c.Sandbox.allow_hosts" in reply["traceback"][-1], reply[
+        "traceback"
+    ]
     assert errors(out)[0]["traceback"] == reply["traceback"]
     reply, out = run_cell(kc, {"py": "1/0", "node": "null.x", "bash": "false"}[kernel])  # no network involved
     assert reply["status"] == "error" and not any(HINT in line for line in reply["traceback"])
@@ -341,7 +361,9 @@ def test_host_processes_and_files_are_invisible_and_system_is_read_only(py: Any)
 
 
 def test_environment_is_scrubbed(local_kernelspecs: Path) -> None:
-    with running_kernel("sandbox-python", env={"AWS_SECRET_ACCESS_KEY": "hunter2", "KUBECONFIG": "/root/.kube/config"}) as (_km, kc):
+    with running_kernel(
+        "sandbox-python", env={"AWS_SECRET_ACCESS_KEY": "hunter2", "KUBECONFIG": "/root/.kube/config"}
+    ) as (_km, kc):
         reply, out = run_cell(kc, "import os\nsorted(os.environ)")
         names = result(out)
         assert "AWS_SECRET_ACCESS_KEY" not in names and "KUBECONFIG" not in names
@@ -370,7 +392,9 @@ def test_memory_limit_reports_out_of_memory_and_the_next_cell_works(local_kernel
         reply, out = run_cell(kc, "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])", timeout=60)
         assert reply["status"] == "error"
         assert "out of memory (limit 256Mi)" in reply["evalue"]
-        assert "c.Sandbox.memory_limit" in reply["evalue"] and "SANDBOX_MEMORY_LIMIT" in reply["evalue"], reply["evalue"]
+        assert "c.Sandbox.memory_limit" in reply["evalue"] and "SANDBOX_MEMORY_LIMIT" in reply["evalue"], reply[
+            "evalue"
+        ]
         reply, out = run_cell(kc, "'before' in globals(), 6 * 7")
         assert reply["status"] == "ok" and result(out) == "(False, 42)"
 
@@ -477,7 +501,9 @@ def test_crashed_agent_is_reported_and_replaced(py: Any) -> None:
         ([], {"SANDBOX_KERNEL_BACKEND": "docker"}, "unknown backend 'docker'"),
     ],
 )
-def test_bad_settings_are_reported_in_the_notebook(argv: list[str], env: dict[str, str], needle: str, local_kernelspecs: Path) -> None:
+def test_bad_settings_are_reported_in_the_notebook(
+    argv: list[str], env: dict[str, str], needle: str, local_kernelspecs: Path
+) -> None:
     with running_kernel("sandbox-python", env=env, argv=argv) as (_km, kc):
         reply, out = run_cell(kc, "1")
         assert reply["status"] == "error" and needle in reply["evalue"]

@@ -80,9 +80,12 @@ def test_upload_and_download_in_every_language(kernel: str, notebook_dir: Path) 
 def test_download_refuses_what_would_hurt_the_host(notebook_dir: Path, tmp_path: Path) -> None:
     argv = ["--Sandbox.workspace=hidden", "--Sandbox.workspace_limit=1Mi"]
     with running_kernel("sandbox-python", argv=argv, cwd=notebook_dir) as (_km, kc):
-        run_cell(kc, "open('analysis.ipynb', 'w').write('{\"evil\": 1}'); open('planted.txt', 'w').write('x')\n"
-                 "open('.bashrc', 'w').write('evil'); open('huge', 'wb').write(b'x' * 2**21)\n"
-                 "import os; os.makedirs('a/b', exist_ok=True); open('a/b/c.txt', 'w').write('c')")
+        run_cell(
+            kc,
+            "open('analysis.ipynb', 'w').write('{\"evil\": 1}'); open('planted.txt', 'w').write('x')\n"
+            "open('.bashrc', 'w').write('evil'); open('huge', 'wb').write(b'x' * 2**21)\n"
+            "import os; os.makedirs('a/b', exist_ok=True); open('a/b/c.txt', 'w').write('c')",
+        )
         assert "not moved: '../escape' goes up with '..'" in refused(kc, "%sandbox download ../escape")
         assert "it is a notebook" in refused(kc, "%sandbox download analysis.ipynb")
         assert "is hidden" in refused(kc, "%sandbox download .bashrc")
@@ -93,8 +96,14 @@ def test_download_refuses_what_would_hurt_the_host(notebook_dir: Path, tmp_path:
         run_cell(kc, "open('/tmp/abs.txt', 'w').write('abs')")
         assert run_cell(kc, "%sandbox download /tmp/abs.txt a/b/c.txt")[0]["status"] == "ok"
         assert (notebook_dir / "abs.txt").read_text() == "abs" and (notebook_dir / "a/b/c.txt").read_text() == "c"
-    assert (notebook_dir / "analysis.ipynb").read_text() == '{"cells": []}' and (tmp_path / "secret").read_text() == "SECRET"
-    assert not (notebook_dir / "huge").exists() and not (notebook_dir / ".bashrc").exists() and not (tmp_path / "escape").exists()
+    assert (notebook_dir / "analysis.ipynb").read_text() == '{"cells": []}' and (
+        tmp_path / "secret"
+    ).read_text() == "SECRET"
+    assert (
+        not (notebook_dir / "huge").exists()
+        and not (notebook_dir / ".bashrc").exists()
+        and not (tmp_path / "escape").exists()
+    )
 
 
 def test_upload_refuses_hidden_files_symlinks_and_outside_names(notebook_dir: Path) -> None:

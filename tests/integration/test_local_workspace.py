@@ -34,14 +34,22 @@ def out(kc: Any, code: str) -> str:
 
 def test_read_only_by_default_in_every_language(notebook_dir: Path) -> None:
     with running_kernel("sandbox-python", cwd=notebook_dir) as (_km, kc):
-        assert out(kc, "import os; print(os.getcwd()); print(open('data.csv').read(), end='')") == "/workspace\na,b\n1,2\n"
+        assert (
+            out(kc, "import os; print(os.getcwd()); print(open('data.csv').read(), end='')") == "/workspace\na,b\n1,2\n"
+        )
         reply, outputs = run_cell(kc, "open('out.csv', 'w')")
         error = errors(outputs)[0]
         assert "Read-only file system" in error["evalue"]
-        assert "Sandbox.workspace = 'read-only'" in error["traceback"][-1] and "%sandbox download" in error["traceback"][-1]
+        assert (
+            "Sandbox.workspace = 'read-only'" in error["traceback"][-1]
+            and "%sandbox download" in error["traceback"][-1]
+        )
         assert "read-only at /workspace" in out(kc, "%sandbox status")
     with running_kernel("sandbox-node", cwd=notebook_dir) as (_km, kc):
-        assert out(kc, "console.log(process.cwd()); console.log(require('fs').readFileSync('data.csv', 'utf8').trim())") == "/workspace\na,b\n1,2\n"
+        assert (
+            out(kc, "console.log(process.cwd()); console.log(require('fs').readFileSync('data.csv', 'utf8').trim())")
+            == "/workspace\na,b\n1,2\n"
+        )
     with running_kernel("sandbox-bash", cwd=notebook_dir) as (_km, kc):
         assert out(kc, "pwd; head -1 data.csv; touch x 2>/dev/null || echo refused") == "/workspace\na,b\nrefused\n"
     assert sorted(p.name for p in notebook_dir.iterdir()) == ["analysis.ipynb", "data.csv"]
@@ -50,23 +58,39 @@ def test_read_only_by_default_in_every_language(notebook_dir: Path) -> None:
 def test_read_write_writes_back_after_each_cell_and_refuses_the_dangerous(notebook_dir: Path, tmp_path: Path) -> None:
     argv = ["--Sandbox.workspace=read-write"]
     with running_kernel("sandbox-python", argv=argv, cwd=notebook_dir) as (_km, kc):
-        assert out(kc, "import os\nopen('out.csv', 'w').write('x,y\\n')\nos.makedirs('results', exist_ok=True)\n"
-                   "open('results/r.txt', 'w').write('r')\nprint(os.getuid(), os.getcwd())") == "1000 /workspace\n"
+        assert (
+            out(
+                kc,
+                "import os\nopen('out.csv', 'w').write('x,y\\n')\nos.makedirs('results', exist_ok=True)\n"
+                "open('results/r.txt', 'w').write('r')\nprint(os.getuid(), os.getcwd())",
+            )
+            == "1000 /workspace\n"
+        )
         assert (notebook_dir / "out.csv").read_text() == "x,y\n" and (notebook_dir / "results/r.txt").read_text() == "r"
         assert (notebook_dir / "out.csv").stat().st_uid == os.geteuid()  # the kernel's own uid
-        reply, outputs = run_cell(kc, (
-            "import os\n"
-            f"os.symlink({str(tmp_path / 'secret')!r}, 'evil')\n"
-            "os.symlink('analysis.ipynb', 'note-link')\n"
-            "open('analysis.ipynb', 'w').write('{\"cells\": [\"planted\"]}')\n"
-            "os.mkfifo('fifo')\n"
-            "open('two\\nlines', 'w').write('x')\n"
-            "os.makedirs('.git/hooks'); open('.git/hooks/pre-commit', 'w').write('evil')\n"
-            "open('../escape', 'w')\n"))
+        reply, outputs = run_cell(
+            kc,
+            (
+                "import os\n"
+                f"os.symlink({str(tmp_path / 'secret')!r}, 'evil')\n"
+                "os.symlink('analysis.ipynb', 'note-link')\n"
+                "open('analysis.ipynb', 'w').write('{\"cells\": [\"planted\"]}')\n"
+                "os.mkfifo('fifo')\n"
+                "open('two\\nlines', 'w').write('x')\n"
+                "os.makedirs('.git/hooks'); open('.git/hooks/pre-commit', 'w').write('evil')\n"
+                "open('../escape', 'w')\n"
+            ),
+        )
         assert reply["status"] == "error"  # '..' is the sandbox's own directory: / is read-only
         said = text(outputs, "stderr")
-        for expected in ("'evil': a symlink", "'note-link': a symlink", "'analysis.ipynb' was not copied: it is a notebook",
-                         "'fifo': not a regular file", "control character", "'.git' is hidden"):
+        for expected in (
+            "'evil': a symlink",
+            "'note-link': a symlink",
+            "'analysis.ipynb' was not copied: it is a notebook",
+            "'fifo': not a regular file",
+            "control character",
+            "'.git' is hidden",
+        ):
             assert expected in said, said
         assert out(kc, "print('again')") == "again\n"  # nothing is repeated
         assert sorted(p.name for p in notebook_dir.iterdir()) == ["analysis.ipynb", "data.csv", "out.csv", "results"]
@@ -77,7 +101,9 @@ def test_read_write_writes_back_after_each_cell_and_refuses_the_dangerous(notebo
 def test_read_write_bounds_what_comes_back(notebook_dir: Path) -> None:
     argv = ["--Sandbox.workspace=read-write", "--Sandbox.workspace_limit=64Ki", "--Sandbox.workspace_files=20"]
     with running_kernel("sandbox-python", argv=argv, cwd=notebook_dir) as (_km, kc):
-        reply, outputs = run_cell(kc, "open('big.bin', 'wb').write(b'x' * 100000)\nfor i in range(30): open(f'f{i}', 'w').write('y')")
+        reply, outputs = run_cell(
+            kc, "open('big.bin', 'wb').write(b'x' * 100000)\nfor i in range(30): open(f'f{i}', 'w').write('y')"
+        )
         said = text(outputs, "stderr")
         assert "at most 64Ki in 20 files" in said or "more than 20 files" in said, said
         assert not (notebook_dir / "big.bin").exists()
@@ -86,12 +112,20 @@ def test_read_write_bounds_what_comes_back(notebook_dir: Path) -> None:
 
 def test_hidden_and_the_home_directory(notebook_dir: Path) -> None:
     with running_kernel("sandbox-python", argv=["--Sandbox.workspace=hidden"], cwd=notebook_dir) as (_km, kc):
-        assert out(kc, "import os; print(os.getcwd(), [n for n in os.listdir('.') if n != '.ipython'], os.path.exists('/workspace/data.csv'))") == "/home/sandbox [] False\n"  # .ipython: IPython mode's own profile
+        assert (
+            out(
+                kc,
+                "import os; print(os.getcwd(), [n for n in os.listdir('.') if n != '.ipython'], os.path.exists('/workspace/data.csv'))",
+            )
+            == "/home/sandbox [] False\n"
+        )  # .ipython: IPython mode's own profile
     home = Path(os.path.expanduser("~"))
     with running_kernel("sandbox-python", cwd=home) as (_km, kc):
         reply, outputs = run_cell(kc, "import os; print(os.getcwd())")
         assert text(outputs) == "/home/sandbox\n"
-        assert "is the kernel's home directory" in text(outputs, "stderr") and "not shown in the sandbox" in text(outputs, "stderr")
+        assert "is the kernel's home directory" in text(outputs, "stderr") and "not shown in the sandbox" in text(
+            outputs, "stderr"
+        )
 
 
 def test_a_directory_the_sandbox_may_not_list_is_shown_as_a_read_only_copy(notebook_dir: Path) -> None:
@@ -100,7 +134,9 @@ def test_a_directory_the_sandbox_may_not_list_is_shown_as_a_read_only_copy(noteb
     notebook_dir.chmod(0o700)
     (notebook_dir / "data.csv").chmod(0o600)
     with running_kernel("sandbox-python", cwd=notebook_dir) as (_km, kc):
-        assert out(kc, "import os; print(os.getcwd()); print(open('data.csv').read(), end='')") == "/workspace\na,b\n1,2\n"
+        assert (
+            out(kc, "import os; print(os.getcwd()); print(open('data.csv').read(), end='')") == "/workspace\na,b\n1,2\n"
+        )
         reply, outputs = run_cell(kc, "open('out.csv', 'w')")
         assert "Read-only file system" in errors(outputs)[0]["evalue"]
         status = out(kc, "%sandbox status")

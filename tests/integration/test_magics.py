@@ -41,7 +41,9 @@ def kc(host: tuple[Any, Any]) -> Any:
 
 
 def test_state_persists_across_cells_and_the_last_value_is_the_cells_result(kc: Any) -> None:
-    reply, out = run_cell(kc, "%%sandbox\nimport math\ndef area(r):\n    return math.pi * r * r\nradius = 2\nprint('defined')")
+    reply, out = run_cell(
+        kc, "%%sandbox\nimport math\ndef area(r):\n    return math.pi * r * r\nradius = 2\nprint('defined')"
+    )
     assert reply["status"] == "ok" and stdout_of(out) == "defined\n"
     reply, out = run_cell(kc, "%%sandbox python\nround(area(radius), 3)")
     assert reply["status"] == "ok" and result(out) == "12.566"
@@ -122,7 +124,11 @@ def test_memory_flag_runs_the_cell_in_a_smaller_one_off_sandbox(kc: Any) -> None
     assert "out of memory (limit 64Mi)" in reply["evalue"]
     # A one-off sandbox had no earlier cells; the advice names the flag and the setting behind it.
     assert "earlier cells" not in reply["evalue"] and "restarted" not in reply["evalue"]
-    assert "--memory" in reply["evalue"] and "c.Sandbox.memory_limit" in reply["evalue"] and "SANDBOX_MEMORY_LIMIT" in reply["evalue"]
+    assert (
+        "--memory" in reply["evalue"]
+        and "c.Sandbox.memory_limit" in reply["evalue"]
+        and "SANDBOX_MEMORY_LIMIT" in reply["evalue"]
+    )
     # The same allocation fits the session's configured 256Mi, whose state the OOM did not touch.
     reply, out = run_cell(kc, code.replace("--memory 64Mi", "") + "\nn = len(b) // 2**20\ndel b\nsurvivor, n")
     assert reply["status"] == "ok" and result(out) == "('still here', 150)"
@@ -248,8 +254,11 @@ def test_terminal_ipython_interrupt_and_exit_leave_no_sandbox_behind() -> None:
     import pexpect
 
     child = pexpect.spawn(
-        sys.executable, ["-m", "IPython", "--simple-prompt", "--no-banner", "--colors=NoColor", "--HistoryManager.enabled=False"],
-        encoding="utf-8", timeout=30, dimensions=(40, 200),
+        sys.executable,
+        ["-m", "IPython", "--simple-prompt", "--no-banner", "--colors=NoColor", "--HistoryManager.enabled=False"],
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 200),
     )
     try:
         child.expect(r"In \[1\]: ")

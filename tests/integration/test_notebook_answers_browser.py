@@ -34,8 +34,15 @@ def test_the_lab_answers_are_collapsed_until_clicked(local_kernelspecs: Path, tm
     with jupyterlab(tmp_path) as (url, token, _server):
         shutil.copy(NOTEBOOK, tmp_path / "notebooks" / NOTEBOOK.name)
         seen = run_browser_script(
-            SCRIPT, url, token, tmp_path / "chromium-profile", SCREENSHOT, timeout=240,
-            NOTEBOOK=NOTEBOOK.name, ANSWER=first_answer, VISIBLE="Four broken sandboxes are waiting for you",
+            SCRIPT,
+            url,
+            token,
+            tmp_path / "chromium-profile",
+            SCREENSHOT,
+            timeout=240,
+            NOTEBOOK=NOTEBOOK.name,
+            ANSWER=first_answer,
+            VISIBLE="Four broken sandboxes are waiting for you",
         )
     assert seen["cells"] == len(nb.cells), seen
     # A collapsed cell shows its first line: the answers' first lines give nothing away.

@@ -40,8 +40,13 @@ def fresh_env(home: Path) -> dict[str, str]:
 
 
 def run(home: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in fresh_env(home).items()), "bash", str(SCRIPT), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd="/")
+    return subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in fresh_env(home).items()), "bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+    )
 
 
 def free_port() -> int:
@@ -62,17 +67,23 @@ def test_help_prints_usage_and_installs_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "--help must not create a virtual environment or folders"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--port", "99999"], "--port must be a number from 1 to 65535, not '99999'"),
-    (["--port", "abc"], "--port must be a number"),
-    (["--port"], "--port needs a value"),
-    (["console", "--port", "9000"], "--port is for lab, not console"),
-    (["kubernetes", "--port", "abc"], "--port must be a number"),
-    (["--frobnicate"], "unknown argument: --frobnicate"),
-    (["--kubeconfig", "/etc/hostname"], "--kubeconfig is for kubernetes, not lab"),
-    (["kubernetes", "--kubeconfig", "/nonexistent/admin.kubeconfig"], "--kubeconfig /nonexistent/admin.kubeconfig is not a file"),
-    (["kubernetes", "--kubeconfig"], "--kubeconfig needs a value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "99999"], "--port must be a number from 1 to 65535, not '99999'"),
+        (["--port", "abc"], "--port must be a number"),
+        (["--port"], "--port needs a value"),
+        (["console", "--port", "9000"], "--port is for lab, not console"),
+        (["kubernetes", "--port", "abc"], "--port must be a number"),
+        (["--frobnicate"], "unknown argument: --frobnicate"),
+        (["--kubeconfig", "/etc/hostname"], "--kubeconfig is for kubernetes, not lab"),
+        (
+            ["kubernetes", "--kubeconfig", "/nonexistent/admin.kubeconfig"],
+            "--kubeconfig /nonexistent/admin.kubeconfig is not a file",
+        ),
+        (["kubernetes", "--kubeconfig"], "--kubeconfig needs a value"),
+    ],
+)
 def test_bad_arguments_are_refused_before_installing(tmp_path: Path, args: list[str], message: str) -> None:
     result = run(tmp_path, *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -93,8 +104,12 @@ def test_a_busy_port_is_refused_before_installing(tmp_path: Path) -> None:
 
 
 def _externally_managed(python: str) -> bool:
-    out = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    out = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return bool(out) and (Path(out) / "EXTERNALLY-MANAGED").is_file()
 
 
@@ -105,8 +120,14 @@ def lab(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str],
     home.mkdir()
     port = free_port()
     env = fresh_env(home)
-    proc = subprocess.Popen(["env", "-i", *(f"{k}={v}" for k, v in env.items()), "bash", str(SCRIPT), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/", start_new_session=True)
+    proc = subprocess.Popen(
+        ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "bash", str(SCRIPT), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd="/",
+        start_new_session=True,
+    )
     lines: list[str] = []
 
     def read() -> None:
@@ -128,18 +149,31 @@ def lab(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str],
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(not Path("/usr/bin/python3").exists() or not _externally_managed("/usr/bin/python3"),
-                    reason="needs a Debian/Ubuntu system Python under PEP 668 (/usr/bin/python3, EXTERNALLY-MANAGED)")
+@pytest.mark.skipif(
+    not Path("/usr/bin/python3").exists() or not _externally_managed("/usr/bin/python3"),
+    reason="needs a Debian/Ubuntu system Python under PEP 668 (/usr/bin/python3, EXTERNALLY-MANAGED)",
+)
 def test_fresh_start_on_the_pep668_system_python(lab: tuple[subprocess.Popen[str], int, list[str], Path]) -> None:
     proc, port, lines, home = lab
-    assert subprocess.run(["env", "-i", f"PATH={STOCK_PATH}", "sh", "-c", "command -v python3"],
-                          capture_output=True, text=True).stdout.strip() == "/usr/bin/python3"
+    assert (
+        subprocess.run(
+            ["env", "-i", f"PATH={STOCK_PATH}", "sh", "-c", "command -v python3"], capture_output=True, text=True
+        ).stdout.strip()
+        == "/usr/bin/python3"
+    )
     deadline = time.monotonic() + 840
     url = None
     while time.monotonic() < deadline and url is None:
         assert proc.poll() is None, "start.sh ended early:\n" + "\n".join(lines[-60:])
-        url = next((m.group(0) for line in lines for m in [re.search(r"http://127\.0\.0\.1:\d+/lab\?token=\w+", line)]
-                    if m and "==>" not in line and line.startswith("    ")), None)
+        url = next(
+            (
+                m.group(0)
+                for line in lines
+                for m in [re.search(r"http://127\.0\.0\.1:\d+/lab\?token=\w+", line)]
+                if m and "==>" not in line and line.startswith("    ")
+            ),
+            None,
+        )
         time.sleep(1)
     text = "\n".join(lines)
     assert url, "JupyterLab never became ready:\n" + "\n".join(lines[-60:])
@@ -153,12 +187,17 @@ def test_fresh_start_on_the_pep668_system_python(lab: tuple[subprocess.Popen[str
     assert "Debugger warning" not in text
 
     token = url.rsplit("token=", 1)[1]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/kernelspecs", headers={"Authorization": f"token {token}"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/kernelspecs", headers={"Authorization": f"token {token}"}
+    )
     specs = json.load(urllib.request.urlopen(request, timeout=30))
     assert specs["default"] == "sandbox-python"
     sandbox = {name: spec["spec"] for name, spec in specs["kernelspecs"].items() if name.startswith("sandbox-")}
     assert {name: spec["display_name"] for name, spec in sandbox.items()} == {
-        "sandbox-python": "Sandbox (Python)", "sandbox-node": "Sandbox (Node.js)", "sandbox-bash": "Sandbox (Bash)"}
+        "sandbox-python": "Sandbox (Python)",
+        "sandbox-node": "Sandbox (Node.js)",
+        "sandbox-bash": "Sandbox (Bash)",
+    }
     for spec in sandbox.values():
         assert spec["argv"][0] == str(venv / "bin" / "python3"), spec["argv"]
         assert "--SandboxKernel.backend=local" in spec["argv"]
@@ -168,5 +207,7 @@ def test_fresh_start_on_the_pep668_system_python(lab: tuple[subprocess.Popen[str
     assert f"Serving notebooks from local directory: {notebooks}" in text, text
     study = sorted(p.name for p in (notebooks / "cka-study").iterdir())
     assert study == sorted([p.name for p in (REPO / "notebooks").glob("*.ipynb")] + ["README.md"])
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents", headers={"Authorization": f"token {token}"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/contents", headers={"Authorization": f"token {token}"}
+    )
     assert [item["name"] for item in json.load(urllib.request.urlopen(request, timeout=30))["content"]] == ["cka-study"]

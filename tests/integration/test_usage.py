@@ -56,7 +56,9 @@ def test_usage_reply_is_the_sandboxs_memory_and_cpu_against_its_limits() -> None
         run_cell(kc, "import time\nx = bytearray(150 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1")
         first = usage_reply(kc)
         group = memory_group(km)
-        in_cgroup = int((group / ("memory.usage_in_bytes" if CGROUP_V1_MEMORY.is_dir() else "memory.current")).read_text())
+        in_cgroup = int(
+            (group / ("memory.usage_in_bytes" if CGROUP_V1_MEMORY.is_dir() else "memory.current")).read_text()
+        )
         assert first["kernel_memory"] >= 150 * MiB
         assert abs(first["kernel_memory"] - in_cgroup) < 20 * MiB  # the sandbox's cgroup, not the kernel's tree
         assert first["pid"] == km.provisioner.process.pid
@@ -80,7 +82,9 @@ def test_usage_reply_is_the_sandboxs_memory_and_cpu_against_its_limits() -> None
 
 def test_execute_reply_metadata_and_sandbox_usage() -> None:
     with running_kernel("sandbox-python", argv=["--Sandbox.memory_limit=256Mi"]) as (km, kc):
-        reply, meta, _, err = execute(kc, "x = bytearray(100 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\ndel x")
+        reply, meta, _, err = execute(
+            kc, "x = bytearray(100 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\ndel x"
+        )
         assert reply["status"] == "ok" and not err
         usage = meta["sandbox_usage"]
         assert usage["memory_peak_bytes"] >= 100 * MiB and usage["memory_limit_bytes"] == 256 * MiB
@@ -90,7 +94,9 @@ def test_execute_reply_metadata_and_sandbox_usage() -> None:
         _, meta, _, _ = execute(kc, "y = 1")
         resting = meta["sandbox_usage"]["memory_peak_bytes"]  # IPython mode: ~55 MiB, plain: ~20 MiB
         assert resting < 100 * MiB
-        _, meta, _, _ = execute(kc, "t = __import__('time').process_time()\nwhile __import__('time').process_time() - t < 0.3: pass")
+        _, meta, _, _ = execute(
+            kc, "t = __import__('time').process_time()\nwhile __import__('time').process_time() - t < 0.3: pass"
+        )
         assert 0.25 < meta["sandbox_usage"]["cpu_seconds"] < meta["sandbox_usage"]["wall_seconds"] + 0.05
         # Near the limit: one line on stderr naming the setting. The cell takes what brings the
         # sandbox to 95 % of 256 MiB, over what it holds at rest (IPython mode holds more).
@@ -108,8 +114,10 @@ def test_execute_reply_metadata_and_sandbox_usage() -> None:
 
 
 def test_bash_and_node_cells_are_accounted_too() -> None:
-    for name, code in (("sandbox-bash", "head -c 50000000 /dev/zero | tail -c 1 >/dev/null; echo ok"),
-                       ("sandbox-node", "Buffer.alloc(50 * 2**20, 1).length")):
+    for name, code in (
+        ("sandbox-bash", "head -c 50000000 /dev/zero | tail -c 1 >/dev/null; echo ok"),
+        ("sandbox-node", "Buffer.alloc(50 * 2**20, 1).length"),
+    ):
         with running_kernel(name) as (km, kc):
             reply, meta, _, _ = execute(kc, code)
             assert reply["status"] == "ok"

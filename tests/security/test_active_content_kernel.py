@@ -16,7 +16,7 @@ from kernels import run_cell, running_kernel, text
 
 ACTIVE = re.compile(r"<script|\son\w+\s*=|=[\"']?\s*javascript:|<iframe|srcdoc", re.I)
 
-PYTHON_CELL = r'''
+PYTHON_CELL = r"""
 display({"text/html": "<script>alert(1)</script><b onmouseover='alert(2)'>bold</b>",
          "application/javascript": "alert(3)", "text/plain": "p"}, raw=True)
 display({"text/markdown": "<img src=x onerror=alert(4)> [x](javascript:alert(5))"}, raw=True)
@@ -25,15 +25,15 @@ class Evil:
     def _repr_html_(self):
         return "<iframe srcdoc='<script>alert(7)</script>'></iframe><i>value</i>"
 Evil()
-'''
+"""
 
-NODE_CELL = r'''
+NODE_CELL = r"""
 display({"text/html": "<script>alert(1)</script><b onmouseover='alert(2)'>bold</b>",
          "application/javascript": "alert(3)", "text/plain": "p"});
 display({"text/markdown": "<img src=x onerror=alert(4)> [x](javascript:alert(5))"});
 display({"image/svg+xml": "<svg xmlns='http://www.w3.org/2000/svg' onload='alert(6)'><circle r='1'/></svg>"});
 ({ _toHtml() { return "<iframe srcdoc='<script>alert(7)</script>'></iframe><i>value</i>"; } })
-'''
+"""
 
 
 def rich(outputs: list[dict]) -> list[dict]:
@@ -69,7 +69,10 @@ def test_control_allow_publishes_the_active_content(local_kernelspecs: Path, ker
 
 def test_inspect_help_is_sanitized(local_kernelspecs: Path) -> None:
     with running_kernel("sandbox-python") as (_km, kc):
-        run_cell(kc, 'class Evil:\n    "<img src=x onerror=alert(1)>"\n    def _repr_html_(self): return "<script>x</script>"\nevil = Evil()')
+        run_cell(
+            kc,
+            'class Evil:\n    "<img src=x onerror=alert(1)>"\n    def _repr_html_(self): return "<script>x</script>"\nevil = Evil()',
+        )
         kc.inspect("evil", 4, detail_level=0)
         reply = kc.get_shell_msg(timeout=30)["content"]
     assert reply["status"] == "ok" and "Docstring" in reply["data"]["text/plain"]

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "browser" / "lab_attack.js"
 ARTIFACTS = REPO / "artifacts"
 
-ATTACK_CELL = r'''
+ATTACK_CELL = r"""
 import base64, struct, zlib
 
 def png(w, h):
@@ -56,19 +56,34 @@ display({"image/svg+xml": '<svg xmlns="http://www.w3.org/2000/svg" onload="%s"><
 display({"text/html": '<table border="1" class="dataframe"><thead><tr style="text-align: right;"><th></th><th>a</th></tr></thead><tbody><tr><th>0</th><td>1</td></tr></tbody></table>', "text/plain": "table"}, raw=True)
 display({"image/png": png(40, 20), "text/plain": "png"}, raw=True)
 print("ATTACK-DONE")
-'''
+"""
 
 # Seen to run in JupyterLab 4 when output is published unfiltered (issue 11): the control must see these.
 KNOWN_TO_RUN = {"__pwned_script", "__pwned_img", "__pwned_js", "__pwned_md"}
 
 
 def write_notebook(path: Path) -> None:
-    path.write_text(json.dumps({
-        "nbformat": 4, "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "sandbox-python", "display_name": "Sandbox (Python)", "language": "python"}},
-        "cells": [{"cell_type": "code", "id": "attack", "metadata": {}, "execution_count": None,
-                   "outputs": [], "source": ATTACK_CELL.strip()}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {
+                    "kernelspec": {"name": "sandbox-python", "display_name": "Sandbox (Python)", "language": "python"}
+                },
+                "cells": [
+                    {
+                        "cell_type": "code",
+                        "id": "attack",
+                        "metadata": {},
+                        "execution_count": None,
+                        "outputs": [],
+                        "source": ATTACK_CELL.strip(),
+                    }
+                ],
+            }
+        )
+    )
 
 
 def attack(url: str, token: str, tmp_path: Path, notebook: str, mode: str) -> dict:
@@ -77,8 +92,15 @@ def attack(url: str, token: str, tmp_path: Path, notebook: str, mode: str) -> di
     (tmp_path / "config" / "sandbox_kernel_config.py").write_text(f"c.Sandbox.active_content = {mode!r}\n")
     write_notebook(tmp_path / "notebooks" / notebook)
     seen = run_browser_script(
-        SCRIPT, url, token, tmp_path / f"chromium-{mode}", ARTIFACTS / f"active-content-{mode}.png",
-        NOTEBOOK=notebook, WORKSPACE=f"attack-{mode}", KERNEL_DISPLAY_NAME="Sandbox (Python)", EXPECT="ATTACK-DONE",
+        SCRIPT,
+        url,
+        token,
+        tmp_path / f"chromium-{mode}",
+        ARTIFACTS / f"active-content-{mode}.png",
+        NOTEBOOK=notebook,
+        WORKSPACE=f"attack-{mode}",
+        KERNEL_DISPLAY_NAME="Sandbox (Python)",
+        EXPECT="ATTACK-DONE",
     )
     return seen
 

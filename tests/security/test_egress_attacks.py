@@ -73,7 +73,9 @@ def _response(s: socket.socket) -> tuple[int, str]:
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
     # the body of a refusal (Content-Length bytes)
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
     while len(body) < length:
         chunk = s.recv(65536)
         if not chunk:
@@ -110,7 +112,9 @@ def tls_through(s: socket.socket, ca: Path, server_name: str | None) -> str:
         return data.decode()
 
 
-def test_allowed_host_is_tunnelled_and_logged_with_the_sandbox_id(proxy: EgressController, hosts: dict[str, Path]) -> None:
+def test_allowed_host_is_tunnelled_and_logged_with_the_sandbox_id(
+    proxy: EgressController, hosts: dict[str, Path]
+) -> None:
     status, _, s = connect_request(proxy, "allowed.test:443")
     assert status == 200
     assert "hello from allowed.test" in tls_through(s, hosts["ca"], "allowed.test")
@@ -118,19 +122,22 @@ def test_allowed_host_is_tunnelled_and_logged_with_the_sandbox_id(proxy: EgressC
     assert entry["sandbox"] == proxy.sandbox_id and entry["host"] == "allowed.test" and entry["ip"] == "127.0.0.62"
 
 
-@pytest.mark.parametrize("target, why", [
-    ("denied.test:443", "denied.test is not on the allow list"),
-    ("127.0.0.62:443", "is an IP address"),
-    ("[::1]:443", "is an IP address"),
-    ("2130706434:443", "is an IP address"),
-    ("allowed.test:8443", "port 8443 of allowed.test is not allowed"),
-    ("allowed.test:22", "port 22 of allowed.test is not allowed"),
-    ("private.test:443", "resolves to 10.0.0.1"),
-    ("metadata.test:443", "resolves to 169.254.169.254"),
-    ("loopback.test:443", "resolves to 127.0.0.1"),
-    ("rebind.test:443", "resolves to 10.0.0.1"),  # one good and one private address: refused
-    ("nonexistent.allowed.test:443", "not on the allow list"),
-])
+@pytest.mark.parametrize(
+    "target, why",
+    [
+        ("denied.test:443", "denied.test is not on the allow list"),
+        ("127.0.0.62:443", "is an IP address"),
+        ("[::1]:443", "is an IP address"),
+        ("2130706434:443", "is an IP address"),
+        ("allowed.test:8443", "port 8443 of allowed.test is not allowed"),
+        ("allowed.test:22", "port 22 of allowed.test is not allowed"),
+        ("private.test:443", "resolves to 10.0.0.1"),
+        ("metadata.test:443", "resolves to 169.254.169.254"),
+        ("loopback.test:443", "resolves to 127.0.0.1"),
+        ("rebind.test:443", "resolves to 10.0.0.1"),  # one good and one private address: refused
+        ("nonexistent.allowed.test:443", "not on the allow list"),
+    ],
+)
 def test_connect_refusals_name_the_host_and_the_setting(proxy: EgressController, target: str, why: str) -> None:
     status, text, s = connect_request(proxy, target)
     s.close()
@@ -149,7 +156,10 @@ def test_sni_must_match_the_connect_host(proxy: EgressController, hosts: dict[st
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         tls_through(s, hosts["ca"], "denied.test")
     entry = last_log(proxy)
-    assert entry["decision"] == "refused" and "TLS server name 'denied.test' is not the CONNECT host allowed.test" in entry["reason"]
+    assert (
+        entry["decision"] == "refused"
+        and "TLS server name 'denied.test' is not the CONNECT host allowed.test" in entry["reason"]
+    )
 
 
 def test_tunnel_without_sni_or_without_tls_is_dropped(proxy: EgressController, hosts: dict[str, Path]) -> None:
@@ -207,11 +217,19 @@ def test_one_sandbox_cannot_use_another_sandboxs_proxy(hosts: dict[str, Path]) -
         st = a.dir.stat()
         assert (st.st_uid, st.st_mode & 0o777) == (a_uid, 0o700)
         probe = f"import socket; s=socket.socket(socket.AF_UNIX); s.connect({str(a.dir / 'proxy.sock')!r}); print('CONNECTED')"
-        as_b = subprocess.run(["setpriv", f"--reuid={b_uid}", f"--regid={b_uid}", "--clear-groups", sys.executable, "-c", probe],
-                              capture_output=True, text=True, timeout=30)
+        as_b = subprocess.run(
+            ["setpriv", f"--reuid={b_uid}", f"--regid={b_uid}", "--clear-groups", sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert "CONNECTED" not in as_b.stdout and "PermissionError" in as_b.stderr
-        as_a = subprocess.run(["setpriv", f"--reuid={a_uid}", f"--regid={a_uid}", "--clear-groups", sys.executable, "-c", probe],
-                              capture_output=True, text=True, timeout=30)
+        as_a = subprocess.run(
+            ["setpriv", f"--reuid={a_uid}", f"--regid={a_uid}", "--clear-groups", sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert "CONNECTED" in as_a.stdout, as_a.stderr
         # And the policy file (the list) is root's alone.
         assert a._policy_path.stat().st_mode & 0o077 == 0
@@ -226,7 +244,9 @@ def test_one_sandbox_cannot_use_another_sandboxs_proxy(hosts: dict[str, Path]) -
 
 
 @pytest.fixture(scope="module")
-def shared_proxy(hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, str]]]:
+def shared_proxy(
+    hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, dict[str, str]]]:
     import hashlib
     import signal
 
@@ -236,8 +256,17 @@ def shared_proxy(hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     tokens = {"sandbox-a": "token-of-a-" + os.urandom(8).hex(), "sandbox-b": "token-of-b-" + os.urandom(8).hex()}
     lists = {"sandbox-a": ["allowed.test:443,80"], "sandbox-b": ["denied.test:443,80"]}
     # Both "pods" are this machine's 127.0.0.1 (the proxy takes a credential only from its pod's address).
-    namespaces = [(ns, {k8s_sync.ANNOTATION_TOKEN: hashlib.sha256(tokens[ns].encode()).hexdigest(),
-                        k8s_sync.ANNOTATION_ALLOW: " ".join(lists[ns]), k8s_sync.ANNOTATION_SOURCE: "127.0.0.1"}) for ns in tokens]
+    namespaces = [
+        (
+            ns,
+            {
+                k8s_sync.ANNOTATION_TOKEN: hashlib.sha256(tokens[ns].encode()).hexdigest(),
+                k8s_sync.ANNOTATION_ALLOW: " ".join(lists[ns]),
+                k8s_sync.ANNOTATION_SOURCE: "127.0.0.1",
+            },
+        )
+        for ns in tokens
+    ]
     namespaces.append(("sandbox-c", {k8s_sync.ANNOTATION_TOKEN: "not-a-digest"}))
     k8s_sync.sync(directory, namespaces)
     assert len(list(directory.glob("*.json"))) == 2
@@ -248,8 +277,12 @@ def shared_proxy(hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox_kernel.egress.runner", "--shared", f"127.0.0.1:{port}", str(directory)],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox_kernel.egress.runner", "--shared", f"127.0.0.1:{port}", str(directory)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(300):
             try:
@@ -293,7 +326,9 @@ def test_a_credential_works_only_from_its_sandboxs_pod(shared_proxy: tuple[int, 
     assert _shared_connect(port, "allowed.test:443", tokens["sandbox-a"]) == 200
 
 
-def test_client_hello_sent_with_the_connect_request_is_not_forwarded(proxy: EgressController, hosts: dict[str, Path]) -> None:
+def test_client_hello_sent_with_the_connect_request_is_not_forwarded(
+    proxy: EgressController, hosts: dict[str, Path]
+) -> None:
     """Early data after CONNECT (a ClientHello for another name in the same packet) never reaches
     the upstream unchecked: proxy.py does not take it as a tunnel at all."""
     ctx = ssl.create_default_context(cafile=str(hosts["ca"]))

@@ -88,9 +88,16 @@ def allowed(call: Callable[[], Any], settle: float = 10.0) -> Any:
 
 def sandbox_namespace(name: str, **labels: str | None) -> dict[str, Any]:
     """A namespace as the backend makes it (manifests.namespace), with labels changed or dropped."""
-    body = manifests.namespace(manifests.SandboxIdentity(
-        namespace=name, kernel_id=f"attack-{name}", language="python", owner=SA_NAME, user=SA_USER,
-        created="2026-01-01T00:00:00Z"))
+    body = manifests.namespace(
+        manifests.SandboxIdentity(
+            namespace=name,
+            kernel_id=f"attack-{name}",
+            language="python",
+            owner=SA_NAME,
+            user=SA_USER,
+            created="2026-01-01T00:00:00Z",
+        )
+    )
     for key, value in labels.items():
         key = {"enforce": PSA_ENFORCE, "version": PSA_VERSION}.get(key, key)
         if value is None:
@@ -111,10 +118,17 @@ def self_binding(role: str = "sandbox-kernel-sandbox") -> dict[str, Any]:
 def restricted_pod(namespace: str, name: str = "attacker") -> dict[str, Any]:
     """The pod the backend itself would create (manifests.pod): Pod Security "restricted" and the
     pod-command policy admit it, so only the policy under test can stop it."""
-    ident = manifests.SandboxIdentity(namespace=namespace, kernel_id="attack", language="python", owner=SA_NAME,
-                                      user=SA_USER, created="2026-01-01T00:00:00Z")
-    return manifests.pod(ident, manifests.PodSpec(name=name, image=PYTHON_IMAGE, interpreter="python3",
-                                                  agent_file="python_agent.py"))
+    ident = manifests.SandboxIdentity(
+        namespace=namespace,
+        kernel_id="attack",
+        language="python",
+        owner=SA_NAME,
+        user=SA_USER,
+        created="2026-01-01T00:00:00Z",
+    )
+    return manifests.pod(
+        ident, manifests.PodSpec(name=name, image=PYTHON_IMAGE, interpreter="python3", agent_file="python_agent.py")
+    )
 
 
 def root_on_the_node_pod(name: str = "rootme") -> dict[str, Any]:
@@ -122,23 +136,47 @@ def root_on_the_node_pod(name: str = "rootme") -> dict[str, Any]:
     return {
         "metadata": {"name": name},
         "spec": {
-            "hostPID": True, "hostNetwork": True,
-            "containers": [{
-                "name": "c", "image": PAUSE,
-                "securityContext": {"privileged": True, "runAsUser": 0},
-                "volumeMounts": [{"name": "host", "mountPath": "/host"}],
-            }],
+            "hostPID": True,
+            "hostNetwork": True,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": PAUSE,
+                    "securityContext": {"privileged": True, "runAsUser": 0},
+                    "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+                }
+            ],
             "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
         },
     }
 
 
 DENY_ALL = {"metadata": {"name": "deny-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}
-QUOTA = {"metadata": {"name": "sandbox-quota"}, "spec": {"hard": {
-    "requests.cpu": "500m", "requests.memory": "256Mi", "limits.cpu": "1", "limits.memory": "512Mi", "pods": "3"}}}
-LIMITS = {"metadata": {"name": "sandbox-limits"}, "spec": {"limits": [{
-    "type": "Container", "max": {"cpu": "500m", "memory": "256Mi"}, "default": {"cpu": "250m", "memory": "128Mi"},
-    "defaultRequest": {"cpu": "100m", "memory": "64Mi"}}]}}
+QUOTA = {
+    "metadata": {"name": "sandbox-quota"},
+    "spec": {
+        "hard": {
+            "requests.cpu": "500m",
+            "requests.memory": "256Mi",
+            "limits.cpu": "1",
+            "limits.memory": "512Mi",
+            "pods": "3",
+        }
+    },
+}
+LIMITS = {
+    "metadata": {"name": "sandbox-limits"},
+    "spec": {
+        "limits": [
+            {
+                "type": "Container",
+                "max": {"cpu": "500m", "memory": "256Mi"},
+                "default": {"cpu": "250m", "memory": "128Mi"},
+                "defaultRequest": {"cpu": "100m", "memory": "64Mi"},
+            }
+        ]
+    },
+}
 
 
 class Attacker:
@@ -173,8 +211,9 @@ class Attacker:
 
 @pytest.fixture
 def attacker(sa_api: client.ApiClient, core_v1: client.CoreV1Api) -> Iterator[Attacker]:
-    who = client.AuthenticationV1Api(sa_api).create_self_subject_review({"apiVersion": "authentication.k8s.io/v1",
-                                                                         "kind": "SelfSubjectReview"})
+    who = client.AuthenticationV1Api(sa_api).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
     assert who.status.user_info.username == SA_USER, "the attacks must run as the service account, not an admin"
     a = Attacker(sa_api, core_v1)
     yield a
@@ -188,19 +227,28 @@ def namespace_patch_rights(k8s_api: client.ApiClient, sa_api: client.ApiClient) 
     grant to reach the authorizer."""
     rbac = client.RbacAuthorizationV1Api(k8s_api)
     name = f"e2e-attack-namespace-patcher-{uuid.uuid4().hex[:6]}"
-    rbac.create_cluster_role({"metadata": {"name": name},
-                              "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch"]}]})
-    rbac.create_cluster_role_binding({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": SA_NAME, "namespace": SA_NAMESPACE}],
-    })
+    rbac.create_cluster_role(
+        {"metadata": {"name": name}, "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch"]}]}
+    )
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": SA_NAME, "namespace": SA_NAMESPACE}],
+        }
+    )
 
     def granted() -> None:
-        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": {"verb": "patch", "resource": "namespaces"}}}
-        wait_until(lambda: client.AuthorizationV1Api(sa_api).create_self_subject_access_review(review).status.allowed,
-                   30, what="the temporary patch grant")
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": "patch", "resource": "namespaces"}},
+        }
+        wait_until(
+            lambda: client.AuthorizationV1Api(sa_api).create_self_subject_access_review(review).status.allowed,
+            30,
+            what="the temporary patch grant",
+        )
 
     try:
         yield granted
@@ -213,29 +261,44 @@ def by(policy: str) -> str:
     return f"ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied request"
 
 
-PSA_REFUSAL = ("sandbox-kernel may only create sandbox namespaces with Pod Security "
-               "pod-security.kubernetes.io/enforce=restricted and pod-security.kubernetes.io/enforce-version=latest")
+PSA_REFUSAL = (
+    "sandbox-kernel may only create sandbox namespaces with Pod Security "
+    "pod-security.kubernetes.io/enforce=restricted and pod-security.kubernetes.io/enforce-version=latest"
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Breach 1: a sandbox namespace that is not Pod Security "restricted".
 
 
-@pytest.mark.parametrize("labels, shown", [
-    ({"enforce": "privileged"}, "enforce=privileged, enforce-version=latest"),
-    ({"enforce": None, "version": None, "pod-security.kubernetes.io/warn": None,
-      "pod-security.kubernetes.io/audit": None}, "enforce=(none), enforce-version=(none)"),
-    ({"enforce": "baseline"}, "enforce=baseline, enforce-version=latest"),
-    ({"version": "v1.23"}, "enforce=restricted, enforce-version=v1.23"),
-    ({"version": None}, "enforce=restricted, enforce-version=(none)"),
-], ids=["privileged", "no-pod-security-labels", "baseline", "pinned-old-version", "no-version"])
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        ({"enforce": "privileged"}, "enforce=privileged, enforce-version=latest"),
+        (
+            {
+                "enforce": None,
+                "version": None,
+                "pod-security.kubernetes.io/warn": None,
+                "pod-security.kubernetes.io/audit": None,
+            },
+            "enforce=(none), enforce-version=(none)",
+        ),
+        ({"enforce": "baseline"}, "enforce=baseline, enforce-version=latest"),
+        ({"version": "v1.23"}, "enforce=restricted, enforce-version=v1.23"),
+        ({"version": None}, "enforce=restricted, enforce-version=(none)"),
+    ],
+    ids=["privileged", "no-pod-security-labels", "baseline", "pinned-old-version", "no-version"],
+)
 def test_a_sandbox_namespace_that_is_not_restricted_latest_cannot_be_created(
     attacker: Attacker, core_v1: client.CoreV1Api, labels: dict[str, str | None], shown: str
 ) -> None:
     name = attacker.new_name()
     body = sandbox_namespace(name, **labels)
     assert body["metadata"]["labels"][manifests.LABEL_MANAGED_BY] == manifests.MANAGED_BY  # looks like a sandbox
-    message = refused(lambda: attacker.core.create_namespace(body), 403, by(NS_POLICY), PSA_REFUSAL, f"{name} would have {shown}")
+    message = refused(
+        lambda: attacker.core.create_namespace(body), 403, by(NS_POLICY), PSA_REFUSAL, f"{name} would have {shown}"
+    )
     assert message
     with pytest.raises(ApiException) as gone:
         core_v1.read_namespace(name)
@@ -262,14 +325,27 @@ def test_pod_security_cannot_be_removed_or_weakened_on_a_sandbox_namespace(
         ({PSA_VERSION: None}, "enforce=restricted, enforce-version=(none)"),
         ({PSA_VERSION: "v1.0"}, "enforce=restricted, enforce-version=v1.0"),
     ]:
-        refused(lambda: attacker.core.patch_namespace(name, {"metadata": {"labels": patch}}), 403,
-                by(NS_POLICY), keep, f"{name} would have {shown}")
+        refused(
+            lambda: attacker.core.patch_namespace(name, {"metadata": {"labels": patch}}),
+            403,
+            by(NS_POLICY),
+            keep,
+            f"{name} would have {shown}",
+        )
     # Nor may it take over the namespace for another identity (the RoleBinding policy trusts this).
-    refused(lambda: attacker.core.patch_namespace(name, {"metadata": {"annotations": {manifests.ANNOTATION_USER: "someone-else"}}}),
-            403, by(NS_POLICY), "may not change the sandbox-kernel/user annotation")
+    refused(
+        lambda: attacker.core.patch_namespace(
+            name, {"metadata": {"annotations": {manifests.ANNOTATION_USER: "someone-else"}}}
+        ),
+        403,
+        by(NS_POLICY),
+        "may not change the sandbox-kernel/user annotation",
+    )
     # The change a kernel may make is allowed (the refusals above are about Pod Security, not any
     # patch): its own sandbox's egress lists (controlled egress, %sandbox deny).
-    attacker.core.patch_namespace(name, {"metadata": {"annotations": {"sandbox-kernel/egress-deny": "example.com:443"}}})
+    attacker.core.patch_namespace(
+        name, {"metadata": {"annotations": {"sandbox-kernel/egress-deny": "example.com:443"}}}
+    )
     labels = core_v1.read_namespace(name).metadata.labels
     assert labels[PSA_ENFORCE] == "restricted" and labels[PSA_VERSION] == "latest"
 
@@ -277,8 +353,12 @@ def test_pod_security_cannot_be_removed_or_weakened_on_a_sandbox_namespace(
 def test_as_deployed_the_policy_refuses_weakening_pod_security(attacker: Attacker) -> None:
     # RBAC lets the kernel patch namespaces (for controlled egress); the namespace policy refuses.
     name = attacker.namespace()
-    refused(lambda: attacker.core.patch_namespace(name, {"metadata": {"labels": {PSA_ENFORCE: "privileged"}}}),
-            403, by(NS_POLICY), "sandbox-kernel may only keep sandbox namespaces with Pod Security")
+    refused(
+        lambda: attacker.core.patch_namespace(name, {"metadata": {"labels": {PSA_ENFORCE: "privileged"}}}),
+        403,
+        by(NS_POLICY),
+        "sandbox-kernel may only keep sandbox namespaces with Pod Security",
+    )
 
 
 def test_no_route_to_a_privileged_host_pid_pod(attacker: Attacker, core_v1: client.CoreV1Api) -> None:
@@ -288,21 +368,42 @@ def test_no_route_to_a_privileged_host_pid_pod(attacker: Attacker, core_v1: clie
     allowed(lambda: attacker.net.create_namespaced_network_policy(mine, DENY_ALL))
     attacker.core.create_namespaced_resource_quota(mine, QUOTA)
     attacker.core.create_namespaced_limit_range(mine, LIMITS)
-    refused(lambda: attacker.core.create_namespaced_pod(mine, root_on_the_node_pod()), 403,
-            'violates PodSecurity "restricted:latest"', "host namespaces (hostNetwork=true, hostPID=true)",
-            'must not set securityContext.privileged=true', 'restricted volume type "hostPath"')
+    refused(
+        lambda: attacker.core.create_namespaced_pod(mine, root_on_the_node_pod()),
+        403,
+        'violates PodSecurity "restricted:latest"',
+        "host namespaces (hostNetwork=true, hostPID=true)",
+        "must not set securityContext.privileged=true",
+        'restricted volume type "hostPath"',
+    )
     # 2. A privileged (or unlabelled) namespace to put it in: cannot be made (see above) ...
-    refused(lambda: attacker.core.create_namespace(sandbox_namespace(attacker.new_name(), enforce="privileged")),
-            403, by(NS_POLICY), PSA_REFUSAL)
+    refused(
+        lambda: attacker.core.create_namespace(sandbox_namespace(attacker.new_name(), enforce="privileged")),
+        403,
+        by(NS_POLICY),
+        PSA_REFUSAL,
+    )
     # 3. ... nor can it get the right to create pods anywhere else.
     for ns in ("default", "kube-system", SA_NAMESPACE):
-        refused(lambda: attacker.core.create_namespaced_pod(ns, root_on_the_node_pod()), 403,
-                f'User "{SA_USER}" cannot create resource "pods"')
-        refused(lambda: attacker.rbac.create_namespaced_role_binding(ns, self_binding()), 403,
-                by(RB_POLICY), f"may only create RoleBindings in sandbox namespaces it created; {ns} is not one")
+        refused(
+            lambda: attacker.core.create_namespaced_pod(ns, root_on_the_node_pod()),
+            403,
+            f'User "{SA_USER}" cannot create resource "pods"',
+        )
+        refused(
+            lambda: attacker.rbac.create_namespaced_role_binding(ns, self_binding()),
+            403,
+            by(RB_POLICY),
+            f"may only create RoleBindings in sandbox namespaces it created; {ns} is not one",
+        )
     # 4. Nor by binding a stronger role in its own namespace.
-    refused(lambda: attacker.rbac.create_namespaced_role_binding(mine, {**self_binding("cluster-admin"), "metadata": {"name": "x"}}),
-            403, "is attempting to grant RBAC permissions not currently held")
+    refused(
+        lambda: attacker.rbac.create_namespaced_role_binding(
+            mine, {**self_binding("cluster-admin"), "metadata": {"name": "x"}}
+        ),
+        403,
+        "is attempting to grant RBAC permissions not currently held",
+    )
     assert not [p for p in core_v1.list_namespaced_pod(mine).items]
 
 
@@ -311,20 +412,30 @@ def test_binding_the_sandbox_role_outside_its_sandboxes_is_refused(
 ) -> None:
     # Breach 4: `default`, a namespace an admin made, and one that looks like a sandbox but is
     # not this identity's (no sandbox-kernel/user annotation naming it).
-    lookalike = namespace_factory(labels={manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, PSA_ENFORCE: "restricted",
-                                          PSA_VERSION: "latest"}, prefix="sandbox")
+    lookalike = namespace_factory(
+        labels={manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY, PSA_ENFORCE: "restricted", PSA_VERSION: "latest"},
+        prefix="sandbox",
+    )
     for ns in ("default", namespace_factory(), lookalike):
-        refused(lambda: attacker.rbac.create_namespaced_role_binding(ns, self_binding()), 403,
-                by(RB_POLICY), f"may only create RoleBindings in sandbox namespaces it created; {ns} is not one")
+        refused(
+            lambda: attacker.rbac.create_namespaced_role_binding(ns, self_binding()),
+            403,
+            by(RB_POLICY),
+            f"may only create RoleBindings in sandbox namespaces it created; {ns} is not one",
+        )
 
 
 def test_deleting_default_or_an_admins_namespace_is_refused(
     attacker: Attacker, core_v1: client.CoreV1Api, namespace_factory: Callable[..., str]
 ) -> None:
     victim = namespace_factory()
-    refused(lambda: attacker.core.delete_namespace(victim), 403, by(NS_POLICY),
-            f"sandbox-kernel may only delete its sandbox namespaces (sandbox-* labelled "
-            f"app.kubernetes.io/managed-by=sandbox-kernel); {victim} is not one")
+    refused(
+        lambda: attacker.core.delete_namespace(victim),
+        403,
+        by(NS_POLICY),
+        f"sandbox-kernel may only delete its sandbox namespaces (sandbox-* labelled "
+        f"app.kubernetes.io/managed-by=sandbox-kernel); {victim} is not one",
+    )
     for name in ("kube-node-lease", SA_NAMESPACE):
         refused(lambda: attacker.core.delete_namespace(name, dry_run="All"), 403, by(NS_POLICY), f"{name} is not one")
     # `default` and `kube-system`: NamespaceLifecycle refuses before any policy; still a 403.
@@ -356,7 +467,9 @@ def test_kubectl_apply_of_k8s_rbac_cannot_leave_out_the_policies() -> None:
 NO_PARAMS = "failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction"
 
 
-def test_no_pod_before_the_deny_all_policy_quota_and_limit_range_exist(attacker: Attacker, core_v1: client.CoreV1Api) -> None:
+def test_no_pod_before_the_deny_all_policy_quota_and_limit_range_exist(
+    attacker: Attacker, core_v1: client.CoreV1Api
+) -> None:
     ns = attacker.namespace()
     deny_all, quota, limits = POD_POLICIES
 
@@ -394,10 +507,19 @@ def test_policies_cannot_be_deleted_or_changed_once_made(attacker: Attacker) -> 
     attacker.core.create_namespaced_limit_range(ns, LIMITS)
     cannot = f'User "{SA_USER}" cannot'
     refused(lambda: attacker.net.delete_namespaced_network_policy("deny-all", ns), 403, cannot, '"networkpolicies"')
-    refused(lambda: attacker.net.patch_namespaced_network_policy("deny-all", ns, {"spec": {"egress": [{}]}}), 403, cannot)
-    refused(lambda: attacker.core.delete_namespaced_resource_quota("sandbox-quota", ns), 403, cannot, '"resourcequotas"')
-    refused(lambda: attacker.core.patch_namespaced_resource_quota("sandbox-quota", ns, {"spec": {"hard": {"pods": "1000"}}}),
-            403, cannot)
+    refused(
+        lambda: attacker.net.patch_namespaced_network_policy("deny-all", ns, {"spec": {"egress": [{}]}}), 403, cannot
+    )
+    refused(
+        lambda: attacker.core.delete_namespaced_resource_quota("sandbox-quota", ns), 403, cannot, '"resourcequotas"'
+    )
+    refused(
+        lambda: attacker.core.patch_namespaced_resource_quota(
+            "sandbox-quota", ns, {"spec": {"hard": {"pods": "1000"}}}
+        ),
+        403,
+        cannot,
+    )
     refused(lambda: attacker.core.delete_namespaced_limit_range("sandbox-limits", ns), 403, cannot, '"limitranges"')
     refused(lambda: attacker.core.delete_collection_namespaced_limit_range(ns), 403, cannot)
 
@@ -406,35 +528,73 @@ def test_no_network_policy_that_allows_traffic_can_be_added(attacker: Attacker) 
     """NetworkPolicies add up: one "allow" policy next to deny-all would open the sandbox."""
     ns = attacker.namespace()
     allowed(lambda: attacker.net.create_namespaced_network_policy(ns, DENY_ALL))
-    allow_all = {"metadata": {"name": "allow-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
-                                                             "ingress": [{}], "egress": [{}]}}
-    refused(lambda: attacker.net.create_namespaced_network_policy(ns, allow_all), 403, by(NP_POLICY),
-            "sandbox-kernel may only create the NetworkPolicies deny-all and egress-proxy, not allow-all")
+    allow_all = {
+        "metadata": {"name": "allow-all"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]},
+    }
+    refused(
+        lambda: attacker.net.create_namespaced_network_policy(ns, allow_all),
+        403,
+        by(NP_POLICY),
+        "sandbox-kernel may only create the NetworkPolicies deny-all and egress-proxy, not allow-all",
+    )
 
 
-@pytest.mark.parametrize("spec", [
-    {"podSelector": {}, "policyTypes": ["Ingress"]},
-    {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": [{}]},
-    {"podSelector": {"matchLabels": {"nobody": "here"}}, "policyTypes": ["Ingress", "Egress"]},
-], ids=["ingress-only", "egress-allowed", "selects-no-pod"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"podSelector": {}, "policyTypes": ["Ingress"]},
+        {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": [{}]},
+        {"podSelector": {"matchLabels": {"nobody": "here"}}, "policyTypes": ["Ingress", "Egress"]},
+    ],
+    ids=["ingress-only", "egress-allowed", "selects-no-pod"],
+)
 def test_a_deny_all_that_does_not_deny_all_cannot_be_made(attacker: Attacker, spec: dict[str, Any]) -> None:
     ns = attacker.namespace()
-    refused(lambda: attacker.net.create_namespaced_network_policy(ns, {"metadata": {"name": "deny-all"}, "spec": spec}),
-            403, by(NP_POLICY), "may only create a deny-all NetworkPolicy: podSelector {} (every pod)")
+    refused(
+        lambda: attacker.net.create_namespaced_network_policy(ns, {"metadata": {"name": "deny-all"}, "spec": spec}),
+        403,
+        by(NP_POLICY),
+        "may only create a deny-all NetworkPolicy: podSelector {} (every pod)",
+    )
 
 
-@pytest.mark.parametrize("quota, limits, policy, text", [
-    ({"hard": {**QUOTA["spec"]["hard"], "limits.memory": "64Gi"}}, LIMITS["spec"], "sandbox-kernel-pods-quota",
-     "ResourceQuota sandbox-quota caps"),
-    ({"hard": {k: v for k, v in QUOTA["spec"]["hard"].items() if k != "pods"}}, LIMITS["spec"], "sandbox-kernel-pods-quota",
-     "ResourceQuota sandbox-quota caps"),
-    ({"hard": QUOTA["spec"]["hard"], "scopes": ["Terminating"]}, LIMITS["spec"], "sandbox-kernel-pods-quota",
-     "applies to every pod (no scopes)"),
-    (QUOTA["spec"], {"limits": [{"type": "Container", "max": {"cpu": "64", "memory": "256Mi"}}]}, "sandbox-kernel-pods-limits",
-     "LimitRange sandbox-limits caps each container"),
-    (QUOTA["spec"], {"limits": [{"type": "Pod", "max": {"cpu": "1", "memory": "256Mi"}}]}, "sandbox-kernel-pods-limits",
-     "LimitRange sandbox-limits caps each container"),
-], ids=["quota-over-bounds", "quota-without-pods", "quota-with-scope", "limits-over-bounds", "no-container-limits"])
+@pytest.mark.parametrize(
+    "quota, limits, policy, text",
+    [
+        (
+            {"hard": {**QUOTA["spec"]["hard"], "limits.memory": "64Gi"}},
+            LIMITS["spec"],
+            "sandbox-kernel-pods-quota",
+            "ResourceQuota sandbox-quota caps",
+        ),
+        (
+            {"hard": {k: v for k, v in QUOTA["spec"]["hard"].items() if k != "pods"}},
+            LIMITS["spec"],
+            "sandbox-kernel-pods-quota",
+            "ResourceQuota sandbox-quota caps",
+        ),
+        (
+            {"hard": QUOTA["spec"]["hard"], "scopes": ["Terminating"]},
+            LIMITS["spec"],
+            "sandbox-kernel-pods-quota",
+            "applies to every pod (no scopes)",
+        ),
+        (
+            QUOTA["spec"],
+            {"limits": [{"type": "Container", "max": {"cpu": "64", "memory": "256Mi"}}]},
+            "sandbox-kernel-pods-limits",
+            "LimitRange sandbox-limits caps each container",
+        ),
+        (
+            QUOTA["spec"],
+            {"limits": [{"type": "Pod", "max": {"cpu": "1", "memory": "256Mi"}}]},
+            "sandbox-kernel-pods-limits",
+            "LimitRange sandbox-limits caps each container",
+        ),
+    ],
+    ids=["quota-over-bounds", "quota-without-pods", "quota-with-scope", "limits-over-bounds", "no-container-limits"],
+)
 def test_no_pod_under_a_quota_or_limit_range_that_does_not_cap_it(
     attacker: Attacker, quota: dict[str, Any], limits: dict[str, Any], policy: str, text: str
 ) -> None:
@@ -476,21 +636,29 @@ def test_a_pod_must_run_the_policy_guard_before_anything_else(attacker: Attacker
     for command in (
         ["python3", "-c", "import socket; socket.create_connection(('10.96.0.1', 443))"],  # its own program
         ["/bin/sh", "-c", "python3 -c 'evil()'"],
-        ["/bin/sh", "-c", f"{guard} || python3 -c 'evil()'"],                            # runs if the guard fails
-        ["/bin/sh", "-c", f"python3 -c 'evil()' & {good[2]}"],                           # alongside it
+        ["/bin/sh", "-c", f"{guard} || python3 -c 'evil()'"],  # runs if the guard fails
+        ["/bin/sh", "-c", f"python3 -c 'evil()' & {good[2]}"],  # alongside it
         ["/bin/sh", "-c", f"{good[2]}; python3 -c 'evil()'"],
         ["/bin/sh", "-c", f"{guard} && read -r _{rest}\npython3 -c 'evil()'"],
         ["/bin/sh", "-c", good[2].replace("python3 -c", "true || python3 -c", 1)],
     ):
-        refused(lambda: attacker.core.create_namespaced_pod(ns, _with_command(restricted_pod(ns), command), dry_run="All"),
-                403, by(CMD_POLICY), GUARD_REFUSAL)
+        refused(
+            lambda: attacker.core.create_namespaced_pod(ns, _with_command(restricted_pod(ns), command), dry_run="All"),
+            403,
+            by(CMD_POLICY),
+            GUARD_REFUSAL,
+        )
 
 
 def test_nothing_may_run_beside_or_before_the_guard_nor_fool_it(attacker: Attacker) -> None:
     ns = _complete_sandbox(attacker)
-    evil = {"name": "evil", "image": PYTHON_IMAGE, "command": ["python3", "-c", "evil()"],
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}}
+    evil = {
+        "name": "evil",
+        "image": PYTHON_IMAGE,
+        "command": ["python3", "-c", "evil()"],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
+    }
 
     def variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         pod = restricted_pod(ns)
@@ -500,21 +668,39 @@ def test_nothing_may_run_beside_or_before_the_guard_nor_fool_it(attacker: Attack
     for change, text in [
         (lambda p: p["spec"].update(initContainers=[evil]), "one container and no init or ephemeral containers"),
         (lambda p: p["spec"]["containers"].append(evil), "one container and no init or ephemeral containers"),
-        (lambda p: p["spec"]["containers"][0].update(lifecycle={"postStart": {"exec": {"command": ["python3", "-c", "evil()"]}}}),
-         "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables"),
-        (lambda p: p["spec"]["containers"][0].update(startupProbe={"exec": {"command": ["python3", "-c", "evil()"]}}),
-         "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables"),
+        (
+            lambda p: p["spec"]["containers"][0].update(
+                lifecycle={"postStart": {"exec": {"command": ["python3", "-c", "evil()"]}}}
+            ),
+            "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0].update(
+                startupProbe={"exec": {"command": ["python3", "-c", "evil()"]}}
+            ),
+            "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables",
+        ),
         # The guard waits until the API server is unreachable: pointing it elsewhere would pass it at once.
-        (lambda p: p["spec"]["containers"][0]["env"].append({"name": "KUBERNETES_SERVICE_HOST", "value": "192.0.2.254"}),
-         "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables"),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "KUBERNETES_SERVICE_HOST", "value": "192.0.2.254"}
+            ),
+            "without lifecycle hooks, probes, envFrom or KUBERNETES_* variables",
+        ),
         # An image of its own could make /bin/sh or python3 anything.
-        (lambda p: p["spec"]["containers"][0].update(image="docker.io/attacker/evil:1"),
-         "may only create pods from the sandbox images, not docker.io/attacker/evil:1"),
+        (
+            lambda p: p["spec"]["containers"][0].update(image="docker.io/attacker/evil:1"),
+            "may only create pods from the sandbox images, not docker.io/attacker/evil:1",
+        ),
     ]:
-        refused(lambda: attacker.core.create_namespaced_pod(ns, variant(change), dry_run="All"), 403, by(CMD_POLICY), text)
+        refused(
+            lambda: attacker.core.create_namespaced_pod(ns, variant(change), dry_run="All"), 403, by(CMD_POLICY), text
+        )
 
 
-def test_other_users_pods_elsewhere_are_not_affected(core_v1: client.CoreV1Api, namespace: str, attacker: Attacker) -> None:
+def test_other_users_pods_elsewhere_are_not_affected(
+    core_v1: client.CoreV1Api, namespace: str, attacker: Attacker
+) -> None:
     """The pod policies look their parameters up before their matchConditions are evaluated: they
     must be bound to sandbox namespaces only, or an admin's pod in any other namespace (CoreDNS in
     kube-system, JupyterLab) would be refused for a missing deny-all policy."""

@@ -26,15 +26,17 @@ pytestmark = pytest.mark.cluster
 
 NODE_PORTS = {"apiserver": 6443, "kubelet": 10250, "kube-router": 20244}
 
-EUI64 = '''
+EUI64 = """
 def eui64(mac):
     b = [int(x, 16) for x in mac.split(":")]
     b[0] ^= 2
     w = b[:3] + [0xff, 0xfe] + b[3:]
     return "fe80::" + ":".join("%x" % ((w[i] << 8) | w[i + 1]) for i in range(0, 8, 2))
-'''
+"""
 
-LISTEN = EUI64 + '''
+LISTEN = (
+    EUI64
+    + '''
 import subprocess, sys, json
 server = """
 import socket, threading
@@ -53,8 +55,11 @@ mac = open("/sys/class/net/eth0/address").read().strip()
 print(json.dumps({"mac": mac, "fe80": eui64(mac), "listening": listening,
                   "if_inet6": open("/proc/net/if_inet6").read() if __import__("os").path.exists("/proc/net/if_inet6") else ""}))
 '''
+)
 
-PROBE = EUI64 + '''
+PROBE = (
+    EUI64
+    + """
 import errno, json, os, socket
 gw = None
 for line in open("/proc/net/route").read().splitlines()[1:]:
@@ -85,14 +90,19 @@ def probe(addr, port):
 print(json.dumps({"gateway": gw, "gateway_mac": macs.get(gw),
                   "if_inet6": open("/proc/net/if_inet6").read() if os.path.exists("/proc/net/if_inet6") else "",
                   "results": {name: [a, p, probe(a, p)] for name, (a, p) in targets.items()}}))
-'''
+"""
+)
 
 
 def node_link_local(bridge: str = "cni0") -> str | None:
     """The node's own fe80:: address on the pods' bridge (this test runs on the single node)."""
     try:
-        out = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", bridge, "scope", "link"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["ip", "-6", "-o", "addr", "show", "dev", bridge, "scope", "link"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     for field in out.split():
@@ -150,17 +160,35 @@ def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
     from sandbox_kernel.kubernetes import pod_command
 
     core: client.CoreV1Api = core_v1  # type: ignore[assignment]
-    client.NetworkingV1Api(core.api_client).create_namespaced_network_policy(namespace, {
-        "metadata": {"name": "deny-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
+    client.NetworkingV1Api(core.api_client).create_namespaced_network_policy(
+        namespace, {"metadata": {"name": "deny-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}
+    )
     images = {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_IMAGE_")}
-    core.create_namespaced_pod(namespace, {"metadata": {"name": "target"}, "spec": {"containers": [{
-        "name": "c", "image": images.get("SANDBOX_IMAGE_PYTHON", "localhost/sandbox-python:3.11"), "command": ["sleep", "600"]}]}})
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "target"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": images.get("SANDBOX_IMAGE_PYTHON", "localhost/sandbox-python:3.11"),
+                        "command": ["sleep", "600"],
+                    }
+                ]
+            },
+        },
+    )
     ip = wait_until(lambda: core.read_namespaced_pod("target", namespace).status.pod_ip, 60, what="the pod's IP")
-    wait_until(lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the pod running")
+    wait_until(
+        lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the pod running"
+    )
 
     def netns() -> str | None:
         for path in Path("/run/netns").glob("cni-*"):
-            out = subprocess.run(["ip", "netns", "exec", path.name, "ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["ip", "netns", "exec", path.name, "ip", "-4", "-o", "addr"], capture_output=True, text=True
+            ).stdout
             if f" {ip}/" in out:
                 return path.name
         return None
@@ -173,15 +201,32 @@ def test_the_policy_guard_refuses_to_start_when_ipv6_reaches_the_node(
         for interpreter in ("python3", "node", "bash"):
             guard = pod_command.agent_command(interpreter, "agent", policy_wait=3)[2].split(" && read -r _")[0]
             codes[interpreter] = subprocess.run(
-                ["ip", "netns", "exec", ns, "/bin/sh", "-c", guard], capture_output=True, timeout=60,
+                ["ip", "netns", "exec", ns, "/bin/sh", "-c", guard],
+                capture_output=True,
+                timeout=60,
                 env={"KUBERNETES_SERVICE_HOST": service, "KUBERNETES_SERVICE_PORT": "443", "PATH": os.environ["PATH"]},
             ).returncode
         return codes
 
     time.sleep(1)  # kube-router programs the new pod's deny-all
     assert guards() == {"python3": 0, "node": 0, "bash": 0}, "no IPv6, IPv4 denied: the guard lets the agent start"
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
-                    "net.ipv6.conf.eth0.disable_ipv6=0", "net.ipv6.conf.lo.disable_ipv6=0"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.eth0.disable_ipv6=0",
+            "net.ipv6.conf.lo.disable_ipv6=0",
+        ],
+        check=True,
+    )
     time.sleep(2)  # duplicate address detection for the new fe80:: address
-    assert guards() == {"python3": pod_command.POLICY_NOT_ENFORCED, "node": pod_command.POLICY_NOT_ENFORCED,
-                        "bash": pod_command.POLICY_NOT_ENFORCED}, "IPv6 reaches the node: the guard must refuse"
+    assert guards() == {
+        "python3": pod_command.POLICY_NOT_ENFORCED,
+        "node": pod_command.POLICY_NOT_ENFORCED,
+        "bash": pod_command.POLICY_NOT_ENFORCED,
+    }, "IPv6 reaches the node: the guard must refuse"

@@ -54,17 +54,36 @@ Kernels = Callable[[str], K8sKernel]
 SYSCALLS_SEEN = {
     "runc": {**{name: "EPERM" for name in SYSCALLS}, "io_uring_setup": "ok", "ptrace": "ok", "clone3": "ENOSYS"},
     "gvisor": {
-        "io_uring_setup": "ENOSYS", "userfaultfd": "ENOSYS", "keyctl": "ok", "add_key": "EACCES", "request_key": "EACCES",
-        "bpf": "EPERM", "perf_event_open": "ENODEV", "ptrace": "ok", "mount": "EPERM", "setns": "EINVAL", "unshare": "ok",
-        "process_vm_readv": "ok", "pidfd_getfd": "ENOSYS", "personality": "EINVAL", "kexec_load": "ENOSYS",
-        "open_by_handle_at": "ENOTSUP", "clone3": "EINVAL",
+        "io_uring_setup": "ENOSYS",
+        "userfaultfd": "ENOSYS",
+        "keyctl": "ok",
+        "add_key": "EACCES",
+        "request_key": "EACCES",
+        "bpf": "EPERM",
+        "perf_event_open": "ENODEV",
+        "ptrace": "ok",
+        "mount": "EPERM",
+        "setns": "EINVAL",
+        "unshare": "ok",
+        "process_vm_readv": "ok",
+        "pidfd_getfd": "ENOSYS",
+        "personality": "EINVAL",
+        "kexec_load": "ENOSYS",
+        "open_by_handle_at": "ENOTSUP",
+        "clone3": "EINVAL",
     },
 }
 
 # %sandbox selftest's verdicts in a default pod (every other check passes).
 SELFTEST_NOT_PASSED = {
     "runc": {"no io_uring": "FAIL", "process limit": "n/a"},  # containerd's RuntimeDefault allows io_uring
-    "gvisor": {"seccomp filter": "n/a", "no user namespaces": "n/a", "no keyring": "n/a", "memory limit": "n/a", "process limit": "n/a"},
+    "gvisor": {
+        "seccomp filter": "n/a",
+        "no user namespaces": "n/a",
+        "no keyring": "n/a",
+        "memory limit": "n/a",
+        "process limit": "n/a",
+    },
 }
 
 
@@ -74,7 +93,10 @@ def runtime(request: pytest.FixtureRequest, k8s_api: client.ApiClient) -> str:
         try:
             client.NodeV1Api(k8s_api).read_runtime_class("gvisor")
         except ApiException as exc:
-            pytest.fail(f"RuntimeClass gvisor is missing ({exc.status}): tests/cluster/up sets it up (down, then up)", pytrace=False)
+            pytest.fail(
+                f"RuntimeClass gvisor is missing ({exc.status}): tests/cluster/up sets it up (down, then up)",
+                pytrace=False,
+            )
     return str(request.param)
 
 
@@ -107,7 +129,9 @@ def test_system_calls_of_the_kernel_attack_surface(runtime: str, kernels: Kernel
     assert seen == SYSCALLS_SEEN[runtime], seen
 
 
-def test_the_pod_s_processes_on_the_node_are_confined(runtime: str, kernels: Kernels, core_v1: client.CoreV1Api) -> None:
+def test_the_pod_s_processes_on_the_node_are_confined(
+    runtime: str, kernels: Kernels, core_v1: client.CoreV1Api
+) -> None:
     """Seen from the node (the test runs on it): runc's pod processes are the cell's own, as uid 1000
     with no capabilities, no_new_privs and a seccomp filter; under gVisor the node sees only gVisor's
     Sentry and Gofer, under their own seccomp filter, never a process of the cell."""
@@ -187,18 +211,43 @@ def test_the_network_is_denied_on_every_address_family(
     the node's link-local address on the pods' bridge (issue 12, breach 3): nothing answers."""
     from test_kubernetes_ipv6 import NODE_PORTS, node_link_local
 
-    core_v1.create_namespaced_pod(namespace, {"metadata": {"name": "target"}, "spec": {"containers": [{
-        "name": "http", "image": sandbox_images["SANDBOX_IMAGE_PYTHON"], "command": ["python3", "-m", "http.server", "8080"]}]}})
+    core_v1.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "target"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "http",
+                        "image": sandbox_images["SANDBOX_IMAGE_PYTHON"],
+                        "command": ["python3", "-m", "http.server", "8080"],
+                    }
+                ]
+            },
+        },
+    )
     kernel = kernels("python")
-    ip = wait_until(lambda: core_v1.read_namespaced_pod("target", namespace).status.pod_ip, 60, what="the target pod's IP")
+    ip = wait_until(
+        lambda: core_v1.read_namespaced_pod("target", namespace).status.pod_ip, 60, what="the target pod's IP"
+    )
     node_ip = next(a.address for a in core_v1.list_node().items[0].status.addresses if a.type == "InternalIP")
     targets: dict[str, tuple[Any, ...]] = {
-        "api-service": ("10.96.0.1", 443), "api-node": (node_ip, 6443), "kubelet": (node_ip, 10250), "pod": (ip, 8080)}
+        "api-service": ("10.96.0.1", 443),
+        "api-node": (node_ip, 6443),
+        "kubelet": (node_ip, 10250),
+        "pod": (ip, 8080),
+    }
     link_local = node_link_local()
     assert link_local, "the node has no fe80:: address on cni0 to try"
     for name, port in NODE_PORTS.items():
-        targets[f"node-ipv6 {name}"] = (f"{link_local}%eth0" if runtime == "runc" else link_local, port, int(socket.AF_INET6))
-    wait_until(lambda: core_v1.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the target pod")
+        targets[f"node-ipv6 {name}"] = (
+            f"{link_local}%eth0" if runtime == "runc" else link_local,
+            port,
+            int(socket.AF_INET6),
+        )
+    wait_until(
+        lambda: core_v1.read_namespaced_pod("target", namespace).status.phase == "Running", 60, what="the target pod"
+    )
     seen = json.loads(cell(kernel, NETWORK.replace("TARGETS", repr(targets)), timeout=120).strip().splitlines()[-1])
     assert set(seen["results"]) == set(targets) | {"dns"}
     assert not [n for n, r in seen["results"].items() if r == "OPEN"], seen
@@ -226,8 +275,10 @@ def sweep(kernels: Kernels) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     from test_protocol_forgery import SWEEP, SWEEP_BYTES
 
     kernel = kernels("python")
-    code = (f"import subprocess, sys, time\nprint(subprocess.run([sys.executable, '-c', {SWEEP!r}, {SWEEP_BYTES.hex()!r}], "
-            "capture_output=True, text=True).stdout)\ntime.sleep(0.7)\nprint('after')")
+    code = (
+        f"import subprocess, sys, time\nprint(subprocess.run([sys.executable, '-c', {SWEEP!r}, {SWEEP_BYTES.hex()!r}], "
+        "capture_output=True, text=True).stdout)\ntime.sleep(0.7)\nprint('after')"
+    )
     reply, outputs = run_cell(kernel.kc, code, timeout=90)
     next_reply, next_outputs = run_cell(kernel.kc, "print('next')", timeout=90)
     assert next_reply["status"] == "ok" and text(next_outputs) == "next\n", (next_reply, next_outputs)
@@ -243,20 +294,29 @@ def test_forged_frames_never_reach_the_notebook(sweep: tuple[dict[str, Any], lis
 
 
 @pytest.mark.parametrize("expect", [pytest.param("safe", id="stream-unreachable")])
-def test_the_protocol_stream_is_out_of_reach_of_cells(runtime: str, sweep: tuple[dict[str, Any], list[dict[str, Any]], str], expect: str,
-                                                      request: pytest.FixtureRequest) -> None:
+def test_the_protocol_stream_is_out_of_reach_of_cells(
+    runtime: str, sweep: tuple[dict[str, Any], list[dict[str, Any]], str], expect: str, request: pytest.FixtureRequest
+) -> None:
     if runtime == "gvisor":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "known breach: gVisor lets a cell reopen the container's stdio (the agent's protocol stream, host fds of "
-            "PID 1) through /proc/1/fd; the kernel sees a malformed frame (ProtocolError) and replaces the sandbox")))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "known breach: gVisor lets a cell reopen the container's stdio (the agent's protocol stream, host fds of "
+                    "PID 1) through /proc/1/fd; the kernel sees a malformed frame (ProtocolError) and replaces the sandbox"
+                ),
+            )
+        )
     reply, outputs, seen = sweep
     assert reply["status"] == "ok" and "after" in seen and "swept" in seen, (reply, outputs)
     assert "opened fd" not in seen, seen
 
 
-FLOOD = ("import threading, time\ndef _flood():\n    end = time.time() + SECONDS\n    while time.time() < end:\n"
-         "        display({'text/plain': 'd' * 2000}, raw=True)\n        print('p' * 2000)\n"
-         "threading.Thread(target=_flood, daemon=True).start()")
+FLOOD = (
+    "import threading, time\ndef _flood():\n    end = time.time() + SECONDS\n    while time.time() < end:\n"
+    "        display({'text/plain': 'd' * 2000}, raw=True)\n        print('p' * 2000)\n"
+    "threading.Thread(target=_flood, daemon=True).start()"
+)
 
 
 def test_a_flood_of_output_between_cells_leaves_the_kernel_s_memory_flat(kernels: Kernels) -> None:
@@ -275,8 +335,9 @@ def test_a_flood_of_output_between_cells_leaves_the_kernel_s_memory_flat(kernels
             cell(kernel, FLOOD.replace("SECONDS", str(seconds)))
             time.sleep(seconds + 2)
             reply, outputs = run_cell(kernel.kc, "2 + 2", timeout=150)
-        assert reply["status"] == "ok" and [o["data"]["text/plain"] for o in outputs if o["type"] == "execute_result"] == ["4"], (
-            reply, errors(outputs))
+        assert reply["status"] == "ok" and [
+            o["data"]["text/plain"] for o in outputs if o["type"] == "execute_result"
+        ] == ["4"], (reply, errors(outputs))
         assert len(notices(outputs, "between cells")) == 1, outputs
         if measured:
             grew(before, peak.peak)
@@ -306,7 +367,11 @@ def test_a_bash_fork_bomb_ends_with_its_cell(runtime: str, kernels: Kernels, cor
         assert "they were killed" in text(outputs, "stderr")
     else:
         assert reply.get("ename") in ("SandboxLost", "OutOfMemory"), reply
-        pods = {p.metadata.name for p in core_v1.list_namespaced_pod(kernel.namespace()).items if p.metadata.deletion_timestamp is None}
+        pods = {
+            p.metadata.name
+            for p in core_v1.list_namespaced_pod(kernel.namespace()).items
+            if p.metadata.deletion_timestamp is None
+        }
         assert "sandbox-2" in pods, pods
 
 

@@ -29,7 +29,10 @@ from fixtures_kubernetes import K8sKernel
 from sandbox_kernel.kubernetes import manifests
 from sandbox_kernel.local import seccomp_policy
 
-pytestmark = [pytest.mark.cluster, pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 system call numbers")]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 system call numbers"),
+]
 
 Start = Callable[..., K8sKernel]
 PROFILE = f"--KubernetesSandbox.seccomp_profile={manifests.SECCOMP_PROFILE}"
@@ -52,7 +55,13 @@ print(json.dumps({
     "seccomp_mode": [l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')][0],
 }))
 """
-ALL_REFUSED = {"io_uring_setup": "EPERM", "userfaultfd": "EPERM", "keyctl": "EPERM", "bpf": "EPERM", "unshare_userns": "EPERM"}
+ALL_REFUSED = {
+    "io_uring_setup": "EPERM",
+    "userfaultfd": "EPERM",
+    "keyctl": "EPERM",
+    "bpf": "EPERM",
+    "unshare_userns": "EPERM",
+}
 
 
 def probe(kernel: K8sKernel) -> dict[str, str]:
@@ -86,7 +95,9 @@ def test_localhost_profile_refuses_the_kernel_attack_surface(k8s_kernel: Start, 
     assert re.search(r"^seccomp\s+Localhost profiles/sandbox-kernel\.json$", status, re.M), status
 
 
-def test_runtime_default_is_containerd_s_profile_which_allows_io_uring(k8s_kernel: Start, core_v1: client.CoreV1Api) -> None:
+def test_runtime_default_is_containerd_s_profile_which_allows_io_uring(
+    k8s_kernel: Start, core_v1: client.CoreV1Api
+) -> None:
     """A recorded fact of the test cluster (containerd 1.6), documented in k8s/README.md: its
     default profile refuses keyctl, bpf, userfaultfd and unshare (the last three need
     capabilities the pod lacks) but allows io_uring. Docker's default profile stopped allowing
@@ -107,7 +118,9 @@ def test_admission_admits_no_other_localhost_profile(k8s_kernel: Start) -> None:
     assert "seccompProfile is RuntimeDefault or Localhost profiles/sandbox-kernel.json" in cell.error["evalue"]
 
 
-def test_a_container_may_not_override_the_pod_s_profile(sa_api: client.ApiClient, k8s_kernel: Start, core_v1: client.CoreV1Api) -> None:
+def test_a_container_may_not_override_the_pod_s_profile(
+    sa_api: client.ApiClient, k8s_kernel: Start, core_v1: client.CoreV1Api
+) -> None:
     """The service account recreating its own pod, RuntimeDefault on the pod but another Localhost
     profile on the container: refused."""
     from kubernetes.client.rest import ApiException
@@ -116,13 +129,23 @@ def test_a_container_may_not_override_the_pod_s_profile(sa_api: client.ApiClient
     assert kernel.run("1").result == "1"
     ns = kernel.namespace()
     pod = client.ApiClient().sanitize_for_serialization(core_v1.read_namespaced_pod("sandbox-1", ns))
-    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder", "namespace": ns, "labels": pod["metadata"]["labels"]},
-            "spec": {k: v for k, v in pod["spec"].items() if k not in ("nodeName", "priority")}}
-    body["spec"]["containers"][0]["securityContext"]["seccompProfile"] = {"type": "Localhost", "localhostProfile": "profiles/allow-all.json"}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "intruder", "namespace": ns, "labels": pod["metadata"]["labels"]},
+        "spec": {k: v for k, v in pod["spec"].items() if k not in ("nodeName", "priority")},
+    }
+    body["spec"]["containers"][0]["securityContext"]["seccompProfile"] = {
+        "type": "Localhost",
+        "localhostProfile": "profiles/allow-all.json",
+    }
     with pytest.raises(ApiException) as refused:
         client.CoreV1Api(sa_api).create_namespaced_pod(ns, body)
     assert refused.value.status == 403 and "sandbox-kernel-pods-command" in refused.value.body, refused.value.body
-    body["spec"]["containers"][0]["securityContext"]["seccompProfile"] = {"type": "Localhost", "localhostProfile": manifests.SECCOMP_PROFILE}
+    body["spec"]["containers"][0]["securityContext"]["seccompProfile"] = {
+        "type": "Localhost",
+        "localhostProfile": manifests.SECCOMP_PROFILE,
+    }
     created = client.CoreV1Api(sa_api).create_namespaced_pod(ns, body, dry_run="All")  # the project's profile: admitted
     assert created.spec.containers[0].security_context.seccomp_profile.localhost_profile == manifests.SECCOMP_PROFILE
 
@@ -130,14 +153,28 @@ def test_a_container_may_not_override_the_pod_s_profile(sa_api: client.ApiClient
 @pytest.mark.parametrize(
     "language,cells",
     [
-        ("python", [("import threading, subprocess\nx = 41", None),
-                    ("t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
-                     "print(subprocess.run(['sh', '-c', 'echo forked'], capture_output=True, text=True).stdout.strip(), x + 1)",
-                     "forked 42")]),
-        ("node", [("let x = 41;", None),
-                  ("const fs = require('fs'); fs.writeFileSync('f', 'io'); "
-                   "console.log(require('child_process').execSync('echo forked').toString().trim(), fs.readFileSync('f', 'utf8'), x + 1)",
-                   "forked io 42")]),
+        (
+            "python",
+            [
+                ("import threading, subprocess\nx = 41", None),
+                (
+                    "t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+                    "print(subprocess.run(['sh', '-c', 'echo forked'], capture_output=True, text=True).stdout.strip(), x + 1)",
+                    "forked 42",
+                ),
+            ],
+        ),
+        (
+            "node",
+            [
+                ("let x = 41;", None),
+                (
+                    "const fs = require('fs'); fs.writeFileSync('f', 'io'); "
+                    "console.log(require('child_process').execSync('echo forked').toString().trim(), fs.readFileSync('f', 'utf8'), x + 1)",
+                    "forked io 42",
+                ),
+            ],
+        ),
         ("bash", [("x=41", None), ("echo $(echo forked) $((x + 1))", "forked 42")]),
     ],
 )
@@ -156,7 +193,9 @@ def test_what_a_pod_sees_of_the_node_is_what_k8s_readme_lists(k8s_kernel: Start,
     pod, none for HOME and /tmp (tmpfs); the pod UID in the cgroup paths, since containerd makes no
     cgroup namespace on cgroup v1. A change here means the README must change too."""
     kernel = k8s_kernel("python")
-    cell = kernel.run("print(open('/proc/self/mountinfo').read()); print('=====');print(open('/proc/self/cgroup').read())")
+    cell = kernel.run(
+        "print(open('/proc/self/mountinfo').read()); print('=====');print(open('/proc/self/cgroup').read())"
+    )
     assert cell.reply["status"] == "ok", cell.outputs
     mountinfo, cgroup = cell.stdout.split("=====\n")
     uid = core_v1.read_namespaced_pod("sandbox-1", kernel.namespace()).metadata.uid
@@ -168,7 +207,14 @@ def test_what_a_pod_sees_of_the_node_is_what_k8s_readme_lists(k8s_kernel: Start,
             node_paths[point] = root if root.startswith(str(STATE)) else "overlay " + options.split("lowerdir=")[1][:60]
         if point in ("/home/sandbox", "/tmp"):
             assert root == "/" and fields[fields.index("-") + 1] == "tmpfs", line
-    assert set(node_paths) == {"/", "/etc/hosts", "/dev/termination-log", "/etc/hostname", "/etc/resolv.conf", "/opt/sandbox-agent"}, node_paths
+    assert set(node_paths) == {
+        "/",
+        "/etc/hosts",
+        "/dev/termination-log",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/opt/sandbox-agent",
+    }, node_paths
     assert uid in node_paths["/etc/hosts"] and uid in node_paths["/opt/sandbox-agent"]
     v1 = Path("/sys/fs/cgroup/memory").is_dir()  # the node's (the test runs on it)
     assert (f"pod{uid}" in cgroup) == v1, cgroup

@@ -41,7 +41,6 @@ def runtime_argv(runtime: str) -> list[str]:
     return [f"--LocalSandbox.runtime={runtime}"]
 
 
-
 @pytest.fixture(scope="module")
 def notebook_dir() -> Iterator[Path]:
     """The notebook's directory the kernels start in, as Jupyter starts them: not the checkout, so
@@ -71,6 +70,7 @@ def out(kc: Any, code: str) -> str:
 
 # -- raw system calls ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def syscall_results(py: tuple[Any, Any]) -> dict[str, str]:
     return json.loads(out(py[1], PROBE % json.dumps(SYSCALLS)))
@@ -84,7 +84,9 @@ def test_dangerous_syscall_is_refused_with_eperm(syscall_results: dict[str, str]
         assert syscall_results[name] == "EPERM", syscall_results
 
 
-def test_clone3_reports_enosys_so_libc_falls_back_to_clone(py: tuple[Any, Any], syscall_results: dict[str, str], runtime: str) -> None:
+def test_clone3_reports_enosys_so_libc_falls_back_to_clone(
+    py: tuple[Any, Any], syscall_results: dict[str, str], runtime: str
+) -> None:
     if runtime == "gvisor":
         # runsc applies OCI profiles with EPERM only, which would break glibc's threads, so clone3
         # is left to gVisor's own kernel (a namespace made there is gVisor's, not the host's).
@@ -118,7 +120,9 @@ def test_python_cannot_create_a_user_namespace(py: tuple[Any, Any]) -> None:
 
 
 def test_unshare_r_fails(bash: tuple[Any, Any]) -> None:
-    reply, outputs = run_cell(bash[1], "unshare -r true; echo rc=$?; unshare -r --map-root-user sh -c 'id -u'; echo rc=$?")
+    reply, outputs = run_cell(
+        bash[1], "unshare -r true; echo rc=$?; unshare -r --map-root-user sh -c 'id -u'; echo rc=$?"
+    )
     assert text(outputs).split() == ["rc=1", "rc=1"], (text(outputs), text(outputs, "stderr"))
     assert "Operation not permitted" in text(outputs, "stderr")
 
@@ -217,7 +221,9 @@ def test_no_host_path_pid_or_cgroup_in_proc(py: tuple[Any, Any], notebook_dir: P
     # source: README, threat model), and only as the working directory's mount.
     mentions = [line for line in seen.replace("\\n", "\n").splitlines() if str(notebook_dir) in line]
     # (gVisor's own mountinfo names no host path at all.)
-    assert (bool(mentions) or runtime == "gvisor") and all(f"{notebook_dir} /workspace " in line for line in mentions), mentions
+    assert (bool(mentions) or runtime == "gvisor") and all(
+        f"{notebook_dir} /workspace " in line for line in mentions
+    ), mentions
 
 
 # -- two sandboxes side by side ------------------------------------------------------------------
@@ -236,8 +242,13 @@ def _agent_uids(kernel_pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not CGROUP_V1_PIDS.parent.is_dir(), reason="per-sandbox uids are for kernels running as root (with cgroup v1 pids)")
-def test_two_sandboxes_have_their_own_host_uid_and_cannot_see_each_other(py: tuple[Any, Any], local_kernelspecs: Path, runtime: str) -> None:
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not CGROUP_V1_PIDS.parent.is_dir(),
+    reason="per-sandbox uids are for kernels running as root (with cgroup v1 pids)",
+)
+def test_two_sandboxes_have_their_own_host_uid_and_cannot_see_each_other(
+    py: tuple[Any, Any], local_kernelspecs: Path, runtime: str
+) -> None:
     km_a, kc_a = py
     with running_kernel("sandbox-python", argv=runtime_argv(runtime)) as (km_b, kc_b):
         out(kc_b, "import subprocess; marker = subprocess.Popen(['sleep', '3017'])")
@@ -247,7 +258,10 @@ def test_two_sandboxes_have_their_own_host_uid_and_cannot_see_each_other(py: tup
         assert uids_a != uids_b
         assert all(first <= u <= last for u in uids_a | uids_b)
         # A sees none of B's processes, and cannot name B's keys (or its own).
-        seen = out(kc_a, "import glob\nprint(sorted(open(p, 'rb').read().decode(errors='replace') for p in glob.glob('/proc/[0-9]*/cmdline')))")
+        seen = out(
+            kc_a,
+            "import glob\nprint(sorted(open(p, 'rb').read().decode(errors='replace') for p in glob.glob('/proc/[0-9]*/cmdline')))",
+        )
         assert "3017" not in seen
         code = (
             "import ctypes, errno\n"

@@ -135,7 +135,9 @@ def test_100000_tiny_displays_in_one_cell_are_capped(local_kernelspecs: Path) ->
         pid = kernel_pid(km)
         before = rss(pid)
         with PeakRss(pid) as peak:
-            reply, outputs = run_cell(kc, "for i in range(100_000): display({'text/plain': str(i)}, raw=True)\n'end'", timeout=280)
+            reply, outputs = run_cell(
+                kc, "for i in range(100_000): display({'text/plain': str(i)}, raw=True)\n'end'", timeout=280
+            )
     assert reply["status"] == "ok", reply
     displays = [o for o in outputs if o["type"] == "display_data"]
     assert 1000 <= len(displays) < 100_000

@@ -146,7 +146,7 @@ for fd in os.listdir('/proc/self/fd'):
     "node": {
         # The worker's own control channel: process.send, as the agent's code uses it.
         "ipc": f"""
-process.send({{ type: 'finish', id: {CELL!r}, status: 'ok', seq: 1, error: {json.dumps({k: ERROR[k] for k in ('ename', 'evalue', 'traceback')})} }});
+process.send({{ type: 'finish', id: {CELL!r}, status: 'ok', seq: 1, error: {json.dumps({k: ERROR[k] for k in ("ename", "evalue", "traceback")})} }});
 process.send({{ type: 'complete_reply', id: {CELL!r}, matches: [] }});
 """,
         "fds": f"""
@@ -172,7 +172,11 @@ for v in $(compgen -v __SK_); do [[ ${{!v}} =~ ^[0-9]+$ ]] && {{ cat "$F" >&${{!
         "exec": _q([PYTHON, "-c", FDS]) + "; " + _q(["sh", "-c", SHELL_EXEC]),
     },
 }
-AFTER = {"python": "import time\ntime.sleep(0.7)\nprint('after')", "node": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 700); console.log('after')", "bash": "sleep 0.7; echo after"}
+AFTER = {
+    "python": "import time\ntime.sleep(0.7)\nprint('after')",
+    "node": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 700); console.log('after')",
+    "bash": "sleep 0.7; echo after",
+}
 # Bash's worker shell shares the frame lock and the state line with the agent (PROTOCOL.md,
 # "What user code can reach"): junk written into them may leave the cell hanging, with nothing
 # forged sent.
@@ -181,7 +185,13 @@ CASES = [(lang, route) for lang, routes in ATTACKS.items() for route in routes]
 
 
 def forgery_agent(language: str, workdir: Path) -> Agent:
-    return Agent(language, workdir, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(workdir)}, as_nobody=True, ready_timeout=20)
+    return Agent(
+        language,
+        workdir,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(workdir)},
+        as_nobody=True,
+        ready_timeout=20,
+    )
 
 
 def run_to_end(agent: Agent, code: str, cell_id: str, timeout: float = 20) -> tuple[list[Any], bool]:
@@ -224,7 +234,11 @@ def test_forged_frames_do_not_reach_the_kernel(language: str, route: str, workdi
         if route == "exec":
             assert b"fds: ['0', '1', '2', '3']" in stdout, stdout
         # Nothing forged arrives later either, and the agent still works.
-        follow, _ = run_to_end(agent, {"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], "cell-next")
+        follow, _ = run_to_end(
+            agent,
+            {"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language],
+            "cell-next",
+        )
         assert [f.body["type"] for f in follow if isinstance(f, Message)] == ["done"], follow
         assert not [f for f in follow if isinstance(f, Message) and f.body.get("id") == CELL]
     finally:
@@ -259,7 +273,9 @@ def test_worker_cannot_send_other_control_messages(language: str, workdir: Path)
         pytest.skip("node is not installed")
     agent = forgery_agent(language, workdir)
     try:
-        frames, ended = run_to_end(agent, OTHER_TYPES[language] % {"cell": CELL} if language == "python" else OTHER_TYPES[language], CELL)
+        frames, ended = run_to_end(
+            agent, OTHER_TYPES[language] % {"cell": CELL} if language == "python" else OTHER_TYPES[language], CELL
+        )
         assert ended
         messages = [f.body for f in frames if isinstance(f, Message)]
         assert [m["type"] for m in messages] == ["display", "done"], messages
@@ -334,11 +350,21 @@ def _sweep_cell(language: str) -> str:
     if language == "python":
         return f"import subprocess, time\nprint(subprocess.run({argv!r}, capture_output=True, text=True).stdout)\ntime.sleep(0.7)\nprint('after')"
     if language == "node":
-        return f"console.log(require('child_process').execFileSync({PYTHON!r}, {argv[1:]!r}).toString());\n{AFTER['node']}"
+        return (
+            f"console.log(require('child_process').execFileSync({PYTHON!r}, {argv[1:]!r}).toString());\n{AFTER['node']}"
+        )
     return f"{_q(argv)}\n{AFTER['bash']}"
 
 
-RUNTIMES = ["bubblewrap", pytest.param("gvisor", marks=pytest.mark.skipif(not shutil.which("runsc") and not os.environ.get("CI"), reason="runsc is not installed"))]
+RUNTIMES = [
+    "bubblewrap",
+    pytest.param(
+        "gvisor",
+        marks=pytest.mark.skipif(
+            not shutil.which("runsc") and not os.environ.get("CI"), reason="runsc is not installed"
+        ),
+    ),
+]
 
 
 @pytest.mark.usefixtures("local_kernelspecs")
@@ -369,5 +395,7 @@ def test_every_fd_and_memory_of_every_sandbox_process_in_a_local_kernel(language
             assert "swept" in seen, seen
             if os.uname().machine == "x86_64" and runtime == "bubblewrap":
                 assert "wrote code into 1\n" in seen, seen  # the route works: PID 1 took it, and holds nothing
-        reply, out = run_cell(kc, {"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], timeout=60)
+        reply, out = run_cell(
+            kc, {"python": "print('next')", "node": "console.log('next')", "bash": "echo next"}[language], timeout=60
+        )
         assert reply["status"] == "ok" and "next" in text(out), (reply, out)

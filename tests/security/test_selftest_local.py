@@ -14,7 +14,7 @@ SETUP = {"sandbox-python": "x = 41", "sandbox-node": "let x = 41", "sandbox-bash
 AFTER = {
     # IPython mode's own history names (_, _i, _i3, _ih, _oh, _dh, ...) are no trace of the probe.
     "sandbox-python": "print(x + 1, sorted(n for n in dir() if n.startswith('_') and not n.startswith('__')"
-                      " and not __import__('re').fullmatch(r'_(i+|i?\\d+|[iod]h)?', n)))",
+    " and not __import__('re').fullmatch(r'_(i+|i?\\d+|[iod]h)?', n)))",
     "sandbox-node": "console.log(x + 1)",
     "sandbox-bash": "echo $((x + 1)) ${obs:-}",
 }

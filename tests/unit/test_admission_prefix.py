@@ -38,7 +38,8 @@ def strings(value: Any) -> Iterator[str]:
 def test_the_default_prefix_is_what_the_policy_admits() -> None:
     assert KubernetesSandbox().namespace_prefix == DEFAULT_NAMESPACE_PREFIX
     prefixes = {
-        name: [v["expression"] for v in spec.get("variables", []) if v["name"] == "prefix"] for name, spec in policies().items()
+        name: [v["expression"] for v in spec.get("variables", []) if v["name"] == "prefix"]
+        for name, spec in policies().items()
     }
     assert {name: found for name, found in prefixes.items() if found} == {
         "sandbox-kernel-namespaces": [f"'{DEFAULT_NAMESPACE_PREFIX}'"],
@@ -49,7 +50,9 @@ def test_the_default_prefix_is_what_the_policy_admits() -> None:
 def test_the_prefix_is_written_nowhere_else_in_the_policies() -> None:
     for name, spec in policies().items():
         rest = [s for s in strings(spec) if s != f"'{DEFAULT_NAMESPACE_PREFIX}'"]
-        assert not [s for s in rest if f"'{DEFAULT_NAMESPACE_PREFIX}'" in s or f"{DEFAULT_NAMESPACE_PREFIX}*" in s], name
+        assert not [s for s in rest if f"'{DEFAULT_NAMESPACE_PREFIX}'" in s or f"{DEFAULT_NAMESPACE_PREFIX}*" in s], (
+            name
+        )
     text = "\n".join(strings(policies()["sandbox-kernel-namespaces"]))
     assert text.count("startsWith(variables.prefix)") == 3  # new and old object, and the create check
     assert "startsWith(variables.prefix)" in "\n".join(strings(policies()["sandbox-kernel-rolebindings"]))
@@ -64,13 +67,19 @@ class RefusingApi:
     def create(self, obj: dict[str, Any], **settle: float) -> dict[str, Any]:
         name = obj["metadata"]["name"]
         message = f"sandbox-kernel may only create namespaces named sandbox-*, not {name}"
-        raise AdmissionError(f"Kubernetes refused to create Namespace {name}: {message}", api_status=ApiStatus(403, "Forbidden", message))
+        raise AdmissionError(
+            f"Kubernetes refused to create Namespace {name}: {message}", api_status=ApiStatus(403, "Forbidden", message)
+        )
 
 
 def refusal(prefix: str) -> SandboxError:
     with pytest.raises(AdmissionError) as caught:
         provision.create_namespace_objects(
-            RefusingApi(), KubernetesSandbox(namespace_prefix=prefix), LANGUAGES["python"], Sandbox().limits(), "k",  # type: ignore[arg-type]
+            RefusingApi(),
+            KubernetesSandbox(namespace_prefix=prefix),
+            LANGUAGES["python"],
+            Sandbox().limits(),
+            "k",  # type: ignore[arg-type]
         )
     return caught.value
 

@@ -20,12 +20,18 @@ from sandbox_kernel.languages import LANGUAGES
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "system:serviceaccount:sandbox-kernel-system:sandbox-kernel-claims"
-IMAGES = {"python": "localhost/sandbox-python:3.11", "node": "localhost/sandbox-node:18", "bash": "localhost/sandbox-bash:5"}
+IMAGES = {
+    "python": "localhost/sandbox-python:3.11",
+    "node": "localhost/sandbox-node:18",
+    "bash": "localhost/sandbox-bash:5",
+}
 
 
 def kernel_spec(**limits: str) -> claims.ClaimSpec:
     settings = KubernetesSandbox(images=IMAGES)
-    return claiming.claim_spec(settings, LANGUAGES["python"], Sandbox(**limits).limits(), "k-1", USER, "sandbox-kernel-claims")
+    return claiming.claim_spec(
+        settings, LANGUAGES["python"], Sandbox(**limits).limits(), "k-1", USER, "sandbox-kernel-claims"
+    )
 
 
 def test_the_claim_a_kernel_creates_reads_back_as_what_it_asked() -> None:
@@ -37,30 +43,46 @@ def test_the_claim_a_kernel_creates_reads_back_as_what_it_asked() -> None:
         "metadata": {
             "name": "python-0a1b2c3d",
             "namespace": "sandbox-kernel-system",
-            "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel", "sandbox-kernel/kernel-id": "k-1",
-                       "sandbox-kernel/language": "python"},
+            "labels": {
+                "app.kubernetes.io/managed-by": "sandbox-kernel",
+                "sandbox-kernel/kernel-id": "k-1",
+                "sandbox-kernel/language": "python",
+            },
             "annotations": {"sandbox-kernel.dev/heartbeat": "2026-01-01T00:00:00.000000Z"},
         },
         "spec": {
-            "language": "python", "user": USER, "owner": "sandbox-kernel-claims", "kernelId": "k-1",
-            "heartbeatSeconds": 60, "seccompProfile": "",
-            "resources": {"cpu": "500m", "memory": "256Mi", "cpuRequest": "100m", "memoryRequest": "64Mi", "scratch": "64Mi"},
+            "language": "python",
+            "user": USER,
+            "owner": "sandbox-kernel-claims",
+            "kernelId": "k-1",
+            "heartbeatSeconds": 60,
+            "seccompProfile": "",
+            "resources": {
+                "cpu": "500m",
+                "memory": "256Mi",
+                "cpuRequest": "100m",
+                "memoryRequest": "64Mi",
+                "scratch": "64Mi",
+            },
             "image": "localhost/sandbox-python:3.11",
         },
     }
     assert claims.parse_spec(body["spec"]) == spec
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"language": "ruby"}, "spec.language must be one of"),
-    ({"user": ""}, "spec.user"),
-    ({"resources": {"memory": "lots"}}, "spec.resources.memory 'lots' is not a quantity"),
-    ({"heartbeatSeconds": 1}, "spec.heartbeatSeconds must be 5 to 3600"),
-    ({"heartbeatSeconds": True}, "spec.heartbeatSeconds"),
-    ({"seccompProfile": "profiles/allow-all.json"}, "spec.seccompProfile must be"),
-    ({"image": "Evil Image"}, "spec.image is not valid"),
-    ({"owner": "-x"}, "spec.owner is not valid"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"language": "ruby"}, "spec.language must be one of"),
+        ({"user": ""}, "spec.user"),
+        ({"resources": {"memory": "lots"}}, "spec.resources.memory 'lots' is not a quantity"),
+        ({"heartbeatSeconds": 1}, "spec.heartbeatSeconds must be 5 to 3600"),
+        ({"heartbeatSeconds": True}, "spec.heartbeatSeconds"),
+        ({"seccompProfile": "profiles/allow-all.json"}, "spec.seccompProfile must be"),
+        ({"image": "Evil Image"}, "spec.image is not valid"),
+        ({"owner": "-x"}, "spec.owner is not valid"),
+    ],
+)
 def test_the_controller_checks_every_field_of_a_claim_again(change: dict, message: str) -> None:
     spec = {"language": "python", "user": USER, **change}
     with pytest.raises(claims.ClaimInvalid, match=re.escape(message)):
@@ -73,7 +95,9 @@ def crd_bounds() -> dict[str, str]:
     rules = schema["properties"]["spec"]["properties"]["resources"]["x-kubernetes-validations"]
     bounds = {}
     for rule in rules:
-        found = re.fullmatch(r"!has\(self\.(\w+)\) \|\| quantity\(self\.\1\)\.compareTo\(quantity\('([^']+)'\)\) <= 0", rule["rule"])
+        found = re.fullmatch(
+            r"!has\(self\.(\w+)\) \|\| quantity\(self\.\1\)\.compareTo\(quantity\('([^']+)'\)\) <= 0", rule["rule"]
+        )
         if found:
             bounds[found.group(1)] = found.group(2)
     return bounds
@@ -86,7 +110,9 @@ def test_the_crd_and_the_controller_bound_claims_alike() -> None:
 
 def test_a_claim_over_the_bounds_or_with_a_foreign_image_is_refused_with_the_bound_named() -> None:
     base, bounds = KubernetesSandbox(images=IMAGES), SandboxController()
-    with pytest.raises(claims.ClaimInvalid, match=r"memory 2Gi is above the operator's bound of 1Gi \(SandboxController.max_memory\)"):
+    with pytest.raises(
+        claims.ClaimInvalid, match=r"memory 2Gi is above the operator's bound of 1Gi \(SandboxController.max_memory\)"
+    ):
         sandboxes.plan(claims.ClaimSpec("python", USER, memory="2Gi"), base, bounds)
     with pytest.raises(claims.ClaimInvalid, match=r"image docker.io/evil:1 is not one the operator allows for python"):
         sandboxes.plan(claims.ClaimSpec("python", USER, image="docker.io/evil:1"), base, bounds)
@@ -94,7 +120,11 @@ def test_a_claim_over_the_bounds_or_with_a_foreign_image_is_refused_with_the_bou
     with pytest.raises(claims.ClaimInvalid, match=r"512Mi is above KubernetesSandbox.limit_range_max_memory 256Mi"):
         sandboxes.plan(claims.ClaimSpec("python", USER, memory="512Mi"), base, bounds)
     plan = sandboxes.plan(kernel_spec(), base, bounds)
-    assert (plan.image, plan.limits.memory, plan.settings.images["python"]) == ("localhost/sandbox-python:3.11", "256Mi", IMAGES["python"])
+    assert (plan.image, plan.limits.memory, plan.settings.images["python"]) == (
+        "localhost/sandbox-python:3.11",
+        "256Mi",
+        IMAGES["python"],
+    )
 
 
 def test_a_kernel_with_default_settings_matches_the_controller_s_default_pool() -> None:
@@ -120,18 +150,24 @@ def test_the_claimant_binding_names_exactly_the_claim_s_user() -> None:
     assert claims.claimant_binding("sandbox-0a1b2c3d", USER) == {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {"name": "sandbox-kernel-claimant", "namespace": "sandbox-0a1b2c3d",
-                     "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel"}},
+        "metadata": {
+            "name": "sandbox-kernel-claimant",
+            "namespace": "sandbox-0a1b2c3d",
+            "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel"},
+        },
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sandbox-kernel-claimant"},
         "subjects": [{"kind": "ServiceAccount", "name": "sandbox-kernel-claims", "namespace": "sandbox-kernel-system"}],
     }
     assert claims.claimant_binding("sandbox-0a1b2c3d", "alice@example.org")["subjects"] == [
-        {"kind": "User", "name": "alice@example.org", "apiGroup": "rbac.authorization.k8s.io"}]
+        {"kind": "User", "name": "alice@example.org", "apiGroup": "rbac.authorization.k8s.io"}
+    ]
 
 
 def test_the_kernel_follows_only_well_formed_names_in_a_claim_s_status() -> None:
     assert claims.parse_status({"status": {}}) is None
-    status = claims.parse_status({"status": {"phase": "Ready", "namespace": "../kube-system", "pod": "sandbox-1", "fromPool": True}})
+    status = claims.parse_status(
+        {"status": {"phase": "Ready", "namespace": "../kube-system", "pod": "sandbox-1", "fromPool": True}}
+    )
     assert status == claims.ClaimStatus("Ready", "", "sandbox-1", True, "")
 
 
@@ -146,15 +182,30 @@ def test_claims_go_to_the_service_account_s_own_namespace() -> None:
 
 def test_list_and_gc_tell_the_controller_s_sandboxes_apart() -> None:
     def ns(labels: dict, annotations: dict | None = None) -> dict:
-        return {"metadata": {"name": "sandbox-0a1b2c3d", "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel", **labels},
-                             "annotations": annotations or {}}}
+        return {
+            "metadata": {
+                "name": "sandbox-0a1b2c3d",
+                "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel", **labels},
+                "annotations": annotations or {},
+            }
+        }
 
     made = {"sandbox-kernel/made-by": "controller"}
     assert commands.origin(ns({})) == "direct (kernel)"
     assert commands.origin(ns({**made, "sandbox-kernel/state": "ready"})) == "pool (ready)"
-    assert commands.origin(ns({**made, "sandbox-kernel/state": "bound"}, {"sandbox-kernel/claim": "lab/python-1"})) == "claim lab/python-1"
-    assert commands.origin(ns({**made, "sandbox-kernel/state": "bound"},
-                              {"sandbox-kernel/claim": "lab/python-1", "sandbox-kernel/pooled": "true"})) == "claim lab/python-1 (from pool)"
+    assert (
+        commands.origin(ns({**made, "sandbox-kernel/state": "bound"}, {"sandbox-kernel/claim": "lab/python-1"}))
+        == "claim lab/python-1"
+    )
+    assert (
+        commands.origin(
+            ns(
+                {**made, "sandbox-kernel/state": "bound"},
+                {"sandbox-kernel/claim": "lab/python-1", "sandbox-kernel/pooled": "true"},
+            )
+        )
+        == "claim lab/python-1 (from pool)"
+    )
     assert sandboxes.is_controllers(ns(made), "sandbox-") and not sandboxes.is_controllers(ns({}), "sandbox-")
 
 
@@ -178,8 +229,12 @@ def test_only_the_cli_imports_the_controller() -> None:
     from tests.unit.test_import_graph import import_graph
 
     graph = import_graph()
-    users = sorted(name for name, deps in graph.items() if any(d.startswith("sandbox_kernel.controller") for d in deps)
-                   and not name.startswith("sandbox_kernel.controller"))
+    users = sorted(
+        name
+        for name, deps in graph.items()
+        if any(d.startswith("sandbox_kernel.controller") for d in deps)
+        and not name.startswith("sandbox_kernel.controller")
+    )
     assert users == ["sandbox_kernel.cli"]
 
 
@@ -188,7 +243,9 @@ def test_the_controller_command_takes_settings_and_refuses_anything_else(capsys:
 
     with pytest.raises(SystemExit) as exited:
         cli.main(["controller", "--bogus"])
-    assert exited.value.code == 2 and "controller settings are --Class.trait=value, not --bogus" in capsys.readouterr().err
+    assert (
+        exited.value.code == 2 and "controller settings are --Class.trait=value, not --bogus" in capsys.readouterr().err
+    )
     assert cli.main(["controller", "--SandboxController.pool=ruby=1"]) == 1
     assert "Invalid setting SandboxController.pool: 'ruby' is not one of python, node, bash" in capsys.readouterr().err
 
@@ -198,12 +255,20 @@ def test_kopf_logs_in_with_the_controller_s_own_kubeconfig(tmp_path: Path) -> No
     from sandbox_kernel.kubernetes.api import KubernetesApi
 
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": "t0ken"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {"name": "k", "cluster": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            }
+        )
+    )
     info = connection_info(KubernetesApi(str(kubeconfig)))
     assert (info.server, info.scheme, info.token, info.insecure) == ("https://127.0.0.1:6443", "Bearer", "t0ken", True)
 
@@ -224,7 +289,10 @@ def test_a_claim_is_reclaimed_once_its_heartbeat_or_before_the_first_its_creatio
     now = datetime(2026, 12, 3, 8, 0, 30, tzinfo=timezone.utc)
 
     def claim(created: str, beat: str | None = None, ttl: object = 10, deleting: bool = False) -> dict[str, object]:
-        meta: dict[str, object] = {"creationTimestamp": created, "annotations": {claims.ANNOTATION_HEARTBEAT: beat} if beat else {}}
+        meta: dict[str, object] = {
+            "creationTimestamp": created,
+            "annotations": {claims.ANNOTATION_HEARTBEAT: beat} if beat else {},
+        }
         if deleting:
             meta["deletionTimestamp"] = created
         return {"metadata": meta, "spec": {"heartbeatSeconds": ttl}}

@@ -18,7 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH", "SANDBOX_MEMORY_LIMIT", "SANDBOX_CPU_LIMIT"):
+    for name in (
+        "SANDBOX_IMAGE_PYTHON",
+        "SANDBOX_IMAGE_NODE",
+        "SANDBOX_IMAGE_BASH",
+        "SANDBOX_MEMORY_LIMIT",
+        "SANDBOX_CPU_LIMIT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -84,7 +90,15 @@ def test_install_without_suffix_keeps_the_names(tmp_path: Path) -> None:
 
 def test_install_image_gives_one_languages_kernelspec_its_own_image(tmp_path: Path) -> None:
     image = "localhost/sandbox-python-datascience:3.11"
-    argv = ["install", "--prefix", str(tmp_path), "--backend", "kubernetes", "--name-suffix=-ds", f"--image=python={image}"]
+    argv = [
+        "install",
+        "--prefix",
+        str(tmp_path),
+        "--backend",
+        "kubernetes",
+        "--name-suffix=-ds",
+        f"--image=python={image}",
+    ]
     assert cli.main(argv) == 0
     specs = _installed(tmp_path)
     python = specs["sandbox-python-ds"]
@@ -100,9 +114,14 @@ def test_install_image_gives_one_languages_kernelspec_its_own_image(tmp_path: Pa
     assert settings.image(LANGUAGES["python"]) == image
 
 
-@pytest.mark.parametrize("item, says", [
-    ("python", "LANGUAGE=IMAGE"), ("ruby=x:1", "LANGUAGE=IMAGE"), ("python=bad image", "not an image reference"),
-])
+@pytest.mark.parametrize(
+    "item, says",
+    [
+        ("python", "LANGUAGE=IMAGE"),
+        ("ruby=x:1", "LANGUAGE=IMAGE"),
+        ("python=bad image", "not an image reference"),
+    ],
+)
 def test_a_bad_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str, says: str) -> None:
     assert cli.main(["install", "--prefix", str(tmp_path), "--backend", "kubernetes", "--image", item]) == 1
     err = capsys.readouterr().err
@@ -160,28 +179,44 @@ def test_render_shows_and_takes_the_seccomp_profile_setting(capsys: pytest.Captu
     out = capsys.readouterr().out
     assert out.startswith("# KubernetesSandbox.seccomp_profile = 'profiles/sandbox-kernel.json'")
     assert list(yaml.safe_load_all(out))[-1]["spec"]["securityContext"]["seccompProfile"] == {
-        "type": "Localhost", "localhostProfile": "profiles/sandbox-kernel.json"}
+        "type": "Localhost",
+        "localhostProfile": "profiles/sandbox-kernel.json",
+    }
     assert cli.main(["render", "--seccomp-profile", "/etc/passwd"]) == 2
     assert "Invalid setting KubernetesSandbox.seccomp_profile" in capsys.readouterr().err
 
 
-def test_list_with_the_cluster_down_speaks_to_a_command_line_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_with_the_cluster_down_speaks_to_a_command_line_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     kubeconfig = tmp_path / "down.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "down",
-        "clusters": [{"name": "down", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "down", "user": {"token": "x"}}],
-        "contexts": [{"name": "down", "context": {"cluster": "down", "user": "down"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "down",
+                "clusters": [
+                    {"name": "down", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "down", "user": {"token": "x"}}],
+                "contexts": [{"name": "down", "context": {"cluster": "down", "user": "down"}}],
+            }
+        )
+    )
     assert cli.main(["list", "--kubeconfig", str(kubeconfig)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("sandbox-kernel list: The Kubernetes API server at https://127.0.0.1:1 could not be reached"), err
+    assert err.startswith(
+        "sandbox-kernel list: The Kubernetes API server at https://127.0.0.1:1 could not be reached"
+    ), err
     assert "cell" not in err and "kernel keeps running" not in err, err
     assert "Max retries" not in err and "HTTPSConnectionPool" not in err, err
     assert "Is the cluster running?" in err and f"--kubeconfig {kubeconfig}" in err, err
 
 
-def test_list_without_any_cluster_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_without_any_cluster_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("KUBECONFIG", "SANDBOX_KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
         monkeypatch.delenv(var, raising=False)

@@ -29,12 +29,14 @@ def cell(frames: list[dict], count: int | None = 7) -> tuple[list, list[dict]]:
 
 
 def test_display_ids_updates_and_clears_become_events_in_order() -> None:
-    events, sent = cell([
-        {"type": "display", "data": {"text/plain": "1"}, "transient": {"display_id": "bar"}},
-        {"type": "update_display", "data": {"text/plain": "2"}, "transient": {"display_id": "bar"}},
-        {"type": "clear_output", "wait": True},
-        {"type": "display", "data": {"text/plain": "3"}, "transient": {"display_id": 5, "other": "x"}},
-    ])
+    events, sent = cell(
+        [
+            {"type": "display", "data": {"text/plain": "1"}, "transient": {"display_id": "bar"}},
+            {"type": "update_display", "data": {"text/plain": "2"}, "transient": {"display_id": "bar"}},
+            {"type": "clear_output", "wait": True},
+            {"type": "display", "data": {"text/plain": "3"}, "transient": {"display_id": 5, "other": "x"}},
+        ]
+    )
     assert events == [
         DisplayData({"text/plain": "1"}, {}, {"display_id": "bar"}),
         DisplayData({"text/plain": "2"}, {}, {"display_id": "bar"}, update=True),
@@ -45,11 +47,14 @@ def test_display_ids_updates_and_clears_become_events_in_order() -> None:
 
 
 def test_an_update_without_a_display_id_is_dropped_and_a_bad_clear_is_reported() -> None:
-    events, sent = cell([
-        {"type": "update_display", "data": {"text/plain": "2"}},
-        {"type": "update_display", "data": {"text/plain": "2"}, "transient": {"display_id": "x" * 1001}},
-        {"type": "clear_output", "wait": "yes"},
-    ], count=None)
+    events, sent = cell(
+        [
+            {"type": "update_display", "data": {"text/plain": "2"}},
+            {"type": "update_display", "data": {"text/plain": "2"}, "transient": {"display_id": "x" * 1001}},
+            {"type": "clear_output", "wait": "yes"},
+        ],
+        count=None,
+    )
     assert not [e for e in events if isinstance(e, (DisplayData, ClearOutput))]
     (error,) = [e for e in events if isinstance(e, ErrorOutput)]
     assert "'wait' must be true or false" in error.evalue
@@ -57,8 +62,9 @@ def test_an_update_without_a_display_id_is_dropped_and_a_bad_clear_is_reported()
 
 
 def test_the_output_policy_filters_updates_and_keeps_their_display_id() -> None:
-    update = DisplayData({"text/html": "<b onclick='x()'>hi</b>", "application/javascript": "x()"}, {},
-                         {"display_id": "d"}, update=True)
+    update = DisplayData(
+        {"text/html": "<b onclick='x()'>hi</b>", "application/javascript": "x()"}, {}, {"display_id": "d"}, update=True
+    )
     filtered, notice = guard(update, "block")
     assert isinstance(filtered, DisplayData) and filtered.update and filtered.transient == {"display_id": "d"}
     assert filtered.data == {"text/html": "<b>hi</b>"} and "application/javascript" in notice.text

@@ -37,14 +37,25 @@ class RecordingApi:
         return True
 
 
-def prepared_for(settings: KubernetesSandbox, limits: Any, api: RecordingApi, kernel_id: str = "kernel-1") -> PreparedSandbox:
+def prepared_for(
+    settings: KubernetesSandbox, limits: Any, api: RecordingApi, kernel_id: str = "kernel-1"
+) -> PreparedSandbox:
     objects = expected_objects(settings, LANGUAGES["python"], limits, IDENT, RENEW)
     return PreparedSandbox(
-        api, settings.kubeconfig, settings.context, IDENT, RENEW, "sandbox-1", objects.in_order(), 0.0,  # type: ignore[arg-type]
+        api,
+        settings.kubeconfig,
+        settings.context,
+        IDENT,
+        RENEW,
+        "sandbox-1",
+        objects.in_order(),
+        0.0,  # type: ignore[arg-type]
     )
 
 
-def claim(session: KubernetesSandboxSession, prepared: PreparedSandbox, monkeypatch: pytest.MonkeyPatch) -> PreparedSandbox | None:
+def claim(
+    session: KubernetesSandboxSession, prepared: PreparedSandbox, monkeypatch: pytest.MonkeyPatch
+) -> PreparedSandbox | None:
     future: Future[PreparedSandbox] = Future()
     future.set_result(prepared)
     monkeypatch.setattr(early, "_pending", future)
@@ -56,7 +67,9 @@ def test_config_files_then_command_line(tmp_path: Path, monkeypatch: pytest.Monk
         "c.SandboxKernel.backend = 'kubernetes'\nc.Sandbox.memory_limit = '128Mi'\nc.Sandbox.cpu_limit = '250m'\n"
     )
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
-    config = early.load_config(["-f", "/run/kernel-abc.json", "--SandboxKernel.language_name=node", "--Sandbox.cpu_limit=100m"])
+    config = early.load_config(
+        ["-f", "/run/kernel-abc.json", "--SandboxKernel.language_name=node", "--Sandbox.cpu_limit=100m"]
+    )
     assert config.SandboxKernel.backend == "kubernetes"
     assert config.SandboxKernel.language_name == "node"
     limits = Sandbox(config=config).limits()
@@ -85,7 +98,9 @@ def test_random_kernel_id_is_one_per_process(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_matching_early_sandbox_is_taken_over(monkeypatch: pytest.MonkeyPatch) -> None:
     settings, limits, api = KubernetesSandbox(kubeconfig="/k"), Sandbox().limits(), RecordingApi()
-    session = KubernetesSandboxSession(LANGUAGES["python"], limits, KubernetesSandbox(kubeconfig="/k"), kernel_id="kernel-1")
+    session = KubernetesSandboxSession(
+        LANGUAGES["python"], limits, KubernetesSandbox(kubeconfig="/k"), kernel_id="kernel-1"
+    )
     prepared = prepared_for(settings, limits, api)
     assert claim(session, prepared, monkeypatch) is prepared
     assert api.deleted == []
@@ -115,7 +130,9 @@ def test_any_difference_deletes_the_early_sandbox(differs: dict, monkeypatch: py
 
 
 def test_a_failed_early_start_leaves_it_to_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(kubeconfig="/k"), kernel_id="kernel-1")
+    session = KubernetesSandboxSession(
+        LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(kubeconfig="/k"), kernel_id="kernel-1"
+    )
     future: Future[PreparedSandbox] = Future()
     future.set_exception(RuntimeError("cluster away"))
     monkeypatch.setattr(early, "_pending", future)

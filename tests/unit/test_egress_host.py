@@ -29,11 +29,23 @@ def test_bwrap_options_mount_the_socket_dir_read_only_and_set_the_proxy_variable
     assert mounts[:3] == ["--ro-bind", "<egress socket dir>", "/run/sandbox-egress"]
     assert ["--file", "7", "/opt/sandbox-agent/egress-relay.py"] == mounts[-3:]
     env = dict(proxy_env(3128))
-    assert env["HTTPS_PROXY"] == env["https_proxy"] == env["PIP_PROXY"] == env["npm_config_https_proxy"] == "http://127.0.0.1:3128"
+    assert (
+        env["HTTPS_PROXY"]
+        == env["https_proxy"]
+        == env["PIP_PROXY"]
+        == env["npm_config_https_proxy"]
+        == "http://127.0.0.1:3128"
+    )
     assert "127.0.0.1" in env["NO_PROXY"]
     inner = ctl.inner("/usr/bin:/bin", ["/usr/bin/python3", "/opt/sandbox-agent/python_agent.py"])
-    assert inner[2:] == ["/opt/sandbox-agent/egress-relay.py", "/run/sandbox-egress/proxy.sock", "3128", "--",
-                         "/usr/bin/python3", "/opt/sandbox-agent/python_agent.py"]
+    assert inner[2:] == [
+        "/opt/sandbox-agent/egress-relay.py",
+        "/run/sandbox-egress/proxy.sock",
+        "3128",
+        "--",
+        "/usr/bin/python3",
+        "/opt/sandbox-agent/python_agent.py",
+    ]
 
 
 def test_network_report_and_magic_errors() -> None:
@@ -58,11 +70,22 @@ def test_kubernetes_policies_come_from_namespace_annotations(tmp_path: Path) -> 
     from sandbox_kernel.egress import k8s_sync
 
     digest = "ab" * 32
-    good = {k8s_sync.ANNOTATION_TOKEN: digest, k8s_sync.ANNOTATION_ALLOW: "pypi.org:443,80 *.pythonhosted.org:443",
-            k8s_sync.ANNOTATION_DENY: "", k8s_sync.ANNOTATION_SOURCE: "10.244.0.7"}
+    good = {
+        k8s_sync.ANNOTATION_TOKEN: digest,
+        k8s_sync.ANNOTATION_ALLOW: "pypi.org:443,80 *.pythonhosted.org:443",
+        k8s_sync.ANNOTATION_DENY: "",
+        k8s_sync.ANNOTATION_SOURCE: "10.244.0.7",
+    }
     assert k8s_sync.policy_for_namespace("sandbox-1", good) == (
-        digest + ".json", {"sandbox": "sandbox-1", "allow": ["pypi.org:443,80", "*.pythonhosted.org:443"], "deny": [],
-                           "source": "10.244.0.7", "log": "/dev/stdout"})
+        digest + ".json",
+        {
+            "sandbox": "sandbox-1",
+            "allow": ["pypi.org:443,80", "*.pythonhosted.org:443"],
+            "deny": [],
+            "source": "10.244.0.7",
+            "log": "/dev/stdout",
+        },
+    )
     assert k8s_sync.policy_for_namespace("sandbox-2", None) is None
     assert k8s_sync.policy_for_namespace("sandbox-3", {**good, k8s_sync.ANNOTATION_TOKEN: "../../etc/passwd"}) is None
     assert k8s_sync.policy_for_namespace("sandbox-4", {**good, k8s_sync.ANNOTATION_ALLOW: "10.0.0.1:443"}) is None

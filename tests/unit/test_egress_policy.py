@@ -23,8 +23,24 @@ def test_entries_names_wildcards_ports() -> None:
     assert parse_entry("PyPI.org.") == Entry("pypi.org", (443, 80))
     assert parse_entry("*.pythonhosted.org") == Entry("*.pythonhosted.org", (443, 80))
     assert parse_entry("example.org:8443") == Entry("example.org", (8443,))
-    for bad in ("", "1.2.3.4", "[::1]", "::1", "2130706433", "0x7f.1", "*.org", "*", "a..b", "-a.org",
-                "a b.org", "example.org:0", "example.org:70000", "example.org:x", "foo.*.org", "ex_ample.org"):
+    for bad in (
+        "",
+        "1.2.3.4",
+        "[::1]",
+        "::1",
+        "2130706433",
+        "0x7f.1",
+        "*.org",
+        "*",
+        "a..b",
+        "-a.org",
+        "a b.org",
+        "example.org:0",
+        "example.org:70000",
+        "example.org:x",
+        "foo.*.org",
+        "ex_ample.org",
+    ):
         with pytest.raises(PolicyError):
             parse_entry(bad)
 
@@ -46,9 +62,27 @@ def test_decide() -> None:
     assert "denied" in decide("files.pythonhosted.org", 443, allow, [parse_entry("files.pythonhosted.org")])
 
 
-@pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-                                "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "224.0.0.1",
-                                "192.0.2.1", "198.51.100.1", "fd00:ec2::254"])
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "224.0.0.1",
+        "192.0.2.1",
+        "198.51.100.1",
+        "fd00:ec2::254",
+    ],
+)
 def test_forbidden_addresses(ip: str) -> None:
     assert forbidden_address(ip)
 
@@ -92,7 +126,10 @@ def test_widening_when_the_operator_allows_it() -> None:
 
 def test_setting_is_validated() -> None:
     assert Sandbox().limits().allow_hosts == ()
-    assert Sandbox(allow_hosts=["pypi.org", "*.pythonhosted.org"]).limits().allow_hosts == ("pypi.org", "*.pythonhosted.org")
+    assert Sandbox(allow_hosts=["pypi.org", "*.pythonhosted.org"]).limits().allow_hosts == (
+        "pypi.org",
+        "*.pythonhosted.org",
+    )
     with pytest.raises(ConfigError, match="Sandbox.allow_hosts.*IP addresses"):
         Sandbox(allow_hosts=["169.254.169.254"]).limits()
 
@@ -116,7 +153,14 @@ def test_client_hello_server_name() -> None:
     assert policy.client_hello_sni(_client_hello(None)) == ""
     # The same ClientHello split over two TLS records.
     body = hello[5:]
-    split = b"\x16\x03\x01" + (100).to_bytes(2, "big") + body[:100] + b"\x16\x03\x01" + (len(body) - 100).to_bytes(2, "big") + body[100:]
+    split = (
+        b"\x16\x03\x01"
+        + (100).to_bytes(2, "big")
+        + body[:100]
+        + b"\x16\x03\x01"
+        + (len(body) - 100).to_bytes(2, "big")
+        + body[100:]
+    )
     assert policy.client_hello_sni(split) == "allowed.test"
     for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", b"SSH-2.0-x\r\n"):
         with pytest.raises(policy.NotTLS):

@@ -50,11 +50,20 @@ def test_an_environment_may_not_show_a_home_directory(tmp_path: Path, monkeypatc
             environment.python_environment(str(prefix))
 
 
-@pytest.mark.parametrize("path, point", [
-    ("/tmp", "/tmp"), ("/proc/self", "/proc"), ("/dev/shm", "/dev"), ("/home", "/home/sandbox"),
-    ("/home/sandbox/x", "/home/sandbox"), ("/workspace", "/workspace"), ("/", "/proc"), ("/etc", "/etc/passwd"),
-    ("/opt", "/opt/sandbox-agent"),
-])
+@pytest.mark.parametrize(
+    "path, point",
+    [
+        ("/tmp", "/tmp"),
+        ("/proc/self", "/proc"),
+        ("/dev/shm", "/dev"),
+        ("/home", "/home/sandbox"),
+        ("/home/sandbox/x", "/home/sandbox"),
+        ("/workspace", "/workspace"),
+        ("/", "/proc"),
+        ("/etc", "/etc/passwd"),
+        ("/opt", "/opt/sandbox-agent"),
+    ],
+)
 def test_paths_the_sandbox_s_own_mounts_would_hide_are_refused(path: str, point: str) -> None:
     with pytest.raises(ConfigError) as info:
         environment.check_not_hidden("LocalSandbox.read_only_paths", path, bwrap.RESERVED)
@@ -75,14 +84,25 @@ def test_a_staged_plan_binds_views_made_in_a_private_mount_namespace(tmp_path: P
     single.write_text("x")
     plan = environment.MountPlan([str(data), str(single), str(data)], staged=True)
     assert [m.source for m in plan.mounts] == [f"{environment.VIEW_ROOT}/0", f"{environment.VIEW_ROOT}/1"]
-    assert plan.bwrap_options() == ["--ro-bind", f"{environment.VIEW_ROOT}/0", str(data), "--ro-bind", f"{environment.VIEW_ROOT}/1", str(single)]
+    assert plan.bwrap_options() == [
+        "--ro-bind",
+        f"{environment.VIEW_ROOT}/0",
+        str(data),
+        "--ro-bind",
+        f"{environment.VIEW_ROOT}/1",
+        str(single),
+    ]
     script = plan.script()
     assert script.startswith("mount -t tmpfs") and "mkdir /run/sandbox-kernel/view/0" in script
     assert ": > /run/sandbox-kernel/view/1" in script and "'" + str(data).replace("'", "'\"'\"'") + "'" in script
     assert script.count("remount,bind,ro,nosuid,nodev") == 2 and script.count("|| exit 125") == 7
     assert plan.wrapper()[:2] == ["unshare", "--mount"]
     direct = environment.MountPlan([str(data)], staged=False)
-    assert direct.script() == "" and direct.wrapper() == [] and direct.bwrap_options() == ["--ro-bind", str(data), str(data)]
+    assert (
+        direct.script() == ""
+        and direct.wrapper() == []
+        and direct.bwrap_options() == ["--ro-bind", str(data), str(data)]
+    )
 
 
 def test_import_hint_names_the_interpreter_and_the_package() -> None:

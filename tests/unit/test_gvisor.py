@@ -50,9 +50,18 @@ def test_seccomp_profile_is_the_project_s_table_less_clone3() -> None:
 def test_bundle_files_and_command(tmp_path: Path) -> None:
     bundle = gvisor.GVisorBundle("k1-1", tmp_path)
     bundle.create(
-        agent_name="python_agent.py", agent=b"print(1)", args=["python3"], env={"PATH": "/usr/bin"},
-        home=backend.SANDBOX_HOME, agent_dir=backend.AGENT_DIR, system_dirs=backend.SYSTEM_DIRS,
-        read_only_paths=[], passwd=backend.PASSWD, group=backend.GROUP, limits=Sandbox().limits(), owner=None,
+        agent_name="python_agent.py",
+        agent=b"print(1)",
+        args=["python3"],
+        env={"PATH": "/usr/bin"},
+        home=backend.SANDBOX_HOME,
+        agent_dir=backend.AGENT_DIR,
+        system_dirs=backend.SYSTEM_DIRS,
+        read_only_paths=[],
+        passwd=backend.PASSWD,
+        group=backend.GROUP,
+        limits=Sandbox().limits(),
+        owner=None,
     )
     rootfs = bundle.bundle / "rootfs"
     assert (rootfs / "opt/sandbox-agent/python_agent.py").read_bytes() == b"print(1)"
@@ -64,7 +73,14 @@ def test_bundle_files_and_command(tmp_path: Path) -> None:
     assert config["process"]["args"] == ["python3"]
     argv = bundle.command("runsc", "systrap", rootless=True)
     assert argv[:3] == ["setpriv", "--pdeathsig", "KILL"]  # dies with the kernel
-    assert {"--rootless", "--network=none", "--ignore-cgroups", "--overlay2=none", "--oci-seccomp", "--platform=systrap"} <= set(argv)
+    assert {
+        "--rootless",
+        "--network=none",
+        "--ignore-cgroups",
+        "--overlay2=none",
+        "--oci-seccomp",
+        "--platform=systrap",
+    } <= set(argv)
     assert argv[-3:] == ["run", f"--bundle={bundle.bundle}", "k1-1"]
     bundle.destroy()
     assert not bundle.dir.exists()

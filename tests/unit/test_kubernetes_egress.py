@@ -23,8 +23,12 @@ from sandbox_kernel.kubernetes.settings import KubernetesSandbox
 from sandbox_kernel.languages import LANGUAGES
 
 IDENT = manifests.SandboxIdentity(
-    namespace="sandbox-0123abcd", kernel_id="kernel-1", language="python", owner="sandbox-kernel",
-    user="system:serviceaccount:sandbox-kernel-system:sandbox-kernel", created="2025-01-02T03:04:05Z",
+    namespace="sandbox-0123abcd",
+    kernel_id="kernel-1",
+    language="python",
+    owner="sandbox-kernel",
+    user="system:serviceaccount:sandbox-kernel-system:sandbox-kernel",
+    created="2025-01-02T03:04:05Z",
 )
 TOKEN = "ab" * 32
 DIGEST = hashlib.sha256(TOKEN.encode()).hexdigest()
@@ -55,23 +59,33 @@ def test_the_egress_policy_opens_the_proxy_pods_port_and_nothing_else() -> None:
         "spec": {
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "sandbox"}},
             "policyTypes": ["Egress"],
-            "egress": [{
-                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "sandbox-kernel-system"}},
-                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "sandbox-egress-proxy"}}}],
-                "ports": [{"protocol": "TCP", "port": 3128}],
-            }],
+            "egress": [
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "sandbox-kernel-system"}
+                            },
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "sandbox-egress-proxy"}},
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 3128}],
+                }
+            ],
         },
     }
 
 
 def test_the_egress_policy_exists_only_with_an_allow_list() -> None:
     settings, limits = KubernetesSandbox(), Sandbox().limits()
-    plain = [o["metadata"]["name"] for o in expected_objects(settings, LANGUAGES["python"], limits, IDENT, "t").in_order()]
+    plain = [
+        o["metadata"]["name"] for o in expected_objects(settings, LANGUAGES["python"], limits, IDENT, "t").in_order()
+    ]
     spec = initial_spec(("pypi.org",), False, TOKEN)
     with_egress = expected_objects(settings, LANGUAGES["python"], limits, IDENT, "t", egress=spec).in_order()
     names = [o["metadata"]["name"] for o in with_egress]
     assert "egress-proxy" not in plain
-    assert names == [*plain[:plain.index("deny-all") + 1], "egress-proxy", *plain[plain.index("deny-all") + 1:]]
+    assert names == [*plain[: plain.index("deny-all") + 1], "egress-proxy", *plain[plain.index("deny-all") + 1 :]]
     assert with_egress[0] == manifests.namespace(IDENT, spec)
     rendered = rendered_objects("python", limits=Sandbox(allow_hosts=["pypi.org"]).limits())
     assert [o["metadata"]["name"] for o in rendered if o["kind"] == "NetworkPolicy"] == ["deny-all", "egress-proxy"]
@@ -97,7 +111,10 @@ def test_the_gate_line_hands_the_proxy_variables_to_the_agent_only() -> None:
     for shell_as_init in (False, True):
         env = _shell_env(pod_command.gate_line(proxy_variables(url)), shell_as_init)
         assert env == {**plain, **dict(proxy_variables(url))}
-        assert env["HTTPS_PROXY"] == env["http_proxy"] == env["PIP_PROXY"] == url and env["NO_PROXY"] == "localhost,127.0.0.1,::1"
+        assert (
+            env["HTTPS_PROXY"] == env["http_proxy"] == env["PIP_PROXY"] == url
+            and env["NO_PROXY"] == "localhost,127.0.0.1,::1"
+        )
 
 
 @pytest.mark.parametrize("value", ["a b", "x;rm -rf /", "$(id)", "*", "'q'", "a\nb", ""])
@@ -120,14 +137,19 @@ def test_allow_and_deny_narrow_the_operator_list_and_patch_only_the_lists() -> N
     assert spec.operator == ("*.example.org:443,80", "pypi.org:443,80")
     assert spec.allow == ("pypi.org:443,80", "api.example.org:443,80") and spec.deny == ()
     assert manifests.egress_list_patch(spec.allow, spec.deny) == {
-        "sandbox-kernel/egress-allow": "pypi.org:443,80 api.example.org:443,80", "sandbox-kernel/egress-deny": ""}
+        "sandbox-kernel/egress-allow": "pypi.org:443,80 api.example.org:443,80",
+        "sandbox-kernel/egress-deny": "",
+    }
     assert egress.new_namespace().token_sha256 != first.token_sha256  # a new namespace, a new credential
     widening = KubernetesEgress(("pypi.org",), True, "10.96.0.9:3128")
     assert widening.allow(["evil.org"]) == "evil.org is allowed" and widening.spec().widening
 
 
 def test_the_proxy_setting() -> None:
-    assert parse_proxy_setting("sandbox-kernel-system/sandbox-egress-proxy") == ("sandbox-kernel-system", "sandbox-egress-proxy")
+    assert parse_proxy_setting("sandbox-kernel-system/sandbox-egress-proxy") == (
+        "sandbox-kernel-system",
+        "sandbox-egress-proxy",
+    )
     assert parse_proxy_setting("10.96.0.9:3128") == ("10.96.0.9", 3128)
     for bad in ("proxy.example.org:3128", "10.96.0.9", "[::1]:3128", "a/b/c", "Sys/x", "10.96.0.9:0"):
         with pytest.raises(ConfigError, match="KubernetesSandbox.egress_proxy"):
@@ -162,15 +184,21 @@ def test_the_session_takes_over_an_early_sandbox_with_its_credential(monkeypatch
     # Built with an explicit (empty) kubeconfig: the default follows $SANDBOX_KUBECONFIG, which the
     # test run exports for the e2e tier, and the early sandbox must name the session's own cluster.
     settings, limits = KubernetesSandbox(kubeconfig="", context=""), Sandbox(allow_hosts=["pypi.org"]).limits()
-    objects = expected_objects(settings, LANGUAGES["python"], limits, IDENT, "t", egress=initial_spec(("pypi.org",), False, TOKEN))
+    objects = expected_objects(
+        settings, LANGUAGES["python"], limits, IDENT, "t", egress=initial_spec(("pypi.org",), False, TOKEN)
+    )
     api = _RecordingApi()
-    prepared = PreparedSandbox(api, settings.kubeconfig, settings.context, IDENT, "t", "sandbox-1", objects.in_order(), 0.0, TOKEN)  # type: ignore[arg-type]
+    prepared = PreparedSandbox(
+        api, settings.kubeconfig, settings.context, IDENT, "t", "sandbox-1", objects.in_order(), 0.0, TOKEN
+    )  # type: ignore[arg-type]
     session = KubernetesSandboxSession(LANGUAGES["python"], limits, settings, kernel_id="kernel-1")
     assert _take_over(session, prepared, monkeypatch) is prepared and session.egress is not None
     assert session.egress.token == TOKEN and api.deleted == []
     # An early sandbox made without the list (the guess missed it) is not taken: it is deleted.
     plain = expected_objects(settings, LANGUAGES["python"], Sandbox().limits(), IDENT, "t")
-    prepared = PreparedSandbox(api, settings.kubeconfig, settings.context, IDENT, "t", "sandbox-1", plain.in_order(), 0.0)  # type: ignore[arg-type]
+    prepared = PreparedSandbox(
+        api, settings.kubeconfig, settings.context, IDENT, "t", "sandbox-1", plain.in_order(), 0.0
+    )  # type: ignore[arg-type]
     session = KubernetesSandboxSession(LANGUAGES["python"], limits, settings, kernel_id="kernel-1")
     assert _take_over(session, prepared, monkeypatch) is None and api.deleted == [IDENT.namespace]
 
@@ -182,7 +210,9 @@ def test_the_admission_pattern_admits_the_egress_command_too() -> None:
     for language in LANGUAGES.values():
         for shell_as_init in (False, True):
             for egress in (False, True):
-                command = pod_command.agent_command(language.interpreter, language.agent_file, 10, shell_as_init, egress)[2]
+                command = pod_command.agent_command(
+                    language.interpreter, language.agent_file, 10, shell_as_init, egress
+                )[2]
                 assert pattern.match(command), (language.name, shell_as_init, egress)
     bad = pod_command.agent_command("python3", "python_agent.py", 10, False, True)[2].replace("$egress", "$egress; id")
     assert not pattern.match(bad)

@@ -34,8 +34,13 @@ class ApiWithBadImages:
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
         waiting = {"reason": "ErrImagePull", "message": "not found"}
-        return {"metadata": {"name": name}, "status": {"phase": "Pending", "containerStatuses": [
-            {"name": manifests.CONTAINER_NAME, "state": {"waiting": waiting}}]}}
+        return {
+            "metadata": {"name": name},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [{"name": manifests.CONTAINER_NAME, "state": {"waiting": waiting}}],
+            },
+        }
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         self.calls.append(f"delete pod {name}")
@@ -49,7 +54,9 @@ class ApiWithBadImages:
 
 
 def test_a_pod_whose_delete_failed_is_deleted_before_the_next_one_is_created(monkeypatch: pytest.MonkeyPatch) -> None:
-    session = KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(), kernel_id="kernel-1")
+    session = KubernetesSandboxSession(
+        LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(), kernel_id="kernel-1"
+    )
     api = ApiWithBadImages()
     session._api, session._ident = api, IDENT  # type: ignore[assignment]
 
@@ -70,7 +77,10 @@ def test_a_pod_whose_delete_failed_is_deleted_before_the_next_one_is_created(mon
 
 def test_close_deletes_a_pod_whose_delete_failed() -> None:
     session = KubernetesSandboxSession(
-        LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(shutdown_deadline=0.2), kernel_id="kernel-1",
+        LANGUAGES["python"],
+        Sandbox().limits(),
+        KubernetesSandbox(shutdown_deadline=0.2),
+        kernel_id="kernel-1",
     )
     api = ApiWithBadImages()
     session._api, session._ident = api, IDENT  # type: ignore[assignment]

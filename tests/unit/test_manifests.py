@@ -147,11 +147,17 @@ def test_role_binding_for_a_service_account_and_for_a_user() -> None:
 
 
 def test_pod_passes_restricted_as_written() -> None:
-    spec = manifests.PodSpec(name="sandbox-1", image="python:3.12-slim-bookworm", interpreter="python3", agent_file="python_agent.py")
+    spec = manifests.PodSpec(
+        name="sandbox-1", image="python:3.12-slim-bookworm", interpreter="python3", agent_file="python_agent.py"
+    )
     assert manifests.pod(IDENT, spec) == {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "sandbox-1", "namespace": "sandbox-0123abcd", "labels": {**LABELS, "app.kubernetes.io/name": "sandbox"}},
+        "metadata": {
+            "name": "sandbox-1",
+            "namespace": "sandbox-0123abcd",
+            "labels": {**LABELS, "app.kubernetes.io/name": "sandbox"},
+        },
         "spec": {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": 43200,
@@ -173,7 +179,10 @@ def test_pod_passes_restricted_as_written() -> None:
                     "command": [
                         "/bin/sh",
                         "-c",
-                        "python3 -c " + shlex.quote(pod_command.POLICY_GUARDS["python3"][2].replace("WAIT", "10").replace("PORTS", "6443,10250"))
+                        "python3 -c "
+                        + shlex.quote(
+                            pod_command.POLICY_GUARDS["python3"][2].replace("WAIT", "10").replace("PORTS", "6443,10250")
+                        )
                         + " && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "
                         "python3 /opt/sandbox-agent/python_agent.py",
                     ],
@@ -214,15 +223,20 @@ def test_pod_passes_restricted_as_written() -> None:
 
 def test_agent_command_gate_and_policy_guard() -> None:
     assert pod_command.agent_command("bash", "bash_agent.sh", policy_wait=0) == [
-        "/bin/sh", "-c",
+        "/bin/sh",
+        "-c",
         "read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 bash /opt/sandbox-agent/bash_agent.sh",
     ]
     for interpreter in ("python3", "node", "bash"):
         command = pod_command.agent_command(interpreter, "agent", policy_wait=7)[2]
         # The guard first (it overlaps the kernel attaching), then the gate, then the agent.
         assert command.startswith(f"{interpreter} -")
-        assert "WAIT" not in command and "7" in command and command.endswith(
-            f" && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 {interpreter} /opt/sandbox-agent/agent"
+        assert (
+            "WAIT" not in command
+            and "7" in command
+            and command.endswith(
+                f" && read -r _ && exec env -i HOME=/home/sandbox PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 {interpreter} /opt/sandbox-agent/agent"
+            )
         )
 
 
@@ -233,7 +247,15 @@ def test_policy_guard_also_probes_ipv6_link_local() -> None:
     assert pod_command.IPV6_PORTS == (6443, 10250)
     for interpreter in ("python3", "node", "bash"):
         command = pod_command.agent_command(interpreter, "agent", policy_wait=7)[2]
-        for needle in ("/proc/net/if_inet6", "/proc/net/ipv6_route", "/proc/net/arp", "/proc/net/route", "fe80::", "6443", "10250"):
+        for needle in (
+            "/proc/net/if_inet6",
+            "/proc/net/ipv6_route",
+            "/proc/net/arp",
+            "/proc/net/route",
+            "fe80::",
+            "6443",
+            "10250",
+        ):
             assert needle in command, (interpreter, needle)
         assert "PORTS" not in command and "WAIT" not in command
 
@@ -249,10 +271,16 @@ def test_admission_policy_admits_exactly_the_commands_agent_command_builds() -> 
 
     policy_file = Path(__file__).resolve().parents[2] / "k8s" / "rbac" / "admission-policy.yaml"
     docs = [d for d in yaml.safe_load_all(policy_file.read_text()) if d]
-    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command")
+    policy = next(
+        d
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command"
+    )
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     pattern = pod_command.agent_command_pattern()
-    assert variables["commandPattern"] == "r'''" + pattern + "'''", "regenerate commandPattern from agent_command_pattern()"
+    assert variables["commandPattern"] == "r'''" + pattern + "'''", (
+        "regenerate commandPattern from agent_command_pattern()"
+    )
     assert "'''" not in pattern  # it must fit in a CEL raw string
     matches = re.compile(pattern).match  # RE2's syntax, as used here, is a subset of Python's
     for language in LANGUAGES.values():
@@ -262,18 +290,30 @@ def test_admission_policy_admits_exactly_the_commands_agent_command_builds() -> 
                 assert command[:2] == ["/bin/sh", "-c"] and matches(command[2]), (language.name, shell_as_init, wait)
     good = pod_command.agent_command("python3", "python_agent.py", 10)[2]
     guard = good.split(" && read -r _")[0]
-    for bad in [good + "; evil", good + " & evil", good + "\nevil", "evil; " + good, guard + " || evil",
-                good.replace(" && read -r _", " || read -r _"), pod_command.agent_command("python3", "python_agent.py", 0)[2],
-                good.replace("exec env -i", "exec env -i KUBERNETES_SERVICE_HOST=x")]:
+    for bad in [
+        good + "; evil",
+        good + " & evil",
+        good + "\nevil",
+        "evil; " + good,
+        guard + " || evil",
+        good.replace(" && read -r _", " || read -r _"),
+        pod_command.agent_command("python3", "python_agent.py", 0)[2],
+        good.replace("exec env -i", "exec env -i KUBERNETES_SERVICE_HOST=x"),
+    ]:
         assert not matches(bad), bad
 
 
 def test_pod_scheduling_options_appear_only_when_set() -> None:
     toleration = {"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}
     spec = manifests.PodSpec(
-        name="sandbox-2", image="img", interpreter="node", agent_file="node_agent.js",
-        image_pull_secrets=("regcred",), node_selector=(("pool", "sandbox"),),
-        tolerations=(toleration,), runtime_class_name="gvisor",
+        name="sandbox-2",
+        image="img",
+        interpreter="node",
+        agent_file="node_agent.js",
+        image_pull_secrets=("regcred",),
+        node_selector=(("pool", "sandbox"),),
+        tolerations=(toleration,),
+        runtime_class_name="gvisor",
     )
     body = manifests.pod(IDENT, spec)["spec"]
     assert body["imagePullSecrets"] == [{"name": "regcred"}]
@@ -284,13 +324,27 @@ def test_pod_scheduling_options_appear_only_when_set() -> None:
 
 def test_settings_flow_into_the_pod_and_quota() -> None:
     settings = KubernetesSandbox(
-        images={"python": "registry.example/py:1"}, node_selector={"pool": "sandbox"}, pod_lifetime=600,
-        quota_pods=5, limit_range_max_memory="1Gi", quota_limits_memory="2Gi", quota_requests_memory="1Gi",
+        images={"python": "registry.example/py:1"},
+        node_selector={"pool": "sandbox"},
+        pod_lifetime=600,
+        quota_pods=5,
+        limit_range_max_memory="1Gi",
+        quota_limits_memory="2Gi",
+        quota_requests_memory="1Gi",
     )
     limits = Sandbox(memory_limit="512Mi", cpu_limit="250m", scratch_size="32Mi").limits()
     objects = rendered_objects("python", "abcdef12-0000", settings=settings, limits=limits)
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["Namespace", "RoleBinding", "ResourceQuota", "LimitRange", "NetworkPolicy", "ConfigMap", "Lease", "Pod"]
+    assert kinds == [
+        "Namespace",
+        "RoleBinding",
+        "ResourceQuota",
+        "LimitRange",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Lease",
+        "Pod",
+    ]
     pod = objects[-1]
     container = pod["spec"]["containers"][0]
     assert pod["metadata"]["namespace"] == "sandbox-abcdef12"
@@ -352,7 +406,10 @@ def test_seccomp_profile_setting_selects_runtime_default_or_localhost() -> None:
     assert KubernetesSandbox().seccomp_profile == ""
     settings = KubernetesSandbox(images={}, seccomp_profile=manifests.SECCOMP_PROFILE)
     pod = rendered_objects("python", settings=settings, limits=limits)[-1]
-    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "profiles/sandbox-kernel.json"}
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": "profiles/sandbox-kernel.json",
+    }
     assert "seccompProfile" not in pod["spec"]["containers"][0]["securityContext"]  # the pod's applies
 
 
@@ -365,11 +422,18 @@ def test_admission_policy_admits_exactly_runtime_default_and_the_project_s_profi
 
     policy_file = Path(__file__).resolve().parents[2] / "k8s" / "rbac" / "admission-policy.yaml"
     docs = [d for d in yaml.safe_load_all(policy_file.read_text()) if d]
-    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command")
+    policy = next(
+        d
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] == "sandbox-kernel-pods-command"
+    )
     [check] = [v["expression"] for v in policy["spec"]["validations"] if "seccompProfiles" in v["expression"]]
     assert f"['RuntimeDefault', 'Localhost {manifests.SECCOMP_PROFILE}']" in check
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
-    assert "object.spec.containers.filter(c, has(c.securityContext) && has(c.securityContext.seccompProfile))" in variables["seccompProfiles"]
+    assert (
+        "object.spec.containers.filter(c, has(c.securityContext) && has(c.securityContext.seccompProfile))"
+        in variables["seccompProfiles"]
+    )
 
 
 def test_owner_label_and_kernel_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,8 +456,12 @@ def pod_with(status: dict) -> dict:
 
 
 def test_oomkilled_container_is_out_of_memory_with_the_limit() -> None:
-    pod = pod_with({"phase": "Failed", "containerStatuses": [
-        {"name": "agent", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]})
+    pod = pod_with(
+        {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "agent", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}],
+        }
+    )
     reason = end_reason(pod, LIMITS, 43200)
     assert isinstance(reason, OutOfMemory)
     assert "out of memory (limit 256Mi)" in str(reason)
@@ -407,20 +475,39 @@ def test_eviction_carries_the_kubelets_message() -> None:
 
 def test_an_eviction_event_explains_a_cleanly_exited_pod() -> None:
     events = [
-        {"reason": "Killing", "involvedObject": {"kind": "Pod", "name": "sandbox-1"}, "message": "Stopping container agent"},
-        {"reason": "Evicted", "involvedObject": {"kind": "Pod", "name": "sandbox-1"},
-         "message": 'Usage of EmptyDir volume "home" exceeds the limit "64Mi". '},
+        {
+            "reason": "Killing",
+            "involvedObject": {"kind": "Pod", "name": "sandbox-1"},
+            "message": "Stopping container agent",
+        },
+        {
+            "reason": "Evicted",
+            "involvedObject": {"kind": "Pod", "name": "sandbox-1"},
+            "message": 'Usage of EmptyDir volume "home" exceeds the limit "64Mi". ',
+        },
     ]
     reason = eviction_event(events, "sandbox-1")
     assert isinstance(reason, Evicted)
-    assert str(reason).startswith('Kubernetes evicted the sandbox pod: Usage of EmptyDir volume "home" exceeds the limit "64Mi". A new')
+    assert str(reason).startswith(
+        'Kubernetes evicted the sandbox pod: Usage of EmptyDir volume "home" exceeds the limit "64Mi". A new'
+    )
     assert eviction_event(events, "sandbox-2") is None
 
 
 def test_deadline_and_exit_codes_and_deletion() -> None:
-    assert "maximum lifetime of 600 s" in str(end_reason(pod_with({"phase": "Failed", "reason": "DeadlineExceeded"}), LIMITS, 600))
-    exited = end_reason(pod_with({"phase": "Failed", "containerStatuses": [
-        {"name": "agent", "state": {"terminated": {"reason": "Error", "exitCode": 3}}}]}), LIMITS, 600)
+    assert "maximum lifetime of 600 s" in str(
+        end_reason(pod_with({"phase": "Failed", "reason": "DeadlineExceeded"}), LIMITS, 600)
+    )
+    exited = end_reason(
+        pod_with(
+            {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "agent", "state": {"terminated": {"reason": "Error", "exitCode": 3}}}],
+            }
+        ),
+        LIMITS,
+        600,
+    )
     assert isinstance(exited, SandboxLost) and "exit code 3" in str(exited)
     assert isinstance(end_reason(None, LIMITS, 600), SandboxLost)
     running = pod_with({"phase": "Running", "containerStatuses": [{"name": "agent", "state": {"running": {}}}]})
@@ -428,22 +515,51 @@ def test_deadline_and_exit_codes_and_deletion() -> None:
 
 
 def test_policy_guard_exit_says_the_network_policy_is_not_enforced() -> None:
-    pod = pod_with({"phase": "Failed", "containerStatuses": [
-        {"name": "agent", "state": {"terminated": {"reason": "Error", "exitCode": 97}}}]})
+    pod = pod_with(
+        {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "agent", "state": {"terminated": {"reason": "Error", "exitCode": 97}}}],
+        }
+    )
     assert "NetworkPolicy is not enforced" in str(end_reason(pod, LIMITS, 600))
 
 
 def test_image_pull_errors_name_the_image_and_reason() -> None:
-    pod = pod_with({"phase": "Pending", "containerStatuses": [{"name": "agent", "state": {"waiting": {
-        "reason": "ErrImagePull", "message": 'failed to pull and unpack image "docker.io/library/nope:1": not found'}}}]})
+    pod = pod_with(
+        {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "agent",
+                    "state": {
+                        "waiting": {
+                            "reason": "ErrImagePull",
+                            "message": 'failed to pull and unpack image "docker.io/library/nope:1": not found',
+                        }
+                    },
+                }
+            ],
+        }
+    )
     problem = start_problem(pod, "nope:1")
     assert isinstance(problem, SandboxStartError)
     assert "nope:1" in str(problem) and "ErrImagePull" in str(problem) and "not found" in str(problem)
 
 
 def test_unschedulable_is_told_in_words() -> None:
-    pod = pod_with({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                                        "message": "0/1 nodes are available: 1 Insufficient memory."}]})
+    pod = pod_with(
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient memory.",
+                }
+            ],
+        }
+    )
     assert "Insufficient memory" in str(start_problem(pod, "img"))
     assert start_problem(pod_with({"phase": "Pending"}), "img") is None
 
@@ -455,8 +571,14 @@ NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
 def ns(name: str = "sandbox-0123abcd", created: datetime = NOW - timedelta(hours=1), **extra: str) -> dict:
-    return {"metadata": {"name": name, "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                         "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel"}, **extra}}
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "labels": {"app.kubernetes.io/managed-by": "sandbox-kernel"},
+            **extra,
+        }
+    }
 
 
 def lease(renewed: datetime, seconds: int = 60) -> dict:

@@ -127,19 +127,24 @@ def test_svg_is_rebuilt_without_scripts_handlers_or_foreign_content() -> None:
         assert bad not in out, (bad, out)
 
 
-@pytest.mark.parametrize("svg", [
-    '<!DOCTYPE svg [<!ENTITY a "aaaa">]><svg xmlns="http://www.w3.org/2000/svg">&a;</svg>',
-    '<html><script>alert(1)</script></html>',
-    "not xml at all <",
-])
+@pytest.mark.parametrize(
+    "svg",
+    [
+        '<!DOCTYPE svg [<!ENTITY a "aaaa">]><svg xmlns="http://www.w3.org/2000/svg">&a;</svg>',
+        "<html><script>alert(1)</script></html>",
+        "not xml at all <",
+    ],
+)
 def test_svg_that_is_not_plain_svg_is_dropped(svg: str) -> None:
     result = filter_bundle({"image/svg+xml": svg, "text/plain": "x"})
     assert result.data == {"text/plain": "x"} and result.dropped == ["image/svg+xml"]
 
 
 def test_svg_style_with_urls_or_imports_is_dropped() -> None:
-    out = sanitize_svg('<svg xmlns="http://www.w3.org/2000/svg"><style>@import url(https://evil/x.css);</style>'
-                       '<rect style="fill:url(https://evil/t)"/></svg>')
+    out = sanitize_svg(
+        '<svg xmlns="http://www.w3.org/2000/svg"><style>@import url(https://evil/x.css);</style>'
+        '<rect style="fill:url(https://evil/t)"/></svg>'
+    )
     assert "@import" not in out and "evil" not in out
 
 
@@ -164,7 +169,9 @@ def test_widget_views_only_for_accepted_models() -> None:
     assert filter_bundle({"application/vnd.jupyter.widget-view+json": view}).dropped
     kept = filter_bundle({"application/vnd.jupyter.widget-view+json": view}, widget_models=frozenset({"abc"}))
     assert kept.data == {"application/vnd.jupyter.widget-view+json": view}
-    assert widget_model_allowed({"_model_module": "@jupyter-widgets/controls", "_view_module": "@jupyter-widgets/controls"})
+    assert widget_model_allowed(
+        {"_model_module": "@jupyter-widgets/controls", "_view_module": "@jupyter-widgets/controls"}
+    )
     assert not widget_model_allowed({"_model_module": "https://evil.example/widget.js"})
     assert not widget_model_allowed({"_model_module": "@jupyter-widgets/controls", "_view_module": "evil-widget"})
     assert not widget_model_allowed({})

@@ -14,7 +14,9 @@ _CELL_SEPARATOR = re.compile(r"(?<!\\)\|")  # a help text's own '|' is written '
 
 def update_readme() -> None:
     text = README.read_text()
-    README.write_text(BLOCK.sub(lambda _m: f"<!-- settings:begin -->\n{settings_reference()}<!-- settings:end -->", text))
+    README.write_text(
+        BLOCK.sub(lambda _m: f"<!-- settings:begin -->\n{settings_reference()}<!-- settings:end -->", text)
+    )
 
 
 def rows(table: str) -> dict[str, tuple[str, str]]:

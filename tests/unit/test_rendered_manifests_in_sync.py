@@ -21,7 +21,13 @@ REGENERATE = "regenerate with `python -m sandbox_kernel.kubernetes.commands k8s/
 
 @pytest.fixture(autouse=True)
 def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SANDBOX_IMAGE_PYTHON", "SANDBOX_IMAGE_NODE", "SANDBOX_IMAGE_BASH", "SANDBOX_MEMORY_LIMIT", "SANDBOX_CPU_LIMIT"):
+    for name in (
+        "SANDBOX_IMAGE_PYTHON",
+        "SANDBOX_IMAGE_NODE",
+        "SANDBOX_IMAGE_BASH",
+        "SANDBOX_MEMORY_LIMIT",
+        "SANDBOX_CPU_LIMIT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox_kernel import kernel
+from sandbox_kernel import kernel_magics
 from sandbox_kernel.kubernetes import reports
 from sandbox_kernel.session import REPORT_TOPICS, ReportTopic
 from sandbox_kernel.sessions import make_session
@@ -17,9 +17,9 @@ def test_the_topics_are_the_enum_values_in_order() -> None:
 
 
 def test_the_kernel_lists_every_report_topic_and_its_own_once() -> None:
-    assert set(REPORT_TOPICS) <= set(kernel.SANDBOX_TOPICS)
-    assert not set(REPORT_TOPICS) & set(kernel.KERNEL_TOPICS)
-    assert len(set(kernel.SANDBOX_TOPICS)) == len(kernel.SANDBOX_TOPICS)
+    assert set(REPORT_TOPICS) <= set(kernel_magics.SANDBOX_TOPICS)
+    assert not set(REPORT_TOPICS) & set(kernel_magics.KERNEL_TOPICS)
+    assert len(set(kernel_magics.SANDBOX_TOPICS)) == len(kernel_magics.SANDBOX_TOPICS)
 
 
 def test_the_kubernetes_backend_has_a_report_for_every_topic() -> None:

@@ -16,14 +16,58 @@ from sandbox_kernel.local import seccomp_policy as sp
 # What Docker's and containerd's default profile refuses (without the capabilities a sandbox
 # never has) among the calls the issue names: the table must refuse at least these.
 REQUIRED = {
-    "unshare", "setns", "clone", "clone3", "keyctl", "add_key", "request_key", "io_uring_setup",
-    "io_uring_enter", "io_uring_register", "userfaultfd", "bpf", "perf_event_open", "kexec_load",
-    "kexec_file_load", "init_module", "finit_module", "delete_module", "mount", "umount2",
-    "pivot_root", "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "ptrace",
-    "process_vm_readv", "process_vm_writev", "pidfd_getfd", "ioctl", "personality", "acct",
-    "swapon", "swapoff", "reboot", "name_to_handle_at", "open_by_handle_at", "lookup_dcookie",
-    "quotactl", "syslog", "vhangup", "nfsservctl", "iopl", "ioperm", "kcmp", "clock_settime",
-    "settimeofday", "mbind", "set_mempolicy", "move_pages",
+    "unshare",
+    "setns",
+    "clone",
+    "clone3",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "userfaultfd",
+    "bpf",
+    "perf_event_open",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "ioctl",
+    "personality",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "lookup_dcookie",
+    "quotactl",
+    "syslog",
+    "vhangup",
+    "nfsservctl",
+    "iopl",
+    "ioperm",
+    "kcmp",
+    "clock_settime",
+    "settimeofday",
+    "mbind",
+    "set_mempolicy",
+    "move_pages",
 }
 
 
@@ -76,7 +120,19 @@ def test_oci_profile_shape() -> None:
 
 
 def test_always_denied_calls_get_eperm_and_clone3_enosys() -> None:
-    for name in ("keyctl", "add_key", "io_uring_setup", "userfaultfd", "bpf", "perf_event_open", "ptrace", "unshare", "setns", "mount", "pidfd_getfd"):
+    for name in (
+        "keyctl",
+        "add_key",
+        "io_uring_setup",
+        "userfaultfd",
+        "bpf",
+        "perf_event_open",
+        "ptrace",
+        "unshare",
+        "setns",
+        "mount",
+        "pidfd_getfd",
+    ):
         assert denied(name) == 1, name
     assert denied("clone3") == 38
 
@@ -86,7 +142,15 @@ def test_clone_is_denied_only_with_namespace_flags() -> None:
     threads = 0x3D0F00  # CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|PARENT_SETTID|CHILD_CLEARTID
     assert denied("clone", (sigchld, 0, 0, 0, 0, 0)) is None  # fork
     assert denied("clone", (threads, 0, 0, 0, 0, 0)) is None  # pthread_create
-    for flag in (sp.CLONE_NEWUSER, sp.CLONE_NEWNS, sp.CLONE_NEWPID, sp.CLONE_NEWNET, sp.CLONE_NEWUTS, sp.CLONE_NEWIPC, sp.CLONE_NEWCGROUP):
+    for flag in (
+        sp.CLONE_NEWUSER,
+        sp.CLONE_NEWNS,
+        sp.CLONE_NEWPID,
+        sp.CLONE_NEWNET,
+        sp.CLONE_NEWUTS,
+        sp.CLONE_NEWIPC,
+        sp.CLONE_NEWCGROUP,
+    ):
         assert denied("clone", (flag | sigchld, 0, 0, 0, 0, 0)) == 1, hex(flag)
     assert denied("clone", (sp.CLONE_NEWUSER | threads | (1 << 40), 0, 0, 0, 0, 0)) == 1
 
@@ -122,7 +186,9 @@ def test_summary_names_every_group_and_call() -> None:
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
-@pytest.mark.skipif(not SYSTEM_PYTHON.exists() or shutil.which("bwrap") is None, reason="needs the system python3 and bubblewrap")
+@pytest.mark.skipif(
+    not SYSTEM_PYTHON.exists() or shutil.which("bwrap") is None, reason="needs the system python3 and bubblewrap"
+)
 def test_compiles_to_bpf_through_the_system_python() -> None:
     has = subprocess.run([str(SYSTEM_PYTHON), "-c", "import seccomp"], capture_output=True).returncode == 0
     if not has:
@@ -138,7 +204,9 @@ def test_a_missing_binding_names_the_package() -> None:
         sp._compile_in("/nonexistent/python3")
 
 
-def test_the_compiled_filter_is_cached_only_where_no_one_else_can_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_compiled_filter_is_cached_only_where_no_one_else_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "filter.bpf"
     monkeypatch.setattr(sp, "_cache_file", lambda: str(path))
     assert sp._cached() is None

@@ -48,7 +48,9 @@ class FakeChannel(AgentChannel):
 
 
 class FakeSession(AgentSession):
-    def __init__(self, script: Callable[[dict], bytes | None], lost: SandboxError | None = None, **limits: object) -> None:
+    def __init__(
+        self, script: Callable[[dict], bytes | None], lost: SandboxError | None = None, **limits: object
+    ) -> None:
         config = {"Sandbox": {"timeout": 0.0, **limits}}
         from traitlets.config import Config
 
@@ -126,7 +128,9 @@ def test_output_over_the_limit_is_dropped_with_a_notice() -> None:
 def test_timeout_sends_interrupt_and_reports_a_timeout_error() -> None:
     def script(req: dict) -> bytes | None:
         if req["type"] == "interrupt":
-            return encode_message({"type": "error", "id": "c-any", "ename": "KeyboardInterrupt", "evalue": "", "traceback": []})
+            return encode_message(
+                {"type": "error", "id": "c-any", "ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
+            )
         return None  # the cell "runs" until interrupted
 
     async def main() -> tuple[list, FakeSession]:
@@ -134,7 +138,9 @@ def test_timeout_sends_interrupt_and_reports_a_timeout_error() -> None:
         await session.start()
         # The agent's error carries the request id in real life; emulate it.
         session.script = lambda req: (
-            encode_message({"type": "error", "id": session._last, "ename": "KeyboardInterrupt", "evalue": "", "traceback": []})
+            encode_message(
+                {"type": "error", "id": session._last, "ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
+            )
             + encode_message({"type": "done", "id": session._last, "status": "interrupted"})
             if req["type"] == "interrupt"
             else (setattr(session, "_last", req["id"]) or None)
@@ -207,7 +213,9 @@ def test_garbage_from_the_agent_is_a_protocol_error_not_a_crash() -> None:
 def test_completion_round_trip_and_unanswered_requests_degrade() -> None:
     def script(req: dict) -> bytes | None:
         if req["type"] == "complete":
-            return encode_message({"type": "complete_reply", "id": req["id"], "matches": ["print"], "cursor_start": 0, "cursor_end": 2})
+            return encode_message(
+                {"type": "complete_reply", "id": req["id"], "matches": ["print"], "cursor_start": 0, "cursor_end": 2}
+            )
         return None
 
     async def main() -> tuple:
@@ -226,7 +234,11 @@ def test_banner_names_the_language_with_or_without_parentheses_in_its_display_na
 
     session = FakeSession(lambda req: None)
     assert session.banner().startswith("Sandbox (Python) on the ")
-    for display_name, label in [("Python", "Python"), ("My Python", "My Python"), ("Team (R&D) Python", "Team (R&D) Python"),
-                                ("Sandbox (Node.js)", "Node.js")]:
+    for display_name, label in [
+        ("Python", "Python"),
+        ("My Python", "My Python"),
+        ("Team (R&D) Python", "Team (R&D) Python"),
+        ("Sandbox (Node.js)", "Node.js"),
+    ]:
         session.language = dataclasses.replace(LANGUAGES["python"], display_name=display_name)
         assert session.banner().startswith(f"Sandbox ({label}) on the "), display_name

@@ -59,7 +59,9 @@ MALFORMED = {
     "display metadata a string": lambda i: msg(type="display", id=i, data={"text/plain": "x"}, metadata="m"),
     "result data a string": lambda i: msg(type="result", id=i, data="42"),
     "id a number": lambda i: msg(type="display", id=5, data={"text/plain": "x"}),
-    "nested too deep": lambda i: raw_msg('{"type":"display","id":"%s","data":{"application/json":%s}}' % (i, "[" * 200 + "]" * 200)),
+    "nested too deep": lambda i: raw_msg(
+        '{"type":"display","id":"%s","data":{"application/json":%s}}' % (i, "[" * 200 + "]" * 200)
+    ),
 }
 
 
@@ -94,9 +96,11 @@ def test_a_malformed_done_still_ends_the_cell(done_body: dict) -> None:
 def test_lone_surrogates_become_replacement_characters_everywhere() -> None:
     lone = "a\ud800b\udfffc"
     events = one_cell(
-        lambda req: msg(type="display", id=req["id"], data={"text/plain": lone, lone: "k"}, metadata={"m": [lone]})
-        + msg(type="error", id=req["id"], ename=lone, evalue=lone, traceback=[lone])
-        + done(req, status="error")
+        lambda req: (
+            msg(type="display", id=req["id"], data={"text/plain": lone, lone: "k"}, metadata={"m": [lone]})
+            + msg(type="error", id=req["id"], ename=lone, evalue=lone, traceback=[lone])
+            + done(req, status="error")
+        )
     )
     publishable(events)
     display = next(e for e in events if isinstance(e, DisplayData))
@@ -107,8 +111,10 @@ def test_lone_surrogates_become_replacement_characters_everywhere() -> None:
 
 def test_non_finite_numbers_become_null() -> None:
     events = one_cell(
-        lambda req: raw_msg('{"type":"result","id":"%s","data":{"application/json":{"x":NaN,"y":[Infinity,1.5]}}}' % req["id"])
-        + done(req)
+        lambda req: (
+            raw_msg('{"type":"result","id":"%s","data":{"application/json":{"x":NaN,"y":[Infinity,1.5]}}}' % req["id"])
+            + done(req)
+        )
     )
     publishable(events)
     assert events[-1] == ExecuteResult({"application/json": {"x": None, "y": [None, 1.5]}}, {})
@@ -121,7 +127,12 @@ def test_many_malformed_messages_give_one_error() -> None:
 
 
 def test_check_is_pure_and_keeps_good_messages_as_they_are() -> None:
-    body = {"type": "display", "id": "c1", "data": {"text/html": ["<b>", "x</b>"], "application/json": {"a": [1, None]}}, "metadata": {}}
+    body = {
+        "type": "display",
+        "id": "c1",
+        "data": {"text/html": ["<b>", "x</b>"], "application/json": {"a": [1, None]}},
+        "metadata": {},
+    }
     checked = check(Message(body))
     assert checked.problem is None
     assert checked.body["data"] == {"text/html": "<b>x</b>", "application/json": {"a": [1, None]}}
@@ -171,7 +182,9 @@ def tiny_displays(req: dict, n: int) -> bytes:
 def test_100000_tiny_displays_are_capped_with_one_notice() -> None:
     started = time.monotonic()
     events = one_cell(
-        lambda req: tiny_displays(req, 100_000) + msg(type="result", id=req["id"], data={"text/plain": "42"}) + done(req)
+        lambda req: (
+            tiny_displays(req, 100_000) + msg(type="result", id=req["id"], data={"text/plain": "42"}) + done(req)
+        )
     )
     elapsed = time.monotonic() - started
     displays = [e for e in events if isinstance(e, DisplayData)]
@@ -226,10 +239,12 @@ def test_the_gate_refills_one_rate_per_second() -> None:
 
 def test_errors_results_and_done_get_through_a_flood() -> None:
     events = one_cell(
-        lambda req: encode("out", b"x" * 5000)
-        + tiny_displays(req, 500)
-        + msg(type="error", id=req["id"], ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
-        + done(req, status="error"),
+        lambda req: (
+            encode("out", b"x" * 5000)
+            + tiny_displays(req, 500)
+            + msg(type="error", id=req["id"], ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
+            + done(req, status="error")
+        ),
         output_limit="1Ki",
         output_rate=5,
     )

@@ -37,7 +37,9 @@ class NamespaceThatStays:
 
 
 def session(**settings: Any) -> KubernetesSandboxSession:
-    return KubernetesSandboxSession(LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(**settings), kernel_id="kernel-1")
+    return KubernetesSandboxSession(
+        LANGUAGES["python"], Sandbox().limits(), KubernetesSandbox(**settings), kernel_id="kernel-1"
+    )
 
 
 def test_the_session_s_close_timeout_follows_shutdown_deadline() -> None:

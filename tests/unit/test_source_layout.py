@@ -18,7 +18,11 @@ def orphaned_docstrings(source: str) -> list[int]:
         if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         for before, statement in zip(node.body, node.body[1:]):
-            if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
+            if (
+                isinstance(statement, ast.Expr)
+                and isinstance(statement.value, ast.Constant)
+                and isinstance(statement.value.value, str)
+            ):
                 if not isinstance(before, (ast.Assign, ast.AnnAssign)):
                     found.append(statement.lineno)
     return found
@@ -29,19 +33,22 @@ def empty_sections(source: str) -> list[int]:
     lines = source.splitlines()
     banners: list[int] = []
     for i, line in enumerate(lines):
-        boxed = banners and all(text.startswith("#") for text in lines[banners[-1] + 1:i])
+        boxed = banners and all(text.startswith("#") for text in lines[banners[-1] + 1 : i])
         if BANNER.match(line) and not boxed:  # (a rule right under a title's comment lines closes its box)
             banners.append(i)
     empty = []
     for at, end in zip(banners, banners[1:] + [len(lines)]):
-        body = [line for line in lines[at + 1:end] if line.strip() and not line.lstrip().startswith("#")]
+        body = [line for line in lines[at + 1 : end] if line.strip() and not line.lstrip().startswith("#")]
         if not body:
             empty.append(at + 1)
     return empty
 
 
 def sources() -> list[tuple[str, str]]:
-    return [(str(path.relative_to(PACKAGE.parent)), path.read_text(encoding="utf-8")) for path in sorted(PACKAGE.rglob("*.py"))]
+    return [
+        (str(path.relative_to(PACKAGE.parent)), path.read_text(encoding="utf-8"))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    ]
 
 
 def test_every_attribute_docstring_follows_its_attribute() -> None:

@@ -36,11 +36,23 @@ def test_order_is_kept_across_streams_and_other_outputs() -> None:
     display = DisplayData({"text/plain": "d"}, {})
     error = ErrorOutput("E", "v", ["E: v"])
     steps: list[Event | float] = [
-        Stream("stdout", "1"), Stream("stdout", "2"), Stream("stderr", "e"), Stream("stdout", "3"),
-        display, Stream("stdout", "4"), error,
+        Stream("stdout", "1"),
+        Stream("stdout", "2"),
+        Stream("stderr", "e"),
+        Stream("stdout", "3"),
+        display,
+        Stream("stdout", "4"),
+        error,
     ]
     out = [event for _, event in merged(steps)]
-    assert out == [Stream("stdout", "12"), Stream("stderr", "e"), Stream("stdout", "3"), display, Stream("stdout", "4"), error]
+    assert out == [
+        Stream("stdout", "12"),
+        Stream("stderr", "e"),
+        Stream("stdout", "3"),
+        display,
+        Stream("stdout", "4"),
+        error,
+    ]
 
 
 def test_held_text_goes_out_within_the_window_when_nothing_follows() -> None:

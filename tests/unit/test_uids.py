@@ -43,9 +43,15 @@ def test_two_leases_never_share_a_uid_and_a_released_one_is_reused(tmp_path: Pat
 
 def test_another_process_lease_is_respected_until_it_dies(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from pathlib import Path; from sandbox_kernel.local import uids; "
-         f"l = uids.allocate({FIRST}, {FIRST + 9}, Path({str(tmp_path)!r})); print(l.uid, flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from pathlib import Path; from sandbox_kernel.local import uids; "
+            f"l = uids.allocate({FIRST}, {FIRST + 9}, Path({str(tmp_path)!r})); print(l.uid, flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None
@@ -62,7 +68,11 @@ def test_another_process_lease_is_respected_until_it_dies(tmp_path: Path) -> Non
 
 
 def test_uids_of_running_processes_are_skipped(tmp_path: Path) -> None:
-    sleeper = subprocess.Popen(["setpriv", f"--reuid={FIRST}", f"--regid={FIRST}", "--clear-groups", "sleep", "30"]) if os.geteuid() == 0 else None
+    sleeper = (
+        subprocess.Popen(["setpriv", f"--reuid={FIRST}", f"--regid={FIRST}", "--clear-groups", "sleep", "30"])
+        if os.geteuid() == 0
+        else None
+    )
     if sleeper is None:
         pytest.skip("needs root to run a process as another uid")
     try:

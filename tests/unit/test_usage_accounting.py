@@ -12,21 +12,39 @@ MiB = 1 << 20
 
 
 def test_usage_reply_fields() -> None:
-    now = Usage(memory=100 * MiB, memory_limit=256 * MiB, memory_peak=120 * MiB, cpu_seconds=3.0,
-                cpu_limit=0.5, pids=4, active=10, inactive=20, source="cgroup v1")
+    now = Usage(
+        memory=100 * MiB,
+        memory_limit=256 * MiB,
+        memory_peak=120 * MiB,
+        cpu_seconds=3.0,
+        cpu_limit=0.5,
+        pids=4,
+        active=10,
+        inactive=20,
+        source="cgroup v1",
+    )
     reply = usage_reply(now, 25.0, "host", 123)
     assert reply["hostname"] == "host" and reply["pid"] == 123
     assert reply["kernel_memory"] == 100 * MiB and reply["kernel_cpu"] == 25.0
     assert reply["cpu_count"] == 0.5 and reply["host_cpu_percent"] == 50.0
     assert reply["host_virtual_memory"] == {
-        "total": 256 * MiB, "available": 156 * MiB, "free": 156 * MiB, "used": 100 * MiB,
-        "percent": 39.1, "active": 10, "inactive": 20,
+        "total": 256 * MiB,
+        "available": 156 * MiB,
+        "free": 156 * MiB,
+        "used": 100 * MiB,
+        "percent": 39.1,
+        "active": 10,
+        "inactive": 20,
     }
     assert reply["sandbox"]["memory_limit"] == 256 * MiB and reply["sandbox"]["source"] == "cgroup v1"
     pod = usage_reply(Usage(memory=5, hostname="pod ns/p"), None, "host", 1)
     assert pod["hostname"] == "pod ns/p" and "kernel_cpu" not in pod and pod["host_virtual_memory"] == {}
     assert usage_reply(None, None, "host", 1) == {
-        "hostname": "host", "pid": 1, "host_virtual_memory": {}, "sandbox": {"reason": "the sandbox is not running"}}
+        "hostname": "host",
+        "pid": 1,
+        "host_virtual_memory": {},
+        "sandbox": {"reason": "the sandbox is not running"},
+    }
 
 
 def test_cpu_meter() -> None:
@@ -42,8 +60,12 @@ def test_cpu_meter() -> None:
 
 def test_cell_metadata_and_warning() -> None:
     cell = CellUsage(0.25, cpu=0.1, memory_peak=240 * MiB, memory_limit=256 * MiB)
-    assert cell.metadata() == {"wall_seconds": 0.25, "cpu_seconds": 0.1, "memory_peak_bytes": 240 * MiB,
-                               "memory_limit_bytes": 256 * MiB}
+    assert cell.metadata() == {
+        "wall_seconds": 0.25,
+        "cpu_seconds": 0.1,
+        "memory_peak_bytes": 240 * MiB,
+        "memory_limit_bytes": 256 * MiB,
+    }
     warning = cell.warning()
     assert warning and warning.count("\n") == 1 and warning.endswith("\n")
     assert "240.0 MiB" in warning and "94 %" in warning and "Sandbox.memory_limit" in warning
@@ -101,8 +123,17 @@ def test_agent_session_usage_round_trip_also_while_a_cell_runs() -> None:
 
     def script(req: dict) -> bytes | None:
         if req["type"] == "usage":
-            return encode_message({"type": "usage_reply", "id": req["id"], "cgroup": 2, "memory": 5 * MiB,
-                                   "memory_limit": None, "memory_peak": 6 * MiB, "cpu_seconds": 1.25})
+            return encode_message(
+                {
+                    "type": "usage_reply",
+                    "id": req["id"],
+                    "cgroup": 2,
+                    "memory": 5 * MiB,
+                    "memory_limit": None,
+                    "memory_peak": 6 * MiB,
+                    "cpu_seconds": 1.25,
+                }
+            )
         if req["type"] == "execute":
             cell["req"] = req  # answered later: the cell keeps running
         return None
@@ -143,8 +174,16 @@ def test_usage_reply_is_checked() -> None:
     from sandbox_kernel.messages import check
     from sandbox_kernel.protocol import Message
 
-    good = check(Message({"type": "usage_reply", "id": "u1", "cgroup": 1, "memory": 7, "memory_limit": None, "cpu_seconds": 2}))
-    assert good.problem is None and good.body == {"type": "usage_reply", "id": "u1", "cgroup": 1, "memory": 7, "cpu_seconds": 2.0}
+    good = check(
+        Message({"type": "usage_reply", "id": "u1", "cgroup": 1, "memory": 7, "memory_limit": None, "cpu_seconds": 2})
+    )
+    assert good.problem is None and good.body == {
+        "type": "usage_reply",
+        "id": "u1",
+        "cgroup": 1,
+        "memory": 7,
+        "cpu_seconds": 2.0,
+    }
     bad = check(Message({"type": "usage_reply", "id": "u1", "memory": -1}))
     assert bad.problem and "'memory'" in bad.problem and bad.body == {"type": "usage_reply", "id": "u1"}
     assert check(Message({"type": "usage_reply", "id": "u1", "cpu_seconds": "1"})).problem

@@ -14,7 +14,9 @@ from sandbox_kernel.wire import DELIM, PROTOCOL_VERSION, Session
 KEY = b"0123456789abcdef0123456789abcdef"
 
 
-def client_frames(client: ClientSession, msg_type: str, content: dict, buffers: list[bytes] | None = None) -> tuple[dict, list[bytes]]:
+def client_frames(
+    client: ClientSession, msg_type: str, content: dict, buffers: list[bytes] | None = None
+) -> tuple[dict, list[bytes]]:
     msg = client.msg(msg_type, content)
     frames = client.serialize(msg, ident=[b"client-id"])
     return msg, frames + list(buffers or [])
@@ -73,7 +75,9 @@ def test_without_a_key_messages_are_unsigned_both_ways() -> None:
     _, frames = client_frames(client, "execute_request", {"code": "1"})
     assert kernel.deserialize(kernel.feed_identities(frames)[1])["content"] == {"code": "1"}
     wire = kernel.serialize(kernel.msg("status", {"execution_state": "idle"}))
-    assert wire[1] == b"" and client.deserialize(client.feed_identities(wire)[1])["content"]["execution_state"] == "idle"
+    assert (
+        wire[1] == b"" and client.deserialize(client.feed_identities(wire)[1])["content"]["execution_state"] == "idle"
+    )
 
 
 def test_not_a_number_goes_out_as_null_instead_of_failing_the_message() -> None:

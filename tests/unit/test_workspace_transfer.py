@@ -56,7 +56,9 @@ def test_a_file_that_shrinks_keeps_what_came_and_a_bad_chunk_leaves_nothing(tmp_
     agent = Agent(lambda r: {"size": 3 * CHUNK, "data": b64(b"y" * CHUNK) if r["offset"] == 0 else ""})
     download(tmp_path, agent)
     assert (tmp_path / "out.bin").stat().st_size == CHUNK
-    agent = Agent(lambda r: {"size": 2 * CHUNK, "data": b64(b"z" * CHUNK) if r["offset"] == 0 else "abc"})  # bad padding
+    agent = Agent(
+        lambda r: {"size": 2 * CHUNK, "data": b64(b"z" * CHUNK) if r["offset"] == 0 else "abc"}
+    )  # bad padding
     with pytest.raises(WorkspaceError, match="not base64"):
         download(tmp_path, agent, "other.bin")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no half file, no temporary

@@ -55,7 +55,9 @@ def test_a_planted_symlink_is_never_followed_nor_copied(host: Path, staging: Sta
     os.unlink(copy(staging) / "data.csv")
     (copy(staging) / "data.csv").symlink_to(tmp_path / "secret")  # replaces a file the host has
     notices = staging.write_back()
-    assert any("'evil': a symlink" in n for n in notices) and any("'to-notebook': a symlink" in n for n in notices), notices
+    assert any("'evil': a symlink" in n for n in notices) and any("'to-notebook': a symlink" in n for n in notices), (
+        notices
+    )
     assert not (host / "evil").exists() and not (host / "to-notebook").exists()
     assert (host / "data.csv").read_text() == "a,b\n1,2\n" and not (host / "data.csv").is_symlink()
     assert staging.write_back() == []  # each refusal is told once
@@ -159,10 +161,19 @@ def test_a_symlink_swapped_in_after_the_check_is_never_followed(host: Path, stag
     assert (host / "analysis.ipynb").read_text() == '{"cells": []}' and (tmp_path / "secret").read_text() == "SECRET"
 
 
-@pytest.mark.parametrize("name,why", [
-    ("/etc/passwd", "absolute path"), ("../x", "'..'"), ("a/../../x", "'..'"), ("", "empty"), (".", "directory itself"),
-    ("a\nb", "control character"), (b"\xff", "not valid UTF-8"), ("x" * 300, "longer than 255"),
-])
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("/etc/passwd", "absolute path"),
+        ("../x", "'..'"),
+        ("a/../../x", "'..'"),
+        ("", "empty"),
+        (".", "directory itself"),
+        ("a\nb", "control character"),
+        (b"\xff", "not valid UTF-8"),
+        ("x" * 300, "longer than 255"),
+    ],
+)
 def test_names_that_may_not_cross(name: str | bytes, why: str) -> None:
     with pytest.raises(names.NameError_, match=why):
         names.split(name)
@@ -200,7 +211,9 @@ def test_the_copies_of_dead_kernels_are_swept(tmp_path: Path) -> None:
     assert not dead.exists() and alive.exists() and (tmp_path / f"{PREFIX}999999998-link").is_symlink()
 
 
-def test_the_workspace_mode_is_checked_and_refused_where_it_cannot_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_workspace_mode_is_checked_and_refused_where_it_cannot_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sandbox_kernel.config import Sandbox
     from sandbox_kernel.errors import ConfigError, SandboxUnavailable
     from sandbox_kernel.local.workspace import LocalWorkspace
