@@ -290,7 +290,7 @@ class AgentSession(AgentRequests, SandboxSession):
             gate.malformed(message.problem)
             return
         if kind == "result" and not tally.result_seen:
-            tally.result_seen = True  # the cell's value always gets through (at most 1 MiB)
+            tally.result_seen = True  # the cell's value always gets through (at most one frame, 2 MiB)
             queue.put(message)
             return
         if gate.message(message.size):

@@ -18,8 +18,9 @@ from typing import Any, Iterator, Literal, Union
 
 from .errors import ProtocolError
 
-MAX_PAYLOAD = 1 << 20
-"""Largest payload a frame may carry (1 MiB)."""
+MAX_PAYLOAD = 2 << 20
+"""Largest payload a frame may carry (2 MiB): a message with a 1 MiB image (base64, 4/3 of its
+size, in JSON) fits in one frame. What a cell may output in all is ``Sandbox.output_limit``."""
 
 MAX_HEADER = 32
 """Longest header line accepted, newline included."""

@@ -94,7 +94,7 @@ const crypto = require('crypto');
 const url = require('url');
 const Module = require('module');
 
-const MAX_PAYLOAD = 1 << 20; // PROTOCOL.md: frames carry at most 1 MiB
+const MAX_PAYLOAD = 2 << 20; // PROTOCOL.md: frames carry at most 2 MiB
 const DEFAULT_REPLAY_BYTES = 8 << 20; // PROTOCOL.md, "Resuming": keep at least 8 MiB of output
 const RESUME_TOKEN = /^[0-9a-f]{32}$/;
 const INTERNAL = '__sandboxKernel'; // prefix of the helper globals the rewritten cells call
@@ -446,7 +446,7 @@ function shrink(body) {
   if (copy.data && typeof copy.data === 'object') {
     const plain = copy.data['text/plain'];
     const dropped = Object.keys(copy.data).filter((k) => k !== 'text/plain');
-    const note = dropped.length ? `\n[${dropped.join(', ')} not shown: larger than the 1 MiB message limit]` : '';
+    const note = dropped.length ? `\n[${dropped.join(', ')} not shown: larger than the 2 MiB message limit]` : '';
     copy.data = { 'text/plain': cut(typeof plain === 'string' ? plain : '', 100000) + note };
   }
   if (copy.evalue) copy.evalue = cut(copy.evalue, 10000);

@@ -120,7 +120,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 import types  # noqa: E402
 
-MAX_PAYLOAD = 1 << 20  # largest frame payload the protocol allows
+MAX_PAYLOAD = 2 << 20  # largest frame payload the protocol allows (PROTOCOL.md)
 MAX_HEADER = 32
 READ_CHUNK = 65536  # also the largest out/err frame we send
 PROTOCOL_VERSION = 2

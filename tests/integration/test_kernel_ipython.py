@@ -123,6 +123,28 @@ def test_matplotlib_inline_magic_and_plots(kc: Any) -> None:
     assert base64.b64decode(figure["data"]["image/png"]).startswith(PNG)
 
 
+def test_a_1_mib_plot_reaches_the_notebook_whole(kc: Any) -> None:
+    # A figure of noise does not compress: its PNG is over 1 MiB, and travels as base64 (4/3 of it)
+    # in one agent frame (PROTOCOL.md: up to 2 MiB) and through the output policy's PNG check.
+    code = (
+        "import numpy as np, matplotlib.pyplot as plt, io\n"
+        "fig = plt.figure(figsize=(6, 6), dpi=100)\n"
+        "ax = fig.add_axes([0, 0, 1, 1]); ax.axis('off')\n"
+        "ax.imshow(np.random.default_rng(1).random((600, 600, 3)), interpolation='nearest')\n"
+        "buf = io.BytesIO(); fig.savefig(buf, format='png'); size = buf.tell()\n"
+        "plt.show()\n"
+        "size"
+    )
+    reply, out = run_cell(kc, code)
+    assert reply["status"] == "ok", out
+    [figure] = of(out, "display_data")
+    assert "image/png" in figure["data"], (list(figure["data"]), text(out)[-800:])
+    png = base64.b64decode(figure["data"]["image/png"])
+    assert png.startswith(PNG) and len(png) > 1 << 20, len(png)
+    assert abs(len(png) - int(result(out))) < len(png) // 10  # the figure as saved, not a cut one
+    assert "dropped" not in text(out)
+
+
 def test_the_kernels_own_magics_stay_the_kernels(kc: Any) -> None:
     reply, out = run_cell(kc, "%timeout\n1 + 1")
     assert reply["status"] == "ok" and "cell time limit: 30 s" in text(out) and result(out) == "2"
