@@ -1137,8 +1137,8 @@ __sk_start_worker() {
     set +m
 }
 
-# __sk_revive: the worker shell died: start a new one. Uses __sk_main's `last` and `lastid`
-# (the last execute's number and id).
+# __sk_revive: the worker shell died: start a new one. Uses __sk_serve's `last`, `lastid` and
+# `lastkey` (the last execute's number, id and key).
 __sk_revive() {
     local st payload n
     wait "$__SK_WPID" 2>/dev/null
@@ -1246,8 +1246,6 @@ __sk_usage() {
     __sk_unlock
 }
 
-# __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is
-# busy right now.
 # __sk_file ID TYPE: file_write / file_read (PROTOCOL.md), answered by the controller at once
 # like usage. Paths are relative to the controller's working directory (it never changes it);
 # regular files only, opened non-blocking (a FIFO cannot hang the controller).
@@ -1301,6 +1299,8 @@ __sk_file() {
     __sk_unlock
 }
 
+# __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is
+# busy right now.
 __sk_finished() {
     local tok
     IFS= read -r -N 1 -t 0.05 -u "$__SK_LOCK" tok || return 2
@@ -1323,7 +1323,11 @@ __sk_sigint_ignored() {
     return 1
 }
 
-__sk_main() {
+# __sk_reexec ARGS...: start again, where needed, as the controller must run: with SIGINT at
+# its default disposition and not dumpable. Back here only once that is so (or cannot be), with
+# __SK_LDFD open (the loader copy, or a placeholder) and __SK_X the command that runs a tool
+# through the loader copy (empty without one).
+__sk_reexec() {
     # A parent may have started us with SIGINT ignored (ipykernel ignores it, and ignored
     # signals survive exec). Bash cannot undo that for a signal ignored on entry, so every
     # cell's commands would ignore the interrupt. Start again through GNU env, which resets
@@ -1346,7 +1350,7 @@ __sk_main() {
     # execute-only copy of the dynamic loader (`ld.so bash agent.sh`). The pumps are our
     # subshells and inherit it; the worker shell (a fresh exec of bash) does not.
     if [[ ${1-} != --sk-nodump=* ]]; then
-        local ld dir=''
+        local ld dir='' base
         for ld in /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1 /lib/ld-musl-x86_64.so.1 \
             /lib/ld-musl-aarch64.so.1 /lib/ld-linux-armhf.so.3 /lib/ld-linux.so.2; do
             [[ -f $ld ]] || continue
@@ -1377,6 +1381,11 @@ __sk_main() {
     if [[ -z ${__SK_LDFD-} ]]; then
         exec {__SK_LDFD}</dev/null  # a placeholder: the worker closes it like the real one
     fi
+}
+
+# __sk_find_tools: __SK_TEE, __SK_TAIL, __SK_HEAD and __SK_DD, the tools the pumps and the
+# controller run, by absolute path behind __SK_X; plain names (and no loader) if one is missing.
+__sk_find_tools() {
     # The tools that hold the protocol fd or a pump's chunk run through the loader copy: by
     # absolute path (one subshell finds all four).
     local tools
@@ -1385,14 +1394,10 @@ __sk_main() {
     read -r __SK_TEE __SK_TAIL __SK_HEAD __SK_DD _ <<<"$tools"
     ((${#__SK_X[@]})) && [[ $__SK_TEE == /* && $__SK_TAIL == /* && $__SK_HEAD == /* && $__SK_DD == /* ]] ||
         __SK_X=() __SK_TEE=tee __SK_TAIL=tail __SK_HEAD=head __SK_DD=dd
-    __SK_LC_ALL_SET=${LC_ALL+set} __SK_LC_ALL_ORIG=${LC_ALL-}
-    export LC_ALL=C  # the controller works on bytes; the worker gets the user's locale back
-    umask 077
-    shopt -u patsub_replacement 2>/dev/null
-    # Take the protocol off fd 0/1: nothing started from here on can read or write it by
-    # accident. fd 1 of the controller becomes the log (our stderr).
-    exec {__SK_PIN}<&0 {__SK_POUT}>&1 </dev/null >&2
+}
 
+# __sk_make_dir: create the agent's private directory __SK_D (FIFOs, spool files), or exit.
+__sk_make_dir() {
     local base
     __SK_D=''
     # /dev/shm first: a tmpfs where there is one (on Kubernetes /tmp is a disk emptyDir).
@@ -1404,12 +1409,11 @@ __sk_main() {
         __sk_log "no writable directory for the private FIFOs"
         builtin exit 1
     fi
-    trap __sk_cleanup EXIT
-    # Caught (not ignored) signals: children get the default dispositions back, so cells see
-    # a normal SIGINT / SIGPIPE. As PID 1 on Kubernetes, TERM must be handled to be felt.
-    trap 'builtin exit 143' TERM HUP
-    trap 'builtin exit 141' PIPE
-    trap : INT
+}
+
+# __sk_open_fifos: make the FIFOs in __SK_D and open the controller's fds on them (__SK_OUTR,
+# __SK_O, __SK_LOCK, __SK_CMD, ...), which everything started from here on inherits.
+__sk_open_fifos() {
     # FIFOs: out/err carry the cell's streams, lock and state hold the frame lock, ack
     # carries the pumps' acknowledgements, cmd the worker's command lines, data the payloads
     # (id, numbers, code) that go with them.
@@ -1429,6 +1433,11 @@ __sk_main() {
     # there (key-checked like every message); answers carries the frontend's replies back.
     exec {__SK_ANS}<>"$__SK_D/answers"
     rm -f -- "$__SK_D/keys"
+}
+
+# __sk_init_replay: the replay buffer's size (__SK_REPLAY) and first spool file, then the frame
+# lock's token and its state line, with nothing sent yet.
+__sk_init_replay() {
     # The replay buffer's size: SANDBOX_AGENT_REPLAY_BYTES if it is a number, else 8 MiB.
     __SK_REPLAY=${SANDBOX_AGENT_REPLAY_BYTES-}
     if [[ $__SK_REPLAY =~ ^[0-9]+$ ]]; then
@@ -1440,18 +1449,90 @@ __sk_main() {
     : >"$__SK_D/spool.0" || builtin exit 1
     __SK_USED=0 __SK_LIMIT=0 __SK_MARK=- __SK_FIN=0 __SK_TOTAL=0 __SK_BASE=0 __SK_OLD=-1 __SK_CUR=0
     __sk_unlock  # the lock's token and the one state line
+}
 
-    __sk_pump out &
-    __SK_PUMPS=$!
-    __sk_pump err &
-    __SK_PUMPS+=" $!"
-    __sk_msgpump &
-    __SK_PUMPS+=" $!"
-    __sk_start_worker
+# __sk_resume_request RECEIVED: a `resume` (in __SK_J) with its token and offset checked, for
+# __sk_resume; a malformed one is logged (__sk_serve's `payload`) and ignored.
+__sk_resume_request() {
+    local rtok='' roff=${__SK_J[offset]}
+    if [[ ${__SK_J[token]} == \"*\" ]]; then
+        __sk_json_unescape "${__SK_J[token]}"
+        rtok=$__SK_R
+    fi
+    if [[ $rtok =~ ^[0-9a-f]{32}$ && $roff =~ ^[0-9]+$ ]]; then
+        __sk_resume "$rtok" "$roff" "$1"
+    else
+        __sk_log "ignoring a malformed resume: '$payload'"
+    fi
+}
 
-    local v=${BASH_VERSION%%[!0-9.]*}
-    __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":2}"
+# __sk_input_reply: an input_reply (in __SK_J) to the answers FIFO, if it is for the last
+# execute (__sk_serve's `lastid`).
+__sk_input_reply() {
+    # For the running cell's `read`: "SEQ LEN" and the answer (LEN -1: an error).
+    local aseq=${__SK_J[seq]} aval='' alen
+    if [[ ${__SK_J[id]} == "$lastid" && $aseq =~ ^[0-9]{1,9}$ ]]; then
+        if [[ ${__SK_J[error]} == \"*\" ]]; then
+            alen=-1
+        else
+            [[ ${__SK_J[value]} == \"*\" ]] && { __sk_json_unescape "${__SK_J[value]}"; aval=${__SK_R:0:60000}; }
+            alen=${#aval}
+        fi
+        printf '%s %s\n%s' "$aseq" "$alen" "$aval" >&"$__SK_ANS"
+    fi
+}
 
+# __sk_worker_request TYPE: hand an execute, complete, inspect or is_complete (in __SK_J) to the
+# worker: a fresh key (to the message pump), the command line (cmd FIFO) and the payload (data
+# FIFO). Counts it in __sk_serve's `seq`; an execute sets its `last`, `lastid`, `lastkey` and
+# `intr`.
+__sk_worker_request() {
+    local type=$1 payload
+    seq=$((seq + 1))
+    local id=${__SK_J[id]:-null} a b code=''
+    [[ $id == \"*\" || $id =~ ^-?[0-9]+$ ]] || id=null
+    case $type in
+        execute) a=${__SK_J[output_limit]} ;;
+        *) a=${__SK_J[cursor_pos]} ;;
+    esac
+    b=${__SK_J[detail_level]}
+    [[ $type == execute ]] && { [[ ${__SK_J[allow_stdin]} == true ]] && b=1 || b=0; }
+    [[ $a =~ ^[0-9]+$ ]] || a=''
+    [[ $b =~ ^[0-9]+$ ]] || b=0
+    [[ $type == execute && -z $a ]] && a=0
+    if [[ ${__SK_J[code]} == \"*\" ]]; then
+        __sk_json_unescape "${__SK_J[code]}"
+        code=$__SK_R
+    fi
+    # The payload goes through the data FIFO (read there with read -N), the command
+    # line through cmd. The command first: a payload bigger than the FIFO can only
+    # be written while the worker is reading it.
+    __sk_key
+    printf '%s %s %s\n' "$__SK_K" "$type" "$id" >&"$__SK_KEYS"
+    payload=$id$'\n'$__SK_K$'\n'$a$'\n'$b$'\n'$code
+    if [[ $type == execute ]]; then
+        # A new cell: repeating the last interrupt must not reach it.
+        last=$seq lastid=$id lastkey=$__SK_K intr=0
+        # Line 1 runs the cell at top level; line 2 only matters when SIGINT made
+        # the shell abandon line 1 (then the cell is still marked running).
+        # The redirections give the cell stdin /dev/null and the stream FIFOs, and
+        # close the agent's own fds for everything the cell starts.
+        # It is repeated: a second SIGINT could abandon it before its first command
+        # (`trap '' INT`) runs; once one copy has run the others do nothing.
+        printf '__sk_pre %s %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n__sk_post %s 1\n__sk_post %s 1\n' \
+            "$seq" "${#payload}" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_MSGW" \
+            "$__SK_LOCK" "$__SK_STATE" "$__SK_ACK" "$__SK_DATA" "$seq" "$seq" "$seq" "$seq" >&"$__SK_CMD"
+    else
+        printf '__sk_%s %s %s\n' "$type" "$seq" "${#payload}" >&"$__SK_CMD"
+    fi
+    printf '%s' "$payload" >&"$__SK_DATA"
+}
+
+# __sk_serve: read the kernel's frames and act on each until `shutdown`, EOF or a bad frame
+# header. Its locals are the session's state, which __sk_revive and the request functions
+# above read and set: seq (requests handed to the worker), last, lastid and lastkey (the last
+# execute's number, id and key), intr and intr_seq (interrupts still to repeat, for that cell).
+__sk_serve() {
     # recv: frames read from the kernel (every one, `resume` included), for `resume`.
     local header='' line kind len payload type seq=0 rc last=0 lastid=null lastkey='' intr=0 intr_seq=0 wait_s recv=0
     declare -gA __SK_J
@@ -1507,28 +1588,9 @@ __sk_main() {
                 break ;;
             resume)
                 # Answered right here, also while a cell runs. A malformed one is ignored.
-                local rtok='' roff=${__SK_J[offset]}
-                if [[ ${__SK_J[token]} == \"*\" ]]; then
-                    __sk_json_unescape "${__SK_J[token]}"
-                    rtok=$__SK_R
-                fi
-                if [[ $rtok =~ ^[0-9a-f]{32}$ && $roff =~ ^[0-9]+$ ]]; then
-                    __sk_resume "$rtok" "$roff" "$recv"
-                else
-                    __sk_log "ignoring a malformed resume: '$payload'"
-                fi ;;
+                __sk_resume_request "$recv" ;;
             input_reply)
-                # For the running cell's `read`: "SEQ LEN" and the answer (LEN -1: an error).
-                local aseq=${__SK_J[seq]} aval='' alen
-                if [[ ${__SK_J[id]} == "$lastid" && $aseq =~ ^[0-9]{1,9}$ ]]; then
-                    if [[ ${__SK_J[error]} == \"*\" ]]; then
-                        alen=-1
-                    else
-                        [[ ${__SK_J[value]} == \"*\" ]] && { __sk_json_unescape "${__SK_J[value]}"; aval=${__SK_R:0:60000}; }
-                        alen=${#aval}
-                    fi
-                    printf '%s %s\n%s' "$aseq" "$alen" "$aval" >&"$__SK_ANS"
-                fi ;;
+                __sk_input_reply ;;
             usage)
                 local uid=${__SK_J[id]:-null}
                 [[ $uid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || uid=null
@@ -1538,48 +1600,48 @@ __sk_main() {
                 [[ $fid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || fid=null
                 __sk_file "$fid" "$type" ;;
             execute | complete | inspect | is_complete)
-                seq=$((seq + 1))
-                local id=${__SK_J[id]:-null} a b code=''
-                [[ $id == \"*\" || $id =~ ^-?[0-9]+$ ]] || id=null
-                case $type in
-                    execute) a=${__SK_J[output_limit]} ;;
-                    *) a=${__SK_J[cursor_pos]} ;;
-                esac
-                b=${__SK_J[detail_level]}
-                [[ $type == execute ]] && { [[ ${__SK_J[allow_stdin]} == true ]] && b=1 || b=0; }
-                [[ $a =~ ^[0-9]+$ ]] || a=''
-                [[ $b =~ ^[0-9]+$ ]] || b=0
-                [[ $type == execute && -z $a ]] && a=0
-                if [[ ${__SK_J[code]} == \"*\" ]]; then
-                    __sk_json_unescape "${__SK_J[code]}"
-                    code=$__SK_R
-                fi
-                # The payload goes through the data FIFO (read there with read -N), the command
-                # line through cmd. The command first: a payload bigger than the FIFO can only
-                # be written while the worker is reading it.
-                __sk_key
-                printf '%s %s %s\n' "$__SK_K" "$type" "$id" >&"$__SK_KEYS"
-                payload=$id$'\n'$__SK_K$'\n'$a$'\n'$b$'\n'$code
-                if [[ $type == execute ]]; then
-                    # A new cell: repeating the last interrupt must not reach it.
-                    last=$seq lastid=$id lastkey=$__SK_K intr=0
-                    # Line 1 runs the cell at top level; line 2 only matters when SIGINT made
-                    # the shell abandon line 1 (then the cell is still marked running).
-                    # The redirections give the cell stdin /dev/null and the stream FIFOs, and
-                    # close the agent's own fds for everything the cell starts.
-                    # It is repeated: a second SIGINT could abandon it before its first command
-                    # (`trap '' INT`) runs; once one copy has run the others do nothing.
-                    printf '__sk_pre %s %s; eval "$__SK_CODE" </dev/null >&%s 2>&%s %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- %s>&- || __SK_ST=$?; __sk_post %s 0\n__sk_post %s 1\n__sk_post %s 1\n__sk_post %s 1\n' \
-                        "$seq" "${#payload}" "$__SK_O" "$__SK_E" "$__SK_O" "$__SK_E" "$__SK_MSGW" \
-                        "$__SK_LOCK" "$__SK_STATE" "$__SK_ACK" "$__SK_DATA" "$seq" "$seq" "$seq" "$seq" >&"$__SK_CMD"
-                else
-                    printf '__sk_%s %s %s\n' "$type" "$seq" "${#payload}" >&"$__SK_CMD"
-                fi
-                printf '%s' "$payload" >&"$__SK_DATA" ;;
+                __sk_worker_request "$type" ;;
             *)
                 __sk_log "ignoring message of type '$type'" ;;
         esac
     done
+}
+
+# __sk_main ARGS...: the controller (see the header): set itself up, start the pumps, the
+# message pump and the worker, announce itself (`ready`) and serve the kernel until it goes.
+__sk_main() {
+    __sk_reexec "$@"
+    __sk_find_tools
+    __SK_LC_ALL_SET=${LC_ALL+set} __SK_LC_ALL_ORIG=${LC_ALL-}
+    export LC_ALL=C  # the controller works on bytes; the worker gets the user's locale back
+    umask 077
+    shopt -u patsub_replacement 2>/dev/null
+    # Take the protocol off fd 0/1: nothing started from here on can read or write it by
+    # accident. fd 1 of the controller becomes the log (our stderr).
+    exec {__SK_PIN}<&0 {__SK_POUT}>&1 </dev/null >&2
+
+    __sk_make_dir
+    trap __sk_cleanup EXIT
+    # Caught (not ignored) signals: children get the default dispositions back, so cells see
+    # a normal SIGINT / SIGPIPE. As PID 1 on Kubernetes, TERM must be handled to be felt.
+    trap 'builtin exit 143' TERM HUP
+    trap 'builtin exit 141' PIPE
+    trap : INT
+    __sk_open_fifos
+    __sk_init_replay
+
+    __sk_pump out &
+    __SK_PUMPS=$!
+    __sk_pump err &
+    __SK_PUMPS+=" $!"
+    __sk_msgpump &
+    __SK_PUMPS+=" $!"
+    __sk_start_worker
+
+    local v=${BASH_VERSION%%[!0-9.]*}
+    __sk_send "{\"type\":\"ready\",\"language_info\":{\"name\":\"bash\",\"version\":\"$v\",\"mimetype\":\"text/x-sh\",\"file_extension\":\".sh\",\"pygments_lexer\":\"bash\",\"codemirror_mode\":\"shell\"},\"agent\":\"bash\",\"protocol\":2}"
+
+    __sk_serve
     builtin exit 0
 }
 
