@@ -1896,7 +1896,7 @@ def _execute(msg):
     # Registered so tracebacks and inspect.getsource() can quote the cell's lines.
     linecache.cache[filename] = (len(code), None, [line + "\n" for line in _source_lines(code)], filename)
     cell = _Cell(msg.get("id"))
-    key = msg.pop("key", None)  # the supervisor's key for this request (see _supervise)
+    key = msg.pop("key", None)  # the supervisor's key for this request (see _Supervisor.forward_request)
     with _cell_lock:
         _queued_executes = max(0, _queued_executes - 1)
         _current_cell = cell
@@ -2453,6 +2453,418 @@ def _file_request(msg):
     return reply
 
 
+def _take_frames(buf, on_frame):
+    """Take whole frames off ``buf``; False on a framing error."""
+    while True:
+        newline = buf.find(b"\n", 0, MAX_HEADER)
+        if newline < 0:
+            return len(buf) < MAX_HEADER
+        parts = bytes(buf[:newline]).split(b" ")
+        if not (len(parts) == 2 and parts[0] in (b"msg", b"out", b"err") and parts[1].isdigit()):
+            return False
+        length = int(parts[1])
+        if length > MAX_PAYLOAD:
+            return False
+        end = newline + 1 + length
+        if len(buf) < end:
+            return True
+        frame = bytes(buf[:end])
+        del buf[:end]
+        on_frame(parts[0], frame[newline + 1 :], frame)
+
+
+def _send_ready():
+    _send_msg(
+        {
+            "type": "ready",
+            "language_info": {
+                "name": "python",
+                "version": _language_version(),
+                "mimetype": "text/x-python",
+                "file_extension": ".py",
+                "pygments_lexer": "ipython3",
+                "codemirror_mode": {"name": "ipython", "version": 3},
+            },
+            "agent": "python",
+            "comms": True,  # comm_* requests and input_request (see "Comms and stdin")
+            "protocol": PROTOCOL_VERSION,
+        }
+    )
+
+
+class _Supervisor:
+    """What the supervisor knows of the worker and its requests, and what it does with each
+    frame from either side (see ``_supervise``, which runs it)."""
+
+    def __init__(self, worker, to_worker, from_worker):
+        self.worker, self.to_worker, self.from_worker = worker, to_worker, from_worker
+        self.cell = None  # the running cell: its id, key, and whether it sent a result/error
+        self.last_id = None  # the id of the last cell, for displays and comms after it ended
+        self.budget = {"limit": 0, "sent": 0, "dropped": 0}  # the running cell's output, in bytes
+        self.noted = False  # whether the running cell was told of a message dropped
+        self.pending = {}  # key -> (request type, id), for complete/inspect/is_complete
+        self.kernel_buf, self.worker_buf, self.to_worker_buf = bytearray(), bytearray(), bytearray()
+        self.worker_alive = True
+        self.worker_status = None  # the worker's wait status once reaped
+
+    def kill_all(self, code):
+        try:
+            os.killpg(self.worker, signal.SIGKILL)
+        except OSError:
+            pass
+        _signal_others(signal.SIGKILL, group=False)
+        os._exit(code)
+
+    def send(self, body):
+        try:
+            payload = json.dumps(_clean(body), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (ValueError, TypeError, RecursionError):
+            return False
+        if len(payload) > MAX_PAYLOAD:
+            return False
+        _send_frame(b"msg", payload)
+        return True
+
+    def output(self, kind, data):
+        budget = self.budget
+        limit = budget["limit"]
+        n = len(data)
+        if limit:
+            room = max(0, limit - budget["sent"])
+            if n > room:
+                budget["dropped"] += n - room
+                data, n = data[:room], room
+        budget["sent"] += n
+        if n:
+            _send_frame(kind, data)
+
+    def dropped(self, why):
+        _log("dropped a message from the worker: %s" % why)
+        if not self.noted:
+            self.noted = True
+            self.output(
+                b"err", b"[sandbox] ignored a message written into the agent's private channel (%s)\n" % why.encode()
+            )
+
+    # ----------------------------------------------------------------------------------
+    # From the kernel
+    # ----------------------------------------------------------------------------------
+    def on_kernel_frame(self, kind, payload, frame):
+        global _received
+        _received += 1
+        if kind != b"msg":
+            return
+        try:
+            msg = json.loads(payload.decode("utf-8"))
+            msg["type"]
+        except (ValueError, KeyError, TypeError) as exc:
+            _log("ignoring a malformed message: %s" % exc)
+            return
+        self.from_kernel(msg, frame)
+
+    def from_kernel(self, msg, frame):
+        kind = msg.get("type")
+        if kind in ("interrupt", "input_reply"):
+            self.to_worker_buf.extend(frame)
+        elif kind == "resume":
+            _resume(msg)
+        elif kind == "usage":
+            self.send(_cgroup_usage(msg.get("id")))
+        elif kind in ("file_write", "file_read"):
+            self.answer_file_request(msg)
+        elif kind == "shutdown":
+            self.kill_all(0)
+        elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)
+            payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+            self.to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
+        elif kind in ("execute", "complete", "inspect", "is_complete") or kind in _COMM_KINDS:
+            self.forward_request(msg, kind)
+        else:
+            _log("ignoring unknown message type %r" % (kind,))
+
+    def answer_file_request(self, msg):
+        reply = _file_request(msg)
+        data = reply.pop("data", None)
+        if data is None:
+            self.send(reply)
+        else:  # base64 needs no escaping: spliced in (json.dumps of it costs more than the read)
+            meta = json.dumps(_clean(reply), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+            _send_frame(b"msg", meta[:-1] + b',"data":"' + data + b'"}')
+
+    def forward_request(self, msg, kind):
+        """Pass a request on to the worker under a new random key, the only one its answers
+        may carry."""
+        key = os.urandom(16).hex()
+        if kind == "execute" or kind in _COMM_KINDS:  # a frontend comm message runs like a cell
+            try:
+                limit = max(0, int(msg.get("output_limit") or 0))
+            except (TypeError, ValueError):
+                limit = 0
+            self.cell = {"id": msg.get("id"), "key": key, "result": False, "error": False}
+            self.last_id = msg.get("id")
+            self.budget = {"limit": limit, "sent": 0, "dropped": 0}
+            self.noted = False
+        else:
+            self.pending[key] = (kind, msg.get("id"))
+        msg["key"] = key
+        payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        self.to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
+
+    # ----------------------------------------------------------------------------------
+    # From the worker: each message checked, and written again from scratch
+    # ----------------------------------------------------------------------------------
+    def on_worker_frame(self, kind, payload, frame):
+        if kind != b"msg":
+            self.output(kind, payload)
+            return
+        try:
+            msg = json.loads(payload.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return self.dropped("not JSON")
+        self.from_worker_msg(msg)
+
+    def from_worker_msg(self, msg):
+        if not isinstance(msg, dict):
+            return self.dropped("not an object")
+        kind, cell = msg.get("type"), self.cell
+        if kind in _COMM_KINDS:  # at any time, like display: a widget may change between cells
+            return self.forward_comm(msg, kind, cell)
+        if kind == "input_request":
+            return self.forward_input_request(msg, cell)
+        if kind in ("display", "update_display"):
+            return self.forward_display(msg, kind, cell)
+        if kind == "clear_output":
+            cell_id = cell["id"] if cell else self.last_id
+            self.send({"type": "clear_output", "id": cell_id, "wait": msg.get("wait") is True})
+            return
+        if kind in ("result", "error", "done"):
+            if cell is None or msg.get("key") != cell["key"]:
+                return self.dropped("%s without this cell's key" % kind)
+            if kind == "result":
+                self.forward_result(msg, cell)
+            elif kind == "error":
+                self.forward_error(msg, cell)
+            else:
+                self.forward_done(msg, cell)
+            return
+        if kind in ("complete_reply", "inspect_reply", "is_complete_reply"):
+            return self.forward_reply(msg, kind)
+        self.dropped("type %r is not the worker's to send" % (kind,))
+
+    def forward_comm(self, msg, kind, cell):
+        comm_id, data, md, buffers = (
+            msg.get("comm_id"),
+            msg.get("data", {}),
+            msg.get("metadata", {}),
+            msg.get("buffers", []),
+        )
+        if not (
+            isinstance(comm_id, str)
+            and isinstance(data, dict)
+            and isinstance(md, dict)
+            and isinstance(buffers, list)
+            and all(isinstance(b, str) for b in buffers)
+        ):
+            return self.dropped("malformed %s" % kind)
+        body = {
+            "type": kind,
+            "id": cell["id"] if cell else self.last_id,
+            "comm_id": comm_id,
+            "data": data,
+            "metadata": md,
+            "buffers": buffers,
+        }
+        if kind == "comm_open":
+            if not isinstance(msg.get("target_name"), str):
+                return self.dropped("malformed comm_open")
+            body["target_name"] = msg["target_name"]
+        if not self.send(body):
+            self.dropped("%s cannot be encoded" % kind)
+
+    def forward_input_request(self, msg, cell):
+        prompt, seq = msg.get("prompt"), msg.get("seq")
+        if cell is None or msg.get("key") != cell["key"] or not isinstance(prompt, str) or type(seq) is not int:
+            return self.dropped("input_request without this cell's key")
+        self.send(
+            {
+                "type": "input_request",
+                "id": cell["id"],
+                "prompt": prompt,
+                "password": msg.get("password") is True,
+                "seq": seq,
+            }
+        )
+
+    def forward_display(self, msg, kind, cell):
+        data, md, transient = msg.get("data"), msg.get("metadata", {}), msg.get("transient")
+        if not isinstance(data, dict) or not isinstance(md, dict):
+            return self.dropped("malformed %s" % kind)
+        display_id = transient.get("display_id") if isinstance(transient, dict) else None
+        if kind == "update_display" and not isinstance(display_id, str):
+            return self.dropped("update_display without a display_id")
+        cell_id = cell["id"] if cell else self.last_id
+        body = {"type": kind, "id": cell_id, "data": data, "metadata": md}
+        if isinstance(display_id, str):
+            body["transient"] = {"display_id": display_id[:1000]}
+        if not self.send(body):
+            self.dropped("%s cannot be encoded" % kind)
+
+    def forward_result(self, msg, cell):
+        data, md = msg.get("data"), msg.get("metadata", {})
+        if cell["result"] or not isinstance(data, dict) or not isinstance(md, dict):
+            return self.dropped("malformed result")
+        cell["result"] = True
+        self.send({"type": "result", "id": cell["id"], "data": data, "metadata": md})
+
+    def forward_error(self, msg, cell):
+        tb = msg.get("traceback")
+        tb = [line if isinstance(line, str) else repr(line) for line in tb] if isinstance(tb, list) else []
+        ename, evalue = msg.get("ename"), msg.get("evalue")
+        if cell["error"] or not isinstance(ename, str) or not isinstance(evalue, str):
+            return self.dropped("malformed error")
+        cell["error"] = True
+        if not self.send({"type": "error", "id": cell["id"], "ename": ename, "evalue": evalue, "traceback": tb}):
+            self.send(
+                {
+                    "type": "error",
+                    "id": cell["id"],
+                    "ename": ename[:200],
+                    "evalue": evalue[:10000],
+                    "traceback": [],
+                }
+            )
+
+    def forward_done(self, msg, cell):
+        status, truncated = msg.get("status"), msg.get("truncated")
+        if status not in _CELL_STATUSES:
+            status = "error"
+        if type(truncated) is not int or truncated < 0:
+            truncated = 0
+        self.cell = None
+        self.send(
+            {
+                "type": "done",
+                "id": cell["id"],
+                "status": status,
+                "truncated": min(truncated + self.budget["dropped"], 1 << 53),
+            }
+        )
+
+    def forward_reply(self, msg, kind):
+        request = self.pending.get(msg.get("key"))
+        if request is None or request[0] + "_reply" != kind:
+            return self.dropped("%s that was not asked for" % kind)
+        del self.pending[msg.get("key")]
+        body = {"type": kind, "id": request[1]}
+        if kind == "complete_reply":
+            matches = msg.get("matches")
+            body["matches"] = [m for m in matches if isinstance(m, str)] if isinstance(matches, list) else []
+            for name in ("cursor_start", "cursor_end"):
+                body[name] = msg.get(name) if type(msg.get(name)) is int else 0
+        elif kind == "inspect_reply":
+            data = msg.get("data")
+            body["found"] = msg.get("found") is True and isinstance(data, dict)
+            body["data"] = data if body["found"] else {}
+        else:
+            status, indent = msg.get("status"), msg.get("indent")
+            body["status"] = status if status in _IS_COMPLETE_STATUSES else "unknown"
+            body["indent"] = indent if isinstance(indent, str) else ""
+        self.send(body)
+
+    # ----------------------------------------------------------------------------------
+    # The streams, and the worker's end
+    # ----------------------------------------------------------------------------------
+    def write_to_worker(self):
+        try:
+            n = os.write(self.to_worker, self.to_worker_buf[:65536])
+            del self.to_worker_buf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.to_worker_buf.clear()
+
+    def read_from_worker(self):
+        try:
+            chunk = os.read(self.from_worker, READ_CHUNK)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.worker_alive = False
+        else:
+            self.worker_buf += chunk
+            if not _take_frames(self.worker_buf, self.on_worker_frame):
+                # Only user code writing garbage into the channel can do that: the frames
+                # cannot be told apart any more. End the cell and this sandbox.
+                _log("the worker's channel is corrupt: %r" % bytes(self.worker_buf[:64]))
+                self.end_corrupt_cell()
+                self.kill_all(3)
+
+    def end_corrupt_cell(self):
+        cell = self.cell
+        if cell is not None:
+            why = "user code wrote into the agent's private channel; the sandbox stops"
+            self.send(
+                {
+                    "type": "error",
+                    "id": cell["id"],
+                    "ename": "SandboxError",
+                    "evalue": why,
+                    "traceback": ["SandboxError: " + why],
+                }
+            )
+            self.send({"type": "done", "id": cell["id"], "status": "error", "truncated": 0})
+
+    def read_from_kernel(self):
+        try:
+            chunk = os.read(_PROTO_IN, 1 << 20)  # whole file_write chunks at once
+        except OSError as exc:
+            _log("cannot read from the kernel: %s" % exc)
+            chunk = b""
+        if not chunk:
+            self.kill_all(0)
+        self.kernel_buf += chunk
+        if not _take_frames(self.kernel_buf, self.on_kernel_frame):
+            _log("protocol error: bad header %r" % bytes(self.kernel_buf[:MAX_HEADER]))
+            self.kill_all(2)
+
+    def reap(self):
+        """Reap the worker, and orphans when we are PID 1 of a container."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if not pid:
+                break
+            if pid == self.worker:
+                self.worker_alive = False
+                self.worker_status = status
+
+    def exit_with_worker(self):
+        # The worker died (out of memory, os._exit(3), …): end with its status, as the
+        # one-process agent did, so the kernel reports why (a signal N as 128 + N, like a
+        # shell). Its last output is already forwarded.
+        # Its channel may close a moment before it can be reaped; one that stays alive
+        # without its channel is broken (user code closed it) and is killed.
+        deadline = time.monotonic() + 1.0
+        while self.worker_status is None:
+            try:
+                pid, status = os.waitpid(self.worker, os.WNOHANG)
+            except ChildProcessError:
+                self.worker_status = 1 << 8
+                break
+            if pid:
+                self.worker_status = status
+            elif time.monotonic() > deadline:
+                os.killpg(self.worker, signal.SIGKILL)
+                deadline = float("inf")
+            else:
+                time.sleep(0.01)
+        code = os.waitstatus_to_exitcode(self.worker_status)
+        _log("the worker exited (status %d); exiting" % code)
+        self.kill_all(128 - code if code < 0 else code)
+
+
 def _supervise(worker, to_worker, from_worker):
     """Run the protocol for the worker process (which runs the cells). Never returns.
 
@@ -2470,372 +2882,27 @@ def _supervise(worker, to_worker, from_worker):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import select
 
-    def kill_all(code):
-        try:
-            os.killpg(worker, signal.SIGKILL)
-        except OSError:
-            pass
-        _signal_others(signal.SIGKILL, group=False)
-        os._exit(code)
-
-    signal.signal(signal.SIGTERM, lambda *_: kill_all(0))
-    signal.signal(signal.SIGHUP, lambda *_: kill_all(0))
-
-    def send(body):
-        try:
-            payload = json.dumps(_clean(body), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        except (ValueError, TypeError, RecursionError):
-            return False
-        if len(payload) > MAX_PAYLOAD:
-            return False
-        _send_frame(b"msg", payload)
-        return True
-
-    def output(kind, data):
-        budget = state["budget"]
-        limit = budget["limit"]
-        n = len(data)
-        if limit:
-            room = max(0, limit - budget["sent"])
-            if n > room:
-                budget["dropped"] += n - room
-                data, n = data[:room], room
-        budget["sent"] += n
-        if n:
-            _send_frame(kind, data)
-
-    def dropped(why):
-        _log("dropped a message from the worker: %s" % why)
-        if not state["noted"]:
-            state["noted"] = True
-            output(
-                b"err", b"[sandbox] ignored a message written into the agent's private channel (%s)\n" % why.encode()
-            )
-
-    state = {"cell": None, "last_id": None, "budget": {"limit": 0, "sent": 0, "dropped": 0}, "noted": False}
-    pending = {}  # key -> (request type, id), for complete/inspect/is_complete
-
-    def from_kernel(msg, frame):
-        kind = msg.get("type")
-        if kind in ("interrupt", "input_reply"):
-            to_worker_buf.extend(frame)
-        elif kind == "resume":
-            _resume(msg)
-        elif kind == "usage":
-            send(_cgroup_usage(msg.get("id")))
-        elif kind in ("file_write", "file_read"):
-            reply = _file_request(msg)
-            data = reply.pop("data", None)
-            if data is None:
-                send(reply)
-            else:  # base64 needs no escaping: spliced in (json.dumps of it costs more than the read)
-                meta = json.dumps(_clean(reply), ensure_ascii=True, separators=(",", ":")).encode("ascii")
-                _send_frame(b"msg", meta[:-1] + b',"data":"' + data + b'"}')
-        elif kind == "shutdown":
-            kill_all(0)
-        elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)
-            payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-            to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
-        elif kind in ("execute", "complete", "inspect", "is_complete") or kind in _COMM_KINDS:
-            key = os.urandom(16).hex()
-            if kind == "execute" or kind in _COMM_KINDS:  # a frontend comm message runs like a cell
-                try:
-                    limit = max(0, int(msg.get("output_limit") or 0))
-                except (TypeError, ValueError):
-                    limit = 0
-                state["cell"] = {"id": msg.get("id"), "key": key, "result": False, "error": False}
-                state["last_id"] = msg.get("id")
-                state["budget"] = {"limit": limit, "sent": 0, "dropped": 0}
-                state["noted"] = False
-            else:
-                pending[key] = (kind, msg.get("id"))
-            msg["key"] = key
-            payload = json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-            to_worker_buf.extend(b"msg %d\n" % len(payload) + payload)
-        else:
-            _log("ignoring unknown message type %r" % (kind,))
-
-    def from_worker_msg(msg):
-        if not isinstance(msg, dict):
-            return dropped("not an object")
-        kind, cell = msg.get("type"), state["cell"]
-        if kind in _COMM_KINDS:  # at any time, like display: a widget may change between cells
-            comm_id, data, md, buffers = (
-                msg.get("comm_id"),
-                msg.get("data", {}),
-                msg.get("metadata", {}),
-                msg.get("buffers", []),
-            )
-            if not (
-                isinstance(comm_id, str)
-                and isinstance(data, dict)
-                and isinstance(md, dict)
-                and isinstance(buffers, list)
-                and all(isinstance(b, str) for b in buffers)
-            ):
-                return dropped("malformed %s" % kind)
-            body = {
-                "type": kind,
-                "id": cell["id"] if cell else state["last_id"],
-                "comm_id": comm_id,
-                "data": data,
-                "metadata": md,
-                "buffers": buffers,
-            }
-            if kind == "comm_open":
-                if not isinstance(msg.get("target_name"), str):
-                    return dropped("malformed comm_open")
-                body["target_name"] = msg["target_name"]
-            if not send(body):
-                dropped("%s cannot be encoded" % kind)
-            return
-        if kind == "input_request":
-            prompt, seq = msg.get("prompt"), msg.get("seq")
-            if cell is None or msg.get("key") != cell["key"] or not isinstance(prompt, str) or type(seq) is not int:
-                return dropped("input_request without this cell's key")
-            send(
-                {
-                    "type": "input_request",
-                    "id": cell["id"],
-                    "prompt": prompt,
-                    "password": msg.get("password") is True,
-                    "seq": seq,
-                }
-            )
-            return
-        if kind in ("display", "update_display"):
-            data, md, transient = msg.get("data"), msg.get("metadata", {}), msg.get("transient")
-            if not isinstance(data, dict) or not isinstance(md, dict):
-                return dropped("malformed %s" % kind)
-            display_id = transient.get("display_id") if isinstance(transient, dict) else None
-            if kind == "update_display" and not isinstance(display_id, str):
-                return dropped("update_display without a display_id")
-            cell_id = cell["id"] if cell else state["last_id"]
-            body = {"type": kind, "id": cell_id, "data": data, "metadata": md}
-            if isinstance(display_id, str):
-                body["transient"] = {"display_id": display_id[:1000]}
-            if not send(body):
-                dropped("%s cannot be encoded" % kind)
-            return
-        if kind == "clear_output":
-            cell_id = cell["id"] if cell else state["last_id"]
-            send({"type": "clear_output", "id": cell_id, "wait": msg.get("wait") is True})
-            return
-        if kind in ("result", "error", "done"):
-            if cell is None or msg.get("key") != cell["key"]:
-                return dropped("%s without this cell's key" % kind)
-            if kind == "result":
-                data, md = msg.get("data"), msg.get("metadata", {})
-                if cell["result"] or not isinstance(data, dict) or not isinstance(md, dict):
-                    return dropped("malformed result")
-                cell["result"] = True
-                send({"type": "result", "id": cell["id"], "data": data, "metadata": md})
-            elif kind == "error":
-                tb = msg.get("traceback")
-                tb = [line if isinstance(line, str) else repr(line) for line in tb] if isinstance(tb, list) else []
-                ename, evalue = msg.get("ename"), msg.get("evalue")
-                if cell["error"] or not isinstance(ename, str) or not isinstance(evalue, str):
-                    return dropped("malformed error")
-                cell["error"] = True
-                if not send({"type": "error", "id": cell["id"], "ename": ename, "evalue": evalue, "traceback": tb}):
-                    send(
-                        {
-                            "type": "error",
-                            "id": cell["id"],
-                            "ename": ename[:200],
-                            "evalue": evalue[:10000],
-                            "traceback": [],
-                        }
-                    )
-            else:
-                status, truncated = msg.get("status"), msg.get("truncated")
-                if status not in _CELL_STATUSES:
-                    status = "error"
-                if type(truncated) is not int or truncated < 0:
-                    truncated = 0
-                state["cell"] = None
-                send(
-                    {
-                        "type": "done",
-                        "id": cell["id"],
-                        "status": status,
-                        "truncated": min(truncated + state["budget"]["dropped"], 1 << 53),
-                    }
-                )
-            return
-        if kind in ("complete_reply", "inspect_reply", "is_complete_reply"):
-            request = pending.get(msg.get("key"))
-            if request is None or request[0] + "_reply" != kind:
-                return dropped("%s that was not asked for" % kind)
-            del pending[msg.get("key")]
-            body = {"type": kind, "id": request[1]}
-            if kind == "complete_reply":
-                matches = msg.get("matches")
-                body["matches"] = [m for m in matches if isinstance(m, str)] if isinstance(matches, list) else []
-                for name in ("cursor_start", "cursor_end"):
-                    body[name] = msg.get(name) if type(msg.get(name)) is int else 0
-            elif kind == "inspect_reply":
-                data = msg.get("data")
-                body["found"] = msg.get("found") is True and isinstance(data, dict)
-                body["data"] = data if body["found"] else {}
-            else:
-                status, indent = msg.get("status"), msg.get("indent")
-                body["status"] = status if status in _IS_COMPLETE_STATUSES else "unknown"
-                body["indent"] = indent if isinstance(indent, str) else ""
-            send(body)
-            return
-        dropped("type %r is not the worker's to send" % (kind,))
-
-    def parse(buf, on_frame):
-        """Take whole frames off ``buf``; False on a framing error."""
-        while True:
-            newline = buf.find(b"\n", 0, MAX_HEADER)
-            if newline < 0:
-                return len(buf) < MAX_HEADER
-            parts = bytes(buf[:newline]).split(b" ")
-            if not (len(parts) == 2 and parts[0] in (b"msg", b"out", b"err") and parts[1].isdigit()):
-                return False
-            length = int(parts[1])
-            if length > MAX_PAYLOAD:
-                return False
-            end = newline + 1 + length
-            if len(buf) < end:
-                return True
-            frame = bytes(buf[:end])
-            del buf[:end]
-            on_frame(parts[0], frame[newline + 1 :], frame)
-
-    def on_kernel_frame(kind, payload, frame):
-        global _received
-        _received += 1
-        if kind != b"msg":
-            return
-        try:
-            msg = json.loads(payload.decode("utf-8"))
-            msg["type"]
-        except (ValueError, KeyError, TypeError) as exc:
-            _log("ignoring a malformed message: %s" % exc)
-            return
-        from_kernel(msg, frame)
-
-    def on_worker_frame(kind, payload, frame):
-        if kind != b"msg":
-            output(kind, payload)
-            return
-        try:
-            msg = json.loads(payload.decode("utf-8"))
-        except (ValueError, RecursionError):
-            return dropped("not JSON")
-        from_worker_msg(msg)
-
-    _send_msg(
-        {
-            "type": "ready",
-            "language_info": {
-                "name": "python",
-                "version": _language_version(),
-                "mimetype": "text/x-python",
-                "file_extension": ".py",
-                "pygments_lexer": "ipython3",
-                "codemirror_mode": {"name": "ipython", "version": 3},
-            },
-            "agent": "python",
-            "comms": True,  # comm_* requests and input_request (see "Comms and stdin")
-            "protocol": PROTOCOL_VERSION,
-        }
-    )
-    kernel_buf, worker_buf, to_worker_buf = bytearray(), bytearray(), bytearray()
+    sup = _Supervisor(worker, to_worker, from_worker)
+    signal.signal(signal.SIGTERM, lambda *_: sup.kill_all(0))
+    signal.signal(signal.SIGHUP, lambda *_: sup.kill_all(0))
+    _send_ready()
     os.set_blocking(to_worker, False)
-    worker_alive = True
-    worker_status = None  # the worker's wait status once reaped
     while True:
-        wlist = [to_worker] if to_worker_buf and worker_alive else []
-        rlist = [_PROTO_IN] + ([from_worker] if worker_alive else [])
+        wlist = [to_worker] if sup.to_worker_buf and sup.worker_alive else []
+        rlist = [_PROTO_IN] + ([from_worker] if sup.worker_alive else [])
         try:
             readable, writable, _ = select.select(rlist, wlist, [], 0.5)
         except InterruptedError:
             continue
         if to_worker in writable:
-            try:
-                n = os.write(to_worker, to_worker_buf[:65536])
-                del to_worker_buf[:n]
-            except BlockingIOError:
-                pass
-            except OSError:
-                to_worker_buf.clear()
+            sup.write_to_worker()
         if from_worker in readable:
-            try:
-                chunk = os.read(from_worker, READ_CHUNK)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                worker_alive = False
-            else:
-                worker_buf += chunk
-                if not parse(worker_buf, on_worker_frame):
-                    # Only user code writing garbage into the channel can do that: the frames
-                    # cannot be told apart any more. End the cell and this sandbox.
-                    _log("the worker's channel is corrupt: %r" % bytes(worker_buf[:64]))
-                    cell = state["cell"]
-                    if cell is not None:
-                        why = "user code wrote into the agent's private channel; the sandbox stops"
-                        send(
-                            {
-                                "type": "error",
-                                "id": cell["id"],
-                                "ename": "SandboxError",
-                                "evalue": why,
-                                "traceback": ["SandboxError: " + why],
-                            }
-                        )
-                        send({"type": "done", "id": cell["id"], "status": "error", "truncated": 0})
-                    kill_all(3)
+            sup.read_from_worker()
         if _PROTO_IN in readable:
-            try:
-                chunk = os.read(_PROTO_IN, 1 << 20)  # whole file_write chunks at once
-            except OSError as exc:
-                _log("cannot read from the kernel: %s" % exc)
-                chunk = b""
-            if not chunk:
-                kill_all(0)
-            kernel_buf += chunk
-            if not parse(kernel_buf, on_kernel_frame):
-                _log("protocol error: bad header %r" % bytes(kernel_buf[:MAX_HEADER]))
-                kill_all(2)
-        # Reap: the worker, and orphans when we are PID 1 of a container.
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if not pid:
-                break
-            if pid == worker:
-                worker_alive = False
-                worker_status = status
-        if not worker_alive:
-            # The worker died (out of memory, os._exit(3), …): end with its status, as the
-            # one-process agent did, so the kernel reports why (a signal N as 128 + N, like a
-            # shell). Its last output is already forwarded.
-            # Its channel may close a moment before it can be reaped; one that stays alive
-            # without its channel is broken (user code closed it) and is killed.
-            deadline = time.monotonic() + 1.0
-            while worker_status is None:
-                try:
-                    pid, status = os.waitpid(worker, os.WNOHANG)
-                except ChildProcessError:
-                    worker_status = 1 << 8
-                    break
-                if pid:
-                    worker_status = status
-                elif time.monotonic() > deadline:
-                    os.killpg(worker, signal.SIGKILL)
-                    deadline = float("inf")
-                else:
-                    time.sleep(0.01)
-            code = os.waitstatus_to_exitcode(worker_status)
-            _log("the worker exited (status %d); exiting" % code)
-            kill_all(128 - code if code < 0 else code)
+            sup.read_from_kernel()
+        sup.reap()
+        if not sup.worker_alive:
+            sup.exit_with_worker()
 
 
 def main():
