@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import time
-from typing import Any, AsyncGenerator, Callable
+from typing import Any, AsyncGenerator, Awaitable, Callable
 
 from .cell import Cell, comm_event
 from .config import Limits
@@ -34,7 +34,7 @@ _usage_ids = itertools.count(1)
 class AgentRequests:
     """Cells, frontend comm messages and input() for an agent-driven session (see the module's docstring)."""
 
-    # Provided by AgentSession:
+    # Provided by AgentSession (declared here for the type checker only: nothing is defined at runtime).
     _comms_supported: bool
     _gate: OutputGate
     _cell_id: str | None
@@ -42,16 +42,6 @@ class AgentRequests:
     _frames: Inbox
     _wake: object
     idle_comm_sink: Callable[[CommEvent], None] | None
-
-    def _execute(self, request: dict[str, Any]) -> AsyncGenerator[Event, None]:
-        raise NotImplementedError
-
-    async def _send(self, body: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    async def _replace(self, reason: str) -> None:
-        raise NotImplementedError
-
     _notice: str | None
     _usage_waiters: dict[str, "asyncio.Future[Message]"]
     _channel: "AgentChannel | None"
@@ -59,9 +49,10 @@ class AgentRequests:
     _launched_at: float
     limits: Limits
     backend: str
-
-    async def _ensure_running(self) -> None:
-        raise NotImplementedError
+    _execute: Callable[[dict[str, Any]], AsyncGenerator[Event, None]]
+    _send: Callable[[dict[str, Any]], Awaitable[None]]
+    _replace: Callable[[str], Awaitable[None]]
+    _ensure_running: Callable[[], Awaitable[None]]
 
     async def file_request(self, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a ``file_write`` / ``file_read`` (PROTOCOL.md) and return its ``file_reply``; the
