@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
+import ssl
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream.ws_client import WSClient, get_websocket_url
-from websocket import WebSocketBadStatusException
+from websocket import ABNF, WebSocketBadStatusException
 
 from ..errors import (
     AdmissionError,
@@ -71,6 +73,41 @@ class Conflict(SandboxStartError):
     """The object changed since it was read (HTTP 409 on a write with a ``resourceVersion``)."""
 
 
+READ_BYTES = 1 << 20
+"""At most about this many bytes are taken off an attach stream's socket by one read."""
+
+_STDOUT, _STDERR, _STATUS = 1, 2, 3  # the channel byte of each websocket frame (255: v5's close)
+
+
+def _frame_waiting(ws: Any, timeout: float) -> bool:
+    """Whether a frame can be read from ``ws`` (a ``WSClient``) within ``timeout`` seconds.
+
+    TLS decrypts whole records, so frames may already sit decrypted in the SSL socket's buffer,
+    invisible to ``poll`` on the socket underneath: ``pending()`` is asked first."""
+    sock = ws.sock.sock if ws.sock is not None else None
+    if sock is None or not ws.sock.connected:
+        ws._connected = False
+        return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(timeout * 1000))
+
+
+def _read_frame(ws: Any) -> tuple[int | None, bytes]:
+    """Read one frame: ``(channel, data)``, or ``(None, b"")`` when the server closed the stream.
+    The v5 protocol's close of one channel (channel byte 255) carries no data for any channel."""
+    opcode, frame = ws.sock.recv_data_frame(True)
+    if opcode == ABNF.OPCODE_CLOSE:
+        ws._connected = False
+        return None, b""
+    if opcode not in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT) or not frame.data:
+        return 0, b""  # a ping, pong or empty frame: nothing for any channel
+    data = bytes(frame.data)
+    return data[0], data[1:]
+
+
 class AttachStream:
     """A blocking attach stream to one container: stdin in, stdout and stderr out.
 
@@ -84,22 +121,37 @@ class AttachStream:
         self._closed = False
 
     def read(self, timeout: float = 0.5) -> tuple[bytes, bytes] | None:
-        """Wait up to ``timeout`` s; return ``(stdout, stderr)`` bytes (maybe empty), or ``None``
-        once the server has closed the stream (the container ended, or the API server went away)."""
+        """Wait up to ``timeout`` s; return ``(stdout, stderr)`` bytes (maybe empty, at most about
+        :data:`READ_BYTES`), or ``None`` once the server has closed the stream (the container
+        ended, or the API server went away).
+
+        Frames are read here, not by ``WSClient.update()``: that one reads every frame already
+        waiting, and during a flood one keeps waiting, so a single call gathered tens of MiB in
+        the kernel process (by repeated ``bytes +=``) before the attach reader could apply its
+        bound. Here a read stops at :data:`READ_BYTES` and the rest stays in the socket."""
         with self._api._calling("read from the sandbox's attach stream", unreachable=True):
             ws = self._ws
             if self._closed or not ws.is_open():
                 return None
-            ws.update(timeout=timeout)
-            channels = ws._channels  # read directly: read_channel() would poll the socket again
-            out = channels.pop(1, b"")
-            err = channels.pop(2, b"")
-            status = channels.pop(3, b"")
-            if status:
-                log.debug("attach stream status: %s", status.decode("utf-8", "replace"))
+            out: list[bytes] = []
+            err: list[bytes] = []
+            size = 0
+            wait = timeout
+            while size < READ_BYTES and _frame_waiting(ws, wait):
+                wait = 0.0
+                channel, data = _read_frame(ws)
+                if channel is None:  # the server closed the stream
+                    break
+                if channel == _STDOUT:
+                    out.append(data)
+                elif channel == _STDERR:
+                    err.append(data)
+                elif channel == _STATUS and data:
+                    log.debug("attach stream status: %s", data.decode("utf-8", "replace"))
+                size += len(data)
             if not ws.is_open() and not out and not err:
                 return None
-            return (out or b"", err or b"")
+            return b"".join(out), b"".join(err)
 
     def write(self, data: bytes) -> None:
         with self._api._calling("write to the sandbox's attach stream", unreachable=True):
