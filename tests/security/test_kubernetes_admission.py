@@ -475,8 +475,15 @@ def test_no_pod_before_the_deny_all_policy_quota_and_limit_range_exist(
 
     def refused_for_lack_of(*policies: str) -> None:
         # The API server evaluates the policies in no fixed order: the refusal names one of
-        # those whose object is missing (and never one whose object exists).
-        message = refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod(ns)), 422, NO_PARAMS)
+        # those whose object is missing. One whose object was created a moment ago may still
+        # refuse while the API server's cache of policy parameters catches up (seen in CI:
+        # the quota's policy, just after the quota was made); after 10 s that is a failure.
+        deadline = time.monotonic() + 10
+        while True:
+            message = refused(lambda: attacker.core.create_namespaced_pod(ns, restricted_pod(ns)), 422, NO_PARAMS)
+            if any(by(p) in message for p in policies) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert any(by(p) in message for p in policies), message
 
     refused_for_lack_of(deny_all, quota, limits)
