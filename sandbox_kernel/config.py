@@ -88,7 +88,8 @@ class Sandbox(Configurable):
         return _env("SANDBOX_MEMORY_LIMIT", "256Mi")
 
     cpu_limit = Unicode(
-        help="CPU a sandbox may use, in cores or millicores (e.g. 500m, 1). Env: SANDBOX_CPU_LIMIT.",
+        help="CPU a sandbox may use, in cores or millicores (e.g. 500m, 1): locally a share of each second "
+        "(a shorter burst, such as a plot, runs at full speed), on Kubernetes the pod's limits.cpu. Env: SANDBOX_CPU_LIMIT.",
     ).tag(config=True)
 
     @default("cpu_limit")

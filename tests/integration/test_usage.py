@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kernels import run_cell, running_kernel
+from kernels import result, run_cell, running_kernel
 
 MiB = 1 << 20
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory/sandbox-kernel")
@@ -124,3 +124,23 @@ def test_bash_and_node_cells_are_accounted_too() -> None:
             assert meta["sandbox_usage"]["cpu_seconds"] > 0
             assert meta["sandbox_usage"]["memory_peak_bytes"] > 0
             assert usage_reply(kc)["kernel_memory"] > 0
+
+
+def test_a_busy_sandbox_is_held_to_its_cpu_limit_over_seconds() -> None:
+    """``Sandbox.cpu_limit`` is a share of each second (cgroups.CPU_PERIOD_US): a short burst may
+    run at full speed (benchmarks/bench_ipython.py measures what that gives), but a loop that keeps
+    the CPU busy for 5 s gets 500m's 2.5 s of CPU, give or take the periods at either end."""
+    with running_kernel("sandbox-python", argv=["--Sandbox.cpu_limit=500m"]) as (km, kc):
+        reply, outputs = run_cell(
+            kc,
+            "import os, time\nstart, cpu = time.monotonic(), os.times()\n"
+            "while time.monotonic() - start < 5: pass\n"
+            "now = os.times()\n"
+            "(now.user - cpu.user + now.system - cpu.system) / (time.monotonic() - start)",
+            timeout=60,
+        )
+        assert reply["status"] == "ok", outputs
+        share = float(result(outputs))
+        print(f"CPU share of a 5 s busy loop at cpu_limit 500m: {share:.2f}")
+        # 5 s overlap at most 6 one-second periods, the two at the ends partly: 4 x 0.5 + 2 x 0.5 = 3 s, 0.6.
+        assert share <= 0.62, share
