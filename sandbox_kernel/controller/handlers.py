@@ -28,7 +28,7 @@ from ..errors import ClusterUnreachable, SandboxError
 from ..kubernetes import claims, commands, manifests
 from ..kubernetes.api import KubernetesApi, micro_time, parse_time
 from ..kubernetes.settings import KubernetesSandbox
-from . import sandboxes
+from . import egress, sandboxes
 from .pool import Pool
 from .settings import SandboxController
 
@@ -50,6 +50,7 @@ class Controller:
         self.creator = self.api.whoami() or "unknown"
         self.executor = ThreadPoolExecutor(bounds.workers, thread_name_prefix="controller")
         self.pool = Pool(self.api, base, bounds, self.creator, self.executor)
+        self.egress_lists = egress.RunningLists()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self, fn: Any, *args: Any) -> Any:
@@ -79,10 +80,15 @@ class Controller:
             await self.run(sandboxes.delete_for_claim, self.api, status["namespace"], uid, self.base.namespace_prefix)
         sandbox: str | None = None
         try:
-            sandbox = await self.run(self.pool.take, plan.pool_key, claim)
+            # A pooled sandbox has no egress (its pod reads no proxy variables): one is made for the claim.
+            sandbox = None if spec.egress else await self.run(self.pool.take, plan.pool_key, claim)
             from_pool = sandbox is not None
             if sandbox is None:
-                why = self.pool.why_cold(plan.pool_key, spec.language)
+                why = (
+                    "a claim with egress gets a sandbox of its own"
+                    if spec.egress
+                    else self.pool.why_cold(plan.pool_key, spec.language)
+                )
                 await self._status(
                     namespace, name, phase=claims.PHASE_PENDING, message=f"{why}; creating a new sandbox"
                 )
@@ -104,6 +110,9 @@ class Controller:
                 if problem:
                     await self._status(namespace, name, phase=claims.PHASE_FAILED, message=problem)
                     return
+            proxy = ""
+            if spec.egress is not None:
+                proxy = await self.run(egress.connect, self.api, sandbox, sandboxes.POD_NAME, self.base.egress_proxy)
             await self.run(sandboxes.grant, self.api, sandbox, spec.user)
         except ClusterUnreachable as exc:
             raise kopf.TemporaryError(str(exc), delay=1) from exc
@@ -121,6 +130,7 @@ class Controller:
             fromPool=from_pool,
             message="",
             readyAt=micro_time(),
+            **({"egressProxy": proxy} if proxy else {}),
         )
         log.info("claim %s/%s: sandbox %s ready%s", namespace, name, sandbox, " (from the pool)" if from_pool else "")
 
@@ -252,6 +262,14 @@ class Controller:
         @kopf.on.create(*resource, registry=registry)
         async def claim_created(body: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
             await self.serve(body, namespace or "", name, uid)
+
+        @kopf.on.event(*resource, registry=registry)
+        async def claim_changed(body: Any, **_: Any) -> None:
+            # Every change (the kernel's heartbeat too): cheap unless the egress lists changed.
+            try:
+                await self.run(self.egress_lists.apply, self.api, dict(body))
+            except SandboxError as exc:  # the next event (a heartbeat at the latest) tries again
+                log.warning("could not apply a claim's egress lists: %s", exc)
 
         @kopf.on.delete(*resource, registry=registry)
         async def claim_deleted(body: Any, uid: str, **_: Any) -> None:

@@ -27,6 +27,7 @@ from ..kubernetes.provision import _deleted_on_failure, expected_objects
 from ..kubernetes.settings import KubernetesSandbox
 from ..languages import LANGUAGES
 from ..quantity import parse_bytes, parse_cpu
+from . import egress
 from .settings import SandboxController
 
 log = logging.getLogger("sandbox_kernel.controller")
@@ -52,6 +53,8 @@ class Plan:
     limits: Limits
     image: str
     pool_key: str
+    egress: manifests.EgressSpec | None = None
+    """With the claim's ``spec.egress``: what the namespace carries (:mod:`.egress`)."""
 
 
 def plan(spec: claims.ClaimSpec, base: KubernetesSandbox, bounds: SandboxController) -> Plan:
@@ -76,6 +79,8 @@ def plan(spec: claims.ClaimSpec, base: KubernetesSandbox, bounds: SandboxControl
         raise claims.ClaimInvalid(
             f"image {image} is not one the operator allows for {spec.language} ({', '.join(sorted(allowed))})"
         )
+    if spec.egress is not None:
+        egress.check_bound(spec.egress, list(bounds.allow_hosts))
     settings = KubernetesSandbox(config=base.config)
     settings.mode = "direct"  # the controller makes the sandbox itself (its runtime_class_name applies)
     settings.images = {**base.images, spec.language: image}
@@ -87,11 +92,13 @@ def plan(spec: claims.ClaimSpec, base: KubernetesSandbox, bounds: SandboxControl
             memory_request=spec.memory_request,
             cpu_request=spec.cpu_request,
             scratch_size=spec.scratch,
+            allow_hosts=list(egress.allow_hosts(spec.egress)) if spec.egress is not None else [],
         ).limits()
         settings.validate(limits)
     except ConfigError as exc:
         raise claims.ClaimInvalid(str(exc).replace("Invalid setting Sandbox.", "spec.resources: ")) from None
-    return Plan(settings, limits, image, spec.pool_key(image))
+    namespace_egress = egress.namespace_spec(spec.egress) if spec.egress is not None else None
+    return Plan(settings, limits, image, spec.pool_key(image), namespace_egress)
 
 
 def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str, claim: ClaimRef | None) -> str:
@@ -107,7 +114,9 @@ def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str, 
             user=creator,
             created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        objects = expected_objects(settings, language, plan_.limits, ident, micro_time(now), POD_NAME)
+        objects = expected_objects(
+            settings, language, plan_.limits, ident, micro_time(now), POD_NAME, plan_.egress if claim else None
+        )
         namespace = objects.namespace
         namespace["metadata"]["labels"][claims.LABEL_MADE_BY] = claims.MADE_BY_CONTROLLER
         if claim is None:
@@ -126,6 +135,8 @@ def make(api: KubernetesApi, plan_: Plan, spec: claims.ClaimSpec, creator: str, 
         if objects.role_binding is not None:
             api.create(objects.role_binding, rbac_settle=5.0)
         parallel = [objects.resource_quota, objects.limit_range, objects.network_policy, objects.config_map]
+        if objects.egress_policy is not None:
+            parallel.append(objects.egress_policy)
         with ThreadPoolExecutor(len(parallel), thread_name_prefix="sandbox-create") as pool:
             for future in [pool.submit(api.create, obj, rbac_settle=5.0) for obj in parallel]:
                 future.result()

@@ -55,6 +55,14 @@ class SandboxController(Configurable):
         "also the image of a claim that names none).",
     ).tag(config=True)
 
+    allow_hosts = List(
+        Unicode(),
+        help="Controlled egress for claimed sandboxes (k8s/EGRESS.md): the hosts a SandboxClaim's spec.egress "
+        "may ask for, as Sandbox.allow_hosts names them (pypi.org, *.pythonhosted.org, host:port). Empty (the "
+        "default): a claim that asks for egress is refused, every claimed sandbox is deny-all. Needs the "
+        "egress proxy (k8s/egress/) and KubernetesSandbox.egress_proxy.",
+    ).tag(config=True)
+
     pool = Dict(
         key_trait=Unicode(),
         value_trait=Int(),
@@ -139,5 +147,12 @@ class SandboxController(Configurable):
         for name in ("pool_resync", "sweep_interval", "heartbeat_check"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SandboxController.{name}", "must be more than 0 seconds")
+        from ..egress.policy import PolicyError, parse_entry
+
+        for host in self.allow_hosts:
+            try:
+                parse_entry(host)
+            except PolicyError as exc:
+                raise ConfigError("SandboxController.allow_hosts", str(exc)) from None
         if self.workers < 2:
             raise ConfigError("SandboxController.workers", "must be at least 2")

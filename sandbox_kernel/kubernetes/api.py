@@ -387,9 +387,11 @@ class KubernetesApi:
             f"delete SandboxClaim {name} in namespace {namespace}", _claim_path(namespace, name), options
         )
 
-    def patch_claim_annotations(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    def patch_claim_annotations(
+        self, namespace: str, name: str, annotations: dict[str, str], action: str = "renew the heartbeat of"
+    ) -> None:
         self._request(
-            f"renew the heartbeat of SandboxClaim {name} in namespace {namespace}",
+            f"{action} SandboxClaim {name} in namespace {namespace}",
             "PATCH",
             _claim_path(namespace, name),
             body={"metadata": {"annotations": annotations}},

@@ -117,10 +117,18 @@ def claim_namespace(settings: KubernetesSandbox, user: str) -> str:
 
 
 def claim_spec(
-    settings: KubernetesSandbox, language: Language, limits: Limits, kernel_id: str, user: str, owner: str
+    settings: KubernetesSandbox,
+    language: Language,
+    limits: Limits,
+    kernel_id: str,
+    user: str,
+    owner: str,
+    egress: claims.ClaimEgress | None = None,
 ) -> claims.ClaimSpec:
-    """What the kernel asks for: its own image and limits (the controller checks them against its bounds)."""
+    """What the kernel asks for: its own image and limits (the controller checks them against its
+    bounds), and with an allow list its egress (:meth:`.egress.KubernetesEgress.claim_egress`)."""
     return claims.ClaimSpec(
+        egress=egress,
         language=language.name,
         user=user,
         image=settings.image(language),
@@ -143,6 +151,7 @@ def acquire(
     limits: Limits,
     kernel_id: str,
     progress: Callable[[str], None] | None = None,
+    egress: claims.ClaimEgress | None = None,
 ) -> Claimed:
     """Create a claim and wait until the controller has a sandbox for it (or refuses); raise a SandboxError.
 
@@ -151,7 +160,7 @@ def acquire(
     user = api.whoami()
     owner = settings.owner or (manifests.owner_label(user) if user else "unknown")
     namespace = claim_namespace(settings, user)
-    spec = claim_spec(settings, language, limits, kernel_id, user, owner)
+    spec = claim_spec(settings, language, limits, kernel_id, user, owner, egress)
     name = f"{language.name}-{secrets.token_hex(4)}"
     started = time.monotonic()
     created = api.create(claims.claim_object(name, namespace, spec, micro_time()))

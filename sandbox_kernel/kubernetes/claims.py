@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..egress import policy
 from ..languages import LANGUAGES
 from ..quantity import QuantityError, parse_bytes, parse_cpu
 from . import manifests
@@ -43,6 +44,11 @@ LABEL_POOL = "sandbox-kernel/pool"
 """On a pooled sandbox: the pool key (:meth:`ClaimSpec.pool_key`) it was made for."""
 LABEL_STATE = "sandbox-kernel/state"
 """``warming`` (pooled, pod not yet running), ``ready`` (pooled, waiting for a claim), ``bound``."""
+ANNOTATION_EGRESS_ALLOW = f"{GROUP}/egress-allow"
+ANNOTATION_EGRESS_DENY = f"{GROUP}/egress-deny"
+"""On a claim with ``spec.egress``: the running allow and deny lists (``%sandbox allow``/``deny``,
+space-separated ``name:port,port`` entries), written by the kernel; the controller copies them to
+the sandbox namespace (:func:`egress_lists`), never beyond the claim's ``spec.egress.hosts``."""
 ANNOTATION_CLAIM = "sandbox-kernel/claim"
 """``<namespace>/<name>`` of the claim a sandbox is bound to."""
 ANNOTATION_CLAIM_UID = "sandbox-kernel/claim-uid"
@@ -59,8 +65,26 @@ _LABELISH = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?")
 SECCOMP_PROFILES = ("", manifests.SECCOMP_PROFILE)
 
 
+_PROXY = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_EGRESS_HOSTS = 100
+
+
 class ClaimInvalid(ValueError):
     """A claim's spec that the controller will not serve; ``str()`` says why, for the claim's status."""
+
+
+@dataclass(frozen=True)
+class ClaimEgress:
+    """A claim's ``spec.egress``: the sandbox may reach ``hosts`` through the egress proxy (k8s/EGRESS.md).
+
+    The kernel draws the proxy credential and puts only its SHA-256 here; the credential itself
+    travels to the pod in the gate line, as in direct mode."""
+
+    token_sha256: str
+    hosts: tuple[str, ...]
+    """Entries in the policy's ``name:port,port`` form: the kernel's ``Sandbox.allow_hosts``, within
+    the controller's ``SandboxController.allow_hosts``; ``%sandbox allow`` can only narrow them."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class ClaimSpec:
     cpu_request: str = "100m"
     memory_request: str = "64Mi"
     scratch: str = "64Mi"
+    egress: ClaimEgress | None = None
 
     def pool_key(self, image: str) -> str:
         """What makes two sandboxes interchangeable before a claim: language, image, pod limits, seccomp.
@@ -147,6 +172,7 @@ def parse_spec(spec: Any) -> ClaimSpec:
     return ClaimSpec(
         language=language,
         user=user,
+        egress=_parse_egress(spec.get("egress")),
         image=text(spec.get("image"), "spec.image", _IMAGE, 200),
         owner=text(spec.get("owner"), "spec.owner", _LABELISH, 63),
         kernel_id=text(spec.get("kernelId"), "spec.kernelId", re.compile(r"[A-Za-z0-9._-]*"), 64),
@@ -154,6 +180,62 @@ def parse_spec(spec: Any) -> ClaimSpec:
         seccomp_profile=seccomp,
         **fields,
     )
+
+
+def _parse_egress(value: Any) -> ClaimEgress | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ClaimInvalid("spec.egress must be an object")
+    token = value.get("tokenSha256")
+    if not isinstance(token, str) or not _HEX64.fullmatch(token):
+        raise ClaimInvalid("spec.egress.tokenSha256 must be a hex SHA-256")
+    hosts = value.get("hosts")
+    if not isinstance(hosts, list) or not 0 < len(hosts) <= MAX_EGRESS_HOSTS:
+        raise ClaimInvalid(f"spec.egress.hosts must list 1 to {MAX_EGRESS_HOSTS} hosts")
+    return ClaimEgress(token, tuple(entry_text(e, "spec.egress.hosts") for e in hosts))
+
+
+def entry_text(value: Any, where: str) -> str:
+    """One ``name:port,port`` entry, checked and normalized; ClaimInvalid naming ``where`` otherwise."""
+    if not isinstance(value, str) or len(value) > 300 or value.count(":") != 1:
+        raise ClaimInvalid(f"{where}: {str(value)[:80]!r} is not a name:port,port entry")
+    name, _, ports = value.partition(":")
+    try:
+        parsed = [policy.parse_entry(f"{name}:{port}") for port in ports.split(",")]
+    except policy.PolicyError as exc:
+        raise ClaimInvalid(f"{where}: {exc}") from None
+    return parsed[0].name + ":" + ",".join(str(e.ports[0]) for e in parsed)
+
+
+def egress_lists(claim: dict[str, Any], egress: ClaimEgress) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """The running lists a claim's annotations ask for: ``(allow, deny, refused)``. Allow entries
+    that the claim's ``spec.egress.hosts`` do not cover, and malformed entries, are left out and
+    named in ``refused``; without the allow annotation the list is ``hosts`` itself."""
+    notes = (claim.get("metadata") or {}).get("annotations") or {}
+    hosts = policy.entries_from_json(egress.hosts)
+    refused: list[str] = []
+
+    def entries(key: str, default: tuple[str, ...]) -> list[str]:
+        raw = notes.get(key)
+        if not isinstance(raw, str):
+            return list(default)
+        out = []
+        for item in raw.split()[:MAX_EGRESS_HOSTS]:
+            try:
+                out.append(entry_text(item, key))
+            except ClaimInvalid as exc:
+                refused.append(str(exc))
+        return out
+
+    allow = []
+    for item in entries(ANNOTATION_EGRESS_ALLOW, egress.hosts):
+        (entry,) = policy.entries_from_json([item])
+        if any(entry.covered_by(h) for h in hosts):
+            allow.append(item)
+        else:
+            refused.append(f"{item} is not within the claim's spec.egress.hosts")
+    return tuple(allow), tuple(entries(ANNOTATION_EGRESS_DENY, ())), refused
 
 
 def claim_object(name: str, namespace: str, spec: ClaimSpec, heartbeat: str) -> dict[str, Any]:
@@ -175,6 +257,8 @@ def claim_object(name: str, namespace: str, spec: ClaimSpec, heartbeat: str) -> 
     }
     if spec.image:
         body["image"] = spec.image
+    if spec.egress is not None:
+        body["egress"] = {"tokenSha256": spec.egress.token_sha256, "hosts": list(spec.egress.hosts)}
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -222,6 +306,8 @@ class ClaimStatus:
     pod: str
     from_pool: bool
     message: str
+    egress_proxy: str = ""
+    """``IPv4:PORT`` of the egress proxy's Service, for a claim with ``spec.egress`` (the sandbox has no DNS)."""
 
 
 def parse_status(claim: dict[str, Any] | None) -> ClaimStatus | None:
@@ -242,4 +328,5 @@ def parse_status(claim: dict[str, Any] | None) -> ClaimStatus | None:
         pod=pod,
         from_pool=bool(status.get("fromPool")),
         message=str(status.get("message") or "")[:2000],
+        egress_proxy=proxy if _PROXY.fullmatch(proxy := str(status.get("egressProxy") or "")) else "",
     )

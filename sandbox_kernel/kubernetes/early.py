@@ -135,6 +135,8 @@ def start_early(config: Any, language_name: str) -> Future[PreparedSandbox | Pre
     limits = Sandbox(config=config).limits()
     settings = KubernetesSandbox(config=config)
     settings.validate(limits)
+    if settings.mode == "claims" and limits.allow_hosts:
+        raise ValueError("a claim with egress carries the session's own proxy credential: no early claim")
     kernel_id = current_kernel_id()
     future: Future[PreparedSandbox | PreparedClaim] = Future()
 

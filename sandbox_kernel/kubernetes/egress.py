@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Limits
 from ..errors import ConfigError, SandboxStartError
 from ..egress import policy
-from . import manifests
+from . import claims, manifests
 
 if TYPE_CHECKING:  # the early start imports this module before the kubernetes client (early_client.py)
     from .api import KubernetesApi
@@ -104,6 +104,7 @@ class KubernetesEgress:
         self.source = ""
         self._address = ""
         self._api: KubernetesApi | None = None
+        self._claim: tuple[str, str] | None = None  # claims mode: (namespace, name) of the claim
 
     @classmethod
     def for_session(cls, limits: Limits, settings: Any) -> KubernetesEgress | None:
@@ -142,6 +143,22 @@ class KubernetesEgress:
             api.patch_namespace(namespace, {}, {manifests.ANNOTATION_EGRESS_SOURCE: pod_ip})
             self.source = pod_ip
 
+    def claim_egress(self) -> claims.ClaimEgress:
+        """Claims mode: a fresh credential for the claim about to be made; what its ``spec.egress`` says."""
+        spec = self.new_namespace()
+        return claims.ClaimEgress(spec.token_sha256, spec.operator)
+
+    def attach_to_claim(self, api: KubernetesApi, claim: tuple[str, str], status: claims.ClaimStatus) -> None:
+        """Claims mode: the controller made the sandbox, recorded the pod's address for the proxy and
+        the proxy's address in the claim's status; ``%sandbox allow``/``deny`` patch the claim."""
+        if not status.egress_proxy:
+            raise SandboxStartError(
+                f"The sandbox controller served the SandboxClaim {claim[0]}/{claim[1]} without the egress proxy's "
+                "address: is it a controller from before claims could have egress?"
+            )
+        self._api, self._claim, self.namespace = api, claim, status.namespace
+        self._address, self.source = status.egress_proxy, "(recorded by the sandbox controller)"
+
     def proxy_address(self, api: KubernetesApi) -> str:
         """``IP:PORT`` of the proxy: a ClusterIP, not a name, since the sandbox has no DNS (blocking)."""
         if not self._address:
@@ -169,16 +186,28 @@ class KubernetesEgress:
 
     def allow(self, hosts: list[str]) -> str:
         lines = [self.running.allow_host(h) for h in hosts]
-        self._publish()
+        self.publish()
         return "\n".join(lines)
 
     def deny(self, hosts: list[str]) -> str:
         lines = [self.running.deny_host(h) for h in hosts]
-        self._publish()
+        self.publish()
         return "\n".join(lines)
 
-    def _publish(self) -> None:
-        if self._api is not None and self.namespace:
+    def changed(self) -> bool:
+        """Whether ``%sandbox allow``/``deny`` changed the list (a new sandbox starts from the operator's)."""
+        return bool(self.running.deny) or self.running.allow != self.running.operator
+
+    def publish(self) -> None:
+        """Send the running lists where the proxy's sync reads them (blocking)."""
+        if self._api is not None and self._claim is not None:  # the controller copies them to the namespace
+            allow, deny = _entries(self.running.allow), _entries(self.running.deny)
+            self._api.patch_claim_annotations(
+                *self._claim,
+                {claims.ANNOTATION_EGRESS_ALLOW: " ".join(allow), claims.ANNOTATION_EGRESS_DENY: " ".join(deny)},
+                "change the egress allow list of",
+            )
+        elif self._api is not None and self.namespace:
             patch = manifests.egress_list_patch(_entries(self.running.allow), _entries(self.running.deny))
             self._api.patch_namespace(self.namespace, {}, dict(patch))
 

@@ -381,11 +381,14 @@ class KubernetesSandbox(Configurable):
                 f"{self.heartbeat_ttl} s must be longer than heartbeat_interval ({self.heartbeat_interval:g} s)",
             )
         if self.mode == "claims" and limits.allow_hosts:
-            raise ConfigError(
-                "Sandbox.allow_hosts",
-                "controlled egress is not available in claims mode yet (the controller does not set up the proxy "
-                "credential); use KubernetesSandbox.mode = 'direct', or leave Sandbox.allow_hosts empty",
-            )
+            from .egress import widening
+
+            if widening(self.config):
+                raise ConfigError(
+                    "EgressProxy.allow_widening",
+                    "is not available in claims mode: a claimed sandbox's allow list is bounded by its claim "
+                    "(and the controller's SandboxController.allow_hosts), so %sandbox allow can only narrow it",
+                )
         if self.mode == "claims" and self.runtime_class_name:
             raise ConfigError(
                 "KubernetesSandbox.runtime_class_name",

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -161,13 +162,12 @@ def controller_kubeconfig(kubeconfig: str, tmp_path_factory: pytest.TempPathFact
     return mint(kubeconfig, CONTROLLER_SA, tmp_path_factory.mktemp("controller") / "controller.kubeconfig")
 
 
-@pytest.fixture(scope="module")
-def controller(
-    kubeconfig: str,
-    controller_kubeconfig: str,
-    sandbox_images: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
+@contextmanager
+def running_controller(
+    kubeconfig: str, controller_kubeconfig: str, images: dict[str, str], log: Path, *settings: str, pool_size: int
 ) -> Iterator[ControllerProcess]:
+    """The one controller that acts while the block runs (the in-cluster one scaled to 0 meanwhile),
+    leading, with ``pool_size`` pooled Python sandboxes ready; everything it made is deleted after."""
     admin = config.new_client_from_config(config_file=kubeconfig)
     apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
     replicas = scale_deployment(apps, 0)
@@ -179,15 +179,10 @@ def controller(
             60,
             what="the in-cluster controller to stop",
         )
-    proc = ControllerProcess(
-        controller_kubeconfig,
-        sandbox_images,
-        tmp_path_factory.mktemp("controller") / "controller.log",
-        *CONTROLLER_SETTINGS,
-    )
+    proc = ControllerProcess(controller_kubeconfig, images, log, *settings)
     try:
         proc.wait_for("leading", 60)
-        wait_until(lambda: len(pool_ready(core)) >= POOL_SIZE, 120, interval=0.5, what=f"{POOL_SIZE} pooled sandboxes")
+        wait_until(lambda: len(pool_ready(core)) >= pool_size, 120, interval=0.5, what=f"{pool_size} pooled sandboxes")
         yield proc
     finally:
         proc.stop()
@@ -195,6 +190,20 @@ def controller(
         if replicas:
             scale_deployment(apps, replicas)
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def controller(
+    kubeconfig: str,
+    controller_kubeconfig: str,
+    sandbox_images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ControllerProcess]:
+    log = tmp_path_factory.mktemp("controller") / "controller.log"
+    with running_controller(
+        kubeconfig, controller_kubeconfig, sandbox_images, log, *CONTROLLER_SETTINGS, pool_size=POOL_SIZE
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")

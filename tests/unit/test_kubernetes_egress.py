@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from traitlets.config import Config
 
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import ConfigError
@@ -159,9 +160,12 @@ def test_the_proxy_setting() -> None:
     KubernetesSandbox(egress_proxy="nope").validate(Sandbox().limits())  # unused without a list
 
 
-def test_claims_mode_refuses_an_allow_list_instead_of_ignoring_it() -> None:
-    with pytest.raises(ConfigError, match="Sandbox.allow_hosts.*claims mode"):
-        KubernetesSandbox(mode="claims").validate(Sandbox(allow_hosts=["pypi.org"]).limits())
+def test_claims_mode_takes_an_allow_list_but_refuses_widening_instead_of_ignoring_it() -> None:
+    KubernetesSandbox(mode="claims").validate(Sandbox(allow_hosts=["pypi.org"]).limits())
+    config = Config()
+    config.EgressProxy.allow_widening = True
+    with pytest.raises(ConfigError, match="EgressProxy.allow_widening.*claims mode"):
+        KubernetesSandbox(mode="claims", config=config).validate(Sandbox(allow_hosts=["pypi.org"]).limits())
 
 
 class _RecordingApi:
