@@ -21,7 +21,7 @@ from kubernetes import client, config
 
 from egress_cluster import apply_test_proxy, build_lab_image, remove_test_proxy, start_test_hosts
 from fixtures_claims import CONTROLLER_SETTINGS, SA_NAMESPACE, ControllerProcess, running_controller
-from fixtures_kubernetes import K8sKernel, wait_until
+from fixtures_kubernetes import K8sKernel, start_kernel, stop_kernel, wait_until
 from sandbox_kernel.kubernetes import claims, manifests
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
@@ -73,13 +73,28 @@ def egress_controller(
 
 @pytest.fixture(scope="module")
 def claimed(
-    egress_controller: ControllerProcess, k8s_kernel: Any, claims_env: dict[str, str], test_hosts: dict[str, Any]
-) -> K8sKernel:
+    egress_controller: ControllerProcess,
+    kernel_env: dict[str, str],
+    core_v1: client.CoreV1Api,
+    claims_env: dict[str, str],
+    test_hosts: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[K8sKernel]:
     """A claims-mode Python kernel allowed allowed.test, with the test CA written in its sandbox."""
-    kernel: K8sKernel = k8s_kernel("python", "--Sandbox.allow_hosts=allowed.test", env=claims_env)
-    cell = kernel.run(f"open('/tmp/ca.pem', 'w').write({test_hosts['ca']!r})")
-    assert cell.reply["status"] == "ok", (cell.outputs, egress_controller.text()[-3000:])
-    return kernel
+    kernel = start_kernel(
+        kernel_env,
+        core_v1,
+        "python",
+        "--Sandbox.allow_hosts=allowed.test",
+        env=claims_env,
+        cwd=tmp_path_factory.mktemp("notebook"),
+    )
+    try:
+        cell = kernel.run(f"open('/tmp/ca.pem', 'w').write({test_hosts['ca']!r})")
+        assert cell.reply["status"] == "ok", (cell.outputs, egress_controller.text()[-3000:])
+        yield kernel
+    finally:
+        stop_kernel(kernel)
 
 
 @pytest.fixture(scope="module")
