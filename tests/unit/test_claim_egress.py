@@ -211,3 +211,15 @@ def test_a_claim_s_status_gives_the_kernel_only_a_well_formed_proxy_address() ->
     for given, kept in (("10.96.0.9:3128", "10.96.0.9:3128"), ("evil.example:3128", ""), ("10.96.0.9:3128 x", "")):
         status = claims.parse_status({"status": {"phase": "Ready", "egressProxy": given}})
         assert status is not None and status.egress_proxy == kept
+
+
+def test_no_early_claim_with_an_allow_list_the_session_draws_the_credential() -> None:
+    from traitlets.config import Config
+
+    from sandbox_kernel.kubernetes import early
+
+    config = Config()
+    config.KubernetesSandbox.mode = "claims"
+    config.Sandbox.allow_hosts = ["pypi.org"]
+    with pytest.raises(ValueError, match="no early claim"):
+        early.start_early(config, "python")
