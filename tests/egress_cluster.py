@@ -182,6 +182,8 @@ def apply_test_proxy(kubeconfig: str, lab_image: str, hosts: dict[str, Any], wor
                                 "-m",
                                 "sandbox_kernel.egress.k8s_sync",
                                 "/policies",
+                                "--refusals",
+                                "/refusals",
                                 "--hosts-file",
                                 "/test-hosts/hosts",
                                 "--exempt-network",
