@@ -57,7 +57,7 @@ def _bounded(text: str, limit: int) -> str:
 
 
 def safe_host(host: str) -> str:
-    return _bounded(_UNSAFE.sub("?", host), MAX_HOST) or "(no host)"
+    return _bounded(_UNSAFE.sub("?", host), MAX_HOST) or "(none)"
 
 
 @dataclass(frozen=True)
