@@ -34,7 +34,7 @@ from jupyter_client.manager import KernelManager
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from egress_cluster import REPO, apply_test_proxy, build_lab_image, kubectl, remove_test_proxy, start_test_hosts
+from egress_cluster import REPO, kubectl
 from fixtures_kubernetes import K8sKernel, wait_until
 from sandbox_kernel.egress import refusals
 from sandbox_kernel.kubernetes import manifests
@@ -44,38 +44,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 PLATFORM = "sandbox-kernel-system"
 NP_POLICY = "sandbox-kernel-networkpolicies"
 NS_POLICY = "sandbox-kernel-namespaces"
-
-
-@pytest.fixture(scope="module")
-def test_hosts(
-    core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """The HTTPS/HTTP test host pod in its own namespace: {'ip', 'ca', 'namespace'}."""
-    hosts = start_test_hosts(core_v1, sandbox_images["SANDBOX_IMAGE_PYTHON"], tmp_path_factory.mktemp("egress-ca"))
-    try:
-        yield hosts
-    finally:
-        core_v1.delete_namespace(hosts["namespace"])
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    kubeconfig: str,
-    core_v1: client.CoreV1Api,
-    rbac_applied: None,
-    test_hosts: dict[str, Any],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """k8s/egress/ with the test-only options; yields the proxy Service's ClusterIP."""
-    try:
-        image = build_lab_image(kubeconfig)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    overlay = apply_test_proxy(kubeconfig, image, test_hosts, tmp_path_factory.mktemp("egress-proxy"))
-    try:
-        yield core_v1.read_namespaced_service("sandbox-egress-proxy", PLATFORM).spec.cluster_ip
-    finally:
-        remove_test_proxy(kubeconfig, overlay)
 
 
 @pytest.fixture(scope="module")
