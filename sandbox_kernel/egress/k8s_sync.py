@@ -3,7 +3,7 @@ the Kubernetes proxy's policies (and, with ``--refusals``, its refused requests 
 sandbox's namespace: :mod:`.k8s_events`).
 
 Runs next to the shared proxy (``runner --shared``) in the egress-proxy pod, with the only API
-credential of that pod (get/list/watch namespaces, nothing else). For every sandbox namespace
+credential of that pod (get/list/watch namespaces; create/patch events, for :mod:`.k8s_events`). For every sandbox namespace
 (label ``app.kubernetes.io/managed-by=sandbox-kernel``) whose annotations carry an egress
 credential, an allow list and the sandbox pod's address, it writes
 ``POLICY_DIR/<sha256 of the token>.json`` in the format the proxy reads (the same as the local
