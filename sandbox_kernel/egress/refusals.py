@@ -261,7 +261,7 @@ def refused_from_events(events: list[dict[str, Any]], limit: int = 10) -> list[R
     return sorted(merged.values(), key=lambda r: r.last, reverse=True)[:limit]
 
 
-def report_lines(refused: list[Refused]) -> list[str]:
+def report_lines(refused: list[Refused], widening: bool = False) -> list[str]:
     """``%sandbox network``'s lines for the refused hosts (the local backend's wording)."""
     if not refused:
         return ["last refused: none"]
@@ -275,5 +275,5 @@ def report_lines(refused: list[Refused]) -> list[str]:
             when = r.last or "?"
         times = f" ({r.count} times)" if r.count > 1 else ""
         lines.append(f"  {when}  {r.target}  {r.why}{times}")
-    lines.append("allow one: %sandbox allow HOST (within the operator's list)")
+    lines.append("allow one: %sandbox allow HOST" + ("" if widening else " (within the operator's list)"))
     return lines

@@ -221,4 +221,4 @@ class KubernetesEgress:
             events = self._api.list_events(self.namespace)
         except SandboxError as exc:
             return [f"last refused: the namespace's Events could not be listed ({exc})"]
-        return refusals.report_lines(refusals.refused_from_events(events))
+        return refusals.report_lines(refusals.refused_from_events(events), self.running.widening)

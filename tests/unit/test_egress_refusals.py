@@ -260,6 +260,9 @@ def test_the_report_names_the_hosts_and_how_to_allow_one(monkeypatch: pytest.Mon
         "allow one: %sandbox allow HOST (within the operator's list)",
     ]
     assert refusals.report_lines([]) == ["last refused: none"]
+    one = [Refused("a.test:443", "why", 1, "")]  # no time: "?"
+    assert refusals.report_lines(one)[1] == "  ?  a.test:443  why"
+    assert refusals.report_lines(one, widening=True)[-1] == "allow one: %sandbox allow HOST"  # any host
 
 
 class _Api:
