@@ -1,8 +1,9 @@
-"""``python -m sandbox_kernel.egress.k8s_sync POLICY_DIR [--hosts-file F] [--exempt-network CIDR]``:
-the Kubernetes proxy's policies.
+"""``python -m sandbox_kernel.egress.k8s_sync POLICY_DIR [--refusals DIR] [--hosts-file F] [--exempt-network CIDR]``:
+the Kubernetes proxy's policies (and, with ``--refusals``, its refused requests as Events in the
+sandbox's namespace: :mod:`.k8s_events`).
 
 Runs next to the shared proxy (``runner --shared``) in the egress-proxy pod, with the only API
-credential of that pod (get/list/watch namespaces, nothing else). For every sandbox namespace
+credential of that pod (get/list/watch namespaces; create/patch events, for :mod:`.k8s_events`). For every sandbox namespace
 (label ``app.kubernetes.io/managed-by=sandbox-kernel``) whose annotations carry an egress
 credential, an allow list and the sandbox pod's address, it writes
 ``POLICY_DIR/<sha256 of the token>.json`` in the format the proxy reads (the same as the local
@@ -128,17 +129,39 @@ def testing_options(argv: list[str]) -> dict[str, Any]:
     return options
 
 
+def refusals_option(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """``--refusals DIR`` (the proxy's record directory, :mod:`.refusals`) and the other options."""
+    if argv[:1] == ["--refusals"] and len(argv) >= 2:
+        return Path(argv[1]), argv[2:]
+    return None, argv
+
+
 def main() -> None:  # pragma: no cover - needs a cluster
+    import socket
+    import threading
+
     from kubernetes import client, config, watch
+
+    from . import k8s_events
 
     logging.basicConfig(level=logging.INFO)
     directory = Path(sys.argv[1])
-    test_only = testing_options(sys.argv[2:])
+    records, rest = refusals_option(sys.argv[2:])
+    test_only = testing_options(rest)
     if test_only:
         log.warning("TEST-ONLY options in force: %s", test_only)
     directory.mkdir(parents=True, exist_ok=True)
     config.load_incluster_config()
     api = client.CoreV1Api()
+    known: list[set[str] | None] = [None]  # the sandbox namespaces, for the Events thread (replaced whole)
+    if records is not None:
+        events_api = client.CoreV1Api(client.ApiClient())  # its own connection pool, for its own thread
+        threading.Thread(
+            target=k8s_events.run,
+            args=(records, events_api, socket.gethostname(), lambda: known[0]),
+            daemon=True,
+            name="egress-events",
+        ).start()
     while True:
         try:
             listed = api.list_namespace(label_selector=SELECTOR)
@@ -147,6 +170,7 @@ def main() -> None:  # pragma: no cover - needs a cluster
                 for ns in listed.items
             }
             sync(directory, current.items(), test_only)
+            known[0] = set(current)
             stream = watch.Watch().stream(
                 api.list_namespace,
                 label_selector=SELECTOR,
@@ -160,6 +184,7 @@ def main() -> None:  # pragma: no cover - needs a cluster
                 else:
                     current[ns.metadata.name] = ns.metadata.annotations
                 sync(directory, current.items(), test_only)
+                known[0] = set(current)
         except Exception:  # keep serving the last policies; relist
             log.exception("namespace watch failed; relisting")
             time.sleep(2)

@@ -31,10 +31,11 @@ from proxy.http.parser import HttpParser
 from proxy.http.proxy import HttpProxyBasePlugin
 from proxy.http.proxy.server import HttpProxyPlugin
 
-from . import policy
+from . import policy, refusals
 
 POLICY_ENV = "SANDBOX_EGRESS_POLICY"
 POLICY_DIR_ENV = "SANDBOX_EGRESS_POLICY_DIR"
+REFUSALS_DIR_ENV = "SANDBOX_EGRESS_REFUSALS_DIR"
 SNI_LIMIT = 32 * 1024  # most bytes held while waiting for a complete ClientHello
 
 
@@ -65,12 +66,40 @@ class _Policy:
         return self
 
     def log(self, **fields: Any) -> None:
-        line = json.dumps({"time": round(time.time(), 3), "sandbox": self.data.get("sandbox", "?"), **fields})
+        now = time.time()
+        line = json.dumps({"time": round(now, 3), "sandbox": self.data.get("sandbox", "?"), **fields})
         fd = os.open(self.data["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode() + b"\n")
         finally:
             os.close(fd)
+        where = os.environ.get(REFUSALS_DIR_ENV)
+        if where and fields.get("decision") == "refused":
+            record = refusals.record_line(
+                str(self.data.get("sandbox", "")),
+                str(fields.get("host", "")),
+                int(fields.get("port", 0)),
+                str(fields.get("reason", "")),
+                now,
+            )
+            record_refusal(os.path.join(where, refusals.RECORD_FILE), record)
+
+
+def record_refusal(path: str, record: bytes) -> None:
+    """Shared mode: one refusal for the sync to turn into an Event (:mod:`.refusals`). Appended in one
+    write (O_APPEND: the proxy's threads never interleave), and not at all once the file holds
+    :data:`.refusals.MAX_FILE_BYTES` the sync has not taken yet (the log line above has it anyway)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_size < refusals.MAX_FILE_BYTES:
+            os.write(fd, record)
+    except OSError:
+        pass  # a full emptyDir: the refusal still stands, only its Event is missing
+    finally:
+        os.close(fd)
 
 
 def _read_hosts(path: str) -> dict[str, list[str]]:

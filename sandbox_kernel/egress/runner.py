@@ -1,5 +1,6 @@
 """``python -m sandbox_kernel.egress.runner SOCKET``: one sandbox's proxy.py, on a Unix socket
-(``--shared HOST:PORT POLICY_DIR``: the Kubernetes proxy, for every sandbox with a credential).
+(``--shared HOST:PORT POLICY_DIR [--refusals DIR]``: the Kubernetes proxy, for every sandbox with a
+credential; ``--refusals``: where it records refused requests for the sync's Events, :mod:`.refusals`).
 
 The kernel starts it (``start_new_session``) with ``SANDBOX_EGRESS_POLICY`` naming the policy
 file. It never outlives the kernel: a watchdog thread ends the whole process group (proxy.py's
@@ -52,6 +53,10 @@ def main() -> None:
         # credential (see plugin.policy_for and k8s_sync); PID 1 of its container, no watchdog.
         host, _, port = sys.argv[2].rpartition(":")
         os.environ["SANDBOX_EGRESS_POLICY_DIR"] = sys.argv[3]
+        if sys.argv[4:5] == ["--refusals"]:
+            os.environ["SANDBOX_EGRESS_REFUSALS_DIR"] = sys.argv[5]
+        elif sys.argv[4:]:
+            raise SystemExit(f"runner: unknown option {sys.argv[4]}")
         sys.argv = [sys.argv[0], *proxy_argv(listen=(host, int(port)))]
         proxy.main()
         return

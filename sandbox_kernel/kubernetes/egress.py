@@ -15,7 +15,10 @@ is deny-all exactly as before):
   address (``egress-source``), and the proxy takes the credential only from there;
 - ``%sandbox allow``/``deny`` change the running list (the same :class:`~sandbox_kernel.egress.policy.RunningList`
   as locally: narrow only, unless ``EgressProxy.allow_widening``) and patch the namespace's allow
-  and deny annotations; the sync applies the change within the watch's latency.
+  and deny annotations; the sync applies the change within the watch's latency;
+- ``%sandbox network`` shows the list and the last refused hosts: the proxy's sync records them as
+  Events of reason ``EgressRefused`` in the sandbox's namespace (:mod:`sandbox_kernel.egress.refusals`),
+  which the kernel's identity may list.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..config import Limits
-from ..errors import ConfigError, SandboxStartError
-from ..egress import policy
+from ..errors import ConfigError, SandboxError, SandboxStartError
+from ..egress import policy, refusals
 from . import claims, manifests
 
 if TYPE_CHECKING:  # the early start imports this module before the kubernetes client (early_client.py)
@@ -236,8 +239,15 @@ class KubernetesEgress:
             + (", ".join(map(str, r.operator)) or "(empty)")
             + ("; widening allowed" if r.widening else "; %sandbox allow can only narrow it")
         )
-        lines.append(
-            "refused requests: in the proxy's log, one JSON line each with this namespace "
-            f"(kubectl logs -n {manifests.EGRESS_PROXY_NAMESPACE} deploy/sandbox-egress-proxy -c proxy)"
-        )
+        lines += self._refused_lines()
         return "\n".join(lines)
+
+    def _refused_lines(self) -> list[str]:
+        """The last refused hosts, from the namespace's EgressRefused Events (blocking)."""
+        if self._api is None or not self.namespace:
+            return ["last refused: none (no sandbox pod yet)"]
+        try:
+            events = self._api.list_events(self.namespace)
+        except SandboxError as exc:
+            return [f"last refused: the namespace's Events could not be listed ({exc})"]
+        return refusals.report_lines(refusals.refused_from_events(events), self.running.widening)

@@ -115,3 +115,6 @@ from fixtures_kubernetes import *  # noqa: E402,F401,F403
 
 # Claims mode fixtures (claims_kubeconfig, controller_kubeconfig, controller, claims_env).
 from fixtures_claims import *  # noqa: E402,F401,F403
+
+# Egress fixtures (test_hosts, proxy).
+from fixtures_egress import *  # noqa: E402,F401,F403

@@ -56,7 +56,8 @@ POLICIES = (
     "sandbox-kernel-pods-deny-all",
     "sandbox-kernel-pods-quota",
     "sandbox-kernel-pods-limits",
-)  # k8s/rbac/admission-policy.yaml
+    "sandbox-egress-proxy-events",
+)  # k8s/rbac/admission-policy.yaml; the last: k8s/egress/proxy.yaml
 SANDBOX_LABELS = {
     manifests.LABEL_MANAGED_BY: manifests.MANAGED_BY,
     "pod-security.kubernetes.io/enforce": "restricted",

@@ -20,6 +20,8 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +34,9 @@ from jupyter_client.manager import KernelManager
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from egress_cluster import REPO, apply_test_proxy, build_lab_image, kubectl, remove_test_proxy, start_test_hosts
+from egress_cluster import REPO, kubectl
 from fixtures_kubernetes import K8sKernel, wait_until
+from sandbox_kernel.egress import refusals
 from sandbox_kernel.kubernetes import manifests
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
@@ -41,38 +44,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 PLATFORM = "sandbox-kernel-system"
 NP_POLICY = "sandbox-kernel-networkpolicies"
 NS_POLICY = "sandbox-kernel-namespaces"
-
-
-@pytest.fixture(scope="module")
-def test_hosts(
-    core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """The HTTPS/HTTP test host pod in its own namespace: {'ip', 'ca', 'namespace'}."""
-    hosts = start_test_hosts(core_v1, sandbox_images["SANDBOX_IMAGE_PYTHON"], tmp_path_factory.mktemp("egress-ca"))
-    try:
-        yield hosts
-    finally:
-        core_v1.delete_namespace(hosts["namespace"])
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    kubeconfig: str,
-    core_v1: client.CoreV1Api,
-    rbac_applied: None,
-    test_hosts: dict[str, Any],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """k8s/egress/ with the test-only options; yields the proxy Service's ClusterIP."""
-    try:
-        image = build_lab_image(kubeconfig)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    overlay = apply_test_proxy(kubeconfig, image, test_hosts, tmp_path_factory.mktemp("egress-proxy"))
-    try:
-        yield core_v1.read_namespaced_service("sandbox-egress-proxy", PLATFORM).spec.cluster_ip
-    finally:
-        remove_test_proxy(kubeconfig, overlay)
 
 
 @pytest.fixture(scope="module")
@@ -407,3 +378,123 @@ def test_the_test_only_exemption_is_the_test_hosts_address_on_the_proxys_command
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
     assert commands and not any("--exempt-network" in c or "--hosts-file" in c for c in commands)  # never as shipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused requests as Events (sandbox_kernel/egress/refusals.py): %sandbox network shows them.
+
+
+def _refused_events(core_v1: client.CoreV1Api, namespace: str, host: str) -> list[Any]:
+    return [
+        e
+        for e in core_v1.list_namespaced_event(namespace).items
+        if e.reason == "EgressRefused" and (e.message or "").startswith(f"{host}:443 refused: ")
+    ]
+
+
+def test_sandbox_network_lists_a_refused_host_from_its_event(
+    ready: dict[str, K8sKernel], core_v1: client.CoreV1Api
+) -> None:
+    a = ready["a"]
+    host = f"refused-{uuid.uuid4().hex[:6]}.test"  # no other test refuses it
+    out = a.run(_urlopen(f"https://{host}/")).stdout
+    assert "FAILED" in out and "403" in out, out
+
+    def listed() -> str | None:
+        text = a.run("%sandbox network").stdout
+        return text if f"{host}:443  {host} is not on the allow list" in text else None
+
+    network = wait_until(listed, 10, 0.5, f"%sandbox network to list {host}")
+    assert "last refused (most recent first" in network and "%sandbox allow HOST" in network, network
+    (event,) = wait_until(lambda: _refused_events(core_v1, a.namespace(), host), 10, 0.5, "the Event")
+    assert event.type == "Warning" and event.count == 1 and event.source.component == "sandbox-egress-proxy"
+    assert (event.involved_object.kind, event.involved_object.name) == ("Namespace", a.namespace())
+    assert event.message == f"{host}:443 refused: {host} is not on the allow list"
+    # A burst of the same refusal: still one Event (one proxy replica here), its count patched.
+    out = a.run(
+        "import urllib.request\n"
+        "for _ in range(50):\n"
+        f"    try: urllib.request.urlopen('https://{host}/', timeout=5)\n"
+        "    except Exception: pass\n"
+        "print('done')\n"
+    ).stdout
+    assert "done" in out, out
+    counted = wait_until(
+        lambda: [e for e in _refused_events(core_v1, a.namespace(), host) if e.count == 51], 20, 0.5, "count 51"
+    )
+    assert len(_refused_events(core_v1, a.namespace(), host)) == 1, counted
+    assert f"{host}:443  {host} is not on the allow list (51 times)" in a.run("%sandbox network").stdout
+
+
+def _proxy_identity(kubeconfig: str, tmp_path: Path) -> client.ApiClient:
+    from kubernetes import config
+
+    result = subprocess.run(
+        [
+            str(REPO / "tests" / "cluster" / "kubeconfig-for"),
+            PLATFORM,
+            "sandbox-egress-proxy",
+            str(tmp_path / "proxy.kubeconfig"),
+            "1h",
+        ],
+        env={**os.environ, "SANDBOX_KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return config.new_client_from_config(config_file=result.stdout.strip().splitlines()[-1])
+
+
+def test_the_proxy_identity_may_only_record_egress_events_in_sandbox_namespaces(
+    ready: dict[str, K8sKernel], proxy: str, kubeconfig: str, k8s_api: client.ApiClient, tmp_path: Path
+) -> None:
+    """RBAC: namespaces get/list/watch and events create/patch, nothing more; admission: only
+    EgressRefused Events about a sandbox namespace, in it."""
+    user = f"system:serviceaccount:{PLATFORM}:sandbox-egress-proxy"
+
+    def can(verb: str, resource: str, namespace: str = "") -> bool:
+        review = client.AuthorizationV1Api(k8s_api).create_subject_access_review(
+            {
+                "spec": {
+                    "user": user,
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{PLATFORM}", "system:authenticated"],
+                    "resourceAttributes": {"verb": verb, "resource": resource, "namespace": namespace},
+                }
+            }
+        )
+        return bool(review.status.allowed)
+
+    ns = ready["a"].namespace()
+    assert all(can(v, "namespaces") for v in ("get", "list", "watch"))
+    assert can("create", "events", ns) and can("patch", "events", ns)
+    for verb, resource in [
+        ("get", "events"), ("list", "events"), ("update", "events"), ("delete", "events"),
+        ("patch", "namespaces"), ("get", "secrets"), ("list", "pods"), ("create", "pods"),
+    ]:  # fmt: skip
+        assert not can(verb, resource, ns), (verb, resource)
+    events = client.CoreV1Api(_proxy_identity(kubeconfig, tmp_path))
+    agg = refusals.Aggregator("e2e-rbac")
+    agg.add([refusals.Refusal(ns, "rbac-check.test", 443, "a test", time.time())])
+    (tally,) = agg.tallies.values()
+    body = refusals.event_body(tally, "e2e-rbac")
+    events.create_namespaced_event(ns, body)  # what the sync creates: admitted
+    events.patch_namespaced_event(tally.name, ns, {"count": 2})
+    for where, change in [
+        ("default", lambda b: None),
+        (PLATFORM, lambda b: None),
+        (ns, lambda b: b.update(reason="Scheduled")),
+        (ns, lambda b: b["involvedObject"].update(kind="Pod", name="sandbox")),
+        (ns, lambda b: b["source"].update(component="kubelet")),
+    ]:
+        other = json.loads(json.dumps(body))
+        other["metadata"].update(name=f"{tally.name}.{uuid.uuid4().hex[:4]}", namespace=where)
+        if where != ns:
+            other["involvedObject"].update(name=where, namespace=where)
+        change(other)
+        with pytest.raises(ApiException) as refused:
+            events.create_namespaced_event(where, other)
+        assert refused.value.status == 403 and "sandbox-egress-proxy-events" in refused.value.body, refused.value.body
+    with pytest.raises(ApiException) as refused:  # a patch must keep it an EgressRefused Event
+        events.patch_namespaced_event(tally.name, ns, {"reason": "Started"})
+    assert refused.value.status == 403
