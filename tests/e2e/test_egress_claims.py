@@ -2,8 +2,8 @@
 whose identity can make no namespace asks for egress in its SandboxClaim; the controller serves
 it only within SandboxController.allow_hosts and never copies a list beyond the claim's hosts.
 
-Set-up as in test_egress_kubernetes.py (the test host pod, the proxy of k8s/egress/ with the
-test-only options) plus the controller as a host process (fixtures_claims.running_controller)
+Set-up as in test_egress_kubernetes.py (fixtures_egress.py: the test host pod, the proxy of
+k8s/egress/ with the test-only options) plus the controller as a host process (fixtures_claims.running_controller)
 with ``--SandboxController.allow_hosts`` naming the test hosts. The kernels run as the claims
 identity, the controller as its own; no test contacts anything outside the cluster.
 """
@@ -19,41 +19,13 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from egress_cluster import apply_test_proxy, build_lab_image, remove_test_proxy, start_test_hosts
 from fixtures_claims import CONTROLLER_SETTINGS, SA_NAMESPACE, ControllerProcess, running_controller
 from fixtures_kubernetes import K8sKernel, start_kernel, stop_kernel, wait_until
 from sandbox_kernel.kubernetes import claims, manifests
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
-PLATFORM = "sandbox-kernel-system"
 BOUND = ("allowed.test", "denied.test:443")
-
-
-@pytest.fixture(scope="module")
-def test_hosts(
-    core_v1: client.CoreV1Api, sandbox_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    hosts = start_test_hosts(core_v1, sandbox_images["SANDBOX_IMAGE_PYTHON"], tmp_path_factory.mktemp("egress-ca"))
-    try:
-        yield hosts
-    finally:
-        core_v1.delete_namespace(hosts["namespace"])
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    kubeconfig: str, rbac_applied: None, test_hosts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    try:
-        image = build_lab_image(kubeconfig)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    overlay = apply_test_proxy(kubeconfig, image, test_hosts, tmp_path_factory.mktemp("egress-proxy"))
-    try:
-        yield
-    finally:
-        remove_test_proxy(kubeconfig, overlay)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +33,7 @@ def egress_controller(
     kubeconfig: str,
     controller_kubeconfig: str,
     sandbox_images: dict[str, str],
-    proxy: None,
+    proxy: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ControllerProcess]:
     settings = [s for s in CONTROLLER_SETTINGS if not s.startswith("--SandboxController.pool=")]
