@@ -1246,6 +1246,88 @@ __sk_usage() {
     __sk_unlock
 }
 
+# __sk_list ID: file_list (PROTOCOL.md), answered by the controller at once like file_read: the
+# regular files below its working directory, with bash's own tests (-L before anything else: a
+# symlink is never followed) and one `stat` per 256 files (no names in its output: a name may
+# hold a newline; a file gone meanwhile makes the batch stat file by file). Hidden names are not
+# matched (no dotglob), at most 32 directories down; stops at max_files files, max_entries
+# names or 1 MiB of reply (`truncated` says which).
+__sk_list() {
+    local LC_ALL=C id=$1 max=${__SK_J[max_files]:-0} budget=${__SK_J[max_entries]:-0} trunc=false
+    local prefix p name depth size=0 files='' skipped='' nskip=0 nfiles=0 i j line json f t nullglob=0
+    local -a stack=('') found batch lines
+    [[ $max =~ ^[0-9]{1,6}$ ]] && ((max > 0 && max <= 100000)) || max=100000
+    [[ $budget =~ ^[0-9]{1,7}$ ]] && ((budget > 0 && budget <= 1000000)) || budget=1000000
+    shopt -q nullglob && nullglob=1
+    shopt -s nullglob
+    while ((${#stack[@]})) && [[ $trunc == false ]]; do
+        prefix=${stack[-1]}
+        unset 'stack[-1]'
+        depth=${prefix//[!\/]/}
+        found=()
+        for p in "./$prefix"*; do
+            if ((--budget < 0)); then
+                trunc='"entries"'
+                break
+            fi
+            name=${p#./}
+            if [[ ! -L $p && -d $p ]]; then
+                ((${#depth} + 1 < 32)) && stack+=("$name/")
+                continue
+            fi
+            [[ -L $p || -e $p ]] || continue  # gone since it was listed
+            __sk_json_quote "$name"
+            ((size += ${#__SK_R} + 48))
+            if ((size > 1048576)); then
+                trunc='"bytes"'
+                break
+            fi
+            if [[ $name == *$__SK_HIGH* && ! $name =~ ^$__SK_UTF8_RE*$ ]]; then
+                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"name\"]"
+            elif [[ ! -L $p && -f $p ]]; then
+                if ((nfiles + ${#found[@]} >= max)); then
+                    trunc='"files"'
+                    break
+                fi
+                found+=("$p")
+            elif [[ -L $p ]]; then
+                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"symlink\"]"
+            else
+                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"special\"]"
+            fi
+        done
+        for ((i = 0; i < ${#found[@]}; i += 256)); do
+            batch=("${found[@]:i:256}")
+            mapfile -t lines < <(stat -c '%s %i %y' -- "${batch[@]}" 2>/dev/null)
+            if ((${#lines[@]} != ${#batch[@]})); then  # one went away: file by file
+                lines=()
+                for p in "${batch[@]}"; do
+                    line=$(stat -c '%s %i %y' -- "$p" 2>/dev/null) || line=gone
+                    lines+=("$line")
+                done
+            fi
+            for ((j = 0; j < ${#batch[@]}; j++)); do
+                line=${lines[j]}
+                [[ $line =~ ^([0-9]{1,18})\ ([0-9A-Za-z\ :.+-]{1,80})$ ]] || continue
+                __sk_json_quote "${batch[j]#./}"
+                files+=",[$__SK_R,$((10#${BASH_REMATCH[1]})),\"${BASH_REMATCH[2]}\"]"
+                ((nfiles++))
+            done
+        done
+    done
+    ((nullglob)) || shopt -u nullglob
+    json="{\"type\":\"file_reply\",\"id\":$id,\"files\":[${files#,}],\"skipped\":[${skipped#,}],\"truncated\":$trunc}"
+    printf -v f 'msg %d\n%s' "${#json}" "$json"
+    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do  # the frame lock, as in __sk_usage
+        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
+    done
+    __sk_rdstate
+    printf '%s' "$f" >&"$__SK_POUT"
+    printf '%s' "$f" >>"$__SK_D/spool.$__SK_CUR"
+    __sk_sent "${#f}"
+    __sk_unlock
+}
+
 # __sk_file ID TYPE: file_write / file_read (PROTOCOL.md), answered by the controller at once
 # like usage. Paths are relative to the controller's working directory (it never changes it);
 # regular files only, opened non-blocking (a FIFO cannot hang the controller).
@@ -1599,6 +1681,10 @@ __sk_serve() {
                 local fid=${__SK_J[id]:-null}
                 [[ $fid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || fid=null
                 __sk_file "$fid" "$type" ;;
+            file_list)
+                local lid=${__SK_J[id]:-null}
+                [[ $lid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || lid=null
+                __sk_list "$lid" ;;
             execute | complete | inspect | is_complete)
                 __sk_worker_request "$type" ;;
             *)
