@@ -256,7 +256,14 @@ class Transfer:
             os.close(root)
         return moved.line("downloaded") + " to the notebook's directory"
 
-    async def _get_file(self, root: int, inside: str, parts: tuple[str, ...], moved: Moved) -> None:
+    async def fetch(self, root: int, parts: tuple[str, ...], moved: Moved) -> bool:
+        """One file of the sandbox's working directory to the same name in the notebook's
+        directory (the write-back, writeback_remote.py); False when it is gone in the sandbox."""
+        return await self._get_file(root, names.join(parts), parts, moved, missing_ok=True)
+
+    async def _get_file(
+        self, root: int, inside: str, parts: tuple[str, ...], moved: Moved, missing_ok: bool = False
+    ) -> bool:
         name = names.join(parts)
         if self.files_left <= 0:
             raise WorkspaceError(
@@ -264,6 +271,8 @@ class Transfer:
                 f"{self.limits.workspace_files:,} files (Sandbox.workspace_files)."
             )
         first = await _reply(await self._send("file_read", inside, 0, length=self.chunk))
+        if missing_ok and str(first.get("error")).lower() == "no such file or directory":  # Node: lower case
+            return False
         if first.get("error"):
             raise WorkspaceError(f"{names.shown(inside)} could not be read in the sandbox: {first['error']}.")
         size = first.get("size")
@@ -304,6 +313,7 @@ class Transfer:
         self.files_left -= 1
         moved.files += 1
         moved.bytes += written
+        return True
 
     def _take(self, writer: hostfs.HostWriter, reply: dict[str, Any], offset: int, size: int) -> int:
         try:
