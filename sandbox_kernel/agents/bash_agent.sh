@@ -1248,14 +1248,15 @@ __sk_usage() {
 
 # __sk_list ID: file_list (PROTOCOL.md), answered by the controller at once like file_read: the
 # regular files below its working directory, with bash's own tests (-L before anything else: a
-# symlink is never followed) and one `stat` per 256 files (no names in its output: a name may
+# symlink is never followed) and one `stat` per 2048 files (no names in its output: a name may
 # hold a newline; a file gone meanwhile makes the batch stat file by file). Hidden names are not
 # matched (no dotglob), at most 32 directories down; stops at max_files files, max_entries
 # names or 1 MiB of reply (`truncated` says which).
 __sk_list() {
     local LC_ALL=C id=$1 max=${__SK_J[max_files]:-0} budget=${__SK_J[max_entries]:-0} trunc=false
     local prefix p name depth size=0 files='' skipped='' nskip=0 nfiles=0 i j line json f t nullglob=0
-    local -a stack=('') found batch lines
+    local size_ stamp n kind
+    local -a stack=('') found quoted batch lines
     [[ $max =~ ^[0-9]{1,6}$ ]] && ((max > 0 && max <= 100000)) || max=100000
     [[ $budget =~ ^[0-9]{1,7}$ ]] && ((budget > 0 && budget <= 1000000)) || budget=1000000
     shopt -q nullglob && nullglob=1
@@ -1264,40 +1265,48 @@ __sk_list() {
         prefix=${stack[-1]}
         unset 'stack[-1]'
         depth=${prefix//[!\/]/}
-        found=()
+        found=() quoted=()
         for p in "./$prefix"*; do
             if ((--budget < 0)); then
                 trunc='"entries"'
                 break
             fi
             name=${p#./}
-            if [[ ! -L $p && -d $p ]]; then
+            if [[ -L $p ]]; then
+                kind=symlink
+            elif [[ -d $p ]]; then
                 ((${#depth} + 1 < 32)) && stack+=("$name/")
                 continue
+            elif [[ -f $p ]]; then
+                kind=file
+            elif [[ -e $p ]]; then
+                kind=special
+            else
+                continue  # gone since it was listed
             fi
-            [[ -L $p || -e $p ]] || continue  # gone since it was listed
             __sk_json_quote "$name"
             ((size += ${#__SK_R} + 48))
             if ((size > 1048576)); then
                 trunc='"bytes"'
                 break
             fi
-            if [[ $name == *$__SK_HIGH* && ! $name =~ ^$__SK_UTF8_RE*$ ]]; then
-                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"name\"]"
-            elif [[ ! -L $p && -f $p ]]; then
-                if ((nfiles + ${#found[@]} >= max)); then
-                    trunc='"files"'
-                    break
-                fi
-                found+=("$p")
-            elif [[ -L $p ]]; then
-                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"symlink\"]"
+            [[ $name == *$__SK_HIGH* && ! $name =~ ^$__SK_UTF8_RE*$ ]] && kind=name
+            if [[ $kind != file ]]; then
+                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"$kind\"]"
+            elif ((nfiles + ${#found[@]} >= max)); then
+                trunc='"files"'
+                break
             else
-                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"special\"]"
+                found+=("$p")
+                quoted+=("$__SK_R")
             fi
         done
-        for ((i = 0; i < ${#found[@]}; i += 256)); do
-            batch=("${found[@]:i:256}")
+        for ((i = 0; i < ${#found[@]}; i += n)); do
+            # At most 2048 files and 256 KiB of names a stat (far below the kernel's ARG_MAX).
+            for ((n = 0, j = 0; n < 2048 && i + n < ${#found[@]} && j < 262144; n++)); do
+                ((j += ${#found[i + n]} + 8))
+            done
+            batch=("${found[@]:i:n}")
             mapfile -t lines < <(stat -c '%s %i %y' -- "${batch[@]}" 2>/dev/null)
             if ((${#lines[@]} != ${#batch[@]})); then  # one went away: file by file
                 lines=()
@@ -1308,9 +1317,11 @@ __sk_list() {
             fi
             for ((j = 0; j < ${#batch[@]}; j++)); do
                 line=${lines[j]}
-                [[ $line =~ ^([0-9]{1,18})\ ([0-9A-Za-z\ :.+-]{1,80})$ ]] || continue
-                __sk_json_quote "${batch[j]#./}"
-                files+=",[$__SK_R,$((10#${BASH_REMATCH[1]})),\"${BASH_REMATCH[2]}\"]"
+                size_=${line%% *} stamp=${line#* }
+                # (glob tests, not =~: bash compiles a regular expression at every use)
+                [[ -n $size_ && ${#size_} -le 18 && $size_ != *[!0-9]* && -n $stamp && ${#stamp} -le 80 &&
+                    $stamp != *[!0-9A-Za-z\ :.+-]* ]] || continue
+                files+=",[${quoted[i + j]},$((10#$size_)),\"$stamp\"]"
                 ((nfiles++))
             done
         done
