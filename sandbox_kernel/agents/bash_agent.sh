@@ -1307,11 +1307,11 @@ __sk_list() {
                 ((j += ${#found[i + n]} + 8))
             done
             batch=("${found[@]:i:n}")
-            mapfile -t lines < <(stat -c '%s %i %y' -- "${batch[@]}" 2>/dev/null)
+            mapfile -t lines < <(stat -c '%s %i %y' -- "${batch[@]}" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-)
             if ((${#lines[@]} != ${#batch[@]})); then  # one went away: file by file
                 lines=()
                 for p in "${batch[@]}"; do
-                    line=$(stat -c '%s %i %y' -- "$p" 2>/dev/null) || line=gone
+                    line=$(stat -c '%s %i %y' -- "$p" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-) || line=gone
                     lines+=("$line")
                 done
             fi
@@ -1341,7 +1341,8 @@ __sk_list() {
 
 # __sk_file ID TYPE: file_write / file_read (PROTOCOL.md), answered by the controller at once
 # like usage. Paths are relative to the controller's working directory (it never changes it);
-# regular files only, opened non-blocking (a FIFO cannot hang the controller).
+# regular files only, opened non-blocking (a FIFO cannot hang the controller). The tools it runs
+# (stat, dd, base64, mkdir) are dumpable: they get neither protocol fd ({__SK_POUT}>&- ...).
 __sk_file() {
     local LC_ALL=C id=$1 type=$2 path='' off=${__SK_J[offset]:-0} len=${__SK_J[length]:-524288} data json err='' size='' out t f
     if [[ ${__SK_J[path]} == \"*\" ]]; then
@@ -1354,23 +1355,23 @@ __sk_file() {
     elif [[ $type == file_write ]]; then
         data=${__SK_J[data]:-'""'}
         data=${data:1:${#data}-2}
-        ((off == 0)) && [[ $path == */* ]] && mkdir -p -- "${path%/*}" 2>/dev/null
+        ((off == 0)) && [[ $path == */* ]] && mkdir -p -- "${path%/*}" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-
         if [[ ! $data =~ ^[A-Za-z0-9+/]*={0,2}$ ]]; then
             err='bad data'
         elif [[ -e $path && ! -f $path ]]; then
             err='not a regular file'
-        elif ((off > 0)) && ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock conv=notrunc status=none 2>&1); then
+        elif ((off > 0)) && ! out=$(printf '%s' "$data" | base64 -d {__SK_POUT}>&- {__SK_PIN}<&- | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock conv=notrunc status=none 2>&1 {__SK_POUT}>&- {__SK_PIN}<&-); then
             err=${out##*: }  # (dd truncates at seek/bs records, not bytes: never truncate after the first chunk)
-        elif ((off == 0)) && ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 oflag=nonblock status=none 2>&1); then
+        elif ((off == 0)) && ! out=$(printf '%s' "$data" | base64 -d {__SK_POUT}>&- {__SK_PIN}<&- | dd of="$path" bs=65536 oflag=nonblock status=none 2>&1 {__SK_POUT}>&- {__SK_PIN}<&-); then
             err=${out##*: }
         else
-            size=$(stat -c %s -- "$path" 2>/dev/null)
+            size=$(stat -c %s -- "$path" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-)
         fi
     elif [[ ! -e $path ]]; then
         err='No such file or directory'
     elif [[ ! -f $path ]]; then
         err='not a regular file'
-    elif ! size=$(stat -L -c %s -- "$path" 2>&1) || ! data=$(dd if="$path" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes,nonblock status=none | base64 -w0); then
+    elif ! size=$(stat -L -c %s -- "$path" 2>&1 {__SK_POUT}>&- {__SK_PIN}<&-) || ! data=$(dd if="$path" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes,nonblock status=none {__SK_POUT}>&- {__SK_PIN}<&- | base64 -w0 {__SK_POUT}>&- {__SK_PIN}<&-); then
         err='cannot be read'
     fi
     if [[ -n $err ]]; then

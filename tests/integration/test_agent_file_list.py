@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -164,3 +165,34 @@ def test_the_write_back_through_a_real_agent(agent: Agent, tmp_path: Path) -> No
     assert (host / "grow.log").read_bytes() == b"z" * 500_000, notices
     assert not (host / "huge.log").exists()
     assert any(n.startswith("'huge.log' was not downloaded: it is 2.0 MiB, more than") for n in notices), notices
+
+
+def test_the_bash_agent_s_tools_never_hold_the_protocol_stream(tmp_path: Path) -> None:
+    """stat and base64 (file_list, file_read) are dumpable: a process of the sandbox's uid could
+    open their fds through /proc while they run, so they must not have the protocol pipes."""
+    tools, log = tmp_path / "tools", tmp_path / "fds.log"
+    tools.mkdir()
+    for tool in ("stat", "base64"):
+        real = shutil.which(tool)
+        assert real is not None
+        (tools / tool).write_text(
+            f'#!/bin/sh\nfor f in /proc/$$/fd/*; do echo "{tool} $(readlink "$f")"; done >>{log}\nexec {real} "$@"\n'
+        )
+        (tools / tool).chmod(0o755)
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    (pod / "a.txt").write_text("a")
+    agent = Agent("bash", pod, env={"PATH": f"{tools}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    try:
+        assert [f[0] for f in listing(agent)["files"]].count("a.txt") == 1
+        agent.send({"type": "file_read", "id": "r1", "path": "a.txt", "offset": 0, "length": 100})
+        assert agent.wait_message("file_reply", 30, "r1")["data"] == "YQ=="
+        agent.send({"type": "file_write", "id": "w1", "path": "b/c.txt", "offset": 0, "data": "Yg=="})
+        assert agent.wait_message("file_reply", 30, "w1")["size"] == 1
+        assert agent.proc.stdin is not None and agent.proc.stdout is not None
+        protocol = {f"pipe:[{os.fstat(p.fileno()).st_ino}]" for p in (agent.proc.stdin, agent.proc.stdout)}
+    finally:
+        agent.close()
+    seen = log.read_text().splitlines()
+    assert {line.split()[0] for line in seen} == {"stat", "base64"}, seen
+    assert not [line for line in seen if line.split()[1] in protocol], seen
