@@ -154,9 +154,14 @@ class RemoteWriteBack:
             return self._fresh([f"not written back: {exc}"])
         notices = [f"not written back: {line}" for line in listing.notices]
         transfer = Transfer(self.channel, self.host_dir, self.limits)
+        todo = changed(self._seen, listing)
+        ahead: dict[int, asyncio.Future[Any]] = {}  # first reads sent before their file's turn
         root = hostfs.open_root(self.host_dir)
         try:
-            for parts, stamp in changed(self._seen, listing):
+            for i, (parts, stamp) in enumerate(todo):
+                for j in range(i, min(i + transfer.window, len(todo))):
+                    if j not in ahead and self._may_fetch(transfer, *todo[j]):
+                        ahead[j] = await transfer.first_read(todo[j][0])
                 if time.monotonic() - started > WRITE_BACK_SECONDS:
                     notices.append(
                         f"not written back yet: the write-back after one cell stops after {WRITE_BACK_SECONDS:g} s; "
@@ -165,7 +170,7 @@ class RemoteWriteBack:
                     break
                 self._seen[parts] = stamp
                 try:
-                    await self._fetch(transfer, root, parts, stamp[0])
+                    await self._fetch(transfer, root, parts, stamp[0], ahead.pop(i, None))
                 except WorkspaceError as exc:
                     notices.append(str(exc))
                 except OSError as exc:
@@ -175,13 +180,27 @@ class RemoteWriteBack:
                     break
         finally:
             os.close(root)
+            for future in ahead.values():
+                future.cancel()
         return self._fresh(notices)
 
-    async def _fetch(self, transfer: Transfer, root: int, parts: tuple[str, ...], size: int) -> None:
-        if transfer.files_left <= 0 or size > transfer.budget:
-            raise over_limit(parts, self.limits.workspace_bytes, self.limits.workspace_files)
-        hostfs.refuse_protected(parts)  # before a byte is read
-        await transfer.fetch(root, parts, Moved())
+    @staticmethod
+    def _may_fetch(transfer: Transfer, parts: tuple[str, ...], stamp: Stamp) -> bool:
+        """Whether :meth:`_fetch` would read the file (so its first read may be sent ahead)."""
+        return transfer.files_left > 0 and stamp[0] <= transfer.budget and names.protected(parts) is None
+
+    async def _fetch(
+        self, transfer: Transfer, root: int, parts: tuple[str, ...], size: int, first: "asyncio.Future[Any] | None"
+    ) -> None:
+        try:
+            if transfer.files_left <= 0 or size > transfer.budget:
+                raise over_limit(parts, self.limits.workspace_bytes, self.limits.workspace_files)
+            hostfs.refuse_protected(parts)  # before a byte is read
+        except WorkspaceError:
+            if first is not None:
+                first.cancel()
+            raise
+        await transfer.fetch(root, parts, Moved(), first)
 
     def _fresh(self, notices: list[str]) -> list[str]:
         fresh = [n for n in dict.fromkeys(notices) if n not in self._told]

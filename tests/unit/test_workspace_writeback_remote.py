@@ -211,3 +211,36 @@ def test_read_only_and_hidden_modes_never_list(host: Path, monkeypatch: pytest.M
     pod = Pod()
     made, notice = asyncio.run(writeback_remote.remote_write_back(pod, Sandbox(workspace="read-write").limits()))
     assert made is not None and notice is None and [r["type"] for r in pod.requests] == ["file_list"]
+
+
+def test_the_first_reads_of_many_small_files_are_in_flight_together(host: Path) -> None:
+    class FarPod(Pod):
+        """Answers after a round trip: a pipelined write-back has several reads out at once."""
+
+        outstanding = most = 0
+
+        async def send_file_request(self, body: dict[str, Any]) -> "asyncio.Future[Any]":
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[Any] = loop.create_future()
+            answer = Message({"type": "file_reply", "id": "f1", **self.answer(body)})
+            self.outstanding += 1
+            self.most = max(self.most, self.outstanding)
+
+            def arrive() -> None:
+                self.outstanding -= 1
+                if not future.done():
+                    future.set_result(answer)
+
+            loop.call_later(0.002, arrive)
+            return future
+
+    pod = FarPod()
+    wb = write_back(pod, host, files=100)
+    for i in range(40):
+        pod.write(f"r{i:02}.txt", b"%d" % i)
+    pod.write("late.ipynb", b"{}")
+    notices = after_cell(wb)
+    assert sorted(p.name for p in host.glob("r*.txt")) == [f"r{i:02}.txt" for i in range(40)]
+    assert all((host / f"r{i:02}.txt").read_bytes() == b"%d" % i for i in range(40))
+    assert pod.most >= 8, pod.most  # a window of first reads, not one round trip per file
+    assert [n for n in notices if "late.ipynb" in n] and not any(r.get("path") == "late.ipynb" for r in pod.requests)
