@@ -153,21 +153,35 @@ class RemoteWriteBack:
         except SandboxError as exc:
             return self._fresh([f"not written back: {exc}"])
         notices = [f"not written back: {line}" for line in listing.notices]
+        try:
+            root = hostfs.open_root(self.host_dir)
+        except OSError as exc:
+            return self._fresh([*notices, f"not written back: the notebook's directory cannot be opened ({exc})"])
+        try:
+            await self._write(changed(self._seen, listing), root, started, notices)
+        except (asyncio.TimeoutError, SandboxError) as exc:
+            notices.append(f"not written back: the sandbox stopped answering ({exc or 'no answer'})")
+        finally:
+            os.close(root)
+        return self._fresh(notices)
+
+    async def _write(
+        self, todo: list[tuple[tuple[str, ...], Stamp]], root: int, started: float, notices: list[str]
+    ) -> None:
+        """Fetch ``todo`` into ``root`` in order, the first reads of the next few sent ahead."""
         transfer = Transfer(self.channel, self.host_dir, self.limits)
-        todo = changed(self._seen, listing)
         ahead: dict[int, asyncio.Future[Any]] = {}  # first reads sent before their file's turn
-        root = hostfs.open_root(self.host_dir)
         try:
             for i, (parts, stamp) in enumerate(todo):
-                for j in range(i, min(i + transfer.window, len(todo))):
-                    if j not in ahead and self._may_fetch(transfer, *todo[j]):
-                        ahead[j] = await transfer.first_read(todo[j][0])
                 if time.monotonic() - started > WRITE_BACK_SECONDS:
                     notices.append(
                         f"not written back yet: the write-back after one cell stops after {WRITE_BACK_SECONDS:g} s; "
                         "the rest follows after the next cell"
                     )
-                    break
+                    return
+                for j in range(i, min(i + transfer.window, len(todo))):
+                    if j not in ahead and self._may_fetch(transfer, *todo[j]):
+                        ahead[j] = await transfer.first_read(todo[j][0])
                 self._seen[parts] = stamp
                 try:
                     await self._fetch(transfer, root, parts, stamp[0], ahead.pop(i, None))
@@ -175,14 +189,9 @@ class RemoteWriteBack:
                     notices.append(str(exc))
                 except OSError as exc:
                     notices.append(f"{names.shown(names.join(parts))} was not written back: {exc}")
-                except (asyncio.TimeoutError, SandboxError) as exc:
-                    notices.append(f"not written back: the sandbox stopped answering ({exc or 'no answer'})")
-                    break
         finally:
-            os.close(root)
             for future in ahead.values():
                 future.cancel()
-        return self._fresh(notices)
 
     @staticmethod
     def _may_fetch(transfer: Transfer, parts: tuple[str, ...], stamp: Stamp) -> bool:

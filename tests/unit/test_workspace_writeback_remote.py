@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sandbox_kernel.config import Sandbox
+from sandbox_kernel.errors import SandboxLost
 from sandbox_kernel.protocol import Message
 from sandbox_kernel.workspace import writeback_remote
 from sandbox_kernel.workspace.writeback_remote import Listing, RemoteWriteBack, changed, parse_listing
@@ -244,3 +245,32 @@ def test_the_first_reads_of_many_small_files_are_in_flight_together(host: Path) 
     assert all((host / f"r{i:02}.txt").read_bytes() == b"%d" % i for i in range(40))
     assert pod.most >= 8, pod.most  # a window of first reads, not one round trip per file
     assert [n for n in notices if "late.ipynb" in n] and not any(r.get("path") == "late.ipynb" for r in pod.requests)
+
+
+def test_a_write_back_over_its_time_goes_on_after_the_next_cell(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = Pod()
+    wb = write_back(pod, host)
+    pod.write("a.txt", b"a")
+    monkeypatch.setattr(writeback_remote, "WRITE_BACK_SECONDS", -1.0)
+    assert after_cell(wb) == [
+        "not written back yet: the write-back after one cell stops after -1 s; the rest follows after the next cell"
+    ]
+    assert not (host / "a.txt").exists()
+    monkeypatch.setattr(writeback_remote, "WRITE_BACK_SECONDS", 30.0)
+    assert after_cell(wb) == [] and (host / "a.txt").read_bytes() == b"a"
+
+
+def test_a_sandbox_that_goes_away_mid_write_back_is_said(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = Pod()
+    wb = write_back(pod, host)
+    pod.write("a.txt", b"a")
+    listed = pod.send_file_request
+
+    async def lost(body: dict[str, Any]) -> "asyncio.Future[Any]":
+        if body["type"] == "file_read":
+            raise SandboxLost("The sandbox is not running.")
+        return await listed(body)
+
+    monkeypatch.setattr(pod, "send_file_request", lost)
+    assert after_cell(wb) == ["not written back: the sandbox stopped answering (The sandbox is not running.)"]
+    assert not (host / "a.txt").exists()
