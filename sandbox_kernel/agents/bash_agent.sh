@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, head, tail, tee, wc, mkfifo,
-# mktemp, rm, sleep; busybox versions are fine). It speaks the framed protocol described in
+# mktemp, rm, sleep, stat, base64; busybox versions are fine). It speaks the framed protocol described in
 # PROTOCOL.md on its stdin/stdout and runs every cell in ONE persistent shell, so the working
 # directory, variables, functions, aliases and options carry over between cells.
 #
