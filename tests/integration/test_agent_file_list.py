@@ -19,6 +19,7 @@ import pytest
 
 from agents import Agent
 from sandbox_kernel.config import Sandbox
+from sandbox_kernel.messages import check
 from sandbox_kernel.workspace.writeback_remote import RemoteWriteBack
 
 LANGUAGES = ["python", "node", "bash"]
@@ -40,9 +41,12 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Agent]:
 
 
 def listing(agent: Agent, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+    """The agent's answer, as the kernel's reader passes it on (messages.check)."""
     ident = agent.new_id()
     agent.send({"type": "file_list", "id": ident, **fields})
-    return agent.wait_message("file_reply", timeout, ident)
+    reply = check(agent.next_message("file_reply", timeout, ident))
+    assert reply.problem is None, reply.problem
+    return reply.body
 
 
 def plant(pod: Path, host_secret: Path) -> None:
@@ -127,7 +131,7 @@ class Channel:
         ident = self.agent.new_id()
         self.agent.send({**body, "id": ident})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.set_result(self.agent.next_message("file_reply", 60, ident))
+        future.set_result(check(self.agent.next_message("file_reply", 60, ident)))  # as the kernel's reader
         return future
 
 

@@ -1,5 +1,6 @@
 """The Kubernetes write-back's kernel side (workspace/writeback_remote.py) against an agent that
-lies: the seam is the agent's ``file_reply`` bodies, as a real agent's supervisor sends them, and
+lies: the seam is the agent's ``file_reply`` bodies, as a real agent's supervisor sends them and
+the kernel's reader passes them on (messages.check), and
 the host directory is a real one (the write goes through hostfs)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from sandbox_kernel.config import Sandbox
 from sandbox_kernel.errors import SandboxLost
+from sandbox_kernel.messages import check
 from sandbox_kernel.protocol import Message
 from sandbox_kernel.workspace import writeback_remote
 from sandbox_kernel.workspace.writeback_remote import Listing, RemoteWriteBack, changed, parse_listing
@@ -53,7 +55,7 @@ class Pod:
 
     async def send_file_request(self, body: dict[str, Any]) -> "asyncio.Future[Any]":
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.set_result(Message({"type": "file_reply", "id": "f1", **self.answer(body)}))
+        future.set_result(check(Message({"type": "file_reply", "id": "f1", **self.answer(body)})))
         return future
 
 
@@ -223,7 +225,7 @@ def test_the_first_reads_of_many_small_files_are_in_flight_together(host: Path) 
         async def send_file_request(self, body: dict[str, Any]) -> "asyncio.Future[Any]":
             loop = asyncio.get_running_loop()
             future: asyncio.Future[Any] = loop.create_future()
-            answer = Message({"type": "file_reply", "id": "f1", **self.answer(body)})
+            answer = check(Message({"type": "file_reply", "id": "f1", **self.answer(body)}))
             self.outstanding += 1
             self.most = max(self.most, self.outstanding)
 
