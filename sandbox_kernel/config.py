@@ -180,7 +180,8 @@ class Sandbox(Configurable):
         "written), 'read-write' (files a cell writes appear next to the notebook: the sandbox works in a "
         "copy and the kernel writes changed files back after each cell, never notebooks, hidden files, "
         "symlinks or anything outside the directory), or 'hidden' (an empty private directory). Local "
-        "sandbox: at /workspace; Kubernetes: copied into the pod's working directory at start. "
+        "sandbox: at /workspace; Kubernetes: copied into the pod's working directory at start (read-write: "
+        "files the cells create or change there are written back after each cell). "
         "Env: SANDBOX_WORKSPACE.",
     ).tag(config=True)
 

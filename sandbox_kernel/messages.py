@@ -215,7 +215,7 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     elif kind == "is_complete_reply":
         out["status"] = _choice(body, "status", IS_COMPLETE_STATUS, "unknown")
         out["indent"] = _text(body, "indent", "")
-    elif kind == "file_reply":  # file_write / file_read (workspace/transfer.py decodes and bounds data)
+    elif kind == "file_reply":  # file_write / file_read / file_list (workspace/transfer.py, writeback_remote.py)
         if body.get("error") is not None:
             out["error"] = _text(body, "error", "")[:1000]
         if body.get("size") is not None:
@@ -225,6 +225,16 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(data, str):  # base64, decoded (and bounded) by workspace/transfer.py
                 raise _Bad("'data' must be a base64 string")
             out["data"] = data
+        for name in ("files", "skipped"):  # file_list: workspace/writeback_remote.py checks every entry
+            if body.get(name) is not None:
+                if not isinstance(body[name], list):
+                    raise _Bad(f"'{name}' must be a list, not {_what(body[name])}")
+                out[name] = body[name]
+        truncated = body.get("truncated")
+        if truncated is not None:
+            if truncated is not False and not isinstance(truncated, str):
+                raise _Bad(f"'truncated' must be false or a string, not {_what(truncated)}")
+            out["truncated"] = truncated
     elif kind == "usage_reply":  # absent or null: not known in the sandbox
         for name in ("memory", "memory_limit", "memory_peak", "cgroup"):
             if body.get(name) is not None:

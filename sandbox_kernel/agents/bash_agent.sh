@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sandbox Kernel agent for Bash (bash >= 5 plus coreutils: dd, head, tail, tee, wc, mkfifo,
-# mktemp, rm, sleep; busybox versions are fine). It speaks the framed protocol described in
+# mktemp, rm, sleep, stat, base64; busybox versions are fine). It speaks the framed protocol described in
 # PROTOCOL.md on its stdin/stdout and runs every cell in ONE persistent shell, so the working
 # directory, variables, functions, aliases and options carry over between cells.
 #
@@ -1246,9 +1246,103 @@ __sk_usage() {
     __sk_unlock
 }
 
+# __sk_list ID: file_list (PROTOCOL.md), answered by the controller at once like file_read: the
+# regular files below its working directory, with bash's own tests (-L before anything else: a
+# symlink is never followed) and one `stat` per 2048 files (no names in its output: a name may
+# hold a newline; a file gone meanwhile makes the batch stat file by file). Hidden names are not
+# matched (no dotglob), at most 32 directories down; stops at max_files files, max_entries
+# names or 1 MiB of reply (`truncated` says which).
+__sk_list() {
+    local LC_ALL=C id=$1 max=${__SK_J[max_files]:-0} budget=${__SK_J[max_entries]:-0} trunc=false
+    local prefix p name depth size=0 files='' skipped='' nskip=0 nfiles=0 i j line json f t nullglob=0
+    local size_ stamp n kind
+    local -a stack=('') found quoted batch lines
+    [[ $max =~ ^[0-9]{1,6}$ ]] && ((max > 0 && max <= 100000)) || max=100000
+    [[ $budget =~ ^[0-9]{1,7}$ ]] && ((budget > 0 && budget <= 1000000)) || budget=1000000
+    shopt -q nullglob && nullglob=1
+    shopt -s nullglob
+    while ((${#stack[@]})) && [[ $trunc == false ]]; do
+        prefix=${stack[-1]}
+        unset 'stack[-1]'
+        depth=${prefix//[!\/]/}
+        found=() quoted=()
+        for p in "./$prefix"*; do
+            if ((--budget < 0)); then
+                trunc='"entries"'
+                break
+            fi
+            name=${p#./}
+            if [[ -L $p ]]; then
+                kind=symlink
+            elif [[ -d $p ]]; then
+                ((${#depth} + 1 < 32)) && stack+=("$name/")
+                continue
+            elif [[ -f $p ]]; then
+                kind=file
+            elif [[ -e $p ]]; then
+                kind=special
+            else
+                continue  # gone since it was listed
+            fi
+            __sk_json_quote "$name"
+            ((size += ${#__SK_R} + 48))
+            if ((size > 1048576)); then
+                trunc='"bytes"'
+                break
+            fi
+            [[ $name == *$__SK_HIGH* && ! $name =~ ^$__SK_UTF8_RE*$ ]] && kind=name
+            if [[ $kind != file ]]; then
+                ((nskip++ < 100)) && skipped+=",[$__SK_R,\"$kind\"]"
+            elif ((nfiles + ${#found[@]} >= max)); then
+                trunc='"files"'
+                break
+            else
+                found+=("$p")
+                quoted+=("$__SK_R")
+            fi
+        done
+        for ((i = 0; i < ${#found[@]}; i += n)); do
+            # At most 2048 files and 256 KiB of names a stat (far below the kernel's ARG_MAX).
+            for ((n = 0, j = 0; n < 2048 && i + n < ${#found[@]} && j < 262144; n++)); do
+                ((j += ${#found[i + n]} + 8))
+            done
+            batch=("${found[@]:i:n}")
+            mapfile -t lines < <(stat -c '%s %i %y' -- "${batch[@]}" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-)
+            if ((${#lines[@]} != ${#batch[@]})); then  # one went away: file by file
+                lines=()
+                for p in "${batch[@]}"; do
+                    line=$(stat -c '%s %i %y' -- "$p" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-) || line=gone
+                    lines+=("$line")
+                done
+            fi
+            for ((j = 0; j < ${#batch[@]}; j++)); do
+                line=${lines[j]}
+                size_=${line%% *} stamp=${line#* }
+                # (glob tests, not =~: bash compiles a regular expression at every use)
+                [[ -n $size_ && ${#size_} -le 18 && $size_ != *[!0-9]* && -n $stamp && ${#stamp} -le 80 &&
+                    $stamp != *[!0-9A-Za-z\ :.+-]* ]] || continue
+                files+=",[${quoted[i + j]},$((10#$size_)),\"$stamp\"]"
+                ((nfiles++))
+            done
+        done
+    done
+    ((nullglob)) || shopt -u nullglob
+    json="{\"type\":\"file_reply\",\"id\":$id,\"files\":[${files#,}],\"skipped\":[${skipped#,}],\"truncated\":$trunc}"
+    printf -v f 'msg %d\n%s' "${#json}" "$json"
+    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do  # the frame lock, as in __sk_usage
+        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
+    done
+    __sk_rdstate
+    printf '%s' "$f" >&"$__SK_POUT"
+    printf '%s' "$f" >>"$__SK_D/spool.$__SK_CUR"
+    __sk_sent "${#f}"
+    __sk_unlock
+}
+
 # __sk_file ID TYPE: file_write / file_read (PROTOCOL.md), answered by the controller at once
 # like usage. Paths are relative to the controller's working directory (it never changes it);
-# regular files only, opened non-blocking (a FIFO cannot hang the controller).
+# regular files only, opened non-blocking (a FIFO cannot hang the controller). The tools it runs
+# (stat, dd, base64, mkdir) are dumpable: they get neither protocol fd ({__SK_POUT}>&- ...).
 __sk_file() {
     local LC_ALL=C id=$1 type=$2 path='' off=${__SK_J[offset]:-0} len=${__SK_J[length]:-524288} data json err='' size='' out t f
     if [[ ${__SK_J[path]} == \"*\" ]]; then
@@ -1261,23 +1355,23 @@ __sk_file() {
     elif [[ $type == file_write ]]; then
         data=${__SK_J[data]:-'""'}
         data=${data:1:${#data}-2}
-        ((off == 0)) && [[ $path == */* ]] && mkdir -p -- "${path%/*}" 2>/dev/null
+        ((off == 0)) && [[ $path == */* ]] && mkdir -p -- "${path%/*}" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-
         if [[ ! $data =~ ^[A-Za-z0-9+/]*={0,2}$ ]]; then
             err='bad data'
         elif [[ -e $path && ! -f $path ]]; then
             err='not a regular file'
-        elif ((off > 0)) && ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock conv=notrunc status=none 2>&1); then
+        elif ((off > 0)) && ! out=$(printf '%s' "$data" | base64 -d {__SK_POUT}>&- {__SK_PIN}<&- | dd of="$path" bs=65536 seek="$off" oflag=seek_bytes,nonblock conv=notrunc status=none 2>&1 {__SK_POUT}>&- {__SK_PIN}<&-); then
             err=${out##*: }  # (dd truncates at seek/bs records, not bytes: never truncate after the first chunk)
-        elif ((off == 0)) && ! out=$(printf '%s' "$data" | base64 -d | dd of="$path" bs=65536 oflag=nonblock status=none 2>&1); then
+        elif ((off == 0)) && ! out=$(printf '%s' "$data" | base64 -d {__SK_POUT}>&- {__SK_PIN}<&- | dd of="$path" bs=65536 oflag=nonblock status=none 2>&1 {__SK_POUT}>&- {__SK_PIN}<&-); then
             err=${out##*: }
         else
-            size=$(stat -c %s -- "$path" 2>/dev/null)
+            size=$(stat -c %s -- "$path" 2>/dev/null {__SK_POUT}>&- {__SK_PIN}<&-)
         fi
     elif [[ ! -e $path ]]; then
         err='No such file or directory'
     elif [[ ! -f $path ]]; then
         err='not a regular file'
-    elif ! size=$(stat -L -c %s -- "$path" 2>&1) || ! data=$(dd if="$path" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes,nonblock status=none | base64 -w0); then
+    elif ! size=$(stat -L -c %s -- "$path" 2>&1 {__SK_POUT}>&- {__SK_PIN}<&-) || ! data=$(dd if="$path" bs=65536 skip="$off" count="$len" iflag=skip_bytes,count_bytes,nonblock status=none {__SK_POUT}>&- {__SK_PIN}<&- | base64 -w0 {__SK_POUT}>&- {__SK_PIN}<&-); then
         err='cannot be read'
     fi
     if [[ -n $err ]]; then
@@ -1599,6 +1693,10 @@ __sk_serve() {
                 local fid=${__SK_J[id]:-null}
                 [[ $fid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || fid=null
                 __sk_file "$fid" "$type" ;;
+            file_list)
+                local lid=${__SK_J[id]:-null}
+                [[ $lid =~ ^\"[A-Za-z0-9_.:-]{1,64}\"$ ]] || lid=null
+                __sk_list "$lid" ;;
             execute | complete | inspect | is_complete)
                 __sk_worker_request "$type" ;;
             *)

@@ -879,6 +879,78 @@ function fileRequest(m) {
   return reply;
 }
 
+// `file_list` (PROTOCOL.md): the regular files below the working directory, answered here. Never
+// follows a symlink (lstat only), passes over hidden names (on Kubernetes the working directory is
+// also HOME), goes at most 32 directories down and stops at max_files files, max_entries names
+// looked at or 1 MiB of reply (`truncated` says which).
+const LIST_BYTES = 1 << 20;
+const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+function fileList(m) {
+  const bound = (v, most) => (Number.isSafeInteger(v) && v > 0 ? Math.min(v, most) : most);
+  const maxFiles = bound(m.max_files, 100000);
+  let budget = bound(m.max_entries, 1000000);
+  const files = [];
+  const skipped = [];
+  let size = 0;
+  let truncated = false;
+  const stack = [[]]; // each a list of raw (Buffer) name components
+  while (stack.length && !truncated) {
+    const parts = stack.pop();
+    const slash = Buffer.from('/');
+    const prefix = Buffer.concat(parts.flatMap((p) => [p, slash]));
+    const dir = Buffer.concat([Buffer.from(sup.START_DIR), slash, prefix]);
+    let names;
+    try {
+      names = fs.readdirSync(dir, { encoding: 'buffer' });
+    } catch (e) {
+      continue; // gone, or not readable: nothing of it is listed
+    }
+    for (const raw of names) {
+      if (--budget < 0) {
+        truncated = 'entries';
+        break;
+      }
+      if (raw[0] === 0x2e) continue; // a hidden name
+      const rel = Buffer.concat([prefix, raw]);
+      let st;
+      try {
+        st = fs.lstatSync(Buffer.concat([dir, raw]), { bigint: true });
+      } catch (e) {
+        continue; // gone since it was listed
+      }
+      if (st.isDirectory()) {
+        if (parts.length + 1 < 32) stack.push([...parts, raw]);
+        continue;
+      }
+      let name;
+      let valid = true;
+      try {
+        name = utf8Strict.decode(rel);
+      } catch (e) {
+        name = rel.toString('utf8'); // with U+FFFD: the kernel could not name it back
+        valid = false;
+      }
+      size += Buffer.byteLength(JSON.stringify(name)) + 48; // at least what it adds to the reply
+      if (size > LIST_BYTES) {
+        truncated = 'bytes';
+        break;
+      }
+      if (!valid) {
+        if (skipped.length < 100) skipped.push([name, 'name']);
+      } else if (st.isFile()) {
+        if (files.length >= maxFiles) {
+          truncated = 'files';
+          break;
+        }
+        files.push([name, Number(st.size), `${st.mtimeNs}:${st.ino}`]);
+      } else if (skipped.length < 100) {
+        skipped.push([name, st.isSymbolicLink() ? 'symlink' : 'special']);
+      }
+    }
+  }
+  return { type: 'file_reply', id: replyId(m.id), files, skipped, truncated };
+}
+
 // ---- kernel messages ----------------------------------------------------------------------
 
 // Frames from the kernel on stdin: `<kind> <length>\n` and the payload; only `msg` frames mean
@@ -947,6 +1019,9 @@ function onKernelMessage(m) {
     case 'file_write':
     case 'file_read':
       sendToKernel(fileRequest(m));
+      return;
+    case 'file_list':
+      sendToKernel(fileList(m));
       return;
     case 'is_complete':
       sendToKernel({ type: 'is_complete_reply', id: m.id, ...isComplete(String(m.code || '')) });

@@ -2453,6 +2453,68 @@ def _file_request(msg):
     return reply
 
 
+LIST_BYTES = 1 << 20  # the most a file_list reply holds (names and numbers; the frame's limit is 2 MiB)
+LIST_DEPTH = 32
+
+
+def _file_list(msg):
+    """``file_list`` (PROTOCOL.md): the regular files below the working directory, answered by
+    the supervisor. Never follows a symlink (lstat only), passes over hidden names (the working
+    directory is also HOME on Kubernetes: .cache, .ipython, .local live there), goes at most
+    ``LIST_DEPTH`` directories down, and stops at ``max_files`` files, ``max_entries`` names
+    looked at or ``LIST_BYTES`` of reply (``truncated`` says which)."""
+    import stat
+
+    def bound(value, most):
+        return min(value, most) if type(value) is int and value > 0 else most
+
+    max_files = bound(msg.get("max_files"), 100000)
+    budget = bound(msg.get("max_entries"), 1000000)
+    files, skipped, size, truncated = [], [], 0, False
+    stack = [""]
+    while stack and not truncated:
+        prefix = stack.pop()
+        try:
+            entries = os.scandir(os.path.join(_START_DIR, prefix) if prefix else _START_DIR)
+        except OSError:
+            continue  # gone, or not readable: nothing of it is listed
+        with entries:
+            for entry in entries:
+                budget -= 1
+                if budget < 0:
+                    truncated = "entries"
+                    break
+                if entry.name.startswith("."):
+                    continue
+                name = prefix + entry.name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone since it was listed
+                if stat.S_ISDIR(st.st_mode):
+                    if name.count("/") + 1 < LIST_DEPTH:
+                        stack.append(name + "/")
+                    continue
+                size += len(json.dumps(name)) + 48  # at least what it adds to the reply
+                if size > LIST_BYTES:
+                    truncated = "bytes"
+                    break
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:  # sent with U+FFFD: the kernel could not name it back
+                    if len(skipped) < 100:
+                        skipped.append([name, "name"])
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    if len(files) >= max_files:
+                        truncated = "files"
+                        break
+                    files.append([name, st.st_size, "%d:%d" % (st.st_mtime_ns, st.st_ino)])
+                elif len(skipped) < 100:
+                    skipped.append([name, "symlink" if stat.S_ISLNK(st.st_mode) else "special"])
+    return {"type": "file_reply", "id": msg.get("id"), "files": files, "skipped": skipped, "truncated": truncated}
+
+
 def _take_frames(buf, on_frame):
     """Take whole frames off ``buf``; False on a framing error."""
     while True:
@@ -2572,6 +2634,8 @@ class _Supervisor:
             self.send(_cgroup_usage(msg.get("id")))
         elif kind in ("file_write", "file_read"):
             self.answer_file_request(msg)
+        elif kind == "file_list":
+            self.send(_file_list(msg))
         elif kind == "shutdown":
             self.kill_all(0)
         elif kind == "setup":  # no answer: forwarded as it is (the worker checks its fields)

@@ -31,13 +31,13 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncGenerator, Callable, TypeVar
 
 from ..config import Limits
 from ..errors import ClusterUnreachable, OutOfMemory, SandboxError, SandboxLost
 from ..languages import Language
 from ..agent_session import AgentSession
-from ..session import AgentChannel
+from ..session import AgentChannel, Event, Stream
 from . import claiming, early, egress, manifests, pod_command, pod_start, reports, study
 from .api import AttachStream, KubernetesApi, micro_time
 from .attach import AttachChannel
@@ -45,6 +45,7 @@ from .pod_status import end_reason, eviction_event, waiting_for
 from .provision import PreparedSandbox, create_namespace_objects
 from .settings import KubernetesSandbox, current_kernel_id
 from ..workspace.transfer import copy_notebook_dir
+from ..workspace.writeback_remote import RemoteWriteBack, remote_write_back
 
 log = logging.getLogger("sandbox_kernel")
 
@@ -88,6 +89,7 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
         self._claim: claiming.Claimed | None = None  # claims mode: the claim the sandbox came with
         # The egress hook (k8s/EGRESS.md): None without an allow list.
         self.egress = egress.KubernetesEgress.for_session(limits, self.settings)
+        self._write_back: RemoteWriteBack | None = None  # Sandbox.workspace = 'read-write'
 
     @property
     def namespace(self) -> str | None:
@@ -477,8 +479,24 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
         event, notice = await copy_notebook_dir(self, self.limits, pod_command.SANDBOX_HOME)
         if event:
             self._event(event)
-        if notice:
-            self._notice = f"{self._notice}\n{notice}" if self._notice else notice
+        self._write_back, unlisted = await remote_write_back(self, self.limits)  # read-write mode only
+        for line in (notice, unlisted):
+            if line:
+                self._notice = f"{self._notice}\n{line}" if self._notice else line
+
+    async def execute(self, code: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:
+        """A cell; in read-write mode then the files it wrote in the pod, written back to the
+        notebook's directory (workspace/writeback_remote.py). (Arguments as SandboxSession.execute.)"""
+        cell = super().execute(code, *args, **kwargs)
+        try:
+            async for event in cell:
+                yield event
+        finally:
+            await cell.aclose()
+        write_back = self._write_back
+        if write_back is not None and self._channel is not None:
+            for line in await write_back.after_cell():
+                yield Stream("stderr", f"[sandbox] {line}\n")
 
     # -- %sandbox -----------------------------------------------------------------------------------
 

@@ -10,5 +10,8 @@ sandbox sees of it (``read-only``, the default; ``read-write``; ``hidden``):
   and the kernel writes changed files back after each cell, with the checks of :mod:`.hostfs`;
 - :mod:`.transfer` moves files through the agent protocol (``file_write`` / ``file_read``):
   ``%sandbox upload`` / ``%sandbox download`` on both backends, and the copy a Kubernetes
-  sandbox gets at start.
+  sandbox gets at start;
+- :mod:`.writeback_remote` is the Kubernetes backend's read-write mode: after each cell the agent
+  lists the pod's working directory (``file_list``) and the kernel fetches what is new or changed
+  through :mod:`.transfer`, written back with the same checks as :mod:`.staging`.
 """

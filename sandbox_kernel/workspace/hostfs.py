@@ -108,6 +108,13 @@ def read_chunks(fd: int, limit: int, chunk: int = CHUNK) -> Iterator[bytes]:
         os.close(fd)
 
 
+def refuse_protected(parts: tuple[str, ...]) -> None:
+    """Raise the refusal of a name the sandbox may never write back (:func:`names.protected`)."""
+    why = names.protected(parts)
+    if why:
+        raise _refusal(parts, why)
+
+
 class HostWriter:
     """One file written below ``root_fd``, chunk by chunk: a new file, renamed over ``parts`` by
     :meth:`commit` (see the module's docstring). Refuses a protected name
@@ -117,9 +124,8 @@ class HostWriter:
     def __init__(
         self, root_fd: int, parts: tuple[str, ...], limit: int, mode: int = 0o644, protect: bool = True
     ) -> None:
-        why = names.protected(parts) if protect else None
-        if why:
-            raise _refusal(parts, why)
+        if protect:
+            refuse_protected(parts)
         self.parts, self.limit, self.size = parts, limit, 0
         self._dir = open_dir(root_fd, parts[:-1], create=True)
         self._fd = -1

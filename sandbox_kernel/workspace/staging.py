@@ -108,6 +108,14 @@ def _chown_tree(fd: int, uid: int) -> None:
                     os.close(sub)
 
 
+def over_limit(parts: tuple[str, ...], limit: int, max_files: int) -> WorkspaceError:
+    """The refusal of a file past what one cell may write back (here and on Kubernetes)."""
+    return WorkspaceError(
+        f"{names.shown(names.join(parts))} was not written back: one cell may write back "
+        f"at most {format_bytes(limit)} in {max_files:,} files (Sandbox.workspace_limit, workspace_files)."
+    )
+
+
 class Staging:
     """The private copy of one kernel's notebook directory (see the module's docstring)."""
 
@@ -153,11 +161,7 @@ class Staging:
                 self._seen[entry.parts] = (st.st_size, st.st_mtime_ns, st.st_ino)
                 if files <= 0 or st.st_size > budget:
                     os.close(fd)
-                    raise WorkspaceError(
-                        f"{names.shown(names.join(entry.parts))} was not written back: one cell may write back "
-                        f"at most {format_bytes(self.limit)} in {self.max_files:,} files "
-                        "(Sandbox.workspace_limit, workspace_files)."
-                    )
+                    raise over_limit(entry.parts, self.limit, self.max_files)
                 budget -= hostfs.write_file(self._host_fd, entry.parts, hostfs.read_chunks(fd, budget), budget)
                 files -= 1
             except FileNotFoundError:

@@ -256,17 +256,40 @@ class Transfer:
             os.close(root)
         return moved.line("downloaded") + " to the notebook's directory"
 
-    async def _get_file(self, root: int, inside: str, parts: tuple[str, ...], moved: Moved) -> None:
+    async def first_read(self, parts: tuple[str, ...]) -> "asyncio.Future[Any]":
+        """The ``file_read`` of a file's first chunk, sent ahead (:meth:`fetch` takes its reply):
+        files fetched one after the other do not wait a round trip each."""
+        return await self._send("file_read", names.join(parts), 0, length=self.chunk)
+
+    async def fetch(
+        self, root: int, parts: tuple[str, ...], moved: Moved, first: "asyncio.Future[Any] | None" = None
+    ) -> bool:
+        """One file of the sandbox's working directory to the same name in the notebook's
+        directory (the write-back, writeback_remote.py); False when it is gone in the sandbox."""
+        return await self._get_file(root, names.join(parts), parts, moved, missing_ok=True, first=first)
+
+    async def _get_file(
+        self,
+        root: int,
+        inside: str,
+        parts: tuple[str, ...],
+        moved: Moved,
+        missing_ok: bool = False,
+        first: "asyncio.Future[Any] | None" = None,
+    ) -> bool:
         name = names.join(parts)
         if self.files_left <= 0:
             raise WorkspaceError(
                 f"{names.shown(name)} was not downloaded: one command moves at most "
                 f"{self.limits.workspace_files:,} files (Sandbox.workspace_files)."
             )
-        first = await _reply(await self._send("file_read", inside, 0, length=self.chunk))
-        if first.get("error"):
-            raise WorkspaceError(f"{names.shown(inside)} could not be read in the sandbox: {first['error']}.")
-        size = first.get("size")
+        request = first if first is not None else await self._send("file_read", inside, 0, length=self.chunk)
+        first_reply = await _reply(request)
+        if missing_ok and str(first_reply.get("error")).lower() == "no such file or directory":  # Node: lower case
+            return False
+        if first_reply.get("error"):
+            raise WorkspaceError(f"{names.shown(inside)} could not be read in the sandbox: {first_reply['error']}.")
+        size = first_reply.get("size")
         if not isinstance(size, int) or size < 0:
             raise WorkspaceError(f"{names.shown(inside)}: the sandbox did not say how large it is.")
         if size > self.budget:
@@ -278,7 +301,7 @@ class Transfer:
         meter = _Meter(name, size, self.progress)
         pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         try:
-            done = self._take(writer, first, 0, size)
+            done = self._take(writer, first_reply, 0, size)
             asked = done
             while done < size:
                 while asked < size and len(pending) < self.window:
@@ -304,6 +327,7 @@ class Transfer:
         self.files_left -= 1
         moved.files += 1
         moved.bytes += written
+        return True
 
     def _take(self, writer: hostfs.HostWriter, reply: dict[str, Any], offset: int, size: int) -> int:
         try:

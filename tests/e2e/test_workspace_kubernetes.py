@@ -90,3 +90,60 @@ def test_upload_and_download_on_kubernetes(k8s_kernel: Callable[..., Any], noteb
     assert (notebook_dir / "analysis.ipynb").read_text() == '{"cells": []}' and (
         notebook_dir.parent / "secret"
     ).read_text() == "SECRET"
+
+
+WRITE_OUT = {
+    "python": "open('out.csv', 'w').write('x,y\\n3,4\\n'); open('sub/inner.txt', 'a').write('+')",
+    "node": "const fs = require('fs'); fs.writeFileSync('out.csv', 'x,y\\n3,4\\n'); fs.appendFileSync('sub/inner.txt', '+')",
+    "bash": "printf 'x,y\\n3,4\\n' > out.csv; printf + >> sub/inner.txt",
+}
+
+
+@pytest.mark.parametrize("language", list(WRITE_OUT))
+def test_read_write_a_file_a_cell_writes_appears_next_to_the_notebook_after_the_cell(
+    language: str, k8s_kernel: Callable[..., Any], notebook_dir: Path
+) -> None:
+    kernel = k8s_kernel(language, "--Sandbox.workspace=read-write", "--Sandbox.workspace_limit=512Ki", cwd=notebook_dir)
+    data = (notebook_dir / "data.csv").stat()
+    cell = kernel.run(WRITE_OUT[language])
+    assert cell.reply["status"] == "ok", cell
+    assert (notebook_dir / "out.csv").read_text() == "x,y\n3,4\n", cell.stderr
+    assert (notebook_dir / "out.csv").stat().st_uid == os.geteuid()
+    assert (notebook_dir / "sub" / "inner.txt").read_text() == "inner+"  # a changed file comes back too
+    # What the cell did not change is not written again (the same inode: never replaced).
+    assert (notebook_dir / "data.csv").stat().st_ino == data.st_ino
+    assert "written back" not in cell.stderr and "was not copied" not in cell.stderr, cell.stderr
+    cell = kernel.run(
+        "rm out.csv"
+        if language == "bash"
+        else ("require('fs').unlinkSync('out.csv')" if language == "node" else "import os; os.remove('out.csv')")
+    )
+    assert cell.reply["status"] == "ok" and cell.stderr == "", cell
+    assert (notebook_dir / "out.csv").exists()  # deleted in the sandbox: it stays on the host
+
+
+def test_read_write_refuses_notebooks_and_symlinks_on_kubernetes(
+    k8s_kernel: Callable[..., Any], notebook_dir: Path
+) -> None:
+    kernel = k8s_kernel("python", "--Sandbox.workspace=read-write", "--Sandbox.workspace_limit=512Ki", cwd=notebook_dir)
+    assert kernel.run("1").reply["status"] == "ok"  # the copy-in's notices are told here
+    cell = kernel.run(
+        "import os\n"
+        "open('notebook.ipynb', 'w').write('evil'); open('analysis.ipynb', 'w').write('evil')\n"
+        "os.symlink('/etc/passwd', 'passwd'); os.symlink(%r, 'hostlink')\n"
+        "open('planted.txt', 'w').write('overwrite')\n"  # a symlink to a secret on the host
+        "open('.hidden', 'w').write('h'); open('kept.txt', 'w').write('kept')" % str(notebook_dir.parent / "secret")
+    )
+    assert cell.reply["status"] == "ok", cell
+    err = cell.stderr
+    assert "[sandbox] 'notebook.ipynb' was not copied: it is a notebook" in err, err
+    assert "[sandbox] 'analysis.ipynb' was not copied: it is a notebook" in err
+    assert "[sandbox] not written back: 'passwd': a symlink, left out" in err
+    assert "[sandbox] not written back: 'hostlink': a symlink, left out" in err
+    assert "[sandbox] 'planted.txt' was not copied: a symlink of that name is in the notebook's directory." in err
+    assert (notebook_dir / "analysis.ipynb").read_text() == '{"cells": []}'
+    assert (notebook_dir.parent / "secret").read_text() == "SECRET" and (notebook_dir / "planted.txt").is_symlink()
+    for name in ("notebook.ipynb", "passwd", "hostlink", ".hidden"):
+        assert not os.path.lexists(notebook_dir / name), name
+    assert (notebook_dir / "kept.txt").read_text() == "kept"  # the rest of the cell's files still came back
+    assert kernel.run("1").stderr == ""  # each refusal told once
