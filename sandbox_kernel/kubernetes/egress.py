@@ -153,7 +153,8 @@ class KubernetesEgress:
 
     def attach_to_claim(self, api: KubernetesApi, claim: tuple[str, str], status: claims.ClaimStatus) -> None:
         """Claims mode: the controller made the sandbox, recorded the pod's address for the proxy and
-        the proxy's address in the claim's status; ``%sandbox allow``/``deny`` patch the claim."""
+        the proxy's address in the claim's status; ``%sandbox allow``/``deny`` patch the claim, and
+        lists they changed for an earlier sandbox go on the new claim at once (blocking)."""
         if not status.egress_proxy:
             raise SandboxStartError(
                 f"The sandbox controller served the SandboxClaim {claim[0]}/{claim[1]} without the egress proxy's "
@@ -161,6 +162,8 @@ class KubernetesEgress:
             )
         self._api, self._claim, self.namespace = api, claim, status.namespace
         self._address, self.source = status.egress_proxy, "(recorded by the sandbox controller)"
+        if self.changed():
+            self.publish()
 
     def proxy_address(self, api: KubernetesApi) -> str:
         """``IP:PORT`` of the proxy: a ClusterIP, not a name, since the sandbox has no DNS (blocking)."""

@@ -275,23 +275,13 @@ class KubernetesSandboxSession(study.ClusterQuestions, AgentSession):
             await self._run(claiming.release, api, old.namespace, old.name)
             self._event(f"SandboxClaim {old.name} deleted (its sandbox {old.status.namespace} ended)")
         if claimed is None:
-            claim_egress = self.egress.claim_egress() if self.egress is not None else None
-            claimed = await self._run(
-                claiming.acquire,
-                api,
-                self.settings,
-                self.language,
-                self.limits,
-                self.kernel_id,
-                self._set_progress,
-                claim_egress,
-            )
+            ask = self.egress.claim_egress() if self.egress is not None else None  # egress: the credential's hash
+            args = (api, self.settings, self.language, self.limits, self.kernel_id, self._set_progress, ask)
+            claimed = await self._run(claiming.acquire, *args)
         self._claim = claimed
         status = claimed.status
         if self.egress is not None:  # egress hook: the proxy's address from the claim, the lists on it
-            self.egress.attach_to_claim(api, (claimed.namespace, claimed.name), status)
-            if self.egress.changed():
-                await self._run(self.egress.publish)
+            await self._run(self.egress.attach_to_claim, api, (claimed.namespace, claimed.name), status)
         self._ident = manifests.SandboxIdentity(
             namespace=status.namespace,
             kernel_id=self.kernel_id,
