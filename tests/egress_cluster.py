@@ -16,12 +16,13 @@ benchmarks/bench_egress_kubernetes.py). Everything here runs as the cluster's ad
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -240,9 +241,34 @@ def apply_test_proxy(kubeconfig: str, lab_image: str, hosts: dict[str, Any], wor
             }
         )
     )
+    # A module before this one removed its proxy without waiting: a Deployment re-made while the old
+    # one's ReplicaSet and pods are still being deleted can report a rollout of pods about to go
+    # (a kernel's first request then met a new pod whose sync had not yet read its namespace: 407).
+    _wait_for_proxy_pods(kubeconfig, lambda items: not any(i["metadata"].get("deletionTimestamp") for i in items))
     kubectl(kubeconfig, "apply", "-k", str(overlay))
     kubectl(kubeconfig, "-n", PLATFORM, "rollout", "status", "deploy/sandbox-egress-proxy", "--timeout=300s")
+    _wait_for_proxy_pods(
+        kubeconfig,
+        lambda items: (
+            [i["kind"] for i in items].count("Pod") == 1
+            and not any(i["metadata"].get("deletionTimestamp") for i in items)
+        ),
+    )
     return overlay
+
+
+def _wait_for_proxy_pods(kubeconfig: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 120) -> None:
+    """Wait until the proxy's pods and ReplicaSets (``kubectl get -o json`` items) are ``done``."""
+    selector = ",".join(f"{k}={v}" for k, v in PROXY_LABELS.items())
+    deadline = time.monotonic() + timeout
+    while True:
+        got = kubectl(kubeconfig, "-n", PLATFORM, "get", "pods,replicasets", "-l", selector, "-o", "json")
+        items = json.loads(got.stdout)["items"]
+        if done(items):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the egress proxy's pods did not settle within {timeout:g} s: {got.stdout[-2000:]}")
+        time.sleep(0.5)
 
 
 def remove_test_proxy(kubeconfig: str, overlay: Path) -> None:
