@@ -6,8 +6,8 @@ benchmarks/bench_egress_kubernetes.py). Everything here runs as the cluster's ad
   ``GET /bytes/N`` answers N bytes.
 - :func:`apply_test_proxy`: ``kubectl apply -k`` of an overlay over k8s/egress/ with a given
   JupyterLab image, one replica, and the TEST-ONLY sync options: a hosts file naming the test
-  hosts (the cluster's DNS does not know them; pypi.org, notebook 02's example, names the test
-  host too, so the notebook's request never leaves the cluster) and ``--exempt-network`` of exactly the test pod's
+  hosts (the cluster's DNS does not know them; pypi.org names the test host too, so a request
+  for it never leaves the cluster) and ``--exempt-network`` of exactly the test pod's
   address (the proxy refuses private addresses, and pods have private addresses). They are on the
   proxy Deployment's command line, which no sandbox and no kernel identity can change. A
   test-only NetworkPolicy lets the proxy pods reach the test namespace (their own policy allows
@@ -167,7 +167,7 @@ def start_test_hosts(core: Any, image: str, workdir: Path, extra_pod: str = "") 
 def apply_test_proxy(kubeconfig: str, lab_image: str, hosts: dict[str, Any], workdir: Path) -> Path:
     """k8s/egress/ with the test-only options (see the module's docstring); waits for the rollout."""
     ip = hosts["ip"]
-    # pypi.org: notebook 02's allowed host (plain HTTP), answered by the test host, never the real one.
+    # pypi.org: answered by the test host, never the real one (a host name users know, for a notebook).
     hosts_file = (
         f"{ip} allowed.test\n{ip} denied.test\n{ip} pypi.org\n10.0.0.1 private.test\n169.254.169.254 metadata.test\n"
     )

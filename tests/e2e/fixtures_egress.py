@@ -3,8 +3,7 @@
 test_hosts   module: the HTTPS/HTTP test host pod in a namespace of its own (allowed.test,
              denied.test and pypi.org name it in the proxy's test-only hosts file).
 proxy        module: k8s/egress/ built from this tree with the test-only options; yields the
-             proxy Service's ClusterIP. Used by test_egress_kubernetes.py and, for notebook 02's
-             allow-list part, test_notebooks.py.
+             proxy Service's ClusterIP. Used by test_egress_kubernetes.py and test_egress_claims.py.
 """
 
 from __future__ import annotations
