@@ -273,3 +273,29 @@ def _wait_for_proxy_pods(kubeconfig: str, done: Callable[[list[dict[str, Any]]],
 
 def remove_test_proxy(kubeconfig: str, overlay: Path) -> None:
     kubectl(kubeconfig, "delete", "-k", str(overlay), "--ignore-not-found", "--wait=false", check=False)
+
+
+def urlopen_cell(url: str) -> str:
+    """A cell that GETs ``url`` through the proxy (the test CA at /tmp/ca.pem) and prints the body or FAILED."""
+    return (
+        "import ssl, urllib.request\n"
+        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem')\n"
+        f"try:\n    print(urllib.request.urlopen({url!r}, context=ctx, timeout=10).read().decode())\n"
+        "except Exception as e:\n    print('FAILED', e)\n"
+    )
+
+
+# After ``%sandbox deny allowed.test`` in the same cell: request it until refused, print how long that took.
+UNTIL_REFUSED = (
+    "import ssl, time, urllib.request\n"
+    "ctx = ssl.create_default_context(cafile='/tmp/ca.pem'); t = time.monotonic()\n"
+    "while time.monotonic() - t < 20:\n"
+    "    try:\n        urllib.request.urlopen('https://allowed.test/', context=ctx, timeout=5).read()\n"
+    "    except Exception as e:\n        print('REFUSED after %.2f s:' % (time.monotonic() - t), e); break\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+def refused_after(stdout: str) -> float:
+    """Seconds :data:`UNTIL_REFUSED` printed."""
+    return float(stdout.split("REFUSED after ")[1].split(" s")[0])

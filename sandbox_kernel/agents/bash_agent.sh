@@ -1234,8 +1234,15 @@ __sk_usage() {
         cpu=${n:0:${#n}-scale}.${n:${#n}-scale}
     fi
     json="{\"type\":\"usage_reply\",\"id\":$1,\"cgroup\":$cg,\"memory\":${mem:-null},\"memory_limit\":${lim:-null},\"memory_peak\":${peak:-null},\"cpu_seconds\":${cpu:-null}}"
-    printf -v f 'msg %d\n%s' "${#json}" "$json"
-    # The frame lock as in __sk_resume: a worker that died holding it is replaced.
+    __sk_reply "$json"
+}
+
+# __sk_reply JSON: send one msg frame from the controller (usage, file and list replies) and keep
+# it in the resume spool. Takes the frame lock as __sk_resume does: a worker that died holding it
+# is replaced.
+__sk_reply() {
+    local f t
+    printf -v f 'msg %d\n%s' "${#1}" "$1"
     until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do
         kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
     done
@@ -1328,15 +1335,7 @@ __sk_list() {
     done
     ((nullglob)) || shopt -u nullglob
     json="{\"type\":\"file_reply\",\"id\":$id,\"files\":[${files#,}],\"skipped\":[${skipped#,}],\"truncated\":$trunc}"
-    printf -v f 'msg %d\n%s' "${#json}" "$json"
-    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do  # the frame lock, as in __sk_usage
-        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
-    done
-    __sk_rdstate
-    printf '%s' "$f" >&"$__SK_POUT"
-    printf '%s' "$f" >>"$__SK_D/spool.$__SK_CUR"
-    __sk_sent "${#f}"
-    __sk_unlock
+    __sk_reply "$json"
 }
 
 # __sk_file ID TYPE: file_write / file_read (PROTOCOL.md), answered by the controller at once
@@ -1382,15 +1381,7 @@ __sk_file() {
     else
         json="{\"type\":\"file_reply\",\"id\":$id,\"size\":${size:-0},\"data\":\"$data\"}"
     fi
-    printf -v f 'msg %d\n%s' "${#json}" "$json"
-    until IFS= read -r -N 1 -t 1 -u "$__SK_LOCK" t; do  # the frame lock, as in __sk_usage
-        kill -0 "$__SK_WPID" 2>/dev/null || __sk_revive
-    done
-    __sk_rdstate
-    printf '%s' "$f" >&"$__SK_POUT"
-    printf '%s' "$f" >>"$__SK_D/spool.$__SK_CUR"
-    __sk_sent "${#f}"
-    __sk_unlock
+    __sk_reply "$json"
 }
 
 # __sk_finished SEQ: has cell SEQ finished (the state line's FIN)? Status 2 if the lock is

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from egress_cluster import UNTIL_REFUSED, refused_after, urlopen_cell
 from fixtures_claims import CONTROLLER_SETTINGS, SA_NAMESPACE, ControllerProcess, running_controller
 from fixtures_kubernetes import K8sKernel, start_kernel, stop_kernel, wait_until
 from sandbox_kernel.kubernetes import claims, manifests
@@ -76,15 +77,6 @@ def admin_api(kubeconfig: str) -> Iterator[client.ApiClient]:
     api.close()
 
 
-def urlopen(url: str) -> str:
-    return (
-        "import ssl, urllib.request\n"
-        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem')\n"
-        f"try:\n    print(urllib.request.urlopen({url!r}, context=ctx, timeout=10).read().decode())\n"
-        "except Exception as e:\n    print('FAILED', e)\n"
-    )
-
-
 def the_claim(admin_api: client.ApiClient, namespace: str) -> dict[str, Any]:
     """The claim whose sandbox is ``namespace`` (read as admin)."""
     items = client.CustomObjectsApi(admin_api).list_namespaced_custom_object(
@@ -95,8 +87,10 @@ def the_claim(admin_api: client.ApiClient, namespace: str) -> dict[str, Any]:
 
 
 def test_a_claimed_sandbox_reaches_its_allowed_host_and_nothing_else(claimed: K8sKernel) -> None:
-    assert "hello from the test host (Host: allowed.test)" in claimed.run(urlopen("https://allowed.test/")).stdout
-    out = claimed.run(urlopen("https://denied.test/")).stdout  # within the controller's bound, not the kernel's list
+    assert "hello from the test host (Host: allowed.test)" in claimed.run(urlopen_cell("https://allowed.test/")).stdout
+    out = claimed.run(
+        urlopen_cell("https://denied.test/")
+    ).stdout  # within the controller's bound, not the kernel's list
     assert "FAILED" in out and "403" in out and "%sandbox allow denied.test" in out, out
 
 
@@ -123,22 +117,14 @@ def test_the_claim_carries_the_credential_s_hash_and_the_controller_did_the_rest
 
 
 def test_deny_and_allow_on_a_claimed_sandbox_take_effect_within_seconds(claimed: K8sKernel) -> None:
-    loop = (
-        "import ssl, time, urllib.request\n"
-        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem'); t = time.monotonic()\n"
-        "while time.monotonic() - t < 20:\n"
-        "    try:\n        urllib.request.urlopen('https://allowed.test/', context=ctx, timeout=5).read()\n"
-        "    except Exception as e:\n        print('REFUSED after %.2f s:' % (time.monotonic() - t), e); break\n"
-        "    time.sleep(0.05)\n"
-    )
-    cell = claimed.run("%sandbox deny allowed.test\n" + loop)
+    cell = claimed.run("%sandbox deny allowed.test\n" + UNTIL_REFUSED)
     assert "allowed.test is denied" in cell.stdout and "REFUSED after" in cell.stdout, cell.outputs
-    seconds = float(cell.stdout.split("REFUSED after ")[1].split(" s")[0])
+    seconds = refused_after(cell.stdout)
     print(f"%sandbox deny on a claimed sandbox took effect after {seconds:.2f} s")
     assert seconds < 5, cell.stdout
     assert "allowed.test is allowed" in claimed.run("%sandbox allow allowed.test").stdout
     wait_until(
-        lambda: "hello from" in claimed.run(urlopen("https://allowed.test/")).stdout, 10, 0.2, "allowed.test back"
+        lambda: "hello from" in claimed.run(urlopen_cell("https://allowed.test/")).stdout, 10, 0.2, "allowed.test back"
     )
     cell = claimed.run("%sandbox allow denied.test")  # in the controller's bound, not the claim's hosts
     assert cell.reply["status"] == "error" and "can only narrow" in json.dumps(cell.outputs), cell.outputs
@@ -174,9 +160,9 @@ def test_a_list_written_on_the_claim_past_its_hosts_is_not_copied(
 
     allow = wait_until(copied, 10, 0.1, "the controller to copy the claim's list")
     assert "evil.test" not in allow and "denied.test" not in allow
-    out = claimed.run(urlopen("https://denied.test/")).stdout
+    out = claimed.run(urlopen_cell("https://denied.test/")).stdout
     assert "FAILED" in out and "403" in out, out
-    assert "hello from" in claimed.run(urlopen("https://allowed.test/")).stdout  # port 443 kept
+    assert "hello from" in claimed.run(urlopen_cell("https://allowed.test/")).stdout  # port 443 kept
 
 
 def test_a_claim_for_a_host_outside_the_controller_s_bound_is_refused_in_the_cell(

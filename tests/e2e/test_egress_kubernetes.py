@@ -34,7 +34,7 @@ from jupyter_client.manager import KernelManager
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from egress_cluster import REPO, kubectl
+from egress_cluster import UNTIL_REFUSED, refused_after, urlopen_cell, REPO, kubectl
 from fixtures_kubernetes import K8sKernel, wait_until
 from sandbox_kernel.egress import refusals
 from sandbox_kernel.kubernetes import manifests
@@ -79,15 +79,6 @@ def _ca_cell(ca: str) -> str:
     return f"open('/tmp/ca.pem', 'w').write({ca!r})\n"
 
 
-def _urlopen(url: str, **kw: Any) -> str:
-    return (
-        "import ssl, urllib.request\n"
-        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem')\n"
-        f"try:\n    print(urllib.request.urlopen({url!r}, context=ctx, timeout=10).read().decode())\n"
-        "except Exception as e:\n    print('FAILED', e)\n"
-    )
-
-
 @pytest.fixture(scope="module")
 def ready(kernels: dict[str, K8sKernel], test_hosts: dict[str, Any]) -> dict[str, K8sKernel]:
     for key in ("a", "b"):
@@ -99,16 +90,20 @@ def ready(kernels: dict[str, K8sKernel], test_hosts: dict[str, Any]) -> dict[str
 
 
 def test_allowed_host_through_the_proxy_from_python_and_from_curl_in_bash(ready: dict[str, K8sKernel]) -> None:
-    assert "hello from the test host (Host: allowed.test)" in ready["a"].run(_urlopen("https://allowed.test/")).stdout
-    assert "hello from the test host (Host: allowed.test)" in ready["a"].run(_urlopen("http://allowed.test/")).stdout
+    assert (
+        "hello from the test host (Host: allowed.test)" in ready["a"].run(urlopen_cell("https://allowed.test/")).stdout
+    )
+    assert (
+        "hello from the test host (Host: allowed.test)" in ready["a"].run(urlopen_cell("http://allowed.test/")).stdout
+    )
     cell = ready["bash"].run('curl -sS --cacert /tmp/ca.pem https://allowed.test/; echo "rc=$?"')
     assert "hello from the test host (Host: allowed.test)" in cell.stdout and "rc=0" in cell.stdout, cell.outputs
 
 
 def test_a_refused_host_gets_403_naming_the_host_and_the_setting(ready: dict[str, K8sKernel]) -> None:
-    out = ready["a"].run(_urlopen("https://denied.test/")).stdout
+    out = ready["a"].run(urlopen_cell("https://denied.test/")).stdout
     assert "FAILED" in out and "403" in out and "denied.test" in out and "%sandbox allow denied.test" in out, out
-    out = ready["a"].run(_urlopen("https://private.test/")).stdout  # allowed by name, private after resolving
+    out = ready["a"].run(urlopen_cell("https://private.test/")).stdout  # allowed by name, private after resolving
     assert "FAILED" in out and "403" in out and "10.0.0.1" in out, out
     cell = ready["bash"].run(
         "curl -sS -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem https://denied.test/; echo \" rc=$?\""
@@ -187,21 +182,15 @@ def test_the_credential_is_in_no_api_object(ready: dict[str, K8sKernel], core_v1
 
 def test_deny_takes_effect_within_seconds_and_allow_only_narrows(ready: dict[str, K8sKernel]) -> None:
     a = ready["a"]
-    loop = (
-        "import ssl, time, urllib.request\n"
-        "ctx = ssl.create_default_context(cafile='/tmp/ca.pem'); t = time.monotonic()\n"
-        "while time.monotonic() - t < 20:\n"
-        "    try:\n        urllib.request.urlopen('https://allowed.test/', context=ctx, timeout=5).read()\n"
-        "    except Exception as e:\n        print('REFUSED after %.2f s:' % (time.monotonic() - t), e); break\n"
-        "    time.sleep(0.05)\n"
-    )
-    cell = a.run("%sandbox deny allowed.test\n" + loop)
+    cell = a.run("%sandbox deny allowed.test\n" + UNTIL_REFUSED)
     assert "allowed.test is denied" in cell.stdout and "REFUSED after" in cell.stdout, cell.outputs
-    seconds = float(cell.stdout.split("REFUSED after ")[1].split(" s")[0])
+    seconds = refused_after(cell.stdout)
     print(f"%sandbox deny took effect after {seconds:.2f} s")
     assert seconds < 5, cell.stdout
     assert "allowed.test is allowed" in a.run("%sandbox allow allowed.test").stdout
-    wait_until(lambda: "hello from" in a.run(_urlopen("https://allowed.test/")).stdout, 10, 0.2, "allowed.test back")
+    wait_until(
+        lambda: "hello from" in a.run(urlopen_cell("https://allowed.test/")).stdout, 10, 0.2, "allowed.test back"
+    )
     cell = a.run("%sandbox allow evil.test")
     assert cell.reply["status"] == "error" and "can only narrow" in json.dumps(cell.outputs), cell.outputs
     out = a.run("%sandbox network").stdout
@@ -397,7 +386,7 @@ def test_sandbox_network_lists_a_refused_host_from_its_event(
 ) -> None:
     a = ready["a"]
     host = f"refused-{uuid.uuid4().hex[:6]}.test"  # no other test refuses it
-    out = a.run(_urlopen(f"https://{host}/")).stdout
+    out = a.run(urlopen_cell(f"https://{host}/")).stdout
     assert "FAILED" in out and "403" in out, out
 
     def listed() -> str | None:
