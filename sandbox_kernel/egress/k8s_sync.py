@@ -46,6 +46,10 @@ ANNOTATION_DENY = "sandbox-kernel/egress-deny"
 ANNOTATION_SOURCE = "sandbox-kernel/egress-source"
 SELECTOR = "app.kubernetes.io/managed-by=sandbox-kernel"
 MAX_ENTRIES = 100
+# Written once the directory holds the policies of a full list of the namespaces: the sync
+# container's startupProbe (k8s/egress/proxy.yaml) waits for it, so a new proxy pod (a rollout, a
+# restart) gets no traffic while it would still answer every sandbox with a 407.
+SYNCED_MARKER = ".synced"
 
 log = logging.getLogger("sandbox_kernel.egress")
 
@@ -90,7 +94,8 @@ def policy_for_namespace(
 def sync(
     directory: Path, namespaces: Iterable[tuple[str, dict[str, str] | None]], test_only: dict[str, Any] | None = None
 ) -> None:
-    """Make ``directory`` hold exactly the policies of ``namespaces`` (atomic per file)."""
+    """Make ``directory`` hold exactly the policies of ``namespaces`` (atomic per file); ``namespaces``
+    is always all of them (a list, then the watch's view), so the directory is then synced (:data:`SYNCED_MARKER`)."""
     wanted: dict[str, dict[str, Any]] = {}
     twice: set[str] = set()
     for name, notes in namespaces:
@@ -113,6 +118,9 @@ def sync(
     for path in directory.glob("*.json"):
         if path.name not in wanted:
             path.unlink(missing_ok=True)
+    marker = directory / SYNCED_MARKER
+    if not marker.exists():
+        marker.write_text("")
 
 
 def testing_options(argv: list[str]) -> dict[str, Any]:

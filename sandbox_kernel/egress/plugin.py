@@ -37,6 +37,11 @@ POLICY_ENV = "SANDBOX_EGRESS_POLICY"
 POLICY_DIR_ENV = "SANDBOX_EGRESS_POLICY_DIR"
 REFUSALS_DIR_ENV = "SANDBOX_EGRESS_REFUSALS_DIR"
 SNI_LIMIT = 32 * 1024  # most bytes held while waiting for a complete ClientHello
+# Shared mode: how long a request whose credential the proxy does not know (yet) waits for the
+# sync to write its policy before the 407; the proxy runs a thread per connection, so the wait
+# holds only that connection. Far above the namespace watch's usual latency (tens of ms).
+CREDENTIAL_WAIT_S = 3.0
+CREDENTIAL_POLL_S = 0.05
 
 
 class _Policy:
@@ -129,21 +134,34 @@ def policy_for(request: HttpParser, client_ip: str | None = None) -> _Policy:
     from another address, gets no policy."""
     shared = os.environ.get(POLICY_DIR_ENV)
     if not shared:
-        path = os.environ[POLICY_ENV]
-    else:
-        token = proxy_token(request)
-        if token is None:
-            raise NoCredentials()
-        path = os.path.join(shared, hashlib.sha256(token.encode()).hexdigest() + ".json")
-        if not os.path.exists(path):
-            raise NoCredentials()
+        return _load(os.environ[POLICY_ENV])
+    token = proxy_token(request)
+    if token is None:
+        raise NoCredentials()
+    path = os.path.join(shared, hashlib.sha256(token.encode()).hexdigest() + ".json")
+    # The sync writes a new sandbox's policy (and a restarted pod's address) within the namespace
+    # watch's latency of the kernel's patch, which can be after the sandbox's first request: a
+    # credential not (yet) known from this address gets CREDENTIAL_WAIT_S to appear before the 407.
+    deadline = time.monotonic() + CREDENTIAL_WAIT_S
+    while True:
+        try:
+            pol = _load(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if client_ip is None or pol.data.get("source") == client_ip:
+                return pol
+        if time.monotonic() >= deadline:
+            raise NoCredentials()  # unknown, or a credential used from another pod than its sandbox's
+        time.sleep(CREDENTIAL_POLL_S)
+
+
+def _load(path: str) -> _Policy:
     pol = _policies.get(path)
-    if pol is None:
-        pol = _policies[path] = _Policy(path)
-    pol = pol.current()
-    if shared and client_ip is not None and pol.data.get("source") != client_ip:
-        raise NoCredentials()  # a credential used from another pod than its sandbox's
-    return pol
+    if pol is None:  # kept only once read: unknown credentials do not grow the cache
+        pol = _policies[path] = _Policy(path).current()
+        return pol
+    return pol.current()
 
 
 def proxy_token(request: HttpParser) -> str | None:

@@ -244,15 +244,19 @@ def test_one_sandbox_cannot_use_another_sandboxs_proxy(hosts: dict[str, Path]) -
 
 
 @pytest.fixture(scope="module")
-def shared_proxy(
-    hosts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[int, dict[str, str]]]:
+def shared_policies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared proxy's policy directory (what the sync writes)."""
+    return tmp_path_factory.mktemp("egress-policies")
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(hosts: dict[str, Path], shared_policies: Path) -> Iterator[tuple[int, dict[str, str]]]:
     import hashlib
     import signal
 
     from sandbox_kernel.egress import k8s_sync
 
-    directory = tmp_path_factory.mktemp("egress-policies")
+    directory = shared_policies
     tokens = {"sandbox-a": "token-of-a-" + os.urandom(8).hex(), "sandbox-b": "token-of-b-" + os.urandom(8).hex()}
     lists = {"sandbox-a": ["allowed.test:443,80"], "sandbox-b": ["denied.test:443,80"]}
     # Both "pods" are this machine's 127.0.0.1 (the proxy takes a credential only from its pod's address).
@@ -324,6 +328,36 @@ def test_a_credential_works_only_from_its_sandboxs_pod(shared_proxy: tuple[int, 
     port, tokens = shared_proxy
     assert _shared_connect(port, "allowed.test:443", tokens["sandbox-a"], source="127.0.0.2") == 407
     assert _shared_connect(port, "allowed.test:443", tokens["sandbox-a"]) == 200
+
+
+def test_a_new_sandboxs_first_request_waits_for_its_policy_then_a_guess_still_gets_407(
+    shared_proxy: tuple[int, dict[str, str]], shared_policies: Path
+) -> None:
+    """The sync writes a new namespace's policy within the watch's latency, which can come after the
+    sandbox's first request: the proxy holds such a request (up to plugin.CREDENTIAL_WAIT_S)
+    instead of answering 407 at once. A credential that never appears still gets its 407."""
+    import hashlib
+    import threading
+
+    from sandbox_kernel.egress import plugin
+
+    port, tokens = shared_proxy
+    a = shared_policies / (hashlib.sha256(tokens["sandbox-a"].encode()).hexdigest() + ".json")
+    token = "token-of-late-" + os.urandom(8).hex()
+    late = shared_policies / (hashlib.sha256(token.encode()).hexdigest() + ".json")
+    data = {**json.loads(a.read_text()), "sandbox": "sandbox-late"}
+    writer = threading.Timer(0.5, lambda: late.write_text(json.dumps(data)))
+    writer.start()
+    try:
+        started = time.monotonic()
+        assert _shared_connect(port, "allowed.test:443", token) == 200
+        assert 0.4 < time.monotonic() - started < plugin.CREDENTIAL_WAIT_S
+    finally:
+        writer.join()
+        late.unlink(missing_ok=True)
+    started = time.monotonic()
+    assert _shared_connect(port, "allowed.test:443", "token-never-written") == 407
+    assert time.monotonic() - started >= plugin.CREDENTIAL_WAIT_S - 0.1
 
 
 def test_client_hello_sent_with_the_connect_request_is_not_forwarded(

@@ -97,15 +97,17 @@ def test_kubernetes_policies_come_from_namespace_annotations(tmp_path: Path) -> 
     assert k8s_sync.policy_for_namespace("sandbox-9", {**good, "hosts_file": "/etc/hosts"})[1].get("hosts_file") is None  # type: ignore[index]
     testing = k8s_sync.testing_options(["--hosts-file", "/h", "--exempt-network", "10.244.0.0/24"])
     assert testing == {"hosts_file": "/h", "exempt_networks": ["10.244.0.0/24"]}
+    assert not (tmp_path / k8s_sync.SYNCED_MARKER).exists()  # a new proxy pod: not started yet
     k8s_sync.sync(tmp_path, [("sandbox-1", good)], testing)
-    assert [p.name for p in tmp_path.iterdir()] == [digest + ".json"]
+    assert (tmp_path / k8s_sync.SYNCED_MARKER).exists()  # the sync container's startupProbe passes
+    assert [p.name for p in tmp_path.glob("*.json")] == [digest + ".json"]
     assert json.loads((tmp_path / (digest + ".json")).read_text())["exempt_networks"] == ["10.244.0.0/24"]
     # One credential hash on two namespaces (a kernel copied another's): neither gets a policy.
     k8s_sync.sync(tmp_path, [("sandbox-1", good), ("sandbox-x", {**good, k8s_sync.ANNOTATION_ALLOW: "evil.org:443"})])
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.glob("*.json")) == []
     k8s_sync.sync(tmp_path, [("sandbox-1", good)])
     k8s_sync.sync(tmp_path, [])
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [k8s_sync.SYNCED_MARKER]
 
 
 def test_magic_on_a_sandbox_without_egress() -> None:
