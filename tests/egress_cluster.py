@@ -3,11 +3,12 @@ benchmarks/bench_egress_kubernetes.py). Everything here runs as the cluster's ad
 
 - :func:`start_test_hosts`: one pod, in a namespace of its own, serving HTTPS (the test CA of
   tests/egress_hosts.py, a certificate for allowed.test and denied.test) on 443 and HTTP on 80;
-  ``GET /bytes/N`` answers N bytes.
+  ``GET /bytes/N`` answers N bytes, ``/simple/`` is a package index of one wheel
+  (:func:`egress_hosts.package_index`).
 - :func:`apply_test_proxy`: ``kubectl apply -k`` of an overlay over k8s/egress/ with a given
   JupyterLab image, one replica, and the TEST-ONLY sync options: a hosts file naming the test
   hosts (the cluster's DNS does not know them; pypi.org names the test host too, so a request
-  for it never leaves the cluster) and ``--exempt-network`` of exactly the test pod's
+  for it never leaves the cluster; rebind.test has the test host's address and a private one) and ``--exempt-network`` of exactly the test pod's
   address (the proxy refuses private addresses, and pods have private addresses). They are on the
   proxy Deployment's command line, which no sandbox and no kernel identity can change. A
   test-only NetworkPolicy lets the proxy pods reach the test namespace (their own policy allows
@@ -16,6 +17,7 @@ benchmarks/bench_egress_kubernetes.py). Everything here runs as the cluster's ad
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -26,7 +28,7 @@ from typing import Any, Callable
 
 import yaml
 
-from egress_hosts import make_ca
+from egress_hosts import make_ca, package_index
 
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM = "sandbox-kernel-system"
@@ -34,10 +36,16 @@ LAB_IMAGE = "localhost/sandbox-kernel-lab"
 PROXY_LABELS = {"app.kubernetes.io/name": "sandbox-egress-proxy"}
 
 SERVER = r"""
-import http.server, socketserver, ssl, threading
+import http.server, json, socketserver, ssl, threading
+FILES = {path: open("/index/" + key, "rb").read() for path, key in json.load(open("/index/paths.json")).items()}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path in FILES:  # the package index (egress_hosts.package_index)
+            body = FILES[self.path]
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path.startswith("/bytes/"):
             n = int(self.path.rsplit("/", 1)[1])
             self.send_response(200); self.send_header("Content-Length", str(n)); self.end_headers()
@@ -108,14 +116,24 @@ def start_test_hosts(core: Any, image: str, workdir: Path, extra_pod: str = "") 
             },
         },
     )
+    index = package_index()
+    keys = {path: f"file{i}" for i, path in enumerate(index)}
+    core.create_namespaced_config_map(
+        ns,
+        {
+            "metadata": {"name": "index"},
+            "data": {"paths.json": json.dumps(keys)},
+            "binaryData": {keys[path]: base64.b64encode(body).decode() for path, body in index.items()},
+        },
+    )
     security = {"runAsUser": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     container = {
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "certs", "mountPath": "/certs"}],
+        "volumeMounts": [{"name": "certs", "mountPath": "/certs"}, {"name": "index", "mountPath": "/index"}],
     }
-    volumes = [{"name": "certs", "configMap": {"name": "certs"}}]
+    volumes = [{"name": "certs", "configMap": {"name": "certs"}}, {"name": "index", "configMap": {"name": "index"}}]
     core.create_namespaced_pod(
         ns,
         {
@@ -170,6 +188,7 @@ def apply_test_proxy(kubeconfig: str, lab_image: str, hosts: dict[str, Any], wor
     # pypi.org: answered by the test host, never the real one (a host name users know, for a notebook).
     hosts_file = (
         f"{ip} allowed.test\n{ip} denied.test\n{ip} pypi.org\n10.0.0.1 private.test\n169.254.169.254 metadata.test\n"
+        f"{ip} rebind.test\n10.0.0.1 rebind.test\n"  # one good address and one private: refused (no rebinding)
     )
     patch = {
         "apiVersion": "apps/v1",

@@ -15,12 +15,16 @@ The proxy refuses loopback addresses; the test configuration exempts exactly 127
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+import io
 import http.server
 import ipaddress
 import socketserver
 import ssl
 import threading
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +100,45 @@ def make_ca(directory: Path) -> tuple[Path, Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return paths
+
+
+def package_index() -> dict[str, bytes]:
+    """A package index (PEP 503) of one tiny pure-Python wheel made here, egress_probe 1.0: URL path -> body.
+    ``pip install --index-url https://allowed.test/simple/ egress-probe`` through the proxy, on both backends."""
+    files = {
+        "egress_probe/__init__.py": b"MESSAGE = 'installed through the egress proxy'\n",
+        "egress_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: egress-probe\nVersion: 1.0\n",
+        "egress_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: sandbox-kernel-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{name},sha256={digest},{len(data)}\n"
+    record += "egress_probe-1.0.dist-info/RECORD,,\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("egress_probe-1.0.dist-info/RECORD", record)
+    wheel, whl = "egress_probe-1.0-py3-none-any.whl", buf.getvalue()
+    sha = hashlib.sha256(whl).hexdigest()
+    return {
+        "/simple/": b'<html><body><a href="/simple/egress-probe/">egress-probe</a></body></html>',
+        "/simple/egress-probe/": f'<html><body><a href="/packages/{wheel}#sha256={sha}">{wheel}</a></body></html>'.encode(),
+        f"/packages/{wheel}": whl,
+    }
+
+
+PIP_INSTALL_CELL = (
+    "import subprocess, sys\n"
+    "r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', '--disable-pip-version-check',\n"
+    "    '--index-url', 'https://allowed.test/simple/', '--cert', '/tmp/ca.pem', '--target', '/tmp/pkgs', 'egress-probe'],\n"
+    "    capture_output=True, text=True, timeout=120)\n"
+    "print(r.returncode, r.stdout[-500:], r.stderr[-1500:])\n"
+    "sys.path.insert(0, '/tmp/pkgs')\n"
+    "import egress_probe; print(egress_probe.MESSAGE)\n"
+)
+"""A cell that pip-installs egress-probe from :func:`package_index` on allowed.test (the test CA at /tmp/ca.pem)."""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -35,6 +35,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from egress_cluster import UNTIL_REFUSED, refused_after, urlopen_cell, REPO, kubectl
+from egress_hosts import PIP_INSTALL_CELL
 from fixtures_kubernetes import K8sKernel, wait_until
 from sandbox_kernel.egress import refusals
 from sandbox_kernel.kubernetes import manifests
@@ -48,7 +49,8 @@ NS_POLICY = "sandbox-kernel-namespaces"
 
 @pytest.fixture(scope="module")
 def kernels(kernel_env: dict[str, str], core_v1: client.CoreV1Api, proxy: str) -> Iterator[dict[str, K8sKernel]]:
-    """a: Python, allowed.test and private.test; b: Python, denied.test; bash: Bash, allowed.test."""
+    """a: Python, allowed.test and private.test; b: Python, denied.test; bash: Bash, allowed.test;
+    c: Python, allowed.test and rebind.test (the attacks); node: Node.js, allowed.test."""
     started: dict[str, K8sKernel] = {}
     spec_manager = KernelSpecManager(kernel_dirs=[str(Path(kernel_env["JUPYTER_PATH"]) / "kernels")])
     try:
@@ -56,6 +58,8 @@ def kernels(kernel_env: dict[str, str], core_v1: client.CoreV1Api, proxy: str) -
             ("a", "python", ["allowed.test", "private.test"]),
             ("b", "python", ["denied.test"]),
             ("bash", "bash", ["allowed.test"]),
+            ("c", "python", ["allowed.test", "rebind.test"]),
+            ("node", "node", ["allowed.test"]),
         ):
             kernel_id = str(uuid.uuid4())
             km = KernelManager(kernel_name=f"sandbox-{language}", kernel_spec_manager=spec_manager)
@@ -81,9 +85,11 @@ def _ca_cell(ca: str) -> str:
 
 @pytest.fixture(scope="module")
 def ready(kernels: dict[str, K8sKernel], test_hosts: dict[str, Any]) -> dict[str, K8sKernel]:
-    for key in ("a", "b"):
+    for key in ("a", "b", "c"):
         cell = kernels[key].run(_ca_cell(test_hosts["ca"]))
         assert cell.reply["status"] == "ok", cell.outputs
+    cell = kernels["node"].run(f"require('fs').writeFileSync('/tmp/ca.pem', {json.dumps(test_hosts['ca'])}); 'ok'")
+    assert cell.reply["status"] == "ok", cell.outputs
     cell = kernels["bash"].run(f"cat > /tmp/ca.pem <<'EOF'\n{test_hosts['ca']}EOF\necho ok")
     assert "ok" in cell.stdout, cell.outputs
     return kernels
@@ -109,6 +115,111 @@ def test_a_refused_host_gets_403_naming_the_host_and_the_setting(ready: dict[str
         "curl -sS -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem https://denied.test/; echo \" rc=$?\""
     )
     assert "403" in cell.stdout + cell.stderr and "rc=0" not in cell.stdout, cell.outputs
+
+
+# Raw requests to the proxy with the sandbox's own credential (from HTTPS_PROXY), for the attacks.
+RAW_PROXY = (
+    "import base64, os, socket, ssl, urllib.parse\n"
+    "u = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n"
+    "AUTH = 'Proxy-Authorization: Basic ' + base64.b64encode(f'{u.username}:{u.password}'.encode()).decode() + '\\r\\n'\n"
+    "def head(s):\n"
+    "    h = b''\n"
+    "    while b'\\r\\n\\r\\n' not in h:\n"
+    "        d = s.recv(4096)\n"
+    "        if not d: break\n"
+    "        h += d\n"
+    "    return h.split(b'\\r\\n')[0].decode('latin-1') or 'EOF'\n"
+    "def connect(target):\n"
+    "    s = socket.create_connection((u.hostname, u.port), timeout=10)\n"
+    "    s.sendall(f'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n{AUTH}\\r\\n'.encode())\n"
+    "    return s, head(s)\n"
+    "def status(target):\n"
+    "    s, line = connect(target); s.close(); return line\n"
+    "def tls(target, sni):\n"
+    "    s, line = connect(target)\n"
+    "    if ' 200 ' not in line + ' ': return line\n"
+    "    ctx = ssl.create_default_context(cafile='/tmp/ca.pem'); ctx.check_hostname = False\n"
+    "    try:\n"
+    "        t = ctx.wrap_socket(s, server_hostname=sni)\n"
+    "        t.sendall(f'GET / HTTP/1.1\\r\\nHost: {sni}\\r\\nConnection: close\\r\\n\\r\\n'.encode())\n"
+    "        return 'TLS ' + head(t)\n"
+    "    except Exception as e:\n"
+    "        return 'TLS FAILED ' + type(e).__name__\n"
+    "def plain(url, host):\n"
+    "    s = socket.create_connection((u.hostname, u.port), timeout=10)\n"
+    "    s.sendall(f'GET {url} HTTP/1.1\\r\\nHost: {host}\\r\\n{AUTH}Connection: close\\r\\n\\r\\n'.encode())\n"
+    "    return head(s)\n"
+)
+
+
+def test_ip_literals_other_ports_rebinding_and_sni_or_host_mismatches_are_refused(
+    ready: dict[str, K8sKernel], test_hosts: dict[str, Any]
+) -> None:
+    """The local security suite's attacks (tests/security/test_egress_attacks.py), from a real pod
+    through the shared proxy: c allows allowed.test and rebind.test (the test host's address and
+    10.0.0.1 in the proxy's test resolver); the test host's certificate is valid for denied.test too,
+    so only the SNI check stands in the way of a tunnel to allowed.test that speaks to denied.test."""
+    ip = test_hosts["ip"]
+    code = RAW_PROXY + (
+        f"print('IP', status({ip + ':443'!r}))\n"
+        "print('PORT', status('allowed.test:8443'))\n"
+        "print('REBIND', status('rebind.test:443'))\n"
+        "print('SNI-SAME', tls('allowed.test:443', 'allowed.test'))\n"
+        "print('SNI-OTHER', tls('allowed.test:443', 'denied.test'))\n"
+        "print('HOST-SAME', plain('http://allowed.test/', 'allowed.test'))\n"
+        "print('HOST-OTHER', plain('http://allowed.test/', 'denied.test'))\n"
+    )
+    cell = ready["c"].run(code, timeout=120)
+    lines = dict(line.split(" ", 1) for line in cell.stdout.splitlines() if " " in line)
+    assert lines.keys() >= {"IP", "PORT", "REBIND", "SNI-SAME", "SNI-OTHER", "HOST-SAME", "HOST-OTHER"}, cell.outputs
+    assert " 403 " in lines["IP"] and "is an IP address" in lines["IP"], lines
+    assert " 403 " in lines["PORT"] and "port 8443 of allowed.test is not allowed" in lines["PORT"], lines
+    assert " 403 " in lines["REBIND"] and "resolves to 10.0.0.1" in lines["REBIND"], lines
+    assert lines["SNI-SAME"] == "TLS HTTP/1.1 200 OK", lines  # the same code gets through with the right name
+    assert lines["SNI-OTHER"].startswith("TLS FAILED"), lines
+    assert " 200 " in lines["HOST-SAME"], lines
+    assert " 403 " in lines["HOST-OTHER"] and "does not match" in lines["HOST-OTHER"], lines
+
+
+def test_pip_install_from_a_package_index_on_an_allowed_host(ready: dict[str, K8sKernel]) -> None:
+    """``pip install`` (the python image's Debian pip) of the test host's wheel, through the proxy."""
+    cell = ready["c"].run(PIP_INSTALL_CELL, timeout=180)
+    assert "installed through the egress proxy" in cell.stdout, cell.outputs
+
+
+def test_node_reaches_the_allowed_host_and_is_refused_the_denied_one(ready: dict[str, K8sKernel]) -> None:
+    """Node.js through the proxy of its HTTPS_PROXY. The cluster's Node (bookworm's 18) has no proxy
+    support in fetch (22.21+/24 with NODE_USE_ENV_PROXY=1, which the pod sets), so the tunnel is made
+    with http.request's CONNECT, as a Node user behind a proxy does."""
+    code = (
+        "const http = require('http'), tls = require('tls'), fs = require('fs');\n"
+        "const ca = fs.readFileSync('/tmp/ca.pem');\n"
+        "const u = new URL(process.env.HTTPS_PROXY);\n"
+        "const auth = 'Basic ' + Buffer.from(decodeURIComponent(u.username) + ':' + decodeURIComponent(u.password)).toString('base64');\n"
+        "function viaProxy(host) { return new Promise((resolve) => {\n"
+        "  const req = http.request({host: u.hostname, port: u.port, method: 'CONNECT', path: host + ':443',\n"
+        "                            headers: {'Proxy-Authorization': auth}});\n"
+        "  req.on('connect', (res, socket) => {\n"
+        "    if (res.statusCode !== 200) { resolve('REFUSED ' + res.statusCode + ' ' + res.statusMessage); socket.destroy(); return; }\n"
+        "    const t = tls.connect({socket, servername: host, ca}, () => t.write(`GET / HTTP/1.1\\r\\nHost: ${host}\\r\\nConnection: close\\r\\n\\r\\n`));\n"
+        "    let data = ''; t.on('data', (d) => data += d); t.on('end', () => resolve(data)); t.on('error', (e) => resolve('ERROR ' + e.message));\n"
+        "  });\n"
+        "  req.on('response', (res) => resolve('REFUSED ' + res.statusCode + ' ' + res.statusMessage));\n"
+        "  req.on('error', (e) => resolve('ERROR ' + e.message)); req.end();\n"
+        "}); }\n"
+        "(async () => {\n"
+        "  console.log('A', await viaProxy('allowed.test'));\n"
+        "  console.log('D', await viaProxy('denied.test'));\n"
+        "})();\n"
+    )
+    node = ready["node"]
+    shown = node.run(code, timeout=60).stdout
+    deadline = time.monotonic() + 20
+    while "D " not in shown and time.monotonic() < deadline:  # the promises print after the cell's end
+        time.sleep(0.5)
+        shown += node.run("1").stdout
+    assert "A HTTP/1.1 200 OK" in shown and "hello from the test host (Host: allowed.test)" in shown, shown
+    assert "D REFUSED 403 Sandbox egress refused denied.test" in shown and "%sandbox allow denied.test" in shown, shown
 
 
 def test_no_direct_egress_even_with_an_allow_list(

@@ -7,11 +7,7 @@ a message naming the host and the setting. A sandbox without the setting has no 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +15,7 @@ from typing import Any
 import pytest
 
 
-from egress_hosts import ALLOWED_IP, kernel_argv, serve_test_hosts
+from egress_hosts import ALLOWED_IP, PIP_INSTALL_CELL, kernel_argv, package_index, serve_test_hosts
 from kernels import errors, run_cell, running_kernel, text
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,36 +23,9 @@ pytestmark = pytest.mark.timeout(300)
 ALLOW = ["allowed.test", "private.test"]
 
 
-def _wheel() -> tuple[str, bytes]:
-    """A tiny pure-Python wheel, made here: egress_probe 1.0."""
-    files = {
-        "egress_probe/__init__.py": b"MESSAGE = 'installed through the egress proxy'\n",
-        "egress_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: egress-probe\nVersion: 1.0\n",
-        "egress_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: sandbox-kernel-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = ""
-    for name, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{name},sha256={digest},{len(data)}\n"
-    record += "egress_probe-1.0.dist-info/RECORD,,\n"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in files.items():
-            z.writestr(name, data)
-        z.writestr("egress_probe-1.0.dist-info/RECORD", record)
-    return "egress_probe-1.0-py3-none-any.whl", buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    name, wheel = _wheel()
-    sha = hashlib.sha256(wheel).hexdigest()
-    index = {
-        "/simple/": b'<html><body><a href="/simple/egress-probe/">egress-probe</a></body></html>',
-        "/simple/egress-probe/": f'<html><body><a href="/packages/{name}#sha256={sha}">{name}</a></body></html>'.encode(),
-        f"/packages/{name}": wheel,
-    }
-    with serve_test_hosts(tmp_path_factory.mktemp("egress-hosts"), index) as h:
+    with serve_test_hosts(tmp_path_factory.mktemp("egress-hosts"), package_index()) as h:
         yield h
 
 
@@ -153,16 +122,7 @@ def test_allow_and_deny_take_effect_within_a_second(py: Any) -> None:
 
 
 def test_pip_install_from_a_local_index_on_an_allowed_host(py: Any) -> None:
-    code = (
-        "import subprocess, sys\n"
-        "r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', '--disable-pip-version-check',\n"
-        "    '--index-url', 'https://allowed.test/simple/', '--cert', '/tmp/ca.pem', '--target', '/tmp/pkgs', 'egress-probe'],\n"
-        "    capture_output=True, text=True, timeout=120)\n"
-        "print(r.returncode, r.stdout[-500:], r.stderr[-1500:])\n"
-        "sys.path.insert(0, '/tmp/pkgs')\n"
-        "import egress_probe; print(egress_probe.MESSAGE)\n"
-    )
-    reply, out = run_cell(py, code, timeout=180)
+    reply, out = run_cell(py, PIP_INSTALL_CELL, timeout=180)
     assert "installed through the egress proxy" in text(out), (text(out), errors(out))
 
 
