@@ -31,7 +31,7 @@ from proxy.http.parser import HttpParser
 from proxy.http.proxy import HttpProxyBasePlugin
 from proxy.http.proxy.server import HttpProxyPlugin
 
-from . import policy, refusals
+from . import policy, refusals, relay
 
 POLICY_ENV = "SANDBOX_EGRESS_POLICY"
 POLICY_DIR_ENV = "SANDBOX_EGRESS_POLICY_DIR"
@@ -344,4 +344,11 @@ class SniCheckingProxy(HttpProxyPlugin):
             raise HttpRequestRejected()  # drop the tunnel: not one byte went upstream
         self._sni_checked = True
         data, self._sni_buffer = self._sni_buffer, b""
-        return super().on_client_data(memoryview(data))
+        if self.client.has_buffer() or self.upstream.has_buffer():  # not expected before a ClientHello
+            return super().on_client_data(memoryview(data))
+        # From here on a tunnel is bytes both ways, nothing more to check. proxy.py's loop (a new
+        # selector registration and an asyncio round per event, a write one round after its read)
+        # cost more than the relay itself per round trip; this connection's own thread (runner:
+        # --threaded) carries it instead, with proxy.py's inactivity timeout.
+        relay.pump(self.client.connection, self.upstream.connection, data, idle=self.flags.timeout)
+        raise HttpRequestRejected()  # the tunnel has ended: proxy.py closes both sockets
