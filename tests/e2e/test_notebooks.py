@@ -199,6 +199,7 @@ PROXY_VARIABLES = {
 }  # fmt: skip
 
 
+@pytest.mark.timeout(1500)  # the proxy fixture may build the JupyterLab image it runs
 def test_02_networkpolicy(notebook: Any, proxy: str) -> None:
     """Run as an operator with an allow list would (``pypi.org``), through the test proxy, whose
     test-only hosts file sends pypi.org to the test host pod: nothing leaves the cluster."""
