@@ -68,8 +68,9 @@ class Ran:
         return f"{error['ename']}: {error['evalue']}"
 
 
-def run_notebook(name: str, kernel_env: dict[str, str], out_dir: Path) -> Ran:
-    """Execute ``notebooks/<name>`` as the service account; keep the executed copy in ``out_dir``."""
+def run_notebook(name: str, kernel_env: dict[str, str], out_dir: Path, kernel_args: tuple[str, ...] = ()) -> Ran:
+    """Execute ``notebooks/<name>`` as the service account; keep the executed copy in ``out_dir``.
+    ``kernel_args``: the kernel's command-line settings (the operator's, e.g. an allow list)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "sandbox-python"
     for cell in nb.cells:
@@ -87,6 +88,7 @@ def run_notebook(name: str, kernel_env: dict[str, str], out_dir: Path) -> Ran:
         startup_timeout=180,
         allow_errors=False,
         kernel_name="sandbox-python",
+        extra_arguments=list(kernel_args),
         resources={"metadata": {"path": str(out_dir)}},
     )
     try:
@@ -111,8 +113,8 @@ def notebook(kernel_env: dict[str, str], core_v1: client.CoreV1Api, tmp_path: Pa
     out_dir = Path(os.environ.get("NOTEBOOK_OUTPUT_DIR") or tmp_path)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def execute(name: str) -> Ran:
-        result = run_notebook(name, kernel_env, out_dir)
+    def execute(name: str, kernel_args: tuple[str, ...] = ()) -> Ran:
+        result = run_notebook(name, kernel_env, out_dir, kernel_args)
         ran.append(result)
         # The first code cell checks the backend (on the local one it stops the notebook:
         # tests/integration/test_notebooks_local.py); here it names the sandbox namespace.
@@ -191,19 +193,57 @@ def test_01_resourcequota_and_limitrange(notebook: Any) -> None:
     assert "OOMKilled" in events or "out of memory" in events, events
 
 
-def test_02_networkpolicy(notebook: Any) -> None:
-    ran = notebook("02-networkpolicy.ipynb")
+PROXY_VARIABLES = {
+    "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "PIP_PROXY",
+    "npm_config_proxy", "npm_config_https_proxy", "NODE_USE_ENV_PROXY",
+}  # fmt: skip
+
+
+@pytest.mark.timeout(1500)  # the proxy fixture may build the JupyterLab image it runs
+def test_02_networkpolicy(notebook: Any, proxy: str) -> None:
+    """Run as an operator with an allow list would (``pypi.org``), through the test proxy, whose
+    test-only hosts file sends pypi.org to the test host pod: nothing leaves the cluster."""
+    ran = notebook("02-networkpolicy.ipynb", ("--Sandbox.allow_hosts=pypi.org",))
+    namespace = re.search(r"namespace (sandbox-[0-9a-f]{8})", ran.stdout("backend")).group(1)
     policy = ran.stdout("policy")
     assert "NetworkPolicy deny-all selects every pod and allows no ingress and no egress" in policy, policy
     assert "policyTypes:\n  - Ingress\n  - Egress" in policy, policy
     assert "nameserver 10.96.0.10" in ran.stdout("resolv")
+    # deny-all still closes everything but the proxy's port.
     dns = ran.error("dns")
     assert dns["ename"] == "gaierror" and "name resolution" in dns["evalue"], dns
     for cell in ("apiserver", "internet"):
         error = ran.error(cell)
         assert error["ename"] in ("TimeoutError", "ConnectionRefusedError", "OSError"), error
-    environ = ast.literal_eval(ran.result("environ"))
-    assert {"HOME", "LANG", "PATH"} <= set(environ) <= {"HOME", "LANG", "PATH", "PYTHONUNBUFFERED"}, environ
+    environ = set(ast.literal_eval(ran.result("environ")))
+    assert {"HOME", "LANG", "PATH"} | PROXY_VARIABLES <= environ, environ
+    assert environ <= {"HOME", "LANG", "PATH", "PYTHONUNBUFFERED"} | PROXY_VARIABLES, environ
+    # The allow list at work.
+    assert ran.stdout("egress-check") == f"egress proxy at {proxy}:3128\n"
+    egress_policy = ran.stdout("egress-policy")
+    assert "egress: only HTTP(S) through the shared egress proxy" in egress_policy, egress_policy
+    assert "name: egress-proxy" in egress_policy and "port: 3128" in egress_policy, egress_policy
+    assert "app.kubernetes.io/name: sandbox-egress-proxy" in egress_policy, egress_policy
+    assert "kubernetes.io/metadata.name: sandbox-kernel-system" in egress_policy, egress_policy
+    network = ran.stdout("egress-network")
+    assert "allowed: pypi.org" in network and "last refused: none" in network, network
+    assert ran.stdout("egress-allowed") == "http://pypi.org/simple/ -> 200 OK\n"
+    refused = ran.stdout("egress-refused")
+    assert refused.startswith("https://example.com/ -> refused or failed: ") and "403" in refused, refused
+    assert "example.com is not on the allow list" in refused and "%sandbox allow example.com" in refused, refused
+    denied = ran.stdout("egress-deny")
+    assert denied.startswith("pypi.org is denied\n"), denied
+    assert "http://pypi.org/simple/ -> refused or failed: HTTP Error 403" in denied, denied
+    assert "pypi.org is not on the allow list" in denied, denied  # %sandbox deny took it off the list
+    allowed_again = ran.stdout("egress-allow")
+    assert allowed_again == "pypi.org is allowed\nhttp://pypi.org/simple/ -> 200 OK\n", allowed_again
+    after = ran.stdout("egress-network-after")
+    assert "last refused (most recent first" in after and "%sandbox allow HOST" in after, after
+    first = after.index("  pypi.org:80  pypi.org is not on the allow list")
+    assert first < after.index("  example.com:443  example.com is not on the allow list"), after
+    events = ran.stdout("egress-events")
+    assert re.search(rf"Warning +EgressRefused +namespace/{namespace}: example\.com:443 refused: ", events), events
+    assert re.search(rf"EgressRefused +namespace/{namespace}: pypi\.org:80 refused: pypi\.org is not", events)
 
 
 def test_03_pod_security(notebook: Any) -> None:
