@@ -146,7 +146,7 @@ def serve(listener, path):
                 _event(sel, key.data, events)
 
 
-def pump(a, b, first=b"", idle=None):
+def pump(a: socket.socket, b: socket.socket, first: bytes = b"", idle: "float | None" = None) -> None:
     """Carry bytes both ways between two connected sockets (the egress proxy's tunnel once its
     SNI is checked, plugin.SniCheckingProxy) until both have ended, one fails, or nothing has
     moved for ``idle`` seconds; ``first``: bytes already read from ``a``, for ``b``. The sockets
