@@ -42,8 +42,10 @@ class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         if self.path in FILES:  # the package index (egress_hosts.package_index)
-            body = FILES[self.path]
-            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            body = FILES[self.path]  # pip skips index pages that are not text/html
+            self.send_response(200); self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "application/octet-stream" if self.path.endswith(".whl") else "text/html")
+            self.end_headers()
             self.wfile.write(body)
             return
         if self.path.startswith("/bytes/"):
