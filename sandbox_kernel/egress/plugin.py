@@ -145,12 +145,11 @@ def policy_for(request: HttpParser, client_ip: str | None = None) -> _Policy:
     deadline = time.monotonic() + CREDENTIAL_WAIT_S
     while True:
         try:
-            pol = _load(path)
+            pol: _Policy | None = _load(path)
         except FileNotFoundError:
-            pass
-        else:
-            if client_ip is None or pol.data.get("source") == client_ip:
-                return pol
+            pol = None  # not (yet) written by the sync
+        if pol is not None and (client_ip is None or pol.data.get("source") == client_ip):
+            return pol
         if time.monotonic() >= deadline:
             raise NoCredentials()  # unknown, or a credential used from another pod than its sandbox's
         time.sleep(CREDENTIAL_POLL_S)

@@ -109,12 +109,28 @@ def _event(sel, side, events):
     _update(sel, peer)
 
 
+def _join(sel, a, b, owned, first=b""):
+    """Start carrying bytes between two connected sockets in ``sel``; ``first``: read from ``a``, for ``b``."""
+    a.setblocking(False)
+    b.setblocking(False)
+    x, y = _Side(a, owned), _Side(b, owned)
+    x.peer, y.peer = y, x
+    y.pending = bytes(first)
+    _update(sel, x)
+    _update(sel, y)
+    return x
+
+
 def _accept(sel, listener, path):
     try:
         client, _ = listener.accept()
     except OSError:
         return
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # reset before it was accepted: nothing to carry (and the loop must go on)
+        client.close()
+        return
     upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     upstream.settimeout(1.0)  # a full backlog would block the loop: then the proxy is unavailable
     try:
@@ -127,12 +143,7 @@ def _accept(sel, listener, path):
             pass
         client.close()
         return
-    client.setblocking(False)
-    upstream.setblocking(False)
-    a, b = _Side(client), _Side(upstream)
-    a.peer, b.peer = b, a
-    _update(sel, a)
-    _update(sel, b)
+    _join(sel, client, upstream, owned=True)
 
 
 def serve(listener, path):
@@ -152,14 +163,8 @@ def pump(a: socket.socket, b: socket.socket, first: bytes = b"", idle: "float | 
     moved for ``idle`` seconds; ``first``: bytes already read from ``a``, for ``b``. The sockets
     are left open (and non-blocking) for their owner to close."""
     sel = selectors.DefaultSelector()
-    a.setblocking(False)
-    b.setblocking(False)
-    x, y = _Side(a, owned=False), _Side(b, owned=False)
-    x.peer, y.peer = y, x
-    y.pending = bytes(first)
     try:
-        _update(sel, x)
-        _update(sel, y)
+        x = _join(sel, a, b, owned=False, first=first)
         while not x.done:
             ready = sel.select(idle)
             if not ready:

@@ -117,10 +117,10 @@ def test_a_refused_host_gets_403_naming_the_host_and_the_setting(ready: dict[str
     assert "403" in cell.stdout + cell.stderr and "rc=0" not in cell.stdout, cell.outputs
 
 
-# Raw requests to the proxy with the sandbox's own credential (from HTTPS_PROXY), for the attacks.
+# Raw requests to the proxy at PROXY_URL with the credential in it (see _raw_proxy), for the attacks.
 RAW_PROXY = (
     "import base64, os, socket, ssl, urllib.parse\n"
-    "u = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n"
+    "u = urllib.parse.urlsplit(PROXY_URL)\n"
     "AUTH = 'Proxy-Authorization: Basic ' + base64.b64encode(f'{u.username}:{u.password}'.encode()).decode() + '\\r\\n'\n"
     "def head(s):\n"
     "    h = b''\n"
@@ -152,6 +152,12 @@ RAW_PROXY = (
 )
 
 
+def _raw_proxy(proxy_url: str | None = None) -> str:
+    """:data:`RAW_PROXY` for ``proxy_url`` (default: the sandbox's own, its HTTPS_PROXY)."""
+    url = repr(proxy_url) if proxy_url else "__import__('os').environ['HTTPS_PROXY']"
+    return f"PROXY_URL = {url}\n" + RAW_PROXY
+
+
 def test_ip_literals_other_ports_rebinding_and_sni_or_host_mismatches_are_refused(
     ready: dict[str, K8sKernel], test_hosts: dict[str, Any]
 ) -> None:
@@ -160,7 +166,7 @@ def test_ip_literals_other_ports_rebinding_and_sni_or_host_mismatches_are_refuse
     10.0.0.1 in the proxy's test resolver); the test host's certificate is valid for denied.test too,
     so only the SNI check stands in the way of a tunnel to allowed.test that speaks to denied.test."""
     ip = test_hosts["ip"]
-    code = RAW_PROXY + (
+    code = _raw_proxy() + (
         f"print('IP', status({ip + ':443'!r}))\n"
         "print('PORT', status('allowed.test:8443'))\n"
         "print('REBIND', status('rebind.test:443'))\n"
@@ -246,14 +252,7 @@ def test_no_direct_egress_even_with_an_allow_list(
 
 def _connect_code(proxy_url: str, target: str) -> str:
     """A cell that sends CONNECT through the proxy with the credential of ``proxy_url`` and prints the status."""
-    return (
-        "import base64, socket, urllib.parse\n"
-        f"u = urllib.parse.urlsplit({proxy_url!r})\n"
-        "auth = base64.b64encode(f'{u.username}:{u.password}'.encode()).decode()\n"
-        "s = socket.create_connection((u.hostname, u.port), timeout=10)\n"
-        f"s.sendall(f'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\nProxy-Authorization: Basic {{auth}}\\r\\n\\r\\n'.encode())\n"
-        "print('STATUS', s.recv(4096).split(b' ')[1].decode())\n"
-    )
+    return _raw_proxy(proxy_url) + f"print('STATUS', status({target!r}).split(' ')[1])\n"
 
 
 def test_another_sandboxs_credential_is_not_usable(ready: dict[str, K8sKernel], core_v1: client.CoreV1Api) -> None:
