@@ -382,14 +382,20 @@ def test_every_fd_and_memory_of_every_sandbox_process_in_a_local_kernel(language
     with running_kernel(f"sandbox-{language}", argv=argv) as (_km, kc):
         reply, out = run_cell(kc, _sweep_cell(language), timeout=60)
         seen = text(out)
-        assert not [e for e in errors(out) if e["ename"] in ("Forged", "ProtocolError")], out
+        assert not [e for e in errors(out) if e["ename"] == "Forged"], out
+        # Under gVisor the Bash controller's FIFOs open through /proc too: junk written into its
+        # frame lock adds tokens, two of the agent's own writers may then interleave their frames,
+        # and the kernel sees a malformed stream and replaces the sandbox. Nowhere else.
+        broken = language == "bash" and runtime == "gvisor"
+        if not broken:
+            assert not [e for e in errors(out) if e["ename"] == "ProtocolError"], out
         if language == "node" and reply.get("ename") == "SandboxLost":
             # Junk written into the libuv pipes of Node's launcher (or, under gVisor, of its
             # supervisor: their signal pipes hold pointers) may crash it: the user's own sandbox
             # is lost, nothing forged arrives.
             pass
-        elif language == "bash" and runtime == "gvisor" and reply.get("ename") == "CellTimeout":
-            pass  # under gVisor the Bash controller's FIFOs open through /proc too
+        elif broken and reply.get("ename") in ("CellTimeout", "ProtocolError"):
+            pass  # the user's own sandbox stalled (its lock or state line) or was replaced
         else:
             assert reply["status"] == "ok" and "after" in seen, (reply, out)
             assert "swept" in seen, seen
