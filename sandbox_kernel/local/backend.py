@@ -45,8 +45,10 @@ from ..errors import OutOfMemory, SandboxError, SandboxLost, SandboxStartError, 
 from ..languages import Language
 from ..session import AgentChannel, ErrorOutput, Event, Stream
 from ..usage import CellUsage, Usage
+from ..workspace.transfer import copy_notebook_dir
+from ..workspace.writeback_remote import RemoteWriteBack, remote_write_back
 from . import agent_code, bwrap, cgroups, environment, gvisor, isolation, report, uids
-from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, WorkspaceMount
+from .bwrap import AGENT_DIR, GROUP, PASSWD, SANDBOX_HOME, WORKSPACE, WorkspaceMount
 from .command import SandboxCommand
 from .environment import SYSTEM_DIRS
 from .settings import SANDBOX_PATH, LocalSandbox
@@ -130,6 +132,7 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
             limits, self._gvisor and self._isolated, other_uid=self._isolated and os.geteuid() == 0
         )
         self._workspace_mount: WorkspaceMount | None = None
+        self._write_back: RemoteWriteBack | None = None  # read-write under gVisor: through the agent
 
     # -- AgentSession hooks ----------------------------------------------------------------------
 
@@ -227,6 +230,17 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
             return await sockets.channel()
         return PipeChannel(self._proc)
 
+    async def _after_ready(self) -> None:
+        """Read-write under gVisor: the notebook's directory copied in through the agent protocol,
+        as into a Kubernetes pod, and its baseline listing for the write-back (workspace/)."""
+        if not self.workspace.through_agent:
+            return
+        event, notice = await copy_notebook_dir(self, self.limits, WORKSPACE)
+        if event:
+            self._event(event)
+        self._write_back, unlisted = await remote_write_back(self, self.limits)
+        self.workspace.add_notice(notice, unlisted)
+
     def _create_bundle(self) -> None:
         assert self._bundle is not None
         agent = self.language.agent_path()
@@ -244,6 +258,7 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
             limits=self.limits,
             owner=self._host_uid(),
             cwd=self.workspace.cwd,
+            own_dirs=(WORKSPACE,) if self.workspace.through_agent else (),
         )
 
     def _destroy_bundle(self) -> None:
@@ -367,8 +382,13 @@ class LocalSandboxSession(SandboxCommand, AgentSession):
                 yield event
         finally:
             await cell.aclose()
-        # Read-write workspace: the files the cell changed, written back (workspace/staging.py).
-        for line in await asyncio.get_running_loop().run_in_executor(None, self.workspace.write_back):
+        # Read-write workspace: the files the cell changed, written back (workspace/staging.py;
+        # under gVisor workspace/writeback_remote.py).
+        if self._write_back is not None and self._channel is not None:
+            lines = await self._write_back.after_cell()
+        else:
+            lines = await asyncio.get_running_loop().run_in_executor(None, self.workspace.write_back)
+        for line in lines:
             yield Stream("stderr", f"[sandbox] {line}\n")
 
     # -- %sandbox -------------------------------------------------------------------------------

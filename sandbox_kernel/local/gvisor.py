@@ -119,10 +119,13 @@ def spec(
     limits: Limits,
     hostname: str = "sandbox",
     cwd: str | None = None,
+    own_dirs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The OCI runtime spec of a sandbox. ``read_only_paths`` are (host source, path inside)
     pairs, bound read-only after the tmpfs mounts; ``files`` maps a path inside to the host file
-    bound there read-only (the sandbox's passwd and group)."""
+    bound there read-only (the sandbox's passwd and group); ``own_dirs`` are more private tmpfs
+    mounts of the sandbox's user, as its HOME (the read-write workspace: its files come and go
+    through the agent protocol, because rootless runsc cannot create a host file of that user)."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=0755"]},
@@ -132,12 +135,15 @@ def spec(
             "source": "shm",
             "options": ["mode=1777", f"size={limits.scratch_bytes}"],
         },
-        {
-            "destination": home,
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["mode=0700", "uid=1000", "gid=1000", f"size={limits.scratch_bytes}"],
-        },
+        *(
+            {
+                "destination": path,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["mode=0700", "uid=1000", "gid=1000", f"size={limits.scratch_bytes}"],
+            }
+            for path in (home, *own_dirs)
+        ),
         {
             "destination": "/tmp",
             "type": "tmpfs",
@@ -206,6 +212,7 @@ class GVisorBundle:
         limits: Limits,
         owner: int | None,
         cwd: str | None = None,
+        own_dirs: tuple[str, ...] = (),
     ) -> None:
         """Write the bundle; ``owner`` is the host uid runsc will run as (None: this process's)."""
         self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -219,7 +226,7 @@ class GVisorBundle:
             if os.path.islink(path):
                 (rootfs / path.lstrip("/")).symlink_to(os.readlink(path))
         present = [p for p in system_dirs if os.path.isdir(p) and not os.path.islink(p)]
-        for path in ("proc", "dev", "tmp", home, agent_dir, *present, *(inside for _, inside in read_only_paths)):
+        for path in ("proc", "dev", "tmp", home, *own_dirs, agent_dir, *present, *(i for _, i in read_only_paths)):
             target = rootfs / path.lstrip("/")
             if not target.is_symlink():
                 target.mkdir(parents=True, exist_ok=True)
@@ -239,6 +246,7 @@ class GVisorBundle:
             files={"/etc/passwd": str(self.bundle / "passwd"), "/etc/group": str(self.bundle / "group")},
             limits=limits,
             cwd=cwd,
+            own_dirs=own_dirs,
         )
         (self.bundle / "config.json").write_text(json.dumps(config, indent=1))
         self.state.mkdir(mode=0o700)

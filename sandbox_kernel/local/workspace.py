@@ -7,7 +7,9 @@
   ``o+rx``, e.g. 0700), the sandbox gets a read-only copy instead (as ``read-write`` makes one,
   never written back).
 - ``read-write``: a private copy (:mod:`sandbox_kernel.workspace.staging`) at ``/workspace``,
-  owned by the sandbox's uid; the kernel writes changed files back after each cell.
+  owned by the sandbox's uid; the kernel writes changed files back after each cell. Under gVisor
+  the copy is a tmpfs of gVisor's, filled and written back through the agent protocol as on
+  Kubernetes (:mod:`sandbox_kernel.workspace.writeback_remote`).
 - ``hidden``: nothing of it; the working directory is the sandbox's private HOME.
 
 A directory that would show more than the notebook's own files is never shown: ``/``, a system
@@ -21,7 +23,6 @@ from __future__ import annotations
 import os
 
 from ..config import Limits
-from ..errors import SandboxUnavailable
 from ..quantity import format_bytes
 from ..workspace import names
 from ..workspace.staging import Staging
@@ -44,12 +45,11 @@ class LocalWorkspace:
                 "Keep the notebook and its files in a folder of their own."
             )
             self.mode = "hidden"
-        if self.mode == "read-write":
-            if gvisor:
-                raise SandboxUnavailable(
-                    "Sandbox.workspace = 'read-write' is not available with LocalSandbox.runtime = "
-                    "'gvisor' yet; use 'read-only' (and %sandbox download) or 'bubblewrap'."
-                )
+        self.through_agent = self.mode == "read-write" and gvisor
+        """Read-write under gVisor: a private tmpfs at /workspace that the kernel fills and writes
+        back through the agent protocol, as on Kubernetes (rootless runsc cannot create host files
+        of the sandbox's user, so no host copy can be bound writable)."""
+        if self.mode == "read-write" and not gvisor:
             self.staging = Staging(self.host_dir, limits.workspace_bytes, limits.workspace_files)
         self.copied_read_only = (
             self.mode == "read-only" and other_uid and os.stat(self.host_dir).st_mode & 0o005 != 0o005
@@ -93,6 +93,11 @@ class LocalWorkspace:
             "c.Sandbox.workspace = 'read-write' (environment variable SANDBOX_WORKSPACE) and restart the kernel."
         )
 
+    def add_notice(self, *lines: str | None) -> None:
+        for line in lines:
+            if line:
+                self.notice = f"{self.notice}\n{line}" if self.notice else line
+
     def take_notice(self) -> str | None:
         notice, self.notice = self.notice, None
         return notice
@@ -115,6 +120,12 @@ class LocalWorkspace:
             )
         if self.mode == "read-only":
             return f"{self.host_dir} read-only at {WORKSPACE} (the working directory)"
+        if self.through_agent:
+            return (
+                f"{self.host_dir} read-write at {WORKSPACE} (the working directory; a copy in gVisor's memory, made "
+                "through the agent protocol; changed files written back after each cell, at most "
+                f"{format_bytes(self.limits.workspace_bytes)} in {self.limits.workspace_files:,} files)"
+            )
         return (
             f"{self.host_dir} read-write at {WORKSPACE} (the working directory; a private copy, changed files "
             f"written back after each cell, at most {format_bytes(self.limits.workspace_bytes)} in "

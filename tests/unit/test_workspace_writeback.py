@@ -215,11 +215,16 @@ def test_the_workspace_mode_is_checked_and_refused_where_it_cannot_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sandbox_kernel.config import Sandbox
-    from sandbox_kernel.errors import ConfigError, SandboxUnavailable
+    from sandbox_kernel.errors import ConfigError
     from sandbox_kernel.local.workspace import LocalWorkspace
 
-    with pytest.raises(SandboxUnavailable, match="not available with LocalSandbox.runtime = 'gvisor'"):
-        LocalWorkspace(Sandbox(workspace="read-write").limits(), gvisor=True, host_dir=str(tmp_path))
+    # Under gVisor no host copy is bound: the kernel copies and writes back through the agent.
+    through = LocalWorkspace(Sandbox(workspace="read-write").limits(), gvisor=True, host_dir=str(tmp_path))
+    assert through.through_agent and through.staging is None and through.prepare(1234) is None
+    assert "a copy in gVisor's memory" in through.describe()
+    plain = LocalWorkspace(Sandbox(workspace="read-write").limits(), gvisor=False, host_dir=str(tmp_path))
+    assert not plain.through_agent and plain.staging is not None
+    plain.close()
     home = LocalWorkspace(Sandbox().limits(), gvisor=False, host_dir=os.path.expanduser("~"))
     assert home.mode == "hidden" and "the kernel's home directory" in (home.take_notice() or "")
     assert LocalWorkspace(Sandbox().limits(), gvisor=False, host_dir="/etc").mode == "hidden"
