@@ -11,6 +11,7 @@ is answered with ``input_reply``. See ``agents/PROTOCOL.md``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import logging
@@ -22,7 +23,7 @@ from .config import Limits
 from .errors import ProtocolError, SandboxError, SandboxLost
 from .messages import COMM, clean_text
 from .output_gate import Inbox, OutputGate
-from .protocol import Message, encode
+from .protocol import Message, encode, encode_file_write
 from .session import AgentChannel, CommEvent, ErrorOutput, Event
 from .usage import CellUsage, Usage
 
@@ -36,6 +37,7 @@ class AgentRequests:
 
     # Provided by AgentSession (declared here for the type checker only: nothing is defined at runtime).
     _comms_supported: bool
+    _binary_files: bool
     _gate: OutputGate
     _cell_id: str | None
     _cell: Cell | None
@@ -83,13 +85,17 @@ class AgentRequests:
         waiter.add_done_callback(lambda _: self._usage_waiters.pop(request_id, None))
         try:
             data = body.get("data")
-            if isinstance(data, str) and self._channel is not None:
-                # The chunk is base64 (nothing to escape): spliced in, not run through json.dumps,
-                # which costs more than the base64 itself.
-                meta = json.dumps(
-                    {**{k: v for k, v in body.items() if k != "data"}, "id": request_id}, separators=(",", ":")
-                )
-                await self._channel.write(encode("msg", f'{meta[:-1]},"data":"{data}"}}'.encode("ascii")))
+            if isinstance(data, bytes) and self._channel is not None:
+                # A file_write's chunk, raw: a `bin` frame when the agent takes them (PROTOCOL.md),
+                # else base64, spliced in (nothing to escape; json.dumps of it costs more than
+                # the base64 itself).
+                meta = {**{k: v for k, v in body.items() if k != "data"}, "id": request_id}
+                if self._binary_files:
+                    frame = encode_file_write(meta, data)
+                else:
+                    text = json.dumps(meta, separators=(",", ":")).encode("ascii")
+                    frame = encode("msg", text[:-1] + b',"data":"' + base64.b64encode(data) + b'"}')
+                await self._channel.write(frame)
             else:
                 await self._send({**body, "id": request_id})
         except OSError as exc:

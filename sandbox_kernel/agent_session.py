@@ -84,6 +84,7 @@ class AgentSession(AgentRequests, SandboxSession):
         self._cell: Cell | None = None  # the running cell or frontend comm request
         self._wake = _WAKE
         self._comms_supported = False  # the agent said so in its ready message
+        self._binary_files = False  # file_write chunks as `bin` frames (ready: binary_files)
 
     @property
     def generation(self) -> int:
@@ -152,6 +153,7 @@ class AgentSession(AgentRequests, SandboxSession):
             except Exception:  # noqa: BLE001 - a broken stream shows at the first cell, as a cell's error
                 log.warning("sending setup to the agent failed", exc_info=True)
         self._comms_supported = ready.body.get("comms") is True
+        self._binary_files = ready.body.get("binary_files") is True
         await self._after_ready()
 
     async def _after_ready(self) -> None:

@@ -66,6 +66,17 @@ def encode(kind: Kind, payload: bytes) -> bytes:
     return b"%s %d\n" % (kind.encode("ascii"), len(payload)) + payload
 
 
+def encode_file_write(body: dict[str, Any], data: bytes) -> bytes:
+    """Return a ``bin`` frame (kernel to agent only, for an agent whose ``ready`` said
+    ``binary_files``): a ``file_write`` whose chunk travels as raw bytes after its JSON line, with
+    no base64 (a third less to send, nothing to encode or decode)."""
+    meta = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    payload = meta + b"\n" + data
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return b"bin %d\n" % len(payload) + payload
+
+
 def encode_message(body: dict[str, Any]) -> bytes:
     """Return a ``msg`` frame carrying ``body`` as JSON."""
     if not isinstance(body.get("type"), str):

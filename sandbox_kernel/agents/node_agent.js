@@ -656,7 +656,7 @@ function onWorkerMessage(w, m) {
     sup.quickDeaths = 0;
     if (!sup.readySent) {
       sup.readySent = true;
-      sendToKernel({ type: 'ready', language_info: LANGUAGE_INFO, agent: 'node', protocol: 2 });
+      sendToKernel({ type: 'ready', language_info: LANGUAGE_INFO, agent: 'node', protocol: 2, binary_files: true });
     }
     while (sup.waiting.length && sup.worker === w && w.hello) dispatch(sup.waiting.shift());
     return;
@@ -831,7 +831,7 @@ function replyId(id) {
 // `file_write` / `file_read` (PROTOCOL.md): answered here, by the supervisor. Regular files
 // only, opened non-blocking (a FIFO cannot hang it); paths relative to the working directory
 // the supervisor started in.
-function fileRequest(m) {
+function fileRequest(m, raw) {
   const reply = { type: 'file_reply', id: replyId(m.id) };
   const offset = m.offset === undefined ? 0 : m.offset;
   if (typeof m.path !== 'string' || !m.path || m.path.includes('\0') || !Number.isSafeInteger(offset) || offset < 0) {
@@ -855,7 +855,7 @@ function fileRequest(m) {
       return reply;
     }
     if (writing) {
-      const data = Buffer.from(typeof m.data === 'string' ? m.data : '', 'base64');
+      const data = raw || Buffer.from(typeof m.data === 'string' ? m.data : '', 'base64'); // `bin` or `msg`
       let done = 0;
       while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
       reply.size = fs.fstatSync(fd).size;
@@ -969,7 +969,7 @@ function onKernelData(chunk) {
       }
       const header = sup.inbuf.subarray(0, nl).toString('latin1');
       sup.inbuf = sup.inbuf.subarray(nl + 1);
-      const match = /^(msg|out|err) (\d+)$/.exec(header);
+      const match = /^(msg|out|err|bin) (\d+)$/.exec(header);
       if (!match || Number(match[2]) > MAX_PAYLOAD) {
         log('protocol error: bad frame header from the kernel:', JSON.stringify(header));
         shutdown(2);
@@ -983,6 +983,18 @@ function onKernelData(chunk) {
     sup.inbuf = Buffer.from(sup.inbuf.subarray(sup.need[1]));
     sup.need = null;
     sup.received += 1; // every frame counts (PROTOCOL.md, "Resuming"), the resume itself included
+    if (kind === 'bin') {
+      // A file_write whose chunk comes as raw bytes after its JSON line.
+      const nl = payload.indexOf(10);
+      let m = null;
+      try {
+        m = JSON.parse(payload.subarray(0, nl < 0 ? payload.length : nl).toString('utf8'));
+      } catch (e) {
+        log('protocol error: bin frame is not JSON:', e.message);
+      }
+      if (nl >= 0 && m && m.type === 'file_write') sendToKernel(fileRequest(m, payload.subarray(nl + 1)));
+      continue;
+    }
     if (kind !== 'msg') continue;
     let m;
     try {

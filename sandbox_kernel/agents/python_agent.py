@@ -2398,7 +2398,7 @@ _START_DIR = os.getcwd()  # the sandbox's working directory; the supervisor neve
 FILE_CHUNK = 512 * 1024  # the most one file_read returns (its base64 fits a frame)
 
 
-def _file_request(msg):
+def _file_request(msg, raw=None):
     """``file_write`` / ``file_read`` (PROTOCOL.md), answered by the supervisor with a
     ``file_reply``. Paths are relative to the sandbox's working directory (or absolute); only
     regular files (opened non-blocking, so a FIFO cannot hang the supervisor)."""
@@ -2414,7 +2414,7 @@ def _file_request(msg):
     fd = -1
     try:
         if msg.get("type") == "file_write":
-            data = binascii.a2b_base64(msg.get("data") or "")
+            data = raw if raw is not None else binascii.a2b_base64(msg.get("data") or "")  # `bin` or `msg`
             if offset == 0 and os.path.dirname(full):
                 os.makedirs(os.path.dirname(full), exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_TRUNC if offset == 0 else 0)
@@ -2515,14 +2515,14 @@ def _file_list(msg):
     return {"type": "file_reply", "id": msg.get("id"), "files": files, "skipped": skipped, "truncated": truncated}
 
 
-def _take_frames(buf, on_frame):
-    """Take whole frames off ``buf``; False on a framing error."""
+def _take_frames(buf, on_frame, kinds=(b"msg", b"out", b"err")):
+    """Take whole frames off ``buf`` (frames of ``kinds``); False on a framing error."""
     while True:
         newline = buf.find(b"\n", 0, MAX_HEADER)
         if newline < 0:
             return len(buf) < MAX_HEADER
         parts = bytes(buf[:newline]).split(b" ")
-        if not (len(parts) == 2 and parts[0] in (b"msg", b"out", b"err") and parts[1].isdigit()):
+        if not (len(parts) == 2 and parts[0] in kinds and parts[1].isdigit()):
             return False
         length = int(parts[1])
         if length > MAX_PAYLOAD:
@@ -2549,6 +2549,7 @@ def _send_ready():
             },
             "agent": "python",
             "comms": True,  # comm_* requests and input_request (see "Comms and stdin")
+            "binary_files": True,  # file_write chunks may come as `bin` frames, raw bytes
             "protocol": PROTOCOL_VERSION,
         }
     )
@@ -2614,6 +2615,16 @@ class _Supervisor:
     def on_kernel_frame(self, kind, payload, frame):
         global _received
         _received += 1
+        if kind == b"bin":  # a file_write: its JSON line, then the chunk's raw bytes
+            head, _, raw = payload.partition(b"\n")
+            try:
+                msg = json.loads(head.decode("utf-8"))
+            except ValueError as exc:
+                _log("ignoring a malformed bin frame: %s" % exc)
+                return
+            if isinstance(msg, dict) and msg.get("type") == "file_write":
+                self.answer_file_request(msg, raw)
+            return
         if kind != b"msg":
             return
         try:
@@ -2646,8 +2657,8 @@ class _Supervisor:
         else:
             _log("ignoring unknown message type %r" % (kind,))
 
-    def answer_file_request(self, msg):
-        reply = _file_request(msg)
+    def answer_file_request(self, msg, raw=None):
+        reply = _file_request(msg, raw)
         data = reply.pop("data", None)
         if data is None:
             self.send(reply)
@@ -2887,7 +2898,7 @@ class _Supervisor:
         if not chunk:
             self.kill_all(0)
         self.kernel_buf += chunk
-        if not _take_frames(self.kernel_buf, self.on_kernel_frame):
+        if not _take_frames(self.kernel_buf, self.on_kernel_frame, (b"msg", b"out", b"err", b"bin")):
             _log("protocol error: bad header %r" % bytes(self.kernel_buf[:MAX_HEADER]))
             self.kill_all(2)
 

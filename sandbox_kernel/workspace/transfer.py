@@ -13,7 +13,6 @@ written: the size it claims, the bytes it sends, ``Sandbox.workspace_limit`` and
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import collections
 import os
@@ -183,12 +182,13 @@ class Transfer:
             fd = -1  # read_chunks closes it
             for data in chunks:
                 await self._queue(
-                    name, await self._send("file_write", name, offset, data=base64.b64encode(data).decode("ascii"))
+                    name,
+                    await self._send("file_write", name, offset, data=data),  # bytes: the session encodes them
                 )
                 offset += len(data)
                 meter.tell(offset)
             if offset == 0:
-                await self._queue(name, await self._send("file_write", name, 0, data=""))
+                await self._queue(name, await self._send("file_write", name, 0, data=b""))
         finally:
             if fd >= 0:
                 os.close(fd)

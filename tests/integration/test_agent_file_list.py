@@ -200,3 +200,38 @@ def test_the_bash_agent_s_tools_never_hold_the_protocol_stream(tmp_path: Path) -
     seen = log.read_text().splitlines()
     assert {line.split()[0] for line in seen} == {"stat", "base64"}, seen
     assert not [line for line in seen if line.split()[1] in protocol], seen
+
+
+@pytest.mark.parametrize("language", ["python", "node"])
+def test_file_write_takes_raw_bytes_in_a_bin_frame(language: str, tmp_path: Path) -> None:
+    """`bin` frames (PROTOCOL.md, "Framing"): a chunk's raw bytes, frame-like text and NUL bytes
+    included, written as they are, and the frames after them still parsed."""
+    from sandbox_kernel.protocol import encode_file_write
+
+    if language == "node" and not shutil.which("node"):
+        pytest.skip("node is not installed")
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    agent = Agent(language, pod)
+    try:
+        assert agent.ready.get("binary_files") is True
+        data = os.urandom(300_000) + b"\nmsg 3\n{}\0\xff" + bytes(range(256)) * 1000
+        assert agent.proc.stdin is not None
+        for i, start in enumerate((0, 400_000)):
+            body = {"type": "file_write", "id": f"b{i}", "path": "d/x.bin", "offset": start}
+            agent.proc.stdin.write(encode_file_write(body, data[start : start + 400_000]))
+            agent.proc.stdin.flush()
+            agent.sent += 1
+            assert agent.wait_message("file_reply", 30, f"b{i}")["size"] == min(len(data), start + 400_000)
+        assert (pod / "d" / "x.bin").read_bytes() == data
+        assert agent.execute({"python": "print('next')", "node": "console.log('next')"}[language]).status == "ok"
+    finally:
+        agent.close()
+
+
+def test_bash_keeps_base64_file_writes(tmp_path: Path) -> None:
+    agent = Agent("bash", tmp_path)
+    try:
+        assert "binary_files" not in agent.ready  # so the kernel never sends it a `bin` frame
+    finally:
+        agent.close()

@@ -138,3 +138,18 @@ def test_sent_frames_reports_requests_too_old_to_send_again() -> None:
         sent.record(name)
     assert sent.lost_before(sent.record_resume(), received=1) == ([b"b", b"c"], 1)
     assert SentFrames().lost_before(0, received=1) == ([], 0)  # nothing lost
+
+
+def test_a_file_write_in_a_bin_frame_carries_its_chunk_raw_and_the_kernel_never_takes_one() -> None:
+    from sandbox_kernel.protocol import encode_file_write
+
+    chunk = b"\x00msg 3\n{}\xff" * 10
+    frame = encode_file_write({"type": "file_write", "id": "f1", "path": "a b\n.bin", "offset": 0}, chunk)
+    header, _, payload = frame.partition(b"\n")
+    assert header == b"bin %d" % len(payload)
+    meta, _, raw = payload.partition(b"\n")
+    assert json.loads(meta) == {"type": "file_write", "id": "f1", "path": "a b\n.bin", "offset": 0} and raw == chunk
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_file_write({"type": "file_write"}, b"x" * MAX_PAYLOAD)
+    with pytest.raises(ProtocolError):  # agent -> kernel: an unknown kind
+        list(FrameDecoder().feed(frame))

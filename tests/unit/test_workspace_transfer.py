@@ -77,7 +77,8 @@ def test_upload_pipelines_chunks_in_order(tmp_path: Path) -> None:
 
     def answer(r: dict[str, Any]) -> dict[str, Any]:
         assert r["offset"] == len(got)
-        got.extend(base64.b64decode(r["data"]))
+        assert isinstance(r["data"], bytes)  # raw: the session frames it (a `bin` frame, or base64)
+        got.extend(r["data"])
         return {"size": len(got)}
 
     agent = Agent(answer)
