@@ -199,6 +199,7 @@ def _checked(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         out["agent"] = _text(body, "agent", "")
         out["protocol"] = _integer(body, "protocol", 0)
         out["comms"] = body.get("comms") is True
+        out["binary_files"] = body.get("binary_files") is True
     elif kind == "complete_reply":
         out["matches"] = _strings(body, "matches")
         for name in ("cursor_start", "cursor_end"):  # absent: the session uses the request's cursor

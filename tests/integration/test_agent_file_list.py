@@ -229,9 +229,22 @@ def test_file_write_takes_raw_bytes_in_a_bin_frame(language: str, tmp_path: Path
         agent.close()
 
 
-def test_bash_keeps_base64_file_writes(tmp_path: Path) -> None:
-    agent = Agent("bash", tmp_path)
-    try:
-        assert "binary_files" not in agent.ready  # so the kernel never sends it a `bin` frame
-    finally:
-        agent.close()
+@pytest.mark.parametrize("language,binary", [("python", True), ("node", True), ("bash", False)])
+def test_the_session_sends_bin_frames_to_the_agents_that_take_them(language: str, binary: bool) -> None:
+    """The kernel's session reads `binary_files` from the agent's ready (through the message
+    checks), so uploads to Python and Node.js go raw and Bash's stay base64."""
+    from sandbox_kernel.languages import LANGUAGES
+    from sandbox_kernel.local.backend import LocalSandboxSession
+
+    if language == "node" and not shutil.which("node"):
+        pytest.skip("node is not installed")
+
+    async def started() -> bool:
+        session = LocalSandboxSession(LANGUAGES[language], Sandbox().limits())
+        try:
+            await session.start()
+            return session._binary_files
+        finally:
+            await session.close()
+
+    assert asyncio.run(started()) is binary
