@@ -622,9 +622,9 @@ __sk_handles_usr1() {
 } 2>/dev/null
 
 # __sk_batch: a batch of bulk output (__sk_pump's fast mode), set n to its size. One dd makes
-# up to 64 reads of the stream FIFO straight into the chunk file, in the background: without
+# up to 128 reads of the stream FIFO straight into the chunk file, in the background: without
 # the pump in between, the pipe is emptied as fast as dd can read (typically 0.5-2 MiB a batch;
-# at most 8 MiB). A dd that finishes first (the usual case for a fast writer) has its chunk
+# at most 16 MiB). A dd that finishes first (the usual case for a fast writer) has its chunk
 # forwarded whole with one tee. While it runs, SIGUSR1 makes GNU dd print how many bytes it
 # has written and carry on (SIGINT would not do: after a short read GNU dd exits without writing
 # what it read); what is new is copied out of the chunk (dd) and forwarded: every 20 ms while
@@ -636,7 +636,7 @@ __sk_handles_usr1() {
 __sk_batch() {
     local p got rec sent=0 quiet=0 live=1 wait len
     n=0
-    (unset POSIXLY_CORRECT; exec "${__SK_X[@]}" "$__SK_DD" bs=131072 count=64 <&"$fd" >|"$chunk" 2>&"$sfd" {__SK_POUT}>&-) &
+    (unset POSIXLY_CORRECT; exec "${__SK_X[@]}" "$__SK_DD" bs=131072 count=128 <&"$fd" >|"$chunk" 2>&"$sfd" {__SK_POUT}>&-) &
     p=$!
     while ((live)); do
         wait=0.02
@@ -649,7 +649,7 @@ __sk_batch() {
             esac
         fi
         [[ -n $got ]] && ((got > n)) && n=$got
-        if [[ -n $rec ]] && ((rec >= 64)) || ! kill -0 "$p" 2>/dev/null; then
+        if [[ -n $rec ]] && ((rec >= 128)) || ! kill -0 "$p" 2>/dev/null; then
             # Finished (or gone): its last counts are in the FIFO once it has exited.
             wait "$p" 2>/dev/null
             __sk_counts 0.01 && [[ -n $got ]] && ((got > n)) && n=$got
