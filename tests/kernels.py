@@ -11,9 +11,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import pytest
 from jupyter_client.manager import KernelManager
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _gvisor_missing() -> str | None:
+    from sandbox_kernel.local import gvisor
+
+    return None if os.environ.get("CI") else gvisor.unavailable_reason("runsc")
+
+
+LOCAL_RUNTIMES = [
+    "bubblewrap",
+    pytest.param("gvisor", marks=pytest.mark.skipif(_gvisor_missing() is not None, reason=str(_gvisor_missing()))),
+]
+"""The local sandbox's runtimes, to parametrize a test with: gVisor is skipped (visibly) where
+runsc cannot run, never in CI, where that is a failure."""
 
 
 def write_kernelspecs(root: Path, backend: str = "local", extra_argv: list[str] | None = None) -> Path:

@@ -19,16 +19,13 @@ from typing import Any, Iterator
 import pytest
 
 import agent_defects
-from kernels import run_cell, running_kernel
+from kernels import LOCAL_RUNTIMES, run_cell, running_kernel
 from processes import sandbox_groups
-from sandbox_kernel.local import gvisor
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
-RUNTIMES = ["bubblewrap"] + (["gvisor"] if gvisor.unavailable_reason("runsc") is None or os.environ.get("CI") else [])
 
-
-@pytest.fixture(scope="module", params=RUNTIMES)
+@pytest.fixture(scope="module", params=LOCAL_RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

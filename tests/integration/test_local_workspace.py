@@ -4,13 +4,12 @@ through jupyter_client: Jupyter starts the kernel in the notebook's directory (`
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kernels import errors, run_cell, running_kernel, text
+from kernels import LOCAL_RUNTIMES, errors, run_cell, running_kernel, text
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
@@ -56,18 +55,7 @@ def test_read_only_by_default_in_every_language(notebook_dir: Path) -> None:
     assert sorted(p.name for p in notebook_dir.iterdir()) == ["analysis.ipynb", "data.csv"]
 
 
-RUNTIMES = [
-    "bubblewrap",
-    pytest.param(
-        "gvisor",
-        marks=pytest.mark.skipif(
-            not shutil.which("runsc") and not os.environ.get("CI"), reason="runsc is not installed"
-        ),
-    ),
-]
-
-
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
 def test_read_write_writes_back_after_each_cell_and_refuses_the_dangerous(
     notebook_dir: Path, tmp_path: Path, runtime: str
 ) -> None:
@@ -122,7 +110,7 @@ def test_read_write_writes_back_after_each_cell_and_refuses_the_dangerous(
         assert not (tmp_path / "escape").exists()
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
 def test_read_write_in_node_and_bash(notebook_dir: Path, runtime: str) -> None:
     argv = ["--Sandbox.workspace=read-write", f"--LocalSandbox.runtime={runtime}"]
     with running_kernel("sandbox-node", argv=argv, cwd=notebook_dir) as (_km, kc):
@@ -134,7 +122,7 @@ def test_read_write_in_node_and_bash(notebook_dir: Path, runtime: str) -> None:
     assert (notebook_dir / "out" / "lines").read_text() == "2\n"
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
 def test_read_write_bounds_what_comes_back(notebook_dir: Path, runtime: str) -> None:
     argv = ["--Sandbox.workspace=read-write", "--Sandbox.workspace_limit=64Ki", "--Sandbox.workspace_files=20"]
     argv.append(f"--LocalSandbox.runtime={runtime}")

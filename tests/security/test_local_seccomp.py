@@ -22,17 +22,15 @@ from typing import Any, Iterator
 
 import pytest
 
-from kernels import REPO, errors, run_cell, running_kernel, text
+from kernels import LOCAL_RUNTIMES, REPO, errors, run_cell, running_kernel, text
 from processes import CGROUP_V1_PIDS, group_pids, sandbox_groups
 from syscall_probe import GVISOR_LACKS, PROBE, SYSCALLS
-from sandbox_kernel.local import backend, gvisor, uids
+from sandbox_kernel.local import backend, uids
 
 pytestmark = pytest.mark.usefixtures("local_kernelspecs")
 
-RUNTIMES = ["bubblewrap"] + (["gvisor"] if gvisor.unavailable_reason("runsc") is None or os.environ.get("CI") else [])
 
-
-@pytest.fixture(scope="module", params=RUNTIMES)
+@pytest.fixture(scope="module", params=LOCAL_RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from agents import Agent
+from kernels import LOCAL_RUNTIMES
 from sandbox_kernel.protocol import Message, Output, encode_message
 
 CELL = "cell-attack"
@@ -356,19 +357,8 @@ def _sweep_cell(language: str) -> str:
     return f"{_q(argv)}\n{AFTER['bash']}"
 
 
-RUNTIMES = [
-    "bubblewrap",
-    pytest.param(
-        "gvisor",
-        marks=pytest.mark.skipif(
-            not shutil.which("runsc") and not os.environ.get("CI"), reason="runsc is not installed"
-        ),
-    ),
-]
-
-
 @pytest.mark.usefixtures("local_kernelspecs")
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", LOCAL_RUNTIMES)
 @pytest.mark.parametrize("language", ["python", "node", "bash"])
 def test_every_fd_and_memory_of_every_sandbox_process_in_a_local_kernel(language: str, runtime: str) -> None:
     """No process of the sandbox that user code can open or write into holds the protocol stream:
