@@ -140,7 +140,8 @@ class AgentSession(AgentRequests, SandboxSession):
             raise SandboxStartError(f"The sandbox did not become ready within {self.start_timeout:g} s.") from None
         except _Ended as ended:
             await self._discard()
-            raise SandboxStartError(f"The sandbox stopped while starting: {ended.error}") from None
+            hint = ended.error.hint if isinstance(ended.error, SandboxStartError) else None  # its own next step
+            raise SandboxStartError(f"The sandbox stopped while starting: {ended.error}", hint=hint) from None
         if ready.problem:
             log.warning("%s", ready.problem)
         info = ready.body.get("language_info")

@@ -26,6 +26,10 @@ class Language:
     """Whether the agent, as PID 1 of a container, waits for the orphaned processes of user code
     (the Python and Bash agents do; Node.js cannot wait for a process it did not start, so its pod
     keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.pod_command.agent_command`)."""
+    relay_file: str = ""
+    """The stream relay for this language's image (``KubernetesSandbox.stream_relay``), run as the
+    pod's PID 1 in place of the agent; empty: the language has none (the Bash image has no
+    interpreter that can make a socket pair)."""
     mimetype: str = ""
     file_extension: str = ""
     """These two as the agent's ``ready`` says them: the kernel's language_info until it has."""
@@ -37,6 +41,12 @@ class Language:
     def agent_source(self) -> str:
         return self.agent_path().read_text(encoding="utf-8")
 
+    def relay_source(self) -> str:
+        """The stream relay's source (empty when the language has none)."""
+        if not self.relay_file:
+            return ""
+        return resources.files("sandbox_kernel.agents").joinpath(self.relay_file).read_text(encoding="utf-8")
+
 
 LANGUAGES: dict[str, Language] = {
     "python": Language(
@@ -46,6 +56,7 @@ LANGUAGES: dict[str, Language] = {
         agent_file="python_agent.py",
         interpreter="python3",
         default_image="python:3.12-slim-bookworm",
+        relay_file="relay.py",
         mimetype="text/x-python",
         file_extension=".py",
     ),
@@ -57,6 +68,7 @@ LANGUAGES: dict[str, Language] = {
         interpreter="node",
         default_image="node:22-bookworm-slim",
         agent_reaps_orphans=False,
+        relay_file="relay.js",
         mimetype="application/javascript",
         file_extension=".js",
     ),

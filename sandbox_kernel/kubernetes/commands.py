@@ -63,6 +63,7 @@ def rendered_objects(
         egress.initial_spec(limits.allow_hosts, egress.widening(settings.config), "rendered")
         if limits.allow_hosts
         else None,
+        lang.relay_source(),
     )
     return objects.in_order()
 

@@ -147,6 +147,8 @@ class PodSpec:
     """Keep ``/bin/sh`` as PID 1 to reap orphans, for agents that cannot (see :func:`agent_command`)."""
     egress: bool = False
     """The sandbox has an egress allow list: its gate line carries the proxy variables (:func:`.pod_command.gate_line`)."""
+    relay_file: str = ""
+    """What the container runs in place of the agent (``KubernetesSandbox.stream_relay``); empty: the agent."""
     seccomp_profile: str = ""
     """``""``: the runtime's default seccomp profile (RuntimeDefault); else a Localhost profile's path
     relative to the kubelet's seccomp root, e.g. :data:`SECCOMP_PROFILE` (see :func:`seccomp_profile`)."""
@@ -352,14 +354,14 @@ def egress_network_policy(ident: SandboxIdentity) -> dict[str, Any]:
     }
 
 
-def agent_config_map(ident: SandboxIdentity, agent_file: str, source: str) -> dict[str, Any]:
-    """The agent's source, exactly as shipped with this package."""
+def agent_config_map(ident: SandboxIdentity, files: dict[str, str]) -> dict[str, Any]:
+    """The agent's source (and the stream relay's, if the pod runs one), exactly as shipped with this package."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(ident, CONFIG_MAP_NAME),
         "immutable": True,
-        "data": {agent_file: source},
+        "data": dict(files),
     }
 
 
@@ -407,7 +409,11 @@ def pod(ident: SandboxIdentity, spec: PodSpec) -> dict[str, Any]:
                 "image": spec.image,
                 "imagePullPolicy": spec.image_pull_policy,
                 "command": agent_command(
-                    spec.interpreter, spec.agent_file, spec.network_policy_wait, spec.shell_as_init, spec.egress
+                    spec.interpreter,
+                    spec.relay_file or spec.agent_file,
+                    spec.network_policy_wait,
+                    spec.shell_as_init,
+                    spec.egress,
                 ),
                 "stdin": True,
                 "stdinOnce": False,
@@ -494,16 +500,20 @@ def sandbox_objects(
     subject: Subject | None,
     cluster_role: str,
     egress: EgressSpec | None = None,
+    relay_source: str = "",
 ) -> SandboxObjects:
     """All objects of one sandbox; no RoleBinding when ``subject`` or ``cluster_role`` is empty;
-    the egress annotations and policy only with ``egress``."""
+    the egress annotations and policy only with ``egress``; ``relay_source`` for a ``relay_file``."""
+    files = {pod_spec.agent_file: agent_source}
+    if pod_spec.relay_file:
+        files[pod_spec.relay_file] = relay_source
     return SandboxObjects(
         namespace=namespace(ident, egress),
         role_binding=role_binding(ident, subject, cluster_role) if subject and cluster_role else None,
         resource_quota=resource_quota(ident, quota),
         limit_range=limit_range(ident, limits),
         network_policy=network_policy(ident),
-        config_map=agent_config_map(ident, pod_spec.agent_file, agent_source),
+        config_map=agent_config_map(ident, files),
         lease=heartbeat_lease(ident, lease_seconds, renew_time),
         pod=pod(ident, pod_spec),
         egress_policy=egress_network_policy(ident) if egress is not None else None,

@@ -40,6 +40,10 @@ def gate_line(variables: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (
     return b" ".join([b"go", *(w.encode() for w in words)]) + b"\n"
 
 
+NAMESPACES_REFUSED = 96
+"""Exit status of the stream relay (``KubernetesSandbox.stream_relay``) when the runtime does not let
+it make the agent's namespaces (agents/relay.py)."""
+
 POLICY_NOT_ENFORCED = 97
 """Exit status of the container when the deny-all NetworkPolicy is not in force (see :data:`POLICY_GUARDS`)."""
 
@@ -169,7 +173,8 @@ def agent_command(
 
     The agent replaces the shell (``exec``) and is PID 1, which inherits every orphaned process
     of the user's code. With ``shell_as_init`` the shell stays PID 1 instead and reaps them
-    while it waits for the agent (``; exit $?`` keeps ``sh`` from exec-ing its last command).
+    while it waits for the agent, having closed its own ends of the attach stream: a cell must
+    not find the stream in a process it may open (``/proc/1/fd``; the shell is dumpable).
     """
     # $egress unquoted: the words of the gate line after "go" (checked by gate_line), split.
     run = " ".join(
@@ -187,7 +192,11 @@ def agent_command(
         code = code.replace("PORTS", ",".join(map(str, IPV6_PORTS)))
         guard = shlex.join([program, flag, code]) + " && "
     if shell_as_init:
-        return ["/bin/sh", "-c", f"{guard}{gate} && {run}; exit $?"]
+        # The agent in the background with the stream as its stdin (through fd 3: an asynchronous
+        # command's own stdin would be /dev/null) and stdout; the shell then lets go of its own
+        # copies, so PID 1, which is dumpable, holds no end of the stream, and waits (reaping).
+        agent = f"{run} <&3 3<&- & exec </dev/null >/dev/null 3<&-; wait $!"
+        return ["/bin/sh", "-c", f"{guard}{gate} && exec 3<&0 && {{ {agent}; }}; exit $?"]
     return ["/bin/sh", "-c", f"{guard}{gate} && exec {run}"]
 
 

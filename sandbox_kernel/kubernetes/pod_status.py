@@ -87,6 +87,13 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
                 "not run without it.",
                 hint="Use a network plugin that enforces NetworkPolicy (k8s/README.md); cells never run without it.",
             )
+        if terminated.get("exitCode") == pod_command.NAMESPACES_REFUSED:
+            return SandboxStartError(
+                "The sandbox's stream relay could not run the agent in a user and PID namespace of its own: this "
+                "runtime forbids them (the container's log has unshare's message). Cells are not run without it.",
+                hint="Set KubernetesSandbox.stream_relay = 'off' for a runtime that honours the agent's "
+                "non-dumpable processes (runc does), or use one that allows user namespaces (gVisor does).",
+            )
         why = terminated.get("reason") or "stopped"
         detail = f": {terminated['message'].strip()}" if terminated.get("message") else ""
         return SandboxLost(f"The sandbox stopped ({why}, exit code {terminated.get('exitCode')}){detail}. {gone}")

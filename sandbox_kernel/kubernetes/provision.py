@@ -115,6 +115,7 @@ def expected_objects(
         manifests.Subject.from_username(ident.user) if ident.user else None,
         settings.sandbox_role,
         egress,
+        language.relay_source(),
     )
 
 

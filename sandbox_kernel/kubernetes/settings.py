@@ -131,6 +131,19 @@ class KubernetesSandbox(Configurable):
         "Direct mode only: in claims mode the controller's own setting decides (set here, it is refused).",
     ).tag(config=True)
 
+    stream_relay = Enum(
+        ["auto", "on", "off"],
+        "auto",
+        help="Keep the attach stream (the kernel's protocol with the agent) out of the cells' reach with a "
+        "relay: the container's PID 1 holds the stream and runs the agent, and so every cell, in a user, PID "
+        "and mount namespace of their own (unshare from util-linux, in the Python and Node.js images), "
+        "connected to it by socket pairs. Needed under runtimes whose /proc reopens another process's file "
+        "descriptors whatever its dumpability (gVisor). 'auto': on when runtime_class_name is set. Python "
+        "and Node.js only: the Bash image has no relay (its pods run the agent as PID 1 whatever this says). "
+        "A runtime that forbids user namespaces (runc's RuntimeDefault seccomp profile) then fails the "
+        "sandbox's start with a message naming this setting.",
+    ).tag(config=True)
+
     tmp_size = Unicode(
         "16Mi",
         help="Size of /tmp in the sandbox pod: a memory-backed emptyDir (tmpfs), so writing past it fails "
@@ -284,10 +297,15 @@ class KubernetesSandbox(Configurable):
             node_selector=tuple(sorted(self.node_selector.items())),
             tolerations=tuple(dict(t) for t in self.tolerations),
             runtime_class_name=self.runtime_class_name,
+            relay_file=language.relay_file if self.relays_stream() else "",
             network_policy_wait=self.network_policy_wait,
             egress=bool(limits.allow_hosts),
             seccomp_profile=self.seccomp_profile,
         )
+
+    def relays_stream(self) -> bool:
+        """Whether sandbox pods run the stream relay (``stream_relay``; ``'auto'``: with a runtime class)."""
+        return self.stream_relay == "on" or (self.stream_relay == "auto" and bool(self.runtime_class_name))
 
     def validate(self, limits: Limits) -> None:
         """Check every setting against the others; raise ConfigError naming the first bad one."""

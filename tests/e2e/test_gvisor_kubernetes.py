@@ -70,3 +70,38 @@ def test_interrupt_and_network_isolation_under_gvisor(k8s_kernel: Start) -> None
     assert cell.reply["status"] == "ok", cell.outputs
     assert re.search(r"runtime\s+pass\s+gVisor", cell.stdout), cell.stdout
     assert re.search(r"network isolated\s+pass", cell.stdout), cell.stdout
+
+
+def test_the_stream_relay_under_a_runtime_that_forbids_user_namespaces_fails_the_start_clearly(
+    k8s_kernel: Start,
+) -> None:
+    """``stream_relay = 'on'`` without gVisor: runc's RuntimeDefault seccomp profile refuses the
+    relay's unshare(CLONE_NEWUSER); the relay exits 96 and the cell says which setting to change,
+    instead of running the agent without the relay."""
+    kernel = k8s_kernel("python", "--KubernetesSandbox.stream_relay=on")
+    cell = kernel.run("1", timeout=60)
+    assert cell.error is not None and cell.error["ename"] == "SandboxStartError", cell.outputs
+    assert "user and PID namespace" in cell.error["evalue"], cell.error
+    assert "KubernetesSandbox.stream_relay" in "".join(str(o) for o in cell.outputs), cell.outputs
+
+
+def test_the_stream_relay_runs_the_agent_in_namespaces_of_its_own(k8s_kernel: Start) -> None:
+    """Under gVisor (stream_relay 'auto' with a runtime class) a cell sees only its own PID
+    namespace, whose PID 1 is the agent (the stream a socket pair, no host fd), as the same uid without
+    capabilities; the cells keep working as without the relay (state, stderr, exit codes)."""
+    kernel = k8s_kernel("python", GVISOR)
+    cell = kernel.run(
+        "import os\nlinks = {os.readlink('/proc/1/fd/' + fd).split(':')[0] for fd in os.listdir('/proc/1/fd')}\n"
+        "print('socket' in links, [l for l in links if l.startswith('host')], os.getuid())\n"
+        "print(open('/proc/1/cmdline').read().split(chr(0))[1].rsplit('/', 1)[-1])\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0])\n"
+        "print(open('/proc/self/uid_map').read().split())"
+    )
+    assert cell.reply["status"] == "ok", cell.outputs
+    assert cell.stdout.splitlines() == [
+        "True [] 1000",
+        "python_agent.py",
+        "0000000000000000",
+        "['1000', '1000', '1']",
+    ]
+    assert kernel.run("import sys; print('to stderr', file=sys.stderr)").stderr == "to stderr\n"

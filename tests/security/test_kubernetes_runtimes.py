@@ -14,9 +14,10 @@ expensive part): Python, then Bash, then Node; tests that lose the sandbox on pu
 memory, gVisor's fork bomb) come last for their kernel. The attacks on the cluster's API by the
 kernel's identity are elsewhere (test_kubernetes_admission.py): they do not depend on the runtime.
 
-A known breach is kept as a strict xfail, so that it fails the day it is fixed: under gVisor a
-cell can open the agent's protocol stream through ``/proc/1/fd`` (gVisor reopens the container's
-stdio, host file descriptors, whoever asks); the kernel treats what arrives as a protocol error.
+Under gVisor, whose ``/proc/<pid>/fd`` reopens any fd of the caller's uid, dumpable or not, the
+Python and Node.js pods run the stream relay (``KubernetesSandbox.stream_relay``, on with a
+runtime class): the container's stdio stay with a PID 1 the cells cannot see. The Bash image has
+no relay: that known breach is kept as a strict xfail, so that it fails the day it is fixed.
 """
 
 from __future__ import annotations
@@ -293,23 +294,80 @@ def test_forged_frames_never_reach_the_notebook(sweep: tuple[dict[str, Any], lis
     assert reply.get("ename") in (None, "ProtocolError"), reply
 
 
-@pytest.mark.parametrize("expect", [pytest.param("safe", id="stream-unreachable")])
 def test_the_protocol_stream_is_out_of_reach_of_cells(
-    runtime: str, sweep: tuple[dict[str, Any], list[dict[str, Any]], str], expect: str, request: pytest.FixtureRequest
+    runtime: str, sweep: tuple[dict[str, Any], list[dict[str, Any]], str]
+) -> None:
+    """runc: no fd of another process opens (the agent is PID 1 and not dumpable). gVisor: the
+    pipes between the agent's supervisor and its worker open, and its /dev/null (gVisor ignores dumpability; the
+    supervisor checks every frame the worker's side sends, as it must anyway: the worker runs the
+    cell), the stream never: the relay holds it outside the cells' PID namespace, and inside it is
+    a socket pair, which /proc cannot reopen. Nothing written reached the kernel as a frame."""
+    reply, outputs, seen = sweep
+    assert reply["status"] == "ok" and "after" in seen and "swept" in seen, (reply, outputs)
+    opened = re.findall(r"opened fd \d+ of \d+ \((.*)\)", seen)
+    if runtime == "runc":
+        assert not opened, seen
+    else:
+        assert opened and all(link.startswith("pipe:") or link == "/dev/null" for link in opened), seen
+
+
+# Open (never write) every fd of every other process through /proc/<pid>/fd, as the cell's own
+# program; print the fds that opened, with what they are, and PID 1's fd 0 and 1.
+REACH = {
+    "node": (
+        "const fs = require('fs'); const me = process.pid; const opened = [];\n"
+        "const link = (f) => { try { return fs.readlinkSync(f); } catch (e) { return '?'; } };\n"
+        "for (const p of fs.readdirSync('/proc').filter((x) => /^\\d+$/.test(x) && +x !== me)) {\n"
+        "  let fds = []; try { fds = fs.readdirSync(`/proc/${p}/fd`); } catch (e) { continue; }\n"
+        "  for (const fd of fds) { const f = `/proc/${p}/fd/${fd}`;\n"
+        "    try { fs.closeSync(fs.openSync(f, fs.constants.O_RDWR | fs.constants.O_NONBLOCK)); opened.push(`${p}:${fd}:${link(f)}`); } catch (e) {} } }\n"
+        "console.log(JSON.stringify({opened, init: [link('/proc/1/fd/0'), link('/proc/1/fd/1')]}));"
+    ),
+    # O_RDWR: a FIFO opens without waiting for the other side (bash has no O_NONBLOCK).
+    "bash": (
+        "__r() { local f p l opened=() me=$BASHPID; for f in /proc/[0-9]*/fd/*; do p=${f#/proc/}; p=${p%%/*}\n"
+        '  [[ $p == "$$" || $p == "$me" ]] && continue; l=$(readlink "$f" 2>/dev/null) || l=\'?\'\n'
+        '  if { exec {fd}<>"$f"; } 2>/dev/null; then exec {fd}<&-; opened+=("\\"$p:${f##*/}:$l\\""); fi; done\n'
+        '  local IFS=,; printf \'{"opened": [%s], "init": ["%s", "%s"]}\\n\' "${opened[*]}" \\\n'
+        "    \"$(readlink /proc/1/fd/0 2>/dev/null || echo '?')\" \"$(readlink /proc/1/fd/1 2>/dev/null || echo '?')\"; }; __r"
+    ),
+}
+
+
+def _reach(kernels: Kernels, language: str) -> dict[str, Any]:
+    return json.loads(cell(kernels(language), REACH[language]).strip().splitlines()[-1])
+
+
+def test_node_s_pid_1_holds_no_end_of_the_stream(runtime: str, kernels: Kernels) -> None:
+    """The Node.js pod keeps /bin/sh as PID 1 to reap orphans, and sh is dumpable: it lets go of its
+    own copies of the stream once the agent has it (runc); under gVisor the stream relay holds it
+    outside the cells' PID namespace, and their PID 1 (sh again) has only a socket pair. No fd
+    that opens is one of the container's stdio (under gVisor those read ``host:[N]``)."""
+    seen = _reach(kernels, "node")
+    if runtime == "runc":
+        assert seen["init"] == ["/dev/null", "/dev/null"], seen
+    else:
+        assert all(link.startswith("socket:") for link in seen["init"]), seen
+    assert not [o for o in seen["opened"] if ":host:" in o], seen
+
+
+@pytest.mark.parametrize("expect", [pytest.param("safe", id="stream-unreachable")])
+def test_bash_s_stream_is_out_of_reach_of_cells(
+    runtime: str, kernels: Kernels, expect: str, request: pytest.FixtureRequest
 ) -> None:
     if runtime == "gvisor":
         request.applymarker(
             pytest.mark.xfail(
                 strict=True,
                 reason=(
-                    "known breach: gVisor lets a cell reopen the container's stdio (the agent's protocol stream, host fds of "
-                    "PID 1) through /proc/1/fd; the kernel sees a malformed frame (ProtocolError) and replaces the sandbox"
+                    "known breach: the Bash image has no stream relay, and gVisor lets a cell reopen the container's "
+                    "stdio (the attach stream, host fds of the agent, PID 1) through /proc/1/fd"
                 ),
             )
         )
-    reply, outputs, seen = sweep
-    assert reply["status"] == "ok" and "after" in seen and "swept" in seen, (reply, outputs)
-    assert "opened fd" not in seen, seen
+    seen = _reach(kernels, "bash")
+    assert seen["init"] == ["?", "?"], seen  # PID 1 is the agent, not dumpable: its fds do not even read
+    assert not [o for o in seen["opened"] if ":host:" in o or o.startswith("1:")], seen
 
 
 FLOOD = (

@@ -315,7 +315,11 @@ for pid in others:
             w = os.open('/proc/%d/fd/%s' % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
         except OSError:
             continue
-        print('opened fd %s of %d' % (fd, pid))
+        try:
+            link = os.readlink('/proc/%d/fd/%s' % (pid, fd))
+        except OSError:
+            link = '?'
+        print('opened fd %s of %d (%s)' % (fd, pid, link))
         try:
             os.write(w, forged)
         except OSError:

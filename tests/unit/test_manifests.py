@@ -6,7 +6,9 @@ settings validation of the Kubernetes backend.
 
 from __future__ import annotations
 
+import re
 import shlex
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,6 +20,8 @@ from sandbox_kernel.kubernetes.pod_status import end_reason, eviction_event, sta
 from sandbox_kernel.kubernetes.settings import KubernetesSandbox, current_kernel_id
 from sandbox_kernel.kubernetes.commands import heartbeat_expiry, is_ours, rendered_objects, verdict
 from sandbox_kernel.languages import LANGUAGES
+
+REPO = Path(__file__).resolve().parents[2]
 
 IDENT = manifests.SandboxIdentity(
     namespace="sandbox-0123abcd",
@@ -108,7 +112,7 @@ def test_network_policy_denies_everything() -> None:
 
 
 def test_config_map_carries_the_agent_source_verbatim() -> None:
-    assert manifests.agent_config_map(IDENT, "python_agent.py", "print('hi')\n") == {
+    assert manifests.agent_config_map(IDENT, {"python_agent.py": "print('hi')\n"}) == {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta("sandbox-agent"),
@@ -522,6 +526,49 @@ def test_policy_guard_exit_says_the_network_policy_is_not_enforced() -> None:
         }
     )
     assert "NetworkPolicy is not enforced" in str(end_reason(pod, LIMITS, 600))
+
+
+def test_relay_exit_names_the_stream_relay_setting() -> None:
+    pod = pod_with(
+        {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "agent", "state": {"terminated": {"reason": "Error", "exitCode": 96}}}],
+        }
+    )
+    problem = end_reason(pod, LIMITS, 600)
+    assert isinstance(problem, SandboxStartError) and "user and PID namespace" in str(problem), problem
+    assert "KubernetesSandbox.stream_relay" in str(problem.hint), problem.hint
+
+
+@pytest.mark.parametrize(
+    "runtime_class, relay, language, expected",
+    [
+        ("", "auto", "python", ""),
+        ("gvisor", "auto", "python", "relay.py"),
+        ("gvisor", "auto", "node", "relay.js"),
+        ("gvisor", "auto", "bash", ""),
+        ("gvisor", "off", "python", ""),
+        ("", "on", "node", "relay.js"),
+    ],
+)
+def test_the_stream_relay_runs_in_place_of_the_agent(
+    runtime_class: str, relay: str, language: str, expected: str
+) -> None:
+    """stream_relay 'auto' follows runtime_class_name; a relayed pod runs the relay (the admission
+    policy's command pattern admits it) and its ConfigMap carries the relay beside the agent."""
+    settings = KubernetesSandbox(runtime_class_name=runtime_class, stream_relay=relay)
+    objects = {o["kind"]: o for o in rendered_objects(language, "abcdef12-0000", settings=settings)}
+    agent = LANGUAGES[language].agent_file
+    command = objects["Pod"]["spec"]["containers"][0]["command"][2]
+    data = objects["ConfigMap"]["data"]
+    assert re.fullmatch(pod_command.agent_command_pattern(), command), command
+    if expected:
+        assert f"{pod_command.AGENT_DIR}/{expected}" in command and agent not in command, command
+        assert set(data) == {agent, expected}, set(data)
+        assert data[expected] == (REPO / "sandbox_kernel" / "agents" / expected).read_text()
+    else:
+        assert f"{pod_command.AGENT_DIR}/{agent}" in command and "relay" not in command, command
+        assert set(data) == {agent}, set(data)
 
 
 def test_image_pull_errors_name_the_image_and_reason() -> None:
