@@ -5,7 +5,7 @@
 
 For each variant, through ``KubernetesSandboxSession`` (what the kernel does, without Jupyter):
 start → first result of ``1+1`` (namespace, objects, pod, attach, agent; images already on the
-node), a trivial cell's round trip (``1``), and stdout throughput of one 16 MiB cell. Starts
+node; the notebook's directory is an empty one), a trivial cell's round trip (``1``), and stdout throughput of one 16 MiB cell. Starts
 rotate through the variants, so load drifts alike for all. Needs RuntimeClass ``gvisor``
 (tests/cluster/up). Prints a markdown table and writes benchmarks/results/gvisor_kubernetes.json.
 """
@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,8 +33,8 @@ from sandbox_kernel.languages import LANGUAGES
 
 VARIANTS: dict[str, dict[str, str]] = {
     "runc": {},
-    "gvisor, stream relay": {"runtime_class_name": "gvisor"},
-    "gvisor, no relay": {"runtime_class_name": "gvisor", "stream_relay": "off"},
+    "gvisor-relay": {"runtime_class_name": "gvisor"},
+    "gvisor-no-relay": {"runtime_class_name": "gvisor", "stream_relay": "off"},
 }
 
 
@@ -76,13 +77,13 @@ async def cells(kubeconfig: str, image: str, variant: str, count: int) -> dict[s
     return {"cell_round_trip_s": summary(rtts), "stdout_mib_per_s": statistics.median(rates), "stdout_runs": rates}
 
 
-async def bench(kubeconfig: str, image: str, starts: int, count: int) -> dict[str, Any]:
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+async def bench(kubeconfig: str, image: str, starts: int, count: int, variants: list[str]) -> dict[str, Any]:
+    times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(starts):
-        for variant in VARIANTS:
+        for variant in variants:
             times[variant].append(await start_once(kubeconfig, image, variant))
     results: dict[str, Any] = {}
-    for variant in VARIANTS:
+    for variant in variants:
         results[variant] = {
             "start_to_first_result_s": summary(times[variant]),
             **await cells(kubeconfig, image, variant, count),
@@ -112,6 +113,9 @@ def main() -> int:
     )
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--cells", type=int, default=100)
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="a comma-separated subset of: " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gvisor_kubernetes.json"))
     args = parser.parse_args()
     if not args.kubeconfig:
@@ -119,8 +123,12 @@ def main() -> int:
     from fixtures_kubernetes import images_from_cache
 
     image = args.image or images_from_cache().get("SANDBOX_IMAGE_PYTHON") or LANGUAGES["python"].default_image
+    os.chdir(tempfile.mkdtemp(prefix="bench-notebook-"))  # the notebook's directory: empty, nothing to copy in
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = asyncio.run(bench(args.kubeconfig, image, args.starts, args.cells))
+    variants = [v.strip() for v in args.variants.split(",")]
+    if set(variants) - set(VARIANTS):
+        parser.error(f"--variants: not one of {', '.join(VARIANTS)}: {', '.join(set(variants) - set(VARIANTS))}")
+    results = asyncio.run(bench(args.kubeconfig, image, args.starts, args.cells, variants))
     report = {"began": began, "load_average": os.getloadavg(), "machine": platform.node(), "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"run of {began}, load average now {os.getloadavg()[0]:.1f}")

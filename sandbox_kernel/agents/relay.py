@@ -16,38 +16,20 @@
 # RuntimeDefault) is an error, never a silent fallback: the relay writes unshare's message to the
 # container's log and exits with status 96, which the kernel reports with the setting to change.
 import os
+import select
 import signal
 import socket
 import sys
-import threading
 
 NAMESPACES_REFUSED = 96
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNSHARE = ["unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child", "--"]
 AGENT = [sys.executable, os.path.join(HERE, "python_agent.py")]
-CHUNK = 1 << 20
+CHUNK = 1 << 16
 
 
-def copy(source, sink, first=b"", then=None):
-    """Bytes from fd ``source`` to fd ``sink`` until EOF; then end the writing side of socket ``then``."""
-    data = first
-    try:
-        while True:
-            while data:
-                data = data[os.write(sink, data) :]
-            data = os.read(source, CHUNK)
-            if not data:
-                break
-    except OSError:
-        pass
-    if then is not None:
-        try:
-            then.shutdown(socket.SHUT_WR)  # the agent reads EOF, as from a closed stdin
-        except OSError:
-            pass
-
-
-def main():
+def start_agent():
+    """Fork and exec unshare(1) with the agent, on socket pairs; return (pid, stream, errors)."""
     inside, outside = socket.socketpair()
     err_inside, err_outside = socket.socketpair()
     pid = os.fork()
@@ -63,38 +45,77 @@ def main():
         os._exit(NAMESPACES_REFUSED)
     inside.close()
     err_inside.close()
+    return pid, outside, err_outside
+
+
+def exit_status(status):
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def first_output(stream, errors):
+    """Wait for the agent's first bytes (its ready frame), passing on what it says on stderr;
+    return them (empty: it ended first) and the beginning of its stderr."""
+    said, watched = b"", [stream, errors]
+    while True:
+        ready = select.select(watched, [], [])[0]
+        if errors in ready:
+            data = os.read(errors, CHUNK)
+            said = said or data
+            os.write(2, data)
+            if not data:
+                watched.remove(errors)
+        if stream in ready:
+            return os.read(stream, CHUNK), said
+
+
+def relay(outside, errors, first):
+    """Until the agent's stream ends: the container's stdin to the agent, the agent's stdout and
+    stderr to the container's, in one thread (under gVisor every thread wake-up is dear). Nothing
+    is read from a source while its last bytes still wait for their sink."""
+    stream = outside.fileno()
+    routes = {0: stream, stream: 1, errors: 2}
+    waiting = {0: bytearray(), stream: bytearray(first), errors: bytearray()}
+    for fd in (0, 1, 2, stream, errors):
+        os.set_blocking(fd, False)
+    sources = set(routes)
+    while stream in sources or waiting[stream]:
+        readable, writable, _ = select.select(
+            [s for s in sources if not waiting[s]], [routes[s] for s in routes if waiting[s]], []
+        )
+        for source, sink in routes.items():
+            if waiting[source] and sink in writable:
+                try:
+                    del waiting[source][: os.write(sink, waiting[source])]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    waiting[source].clear()  # the sink is gone: what it would have taken is lost with it
+        for source in readable:
+            try:
+                data = os.read(source, CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                waiting[source] += data
+                continue
+            sources.discard(source)
+            if source == 0:
+                outside.shutdown(socket.SHUT_WR)  # the agent reads EOF, as from a closed stdin
+
+
+def main():
+    pid, outside, err_outside = start_agent()
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, lambda n, _frame: os._exit(128 + n))  # PID 1: the namespace goes with us
-    errors = []
-
-    def log():
-        while True:
-            data = os.read(err_outside.fileno(), CHUNK)
-            if not data:
-                return
-            if not errors:
-                errors.append(data)
-            os.write(2, data)
-
-    logger = threading.Thread(target=log, daemon=True)
-    logger.start()
-    # The kernel writes nothing before the agent's ready frame: start reading the stream then.
-    first = os.read(outside.fileno(), CHUNK)
+    first, said = first_output(outside.fileno(), err_outside.fileno())
     if not first:
-        _, status = os.waitpid(pid, 0)
-        logger.join(1)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (1, NAMESPACES_REFUSED):
-            said = b"".join(errors)
-            if said.startswith(b"unshare:"):
-                os._exit(NAMESPACES_REFUSED)
-        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-    threading.Thread(target=copy, args=(0, outside.fileno(), b"", outside), daemon=True).start()
-    out = threading.Thread(target=copy, args=(outside.fileno(), 1, first), daemon=True)
-    out.start()
-    _, status = os.waitpid(pid, 0)
-    out.join(5)
-    logger.join(1)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        status = os.waitpid(pid, 0)[1]
+        refused = os.WIFEXITED(status) and os.WEXITSTATUS(status) in (1, NAMESPACES_REFUSED)
+        os._exit(NAMESPACES_REFUSED if refused and said.startswith(b"unshare:") else exit_status(status))
+    relay(outside, err_outside.fileno(), first)
+    os._exit(exit_status(os.waitpid(pid, 0)[1]))
 
 
 if __name__ == "__main__":
