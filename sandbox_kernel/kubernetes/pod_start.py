@@ -88,7 +88,8 @@ def wait_running(
             unschedulable_since = None
         ended = end_reason(pod, limits, settings.pod_lifetime)
         if ended is not None:
-            raise SandboxStartError(f"The sandbox pod ended while starting: {ended}")
+            hint = ended.hint if isinstance(ended, SandboxStartError) else None  # its own next step
+            raise SandboxStartError(f"The sandbox pod ended while starting: {ended}", hint=hint)
         if now > deadline:
             phase = pod.get("status", {}).get("phase", "unknown")
             raise SandboxStartError(
