@@ -28,10 +28,8 @@ class Language:
     keeps ``/bin/sh`` as PID 1 to reap them: see :func:`.kubernetes.pod_command.agent_command`)."""
     relay_file: str = ""
     """The stream relay for this language's image (``KubernetesSandbox.stream_relay``), run as the
-    pod's PID 1 in place of the agent."""
-    relay_interpreter: str = ""
-    """What runs the relay when the language's own interpreter cannot (Bash: ``python3``, which the
-    image must then have); empty: the language's interpreter."""
+    pod's PID 1 in place of the agent; empty: the language has none (the Bash image has no
+    interpreter that can make a socket pair)."""
     mimetype: str = ""
     file_extension: str = ""
     """These two as the agent's ``ready`` says them: the kernel's language_info until it has."""
@@ -81,8 +79,6 @@ LANGUAGES: dict[str, Language] = {
         agent_file="bash_agent.sh",
         interpreter="bash",
         default_image="bash:5.2",
-        relay_file="relay.py",
-        relay_interpreter="python3",
         mimetype="text/x-sh",
         file_extension=".sh",
     ),

@@ -1,7 +1,6 @@
-# Sandbox Kernel's stream relay for Python and Bash images (KubernetesSandbox.stream_relay; the
-# Node.js twin is relay.js; a Bash image needs python3 for it). It is the container's PID 1 in
-# place of the agent and keeps the attach stream - the protocol between the kernel and the
-# agent - out of reach of the cells.
+# Sandbox Kernel's stream relay for Python images (KubernetesSandbox.stream_relay; the Node.js
+# twin is relay.js). It is the container's PID 1 in place of the agent and keeps the attach
+# stream - the protocol between the kernel and the agent - out of reach of the cells.
 #
 # Why: under gVisor, /proc/<pid>/fd reopens any file descriptor of a process of the caller's
 # uid, dumpable or not, and the container's stdin and stdout (host FIFOs, the attach stream)
@@ -25,19 +24,12 @@ import sys
 NAMESPACES_REFUSED = 96
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNSHARE = ["unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child", "--"]
-# The agent beside it (the ConfigMap holds one): Python's on this very interpreter, Bash's on the
-# image's bash (there this relay is all that needs python3).
-AGENT = (
-    [sys.executable, os.path.join(HERE, "python_agent.py")]
-    if os.path.exists(os.path.join(HERE, "python_agent.py"))
-    else ["bash", os.path.join(HERE, "bash_agent.sh")]
-)
+AGENT = [sys.executable, os.path.join(HERE, "python_agent.py")]
 CHUNK = 1 << 16
 
 
 def start_agent():
-    """Fork and exec unshare(1) with the agent on socket pairs; return its pid and our ends of the
-    stream (its stdin and stdout) and of its stderr."""
+    """Fork and exec unshare(1) with the agent, on socket pairs; return (pid, stream, errors)."""
     inside, outside = socket.socketpair()
     err_inside, err_outside = socket.socketpair()
     pid = os.fork()

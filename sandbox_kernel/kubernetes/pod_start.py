@@ -88,8 +88,7 @@ def wait_running(
             unschedulable_since = None
         ended = end_reason(pod, limits, settings.pod_lifetime)
         if ended is not None:
-            hint = ended.hint if isinstance(ended, SandboxStartError) else None  # its own next step
-            raise SandboxStartError(f"The sandbox pod ended while starting: {ended}", hint=hint)
+            raise SandboxStartError(f"The sandbox pod ended while starting: {ended}")
         if now > deadline:
             phase = pod.get("status", {}).get("phase", "unknown")
             raise SandboxStartError(

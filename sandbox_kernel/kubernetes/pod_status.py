@@ -87,15 +87,6 @@ def end_reason(pod: dict[str, Any] | None, limits: Limits, pod_lifetime: int) ->
                 "not run without it.",
                 hint="Use a network plugin that enforces NetworkPolicy (k8s/README.md); cells never run without it.",
             )
-        command = " ".join((pod.get("spec", {}).get("containers") or [{}])[0].get("command") or [])
-        if terminated.get("exitCode") == 127 and f"{pod_command.AGENT_DIR}/relay." in command:
-            program = command.split(f" {pod_command.AGENT_DIR}/relay.")[0].rsplit(" ", 1)[-1]
-            return SandboxStartError(
-                f"The sandbox's image has no {program} to run the stream relay (KubernetesSandbox.stream_relay, on "
-                "under a runtime class): the official Bash image has none. Cells are not run without the relay.",
-                hint=f"Use an image with {program} and util-linux's unshare (KubernetesSandbox.images), or set "
-                "KubernetesSandbox.stream_relay = 'off' (under gVisor a cell can then write into the protocol stream).",
-            )
         if terminated.get("exitCode") == pod_command.NAMESPACES_REFUSED:
             return SandboxStartError(
                 "The sandbox's stream relay could not run the agent in a user and PID namespace of its own: this "

@@ -138,11 +138,10 @@ class KubernetesSandbox(Configurable):
         "relay: the container's PID 1 holds the stream and runs the agent, and so every cell, in a user, PID "
         "and mount namespace of their own (unshare from util-linux, in the Python and Node.js images), "
         "connected to it by socket pairs. Needed under runtimes whose /proc reopens another process's file "
-        "descriptors whatever its dumpability (gVisor). 'auto': on when runtime_class_name is set. Bash's "
-        "relay runs on python3, which the official bash image lacks: its sandboxes then fail to start, "
-        "with a message, until the image has python3 and unshare or this is 'off' (a cell can then "
-        "write into the stream under gVisor). A runtime that forbids user namespaces (runc's "
-        "RuntimeDefault seccomp profile) fails the start too, with a message naming this setting.",
+        "descriptors whatever its dumpability (gVisor). 'auto': on when runtime_class_name is set. Python "
+        "and Node.js only: the Bash image has no relay (its pods run the agent as PID 1 whatever this says). "
+        "A runtime that forbids user namespaces (runc's RuntimeDefault seccomp profile) then fails the "
+        "sandbox's start with a message naming this setting.",
     ).tag(config=True)
 
     tmp_size = Unicode(
@@ -283,7 +282,7 @@ class KubernetesSandbox(Configurable):
         return manifests.PodSpec(
             name=name,
             image=self.image(language),
-            interpreter=(language.relay_interpreter if self.relays_stream() else "") or language.interpreter,
+            interpreter=language.interpreter,
             agent_file=language.agent_file,
             shell_as_init=not language.agent_reaps_orphans,
             cpu_request=limits.cpu_request,

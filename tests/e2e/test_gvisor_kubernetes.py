@@ -105,18 +105,3 @@ def test_the_stream_relay_runs_the_agent_in_namespaces_of_its_own(k8s_kernel: St
         "['1000', '1000', '1']",
     ]
     assert kernel.run("import sys; print('to stderr', file=sys.stderr)").stderr == "to stderr\n"
-
-
-def test_a_bash_image_without_python3_fails_to_start_under_the_relay(k8s_kernel: Start) -> None:
-    """The official Bash image has no python3 for the stream relay: with the relay on (as under a
-    runtime class), such an image fails the start with what to do, never runs without the relay.
-    (Here the Node.js image, which has no python3, stands in for it, under runc: the guard, which
-    runs on the relay's interpreter, fails before the runtime matters.)"""
-    from fixtures_kubernetes import images_from_cache
-
-    image = images_from_cache()["SANDBOX_IMAGE_NODE"]
-    kernel = k8s_kernel("bash", "--KubernetesSandbox.stream_relay=on", env={"SANDBOX_IMAGE_BASH": image})
-    cell = kernel.run("echo hi", timeout=60)
-    assert cell.error is not None and cell.error["ename"] == "SandboxStartError", cell.outputs
-    assert "image has no python3 to run the stream relay" in cell.error["evalue"], cell.error
-    assert "KubernetesSandbox.stream_relay = 'off'" in "".join(str(o) for o in cell.outputs), cell.outputs

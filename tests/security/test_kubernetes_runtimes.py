@@ -15,9 +15,9 @@ memory, gVisor's fork bomb) come last for their kernel. The attacks on the clust
 kernel's identity are elsewhere (test_kubernetes_admission.py): they do not depend on the runtime.
 
 Under gVisor, whose ``/proc/<pid>/fd`` reopens any fd of the caller's uid, dumpable or not, the
-pods run the stream relay (``KubernetesSandbox.stream_relay``, on with a runtime class): the
-container's stdio stay with a PID 1 the cells cannot see (Bash's relay runs on the image's
-python3, which the test cluster's Bash image has).
+Python and Node.js pods run the stream relay (``KubernetesSandbox.stream_relay``, on with a
+runtime class): the container's stdio stay with a PID 1 the cells cannot see. The Bash image has
+no relay: that known breach is kept as a strict xfail, so that it fails the day it is fixed.
 """
 
 from __future__ import annotations
@@ -351,17 +351,23 @@ def test_node_s_pid_1_holds_no_end_of_the_stream(runtime: str, kernels: Kernels)
     assert not [o for o in seen["opened"] if ":host:" in o], seen
 
 
-def test_bash_s_stream_is_out_of_reach_of_cells(runtime: str, kernels: Kernels) -> None:
-    """runc: the agent is PID 1 and not dumpable: its fds do not even read. gVisor: the relay runs
-    on the image's python3 (the test cluster's Bash image has it; the official one does not:
-    test_a_bash_image_without_python3_fails_to_start_under_the_relay), and no fd that opens is one
-    of the container's stdio. (The FIFOs between the Bash agent's own processes do open there:
-    junk in them can stall or break the user's own sandbox, PROTOCOL.md.)"""
+@pytest.mark.parametrize("expect", [pytest.param("safe", id="stream-unreachable")])
+def test_bash_s_stream_is_out_of_reach_of_cells(
+    runtime: str, kernels: Kernels, expect: str, request: pytest.FixtureRequest
+) -> None:
+    if runtime == "gvisor":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "known breach: the Bash image has no stream relay, and gVisor lets a cell reopen the container's "
+                    "stdio (the attach stream, host fds of the agent, PID 1) through /proc/1/fd"
+                ),
+            )
+        )
     seen = _reach(kernels, "bash")
-    if runtime == "runc":
-        assert seen["init"] == ["?", "?"], seen
-        assert not [o for o in seen["opened"] if o.startswith("1:")], seen
-    assert not [o for o in seen["opened"] + seen["init"] if "host:" in o], seen
+    assert seen["init"] == ["?", "?"], seen  # PID 1 is the agent, not dumpable: its fds do not even read
+    assert not [o for o in seen["opened"] if ":host:" in o or o.startswith("1:")], seen
 
 
 FLOOD = (
